@@ -1,0 +1,69 @@
+"""An arch-neutral MMU: the hardware runs on whatever switch_mm() last loaded.
+
+It keeps `loaded_mm` and a never-trimmed `mm_cpumask`, the minimum MMU_LAZY_TLB_SHOOTDOWN
+needs (every CPU that may be lazy on an mm is in its mask). Other arches reuse these
+functions for the parts they do not change.
+"""
+
+from __future__ import annotations
+
+from activemm.model.cpu import secondary_init_mm_ref
+from activemm.model.events import LazyEntered, MmSwitched
+from activemm.model.kernel import Kernel
+from activemm.model.state import Mm, Rq, Task
+
+
+def cpu_init(k: Kernel, rq: Rq) -> None:
+    """start_secondary()/cpu_init(): mmgrab_lazy_tlb(&init_mm), active_mm = &init_mm."""
+    secondary_init_mm_ref(k, rq, plain_mmgrab=False)
+    rq.tlb.loaded_mm = k.state.init_mm
+    enter_lazy_tlb(k, k.state.init_mm, rq.idle)
+
+
+def init_new_context(k: Kernel, mm: Mm, tsk: Task | None) -> None:
+    """include/asm-generic/mmu_context.h: init_new_context(): nothing to set up."""
+
+
+def destroy_context(k: Kernel, mm: Mm) -> None:
+    """include/asm-generic/mmu_context.h: destroy_context(): nothing to free."""
+
+
+def enter_lazy_tlb(k: Kernel, mm: Mm, tsk: Task) -> None:
+    """include/asm-generic/mmu_context.h: enter_lazy_tlb(): a hint; nothing to do."""
+    k.touch(mm, "enter_lazy_tlb")
+    k.emit(LazyEntered(k.cpu, mm, tsk))
+
+
+def switch_mm_irqs_off(k: Kernel, prev: Mm | None, next: Mm, tsk: Task | None, via: str) -> None:
+    """switch_mm_irqs_off(): load next's page tables and mark this CPU in mm_cpumask(next)."""
+    k.touch(next, via)
+    k.emit(MmSwitched(k.cpu, prev, next, tsk, via))
+    if not next.is_init_mm:
+        next.mm_cpumask.add(k.cpu)
+    k.state.rqs[k.cpu].tlb.loaded_mm = next
+
+
+def activate_mm(k: Kernel, prev: Mm | None, next: Mm) -> None:
+    """include/asm-generic/mmu_context.h: activate_mm(): switch_mm(prev, next, current)."""
+    switch_mm_irqs_off(k, prev, next, None, "activate_mm")
+
+
+def switch_to(k: Kernel, prev: Task, next: Task) -> None:
+    """switch_to(): registers and stack; the MMU is not involved."""
+
+
+def exit_mmap(k: Kernel, mm: Mm) -> None:
+    """mm/mmap.c: exit_mmap(): the final flush of a torn-down mm. Generic: no TLB modelled."""
+
+
+def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool) -> None:
+    """flush_tlb_mm_range(): generic: a new TLB generation, nothing else modelled."""
+    mm.context.tlb_gen += 1
+
+
+def leave_mm(k: Kernel) -> None:
+    """leave_mm(): only x86 has it; generic CPUs never drop a lazy mm on their own."""
+
+
+def cpu_disable(k: Kernel, cpu: int) -> None:
+    """__cpu_disable(): generic: mm_cpumask bits stay."""

@@ -1,0 +1,86 @@
+"""powerpc Book3S-64 (arch/powerpc/mm/book3s64/radix_tlb.c): MMU_LAZY_TLB_SHOOTDOWN.
+
+Lazy users hold no mm_count reference. mm_cpumask bits are set when a CPU first runs an mm and
+are never cleared on switch-away, so the mask covers every CPU that may be lazy on the mm.
+With the radix MMU, exit_mmap()'s final flush already IPIs the other CPUs in the mask and moves
+their lazy users to init_mm (exit_flush_lazy_tlbs, "combine final TLB flush and lazy tlb mm
+shootdown IPIs"), so cleanup_lazy_tlbs() at __mmdrop() usually finds only the exiting CPU.
+"""
+
+from __future__ import annotations
+
+from activemm.model import mm as mmh
+from activemm.model.arch import generic
+from activemm.model.cpu import secondary_init_mm_ref
+from activemm.model.events import ShootdownIpi
+from activemm.model.kernel import Kernel
+from activemm.model.state import Mm, Rq
+
+init_new_context = generic.init_new_context
+destroy_context = generic.destroy_context
+enter_lazy_tlb = generic.enter_lazy_tlb
+switch_mm_irqs_off = generic.switch_mm_irqs_off
+activate_mm = generic.activate_mm
+switch_to = generic.switch_to
+leave_mm = generic.leave_mm
+
+
+def cpu_init(k: Kernel, rq: Rq) -> None:
+    """arch/powerpc/kernel/smp.c: start_secondary(): mmgrab_lazy_tlb(&init_mm);
+    current->active_mm = &init_mm."""
+    secondary_init_mm_ref(k, rq, plain_mmgrab=False)
+    rq.tlb.loaded_mm = k.state.init_mm
+
+
+def exit_lazy_flush_tlb(k: Kernel, cpu: int, mm: Mm) -> None:
+    """radix_tlb.c: exit_lazy_flush_tlb(), on `cpu`: a kernel thread lazily using mm is moved
+    to init_mm (active_mm changes, unlike x86), then the CPU leaves mm_cpumask."""
+    sender = k.cpu
+    current = k.state.rqs[cpu].curr
+    was_lazy = current.mm is not mm and current.active_mm is mm
+    k.emit(ShootdownIpi(sender, cpu, mm, was_lazy, "exit_flush_lazy_tlbs"))
+    if current.mm is mm:
+        return  # a kthread_use_mm() user: just flush
+    k.cpu = cpu
+    if was_lazy:
+        init_mm = k.state.init_mm
+        mmh.mmgrab_lazy_tlb(k, init_mm)
+        current.active_mm = init_mm
+        switch_mm_irqs_off(k, mm, init_mm, current, "switch_mm_irqs_off")
+        mmh.mmdrop_lazy_tlb(k, mm, "exit_lazy_flush_tlb")
+    mm.mm_cpumask.discard(cpu)
+    k.cpu = sender
+
+
+def exit_flush_lazy_tlbs(k: Kernel, mm: Mm) -> None:
+    """radix_tlb.c: exit_flush_lazy_tlbs(): smp_call_function_many(mm_cpumask(mm), ...),
+    every CPU in the mask but this one."""
+    for cpu in sorted(mm.mm_cpumask):
+        if cpu != k.cpu and k.state.rqs[cpu].online:
+            exit_lazy_flush_tlb(k, cpu, mm)
+
+
+def exit_mmap(k: Kernel, mm: Mm) -> None:
+    """radix__tlb_flush() for fullmm with MMU_LAZY_TLB_SHOOTDOWN (6.6+): shoot the lazy users
+    now, as part of the final flush."""
+    if k.config.radix and k.config.MMU_LAZY_TLB_SHOOTDOWN:
+        exit_flush_lazy_tlbs(k, mm)
+
+
+def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool) -> None:
+    """radix_tlb.c: flush_type_needed(): broadcast tlbie needs no IPIs; but the only thread
+    of a single-threaded process trims the mask with exit_flush_lazy_tlbs(). (The trim every
+    1073 flushes, tick_and_test_trim_clock(), is not modelled.)"""
+    mm.context.tlb_gen += 1
+    current = k.state.rqs[k.cpu].curr
+    others = [c for c in mm.mm_cpumask if c != k.cpu]
+    if k.config.radix and others and mm.mm_users <= 1 and current.mm is mm:
+        exit_flush_lazy_tlbs(k, mm)
+
+
+def cpu_disable(k: Kernel, cpu: int) -> None:
+    """arch/powerpc/kernel/smp.c: __cpu_disable() -> cleanup_cpu_mmu_context(): clear the
+    CPU from every mm's mm_cpumask (safe since sched_force_init_mm() ran first)."""
+    for mm in k.state.mms:
+        if not mm.freed:
+            mm.mm_cpumask.discard(cpu)

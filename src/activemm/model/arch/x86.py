@@ -1,0 +1,214 @@
+"""arch/x86/mm/tlb.c: lazy TLB mode, ASIDs, tlb_gen and flush IPIs on x86-64.
+
+The CPU's hardware state (`cpu_tlbstate.loaded_mm`) and the task's `active_mm` are different
+things here: a lazy CPU hit by a flush IPI switches its hardware to init_mm while the kernel
+thread's active_mm (and its lazy reference) stays. Kernel versions differ in how mm_cpumask is
+kept: before 6.14 a CPU's bit is cleared when it switches away; since 6.14 ("x86/mm/tlb: Update
+mm_cpumask lazily") it stays and is trimmed by the first flush that reaches a CPU no longer
+running the mm.
+"""
+
+from __future__ import annotations
+
+from activemm.model.arch import generic
+from activemm.model.cpu import secondary_init_mm_ref
+from activemm.model.events import (
+    Cr3Loaded,
+    FlushIpi,
+    FlushSkippedLazy,
+    LazyEntered,
+    LeftMm,
+    MmSwitched,
+    TlbFlushed,
+)
+from activemm.model.kernel import Kernel
+from activemm.model.state import CpuTlbState, Mm, Rq, Task, TlbContext
+
+INIT_MM_CTX_ID = 1  # INIT_MM_CONTEXT: .ctx_id = 1; last_mm_ctx_id starts there
+
+destroy_context = generic.destroy_context
+switch_to = generic.switch_to
+
+
+def lazy_cpumask(k: Kernel) -> bool:
+    """Since 6.14 mm_cpumask bits are not cleared on switch-away (209954cbc7d0)."""
+    return k.config.version >= (6, 14)
+
+
+def initialize_tlbstate_and_flush(k: Kernel, tlb: CpuTlbState) -> None:
+    """arch/x86/mm/tlb.c: initialize_tlbstate_and_flush(): CR3 = init_mm with ASID 0,
+    next_asid = 1, ctxs[0] = init_mm's context, other slots cleared."""
+    init_mm = k.state.init_mm
+    tlb.loaded_mm = init_mm
+    tlb.loaded_mm_asid = 0
+    tlb.next_asid = 1
+    tlb.is_lazy = False
+    tlb.ctxs = [TlbContext() for _ in range(k.config.nr_dyn_asids)]
+    tlb.ctxs[0] = TlbContext(init_mm.context.ctx_id, init_mm.context.tlb_gen)
+
+
+def cpu_init(k: Kernel, rq: Rq) -> None:
+    """arch/x86/kernel/cpu/common.c: cpu_init(): mmgrab(&init_mm); cur->active_mm = &init_mm;
+    initialize_tlbstate_and_flush(); enter_lazy_tlb(&init_mm, cur)."""
+    secondary_init_mm_ref(k, rq, plain_mmgrab=True)
+    initialize_tlbstate_and_flush(k, rq.tlb)
+    enter_lazy_tlb(k, k.state.init_mm, rq.idle)
+
+
+def init_new_context(k: Kernel, mm: Mm, tsk: Task | None) -> None:
+    """arch/x86/include/asm/mmu_context.h: init_new_context(): ctx_id from the global
+    counter, tlb_gen = 0."""
+    k.state.next_ctx_id += 1
+    mm.context.ctx_id = k.state.next_ctx_id
+    mm.context.tlb_gen = 0
+
+
+def enter_lazy_tlb(k: Kernel, mm: Mm, tsk: Task) -> None:
+    """arch/x86/mm/tlb.c: enter_lazy_tlb(): if loaded_mm == &init_mm return; is_lazy = true.
+    No CR3 write, no cpumask change."""
+    k.touch(mm, "enter_lazy_tlb")
+    k.emit(LazyEntered(k.cpu, mm, tsk))
+    tlb = k.state.rqs[k.cpu].tlb
+    if tlb.loaded_mm.is_init_mm:
+        return
+    tlb.is_lazy = True
+
+
+def choose_new_asid(k: Kernel, tlb: CpuTlbState, next: Mm, next_tlb_gen: int) -> tuple[int, bool]:
+    """arch/x86/mm/tlb.c: choose_new_asid(): reuse the slot holding next's ctx_id (flush if
+    it is behind next's tlb_gen), else take the next slot round robin and flush."""
+    for asid, ctx in enumerate(tlb.ctxs):
+        if ctx.ctx_id == next.context.ctx_id:
+            return asid, ctx.tlb_gen < next_tlb_gen
+    new_asid = tlb.next_asid
+    tlb.next_asid += 1
+    if new_asid >= k.config.nr_dyn_asids:
+        new_asid = 0
+        tlb.next_asid = 1
+    return new_asid, True
+
+
+def switch_mm_irqs_off(k: Kernel, prev: Mm | None, next: Mm, tsk: Task | None, via: str) -> None:
+    """arch/x86/mm/tlb.c: switch_mm_irqs_off(). It ignores its `prev` argument: the real
+    previous mm is cpu_tlbstate.loaded_mm.
+
+    prev == next: nothing, unless the CPU comes back from lazy mode and the mm's tlb_gen moved
+    meanwhile ("TLB contents went out of date while we were in lazy mode"): reload with flush.
+    prev != next: set this CPU in mm_cpumask(next) (before 6.14: clear it in prev's), pick an
+    ASID (choose_new_asid), load CR3 with or without a flush."""
+    k.touch(next, via)
+    k.emit(MmSwitched(k.cpu, prev, next, tsk, via))
+    cpu = k.cpu
+    tlb = k.state.rqs[cpu].tlb
+    real_prev = tlb.loaded_mm
+    prev_asid = tlb.loaded_mm_asid
+    was_lazy = tlb.is_lazy
+    tlb.is_lazy = False
+    next_tlb_gen = next.context.tlb_gen
+    if real_prev is next:
+        if not was_lazy or k.bug("x86-no-tlb-gen-catchup"):
+            return
+        if tlb.ctxs[prev_asid].tlb_gen == next_tlb_gen:
+            return
+        new_asid, need_flush = prev_asid, True
+    else:
+        if not lazy_cpumask(k) and not real_prev.is_init_mm:
+            real_prev.mm_cpumask.discard(cpu)
+        if not next.is_init_mm:
+            next.mm_cpumask.add(cpu)
+        new_asid, need_flush = choose_new_asid(k, tlb, next, next_tlb_gen)
+    if need_flush:
+        tlb.ctxs[new_asid] = TlbContext(next.context.ctx_id, next_tlb_gen)
+    k.emit(Cr3Loaded(cpu, next, new_asid, need_flush))
+    tlb.loaded_mm = next
+    tlb.loaded_mm_asid = new_asid
+
+
+def activate_mm(k: Kernel, prev: Mm | None, next: Mm) -> None:
+    """arch/x86/include/asm/mmu_context.h: activate_mm(): switch_mm_irqs_off(prev, next, NULL)
+    (exec: no task argument; on 6.12 the traced `prev` is NULL too)."""
+    switch_mm_irqs_off(k, prev, next, None, "activate_mm")
+
+
+def should_flush_tlb(k: Kernel, cpu: int, mm: Mm) -> bool:
+    """arch/x86/mm/tlb.c: should_flush_tlb() (6.15+; before 6.14: tlb_is_not_lazy()):
+    a lazy CPU is skipped (it catches up at its next switch_mm_irqs_off); a CPU running the
+    mm is flushed; a stale cpumask bit is left for the once-a-second trim."""
+    tlb = k.state.rqs[cpu].tlb
+    if tlb.is_lazy:
+        return False
+    if not lazy_cpumask(k):
+        return True
+    return tlb.loaded_mm is mm
+
+
+def flush_tlb_func(k: Kernel, cpu: int, mm: Mm, new_tlb_gen: int) -> None:
+    """arch/x86/mm/tlb.c: flush_tlb_func(), on `cpu` (IPI handler or local call)."""
+    sender = k.cpu
+    k.cpu = cpu
+    try:
+        tlb = k.state.rqs[cpu].tlb
+        loaded = tlb.loaded_mm
+        if mm is not loaded:
+            if lazy_cpumask(k):
+                mm.mm_cpumask.discard(cpu)  # trace TLB_REMOTE_WRONG_CPU
+            return
+        if loaded.is_init_mm:
+            return
+        if tlb.is_lazy:
+            # "We're in lazy mode. We need to at least flush our paging-structure cache to
+            # avoid speculatively reading garbage into our TLB. Just switch to init_mm."
+            k.emit(LeftMm(cpu, loaded, "flush IPI while lazy"))
+            switch_mm_irqs_off(k, None, k.state.init_mm, None, "flush_tlb_func")
+            return
+        ctx = tlb.ctxs[tlb.loaded_mm_asid]
+        if new_tlb_gen <= ctx.tlb_gen:
+            return
+        ctx.tlb_gen = mm.context.tlb_gen
+        k.emit(TlbFlushed(cpu, mm, ctx.tlb_gen))
+    finally:
+        k.cpu = sender
+
+
+def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool) -> None:
+    """arch/x86/mm/tlb.c: flush_tlb_mm_range() -> native_flush_tlb_multi().
+
+    Bump the mm's tlb_gen; if any other CPU is in mm_cpumask, run flush_tlb_func on the mask
+    (every CPU when page tables were freed, lazy ones included; otherwise only those
+    should_flush_tlb() picks); else flush locally if this CPU has the mm loaded."""
+    k.touch(mm, "flush_tlb_mm_range")
+    cpu = k.cpu
+    mm.context.tlb_gen += 1
+    new_tlb_gen = mm.context.tlb_gen
+    online = [c for c in sorted(mm.mm_cpumask) if k.state.rqs[c].online]
+    if any(c != cpu for c in online):
+        for c in online:
+            if freed_tables or should_flush_tlb(k, c, mm):
+                if c != cpu:
+                    k.emit(FlushIpi(cpu, c, mm))
+                flush_tlb_func(k, c, mm, new_tlb_gen)
+            elif k.state.rqs[c].tlb.is_lazy:
+                k.emit(FlushSkippedLazy(cpu, c, mm))
+    elif k.state.rqs[cpu].tlb.loaded_mm is mm:
+        flush_tlb_func(k, cpu, mm, new_tlb_gen)
+
+
+def exit_mmap(k: Kernel, mm: Mm) -> None:
+    """mm/mmap.c: exit_mmap() -> tlb_finish_mmu(): a full flush with freed_tables, so every
+    CPU in mm_cpumask is IPIed, lazy ones too; they switch their hardware to init_mm.
+    (That includes this CPU when exit_mm() just made it lazy on this very mm.)"""
+    flush_tlb_mm_range(k, mm, freed_tables=True)
+
+
+def leave_mm(k: Kernel) -> None:
+    """arch/x86/mm/tlb.c: leave_mm(): a lazy CPU (e.g. entering a deep C-state) drops its
+    borrowed page tables for init_mm. active_mm and its reference are untouched."""
+    tlb = k.state.rqs[k.cpu].tlb
+    if tlb.loaded_mm.is_init_mm:
+        return
+    k.emit(LeftMm(k.cpu, tlb.loaded_mm, "leave_mm"))
+    switch_mm_irqs_off(k, None, k.state.init_mm, None, "leave_mm")
+
+
+def cpu_disable(k: Kernel, cpu: int) -> None:
+    """arch/x86/kernel/smpboot.c: native_cpu_disable(): mm_cpumask bits are left alone."""

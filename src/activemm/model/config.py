@@ -1,0 +1,200 @@
+"""Kernel configurations: the Kconfig options and kernel version the model follows.
+
+Option names are the Kconfig names. A preset is a named, documented configuration; `PRESETS`
+lists them. A mutant is a deliberately broken variant of one kernel rule, for showing that the
+sanitizer and the checker catch real refcount bugs (`MUTANTS` names each and says where).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from activemm.errors import ConfigError
+
+ARCHES = ("generic", "x86_64", "powerpc", "alpha")
+
+# Each mutant is one switch in one kernel function. The key is what `--mutant` takes.
+MUTANTS: dict[str, str] = {
+    "no-lazy-grab": "context_switch(): user->kernel case skips mmgrab_lazy_tlb(prev->active_mm)",
+    "no-lazy-drop": "finish_task_switch(): skips mmdrop_lazy_tlb_sched(rq->prev_mm)",
+    "kernel-to-kernel-grab": "context_switch(): kernel->kernel case grabs again instead of "
+    "handing the CPU's lazy reference on",
+    "exec-keeps-lazy-ref": "exec_mmap(): a task without an mm does not drop its borrowed "
+    "active_mm (missing mmdrop_lazy_tlb)",
+    "exit-mmput-before-lazy": "exit_mm(): mmput() before the task becomes a lazy user "
+    "(mmgrab_lazy_tlb + enter_lazy_tlb)",
+    "unuse-no-lazy-grab": "kthread_unuse_mm(): forgets mmgrab_lazy_tlb(mm) before dropping "
+    "the use reference",
+    "use-no-grab": "kthread_use_mm(): forgets mmgrab(mm)",
+    "mmput-no-drop": "__mmput(): does not drop the real users' share of mm_count "
+    "(1999 rule: mm_count counts lazy users plus one while any real user exists)",
+    "users-share-not-counted": "mm_init(): mm_count starts at 0, not counting the real "
+    "users' share",
+    "shootdown-skips-cpu": "cleanup_lazy_tlbs(): the shootdown IPI misses the highest CPU in "
+    "mm_cpumask",
+    "no-shootdown": "cleanup_lazy_tlbs(): does nothing although MMU_LAZY_TLB_SHOOTDOWN=y",
+    "x86-no-tlb-gen-catchup": "x86 switch_mm_irqs_off(): a CPU back from lazy mode on the same "
+    "mm skips the tlb_gen check, keeping stale TLB entries",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KernelConfig:
+    """What kernel the model is: version, architecture and the lazy-TLB Kconfig options."""
+
+    name: str = "custom"
+    summary: str = ""
+    version: tuple[int, ...] = (6, 17)
+    arch: str = "generic"
+    MMU_LAZY_TLB_REFCOUNT: bool = True
+    MMU_LAZY_TLB_SHOOTDOWN: bool = False
+    lazy_tlb: bool = True  # False: the no-lazy ablation, kernel threads run on init_mm
+    radix: bool = False  # powerpc: radix MMU (exit_mmap's flush shoots lazy users early)
+    allow_unsafe: bool = False
+    mutants: frozenset[str] = field(default_factory=frozenset)
+    nr_dyn_asids: int = 6  # x86 TLB_NR_DYN_ASIDS
+    alpha_max_asn: int = 127  # alpha EV5/EV6 HARDWARE_ASN_MASK
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHES:
+            raise ConfigError(f"unknown architecture {self.arch!r}; expected one of {ARCHES}")
+        if self.MMU_LAZY_TLB_REFCOUNT and self.MMU_LAZY_TLB_SHOOTDOWN:
+            raise ConfigError(
+                "MMU_LAZY_TLB_REFCOUNT=y with MMU_LAZY_TLB_SHOOTDOWN=y is impossible: in "
+                "arch/Kconfig MMU_LAZY_TLB_REFCOUNT depends on !MMU_LAZY_TLB_SHOOTDOWN"
+            )
+        if not (self.MMU_LAZY_TLB_REFCOUNT or self.MMU_LAZY_TLB_SHOOTDOWN) and (
+            self.lazy_tlb and not self.allow_unsafe
+        ):
+            raise ConfigError(
+                "MMU_LAZY_TLB_REFCOUNT=n without MMU_LAZY_TLB_SHOOTDOWN is unsafe: nothing keeps "
+                "a lazily used mm alive (ask for it with allow_unsafe=True / --unsafe to study it)"
+            )
+        unknown = set(self.mutants) - set(MUTANTS)
+        if unknown:
+            raise ConfigError(
+                f"unknown mutant {sorted(unknown)[0]!r}; `activemm mutants` lists them"
+            )
+        if self.nr_dyn_asids < 1 or self.alpha_max_asn < 1:
+            raise ConfigError("nr_dyn_asids and alpha_max_asn must be at least 1")
+
+    @property
+    def per_task_lazy_refs(self) -> bool:
+        """Before 5.4 ("sched: Clean up active_mm reference counting") every switch into a
+        kernel thread grabbed and every switch out of one dropped: each lazy task held its own
+        reference. Since then the reference belongs to the CPU and is handed on."""
+        return self.version < (5, 4)
+
+    @property
+    def lazy_tlb_helpers(self) -> bool:
+        """mmgrab_lazy_tlb()/mmdrop_lazy_tlb() exist since 6.4 (6.1 uses mmgrab/mmdrop)."""
+        return self.version >= (6, 4)
+
+    @property
+    def lazy_refs_counted(self) -> bool:
+        """Whether a lazy user holds an mm_count reference on its borrowed mm."""
+        return self.MMU_LAZY_TLB_REFCOUNT or not self.lazy_tlb_helpers
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(str(v) for v in self.version)
+
+    def with_mutants(self, *names: str) -> KernelConfig:
+        return replace(self, mutants=self.mutants | frozenset(names))
+
+    def options(self) -> dict[str, object]:
+        """Every option, for `activemm presets NAME` and JSON output."""
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "version": self.version_text,
+            "arch": self.arch,
+            "MMU_LAZY_TLB_REFCOUNT": self.MMU_LAZY_TLB_REFCOUNT,
+            "MMU_LAZY_TLB_SHOOTDOWN": self.MMU_LAZY_TLB_SHOOTDOWN,
+            "lazy_tlb": self.lazy_tlb,
+            "radix": self.radix,
+            "per_task_lazy_refs": self.per_task_lazy_refs,
+            "lazy_tlb_helpers": self.lazy_tlb_helpers,
+            "nr_dyn_asids": self.nr_dyn_asids,
+            "alpha_max_asn": self.alpha_max_asn,
+            "allow_unsafe": self.allow_unsafe,
+            "mutants": sorted(self.mutants),
+        }
+
+
+def _preset(name: str, summary: str, **kw: object) -> KernelConfig:
+    return KernelConfig(name=name, summary=summary, **kw)  # type: ignore[arg-type]
+
+
+PRESETS: dict[str, KernelConfig] = {
+    p.name: p
+    for p in (
+        _preset(
+            "linux-6.17-x86_64",
+            "Linux 6.17 on x86-64: lazy refs counted, cpu_tlbstate with ASIDs, lazy mm_cpumask",
+            arch="x86_64",
+        ),
+        _preset(
+            "linux-6.17",
+            "Linux 6.17 core rules, arch-neutral MMU (MMU_LAZY_TLB_REFCOUNT=y)",
+        ),
+        _preset(
+            "linux-6.17-shootdown",
+            "Linux 6.17 core rules with MMU_LAZY_TLB_SHOOTDOWN: lazy users uncounted, "
+            "__mmdrop IPIs them",
+            MMU_LAZY_TLB_REFCOUNT=False,
+            MMU_LAZY_TLB_SHOOTDOWN=True,
+        ),
+        _preset(
+            "linux-6.12-x86_64",
+            "Debian 12's 6.12 kernel on x86-64 (validated against real captures)",
+            version=(6, 12),
+            arch="x86_64",
+        ),
+        _preset(
+            "linux-6.1-x86_64",
+            "Debian 12's 6.1 kernel on x86-64: plain mmgrab/mmdrop for lazy users",
+            version=(6, 1),
+            arch="x86_64",
+        ),
+        _preset(
+            "linux-6.17-powerpc-radix",
+            "Linux 6.17 on powerpc Book3S-64 radix: MMU_LAZY_TLB_SHOOTDOWN, exit flush shoots "
+            "lazy users",
+            arch="powerpc",
+            radix=True,
+            MMU_LAZY_TLB_REFCOUNT=False,
+            MMU_LAZY_TLB_SHOOTDOWN=True,
+        ),
+        _preset(
+            "alpha",
+            "Linux 6.17 on alpha: PALcode swpctx loads page tables with the registers; "
+            "per-CPU ASNs",
+            arch="alpha",
+        ),
+        _preset(
+            "linux-2.3.13",
+            "The 1999 rules of the seed note: every lazy task holds its own mm_count reference",
+            version=(2, 3, 13),
+        ),
+        _preset(
+            "no-lazy",
+            "Ablation: kernel threads always switch to init_mm (no lazy TLB), to measure what "
+            "lazy TLB saves",
+            arch="x86_64",
+            lazy_tlb=False,
+        ),
+    )
+}
+
+DEFAULT_PRESET = "linux-6.17-x86_64"
+
+
+def preset(name: str) -> KernelConfig:
+    """The named preset, or a ConfigError listing the known names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}"
+        ) from None

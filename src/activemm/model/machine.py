@@ -1,0 +1,376 @@
+"""The public face of the model: one method per operation, checked against what the kernel
+could ever do, then carried out by the kernel functions of the other modules.
+
+    m = Machine("linux-6.17-x86_64")
+    m.boot(2)
+    m.schedule(0, "init"); m.exec("init")
+    bash = m.fork("init", name="bash")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from activemm.errors import OperationError
+from activemm.model import cpu as hotplug
+from activemm.model import exec as execm
+from activemm.model import exit as exitm
+from activemm.model import fork, kthread
+from activemm.model import mm as mmh
+from activemm.model.arch import arch_for
+from activemm.model.config import DEFAULT_PRESET, KernelConfig, preset
+from activemm.model.kernel import Kernel, Observer, Operation
+from activemm.model.sched import core
+from activemm.model.state import (
+    CpuTlbState,
+    Holder,
+    KernelState,
+    Mm,
+    Rq,
+    Task,
+    TaskState,
+    TlbContext,
+)
+
+TaskRef = Task | int | str
+# Looked up here, at module level: inside the class body Python would mangle `__schedule`.
+_schedule = core.__schedule
+MmRef = Mm | int | str
+
+
+def _new_init_mm() -> Mm:
+    """mm/init-mm.c: init_mm: mm_users = 2, mm_count = 1, never freed."""
+    mm = Mm(id=0, owner="kernel", mm_users=2, mm_count=1, is_init_mm=True)
+    mm.context.ctx_id = 1
+    return mm
+
+
+class Machine:
+    """A machine running the modelled kernel. Operations raise OperationError when the kernel
+    could never perform them; observers (the sanitizer, metrics...) see everything."""
+
+    def __init__(
+        self, config: KernelConfig | str = DEFAULT_PRESET, observers: Iterable[Observer] = ()
+    ) -> None:
+        self.config = preset(config) if isinstance(config, str) else config
+        init_mm = _new_init_mm()
+        self.state = KernelState(init_mm=init_mm, mms=[init_mm])
+        self.observers: list[Observer] = list(observers)
+        self.k = Kernel(self.state, self.config, arch_for(self.config.arch), self.observers)
+        self.ops = 0
+        self.booted = False
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def add_observer(self, observer: Observer) -> None:
+        self.observers.append(observer)
+
+    def _begin(self, opname: str, on_cpu: int, **args: Any) -> Operation:
+        if not self.booted and opname != "boot":
+            raise OperationError(f"{opname}: the machine has not booted yet (boot first)")
+        op = Operation(self.ops, opname, args)
+        self.ops += 1
+        for o in self.observers:
+            o.begin(op, self.state)
+        self.k.cpu = on_cpu
+        return op
+
+    def _end(self, op: Operation) -> None:
+        for o in self.observers:
+            o.end(op, self.state)
+
+    def task(self, ref: TaskRef) -> Task:
+        """A task by object, pid, comm or "comm[pid]"."""
+        if isinstance(ref, Task):
+            return ref
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            pid = int(ref)
+            found = [t for t in self.state.tasks if t.pid == pid and not t.is_idle]
+        else:
+            found = [t for t in self.state.tasks if ref in (t.comm, t.name)]
+            live = [t for t in found if t.state is not TaskState.GONE]
+            found = live or found
+        if not found:
+            raise OperationError(f"no task {ref!r}")
+        if len(found) > 1:
+            names = ", ".join(t.name for t in found)
+            raise OperationError(f"task {ref!r} is ambiguous ({names}); use comm[pid]")
+        return found[0]
+
+    def mm(self, ref: MmRef) -> Mm:
+        """An mm by object, id, "mmN", "init_mm", or a task name (that task's mm)."""
+        if isinstance(ref, Mm):
+            return ref
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            idx = int(ref)
+        elif ref == "init_mm":
+            return self.state.init_mm
+        elif ref.startswith("mm") and ref[2:].isdigit():
+            idx = int(ref[2:])
+        else:
+            task = self.task(ref)
+            if task.mm is None:
+                raise OperationError(f"task {task.name} has no mm")
+            return task.mm
+        if not 0 <= idx < len(self.state.mms):
+            raise OperationError(f"no mm {ref!r}")
+        return self.state.mms[idx]
+
+    def rq(self, cpu: int) -> Rq:
+        if not 0 <= cpu < len(self.state.rqs):
+            raise OperationError(f"no CPU {cpu} (this machine has {len(self.state.rqs)})")
+        return self.state.rqs[cpu]
+
+    def _running(self, task: Task, what: str) -> Rq:
+        if task.state is not TaskState.RUNNING or task.cpu is None:
+            raise OperationError(
+                f"{what}: {task.name} is not running; the kernel does this in the task's own "
+                f"context, so schedule it on a CPU first"
+            )
+        return self.state.rqs[task.cpu]
+
+    # -- boot -----------------------------------------------------------------------------
+
+    def boot(self, ncpus: int = 2, rest_init: bool = True) -> None:
+        """start_kernel(): init_task becomes CPU 0's idle task, lazily on init_mm
+        (sched_init); each secondary CPU's idle task takes init_mm in cpu_init(). With
+        `rest_init`, PID 1 (init, a user_mode_thread that will kernel_execve) and PID 2
+        (kthreadd) are created, runnable, with no mm."""
+        if self.booted:
+            raise OperationError("boot: already booted")
+        if not 1 <= ncpus <= 64:
+            raise OperationError(f"boot: ncpus must be between 1 and 64, not {ncpus}")
+        op = self._begin("boot", 0, ncpus=ncpus)
+        state = self.state
+        for cpu in range(ncpus):
+            idle = Task(pid=0, comm=f"swapper/{cpu}", tgid=0, pf_kthread=True, is_idle=True)
+            idle.state, idle.cpu = TaskState.RUNNING, cpu
+            tlb = CpuTlbState(loaded_mm=state.init_mm)
+            tlb.ctxs = [TlbContext() for _ in range(self.config.nr_dyn_asids)]
+            tlb.ctxs[0] = TlbContext(state.init_mm.context.ctx_id, 0)
+            tlb.last_asn = 1 << self.config.alpha_max_asn.bit_length()  # ASN_FIRST_VERSION
+            idle.pcb.ptbr = state.init_mm
+            state.rqs.append(Rq(cpu=cpu, curr=idle, idle=idle, tlb=tlb))
+            state.tasks.append(idle)
+        self.booted = True
+        self.k.cpu = 0
+        boot_rq = state.rqs[0]
+        core.sched_init(self.k, boot_rq)
+        for rq in state.rqs[1:]:
+            self.k.cpu = rq.cpu
+            self.k.arch.cpu_init(self.k, rq)
+        self.k.cpu = 0
+        if rest_init:
+            fork.copy_process(self.k, boot_rq.idle, "usermode", "init")
+            fork.copy_process(self.k, boot_rq.idle, "kthread", "kthreadd")
+        self._end(op)
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    def fork(self, parent: TaskRef, kind: str = "process", name: str | None = None) -> Task:
+        """kernel/fork.c: copy_process() from a running parent. `kind` is one of FORK_KINDS."""
+        p = self.task(parent)
+        if kind not in fork.FORK_KINDS:
+            raise OperationError(
+                f"fork: unknown kind {kind!r}; expected one of {', '.join(fork.FORK_KINDS)}"
+            )
+        rq = self._running(p, "fork")
+        if p.state is TaskState.DEAD:
+            raise OperationError(f"fork: {p.name} has exited")
+        if kind in ("kthread", "usermode") and p.mm is not None:
+            raise OperationError(
+                f"fork: a {kind} is created by a task without an mm (kthreadd, init before "
+                f"exec); {p.name} has {p.mm}"
+            )
+        if kind in ("process", "thread", "vfork") and (p.mm is None or p.pf_kthread):
+            raise OperationError(
+                f"fork: {p.name} has no user mm to {'copy' if kind == 'process' else 'share'}; "
+                f"a task without one creates kind='kthread' or kind='usermode' children"
+            )
+        op = self._begin("fork", rq.cpu, parent=p, kind=kind, name=name)
+        child = fork.copy_process(self.k, p, kind, name or p.comm)
+        op.args["child"] = child
+        self._end(op)
+        return child
+
+    def exec(self, task: TaskRef, name: str | None = None) -> Mm:
+        """fs/exec.c: execve() of a running task: a new mm via exec_mmap()."""
+        t = self.task(task)
+        rq = self._running(t, "exec")
+        if t.state is TaskState.DEAD:
+            raise OperationError(f"exec: {t.name} has exited")
+        if t.pf_kthread:
+            raise OperationError(
+                f"exec: {t.name} is a kernel thread (PF_KTHREAD); kernel_execve() refuses "
+                f"those (only user_mode_thread()s like init exec)"
+            )
+        op = self._begin("exec", rq.cpu, task=t, name=name)
+        new = execm.begin_new_exec(self.k, t, name)
+        self._end(op)
+        return new
+
+    def exit(self, task: TaskRef) -> None:
+        """kernel/exit.c: do_exit() of a running task: exit_mm(); the task stays current,
+        TASK_DEAD, until its CPU schedules another task (its final switch)."""
+        t = self.task(task)
+        rq = self._running(t, "exit")
+        if t.state is TaskState.DEAD:
+            raise OperationError(f"exit: {t.name} has already exited")
+        if t.is_idle:
+            raise OperationError(f"exit: {t.name} is an idle task; idle tasks never exit")
+        op = self._begin("exit", rq.cpu, task=t)
+        exitm.do_exit(self.k, t)
+        self._end(op)
+
+    def schedule(self, cpu: int, next: TaskRef) -> None:
+        """kernel/sched/core.c: __schedule() on `cpu` picking `next`: context_switch() and
+        finish_task_switch(). A task not running anywhere may be picked on any CPU."""
+        rq = self.rq(cpu)
+        n = self.task(next)
+        if not rq.online:
+            raise OperationError(f"schedule: CPU {cpu} is offline")
+        if n is rq.curr:
+            raise OperationError(f"schedule: {n.name} is already current on CPU {cpu}")
+        if n.state in (TaskState.DEAD, TaskState.GONE):
+            raise OperationError(f"schedule: {n.name} is dead and can never run again")
+        if n.state is TaskState.RUNNING:
+            raise OperationError(f"schedule: {n.name} is already running on CPU {n.cpu}")
+        if n.is_idle and n is not rq.idle:
+            raise OperationError(f"schedule: {n.name} is CPU {n.cpu}'s idle task")
+        op = self._begin("schedule", cpu, cpu=cpu, next=n)
+        _schedule(self.k, rq, n)
+        self._end(op)
+
+    # -- kernel threads on user mms -------------------------------------------------------
+
+    def kthread_use_mm(self, task: TaskRef, mm: MmRef) -> None:
+        """kernel/kthread.c: kthread_use_mm() by a running kernel thread."""
+        t, m = self.task(task), self.mm(mm)
+        rq = self._running(t, "kthread_use_mm")
+        if not t.pf_kthread or t.is_idle:
+            raise OperationError(f"kthread_use_mm: {t.name} is not a kernel thread")
+        if t.mm is not None:
+            raise OperationError(f"kthread_use_mm: {t.name} already uses {t.mm}")
+        if t.state is TaskState.DEAD:
+            raise OperationError(f"kthread_use_mm: {t.name} has exited")
+        if m.is_init_mm:
+            raise OperationError("kthread_use_mm: init_mm is never anyone's real mm")
+        op = self._begin("kthread_use_mm", rq.cpu, task=t, mm=m)
+        kthread.kthread_use_mm(self.k, t, m)
+        self._end(op)
+
+    def kthread_unuse_mm(self, task: TaskRef) -> None:
+        """kernel/kthread.c: kthread_unuse_mm()."""
+        t = self.task(task)
+        rq = self._running(t, "kthread_unuse_mm")
+        if not t.uses_mm:
+            raise OperationError(f"kthread_unuse_mm: {t.name} is not inside kthread_use_mm()")
+        op = self._begin("kthread_unuse_mm", rq.cpu, task=t)
+        kthread.kthread_unuse_mm(self.k, t)
+        self._end(op)
+
+    # -- references from outside the scheduler --------------------------------------------
+
+    def _holder(self, name: str, kind: str) -> Holder:
+        for h in self.state.holders:
+            if h.name == name and h.kind == kind:
+                return h
+        raise OperationError(f"no {kind} reference held by {name!r}")
+
+    def _new_holder(self, name: str) -> None:
+        if any(h.name == name for h in self.state.holders):
+            raise OperationError(f"holder {name!r} already holds a reference; pick a new name")
+
+    def mmget_not_zero(self, mm: MmRef, holder: str, cpu: int = 0) -> bool:
+        """include/linux/sched/mm.h: mmget_not_zero(), as get_task_mm() or a driver does.
+        Returns False (and holds nothing) when the address space is already gone."""
+        m = self.mm(mm)
+        self._new_holder(holder)
+        self.rq(cpu)
+        op = self._begin("mmget_not_zero", cpu, mm=m, holder=holder)
+        ok = mmh.mmget_not_zero(self.k, m)
+        if ok:
+            self.state.holders.append(Holder(holder, m, "mm_users"))
+        op.args["result"] = ok
+        self._end(op)
+        return ok
+
+    def mmput(self, holder: str, cpu: int = 0) -> None:
+        """kernel/fork.c: mmput() of a reference taken with mmget_not_zero()."""
+        h = self._holder(holder, "mm_users")
+        self.rq(cpu)
+        op = self._begin("mmput", cpu, holder=holder, mm=h.mm)
+        self.state.holders.remove(h)
+        mmh.mmput(self.k, h.mm)
+        self._end(op)
+
+    def mmgrab(self, mm: MmRef, holder: str, cpu: int = 0) -> None:
+        """include/linux/sched/mm.h: mmgrab(): pin the struct (io_uring, oom, notifiers...)."""
+        m = self.mm(mm)
+        self._new_holder(holder)
+        self.rq(cpu)
+        op = self._begin("mmgrab", cpu, mm=m, holder=holder)
+        self.state.holders.append(Holder(holder, m, "mm_count"))
+        mmh.mmgrab(self.k, m)
+        self._end(op)
+
+    def mmdrop(self, holder: str, cpu: int = 0) -> None:
+        """include/linux/sched/mm.h: mmdrop() of a reference taken with mmgrab()."""
+        h = self._holder(holder, "mm_count")
+        self.rq(cpu)
+        op = self._begin("mmdrop", cpu, holder=holder, mm=h.mm)
+        self.state.holders.remove(h)
+        mmh.mmdrop(self.k, h.mm, f"mmdrop by {holder}")
+        self._end(op)
+
+    # -- TLB ------------------------------------------------------------------------------
+
+    def flush_tlb_mm_range(self, cpu: int, mm: MmRef, freed_tables: bool = False) -> None:
+        """flush_tlb_mm_range() from `cpu` (munmap, mprotect): a new TLB generation, and
+        whatever IPIs the architecture sends."""
+        rq, m = self.rq(cpu), self.mm(mm)
+        if not rq.online:
+            raise OperationError(f"flush_tlb_mm_range: CPU {cpu} is offline")
+        if m.freed or m.torn_down or m.is_init_mm:
+            raise OperationError(f"flush_tlb_mm_range: {m} has no user address space to flush")
+        op = self._begin("flush_tlb_mm_range", cpu, cpu=cpu, mm=m, freed_tables=freed_tables)
+        self.k.arch.flush_tlb_mm_range(self.k, m, freed_tables)
+        self._end(op)
+
+    def leave_mm(self, cpu: int) -> None:
+        """x86 leave_mm(): an idle, lazy CPU drops its borrowed page tables for init_mm."""
+        rq = self.rq(cpu)
+        if self.config.arch != "x86_64":
+            raise OperationError(f"leave_mm: only x86 has it (this is {self.config.arch})")
+        if rq.curr.mm is not None:
+            raise OperationError(
+                f"leave_mm: CPU {cpu} runs {rq.curr.name}, a user of {rq.curr.mm}; leave_mm "
+                f"is for a lazy CPU (called from the idle loop)"
+            )
+        op = self._begin("leave_mm", cpu, cpu=cpu)
+        self.k.arch.leave_mm(self.k)
+        self._end(op)
+
+    # -- hotplug --------------------------------------------------------------------------
+
+    def cpu_down(self, cpu: int) -> None:
+        """kernel/cpu.c: take `cpu` offline (its current task, if any, is migrated away)."""
+        rq = self.rq(cpu)
+        if not rq.online:
+            raise OperationError(f"cpu_down: CPU {cpu} is already offline")
+        others = [r.cpu for r in self.state.rqs if r.online and r is not rq]
+        if not others:
+            raise OperationError("cpu_down: the last online CPU cannot go offline")
+        op = self._begin("cpu_down", cpu, cpu=cpu)
+        hotplug.cpu_down(self.k, rq, others[0])
+        self._end(op)
+
+    def cpu_up(self, cpu: int) -> None:
+        """kernel/cpu.c: bring `cpu` back online."""
+        rq = self.rq(cpu)
+        if rq.online:
+            raise OperationError(f"cpu_up: CPU {cpu} is already online")
+        op = self._begin("cpu_up", cpu, cpu=cpu)
+        hotplug.cpu_up(self.k, rq)
+        self._end(op)

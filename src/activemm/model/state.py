@@ -1,0 +1,154 @@
+"""The state the kernel keeps for active_mm, as plain dataclasses with the kernel's field names.
+
+`Task` is `struct task_struct` (the fields that matter here), `Mm` is `struct mm_struct`,
+`Rq` is the per-CPU runqueue with `rq->prev_mm`, and `CpuTlbState` is the per-CPU MMU state
+(x86 `cpu_tlbstate` and `cpu_tlbstate_shared.is_lazy`; alpha `cpu_data[].last_asn`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class TaskState(StrEnum):
+    """Where a task is in its life, as far as the mm code cares."""
+
+    RUNNABLE = "runnable"  # on a runqueue or sleeping: not current anywhere
+    RUNNING = "running"  # rq->curr of some CPU
+    DEAD = "dead"  # did do_exit() (TASK_DEAD), still current until its final switch
+    GONE = "gone"  # final switch done; finish_task_switch() put the task_struct
+
+
+@dataclass(slots=True, eq=False)
+class MmContext:
+    """The arch part of `mm->context` that the models use."""
+
+    ctx_id: int = 0  # x86: unique id from a global counter (init_new_context)
+    tlb_gen: int = 0  # x86: bumped by every flush_tlb_mm_range (inc_mm_tlb_gen)
+    asn: dict[int, int] = field(default_factory=dict)  # alpha: per-CPU ASN|version, 0 = none
+
+
+@dataclass(slots=True, eq=False)
+class Mm:
+    """`struct mm_struct`: an address space and its two counters."""
+
+    id: int
+    owner: str  # comm of the task it was created for (for people, not for the kernel)
+    mm_users: int = 1
+    mm_count: int = 1
+    is_init_mm: bool = False
+    torn_down: bool = False  # __mmput() ran: mappings and user page tables are gone
+    freed: bool = False  # __mmdrop() ran: the struct itself is gone
+    mm_cpumask: set[int] = field(default_factory=set)
+    context: MmContext = field(default_factory=MmContext)
+
+    @property
+    def name(self) -> str:
+        return "init_mm" if self.is_init_mm else f"mm{self.id}"
+
+    @property
+    def status(self) -> str:
+        """live (has real users), zombie (only lazy users / grabs left) or freed."""
+        if self.freed:
+            return "freed"
+        if self.mm_users > 0 or self.is_init_mm:
+            return "live"
+        return "zombie"
+
+    def __str__(self) -> str:
+        return self.name if self.is_init_mm else f"{self.name} ({self.owner})"
+
+
+@dataclass(slots=True, eq=False)
+class Pcb:
+    """alpha: the hardware process control block in thread_info (the part PALcode loads)."""
+
+    ptbr: Mm | None = None  # page-table base: stands for pfn(mm->pgd)
+    asn: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Task:
+    """`struct task_struct`, the mm-relevant fields."""
+
+    pid: int
+    comm: str
+    tgid: int
+    pf_kthread: bool = False  # PF_KTHREAD
+    mm: Mm | None = None
+    active_mm: Mm | None = None
+    state: TaskState = TaskState.RUNNABLE
+    cpu: int | None = None  # the CPU it runs on (or last ran on)
+    is_idle: bool = False
+    uses_mm: bool = False  # a kernel thread between kthread_use_mm() and kthread_unuse_mm()
+    vfork_parent: Task | None = None  # CLONE_VFORK: released at exec_mm_release / exit
+    pcb: Pcb = field(default_factory=Pcb)
+
+    @property
+    def name(self) -> str:
+        return self.comm if self.pid == 0 else f"{self.comm}[{self.pid}]"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(slots=True, eq=False)
+class TlbContext:
+    """x86 `cpu_tlbstate.ctxs[asid]`: which mm an ASID slot holds and how far it is flushed."""
+
+    ctx_id: int = 0
+    tlb_gen: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class CpuTlbState:
+    """Per-CPU MMU state: what the hardware really runs on, which may differ from active_mm."""
+
+    loaded_mm: Mm
+    loaded_mm_asid: int = 0
+    next_asid: int = 1
+    is_lazy: bool = False
+    ctxs: list[TlbContext] = field(default_factory=list)
+    last_asn: int = 0  # alpha: cpu_data[cpu].last_asn (ASN | version)
+    need_new_asn: bool = False  # alpha
+
+
+@dataclass(slots=True, eq=False)
+class Rq:
+    """`struct rq`: one per CPU."""
+
+    cpu: int
+    curr: Task
+    idle: Task
+    tlb: CpuTlbState
+    prev_mm: Mm | None = None
+    online: bool = True
+
+
+@dataclass(slots=True, eq=False)
+class Holder:
+    """A reference taken from outside the scheduler: a /proc reader, io_uring, vhost, oom..."""
+
+    name: str
+    mm: Mm
+    kind: str  # "mm_users" (mmget_not_zero / get_task_mm) or "mm_count" (mmgrab)
+
+
+@dataclass(slots=True, eq=False)
+class KernelState:
+    """Everything the model knows. Freed mms and reaped tasks stay listed, marked as such."""
+
+    init_mm: Mm
+    rqs: list[Rq] = field(default_factory=list)
+    tasks: list[Task] = field(default_factory=list)
+    mms: list[Mm] = field(default_factory=list)
+    holders: list[Holder] = field(default_factory=list)
+    next_pid: int = 1
+    next_ctx_id: int = 1
+
+    def live_tasks(self) -> list[Task]:
+        return [t for t in self.tasks if t.state is not TaskState.GONE]
+
+    def running(self) -> list[Task]:
+        return [rq.curr for rq in self.rqs]

@@ -1,0 +1,282 @@
+"""The sanitizer: an observer that checks the model the way KASAN and the refcount debug code
+check a kernel.
+
+A bad access (use-after-free, a counter going below zero) is reported the moment the model
+makes it; every other invariant of ../shared/reference/kernel.md §11 is checked after each
+operation. A failure raises `Violation`, whose text reads like a KASAN report: what broke,
+in which operation, and the operations that led there.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from activemm.model.config import KernelConfig
+from activemm.model.events import BadAccess, Event, MmFreed
+from activemm.model.kernel import Observer, Operation
+from activemm.model.state import CpuTlbState, KernelState, Mm, TaskState
+
+HISTORY = 8
+
+
+@dataclass
+class Violation(Exception):
+    """An invariant broke. `kind` is short ("use-after-free", "refcount mismatch", ...)."""
+
+    kind: str
+    message: str
+    operation: str
+    history: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message} (in {self.operation})"
+
+    def report(self) -> str:
+        bar = "=" * 72
+        lines = [bar, f"BUG: activemm-sanitizer: {self.kind}", self.message, ""]
+        lines.append(f"in operation {self.operation}, after these events:")
+        lines += [f"  {e}" for e in self.events] or ["  (none)"]
+        lines.append("")
+        lines.append("the operations that led here:")
+        lines += [f"  {h}" for h in self.history] or ["  (none)"]
+        lines.append(bar)
+        return "\n".join(lines)
+
+
+class Sanitizer(Observer):
+    """Checks every operation of a Machine. Construct with the machine's config."""
+
+    def __init__(self, config: KernelConfig, history: int = HISTORY) -> None:
+        self.config = config
+        self.history: deque[str] = deque(maxlen=history)
+        self.events: list[Event] = []
+        self.op: Operation | None = None
+        self.freed_by: dict[int, str] = {}
+        self.checks = 0
+
+    # -- observer -------------------------------------------------------------------------
+
+    def begin(self, op: Operation, state: KernelState) -> None:
+        self.op = op
+        self.events = []
+
+    def event(self, ev: Event) -> None:
+        self.events.append(ev)
+        if isinstance(ev, MmFreed):
+            where = self.op.describe() if self.op else "?"
+            self.freed_by[ev.mm.id] = f"freed by __mmdrop on CPU {ev.cpu} ({ev.reason}) in {where}"
+        elif isinstance(ev, BadAccess):
+            extra = self.freed_by.get(ev.mm.id, "")
+            msg = f"{ev.what} of {ev.mm} in {ev.function}() on CPU {ev.cpu}"
+            self._fail(ev.what, msg + (f"; it was {extra}" if extra else ""))
+
+    def end(self, op: Operation, state: KernelState) -> None:
+        self.checks += 1
+        problem = check_state(state, self.config)
+        if problem:
+            kind, msg = problem
+            self._fail(kind, msg)
+        self.history.append(f"#{op.index} {op.describe()}")
+        self.op = None
+
+    def _fail(self, kind: str, message: str) -> None:
+        op = f"#{self.op.index} {self.op.describe()}" if self.op else "?"
+        raise Violation(
+            kind, message, op, list(self.history), [e.describe() for e in self.events]
+        )
+
+
+def expected_counts(state: KernelState, config: KernelConfig) -> dict[int, tuple[int, int]]:
+    """The references that exist, per mm id: (mm_users, mm_count) as the kernel's rules
+    say they must be (reference §11, invariants 8, 9 and 13)."""
+    users: dict[int, int] = {}
+    count: dict[int, int] = {}
+
+    def add(d: dict[int, int], mm: Mm | None, n: int = 1) -> None:
+        if mm is not None:
+            d[mm.id] = d.get(mm.id, 0) + n
+
+    lazy_counted = config.lazy_refs_counted
+    for t in state.live_tasks():
+        if t.mm is not None:
+            if t.uses_mm:
+                add(count, t.mm)  # kthread_use_mm's mmgrab
+            else:
+                add(users, t.mm)
+    for rq in state.rqs:
+        if lazy_counted:
+            add(count, rq.prev_mm)
+            if rq.online and rq.curr.mm is None:
+                add(count, rq.curr.active_mm)  # the CPU's lazy slot
+    for h in state.holders:
+        add(users if h.kind == "mm_users" else count, h.mm)
+    out: dict[int, tuple[int, int]] = {}
+    for mm in state.mms:
+        if mm.freed:
+            continue
+        u = users.get(mm.id, 0)
+        base = 1 if mm.is_init_mm else int(mm.mm_users > 0)
+        out[mm.id] = (2 if mm.is_init_mm else u, base + count.get(mm.id, 0))
+    return out
+
+
+def reachable(state: KernelState) -> set[int]:
+    """Ids of mms something still points to."""
+    seen: set[int] = {state.init_mm.id}
+    for t in state.live_tasks():
+        for mm in (t.mm, t.active_mm):
+            if mm is not None:
+                seen.add(mm.id)
+    for rq in state.rqs:
+        for mm in (rq.prev_mm, rq.tlb.loaded_mm):
+            if mm is not None:
+                seen.add(mm.id)
+    seen.update(h.mm.id for h in state.holders)
+    return seen
+
+
+def check_state(state: KernelState, config: KernelConfig) -> tuple[str, str] | None:
+    """Every invariant that must hold between operations; the first broken one, or None."""
+    return (
+        _check_tasks(state)
+        or _check_use_after_free(state)
+        or _check_counts(state, config)
+        or _check_hardware(state, config)
+    )
+
+
+def _check_tasks(state: KernelState) -> tuple[str, str] | None:
+    init_mm = state.init_mm
+    for t in state.live_tasks():
+        if t.mm is init_mm:
+            return "init_mm as a real mm", f"{t.name} has init_mm as its mm"
+        if t.mm is not None and t.active_mm is not t.mm:
+            return "active_mm rule", f"{t.name} has mm {t.mm} but active_mm {t.active_mm}"
+        if t.pf_kthread and t.mm is not None and not t.uses_mm:
+            return "kthread with mm", f"kernel thread {t.name} has {t.mm} outside kthread_use_mm"
+        if t.state is TaskState.DEAD and t.uses_mm:
+            return (
+                "exit inside kthread_use_mm",
+                f"{t.name} exited while inside kthread_use_mm(); exit_mm() mmput() a "
+                f"reference it never took",
+            )
+        running = t.state in (TaskState.RUNNING, TaskState.DEAD)
+        if not running and t.mm is None and t.active_mm is not None and not t.is_idle:
+            return (
+                "stale active_mm",
+                f"{t.name} is not running but still borrows {t.active_mm}",
+            )
+    for rq in state.rqs:
+        if rq.online and rq.curr.active_mm is None:
+            return "no active_mm", f"CPU {rq.cpu} runs {rq.curr.name} with active_mm NULL"
+        if rq.prev_mm is not None:
+            return "rq->prev_mm left", f"CPU {rq.cpu} has rq->prev_mm {rq.prev_mm} between ops"
+    return None
+
+
+def _check_use_after_free(state: KernelState) -> tuple[str, str] | None:
+    for t in state.live_tasks():
+        for what, mm in (("mm", t.mm), ("active_mm", t.active_mm)):
+            if mm is not None and mm.freed:
+                return "use-after-free", f"{t.name}->{what} points to freed {mm}"
+    for rq in state.rqs:
+        if rq.online and rq.tlb.loaded_mm.freed:
+            return (
+                "use-after-free",
+                f"CPU {rq.cpu} still runs on the page tables of freed {rq.tlb.loaded_mm}",
+            )
+    for h in state.holders:
+        if h.mm.freed:
+            return "use-after-free", f"{h.name} holds a {h.kind} reference on freed {h.mm}"
+    if state.init_mm.freed:
+        return "init_mm freed", "init_mm was freed"
+    return None
+
+
+def _check_counts(state: KernelState, config: KernelConfig) -> tuple[str, str] | None:
+    expected = expected_counts(state, config)
+    live = reachable(state)
+    for mm in state.mms:
+        if mm.freed:
+            continue
+        if mm.mm_count < 0 or mm.mm_users < 0:
+            return "refcount underflow", f"{mm} has mm_users={mm.mm_users} mm_count={mm.mm_count}"
+        if mm.id not in live:
+            return (
+                "leak",
+                f"{mm} is unreachable but not freed (mm_users={mm.mm_users}, "
+                f"mm_count={mm.mm_count})",
+            )
+        if mm.is_init_mm and not config.lazy_refs_counted:
+            continue
+        users, count = expected[mm.id]
+        if mm.mm_users != users:
+            return (
+                "refcount mismatch",
+                f"{mm} has mm_users={mm.mm_users} but {users} real users exist",
+            )
+        if mm.mm_count != count:
+            return (
+                "refcount mismatch",
+                f"{mm} has mm_count={mm.mm_count} but {count} references exist "
+                f"(real users' share, lazy users, rq->prev_mm, kthread_use_mm, grabs)",
+            )
+        if mm.mm_users == 0 and not mm.is_init_mm and not mm.torn_down:
+            return "missed __mmput", f"{mm} has no users but its address space was not torn down"
+    return None
+
+
+def _check_hardware(state: KernelState, config: KernelConfig) -> tuple[str, str] | None:
+    """Reference §11 invariants 17-20 (x86) and 23 (alpha), and their generic form."""
+    init_mm = state.init_mm
+    for rq in state.rqs:
+        if not rq.online:
+            continue
+        cur, tlb = rq.curr, rq.tlb
+        loaded = tlb.loaded_mm
+        if config.arch == "alpha" and cur.uses_mm:
+            # ev5_switch_mm writes only the PCB ASN; kthread_use_mm's page tables take effect
+            # at the next swpctx (reference §8, marked unverified). Not a refcount matter.
+            continue
+        if loaded is not cur.active_mm and loaded is not init_mm:
+            return (
+                "hardware state",
+                f"CPU {rq.cpu} runs on {loaded} but its task {cur.name} has active_mm "
+                f"{cur.active_mm}",
+            )
+        if cur.mm is not None and loaded is not cur.mm:
+            return "hardware state", f"CPU {rq.cpu} runs user {cur.name} on {loaded}, not {cur.mm}"
+        if not loaded.is_init_mm and rq.cpu not in loaded.mm_cpumask:
+            return "mm_cpumask", f"CPU {rq.cpu} runs on {loaded} but is not in its mm_cpumask"
+        if config.arch == "x86_64":
+            problem = _check_x86(rq.cpu, cur.mm, loaded, tlb.is_lazy, tlb)
+            if problem:
+                return problem
+        if config.arch == "alpha" and cur.mm is None and cur.pcb.ptbr is not cur.active_mm:
+            return (
+                "alpha PCB",
+                f"kernel thread {cur.name} on CPU {rq.cpu} borrows {cur.active_mm} but its "
+                f"PCB ptbr is {cur.pcb.ptbr}",
+            )
+    return None
+
+
+def _check_x86(
+    cpu: int, mm: Mm | None, loaded: Mm, is_lazy: bool, tlb: CpuTlbState
+) -> tuple[str, str] | None:
+    if is_lazy and (mm is not None or loaded.is_init_mm):
+        return "x86 is_lazy", f"CPU {cpu} is_lazy but runs {'a user task' if mm else 'init_mm'}"
+    if mm is None and not loaded.is_init_mm and not is_lazy:
+        return "x86 is_lazy", f"CPU {cpu} borrows {loaded} for a kernel thread but is not lazy"
+    ctx = tlb.ctxs[tlb.loaded_mm_asid]
+    if ctx.ctx_id != loaded.context.ctx_id:
+        return "x86 ASID", f"CPU {cpu} ASID {tlb.loaded_mm_asid} does not hold {loaded}'s context"
+    if mm is not None and ctx.tlb_gen < loaded.context.tlb_gen:
+        return (
+            "stale TLB",
+            f"CPU {cpu} runs user code of {loaded} with TLB generation {ctx.tlb_gen} < "
+            f"{loaded.context.tlb_gen}: a flush was missed",
+        )
+    return None
