@@ -339,10 +339,9 @@ class Machine:
         self._end(op)
 
     def leave_mm(self, cpu: int) -> None:
-        """x86 leave_mm(): an idle, lazy CPU drops its borrowed page tables for init_mm."""
+        """x86 leave_mm(): an idle, lazy CPU drops its borrowed page tables for init_mm.
+        Other architectures have no such hook; there it does nothing."""
         rq = self.rq(cpu)
-        if self.config.arch != "x86_64":
-            raise OperationError(f"leave_mm: only x86 has it (this is {self.config.arch})")
         if rq.curr.mm is not None:
             raise OperationError(
                 f"leave_mm: CPU {cpu} runs {rq.curr.name}, a user of {rq.curr.mm}; leave_mm "

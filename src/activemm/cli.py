@@ -1,0 +1,154 @@
+"""The `activemm` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from activemm import scenario as scen
+from activemm.errors import ActiveMmError
+from activemm.model.config import DEFAULT_PRESET, MUTANTS, PRESETS, KernelConfig, preset
+from activemm.report.steps import step_json, step_view
+from activemm.sanitizer import Sanitizer, Violation
+
+app = typer.Typer(
+    help="activemm: the Linux kernel's active_mm / lazy-TLB scheme, executable and checked.\n\n"
+    "Start with `activemm demo`, then `activemm run examples/04_zombie_mm.toml`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+PresetOpt = Annotated[
+    str | None,
+    typer.Option("--preset", "-p", help="Kernel configuration (see `activemm presets`)."),
+]
+MutantOpt = Annotated[
+    list[str] | None,
+    typer.Option("--mutant", "-m", help="Break one kernel rule on purpose (see `activemm mutants`)."),
+]
+
+
+def resolve_config(
+    name: str | None, mutants: list[str] | None = None, fallback: str | None = None
+) -> KernelConfig:
+    cfg = preset(name or fallback or DEFAULT_PRESET)
+    return cfg.with_mutants(*mutants) if mutants else cfg
+
+
+def _run(
+    sc: scen.Scenario, cfg: KernelConfig, as_json: bool, quiet: bool, sanitize: bool
+) -> None:
+    observers = [Sanitizer(cfg)] if sanitize else []
+    if not as_json and not quiet:
+        out.print(f"[bold]{sc.title}[/bold]  [dim]({sc.path}, preset {cfg.name})[/dim]")
+        if sc.description:
+            out.print(sc.description.strip())
+    steps = 0
+    try:
+        for r in scen.run(sc, cfg, list(observers)):
+            steps += 1
+            args = (r.index, r.operation, r.note, r.events, r.state, cfg)
+            if as_json:
+                sys.stdout.write(json.dumps(step_json(*args)) + "\n")
+            elif not quiet:
+                out.print(step_view(*args))
+    except Violation as v:
+        if as_json:
+            sys.stdout.write(json.dumps({"violation": {
+                "kind": v.kind, "message": v.message, "operation": v.operation,
+                "history": v.history, "events": v.events}}) + "\n")
+        err.print(v.report(), highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    if not as_json:
+        out.print(f"[green]ok[/green]: {steps - 1} steps, sanitizer clean ({cfg.name})")
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="A scenario file (TOML), e.g. examples/*.toml.")],
+    preset_name: PresetOpt = None,
+    mutant: MutantOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per step.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the verdict.")] = False,
+    no_sanitize: Annotated[bool, typer.Option("--no-sanitize", help="Skip the checks.")] = False,
+) -> None:
+    """Run a scenario step by step: each CPU's task, active_mm (lazy or not) and hardware mm,
+    each mm's mm_users / mm_count / state, and the events of every step."""
+    sc = scen.load(file)
+    _run(sc, resolve_config(preset_name, mutant, sc.preset), as_json, quiet, not no_sanitize)
+
+
+@app.command()
+def demo(
+    preset_name: PresetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per step.")] = False,
+) -> None:
+    """The seed note (Linus, 1999) acted out: boot on init_mm, a kernel thread borrowing a
+    user mm, the real user exiting on another CPU, and the zombie mm freed when its last lazy
+    user switches away."""
+    text = resources.files("activemm").joinpath("scenarios/seed.toml").read_text("utf-8")
+    sc = scen.parse(__import__("tomllib").loads(text), "seed.toml (built in)")
+    _run(sc, resolve_config(preset_name, None, sc.preset), as_json, False, True)
+
+
+@app.command()
+def presets(
+    name: Annotated[str | None, typer.Argument(help="Show every option of this preset.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List the kernel configurations, or show one in full."""
+    if name:
+        opts = preset(name).options()
+        if as_json:
+            sys.stdout.write(json.dumps(opts) + "\n")
+            return
+        t = Table(title=name, show_header=False)
+        for k, v in opts.items():
+            t.add_row(k, str(v))
+        out.print(t)
+        return
+    if as_json:
+        sys.stdout.write(json.dumps({n: p.options() for n, p in PRESETS.items()}) + "\n")
+        return
+    t = Table(title="presets (default: " + DEFAULT_PRESET + ")")
+    t.add_column("name", style="bold")
+    t.add_column("summary")
+    for n, p in PRESETS.items():
+        t.add_row(n, p.summary)
+    out.print(t)
+
+
+@app.command()
+def mutants() -> None:
+    """List the deliberately broken kernel variants (`--mutant NAME`)."""
+    t = Table(title="mutants")
+    t.add_column("name", style="bold")
+    t.add_column("what is broken")
+    for n, d in MUTANTS.items():
+        t.add_row(n, d)
+    out.print(t)
+
+
+def main() -> None:
+    """Entry point: user mistakes become one line on stderr and exit status 2."""
+    try:
+        app()
+    except ActiveMmError as e:
+        sys.stderr.write(f"activemm: error: {e}\n")
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
