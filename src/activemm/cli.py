@@ -34,7 +34,9 @@ PresetOpt = Annotated[
 ]
 MutantOpt = Annotated[
     list[str] | None,
-    typer.Option("--mutant", "-m", help="Break one kernel rule on purpose (see `activemm mutants`)."),
+    typer.Option(
+        "--mutant", "-m", help="Break one kernel rule on purpose (see `activemm mutants`)."
+    ),
 ]
 
 
@@ -45,9 +47,7 @@ def resolve_config(
     return cfg.with_mutants(*mutants) if mutants else cfg
 
 
-def _run(
-    sc: scen.Scenario, cfg: KernelConfig, as_json: bool, quiet: bool, sanitize: bool
-) -> None:
+def _run(sc: scen.Scenario, cfg: KernelConfig, as_json: bool, quiet: bool, sanitize: bool) -> None:
     observers = [Sanitizer(cfg)] if sanitize else []
     if not as_json and not quiet:
         out.print(f"[bold]{sc.title}[/bold]  [dim]({sc.path}, preset {cfg.name})[/dim]")
@@ -64,9 +64,20 @@ def _run(
                 out.print(step_view(*args))
     except Violation as v:
         if as_json:
-            sys.stdout.write(json.dumps({"violation": {
-                "kind": v.kind, "message": v.message, "operation": v.operation,
-                "history": v.history, "events": v.events}}) + "\n")
+            sys.stdout.write(
+                json.dumps(
+                    {
+                        "violation": {
+                            "kind": v.kind,
+                            "message": v.message,
+                            "operation": v.operation,
+                            "history": v.history,
+                            "events": v.events,
+                        }
+                    }
+                )
+                + "\n"
+            )
         err.print(v.report(), highlight=False, markup=False)
         raise typer.Exit(1) from None
     if not as_json:

@@ -83,9 +83,7 @@ class Sanitizer(Observer):
 
     def _fail(self, kind: str, message: str) -> None:
         op = f"#{self.op.index} {self.op.describe()}" if self.op else "?"
-        raise Violation(
-            kind, message, op, list(self.history), [e.describe() for e in self.events]
-        )
+        raise Violation(kind, message, op, list(self.history), [e.describe() for e in self.events])
 
 
 def expected_counts(state: KernelState, config: KernelConfig) -> dict[int, tuple[int, int]]:

@@ -37,13 +37,13 @@ def _arg(v: object) -> str:
 class Observer:
     """Subclass and override what you need; the model calls these in order."""
 
-    def begin(self, op: Operation, state: KernelState) -> None:  # noqa: B027
+    def begin(self, op: Operation, state: KernelState) -> None:
         """Called before the operation changes anything."""
 
-    def event(self, ev: Event) -> None:  # noqa: B027
+    def event(self, ev: Event) -> None:
         """Called for each event, as it happens."""
 
-    def end(self, op: Operation, state: KernelState) -> None:  # noqa: B027
+    def end(self, op: Operation, state: KernelState) -> None:
         """Called when the operation is complete."""
 
 

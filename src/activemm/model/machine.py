@@ -123,6 +123,8 @@ class Machine:
         return self.state.rqs[cpu]
 
     def _running(self, task: Task, what: str) -> Rq:
+        if task.state in (TaskState.DEAD, TaskState.GONE):
+            raise OperationError(f"{what}: {task.name} has exited")
         if task.state is not TaskState.RUNNING or task.cpu is None:
             raise OperationError(
                 f"{what}: {task.name} is not running; the kernel does this in the task's own "
@@ -176,8 +178,6 @@ class Machine:
                 f"fork: unknown kind {kind!r}; expected one of {', '.join(fork.FORK_KINDS)}"
             )
         rq = self._running(p, "fork")
-        if p.state is TaskState.DEAD:
-            raise OperationError(f"fork: {p.name} has exited")
         if kind in ("kthread", "usermode") and p.mm is not None:
             raise OperationError(
                 f"fork: a {kind} is created by a task without an mm (kthreadd, init before "
@@ -198,8 +198,6 @@ class Machine:
         """fs/exec.c: execve() of a running task: a new mm via exec_mmap()."""
         t = self.task(task)
         rq = self._running(t, "exec")
-        if t.state is TaskState.DEAD:
-            raise OperationError(f"exec: {t.name} has exited")
         if t.pf_kthread:
             raise OperationError(
                 f"exec: {t.name} is a kernel thread (PF_KTHREAD); kernel_execve() refuses "
@@ -215,10 +213,10 @@ class Machine:
         TASK_DEAD, until its CPU schedules another task (its final switch)."""
         t = self.task(task)
         rq = self._running(t, "exit")
-        if t.state is TaskState.DEAD:
-            raise OperationError(f"exit: {t.name} has already exited")
         if t.is_idle:
             raise OperationError(f"exit: {t.name} is an idle task; idle tasks never exit")
+        if t.pid == 1:
+            raise OperationError("exit: init (PID 1) exiting panics the kernel")
         op = self._begin("exit", rq.cpu, task=t)
         exitm.do_exit(self.k, t)
         self._end(op)
@@ -252,8 +250,6 @@ class Machine:
             raise OperationError(f"kthread_use_mm: {t.name} is not a kernel thread")
         if t.mm is not None:
             raise OperationError(f"kthread_use_mm: {t.name} already uses {t.mm}")
-        if t.state is TaskState.DEAD:
-            raise OperationError(f"kthread_use_mm: {t.name} has exited")
         if m.is_init_mm:
             raise OperationError("kthread_use_mm: init_mm is never anyone's real mm")
         op = self._begin("kthread_use_mm", rq.cpu, task=t, mm=m)

@@ -63,7 +63,11 @@ def mm_rows(state: KernelState, config: KernelConfig, events: list[Event]) -> li
 
 
 def step_json(
-    index: int, operation: str, note: str, events: list[Event], state: KernelState,
+    index: int,
+    operation: str,
+    note: str,
+    events: list[Event],
+    state: KernelState,
     config: KernelConfig,
 ) -> dict[str, Any]:
     return {
@@ -78,7 +82,11 @@ def step_json(
 
 
 def step_view(
-    index: int, operation: str, note: str, events: list[Event], state: KernelState,
+    index: int,
+    operation: str,
+    note: str,
+    events: list[Event],
+    state: KernelState,
     config: KernelConfig,
 ) -> Panel:
     cpus = Table(box=None, pad_edge=False, header_style="bold")
@@ -94,7 +102,13 @@ def step_view(
             continue
         active = _name(cur.active_mm)
         active_text = Text(f"lazy: {active}", style="yellow") if cur.mm is None else Text(active)
-        cells = [str(rq.cpu), cur.name, active_text, _name(rq.tlb.loaded_mm), _name(rq.prev_mm)]
+        cells: list[str | Text] = [
+            str(rq.cpu),
+            cur.name,
+            active_text,
+            _name(rq.tlb.loaded_mm),
+            _name(rq.prev_mm),
+        ]
         if config.arch == "x86_64":
             cells.append(f"{rq.tlb.loaded_mm_asid} / {'lazy' if rq.tlb.is_lazy else '-'}")
         elif config.arch == "alpha":

@@ -1,0 +1,3 @@
+from activemm.cli import main
+
+main()

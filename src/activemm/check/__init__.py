@@ -1,0 +1,1 @@
+"""Checking the model: the operations enabled in a state, random and exhaustive exploration."""

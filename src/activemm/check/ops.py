@@ -1,0 +1,129 @@
+"""The operations a Machine can perform in its current state, as (name, arguments) pairs.
+
+This is the transition relation the property-based tests sample and the explorer enumerates:
+an operation is enabled exactly when the kernel could perform it (the task runs, the CPU is
+online...), within limits that keep the systems small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from activemm.model import Machine
+from activemm.model.state import TaskState
+
+Op = tuple[str, tuple[tuple[str, Any], ...]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How big a system may grow, and which kinds of operation are explored."""
+
+    max_tasks: int = 8  # live tasks besides the idle tasks
+    max_holders: int = 2
+    processes: int | None = None  # fork kind="process" budget (None: limited by max_tasks)
+    threads: int | None = None
+    kthreads: int | None = None
+    holders: bool = True
+    flushes: bool = True
+    hotplug: bool = True
+    exec: bool = True
+
+
+def op(name: str, **args: Any) -> Op:
+    return (name, tuple(args.items()))
+
+
+def describe(o: Op) -> str:
+    return f"{o[0]}({', '.join(f'{k}={v}' for k, v in o[1])})"
+
+
+def apply(machine: Machine, o: Op) -> None:
+    getattr(machine, o[0])(**dict(o[1]))
+
+
+def enabled(
+    machine: Machine, limits: Limits = Limits(), forks: dict[str, int] | None = None
+) -> list[Op]:
+    """Every operation enabled in the machine's state. `forks` counts forks done so far by
+    kind, for the per-kind budgets of `limits`."""
+    state = machine.state
+    forks = forks or {}
+    ops: list[Op] = []
+    live = [t for t in state.tasks if not t.is_idle and t.state is not TaskState.GONE]
+    room = len(live) < limits.max_tasks
+    budget = {
+        "process": limits.processes,
+        "thread": limits.threads,
+        "vfork": limits.threads,
+        "kthread": limits.kthreads,
+    }
+
+    def can_fork(kind: str) -> bool:
+        b = budget.get(kind)
+        return room and (b is None or forks.get(kind, 0) < b)
+
+    online = [rq for rq in state.rqs if rq.online]
+    for rq in online:
+        for t in state.tasks:
+            if t is rq.curr or t.state is not TaskState.RUNNABLE:
+                continue
+            if t.is_idle and t is not rq.idle:
+                continue
+            ops.append(op("schedule", cpu=rq.cpu, next=t.name))
+    for rq in online:
+        t = rq.curr
+        if t.is_idle:
+            continue
+        if t.state is TaskState.DEAD:
+            continue
+        if t.mm is not None and not t.pf_kthread:
+            for kind in ("process", "thread"):
+                if can_fork(kind):
+                    ops.append(op("fork", parent=t.name, kind=kind))
+            if limits.exec:
+                ops.append(op("exec", task=t.name))
+            if t.pid != 1:
+                ops.append(op("exit", task=t.name))
+        elif t.uses_mm:
+            ops.append(op("kthread_unuse_mm", task=t.name))
+        else:
+            if t.pf_kthread:
+                if can_fork("kthread"):
+                    ops.append(op("fork", parent=t.name, kind="kthread"))
+                for mm in state.mms:
+                    if not mm.is_init_mm and not mm.freed and mm.mm_users > 0:
+                        ops.append(op("kthread_use_mm", task=t.name, mm=mm.name))
+            elif limits.exec:
+                ops.append(op("exec", task=t.name))
+            if t.pid != 1:
+                ops.append(op("exit", task=t.name))
+    if limits.holders:
+        held = {h.name for h in state.holders}
+        for h in state.holders:
+            ops.append(op("mmput" if h.kind == "mm_users" else "mmdrop", holder=h.name))
+        if len(held) < limits.max_holders:
+            name = next(f"h{i}" for i in range(limits.max_holders + 1) if f"h{i}" not in held)
+            for mm in state.mms:
+                if mm.is_init_mm or mm.freed or mm.mm_users == 0:
+                    continue
+                ops.append(op("mmget_not_zero", mm=mm.name, holder=name))
+                ops.append(op("mmgrab", mm=mm.name, holder=name))
+    if limits.flushes:
+        for rq in online:
+            for mm in state.mms:
+                if not mm.is_init_mm and not mm.torn_down and not mm.freed:
+                    for freed in (False, True):
+                        ops.append(
+                            op("flush_tlb_mm_range", cpu=rq.cpu, mm=mm.name, freed_tables=freed)
+                        )
+            if rq.curr.mm is None and machine.config.arch == "x86_64":
+                ops.append(op("leave_mm", cpu=rq.cpu))
+    if limits.hotplug:
+        for rq in state.rqs:
+            if rq.online and len(online) > 1:
+                ops.append(op("cpu_down", cpu=rq.cpu))
+            elif not rq.online:
+                ops.append(op("cpu_up", cpu=rq.cpu))
+    return ops

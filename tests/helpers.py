@@ -1,0 +1,26 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from activemm import Machine, Sanitizer, preset
+from activemm.model.config import KernelConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
+
+
+def machine(config: str | KernelConfig = "linux-6.17-x86_64", cpus: int = 2) -> Machine:
+    """A booted machine with a sanitizer attached."""
+    cfg = preset(config) if isinstance(config, str) else config
+    m = Machine(cfg, [Sanitizer(cfg)])
+    m.boot(cpus)
+    return m
+
+
+def with_user(m: Machine, name: str = "app") -> None:
+    """init runs on CPU 0, execs (mm1) and forks `name` (mm2)."""
+    m.schedule(0, "init")
+    m.exec("init")
+    m.fork("init", name=name)

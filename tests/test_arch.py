@@ -1,0 +1,211 @@
+"""Architecture layers, checked against sequences worked out by hand from the kernel source:
+arch/x86/mm/tlb.c, arch/alpha/include/asm/mmu_context.h, arch/powerpc/mm/book3s64/radix_tlb.c."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from activemm import PRESETS, Machine
+from activemm.model import Observer
+from activemm.model.events import (
+    AsnRollover,
+    Cr3Loaded,
+    Event,
+    FlushIpi,
+    FlushSkippedLazy,
+    LazyEntered,
+    PcbLoaded,
+    ShootdownIpi,
+)
+
+from .helpers import machine, with_user
+
+
+class Events(Observer):
+    def __init__(self) -> None:
+        self.seen: list[Event] = []
+
+    def event(self, ev: Event) -> None:
+        self.seen.append(ev)
+
+    def take(self, kind: type) -> list:  # type: ignore[type-arg]
+        out = [e for e in self.seen if isinstance(e, kind)]
+        self.seen = [e for e in self.seen if not isinstance(e, kind)]
+        return out
+
+
+def watched(preset: str, cpus: int = 2) -> tuple[Machine, Events]:
+    m = machine(preset, cpus)
+    ev = Events()
+    m.add_observer(ev)
+    return m, ev
+
+
+def test_x86_asid_round_robin_and_slot_exhaustion() -> None:
+    # TLB_NR_DYN_ASIDS = 6; cpu_init leaves init_mm in slot 0 and next_asid = 1.
+    m, ev = watched("linux-6.17-x86_64")
+    m.schedule(0, "init")
+    m.exec("init")  # activate_mm: mm1 not cached -> slot 1 (next_asid 2), flush
+    assert [(c.mm.name, c.asid, c.flush) for c in ev.take(Cr3Loaded)] == [("mm1", 1, True)]
+    for i in range(1, 7):
+        m.fork("init", name=f"p{i}")  # mm2 .. mm7
+    got = []
+    for i in range(1, 7):
+        m.schedule(0, f"p{i}")
+        got += [(c.mm.name, c.asid, c.flush) for c in ev.take(Cr3Loaded)]
+    # slots 2,3,4,5; then next_asid 6 >= 6 wraps to 0 (evicting init_mm), then 1 (evicting mm1)
+    assert got == [
+        ("mm2", 2, True),
+        ("mm3", 3, True),
+        ("mm4", 4, True),
+        ("mm5", 5, True),
+        ("mm6", 0, True),
+        ("mm7", 1, True),
+    ]
+    m.schedule(0, "init")  # mm1 was evicted: new slot 2 (evicting mm2), flush
+    m.schedule(0, "p5")  # mm6 still in slot 0, tlb_gen unchanged: reuse without flush
+    m.schedule(0, "p1")  # mm2 evicted: slot 3, flush
+    got = [(c.mm.name, c.asid, c.flush) for c in ev.take(Cr3Loaded)]
+    assert got == [("mm1", 2, True), ("mm6", 0, False), ("mm2", 3, True)]
+
+
+def test_x86_same_mm_back_from_lazy_with_and_without_a_flush() -> None:
+    m, ev = watched("linux-6.17-x86_64")
+    with_user(m)
+    m.schedule(1, "kthreadd")
+    m.fork("kthreadd", kind="kthread", name="kw")
+    m.schedule(0, "app")
+    ev.take(Cr3Loaded)
+    # U -> K -> U, nothing flushed meanwhile: prev == next, was_lazy, ctxs tlb_gen equal:
+    # return early, no CR3 write at all.
+    m.schedule(0, "kw")
+    m.schedule(0, "app")
+    assert ev.take(Cr3Loaded) == []
+    # Again with a flush from CPU 1 while CPU 0 is lazy: CPU 0 is not IPIed
+    # (should_flush_tlb: is_lazy), and catches up with a flushing reload in the same ASID.
+    m.schedule(0, "kw")
+    asid = m.rq(0).tlb.loaded_mm_asid
+    m.flush_tlb_mm_range(1, "mm2")
+    assert [e.to_cpu for e in ev.take(FlushSkippedLazy)] == [0]
+    m.schedule(0, "app")
+    assert [(c.asid, c.flush) for c in ev.take(Cr3Loaded)] == [(asid, True)]
+
+
+def test_x86_flush_ipis_only_non_lazy_cpus_unless_tables_freed() -> None:
+    m, ev = watched("linux-6.17-x86_64", cpus=3)
+    with_user(m)
+    m.schedule(1, "app")
+    m.fork("app", kind="thread", name="t")
+    m.schedule(2, "t")
+    m.schedule(1, "swapper/1")  # CPU 1 lazy on mm2; CPU 2 runs t on mm2
+    ev.seen.clear()
+    m.flush_tlb_mm_range(2, "mm2")
+    assert [e.to_cpu for e in ev.take(FlushIpi)] == []  # CPU 2 is local, CPU 1 lazy
+    m.flush_tlb_mm_range(0, "mm2")  # from CPU 0, which does not run mm2 (stale bit, 6.17)
+    # CPU 0 is in the mask (it ran app before): should_flush_tlb false for it (loaded_mm is
+    # mm1, no trim); CPU 2 runs mm2: IPI; CPU 1 lazy: skipped.
+    ev_ipis = [e.to_cpu for e in ev.seen if isinstance(e, FlushIpi)]
+    assert ev_ipis == [2]
+    ev.seen.clear()
+    m.flush_tlb_mm_range(0, "mm2", freed_tables=True)
+    # freed tables: every CPU in mm_cpumask but the sender; lazy CPU 1 goes to init_mm.
+    assert [e.to_cpu for e in ev.take(FlushIpi)] == [1, 2]
+    assert m.rq(1).tlb.loaded_mm is m.state.init_mm
+    assert m.task("swapper/1").active_mm is m.task("app").mm
+
+
+def test_x86_6_1_clears_cpumask_on_switch_away_6_17_does_not() -> None:
+    for name, stale in (("linux-6.1-x86_64", False), ("linux-6.17-x86_64", True)):
+        m = machine(name)
+        with_user(m)
+        m.schedule(1, "app")
+        m.schedule(1, "kthreadd")  # lazy: the bit stays on both
+        m.schedule(1, "swapper/1")
+        m.schedule(0, "app")
+        m.schedule(0, "init")  # user -> user: real switch away from mm2 on CPU 0
+        mm2 = m.task("app").mm
+        assert mm2 is not None
+        assert (0 in mm2.mm_cpumask) is stale, name
+
+
+def test_alpha_enter_lazy_tlb_writes_the_incoming_threads_pcb() -> None:
+    m, ev = watched("alpha")
+    with_user(m)
+    m.schedule(1, "kthreadd")
+    m.fork("kthreadd", kind="kthread", name="kw")
+    m.schedule(0, "app")
+    app_mm = m.task("app").mm
+    ev.seen.clear()
+    m.schedule(0, "kw")
+    # enter_lazy_tlb(mm2, kw) sets kw's PCB ptbr before PAL_swpctx loads it.
+    lazy = ev.take(LazyEntered)
+    assert lazy[0].task.comm == "kw" and m.task("kw").pcb.ptbr is app_mm
+    assert m.rq(0).tlb.loaded_mm is app_mm  # swpctx loaded kw's PCB: still mm2's tables
+
+
+def test_alpha_asn_rollover_flushes_and_starts_a_new_version() -> None:
+    # MAX_ASN = 3: ASNs 1, 2, 3 on CPU 0, then __get_new_mm_context wraps: tbiap(), version 2.
+    cfg = replace(PRESETS["alpha"], alpha_max_asn=3)
+    m = machine(cfg)
+    ev = Events()
+    m.add_observer(ev)
+    m.schedule(0, "init")
+    m.exec("init")  # ASN 1
+    for i in range(3):
+        m.fork("init", name=f"p{i}")
+    m.schedule(0, "p0")  # ASN 2
+    m.schedule(0, "p1")  # ASN 3
+    assert ev.take(AsnRollover) == []
+    m.schedule(0, "p2")  # wraps: new version
+    roll = ev.take(AsnRollover)
+    assert len(roll) == 1 and roll[0].version == 2
+    loads = ev.take(PcbLoaded)
+    assert loads[-1].task.comm == "p2"
+
+
+def test_powerpc_radix_exit_flush_shoots_lazy_users_before_mmdrop() -> None:
+    m, ev = watched("linux-6.17-powerpc-radix")
+    with_user(m)
+    m.schedule(1, "kthreadd")
+    m.fork("kthreadd", kind="kthread", name="kw")
+    m.schedule(0, "app")
+    m.schedule(0, "kw")  # CPU 0 lazy on mm2, uncounted
+    m.schedule(1, "app")
+    ev.seen.clear()
+    m.exit("app")
+    ipis = ev.take(ShootdownIpi)
+    # exit_mmap -> exit_flush_lazy_tlbs IPIs CPU 0 (the only other CPU in the mask, lazy);
+    # then __mmdrop -> cleanup_lazy_tlbs finds only CPU 1 (the exiting CPU) in the mask.
+    assert [(i.to_cpu, i.was_lazy, i.source) for i in ipis] == [
+        (0, True, "exit_flush_lazy_tlbs"),
+        (1, True, "cleanup_lazy_tlbs"),
+    ]
+    assert m.task("kw").active_mm is m.state.init_mm
+
+
+def test_generic_shootdown_ipis_whole_mask_at_mmdrop() -> None:
+    m, ev = watched("linux-6.17-shootdown")
+    with_user(m)
+    m.schedule(1, "kthreadd")
+    m.fork("kthreadd", kind="kthread", name="kw")
+    m.schedule(0, "app")
+    m.schedule(0, "kw")
+    m.schedule(1, "app")
+    ev.seen.clear()
+    m.exit("app")
+    assert [(i.to_cpu, i.source) for i in ev.take(ShootdownIpi)] == [
+        (0, "cleanup_lazy_tlbs"),
+        (1, "cleanup_lazy_tlbs"),
+    ]
+
+
+def test_powerpc_cpu_disable_clears_masks_after_force_init_mm() -> None:
+    m = machine("linux-6.17-powerpc-radix")
+    with_user(m)
+    m.schedule(1, "app")
+    m.schedule(1, "swapper/1")
+    mm2 = m.task("app").mm
+    assert mm2 is not None and 1 in mm2.mm_cpumask
+    m.cpu_down(1)
+    assert 1 not in mm2.mm_cpumask
+    assert m.rq(1).idle.active_mm is None

@@ -1,0 +1,306 @@
+"""One test per kernel path; every expected count is derived by hand in the comment above it,
+from the kernel code quoted in ../shared/reference/kernel.md."""
+
+from __future__ import annotations
+
+import pytest
+
+from activemm import Violation
+from activemm.errors import ConfigError, OperationError
+from activemm.model.config import KernelConfig
+from activemm.model.state import TaskState
+
+from .helpers import machine, with_user
+
+
+def test_boot_puts_every_cpu_lazily_on_init_mm() -> None:
+    # init_mm starts at mm_count 1; sched_init() grabs it for CPU 0, cpu_init() for CPU 1,
+    # cpu_init() for CPU 2: 1 + 3 = 4. mm_users is the static 2. Nobody has it as ->mm.
+    m = machine(cpus=3)
+    init_mm = m.state.init_mm
+    assert (init_mm.mm_users, init_mm.mm_count) == (2, 4)
+    for rq in m.state.rqs:
+        assert rq.curr is rq.idle and rq.curr.mm is None and rq.curr.active_mm is init_mm
+    assert all(t.mm is None for t in m.state.tasks)
+
+
+def test_shootdown_boot_takes_no_init_mm_references() -> None:
+    # MMU_LAZY_TLB_SHOOTDOWN: mmgrab_lazy_tlb() is only a barrier, so init_mm stays at 1.
+    m = machine("linux-6.17-shootdown", cpus=3)
+    assert m.state.init_mm.mm_count == 1
+
+
+def test_fork_process_thread_and_kthread() -> None:
+    m = machine()
+    with_user(m)
+    app = m.task("app")
+    # dup_mm -> mm_init: a fresh mm with mm_users = mm_count = 1.
+    assert app.mm is not None and app.mm is not m.task("init").mm
+    assert (app.mm.mm_users, app.mm.mm_count) == (1, 1)
+    assert app.active_mm is app.mm
+    m.schedule(1, "app")
+    t = m.fork("app", kind="thread", name="t")
+    # CLONE_VM: mmget(oldmm): users 2, count unchanged 1.
+    assert t.mm is app.mm and (app.mm.mm_users, app.mm.mm_count) == (2, 1)
+    assert t.tgid == app.tgid
+    m.schedule(0, "kthreadd")
+    k = m.fork("kthreadd", kind="kthread", name="kw")
+    # copy_mm() of a task without an mm: both NULL until first scheduled.
+    assert k.mm is None and k.active_mm is None and k.pf_kthread
+
+
+def test_user_to_kernel_grabs_and_kernel_to_user_drops() -> None:
+    m = machine()
+    with_user(m)
+    mm2 = m.task("app").mm
+    assert mm2 is not None
+    m.schedule(1, "kthreadd")
+    m.fork("kthreadd", kind="kthread", name="kw")
+    m.schedule(0, "app")
+    # user -> kernel: mmgrab_lazy_tlb(mm2): 1 -> 2, kw borrows mm2.
+    m.schedule(0, "kw")
+    assert mm2.mm_count == 2 and m.task("kw").active_mm is mm2
+    # kernel -> kernel: handed on, no change, kw's active_mm cleared.
+    m.schedule(0, "swapper/0")
+    assert mm2.mm_count == 2 and m.task("kw").active_mm is None
+    # kernel -> user: rq->prev_mm = mm2, dropped in finish_task_switch: 2 -> 1.
+    m.schedule(0, "app")
+    assert mm2.mm_count == 1 and m.rq(0).prev_mm is None
+
+
+def test_per_task_refs_before_5_4_grab_on_every_kernel_switch() -> None:
+    # linux-2.3.13: kernel -> kernel grabs for next (+1) and drops prev's (-1): net 0, but two
+    # atomic operations where 6.17 has none.
+    m = machine("linux-2.3.13")
+    with_user(m)
+    m.schedule(1, "kthreadd")
+    m.fork("kthreadd", kind="kthread", name="kw")
+    m.schedule(0, "app")
+    m.schedule(0, "kw")
+    grabs: list[str] = []
+
+    class Count:
+        def begin(self, *a: object) -> None: ...
+        def end(self, *a: object) -> None: ...
+        def event(self, ev: object) -> None:
+            grabs.append(type(ev).__name__)
+
+    m.add_observer(Count())  # type: ignore[arg-type]
+    m.schedule(0, "swapper/0")
+    assert grabs.count("MmGrabbed") == 1 and grabs.count("MmDropped") == 1
+    assert m.task("app").mm is not None and m.task("app").mm.mm_count == 2
+
+
+def test_exit_mm_becomes_lazy_then_mmput() -> None:
+    m = machine()
+    with_user(m)
+    m.schedule(1, "app")
+    mm2 = m.task("app").mm
+    assert mm2 is not None
+    m.exit("app")
+    # exit_mm: mmgrab_lazy_tlb (1 -> 2), mm = NULL, mmput: users 1 -> 0 -> __mmput ->
+    # mmdrop (2 -> 1). The struct lives: CPU 1 lazily holds it.
+    app = m.task("app")
+    assert app.state is TaskState.DEAD and app.mm is None and app.active_mm is mm2
+    assert (mm2.mm_users, mm2.mm_count, mm2.torn_down, mm2.freed) == (0, 1, True, False)
+    # Final switch, kernel -> user: prev_mm = mm2 dropped: 1 -> 0, freed on CPU 1.
+    m.schedule(1, "swapper/1")  # kernel -> kernel first: the ref moves to swapper/1
+    assert mm2.mm_count == 1 and app.state is TaskState.GONE
+    m.schedule(0, "swapper/0")
+    m.schedule(1, "init")
+    assert mm2.freed
+
+
+def test_exec_mmput_old_mm_and_drops_lazy_ref_without_one() -> None:
+    m = machine()
+    m.schedule(0, "init")
+    init_mm = m.state.init_mm
+    # boot: 3; init borrowed CPU 0's reference; exec from no mm: mmdrop_lazy_tlb(init_mm): 2.
+    m.exec("init")
+    assert init_mm.mm_count == 2
+    mm1 = m.task("init").mm
+    assert mm1 is not None
+    child = m.fork("init", kind="vfork", name="c")
+    m.schedule(1, child)
+    m.exec(child, name="ls")
+    # exec with an old mm: mmput(mm1): users 2 -> 1, nothing dropped from mm_count.
+    assert (mm1.mm_users, mm1.mm_count) == (1, 1)
+    assert m.task("ls").mm is not mm1
+
+
+def test_kthread_use_mm_reference_flow() -> None:
+    m = machine()
+    with_user(m)
+    mm2 = m.task("app").mm
+    assert mm2 is not None
+    m.schedule(1, "kthreadd")
+    m.fork("kthreadd", kind="kthread", name="io")
+    m.schedule(1, "io")
+    init_mm = m.state.init_mm
+    before = init_mm.mm_count
+    # use: mmgrab(mm2) 1 -> 2; mmdrop_lazy_tlb(init_mm) -1.
+    m.kthread_use_mm("io", "mm2")
+    assert mm2.mm_count == 2 and init_mm.mm_count == before - 1
+    # unuse: mmgrab_lazy_tlb(mm2) 3, mmdrop(mm2) 2: the use ref became a lazy ref.
+    m.kthread_unuse_mm("io")
+    assert mm2.mm_count == 2 and m.task("io").active_mm is mm2
+
+
+def test_kthread_use_mm_same_mm_under_shootdown() -> None:
+    # Reference scenario 10: use of M while M == active_mm. SHOOTDOWN: mmgrab(M) +1 and
+    # mmdrop_lazy_tlb(M) is only a barrier: 1 -> 2; unuse: grab elided, mmdrop -1: 1.
+    m = machine("linux-6.17-shootdown")
+    with_user(m)
+    mm2 = m.task("app").mm
+    assert mm2 is not None
+    m.schedule(1, "kthreadd")
+    m.fork("kthreadd", kind="kthread", name="io")
+    m.schedule(1, "app")
+    m.schedule(1, "io")  # io lazily on mm2, uncounted
+    assert mm2.mm_count == 1
+    m.kthread_use_mm("io", "mm2")
+    assert mm2.mm_count == 2
+    m.kthread_unuse_mm("io")
+    assert mm2.mm_count == 1
+
+
+def test_kthread_exiting_inside_use_mm_is_flagged() -> None:
+    # Reference scenario 9: exit_mm() mmput()s a users reference kthread_use_mm never took.
+    m = machine()
+    with_user(m)
+    m.schedule(1, "kthreadd")
+    m.fork("kthreadd", kind="kthread", name="io")
+    m.schedule(1, "io")
+    m.kthread_use_mm("io", "mm2")
+    with pytest.raises(Violation) as e:
+        m.exit("io")
+    assert e.value.kind in ("refcount mismatch", "missed __mmput", "exit inside kthread_use_mm")
+
+
+def test_shootdown_frees_at_last_mmput_and_moves_lazy_users() -> None:
+    # Reference scenario 1 under SHOOTDOWN: counts stay 1; the final mmdrop at __mmput runs
+    # cleanup_lazy_tlbs, which IPIs CPU 0 (in mm_cpumask) and switches kw to init_mm.
+    m = machine("linux-6.17-shootdown")
+    with_user(m)
+    mm2 = m.task("app").mm
+    assert mm2 is not None
+    m.schedule(1, "kthreadd")
+    m.fork("kthreadd", kind="kthread", name="kw")
+    m.schedule(0, "app")
+    m.schedule(0, "kw")
+    assert mm2.mm_count == 1
+    m.schedule(1, "app")
+    m.exit("app")
+    assert mm2.freed
+    assert m.task("kw").active_mm is m.state.init_mm
+    assert m.task("app").active_mm is m.state.init_mm  # the local CPU was in the mask too
+
+
+def test_no_lazy_ablation_never_borrows_user_mms() -> None:
+    m = machine("no-lazy")
+    with_user(m)
+    mm2 = m.task("app").mm
+    assert mm2 is not None
+    m.schedule(1, "kthreadd")
+    m.fork("kthreadd", kind="kthread", name="kw")
+    m.schedule(0, "app")
+    m.schedule(0, "kw")
+    assert m.task("kw").active_mm is m.state.init_mm and mm2.mm_count == 1
+    assert m.rq(0).tlb.loaded_mm is m.state.init_mm
+    m.schedule(1, "app")
+    m.exit("app")  # no lazy user anywhere: freed at once
+    assert mm2.freed
+
+
+def test_cpu_hotplug_round_trip() -> None:
+    m = machine()
+    with_user(m)
+    m.schedule(1, "app")
+    m.schedule(1, "swapper/1")
+    mm2 = m.task("app").mm
+    assert mm2 is not None and mm2.mm_count == 2
+    init_before = m.state.init_mm.mm_count
+    m.cpu_down(1)
+    # sched_force_init_mm: +1 init_mm, -1 mm2; finish_cpu: -1 init_mm, active_mm = NULL.
+    assert mm2.mm_count == 1 and m.rq(1).idle.active_mm is None
+    assert m.state.init_mm.mm_count == init_before
+    m.cpu_up(1)
+    assert m.rq(1).idle.active_mm is m.state.init_mm
+    assert m.state.init_mm.mm_count == init_before + 1
+
+
+def test_cpu_down_migrates_a_running_user_task() -> None:
+    m = machine()
+    with_user(m)
+    m.schedule(1, "app")
+    m.cpu_down(1)
+    assert m.task("app").state is TaskState.RUNNABLE
+    m.schedule(0, "app")
+
+
+def test_holders_mmget_not_zero_fails_on_torn_down_mm() -> None:
+    m = machine()
+    with_user(m)
+    m.schedule(1, "app")
+    m.mmgrab("mm2", "pin")
+    m.exit("app")
+    assert m.mmget_not_zero("mm2", "late") is False
+    assert not any(h.name == "late" for h in m.state.holders)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m: m.schedule(0, "nobody"), "no task"),
+        (lambda m: m.schedule(5, "init"), "no CPU 5"),
+        (lambda m: m.exec("kthreadd"), "not running"),
+        (lambda m: m.exit("swapper/0"), "idle"),
+        (lambda m: m.fork("init", kind="process"), "not running"),
+        (lambda m: m.kthread_unuse_mm("swapper/0"), "not inside kthread_use_mm"),
+        (lambda m: m.fork("swapper/0", kind="bogus"), "unknown kind"),
+        (lambda m: m.mmput("nobody"), "no mm_users reference"),
+    ],
+)
+def test_impossible_operations_are_refused(call: object, message: str) -> None:
+    m = machine()
+    with pytest.raises(OperationError, match=message):
+        call(m)  # type: ignore[operator]
+
+
+def test_scheduling_a_dead_task_and_exec_after_exit_are_refused() -> None:
+    m = machine()
+    with_user(m)
+    m.schedule(1, "app")
+    m.exit("app")
+    with pytest.raises(OperationError, match="exited"):
+        m.exec("app")
+    m.schedule(1, "swapper/1")
+    with pytest.raises(OperationError, match="dead"):
+        m.schedule(1, "app")
+
+
+def test_kthread_use_mm_on_a_user_task_is_refused() -> None:
+    m = machine()
+    with_user(m)
+    with pytest.raises(OperationError, match="not a kernel thread"):
+        m.kthread_use_mm("init", "mm2")
+
+
+def test_config_refuses_impossible_and_unsafe_combinations() -> None:
+    with pytest.raises(ConfigError, match="depends on"):
+        KernelConfig(MMU_LAZY_TLB_REFCOUNT=True, MMU_LAZY_TLB_SHOOTDOWN=True)
+    with pytest.raises(ConfigError, match="unsafe"):
+        KernelConfig(MMU_LAZY_TLB_REFCOUNT=False, MMU_LAZY_TLB_SHOOTDOWN=False)
+    unsafe = KernelConfig(
+        MMU_LAZY_TLB_REFCOUNT=False, MMU_LAZY_TLB_SHOOTDOWN=False, allow_unsafe=True
+    )
+    # The unsafe variant, studied: the zombie's lazy user outlives the free.
+    m = machine(unsafe)
+    with_user(m)
+    m.schedule(1, "kthreadd")
+    m.fork("kthreadd", kind="kthread", name="kw")
+    m.schedule(0, "app")
+    m.schedule(0, "kw")
+    m.schedule(1, "app")
+    with pytest.raises(Violation, match="use-after-free"):
+        m.exit("app")
