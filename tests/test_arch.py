@@ -144,7 +144,8 @@ def test_alpha_enter_lazy_tlb_writes_the_incoming_threads_pcb() -> None:
 
 
 def test_alpha_asn_rollover_flushes_and_starts_a_new_version() -> None:
-    # MAX_ASN = 3: ASNs 1, 2, 3 on CPU 0, then __get_new_mm_context wraps: tbiap(), version 2.
+    # MAX_ASN = 3: ASNs 1, 2, 3 on CPU 0 (last_asn starts at ASN_FIRST_VERSION = 256), then
+    # __get_new_mm_context wraps: tbiap(), next = 256 + 256 = 512, version 2.
     cfg = replace(PRESETS["alpha"], alpha_max_asn=3)
     m = machine(cfg)
     ev = Events()
@@ -209,3 +210,32 @@ def test_powerpc_cpu_disable_clears_masks_after_force_init_mm() -> None:
     m.cpu_down(1)
     assert 1 not in mm2.mm_cpumask
     assert m.rq(1).idle.active_mm is None
+
+
+def test_alpha_kthread_use_mm_keeps_the_old_page_tables() -> None:
+    """A model prediction read off arch/alpha/include/asm/mmu_context.h, not tested on
+    hardware: kthread_use_mm() -> switch_mm() = ev5_switch_mm() writes only the PCB ASN, never
+    the PCB ptbr, and no swpctx follows. The kernel thread keeps running on the page tables it
+    borrowed before; moved to another CPU, swpctx loads that stale ptbr from its PCB; when the
+    old mm is freed, that CPU runs on freed page tables."""
+    import pytest
+
+    from activemm import Violation
+
+    m = machine("alpha")
+    m.schedule(0, "init")
+    m.exec("init")  # mm1
+    m.fork("init", name="app")  # mm2
+    m.schedule(1, "kthreadd")
+    m.fork("kthreadd", kind="kthread", name="kw")
+    m.schedule(0, "kw")  # kw borrows mm1: enter_lazy_tlb writes kw's PCB ptbr = mm1
+    m.kthread_use_mm("kw", "mm2")  # ASN written, ptbr not: the CPU stays on mm1
+    kw = m.task("kw")
+    assert kw.mm is not None and kw.mm.name == "mm2" and kw.pcb.ptbr is not None
+    assert kw.pcb.ptbr.name == "mm1" and m.rq(0).tlb.loaded_mm.name == "mm1"
+    m.schedule(0, "swapper/0")
+    m.schedule(1, "kw")  # swpctx on CPU 1 loads kw's PCB: mm1's page tables
+    assert m.rq(1).tlb.loaded_mm.name == "mm1"
+    m.schedule(0, "init")
+    with pytest.raises(Violation, match="page tables of freed mm1"):
+        m.exec("init")  # mm1's last user and last reference go: freed under CPU 1

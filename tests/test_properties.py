@@ -34,7 +34,10 @@ class ModelMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def step(self, data: st.DataObject) -> None:
-        ops = enabled(self.m, Limits(max_tasks=6), self.forks)
+        # alpha: kthread_use_mm() keeps the old page tables (test_arch.py shows the resulting
+        # use-after-free the model predicts), so random walks there leave it out.
+        limits = Limits(max_tasks=6, kthread_use_mm=self.config.arch != "alpha")
+        ops = enabled(self.m, limits, self.forks)
         if not ops:
             return
         o = data.draw(st.sampled_from(ops), label="op")

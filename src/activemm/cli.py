@@ -96,7 +96,8 @@ def run(
     """Run a scenario step by step: each CPU's task, active_mm (lazy or not) and hardware mm,
     each mm's mm_users / mm_count / state, and the events of every step."""
     sc = scen.load(file)
-    _run(sc, resolve_config(preset_name, mutant, sc.preset), as_json, quiet, not no_sanitize)
+    mutants = [*sc.mutants, *(mutant or [])]
+    _run(sc, resolve_config(preset_name, mutants, sc.preset), as_json, quiet, not no_sanitize)
 
 
 @app.command()

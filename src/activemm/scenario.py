@@ -68,6 +68,7 @@ class Scenario:
     preset: str | None = None
     rest_init: bool = True
     expect_presets: list[str] | None = None
+    mutants: list[str] = field(default_factory=list)
 
     def to_toml(self) -> str:
         """The scenario as a file `activemm run` reads (used for counterexamples)."""
@@ -79,6 +80,8 @@ class Scenario:
             out.append(f"preset = {_toml(self.preset)}")
         if not self.rest_init:
             out.append("rest_init = false")
+        if self.mutants:
+            out.append(f"mutants = [{', '.join(_toml(m) for m in self.mutants)}]")
         for s in self.steps:
             out.append("")
             out.append("[[step]]")
@@ -113,7 +116,16 @@ def load(path: str | Path) -> Scenario:
 
 
 def parse(data: dict[str, Any], path: str = "<scenario>") -> Scenario:
-    known = {"title", "description", "cpus", "preset", "rest_init", "expect_presets", "step"}
+    known = {
+        "title",
+        "description",
+        "cpus",
+        "preset",
+        "rest_init",
+        "expect_presets",
+        "step",
+        "mutants",
+    }
     unknown = sorted(set(data) - known)
     if unknown:
         raise ScenarioError(f"unknown top-level key {unknown[0]!r}", path=path)
@@ -133,6 +145,7 @@ def parse(data: dict[str, Any], path: str = "<scenario>") -> Scenario:
         preset=data.get("preset"),
         rest_init=bool(data.get("rest_init", True)),
         expect_presets=data.get("expect_presets"),
+        mutants=[str(m) for m in data.get("mutants", [])],
     )
 
 

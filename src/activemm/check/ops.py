@@ -29,6 +29,9 @@ class Limits:
     flushes: bool = True
     hotplug: bool = True
     exec: bool = True
+    execs: int | None = None  # exec budget (None: unlimited)
+    grabs: bool = True  # mmgrab/mmdrop holders besides mmget_not_zero/mmput
+    kthread_use_mm: bool = True
 
 
 def op(name: str, **args: Any) -> Op:
@@ -47,8 +50,9 @@ def enabled(
     machine: Machine, limits: Limits = Limits(), forks: dict[str, int] | None = None
 ) -> list[Op]:
     """Every operation enabled in the machine's state. `forks` counts forks done so far by
-    kind, for the per-kind budgets of `limits`."""
+    kind (and execs under "exec"), for the budgets of `limits`."""
     state = machine.state
+    limits = limits or Limits()
     forks = forks or {}
     ops: list[Op] = []
     live = [t for t in state.tasks if not t.is_idle and t.state is not TaskState.GONE]
@@ -58,11 +62,17 @@ def enabled(
         "thread": limits.threads,
         "vfork": limits.threads,
         "kthread": limits.kthreads,
+        "exec": limits.execs,
     }
 
-    def can_fork(kind: str) -> bool:
+    def within(kind: str) -> bool:
         b = budget.get(kind)
-        return room and (b is None or forks.get(kind, 0) < b)
+        return b is None or forks.get(kind, 0) < b
+
+    def can_fork(kind: str) -> bool:
+        return room and within(kind)
+
+    can_exec = limits.exec and within("exec")
 
     online = [rq for rq in state.rqs if rq.online]
     for rq in online:
@@ -82,7 +92,7 @@ def enabled(
             for kind in ("process", "thread"):
                 if can_fork(kind):
                     ops.append(op("fork", parent=t.name, kind=kind))
-            if limits.exec:
+            if can_exec:
                 ops.append(op("exec", task=t.name))
             if t.pid != 1:
                 ops.append(op("exit", task=t.name))
@@ -92,10 +102,10 @@ def enabled(
             if t.pf_kthread:
                 if can_fork("kthread"):
                     ops.append(op("fork", parent=t.name, kind="kthread"))
-                for mm in state.mms:
+                for mm in state.mms if limits.kthread_use_mm else ():
                     if not mm.is_init_mm and not mm.freed and mm.mm_users > 0:
                         ops.append(op("kthread_use_mm", task=t.name, mm=mm.name))
-            elif limits.exec:
+            elif can_exec:
                 ops.append(op("exec", task=t.name))
             if t.pid != 1:
                 ops.append(op("exit", task=t.name))
@@ -109,16 +119,17 @@ def enabled(
                 if mm.is_init_mm or mm.freed or mm.mm_users == 0:
                     continue
                 ops.append(op("mmget_not_zero", mm=mm.name, holder=name))
-                ops.append(op("mmgrab", mm=mm.name, holder=name))
+                if limits.grabs:
+                    ops.append(op("mmgrab", mm=mm.name, holder=name))
     if limits.flushes:
+        # munmap/mprotect flush from the process's own context, on a CPU running the mm;
+        # leave_mm() is called from the idle loop.
         for rq in online:
-            for mm in state.mms:
-                if not mm.is_init_mm and not mm.torn_down and not mm.freed:
-                    for freed in (False, True):
-                        ops.append(
-                            op("flush_tlb_mm_range", cpu=rq.cpu, mm=mm.name, freed_tables=freed)
-                        )
-            if rq.curr.mm is None and machine.config.arch == "x86_64":
+            mm = rq.curr.mm
+            if mm is not None and not rq.curr.pf_kthread:
+                for freed in (False, True):
+                    ops.append(op("flush_tlb_mm_range", cpu=rq.cpu, mm=mm.name, freed_tables=freed))
+            if rq.curr.is_idle and machine.config.arch == "x86_64":
                 ops.append(op("leave_mm", cpu=rq.cpu))
     if limits.hotplug:
         for rq in state.rqs:

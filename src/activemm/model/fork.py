@@ -29,7 +29,8 @@ def mm_init(k: Kernel, owner: str, tsk: Task | None) -> Mm:
 
     `tsk` is the task the mm is for when that is not current (fork), else None (exec)."""
     mms = k.state.mms
-    mm = Mm(id=len(mms), owner=owner)
+    mm = Mm(id=k.state.next_mm_id, owner=owner)
+    k.state.next_mm_id += 1
     if k.bug("users-share-not-counted"):
         mm.mm_count = 0
     mms.append(mm)

@@ -61,6 +61,20 @@ class Machine:
         self.ops = 0
         self.booted = False
 
+    @classmethod
+    def from_state(
+        cls, config: KernelConfig, state: KernelState, observers: Iterable[Observer] = ()
+    ) -> Machine:
+        """A booted machine continuing from `state` (a copy: see state.clone_state)."""
+        m = cls.__new__(cls)
+        m.config = config
+        m.state = state
+        m.observers = list(observers)
+        m.k = Kernel(state, config, arch_for(config.arch), m.observers)
+        m.ops = 0
+        m.booted = True
+        return m
+
     # -- plumbing -------------------------------------------------------------------------
 
     def add_observer(self, observer: Observer) -> None:
@@ -113,9 +127,10 @@ class Machine:
             if task.mm is None:
                 raise OperationError(f"task {task.name} has no mm")
             return task.mm
-        if not 0 <= idx < len(self.state.mms):
-            raise OperationError(f"no mm {ref!r}")
-        return self.state.mms[idx]
+        for mm in self.state.mms:
+            if mm.id == idx:
+                return mm
+        raise OperationError(f"no mm {ref!r}")
 
     def rq(self, cpu: int) -> Rq:
         if not 0 <= cpu < len(self.state.rqs):
@@ -151,7 +166,7 @@ class Machine:
             tlb = CpuTlbState(loaded_mm=state.init_mm)
             tlb.ctxs = [TlbContext() for _ in range(self.config.nr_dyn_asids)]
             tlb.ctxs[0] = TlbContext(state.init_mm.context.ctx_id, 0)
-            tlb.last_asn = 1 << self.config.alpha_max_asn.bit_length()  # ASN_FIRST_VERSION
+            tlb.last_asn = 1 << 8  # alpha: ASN_FIRST_VERSION
             idle.pcb.ptbr = state.init_mm
             state.rqs.append(Rq(cpu=cpu, curr=idle, idle=idle, tlb=tlb))
             state.tasks.append(idle)

@@ -146,9 +146,108 @@ class KernelState:
     holders: list[Holder] = field(default_factory=list)
     next_pid: int = 1
     next_ctx_id: int = 1
+    next_mm_id: int = 1
 
     def live_tasks(self) -> list[Task]:
         return [t for t in self.tasks if t.state is not TaskState.GONE]
 
     def running(self) -> list[Task]:
         return [rq.curr for rq in self.rqs]
+
+
+def clone_state(state: KernelState, prune: bool = False) -> KernelState:
+    """A deep copy of the state, fast: the explorer copies a state for every transition.
+    Kept next to the dataclasses so that a new field is copied too. `prune` leaves out reaped
+    tasks and freed mms that nothing refers to any more."""
+    mms: dict[int, Mm] = {}
+
+    def cm(mm: Mm | None) -> Mm | None:
+        if mm is None:
+            return None
+        new = mms.get(id(mm))
+        if new is None:
+            c = mm.context
+            new = Mm(
+                mm.id,
+                mm.owner,
+                mm.mm_users,
+                mm.mm_count,
+                mm.is_init_mm,
+                mm.torn_down,
+                mm.freed,
+                set(mm.mm_cpumask),
+                MmContext(c.ctx_id, c.tlb_gen, dict(c.asn)),
+            )
+            mms[id(mm)] = new
+        return new
+
+    tasks: dict[int, Task] = {}
+
+    def ct(t: Task) -> Task:
+        new = tasks.get(id(t))
+        if new is None:
+            new = Task(
+                t.pid,
+                t.comm,
+                t.tgid,
+                t.pf_kthread,
+                cm(t.mm),
+                cm(t.active_mm),
+                t.state,
+                t.cpu,
+                t.is_idle,
+                t.uses_mm,
+                None,
+                Pcb(cm(t.pcb.ptbr), t.pcb.asn),
+            )
+            tasks[id(t)] = new
+        return new
+
+    init_mm = cm(state.init_mm)
+    assert init_mm is not None
+    old_tasks = [t for t in state.tasks if not prune or t.state is not TaskState.GONE]
+    new_tasks = [ct(t) for t in old_tasks]
+    for old in old_tasks:
+        if old.vfork_parent is not None:
+            ct(old).vfork_parent = ct(old.vfork_parent)
+    rqs = []
+    for rq in state.rqs:
+        tlb = rq.tlb
+        loaded = cm(tlb.loaded_mm)
+        assert loaded is not None
+        rqs.append(
+            Rq(
+                rq.cpu,
+                ct(rq.curr),
+                ct(rq.idle),
+                CpuTlbState(
+                    loaded,
+                    tlb.loaded_mm_asid,
+                    tlb.next_asid,
+                    tlb.is_lazy,
+                    [TlbContext(c.ctx_id, c.tlb_gen) for c in tlb.ctxs],
+                    tlb.last_asn,
+                    tlb.need_new_asn,
+                ),
+                cm(rq.prev_mm),
+                rq.online,
+            )
+        )
+    holders = []
+    for h in state.holders:
+        mm = cm(h.mm)
+        assert mm is not None
+        holders.append(Holder(h.name, mm, h.kind))
+    # A freed mm still referenced (a use-after-free the sanitizer reports) is kept.
+    kept = [mm for mm in state.mms if not (prune and mm.freed and id(mm) not in mms)]
+    new_mms = [m for m in map(cm, kept) if m is not None]
+    return KernelState(
+        init_mm,
+        rqs,
+        new_tasks,
+        new_mms,
+        holders,
+        state.next_pid,
+        state.next_ctx_id,
+        state.next_mm_id,
+    )

@@ -5,8 +5,12 @@ user stack pointers, *page-table base (ptbr) and ASN* together. So the MMU conte
 the thread's register context, and must be right in the PCB before switch_to():
 enter_lazy_tlb() writes the borrowed mm's ptbr into the incoming kernel thread's PCB (that is
 why the scheduler passes `next` to it), and switch_mm() only writes the PCB's ASN.
-The hardware state (`loaded_mm`) is whatever PCB swpctx last loaded. ASNs are per CPU with a
+The hardware state (`loaded_mm`) is whatever PCB swpctx last loaded. A consequence, read off
+the code (arch/alpha/include/asm/mmu_context.h, not tested on hardware): kthread_use_mm() calls
+switch_mm(), which writes only the PCB ASN, so the CPU keeps the previous page tables until the
+next swpctx. ASNs are per CPU with a
 version; when a CPU runs out of ASNs it flushes its TLB (tbiap) and starts a new version.
+alpha keeps no mm_cpumask: flush_tlb_mm() IPIs every CPU.
 """
 
 from __future__ import annotations
@@ -22,10 +26,15 @@ leave_mm = generic.leave_mm
 cpu_disable = generic.cpu_disable
 
 
+WIDTH_HARDWARE_ASN = 8
+ASN_FIRST_VERSION = 1 << WIDTH_HARDWARE_ASN
+HARDWARE_ASN_MASK = ASN_FIRST_VERSION - 1
+
+
 def asn_layout(k: Kernel) -> tuple[int, int]:
-    """(HARDWARE_ASN_MASK, ASN_FIRST_VERSION) for the configured MAX_ASN."""
-    width = k.config.alpha_max_asn.bit_length()
-    return (1 << width) - 1, 1 << width
+    """(HARDWARE_ASN_MASK, ASN_FIRST_VERSION): the version lives above the low 8 bits,
+    whatever MAX_ASN (EV5: 127, EV6: 255) the CPU has."""
+    return HARDWARE_ASN_MASK, ASN_FIRST_VERSION
 
 
 def cpu_init(k: Kernel, rq: Rq) -> None:
@@ -84,8 +93,6 @@ def switch_mm_irqs_off(k: Kernel, prev: Mm | None, next: Mm, tsk: Task | None, v
         tlb.need_new_asn = True
     if tsk is not None:
         tsk.pcb.asn = mmc & mask
-    if not next.is_init_mm:
-        next.mm_cpumask.add(cpu)
 
 
 def __load_new_mm_context(k: Kernel, next: Mm, current: Task) -> None:
@@ -105,8 +112,6 @@ def activate_mm(k: Kernel, prev: Mm | None, next: Mm) -> None:
     k.touch(next, "activate_mm")
     current = k.state.rqs[k.cpu].curr
     k.emit(MmSwitched(k.cpu, prev, next, None, "activate_mm"))
-    if not next.is_init_mm:
-        next.mm_cpumask.add(k.cpu)
     __load_new_mm_context(k, next, current)
 
 
