@@ -125,10 +125,12 @@ def enabled(
         # munmap/mprotect flush from the process's own context, on a CPU running the mm;
         # leave_mm() is called from the idle loop.
         for rq in online:
-            mm = rq.curr.mm
-            if mm is not None and not rq.curr.pf_kthread:
+            user_mm = rq.curr.mm
+            if user_mm is not None and not rq.curr.pf_kthread:
                 for freed in (False, True):
-                    ops.append(op("flush_tlb_mm_range", cpu=rq.cpu, mm=mm.name, freed_tables=freed))
+                    ops.append(
+                        op("flush_tlb_mm_range", cpu=rq.cpu, mm=user_mm.name, freed_tables=freed)
+                    )
             if rq.curr.is_idle and machine.config.arch == "x86_64":
                 ops.append(op("leave_mm", cpu=rq.cpu))
     if limits.hotplug:
