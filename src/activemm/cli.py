@@ -141,6 +141,118 @@ def presets(
 
 
 @app.command()
+def explore(
+    cpus: Annotated[int, typer.Option(help="CPUs.", min=1, max=4)] = 2,
+    processes: Annotated[int, typer.Option(help="fork() of new processes allowed.", min=0)] = 1,
+    threads: Annotated[int, typer.Option(help="clone(CLONE_VM) threads allowed.", min=0)] = 1,
+    kthreads: Annotated[int, typer.Option(help="Kernel threads kthreadd may create.", min=0)] = 1,
+    execs: Annotated[
+        int, typer.Option(help="execve() calls allowed (init's first included).", min=0)
+    ] = 1,
+    holders: Annotated[int, typer.Option(help="External mmget/mmput holders at once.", min=0)] = 1,
+    depth: Annotated[
+        int, typer.Option(help="Longest operation sequence; 0: until exhausted.", min=0)
+    ] = 0,
+    preset_name: PresetOpt = None,
+    mutant: MutantOpt = None,
+    hotplug: Annotated[bool, typer.Option("--hotplug", help="Also cpu_down/cpu_up.")] = False,
+    no_flushes: Annotated[
+        bool, typer.Option("--no-flushes", help="No TLB flushes / leave_mm.")
+    ] = False,
+    no_symmetry: Annotated[
+        bool, typer.Option("--no-symmetry", help="Disable symmetry reduction.")
+    ] = False,
+    keep_going: Annotated[
+        bool, typer.Option("--keep-going", help="One counterexample per kind of violation.")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the (first) counterexample scenario here."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON summary object.")] = False,
+) -> None:
+    """Explore every interleaving of a small system from boot, breadth first, with the
+    sanitizer checking every state. A violation yields the shortest counterexample, printed as
+    a scenario that `activemm run` replays. Exit status 0: none found; 1: found."""
+    from activemm.check.explore import Result
+    from activemm.check.explore import explore as run_explore
+    from activemm.check.ops import Limits
+    from activemm.fileio import write_atomic
+
+    cfg = resolve_config(preset_name, mutant)
+    limits = Limits(
+        max_tasks=processes + threads + kthreads + 2,
+        max_holders=holders,
+        processes=processes,
+        threads=threads,
+        kthreads=kthreads,
+        execs=execs,
+        holders=holders > 0,
+        grabs=False,
+        flushes=not no_flushes,
+        hotplug=hotplug,
+    )
+    show = err.is_terminal and not as_json
+
+    def progress(r: Result, d: int) -> None:
+        if r.states % 500 == 0:
+            rate = r.states / r.seconds if r.seconds else 0.0
+            err.print(
+                f"\r  states {r.states:>9,}  depth {d:>3}  {rate:>8,.0f} states/s",
+                end="",
+                highlight=False,
+            )
+
+    result = run_explore(
+        cfg,
+        cpus,
+        limits,
+        depth=depth or 10_000,
+        symmetry=not no_symmetry,
+        keep_going=keep_going,
+        progress=progress if show else None,
+    )
+    if show:
+        err.print()
+    summary = result.to_dict() | {
+        "preset": cfg.name,
+        "mutants": sorted(cfg.mutants),
+        "symmetry": not no_symmetry,
+        "bound": {
+            "cpus": cpus,
+            "processes": processes,
+            "threads": threads,
+            "kthreads": kthreads,
+            "execs": execs,
+            "holders": holders,
+            "depth": depth,
+            "flushes": not no_flushes,
+            "hotplug": hotplug,
+        },
+    }
+    cex = result.violations[0].scenario(cfg, cpus) if result.violations else None
+    if output is not None and cex is not None:
+        write_atomic(output, cex.to_toml())
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        t = Table(title=f"explore ({cfg.name})", show_header=False)
+        for key in ("states", "transitions", "max_depth", "exhausted", "seconds"):
+            t.add_row(key, str(summary[key]))
+        t.add_row("violations", str(len(result.violations)))
+        out.print(t)
+        for v in result.violations:
+            err.print(v.report, highlight=False, markup=False)
+        if cex is not None and output is None:
+            out.print("# the shortest counterexample, as a scenario (activemm run FILE):")
+            sys.stdout.write(cex.to_toml())
+        elif cex is not None:
+            out.print(f"counterexample written to {output}")
+    if result.violations:
+        raise typer.Exit(1)
+
+
+@app.command()
 def mutants() -> None:
     """List the deliberately broken kernel variants (`--mutant NAME`)."""
     t = Table(title="mutants")

@@ -129,8 +129,9 @@ def explore(
                         continue
                     seen_kinds.add(v.kind)
                     path = [*_path(parent, node.key), o]
-                    result.violations.append(Counterexample(v.kind, v.message, path, v.report()))
+                    result.violations.append(replay_counterexample(config, cpus, path))
                     if not keep_going:
+                        result.complete = False
                         result.max_depth = max(result.max_depth, node.depth + 1)
                         result.seconds = time.monotonic() - t0
                         return result
@@ -148,6 +149,19 @@ def explore(
         frontier = nxt
     result.seconds = time.monotonic() - t0
     return result
+
+
+def replay_counterexample(config: KernelConfig, cpus: int, path: list[Op]) -> Counterexample:
+    """Run the path on a fresh machine: the report then carries this path as its history,
+    and the replay proves the counterexample reproduces."""
+    m = Machine(config, [Sanitizer(config, history=len(path) + 1)])
+    m.boot(cpus)
+    try:
+        for o in path:
+            apply(m, o)
+    except Violation as v:
+        return Counterexample(v.kind, v.message, path, v.report())
+    raise AssertionError(f"counterexample did not reproduce: {[describe(o) for o in path]}")
 
 
 def _path(parent: dict[int, tuple[int, Op] | None], key: int) -> list[Op]:
