@@ -99,9 +99,11 @@ def test_exit_mm_becomes_lazy_then_mmput() -> None:
     assert mm2 is not None
     m.exit("app")
     # exit_mm: mmgrab_lazy_tlb (1 -> 2), mm = NULL, mmput: users 1 -> 0 -> __mmput ->
-    # mmdrop (2 -> 1). The struct lives: CPU 1 lazily holds it.
+    # mmdrop (2 -> 1). The struct lives: CPU 1 lazily holds it. The task still runs
+    # (PF_EXITING) until do_task_dead()'s final __schedule().
     app = m.task("app")
-    assert app.state is TaskState.DEAD and app.mm is None and app.active_mm is mm2
+    assert app.exiting and app.state is TaskState.RUNNING
+    assert app.mm is None and app.active_mm is mm2
     assert (mm2.mm_users, mm2.mm_count, mm2.torn_down, mm2.freed) == (0, 1, True, False)
     # Final switch, kernel -> user: prev_mm = mm2 dropped: 1 -> 0, freed on CPU 1.
     m.schedule(1, "swapper/1")  # kernel -> kernel first: the ref moves to swapper/1
@@ -304,3 +306,23 @@ def test_config_refuses_impossible_and_unsafe_combinations() -> None:
     m.schedule(1, "app")
     with pytest.raises(Violation, match="use-after-free"):
         m.exit("app")
+
+
+def test_an_exiting_task_can_be_preempted_and_run_again() -> None:
+    # Seen in real traces: sched_process_exit, then a switch out with prev_state=R+ (preempted
+    # inside do_exit after exit_mm), then the task runs again and makes its final switch (Z).
+    m = machine()
+    with_user(m)
+    m.schedule(1, "app")
+    mm2 = m.task("app").mm
+    assert mm2 is not None
+    m.exit("app")
+    m.schedule(1, "swapper/1", preempt=True)  # kernel -> kernel: the lazy ref goes to idle
+    app = m.task("app")
+    assert app.state is TaskState.RUNNABLE and app.active_mm is None and mm2.mm_count == 1
+    m.schedule(0, "app")  # it runs again, borrowing CPU 0's mm (user -> kernel)
+    assert app.active_mm is m.task("init").mm
+    with pytest.raises(OperationError, match="has exited"):
+        m.exec("app")
+    m.schedule(0, "init")  # the final switch: reaped
+    assert app.state is TaskState.GONE

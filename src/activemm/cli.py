@@ -253,6 +253,109 @@ def explore(
 
 
 @app.command()
+def replay(
+    trace: Annotated[
+        str,
+        typer.Argument(
+            help="Trace: tracefs/trace-cmd text, perf script, trace.dat; .gz/.xz/.zst; - = stdin."
+        ),
+    ],
+    preset_names: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--preset",
+            "-p",
+            help="Configuration to compare (repeat). Default: linux-6.17-x86_64, "
+            "linux-6.17-powerpc-radix, no-lazy.",
+        ),
+    ] = None,
+    tasks: Annotated[
+        Path | None,
+        typer.Option(
+            "--tasks", help="Task snapshot: /proc/PID/task/TID/stat lines (see docs/replay.md)."
+        ),
+    ] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="ftrace, perf or tracedat (default: detected).")
+    ] = None,
+    cpus: Annotated[
+        int | None,
+        typer.Option(help="CPUs of the traced machine (default: from the trace).", min=1, max=4096),
+    ] = None,
+    costs: Annotated[
+        Path | None, typer.Option("--costs", help="TOML overriding the cycle cost table.")
+    ] = None,
+    lenient: Annotated[
+        bool, typer.Option("--lenient", help="Skip malformed lines, counting them.")
+    ] = False,
+    no_sanitize: Annotated[bool, typer.Option("--no-sanitize", help="Faster, unchecked.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the JSON here (whole or not at all)."),
+    ] = None,
+) -> None:
+    """Replay a real scheduler trace through the model under several configurations side by
+    side: context switches by case, address-space loads and what lazy TLB saved, mm_count
+    atomics (same-CPU vs cross-CPU), shootdown IPIs, zombie mms, and a cost estimate."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from activemm.fileio import write_atomic
+    from activemm.metrics import load_costs
+    from activemm.report.compare import BASELINE, comparison, table
+    from activemm.trace.readers import ReadStats, read_trace
+    from activemm.trace.replay import load_task_snapshot, peek_cpus
+    from activemm.trace.replay import replay as run_replay
+
+    names = preset_names or ["linux-6.17-x86_64", "linux-6.17-powerpc-radix", BASELINE]
+    configs = [preset(n) for n in names]
+    hidden = [] if BASELINE in names else [preset(BASELINE)]
+    cost_table = load_costs(costs)
+    snapshot = load_task_snapshot(tasks) if tasks else None
+    stats = ReadStats()
+    events = read_trace(trace, fmt=fmt, lenient=lenient, stats=stats)
+    ncpus, events = peek_cpus(events)
+    ncpus = cpus or ncpus
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        console=err,
+        disable=not err.is_terminal or as_json,
+        transient=True,
+    ) as bar:
+        job = bar.add_task("replaying", total=None)
+
+        def tick(n: int) -> None:
+            bar.update(job, description=f"replaying: {n:,} events")
+
+        n, replayers = run_replay(
+            events,
+            configs + hidden,
+            ncpus,
+            snapshot,
+            sanitize=not no_sanitize,
+            costs=cost_table,
+            progress=tick,
+        )
+    result = comparison(trace, n, stats, replayers, names)
+    if output is not None:
+        write_atomic(output, json.dumps(result, indent=1) + "\n")
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        out.print(table(result))
+        a = {k: v for k, v in result["anomalies"].items() if v}
+        tk = result["tasks"]
+        out.print(
+            f"tasks before the trace: {tk['from_snapshot']} from the snapshot, "
+            f"{tk['guessed_kernel_threads']} guessed kernel threads, "
+            f"{tk['guessed_user_tasks']} guessed user tasks"
+        )
+        if a:
+            out.print("anomalies: " + ", ".join(f"{k}: {v:,}" for k, v in sorted(a.items())))
+
+
+@app.command()
 def mutants() -> None:
     """List the deliberately broken kernel variants (`--mutant NAME`)."""
     t = Table(title="mutants")

@@ -154,13 +154,13 @@ def _check_tasks(state: KernelState) -> tuple[str, str] | None:
             return "active_mm rule", f"{t.name} has mm {t.mm} but active_mm {t.active_mm}"
         if t.pf_kthread and t.mm is not None and not t.uses_mm:
             return "kthread with mm", f"kernel thread {t.name} has {t.mm} outside kthread_use_mm"
-        if t.state is TaskState.DEAD and t.uses_mm:
+        if t.exiting and t.uses_mm:
             return (
                 "exit inside kthread_use_mm",
                 f"{t.name} exited while inside kthread_use_mm(); exit_mm() mmput() a "
                 f"reference it never took",
             )
-        running = t.state in (TaskState.RUNNING, TaskState.DEAD)
+        running = t.state is TaskState.RUNNING
         if not running and t.mm is None and t.active_mm is not None and not t.is_idle:
             return (
                 "stale active_mm",

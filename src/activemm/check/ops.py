@@ -86,7 +86,11 @@ def enabled(
         t = rq.curr
         if t.is_idle:
             continue
-        if t.state is TaskState.DEAD:
+        if t.exiting:
+            # still in do_exit(): only its switch out remains (final, or preempted)
+            for other in state.tasks:
+                if other.state is TaskState.RUNNABLE and (not other.is_idle or other is rq.idle):
+                    ops.append(op("schedule", cpu=rq.cpu, next=other.name, preempt=True))
             continue
         if t.mm is not None and not t.pf_kthread:
             for kind in ("process", "thread"):

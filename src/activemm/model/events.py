@@ -149,6 +149,15 @@ class TaskForked(Event):
 
 
 @dataclass(slots=True)
+class TaskAdopted(Event):
+    """Not a kernel event: a task that existed before observation began (trace replay)."""
+
+    kind: ClassVar[str] = "TaskAdopted"
+    task: Task
+    mm: Mm | None
+
+
+@dataclass(slots=True)
 class TaskExeced(Event):
     kind: ClassVar[str] = "TaskExeced"
     task: Task

@@ -5,7 +5,7 @@ from __future__ import annotations
 from activemm.model import mm as mmh
 from activemm.model.events import TaskExited
 from activemm.model.kernel import Kernel
-from activemm.model.state import Task, TaskState
+from activemm.model.state import Task
 
 
 def exit_mm(k: Kernel, current: Task) -> None:
@@ -33,7 +33,9 @@ def exit_mm_release(k: Kernel, tsk: Task) -> None:
 
 
 def do_exit(k: Kernel, current: Task) -> None:
-    """kernel/exit.c: do_exit(): exit_mm(), then TASK_DEAD and one last __schedule()."""
+    """kernel/exit.c: do_exit() up to the sched_process_exit tracepoint: PF_EXITING,
+    exit_mm(). The task goes on running without an mm (it may even be preempted and run
+    again) until do_task_dead() sets TASK_DEAD for its final __schedule()."""
+    current.exiting = True
     exit_mm(k, current)
-    current.state = TaskState.DEAD
     k.emit(TaskExited(k.cpu, current))

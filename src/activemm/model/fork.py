@@ -9,6 +9,7 @@ from activemm.model.events import (
     MmAllocated,
     MmFreed,
     ShootdownIpi,
+    TaskAdopted,
     TaskForked,
 )
 from activemm.model.kernel import Kernel
@@ -136,3 +137,23 @@ def do_shoot_lazy_tlb(k: Kernel, cpu: int, mm: Mm) -> None:
     current.active_mm = k.state.init_mm
     k.arch.switch_mm_irqs_off(k, mm, k.state.init_mm, current, "switch_mm")
     k.cpu = sender
+
+
+def adopt_task(k: Kernel, comm: str, kernel_thread: bool, mm_of: Task | None) -> Task:
+    """Not a kernel function: bring in a task that existed before observation began (a trace
+    starts mid-flight). A kernel thread has no mm; a user task gets the mm of `mm_of` (another
+    thread of its group: mmget) or a fresh one (mm_init), as if forked long ago."""
+    state = k.state
+    pid = state.next_pid
+    state.next_pid += 1
+    tsk = Task(pid=pid, comm=comm, tgid=pid, pf_kthread=kernel_thread)
+    if not kernel_thread:
+        if mm_of is not None and mm_of.mm is not None and not mm_of.pf_kthread:
+            mmh.mmget(k, mm_of.mm)
+            tsk.mm = tsk.active_mm = mm_of.mm
+            tsk.tgid = mm_of.tgid
+        else:
+            tsk.mm = tsk.active_mm = mm_init(k, comm, tsk)
+    state.tasks.append(tsk)
+    k.emit(TaskAdopted(k.cpu, tsk, tsk.mm))
+    return tsk

@@ -138,7 +138,7 @@ class Machine:
         return self.state.rqs[cpu]
 
     def _running(self, task: Task, what: str) -> Rq:
-        if task.state in (TaskState.DEAD, TaskState.GONE):
+        if task.exiting or task.state in (TaskState.DEAD, TaskState.GONE):
             raise OperationError(f"{what}: {task.name} has exited")
         if task.state is not TaskState.RUNNING or task.cpu is None:
             raise OperationError(
@@ -156,8 +156,8 @@ class Machine:
         (kthreadd) are created, runnable, with no mm."""
         if self.booted:
             raise OperationError("boot: already booted")
-        if not 1 <= ncpus <= 64:
-            raise OperationError(f"boot: ncpus must be between 1 and 64, not {ncpus}")
+        if not 1 <= ncpus <= 4096:
+            raise OperationError(f"boot: ncpus must be between 1 and 4096, not {ncpus}")
         op = self._begin("boot", 0, ncpus=ncpus)
         state = self.state
         for cpu in range(ncpus):
@@ -236,9 +236,11 @@ class Machine:
         exitm.do_exit(self.k, t)
         self._end(op)
 
-    def schedule(self, cpu: int, next: TaskRef) -> None:
+    def schedule(self, cpu: int, next: TaskRef, preempt: bool = False) -> None:
         """kernel/sched/core.c: __schedule() on `cpu` picking `next`: context_switch() and
-        finish_task_switch(). A task not running anywhere may be picked on any CPU."""
+        finish_task_switch(). A task not running anywhere may be picked on any CPU. An exited
+        task switched out is reaped (its final switch) unless `preempt`: then it was
+        preempted inside do_exit() and will run again."""
         rq = self.rq(cpu)
         n = self.task(next)
         if not rq.online:
@@ -251,9 +253,19 @@ class Machine:
             raise OperationError(f"schedule: {n.name} is already running on CPU {n.cpu}")
         if n.is_idle and n is not rq.idle:
             raise OperationError(f"schedule: {n.name} is CPU {n.cpu}'s idle task")
-        op = self._begin("schedule", cpu, cpu=cpu, next=n)
-        _schedule(self.k, rq, n)
+        op = self._begin("schedule", cpu, cpu=cpu, next=n, preempt=preempt)
+        _schedule(self.k, rq, n, preempt)
         self._end(op)
+
+    def adopt(self, comm: str, kernel_thread: bool, mm_of: TaskRef | None = None) -> Task:
+        """Not a kernel path: a task that already existed when observation began (trace
+        replay). A user task shares the mm of `mm_of` (a thread of the same group) or gets
+        its own; a kernel thread has none. The task is runnable."""
+        other = self.task(mm_of) if mm_of is not None else None
+        op = self._begin("adopt", 0, comm=comm, kernel_thread=kernel_thread)
+        t = fork.adopt_task(self.k, comm, kernel_thread, other)
+        self._end(op)
+        return t
 
     # -- kernel threads on user mms -------------------------------------------------------
 

@@ -16,7 +16,7 @@ class TaskState(StrEnum):
 
     RUNNABLE = "runnable"  # on a runqueue or sleeping: not current anywhere
     RUNNING = "running"  # rq->curr of some CPU
-    DEAD = "dead"  # did do_exit() (TASK_DEAD), still current until its final switch
+    DEAD = "dead"  # TASK_DEAD: inside its final __schedule() (never seen between operations)
     GONE = "gone"  # final switch done; finish_task_switch() put the task_struct
 
 
@@ -82,6 +82,7 @@ class Task:
     cpu: int | None = None  # the CPU it runs on (or last ran on)
     is_idle: bool = False
     uses_mm: bool = False  # a kernel thread between kthread_use_mm() and kthread_unuse_mm()
+    exiting: bool = False  # PF_EXITING: in do_exit() past exit_mm(), until its final switch
     vfork_parent: Task | None = None  # CLONE_VFORK: released at exec_mm_release / exit
     pcb: Pcb = field(default_factory=Pcb)
 
@@ -187,18 +188,18 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
         new = tasks.get(id(t))
         if new is None:
             new = Task(
-                t.pid,
-                t.comm,
-                t.tgid,
-                t.pf_kthread,
-                cm(t.mm),
-                cm(t.active_mm),
-                t.state,
-                t.cpu,
-                t.is_idle,
-                t.uses_mm,
-                None,
-                Pcb(cm(t.pcb.ptbr), t.pcb.asn),
+                pid=t.pid,
+                comm=t.comm,
+                tgid=t.tgid,
+                pf_kthread=t.pf_kthread,
+                mm=cm(t.mm),
+                active_mm=cm(t.active_mm),
+                state=t.state,
+                cpu=t.cpu,
+                is_idle=t.is_idle,
+                uses_mm=t.uses_mm,
+                exiting=t.exiting,
+                pcb=Pcb(cm(t.pcb.ptbr), t.pcb.asn),
             )
             tasks[id(t)] = new
         return new

@@ -15,13 +15,18 @@ def switch_case(prev: Task, next: Task) -> str:
     return f"{a}->{b}"
 
 
-def __schedule(k: Kernel, rq: Rq, next: Task) -> None:
-    """kernel/sched/core.c: __schedule(): rq->curr = next, then context_switch()."""
+def __schedule(k: Kernel, rq: Rq, next: Task, preempt: bool = False) -> None:
+    """kernel/sched/core.c: __schedule(): rq->curr = next, then context_switch().
+
+    An exiting task that is not preempted is in its final switch: do_task_dead() set
+    TASK_DEAD before calling __schedule()."""
     prev = rq.curr
     rq.curr = next
     next.state = TaskState.RUNNING
     next.cpu = rq.cpu
-    if prev.state is TaskState.RUNNING:
+    if prev.exiting and not preempt:
+        prev.state = TaskState.DEAD
+    elif prev.state is TaskState.RUNNING:
         prev.state = TaskState.RUNNABLE
     context_switch(k, rq, prev, next)
 

@@ -1,0 +1,200 @@
+"""What the lazy-TLB scheme costs and saves, counted from model events only.
+
+The cost table is an estimate in CPU cycles, for comparing configurations, not a measurement;
+override any entry with a TOML file (`activemm replay --costs FILE`).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tomllib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from activemm.errors import ActiveMmError
+from activemm.model.events import (
+    AddressSpaceTornDown,
+    ContextSwitch,
+    Cr3Loaded,
+    Event,
+    FlushIpi,
+    MmDropped,
+    MmFreed,
+    MmGrabbed,
+    MmSwitched,
+    PcbLoaded,
+    ShootdownIpi,
+)
+from activemm.model.kernel import Observer, Operation
+from activemm.model.state import KernelState, Task
+
+# Rough cycle costs on a current x86 server part (an estimate, see docs/replay.md).
+DEFAULT_COSTS: dict[str, int] = {
+    "atomic_local": 20,  # lock-prefixed add on a cache line this CPU owns
+    "atomic_remote": 150,  # the same on a line last written by another CPU (a transfer)
+    "cr3_load": 150,  # mov to CR3 keeping TLB entries (PCID)
+    "cr3_load_flush": 600,  # mov to CR3 dropping the ASID's TLB entries, plus refills
+    "ipi": 2500,  # sending and handling one IPI, both sides
+}
+
+
+def load_costs(path: str | Path | None) -> dict[str, int]:
+    costs = dict(DEFAULT_COSTS)
+    if path is None:
+        return costs
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ActiveMmError(f"{path}: cannot read the cost table: {e}") from None
+    for k, v in data.items():
+        if k not in costs or not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ActiveMmError(
+                f"{path}: {k!r} is not a cost entry (known: {', '.join(costs)}), or not a "
+                f"non-negative integer"
+            )
+        costs[k] = v
+    return costs
+
+
+@dataclass
+class Zombie:
+    mm: str
+    born: float
+    died: float | None = None
+    holder: str | None = None
+
+
+@dataclass
+class Metrics(Observer):
+    """An observer counting the costs and savings of lazy TLB for one configuration."""
+
+    arch: str
+    costs: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_COSTS))
+    paused: bool = False  # resynchronising the model with a trace: do not count
+    now: float = 0.0  # trace time of the current operation
+    switches: Counter[str] = field(default_factory=Counter)
+    switch_mm: int = 0
+    cr3_loads: int = 0
+    cr3_flushes: int = 0
+    lazy_local: int = 0
+    lazy_remote: int = 0
+    other_atomics: int = 0
+    shootdown_ipis: int = 0
+    flush_ipis: int = 0
+    zombies: dict[int, Zombie] = field(default_factory=dict)
+    _writer: dict[int, int] = field(default_factory=dict)
+    _last_prev: dict[int, Task] = field(default_factory=dict)
+    _torn: list[int] = field(default_factory=list)
+    _in_switch: set[int] = field(default_factory=set)  # CPUs inside context_switch()
+    _ptbr: dict[int, int] = field(default_factory=dict)  # alpha: page tables last loaded
+
+    def begin(self, op: Operation, state: KernelState) -> None:
+        self._torn = []
+        self._in_switch.clear()
+
+    def event(self, ev: Event) -> None:
+        count = not self.paused
+        if isinstance(ev, ContextSwitch):
+            self._last_prev[ev.cpu] = ev.prev
+            self._in_switch.add(ev.cpu)
+            if count:
+                self.switches[ev.case] += 1
+                if ev.case == "user->user" and ev.prev.mm is ev.next.mm:
+                    self.switches["user->user same mm"] += 1
+        elif isinstance(ev, MmGrabbed | MmDropped):
+            remote = self._writer.get(ev.mm.id, ev.cpu) != ev.cpu
+            self._writer[ev.mm.id] = ev.cpu
+            if count:
+                if ev.lazy and remote:
+                    self.lazy_remote += 1
+                elif ev.lazy:
+                    self.lazy_local += 1
+                else:
+                    self.other_atomics += 1
+        elif isinstance(ev, MmSwitched):
+            if ev.cpu in self._in_switch:  # the one switch_mm of this context_switch()
+                self._in_switch.discard(ev.cpu)
+                self.switch_mm += count
+            if count and self.arch not in ("x86_64", "alpha") and ev.prev is not ev.next:
+                self.cr3_loads += 1
+        elif isinstance(ev, PcbLoaded):
+            ptbr = ev.ptbr.id if ev.ptbr is not None else -1
+            if self._ptbr.get(ev.cpu) != ptbr:
+                self._ptbr[ev.cpu] = ptbr
+                self.cr3_loads += count
+        elif isinstance(ev, Cr3Loaded):
+            if count:
+                self.cr3_loads += 1
+                self.cr3_flushes += ev.flush
+        elif isinstance(ev, ShootdownIpi):
+            if count and ev.to_cpu != ev.cpu:
+                self.shootdown_ipis += 1
+        elif isinstance(ev, FlushIpi):
+            if count:
+                self.flush_ipis += 1
+        elif isinstance(ev, AddressSpaceTornDown):
+            self._torn.append(ev.mm.id)
+        elif isinstance(ev, MmFreed):
+            z = self.zombies.get(ev.mm.id)
+            if z is not None and z.died is None:
+                z.died = self.now
+                prev = self._last_prev.get(ev.cpu)
+                z.holder = (
+                    f"{prev.name} on CPU {ev.cpu}"
+                    if ev.reason == "finish_task_switch" and prev is not None
+                    else ev.reason
+                )
+
+    def end(self, op: Operation, state: KernelState) -> None:
+        # An mm torn down but not freed by the end of the operation lives on for its lazy
+        # users (or grabs): a zombie.
+        for mm in state.mms:
+            if mm.id in self._torn and not mm.freed:
+                self.zombies[mm.id] = Zombie(str(mm), self.now)
+
+    def cost_cycles(self) -> int:
+        c = self.costs
+        return (
+            self.lazy_local * c["atomic_local"]
+            + self.lazy_remote * c["atomic_remote"]
+            + (self.cr3_loads - self.cr3_flushes) * c["cr3_load"]
+            + self.cr3_flushes * c["cr3_load_flush"]
+            + (self.shootdown_ipis + self.flush_ipis) * c["ipi"]
+        )
+
+    def summary(self) -> dict[str, Any]:
+        lives = [z.died - z.born for z in self.zombies.values() if z.died is not None]
+        alive = [z.mm for z in self.zombies.values() if z.died is None]
+        cases = (
+            "kernel->kernel",
+            "user->kernel",
+            "kernel->user",
+            "user->user",
+            "user->user same mm",
+        )
+        return {
+            "switches": {case: self.switches.get(case, 0) for case in cases},
+            "switch_mm": self.switch_mm,
+            "cr3_loads": self.cr3_loads,
+            "cr3_flushes": self.cr3_flushes,
+            "lazy_mm_count_ops": {"local": self.lazy_local, "remote": self.lazy_remote},
+            "shootdown_ipis": self.shootdown_ipis,
+            "flush_ipis": self.flush_ipis,
+            "zombies": {
+                "count": len(self.zombies),
+                "freed": len(lives),
+                "alive_at_end": len(alive),
+                "median_lifetime_us": round(statistics.median(lives) * 1e6, 1) if lives else None,
+                "max_lifetime_us": round(max(lives) * 1e6, 1) if lives else None,
+                "held_by": dict(
+                    Counter(
+                        (z.holder or "?").split(" on CPU")[0].split("[")[0]
+                        for z in self.zombies.values()
+                        if z.died is not None
+                    ).most_common(5)
+                ),
+            },
+            "cost_cycles": self.cost_cycles(),
+        }

@@ -1,0 +1,95 @@
+"""The side-by-side comparison of configurations replaying one trace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from activemm.trace.readers import ReadStats
+from activemm.trace.replay import Replayer
+
+BASELINE = "no-lazy"
+
+
+def comparison(
+    trace: str, events: int, read: ReadStats, replayers: dict[str, Replayer], shown: list[str]
+) -> dict[str, Any]:
+    """The JSON object of `activemm replay --json`."""
+    first = replayers[shown[0]]
+    anomalies: dict[str, int] = dict(first.stats.anomalies)
+    anomalies |= {
+        "bad_lines": read.bad_lines,
+        "lost_markers": read.lost_markers,
+        "unknown_events": sum(read.unknown.values()),
+    }
+    configs: dict[str, Any] = {}
+    base = replayers.get(BASELINE)
+    for name in shown:
+        s = replayers[name].metrics.summary()
+        if base is not None:
+            b = base.metrics
+            s["cr3_loads_avoided_vs_no_lazy"] = b.cr3_loads - replayers[name].metrics.cr3_loads
+        configs[name] = s
+    return {
+        "trace": trace,
+        "format": read.fmt,
+        "events": events,
+        "lines": read.lines,
+        "unknown_events": dict(read.unknown),
+        "anomalies": anomalies,
+        "tasks": {
+            "from_snapshot": first.stats.from_snapshot,
+            "guessed_kernel_threads": first.stats.guessed_kthreads,
+            "guessed_user_tasks": first.stats.guessed_user,
+        },
+        "configs": configs,
+    }
+
+
+ROWS: list[tuple[str, tuple[str, ...]]] = [
+    ("switches kernel->kernel", ("switches", "kernel->kernel")),
+    ("switches user->kernel", ("switches", "user->kernel")),
+    ("switches kernel->user", ("switches", "kernel->user")),
+    ("switches user->user", ("switches", "user->user")),
+    ("  of which within one mm", ("switches", "user->user same mm")),
+    ("switch_mm calls", ("switch_mm",)),
+    ("address-space loads (CR3)", ("cr3_loads",)),
+    ("  with TLB flush", ("cr3_flushes",)),
+    ("  avoided vs no-lazy", ("cr3_loads_avoided_vs_no_lazy",)),
+    ("lazy mm_count atomics, same CPU", ("lazy_mm_count_ops", "local")),
+    ("lazy mm_count atomics, cross-CPU", ("lazy_mm_count_ops", "remote")),
+    ("shootdown IPIs", ("shootdown_ipis",)),
+    ("flush IPIs", ("flush_ipis",)),
+    ("zombie mms", ("zombies", "count")),
+    ("  median lifetime (µs)", ("zombies", "median_lifetime_us")),
+    ("  max lifetime (µs)", ("zombies", "max_lifetime_us")),
+    ("estimated cost (cycles)*", ("cost_cycles",)),
+]
+
+
+def _get(d: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def table(result: dict[str, Any]) -> Table:
+    t = Table(
+        title=f"{result['trace']}: {result['events']:,} events ({result['format']})",
+        caption="* an estimate from the cost table (docs/replay.md), not a measurement",
+    )
+    t.add_column("")
+    for name in result["configs"]:
+        t.add_column(name, justify="right")
+    for label, path in ROWS:
+        values = [_get(c, path) for c in result["configs"].values()]
+        if all(v is None for v in values):
+            continue
+        t.add_row(
+            label,
+            *("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in values),
+        )
+    return t

@@ -1,0 +1,86 @@
+"""Typed trace events. Every event knows the line it came from, its CPU, its timestamp
+(seconds) and the task that was current (pid, comm, tgid when the trace records it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class TraceEvent:
+    line: int
+    cpu: int
+    ts: float
+    pid: int
+    comm: str
+    tgid: int | None
+
+
+@dataclass(slots=True)
+class SchedSwitch(TraceEvent):
+    prev_comm: str
+    prev_pid: int
+    prev_state: str
+    next_comm: str
+    next_pid: int
+
+
+@dataclass(slots=True)
+class ProcessFork(TraceEvent):
+    parent_pid: int
+    child_comm: str
+    child_pid: int
+
+
+@dataclass(slots=True)
+class NewTask(TraceEvent):
+    """task_newtask: fires in the parent, before the child runs; clone_flags tell what kind."""
+
+    child_pid: int
+    child_comm: str
+    clone_flags: int
+
+
+@dataclass(slots=True)
+class ProcessExec(TraceEvent):
+    filename: str
+    exec_pid: int
+    old_pid: int
+
+
+@dataclass(slots=True)
+class ProcessExit(TraceEvent):
+    exit_pid: int
+
+
+@dataclass(slots=True)
+class ProcessFree(TraceEvent):
+    free_pid: int
+
+
+@dataclass(slots=True)
+class TaskRename(TraceEvent):
+    rename_pid: int
+    newcomm: str
+
+
+@dataclass(slots=True)
+class TlbFlush(TraceEvent):
+    pages: int
+    reason: str
+
+
+@dataclass(slots=True)
+class Probe(TraceEvent):
+    """A kprobe line, recognised by the probed function (`switch_mm_irqs_off`, `__mmdrop`...),
+    whatever the event is named and at whatever offset."""
+
+    function: str
+    args: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class LostEvents(TraceEvent):
+    """`CPU:N [LOST M EVENTS]`: the CPU's buffer overflowed; its state is unknown from here."""
+
+    count: int

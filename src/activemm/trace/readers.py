@@ -1,0 +1,405 @@
+"""Streaming readers for scheduler traces.
+
+Formats (detected from the content; `fmt` overrides):
+- "ftrace": tracefs text (`/sys/kernel/tracing/trace`, with or without the record-tgid and
+  irq-flags columns) and `trace-cmd report` text (including its own sched_switch format);
+- "perf": `perf script` text of `perf record -e 'sched:*' -e 'task:*'`;
+- "tracedat": a binary trace.dat, read through `trace-cmd report` (Debian package trace-cmd).
+Any of these may be gzip, xz or zstd compressed; "-" is standard input. Lines are read one at a
+time; events come out merged by timestamp through a bounded reorder window.
+"""
+
+from __future__ import annotations
+
+import gzip
+import heapq
+import io
+import lzma
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, cast
+
+from activemm.errors import ActiveMmError
+from activemm.trace.events import (
+    LostEvents,
+    NewTask,
+    Probe,
+    ProcessExec,
+    ProcessExit,
+    ProcessFork,
+    ProcessFree,
+    SchedSwitch,
+    TaskRename,
+    TlbFlush,
+    TraceEvent,
+)
+
+FORMATS = ("ftrace", "perf", "tracedat")
+REORDER_WINDOW = 4096
+
+
+class TraceError(ActiveMmError):
+    """Unusable trace input: names the file and line."""
+
+    def __init__(self, path: str, line: int | None, message: str) -> None:
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class ReadStats:
+    """What the reader saw besides the events it yields."""
+
+    lines: int = 0
+    events: int = 0
+    bad_lines: int = 0
+    lost_markers: int = 0
+    lost_events: int = 0
+    unknown: Counter[str] = field(default_factory=Counter)
+    fmt: str = ""
+
+
+FTRACE = re.compile(
+    r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[\d-]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
+    r"(?:\S{4,6}\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>[^:\s]+):\s*(?P<rest>.*)$"
+)
+PERF = re.compile(
+    r"^\s*(?P<comm>.*?)\s+(?P<pid>-?\d+)(?:/(?P<tid>-?\d+))?\s+\[(?P<cpu>\d+)\]\s+"
+    r"(?P<ts>\d+\.\d+):\s+(?:\d+\s+)?(?P<event>[\w-]+:[\w.-]+):\s*(?P<rest>.*)$"
+)
+LOST = re.compile(r"^\s*CPU:\s*(?P<cpu>\d+)\s+\[LOST (?P<n>\d+) EVENTS\]")
+SWITCH = re.compile(
+    r"prev_comm=(?P<pc>.*) prev_pid=(?P<pp>-?\d+) prev_prio=-?\d+ prev_state=(?P<ps>\S+) "
+    r"==> next_comm=(?P<nc>.*) next_pid=(?P<np>-?\d+) next_prio=-?\d+"
+)
+SWITCH_TRACE_CMD = re.compile(
+    r"(?P<pc>.*):(?P<pp>\d+) \[-?\d+\] (?P<ps>\S+) ==> (?P<nc>.*):(?P<np>\d+) \[-?\d+\]"
+)
+FORK = re.compile(r"comm=(?P<c>.*) pid=(?P<p>\d+) child_comm=(?P<cc>.*) child_pid=(?P<cp>\d+)")
+NEWTASK = re.compile(r"pid=(?P<p>\d+) comm=(?P<c>.*) clone_flags=(?P<f>(?:0x)?[0-9a-fA-F]+)")
+EXEC = re.compile(r"filename=(?P<f>.*) pid=(?P<p>\d+) old_pid=(?P<o>\d+)")
+EXIT = re.compile(r"comm=(?P<c>.*) pid=(?P<p>\d+) prio=")
+RENAME = re.compile(r"pid=(?P<p>\d+) oldcomm=(?P<o>.*) newcomm=(?P<n>.*?)(?: oom_score_adj=.*)?$")
+TLB = re.compile(r"pages:(?P<pages>-?\d+) reason:(?P<reason>.*)")
+PROBE = re.compile(r"^\((?P<loc>[^)]*)\)\s*(?P<args>.*)$")
+PROBE_ARG = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def _probe_function(loc: str) -> str:
+    """`switch_mm_irqs_off+0x4/0x470` or `alloc_bprm+0x8c/0x2d0 <- mm_alloc` -> the function
+    probed (for a return probe, the one after `<-`); `.isra.0` style suffixes are dropped."""
+    fn = loc.split("<-")[-1].strip() if "<-" in loc else loc.split("+")[0]
+    return fn.split(".")[0]
+
+
+Parser = Callable[[int, int, float, int, str, "int | None", str], TraceEvent | None]
+
+
+def _switch(
+    line: int, cpu: int, ts: float, pid: int, comm: str, tgid: int | None, rest: str
+) -> TraceEvent | None:
+    m = SWITCH.match(rest) or SWITCH_TRACE_CMD.match(rest.strip())
+    if not m:
+        return None
+    return SchedSwitch(
+        line, cpu, ts, pid, comm, tgid, m["pc"], int(m["pp"]), m["ps"], m["nc"], int(m["np"])
+    )
+
+
+def _fork(
+    line: int, cpu: int, ts: float, pid: int, comm: str, tgid: int | None, rest: str
+) -> TraceEvent | None:
+    m = FORK.match(rest)
+    return m and ProcessFork(line, cpu, ts, pid, comm, tgid, int(m["p"]), m["cc"], int(m["cp"]))
+
+
+def _newtask(
+    line: int, cpu: int, ts: float, pid: int, comm: str, tgid: int | None, rest: str
+) -> TraceEvent | None:
+    m = NEWTASK.match(rest)
+    return m and NewTask(line, cpu, ts, pid, comm, tgid, int(m["p"]), m["c"], int(m["f"], 16))
+
+
+def _exec(
+    line: int, cpu: int, ts: float, pid: int, comm: str, tgid: int | None, rest: str
+) -> TraceEvent | None:
+    m = EXEC.match(rest)
+    return m and ProcessExec(line, cpu, ts, pid, comm, tgid, m["f"], int(m["p"]), int(m["o"]))
+
+
+def _exit(
+    line: int, cpu: int, ts: float, pid: int, comm: str, tgid: int | None, rest: str
+) -> TraceEvent | None:
+    m = EXIT.match(rest)
+    return m and ProcessExit(line, cpu, ts, pid, comm, tgid, int(m["p"]))
+
+
+def _free(
+    line: int, cpu: int, ts: float, pid: int, comm: str, tgid: int | None, rest: str
+) -> TraceEvent | None:
+    m = EXIT.match(rest)
+    return m and ProcessFree(line, cpu, ts, pid, comm, tgid, int(m["p"]))
+
+
+def _rename(
+    line: int, cpu: int, ts: float, pid: int, comm: str, tgid: int | None, rest: str
+) -> TraceEvent | None:
+    m = RENAME.match(rest)
+    return m and TaskRename(line, cpu, ts, pid, comm, tgid, int(m["p"]), m["n"])
+
+
+def _tlb(
+    line: int, cpu: int, ts: float, pid: int, comm: str, tgid: int | None, rest: str
+) -> TraceEvent | None:
+    m = TLB.match(rest)
+    return m and TlbFlush(line, cpu, ts, pid, comm, tgid, int(m["pages"]), m["reason"].strip())
+
+
+PARSERS: dict[str, Parser] = {
+    "sched_switch": _switch,
+    "sched_process_fork": _fork,
+    "task_newtask": _newtask,
+    "sched_process_exec": _exec,
+    "sched_process_exit": _exit,
+    "sched_process_free": _free,
+    "task_rename": _rename,
+    "tlb_flush": _tlb,
+}
+EXPECTED = {
+    "sched_switch": "prev_comm=.. prev_pid=.. prev_prio=.. prev_state=.. ==> next_comm=.. "
+    "next_pid=.. next_prio=..",
+    "sched_process_fork": "comm=.. pid=.. child_comm=.. child_pid=..",
+    "task_newtask": "pid=.. comm=.. clone_flags=..",
+    "sched_process_exec": "filename=.. pid=.. old_pid=..",
+    "sched_process_exit": "comm=.. pid=.. prio=..",
+    "sched_process_free": "comm=.. pid=.. prio=..",
+    "task_rename": "pid=.. oldcomm=.. newcomm=..",
+    "tlb_flush": "pages:N reason:..",
+}
+
+
+def _magic_stream(raw: IO[bytes], path: str) -> tuple[IO[bytes], str]:
+    """Wrap a byte stream in the decompressor its first bytes call for."""
+    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[type-var]
+    head = buffered.peek(8)[:8]
+    if head.startswith(b"\x1f\x8b"):
+        return cast(IO[bytes], gzip.GzipFile(fileobj=buffered)), "gzip"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return cast(IO[bytes], lzma.LZMAFile(buffered)), "xz"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        try:
+            import zstandard
+        except ImportError:  # pragma: no cover - a declared dependency
+            raise TraceError(path, None, "zstd input needs the zstandard package") from None
+        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(buffered)), "zstd"
+    return cast(IO[bytes], buffered), "plain"
+
+
+def _open_bytes(path: str) -> IO[bytes]:
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")  # closed by the generator that reads it
+    except FileNotFoundError:
+        raise TraceError(path, None, "no such file") from None
+    except OSError as e:
+        raise TraceError(path, None, f"cannot open: {e.strerror}") from None
+
+
+TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
+
+
+def _lines(path: str) -> Iterator[str]:
+    """Text lines of the input, decompressed; a trace.dat goes through `trace-cmd report`."""
+    stream, _ = _magic_stream(_open_bytes(path), path)
+    n = 0
+    try:
+        first = stream.read(len(TRACE_DAT_MAGIC))
+        if first == TRACE_DAT_MAGIC:
+            yield from _trace_dat_lines(path, first, stream)
+            return
+        prefixed = io.BufferedReader(_Prefixed(first, stream))
+        text = io.TextIOWrapper(prefixed, encoding="utf-8", errors="replace")
+        for n, line in enumerate(text, start=1):  # noqa: B007 - n is read after the loop
+            yield line
+    except (EOFError, zlib.error, lzma.LZMAError, OSError) as e:
+        raise TraceError(path, n + 1 if n else None, f"truncated or corrupt input ({e})") from None
+    except Exception as e:
+        if type(e).__module__.startswith("zstd"):
+            raise TraceError(path, n + 1, f"corrupt zstd input ({e})") from None
+        raise
+    finally:
+        stream.close()
+
+
+class _Prefixed(io.RawIOBase):
+    """A byte stream with some already-read bytes put back in front."""
+
+    def __init__(self, prefix: bytes, stream: IO[bytes]) -> None:
+        self.prefix = prefix
+        self.stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.prefix:
+            n = min(len(b), len(self.prefix))
+            b[:n] = self.prefix[:n]
+            self.prefix = self.prefix[n:]
+            return n
+        data = self.stream.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+def _trace_dat_lines(path: str, first: bytes, stream: IO[bytes]) -> Iterator[str]:
+    exe = shutil.which("trace-cmd")
+    if exe is None:
+        raise TraceError(
+            path,
+            None,
+            "a trace.dat needs trace-cmd to read it: apt-get install trace-cmd (Debian package "
+            "trace-cmd)",
+        )
+    with tempfile.NamedTemporaryFile(suffix=".dat") as tmp:
+        tmp.write(first)
+        shutil.copyfileobj(stream, tmp)
+        tmp.flush()
+        proc = subprocess.Popen(
+            [exe, "report", "-i", tmp.name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+        )
+        assert proc.stdout is not None
+        yield from proc.stdout
+        err = proc.stderr.read() if proc.stderr else ""
+        if proc.wait() != 0:
+            msg = err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
+            raise TraceError(path, None, f"trace-cmd report failed: {msg}")
+
+
+def detect(line: str) -> str | None:
+    if FTRACE.match(line):
+        return "ftrace"
+    if PERF.match(line):
+        return "perf"
+    return None
+
+
+def _skip(line: str) -> bool:
+    s = line.strip()
+    return (
+        not s
+        or s.startswith("#")
+        or s.startswith("cpus=")
+        or s.startswith("version =")
+        or (s.startswith("CPU ") and s.endswith("is empty"))
+    )
+
+
+def parse_lines(
+    lines: Iterator[str], path: str, fmt: str | None, stats: ReadStats, lenient: bool
+) -> Iterator[TraceEvent]:
+    """Parse lines into events in file order."""
+    for n, raw in enumerate(lines, start=1):
+        stats.lines = n
+        if _skip(raw):
+            continue
+        line = raw.rstrip("\n")
+        lost = LOST.match(line)
+        if lost:
+            stats.lost_markers += 1
+            stats.lost_events += int(lost["n"])
+            yield LostEvents(n, int(lost["cpu"]), -1.0, -1, "", None, int(lost["n"]))
+            continue
+        if fmt is None:
+            fmt = detect(line)
+            if fmt is None:
+                raise TraceError(
+                    path,
+                    n,
+                    "not a scheduler trace: expected tracefs/trace-cmd text "
+                    "('COMM-PID [CPU] TIME: EVENT: ...') or perf script text "
+                    "('COMM PID [CPU] TIME: sched:EVENT: ...')",
+                )
+            stats.fmt = fmt
+        m = (FTRACE if fmt == "ftrace" else PERF).match(line)
+        if m is None:
+            if lenient:
+                stats.bad_lines += 1
+                continue
+            want = (
+                "COMM-PID [CPU] TIME: EVENT: FIELDS"
+                if fmt == "ftrace"
+                else ("COMM PID [CPU] TIME: SUBSYSTEM:EVENT: FIELDS")
+            )
+            raise TraceError(path, n, f"malformed line, expected {want}: {line[:80]!r}")
+        event = m["event"].split(":")[-1]
+        rest = m["rest"]
+        pid = int(m["tid"] or m["pid"]) if fmt == "perf" else int(m["pid"])
+        tgid_s = m["tgid"] if fmt == "ftrace" else (m["pid"] if m["tid"] else None)
+        tgid = int(tgid_s) if tgid_s and tgid_s.lstrip("-").isdigit() else None
+        cpu, ts, comm = int(m["cpu"]), float(m["ts"]), m["comm"]
+        parser = PARSERS.get(event)
+        ev: TraceEvent | None
+        if parser is not None:
+            ev = parser(n, cpu, ts, pid, comm, tgid, rest)
+            if ev is None:
+                if lenient:
+                    stats.bad_lines += 1
+                    continue
+                raise TraceError(
+                    path, n, f"malformed {event} fields, expected {EXPECTED[event]}: {rest[:80]!r}"
+                )
+        else:
+            pm = PROBE.match(rest)
+            if pm is None:
+                stats.unknown[event] += 1
+                continue
+            args = {k: v.strip('"') for k, v in PROBE_ARG.findall(pm["args"])}
+            ev = Probe(n, cpu, ts, pid, comm, tgid, _probe_function(pm["loc"]), args)
+        stats.events += 1
+        yield ev
+
+
+def reorder(events: Iterator[TraceEvent], window: int = REORDER_WINDOW) -> Iterator[TraceEvent]:
+    """Merge by timestamp: events from different CPUs may be out of order by up to `window`
+    events (per-CPU buffers concatenated, trace_pipe). Ties keep file order. A lost-events
+    marker keeps its place in the stream."""
+    heap: list[tuple[float, int, TraceEvent]] = []
+    last_ts = float("-inf")
+    for seq, ev in enumerate(events):
+        ts = ev.ts if ev.ts >= 0 else last_ts
+        last_ts = max(last_ts, ts)
+        heapq.heappush(heap, (ts, seq, ev))
+        if len(heap) > window:
+            yield heapq.heappop(heap)[2]
+    while heap:
+        yield heapq.heappop(heap)[2]
+
+
+def read_trace(
+    path: str | Path,
+    fmt: str | None = None,
+    lenient: bool = False,
+    stats: ReadStats | None = None,
+    window: int = REORDER_WINDOW,
+) -> Iterator[TraceEvent]:
+    """Stream typed events from a trace file ("-" for standard input)."""
+    p = str(path)
+    if fmt is not None and fmt not in FORMATS:
+        raise TraceError(p, None, f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    stats = stats if stats is not None else ReadStats()
+    text_fmt = None if fmt in (None, "tracedat") else fmt
+    return reorder(parse_lines(_lines(p), p, text_fmt, stats, lenient), window)

@@ -1,0 +1,344 @@
+"""Replay: scheduler trace events -> model operations, for several configurations at once.
+
+`sched_switch` -> `schedule(cpu, next)`; `task_newtask` (or `sched_process_fork`) -> `fork`
+(a thread with CLONE_VM|CLONE_THREAD, a kernel thread when kthreadd forks, a
+user_mode_thread when another task without an mm does); `sched_process_exec` -> `exec`;
+`sched_process_exit` -> `exit`.
+
+Real traces start mid-flight and may lose events. Tasks first seen in the trace are adopted:
+kernel thread or user task from the task snapshot (`--tasks`) when given, else guessed from
+pid 0, the comm (kworker/, ksoftirqd/, rcu_...) and the record-tgid column (threads of one
+group share an mm); guesses are counted. When the trace says a task runs where the model does
+not have it (the first switch on each CPU, after `[LOST N EVENTS]`, or when timestamps tie
+across CPUs), the model is resynchronised by scheduling operations that are not counted in the
+metrics. The model never invents references: adopted tasks get exactly what a task of their
+kind holds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import chain, islice
+from pathlib import Path
+
+from activemm.errors import ActiveMmError, OperationError
+from activemm.metrics import DEFAULT_COSTS, Metrics
+from activemm.model import Machine
+from activemm.model.config import KernelConfig
+from activemm.model.state import Task, TaskState
+from activemm.sanitizer import Sanitizer
+from activemm.trace.events import (
+    LostEvents,
+    NewTask,
+    ProcessExec,
+    ProcessExit,
+    ProcessFork,
+    ProcessFree,
+    SchedSwitch,
+    TraceEvent,
+)
+
+CLONE_VM = 0x100
+CLONE_VFORK = 0x4000
+CLONE_THREAD = 0x10000
+PF_KTHREAD = 0x200000
+
+KTHREAD_COMM = re.compile(
+    r"^(kthreadd$|kworker/|ksoftirqd/|rcu_|rcu[bcop]|migration/|cpuhp/|idle_inject/|"
+    r"watchdog|kswapd|khugepaged|kcompactd|oom_reaper|writeback|kblockd|irq/|jbd2/|kdamond|"
+    r"kauditd|khungtaskd|ksmd|kintegrityd|kdevtmpfs|netns|scsi_|kthrotld|psimon|hwrng|"
+    r"pool_workqueue|mm_percpu_wq|ext4-|xfs|nvme|kstrp|zswap|card\d|ipv6_addrconf|edac|"
+    r"ttm|kvm|vfio|md_|md\d|raid|dm_|kcryptd|kdmflush|usb-storage|khubd|hub_|ata_sff|"
+    r"tpm_dev|charger_manager|inet_frag|blkcg|napi/|sugov:|poll_)"
+)
+
+
+@dataclass
+class TaskInfo:
+    tgid: int
+    comm: str
+    kthread: bool
+
+
+def load_task_snapshot(path: str | Path) -> dict[int, TaskInfo]:
+    """Read a task snapshot: one `/proc/<pid>/task/<tid>/stat` line per thread, as the kernel
+    prints it, optionally prefixed by its path and a colon (what `grep -H .
+    /proc/[0-9]*/task/[0-9]*/stat` writes). Fields used: tid, (comm), and flags (the 9th;
+    PF_KTHREAD = 0x200000); the thread group comes from the path, else the tid."""
+    out: dict[int, TaskInfo] = {}
+    p = str(path)
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as e:
+        raise ActiveMmError(f"{p}: cannot read the task snapshot: {e.strerror}") from None
+    path_re = re.compile(r"^/proc/(\d+)/task/(\d+)/stat:")
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        tgid: int | None = None
+        m = path_re.match(line)
+        if m:
+            tgid = int(m[1])
+            line = line[m.end() :]
+        open_, close = line.find("("), line.rfind(")")
+        fields = line[close + 1 :].split()
+        if open_ < 0 or close < open_ or len(fields) < 7 or not line[:open_].strip().isdigit():
+            raise ActiveMmError(
+                f"{p}:{n}: expected a /proc/PID/task/TID/stat line 'TID (COMM) STATE PPID "
+                f"PGRP SESSION TTY TPGID FLAGS ...'"
+            )
+        tid = int(line[:open_])
+        flags = int(fields[6])
+        out[tid] = TaskInfo(tgid or tid, line[open_ + 1 : close], bool(flags & PF_KTHREAD))
+    return out
+
+
+@dataclass
+class ReplayStats:
+    anomalies: Counter[str] = field(default_factory=Counter)
+    guessed_kthreads: int = 0
+    guessed_user: int = 0
+    from_snapshot: int = 0
+
+
+class Replayer:
+    """One machine following the trace, under one configuration."""
+
+    def __init__(
+        self,
+        config: KernelConfig,
+        ncpus: int,
+        metrics: Metrics,
+        snapshot: dict[int, TaskInfo] | None = None,
+        sanitize: bool = True,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        observers = [metrics] + ([Sanitizer(config)] if sanitize else [])
+        self.m = Machine(config, observers)
+        self.m.boot(ncpus, rest_init=False)
+        self.tasks: dict[int, Task] = {}
+        self.tgid_of: dict[int, int] = {}
+        self.snapshot = snapshot or {}
+        self.stats = ReplayStats()
+
+    # -- the model's view of trace tasks ------------------------------------------------
+
+    def _is_kthread(self, pid: int, comm: str) -> bool:
+        info = self.snapshot.get(pid)
+        if info is not None:
+            self.stats.from_snapshot += 1
+            return info.kthread
+        kthread = bool(KTHREAD_COMM.match(comm)) or pid == 2
+        if kthread:
+            self.stats.guessed_kthreads += 1
+        else:
+            self.stats.guessed_user += 1
+        return kthread
+
+    def _adopt(self, pid: int, comm: str, tgid: int | None) -> Task:
+        info = self.snapshot.get(pid)
+        group = tgid if tgid is not None else (info.tgid if info else self.tgid_of.get(pid))
+        kthread = self._is_kthread(pid, comm)
+        sibling = None
+        if not kthread and group is not None and group != pid:
+            for other_pid, other in self.tasks.items():
+                if (
+                    self.tgid_of.get(other_pid) == group
+                    and other.mm is not None
+                    and (other.state is not TaskState.GONE and not other.pf_kthread)
+                ):
+                    sibling = other
+                    break
+        self.metrics.paused = True
+        try:
+            t = self.m.adopt(comm, kthread, sibling)
+        finally:
+            self.metrics.paused = False
+        self.tasks[pid] = t
+        if group is not None:
+            self.tgid_of[pid] = group
+        return t
+
+    def task(self, pid: int, comm: str, tgid: int | None, cpu: int) -> Task:
+        if pid == 0:
+            return self.m.state.rqs[cpu].idle
+        t = self.tasks.get(pid)
+        if t is None or t.state is TaskState.GONE:
+            if t is not None:
+                self.stats.anomalies["pid reused without a fork seen"] += 1
+            t = self._adopt(pid, comm, tgid)
+        return t
+
+    def _quiet(self, cpu: int, t: Task) -> None:
+        """Schedule `t` on `cpu` without counting it (resynchronisation)."""
+        self.metrics.paused = True
+        try:
+            self.m.schedule(cpu, t)
+        finally:
+            self.metrics.paused = False
+
+    def _free_task(self, t: Task, cpu: int) -> None:
+        """Make `t` not current anywhere but... nowhere: if it runs on another CPU, that CPU
+        goes to its idle task first."""
+        if t.state is TaskState.RUNNING and t.cpu is not None and t.cpu != cpu:
+            other = t.cpu
+            self.stats.anomalies["task running on another CPU"] += 1
+            self._quiet(other, self.m.state.rqs[other].idle)
+
+    def current(self, cpu: int, pid: int, comm: str, tgid: int | None) -> Task:
+        """The task the trace says is current on `cpu`; the model is made to agree."""
+        if pid < 0:
+            return self.m.state.rqs[cpu].curr
+        t = self.task(pid, comm, tgid, cpu)
+        rq = self.m.state.rqs[cpu]
+        if rq.curr is t:
+            return t
+        if t.state is TaskState.GONE:
+            self.stats.anomalies["dead task seen running"] += 1
+            t = self._adopt(pid, comm, tgid)
+        self._free_task(t, cpu)
+        if t is not rq.curr:
+            self.stats.anomalies["resynchronised CPU"] += 1
+            self._quiet(cpu, t)
+        return t
+
+    # -- events -------------------------------------------------------------------------
+
+    def apply(self, ev: TraceEvent) -> None:
+        self.metrics.now = ev.ts
+        try:
+            if isinstance(ev, SchedSwitch):
+                self.switch(ev)
+            elif isinstance(ev, NewTask):
+                self.newtask(ev)
+            elif isinstance(ev, ProcessFork):
+                self.fork(ev)
+            elif isinstance(ev, ProcessExec):
+                self.exec(ev)
+            elif isinstance(ev, ProcessExit):
+                self.exit(ev)
+            elif isinstance(ev, ProcessFree):
+                self.tasks.pop(ev.free_pid, None) if self._gone(ev.free_pid) else None
+            elif isinstance(ev, LostEvents):
+                self.stats.anomalies["lost events"] += ev.count
+        except OperationError as e:
+            # The trace asks for something the model's state does not allow: count it, keep
+            # going; the next event resynchronises.
+            self.stats.anomalies[f"refused: {str(e).split(':')[0]}"] += 1
+
+    def _gone(self, pid: int) -> bool:
+        t = self.tasks.get(pid)
+        return t is not None and t.state is TaskState.GONE
+
+    def switch(self, ev: SchedSwitch) -> None:
+        prev = self.current(ev.cpu, ev.prev_pid, ev.prev_comm, ev.tgid)
+        final = ev.prev_state.startswith(("X", "Z"))
+        if final and not prev.exiting and not prev.is_idle and prev.pid != 1:
+            self.stats.anomalies["exit inferred from prev_state"] += 1
+            self.m.exit(prev)
+        nxt = self.task(ev.next_pid, ev.next_comm, None, ev.cpu)
+        self._free_task(nxt, ev.cpu)
+        if nxt is self.m.state.rqs[ev.cpu].curr:
+            self.stats.anomalies["switch to the current task"] += 1
+            return
+        # An exited task switched out is reaped unless the trace says it was preempted
+        # (prev_state "R+"): do_exit() can be preempted after exit_mm().
+        self.m.schedule(ev.cpu, nxt, preempt=prev.exiting and not final)
+
+    def _fork_kind(self, parent: Task, parent_comm: str, flags: int | None) -> str:
+        if parent.mm is None or parent.pf_kthread:
+            return "kthread" if parent_comm == "kthreadd" or parent.is_idle else "usermode"
+        if flags is not None and flags & CLONE_VM:
+            return "thread" if flags & CLONE_THREAD else "vfork"
+        return "process"
+
+    def _do_fork(self, ev: TraceEvent, child_pid: int, child_comm: str, flags: int | None) -> None:
+        parent = self.current(ev.cpu, ev.pid, ev.comm, ev.tgid)
+        if child_pid in self.tasks and not self._gone(child_pid):
+            return
+        kind = self._fork_kind(parent, ev.comm, flags)
+        if kind in ("kthread", "usermode") and parent.mm is not None:
+            kind = "thread"  # a kernel thread inside kthread_use_mm forking: rare
+        child = self.m.fork(parent, kind, name=child_comm)
+        self.tasks[child_pid] = child
+        self.tgid_of[child_pid] = (
+            self.tgid_of.get(ev.pid, ev.pid) if kind == "thread" else (child_pid)
+        )
+
+    def newtask(self, ev: NewTask) -> None:
+        self._do_fork(ev, ev.child_pid, ev.child_comm, ev.clone_flags)
+
+    def fork(self, ev: ProcessFork) -> None:
+        if ev.child_pid in self.tasks and not self._gone(ev.child_pid):
+            return  # task_newtask did it, with the clone flags
+        self._do_fork(ev, ev.child_pid, ev.child_comm, None)
+
+    def exec(self, ev: ProcessExec) -> None:
+        if ev.old_pid != ev.exec_pid and ev.old_pid in self.tasks:
+            # de_thread(): a non-leader thread exec'd and took over the leader's pid.
+            self.tasks[ev.exec_pid] = self.tasks.pop(ev.old_pid)
+        t = self.current(ev.cpu, ev.exec_pid, ev.comm, ev.tgid)
+        if t.pf_kthread:
+            self.stats.anomalies["exec by a task guessed to be a kernel thread"] += 1
+            return
+        self.m.exec(t)
+        self.tgid_of[ev.exec_pid] = ev.exec_pid
+
+    def exit(self, ev: ProcessExit) -> None:
+        t = self.current(ev.cpu, ev.exit_pid, ev.comm, ev.tgid)
+        if t.is_idle or t.exiting or (t.pid == 1 and t.comm == "init"):
+            return
+        if t.uses_mm:
+            self.m.kthread_unuse_mm(t)
+        self.m.exit(t)
+
+
+@dataclass
+class ReplayResult:
+    trace: str
+    events: int
+    configs: dict[str, Metrics]
+    replay_stats: dict[str, ReplayStats]
+    read_anomalies: dict[str, int]
+
+
+def peek_cpus(events: Iterator[TraceEvent], n: int = 5000) -> tuple[int, Iterator[TraceEvent]]:
+    """How many CPUs the trace has, from its first `n` events."""
+    head = list(islice(events, n))
+    ncpus = max((e.cpu for e in head), default=0) + 1
+    return ncpus, chain(head, events)
+
+
+def replay(
+    events: Iterable[TraceEvent],
+    configs: list[KernelConfig],
+    ncpus: int,
+    snapshot: dict[int, TaskInfo] | None = None,
+    sanitize: bool = True,
+    costs: dict[str, int] | None = None,
+    progress: object = None,
+) -> tuple[int, dict[str, Replayer]]:
+    """Feed every event to one Replayer per configuration. Returns (events, replayers)."""
+    replayers = {
+        c.name: Replayer(
+            c, ncpus, Metrics(c.arch, costs=dict(costs or DEFAULT_COSTS)), snapshot, sanitize
+        )
+        for c in configs
+    }
+    rs = list(replayers.values())
+    n = 0
+    tick = progress if callable(progress) else None
+    for n, ev in enumerate(events, start=1):
+        if ev.cpu >= ncpus:
+            for r in rs:
+                r.stats.anomalies["event on a CPU beyond the machine"] += 1
+            continue
+        for r in rs:
+            r.apply(ev)
+        if tick is not None and n % 20000 == 0:
+            tick(n)
+    return n, replayers

@@ -1,0 +1,285 @@
+"""Trace readers and replay, on real traces recorded on the development VM (see
+tests/data/record.sh). Expected counts come from plain text counting of the files, not from
+the code under test."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import os
+import random
+import stat
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from activemm import PRESETS
+from activemm.trace import LostEvents, SchedSwitch, TraceError, read_trace
+from activemm.trace.readers import ReadStats
+from activemm.trace.replay import load_task_snapshot, peek_cpus, replay
+
+from .helpers import ROOT
+
+DATA = ROOT / "tests" / "data"
+TRACES = ["tracefs_tgid", "tracefs_plain", "perf_script", "trace_cmd_report"]
+
+
+def text(name: str) -> str:
+    return gzip.decompress((DATA / f"{name}.txt.gz").read_bytes()).decode()
+
+
+def event_lines(name: str, event: str) -> list[str]:
+    return [ln for ln in text(name).splitlines() if f" {event}:" in ln or f":{event}:" in ln]
+
+
+@pytest.mark.parametrize("name", TRACES)
+def test_readers_find_every_event_line(name: str) -> None:
+    st_ = ReadStats()
+    events = list(read_trace(DATA / f"{name}.txt.gz", stats=st_))
+    kinds = Counter(type(e).__name__ for e in events)
+    assert kinds["SchedSwitch"] == len(event_lines(name, "sched_switch"))
+    assert kinds["ProcessExec"] == len(event_lines(name, "sched_process_exec"))
+    assert kinds["NewTask"] == len(event_lines(name, "task_newtask"))
+    assert st_.fmt == ("perf" if name == "perf_script" else "ftrace")
+    # merged by timestamp
+    ts = [e.ts for e in events]
+    assert ts == sorted(ts)
+
+
+def test_switch_fields_match_the_line() -> None:
+    line = event_lines("tracefs_tgid", "sched_switch")[0]
+    ev = next(e for e in read_trace(DATA / "tracefs_tgid.txt.gz") if isinstance(e, SchedSwitch))
+    assert f"prev_pid={ev.prev_pid} " in line and f"next_pid={ev.next_pid} " in line
+    assert f"[{ev.cpu:03d}]" in line and f"{ev.ts:.6f}" in line
+
+
+def _write(tmp: Path, lines: list[str]) -> Path:
+    p = tmp / "t.txt"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+SAMPLE = [
+    "# tracer: nop",
+    "     memfd:sealed-91-1084  [000]  3913.296564: sched_switch:         memfd:sealed-91:1084 "
+    "[120] S ==> swapper/0:0 [120]",
+    " Web Content-77   (  70) [001] d..2.  1.000100: sched_switch: prev_comm=Web Content "
+    "prev_pid=77 prev_prio=120 prev_state=S ==> next_comm=swapper/1 next_pid=0 next_prio=120",
+    "CPU:1 [LOST 12 EVENTS]",
+    "  kworker/0:1-17    [000]  1.000050: sched_switch: prev_comm=kworker/0:1 prev_pid=17 "
+    "prev_prio=120 prev_state=I ==> next_comm=bash next_pid=30 next_prio=120",
+    "  bash-30  [000] .....  1.000200: sched_wakeup: comm=x pid=1 prio=120 target_cpu=000",
+    "  bash-30  [000] d..2.  1.000300: mmswitch: (switch_mm_irqs_off+0x4/0x470) prev=0x1 "
+    'next=0x2 tsk=0x3 t_pid=30 t_comm="bash"',
+    "  bash-30  [000] .....  1.000400: mmalloc: (alloc_bprm+0x8c/0x2d0 <- mm_alloc) ret=0x5",
+]
+
+
+def test_trace_cmd_plugin_format_comm_with_colons_spaces_lost_probes(tmp_path: Path) -> None:
+    st_ = ReadStats()
+    evs = list(read_trace(_write(tmp_path, SAMPLE), stats=st_, window=0))
+    sw = [e for e in evs if isinstance(e, SchedSwitch)]
+    assert (sw[0].prev_comm, sw[0].prev_pid, sw[0].next_pid) == ("memfd:sealed-91", 1084, 0)
+    assert (sw[1].prev_comm, sw[1].tgid) == ("Web Content", 70)
+    assert any(isinstance(e, LostEvents) and e.cpu == 1 and e.count == 12 for e in evs)
+    probes = [e for e in evs if type(e).__name__ == "Probe"]
+    assert [p.function for p in probes] == ["switch_mm_irqs_off", "mm_alloc"]  # type: ignore[attr-defined]
+    assert probes[0].args["t_comm"] == "bash"  # type: ignore[attr-defined]
+    assert st_.unknown["sched_wakeup"] == 1 and st_.lost_events == 12
+
+
+def test_reorder_merges_cpus_by_timestamp(tmp_path: Path) -> None:
+    evs = list(read_trace(_write(tmp_path, SAMPLE)))
+    ts = [e.ts for e in evs if e.ts >= 0]
+    assert ts == sorted(ts)
+
+
+@pytest.mark.parametrize("codec", ["gzip", "xz", "zstd", "stdin"])
+def test_compressed_and_stdin_inputs_read_the_same(codec: str, tmp_path: Path) -> None:
+    raw = text("trace_cmd_report").encode()
+    want = [(type(e).__name__, e.line) for e in read_trace(DATA / "trace_cmd_report.txt.gz")]
+    if codec == "stdin":
+        r = subprocess.run(
+            [sys.executable, "-m", "activemm", "replay", "-", "--json", "-p", "linux-6.17"],
+            input=raw,
+            capture_output=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["events"] == len(want)
+        return
+    data = {
+        "gzip": gzip.compress,
+        "xz": lzma.compress,
+        "zstd": zstandard.ZstdCompressor().compress,
+    }[codec](raw)
+    p = tmp_path / f"t.{codec}"
+    p.write_bytes(data)
+    assert [(type(e).__name__, e.line) for e in read_trace(p)] == want
+
+
+def test_bad_inputs_name_file_and_line(tmp_path: Path) -> None:
+    truncated = tmp_path / "cut.gz"
+    truncated.write_bytes((DATA / "tracefs_tgid.txt.gz").read_bytes()[:4000])
+    with pytest.raises(TraceError, match=r"cut.gz:\d+: truncated or corrupt"):
+        list(read_trace(truncated))
+    junk = _write(tmp_path, ["hello world", "not a trace"])
+    with pytest.raises(TraceError, match=r"t.txt:1: not a scheduler trace"):
+        list(read_trace(junk))
+    bad = _write(tmp_path, [SAMPLE[4], "  bash-30  [000]  1.1: sched_switch: prev_comm=bash"])
+    with pytest.raises(TraceError, match=r"t.txt:2: malformed sched_switch fields"):
+        list(read_trace(bad))
+    st_ = ReadStats()
+    assert len(list(read_trace(bad, lenient=True, stats=st_))) == 1 and st_.bad_lines == 1
+    with pytest.raises(TraceError, match="no such file"):
+        list(read_trace(tmp_path / "missing.txt"))
+
+
+def test_trace_dat_goes_through_trace_cmd(tmp_path: Path) -> None:
+    dat = tmp_path / "trace.dat"
+    dat.write_bytes(b"\x17\x08\x44tracing6\x00 binary")
+    fake = tmp_path / "bin" / "trace-cmd"
+    fake.parent.mkdir()
+    report = tmp_path / "report.txt"
+    report.write_text(text("trace_cmd_report"))
+    fake.write_text(f'#!/bin/sh\n[ "$1" = report ] && [ "$2" = -i ] && cat {report}\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env_path = os.environ["PATH"]
+    try:
+        os.environ["PATH"] = f"{fake.parent}:{env_path}"
+        n = sum(isinstance(e, SchedSwitch) for e in read_trace(dat))
+        assert n == len(event_lines("trace_cmd_report", "sched_switch"))
+        os.environ["PATH"] = str(tmp_path / "empty")
+        with pytest.raises(TraceError, match="apt-get install trace-cmd"):
+            list(read_trace(dat))
+    finally:
+        os.environ["PATH"] = env_path
+
+
+def _independent_cases(name: str) -> Counter[str]:
+    """Count context-switch cases straight from the text and the task snapshot: a task is
+    "kernel" (mm == NULL) if it is pid 0, a kernel thread in the snapshot, or past its own
+    sched_process_exit line (exit_mm() ran; it may still be preempted and run again);
+    everything else in this workload is a user task."""
+    snap = load_task_snapshot(DATA / f"{name}.tasks")
+    exited: set[int] = set()
+    cases: Counter[str] = Counter()
+    for ln in text(name).splitlines():
+        if " task_newtask: " in ln:
+            exited.discard(int(ln.split(" task_newtask: pid=")[1].split()[0]))
+        elif " sched_process_exit: " in ln:
+            exited.add(int(ln.split(" pid=")[1].split()[0]))
+        elif " sched_switch: " in ln:
+            f = dict(kv.split("=", 1) for kv in ln.split("sched_switch: ")[1].split() if "=" in kv)
+            pp, np_ = int(f["prev_pid"]), int(f["next_pid"])
+            pk = pp == 0 or (pp in snap and snap[pp].kthread) or pp in exited
+            nk = np_ == 0 or (np_ in snap and snap[np_].kthread) or np_ in exited
+            cases[f"{'kernel' if pk else 'user'}->{'kernel' if nk else 'user'}"] += 1
+    return cases
+
+
+def test_replay_counts_switch_cases_like_an_independent_count() -> None:
+    name = "tracefs_tgid"
+    snap = load_task_snapshot(DATA / f"{name}.tasks")
+    events = read_trace(DATA / f"{name}.txt.gz")
+    ncpus, events = peek_cpus(events)
+    _, rs = replay(events, [PRESETS["linux-6.17-x86_64"]], ncpus, snap)
+    got = rs["linux-6.17-x86_64"].metrics.switches
+    want = _independent_cases(name)
+    for case in ("kernel->kernel", "user->kernel", "kernel->user", "user->user"):
+        assert got[case] == want[case], case
+
+
+@pytest.mark.parametrize("name", TRACES)
+def test_replay_every_trace_under_every_preset(name: str) -> None:
+    events = list(read_trace(DATA / f"{name}.txt.gz"))
+    ncpus = max(e.cpu for e in events) + 1
+    _, rs = replay(iter(events), list(PRESETS.values()), ncpus)  # sanitizer on
+    switches = len(event_lines(name, "sched_switch"))
+    for r in rs.values():
+        counted = sum(
+            r.metrics.switches[c]
+            for c in ("kernel->kernel", "user->kernel", "kernel->user", "user->user")
+        )
+        assert counted + r.stats.anomalies["switch to the current task"] == switches
+    # refcount mode: lazy references are counted; shootdown: none, IPIs instead
+    assert rs["linux-6.17-powerpc-radix"].metrics.lazy_local == 0
+    assert rs["linux-6.17-x86_64"].metrics.lazy_local > 0
+    # the 1999 rules take a reference for every switch into a task without an mm
+    old, new = rs["linux-2.3.13"].metrics, rs["linux-6.17"].metrics
+    assert old.lazy_local + old.lazy_remote > new.lazy_local + new.lazy_remote
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**32), st.floats(0.0, 0.3))
+def test_replay_survives_damaged_traces(seed: int, drop: float) -> None:
+    """Lines dropped and shuffled locally (lost events, racy timestamps): the replay
+    resynchronises, the sanitizer stays quiet, nothing crashes."""
+    rnd = random.Random(seed)
+    lines = [ln for ln in text("tracefs_tgid").splitlines() if not ln.startswith("#")]
+    kept = [ln for ln in lines if rnd.random() >= drop]
+    for i in range(0, len(kept) - 3, 7):
+        j = i + rnd.randrange(3)
+        kept[i], kept[j] = kept[j], kept[i]
+    from activemm.trace.readers import parse_lines
+
+    st_ = ReadStats()
+    events = parse_lines(iter(kept), "damaged", None, st_, lenient=True)
+    _, rs = replay(events, [PRESETS["linux-6.17-x86_64"], PRESETS["linux-6.17-shootdown"]], 2)
+    assert all(r.m.booted for r in rs.values())
+
+
+def test_replay_cli_json_and_atomic_output(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "activemm",
+            "replay",
+            str(DATA / "perf_script.txt.gz"),
+            "-p",
+            "linux-6.17-x86_64",
+            "-p",
+            "linux-6.17-shootdown",
+            "--json",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert json.loads(out.read_text()) == d
+    cfg = d["configs"]["linux-6.17-shootdown"]
+    for key in (
+        "switches",
+        "switch_mm",
+        "cr3_loads",
+        "lazy_mm_count_ops",
+        "shootdown_ipis",
+        "zombies",
+        "cost_cycles",
+    ):
+        assert key in cfg
+    assert {"trace", "events", "anomalies", "configs"} <= set(d)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("garbage\n")
+    out2 = tmp_path / "never.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "activemm", "replay", str(bad), "-o", str(out2)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "bad.txt:1:" in r.stderr and "Traceback" not in r.stderr
+    assert not out2.exists()
