@@ -28,7 +28,7 @@ from activemm.model.events import (
     ShootdownIpi,
 )
 from activemm.model.kernel import Observer, Operation
-from activemm.model.state import KernelState, Task
+from activemm.model.state import KernelState, Mm, Task
 
 # Rough cycle costs on a current x86 server part (an estimate, see docs/replay.md).
 DEFAULT_COSTS: dict[str, int] = {
@@ -86,7 +86,7 @@ class Metrics(Observer):
     zombies: dict[int, Zombie] = field(default_factory=dict)
     _writer: dict[int, int] = field(default_factory=dict)
     _last_prev: dict[int, Task] = field(default_factory=dict)
-    _torn: list[int] = field(default_factory=list)
+    _torn: list[Mm] = field(default_factory=list)
     _in_switch: set[int] = field(default_factory=set)  # CPUs inside context_switch()
     _ptbr: dict[int, int] = field(default_factory=dict)  # alpha: page tables last loaded
 
@@ -135,7 +135,7 @@ class Metrics(Observer):
             if count:
                 self.flush_ipis += 1
         elif isinstance(ev, AddressSpaceTornDown):
-            self._torn.append(ev.mm.id)
+            self._torn.append(ev.mm)
         elif isinstance(ev, MmFreed):
             z = self.zombies.get(ev.mm.id)
             if z is not None and z.died is None:
@@ -150,8 +150,8 @@ class Metrics(Observer):
     def end(self, op: Operation, state: KernelState) -> None:
         # An mm torn down but not freed by the end of the operation lives on for its lazy
         # users (or grabs): a zombie.
-        for mm in state.mms:
-            if mm.id in self._torn and not mm.freed:
+        for mm in self._torn:
+            if not mm.freed:
                 self.zombies[mm.id] = Zombie(str(mm), self.now)
 
     def cost_cycles(self) -> int:

@@ -267,6 +267,16 @@ class Machine:
         self._end(op)
         return t
 
+    def forget_dead(self) -> None:
+        """Not a kernel path: drop reaped tasks and freed mms nothing refers to from the
+        state's lists, so a long replay keeps its memory bounded."""
+        state = self.state
+        state.tasks = [t for t in state.tasks if t.state is not TaskState.GONE]
+        referenced = {id(m) for t in state.tasks for m in (t.mm, t.active_mm, t.pcb.ptbr)}
+        referenced |= {id(rq.tlb.loaded_mm) for rq in state.rqs}
+        referenced |= {id(h.mm) for h in state.holders}
+        state.mms = [m for m in state.mms if not m.freed or id(m) in referenced]
+
     # -- kernel threads on user mms -------------------------------------------------------
 
     def kthread_use_mm(self, task: TaskRef, mm: MmRef) -> None:

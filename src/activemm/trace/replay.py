@@ -222,7 +222,9 @@ class Replayer:
             elif isinstance(ev, ProcessExit):
                 self.exit(ev)
             elif isinstance(ev, ProcessFree):
-                self.tasks.pop(ev.free_pid, None) if self._gone(ev.free_pid) else None
+                if self._gone(ev.free_pid):
+                    del self.tasks[ev.free_pid]
+                    self.tgid_of.pop(ev.free_pid, None)
             elif isinstance(ev, LostEvents):
                 self.stats.anomalies["lost events"] += ev.count
         except OperationError as e:
@@ -339,6 +341,9 @@ def replay(
             continue
         for r in rs:
             r.apply(ev)
-        if tick is not None and n % 20000 == 0:
-            tick(n)
+        if n % 20000 == 0:
+            for r in rs:
+                r.m.forget_dead()
+            if tick is not None:
+                tick(n)
     return n, replayers

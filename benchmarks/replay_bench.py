@@ -1,0 +1,144 @@
+"""Replay speed and memory, against a floor and a peer parser measured in the same run.
+
+    python benchmarks/replay_bench.py --events 1000000 --json
+
+- floor: reading and splitting the same lines in Python, without the model;
+- activemm: `read_trace` + replay under the presets given (default two), sanitizer off;
+- peers: TRAPpy's text trace parser (`pip install trappy`) on the same file, when installed.
+Each phase runs in its own process so that its peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def phase_floor(path: str) -> dict[str, float]:
+    t0 = time.perf_counter()
+    n = 0
+    with open(path) as f:
+        for line in f:
+            if line[0] != "#":
+                line.split()
+                n += 1
+    return {"events": n, "seconds": time.perf_counter() - t0}
+
+
+def phase_replay(path: str, presets: list[str]) -> dict[str, float]:
+    from activemm import preset
+    from activemm.trace import read_trace
+    from activemm.trace.replay import peek_cpus, replay
+
+    t0 = time.perf_counter()
+    events = read_trace(path)
+    ncpus, events = peek_cpus(events)
+    n, _ = replay(events, [preset(p) for p in presets], ncpus, sanitize=False)
+    return {"events": n, "seconds": time.perf_counter() - t0}
+
+
+def phase_trappy(path: str) -> dict[str, float]:
+    import warnings
+
+    import trappy  # type: ignore[import-not-found]
+
+    warnings.simplefilter("ignore")
+    t0 = time.perf_counter()
+    tr = trappy.FTrace(
+        path,
+        events=[
+            "sched_switch",
+            "sched_process_fork",
+            "sched_process_exec",
+            "sched_process_exit",
+            "task_newtask",
+        ],
+        normalize_time=False,
+    )
+    n = sum(
+        len(getattr(tr, e).data_frame)
+        for e in (
+            "sched_switch",
+            "sched_process_fork",
+            "sched_process_exec",
+            "sched_process_exit",
+            "task_newtask",
+        )
+    )
+    return {"events": n, "seconds": time.perf_counter() - t0}
+
+
+def run_phase(args: list[str]) -> dict[str, float]:
+    r = subprocess.run(
+        [sys.executable, __file__, "--phase", *args], capture_output=True, text=True, check=True
+    )
+    return json.loads(r.stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--cpus", type=int, default=32)
+    ap.add_argument("--preset", action="append", dest="presets")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--phase", nargs="+", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.phase:
+        kind, path, *rest = a.phase
+        res = {
+            "floor": lambda: phase_floor(path),
+            "replay": lambda: phase_replay(path, rest),
+            "trappy": lambda: phase_trappy(path),
+        }[kind]()
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(res))
+        return
+    presets = a.presets or ["linux-6.17-x86_64", "linux-6.17-powerpc-radix"]
+    sys.path.insert(0, str(HERE))
+    from gen_trace import generate
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "trace.txt")
+        with open(path, "w") as f:
+            # neither record-tgid nor irq-flags columns: TRAPpy, the peer, parses neither
+            n = generate(f, a.events, a.cpus, tgid_column=False, flags_column=False)
+        floor = run_phase(["floor", path])
+        rep = run_phase(["replay", path, *presets])
+        peers = {}
+        try:
+            t = run_phase(["trappy", path])
+            peers["trappy"] = {
+                "events_per_s": round(t["events"] / t["seconds"]),
+                "peak_rss_mb": round(t["peak_rss_mb"], 1),
+            }
+        except subprocess.CalledProcessError as e:
+            peers["trappy"] = {"error": (e.stderr or "").strip().splitlines()[-1:] or ["failed"]}
+    eps = rep["events"] / rep["seconds"]
+    feps = floor["events"] / floor["seconds"]
+    out = {
+        "events": n,
+        "cpus": a.cpus,
+        "presets": len(presets),
+        "preset_names": presets,
+        "events_per_s": round(eps),
+        "floor_events_per_s": round(feps),
+        "ratio_to_floor": round(eps / feps, 4),
+        "peak_rss_mb": round(rep["peak_rss_mb"], 1),
+        "peers": peers,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+    }
+    print(json.dumps(out) if a.json else json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
