@@ -135,7 +135,9 @@ def main() -> None:
         "ratio_to_floor": round(eps / feps, 4),
         "peak_rss_mb": round(rep["peak_rss_mb"], 1),
         "peers": peers,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        ),
     }
     print(json.dumps(out) if a.json else json.dumps(out, indent=1))
 
