@@ -356,6 +356,52 @@ def replay(
 
 
 @app.command()
+def timeline(
+    source: Annotated[
+        str, typer.Argument(help="A scenario (.toml) or a trace (any format replay reads).")
+    ],
+    preset_name: PresetOpt = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The trace-event JSON to write.")
+    ] = Path("timeline.json"),
+    tasks: Annotated[
+        Path | None, typer.Option("--tasks", help="Task snapshot for a trace.")
+    ] = None,
+) -> None:
+    """Write a Chrome/Perfetto trace-event JSON timeline (open it in ui.perfetto.dev or
+    chrome://tracing): per CPU the running task and its active_mm (lazy spans marked), each
+    mm's mm_users/mm_count as counters, and instants for frees, zombie births, IPIs, CR3 loads."""
+    from activemm.fileio import write_atomic
+    from activemm.metrics import Metrics
+    from activemm.report.timeline import Timeline
+    from activemm.trace.readers import read_trace
+    from activemm.trace.replay import Replayer, load_task_snapshot, peek_cpus
+
+    if source.endswith(".toml"):
+        sc = scen.load(source)
+        cfg = resolve_config(preset_name, sc.mutants, sc.preset)
+        tl = Timeline(step_clock=True)
+        for _ in scen.run(sc, cfg, [tl, Sanitizer(cfg)]):
+            pass
+    else:
+        cfg = resolve_config(preset_name)
+        tl = Timeline()
+        events = read_trace(source)
+        ncpus, events = peek_cpus(events)
+        snap = load_task_snapshot(tasks) if tasks else None
+        r = Replayer(cfg, ncpus, Metrics(cfg.arch), snap, sanitize=True, extra=[tl])
+        for ev in events:
+            if ev.cpu < ncpus:
+                r.apply(ev)
+    doc = tl.document()
+    write_atomic(output, json.dumps(doc))
+    out.print(
+        f"{len(doc['traceEvents']):,} trace events written to {output} ({cfg.name}); "
+        "open it in https://ui.perfetto.dev or chrome://tracing"
+    )
+
+
+@app.command()
 def mutants() -> None:
     """List the deliberately broken kernel variants (`--mutant NAME`)."""
     t = Table(title="mutants")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from activemm.errors import ActiveMmError, OperationError
 from activemm.metrics import DEFAULT_COSTS, Metrics
-from activemm.model import Machine
+from activemm.model import Machine, Observer
 from activemm.model.config import KernelConfig
 from activemm.model.state import Task, TaskState
 from activemm.sanitizer import Sanitizer
@@ -96,6 +96,12 @@ def load_task_snapshot(path: str | Path) -> dict[int, TaskInfo]:
     return out
 
 
+class Clocked(Observer):
+    """An observer that wants the trace time of each operation in `now` (seconds)."""
+
+    now: float = 0.0
+
+
 @dataclass
 class ReplayStats:
     anomalies: Counter[str] = field(default_factory=Counter)
@@ -114,10 +120,12 @@ class Replayer:
         metrics: Metrics,
         snapshot: dict[int, TaskInfo] | None = None,
         sanitize: bool = True,
+        extra: list[Clocked] | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
-        observers = [metrics] + ([Sanitizer(config)] if sanitize else [])
+        self.extra = extra or []
+        observers = [metrics, *self.extra] + ([Sanitizer(config)] if sanitize else [])
         self.m = Machine(config, observers)
         self.m.boot(ncpus, rest_init=False)
         self.tasks: dict[int, Task] = {}
@@ -210,6 +218,8 @@ class Replayer:
 
     def apply(self, ev: TraceEvent) -> None:
         self.metrics.now = ev.ts
+        for o in self.extra:
+            o.now = ev.ts
         try:
             if isinstance(ev, SchedSwitch):
                 self.switch(ev)

@@ -1,0 +1,92 @@
+"""Exhaustive exploration speed and the reduction factor of symmetry reduction, for a fixed set
+of bounds, measured in the same run.
+
+    python benchmarks/explore_bench.py --json
+
+For each bound: states and seconds with symmetry reduction and without, states/s, and the
+reduction factor (states without / states with). A peer model checker (SPIN on a Promela model
+of the same rules) is not part of this benchmark yet: see docs/check.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+
+from activemm import preset
+from activemm.check.explore import explore
+from activemm.check.ops import Limits
+
+BOUNDS = {
+    # name: (preset, cpus, limits, depth)
+    "2cpu-1p-1t-1k-exhaustive": (
+        "linux-6.17",
+        2,
+        Limits(
+            processes=1,
+            threads=1,
+            kthreads=1,
+            execs=1,
+            holders=False,
+            flushes=False,
+            hotplug=False,
+            max_tasks=5,
+        ),
+        0,
+    ),
+    "2cpu-2p-1t-1k-depth8-x86": (
+        "linux-6.17-x86_64",
+        2,
+        Limits(
+            processes=2,
+            threads=1,
+            kthreads=1,
+            execs=2,
+            max_holders=1,
+            grabs=False,
+            hotplug=False,
+            max_tasks=7,
+        ),
+        8,
+    ),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--only", help="run one bound")
+    a = ap.parse_args()
+    results = {}
+    for name, (p, cpus, limits, depth) in BOUNDS.items():
+        if a.only and a.only != name:
+            continue
+        cfg = preset(p)
+        reduced = explore(cfg, cpus, limits, depth=depth or 10_000)
+        full = explore(cfg, cpus, limits, depth=depth or 10_000, symmetry=False)
+        results[name] = {
+            "preset": p,
+            "states": reduced.states,
+            "transitions": reduced.transitions,
+            "seconds": round(reduced.seconds, 2),
+            "states_per_s": round(reduced.states / reduced.seconds),
+            "exhausted": reduced.complete,
+            "states_without_reduction": full.states,
+            "seconds_without_reduction": round(full.seconds, 2),
+            "reduction_factor": round(full.states / reduced.states, 2),
+            "violations": len(reduced.violations) + len(full.violations),
+        }
+    out = {
+        "bounds": results,
+        "peers": {},
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        ),
+    }
+    print(json.dumps(out) if a.json else json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
