@@ -283,3 +283,68 @@ def test_replay_cli_json_and_atomic_output(tmp_path: Path) -> None:
     )
     assert r.returncode == 2 and "bad.txt:1:" in r.stderr and "Traceback" not in r.stderr
     assert not out2.exists()
+
+
+def _to_perfetto(name: str, compact: bool) -> bytes:
+    """Convert a text trace into a Perfetto trace: one bundle per run of events on one CPU,
+    sched_switch either as ordinary events or in the compact_sched encoding."""
+    from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+    events = list(read_trace(DATA / f"{name}.txt.gz"))
+    trace = pb.Trace()
+    bundle = None
+    last_ts: dict[int, int] = {}
+    for e in events:
+        if bundle is None or bundle.cpu != e.cpu:
+            bundle = trace.packet.add().ftrace_events
+            bundle.cpu = e.cpu
+            last_ts[e.cpu] = 0
+        ns = round(e.ts * 1e9)
+        if isinstance(e, SchedSwitch) and compact:
+            cs = bundle.compact_sched
+            cs.switch_timestamp.append(ns - last_ts[e.cpu])
+            last_ts[e.cpu] = ns
+            cs.switch_prev_state.append(
+                {"R": 0, "S": 1, "D": 2, "Z": 32, "X": 16}.get(e.prev_state[0], 0)
+                if e.prev_state != "R+"
+                else 256
+            )
+            cs.switch_next_pid.append(e.next_pid)
+            cs.switch_next_prio.append(120)
+            cs.intern_table.append(e.next_comm)
+            cs.switch_next_comm_index.append(len(cs.intern_table) - 1)
+            continue
+        ev = bundle.event.add()
+        ev.timestamp, ev.pid = ns, e.pid
+        if isinstance(e, SchedSwitch):
+            s = ev.sched_switch
+            s.prev_comm, s.prev_pid, s.next_comm, s.next_pid = (
+                e.prev_comm,
+                e.prev_pid,
+                e.next_comm,
+                e.next_pid,
+            )
+            s.prev_state = {"R": 0, "S": 1, "D": 2, "Z": 32, "X": 16}.get(e.prev_state[0], 0)
+    return trace.SerializeToString()
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_perfetto_trace_reads_like_the_text_it_came_from(tmp_path: Path, compact: bool) -> None:
+    p = tmp_path / "t.pftrace"
+    p.write_bytes(_to_perfetto("tracefs_plain", compact))
+    st_ = ReadStats()
+    got = [(e.cpu, e.next_pid) for e in read_trace(p, stats=st_) if isinstance(e, SchedSwitch)]
+    want = [
+        (e.cpu, e.next_pid)
+        for e in read_trace(DATA / "tracefs_plain.txt.gz")
+        if isinstance(e, SchedSwitch)
+    ]
+    assert st_.fmt == "perfetto" and len(got) == len(event_lines("tracefs_plain", "sched_switch"))
+    assert sorted(got) == sorted(want)
+    # and it replays
+    _, rs = replay(read_trace(p), [PRESETS["linux-6.17-x86_64"]], 2)
+    assert sum(rs["linux-6.17-x86_64"].metrics.switches.values()) > 0
+    cut = tmp_path / "cut.pftrace"
+    cut.write_bytes(p.read_bytes()[:-7])
+    with pytest.raises(TraceError, match="truncated"):
+        list(read_trace(cut))

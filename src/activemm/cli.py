@@ -276,7 +276,8 @@ def replay(
         ),
     ] = None,
     fmt: Annotated[
-        str | None, typer.Option("--format", help="ftrace, perf or tracedat (default: detected).")
+        str | None,
+        typer.Option("--format", help="ftrace, perf, tracedat or perfetto (default: detected)."),
     ] = None,
     cpus: Annotated[
         int | None,

@@ -4,7 +4,8 @@ Formats (detected from the content; `fmt` overrides):
 - "ftrace": tracefs text (`/sys/kernel/tracing/trace`, with or without the record-tgid and
   irq-flags columns) and `trace-cmd report` text (including its own sched_switch format);
 - "perf": `perf script` text of `perf record -e 'sched:*' -e 'task:*'`;
-- "tracedat": a binary trace.dat, read through `trace-cmd report` (Debian package trace-cmd).
+- "tracedat": a binary trace.dat, read through `trace-cmd report` (Debian package trace-cmd);
+- "perfetto": a Perfetto protobuf trace with ftrace sched events (`pip install perfetto`).
 Any of these may be gzip, xz or zstd compressed; "-" is standard input. Lines are read one at a
 time; events come out merged by timestamp through a bounded reorder window.
 """
@@ -41,9 +42,10 @@ from activemm.trace.events import (
     TlbFlush,
     TraceEvent,
 )
+from activemm.trace.perfetto import looks_like_perfetto, perfetto_events
 
-FORMATS = ("ftrace", "perf", "tracedat")
-REORDER_WINDOW = 4096
+FORMATS = ("ftrace", "perf", "tracedat", "perfetto")
+REORDER_WINDOW = 65536
 
 
 class TraceError(ActiveMmError):
@@ -217,24 +219,29 @@ def _open_bytes(path: str) -> IO[bytes]:
 TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
 
 
-def _lines(path: str) -> Iterator[str]:
-    """Text lines of the input, decompressed; a trace.dat goes through `trace-cmd report`."""
+def _events(path: str, fmt: str | None, stats: ReadStats, lenient: bool) -> Iterator[TraceEvent]:
+    """Events of the input, decompressed, in file order: a trace.dat goes through
+    `trace-cmd report`, a Perfetto trace through its protos, text line by line."""
     stream, _ = _magic_stream(_open_bytes(path), path)
-    n = 0
     try:
-        first = stream.read(len(TRACE_DAT_MAGIC))
-        if first == TRACE_DAT_MAGIC:
-            yield from _trace_dat_lines(path, first, stream)
-            return
-        prefixed = io.BufferedReader(_Prefixed(first, stream))
-        text = io.TextIOWrapper(prefixed, encoding="utf-8", errors="replace")
-        for n, line in enumerate(text, start=1):  # noqa: B007 - n is read after the loop
-            yield line
+        head = stream.read(64)
+        rest = io.BufferedReader(_Prefixed(head, stream))
+        if head.startswith(TRACE_DAT_MAGIC):
+            yield from parse_lines(_trace_dat_lines(path, rest), path, None, stats, lenient)
+        elif fmt == "perfetto" or (fmt is None and looks_like_perfetto(head)):
+            stats.fmt = "perfetto"
+            yield from perfetto_events(rest, path, stats)
+        else:
+            text = io.TextIOWrapper(rest, encoding="utf-8", errors="replace")
+            yield from parse_lines(text, path, fmt, stats, lenient)
     except (EOFError, zlib.error, lzma.LZMAError, OSError) as e:
-        raise TraceError(path, n + 1 if n else None, f"truncated or corrupt input ({e})") from None
+        at = stats.lines + 1 if stats.lines else None
+        raise TraceError(path, at, f"truncated or corrupt input ({e})") from None
+    except TraceError:
+        raise
     except Exception as e:
         if type(e).__module__.startswith("zstd"):
-            raise TraceError(path, n + 1, f"corrupt zstd input ({e})") from None
+            raise TraceError(path, stats.lines + 1, f"corrupt zstd input ({e})") from None
         raise
     finally:
         stream.close()
@@ -261,7 +268,7 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def _trace_dat_lines(path: str, first: bytes, stream: IO[bytes]) -> Iterator[str]:
+def _trace_dat_lines(path: str, stream: IO[bytes]) -> Iterator[str]:
     exe = shutil.which("trace-cmd")
     if exe is None:
         raise TraceError(
@@ -271,7 +278,6 @@ def _trace_dat_lines(path: str, first: bytes, stream: IO[bytes]) -> Iterator[str
             "trace-cmd)",
         )
     with tempfile.NamedTemporaryFile(suffix=".dat") as tmp:
-        tmp.write(first)
         shutil.copyfileobj(stream, tmp)
         tmp.flush()
         proc = subprocess.Popen(
@@ -402,4 +408,5 @@ def read_trace(
         raise TraceError(p, None, f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     stats = stats if stats is not None else ReadStats()
     text_fmt = None if fmt in (None, "tracedat") else fmt
-    return reorder(parse_lines(_lines(p), p, text_fmt, stats, lenient), window)
+    # Perfetto bundles are per-CPU chunks: a wider window merges them.
+    return reorder(_events(p, text_fmt, stats, lenient), window)
