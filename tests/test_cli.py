@@ -118,3 +118,22 @@ def test_demo_and_presets() -> None:
     opts = json.loads(r.stdout)
     assert opts["MMU_LAZY_TLB_SHOOTDOWN"] is True and opts["MMU_LAZY_TLB_REFCOUNT"] is False
     assert activemm("mutants").returncode == 0
+
+
+def test_explain_shows_kernel_path_case_comment_and_changes() -> None:
+    r = activemm("explain", str(ROOT / "examples/02_context_switch_cases.toml"))
+    assert r.returncode == 0, r.stderr
+    for comment in (
+        "user -> user switch",
+        "user -> kernel lazy + mmgrab_lazy_tlb() active",
+        "kernel -> kernel lazy + transfer active",
+        "kernel -> user switch + mmdrop_lazy_tlb() active",
+    ):
+        assert comment in " ".join(r.stdout.split()), comment
+    r = activemm("explain", str(ROOT / "examples/04_zombie_mm.toml"), "--step", "13")
+    text = " ".join(r.stdout.split())
+    assert "step 13:" in text and "step 12:" not in text
+    assert "__mmdrop(mm2 (app)) on CPU 0, from finish_task_switch" in text
+    assert "mm_count 1 0" in text and "zombie freed" in text
+    r = activemm("explain", str(ROOT / "examples/04_zombie_mm.toml"), "--step", "99")
+    assert r.returncode == 2 and "there is no step 99" in r.stderr

@@ -403,6 +403,35 @@ def timeline(
 
 
 @app.command()
+def explain(
+    file: Annotated[Path, typer.Argument(help="A scenario file, e.g. examples/04_zombie_mm.toml.")],
+    preset_name: PresetOpt = None,
+    step: Annotated[int | None, typer.Option("--step", help="Show only this step.", min=0)] = None,
+) -> None:
+    """Step through a scenario one operation at a time: the kernel path taken, the kernel's own
+    comment for the context-switch case that applies, and the before/after of every field that
+    changed. On a terminal, Enter goes on and q quits; otherwise every step is printed."""
+    from activemm.report.explain import explain_step, snapshot
+
+    sc = scen.load(file)
+    cfg = resolve_config(preset_name, sc.mutants, sc.preset)
+    interactive = out.is_terminal and sys.stdin.isatty() and step is None
+    before: dict[tuple[str, str], object] = {}
+    out.print(f"[bold]{sc.title}[/bold]  [dim]({cfg.name})[/dim]")
+    for r in scen.run(sc, cfg, [Sanitizer(cfg)]):
+        after = snapshot(r.state)
+        name = "boot" if r.index == 0 else sc.steps[r.index - 1].op
+        if step is None or step == r.index:
+            out.print(explain_step(r.index, name, r.operation, r.note, r.events, before, after))
+            last = r.index >= len(sc.steps)
+            if interactive and not last and input("Enter: next, q: quit ").strip() == "q":
+                return
+        before = after
+    if step is not None and step > len(sc.steps):
+        raise ActiveMmError(f"{file}: there is no step {step} (the scenario has {len(sc.steps)})")
+
+
+@app.command()
 def mutants() -> None:
     """List the deliberately broken kernel variants (`--mutant NAME`)."""
     t = Table(title="mutants")
