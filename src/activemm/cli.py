@@ -432,6 +432,66 @@ def explain(
 
 
 @app.command()
+def report(
+    trace: Annotated[str, typer.Argument(help="A trace, as for `activemm replay`.")],
+    preset_names: Annotated[
+        list[str] | None, typer.Option("--preset", "-p", help="Configuration (repeat).")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file.")] = Path(
+        "report.html"
+    ),
+    png: Annotated[Path | None, typer.Option("--png", help="Also write the plots here.")] = None,
+    tasks: Annotated[Path | None, typer.Option("--tasks", help="Task snapshot.")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="Trace format.")] = None,
+) -> None:
+    """One self-contained HTML file (no network needed to view it): the comparison table of
+    `activemm replay`, plots (switch cases, mm_count atomics same-CPU vs cross-CPU, zombie
+    lifetimes, lazy time per CPU, a per-CPU active_mm timeline) and the trace's anomalies."""
+    from activemm.fileio import write_atomic
+    from activemm.metrics import Metrics
+    from activemm.report.compare import BASELINE, comparison
+    from activemm.report.html import plots, render
+    from activemm.report.timeline import Timeline
+    from activemm.trace.readers import ReadStats, read_trace
+    from activemm.trace.replay import Replayer, load_task_snapshot, peek_cpus
+
+    names = preset_names or ["linux-6.17-x86_64", "linux-6.17-powerpc-radix"]
+    configs = [preset(n) for n in names]
+    if BASELINE not in names:
+        configs.append(preset(BASELINE))
+    snapshot = load_task_snapshot(tasks) if tasks else None
+    stats = ReadStats()
+    events = read_trace(trace, fmt=fmt, stats=stats)
+    ncpus, events = peek_cpus(events)
+    tl = Timeline()
+    replayers = {
+        c.name: Replayer(
+            c,
+            ncpus,
+            Metrics(c.arch),
+            snapshot,
+            sanitize=True,
+            extra=[tl] if c.name == names[0] else None,
+        )
+        for c in configs
+    }
+    n = 0
+    for n, ev in enumerate(events, start=1):  # noqa: B007 - n is the count, used below
+        if ev.cpu < ncpus:
+            for r in replayers.values():
+                r.apply(ev)
+    tl.document()  # closes the open spans
+    result = comparison(trace, n, stats, replayers, names)
+    images = plots({k: replayers[k].metrics for k in names}, tl, names[0])
+    if png is not None:
+        png.mkdir(parents=True, exist_ok=True)
+        for fname, data in images.items():
+            write_atomic(png / fname, data)
+    write_atomic(output, render(result, images))
+    out.print(f"report written to {output}" + (f", plots to {png}/" if png else ""))
+
+
+@app.command()
 def mutants() -> None:
     """List the deliberately broken kernel variants (`--mutant NAME`)."""
     t = Table(title="mutants")

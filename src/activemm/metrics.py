@@ -88,6 +88,8 @@ class Metrics(Observer):
     _last_prev: dict[int, Task] = field(default_factory=dict)
     _torn: list[Mm] = field(default_factory=list)
     _in_switch: set[int] = field(default_factory=set)  # CPUs inside context_switch()
+    lazy_time: dict[int, float] = field(default_factory=dict)  # seconds per CPU
+    _lazy_since: dict[int, float | None] = field(default_factory=dict)
     _ptbr: dict[int, int] = field(default_factory=dict)  # alpha: page tables last loaded
 
     def begin(self, op: Operation, state: KernelState) -> None:
@@ -99,6 +101,10 @@ class Metrics(Observer):
         if isinstance(ev, ContextSwitch):
             self._last_prev[ev.cpu] = ev.prev
             self._in_switch.add(ev.cpu)
+            since = self._lazy_since.get(ev.cpu)
+            if since is not None:
+                self.lazy_time[ev.cpu] = self.lazy_time.get(ev.cpu, 0.0) + self.now - since
+            self._lazy_since[ev.cpu] = self.now if ev.next.mm is None else None
             if count:
                 self.switches[ev.case] += 1
                 if ev.case == "user->user" and ev.prev.mm is ev.next.mm:
@@ -164,8 +170,11 @@ class Metrics(Observer):
             + (self.shootdown_ipis + self.flush_ipis) * c["ipi"]
         )
 
+    def zombie_lifetimes(self) -> list[float]:
+        return [z.died - z.born for z in self.zombies.values() if z.died is not None]
+
     def summary(self) -> dict[str, Any]:
-        lives = [z.died - z.born for z in self.zombies.values() if z.died is not None]
+        lives = self.zombie_lifetimes()
         alive = [z.mm for z in self.zombies.values() if z.died is None]
         cases = (
             "kernel->kernel",

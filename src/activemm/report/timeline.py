@@ -41,6 +41,7 @@ class Timeline(Clocked):
     _counts: dict[int, tuple[int, int]] = field(default_factory=dict)
     _named: set[int] = field(default_factory=set)
     _torn: list[Mm] = field(default_factory=list)
+    _started: bool = False
 
     @property
     def us(self) -> float:
@@ -110,6 +111,13 @@ class Timeline(Clocked):
             self._instant(tid + 1, f"CR3 {ev.mm.name}", {"asid": ev.asid, "flush": ev.flush})
 
     def end(self, op: Operation, state: KernelState) -> None:
+        if not self._started and self.now > 0:
+            # The first trace time: what was open since boot starts here, not at time 0.
+            self._started = True
+            self._open = {t: (n, self.us, a) for t, (n, _, a) in self._open.items()}
+            for e in self.events:
+                if "ts" in e and e["ts"] == 0:
+                    e["ts"] = self.us
         for mm in self._torn:
             if not mm.freed:
                 self._instant(0, f"zombie born: {mm}", {"mm_count": mm.mm_count})
