@@ -4,8 +4,9 @@ of bounds, measured in the same run.
     python benchmarks/explore_bench.py --json
 
 For each bound: states and seconds with symmetry reduction and without, states/s, and the
-reduction factor (states without / states with). A peer model checker (SPIN on a Promela model
-of the same rules) is not part of this benchmark yet: see docs/check.md.
+reduction factor (states without / states with). The peer: SPIN (Debian package spin) on
+peers/activemm.pml, a Promela model of the same rules for the first bound, compiled with gcc
+and run to exhaustion in the same run (its time includes neither spin -a nor gcc).
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ import argparse
 import json
 import os
 import platform
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
 
 from activemm import preset
 from activemm.check.explore import explore
@@ -54,6 +61,33 @@ BOUNDS = {
 }
 
 
+def spin_peer() -> dict[str, object]:
+    """Time SPIN exhausting peers/activemm.pml (bound 2cpu-1p-1t-1k-exhaustive)."""
+    if not (shutil.which("spin") and shutil.which("gcc")):
+        return {"error": "spin or gcc missing (apt-get install spin gcc)"}
+    model = Path(__file__).resolve().parent / "peers" / "activemm.pml"
+    with tempfile.TemporaryDirectory() as d:
+        shutil.copy(model, d)
+        subprocess.run(["spin", "-a", "activemm.pml"], cwd=d, check=True, capture_output=True)
+        subprocess.run(
+            ["gcc", "-O2", "-DSAFETY", "-o", "pan", "pan.c"], cwd=d, check=True, capture_output=True
+        )
+        t0 = time.perf_counter()
+        r = subprocess.run(
+            ["./pan", "-m1000000"], cwd=d, capture_output=True, text=True, check=True
+        )
+        seconds = time.perf_counter() - t0
+    stored = re.search(r"(\d+) states, stored", r.stdout)
+    errors = re.search(r"errors: (\d+)", r.stdout)
+    return {
+        "bound": "2cpu-1p-1t-1k-exhaustive",
+        "states": int(stored[1]) if stored else None,
+        "errors": int(errors[1]) if errors else None,
+        "seconds": round(seconds, 2),
+        "note": "no symmetry reduction; partial-order reduction; no mm_cpumask/loaded_mm state",
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--json", action="store_true")
@@ -80,7 +114,7 @@ def main() -> None:
         }
     out = {
         "bounds": results,
-        "peers": {},
+        "peers": {"spin": spin_peer()} if not a.only or a.only.startswith("2cpu-1p") else {},
         "machine": (
             f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
         ),
