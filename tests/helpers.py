@@ -24,3 +24,12 @@ def with_user(m: Machine, name: str = "app") -> None:
     m.schedule(0, "init")
     m.exec("init")
     m.fork("init", name=name)
+
+
+def lazy_kworker(m: Machine) -> None:
+    """After with_user(): kthreadd runs on CPU 1 and forks the kernel thread kw; app runs on
+    CPU 0, then kw, which lazily borrows app's mm (mm2) there."""
+    m.schedule(1, "kthreadd")
+    m.fork("kthreadd", kind="kthread", name="kw")
+    m.schedule(0, "app")
+    m.schedule(0, "kw")

@@ -18,7 +18,7 @@ from activemm.model.events import (
     ShootdownIpi,
 )
 
-from .helpers import machine, with_user
+from .helpers import lazy_kworker, machine, with_user
 
 
 class Events(Observer):
@@ -167,10 +167,7 @@ def test_alpha_asn_rollover_flushes_and_starts_a_new_version() -> None:
 def test_powerpc_radix_exit_flush_shoots_lazy_users_before_mmdrop() -> None:
     m, ev = watched("linux-6.17-powerpc-radix")
     with_user(m)
-    m.schedule(1, "kthreadd")
-    m.fork("kthreadd", kind="kthread", name="kw")
-    m.schedule(0, "app")
-    m.schedule(0, "kw")  # CPU 0 lazy on mm2, uncounted
+    lazy_kworker(m)  # CPU 0 lazy on mm2, uncounted
     m.schedule(1, "app")
     ev.seen.clear()
     m.exit("app")
@@ -187,10 +184,7 @@ def test_powerpc_radix_exit_flush_shoots_lazy_users_before_mmdrop() -> None:
 def test_generic_shootdown_ipis_whole_mask_at_mmdrop() -> None:
     m, ev = watched("linux-6.17-shootdown")
     with_user(m)
-    m.schedule(1, "kthreadd")
-    m.fork("kthreadd", kind="kthread", name="kw")
-    m.schedule(0, "app")
-    m.schedule(0, "kw")
+    lazy_kworker(m)
     m.schedule(1, "app")
     ev.seen.clear()
     m.exit("app")

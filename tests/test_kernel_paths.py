@@ -10,7 +10,7 @@ from activemm.errors import ConfigError, OperationError
 from activemm.model.config import KernelConfig
 from activemm.model.state import TaskState
 
-from .helpers import machine, with_user
+from .helpers import lazy_kworker, machine, with_user
 
 
 def test_boot_puts_every_cpu_lazily_on_init_mm() -> None:
@@ -73,10 +73,7 @@ def test_per_task_refs_before_5_4_grab_on_every_kernel_switch() -> None:
     # atomic operations where 6.17 has none.
     m = machine("linux-2.3.13")
     with_user(m)
-    m.schedule(1, "kthreadd")
-    m.fork("kthreadd", kind="kthread", name="kw")
-    m.schedule(0, "app")
-    m.schedule(0, "kw")
+    lazy_kworker(m)
     grabs: list[str] = []
 
     class Count:
@@ -186,10 +183,7 @@ def test_shootdown_frees_at_last_mmput_and_moves_lazy_users() -> None:
     with_user(m)
     mm2 = m.task("app").mm
     assert mm2 is not None
-    m.schedule(1, "kthreadd")
-    m.fork("kthreadd", kind="kthread", name="kw")
-    m.schedule(0, "app")
-    m.schedule(0, "kw")
+    lazy_kworker(m)
     assert mm2.mm_count == 1
     m.schedule(1, "app")
     m.exit("app")
@@ -203,10 +197,7 @@ def test_no_lazy_ablation_never_borrows_user_mms() -> None:
     with_user(m)
     mm2 = m.task("app").mm
     assert mm2 is not None
-    m.schedule(1, "kthreadd")
-    m.fork("kthreadd", kind="kthread", name="kw")
-    m.schedule(0, "app")
-    m.schedule(0, "kw")
+    lazy_kworker(m)
     assert m.task("kw").active_mm is m.state.init_mm and mm2.mm_count == 1
     assert m.rq(0).tlb.loaded_mm is m.state.init_mm
     m.schedule(1, "app")
@@ -299,10 +290,7 @@ def test_config_refuses_impossible_and_unsafe_combinations() -> None:
     # The unsafe variant, studied: the zombie's lazy user outlives the free.
     m = machine(unsafe)
     with_user(m)
-    m.schedule(1, "kthreadd")
-    m.fork("kthreadd", kind="kthread", name="kw")
-    m.schedule(0, "app")
-    m.schedule(0, "kw")
+    lazy_kworker(m)
     m.schedule(1, "app")
     with pytest.raises(Violation, match="use-after-free"):
         m.exit("app")
