@@ -29,7 +29,7 @@ from typing import Any
 from activemm.errors import ActiveMmError, ExpectationFailed, ScenarioError
 from activemm.model import DEFAULT_PRESET, KernelConfig, Machine, Observer, Operation
 from activemm.model.events import Event
-from activemm.model.state import KernelState, TaskState
+from activemm.model.state import KernelState
 
 OPS = (
     "schedule",
@@ -263,8 +263,3 @@ def check_expect(machine: Machine, expect: dict[str, Any], path: str, step: int)
             raise ScenarioError(str(e), path=path, step=step) from None
         if got != want and str(got) != str(want):
             raise ExpectationFailed(f"{path}: step {step}: expected {key} = {want}, got {got}")
-
-
-def task_states(state: KernelState) -> list[str]:
-    """Names of live tasks, for listing in reports."""
-    return [t.name for t in state.tasks if t.state is not TaskState.GONE]

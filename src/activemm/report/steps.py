@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -133,7 +133,3 @@ def step_view(
         parts.append(Text(note, style="italic cyan"))
     parts += [cpus, Text(""), mms, Text("events:", style="bold"), evs]
     return Panel(Group(*parts), title=title, title_align="left")
-
-
-def print_step(console: Console, *args: Any) -> None:
-    console.print(step_view(*args))
