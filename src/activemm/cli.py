@@ -151,8 +151,9 @@ def explore(
     ] = 1,
     holders: Annotated[int, typer.Option(help="External mmget/mmput holders at once.", min=0)] = 1,
     depth: Annotated[
-        int, typer.Option(help="Longest operation sequence; 0: until exhausted.", min=0)
-    ] = 0,
+        int,
+        typer.Option(help="Longest operation sequence from boot; 0: until exhausted.", min=0),
+    ] = 8,
     preset_name: PresetOpt = None,
     mutant: MutantOpt = None,
     hotplug: Annotated[bool, typer.Option("--hotplug", help="Also cpu_down/cpu_up.")] = False,
@@ -315,7 +316,7 @@ def replay(
     snapshot = load_task_snapshot(tasks) if tasks else None
     stats = ReadStats()
     events = read_trace(trace, fmt=fmt, lenient=lenient, stats=stats)
-    ncpus, events = peek_cpus(events)
+    ncpus, events = peek_cpus(events, stats=stats)
     ncpus = cpus or ncpus
     with Progress(
         SpinnerColumn(),
@@ -462,7 +463,7 @@ def report(
     snapshot = load_task_snapshot(tasks) if tasks else None
     stats = ReadStats()
     events = read_trace(trace, fmt=fmt, stats=stats)
-    ncpus, events = peek_cpus(events)
+    ncpus, events = peek_cpus(events, stats=stats)
     tl = Timeline()
     replayers = {
         c.name: Replayer(

@@ -67,6 +67,7 @@ class ReadStats:
     lost_events: int = 0
     unknown: Counter[str] = field(default_factory=Counter)
     fmt: str = ""
+    header_cpus: int = 0  # from "#P:N" (tracefs) or "cpus=N" (trace-cmd report)
 
 
 FTRACE = re.compile(
@@ -77,6 +78,7 @@ PERF = re.compile(
     r"^\s*(?P<comm>.*?)\s+(?P<pid>-?\d+)(?:/(?P<tid>-?\d+))?\s+\[(?P<cpu>\d+)\]\s+"
     r"(?P<ts>\d+\.\d+):\s+(?:\d+\s+)?(?P<event>[\w-]+:[\w.-]+):\s*(?P<rest>.*)$"
 )
+HEADER_CPUS = re.compile(r"(?:#P:|^cpus=)(\d+)")
 LOST = re.compile(r"^\s*CPU:\s*(?P<cpu>\d+)\s+\[LOST (?P<n>\d+) EVENTS\]")
 SWITCH = re.compile(
     r"prev_comm=(?P<pc>.*) prev_pid=(?P<pp>-?\d+) prev_prio=-?\d+ prev_state=(?P<ps>\S+) "
@@ -321,6 +323,9 @@ def parse_lines(
     for n, raw in enumerate(lines, start=1):
         stats.lines = n
         if _skip(raw):
+            cpus = HEADER_CPUS.search(raw)
+            if cpus:
+                stats.header_cpus = max(stats.header_cpus, int(cpus[1]))
             continue
         line = raw.rstrip("\n")
         lost = LOST.match(line)

@@ -318,11 +318,15 @@ class ReplayResult:
     read_anomalies: dict[str, int]
 
 
-def peek_cpus(events: Iterator[TraceEvent], n: int = 5000) -> tuple[int, Iterator[TraceEvent]]:
-    """How many CPUs the trace has, from its first `n` events."""
+def peek_cpus(
+    events: Iterator[TraceEvent], n: int = 5000, stats: object = None
+) -> tuple[int, Iterator[TraceEvent]]:
+    """How many CPUs the trace has: the header's count (tracefs "#P:N", trace-cmd "cpus=N")
+    when `stats` (the reader's ReadStats) saw one, else the highest CPU in the first `n`
+    events."""
     head = list(islice(events, n))
     ncpus = max((e.cpu for e in head), default=0) + 1
-    return ncpus, chain(head, events)
+    return max(ncpus, getattr(stats, "header_cpus", 0)), chain(head, events)
 
 
 def replay(
