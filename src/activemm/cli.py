@@ -93,8 +93,10 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the verdict.")] = False,
     no_sanitize: Annotated[bool, typer.Option("--no-sanitize", help="Skip the checks.")] = False,
 ) -> None:
-    """Run a scenario step by step: each CPU's task, active_mm (lazy or not) and hardware mm,
-    each mm's mm_users / mm_count / state, and the events of every step."""
+    """Run a scenario file step by step, with the sanitizer checking every step.
+
+    Each step shows each CPU's task, active_mm (lazy or not) and hardware mm, each mm's
+    mm_users / mm_count / state, and the events. Exit status 1 on a violation."""
     sc = scen.load(file)
     mutants = [*sc.mutants, *(mutant or [])]
     _run(sc, resolve_config(preset_name, mutants, sc.preset), as_json, quiet, not no_sanitize)
@@ -105,9 +107,10 @@ def demo(
     preset_name: PresetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per step.")] = False,
 ) -> None:
-    """The seed note (Linus, 1999) acted out: boot on init_mm, a kernel thread borrowing a
-    user mm, the real user exiting on another CPU, and the zombie mm freed when its last lazy
-    user switches away."""
+    """Act out the seed note (Linus, 1999): the zombie mm, start to finish.
+
+    Boot on init_mm, a kernel thread borrowing a user mm, the real user exiting on another CPU,
+    and the zombie mm freed when its last lazy user switches away."""
     text = resources.files("activemm").joinpath("scenarios/seed.toml").read_text("utf-8")
     sc = scen.parse(__import__("tomllib").loads(text), "seed.toml (built in)")
     _run(sc, resolve_config(preset_name, None, sc.preset), as_json, False, True)
@@ -172,9 +175,11 @@ def explore(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON summary object.")] = False,
 ) -> None:
-    """Explore every interleaving of a small system from boot, breadth first, with the
-    sanitizer checking every state. A violation yields the shortest counterexample, printed as
-    a scenario that `activemm run` replays. Exit status 0: none found; 1: found."""
+    """Explore every interleaving of a small system; print the shortest counterexample.
+
+    Breadth first from boot, symmetry reduced, the sanitizer checking every state. A violation
+    yields the shortest counterexample as a scenario that `activemm run` replays. Exit status
+    0: none found; 1: found."""
     from activemm.check.explore import Result
     from activemm.check.explore import explore as run_explore
     from activemm.check.ops import Limits
@@ -297,9 +302,10 @@ def replay(
         typer.Option("--output", "-o", help="Write the JSON here (whole or not at all)."),
     ] = None,
 ) -> None:
-    """Replay a real scheduler trace through the model under several configurations side by
-    side: context switches by case, address-space loads and what lazy TLB saved, mm_count
-    atomics (same-CPU vs cross-CPU), shootdown IPIs, zombie mms, and a cost estimate."""
+    """Replay a real scheduler trace under several configurations, side by side.
+
+    Context switches by case, address-space loads and what lazy TLB saved, mm_count atomics
+    (same-CPU vs cross-CPU), shootdown IPIs, zombie mms, and a cost estimate."""
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
     from activemm.fileio import write_atomic
@@ -370,9 +376,11 @@ def timeline(
         Path | None, typer.Option("--tasks", help="Task snapshot for a trace.")
     ] = None,
 ) -> None:
-    """Write a Chrome/Perfetto trace-event JSON timeline (open it in ui.perfetto.dev or
-    chrome://tracing): per CPU the running task and its active_mm (lazy spans marked), each
-    mm's mm_users/mm_count as counters, and instants for frees, zombie births, IPIs, CR3 loads."""
+    """Write a Chrome/Perfetto timeline (JSON) of a scenario or a trace.
+
+    Open it in ui.perfetto.dev or chrome://tracing: per CPU the running task and its active_mm
+    (lazy spans marked), each mm's mm_users/mm_count as counters, and instants for frees,
+    zombie births, IPIs, CR3 loads."""
     from activemm.fileio import write_atomic
     from activemm.metrics import Metrics
     from activemm.report.timeline import Timeline
@@ -409,9 +417,11 @@ def explain(
     preset_name: PresetOpt = None,
     step: Annotated[int | None, typer.Option("--step", help="Show only this step.", min=0)] = None,
 ) -> None:
-    """Step through a scenario one operation at a time: the kernel path taken, the kernel's own
-    comment for the context-switch case that applies, and the before/after of every field that
-    changed. On a terminal, Enter goes on and q quits; otherwise every step is printed."""
+    """Step through a scenario, explaining each operation in kernel terms.
+
+    The kernel path taken, the kernel's own comment for the context-switch case that applies,
+    and the before/after of every field that changed. On a terminal, Enter goes on and q
+    quits; otherwise every step is printed."""
     from activemm.report.explain import explain_step, snapshot
 
     sc = scen.load(file)
@@ -445,9 +455,11 @@ def report(
     tasks: Annotated[Path | None, typer.Option("--tasks", help="Task snapshot.")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="Trace format.")] = None,
 ) -> None:
-    """One self-contained HTML file (no network needed to view it): the comparison table of
-    `activemm replay`, plots (switch cases, mm_count atomics same-CPU vs cross-CPU, zombie
-    lifetimes, lazy time per CPU, a per-CPU active_mm timeline) and the trace's anomalies."""
+    """Write a self-contained HTML report of a trace, with plots.
+
+    No network needed to view it: the comparison table of `activemm replay`, plots (switch
+    cases, mm_count atomics same-CPU vs cross-CPU, zombie lifetimes, lazy time per CPU, a
+    per-CPU active_mm timeline) and the trace's anomalies."""
     from activemm.fileio import write_atomic
     from activemm.metrics import Metrics
     from activemm.report.compare import BASELINE, comparison
