@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 import tomllib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,61 +98,72 @@ class Metrics(Observer):
         self._in_switch.clear()
 
     def event(self, ev: Event) -> None:
-        count = not self.paused
-        if isinstance(ev, ContextSwitch):
-            self._last_prev[ev.cpu] = ev.prev
-            self._in_switch.add(ev.cpu)
-            since = self._lazy_since.get(ev.cpu)
-            if since is not None:
-                self.lazy_time[ev.cpu] = self.lazy_time.get(ev.cpu, 0.0) + self.now - since
-            self._lazy_since[ev.cpu] = self.now if ev.next.mm is None else None
-            if count:
-                self.switches[ev.case] += 1
-                if ev.case == "user->user" and ev.prev.mm is ev.next.mm:
-                    self.switches["user->user same mm"] += 1
-        elif isinstance(ev, MmGrabbed | MmDropped):
-            remote = self._writer.get(ev.mm.id, ev.cpu) != ev.cpu
-            self._writer[ev.mm.id] = ev.cpu
-            if count:
-                if ev.lazy and remote:
-                    self.lazy_remote += 1
-                elif ev.lazy:
-                    self.lazy_local += 1
-                else:
-                    self.other_atomics += 1
-        elif isinstance(ev, MmSwitched):
-            if ev.cpu in self._in_switch:  # the one switch_mm of this context_switch()
-                self._in_switch.discard(ev.cpu)
-                self.switch_mm += count
-            if count and self.arch not in ("x86_64", "alpha") and ev.prev is not ev.next:
-                self.cr3_loads += 1
-        elif isinstance(ev, PcbLoaded):
-            ptbr = ev.ptbr.id if ev.ptbr is not None else -1
-            if self._ptbr.get(ev.cpu) != ptbr:
-                self._ptbr[ev.cpu] = ptbr
-                self.cr3_loads += count
-        elif isinstance(ev, Cr3Loaded):
-            if count:
-                self.cr3_loads += 1
-                self.cr3_flushes += ev.flush
-        elif isinstance(ev, ShootdownIpi):
-            if count and ev.to_cpu != ev.cpu:
-                self.shootdown_ipis += 1
-        elif isinstance(ev, FlushIpi):
-            if count:
-                self.flush_ipis += 1
-        elif isinstance(ev, AddressSpaceTornDown):
-            self._torn.append(ev.mm)
-        elif isinstance(ev, MmFreed):
-            z = self.zombies.get(ev.mm.id)
-            if z is not None and z.died is None:
-                z.died = self.now
-                prev = self._last_prev.get(ev.cpu)
-                z.holder = (
-                    f"{prev.name} on CPU {ev.cpu}"
-                    if ev.reason == "finish_task_switch" and prev is not None
-                    else ev.reason
-                )
+        handler = _HANDLERS.get(type(ev))
+        if handler is not None:
+            handler(self, ev, not self.paused)
+
+    def _switch(self, ev: ContextSwitch, count: bool) -> None:
+        self._last_prev[ev.cpu] = ev.prev
+        self._in_switch.add(ev.cpu)
+        since = self._lazy_since.get(ev.cpu)
+        if since is not None:
+            self.lazy_time[ev.cpu] = self.lazy_time.get(ev.cpu, 0.0) + self.now - since
+        self._lazy_since[ev.cpu] = self.now if ev.next.mm is None else None
+        if count:
+            self.switches[ev.case] += 1
+            if ev.case == "user->user" and ev.prev.mm is ev.next.mm:
+                self.switches["user->user same mm"] += 1
+
+    def _atomic(self, ev: MmGrabbed | MmDropped, count: bool) -> None:
+        remote = self._writer.get(ev.mm.id, ev.cpu) != ev.cpu  # last writer of the cache line
+        self._writer[ev.mm.id] = ev.cpu
+        if not count:
+            return
+        if ev.lazy and remote:
+            self.lazy_remote += 1
+        elif ev.lazy:
+            self.lazy_local += 1
+        else:
+            self.other_atomics += 1
+
+    def _switch_mm(self, ev: MmSwitched, count: bool) -> None:
+        if ev.cpu in self._in_switch:  # the one switch_mm of this context_switch()
+            self._in_switch.discard(ev.cpu)
+            self.switch_mm += count
+        if count and self.arch not in ("x86_64", "alpha") and ev.prev is not ev.next:
+            self.cr3_loads += 1
+
+    def _pcb(self, ev: PcbLoaded, count: bool) -> None:
+        ptbr = ev.ptbr.id if ev.ptbr is not None else -1
+        if self._ptbr.get(ev.cpu) != ptbr:
+            self._ptbr[ev.cpu] = ptbr
+            self.cr3_loads += count
+
+    def _cr3(self, ev: Cr3Loaded, count: bool) -> None:
+        if count:
+            self.cr3_loads += 1
+            self.cr3_flushes += ev.flush
+
+    def _shootdown(self, ev: ShootdownIpi, count: bool) -> None:
+        if count and ev.to_cpu != ev.cpu:
+            self.shootdown_ipis += 1
+
+    def _flush_ipi(self, ev: FlushIpi, count: bool) -> None:
+        self.flush_ipis += count
+
+    def _torn_down(self, ev: AddressSpaceTornDown, count: bool) -> None:
+        self._torn.append(ev.mm)
+
+    def _freed(self, ev: MmFreed, count: bool) -> None:
+        z = self.zombies.get(ev.mm.id)
+        if z is not None and z.died is None:
+            z.died = self.now
+            prev = self._last_prev.get(ev.cpu)
+            z.holder = (
+                f"{prev.name} on CPU {ev.cpu}"
+                if ev.reason == "finish_task_switch" and prev is not None
+                else ev.reason
+            )
 
     def end(self, op: Operation, state: KernelState) -> None:
         # An mm torn down but not freed by the end of the operation lives on for its lazy
@@ -207,3 +219,18 @@ class Metrics(Observer):
             },
             "cost_cycles": self.cost_cycles(),
         }
+
+
+# Which handler each event type goes to (events nobody counts are skipped in one lookup).
+_HANDLERS: dict[type, Callable[[Metrics, Any, bool], None]] = {
+    ContextSwitch: Metrics._switch,
+    MmGrabbed: Metrics._atomic,
+    MmDropped: Metrics._atomic,
+    MmSwitched: Metrics._switch_mm,
+    PcbLoaded: Metrics._pcb,
+    Cr3Loaded: Metrics._cr3,
+    ShootdownIpi: Metrics._shootdown,
+    FlushIpi: Metrics._flush_ipi,
+    AddressSpaceTornDown: Metrics._torn_down,
+    MmFreed: Metrics._freed,
+}
