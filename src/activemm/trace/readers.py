@@ -45,7 +45,8 @@ from activemm.trace.events import (
 from activemm.trace.perfetto import looks_like_perfetto, perfetto_events
 
 FORMATS = ("ftrace", "perf", "tracedat", "perfetto")
-REORDER_WINDOW = 65536
+REORDER_WINDOW = 4096  # text traces: the kernel already merged the per-CPU buffers
+PERFETTO_WINDOW = 65536  # Perfetto: per-CPU bundles, each spanning a while
 
 
 class TraceError(ActiveMmError):
@@ -384,17 +385,21 @@ def parse_lines(
         yield ev
 
 
-def reorder(events: Iterator[TraceEvent], window: int = REORDER_WINDOW) -> Iterator[TraceEvent]:
+def reorder(
+    events: Iterator[TraceEvent], window: int = REORDER_WINDOW, stats: ReadStats | None = None
+) -> Iterator[TraceEvent]:
     """Merge by timestamp: events from different CPUs may be out of order by up to `window`
-    events (per-CPU buffers concatenated, trace_pipe). Ties keep file order. A lost-events
-    marker keeps its place in the stream."""
+    events (per-CPU buffers concatenated, trace_pipe, Perfetto bundles). Ties keep file order.
+    A lost-events marker keeps its place in the stream. With `stats`, a Perfetto input gets
+    the wider PERFETTO_WINDOW."""
     heap: list[tuple[float, int, TraceEvent]] = []
     last_ts = float("-inf")
     for seq, ev in enumerate(events):
         ts = ev.ts if ev.ts >= 0 else last_ts
         last_ts = max(last_ts, ts)
         heapq.heappush(heap, (ts, seq, ev))
-        if len(heap) > window:
+        limit = PERFETTO_WINDOW if stats is not None and stats.fmt == "perfetto" else window
+        if len(heap) > limit:
             yield heapq.heappop(heap)[2]
     while heap:
         yield heapq.heappop(heap)[2]
@@ -413,5 +418,4 @@ def read_trace(
         raise TraceError(p, None, f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     stats = stats if stats is not None else ReadStats()
     text_fmt = None if fmt in (None, "tracedat") else fmt
-    # Perfetto bundles are per-CPU chunks: a wider window merges them.
-    return reorder(_events(p, text_fmt, stats, lenient), window)
+    return reorder(_events(p, text_fmt, stats, lenient), window, stats)
