@@ -348,3 +348,48 @@ def test_perfetto_trace_reads_like_the_text_it_came_from(tmp_path: Path, compact
     cut.write_bytes(p.read_bytes()[:-7])
     with pytest.raises(TraceError, match="truncated"):
         list(read_trace(cut))
+
+
+@pytest.mark.parametrize(
+    ("files", "args", "message"),
+    [
+        (
+            {"tasks.txt": "12 (bash) S 1\n"},
+            ["--tasks", "{tasks.txt}"],
+            "tasks.txt:1: expected a /proc/PID/task/TID/stat line",
+        ),
+        ({"costs.toml": "ipi = -5\n"}, ["--costs", "{costs.toml}"], "costs.toml: 'ipi' is not"),
+        ({"costs.toml": "bogus = 1\n"}, ["--costs", "{costs.toml}"], "costs.toml: 'bogus' is not"),
+        ({}, ["--format", "ctf"], "unknown format 'ctf'"),
+        ({}, ["--preset", "linux-9"], "unknown preset 'linux-9'"),
+    ],
+)
+def test_replay_refuses_bad_options_in_one_line(
+    tmp_path: Path, files: dict[str, str], args: list[str], message: str
+) -> None:
+    for name, body in files.items():
+        (tmp_path / name).write_text(body)
+    for name in files:
+        args = [a.replace("{" + name + "}", str(tmp_path / name)) for a in args]
+    r = subprocess.run(
+        [sys.executable, "-m", "activemm", "replay", str(DATA / "perf_script.txt.gz"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
+
+
+def test_an_empty_trace_replays_to_zero_events(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# tracer: nop\n#\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "activemm", "replay", str(empty), "--json", "-p", "linux-6.17"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["events"] == 0
