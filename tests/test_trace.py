@@ -190,7 +190,7 @@ def test_replay_counts_switch_cases_like_an_independent_count() -> None:
     snap = load_task_snapshot(DATA / f"{name}.tasks")
     events = read_trace(DATA / f"{name}.txt.gz")
     ncpus, events = peek_cpus(events)
-    _, rs = replay(events, [PRESETS["linux-6.17-x86_64"]], ncpus, snap)
+    _, rs = replay(events, [PRESETS["linux-6.17-x86_64"]], ncpus, snap, sanitize_every=1)
     got = rs["linux-6.17-x86_64"].metrics.switches
     want = _independent_cases(name)
     for case in ("kernel->kernel", "user->kernel", "kernel->user", "user->user"):
@@ -201,7 +201,7 @@ def test_replay_counts_switch_cases_like_an_independent_count() -> None:
 def test_replay_every_trace_under_every_preset(name: str) -> None:
     events = list(read_trace(DATA / f"{name}.txt.gz"))
     ncpus = max(e.cpu for e in events) + 1
-    _, rs = replay(iter(events), list(PRESETS.values()), ncpus)  # sanitizer on
+    _, rs = replay(iter(events), list(PRESETS.values()), ncpus, sanitize_every=1)
     switches = len(event_lines(name, "sched_switch"))
     for r in rs.values():
         counted = sum(
@@ -232,7 +232,10 @@ def test_replay_survives_damaged_traces(seed: int, drop: float) -> None:
 
     st_ = ReadStats()
     events = parse_lines(iter(kept), "damaged", None, st_, lenient=True)
-    _, rs = replay(events, [PRESETS["linux-6.17-x86_64"], PRESETS["linux-6.17-shootdown"]], 2)
+    _, rs = replay(
+        events, [PRESETS["linux-6.17-x86_64"], PRESETS["linux-6.17-shootdown"]], 2,
+        sanitize_every=1,
+    )
     assert all(r.m.booted for r in rs.values())
 
 

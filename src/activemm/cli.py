@@ -296,6 +296,14 @@ def replay(
         bool, typer.Option("--lenient", help="Skip malformed lines, counting them.")
     ] = False,
     no_sanitize: Annotated[bool, typer.Option("--no-sanitize", help="Faster, unchecked.")] = False,
+    sanitize_every: Annotated[
+        int,
+        typer.Option(
+            "--sanitize-every",
+            min=1,
+            help="Check every invariant every N operations (bad accesses: always at once).",
+        ),
+    ] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
     output: Annotated[
         Path | None,
@@ -344,6 +352,7 @@ def replay(
             sanitize=not no_sanitize,
             costs=cost_table,
             progress=tick,
+            sanitize_every=sanitize_every,
         )
     result = comparison(trace, n, stats, replayers, names)
     if output is not None:
@@ -382,10 +391,10 @@ def timeline(
     (lazy spans marked), each mm's mm_users/mm_count as counters, and instants for frees,
     zombie births, IPIs, CR3 loads."""
     from activemm.fileio import write_atomic
-    from activemm.metrics import Metrics
     from activemm.report.timeline import Timeline
     from activemm.trace.readers import read_trace
-    from activemm.trace.replay import Replayer, load_task_snapshot, peek_cpus
+    from activemm.trace.replay import load_task_snapshot, peek_cpus
+    from activemm.trace.replay import replay as run_replay
 
     if source.endswith(".toml"):
         sc = scen.load(source)
@@ -399,10 +408,7 @@ def timeline(
         events = read_trace(source)
         ncpus, events = peek_cpus(events)
         snap = load_task_snapshot(tasks) if tasks else None
-        r = Replayer(cfg, ncpus, Metrics(cfg.arch), snap, sanitize=True, extra=[tl])
-        for ev in events:
-            if ev.cpu < ncpus:
-                r.apply(ev)
+        run_replay(events, [cfg], ncpus, snap, extra={cfg.name: [tl]})
     doc = tl.document()
     write_atomic(output, json.dumps(doc))
     out.print(
@@ -461,12 +467,12 @@ def report(
     cases, mm_count atomics same-CPU vs cross-CPU, zombie lifetimes, lazy time per CPU, a
     per-CPU active_mm timeline) and the trace's anomalies."""
     from activemm.fileio import write_atomic
-    from activemm.metrics import Metrics
     from activemm.report.compare import BASELINE, comparison
     from activemm.report.html import plots, render
     from activemm.report.timeline import Timeline
     from activemm.trace.readers import ReadStats, read_trace
-    from activemm.trace.replay import Replayer, load_task_snapshot, peek_cpus
+    from activemm.trace.replay import load_task_snapshot, peek_cpus
+    from activemm.trace.replay import replay as run_replay
 
     names = preset_names or ["linux-6.17-x86_64", "linux-6.17-powerpc-radix"]
     configs = [preset(n) for n in names]
@@ -477,22 +483,9 @@ def report(
     events = read_trace(trace, fmt=fmt, stats=stats)
     ncpus, events = peek_cpus(events, stats=stats)
     tl = Timeline()
-    replayers = {
-        c.name: Replayer(
-            c,
-            ncpus,
-            Metrics(c.arch),
-            snapshot,
-            sanitize=True,
-            extra=[tl] if c.name == names[0] else None,
-        )
-        for c in configs
-    }
-    n = 0
-    for n, ev in enumerate(events, start=1):  # noqa: B007 - n is the count, used below
-        if ev.cpu < ncpus:
-            for r in replayers.values():
-                r.apply(ev)
+    n, replayers = run_replay(
+        events, configs, ncpus, snapshot, extra={names[0]: [tl]}, progress=None
+    )
     tl.document()  # closes the open spans
     result = comparison(trace, n, stats, replayers, names)
     images = plots({k: replayers[k].metrics for k in names}, tl, names[0])

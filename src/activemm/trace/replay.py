@@ -41,6 +41,7 @@ from activemm.trace.events import (
     TraceEvent,
 )
 
+SANITIZE_EVERY = 1000  # replay: full invariant checks every this many operations
 CLONE_VM = 0x100
 CLONE_VFORK = 0x4000
 CLONE_THREAD = 0x10000
@@ -121,11 +122,13 @@ class Replayer:
         snapshot: dict[int, TaskInfo] | None = None,
         sanitize: bool = True,
         extra: list[Clocked] | None = None,
+        sanitize_every: int = 1,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.extra = extra or []
-        observers = [metrics, *self.extra] + ([Sanitizer(config)] if sanitize else [])
+        self.sanitizer = Sanitizer(config, every=sanitize_every) if sanitize else None
+        observers = [metrics, *self.extra] + ([self.sanitizer] if self.sanitizer else [])
         self.m = Machine(config, observers)
         self.m.boot(ncpus, rest_init=False)
         self.tasks: dict[int, Task] = {}
@@ -337,11 +340,21 @@ def replay(
     sanitize: bool = True,
     costs: dict[str, int] | None = None,
     progress: object = None,
+    sanitize_every: int = SANITIZE_EVERY,
+    extra: dict[str, list[Clocked]] | None = None,
 ) -> tuple[int, dict[str, Replayer]]:
-    """Feed every event to one Replayer per configuration. Returns (events, replayers)."""
+    """Feed every event to one Replayer per configuration. Returns (events, replayers).
+    With `sanitize`, bad accesses are reported at once and every invariant is checked every
+    `sanitize_every` operations and at the end."""
     replayers = {
         c.name: Replayer(
-            c, ncpus, Metrics(c.arch, costs=dict(costs or DEFAULT_COSTS)), snapshot, sanitize
+            c,
+            ncpus,
+            Metrics(c.arch, costs=dict(costs or DEFAULT_COSTS)),
+            snapshot,
+            sanitize,
+            extra=(extra or {}).get(c.name),
+            sanitize_every=sanitize_every,
         )
         for c in configs
     }
@@ -360,4 +373,7 @@ def replay(
                 r.m.forget_dead()
             if tick is not None:
                 tick(n)
+    for r in rs:
+        if r.sanitizer is not None:
+            r.sanitizer.check_now(r.m.state)
     return n, replayers
