@@ -38,7 +38,7 @@ def terminal_views() -> None:
                 explain_step(r.index, "schedule", r.operation, r.note, r.events, before, after)
             )
         if r.index == 9:
-            run.print(step_view(r.index, r.operation, r.note, r.events, r.state, cfg))
+            run.print(step_view(r, cfg))
         before = after
     explain.save_svg(str(IMG / "explain.svg"), title="activemm explain examples/04_zombie_mm.toml")
     run.save_svg(str(IMG / "run.svg"), title="activemm run examples/04_zombie_mm.toml")

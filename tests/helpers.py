@@ -6,6 +6,7 @@ from pathlib import Path
 
 from activemm import Machine, Sanitizer, preset
 from activemm.model.config import KernelConfig
+from activemm.model.state import Mm
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
@@ -19,11 +20,13 @@ def machine(config: str | KernelConfig = "linux-6.17-x86_64", cpus: int = 2) -> 
     return m
 
 
-def with_user(m: Machine, name: str = "app") -> None:
-    """init runs on CPU 0, execs (mm1) and forks `name` (mm2)."""
+def with_user(m: Machine, name: str = "app") -> Mm:
+    """init runs on CPU 0, execs (mm1) and forks `name` (mm2); returns mm2."""
     m.schedule(0, "init")
     m.exec("init")
-    m.fork("init", name=name)
+    child = m.fork("init", name=name)
+    assert child.mm is not None
+    return child.mm
 
 
 def lazy_kworker(m: Machine) -> None:

@@ -51,9 +51,7 @@ def test_fork_process_thread_and_kthread() -> None:
 
 def test_user_to_kernel_grabs_and_kernel_to_user_drops() -> None:
     m = machine()
-    with_user(m)
-    mm2 = m.task("app").mm
-    assert mm2 is not None
+    mm2 = with_user(m)
     m.schedule(1, "kthreadd")
     m.fork("kthreadd", kind="kthread", name="kw")
     m.schedule(0, "app")
@@ -129,9 +127,7 @@ def test_exec_mmput_old_mm_and_drops_lazy_ref_without_one() -> None:
 
 def test_kthread_use_mm_reference_flow() -> None:
     m = machine()
-    with_user(m)
-    mm2 = m.task("app").mm
-    assert mm2 is not None
+    mm2 = with_user(m)
     m.schedule(1, "kthreadd")
     m.fork("kthreadd", kind="kthread", name="io")
     m.schedule(1, "io")
@@ -149,9 +145,7 @@ def test_kthread_use_mm_same_mm_under_shootdown() -> None:
     # Reference scenario 10: use of M while M == active_mm. SHOOTDOWN: mmgrab(M) +1 and
     # mmdrop_lazy_tlb(M) is only a barrier: 1 -> 2; unuse: grab elided, mmdrop -1: 1.
     m = machine("linux-6.17-shootdown")
-    with_user(m)
-    mm2 = m.task("app").mm
-    assert mm2 is not None
+    mm2 = with_user(m)
     m.schedule(1, "kthreadd")
     m.fork("kthreadd", kind="kthread", name="io")
     m.schedule(1, "app")
@@ -180,9 +174,7 @@ def test_shootdown_frees_at_last_mmput_and_moves_lazy_users() -> None:
     # Reference scenario 1 under SHOOTDOWN: counts stay 1; the final mmdrop at __mmput runs
     # cleanup_lazy_tlbs, which IPIs CPU 0 (in mm_cpumask) and switches kw to init_mm.
     m = machine("linux-6.17-shootdown")
-    with_user(m)
-    mm2 = m.task("app").mm
-    assert mm2 is not None
+    mm2 = with_user(m)
     lazy_kworker(m)
     assert mm2.mm_count == 1
     m.schedule(1, "app")
@@ -194,9 +186,7 @@ def test_shootdown_frees_at_last_mmput_and_moves_lazy_users() -> None:
 
 def test_no_lazy_ablation_never_borrows_user_mms() -> None:
     m = machine("no-lazy")
-    with_user(m)
-    mm2 = m.task("app").mm
-    assert mm2 is not None
+    mm2 = with_user(m)
     lazy_kworker(m)
     assert m.task("kw").active_mm is m.state.init_mm and mm2.mm_count == 1
     assert m.rq(0).tlb.loaded_mm is m.state.init_mm

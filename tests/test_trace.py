@@ -233,7 +233,9 @@ def test_replay_survives_damaged_traces(seed: int, drop: float) -> None:
     st_ = ReadStats()
     events = parse_lines(iter(kept), "damaged", None, st_, lenient=True)
     _, rs = replay(
-        events, [PRESETS["linux-6.17-x86_64"], PRESETS["linux-6.17-shootdown"]], 2,
+        events,
+        [PRESETS["linux-6.17-x86_64"], PRESETS["linux-6.17-shootdown"]],
+        2,
         sanitize_every=1,
     )
     assert all(r.m.booted for r in rs.values())

@@ -57,11 +57,10 @@ def _run(sc: scen.Scenario, cfg: KernelConfig, as_json: bool, quiet: bool, sanit
     try:
         for r in scen.run(sc, cfg, list(observers)):
             steps += 1
-            args = (r.index, r.operation, r.note, r.events, r.state, cfg)
             if as_json:
-                sys.stdout.write(json.dumps(step_json(*args)) + "\n")
+                sys.stdout.write(json.dumps(step_json(r, cfg)) + "\n")
             elif not quiet:
-                out.print(step_view(*args))
+                out.print(step_view(r, cfg))
     except Violation as v:
         if as_json:
             sys.stdout.write(

@@ -12,6 +12,7 @@ from rich.text import Text
 from activemm.model.config import KernelConfig
 from activemm.model.events import Event, MmFreed
 from activemm.model.state import KernelState, Mm
+from activemm.scenario import StepResult
 
 
 def _name(mm: Mm | None) -> str:
@@ -62,33 +63,20 @@ def mm_rows(state: KernelState, config: KernelConfig, events: list[Event]) -> li
     return rows
 
 
-def step_json(
-    index: int,
-    operation: str,
-    note: str,
-    events: list[Event],
-    state: KernelState,
-    config: KernelConfig,
-) -> dict[str, Any]:
+def step_json(r: StepResult, config: KernelConfig) -> dict[str, Any]:
     return {
-        "step": index,
-        "op": operation,
-        "note": note,
+        "step": r.index,
+        "op": r.operation,
+        "note": r.note,
         "preset": config.name,
-        "events": [e.to_dict() for e in events],
-        "cpus": cpu_rows(state, config),
-        "mms": mm_rows(state, config, events),
+        "events": [e.to_dict() for e in r.events],
+        "cpus": cpu_rows(r.state, config),
+        "mms": mm_rows(r.state, config, r.events),
     }
 
 
-def step_view(
-    index: int,
-    operation: str,
-    note: str,
-    events: list[Event],
-    state: KernelState,
-    config: KernelConfig,
-) -> Panel:
+def step_view(r: StepResult, config: KernelConfig) -> Panel:
+    index, operation, note, events, state = r.index, r.operation, r.note, r.events, r.state
     cpus = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("CPU", "current", "active_mm", "hardware (loaded_mm)", "rq->prev_mm"):
         cpus.add_column(col)
