@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import tomllib
+from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,10 +62,10 @@ def load_costs(path: str | Path | None) -> dict[str, int]:
 
 @dataclass
 class Zombie:
+    """An mm whose address space is torn down while something still holds the struct."""
+
     mm: str
     born: float
-    died: float | None = None
-    holder: str | None = None
 
 
 @dataclass
@@ -84,7 +85,10 @@ class Metrics(Observer):
     other_atomics: int = 0
     shootdown_ipis: int = 0
     flush_ipis: int = 0
-    zombies: dict[int, Zombie] = field(default_factory=dict)
+    zombies: dict[int, Zombie] = field(default_factory=dict)  # the ones still alive
+    zombie_count: int = 0
+    lifetimes: array[float] = field(default_factory=lambda: array("d"))  # seconds, freed ones
+    held_by: Counter[str] = field(default_factory=Counter)  # who held each freed zombie last
     _writer: dict[int, int] = field(default_factory=dict)
     _last_prev: dict[int, Task] = field(default_factory=dict)
     _torn: list[Mm] = field(default_factory=list)
@@ -155,15 +159,14 @@ class Metrics(Observer):
         self._torn.append(ev.mm)
 
     def _freed(self, ev: MmFreed, count: bool) -> None:
-        z = self.zombies.get(ev.mm.id)
-        if z is not None and z.died is None:
-            z.died = self.now
+        # Only live objects stay in these dicts, so a long replay keeps its memory bounded.
+        self._writer.pop(ev.mm.id, None)
+        z = self.zombies.pop(ev.mm.id, None)
+        if z is not None:
+            self.lifetimes.append(self.now - z.born)
             prev = self._last_prev.get(ev.cpu)
-            z.holder = (
-                f"{prev.name} on CPU {ev.cpu}"
-                if ev.reason == "finish_task_switch" and prev is not None
-                else ev.reason
-            )
+            holder = prev.comm if ev.reason == "finish_task_switch" and prev else ev.reason
+            self.held_by[holder] += 1
 
     def end(self, op: Operation, state: KernelState) -> None:
         # An mm torn down but not freed by the end of the operation lives on for its lazy
@@ -171,6 +174,7 @@ class Metrics(Observer):
         for mm in self._torn:
             if not mm.freed:
                 self.zombies[mm.id] = Zombie(str(mm), self.now)
+                self.zombie_count += 1
 
     def cost_cycles(self) -> int:
         c = self.costs
@@ -183,11 +187,10 @@ class Metrics(Observer):
         )
 
     def zombie_lifetimes(self) -> list[float]:
-        return [z.died - z.born for z in self.zombies.values() if z.died is not None]
+        return list(self.lifetimes)
 
     def summary(self) -> dict[str, Any]:
-        lives = self.zombie_lifetimes()
-        alive = [z.mm for z in self.zombies.values() if z.died is None]
+        lives = self.lifetimes
         cases = (
             "kernel->kernel",
             "user->kernel",
@@ -204,18 +207,12 @@ class Metrics(Observer):
             "shootdown_ipis": self.shootdown_ipis,
             "flush_ipis": self.flush_ipis,
             "zombies": {
-                "count": len(self.zombies),
+                "count": self.zombie_count,
                 "freed": len(lives),
-                "alive_at_end": len(alive),
+                "alive_at_end": len(self.zombies),
                 "median_lifetime_us": round(statistics.median(lives) * 1e6, 1) if lives else None,
                 "max_lifetime_us": round(max(lives) * 1e6, 1) if lives else None,
-                "held_by": dict(
-                    Counter(
-                        (z.holder or "?").split(" on CPU")[0].split("[")[0]
-                        for z in self.zombies.values()
-                        if z.died is not None
-                    ).most_common(5)
-                ),
+                "held_by": dict(self.held_by.most_common(5)),
             },
             "cost_cycles": self.cost_cycles(),
         }
