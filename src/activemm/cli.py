@@ -497,6 +497,79 @@ def report(
 
 
 @app.command()
+def capture(
+    output: Annotated[Path, typer.Option("--output", "-o", help="New directory for the capture.")],
+    smp: Annotated[int, typer.Option("--smp", min=1, max=16, help="Guest CPUs.")] = 2,
+    workload: Annotated[
+        str,
+        typer.Option(
+            "--workload",
+            "-w",
+            help="threads, forkexec, zombie, vfork, execthread, exitgroup, munmap, iouring, "
+            "all (one after another) or parallel (all at once).",
+        ),
+    ] = "all",
+    scale: Annotated[int, typer.Option("--scale", min=1, max=50, help="Repeat counts x N.")] = 1,
+    release: Annotated[
+        str,
+        typer.Option("--kernel-release", help="Debian 12's kernel generation: 6.1 or 6.12."),
+    ] = "6.1",
+    kernel: Annotated[
+        Path | None,
+        typer.Option(
+            "--kernel",
+            help="Use this kernel instead: a vmlinuz-RELEASE with its config-RELEASE beside "
+            "it (an unpacked Debian linux-image package).",
+        ),
+    ] = None,
+    accel: Annotated[
+        str, typer.Option("--accel", help="auto (KVM, falling back to TCG), kvm or tcg.")
+    ] = "auto",
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=10, help="Seconds the guest may run.")
+    ] = 300.0,
+    allow_lost: Annotated[
+        bool, typer.Option("--allow-lost", help="Keep a trace whose ring buffer lost events.")
+    ] = False,
+) -> None:
+    """Record what a real Linux kernel does with active_mm, in a QEMU guest.
+
+    Boots a stock Debian kernel (downloaded with apt-get download, unpacked, nothing
+    installed) with a busybox initramfs, puts kprobes on switch_mm_irqs_off, enter_lazy_tlb,
+    finish_task_switch, __mmdrop, exit_mmap, mm_init... (task_struct offsets from the
+    kernel's BTF), runs the workload and writes to DIR: trace.txt.gz (tracefs text),
+    tasks_start.txt / tasks_end.txt (the task snapshot for --tasks), meta.json and
+    workload.log. Then: `activemm validate DIR`. Needs qemu-system-x86, busybox-static, gcc,
+    libc6-dev (docs/validate.md)."""
+    import time as _time
+
+    from activemm.capture.kernel import RELEASES, fetch, image_from_path
+    from activemm.capture.run import CaptureOptions
+    from activemm.capture.run import capture as run_capture
+
+    if accel not in ("auto", "kvm", "tcg"):
+        raise ActiveMmError(f"--accel {accel}: expected auto, kvm or tcg")
+    if kernel is None and release not in RELEASES:
+        raise ActiveMmError(f"--kernel-release {release}: expected one of {', '.join(RELEASES)}")
+    t0 = _time.monotonic()
+
+    def progress(msg: str) -> None:
+        if err.is_terminal:
+            err.print(f"[dim]{_time.monotonic() - t0:6.1f}s[/dim] {msg}")
+
+    progress("fetching the kernel" if kernel is None else f"using {kernel}")
+    image = image_from_path(kernel) if kernel else fetch(release)
+    opts = CaptureOptions(output, smp, workload, scale, accel, 0, timeout, allow_lost)
+    meta = run_capture(image, opts, progress)
+    rb = meta["ring_buffer"]
+    entries = sum(s.get("entries", 0) for s in rb.values()) if isinstance(rb, dict) else 0
+    out.print(
+        f"captured {entries} events from Linux {meta['kernel']} ({smp} CPUs, {meta['accel']}, "
+        f"workload {workload}) in {_time.monotonic() - t0:.1f}s -> {output}/"
+    )
+
+
+@app.command()
 def mutants() -> None:
     """List the deliberately broken kernel variants (`--mutant NAME`)."""
     t = Table(title="mutants")

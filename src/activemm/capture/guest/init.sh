@@ -1,0 +1,93 @@
+#!/bin/sh
+# activemm capture: the guest's /init (busybox sh). Sets up tracefs and the kprobes, runs the
+# workload, ships the trace and the task snapshots out on the second serial port, powers off.
+# Knobs come on the kernel command line: activemm.workload= activemm.scale= activemm.timeout=
+export PATH=/bin
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -t tmpfs tmp /tmp
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || mount -t debugfs debugfs /sys/kernel/debug
+T=/sys/kernel/tracing
+[ -e $T/trace ] || T=/sys/kernel/debug/tracing
+say() { echo "ACTIVEMM: $*" > /dev/ttyS0; }
+
+WORKLOAD=all; SCALE=1; TIMEOUT=300
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        activemm.workload=*) WORKLOAD=${arg#*=} ;;
+        activemm.scale=*) SCALE=${arg#*=} ;;
+        activemm.timeout=*) TIMEOUT=${arg#*=} ;;
+    esac
+done
+( sleep "$TIMEOUT"; say "watchdog: the guest ran out of time"; poweroff -f ) &
+say "booted $(uname -r) cpus=$(nproc)"
+
+echo 0 > $T/tracing_on
+echo nop > $T/current_tracer
+echo 16384 > $T/buffer_size_kb
+echo mono > $T/trace_clock
+echo 1 > $T/options/record-tgid
+echo 1 > $T/options/irq-info
+echo 0 > $T/options/overwrite
+
+# finish_task_switch is usually a compiler clone (finish_task_switch.isra.0): take its name.
+FTS=$(grep -E ' [tT] finish_task_switch(\.|$)' /proc/kallsyms | head -n 1 | cut -d' ' -f3)
+: > /tmp/kprobes.failed
+sed "s/@FINISH_TASK_SWITCH@/$FTS/" /kprobes | while read -r def; do
+    [ -n "$def" ] || continue
+    echo "$def" >> $T/kprobe_events 2>/dev/null || echo "$def" >> /tmp/kprobes.failed
+done
+for e in sched/sched_switch sched/sched_process_fork sched/sched_process_exec \
+         sched/sched_process_exit sched/sched_process_free sched/sched_wakeup_new \
+         sched/sched_migrate_task task/task_newtask task/task_rename tlb/tlb_flush; do
+    echo 1 > $T/events/$e/enable 2>/dev/null || echo "event $e" >> /tmp/kprobes.failed
+done
+echo 1 > $T/events/activemm/enable
+
+snapshot() {
+    for f in /proc/[0-9]*/task/[0-9]*/stat; do
+        line=$(cat "$f" 2>/dev/null) && echo "$f:$line"
+    done
+}
+echo 1 > $T/tracing_on
+echo "activemm trace start" > $T/trace_marker
+snapshot > /tmp/tasks_start
+say "workload $WORKLOAD scale $SCALE"
+/workload "$WORKLOAD" "$SCALE" > /tmp/workload.log 2>&1
+echo "workload exit status $?" >> /tmp/workload.log
+snapshot > /tmp/tasks_end
+echo "activemm trace end" > $T/trace_marker
+echo 0 > $T/tracing_on
+say "workload done"
+
+{
+    echo "release $(uname -r)"
+    echo "cpus $(nproc)"
+    echo "finish_task_switch $FTS"
+    for c in $T/per_cpu/cpu*; do
+        echo "stats ${c##*/} $(tr '\n' ' ' < $c/stats)"
+    done
+} > /tmp/meta
+cat $T/kprobe_events > /tmp/kprobes.active
+
+ship() {  # name file: gzip + base64 between markers, on the second serial port
+    echo "=== BEGIN $1"
+    gzip -c "$2" | base64
+    echo "=== END $1"
+}
+stty -F /dev/ttyS1 raw -echo 2>/dev/null
+{
+    ship meta /tmp/meta
+    ship kprobes /tmp/kprobes.active
+    ship kprobes.failed /tmp/kprobes.failed
+    ship workload.log /tmp/workload.log
+    ship tasks_start /tmp/tasks_start
+    ship tasks_end /tmp/tasks_end
+    ship trace $T/trace
+    echo "=== DONE"
+} > /dev/ttyS1
+say "shipped"
+sync
+poweroff -f

@@ -1,0 +1,309 @@
+/* activemm capture: the guest workload. Each workload exercises one rule of
+ * Documentation/mm/active_mm.rst. Usage: workload NAME|all|parallel [SCALE]
+ * Built static by `activemm capture` with the host's gcc. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/io_uring.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int ncpus = 1;
+static const char *self = "/workload";
+
+static void pin(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu % ncpus, &set);
+    sched_setaffinity(0, sizeof(set), &set);
+}
+
+static void nap(long usec) {
+    struct timespec ts = {usec / 1000000, (usec % 1000000) * 1000};
+    nanosleep(&ts, NULL);
+}
+
+static void spin(long iters) {
+    for (volatile long i = 0; i < iters; i++) {
+    }
+}
+
+static void wait_all(void) {
+    while (wait(NULL) > 0 || errno == EINTR) {
+    }
+}
+
+/* threads: several threads of one mm switching among themselves and with kernel threads */
+static void *thread_body(void *arg) {
+    long n = (long)arg;
+    pin((int)n);
+    for (int i = 0; i < 20; i++) {
+        spin(20000);
+        if (i % 3 == 0) nap(200);
+        else sched_yield();
+    }
+    return NULL;
+}
+
+static void w_threads(int scale) {
+    for (int r = 0; r < scale; r++) {
+        pthread_t t[6];
+        for (long i = 0; i < 6; i++) pthread_create(&t[i], NULL, thread_body, (void *)i);
+        for (int i = 0; i < 6; i++) pthread_join(t[i], NULL);
+    }
+}
+
+/* forkexec: fork + exec churn; children exit on CPUs that may then go idle */
+static void w_forkexec(int scale) {
+    for (int i = 0; i < 6 * scale; i++) {
+        pid_t p = fork();
+        if (p == 0) {
+            pin(i);
+            execl(self, self, "noop", (char *)NULL);
+            _exit(127);
+        }
+        if (i % 2) wait_all();
+    }
+    wait_all();
+}
+
+/* zombie: a process runs and sleeps on CPU 1 (whose idle task then borrows its mm lazily),
+ * moves to CPU 0 and exits there: its mm outlives its last real user until CPU 1 switches
+ * to another user task. */
+static void w_zombie(int scale) {
+    for (int i = 0; i < 4 * scale; i++) {
+        pid_t p = fork();
+        if (p == 0) {
+            pin(1 + i);
+            spin(30000);
+            nap(1000);
+            pin(i);
+            spin(10000);
+            _exit(0);
+        }
+        pin(i);
+        wait_all();
+        nap(2000);
+    }
+}
+
+/* vfork: the parent is suspended while the child borrows its mm, until the child execs */
+static void w_vfork(int scale) {
+    for (volatile int i = 0; i < 4 * scale; i++) {
+        pid_t p = vfork();
+        if (p == 0) {
+            execl(self, self, "noop", (char *)NULL);
+            _exit(127);
+        }
+        wait_all();
+    }
+}
+
+/* execthread: exec from a thread that is not the group leader (de_thread takes the leader's pid) */
+static void *exec_body(void *arg) {
+    (void)arg;
+    nap(500);
+    execl(self, self, "noop", (char *)NULL);
+    return NULL;
+}
+
+static void *sleeper_body(void *arg) {
+    (void)arg;
+    for (;;) nap(300);
+    return NULL;
+}
+
+static void w_execthread(int scale) {
+    for (int i = 0; i < 3 * scale; i++) {
+        pid_t p = fork();
+        if (p == 0) {
+            pthread_t t, s;
+            pthread_create(&s, NULL, sleeper_body, NULL);
+            pthread_create(&t, NULL, exec_body, NULL);
+            for (;;) nap(1000);
+        }
+        wait_all();
+    }
+}
+
+/* exitgroup: exit_group() while sibling threads run on other CPUs */
+static void *runner_body(void *arg) {
+    pin((int)(long)arg);
+    for (;;) {
+        spin(5000);
+        sched_yield();
+    }
+    return NULL;
+}
+
+static void w_exitgroup(int scale) {
+    for (int i = 0; i < 3 * scale; i++) {
+        pid_t p = fork();
+        if (p == 0) {
+            pthread_t t[3];
+            for (long k = 0; k < 3; k++) pthread_create(&t[k], NULL, runner_body, (void *)(k + 1));
+            nap(2000);
+            exit(0);
+        }
+        wait_all();
+    }
+}
+
+/* munmap: threads on every CPU touch a mapping that the main thread unmaps and remaps:
+ * TLB shootdowns to CPUs running the mm, and to CPUs that borrow it lazily */
+static volatile char *volatile shared_map;
+static volatile int stop_touching;
+
+static void *toucher_body(void *arg) {
+    pin((int)(long)arg);
+    while (!stop_touching) {
+        volatile char *m = shared_map;
+        if (m) m[((long)arg * 4096) % (64 * 4096)] = 1;
+        if ((long)arg % 2) nap(100);
+        else sched_yield();
+    }
+    return NULL;
+}
+
+static void w_munmap(int scale) {
+    pthread_t t[4];
+    stop_touching = 0;
+    shared_map = mmap(NULL, 64 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    for (long k = 0; k < 4; k++) pthread_create(&t[k], NULL, toucher_body, (void *)k);
+    for (int i = 0; i < 30 * scale; i++) {
+        char *m = mmap(NULL, 64 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        memset(m, 1, 64 * 4096);
+        char *old = (char *)shared_map;
+        shared_map = m;
+        nap(300);
+        munmap(old, 64 * 4096);
+    }
+    stop_touching = 1;
+    for (int k = 0; k < 4; k++) pthread_join(t[k], NULL);
+    munmap((char *)shared_map, 64 * 4096);
+}
+
+/* iouring: io_uring with IOSQE_ASYNC punts work to iou-wrk threads and SQPOLL starts an
+ * iou-sqp thread: kernel-created threads that run on the process's mm */
+static void w_iouring(int scale) {
+    for (int r = 0; r < scale; r++) {
+        pid_t p = fork();
+        if (p != 0) {
+            wait_all();
+            continue;
+        }
+        for (int sqpoll = 0; sqpoll < 2; sqpoll++) {
+            struct io_uring_params params;
+            memset(&params, 0, sizeof(params));
+            if (sqpoll) params.flags = IORING_SETUP_SQPOLL, params.sq_thread_idle = 20;
+            int fd = (int)syscall(__NR_io_uring_setup, 16, &params);
+            if (fd < 0) {
+                perror("io_uring_setup");
+                continue;
+            }
+            size_t sq_len = params.sq_off.array + params.sq_entries * sizeof(unsigned);
+            size_t cq_len = params.cq_off.cqes + params.cq_entries * sizeof(struct io_uring_cqe);
+            char *sq = mmap(NULL, sq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                            IORING_OFF_SQ_RING);
+            char *cq = mmap(NULL, cq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                            IORING_OFF_CQ_RING);
+            struct io_uring_sqe *sqes =
+                mmap(NULL, params.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE,
+                     MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
+            unsigned *sq_tail = (unsigned *)(sq + params.sq_off.tail);
+            unsigned *sq_array = (unsigned *)(sq + params.sq_off.array);
+            unsigned *cq_head = (unsigned *)(cq + params.cq_off.head);
+            unsigned *cq_tail = (unsigned *)(cq + params.cq_off.tail);
+            int pfd[2];
+            if (pipe(pfd) != 0) _exit(1);
+            char buf[8];
+            for (int round = 0; round < 4; round++) {
+                unsigned tail = *sq_tail;
+                for (unsigned k = 0; k < 4; k++) {
+                    unsigned idx = (tail + k) & (params.sq_entries - 1);
+                    struct io_uring_sqe *e = &sqes[idx];
+                    memset(e, 0, sizeof(*e));
+                    e->opcode = k % 2 ? IORING_OP_NOP : IORING_OP_READ;
+                    e->fd = pfd[0];
+                    e->addr = (unsigned long)buf;
+                    e->len = 1;
+                    e->flags = IOSQE_ASYNC;
+                    sq_array[idx] = idx;
+                }
+                __atomic_store_n(sq_tail, tail + 4, __ATOMIC_RELEASE);
+                unsigned flags = IORING_ENTER_GETEVENTS | (sqpoll ? IORING_ENTER_SQ_WAKEUP : 0);
+                syscall(__NR_io_uring_enter, fd, sqpoll ? 0 : 4, 0, flags, NULL, 0);
+                nap(500);
+                if (write(pfd[1], "xy", 2) < 0) _exit(1);
+                nap(500);
+                if (write(pfd[1], "xy", 2) < 0) _exit(1);
+                syscall(__NR_io_uring_enter, fd, 0, 4, IORING_ENTER_GETEVENTS, NULL, 0);
+                __atomic_store_n(cq_head, __atomic_load_n(cq_tail, __ATOMIC_ACQUIRE),
+                                 __ATOMIC_RELEASE);
+            }
+            close(fd);
+        }
+        _exit(0);
+    }
+}
+
+struct workload {
+    const char *name;
+    void (*run)(int);
+    const char *what;
+};
+
+static const struct workload workloads[] = {
+    {"threads", w_threads, "threads of one process"},
+    {"forkexec", w_forkexec, "fork+exec churn"},
+    {"zombie", w_zombie, "exit while the mm is borrowed lazily on another CPU"},
+    {"vfork", w_vfork, "vfork + exec"},
+    {"execthread", w_execthread, "exec from a non-leader thread"},
+    {"exitgroup", w_exitgroup, "exit_group with running siblings"},
+    {"munmap", w_munmap, "munmap-driven TLB flushes across CPUs"},
+    {"iouring", w_iouring, "io_uring worker and SQPOLL threads on a user mm"},
+};
+#define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "noop") == 0) {
+        spin(2000);
+        return 0;
+    }
+    ncpus = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (ncpus < 1) ncpus = 1;
+    const char *name = argc > 1 ? argv[1] : "all";
+    int scale = argc > 2 ? atoi(argv[2]) : 1;
+    if (scale < 1) scale = 1;
+    int parallel = strcmp(name, "parallel") == 0;
+    int found = 0;
+    for (unsigned i = 0; i < NWORKLOADS; i++) {
+        if (!parallel && strcmp(name, "all") != 0 && strcmp(name, workloads[i].name) != 0)
+            continue;
+        found = 1;
+        printf("workload %s: %s\n", workloads[i].name, workloads[i].what);
+        fflush(stdout);
+        if (parallel) {
+            if (fork() == 0) {
+                workloads[i].run(scale);
+                _exit(0);
+            }
+        } else {
+            workloads[i].run(scale);
+        }
+    }
+    wait_all();
+    if (!found) {
+        fprintf(stderr, "unknown workload %s\n", name);
+        return 2;
+    }
+    return 0;
+}

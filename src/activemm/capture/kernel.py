@@ -1,0 +1,245 @@
+"""Fetch a stock Debian kernel without installing it (`apt-get download` + `dpkg-deb -x`),
+extract the uncompressed vmlinux (for a fast PVH boot and for its BTF), and read the
+`task_struct` member offsets the kprobes fetch from its BTF."""
+
+from __future__ import annotations
+
+import lzma
+import os
+import re
+import shutil
+import struct
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+from activemm.errors import ActiveMmError
+
+RELEASES = ("6.1", "6.12")
+TASK_FIELDS = ("pid", "flags", "mm", "active_mm", "comm")
+
+
+class CaptureError(ActiveMmError):
+    """Capture cannot go on: a missing tool, a kernel that cannot be fetched or booted."""
+
+
+def need(tool: str, package: str) -> str:
+    """The path of `tool`, or a one-line error naming the Debian package that provides it."""
+    path = shutil.which(tool)
+    if path is None:
+        raise CaptureError(f"{tool} not found: install it with `apt-get install {package}`")
+    return path
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "activemm" / "kernels"
+
+
+@dataclass(frozen=True)
+class KernelImage:
+    release: str  # e.g. "6.1.0-56-amd64"
+    vmlinuz: Path
+    vmlinux: Path  # the uncompressed ELF, booted with PVH
+    config: Path
+
+    def config_value(self, option: str) -> str | None:
+        for line in self.config.read_text().splitlines():
+            if line.startswith(option + "="):
+                return line.split("=", 1)[1]
+        return None
+
+
+def debian_package(generation: str) -> str:
+    """The Debian 12 package name of the newest kernel of `generation` (6.1 or 6.12)."""
+    apt_cache = need("apt-cache", "apt")
+    if generation == "6.1":
+        out = subprocess.run(
+            [apt_cache, "depends", "linux-image-amd64"], capture_output=True, text=True
+        ).stdout
+        m = re.search(r"Depends: (linux-image-6\.1\.\S+-amd64)", out)
+    elif generation == "6.12":
+        out = subprocess.run(
+            [
+                apt_cache,
+                "search",
+                "--names-only",
+                r"^linux-image-6\.12\.[0-9]+\+deb[0-9]+-amd64-unsigned$",
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout
+        names = sorted(
+            (line.split()[0] for line in out.splitlines() if line.strip()),
+            key=lambda n: [int(x) for x in re.findall(r"\d+", n)],
+        )
+        m = re.match(r"(.*)", names[-1]) if names else None
+    else:
+        raise CaptureError(f"unknown kernel release {generation!r}: expected one of {RELEASES}")
+    if m is None:
+        raise CaptureError(
+            f"no Debian package of Linux {generation} known to apt: run `apt-get update` "
+            "(Debian 12 ships linux-image-6.1.*-amd64 and linux-image-6.12.*-amd64-unsigned)"
+        )
+    return m[1]
+
+
+def fetch(generation: str, cache: Path | None = None) -> KernelImage:
+    """Download (once) and unpack the Debian kernel of `generation`; nothing is installed."""
+    cache = cache or cache_dir()
+    package = debian_package(generation)
+    work = cache / package
+    boot = work / "root" / "boot"
+    if not boot.is_dir():
+        work.mkdir(parents=True, exist_ok=True)
+        apt_get, dpkg_deb = need("apt-get", "apt"), need("dpkg-deb", "dpkg")
+        r = subprocess.run([apt_get, "download", package], cwd=work, capture_output=True, text=True)
+        debs = list(work.glob("*.deb"))
+        if r.returncode != 0 or not debs:
+            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            raise CaptureError(f"apt-get download {package} failed: {last}")
+        tmp = work / "root.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run([dpkg_deb, "-x", str(debs[0]), str(tmp)], check=True)
+        tmp.rename(work / "root")
+        debs[0].unlink()
+    vmlinuz = next(boot.glob("vmlinuz-*"), None)
+    if vmlinuz is None:
+        raise CaptureError(f"{boot}: the package holds no vmlinuz")
+    release = vmlinuz.name.removeprefix("vmlinuz-")
+    vmlinux = work / f"vmlinux-{release}"
+    if not vmlinux.exists():
+        data = extract_vmlinux(vmlinuz.read_bytes())
+        tmp_elf = vmlinux.with_suffix(".tmp")
+        tmp_elf.write_bytes(data)
+        tmp_elf.rename(vmlinux)
+    return KernelImage(release, vmlinuz, vmlinux, boot / f"config-{release}")
+
+
+def image_from_path(path: Path) -> KernelImage:
+    """A kernel given with --kernel: an unpacked Debian package tree or a vmlinuz-RELEASE
+    beside its config-RELEASE."""
+    vmlinuz = path if path.is_file() else next(path.glob("**/vmlinuz-*"), None)
+    if vmlinuz is None or not vmlinuz.is_file():
+        raise CaptureError(f"{path}: expected a vmlinuz-RELEASE file or a directory holding one")
+    release = vmlinuz.name.removeprefix("vmlinuz-")
+    config = vmlinuz.with_name(f"config-{release}")
+    if not config.exists():
+        raise CaptureError(f"{config}: missing (needed beside {vmlinuz.name})")
+    vmlinux = cache_dir() / f"vmlinux-{release}"
+    if not vmlinux.exists():
+        vmlinux.parent.mkdir(parents=True, exist_ok=True)
+        vmlinux.write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
+    return KernelImage(release, vmlinuz, vmlinux, config)
+
+
+def extract_vmlinux(bzimage: bytes) -> bytes:
+    """The ELF inside a bzImage: find the compressed payload by its magic and decompress it
+    (what scripts/extract-vmlinux does). xz and zstd, the compressions Debian uses."""
+    for magic, decompress in ((b"\xfd7zXZ\x00", _unxz), (b"\x28\xb5\x2f\xfd", _unzstd)):
+        start = bzimage.find(magic)
+        while start >= 0:
+            try:
+                data = decompress(bzimage[start:])
+            except (lzma.LZMAError, zstandard.ZstdError):
+                data = b""
+            if data.startswith(b"\x7fELF"):
+                return data
+            start = bzimage.find(magic, start + 1)
+    raise CaptureError("no xz or zstd compressed ELF found in the kernel image")
+
+
+def _unxz(data: bytes) -> bytes:
+    return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data)
+
+
+def _unzstd(data: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+
+
+# -- BTF --------------------------------------------------------------------------------------
+
+# Extra bytes after the 12-byte btf_type, per kind (include/uapi/linux/btf.h), as
+# (fixed, per vlen entry).
+_BTF_EXTRA = {
+    1: (4, 0), 2: (0, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 7: (0, 0),
+    8: (0, 0), 9: (0, 0), 10: (0, 0), 11: (0, 0), 12: (0, 0), 13: (0, 8), 14: (4, 0),
+    15: (0, 12), 16: (0, 0), 17: (4, 0), 18: (0, 0), 19: (0, 12),
+}  # fmt: skip
+_STRUCT, _UNION = 4, 5
+
+
+def elf_section(elf: bytes, name: str) -> bytes:
+    """The contents of section `name` of a 64-bit little-endian ELF."""
+    if elf[:6] != b"\x7fELF\x02\x01":
+        raise CaptureError("not a 64-bit little-endian ELF")
+    (shoff,) = struct.unpack_from("<Q", elf, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
+
+    def header(i: int) -> tuple[int, int, int]:
+        sh_name, _t, _f, _a, off, size = struct.unpack_from("<IIQQQQ", elf, shoff + i * shentsize)
+        return sh_name, off, size
+
+    _, stroff, _ = header(shstrndx)
+    for i in range(shnum):
+        sh_name, off, size = header(i)
+        end = elf.index(b"\0", stroff + sh_name)
+        if elf[stroff + sh_name : end].decode() == name:
+            return elf[off : off + size]
+    raise CaptureError(f"the kernel has no {name} section (CONFIG_DEBUG_INFO_BTF=y is needed)")
+
+
+def struct_offsets(btf: bytes, struct_name: str, members: tuple[str, ...]) -> dict[str, int]:
+    """Byte offsets of `members` of `struct struct_name` in raw BTF, looking through
+    anonymous struct/union members (randomized_struct_fields, struct_group)."""
+    magic, _v, _f, hdr_len, type_off, type_len, str_off, _str_len = struct.unpack_from(
+        "<HBBIIIII", btf, 0
+    )
+    if magic != 0xEB9F:
+        raise CaptureError("bad BTF magic")
+    strings = hdr_len + str_off
+
+    def name(off: int) -> str:
+        return btf[strings + off : btf.index(b"\0", strings + off)].decode()
+
+    # type id -> (kind, name_off, [(member name_off, type id, bit offset)])
+    types: dict[int, tuple[int, int, list[tuple[int, int, int]]]] = {}
+    pos, end, tid = hdr_len + type_off, hdr_len + type_off + type_len, 1
+    while pos < end:
+        name_off, info, _size = struct.unpack_from("<III", btf, pos)
+        kind, vlen, kflag = (info >> 24) & 0x1F, info & 0xFFFF, info >> 31
+        fixed, per = _BTF_EXTRA.get(kind, (0, 0))
+        members_: list[tuple[int, int, int]] = []
+        if kind in (_STRUCT, _UNION):
+            for i in range(vlen):
+                m_name, m_type, m_off = struct.unpack_from("<III", btf, pos + 12 + 12 * i)
+                members_.append((m_name, m_type, m_off & 0xFFFFFF if kflag else m_off))
+        types[tid] = (kind, name_off, members_)
+        pos += 12 + fixed + per * vlen
+        tid += 1
+
+    def search(type_id: int, base: int, found: dict[str, int]) -> None:
+        for m_name, m_type, bit_off in types[type_id][2]:
+            if m_name == 0 and types.get(m_type, (0,))[0] in (_STRUCT, _UNION):
+                search(m_type, base + bit_off, found)
+            elif m_name and name(m_name) in members and name(m_name) not in found:
+                found[name(m_name)] = (base + bit_off) // 8
+
+    for type_id, (kind, name_off, mems) in types.items():
+        if kind == _STRUCT and mems and name(name_off) == struct_name:
+            found: dict[str, int] = {}
+            search(type_id, 0, found)
+            missing = [m for m in members if m not in found]
+            if missing:
+                raise CaptureError(f"struct {struct_name} has no member {', '.join(missing)}")
+            return found
+    raise CaptureError(f"no struct {struct_name} in the kernel's BTF")
+
+
+def task_offsets(image: KernelImage) -> dict[str, int]:
+    """`task_struct` member offsets of this kernel build, from its BTF."""
+    return struct_offsets(
+        elf_section(image.vmlinux.read_bytes(), ".BTF"), "task_struct", TASK_FIELDS
+    )

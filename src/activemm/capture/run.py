@@ -1,0 +1,249 @@
+"""`activemm capture`: boot the kernel in QEMU (KVM when it works, else TCG), follow the guest
+on its console, decode what it ships on the second serial port, and write the capture
+directory whole or not at all."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from activemm.capture import guest
+from activemm.capture.kernel import CaptureError, KernelImage, need, task_offsets
+
+BOOT_TIMEOUT_KVM = 45.0  # a broken KVM can hang silently in the decompressor
+Progress = Callable[[str], None]
+
+
+@dataclass
+class CaptureOptions:
+    out: Path
+    smp: int = 2
+    workload: str = "all"
+    scale: int = 1
+    accel: str = "auto"  # auto | kvm | tcg
+    memory_mb: int = 0  # 0: enough for the ring buffers
+    timeout: float = 300.0  # the guest's watchdog; the host waits a little longer
+    allow_lost: bool = False
+    keep_work: bool = False
+
+
+@dataclass
+class Shipped:
+    files: dict[str, bytes] = field(default_factory=dict)
+    done: bool = False
+
+
+def decode_serial(text: str) -> Shipped:
+    """The guest's shipping format: `=== BEGIN name`, base64 of gzip, `=== END name`, ...,
+    `=== DONE`. Carriage returns (the tty's onlcr) are ignored."""
+    out = Shipped()
+    name: str | None = None
+    chunks: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip("\r\n ")
+        if line.startswith("=== BEGIN "):
+            name, chunks = line[10:], []
+        elif line.startswith("=== END ") and name is not None:
+            try:
+                out.files[name] = gzip.decompress(base64.b64decode("".join(chunks)))
+            except (binascii.Error, OSError, EOFError) as e:
+                raise CaptureError(f"the guest's {name} arrived damaged: {e}") from None
+            name = None
+        elif line == "=== DONE":
+            out.done = True
+        elif name is not None:
+            chunks.append(line)
+    return out
+
+
+def ring_buffer_stats(meta: str) -> dict[str, dict[str, int]]:
+    """`stats cpuN entries: 1 overrun: 0 ...` lines of the guest's meta file."""
+    stats: dict[str, dict[str, int]] = {}
+    for line in meta.splitlines():
+        if line.startswith("stats "):
+            _, cpu, rest = line.split(" ", 2)
+            stats[cpu] = {
+                k.strip().replace(" ", "_"): int(v)
+                for k, v in re.findall(r"([a-z ]+):\s*(\d+)(?:\s|$)", rest)
+            }
+    return stats
+
+
+def accelerators(choice: str) -> list[str]:
+    if choice == "tcg":
+        return ["tcg"]
+    kvm_ok = os.access("/dev/kvm", os.R_OK | os.W_OK)
+    if choice == "kvm":
+        if not kvm_ok:
+            raise CaptureError("--accel kvm: /dev/kvm is missing or not accessible")
+        return ["kvm"]
+    return ["kvm", "tcg"] if kvm_ok else ["tcg"]
+
+
+def qemu_command(
+    image: KernelImage, initrd: Path, opts: CaptureOptions, accel: str, console: Path, ship: Path
+) -> list[str]:
+    memory = opts.memory_mb or 256 + 20 * opts.smp * 4  # 16 MiB ring buffer per CPU
+    append = (
+        f"console=ttyS0 panic=-1 loglevel=4 mitigations=off activemm.workload={opts.workload} "
+        f"activemm.scale={opts.scale} activemm.timeout={int(opts.timeout)}"
+    )
+    cmd = [
+        need("qemu-system-x86_64", "qemu-system-x86"),
+        "-nodefaults", "-display", "none", "-no-reboot", "-monitor", "none",
+        "-smp", str(opts.smp), "-m", str(memory),
+        "-kernel", str(image.vmlinux), "-initrd", str(initrd), "-append", append,
+        "-serial", f"file:{console}", "-serial", f"file:{ship}",
+    ]  # fmt: skip
+    if accel == "kvm":
+        cmd += ["-accel", "kvm", "-cpu", "host"]
+    else:
+        cmd += ["-accel", "tcg,thread=multi"]
+    return cmd
+
+
+def boot(
+    image: KernelImage, initrd: Path, opts: CaptureOptions, work: Path, progress: Progress
+) -> tuple[str, str, str, dict[str, float]]:
+    """Run the guest to its poweroff. Returns (accelerator, console text, shipped text,
+    timings). Tries each accelerator in turn; a KVM that aborts or hangs before the guest
+    says it booted is abandoned for TCG."""
+    failures: list[str] = []
+    for accel in accelerators(opts.accel):
+        console, ship = work / f"console-{accel}.log", work / f"ship-{accel}.txt"
+        cmd = qemu_command(image, initrd, opts, accel, console, ship)
+        progress(f"booting Linux {image.release} with {accel.upper()}, {opts.smp} CPUs")
+        t0 = time.monotonic()
+        timings: dict[str, float] = {}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        seen: set[str] = set()
+        deadline = t0 + (BOOT_TIMEOUT_KVM if accel == "kvm" else 240.0)
+        try:
+            while proc.poll() is None:
+                time.sleep(0.2)
+                text = console.read_text(errors="replace") if console.exists() else ""
+                for key, msg in (
+                    ("ACTIVEMM: booted", "workload running"),
+                    ("ACTIVEMM: workload done", "shipping the trace"),
+                ):
+                    if key in text and key not in seen:
+                        seen.add(key)
+                        timings[key.split(": ")[1]] = time.monotonic() - t0
+                        progress(msg)
+                        deadline = time.monotonic() + opts.timeout + 60
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    where = "before the guest booted" if not seen else "in the workload"
+                    failures.append(f"{accel}: timed out {where}")
+                    break
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        qemu_out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+        text = console.read_text(errors="replace") if console.exists() else ""
+        if "ACTIVEMM: shipped" in text:
+            timings["poweroff"] = time.monotonic() - t0
+            return accel, text, ship.read_text(errors="replace"), timings
+        if failures and failures[-1].startswith(accel):
+            continue
+        last = (qemu_out.strip().splitlines() or text.strip().splitlines() or ["no output"])[-1]
+        failures.append(f"{accel}: {last[:200]}")
+        progress(f"{accel.upper()} failed ({last[:80]}), trying the next accelerator")
+    raise CaptureError("QEMU could not run the guest: " + "; ".join(failures))
+
+
+def capture(
+    image: KernelImage, opts: CaptureOptions, progress: Progress = lambda _msg: None
+) -> dict[str, object]:
+    """Record one capture into opts.out. Returns the metadata written."""
+    out = opts.out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CaptureError(f"{out}: exists and is not empty; choose another -o or remove it")
+    if opts.workload not in guest.WORKLOADS:
+        raise CaptureError(
+            f"unknown workload {opts.workload!r}: expected one of {', '.join(guest.WORKLOADS)}"
+        )
+    offsets = task_offsets(image)
+    kprobes = guest.kprobe_definitions(offsets)
+    work = Path(tempfile.mkdtemp(prefix="activemm-capture-"))
+    try:
+        progress("building the initramfs (busybox, workload, kprobes)")
+        initrd = guest.build_initramfs(work, kprobes)
+        accel, console, shipped_text, timings = boot(image, initrd, opts, work, progress)
+        shipped = decode_serial(shipped_text)
+        if not shipped.done or "trace" not in shipped.files:
+            tail = " / ".join(console.strip().splitlines()[-3:])
+            raise CaptureError(f"the guest's trace did not arrive whole (console: {tail})")
+        meta_text = shipped.files["meta"].decode(errors="replace")
+        stats = ring_buffer_stats(meta_text)
+        lost = {
+            cpu: s for cpu, s in stats.items() if s.get("overrun", 0) or s.get("dropped_events", 0)
+        }
+        if lost and not opts.allow_lost:
+            raise CaptureError(
+                f"the guest lost events on {', '.join(sorted(lost))} (ring buffer full): "
+                "use a smaller --scale, or --allow-lost to keep the trace anyway"
+            )
+        release = re.search(r"^release (\S+)", meta_text, re.M)
+        fts = re.search(r"^finish_task_switch (\S+)", meta_text, re.M)
+        failed = [
+            line
+            for line in shipped.files.get("kprobes.failed", b"").decode().splitlines()
+            if line.strip()
+        ]
+        meta: dict[str, object] = {
+            "kernel": release[1] if release else image.release,
+            "cpus": opts.smp,
+            "workload": opts.workload,
+            "scale": opts.scale,
+            "accel": accel,
+            "btf_offsets": {"task_struct": offsets},
+            "finish_task_switch": fts[1] if fts else None,
+            "kprobes": shipped.files.get("kprobes", b"").decode().splitlines(),
+            "kprobes_refused": failed,
+            "ring_buffer": stats,
+            "lost_events": bool(lost),
+            "seconds": {k: round(v, 2) for k, v in timings.items()},
+            "qemu": subprocess.run(
+                [cmd_qemu(), "--version"], capture_output=True, text=True
+            ).stdout.splitlines()[0],
+        }
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            (tmp / "trace.txt.gz").write_bytes(gzip.compress(shipped.files["trace"], 9))
+            (tmp / "tasks_start.txt").write_bytes(shipped.files.get("tasks_start", b""))
+            (tmp / "tasks_end.txt").write_bytes(shipped.files.get("tasks_end", b""))
+            (tmp / "workload.log").write_bytes(shipped.files.get("workload.log", b""))
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a normal directory is 0777 - umask
+            if out.exists():
+                out.rmdir()
+            tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return meta
+    finally:
+        if opts.keep_work:
+            progress(f"work files kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def cmd_qemu() -> str:
+    return need("qemu-system-x86_64", "qemu-system-x86")
