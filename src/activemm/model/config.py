@@ -96,6 +96,14 @@ class KernelConfig:
         return self.MMU_LAZY_TLB_REFCOUNT or not self.lazy_tlb_helpers
 
     @property
+    def activate_mm_passes_prev(self) -> bool:
+        """x86 exec: activate_mm() hands switch_mm_irqs_off() the old active_mm as `prev` on
+        6.1 and NULL on 6.12 (both seen by kprobes on Debian's kernels; the argument is unused
+        either way). Which release changed it in between is not pinned down: 6.12 is the first
+        one observed passing NULL."""
+        return self.arch != "x86" or self.version < (6, 12)
+
+    @property
     def version_text(self) -> str:
         return ".".join(str(v) for v in self.version)
 
@@ -115,6 +123,7 @@ class KernelConfig:
             "radix": self.radix,
             "per_task_lazy_refs": self.per_task_lazy_refs,
             "lazy_tlb_helpers": self.lazy_tlb_helpers,
+            "activate_mm_passes_prev": self.activate_mm_passes_prev,
             "nr_dyn_asids": self.nr_dyn_asids,
             "alpha_max_asn": self.alpha_max_asn,
             "allow_unsafe": self.allow_unsafe,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from activemm.errors import OperationError
 from activemm.model import mm as mmh
 from activemm.model.events import (
     AddressSpaceTornDown,
@@ -157,3 +158,26 @@ def adopt_task(k: Kernel, comm: str, kernel_thread: bool, mm_of: Task | None) ->
     state.tasks.append(tsk)
     k.emit(TaskAdopted(k.cpu, tsk, tsk.mm))
     return tsk
+
+
+def adopt_lazy_mm(k: Kernel, current: Task, mm: Mm | None, owner: str) -> Mm:
+    """Not a kernel function: the CPU's current task (one without an mm) was found lazily
+    borrowing an mm when observation began. `mm` is a live mm the model knows, or None for
+    one whose real users all exited before (a zombie: mm_users 0, torn down, pinned only by
+    this CPU's lazy reference). The CPU's old borrowed reference is handed back."""
+    old = current.active_mm
+    if mm is None:
+        if not k.config.lazy_refs_counted:
+            raise OperationError(
+                "adopt_lazy: without counted lazy references (MMU_LAZY_TLB_SHOOTDOWN) a lazy "
+                "user cannot keep an mm alive after its last real user"
+            )
+        mm = mm_init(k, owner, None)
+        mm.mm_users = 0
+        mm.torn_down = True
+    else:
+        mmh.mmgrab_lazy_tlb(k, mm)
+    current.active_mm = mm
+    if old is not None:
+        mmh.mmdrop_lazy_tlb(k, old, "adopt_lazy")
+    return mm

@@ -267,6 +267,25 @@ class Machine:
         self._end(op)
         return t
 
+    def adopt_lazy(self, cpu: int, mm: MmRef | None = None, owner: str = "gone") -> Mm:
+        """Not a kernel path: CPU `cpu`'s current task, which has no mm, was found lazily
+        borrowing an mm when observation began (trace replay): `mm`, a live one, or with None
+        an mm whose real users had all exited (a zombie named after `owner`)."""
+        rq = self.rq(cpu)
+        current = rq.curr
+        if current.mm is not None:
+            raise OperationError(
+                f"adopt_lazy: {current.name} on CPU {cpu} has its own mm; only a task without "
+                f"one borrows"
+            )
+        m = self.mm(mm) if mm is not None else None
+        if m is not None and (m.freed or m.mm_users == 0):
+            raise OperationError(f"adopt_lazy: {m} has no real user left to borrow it from")
+        op = self._begin("adopt_lazy", cpu, cpu=cpu, mm=m)
+        borrowed = fork.adopt_lazy_mm(self.k, current, m, owner)
+        self._end(op)
+        return borrowed
+
     def forget_dead(self) -> None:
         """Not a kernel path: drop reaped tasks and freed mms nothing refers to from the
         state's lists, so a long replay keeps its memory bounded."""

@@ -126,8 +126,10 @@ def switch_mm_irqs_off(k: Kernel, prev: Mm | None, next: Mm, tsk: Task | None, v
 
 def activate_mm(k: Kernel, prev: Mm | None, next: Mm) -> None:
     """arch/x86/include/asm/mmu_context.h: activate_mm(): switch_mm_irqs_off(prev, next, NULL)
-    (exec: no task argument; on 6.12 the traced `prev` is NULL too)."""
-    switch_mm_irqs_off(k, prev, next, None, "activate_mm")
+    (exec: no task argument; on 6.12 `prev` is NULL too, see activate_mm_passes_prev)."""
+    switch_mm_irqs_off(
+        k, prev if k.config.activate_mm_passes_prev else None, next, None, "activate_mm"
+    )
 
 
 def should_flush_tlb(k: Kernel, cpu: int, mm: Mm) -> bool:

@@ -1,0 +1,85 @@
+"""Score the model against what a real kernel did (`activemm validate`, docs/validate.md)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from activemm.errors import ActiveMmError
+from activemm.model.config import KernelConfig, preset
+from activemm.trace.events import Probe
+from activemm.trace.readers import ReadStats, read_trace
+from activemm.trace.replay import load_task_snapshot, peek_cpus
+from activemm.validate.core import Result, Validator
+
+INPUTS = ("sched", "markers")
+MARKERS = ("enter_lazy_tlb", "switch_mm_irqs_off", "exit_mmap")
+
+
+def preset_for(release: str | None) -> str:
+    """The preset that models a kernel release string such as 6.1.0-56-amd64."""
+    m = re.match(r"(\d+)\.(\d+)", release or "")
+    if m is None:
+        raise ActiveMmError(
+            "the trace does not say which kernel recorded it: give --preset "
+            "(linux-6.1-x86_64 or linux-6.12-x86_64)"
+        )
+    version = (int(m[1]), int(m[2]))
+    return "linux-6.1-x86_64" if version < (6, 4) else "linux-6.12-x86_64"
+
+
+def locate(trace: Path, tasks: Path | None) -> tuple[Path, Path | None, str | None]:
+    """A capture directory stands for its trace.txt.gz, tasks_start.txt and meta.json."""
+    release = None
+    if trace.is_dir():
+        meta = trace / "meta.json"
+        if meta.exists():
+            try:
+                release = json.loads(meta.read_text()).get("kernel")
+            except (json.JSONDecodeError, OSError) as e:
+                raise ActiveMmError(f"{meta}: unreadable capture metadata: {e}") from None
+        if tasks is None and (trace / "tasks_start.txt").exists():
+            tasks = trace / "tasks_start.txt"
+        found = [p for p in (trace / "trace.txt.gz", trace / "trace.txt") if p.exists()]
+        if not found:
+            raise ActiveMmError(f"{trace}: a capture directory holds trace.txt.gz; none here")
+        trace = found[0]
+    elif not trace.exists():
+        raise ActiveMmError(f"{trace}: no such file")
+    return trace, tasks, release
+
+
+def validate(
+    trace: Path,
+    tasks: Path | None = None,
+    preset_name: str | None = None,
+    inputs: str | None = None,
+    config: KernelConfig | None = None,
+) -> Result:
+    """Replay `trace` through the model and score it against the trace's kprobe lines."""
+    path, tasks, release = locate(trace, tasks)
+    stats = ReadStats()
+    events = list(read_trace(str(path), stats=stats))
+    probes = {e.function for e in events if isinstance(e, Probe)}
+    if not {"switch_mm_irqs_off", "enter_lazy_tlb", "finish_task_switch"} <= probes:
+        raise ActiveMmError(
+            f"{path}: no kprobes on switch_mm_irqs_off, enter_lazy_tlb and finish_task_switch; "
+            "nothing to score the model against (record with `activemm capture`, "
+            "docs/validate.md)"
+        )
+    if release is None:
+        for e in events[:50]:
+            if isinstance(e, Probe):
+                break
+    if inputs is None:
+        inputs = "markers" if set(MARKERS) <= probes else "sched"
+    if inputs not in INPUTS:
+        raise ActiveMmError(f"--inputs {inputs}: expected sched or markers")
+    cfg = config or preset(preset_name or preset_for(release))
+    ncpus, it = peek_cpus(iter(events), stats=stats)
+    snapshot = load_task_snapshot(tasks) if tasks else None
+    result = Result(str(trace), cfg.name, inputs, release)
+    v = Validator(list(it), cfg, ncpus, snapshot, inputs, result)
+    v.run()
+    return result

@@ -1,0 +1,563 @@
+"""`activemm validate`: replay a capture through the model and score what the model predicts
+against what the kernel's kprobes recorded, switch by switch and __mmdrop by __mmdrop.
+
+The model reads only its inputs (`sched`: the sched/task tracepoints, tlb_flush and the task
+snapshot; `markers`: those plus the three marker probes of docs/validate.md, used only for
+*when* exit_mm/exec_mmap ran). The other probe lines bind a model mm to its kernel address
+(one mm = one life of an address, from mm_init to __mmdrop) and tell the state from before
+the trace began; everything else is prediction."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from activemm.metrics import Metrics
+from activemm.model.config import KernelConfig
+from activemm.model.events import Event, LazyEntered, MmAllocated, MmFreed, MmSwitched, TaskAdopted
+from activemm.model.kernel import Operation
+from activemm.model.state import KernelState, Mm, Task
+from activemm.trace.events import (
+    LostEvents,
+    NewTask,
+    ProcessExec,
+    ProcessExit,
+    ProcessFork,
+    Probe,
+    SchedSwitch,
+    TraceEvent,
+)
+from activemm.trace.replay import Clocked, Replayer, TaskInfo
+from activemm.validate import kernel as kv
+from activemm.validate.kernel import (
+    ENTER_LAZY,
+    EXIT_MMAP,
+    FINISH,
+    MMDROP,
+    NEW_MM,
+    SWITCH_MM,
+    Drop,
+    Hook,
+    Outside,
+    PreTrace,
+    SwitchGroup,
+    address,
+    hexaddr,
+)
+
+MAX_MISMATCHES = 50
+
+
+@dataclass
+class Context:
+    """The trace event the model is being driven by."""
+
+    kind: str = "boot"  # switch | exec | exit | fork | marker | resync ...
+    line: int = 0
+    cpu: int = 0
+    pid: int = 0
+
+
+@dataclass
+class Score:
+    total: int = 0
+    matched: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"total": self.total, "matched": self.matched}
+
+
+@dataclass
+class ModelSwitch:
+    """What the model did in one context switch."""
+
+    prev_task: Task
+    hook: str | None = None
+    prev: Mm | None = None
+    next: Mm | None = None
+
+
+@dataclass
+class Result:
+    trace: str
+    preset: str
+    inputs: str
+    kernel: str | None
+    context_switches: Score = field(default_factory=Score)
+    mmdrop: Score = field(default_factory=Score)
+    outside_schedule: Score = field(default_factory=Score)
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+    mismatch_count: int = 0
+    causes: Counter[str] = field(default_factory=Counter)
+    learned: Counter[str] = field(default_factory=Counter)
+    anomalies: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def perfect(self) -> bool:
+        return all(
+            s.total == s.matched for s in (self.context_switches, self.mmdrop)
+        ) and self.outside_schedule.total == self.outside_schedule.matched
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "trace": self.trace,
+            "preset": self.preset,
+            "inputs": self.inputs,
+            "kernel": self.kernel,
+            "context_switches": self.context_switches.as_dict(),
+            "mmdrop": self.mmdrop.as_dict(),
+            "outside_schedule": self.outside_schedule.as_dict(),
+            "mismatches": self.mismatches,
+            "mismatch_causes": dict(self.causes),
+            "learned": dict(self.learned),
+            "anomalies": dict(self.anomalies),
+        }
+
+
+class Validator(Clocked):
+    """Drives a Replayer with the trace and watches the model's events (an Observer)."""
+
+    def __init__(
+        self,
+        events: list[TraceEvent],
+        config: KernelConfig,
+        ncpus: int,
+        snapshot: dict[int, TaskInfo] | None,
+        inputs: str,
+        result: Result,
+    ) -> None:
+        self.events = events
+        self.inputs = inputs
+        self.result = result
+        self.pretrace = PreTrace.scan(list(events))
+        self.use_mm_init = any(isinstance(e, Probe) and e.function == "mm_init" for e in events)
+        self.ctx = Context()
+        # binding: model mm id -> kernel address (kept after the life ends), and the reverse
+        # for the life in progress
+        self.addr: dict[int, int] = {}
+        self.live: dict[int, Mm] = {}
+        self.pretrace_mms: set[int] = set()
+        self.new_addrs: dict[int, list[int]] = {}  # model task id() -> mm_init addresses
+        # kernel side, per CPU
+        self.pending: dict[int, SwitchGroup] = {}
+        self.anchor: dict[int, tuple[object, ...]] = {}
+        self.epoch: Counter[int] = Counter()
+        self.seen_cpu: set[int] = set()
+        self.exit_marked: dict[int, int] = {}  # pid -> line of exit_mm's enter_lazy_tlb
+        self.exec_marked: dict[int, int] = {}  # pid -> line of exec's activate_mm
+        self.marker_done: set[int] = set()  # id() of model tasks exec'd at their marker
+        # the two sides of the scores
+        self.kernel_drops: list[Drop] = []
+        self.model_drops: list[Drop] = []
+        self.kernel_outside: list[Outside] = []
+        self.model_outside: list[Outside] = []
+        self.switch: ModelSwitch | None = None
+        self.op: Operation | None = None
+        self.metrics = Metrics(config.arch)
+        self.replayer = Replayer(
+            config, ncpus, self.metrics, snapshot, sanitize=True, extra=[self],
+            sanitize_every=500,
+        )  # fmt: skip
+        self.m = self.replayer.m
+
+    # -- observer: what the model does -------------------------------------------------
+
+    @property
+    def quiet(self) -> bool:
+        return self.metrics.paused
+
+    def begin(self, op: Operation, state: KernelState) -> None:
+        self.op = op
+        if op.name == "schedule" and self.ctx.kind == "switch" and not self.quiet:
+            self.switch = ModelSwitch(state.rqs[op.args["cpu"]].curr)
+
+    def end(self, op: Operation, state: KernelState) -> None:
+        self.op = None
+
+    def event(self, ev: Event) -> None:
+        if isinstance(ev, MmSwitched | LazyEntered):
+            self._model_hook(ev)
+        elif isinstance(ev, MmFreed):
+            self._model_free(ev)
+        elif isinstance(ev, MmAllocated):
+            self._model_alloc(ev)
+        elif isinstance(ev, TaskAdopted) and ev.mm is not None:
+            self.pretrace_mms.add(ev.mm.id)
+
+    def _model_hook(self, ev: MmSwitched | LazyEntered) -> None:
+        sw = self.switch
+        in_schedule = self.op is not None and self.op.name == "schedule" and sw is not None
+        if in_schedule and sw is not None and sw.hook is None:
+            if isinstance(ev, LazyEntered):
+                sw.hook, sw.prev = ENTER_LAZY, ev.mm
+            elif ev.via in ("switch_mm_irqs_off", "switch_mm"):
+                sw.hook, sw.prev, sw.next = SWITCH_MM, ev.prev, ev.next
+            return
+        if self.quiet or self.op is None or self.op.name in ("adopt", "adopt_lazy", "boot"):
+            return
+        cpu, pid, epoch = ev.cpu, self.ctx.pid, self.epoch[ev.cpu]
+        if isinstance(ev, LazyEntered):
+            self.model_outside.append(Outside("enter_lazy_tlb", cpu, pid, self._a(ev.mm), 0,
+                                              self.ctx.line, epoch))  # fmt: skip
+        elif ev.via == "activate_mm":
+            self.model_outside.append(Outside("activate_mm", cpu, pid, self._a(ev.next),
+                                              self._a(ev.prev), self.ctx.line, epoch))  # fmt: skip
+        elif ev.next.is_init_mm and ev.task is None:
+            self.model_outside.append(
+                Outside("flush_to_init_mm", cpu, pid, self._a(ev.next), 0, self.ctx.line, epoch)
+            )
+        else:
+            self.model_outside.append(Outside("switch_mm", cpu, pid, self._a(ev.next),
+                                              self._a(ev.prev), self.ctx.line, epoch))  # fmt: skip
+
+    def _a(self, mm: Mm | None) -> int:
+        """The kernel address the model mm is bound to (0 for NULL, -1 when unbound)."""
+        if mm is None:
+            return 0
+        return self.addr.get(mm.id, -1)
+
+    def _model_free(self, ev: MmFreed) -> None:
+        if self.quiet:
+            point: tuple[object, ...] = ("resynchronisation", self.ctx.line)
+        elif ev.reason == "finish_task_switch" and self.ctx.kind == "switch":
+            point = ("finish_task_switch", self.ctx.line)
+        elif ev.reason in ("__mmput", "exec_mmap"):
+            point = (ev.reason, self.ctx.pid)
+        else:
+            point = (ev.reason, self.ctx.pid)
+        addr = self.addr.get(ev.mm.id)
+        self.model_drops.append(Drop(addr, point, self.ctx.line, ev.cpu, ev.mm.name))
+
+    def _model_alloc(self, ev: MmAllocated) -> None:
+        if self.op is None:
+            return
+        owner = self.op.args.get("parent") or self.op.args.get("task")
+        queue = self.new_addrs.get(id(owner), [])
+        if queue:
+            self._bind(ev.mm, queue.pop(0))
+        else:
+            self.result.anomalies["new mm not announced by mm_init"] += 1
+
+    # -- bindings ---------------------------------------------------------------------
+
+    def _bind(self, mm: Mm, addr: int) -> None:
+        self.addr[mm.id] = addr
+        self.live[addr] = mm
+
+    def _resolve(self, mm: Mm | None, kernel_value: int) -> int | None:
+        """The address the model's `mm` stands for; a model mm from before the trace (or
+        init_mm) that is not bound yet is bound to what the kernel shows, if that address is
+        not taken by another life."""
+        if mm is None:
+            return 0
+        if mm.id in self.addr:
+            return self.addr[mm.id]
+        taken = kernel_value in self.live and not self.live[kernel_value].freed
+        if mm.is_init_mm and kv.is_init_mm(kernel_value):
+            self._bind(mm, kernel_value)
+            return kernel_value
+        if mm.id in self.pretrace_mms and kernel_value and not taken and not kv.is_init_mm(
+            kernel_value
+        ):
+            self._bind(mm, kernel_value)
+            self.result.learned["mm of a task from before the trace"] += 1
+            return kernel_value
+        return None
+
+    def _name(self, mm: Mm | None, addr: int | None) -> str:
+        if mm is None:
+            return "NULL"
+        return f"{mm.name} ({hexaddr(addr) if addr is not None else 'unbound'})"
+
+    # -- driving the model ------------------------------------------------------------
+
+    def run(self) -> None:
+        handlers = {
+            SchedSwitch: self._on_switch,
+            Probe: self._on_probe,
+        }
+        for ev in self.events:
+            self.now = ev.ts
+            self.metrics.now = ev.ts
+            handler = handlers.get(type(ev))
+            if handler is not None:
+                handler(ev)  # type: ignore[operator]
+            else:
+                self._on_sched_event(ev)
+        for cpu in list(self.pending):
+            self._apply_group(self.pending.pop(cpu))
+        self._score()
+
+    def _drive(self, kind: str, ev: TraceEvent, apply: Any, *args: Any) -> None:
+        self.ctx = Context(kind, ev.line, ev.cpu, ev.pid)
+        apply(*args)
+
+    def _on_sched_event(self, ev: TraceEvent) -> None:
+        if isinstance(ev, LostEvents):
+            self.result.anomalies["lost events"] += ev.count
+        if isinstance(ev, ProcessExec | ProcessExit | ProcessFork | NewTask):
+            self.anchor[ev.cpu] = ("other", ev.pid)
+        if isinstance(ev, ProcessExec):
+            t = self.replayer.tasks.get(ev.old_pid)
+            if t is not None and id(t) in self.marker_done:
+                # exec_mmap already ran at its marker: only the pid bookkeeping is left
+                self.marker_done.discard(id(t))
+                if ev.old_pid != ev.exec_pid:
+                    self.replayer.tasks[ev.exec_pid] = self.replayer.tasks.pop(ev.old_pid)
+                self.replayer.tgid_of[ev.exec_pid] = ev.exec_pid
+                return
+            self.exec_marked.pop(ev.exec_pid, None)
+        if isinstance(ev, ProcessExit):
+            self.exit_marked.pop(ev.exit_pid, None)
+        kind = type(ev).__name__
+        self._drive(kind, ev, self.replayer.apply, ev)
+
+    # -- context switches -------------------------------------------------------------
+
+    def _on_switch(self, ev: SchedSwitch) -> None:
+        old = self.pending.pop(ev.cpu, None)
+        if old is not None:
+            self.result.anomalies["context switch without finish_task_switch"] += 1
+            self._apply_group(old)
+        self.pending[ev.cpu] = SwitchGroup(ev)
+        self.anchor[ev.cpu] = ("switch", ev.line)
+
+    def _on_probe(self, p: Probe) -> None:
+        group = self.pending.get(p.cpu)
+        f = p.function
+        if f in (SWITCH_MM, ENTER_LAZY) and kv.in_switch(p, group):
+            assert group is not None
+            group.hook = kv.hook_of(p)
+        elif f == FINISH:
+            if group is not None:
+                group.finish = p
+                del self.pending[p.cpu]
+                self._apply_group(group)
+                self.anchor[p.cpu] = ("finish_task_switch", group.switch.line)
+        elif f in (SWITCH_MM, ENTER_LAZY):
+            self._outside(p)
+        elif f == MMDROP:
+            self._kernel_drop(p)
+        elif f == EXIT_MMAP:
+            self.anchor[p.cpu] = (EXIT_MMAP, address(p.args.get("mm")))
+        elif f in NEW_MM:
+            if (f == "mm_init") == self.use_mm_init:
+                self._announce(p, address(p.args.get("ret") or p.args.get("mm")))
+
+    def _announce(self, p: Probe, addr: int) -> None:
+        """mm_init returned a new mm in task p.pid's context (fork: the parent; exec: the
+        task itself): the next mm the model allocates there is this one."""
+        if p.pid <= 0:
+            return
+        t = self.replayer.tasks.get(p.pid)
+        if t is None:
+            t = self.replayer.current(p.cpu, p.pid, p.comm, p.tgid)
+        self.new_addrs.setdefault(id(t), []).append(addr)
+        stale = self.live.get(addr)
+        if stale is not None:
+            del self.live[addr]  # a new life of this address
+
+    def _kernel_drop(self, p: Probe) -> None:
+        addr = address(p.args.get("mm"))
+        anchor = self.anchor.get(p.cpu, ("other",))
+        if anchor[0] == "finish_task_switch":
+            point: tuple[object, ...] = anchor
+        elif anchor[0] == EXIT_MMAP and anchor[1] == addr:
+            point = ("__mmput", p.pid)
+        elif anchor[0] == "activate_mm":
+            point = ("exec_mmap", p.pid)
+        else:
+            point = ("other", p.pid)
+        self.kernel_drops.append(Drop(addr, point, p.line, p.cpu))
+        self.live.pop(addr, None)  # the end of this address's life
+
+    def _outside(self, p: Probe) -> None:
+        kind = kv.outside_kind(p)
+        cpu, pid = p.cpu, p.pid
+        if kind == "enter_lazy_tlb":
+            mm, prev = address(p.args.get("mm")), 0
+        else:
+            mm, prev = address(p.args.get("next")), address(p.args.get("prev"))
+        if kind == "flush_to_init_mm":
+            prev = 0
+        self.kernel_outside.append(Outside(kind, cpu, pid, mm, prev, p.line, self.epoch[cpu]))
+        if kind == "activate_mm":
+            self.anchor[cpu] = ("activate_mm", pid)
+            self.exec_marked[pid] = p.line
+            if self.inputs == "markers":
+                self._marker_exec(p)
+        elif kind == "enter_lazy_tlb":
+            self.exit_marked[pid] = p.line
+            if self.inputs == "markers":
+                self._marker_exit(p)
+
+    def _marker_exec(self, p: Probe) -> None:
+        """exec's activate_mm: exec_mmap runs now, in the CPU's current task."""
+        t = self.replayer.m.state.rqs[p.cpu].curr
+        if t.pf_kthread or t.is_idle:
+            return
+        self.ctx = Context("exec", p.line, p.cpu, p.pid)
+        self.m.exec(t)
+        self.marker_done.add(id(t))
+
+    def _marker_exit(self, p: Probe) -> None:
+        """enter_lazy_tlb outside a switch: exit_mm() (or kthread_unuse_mm()) runs now."""
+        t = self.replayer.m.state.rqs[p.cpu].curr
+        self.ctx = Context("exit", p.line, p.cpu, p.pid)
+        if t.uses_mm:
+            self.m.kthread_unuse_mm(t)
+        elif t.mm is not None and not t.exiting and not t.is_idle:
+            self.m.exit(t)
+
+    def _learn_cpu(self, group: SwitchGroup) -> None:
+        """The first switch of a CPU shows what it had borrowed before the trace began."""
+        sw, hook = group.switch, group.hook
+        self.seen_cpu.add(sw.cpu)
+        if hook is None:
+            return
+        self.ctx = Context("resync", sw.line, sw.cpu, sw.prev_pid)
+        prev = self.replayer.current(sw.cpu, sw.prev_pid, sw.prev_comm, sw.tgid)
+        if prev.mm is not None:
+            self._resolve(prev.mm, hook.prev)
+            return
+        if kv.is_init_mm(hook.prev):
+            self._resolve(self.m.state.init_mm, hook.prev)
+            return
+        mm = self.live.get(hook.prev)
+        if mm is None or mm.freed:
+            for pid in self.pretrace.owners(hook.prev):
+                owner = self.replayer.task(pid, f"pid{pid}", None, sw.cpu)
+                if owner.mm is not None:
+                    mm = owner.mm
+                    break
+        if mm is not None and (mm.freed or mm.mm_users == 0):
+            mm = None
+        self.metrics.paused = True
+        try:
+            borrowed = self.m.adopt_lazy(sw.cpu, mm)
+        finally:
+            self.metrics.paused = False
+        if borrowed.id not in self.addr:
+            self._bind(borrowed, hook.prev)
+        self.result.learned["mm borrowed by a CPU before the trace"] += 1
+
+    def _apply_group(self, group: SwitchGroup) -> None:
+        sw = group.switch
+        if sw.cpu not in self.seen_cpu:
+            self._learn_cpu(group)
+        self.switch = None
+        self._drive("switch", sw, self.replayer.apply, sw)
+        self.epoch[sw.cpu] += 1
+        model, self.switch = self.switch, None
+        self._compare_switch(group, model)
+
+    def _compare_switch(self, group: SwitchGroup, model: ModelSwitch | None) -> None:
+        res = self.result
+        res.context_switches.total += 1
+        hook = group.hook
+        if model is None or hook is None or group.finish is None:
+            what = "no model switch" if model is None else "the kernel's probes are missing"
+            self._mismatch("context_switch", group.switch.line, {"error": what}, {}, "anomaly")
+            return
+        after = model.prev_task.active_mm
+        predicted = {
+            "hook": model.hook,
+            "prev": self._resolve(model.prev, hook.prev),
+            "next": self._resolve(model.next, hook.next) if model.hook == SWITCH_MM else 0,
+            "prev_active_mm_after": self._resolve(after, group.prev_active_after or 0),
+        }
+        kernel = {
+            "hook": hook.function,
+            "prev": hook.prev,
+            "next": hook.next,
+            "prev_active_mm_after": group.prev_active_after,
+        }
+        if predicted == kernel:
+            res.context_switches.matched += 1
+            return
+        shown = {
+            "hook": model.hook,
+            "prev": self._name(model.prev, predicted["prev"]),
+            "next": self._name(model.next, predicted["next"]) if model.hook == SWITCH_MM else None,
+            "prev_active_mm_after": self._name(after, predicted["prev_active_mm_after"]),
+        }
+        seen = {k: (hexaddr(v) if k != "hook" and isinstance(v, int) else v)
+                for k, v in kernel.items()}  # fmt: skip
+        self._mismatch("context_switch", group.switch.line, shown, seen, self._cause(group))
+
+    def _cause(self, group: SwitchGroup) -> str:
+        sw = group.switch
+        for pid in (sw.prev_pid, sw.next_pid):
+            if pid in self.exit_marked:
+                return "exit window (exit_mm ran before sched_process_exit)"
+            if pid in self.exec_marked:
+                return "exec window (exec_mmap ran before sched_process_exec)"
+        if self.epoch[sw.cpu] <= 1:
+            return "first switch of the CPU (state from before the trace)"
+        return "unexplained"
+
+    def _mismatch(
+        self, group: str, line: int, predicted: dict[str, Any], kernel: dict[str, Any], cause: str
+    ) -> None:
+        res = self.result
+        res.mismatch_count += 1
+        res.causes[cause] += 1
+        if len(res.mismatches) < MAX_MISMATCHES:
+            res.mismatches.append({"group": group, "line": line, "predicted": predicted,
+                                   "kernel": kernel, "cause": cause})  # fmt: skip
+
+    # -- the two multiset scores ------------------------------------------------------
+
+    def _score(self) -> None:
+        res = self.result
+        left = Counter((d.addr, d.point) for d in self.model_drops)
+        for d in self.kernel_drops:
+            res.mmdrop.total += 1
+            if left[(d.addr, d.point)] > 0:
+                left[(d.addr, d.point)] -= 1
+                res.mmdrop.matched += 1
+                continue
+            model_at = [m.point for m in self.model_drops if m.addr == d.addr]
+            self._mismatch("mmdrop", d.line, {"freed_at": model_at or "never"},
+                           {"mm": hexaddr(d.addr), "at": list(d.point)},
+                           self._drop_cause(d))  # fmt: skip
+        for d in self.model_drops:
+            if left[(d.addr, d.point)] > 0:
+                left[(d.addr, d.point)] -= 1
+                res.mmdrop.total += 1
+                self._mismatch("mmdrop", d.line, {"mm": d.name, "freed_at": list(d.point)},
+                               {"freed_at": "not here"}, "model freed an mm the kernel did not")  # fmt: skip
+        kleft = Counter(o.key() for o in self.kernel_outside)
+        mleft = Counter(o.key() for o in self.model_outside)
+        for o in self.kernel_outside:
+            res.outside_schedule.total += 1
+            if mleft[o.key()] > 0:
+                mleft[o.key()] -= 1
+                res.outside_schedule.matched += 1
+            else:
+                self._mismatch("outside_schedule", o.line, {"predicted": "nothing like it"},
+                               self._outside_dict(o), self._outside_cause(o))  # fmt: skip
+        for o in self.model_outside:
+            if kleft[o.key()] > 0:
+                kleft[o.key()] -= 1
+            else:
+                res.outside_schedule.total += 1
+                self._mismatch("outside_schedule", o.line, self._outside_dict(o),
+                               {"kernel": "nothing like it"}, "model only")  # fmt: skip
+
+    def _outside_dict(self, o: Outside) -> dict[str, Any]:
+        return {"kind": o.kind, "cpu": o.cpu, "pid": o.pid, "mm": hexaddr(o.mm),
+                "prev": hexaddr(o.prev)}  # fmt: skip
+
+    def _outside_cause(self, o: Outside) -> str:
+        if o.kind == "flush_to_init_mm":
+            return "flush IPI from a TLB shootdown no tracepoint announces (munmap, mprotect...)"
+        if o.kind == "switch_mm":
+            return "kthread_use_mm (not among the model's inputs)"
+        return "unexplained"
+
+    def _drop_cause(self, d: Drop) -> str:
+        if d.point[0] == "other":
+            return "__mmdrop outside the paths the model knows"
+        return "unexplained"

@@ -1,0 +1,156 @@
+"""What the real kernel did, read off the kprobe lines of a capture (docs/validate.md).
+
+Probe lines are recognised by the probed function, whatever the event is named and at
+whatever offset. Arguments keep the reference's names: `prev`, `next`, `tsk`, `t_pid`,
+`t_mm`... (switch_mm_irqs_off, enter_lazy_tlb), `prev_pid`, `prev_mm`, `prev_active_mm`
+(finish_task_switch), `mm` (__mmdrop, exit_mmap, kthread_use_mm), `ret` (mm_init)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from activemm.trace.events import Probe, SchedSwitch
+
+# init_mm is the one mm_struct that is not slab-allocated: it lives in the kernel image.
+KERNEL_IMAGE = 0xFFFFFFFF80000000
+
+SWITCH_MM = "switch_mm_irqs_off"
+ENTER_LAZY = "enter_lazy_tlb"
+FINISH = "finish_task_switch"
+MMDROP = "__mmdrop"
+EXIT_MMAP = "exit_mmap"
+NEW_MM = ("mm_init", "dup_mmap", "mm_alloc")
+USE_MM = ("kthread_use_mm", "kthread_unuse_mm", "leave_mm")
+KNOWN = (SWITCH_MM, ENTER_LAZY, FINISH, MMDROP, EXIT_MMAP, *NEW_MM, *USE_MM)
+
+
+def address(value: str | None) -> int:
+    """A pointer argument as printed by `:x64` (0x0 for NULL; `(fault)` reads as NULL)."""
+    if not value:
+        return 0
+    try:
+        return int(value, 16)
+    except ValueError:
+        return 0
+
+
+def is_init_mm(addr: int) -> bool:
+    return addr >= KERNEL_IMAGE
+
+
+def hexaddr(addr: int | None) -> str | None:
+    return None if addr is None else f"{addr:#x}"
+
+
+@dataclass
+class Hook:
+    """The mm hook one context switch called: switch_mm_irqs_off(prev, next, tsk) or
+    enter_lazy_tlb(mm, tsk). `prev` is the CPU's active_mm either way."""
+
+    function: str
+    prev: int
+    next: int
+    line: int
+
+
+@dataclass
+class SwitchGroup:
+    """One context switch as the kernel recorded it: sched_switch, then on the same CPU the
+    hook, then finish_task_switch (whose probe shows prev->active_mm after the switch)."""
+
+    switch: SchedSwitch
+    hook: Hook | None = None
+    finish: Probe | None = None
+
+    @property
+    def prev_active_after(self) -> int | None:
+        return address(self.finish.args.get("prev_active_mm")) if self.finish else None
+
+    def complete(self) -> bool:
+        return self.hook is not None and self.finish is not None
+
+
+def hook_of(p: Probe) -> Hook:
+    if p.function == SWITCH_MM:
+        return Hook(SWITCH_MM, address(p.args.get("prev")), address(p.args.get("next")), p.line)
+    return Hook(ENTER_LAZY, address(p.args.get("mm")), 0, p.line)
+
+
+def in_switch(p: Probe, group: SwitchGroup | None) -> bool:
+    """Is this switch_mm_irqs_off / enter_lazy_tlb the hook of the pending context switch?
+    The hook's task argument is the switch's next task."""
+    if group is None or group.hook is not None:
+        return False
+    return address(p.args.get("tsk")) != 0 and _int(p.args.get("t_pid")) == group.switch.next_pid
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value, 0) if value is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass
+class Outside:
+    """An mm hook the kernel ran outside a context switch."""
+
+    kind: str  # "activate_mm" | "enter_lazy_tlb" | "flush_to_init_mm" | "switch_mm"
+    cpu: int
+    pid: int
+    mm: int  # activate_mm: next; enter_lazy_tlb: mm; flush: init_mm
+    prev: int
+    line: int
+    epoch: int  # context switches on this CPU so far
+
+    def key(self) -> tuple[object, ...]:
+        if self.kind == "flush_to_init_mm":
+            return (self.kind, self.cpu, self.epoch)
+        return (self.kind, self.pid, self.prev, self.mm)
+
+
+def outside_kind(p: Probe) -> str:
+    """Which kernel path ran a hook outside a context switch."""
+    if p.function == ENTER_LAZY:
+        return "enter_lazy_tlb"  # exit_mm() or kthread_unuse_mm()
+    if address(p.args.get("tsk")) == 0:
+        return "flush_to_init_mm" if is_init_mm(address(p.args.get("next"))) else "activate_mm"
+    return "switch_mm"  # kthread_use_mm(), sched_force_init_mm()...
+
+
+@dataclass
+class Drop:
+    """One __mmdrop (or, model side, MmFreed): the mm and the point it happened at."""
+
+    addr: int | None
+    point: tuple[object, ...]
+    line: int
+    cpu: int
+    name: str = ""
+
+
+@dataclass
+class PreTrace:
+    """What the probes say about tasks from before the trace: the first mm each task is seen
+    owning, while that address has not yet been handed out again inside the trace."""
+
+    first_mm: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def scan(cls, events: list[object]) -> PreTrace:
+        out = cls()
+        born: set[int] = set()
+        for ev in events:
+            if not isinstance(ev, Probe):
+                continue
+            if ev.function in NEW_MM:
+                born.add(address(ev.args.get("ret") or ev.args.get("mm")))
+                continue
+            for pid_key, mm_key in (("t_pid", "t_mm"), ("prev_pid", "prev_mm")):
+                pid, mm = _int(ev.args.get(pid_key)), address(ev.args.get(mm_key))
+                if pid and mm and mm not in born and pid not in out.first_mm:
+                    out.first_mm[pid] = mm
+        return out
+
+    def owners(self, addr: int) -> list[int]:
+        return [pid for pid, a in self.first_mm.items() if a == addr]
