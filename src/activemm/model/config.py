@@ -101,7 +101,7 @@ class KernelConfig:
         6.1 and NULL on 6.12 (both seen by kprobes on Debian's kernels; the argument is unused
         either way). Which release changed it in between is not pinned down: 6.12 is the first
         one observed passing NULL."""
-        return self.arch != "x86" or self.version < (6, 12)
+        return self.arch != "x86_64" or self.version < (6, 12)
 
     @property
     def version_text(self) -> str:

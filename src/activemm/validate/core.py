@@ -21,11 +21,13 @@ from activemm.model.state import KernelState, Mm, Task
 from activemm.trace.events import (
     LostEvents,
     NewTask,
+    Probe,
     ProcessExec,
     ProcessExit,
     ProcessFork,
-    Probe,
     SchedSwitch,
+    TaskRename,
+    TlbFlush,
     TraceEvent,
 )
 from activemm.trace.replay import Clocked, Replayer, TaskInfo
@@ -38,7 +40,6 @@ from activemm.validate.kernel import (
     NEW_MM,
     SWITCH_MM,
     Drop,
-    Hook,
     Outside,
     PreTrace,
     SwitchGroup,
@@ -47,6 +48,9 @@ from activemm.validate.kernel import (
 )
 
 MAX_MISMATCHES = 50
+# Tracepoints a task emits only once its __mmput() has returned (tlb_flush lines, by
+# contrast, come from inside exit_mmap()).
+PAST_MMPUT = (ProcessExit, ProcessExec, TaskRename, NewTask, ProcessFork)
 
 
 @dataclass
@@ -95,9 +99,10 @@ class Result:
 
     @property
     def perfect(self) -> bool:
-        return all(
-            s.total == s.matched for s in (self.context_switches, self.mmdrop)
-        ) and self.outside_schedule.total == self.outside_schedule.matched
+        return (
+            all(s.total == s.matched for s in (self.context_switches, self.mmdrop))
+            and self.outside_schedule.total == self.outside_schedule.matched
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +118,23 @@ class Result:
             "learned": dict(self.learned),
             "anomalies": dict(self.anomalies),
         }
+
+
+def exec_hints(events: list[TraceEvent]) -> set[int]:
+    """Lines of tracepoint-only exec hints: on x86 every CR3 load in switch_mm_irqs_off()
+    emits tlb_flush "flush on task switch"; one emitted by a task outside a context switch
+    whose next fate is sched_process_exec (not sched_process_exit) is exec's activate_mm()."""
+    hints: set[int] = set()
+    fate: dict[int, str] = {}
+    for ev in reversed(events):
+        if isinstance(ev, ProcessExec):
+            fate[ev.exec_pid] = "exec"
+        elif isinstance(ev, ProcessExit):
+            fate[ev.exit_pid] = "exit"
+        elif isinstance(ev, TlbFlush) and "task switch" in ev.reason:
+            if fate.get(ev.pid) == "exec":
+                hints.add(ev.line)
+    return hints
 
 
 class Validator(Clocked):
@@ -131,6 +153,7 @@ class Validator(Clocked):
         self.inputs = inputs
         self.result = result
         self.pretrace = PreTrace.scan(list(events))
+        self.exec_hints = exec_hints(events)
         self.use_mm_init = any(isinstance(e, Probe) and e.function == "mm_init" for e in events)
         self.ctx = Context()
         # binding: model mm id -> kernel address (kept after the life ends), and the reverse
@@ -142,6 +165,9 @@ class Validator(Clocked):
         # kernel side, per CPU
         self.pending: dict[int, SwitchGroup] = {}
         self.anchor: dict[int, tuple[object, ...]] = {}
+        self.finished: dict[int, SwitchGroup] = {}  # the CPU's last complete switch
+        self.mmput_open: dict[int, int] = {}  # mm address -> pid running its exit_mmap
+        self.pins: dict[int, list[str]] = {}  # pid -> holders standing for __mmput's share
         self.epoch: Counter[int] = Counter()
         self.seen_cpu: set[int] = set()
         self.exit_marked: dict[int, int] = {}  # pid -> line of exit_mm's enter_lazy_tlb
@@ -220,6 +246,8 @@ class Validator(Clocked):
     def _model_free(self, ev: MmFreed) -> None:
         if self.quiet:
             point: tuple[object, ...] = ("resynchronisation", self.ctx.line)
+        elif self.ctx.kind == "__mmput end":
+            point = ("__mmput", self.ctx.pid)
         elif ev.reason == "finish_task_switch" and self.ctx.kind == "switch":
             point = ("finish_task_switch", self.ctx.line)
         elif ev.reason in ("__mmput", "exec_mmap"):
@@ -257,8 +285,11 @@ class Validator(Clocked):
         if mm.is_init_mm and kv.is_init_mm(kernel_value):
             self._bind(mm, kernel_value)
             return kernel_value
-        if mm.id in self.pretrace_mms and kernel_value and not taken and not kv.is_init_mm(
-            kernel_value
+        if (
+            mm.id in self.pretrace_mms
+            and kernel_value
+            and not taken
+            and not kv.is_init_mm(kernel_value)
         ):
             self._bind(mm, kernel_value)
             self.result.learned["mm of a task from before the trace"] += 1
@@ -294,16 +325,24 @@ class Validator(Clocked):
         apply(*args)
 
     def _on_sched_event(self, ev: TraceEvent) -> None:
+        if isinstance(ev, TlbFlush):
+            if ev.line in self.exec_hints and ev.cpu not in self.pending:
+                self._early_exec(ev)
+            return
+        if ev.pid in self.pins and isinstance(ev, PAST_MMPUT):
+            self._unpin(ev)
         if isinstance(ev, LostEvents):
             self.result.anomalies["lost events"] += ev.count
         if isinstance(ev, ProcessExec | ProcessExit | ProcessFork | NewTask):
             self.anchor[ev.cpu] = ("other", ev.pid)
         if isinstance(ev, ProcessExec):
             t = self.replayer.tasks.get(ev.old_pid)
+            if t is None or id(t) not in self.marker_done:
+                t = self.replayer.tasks.get(ev.exec_pid)
             if t is not None and id(t) in self.marker_done:
                 # exec_mmap already ran at its marker: only the pid bookkeeping is left
                 self.marker_done.discard(id(t))
-                if ev.old_pid != ev.exec_pid:
+                if self.replayer.tasks.get(ev.old_pid) is t and ev.old_pid != ev.exec_pid:
                     self.replayer.tasks[ev.exec_pid] = self.replayer.tasks.pop(ev.old_pid)
                 self.replayer.tgid_of[ev.exec_pid] = ev.exec_pid
                 return
@@ -335,12 +374,14 @@ class Validator(Clocked):
                 del self.pending[p.cpu]
                 self._apply_group(group)
                 self.anchor[p.cpu] = ("finish_task_switch", group.switch.line)
+                self.finished[p.cpu] = group
         elif f in (SWITCH_MM, ENTER_LAZY):
             self._outside(p)
         elif f == MMDROP:
             self._kernel_drop(p)
         elif f == EXIT_MMAP:
             self.anchor[p.cpu] = (EXIT_MMAP, address(p.args.get("mm")))
+            self.mmput_open[address(p.args.get("mm"))] = p.pid
         elif f in NEW_MM:
             if (f == "mm_init") == self.use_mm_init:
                 self._announce(p, address(p.args.get("ret") or p.args.get("mm")))
@@ -359,16 +400,30 @@ class Validator(Clocked):
             del self.live[addr]  # a new life of this address
 
     def _kernel_drop(self, p: Probe) -> None:
+        """Where the kernel's __mmdrop ran: in finish_task_switch() (only after a switch from
+        a task without an mm to one with, dropping the borrowed mm: the hook's `prev`), at
+        the end of __mmput() (an exit_mmap of this mm by this task is open), or elsewhere."""
         addr = address(p.args.get("mm"))
         anchor = self.anchor.get(p.cpu, ("other",))
-        if anchor[0] == "finish_task_switch":
-            point: tuple[object, ...] = anchor
-        elif anchor[0] == EXIT_MMAP and anchor[1] == addr:
+        group = self.finished.get(p.cpu)
+        point: tuple[object, ...]
+        if (
+            anchor[0] == "finish_task_switch"
+            and group is not None
+            and group.hook is not None
+            and group.hook.function == SWITCH_MM
+            and group.hook.prev == addr
+            and group.finish is not None
+            and address(group.finish.args.get("prev_mm")) == 0
+        ):
+            point = anchor
+        elif self.mmput_open.get(addr) == p.pid:
             point = ("__mmput", p.pid)
         elif anchor[0] == "activate_mm":
             point = ("exec_mmap", p.pid)
         else:
             point = ("other", p.pid)
+        self.mmput_open.pop(addr, None)
         self.kernel_drops.append(Drop(addr, point, p.line, p.cpu))
         self.live.pop(addr, None)  # the end of this address's life
 
@@ -394,10 +449,24 @@ class Validator(Clocked):
 
     def _marker_exec(self, p: Probe) -> None:
         """exec's activate_mm: exec_mmap runs now, in the CPU's current task."""
-        t = self.replayer.m.state.rqs[p.cpu].curr
-        if t.pf_kthread or t.is_idle:
+        self._early_exec(p)
+
+    def _early_exec(self, ev: TraceEvent) -> None:
+        """exec_mmap() ran in the CPU's current task: exec it in the model now rather than at
+        sched_process_exec, which fires only once load_elf_binary() returns. de_thread() has
+        already given an exec'ing non-leader thread its leader's pid: follow it."""
+        t = self.replayer.m.state.rqs[ev.cpu].curr
+        if t.pf_kthread or t.is_idle or t.mm is None or id(t) in self.marker_done:
             return
-        self.ctx = Context("exec", p.line, p.cpu, p.pid)
+        tasks = self.replayer.tasks
+        if tasks.get(ev.pid) is not t:
+            for pid, other in list(tasks.items()):
+                if other is t:
+                    del tasks[pid]
+            tasks[ev.pid] = t
+            self.replayer.tgid_of[ev.pid] = ev.pid
+        self.ctx = Context("exec", ev.line, ev.cpu, ev.pid)
+        self._pin(t, ev)
         self.m.exec(t)
         self.marker_done.add(id(t))
 
@@ -408,7 +477,28 @@ class Validator(Clocked):
         if t.uses_mm:
             self.m.kthread_unuse_mm(t)
         elif t.mm is not None and not t.exiting and not t.is_idle:
+            self._pin(t, p)
             self.m.exit(t)
+
+    def _pin(self, t: Task, p: TraceEvent) -> None:
+        """The model's __mmput() is one step; the kernel's can be preempted half way (inside
+        exit_mmap) and finish much later. When the marker's exit_mm/exec_mmap drops the last
+        real user, the users' share of mm_count is held by a pin until the task's next
+        traced event, by which time the kernel's __mmput() has returned."""
+        if t.mm is None or t.mm.mm_users != 1:
+            return
+        holder = f"__mmput of {t.name} (line {p.line})"
+        self.metrics.paused = True
+        try:
+            self.m.mmgrab(t.mm, holder, p.cpu)
+        finally:
+            self.metrics.paused = False
+        self.pins.setdefault(p.pid, []).append(holder)
+
+    def _unpin(self, ev: TraceEvent) -> None:
+        self.ctx = Context("__mmput end", ev.line, ev.cpu, ev.pid)
+        for holder in self.pins.pop(ev.pid):
+            self.m.mmdrop(holder, ev.cpu)
 
     def _learn_cpu(self, group: SwitchGroup) -> None:
         """The first switch of a CPU shows what it had borrowed before the trace began."""
