@@ -570,6 +570,91 @@ def capture(
 
 
 @app.command()
+def validate(
+    trace: Annotated[
+        Path,
+        typer.Argument(
+            help="A capture directory (from `activemm capture`) or a tracefs text trace with "
+            "the kprobe lines of docs/validate.md (.gz/.xz/.zst)."
+        ),
+    ],
+    tasks: Annotated[
+        Path | None,
+        typer.Option("--tasks", help="Task snapshot (default: the capture's tasks_start.txt)."),
+    ] = None,
+    preset_name: PresetOpt = None,
+    mutant_names: MutantOpt = None,
+    inputs: Annotated[
+        str | None,
+        typer.Option(
+            "--inputs",
+            help="What the model may read: sched (tracepoints only) or markers (plus the "
+            "exit_mm/exec_mmap/exit_mmap marker probes; the default when present).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Score the model's predictions against what a real kernel did with active_mm.
+
+    Replays the trace through the model and compares, for every context switch, the mm hook
+    the kernel called (switch_mm_irqs_off or enter_lazy_tlb) with its arguments and
+    prev->active_mm afterwards; every __mmdrop (which mm, at which point); and the hooks
+    outside schedule (exec's activate_mm, exit_mm's enter_lazy_tlb, flushes to init_mm).
+    The preset follows the capture's kernel (linux-6.1-x86_64 or linux-6.12-x86_64).
+    Exit status: 0 all matched, 1 something did not, 2 unusable input."""
+    from activemm.validate import preset_for
+    from activemm.validate import validate as run_validate
+
+    config = None
+    if preset_name or mutant_names:
+        from activemm.validate import locate
+
+        _, _, release = locate(trace, tasks)
+        config = resolve_config(
+            preset_name, mutant_names, preset_for(release) if not preset_name else None
+        )
+    result = run_validate(trace, tasks, preset_name, inputs, config=config)
+    if as_json:
+        sys.stdout.write(json.dumps(result.as_dict()) + "\n")
+    else:
+        t = Table(title=f"validate {result.trace}: preset {result.preset}, inputs {result.inputs}")
+        t.add_column("what")
+        t.add_column("matched", justify="right")
+        t.add_column("total", justify="right")
+        t.add_column("%", justify="right")
+        for name, score in (
+            ("context switches", result.context_switches),
+            ("__mmdrop", result.mmdrop),
+            ("outside schedule", result.outside_schedule),
+        ):
+            pct = 100.0 * score.matched / score.total if score.total else 100.0
+            style = "green" if score.matched == score.total else "red"
+            t.add_row(name, str(score.matched), str(score.total), f"[{style}]{pct:.2f}[/{style}]")
+        out.print(t)
+        if result.causes:
+            c = Table(title="mismatches by cause")
+            c.add_column("count", justify="right")
+            c.add_column("cause")
+            for cause, n in result.causes.most_common():
+                c.add_row(str(n), cause)
+            out.print(c)
+        for m in result.mismatches[:10]:
+            out.print(
+                f"[dim]line {m['line']}[/dim] {m['group']}: model {m['predicted']} / "
+                f"kernel {m['kernel']} [italic]({m['cause']})[/italic]",
+                highlight=False,
+            )
+        if result.learned:
+            learned = ", ".join(f"{n} {what}" for what, n in result.learned.items())
+            out.print(f"[dim]learned from the probes: {learned}[/dim]")
+    if not (
+        result.context_switches.matched == result.context_switches.total
+        and result.mmdrop.matched == result.mmdrop.total
+    ):
+        raise typer.Exit(1)
+
+
+@app.command()
 def mutants() -> None:
     """List the deliberately broken kernel variants (`--mutant NAME`)."""
     t = Table(title="mutants")

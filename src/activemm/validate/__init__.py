@@ -80,6 +80,9 @@ def validate(
     ncpus, it = peek_cpus(iter(events), stats=stats)
     snapshot = load_task_snapshot(tasks) if tasks else None
     result = Result(str(trace), cfg.name, inputs, release)
-    v = Validator(list(it), cfg, ncpus, snapshot, inputs, result)
+    # The sanitizer watches real presets; an ablation or a mutant is broken on purpose and
+    # is only scored.
+    sanitize = not cfg.mutants and cfg.lazy_tlb
+    v = Validator(list(it), cfg, ncpus, snapshot, inputs, result, sanitize=sanitize)
     v.run()
     return result
