@@ -505,8 +505,8 @@ def capture(
         typer.Option(
             "--workload",
             "-w",
-            help="threads, forkexec, zombie, vfork, execthread, exitgroup, munmap, iouring, "
-            "all (one after another) or parallel (all at once).",
+            help="threads, forkexec, zombie, vfork, execthread, exitgroup, munmap, iouring "
+            "(several: comma-separated), all (one after another) or parallel (all at once).",
         ),
     ] = "all",
     scale: Annotated[int, typer.Option("--scale", min=1, max=50, help="Repeat counts x N.")] = 1,

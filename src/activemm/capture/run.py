@@ -172,9 +172,12 @@ def capture(
     out = opts.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CaptureError(f"{out}: exists and is not empty; choose another -o or remove it")
-    if opts.workload not in guest.WORKLOADS:
+    names = opts.workload.split(",")
+    unknown = [n for n in names if n not in guest.WORKLOADS]
+    if unknown or (len(names) > 1 and {"all", "parallel"} & set(names)):
         raise CaptureError(
-            f"unknown workload {opts.workload!r}: expected one of {', '.join(guest.WORKLOADS)}"
+            f"unknown workload {opts.workload!r}: expected one of {', '.join(guest.WORKLOADS)}, "
+            "or several of the first eight separated by commas"
         )
     offsets = task_offsets(image)
     kprobes = guest.kprobe_definitions(offsets)

@@ -273,6 +273,19 @@ static const struct workload workloads[] = {
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
+/* is `want` one of the comma-separated names in `list`? */
+static int listed(const char *list, const char *want) {
+    size_t n = strlen(want);
+    for (const char *p = list; *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == n && strncmp(p, want, n) == 0) return 1;
+        if (!end) break;
+        p = end + 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "noop") == 0) {
         spin(2000);
@@ -286,7 +299,7 @@ int main(int argc, char **argv) {
     int parallel = strcmp(name, "parallel") == 0;
     int found = 0;
     for (unsigned i = 0; i < NWORKLOADS; i++) {
-        if (!parallel && strcmp(name, "all") != 0 && strcmp(name, workloads[i].name) != 0)
+        if (!parallel && strcmp(name, "all") != 0 && !listed(name, workloads[i].name))
             continue;
         found = 1;
         printf("workload %s: %s\n", workloads[i].name, workloads[i].what);
