@@ -559,11 +559,14 @@ class Validator(Clocked):
             self._mismatch("context_switch", group.switch.line, {"error": what}, {}, "anomaly")
             return
         after = model.prev_task.active_mm
+        prev = self._resolve(model.prev, hook.prev)
+        nxt = self._resolve(model.next, hook.next) if model.hook == SWITCH_MM else 0
+        after_addr = self._resolve(after, group.prev_active_after or 0)
         predicted = {
             "hook": model.hook,
-            "prev": self._resolve(model.prev, hook.prev),
-            "next": self._resolve(model.next, hook.next) if model.hook == SWITCH_MM else 0,
-            "prev_active_mm_after": self._resolve(after, group.prev_active_after or 0),
+            "prev": prev,
+            "next": nxt,
+            "prev_active_mm_after": after_addr,
         }
         kernel = {
             "hook": hook.function,
@@ -576,9 +579,9 @@ class Validator(Clocked):
             return
         shown = {
             "hook": model.hook,
-            "prev": self._name(model.prev, predicted["prev"]),
-            "next": self._name(model.next, predicted["next"]) if model.hook == SWITCH_MM else None,
-            "prev_active_mm_after": self._name(after, predicted["prev_active_mm_after"]),
+            "prev": self._name(model.prev, prev),
+            "next": self._name(model.next, nxt) if model.hook == SWITCH_MM else None,
+            "prev_active_mm_after": self._name(after, after_addr),
         }
         seen = {k: (hexaddr(v) if k != "hook" and isinstance(v, int) else v)
                 for k, v in kernel.items()}  # fmt: skip
