@@ -1,0 +1,146 @@
+"""activemm capture: the pieces that need no QEMU, and one real capture (CI runs it)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import lzma
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from activemm.capture import guest, run
+from activemm.capture.kernel import CaptureError, KernelImage, extract_vmlinux, struct_offsets
+
+
+def _btf(types: list[bytes], strings: list[str]) -> bytes:
+    """Raw BTF (include/uapi/linux/btf.h): header, type section, string section."""
+    strtab = b"\0" + b"".join(s.encode() + b"\0" for s in strings)
+    body = b"".join(types)
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(body), len(body), len(strtab))
+    return header + body + strtab
+
+
+def _off(strings: list[str], name: str) -> int:
+    return 1 + sum(len(s) + 1 for s in strings[: strings.index(name)])
+
+
+def test_btf_offsets_look_through_anonymous_members() -> None:
+    names = ["int", "pid", "flags", "task_struct", "mm", "active_mm", "comm", "char"]
+    o = lambda n: _off(names, n)  # noqa: E731
+    info = lambda kind, vlen: (kind << 24) | vlen  # noqa: E731
+    types = [
+        struct.pack("<IIII", o("int"), info(1, 0), 4, 32),  # 1: int
+        # 2: an anonymous struct { int pid; int flags; }
+        struct.pack("<III", 0, info(4, 2), 8)
+        + struct.pack("<III", o("pid"), 1, 0)
+        + struct.pack("<III", o("flags"), 1, 32),
+        struct.pack("<III", 0, info(2, 0), 1),  # 3: int *
+        # 4: struct task_struct { long x; struct {...}; int *mm; int *active_mm; char comm[16]; }
+        struct.pack("<III", o("task_struct"), info(4, 4), 48)
+        + struct.pack("<III", 0, 2, 64)
+        + struct.pack("<III", o("mm"), 3, 128)
+        + struct.pack("<III", o("active_mm"), 3, 192)
+        + struct.pack("<III", o("comm"), 1, 256),
+    ]
+    got = struct_offsets(_btf(types, names), "task_struct", guest_fields := ("pid", "flags", "mm",
+                         "active_mm", "comm"))  # fmt: skip
+    assert got == {"pid": 8, "flags": 12, "mm": 16, "active_mm": 24, "comm": 32}
+    with pytest.raises(CaptureError, match="no member"):
+        struct_offsets(_btf(types, names), "task_struct", (*guest_fields, "missing"))
+
+
+@pytest.mark.parametrize("compress", ["xz", "zstd"])
+def test_the_vmlinux_inside_a_bzimage_is_found(compress: str) -> None:
+    elf = b"\x7fELF\x02\x01" + bytes(range(256)) * 40
+    packed = lzma.compress(elf) if compress == "xz" else zstandard.ZstdCompressor().compress(elf)
+    bzimage = b"MZ" + b"\xfd7zXZ\x00junk" + b"\x00" * 1000 + packed + b"trailer" * 10
+    assert extract_vmlinux(bzimage) == elf
+    with pytest.raises(CaptureError):
+        extract_vmlinux(b"MZ" + b"\x00" * 5000)
+
+
+def _ship(name: str, data: bytes) -> str:
+    b64 = base64.b64encode(gzip.compress(data)).decode()
+    lines = [b64[i : i + 76] for i in range(0, len(b64), 76)]
+    return f"=== BEGIN {name}\r\n" + "\r\n".join(lines) + f"\r\n=== END {name}\r\n"
+
+
+def test_the_serial_stream_is_decoded_and_damage_is_refused() -> None:
+    text = "noise\n" + _ship("meta", b"release 6.1\n") + _ship("trace", b"x" * 5000) + "=== DONE\n"
+    got = run.decode_serial(text)
+    assert got.done and got.files == {"meta": b"release 6.1\n", "trace": b"x" * 5000}
+    with pytest.raises(CaptureError, match="damaged"):
+        run.decode_serial("=== BEGIN trace\nnot base64 gzip!\n=== END trace\n")
+
+
+def test_ring_buffer_stats_as_tracefs_prints_them() -> None:
+    meta = (
+        "stats cpu0 entries: 19527 overrun: 0 commit overrun: 0 bytes: 1316812 "
+        "oldest event ts:     6.463599 now ts:     9.871176 dropped events: 3 read events: 0 \n"
+    )
+    s = run.ring_buffer_stats(meta)["cpu0"]
+    assert (s["entries"], s["overrun"], s["dropped_events"], s["bytes"]) == (19527, 0, 3, 1316812)
+
+
+def test_kprobes_carry_this_kernels_offsets() -> None:
+    defs = guest.kprobe_definitions({"pid": 2416, "flags": 44, "mm": 2272, "active_mm": 2280,
+                                     "comm": 2976})  # fmt: skip
+    mmswitch = next(d for d in defs if " switch_mm_irqs_off " in d)
+    assert "t_pid=+2416(%dx):s32" in mmswitch and "t_mm=+2272(%dx):x64" in mmswitch
+    assert any(d.startswith("r") and " mm_init " in d for d in defs)
+
+
+@pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio not installed")
+def test_the_initramfs_is_a_cpio_the_tools_read(tmp_path: Path) -> None:
+    c = guest.Cpio()
+    c.dir("bin")
+    c.file("bin/hello", b"hello\n")
+    c.symlink("bin/sh", "hello")
+    c.chardev("dev/console", 5, 1)
+    archive = tmp_path / "a.cpio"
+    archive.write_bytes(c.finish())
+    listing = subprocess.run(
+        ["cpio", "-itv"], stdin=archive.open("rb"), capture_output=True, text=True, check=True
+    ).stdout
+    assert "bin/hello" in listing and "bin/sh -> hello" in listing and "dev/console" in listing
+
+
+def test_capture_refuses_a_full_directory_and_unknown_workloads(tmp_path: Path) -> None:
+    image = KernelImage("6.1.0-0-amd64", tmp_path, tmp_path, tmp_path)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(CaptureError, match="not empty"):
+        run.capture(image, run.CaptureOptions(out=tmp_path / "full"))
+    with pytest.raises(CaptureError, match="unknown workload"):
+        run.capture(image, run.CaptureOptions(out=tmp_path / "new", workload="threads,bogus"))
+
+
+QEMU_READY = all(shutil.which(t) for t in ("qemu-system-x86_64", "busybox", "gcc", "apt-get"))
+
+
+@pytest.mark.capture
+@pytest.mark.skipif(
+    not QEMU_READY and not os.environ.get("CI"),
+    reason="needs qemu-system-x86, busybox-static and gcc (CI installs them)",
+)
+def test_capture_then_validate_end_to_end(tmp_path: Path) -> None:
+    """Boot Debian's 6.1 kernel with 2 CPUs, record a workload, score the model on it."""
+    from typer.testing import CliRunner
+
+    from activemm.cli import app
+    from activemm.validate import validate
+
+    out = tmp_path / "cap"
+    r = CliRunner().invoke(app, ["capture", "-o", str(out), "--smp", "2", "-w", "zombie,vfork"])
+    assert r.exit_code == 0, r.output
+    assert (out / "trace.txt.gz").exists() and (out / "tasks_start.txt").exists()
+    result = validate(out)
+    assert result.context_switches.total > 100
+    assert result.context_switches.matched == result.context_switches.total
+    assert result.mmdrop.matched == result.mmdrop.total
