@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from activemm import PRESETS, Machine
 from activemm.model import Observer
 from activemm.model.events import (
@@ -14,6 +16,7 @@ from activemm.model.events import (
     FlushIpi,
     FlushSkippedLazy,
     LazyEntered,
+    MmSwitched,
     PcbLoaded,
     ShootdownIpi,
 )
@@ -212,7 +215,6 @@ def test_alpha_kthread_use_mm_keeps_the_old_page_tables() -> None:
     the PCB ptbr, and no swpctx follows. The kernel thread keeps running on the page tables it
     borrowed before; moved to another CPU, swpctx loads that stale ptbr from its PCB; when the
     old mm is freed, that CPU runs on freed page tables."""
-    import pytest
 
     from activemm import Violation
 
@@ -233,3 +235,29 @@ def test_alpha_kthread_use_mm_keeps_the_old_page_tables() -> None:
     m.schedule(0, "init")
     with pytest.raises(Violation, match="page tables of freed mm1"):
         m.exec("init")  # mm1's last user and last reference go: freed under CPU 1
+
+
+class _Hooks(Observer):
+    def __init__(self) -> None:
+        self.switched: list[MmSwitched] = []
+
+    def event(self, ev: Event) -> None:
+        if isinstance(ev, MmSwitched):
+            self.switched.append(ev)
+
+
+@pytest.mark.parametrize(("name", "passes"), [("linux-6.1-x86_64", True),
+                                              ("linux-6.12-x86_64", False)])  # fmt: skip
+def test_x86_exec_activate_mm_prev_argument(name: str, passes: bool) -> None:
+    """Seen by kprobes on Debian's kernels: exec's switch_mm_irqs_off() gets the old
+    active_mm as `prev` on 6.1 and NULL on 6.12 (tests/data/captures)."""
+    m = machine(name)
+    old = with_user(m)
+    hooks = _Hooks()
+    m.add_observer(hooks)
+    m.schedule(1, "app")
+    m.exec("app")
+    activate = [e for e in hooks.switched if e.via == "activate_mm"]
+    assert len(activate) == 1
+    assert activate[0].prev is (old if passes else None)
+    assert activate[0].next is m.task("app").mm

@@ -304,3 +304,32 @@ def test_an_exiting_task_can_be_preempted_and_run_again() -> None:
         m.exec("app")
     m.schedule(0, "init")  # the final switch: reaped
     assert app.state is TaskState.GONE
+
+
+def test_adopt_lazy_a_zombie_from_before_the_trace_is_freed_by_the_next_user_switch() -> None:
+    """A CPU found borrowing an mm whose users exited before observation: the mm lives on
+    that CPU's lazy reference alone (mm_users 0, mm_count 1) and is freed in the
+    finish_task_switch() of the CPU's next switch to a user task, as the seed note says."""
+    m = machine("linux-6.1-x86_64")
+    app_mm = with_user(m)
+    zombie = m.adopt_lazy(1)
+    assert (zombie.mm_users, zombie.mm_count, zombie.torn_down) == (0, 1, True)
+    assert m.rq(1).curr.active_mm is zombie
+    m.schedule(1, "app")
+    assert zombie.freed and m.task("app").active_mm is app_mm
+
+
+def test_adopt_lazy_a_live_mm_takes_a_lazy_reference() -> None:
+    m = machine("linux-6.12-x86_64")
+    app_mm = with_user(m)
+    before = app_mm.mm_count
+    m.adopt_lazy(1, app_mm)
+    assert app_mm.mm_count == before + 1 and m.rq(1).curr.active_mm is app_mm
+    with pytest.raises(OperationError, match="has its own mm"):
+        m.adopt_lazy(0, app_mm)  # init runs on CPU 0 with its own mm
+
+
+def test_adopt_lazy_a_zombie_is_impossible_without_counted_lazy_references() -> None:
+    m = machine("linux-6.17-shootdown")
+    with pytest.raises(OperationError, match="cannot keep an mm alive"):
+        m.adopt_lazy(1)

@@ -21,6 +21,8 @@ WORKLOADS = {
     "exitgroup": "exit_group while sibling threads run on other CPUs",
     "munmap": "munmap-driven TLB flushes to running and lazy CPUs",
     "iouring": "io_uring worker and SQPOLL threads on a user mm",
+    "clonevm": "clone(CLONE_VM) without CLONE_THREAD, beside its parent; half of them exec",
+    "procreader": "/proc/PID/stat readers holding mm_users while the task exits",
     "all": "every workload above, one after another",
     "parallel": "every workload above, all at once",
 }

@@ -30,23 +30,25 @@ def preset_for(release: str | None) -> str:
 
 
 def locate(trace: Path, tasks: Path | None) -> tuple[Path, Path | None, str | None]:
-    """A capture directory stands for its trace.txt.gz, tasks_start.txt and meta.json."""
+    """A capture directory stands for its trace.txt.gz, tasks_start.txt and meta.json; a trace
+    file inside a capture directory finds its meta.json and tasks_start.txt beside it."""
+    if not trace.exists():
+        raise ActiveMmError(f"{trace}: no such file or directory")
+    directory = trace if trace.is_dir() else trace.parent
     release = None
+    meta = directory / "meta.json"
+    if meta.exists():
+        try:
+            release = json.loads(meta.read_text()).get("kernel")
+        except (json.JSONDecodeError, OSError, AttributeError) as e:
+            raise ActiveMmError(f"{meta}: unreadable capture metadata: {e}") from None
+        if tasks is None and (directory / "tasks_start.txt").exists():
+            tasks = directory / "tasks_start.txt"
     if trace.is_dir():
-        meta = trace / "meta.json"
-        if meta.exists():
-            try:
-                release = json.loads(meta.read_text()).get("kernel")
-            except (json.JSONDecodeError, OSError) as e:
-                raise ActiveMmError(f"{meta}: unreadable capture metadata: {e}") from None
-        if tasks is None and (trace / "tasks_start.txt").exists():
-            tasks = trace / "tasks_start.txt"
         found = [p for p in (trace / "trace.txt.gz", trace / "trace.txt") if p.exists()]
         if not found:
             raise ActiveMmError(f"{trace}: a capture directory holds trace.txt.gz; none here")
         trace = found[0]
-    elif not trace.exists():
-        raise ActiveMmError(f"{trace}: no such file")
     return trace, tasks, release
 
 
@@ -68,10 +70,6 @@ def validate(
             "nothing to score the model against (record with `activemm capture`, "
             "docs/validate.md)"
         )
-    if release is None:
-        for e in events[:50]:
-            if isinstance(e, Probe):
-                break
     if inputs is None:
         inputs = "markers" if set(MARKERS) <= probes else "sched"
     if inputs not in INPUTS:

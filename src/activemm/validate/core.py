@@ -9,6 +9,7 @@ the trace began; everything else is prediction."""
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,6 +163,14 @@ class Validator(Clocked):
         self.result = result
         self.pretrace = PreTrace.scan(list(events))
         self.exec_hints = exec_hints(events)
+        self.exit_mmaps: dict[int, list[tuple[int, int]]] = {}
+        self.drop_lines: dict[int, list[int]] = {}
+        for e in events:
+            if isinstance(e, Probe) and e.function == EXIT_MMAP:
+                self.exit_mmaps.setdefault(address(e.args.get("mm")), []).append((e.line, e.pid))
+            elif isinstance(e, Probe) and e.function == MMDROP:
+                self.drop_lines.setdefault(address(e.args.get("mm")), []).append(e.line)
+        self.deferred: dict[int, str] = {}  # exit_mmap line -> mm_users holder to put there
         self.use_mm_init = any(isinstance(e, Probe) and e.function == "mm_init" for e in events)
         self.ctx = Context()
         # binding: model mm id -> kernel address (kept after the life ends), and the reverse
@@ -390,6 +399,10 @@ class Validator(Clocked):
         elif f == EXIT_MMAP:
             self.anchor[p.cpu] = (EXIT_MMAP, address(p.args.get("mm")))
             self.mmput_open[address(p.args.get("mm"))] = p.pid
+            holder = self.deferred.pop(p.line, None)
+            if holder is not None:
+                self.ctx = Context("__mmput", p.line, p.cpu, p.pid)
+                self.m.mmput(holder, p.cpu)
         elif f in NEW_MM and (f == "mm_init") == self.use_mm_init:
             self._announce(p, address(p.args.get("ret") or p.args.get("mm")))
 
@@ -492,8 +505,24 @@ class Validator(Clocked):
         """The model's __mmput() is one step; the kernel's can be preempted half way (inside
         exit_mmap) and finish much later. When the marker's exit_mm/exec_mmap drops the last
         real user, the users' share of mm_count is held by a pin until the task's next
-        traced event, by which time the kernel's __mmput() has returned."""
+        traced event, by which time the kernel's __mmput() has returned.
+
+        With markers, exit_mmap also says *where* __mmput runs: when it runs in another task
+        (a /proc reader's get_task_mm() held an mm_users reference), that reference is taken
+        in the model here and put back at that exit_mmap."""
         if t.mm is None or t.mm.mm_users != 1:
+            return
+        elsewhere = self._mmput_elsewhere(t.mm, p) if self.inputs == "markers" else None
+        if elsewhere is not None:
+            line, pid = elsewhere
+            holder = f"get_task_mm by pid {pid} (line {line})"
+            self.metrics.paused = True
+            try:
+                self.m.mmget_not_zero(t.mm, holder, p.cpu)
+            finally:
+                self.metrics.paused = False
+            self.deferred[line] = holder
+            self.result.learned["__mmput run by another task (exit_mmap marker)"] += 1
             return
         holder = f"__mmput of {t.name} (line {p.line})"
         self.metrics.paused = True
@@ -502,6 +531,22 @@ class Validator(Clocked):
         finally:
             self.metrics.paused = False
         self.pins.setdefault(p.pid, []).append(holder)
+
+    def _mmput_elsewhere(self, mm: Mm, ev: TraceEvent) -> tuple[int, int] | None:
+        """The next exit_mmap of this life of mm's address, if another task runs it."""
+        addr = self.addr.get(mm.id)
+        if addr is None:
+            return None
+        runs = self.exit_mmaps.get(addr, [])
+        i = bisect.bisect_right(runs, (ev.line, 1 << 62))
+        if i == len(runs):
+            return None
+        line, pid = runs[i]
+        drops = self.drop_lines.get(addr, [])
+        j = bisect.bisect_right(drops, ev.line)
+        if j < len(drops) and drops[j] < line:
+            return None  # that exit_mmap belongs to a later life of the address
+        return (line, pid) if pid != ev.pid else None
 
     def _unpin(self, ev: TraceEvent) -> None:
         self.ctx = Context("__mmput end", ev.line, ev.cpu, ev.pid)

@@ -255,6 +255,56 @@ static void w_iouring(int scale) {
     }
 }
 
+/* clonevm: clone(CLONE_VM) without CLONE_THREAD: a second process on the same mm, running
+ * beside its parent on another CPU; half of them exec, the others just exit */
+static char clone_stack[4][64 * 1024];
+
+static int clone_body(void *arg) {
+    long n = (long)arg;
+    pin((int)n + 1);
+    spin(20000);
+    if (n % 2) execl(self, self, "noop", (char *)NULL);
+    return 0;
+}
+
+static void w_clonevm(int scale) {
+    for (int r = 0; r < 2 * scale; r++) {
+        for (long k = 0; k < 4; k++)
+            clone(clone_body, clone_stack[k] + sizeof(clone_stack[k]), CLONE_VM | SIGCHLD,
+                  (void *)k);
+        spin(30000);
+        wait_all();
+    }
+}
+
+/* procreader: a reader keeps /proc/PID/stat of short-lived children open and reads it
+ * (get_task_mm: an mm_users reference) while they exit: the last mmput, and so __mmput,
+ * can run in the reader instead of the exiting task */
+static void w_procreader(int scale) {
+    for (int i = 0; i < 6 * scale; i++) {
+        pid_t child = fork();
+        if (child == 0) {
+            pin(i + 1);
+            spin(40000);
+            _exit(0);
+        }
+        pid_t reader = fork();
+        if (reader == 0) {
+            char path[64], buf[1024];
+            snprintf(path, sizeof(path), "/proc/%d/stat", (int)child);
+            pin(i);
+            for (int k = 0; k < 200; k++) {
+                int fd = open(path, O_RDONLY);
+                if (fd < 0) break;
+                if (read(fd, buf, sizeof(buf)) <= 0) k = 200;
+                close(fd);
+            }
+            _exit(0);
+        }
+        wait_all();
+    }
+}
+
 struct workload {
     const char *name;
     void (*run)(int);
@@ -270,6 +320,8 @@ static const struct workload workloads[] = {
     {"exitgroup", w_exitgroup, "exit_group with running siblings"},
     {"munmap", w_munmap, "munmap-driven TLB flushes across CPUs"},
     {"iouring", w_iouring, "io_uring worker and SQPOLL threads on a user mm"},
+    {"clonevm", w_clonevm, "clone(CLONE_VM) without CLONE_THREAD beside its parent"},
+    {"procreader", w_procreader, "/proc readers holding mm_users while tasks exit"},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
