@@ -137,3 +137,77 @@ def test_a_trace_without_probes_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ActiveMmError, match="no kprobes"):
         validate(plain)
+
+
+INIT_MM = "0xffffffff82b5c940"
+APP_MM, READER_MM, OTHER_MM = "0xffff888000000a00", "0xffff888000000b00", "0xffff888000000c00"
+TSK = {0: "0xffff888000200000", 50: "0xffff888000100000", 60: "0xffff888000110000",
+       70: "0xffff888000120000"}  # fmt: skip
+
+
+def _line(comm: str, pid: int, cpu: int, ts: float, body: str) -> str:
+    return f"{comm}-{pid} ({pid:>7}) [{cpu:03d}] d..2. {ts:12.6f}: {body}"
+
+
+def _switch(cpu: int, ts: float, prev: tuple[str, int, str], nxt: tuple[str, int],
+            hook: str, prev_mm: str, prev_active_after: str) -> list[str]:  # fmt: skip
+    """sched_switch, its hook and finish_task_switch, as the probes print them."""
+    (pcomm, ppid, pstate), (ncomm, npid) = prev, nxt
+    who = ("<idle>", 0) if ppid == 0 else (pcomm, ppid)
+    nwho = ("<idle>", 0) if npid == 0 else (ncomm, npid)
+    return [
+        _line(*who, cpu, ts, f"sched_switch: prev_comm={pcomm} prev_pid={ppid} prev_prio=120 "
+              f"prev_state={pstate} ==> next_comm={ncomm} next_pid={npid} next_prio=120"),
+        _line(*who, cpu, ts + 1e-6, hook),
+        _line(*nwho, cpu, ts + 2e-6, f"finish: (finish_task_switch.isra.0+0x0/0x2d0) "
+              f"prev={TSK[ppid]} prev_pid={ppid} prev_flags=0x400040 prev_mm={prev_mm} "
+              f"prev_active_mm={prev_active_after} prev_comm=\"{pcomm}\""),
+    ]  # fmt: skip
+
+
+def _mmswitch(prev: str, nxt: str, pid: int) -> str:
+    return (f"mmswitch: (switch_mm_irqs_off+0x0/0x470) prev={prev} next={nxt} tsk={TSK[pid]} "
+            f"t_pid={pid} t_flags=0x400040 t_mm={nxt} t_active_mm={nxt} t_comm=\"x\"")  # fmt: skip
+
+
+def _lazy(mm: str, pid: int) -> str:
+    return (f"lazytlb: (enter_lazy_tlb+0x0/0x30) mm={mm} tsk={TSK[pid]} t_pid={pid} "
+            f"t_flags=0x4200042 t_mm=0x0 t_active_mm=0x0 t_comm=\"x\"")  # fmt: skip
+
+
+def test_mmput_run_by_a_proc_reader_is_placed_by_its_exit_mmap(tmp_path: Path) -> None:
+    """app exits while a /proc reader holds an mm_users reference (get_task_mm): the last
+    mmput, hence __mmput and the final __mmdrop, run in the reader. With markers the model
+    follows exit_mmap there; with tracepoints only it cannot know, and says why."""
+    lines = ["# tracer: nop", "#P:2"]
+    lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
+                     _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+    lines += _switch(0, 1.0002, ("swapper/0", 0, "R"), ("reader", 60),
+                     _mmswitch(INIT_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+    lines += [
+        _line("app", 50, 1, 1.0010, f"lazytlb: (enter_lazy_tlb+0x0/0x30) mm={APP_MM} "
+              f"tsk={TSK[50]} t_pid=50 t_flags=0x40010c t_mm=0x0 t_active_mm={APP_MM} "
+              "t_comm=\"app\""),
+        _line("app", 50, 1, 1.0011, "sched_process_exit: comm=app pid=50 prio=120"),
+    ]  # fmt: skip
+    lines += _switch(1, 1.0012, ("app", 50, "Z"), ("swapper/1", 0), _lazy(APP_MM, 0),
+                     "0x0", "0x0")  # fmt: skip
+    # CPU 1 lets go of app's mm: no __mmdrop, the reader still holds a real user
+    lines += _switch(1, 1.0020, ("swapper/1", 0, "R"), ("other", 70),
+                     _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+    lines += [
+        _line("reader", 60, 0, 1.0030, f"mmput: (exit_mmap+0x0/0x310) mm={APP_MM}"),
+        _line("reader", 60, 0, 1.0031, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"),
+    ]
+    trace = tmp_path / "reader.txt"
+    trace.write_text("\n".join(lines) + "\n")
+
+    markers = validate(trace, preset_name="linux-6.1-x86_64")
+    assert markers.inputs == "markers"
+    assert markers.context_switches.matched == markers.context_switches.total == 4
+    assert (markers.mmdrop.matched, markers.mmdrop.total) == (1, 1), markers.mismatches
+    assert markers.learned["__mmput run by another task (exit_mmap marker)"] == 1
+
+    sched = validate(trace, preset_name="linux-6.1-x86_64", inputs="sched")
+    assert sched.mmdrop.matched == 0
+    assert all(m["cause"] != "unexplained" for m in sched.mismatches), sched.mismatches

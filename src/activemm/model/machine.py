@@ -153,7 +153,8 @@ class Machine:
         """start_kernel(): init_task becomes CPU 0's idle task, lazily on init_mm
         (sched_init); each secondary CPU's idle task takes init_mm in cpu_init(). With
         `rest_init`, PID 1 (init, a user_mode_thread that will kernel_execve) and PID 2
-        (kthreadd) are created, runnable, with no mm."""
+        (kthreadd) are created, runnable, with no mm; without (a replay adopts the tasks it
+        meets), PIDs 1 and 2 stay reserved, so no adopted task is taken for init."""
         if self.booted:
             raise OperationError("boot: already booted")
         if not 1 <= ncpus <= 4096:
@@ -181,6 +182,8 @@ class Machine:
         if rest_init:
             fork.copy_process(self.k, boot_rq.idle, "usermode", "init")
             fork.copy_process(self.k, boot_rq.idle, "kthread", "kthreadd")
+        else:
+            state.next_pid = 3
         self._end(op)
 
     # -- tasks ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from activemm.errors import OperationError
 from activemm.metrics import Metrics
 from activemm.model.config import KernelConfig
 from activemm.model.events import Event, LazyEntered, MmAllocated, MmFreed, MmSwitched, TaskAdopted
@@ -52,6 +53,10 @@ MAX_MISMATCHES = 50
 HELD_OUTSIDE = (
     "mm_count held outside the scheduler (io_uring's ctx->mm_account...) and dropped by a "
     "kernel thread: no input announces it"
+)
+ELSEWHERE = (
+    "__mmput ran in another task (an mm_users reference such as a /proc reader's "
+    "get_task_mm()): only the exit_mmap marker says so"
 )
 LATE_FLUSH = (
     "exit_mmap's TLB flush ran after a context switch (the kernel's __mmput was preempted); "
@@ -189,6 +194,7 @@ class Validator(Clocked):
         self.seen_cpu: set[int] = set()
         self.exit_marked: dict[int, int] = {}  # pid -> line of exit_mm's enter_lazy_tlb
         self.exec_marked: dict[int, int] = {}  # pid -> line of exec's activate_mm
+        self.exited_mm: dict[int, int] = {}  # mm address -> pid whose exit_mm let go of it
         self.marker_done: set[int] = set()  # id() of model tasks exec'd at their marker
         # the two sides of the scores
         self.kernel_drops: list[Drop] = []
@@ -337,6 +343,14 @@ class Validator(Clocked):
             self._apply_group(self.pending.pop(cpu))
         self._score()
 
+    def _refusable(self, fn: Any, *args: Any) -> None:
+        """A marker asks for something the model's state does not allow (it lost track of
+        the trace): count it, as the replay does, and go on."""
+        try:
+            fn(*args)
+        except OperationError as e:
+            self.result.anomalies[f"refused: {str(e).split(':')[0]}"] += 1
+
     def _drive(self, kind: str, ev: TraceEvent, apply: Any, *args: Any) -> None:
         self.ctx = Context(kind, ev.line, ev.cpu, ev.pid)
         apply(*args)
@@ -344,10 +358,10 @@ class Validator(Clocked):
     def _on_sched_event(self, ev: TraceEvent) -> None:
         if isinstance(ev, TlbFlush):
             if ev.line in self.exec_hints and ev.cpu not in self.pending:
-                self._early_exec(ev)
+                self._refusable(self._early_exec, ev)
             return
         if ev.pid in self.pins and isinstance(ev, PAST_MMPUT):
-            self._unpin(ev)
+            self._refusable(self._unpin, ev)
         if isinstance(ev, LostEvents):
             self.result.anomalies["lost events"] += ev.count
         if isinstance(ev, ProcessExec | ProcessExit | ProcessFork | NewTask):
@@ -402,7 +416,7 @@ class Validator(Clocked):
             holder = self.deferred.pop(p.line, None)
             if holder is not None:
                 self.ctx = Context("__mmput", p.line, p.cpu, p.pid)
-                self.m.mmput(holder, p.cpu)
+                self._refusable(self.m.mmput, holder, p.cpu)
         elif f in NEW_MM and (f == "mm_init") == self.use_mm_init:
             self._announce(p, address(p.args.get("ret") or p.args.get("mm")))
 
@@ -462,11 +476,12 @@ class Validator(Clocked):
             self.anchor[cpu] = ("activate_mm", pid)
             self.exec_marked[pid] = p.line
             if self.inputs == "markers":
-                self._marker_exec(p)
+                self._refusable(self._marker_exec, p)
         elif kind == "enter_lazy_tlb":
             self.exit_marked[pid] = p.line
+            self.exited_mm[mm] = pid
             if self.inputs == "markers":
-                self._marker_exit(p)
+                self._refusable(self._marker_exit, p)
 
     def _marker_exec(self, p: Probe) -> None:
         """exec's activate_mm: exec_mmap runs now, in the CPU's current task."""
@@ -662,6 +677,7 @@ class Validator(Clocked):
     def _score_drops(self) -> None:
         res = self.result
         other = {d.addr for d in self.kernel_drops if d.point[0] == "other"}
+        elsewhere = {d.addr for d in self.kernel_drops if self._mmput_by_another(d)}
         left = Counter((d.addr, d.point) for d in self.model_drops)
         for d in self.kernel_drops:
             res.mmdrop.total += 1
@@ -681,7 +697,11 @@ class Validator(Clocked):
             if left[(d.addr, d.point)] > 0:
                 left[(d.addr, d.point)] -= 1
                 res.mmdrop.total += 1
-                cause = HELD_OUTSIDE if d.addr in other else "model freed an mm the kernel did not"
+                cause = (
+                    HELD_OUTSIDE if d.addr in other
+                    else ELSEWHERE if d.addr in elsewhere
+                    else "model freed an mm the kernel did not"
+                )  # fmt: skip
                 self._mismatch("mmdrop", d.line, {"mm": d.name, "freed_at": list(d.point)},
                                {"freed_at": "not here"}, cause)  # fmt: skip
 
@@ -741,4 +761,12 @@ class Validator(Clocked):
     def _drop_cause(self, d: Drop) -> str:
         if d.point[0] == "other":
             return HELD_OUTSIDE
+        if self._mmput_by_another(d):
+            return ELSEWHERE
         return "unexplained"
+
+    def _mmput_by_another(self, d: Drop) -> bool:
+        if d.point[0] != "__mmput":
+            return False
+        owner = self.exited_mm.get(d.addr or 0)
+        return owner is not None and owner != d.point[1]

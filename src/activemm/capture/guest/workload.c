@@ -277,23 +277,23 @@ static void w_clonevm(int scale) {
     }
 }
 
-/* procreader: a reader keeps /proc/PID/stat of short-lived children open and reads it
+/* procreader: a reader reads /proc/PID/stat or cmdline of short-lived children
  * (get_task_mm: an mm_users reference) while they exit: the last mmput, and so __mmput,
  * can run in the reader instead of the exiting task */
 static void w_procreader(int scale) {
-    for (int i = 0; i < 6 * scale; i++) {
+    for (int i = 0; i < 12 * scale; i++) {
         pid_t child = fork();
         if (child == 0) {
             pin(i + 1);
-            spin(40000);
+            spin(4000 * (i % 4 + 1));
             _exit(0);
         }
         pid_t reader = fork();
         if (reader == 0) {
             char path[64], buf[1024];
-            snprintf(path, sizeof(path), "/proc/%d/stat", (int)child);
+            snprintf(path, sizeof(path), "/proc/%d/%s", (int)child, i % 2 ? "cmdline" : "stat");
             pin(i);
-            for (int k = 0; k < 200; k++) {
+            for (int k = 0; k < 2000; k++) {
                 int fd = open(path, O_RDONLY);
                 if (fd < 0) break;
                 if (read(fd, buf, sizeof(buf)) <= 0) k = 200;
