@@ -120,6 +120,7 @@ def boot(
     timings). Tries each accelerator in turn; a KVM that aborts or hangs before the guest
     says it booted is abandoned for TCG."""
     failures: list[str] = []
+    consoles: list[Path] = []
     for accel in accelerators(opts.accel):
         console, ship = work / f"console-{accel}.log", work / f"ship-{accel}.txt"
         cmd = qemu_command(image, initrd, opts, accel, console, ship)
@@ -159,10 +160,20 @@ def boot(
             return accel, text, ship.read_text(errors="replace"), timings
         if failures and failures[-1].startswith(accel):
             continue
-        last = (qemu_out.strip().splitlines() or text.strip().splitlines() or ["no output"])[-1]
-        failures.append(f"{accel}: {last[:200]}")
+        panic = [line for line in text.splitlines() if "Kernel panic" in line or "BUG:" in line]
+        last = (
+            panic or qemu_out.strip().splitlines() or text.strip().splitlines() or ["no output"]
+        )[-1 if not panic else 0]
+        failures.append(f"{accel}: {last.strip()[:300]}")
+        if text:
+            consoles.append(console)
         progress(f"{accel.upper()} failed ({last[:80]}), trying the next accelerator")
-    raise CaptureError("QEMU could not run the guest: " + "; ".join(failures))
+    kept = ""
+    if consoles:
+        target = opts.out.with_name(opts.out.name + ".console.log")
+        shutil.copyfile(consoles[-1], target)
+        kept = f" (the guest's console: {target})"
+    raise CaptureError("QEMU could not run the guest: " + "; ".join(failures) + kept)
 
 
 def capture(

@@ -174,6 +174,26 @@ class Replayer:
             self.tgid_of[pid] = group
         return t
 
+    def _de_thread(self, pid: int, cpu: int) -> Task | None:
+        """exec from a non-leader thread: de_thread() gives the exec'ing thread its leader's
+        pid (exchange_tids) before exec_mmap(), and it can be switched out under that pid
+        before sched_process_exec says so. The task the model has current on this CPU, a
+        thread of group `pid` whose leader has exited, is that thread."""
+        cur = self.m.state.rqs[cpu].curr
+        leader = self.tasks.get(pid)
+        if leader is cur:
+            return None
+        if cur.is_idle or cur.pf_kthread or (leader is not None and not (
+            leader.exiting or leader.state is TaskState.GONE
+        )):  # fmt: skip
+            return None
+        for q, t in self.tasks.items():
+            if t is cur and q != pid and self.tgid_of.get(q) == pid:
+                del self.tasks[q]
+                self.tasks[pid] = cur
+                return cur
+        return None
+
     def task(self, pid: int, comm: str, tgid: int | None, cpu: int) -> Task:
         if pid == 0:
             return self.m.state.rqs[cpu].idle
@@ -204,6 +224,9 @@ class Replayer:
         """The task the trace says is current on `cpu`; the model is made to agree."""
         if pid < 0:
             return self.m.state.rqs[cpu].curr
+        moved = self._de_thread(pid, cpu)
+        if moved is not None:
+            return moved
         t = self.task(pid, comm, tgid, cpu)
         rq = self.m.state.rqs[cpu]
         if rq.curr is t:

@@ -58,6 +58,8 @@ ELSEWHERE = (
     "__mmput ran in another task (an mm_users reference such as a /proc reader's "
     "get_task_mm()): only the exit_mmap marker says so"
 )
+EXIT_WINDOW = "exit window (exit_mm ran before sched_process_exit)"
+FOLLOWS = "follows an earlier miss on this CPU: the mm it borrows lazily came from that switch"
 LATE_FLUSH = (
     "exit_mmap's TLB flush ran after a context switch (the kernel's __mmput was preempted); "
     "the model's one-step __mmput flushes before it"
@@ -194,6 +196,7 @@ class Validator(Clocked):
         self.seen_cpu: set[int] = set()
         self.exit_marked: dict[int, int] = {}  # pid -> line of exit_mm's enter_lazy_tlb
         self.exec_marked: dict[int, int] = {}  # pid -> line of exec's activate_mm
+        self.diverged: set[int] = set()  # CPUs whose borrowed mm came from a missed switch
         self.exited_mm: dict[int, int] = {}  # mm address -> pid whose exit_mm let go of it
         self.marker_done: set[int] = set()  # id() of model tasks exec'd at their marker
         # the two sides of the scores
@@ -339,8 +342,11 @@ class Validator(Clocked):
                 handler(ev)  # type: ignore[operator]
             else:
                 self._on_sched_event(ev)
-        for cpu in list(self.pending):
-            self._apply_group(self.pending.pop(cpu))
+        for group in self.pending.values():
+            # tracing stopped between a sched_switch and its probes: not scored
+            if group.finish is None:
+                self.result.anomalies["context switch cut off by the end of the trace"] += 1
+        self.pending.clear()
         self._score()
 
     def _refusable(self, fn: Any, *args: Any) -> None:
@@ -636,6 +642,8 @@ class Validator(Clocked):
         }
         if predicted == kernel:
             res.context_switches.matched += 1
+            if hook.function == SWITCH_MM:
+                self.diverged.discard(group.switch.cpu)  # a user mm again: in step
             return
         shown = {
             "hook": model.hook,
@@ -645,17 +653,22 @@ class Validator(Clocked):
         }
         seen = {k: (hexaddr(v) if k != "hook" and isinstance(v, int) else v)
                 for k, v in kernel.items()}  # fmt: skip
-        self._mismatch("context_switch", group.switch.line, shown, seen, self._cause(group))
+        only_prev = all(predicted[k] == kernel[k] for k in kernel if k != "prev")
+        cause = FOLLOWS if only_prev and group.switch.cpu in self.diverged else self._cause(group)
+        self._mismatch("context_switch", group.switch.line, shown, seen, cause)
+        self.diverged.add(group.switch.cpu)
 
     def _cause(self, group: SwitchGroup) -> str:
         sw = group.switch
         for pid in (sw.prev_pid, sw.next_pid):
             if pid in self.exit_marked:
-                return "exit window (exit_mm ran before sched_process_exit)"
+                return EXIT_WINDOW
             if pid in self.exec_marked:
                 return "exec window (exec_mmap ran before sched_process_exec)"
         if self.epoch[sw.cpu] <= 1:
             return "first switch of the CPU (state from before the trace)"
+        if sw.cpu in self.diverged:
+            return FOLLOWS
         return "unexplained"
 
     def _mismatch(
@@ -678,6 +691,7 @@ class Validator(Clocked):
         res = self.result
         other = {d.addr for d in self.kernel_drops if d.point[0] == "other"}
         elsewhere = {d.addr for d in self.kernel_drops if self._mmput_by_another(d)}
+        window = {d.addr for d in self.kernel_drops if self._exit_window_drop(d)}
         left = Counter((d.addr, d.point) for d in self.model_drops)
         for d in self.kernel_drops:
             res.mmdrop.total += 1
@@ -700,6 +714,7 @@ class Validator(Clocked):
                 cause = (
                     HELD_OUTSIDE if d.addr in other
                     else ELSEWHERE if d.addr in elsewhere
+                    else EXIT_WINDOW if d.addr in window
                     else "model freed an mm the kernel did not"
                 )  # fmt: skip
                 self._mismatch("mmdrop", d.line, {"mm": d.name, "freed_at": list(d.point)},
@@ -763,7 +778,18 @@ class Validator(Clocked):
             return HELD_OUTSIDE
         if self._mmput_by_another(d):
             return ELSEWHERE
+        if self._exit_window_drop(d):
+            return EXIT_WINDOW
         return "unexplained"
+
+    def _exit_window_drop(self, d: Drop) -> bool:
+        """With tracepoints only, the model's __mmput runs whole at sched_process_exit; the
+        kernel's ran from exit_mm on and could be preempted in between."""
+        return (
+            self.inputs == "sched"
+            and d.point[0] == "__mmput"
+            and self.exited_mm.get(d.addr or 0) == d.point[1]
+        )
 
     def _mmput_by_another(self, d: Drop) -> bool:
         if d.point[0] != "__mmput":
