@@ -544,7 +544,7 @@ def capture(
     import time as _time
 
     from activemm.capture.kernel import RELEASES, fetch, image_from_path
-    from activemm.capture.run import CaptureOptions
+    from activemm.capture.run import CaptureOptions, check_options
     from activemm.capture.run import capture as run_capture
 
     if accel not in ("auto", "kvm", "tcg"):
@@ -557,10 +557,16 @@ def capture(
         if err.is_terminal:
             err.print(f"[dim]{_time.monotonic() - t0:6.1f}s[/dim] {msg}")
 
+    opts = CaptureOptions(output, smp, workload, scale, accel, 0, timeout, allow_lost)
+    check_options(opts)
     progress("fetching the kernel" if kernel is None else f"using {kernel}")
     image = image_from_path(kernel) if kernel else fetch(release)
-    opts = CaptureOptions(output, smp, workload, scale, accel, 0, timeout, allow_lost)
     meta = run_capture(image, opts, progress)
+    if meta.get("workload_status") not in (0, None):
+        err.print(
+            f"[yellow]warning:[/yellow] the workload exited with status "
+            f"{meta['workload_status']} (see {output}/workload.log)"
+        )
     rb = meta["ring_buffer"]
     entries = sum(s.get("entries", 0) for s in rb.values()) if isinstance(rb, dict) else 0
     out.print(

@@ -176,20 +176,29 @@ def boot(
     raise CaptureError("QEMU could not run the guest: " + "; ".join(failures) + kept)
 
 
+def check_options(opts: CaptureOptions) -> None:
+    """Refuse what cannot work before anything is downloaded or booted."""
+    out = opts.out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CaptureError(f"{out}: exists and is not empty; choose another -o or remove it")
+    if not out.parent.is_dir():
+        raise CaptureError(f"{out}: directory {out.parent} does not exist")
+    names = opts.workload.split(",")
+    single = [n for n in guest.WORKLOADS if n not in ("all", "parallel")]
+    unknown = [n for n in names if n not in guest.WORKLOADS]
+    if unknown or (len(names) > 1 and {"all", "parallel"} & set(names)):
+        raise CaptureError(
+            f"unknown workload {opts.workload!r}: expected all, parallel, or one or more "
+            f"(comma-separated) of {', '.join(single)}"
+        )
+
+
 def capture(
     image: KernelImage, opts: CaptureOptions, progress: Progress = lambda _msg: None
 ) -> dict[str, object]:
     """Record one capture into opts.out. Returns the metadata written."""
+    check_options(opts)
     out = opts.out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CaptureError(f"{out}: exists and is not empty; choose another -o or remove it")
-    names = opts.workload.split(",")
-    unknown = [n for n in names if n not in guest.WORKLOADS]
-    if unknown or (len(names) > 1 and {"all", "parallel"} & set(names)):
-        raise CaptureError(
-            f"unknown workload {opts.workload!r}: expected one of {', '.join(guest.WORKLOADS)}, "
-            "or several of the first eight separated by commas"
-        )
     offsets = task_offsets(image)
     kprobes = guest.kprobe_definitions(offsets)
     work = Path(tempfile.mkdtemp(prefix="activemm-capture-"))
@@ -218,10 +227,14 @@ def capture(
             for line in shipped.files.get("kprobes.failed", b"").decode().splitlines()
             if line.strip()
         ]
+        status = re.search(
+            r"workload exit status (\d+)", shipped.files.get("workload.log", b"").decode()
+        )
         meta: dict[str, object] = {
             "kernel": release[1] if release else image.release,
             "cpus": opts.smp,
             "workload": opts.workload,
+            "workload_status": int(status[1]) if status else None,
             "scale": opts.scale,
             "accel": accel,
             "btf_offsets": {"task_struct": offsets},
