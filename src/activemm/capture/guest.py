@@ -23,6 +23,7 @@ WORKLOADS = {
     "iouring": "io_uring worker and SQPOLL threads on a user mm",
     "clonevm": "clone(CLONE_VM) without CLONE_THREAD, beside its parent; half of them exec",
     "procreader": "/proc/PID/stat readers holding mm_users while the task exits",
+    "umh": "user-mode helpers (request_module): tasks born without an mm that exec",
     "all": "every workload above, one after another",
     "parallel": "every workload above, all at once",
 }

@@ -498,7 +498,7 @@ class Validator(Clocked):
         sched_process_exec, which fires only once load_elf_binary() returns. de_thread() has
         already given an exec'ing non-leader thread its leader's pid: follow it."""
         t = self.replayer.m.state.rqs[ev.cpu].curr
-        if t.pf_kthread or t.is_idle or t.mm is None or id(t) in self.marker_done:
+        if t.pf_kthread or t.is_idle or id(t) in self.marker_done:
             return
         tasks = self.replayer.tasks
         if tasks.get(ev.pid) is not t:

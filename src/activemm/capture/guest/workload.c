@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -305,6 +306,23 @@ static void w_procreader(int scale) {
     }
 }
 
+/* umh: the kernel starts user-mode helpers itself: a socket of an address family with no
+ * module loaded makes it call request_module(), which runs /proc/sys/kernel/modprobe (set to
+ * busybox true here) from a kworker: a task born without an mm that execs */
+static void w_umh(int scale) {
+    int fd = open("/proc/sys/kernel/modprobe", O_WRONLY);
+    if (fd >= 0) {
+        if (write(fd, "/bin/true\n", 10) < 0) perror("modprobe");
+        close(fd);
+    }
+    static const int families[] = {4, 5, 9, 11, 19, 21, 22, 24, 32, 33, 34, 35, 36, 37, 41, 42};
+    for (int r = 0; r < scale; r++)
+        for (unsigned i = 0; i < sizeof(families) / sizeof(families[0]); i++) {
+            int s = socket(families[i], SOCK_DGRAM, 0);
+            if (s >= 0) close(s);
+        }
+}
+
 struct workload {
     const char *name;
     void (*run)(int);
@@ -322,6 +340,7 @@ static const struct workload workloads[] = {
     {"iouring", w_iouring, "io_uring worker and SQPOLL threads on a user mm"},
     {"clonevm", w_clonevm, "clone(CLONE_VM) without CLONE_THREAD beside its parent"},
     {"procreader", w_procreader, "/proc readers holding mm_users while tasks exit"},
+    {"umh", w_umh, "user-mode helpers: tasks the kernel starts without an mm, which exec"},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
