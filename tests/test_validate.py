@@ -13,8 +13,8 @@ from activemm.cli import app
 from activemm.model.config import preset
 from activemm.trace.events import Probe
 from activemm.trace.readers import read_trace
-from activemm.validate import core, validate
 from activemm.validate import kernel as kv
+from activemm.validate import score, validate
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
 ALL = sorted(p for p in CAPTURES.iterdir() if p.is_dir())
@@ -78,7 +78,7 @@ def test_io_uring_misses_are_the_reference_it_holds(capture: Path) -> None:
     r = validate(capture)
     assert r.context_switches.matched == r.context_switches.total
     missed = [m for m in r.mismatches if m["group"] == "mmdrop"]
-    assert missed and all(m["cause"] == core.HELD_OUTSIDE for m in missed)
+    assert missed and all(m["cause"] == score.HELD_OUTSIDE for m in missed)
     sched = validate(capture, inputs="sched")
     assert "unexplained" not in sched.causes
 

@@ -11,7 +11,8 @@ from activemm.model.config import KernelConfig, preset
 from activemm.trace.events import Probe
 from activemm.trace.readers import ReadStats, read_trace
 from activemm.trace.replay import load_task_snapshot, peek_cpus
-from activemm.validate.core import Result, Validator
+from activemm.validate.core import Validator
+from activemm.validate.score import Result
 
 INPUTS = ("sched", "markers")
 MARKERS = ("enter_lazy_tlb", "switch_mm_irqs_off", "exit_mmap")

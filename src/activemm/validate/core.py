@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from activemm.errors import OperationError
@@ -48,22 +48,15 @@ from activemm.validate.kernel import (
     address,
     hexaddr,
 )
+from activemm.validate.score import (
+    EXIT_WINDOW,
+    FOLLOWS,
+    UNEXPLAINED,
+    DropScorer,
+    Result,
+    score_outside,
+)
 
-MAX_MISMATCHES = 50
-HELD_OUTSIDE = (
-    "mm_count held outside the scheduler (io_uring's ctx->mm_account...) and dropped by a "
-    "kernel thread: no input announces it"
-)
-ELSEWHERE = (
-    "__mmput ran in another task (an mm_users reference such as a /proc reader's "
-    "get_task_mm()): only the exit_mmap marker says so"
-)
-EXIT_WINDOW = "exit window (exit_mm ran before sched_process_exit)"
-FOLLOWS = "follows an earlier miss on this CPU: the mm it borrows lazily came from that switch"
-LATE_FLUSH = (
-    "exit_mmap's TLB flush ran after a context switch (the kernel's __mmput was preempted); "
-    "the model's one-step __mmput flushes before it"
-)
 # Tracepoints a task emits only once its __mmput() has returned (tlb_flush lines, by
 # contrast, come from inside exit_mmap()).
 PAST_MMPUT = (ProcessExit, ProcessExec, TaskRename, NewTask, ProcessFork)
@@ -80,15 +73,6 @@ class Context:
 
 
 @dataclass
-class Score:
-    total: int = 0
-    matched: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {"total": self.total, "matched": self.matched}
-
-
-@dataclass
 class ModelSwitch:
     """What the model did in one context switch."""
 
@@ -96,44 +80,6 @@ class ModelSwitch:
     hook: str | None = None
     prev: Mm | None = None
     next: Mm | None = None
-
-
-@dataclass
-class Result:
-    trace: str
-    preset: str
-    inputs: str
-    kernel: str | None
-    context_switches: Score = field(default_factory=Score)
-    mmdrop: Score = field(default_factory=Score)
-    outside_schedule: Score = field(default_factory=Score)
-    mismatches: list[dict[str, Any]] = field(default_factory=list)
-    mismatch_count: int = 0
-    causes: Counter[str] = field(default_factory=Counter)
-    learned: Counter[str] = field(default_factory=Counter)
-    anomalies: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def perfect(self) -> bool:
-        return (
-            all(s.total == s.matched for s in (self.context_switches, self.mmdrop))
-            and self.outside_schedule.total == self.outside_schedule.matched
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "trace": self.trace,
-            "preset": self.preset,
-            "inputs": self.inputs,
-            "kernel": self.kernel,
-            "context_switches": self.context_switches.as_dict(),
-            "mmdrop": self.mmdrop.as_dict(),
-            "outside_schedule": self.outside_schedule.as_dict(),
-            "mismatches": self.mismatches,
-            "mismatch_causes": dict(self.causes),
-            "learned": dict(self.learned),
-            "anomalies": dict(self.anomalies),
-        }
 
 
 def exec_hints(events: list[TraceEvent]) -> set[int]:
@@ -622,7 +568,9 @@ class Validator(Clocked):
         hook = group.hook
         if model is None or hook is None or group.finish is None:
             what = "no model switch" if model is None else "the kernel's probes are missing"
-            self._mismatch("context_switch", group.switch.line, {"error": what}, {}, "anomaly")
+            self.result.mismatch(
+                "context_switch", group.switch.line, {"error": what}, {}, "anomaly"
+            )
             return
         after = model.prev_task.active_mm
         prev = self._resolve(model.prev, hook.prev)
@@ -655,7 +603,7 @@ class Validator(Clocked):
                 for k, v in kernel.items()}  # fmt: skip
         only_prev = all(predicted[k] == kernel[k] for k in kernel if k != "prev")
         cause = FOLLOWS if only_prev and group.switch.cpu in self.diverged else self._cause(group)
-        self._mismatch("context_switch", group.switch.line, shown, seen, cause)
+        self.result.mismatch("context_switch", group.switch.line, shown, seen, cause)
         self.diverged.add(group.switch.cpu)
 
     def _cause(self, group: SwitchGroup) -> str:
@@ -669,130 +617,11 @@ class Validator(Clocked):
             return "first switch of the CPU (state from before the trace)"
         if sw.cpu in self.diverged:
             return FOLLOWS
-        return "unexplained"
+        return UNEXPLAINED
 
-    def _mismatch(
-        self, group: str, line: int, predicted: dict[str, Any], kernel: dict[str, Any], cause: str
-    ) -> None:
-        res = self.result
-        res.mismatch_count += 1
-        res.causes[cause] += 1
-        if len(res.mismatches) < MAX_MISMATCHES:
-            res.mismatches.append({"group": group, "line": line, "predicted": predicted,
-                                   "kernel": kernel, "cause": cause})  # fmt: skip
-
-    # -- the two multiset scores ------------------------------------------------------
+    # -- scoring ---------------------------------------------------------------------
 
     def _score(self) -> None:
-        self._score_drops()
-        self._score_outside()
-
-    def _score_drops(self) -> None:
-        res = self.result
-        other = {d.addr for d in self.kernel_drops if d.point[0] == "other"}
-        elsewhere = {d.addr for d in self.kernel_drops if self._mmput_by_another(d)}
-        window = {d.addr for d in self.kernel_drops if self._exit_window_drop(d)}
-        left = Counter((d.addr, d.point) for d in self.model_drops)
-        for d in self.kernel_drops:
-            res.mmdrop.total += 1
-            if left[(d.addr, d.point)] > 0:
-                left[(d.addr, d.point)] -= 1
-                res.mmdrop.matched += 1
-                continue
-            near = sorted(
-                (m for m in self.model_drops if m.addr == d.addr),
-                key=lambda m: abs(m.line - d.line),
-            )[:1]
-            predicted = {"freed_at": list(near[0].point), "line": near[0].line} if near else {}
-            kernel = {"mm": hexaddr(d.addr), "freed_at": list(d.point)}
-            self._mismatch("mmdrop", d.line, predicted or {"freed_at": "never"}, kernel,
-                           self._drop_cause(d))  # fmt: skip
-        for d in self.model_drops:
-            if left[(d.addr, d.point)] > 0:
-                left[(d.addr, d.point)] -= 1
-                res.mmdrop.total += 1
-                cause = (
-                    HELD_OUTSIDE if d.addr in other
-                    else ELSEWHERE if d.addr in elsewhere
-                    else EXIT_WINDOW if d.addr in window
-                    else "model freed an mm the kernel did not"
-                )  # fmt: skip
-                self._mismatch("mmdrop", d.line, {"mm": d.name, "freed_at": list(d.point)},
-                               {"freed_at": "not here"}, cause)  # fmt: skip
-
-    def _score_outside(self) -> None:
-        """Outside-schedule hooks match on (kind, task, mms), flushes on (CPU, number of
-        switches before); a flush on the right CPU by the right task but in another interval
-        is matched as late, with its cause."""
-        res = self.result
-        mleft = Counter(o.key() for o in self.model_outside)
-        unmatched_k = []
-        for o in self.kernel_outside:
-            res.outside_schedule.total += 1
-            if mleft[o.key()] > 0:
-                mleft[o.key()] -= 1
-                res.outside_schedule.matched += 1
-            else:
-                unmatched_k.append(o)
-        unmatched_m = []
-        for o in self.model_outside:
-            if mleft[o.key()] > 0:
-                mleft[o.key()] -= 1
-                unmatched_m.append(o)
-        loose = Counter((o.kind, o.cpu, o.pid) for o in unmatched_m)
-        for o in unmatched_k:
-            k = (o.kind, o.cpu, o.pid)
-            if o.kind == "flush_to_init_mm" and loose[k] > 0:
-                loose[k] -= 1
-                cause = LATE_FLUSH
-            else:
-                cause = self._outside_cause(o)
-            self._mismatch("outside_schedule", o.line, {"predicted": "nothing here"},
-                           self._outside_dict(o), cause)  # fmt: skip
-        late = Counter((o.kind, o.cpu, o.pid) for o in unmatched_k)
-        for o in unmatched_m:
-            res.outside_schedule.total += 1
-            k = (o.kind, o.cpu, o.pid)
-            cause = "model only"
-            if late[k] > 0:
-                late[k] -= 1
-                cause = LATE_FLUSH
-            elif o.kind == "flush_to_init_mm":
-                cause = "model IPIs a CPU the kernel's flush did not switch (it was no longer lazy)"
-            self._mismatch("outside_schedule", o.line, self._outside_dict(o),
-                           {"kernel": "nothing here"}, cause)  # fmt: skip
-
-    def _outside_dict(self, o: Outside) -> dict[str, Any]:
-        return {"kind": o.kind, "cpu": o.cpu, "pid": o.pid, "mm": hexaddr(o.mm),
-                "prev": hexaddr(o.prev)}  # fmt: skip
-
-    def _outside_cause(self, o: Outside) -> str:
-        if o.kind == "flush_to_init_mm":
-            return "flush IPI from a TLB shootdown no tracepoint announces (munmap, mprotect...)"
-        if o.kind == "switch_mm":
-            return "kthread_use_mm (not among the model's inputs)"
-        return "unexplained"
-
-    def _drop_cause(self, d: Drop) -> str:
-        if d.point[0] == "other":
-            return HELD_OUTSIDE
-        if self._mmput_by_another(d):
-            return ELSEWHERE
-        if self._exit_window_drop(d):
-            return EXIT_WINDOW
-        return "unexplained"
-
-    def _exit_window_drop(self, d: Drop) -> bool:
-        """With tracepoints only, the model's __mmput runs whole at sched_process_exit; the
-        kernel's ran from exit_mm on and could be preempted in between."""
-        return (
-            self.inputs == "sched"
-            and d.point[0] == "__mmput"
-            and self.exited_mm.get(d.addr or 0) == d.point[1]
-        )
-
-    def _mmput_by_another(self, d: Drop) -> bool:
-        if d.point[0] != "__mmput":
-            return False
-        owner = self.exited_mm.get(d.addr or 0)
-        return owner is not None and owner != d.point[1]
+        drops = DropScorer(self.result, self.inputs, self.exited_mm)
+        drops.score(self.kernel_drops, self.model_drops)
+        score_outside(self.result, self.kernel_outside, self.model_outside)

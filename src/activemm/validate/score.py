@@ -1,0 +1,206 @@
+"""Scoring what the model predicted against what the kernel did, and why each miss happened.
+
+`Result` collects the three scores and the mismatches; `DropScorer` and `score_outside` match
+the __mmdrop and outside-schedule lists of both sides as multisets."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from activemm.validate.kernel import Drop, Outside, hexaddr
+
+MAX_MISMATCHES = 50
+HELD_OUTSIDE = (
+    "mm_count held outside the scheduler (io_uring's ctx->mm_account...) and dropped by a "
+    "kernel thread: no input announces it"
+)
+ELSEWHERE = (
+    "__mmput ran in another task (an mm_users reference such as a /proc reader's "
+    "get_task_mm()): only the exit_mmap marker says so"
+)
+EXIT_WINDOW = "exit window (exit_mm ran before sched_process_exit)"
+FOLLOWS = "follows an earlier miss on this CPU: the mm it borrows lazily came from that switch"
+LATE_FLUSH = (
+    "exit_mmap's TLB flush ran after a context switch (the kernel's __mmput was preempted); "
+    "the model's one-step __mmput flushes before it"
+)
+UNEXPLAINED = "unexplained"
+
+
+@dataclass
+class Score:
+    total: int = 0
+    matched: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"total": self.total, "matched": self.matched}
+
+
+@dataclass
+class Result:
+    trace: str
+    preset: str
+    inputs: str
+    kernel: str | None
+    context_switches: Score = field(default_factory=Score)
+    mmdrop: Score = field(default_factory=Score)
+    outside_schedule: Score = field(default_factory=Score)
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+    mismatch_count: int = 0
+    causes: Counter[str] = field(default_factory=Counter)
+    learned: Counter[str] = field(default_factory=Counter)
+    anomalies: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def perfect(self) -> bool:
+        return (
+            all(s.total == s.matched for s in (self.context_switches, self.mmdrop))
+            and self.outside_schedule.total == self.outside_schedule.matched
+        )
+
+    def mismatch(
+        self, group: str, line: int, predicted: dict[str, Any], kernel: dict[str, Any], cause: str
+    ) -> None:
+        """Count one miss under its cause; the first MAX_MISMATCHES are kept in full."""
+        self.mismatch_count += 1
+        self.causes[cause] += 1
+        if len(self.mismatches) < MAX_MISMATCHES:
+            self.mismatches.append({"group": group, "line": line, "predicted": predicted,
+                                    "kernel": kernel, "cause": cause})  # fmt: skip
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "trace": self.trace,
+            "preset": self.preset,
+            "inputs": self.inputs,
+            "kernel": self.kernel,
+            "context_switches": self.context_switches.as_dict(),
+            "mmdrop": self.mmdrop.as_dict(),
+            "outside_schedule": self.outside_schedule.as_dict(),
+            "mismatches": self.mismatches,
+            "mismatch_causes": dict(self.causes),
+            "learned": dict(self.learned),
+            "anomalies": dict(self.anomalies),
+        }
+
+
+class DropScorer:
+    """__mmdrop: both sides as multisets of (address, point); each miss gets its cause."""
+
+    def __init__(self, result: Result, inputs: str, exited_mm: dict[int, int]) -> None:
+        self.result = result
+        self.inputs = inputs
+        self.exited_mm = exited_mm  # mm address -> pid whose exit_mm let go of it
+
+    def score(self, kernel_drops: list[Drop], model_drops: list[Drop]) -> None:
+        res = self.result
+        other = {d.addr for d in kernel_drops if d.point[0] == "other"}
+        elsewhere = {d.addr for d in kernel_drops if self.mmput_by_another(d)}
+        window = {d.addr for d in kernel_drops if self.exit_window_drop(d)}
+        left = Counter((d.addr, d.point) for d in model_drops)
+        for d in kernel_drops:
+            res.mmdrop.total += 1
+            if left[(d.addr, d.point)] > 0:
+                left[(d.addr, d.point)] -= 1
+                res.mmdrop.matched += 1
+                continue
+            near = sorted(
+                (m for m in model_drops if m.addr == d.addr), key=lambda m: abs(m.line - d.line)
+            )[:1]
+            predicted = {"freed_at": list(near[0].point), "line": near[0].line} if near else {}
+            kernel = {"mm": hexaddr(d.addr), "freed_at": list(d.point)}
+            res.mismatch("mmdrop", d.line, predicted or {"freed_at": "never"}, kernel,
+                         self.cause(d))  # fmt: skip
+        for d in model_drops:
+            if left[(d.addr, d.point)] > 0:
+                left[(d.addr, d.point)] -= 1
+                res.mmdrop.total += 1
+                cause = (
+                    HELD_OUTSIDE if d.addr in other
+                    else ELSEWHERE if d.addr in elsewhere
+                    else EXIT_WINDOW if d.addr in window
+                    else "model freed an mm the kernel did not"
+                )  # fmt: skip
+                res.mismatch("mmdrop", d.line, {"mm": d.name, "freed_at": list(d.point)},
+                             {"freed_at": "not here"}, cause)  # fmt: skip
+
+    def cause(self, d: Drop) -> str:
+        if d.point[0] == "other":
+            return HELD_OUTSIDE
+        if self.mmput_by_another(d):
+            return ELSEWHERE
+        if self.exit_window_drop(d):
+            return EXIT_WINDOW
+        return UNEXPLAINED
+
+    def exit_window_drop(self, d: Drop) -> bool:
+        """With tracepoints only, the model's __mmput runs whole at sched_process_exit; the
+        kernel's ran from exit_mm on and could be preempted in between."""
+        return (
+            self.inputs == "sched"
+            and d.point[0] == "__mmput"
+            and self.exited_mm.get(d.addr or 0) == d.point[1]
+        )
+
+    def mmput_by_another(self, d: Drop) -> bool:
+        if d.point[0] != "__mmput":
+            return False
+        owner = self.exited_mm.get(d.addr or 0)
+        return owner is not None and owner != d.point[1]
+
+
+def score_outside(result: Result, kernel: list[Outside], model: list[Outside]) -> None:
+    """Outside-schedule hooks match on (kind, task, mms), flushes on (CPU, number of switches
+    before); a flush on the right CPU by the right task but in another interval is a miss
+    with its cause (late)."""
+    mleft = Counter(o.key() for o in model)
+    unmatched_k = []
+    for o in kernel:
+        result.outside_schedule.total += 1
+        if mleft[o.key()] > 0:
+            mleft[o.key()] -= 1
+            result.outside_schedule.matched += 1
+        else:
+            unmatched_k.append(o)
+    unmatched_m = []
+    for o in model:
+        if mleft[o.key()] > 0:
+            mleft[o.key()] -= 1
+            unmatched_m.append(o)
+    loose = Counter((o.kind, o.cpu, o.pid) for o in unmatched_m)
+    for o in unmatched_k:
+        k = (o.kind, o.cpu, o.pid)
+        if o.kind == "flush_to_init_mm" and loose[k] > 0:
+            loose[k] -= 1
+            cause = LATE_FLUSH
+        else:
+            cause = _outside_cause(o)
+        result.mismatch("outside_schedule", o.line, {"predicted": "nothing here"},
+                        _outside_dict(o), cause)  # fmt: skip
+    late = Counter((o.kind, o.cpu, o.pid) for o in unmatched_k)
+    for o in unmatched_m:
+        result.outside_schedule.total += 1
+        k = (o.kind, o.cpu, o.pid)
+        cause = "model only"
+        if late[k] > 0:
+            late[k] -= 1
+            cause = LATE_FLUSH
+        elif o.kind == "flush_to_init_mm":
+            cause = "model IPIs a CPU the kernel's flush did not switch (it was no longer lazy)"
+        result.mismatch("outside_schedule", o.line, _outside_dict(o),
+                        {"kernel": "nothing here"}, cause)  # fmt: skip
+
+
+def _outside_dict(o: Outside) -> dict[str, Any]:
+    return {"kind": o.kind, "cpu": o.cpu, "pid": o.pid, "mm": hexaddr(o.mm),
+            "prev": hexaddr(o.prev)}  # fmt: skip
+
+
+def _outside_cause(o: Outside) -> str:
+    if o.kind == "flush_to_init_mm":
+        return "flush IPI from a TLB shootdown no tracepoint announces (munmap, mprotect...)"
+    if o.kind == "switch_mm":
+        return "kthread_use_mm (not among the model's inputs)"
+    return UNEXPLAINED
