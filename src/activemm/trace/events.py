@@ -68,6 +68,7 @@ class TaskRename(TraceEvent):
 class TlbFlush(TraceEvent):
     pages: int
     reason: str
+    hardirq: bool = False  # from the irq-info flags, when the trace has them
 
 
 @dataclass(slots=True)

@@ -73,7 +73,7 @@ class ReadStats:
 
 FTRACE = re.compile(
     r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[\d-]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
-    r"(?:\S{4,6}\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>[^:\s]+):\s*(?P<rest>.*)$"
+    r"(?:(?P<flags>\S{4,6})\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>[^:\s]+):\s*(?P<rest>.*)$"
 )
 PERF = re.compile(
     r"^\s*(?P<comm>.*?)\s+(?P<pid>-?\d+)(?:/(?P<tid>-?\d+))?\s+\[(?P<cpu>\d+)\]\s+"
@@ -381,6 +381,9 @@ def parse_lines(
                 continue
             args = {k: v.strip('"') for k, v in PROBE_ARG.findall(pm["args"])}
             ev = Probe(n, cpu, ts, pid, comm, tgid, _probe_function(pm["loc"]), args)
+        if isinstance(ev, TlbFlush) and fmt == "ftrace" and m["flags"]:
+            # irq-info: the third flag is 'h' (or 'H') in hardirq context (a flush IPI)
+            ev.hardirq = m["flags"][2:3] in ("h", "H")
         stats.events += 1
         yield ev
 

@@ -93,7 +93,12 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
             fate[ev.exec_pid] = "exec"
         elif isinstance(ev, ProcessExit):
             fate[ev.exit_pid] = "exit"
-        elif isinstance(ev, TlbFlush) and "task switch" in ev.reason and fate.get(ev.pid) == "exec":
+        elif (
+            isinstance(ev, TlbFlush)
+            and "task switch" in ev.reason
+            and not ev.hardirq  # a flush IPI switching a lazy CPU to init_mm
+            and fate.get(ev.pid) == "exec"
+        ):
             hints.add(ev.line)
     return hints
 
@@ -123,7 +128,8 @@ class Validator(Clocked):
                 self.exit_mmaps.setdefault(address(e.args.get("mm")), []).append((e.line, e.pid))
             elif isinstance(e, Probe) and e.function == MMDROP:
                 self.drop_lines.setdefault(address(e.args.get("mm")), []).append(e.line)
-        self.deferred: dict[int, str] = {}  # exit_mmap line -> mm_users holder to put there
+        # exit_mmap line -> (mm_users holder to put there, its mm)
+        self.deferred: dict[int, tuple[str, Mm]] = {}
         self.use_mm_init = any(isinstance(e, Probe) and e.function == "mm_init" for e in events)
         self.ctx = Context()
         # binding: model mm id -> kernel address (kept after the life ends), and the reverse
@@ -143,8 +149,12 @@ class Validator(Clocked):
         self.exit_marked: dict[int, int] = {}  # pid -> line of exit_mm's enter_lazy_tlb
         self.exec_marked: dict[int, int] = {}  # pid -> line of exec's activate_mm
         self.diverged: set[int] = set()  # CPUs whose borrowed mm came from a missed switch
+        self.tainted: set[int] = set()  # kernel mm addresses of missed switches
+        self.raced: set[int] = set()  # mm addresses whose __mmput ran in another task
         self.exited_mm: dict[int, int] = {}  # mm address -> pid whose exit_mm let go of it
-        self.marker_done: set[int] = set()  # id() of model tasks exec'd at their marker
+        self.marker_done: set[int] = set()
+        # CPU -> exec's activate_mm marker, waiting for the CR3 load's tlb_flush
+        self.armed: dict[int, Probe] = {}  # id() of model tasks exec'd at their marker
         # the two sides of the scores
         self.kernel_drops: list[Drop] = []
         self.model_drops: list[Drop] = []
@@ -281,6 +291,8 @@ class Validator(Clocked):
             Probe: self._on_probe,
         }
         for ev in self.events:
+            if ev.cpu in self.armed and not self._cr3_of_armed_exec(ev):
+                self._fire_armed(ev)
             self.now = ev.ts
             self.metrics.now = ev.ts
             handler = handlers.get(type(ev))
@@ -288,6 +300,13 @@ class Validator(Clocked):
                 handler(ev)  # type: ignore[operator]
             else:
                 self._on_sched_event(ev)
+        for cpu in list(self.armed):
+            self._refusable(self._early_exec, self.armed.pop(cpu))
+        if self.events:
+            last = self.events[-1]
+            for pid in list(self.pins):  # by the end of the trace __mmput has returned
+                end = TraceEvent(last.line, last.cpu, last.ts, pid, "", None)
+                self._refusable(self._unpin, end)
         for group in self.pending.values():
             # tracing stopped between a sched_switch and its probes: not scored
             if group.finish is None:
@@ -309,7 +328,10 @@ class Validator(Clocked):
 
     def _on_sched_event(self, ev: TraceEvent) -> None:
         if isinstance(ev, TlbFlush):
-            if ev.line in self.exec_hints and ev.cpu not in self.pending:
+            if self._cr3_of_armed_exec(ev):
+                del self.armed[ev.cpu]
+                self._refusable(self._early_exec, ev)
+            elif ev.line in self.exec_hints and ev.cpu not in self.pending:
                 self._refusable(self._early_exec, ev)
             return
         if ev.pid in self.pins and isinstance(ev, PAST_MMPUT):
@@ -365,9 +387,14 @@ class Validator(Clocked):
         elif f == EXIT_MMAP:
             self.anchor[p.cpu] = (EXIT_MMAP, address(p.args.get("mm")))
             self.mmput_open[address(p.args.get("mm"))] = p.pid
-            holder = self.deferred.pop(p.line, None)
-            if holder is not None:
+            owner = self.exited_mm.get(address(p.args.get("mm")))
+            if owner is not None and owner != p.pid:
+                self.raced.add(address(p.args.get("mm")))
+            deferred = self.deferred.pop(p.line, None)
+            if deferred is not None:
+                holder, mm = deferred
                 self.ctx = Context("__mmput", p.line, p.cpu, p.pid)
+                self._hold(mm, f"__mmput in pid {p.pid} (line {p.line})", p)
                 self._refusable(self.m.mmput, holder, p.cpu)
         elif f in NEW_MM and (f == "mm_init") == self.use_mm_init:
             self._announce(p, address(p.args.get("ret") or p.args.get("mm")))
@@ -428,16 +455,30 @@ class Validator(Clocked):
             self.anchor[cpu] = ("activate_mm", pid)
             self.exec_marked[pid] = p.line
             if self.inputs == "markers":
-                self._refusable(self._marker_exec, p)
+                self.armed[cpu] = p
         elif kind == "enter_lazy_tlb":
             self.exit_marked[pid] = p.line
             self.exited_mm[mm] = pid
             if self.inputs == "markers":
                 self._refusable(self._marker_exit, p)
 
-    def _marker_exec(self, p: Probe) -> None:
-        """exec's activate_mm: exec_mmap runs now, in the CPU's current task."""
-        self._early_exec(p)
+    def _cr3_of_armed_exec(self, ev: TraceEvent) -> bool:
+        """The tlb_flush "flush on task switch" that the CR3 load of an armed exec's
+        activate_mm emits: exec_mmap goes on (mmput, mmdrop_lazy_tlb) only after it, and under
+        TCG switch_mm_irqs_off alone can take a millisecond."""
+        armed = self.armed.get(ev.cpu)
+        return (
+            armed is not None
+            and isinstance(ev, TlbFlush)
+            and ev.pid == armed.pid
+            and "task switch" in ev.reason
+            and not ev.hardirq
+        )
+
+    def _fire_armed(self, ev: TraceEvent) -> None:
+        """Anything else on that CPU before the CR3 load: exec_mmap happens first."""
+        armed = self.armed.pop(ev.cpu)
+        self._refusable(self._early_exec, armed)
 
     def _early_exec(self, ev: TraceEvent) -> None:
         """exec_mmap() ran in the CPU's current task: exec it in the model now rather than at
@@ -488,13 +529,17 @@ class Validator(Clocked):
                 self.m.mmget_not_zero(t.mm, holder, p.cpu)
             finally:
                 self.metrics.paused = False
-            self.deferred[line] = holder
+            self.deferred[line] = (holder, t.mm)
             self.result.learned["__mmput run by another task (exit_mmap marker)"] += 1
             return
-        holder = f"__mmput of {t.name} (line {p.line})"
+        self._hold(t.mm, f"__mmput of {t.name} (line {p.line})", p)
+
+    def _hold(self, mm: Mm, holder: str, p: TraceEvent) -> None:
+        """Pin `mm` (mm_count) in the name of p.pid's __mmput until that task's next traced
+        event."""
         self.metrics.paused = True
         try:
-            self.m.mmgrab(t.mm, holder, p.cpu)
+            self.m.mmgrab(mm, holder, p.cpu)
         finally:
             self.metrics.paused = False
         self.pins.setdefault(p.pid, []).append(holder)
@@ -605,6 +650,7 @@ class Validator(Clocked):
         cause = FOLLOWS if only_prev and group.switch.cpu in self.diverged else self._cause(group)
         self.result.mismatch("context_switch", group.switch.line, shown, seen, cause)
         self.diverged.add(group.switch.cpu)
+        self.tainted |= {hook.prev, hook.next, group.prev_active_after or 0} - {0}
 
     def _cause(self, group: SwitchGroup) -> str:
         sw = group.switch
@@ -622,6 +668,6 @@ class Validator(Clocked):
     # -- scoring ---------------------------------------------------------------------
 
     def _score(self) -> None:
-        drops = DropScorer(self.result, self.inputs, self.exited_mm)
+        drops = DropScorer(self.result, self.inputs, self.exited_mm, self.tainted, self.raced)
         drops.score(self.kernel_drops, self.model_drops)
         score_outside(self.result, self.kernel_outside, self.model_outside)

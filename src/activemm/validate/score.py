@@ -26,6 +26,11 @@ LATE_FLUSH = (
     "exit_mmap's TLB flush ran after a context switch (the kernel's __mmput was preempted); "
     "the model's one-step __mmput flushes before it"
 )
+RACE = (
+    "another task's __mmput (a /proc reader's) and the last lazy user's switch raced: the "
+    "inputs do not say which ended first"
+)
+TAINTED = "follows an earlier missed switch that involved this mm"
 UNEXPLAINED = "unexplained"
 
 
@@ -89,10 +94,19 @@ class Result:
 class DropScorer:
     """__mmdrop: both sides as multisets of (address, point); each miss gets its cause."""
 
-    def __init__(self, result: Result, inputs: str, exited_mm: dict[int, int]) -> None:
+    def __init__(
+        self,
+        result: Result,
+        inputs: str,
+        exited_mm: dict[int, int],
+        tainted: set[int],
+        raced: set[int],
+    ) -> None:
         self.result = result
         self.inputs = inputs
         self.exited_mm = exited_mm  # mm address -> pid whose exit_mm let go of it
+        self.tainted = tainted  # addresses of mms in context switches the model missed
+        self.raced = raced  # addresses whose __mmput ran in another task than their exit
 
     def score(self, kernel_drops: list[Drop], model_drops: list[Drop]) -> None:
         res = self.result
@@ -119,8 +133,10 @@ class DropScorer:
                 res.mmdrop.total += 1
                 cause = (
                     HELD_OUTSIDE if d.addr in other
+                    else RACE if self.inputs == "markers" and d.addr in self.raced
                     else ELSEWHERE if d.addr in elsewhere
                     else EXIT_WINDOW if d.addr in window
+                    else TAINTED if d.addr in self.tainted
                     else "model freed an mm the kernel did not"
                 )  # fmt: skip
                 res.mismatch("mmdrop", d.line, {"mm": d.name, "freed_at": list(d.point)},
@@ -133,6 +149,10 @@ class DropScorer:
             return ELSEWHERE
         if self.exit_window_drop(d):
             return EXIT_WINDOW
+        if self.inputs == "markers" and d.addr in self.raced:
+            return RACE
+        if d.addr in self.tainted:
+            return TAINTED
         return UNEXPLAINED
 
     def exit_window_drop(self, d: Drop) -> bool:
