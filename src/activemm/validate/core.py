@@ -150,7 +150,7 @@ class Validator(Clocked):
         self.exec_marked: dict[int, int] = {}  # pid -> line of exec's activate_mm
         self.diverged: set[int] = set()  # CPUs whose borrowed mm came from a missed switch
         self.tainted: set[int] = set()  # kernel mm addresses of missed switches
-        self.raced: set[int] = set()  # mm addresses whose __mmput ran in another task
+        self.raced: set[int] = set()  # mm addresses whose __mmput the model pinned
         self.exited_mm: dict[int, int] = {}  # mm address -> pid whose exit_mm let go of it
         self.marker_done: set[int] = set()
         # CPU -> exec's activate_mm marker, waiting for the CR3 load's tlb_flush
@@ -543,6 +543,8 @@ class Validator(Clocked):
         finally:
             self.metrics.paused = False
         self.pins.setdefault(p.pid, []).append(holder)
+        if mm.id in self.addr:
+            self.raced.add(self.addr[mm.id])
 
     def _mmput_elsewhere(self, mm: Mm, ev: TraceEvent) -> tuple[int, int] | None:
         """The next exit_mmap of this life of mm's address, if another task runs it."""

@@ -27,8 +27,8 @@ LATE_FLUSH = (
     "the model's one-step __mmput flushes before it"
 )
 RACE = (
-    "another task's __mmput (a /proc reader's) and the last lazy user's switch raced: the "
-    "inputs do not say which ended first"
+    "the end of a __mmput (the exiting task's, exec's or a /proc reader's) and the last lazy "
+    "user's switch raced: no input says which came first"
 )
 TAINTED = "follows an earlier missed switch that involved this mm"
 UNEXPLAINED = "unexplained"
@@ -106,7 +106,7 @@ class DropScorer:
         self.inputs = inputs
         self.exited_mm = exited_mm  # mm address -> pid whose exit_mm let go of it
         self.tainted = tainted  # addresses of mms in context switches the model missed
-        self.raced = raced  # addresses whose __mmput ran in another task than their exit
+        self.raced = raced  # addresses whose __mmput the model pinned until a later event
 
     def score(self, kernel_drops: list[Drop], model_drops: list[Drop]) -> None:
         res = self.result
@@ -133,7 +133,7 @@ class DropScorer:
                 res.mmdrop.total += 1
                 cause = (
                     HELD_OUTSIDE if d.addr in other
-                    else RACE if self.inputs == "markers" and d.addr in self.raced
+                    else RACE if d.addr in self.raced
                     else ELSEWHERE if d.addr in elsewhere
                     else EXIT_WINDOW if d.addr in window
                     else TAINTED if d.addr in self.tainted
@@ -149,7 +149,7 @@ class DropScorer:
             return ELSEWHERE
         if self.exit_window_drop(d):
             return EXIT_WINDOW
-        if self.inputs == "markers" and d.addr in self.raced:
+        if d.addr in self.raced:
             return RACE
         if d.addr in self.tainted:
             return TAINTED
