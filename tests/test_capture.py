@@ -144,3 +144,57 @@ def test_capture_then_validate_end_to_end(tmp_path: Path) -> None:
     assert result.context_switches.total > 100
     assert result.context_switches.matched == result.context_switches.total
     assert result.mmdrop.matched == result.mmdrop.total
+
+
+FAKE_QEMU = r"""#!/usr/bin/env python3
+# A stand-in for qemu-system-x86_64: the first boot panics, the second ships a capture.
+import base64, gzip, os, sys
+args = sys.argv[1:]
+if "--version" in args:
+    print("QEMU emulator version 0.0 (fake)")
+    sys.exit(0)
+files = [a[5:] for a in args if a.startswith("file:")]
+console, ship = files
+count = os.path.join(os.environ["FAKE_QEMU_DIR"], "runs")
+runs = int(open(count).read()) if os.path.exists(count) else 0
+open(count, "w").write(str(runs + 1))
+if runs == 0:
+    open(console, "w").write("[    2.0] Kernel panic - not syncing: Fatal exception in interrupt\n")
+    sys.exit(0)
+def block(name, data):
+    return f"=== BEGIN {name}\n" + base64.b64encode(gzip.compress(data)).decode() + f"\n=== END {name}\n"
+meta = b"release 6.1.0-0-amd64\ncpus 2\nfinish_task_switch finish_task_switch.isra.0\n"
+meta += b"stats cpu0 entries: 3 overrun: 0 commit overrun: 0 bytes: 10 dropped events: 0\n"
+trace = b"# tracer: nop\n"
+out = "".join(block(n, d) for n, d in [("meta", meta), ("kprobes", b"p:x y\n"),
+    ("kprobes.failed", b""), ("workload.log", b"workload exit status 0\n"),
+    ("tasks_start", b""), ("tasks_end", b""), ("trace", trace)]) + "=== DONE\n"
+open(ship, "w").write(out)
+open(console, "w").write("ACTIVEMM: booted\nACTIVEMM: workload done\nACTIVEMM: shipped\n")
+"""
+
+
+@pytest.mark.skipif(
+    not (shutil.which("busybox") and shutil.which("gcc")), reason="needs busybox and gcc"
+)
+def test_a_guest_that_panics_while_booting_gets_one_more_try(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "qemu-system-x86_64"
+    fake.write_text(FAKE_QEMU)
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_QEMU_DIR", str(tmp_path))
+    monkeypatch.setattr(run, "task_offsets", lambda image: {"pid": 1, "flags": 2, "mm": 3,
+                                                            "active_mm": 4, "comm": 5})  # fmt: skip
+    image = KernelImage("6.1.0-0-amd64", tmp_path, tmp_path, tmp_path)
+    said: list[str] = []
+    meta = run.capture(image, run.CaptureOptions(out=tmp_path / "cap", accel="tcg"), said.append)
+    assert (tmp_path / "runs").read_text() == "2"
+    assert any("again" in s for s in said)
+    assert meta["kernel"] == "6.1.0-0-amd64" and meta["workload_status"] == 0
+    assert sorted(p.name for p in (tmp_path / "cap").iterdir()) == [
+        "meta.json", "tasks_end.txt", "tasks_start.txt", "trace.txt.gz", "workload.log"
+    ]  # fmt: skip

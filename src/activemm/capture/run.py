@@ -118,62 +118,79 @@ def boot(
 ) -> tuple[str, str, str, dict[str, float]]:
     """Run the guest to its poweroff. Returns (accelerator, console text, shipped text,
     timings). Tries each accelerator in turn; a KVM that aborts or hangs before the guest
-    says it booted is abandoned for TCG."""
+    says it booted is abandoned for TCG. A guest that crashes while booting under TCG (QEMU
+    7.2's TCG now and then panics a guest in its first seconds) gets one more try."""
     failures: list[str] = []
     consoles: list[Path] = []
-    for accel in accelerators(opts.accel):
-        console, ship = work / f"console-{accel}.log", work / f"ship-{accel}.txt"
+    attempts = [(accel, n) for accel in accelerators(opts.accel) for n in range(TRIES[accel])]
+    for accel, n in attempts:
+        if n and not failures[-1].startswith(f"{accel}: crashed while booting"):
+            continue  # retry only a guest that crashed before it booted
+        console, ship = work / f"console-{accel}-{n}.log", work / f"ship-{accel}-{n}.txt"
         cmd = qemu_command(image, initrd, opts, accel, console, ship)
-        progress(f"booting Linux {image.release} with {accel.upper()}, {opts.smp} CPUs")
-        t0 = time.monotonic()
-        timings: dict[str, float] = {}
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        seen: set[str] = set()
-        deadline = t0 + (BOOT_TIMEOUT_KVM if accel == "kvm" else 240.0)
-        try:
-            while proc.poll() is None:
-                time.sleep(0.2)
-                text = console.read_text(errors="replace") if console.exists() else ""
-                for key, msg in (
-                    ("ACTIVEMM: booted", "workload running"),
-                    ("ACTIVEMM: workload done", "shipping the trace"),
-                ):
-                    if key in text and key not in seen:
-                        seen.add(key)
-                        timings[key.split(": ")[1]] = time.monotonic() - t0
-                        progress(msg)
-                        deadline = time.monotonic() + opts.timeout + 60
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    proc.wait()
-                    where = "before the guest booted" if not seen else "in the workload"
-                    failures.append(f"{accel}: timed out {where}")
-                    break
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        qemu_out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-        text = console.read_text(errors="replace") if console.exists() else ""
-        if "ACTIVEMM: shipped" in text:
-            timings["poweroff"] = time.monotonic() - t0
-            return accel, text, ship.read_text(errors="replace"), timings
-        if failures and failures[-1].startswith(accel):
-            continue
-        panic = [line for line in text.splitlines() if "Kernel panic" in line or "BUG:" in line]
-        last = (
-            panic or qemu_out.strip().splitlines() or text.strip().splitlines() or ["no output"]
-        )[-1 if not panic else 0]
-        failures.append(f"{accel}: {last.strip()[:300]}")
-        if text:
+        again = " (again)" if n else ""
+        progress(f"booting Linux {image.release} with {accel.upper()}, {opts.smp} CPUs{again}")
+        result = _run_guest(cmd, console, ship, accel, opts, progress)
+        if isinstance(result, tuple):
+            return result
+        failures.append(result)
+        if console.exists() and console.stat().st_size:
             consoles.append(console)
-        progress(f"{accel.upper()} failed ({last[:80]}), trying the next accelerator")
+        progress(f"{accel.upper()} failed ({result[len(accel) + 2 :][:80]})")
     kept = ""
     if consoles:
         target = opts.out.with_name(opts.out.name + ".console.log")
         shutil.copyfile(consoles[-1], target)
         kept = f" (the guest's console: {target})"
     raise CaptureError("QEMU could not run the guest: " + "; ".join(failures) + kept)
+
+
+TRIES = {"kvm": 1, "tcg": 2}
+
+
+def _run_guest(
+    cmd: list[str], console: Path, ship: Path, accel: str, opts: CaptureOptions, progress: Progress
+) -> tuple[str, str, str, dict[str, float]] | str:
+    """One QEMU run: the boot's result, or a one-line failure starting with `accel: `."""
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen: set[str] = set()
+    deadline = t0 + (BOOT_TIMEOUT_KVM if accel == "kvm" else 240.0)
+    timed_out = ""
+    try:
+        while proc.poll() is None:
+            time.sleep(0.2)
+            text = console.read_text(errors="replace") if console.exists() else ""
+            for key, msg in (
+                ("ACTIVEMM: booted", "workload running"),
+                ("ACTIVEMM: workload done", "shipping the trace"),
+            ):
+                if key in text and key not in seen:
+                    seen.add(key)
+                    timings[key.split(": ")[1]] = time.monotonic() - t0
+                    progress(msg)
+                    deadline = time.monotonic() + opts.timeout + 60
+            if time.monotonic() > deadline:
+                timed_out = "before the guest booted" if not seen else "in the workload"
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    qemu_out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+    text = console.read_text(errors="replace") if console.exists() else ""
+    if "ACTIVEMM: shipped" in text:
+        timings["poweroff"] = time.monotonic() - t0
+        return accel, text, ship.read_text(errors="replace"), timings
+    if timed_out:
+        return f"{accel}: timed out {timed_out}"
+    panic = [line for line in text.splitlines() if "Kernel panic" in line or "BUG:" in line]
+    if panic:
+        when = "while booting" if "ACTIVEMM: booted" not in text else "in the workload"
+        return f"{accel}: crashed {when}: {panic[0].strip()[:240]}"
+    last = (qemu_out.strip().splitlines() or text.strip().splitlines() or ["no output"])[-1]
+    return f"{accel}: {last.strip()[:300]}"
 
 
 def check_options(opts: CaptureOptions) -> None:
