@@ -162,7 +162,8 @@ if runs == 0:
     open(console, "w").write("[    2.0] Kernel panic - not syncing: Fatal exception in interrupt\n")
     sys.exit(0)
 def block(name, data):
-    return f"=== BEGIN {name}\n" + base64.b64encode(gzip.compress(data)).decode() + f"\n=== END {name}\n"
+    b64 = base64.b64encode(gzip.compress(data)).decode()
+    return f"=== BEGIN {name}\n{b64}\n=== END {name}\n"
 meta = b"release 6.1.0-0-amd64\ncpus 2\nfinish_task_switch finish_task_switch.isra.0\n"
 meta += b"stats cpu0 entries: 3 overrun: 0 commit overrun: 0 bytes: 10 dropped events: 0\n"
 trace = b"# tracer: nop\n"
