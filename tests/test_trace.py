@@ -398,3 +398,23 @@ def test_an_empty_trace_replays_to_zero_events(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["events"] == 0
+
+
+def test_printk_messages_spanning_lines_are_read_past(tmp_path: Path) -> None:
+    """trace_printk() text may hold newlines (TRAPpy's own test traces have such bprint
+    lines); the continuation is part of that event, not a malformed line."""
+    trace = tmp_path / "printk.txt"
+    trace.write_text(
+        "cpus=2\n"
+        "  ls-4734  [001] 106439.675571: bprint:  select_task_rq_fair: fig: cpu=0\n"
+        " gid=4\n"
+        "  ls-4734  [001] 106439.675591: sched_switch:  ls:4734 [120] R ==> migration/1:18 [0]\n"
+    )
+    stats = ReadStats()
+    events = list(read_trace(str(trace), stats=stats))
+    assert [type(e).__name__ for e in events] == ["SchedSwitch"]
+    assert stats.unknown["bprint (continued)"] == 1
+    bad = tmp_path / "bad.txt"
+    bad.write_text(trace.read_text().replace("bprint", "sched_wakeup"))
+    with pytest.raises(TraceError, match=r"bad.txt:3: malformed line"):
+        list(read_trace(str(bad)))

@@ -47,6 +47,8 @@ from activemm.trace.perfetto import looks_like_perfetto, perfetto_events
 FORMATS = ("ftrace", "perf", "tracedat", "perfetto")
 REORDER_WINDOW = 4096  # text traces: the kernel already merged the per-CPU buffers
 PERFETTO_WINDOW = 65536  # Perfetto: per-CPU bundles, each spanning a while
+# Events whose free text may span lines (trace_printk, trace_marker writes)
+MULTILINE_EVENTS = frozenset({"bprint", "print", "bputs", "tracing_mark_write"})
 
 
 class TraceError(ActiveMmError):
@@ -321,6 +323,7 @@ def parse_lines(
     lines: Iterator[str], path: str, fmt: str | None, stats: ReadStats, lenient: bool
 ) -> Iterator[TraceEvent]:
     """Parse lines into events in file order."""
+    last_event = ""
     for n, raw in enumerate(lines, start=1):
         stats.lines = n
         if _skip(raw):
@@ -347,6 +350,10 @@ def parse_lines(
                 )
             stats.fmt = fmt
         m = (FTRACE if fmt == "ftrace" else PERF).match(line)
+        if m is None and last_event in MULTILINE_EVENTS:
+            # trace_printk()/trace_marker text may hold newlines: the rest of its message
+            stats.unknown[f"{last_event} (continued)"] += 1
+            continue
         if m is None:
             if lenient:
                 stats.bad_lines += 1
@@ -358,6 +365,7 @@ def parse_lines(
             )
             raise TraceError(path, n, f"malformed line, expected {want}: {line[:80]!r}")
         event = m["event"].split(":")[-1]
+        last_event = event
         rest = m["rest"]
         pid = int(m["tid"] or m["pid"]) if fmt == "perf" else int(m["pid"])
         tgid_s = m["tgid"] if fmt == "ftrace" else (m["pid"] if m["tid"] else None)
