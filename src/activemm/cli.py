@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from activemm import scenario as scen
+from activemm.capture.guest import WORKLOADS
 from activemm.errors import ActiveMmError
 from activemm.model.config import DEFAULT_PRESET, MUTANTS, PRESETS, KernelConfig, preset
 from activemm.report.steps import step_json, step_view
@@ -505,8 +506,9 @@ def capture(
         typer.Option(
             "--workload",
             "-w",
-            help="threads, forkexec, zombie, vfork, execthread, exitgroup, munmap, iouring "
-            "(several: comma-separated), all (one after another) or parallel (all at once).",
+            help=", ".join(n for n in WORKLOADS if n not in ("all", "parallel"))
+            + " (several: comma-separated), all (one after another) or parallel (all at once); "
+            "docs/validate.md says what each exercises.",
         ),
     ] = "all",
     scale: Annotated[int, typer.Option("--scale", min=1, max=50, help="Repeat counts x N.")] = 1,
