@@ -223,3 +223,18 @@ def test_mmput_run_by_a_proc_reader_is_placed_by_its_exit_mmap(tmp_path: Path) -
     sched = validate(trace, preset_name="linux-6.1-x86_64", inputs="sched")
     assert sched.mmdrop.matched == 0
     assert all(m["cause"] != "unexplained" for m in sched.mismatches), sched.mismatches
+
+
+def test_replay_takes_a_capture_directory_like_its_trace_and_snapshot() -> None:
+    capture = CAPTURES / "linux-6.12-smp2-umh"
+    runner = CliRunner()
+    by_dir = runner.invoke(app, ["replay", str(capture), "--json", "-p", "linux-6.12-x86_64"])
+    by_files = runner.invoke(
+        app,
+        ["replay", str(capture / "trace.txt.gz"), "--tasks", str(capture / "tasks_start.txt"),
+         "--json", "-p", "linux-6.12-x86_64"],
+    )  # fmt: skip
+    assert by_dir.exit_code == 0 and by_files.exit_code == 0, by_dir.output
+    a, b = json.loads(by_dir.output), json.loads(by_files.output)
+    a.pop("trace"), b.pop("trace")
+    assert a == b and a["configs"]["linux-6.12-x86_64"]["switches"]

@@ -48,6 +48,16 @@ def resolve_config(
     return cfg.with_mutants(*mutants) if mutants else cfg
 
 
+def _capture_inputs(trace: str, tasks: Path | None) -> tuple[str, Path | None]:
+    """A capture directory (activemm capture) stands for its trace and its task snapshot."""
+    if trace != "-" and Path(trace).is_dir():
+        from activemm.validate import locate
+
+        path, tasks, _ = locate(Path(trace), tasks)
+        return str(path), tasks
+    return trace, tasks
+
+
 def _run(sc: scen.Scenario, cfg: KernelConfig, as_json: bool, quiet: bool, sanitize: bool) -> None:
     observers = [Sanitizer(cfg)] if sanitize else []
     if not as_json and not quiet:
@@ -263,7 +273,8 @@ def replay(
     trace: Annotated[
         str,
         typer.Argument(
-            help="Trace: tracefs/trace-cmd text, perf script, trace.dat; .gz/.xz/.zst; - = stdin."
+            help="Trace: tracefs/trace-cmd text, perf script, trace.dat; .gz/.xz/.zst; - = stdin;"
+            " or a capture directory (activemm capture)."
         ),
     ],
     preset_names: Annotated[
@@ -327,6 +338,7 @@ def replay(
     configs = [preset(n) for n in names]
     hidden = [] if BASELINE in names else [preset(BASELINE)]
     cost_table = load_costs(costs)
+    trace, tasks = _capture_inputs(trace, tasks)
     snapshot = load_task_snapshot(tasks) if tasks else None
     stats = ReadStats()
     events = read_trace(trace, fmt=fmt, lenient=lenient, stats=stats)
@@ -478,6 +490,7 @@ def report(
     configs = [preset(n) for n in names]
     if BASELINE not in names:
         configs.append(preset(BASELINE))
+    trace, tasks = _capture_inputs(trace, tasks)
     snapshot = load_task_snapshot(tasks) if tasks else None
     stats = ReadStats()
     events = read_trace(trace, fmt=fmt, stats=stats)
