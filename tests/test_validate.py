@@ -86,7 +86,12 @@ def test_io_uring_misses_are_the_reference_it_holds(capture: Path) -> None:
 
 @pytest.mark.parametrize(
     ("preset_name", "mutant"),
-    [("no-lazy", None), ("linux-6.1-x86_64", "no-lazy-grab"), ("linux-6.1-x86_64", "no-lazy-drop")],
+    [
+        ("no-lazy", None),
+        ("linux-6.1-x86_64", "no-lazy-grab"),
+        ("linux-6.1-x86_64", "no-lazy-drop"),
+        ("linux-6.1-x86_64", "exit-mmput-before-lazy"),
+    ],
 )
 def test_broken_models_score_well_under_full_marks(preset_name: str, mutant: str | None) -> None:
     capture = CAPTURES / "linux-6.1-smp2-lazy"

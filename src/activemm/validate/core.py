@@ -394,8 +394,8 @@ class Validator(Clocked):
             if deferred is not None:
                 holder, mm = deferred
                 self.ctx = Context("__mmput", p.line, p.cpu, p.pid)
-                self._hold(mm, f"__mmput in pid {p.pid} (line {p.line})", p)
                 self._refusable(self.m.mmput, holder, p.cpu)
+                self._pin(mm, p, f"__mmput in pid {p.pid}")
         elif f in NEW_MM and (f == "mm_init") == self.use_mm_init:
             self._announce(p, address(p.args.get("ret") or p.args.get("mm")))
 
@@ -495,9 +495,12 @@ class Validator(Clocked):
             tasks[ev.pid] = t
             self.replayer.tgid_of[ev.pid] = ev.pid
         self.ctx = Context("exec", ev.line, ev.cpu, ev.pid)
-        self._pin(t, ev)
+        old = t.mm
+        deferred = self._defer_mmput(t, ev)
         self.m.exec(t)
         self.marker_done.add(id(t))
+        if not deferred:
+            self._pin(old, ev, f"__mmput of {t.name}'s old mm")
 
     def _marker_exit(self, p: Probe) -> None:
         """enter_lazy_tlb outside a switch: exit_mm() (or kthread_unuse_mm()) runs now."""
@@ -506,33 +509,43 @@ class Validator(Clocked):
         if t.uses_mm:
             self.m.kthread_unuse_mm(t)
         elif t.mm is not None and not t.exiting and not t.is_idle:
-            self._pin(t, p)
+            mm = t.mm
+            deferred = self._defer_mmput(t, p)
             self.m.exit(t)
+            if not deferred:
+                self._pin(mm, p, f"__mmput of {t.name}")
 
-    def _pin(self, t: Task, p: TraceEvent) -> None:
+    def _defer_mmput(self, t: Task, p: TraceEvent) -> bool:
+        """With markers, exit_mmap says *where* __mmput runs: when t gives up its mm's last
+        real user here but the kernel's exit_mmap of it runs in another task (a /proc
+        reader's get_task_mm() held an mm_users reference), that reference is taken in the
+        model now and put back at that exit_mmap."""
+        if t.mm is None or t.mm.mm_users != 1 or self.inputs != "markers":
+            return False
+        elsewhere = self._mmput_elsewhere(t.mm, p)
+        if elsewhere is None:
+            return False
+        line, pid = elsewhere
+        holder = f"get_task_mm by pid {pid} (line {line})"
+        self.metrics.paused = True
+        try:
+            self.m.mmget_not_zero(t.mm, holder, p.cpu)
+        finally:
+            self.metrics.paused = False
+        self.deferred[line] = (holder, t.mm)
+        self.result.learned["__mmput run by another task (exit_mmap marker)"] += 1
+        return True
+
+    def _pin(self, mm: Mm | None, p: TraceEvent, what: str) -> None:
         """The model's __mmput() is one step; the kernel's can be preempted half way (inside
-        exit_mmap) and finish much later. When the marker's exit_mm/exec_mmap drops the last
-        real user, the users' share of mm_count is held by a pin until the task's next
-        traced event, by which time the kernel's __mmput() has returned.
-
-        With markers, exit_mmap also says *where* __mmput runs: when it runs in another task
-        (a /proc reader's get_task_mm() held an mm_users reference), that reference is taken
-        in the model here and put back at that exit_mmap."""
-        if t.mm is None or t.mm.mm_users != 1:
+        exit_mmap) and finish much later. When an operation just ran __mmput() and the mm
+        survived it (a lazy user holds it), the users' share of mm_count is given back to it
+        as a pin until the task's next traced event, by which time the kernel's __mmput() has
+        returned. Taken after the operation, so that a model that frees too early still
+        does."""
+        if mm is None or not mm.torn_down or mm.freed:
             return
-        elsewhere = self._mmput_elsewhere(t.mm, p) if self.inputs == "markers" else None
-        if elsewhere is not None:
-            line, pid = elsewhere
-            holder = f"get_task_mm by pid {pid} (line {line})"
-            self.metrics.paused = True
-            try:
-                self.m.mmget_not_zero(t.mm, holder, p.cpu)
-            finally:
-                self.metrics.paused = False
-            self.deferred[line] = (holder, t.mm)
-            self.result.learned["__mmput run by another task (exit_mmap marker)"] += 1
-            return
-        self._hold(t.mm, f"__mmput of {t.name} (line {p.line})", p)
+        self._hold(mm, f"{what} (line {p.line})", p)
 
     def _hold(self, mm: Mm, holder: str, p: TraceEvent) -> None:
         """Pin `mm` (mm_count) in the name of p.pid's __mmput until that task's next traced
