@@ -13,6 +13,7 @@ from activemm.cli import app
 from activemm.model.config import preset
 from activemm.trace.events import Probe
 from activemm.trace.readers import read_trace
+from activemm.trace.replay import load_task_snapshot
 from activemm.validate import kernel as kv
 from activemm.validate import score, validate
 
@@ -243,3 +244,22 @@ def test_replay_takes_a_capture_directory_like_its_trace_and_snapshot() -> None:
     a, b = json.loads(by_dir.output), json.loads(by_files.output)
     a.pop("trace"), b.pop("trace")
     assert a == b and a["configs"]["linux-6.12-x86_64"]["switches"]
+
+
+def test_tasks_from_before_the_trace_are_learned_from_the_probes() -> None:
+    """Without a snapshot (or one without /proc/TGID/ paths) the probes still say which tasks
+    are kernel threads (PF_KTHREAD in task_struct.flags) and which share an mm."""
+    capture = CAPTURES / "linux-6.1-smp4-flush"
+    events = list(read_trace(str(capture / "trace.txt.gz")))
+    pre = kv.PreTrace.scan(list(events))
+    tasks = pre.tasks(None)
+    assert tasks[1].kthread is False and tasks[1].tgid == 1  # init
+    snapshot = load_task_snapshot(capture / "tasks_start.txt")  # /proc's own flags
+    both = [pid for pid in tasks if pid in snapshot]
+    assert len(both) > 5
+    assert all(tasks[pid].kthread == snapshot[pid].kthread for pid in both)
+    # two threads seen on one mm before any fork form one group
+    pre.first_mm.update({900: 0xABC0, 901: 0xABC0})
+    pre.flags.update({900: 0x400040, 901: 0x400040})
+    grouped = pre.tasks(None)
+    assert grouped[901].tgid == 900 and grouped[900].tgid == 900

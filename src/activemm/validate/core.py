@@ -120,6 +120,7 @@ class Validator(Clocked):
         self.inputs = inputs
         self.result = result
         self.pretrace = PreTrace.scan(list(events))
+        snapshot = self.pretrace.tasks(snapshot)
         self.exec_hints = exec_hints(events)
         self.exit_mmaps: dict[int, list[tuple[int, int]]] = {}
         self.drop_lines: dict[int, list[int]] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from activemm.trace.events import Probe, SchedSwitch
+from activemm.trace.replay import PF_KTHREAD, TaskInfo
 
 # init_mm is the one mm_struct that is not slab-allocated: it lives in the kernel image.
 KERNEL_IMAGE = 0xFFFFFFFF80000000
@@ -135,6 +136,8 @@ class PreTrace:
     owning, while that address has not yet been handed out again inside the trace."""
 
     first_mm: dict[int, int] = field(default_factory=dict)
+    flags: dict[int, int] = field(default_factory=dict)  # pid -> task_struct.flags first seen
+    comm: dict[int, str] = field(default_factory=dict)
 
     @classmethod
     def scan(cls, events: list[object]) -> PreTrace:
@@ -146,10 +149,35 @@ class PreTrace:
             if ev.function in NEW_MM:
                 born.add(address(ev.args.get("ret") or ev.args.get("mm")))
                 continue
-            for pid_key, mm_key in (("t_pid", "t_mm"), ("prev_pid", "prev_mm")):
-                pid, mm = _int(ev.args.get(pid_key)), address(ev.args.get(mm_key))
-                if pid and mm and mm not in born and pid not in out.first_mm:
+            for who in ("t_", "prev_"):
+                pid = _int(ev.args.get(who + "pid"))
+                if not pid:
+                    continue
+                mm = address(ev.args.get(who + "mm"))
+                if mm and mm not in born and pid not in out.first_mm:
                     out.first_mm[pid] = mm
+                flags = _int(ev.args.get(who + "flags"))
+                if flags is not None and pid not in out.flags:
+                    out.flags[pid] = flags
+                    out.comm[pid] = ev.args.get(who + "comm", "")
+        return out
+
+    def tasks(self, snapshot: dict[int, TaskInfo] | None) -> dict[int, TaskInfo]:
+        """The task snapshot, completed from the probes: a kernel thread is PF_KTHREAD in
+        task_struct.flags, and tasks seen on one mm before any fork in the trace are threads
+        of one group (a snapshot without /proc/TGID/ paths cannot say so)."""
+        out = dict(snapshot or {})
+        sharing: dict[int, list[int]] = {}
+        for pid, addr in self.first_mm.items():
+            sharing.setdefault(addr, []).append(pid)
+        for pid, flags in self.flags.items():
+            known = out.get(pid)
+            tgid = known.tgid if known is not None else pid
+            first = self.first_mm.get(pid)
+            if first is not None and tgid == pid:
+                tgid = min(sharing[first])
+            comm = known.comm if known is not None else self.comm.get(pid, "")
+            out[pid] = TaskInfo(tgid, comm, bool(flags & PF_KTHREAD))
         return out
 
     def owners(self, addr: int) -> list[int]:
