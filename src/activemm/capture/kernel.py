@@ -45,12 +45,6 @@ class KernelImage:
     vmlinux: Path  # the uncompressed ELF, booted with PVH
     config: Path
 
-    def config_value(self, option: str) -> str | None:
-        for line in self.config.read_text().splitlines():
-            if line.startswith(option + "="):
-                return line.split("=", 1)[1]
-        return None
-
 
 def debian_package(generation: str) -> str:
     """The Debian 12 package name of the newest kernel of `generation` (6.1 or 6.12)."""

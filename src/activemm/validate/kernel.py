@@ -21,8 +21,6 @@ FINISH = "finish_task_switch"
 MMDROP = "__mmdrop"
 EXIT_MMAP = "exit_mmap"
 NEW_MM = ("mm_init", "dup_mmap", "mm_alloc")
-USE_MM = ("kthread_use_mm", "kthread_unuse_mm", "leave_mm")
-KNOWN = (SWITCH_MM, ENTER_LAZY, FINISH, MMDROP, EXIT_MMAP, *NEW_MM, *USE_MM)
 
 
 def address(value: str | None) -> int:
@@ -66,9 +64,6 @@ class SwitchGroup:
     @property
     def prev_active_after(self) -> int | None:
         return address(self.finish.args.get("prev_active_mm")) if self.finish else None
-
-    def complete(self) -> bool:
-        return self.hook is not None and self.finish is not None
 
 
 def hook_of(p: Probe) -> Hook:

@@ -58,13 +58,6 @@ class Result:
     learned: Counter[str] = field(default_factory=Counter)
     anomalies: Counter[str] = field(default_factory=Counter)
 
-    @property
-    def perfect(self) -> bool:
-        return (
-            all(s.total == s.matched for s in (self.context_switches, self.mmdrop))
-            and self.outside_schedule.total == self.outside_schedule.matched
-        )
-
     def mismatch(
         self, group: str, line: int, predicted: dict[str, Any], kernel: dict[str, Any], cause: str
     ) -> None:
