@@ -387,7 +387,10 @@ def replay(
 @app.command()
 def timeline(
     source: Annotated[
-        str, typer.Argument(help="A scenario (.toml) or a trace (any format replay reads).")
+        str,
+        typer.Argument(
+            help="A scenario (.toml), a trace (any format replay reads) or a capture directory."
+        ),
     ],
     preset_name: PresetOpt = None,
     output: Annotated[
@@ -417,6 +420,7 @@ def timeline(
     else:
         cfg = resolve_config(preset_name)
         tl = Timeline()
+        source, tasks = _capture_inputs(source, tasks)
         events = read_trace(source)
         ncpus, events = peek_cpus(events)
         snap = load_task_snapshot(tasks) if tasks else None
