@@ -22,11 +22,20 @@ ALL = sorted(p for p in CAPTURES.iterdir() if p.is_dir())
 
 
 def _uses_io_uring(capture: Path) -> bool:
-    workload = json.loads((capture / "meta.json").read_text())["workload"]
-    return bool({"iouring", "all", "parallel"} & set(workload.split(",")))
+    return _uses(capture, "iouring")
 
 
-PLAIN = [p for p in ALL if not _uses_io_uring(p)]
+def _uses(capture: Path, workload: str) -> bool:
+    names = json.loads((capture / "meta.json").read_text())["workload"].split(",")
+    return bool({workload, "all", "parallel"} & set(names))
+
+
+def _names(capture: Path) -> set[str]:
+    return set(json.loads((capture / "meta.json").read_text())["workload"].split(","))
+
+
+HOTPLUG = [p for p in ALL if "hotplug" in _names(p)]  # the 4-CPU parallel ones predate it
+PLAIN = [p for p in ALL if not _uses_io_uring(p) and p not in HOTPLUG]
 IO_URING = [p for p in ALL if _uses_io_uring(p)]
 WINDOWS = ("exit window", "exec window", "follows an earlier miss")
 
@@ -114,9 +123,9 @@ def test_probe_lines_are_recognised_by_function_whatever_the_offset(tmp_path: Pa
         "  cat-150 (  150) [000] d..1.  7.034900: foo: (switch_mm_irqs_off+0x4/0x500) prev=0x0 "
         "next=0xffffffff82d69140 tsk=0x0 t_pid=0 t_flags=0x0 t_mm=0x0 t_active_mm=0x0 "
         "t_comm=(fault)",
-        "  init-1 (  1) [000] d..2.  7.035000: lazytlb: (enter_lazy_tlb+0x0/0x30) "
-        "mm=0xffff888004861680 tsk=0xffffffff82a1aa40 t_pid=0 t_flags=0x4200002 t_mm=0x0 "
-        't_active_mm=0x0 t_comm="swapper/0"',
+        "  cat-141 (  141) [001] d..1.  7.035000: lazytlb: (enter_lazy_tlb+0x0/0x30) "
+        "mm=0xffff888005f60900 tsk=0xffff888005f9b080 t_pid=141 t_flags=0x40010c t_mm=0x0 "
+        't_active_mm=0xffff888005f60900 t_comm="cat"',
         "  init-1 (  1) [001] .....  7.036000: mminit: (copy_process+0x1930/0x1ae0 <- mm_init) "
         "ret=0xffff888005f60480",
     ]
@@ -263,3 +272,18 @@ def test_tasks_from_before_the_trace_are_learned_from_the_probes() -> None:
     pre.flags.update({900: 0x400040, 901: 0x400040})
     grouped = pre.tasks(None)
     assert grouped[901].tgid == 900 and grouped[900].tgid == 900
+
+
+@pytest.mark.parametrize("capture", HOTPLUG, ids=lambda p: p.name)
+def test_cpu_hotplug_misses_are_tagged(capture: Path) -> None:
+    """No input says a CPU goes offline or comes back; the misses say so (and the ones that
+    follow, while the CPU borrows a different mm in the model than in the kernel)."""
+    r = validate(capture)
+    assert score.HOTPLUG in r.causes
+    assert r.mmdrop.matched == r.mmdrop.total
+    assert all(
+        m["cause"] in (score.HOTPLUG, score.FOLLOWS)
+        for m in r.mismatches
+        if m["group"] == "context_switch"
+    )
+    assert score.UNEXPLAINED not in r.causes

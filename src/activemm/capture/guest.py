@@ -24,6 +24,7 @@ WORKLOADS = {
     "clonevm": "clone(CLONE_VM) without CLONE_THREAD, beside its parent; half of them exec",
     "procreader": "/proc/PID/stat readers holding mm_users while the task exits",
     "umh": "user-mode helpers (request_module): tasks born without an mm that exec",
+    "hotplug": "CPU hotplug: the last CPU goes offline (its lazy mm handed back) and returns",
     "all": "every workload above, one after another",
     "parallel": "every workload above, all at once",
 }

@@ -51,6 +51,7 @@ from activemm.validate.kernel import (
 from activemm.validate.score import (
     EXIT_WINDOW,
     FOLLOWS,
+    HOTPLUG,
     UNEXPLAINED,
     DropScorer,
     Result,
@@ -150,6 +151,7 @@ class Validator(Clocked):
         self.exit_marked: dict[int, int] = {}  # pid -> line of exit_mm's enter_lazy_tlb
         self.exec_marked: dict[int, int] = {}  # pid -> line of exec's activate_mm
         self.diverged: set[int] = set()  # CPUs whose borrowed mm came from a missed switch
+        self.hotplugged: set[int] = set()  # CPUs that went offline or came back
         self.tainted: set[int] = set()  # kernel mm addresses of missed switches
         self.raced: set[int] = set()  # mm addresses whose __mmput the model pinned
         self.exited_mm: dict[int, int] = {}  # mm address -> pid whose exit_mm let go of it
@@ -452,6 +454,8 @@ class Validator(Clocked):
             prev = 0
             self._resolve(self.m.state.init_mm, mm)
         self.kernel_outside.append(Outside(kind, cpu, pid, mm, prev, p.line, self.epoch[cpu]))
+        if kind in kv.HOTPLUG:
+            self.hotplugged.add(cpu)
         if kind == "activate_mm":
             self.anchor[cpu] = ("activate_mm", pid)
             self.exec_marked[pid] = p.line
@@ -653,6 +657,7 @@ class Validator(Clocked):
             res.context_switches.matched += 1
             if hook.function == SWITCH_MM:
                 self.diverged.discard(group.switch.cpu)  # a user mm again: in step
+                self.hotplugged.discard(group.switch.cpu)
             return
         shown = {
             "hook": model.hook,
@@ -670,6 +675,8 @@ class Validator(Clocked):
 
     def _cause(self, group: SwitchGroup) -> str:
         sw = group.switch
+        if sw.cpu in self.hotplugged:
+            return HOTPLUG
         for pid in (sw.prev_pid, sw.next_pid):
             if pid in self.exit_marked:
                 return EXIT_WINDOW

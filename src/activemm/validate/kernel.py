@@ -107,11 +107,25 @@ class Outside:
 
 def outside_kind(p: Probe) -> str:
     """Which kernel path ran a hook outside a context switch."""
+    idle = _int(p.args.get("t_pid")) == 0 and address(p.args.get("tsk")) != 0
     if p.function == ENTER_LAZY:
+        if idle and is_init_mm(address(p.args.get("mm"))):
+            return "cpu_init"  # a CPU coming online: its idle task starts lazily on init_mm
+        if _int(p.args.get("t_pid")) != p.pid:
+            # the hook of a context switch whose sched_switch did not fire (a CPU on its way
+            # offline no longer traces it): exit_mm() and kthread_unuse_mm() pass current
+            return "untraced_switch"
         return "enter_lazy_tlb"  # exit_mm() or kthread_unuse_mm()
     if address(p.args.get("tsk")) == 0:
         return "flush_to_init_mm" if is_init_mm(address(p.args.get("next"))) else "activate_mm"
+    if idle and is_init_mm(address(p.args.get("next"))):
+        return "idle_task_exit"  # a CPU going offline hands its lazy mm back (CPU hotplug)
+    if address(p.args.get("prev")) == 0:
+        return "temporary_mm"  # use_temporary_mm(): text_poke's poking_mm, efi_mm
     return "switch_mm"  # kthread_use_mm(), sched_force_init_mm()...
+
+
+HOTPLUG = ("cpu_init", "idle_task_exit", "untraced_switch")
 
 
 @dataclass

@@ -31,6 +31,7 @@ RACE = (
     "user's switch raced: no input says which came first"
 )
 TAINTED = "follows an earlier missed switch that involved this mm"
+HOTPLUG = "CPU hotplug: no input says a CPU goes offline (idle_task_exit, finish_cpu) or comes back"
 UNEXPLAINED = "unexplained"
 
 
@@ -216,4 +217,11 @@ def _outside_cause(o: Outside) -> str:
         return "flush IPI from a TLB shootdown no tracepoint announces (munmap, mprotect...)"
     if o.kind == "switch_mm":
         return "kthread_use_mm (not among the model's inputs)"
+    if o.kind == "temporary_mm":
+        return (
+            "use_temporary_mm() (text_poke's poking_mm): the hardware mm changes for a moment, "
+            "active_mm does not"
+        )
+    if o.kind in ("idle_task_exit", "cpu_init", "untraced_switch"):
+        return HOTPLUG
     return UNEXPLAINED

@@ -323,6 +323,36 @@ static void w_umh(int scale) {
         }
 }
 
+/* hotplug: take the last CPU offline while a process has just run there (its idle task
+ * borrowing that mm), then bring it back: the dying CPU's lazy mm is handed to init_mm */
+static void cpu_online(int cpu, int on) {
+    char path[64];
+    snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu%d/online", cpu);
+    int fd = open(path, O_WRONLY);
+    if (fd < 0) return;
+    if (write(fd, on ? "1" : "0", 1) < 0) perror(path);
+    close(fd);
+}
+
+static void w_hotplug(int scale) {
+    if (ncpus < 2) return;
+    int last = ncpus - 1;
+    for (int r = 0; r < 2 * scale; r++) {
+        pid_t p = fork();
+        if (p == 0) {
+            pin(last);
+            spin(20000);
+            pin(0);
+            _exit(0);
+        }
+        wait_all();
+        cpu_online(last, 0);
+        nap(2000);
+        cpu_online(last, 1);
+        nap(2000);
+    }
+}
+
 struct workload {
     const char *name;
     void (*run)(int);
@@ -341,6 +371,7 @@ static const struct workload workloads[] = {
     {"clonevm", w_clonevm, "clone(CLONE_VM) without CLONE_THREAD beside its parent"},
     {"procreader", w_procreader, "/proc readers holding mm_users while tasks exit"},
     {"umh", w_umh, "user-mode helpers: tasks the kernel starts without an mm, which exec"},
+    {"hotplug", w_hotplug, "CPU hotplug: the last CPU goes offline and comes back"},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
