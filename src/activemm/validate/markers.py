@@ -1,0 +1,209 @@
+"""The kernel paths whose timing the trace marks (exec_mmap, exit_mm, exit_mmap) and the
+steps the validator takes at those marks: exec at the CR3 load that follows exec's
+activate_mm, exit at exit_mm's enter_lazy_tlb, a pin standing for the users' share of
+mm_count while the kernel's __mmput() may still run, and __mmput() run by another task (a
+/proc reader) placed at its exit_mmap. A mixin of the Validator (core.py), which owns the
+state these methods share."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Any
+
+from activemm.errors import OperationError
+from activemm.metrics import Metrics
+from activemm.model import Machine
+from activemm.model.state import Mm, Task
+from activemm.trace.events import (
+    NewTask,
+    Probe,
+    ProcessExec,
+    ProcessExit,
+    ProcessFork,
+    TaskRename,
+    TlbFlush,
+    TraceEvent,
+)
+from activemm.trace.replay import Replayer
+from activemm.validate.score import Result
+
+# Tracepoints a task emits only once its __mmput() has returned (tlb_flush lines, by
+# contrast, come from inside exit_mmap()).
+PAST_MMPUT = (ProcessExit, ProcessExec, TaskRename, NewTask, ProcessFork)
+
+
+@dataclass
+class Context:
+    """The trace event the model is being driven by."""
+
+    kind: str = "boot"  # switch | exec | exit | fork | marker | resync ...
+    line: int = 0
+    cpu: int = 0
+    pid: int = 0
+
+
+def exec_hints(events: list[TraceEvent]) -> set[int]:
+    """Lines of tracepoint-only exec hints: on x86 every CR3 load in switch_mm_irqs_off()
+    emits tlb_flush "flush on task switch"; one emitted by a task outside a context switch
+    whose next fate is sched_process_exec (not sched_process_exit) is exec's activate_mm()."""
+    hints: set[int] = set()
+    fate: dict[int, str] = {}
+    for ev in reversed(events):
+        if isinstance(ev, ProcessExec):
+            fate[ev.exec_pid] = "exec"
+        elif isinstance(ev, ProcessExit):
+            fate[ev.exit_pid] = "exit"
+        elif (
+            isinstance(ev, TlbFlush)
+            and "task switch" in ev.reason
+            and not ev.hardirq  # a flush IPI switching a lazy CPU to init_mm
+            and fate.get(ev.pid) == "exec"
+        ):
+            hints.add(ev.line)
+    return hints
+
+
+class MarkerSteps:
+    """The marker-driven steps; the Validator provides the state below."""
+
+    m: Machine
+    replayer: Replayer
+    metrics: Metrics
+    result: Result
+    inputs: str
+    ctx: Context
+    addr: dict[int, int]  # model mm id -> kernel address
+    armed: dict[int, Probe]  # CPU -> exec's activate_mm marker, waiting for the CR3 load
+    marker_done: set[int]  # id() of model tasks exec'd ahead of sched_process_exec
+    pins: dict[int, list[str]]  # pid -> holders standing for __mmput's share
+    deferred: dict[int, tuple[str, Mm]]  # exit_mmap line -> (mm_users holder, its mm)
+    exit_mmaps: dict[int, list[tuple[int, int]]]  # mm address -> [(line, pid)]
+    drop_lines: dict[int, list[int]]  # mm address -> __mmdrop lines
+    raced: set[int]  # mm addresses whose __mmput the model pinned
+
+    def _refusable(self, fn: Any, *args: Any) -> None:
+        """A marker asks for something the model's state does not allow (it lost track of
+        the trace): count it, as the replay does, and go on."""
+        try:
+            fn(*args)
+        except OperationError as e:
+            self.result.anomalies[f"refused: {str(e).split(':')[0]}"] += 1
+
+    def _cr3_of_armed_exec(self, ev: TraceEvent) -> bool:
+        """The tlb_flush "flush on task switch" that the CR3 load of an armed exec's
+        activate_mm emits: exec_mmap goes on (mmput, mmdrop_lazy_tlb) only after it, and under
+        TCG switch_mm_irqs_off alone can take a millisecond."""
+        armed = self.armed.get(ev.cpu)
+        return (
+            armed is not None
+            and isinstance(ev, TlbFlush)
+            and ev.pid == armed.pid
+            and "task switch" in ev.reason
+            and not ev.hardirq
+        )
+
+    def _fire_armed(self, ev: TraceEvent) -> None:
+        """Anything else on that CPU before the CR3 load: exec_mmap happens first."""
+        armed = self.armed.pop(ev.cpu)
+        self._refusable(self._early_exec, armed)
+
+    def _early_exec(self, ev: TraceEvent) -> None:
+        """exec_mmap() ran in the CPU's current task: exec it in the model now rather than at
+        sched_process_exec, which fires only once load_elf_binary() returns. de_thread() has
+        already given an exec'ing non-leader thread its leader's pid: follow it."""
+        t = self.replayer.m.state.rqs[ev.cpu].curr
+        if t.pf_kthread or t.is_idle or id(t) in self.marker_done:
+            return
+        tasks = self.replayer.tasks
+        if tasks.get(ev.pid) is not t:
+            for pid, other in list(tasks.items()):
+                if other is t:
+                    del tasks[pid]
+            tasks[ev.pid] = t
+            self.replayer.tgid_of[ev.pid] = ev.pid
+        self.ctx = Context("exec", ev.line, ev.cpu, ev.pid)
+        old = t.mm
+        deferred = self._defer_mmput(t, ev)
+        self.m.exec(t)
+        self.marker_done.add(id(t))
+        if not deferred:
+            self._pin(old, ev, f"__mmput of {t.name}'s old mm")
+
+    def _marker_exit(self, p: Probe) -> None:
+        """enter_lazy_tlb outside a switch: exit_mm() (or kthread_unuse_mm()) runs now."""
+        t = self.replayer.m.state.rqs[p.cpu].curr
+        self.ctx = Context("exit", p.line, p.cpu, p.pid)
+        if t.uses_mm:
+            self.m.kthread_unuse_mm(t)
+        elif t.mm is not None and not t.exiting and not t.is_idle:
+            mm = t.mm
+            deferred = self._defer_mmput(t, p)
+            self.m.exit(t)
+            if not deferred:
+                self._pin(mm, p, f"__mmput of {t.name}")
+
+    def _defer_mmput(self, t: Task, p: TraceEvent) -> bool:
+        """With markers, exit_mmap says *where* __mmput runs: when t gives up its mm's last
+        real user here but the kernel's exit_mmap of it runs in another task (a /proc
+        reader's get_task_mm() held an mm_users reference), that reference is taken in the
+        model now and put back at that exit_mmap."""
+        if t.mm is None or t.mm.mm_users != 1 or self.inputs != "markers":
+            return False
+        elsewhere = self._mmput_elsewhere(t.mm, p)
+        if elsewhere is None:
+            return False
+        line, pid = elsewhere
+        holder = f"get_task_mm by pid {pid} (line {line})"
+        self.metrics.paused = True
+        try:
+            self.m.mmget_not_zero(t.mm, holder, p.cpu)
+        finally:
+            self.metrics.paused = False
+        self.deferred[line] = (holder, t.mm)
+        self.result.learned["__mmput run by another task (exit_mmap marker)"] += 1
+        return True
+
+    def _pin(self, mm: Mm | None, p: TraceEvent, what: str) -> None:
+        """The model's __mmput() is one step; the kernel's can be preempted half way (inside
+        exit_mmap) and finish much later. When an operation just ran __mmput() and the mm
+        survived it (a lazy user holds it), the users' share of mm_count is given back to it
+        as a pin until the task's next traced event, by which time the kernel's __mmput() has
+        returned. Taken after the operation, so that a model that frees too early still
+        does."""
+        if mm is None or not mm.torn_down or mm.freed:
+            return
+        self._hold(mm, f"{what} (line {p.line})", p)
+
+    def _hold(self, mm: Mm, holder: str, p: TraceEvent) -> None:
+        """Pin `mm` (mm_count) in the name of p.pid's __mmput until that task's next traced
+        event."""
+        self.metrics.paused = True
+        try:
+            self.m.mmgrab(mm, holder, p.cpu)
+        finally:
+            self.metrics.paused = False
+        self.pins.setdefault(p.pid, []).append(holder)
+        if mm.id in self.addr:
+            self.raced.add(self.addr[mm.id])
+
+    def _mmput_elsewhere(self, mm: Mm, ev: TraceEvent) -> tuple[int, int] | None:
+        """The next exit_mmap of this life of mm's address, if another task runs it."""
+        addr = self.addr.get(mm.id)
+        if addr is None:
+            return None
+        runs = self.exit_mmaps.get(addr, [])
+        i = bisect.bisect_right(runs, (ev.line, 1 << 62))
+        if i == len(runs):
+            return None
+        line, pid = runs[i]
+        drops = self.drop_lines.get(addr, [])
+        j = bisect.bisect_right(drops, ev.line)
+        if j < len(drops) and drops[j] < line:
+            return None  # that exit_mmap belongs to a later life of the address
+        return (line, pid) if pid != ev.pid else None
+
+    def _unpin(self, ev: TraceEvent) -> None:
+        self.ctx = Context("__mmput end", ev.line, ev.cpu, ev.pid)
+        for holder in self.pins.pop(ev.pid):
+            self.m.mmdrop(holder, ev.cpu)
