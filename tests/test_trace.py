@@ -418,3 +418,25 @@ def test_printk_messages_spanning_lines_are_read_past(tmp_path: Path) -> None:
     bad.write_text(trace.read_text().replace("bprint", "sched_wakeup"))
     with pytest.raises(TraceError, match=r"bad.txt:3: malformed line"):
         list(read_trace(str(bad)))
+
+
+def test_android_systrace_html_is_read_for_its_ftrace_text(tmp_path: Path) -> None:
+    """systrace/atrace reports (public traces from many-CPU phones) wrap ftrace text in HTML."""
+    html = tmp_path / "trace.html"
+    html.write_text(
+        "<!DOCTYPE html>\n<html><head><title>systrace</title></head><body>\n"
+        '<script class="trace-data" type="application/text">\n'
+        '{"traceEvents": []}\n'
+        "</script>\n"
+        '<script class="trace-data" type="application/text">\n'
+        "# tracer: nop\n"
+        "#\n"
+        "  <idle>-0     (-----) [007] d..2  100.000100: sched_switch: prev_comm=swapper/7 "
+        "prev_pid=0 prev_prio=120 prev_state=R ==> next_comm=surfaceflinger next_pid=600 "
+        "next_prio=112\n"
+        "</script>\n</body></html>\n"
+    )
+    stats = ReadStats()
+    events = list(read_trace(str(html), stats=stats))
+    assert len(events) == 1 and isinstance(events[0], SchedSwitch)
+    assert events[0].cpu == 7 and events[0].next_pid == 600 and events[0].line == 9

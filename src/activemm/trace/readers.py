@@ -237,7 +237,9 @@ def _events(path: str, fmt: str | None, stats: ReadStats, lenient: bool) -> Iter
             stats.fmt = "perfetto"
             yield from perfetto_events(rest, path, stats)
         else:
-            text = io.TextIOWrapper(rest, encoding="utf-8", errors="replace")
+            text: Iterator[str] = io.TextIOWrapper(rest, encoding="utf-8", errors="replace")
+            if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+                text = _systrace_lines(text)
             yield from parse_lines(text, path, fmt, stats, lenient)
     except (EOFError, zlib.error, lzma.LZMAError, OSError) as e:
         at = stats.lines + 1 if stats.lines else None
@@ -250,6 +252,27 @@ def _events(path: str, fmt: str | None, stats: ReadStats, lenient: bool) -> Iter
         raise
     finally:
         stream.close()
+
+
+def _systrace_lines(lines: Iterator[str]) -> Iterator[str]:
+    """An Android systrace/atrace HTML report: the ftrace text of its
+    <script class="trace-data"> blocks (other blocks, JSON for instance, are left out).
+    Every other line becomes blank, so line numbers still point into the file."""
+    inside = keep = False
+    for line in lines:
+        low = line.lower()
+        if not inside and "<script" in low and "trace-data" in low:
+            inside, keep, first = True, False, True
+            yield ""
+            continue
+        if inside and "</script>" in low:
+            inside = False
+            yield ""
+            continue
+        if inside and first and line.strip():
+            first = False
+            keep = line.lstrip().startswith("# tracer")
+        yield line if inside and keep else ""
 
 
 class _Prefixed(io.RawIOBase):
