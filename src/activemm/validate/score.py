@@ -32,7 +32,12 @@ RACE = (
 )
 TAINTED = "follows an earlier missed switch that involved this mm"
 HOTPLUG = "CPU hotplug: no input says a CPU goes offline (idle_task_exit, finish_cpu) or comes back"
+CONCURRENT = (
+    "two CPUs let go of this mm at once (their finish_task_switch drops raced): which "
+    "decrement was last is not in the inputs"
+)
 UNEXPLAINED = "unexplained"
+NEARBY = 30  # trace lines: two CPUs' switches racing on one mm sit this close
 
 
 @dataclass
@@ -101,9 +106,15 @@ class DropScorer:
         self.exited_mm = exited_mm  # mm address -> pid whose exit_mm let go of it
         self.tainted = tainted  # addresses of mms in context switches the model missed
         self.raced = raced  # addresses whose __mmput the model pinned until a later event
+        # side -> its frees in a finish_task_switch
+        self.finishes: dict[str, list[Drop]] = {}
 
     def score(self, kernel_drops: list[Drop], model_drops: list[Drop]) -> None:
         res = self.result
+        self.finishes = {
+            side: [x for x in drops if x.point[0] == "finish_task_switch"]
+            for side, drops in (("kernel", kernel_drops), ("model", model_drops))
+        }
         other = {d.addr for d in kernel_drops if d.point[0] == "other"}
         elsewhere = {d.addr for d in kernel_drops if self.mmput_by_another(d)}
         window = {d.addr for d in kernel_drops if self.exit_window_drop(d)}
@@ -119,14 +130,16 @@ class DropScorer:
             )[:1]
             predicted = {"freed_at": list(near[0].point), "line": near[0].line} if near else {}
             kernel = {"mm": hexaddr(d.addr), "freed_at": list(d.point)}
+            cause = CONCURRENT if self.concurrent(d, "model") else self.cause(d)
             res.mismatch("mmdrop", d.line, predicted or {"freed_at": "never"}, kernel,
-                         self.cause(d))  # fmt: skip
+                         cause)  # fmt: skip
         for d in model_drops:
             if left[(d.addr, d.point)] > 0:
                 left[(d.addr, d.point)] -= 1
                 res.mmdrop.total += 1
                 cause = (
-                    HELD_OUTSIDE if d.addr in other
+                    CONCURRENT if self.concurrent(d, "kernel")
+                    else HELD_OUTSIDE if d.addr in other
                     else RACE if d.addr in self.raced
                     else ELSEWHERE if d.addr in elsewhere
                     else EXIT_WINDOW if d.addr in window
@@ -135,6 +148,17 @@ class DropScorer:
                 )  # fmt: skip
                 res.mismatch("mmdrop", d.line, {"mm": d.name, "freed_at": list(d.point)},
                              {"freed_at": "not here"}, cause)  # fmt: skip
+
+    def concurrent(self, d: Drop, other_side: str) -> bool:
+        """Both sides freed this mm in a finish_task_switch, of different switches: two CPUs
+        let go of their lazy references at once, and which decrement came last is not in the
+        inputs (the probe is at finish_task_switch's entry, the mmdrop after it)."""
+        if d.point[0] != "finish_task_switch":
+            return False
+        return any(
+            x.addr == d.addr and x.point != d.point and abs(x.line - d.line) <= NEARBY
+            for x in self.finishes.get(other_side, [])
+        )
 
     def cause(self, d: Drop) -> str:
         if d.point[0] == "other":
