@@ -35,7 +35,8 @@ def _names(capture: Path) -> set[str]:
 
 
 HOTPLUG = [p for p in ALL if "hotplug" in _names(p)]  # the 4-CPU parallel ones predate it
-PLAIN = [p for p in ALL if not _uses_io_uring(p) and p not in HOTPLUG]
+RACY = [CAPTURES / "linux-6.1-smp3-race"]  # two CPUs dropping one mm at once
+PLAIN = [p for p in ALL if not _uses_io_uring(p) and p not in HOTPLUG and p not in RACY]
 IO_URING = [p for p in ALL if _uses_io_uring(p)]
 WINDOWS = ("exit window", "exec window", "follows an earlier miss")
 
@@ -287,3 +288,18 @@ def test_cpu_hotplug_misses_are_tagged(capture: Path) -> None:
         if m["group"] == "context_switch"
     )
     assert score.UNEXPLAINED not in r.causes
+
+
+@pytest.mark.parametrize("capture", ALL, ids=lambda p: p.name)
+@pytest.mark.parametrize("inputs", ["markers", "sched"])
+def test_every_miss_on_every_capture_has_its_cause(capture: Path, inputs: str) -> None:
+    r = validate(capture, inputs=inputs)
+    assert score.UNEXPLAINED not in r.causes, r.mismatches
+    assert "model freed an mm the kernel did not" not in r.causes
+
+
+def test_two_cpus_dropping_one_mm_at_once_is_named() -> None:
+    r = validate(CAPTURES / "linux-6.1-smp3-race")
+    assert r.context_switches.matched == r.context_switches.total
+    missed = [m["cause"] for m in r.mismatches if m["group"] == "mmdrop"]
+    assert missed and set(missed) == {score.CONCURRENT}
