@@ -303,3 +303,17 @@ def test_two_cpus_dropping_one_mm_at_once_is_named() -> None:
     assert r.context_switches.matched == r.context_switches.total
     missed = [m["cause"] for m in r.mismatches if m["group"] == "mmdrop"]
     assert missed and set(missed) == {score.CONCURRENT}
+
+
+def test_a_capture_directory_laid_out_otherwise_is_found(tmp_path: Path) -> None:
+    """Captures made by hand or by another tool: trace.gz, a plain `tasks_start` (no
+    /proc paths) and the guest's own `meta` text."""
+    src = CAPTURES / "linux-6.12-smp2-umh"
+    (tmp_path / "trace.gz").write_bytes((src / "trace.txt.gz").read_bytes())
+    lines = (src / "tasks_start.txt").read_text().splitlines()
+    (tmp_path / "tasks_start").write_text("\n".join(x.split(":", 1)[1] for x in lines) + "\n")
+    (tmp_path / "meta").write_text("release 6.12.117+deb12-amd64\ncpus 2\n")
+    r = validate(tmp_path)
+    assert (r.kernel, r.preset) == ("6.12.117+deb12-amd64", "linux-6.12-x86_64")
+    assert r.context_switches.matched == r.context_switches.total > 1000
+    assert r.mmdrop.matched == r.mmdrop.total

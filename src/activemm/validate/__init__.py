@@ -30,25 +30,46 @@ def preset_for(release: str | None) -> str:
     return "linux-6.1-x86_64" if version < (6, 4) else "linux-6.12-x86_64"
 
 
-def locate(trace: Path, tasks: Path | None) -> tuple[Path, Path | None, str | None]:
-    """A capture directory stands for its trace.txt.gz, tasks_start.txt and meta.json; a trace
-    file inside a capture directory finds its meta.json and tasks_start.txt beside it."""
-    if not trace.exists():
-        raise ActiveMmError(f"{trace}: no such file or directory")
-    directory = trace if trace.is_dir() else trace.parent
-    release = None
+TRACE_NAMES = ("trace.txt.gz", "trace.txt", "trace.txt.xz", "trace.txt.zst", "trace.gz", "trace")
+TASKS_NAMES = ("tasks_start.txt", "tasks_start")
+
+
+def _release(directory: Path) -> str | None:
+    """The kernel release a capture directory records: meta.json's "kernel", or a
+    `release X` line of a plain meta file (what the guest itself writes)."""
     meta = directory / "meta.json"
     if meta.exists():
         try:
-            release = json.loads(meta.read_text()).get("kernel")
+            value = json.loads(meta.read_text()).get("kernel")
         except (json.JSONDecodeError, OSError, AttributeError) as e:
             raise ActiveMmError(f"{meta}: unreadable capture metadata: {e}") from None
-        if tasks is None and (directory / "tasks_start.txt").exists():
-            tasks = directory / "tasks_start.txt"
+        return value if isinstance(value, str) else None
+    for name in ("meta", "meta.txt"):
+        plain = directory / name
+        if plain.is_file():
+            m = re.search(r"^release (\S+)", plain.read_text(errors="replace"), re.M)
+            if m:
+                return m[1]
+    return None
+
+
+def locate(trace: Path, tasks: Path | None) -> tuple[Path, Path | None, str | None]:
+    """A capture directory stands for its trace (trace.txt.gz...), its task snapshot
+    (tasks_start.txt) and its metadata (meta.json); a trace file inside a capture directory
+    finds them beside it."""
+    if not trace.exists():
+        raise ActiveMmError(f"{trace}: no such file or directory")
+    directory = trace if trace.is_dir() else trace.parent
+    release = _release(directory)
+    if tasks is None:
+        tasks = next((directory / n for n in TASKS_NAMES if (directory / n).is_file()), None)
     if trace.is_dir():
-        found = [p for p in (trace / "trace.txt.gz", trace / "trace.txt") if p.exists()]
+        found = [trace / n for n in TRACE_NAMES if (trace / n).is_file()]
         if not found:
-            raise ActiveMmError(f"{trace}: a capture directory holds trace.txt.gz; none here")
+            raise ActiveMmError(
+                f"{trace}: a capture directory holds its trace as {' or '.join(TRACE_NAMES[:2])}"
+                "; none here"
+            )
         trace = found[0]
     return trace, tasks, release
 
