@@ -21,17 +21,13 @@ CAPTURES = Path(__file__).parent / "data" / "captures"
 ALL = sorted(p for p in CAPTURES.iterdir() if p.is_dir())
 
 
-def _uses_io_uring(capture: Path) -> bool:
-    return _uses(capture, "iouring")
-
-
-def _uses(capture: Path, workload: str) -> bool:
-    names = json.loads((capture / "meta.json").read_text())["workload"].split(",")
-    return bool({workload, "all", "parallel"} & set(names))
-
-
 def _names(capture: Path) -> set[str]:
+    """The workloads a capture ran (its meta.json)."""
     return set(json.loads((capture / "meta.json").read_text())["workload"].split(","))
+
+
+def _uses_io_uring(capture: Path) -> bool:
+    return bool({"iouring", "all", "parallel"} & _names(capture))
 
 
 HOTPLUG = [p for p in ALL if "hotplug" in _names(p)]  # the 4-CPU parallel ones predate it
