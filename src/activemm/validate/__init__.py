@@ -97,12 +97,12 @@ def validate(
     if inputs not in INPUTS:
         raise ActiveMmError(f"--inputs {inputs}: expected sched or markers")
     cfg = config or preset(preset_name or preset_for(release))
-    ncpus, it = peek_cpus(iter(events), stats=stats)
+    ncpus, _ = peek_cpus(iter(events), stats=stats)
     snapshot = load_task_snapshot(tasks) if tasks else None
     result = Result(str(trace), cfg.name, inputs, release)
     # The sanitizer watches real presets; an ablation or a mutant is broken on purpose and
     # is only scored.
     sanitize = not cfg.mutants and cfg.lazy_tlb
-    v = Validator(list(it), cfg, ncpus, snapshot, inputs, result, sanitize=sanitize)
+    v = Validator(events, cfg, ncpus, snapshot, inputs, result, sanitize=sanitize)
     v.run()
     return result

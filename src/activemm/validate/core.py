@@ -83,19 +83,23 @@ class Validator(MarkerSteps, Clocked):
         self.events = events
         self.inputs = inputs
         self.result = result
-        self.pretrace = PreTrace.scan(list(events))
+        self.pretrace = PreTrace.scan(events)
         snapshot = self.pretrace.tasks(snapshot)
         self.exec_hints = exec_hints(events)
         self.exit_mmaps: dict[int, list[tuple[int, int]]] = {}
         self.drop_lines: dict[int, list[int]] = {}
+        self.use_mm_init = False  # mm_init's return probe names new mms (else dup_mmap...)
         for e in events:
-            if isinstance(e, Probe) and e.function == EXIT_MMAP:
+            if not isinstance(e, Probe):
+                continue
+            if e.function == EXIT_MMAP:
                 self.exit_mmaps.setdefault(address(e.args.get("mm")), []).append((e.line, e.pid))
-            elif isinstance(e, Probe) and e.function == MMDROP:
+            elif e.function == MMDROP:
                 self.drop_lines.setdefault(address(e.args.get("mm")), []).append(e.line)
+            elif e.function == "mm_init":
+                self.use_mm_init = True
         # exit_mmap line -> (mm_users holder to put there, its mm)
         self.deferred: dict[int, tuple[str, Mm]] = {}
-        self.use_mm_init = any(isinstance(e, Probe) and e.function == "mm_init" for e in events)
         self.ctx = Context()
         # binding: model mm id -> kernel address (kept after the life ends), and the reverse
         # for the life in progress
@@ -198,9 +202,7 @@ class Validator(MarkerSteps, Clocked):
             point = ("__mmput", self.ctx.pid)
         elif ev.reason == "finish_task_switch" and self.ctx.kind == "switch":
             point = ("finish_task_switch", self.ctx.line)
-        elif ev.reason in ("__mmput", "exec_mmap"):
-            point = (ev.reason, self.ctx.pid)
-        else:
+        else:  # __mmput, exec_mmap, a holder's mmdrop...
             point = (ev.reason, self.ctx.pid)
         addr = self.addr.get(ev.mm.id)
         self.model_drops.append(Drop(addr, point, self.ctx.line, ev.cpu, ev.mm.name))

@@ -7,6 +7,7 @@ whatever offset. Arguments keep the reference's names: `prev`, `next`, `tsk`, `t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from activemm.trace.events import Probe, SchedSwitch
@@ -149,7 +150,7 @@ class PreTrace:
     comm: dict[int, str] = field(default_factory=dict)
 
     @classmethod
-    def scan(cls, events: list[object]) -> PreTrace:
+    def scan(cls, events: Iterable[object]) -> PreTrace:
         out = cls()
         born: set[int] = set()
         for ev in events:
