@@ -181,8 +181,6 @@ class Replayer:
         thread of group `pid` whose leader has exited, is that thread."""
         cur = self.m.state.rqs[cpu].curr
         leader = self.tasks.get(pid)
-        if leader is cur:
-            return None
         if cur.is_idle or cur.pf_kthread or (leader is not None and not (
             leader.exiting or leader.state is TaskState.GONE
         )):  # fmt: skip
@@ -222,13 +220,15 @@ class Replayer:
 
     def current(self, cpu: int, pid: int, comm: str, tgid: int | None) -> Task:
         """The task the trace says is current on `cpu`; the model is made to agree."""
+        rq = self.m.state.rqs[cpu]
         if pid < 0:
-            return self.m.state.rqs[cpu].curr
+            return rq.curr
+        if (rq.idle if pid == 0 else self.tasks.get(pid)) is rq.curr:
+            return rq.curr  # the model already agrees: the common case
         moved = self._de_thread(pid, cpu)
         if moved is not None:
             return moved
         t = self.task(pid, comm, tgid, cpu)
-        rq = self.m.state.rqs[cpu]
         if rq.curr is t:
             return t
         if t.state is TaskState.GONE:
