@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from activemm import scenario as scen
-from activemm.capture.guest import WORKLOADS
+from activemm.capture import WORKLOADS
 from activemm.errors import ActiveMmError
 from activemm.model.config import DEFAULT_PRESET, MUTANTS, PRESETS, KernelConfig, preset
 from activemm.report.steps import step_json, step_view

@@ -12,22 +12,6 @@ from pathlib import Path
 
 from activemm.capture.kernel import CaptureError, need
 
-WORKLOADS = {
-    "threads": "threads of one process (user->user switches within one mm)",
-    "forkexec": "fork+exec churn; children exit on CPUs that then go idle",
-    "zombie": "exit while the mm is borrowed lazily on another CPU (the zombie mm)",
-    "vfork": "vfork + exec (the child borrows the parent's mm until exec)",
-    "execthread": "exec from a non-leader thread (de_thread)",
-    "exitgroup": "exit_group while sibling threads run on other CPUs",
-    "munmap": "munmap-driven TLB flushes to running and lazy CPUs",
-    "iouring": "io_uring worker and SQPOLL threads on a user mm",
-    "clonevm": "clone(CLONE_VM) without CLONE_THREAD, beside its parent; half of them exec",
-    "procreader": "/proc/PID/stat readers holding mm_users while the task exits",
-    "umh": "user-mode helpers (request_module): tasks born without an mm that exec",
-    "hotplug": "CPU hotplug: the last CPU goes offline (its lazy mm handed back) and returns",
-    "all": "every workload above, one after another",
-    "parallel": "every workload above, all at once",
-}
 GROUP = "activemm"
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from activemm.capture import guest
+from activemm.capture import WORKLOADS, guest
 from activemm.capture.kernel import CaptureError, KernelImage, need, task_offsets
 
 BOOT_TIMEOUT_KVM = 45.0  # a broken KVM can hang silently in the decompressor
@@ -201,8 +201,8 @@ def check_options(opts: CaptureOptions) -> None:
     if not out.parent.is_dir():
         raise CaptureError(f"{out}: directory {out.parent} does not exist")
     names = opts.workload.split(",")
-    single = [n for n in guest.WORKLOADS if n not in ("all", "parallel")]
-    unknown = [n for n in names if n not in guest.WORKLOADS]
+    single = [n for n in WORKLOADS if n not in ("all", "parallel")]
+    unknown = [n for n in names if n not in WORKLOADS]
     if unknown or (len(names) > 1 and {"all", "parallel"} & set(names)):
         raise CaptureError(
             f"unknown workload {opts.workload!r}: expected all, parallel, or one or more "
