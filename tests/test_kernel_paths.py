@@ -88,10 +88,8 @@ def test_per_task_refs_before_5_4_grab_on_every_kernel_switch() -> None:
 
 def test_exit_mm_becomes_lazy_then_mmput() -> None:
     m = machine()
-    with_user(m)
+    mm2 = with_user(m)
     m.schedule(1, "app")
-    mm2 = m.task("app").mm
-    assert mm2 is not None
     m.exit("app")
     # exit_mm: mmgrab_lazy_tlb (1 -> 2), mm = NULL, mmput: users 1 -> 0 -> __mmput ->
     # mmdrop (2 -> 1). The struct lives: CPU 1 lazily holds it. The task still runs
@@ -290,10 +288,8 @@ def test_an_exiting_task_can_be_preempted_and_run_again() -> None:
     # Seen in real traces: sched_process_exit, then a switch out with prev_state=R+ (preempted
     # inside do_exit after exit_mm), then the task runs again and makes its final switch (Z).
     m = machine()
-    with_user(m)
+    mm2 = with_user(m)
     m.schedule(1, "app")
-    mm2 = m.task("app").mm
-    assert mm2 is not None
     m.exit("app")
     m.schedule(1, "swapper/1", preempt=True)  # kernel -> kernel: the lazy ref goes to idle
     app = m.task("app")
