@@ -6,7 +6,7 @@ import json
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,6 +18,13 @@ from activemm.errors import ActiveMmError
 from activemm.model.config import DEFAULT_PRESET, MUTANTS, PRESETS, KernelConfig, preset
 from activemm.report.steps import step_json, step_view
 from activemm.sanitizer import Sanitizer, Violation
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from activemm.trace.events import TraceEvent
+    from activemm.trace.readers import ReadStats
+    from activemm.trace.replay import TaskInfo
 
 app = typer.Typer(
     help="activemm: the Linux kernel's active_mm / lazy-TLB scheme, executable and checked.\n\n"
@@ -48,14 +55,24 @@ def resolve_config(
     return cfg.with_mutants(*mutants) if mutants else cfg
 
 
-def _capture_inputs(trace: str, tasks: Path | None) -> tuple[str, Path | None]:
-    """A capture directory (activemm capture) stands for its trace and its task snapshot."""
+def _open_trace(
+    trace: str, tasks: Path | None, fmt: str | None = None, lenient: bool = False
+) -> tuple[str, Iterator[TraceEvent], int, ReadStats, dict[int, TaskInfo] | None]:
+    """What replay, report and timeline read: the trace's events (a capture directory stands
+    for its trace and task snapshot), its CPU count, the reader's statistics, the snapshot."""
+    from activemm.trace.readers import ReadStats, read_trace
+    from activemm.trace.replay import load_task_snapshot, peek_cpus
+
     if trace != "-" and Path(trace).is_dir():
         from activemm.validate import locate
 
         path, tasks, _ = locate(Path(trace), tasks)
-        return str(path), tasks
-    return trace, tasks
+        trace = str(path)
+    snapshot = load_task_snapshot(tasks) if tasks else None
+    stats = ReadStats()
+    events = read_trace(trace, fmt=fmt, lenient=lenient, stats=stats)
+    ncpus, events = peek_cpus(events, stats=stats)
+    return trace, events, ncpus, stats, snapshot
 
 
 def _run(sc: scen.Scenario, cfg: KernelConfig, as_json: bool, quiet: bool, sanitize: bool) -> None:
@@ -330,19 +347,13 @@ def replay(
     from activemm.fileio import write_atomic
     from activemm.metrics import load_costs
     from activemm.report.compare import BASELINE, comparison, table
-    from activemm.trace.readers import ReadStats, read_trace
-    from activemm.trace.replay import load_task_snapshot, peek_cpus
     from activemm.trace.replay import replay as run_replay
 
     names = preset_names or ["linux-6.17-x86_64", "linux-6.17-powerpc-radix", BASELINE]
     configs = [preset(n) for n in names]
     hidden = [] if BASELINE in names else [preset(BASELINE)]
     cost_table = load_costs(costs)
-    trace, tasks = _capture_inputs(trace, tasks)
-    snapshot = load_task_snapshot(tasks) if tasks else None
-    stats = ReadStats()
-    events = read_trace(trace, fmt=fmt, lenient=lenient, stats=stats)
-    ncpus, events = peek_cpus(events, stats=stats)
+    trace, events, ncpus, stats, snapshot = _open_trace(trace, tasks, fmt, lenient)
     ncpus = cpus or ncpus
     with Progress(
         SpinnerColumn(),
@@ -407,8 +418,6 @@ def timeline(
     zombie births, IPIs, CR3 loads."""
     from activemm.fileio import write_atomic
     from activemm.report.timeline import Timeline
-    from activemm.trace.readers import read_trace
-    from activemm.trace.replay import load_task_snapshot, peek_cpus
     from activemm.trace.replay import replay as run_replay
 
     if source.endswith(".toml"):
@@ -420,10 +429,7 @@ def timeline(
     else:
         cfg = resolve_config(preset_name)
         tl = Timeline()
-        source, tasks = _capture_inputs(source, tasks)
-        events = read_trace(source)
-        ncpus, events = peek_cpus(events)
-        snap = load_task_snapshot(tasks) if tasks else None
+        _, events, ncpus, _, snap = _open_trace(source, tasks)
         run_replay(events, [cfg], ncpus, snap, extra={cfg.name: [tl]})
     doc = tl.document()
     write_atomic(output, json.dumps(doc))
@@ -486,19 +492,13 @@ def report(
     from activemm.report.compare import BASELINE, comparison
     from activemm.report.html import plots, render
     from activemm.report.timeline import Timeline
-    from activemm.trace.readers import ReadStats, read_trace
-    from activemm.trace.replay import load_task_snapshot, peek_cpus
     from activemm.trace.replay import replay as run_replay
 
     names = preset_names or ["linux-6.17-x86_64", "linux-6.17-powerpc-radix"]
     configs = [preset(n) for n in names]
     if BASELINE not in names:
         configs.append(preset(BASELINE))
-    trace, tasks = _capture_inputs(trace, tasks)
-    snapshot = load_task_snapshot(tasks) if tasks else None
-    stats = ReadStats()
-    events = read_trace(trace, fmt=fmt, stats=stats)
-    ncpus, events = peek_cpus(events, stats=stats)
+    trace, events, ncpus, stats, snapshot = _open_trace(trace, tasks, fmt)
     tl = Timeline()
     n, replayers = run_replay(
         events, configs, ncpus, snapshot, extra={names[0]: [tl]}, progress=None
