@@ -121,6 +121,57 @@ def test_capture_refuses_a_full_directory_and_unknown_workloads(tmp_path: Path) 
         run.capture(image, run.CaptureOptions(out=tmp_path / "new", workload="threads,bogus"))
 
 
+def test_your_own_workload_is_checked_before_anything_boots(tmp_path: Path) -> None:
+    image = KernelImage("6.1.0-0-amd64", tmp_path, tmp_path, tmp_path)
+
+    def refused(match: str, **kw: object) -> None:
+        with pytest.raises(CaptureError, match=match):
+            run.capture(image, run.CaptureOptions(out=tmp_path / "new", **kw))  # type: ignore[arg-type]
+
+    refused("nothing to run", workload="none")
+    refused("empty", workload="none", run="  ")
+    refused("no such file", program=tmp_path / "missing.c")
+    (tmp_path / "notes.txt").write_text("hello")
+    refused("C source", program=tmp_path / "notes.txt")
+    if shutil.which("gcc"):
+        dynamic = tmp_path / "dyn"
+        src = tmp_path / "dyn.c"
+        src.write_text("int main(void) { return 0; }\n")
+        subprocess.run(["gcc", "-o", str(dynamic), str(src)], check=True)
+        refused("dynamically linked", program=dynamic)
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif(
+    not (shutil.which("busybox") and shutil.which("gcc") and shutil.which("cpio")),
+    reason="needs busybox, gcc and cpio",
+)
+def test_your_own_program_and_command_line_go_into_the_initramfs(tmp_path: Path) -> None:
+    src = tmp_path / "mine.c"
+    src.write_text('#include <stdio.h>\nint main(void) { puts("mine"); return 0; }\n')
+    initrd = guest.build_initramfs(tmp_path, ["p:x y"], run="program & program; wait", program=src)
+    root = tmp_path / "root"
+    root.mkdir()
+    subprocess.run(
+        ["cpio", "-id", "--quiet"], input=gzip.decompress(initrd.read_bytes()), cwd=root, check=True
+    )
+    assert (root / "run.sh").read_text() == "program & program; wait\n"
+    mine = subprocess.run([str(root / "bin" / "program")], capture_output=True, text=True)
+    assert mine.stdout == "mine\n"  # built static from the source, runs anywhere
+    alone = guest.build_initramfs(tmp_path, ["p:x y"], program=src)
+    listing = subprocess.run(
+        ["cpio", "-it", "--quiet"],
+        input=gzip.decompress(alone.read_bytes()),
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    assert "run.sh" in listing.split()  # a program alone is the workload: /run.sh runs it
+    broken = tmp_path / "broken.c"
+    broken.write_text("int main(void) { return nope; }\n")
+    with pytest.raises(CaptureError, match=r"building broken\.c failed: .*nope"):
+        guest.build_initramfs(tmp_path, ["p:x y"], program=broken)
+
+
 QEMU_READY = all(shutil.which(t) for t in ("qemu-system-x86_64", "busybox", "gcc", "apt-get"))
 
 
@@ -161,7 +212,8 @@ console, ship = files
 count = os.path.join(os.environ["FAKE_QEMU_DIR"], "runs")
 runs = int(open(count).read()) if os.path.exists(count) else 0
 open(count, "w").write(str(runs + 1))
-if runs == 0:
+first = os.environ.get("FAKE_QEMU_FIRST", "panic")
+if runs == 0 and first == "panic":
     open(console, "w").write("[    2.0] Kernel panic - not syncing: Fatal exception in interrupt\n")
     sys.exit(0)
 def block(name, data):
@@ -174,16 +226,20 @@ out = "".join(block(n, d) for n, d in [("meta", meta), ("kprobes", b"p:x y\n"),
     ("kprobes.failed", b""), ("workload.log", b"workload exit status 0\n"),
     ("tasks_start", b""), ("tasks_end", b""), ("trace", trace)]) + "=== DONE\n"
 open(ship, "w").write(out)
-open(console, "w").write("ACTIVEMM: booted\nACTIVEMM: workload done\nACTIVEMM: shipped\n")
+oops = "[    8.5] Oops: 0010 [#1] PREEMPT SMP NOPTI\n" if runs == 0 and first == "oops" else ""
+open(console, "w").write(f"ACTIVEMM: booted\n{oops}ACTIVEMM: workload done\nACTIVEMM: shipped\n")
 """
 
 
 @pytest.mark.skipif(
     not (shutil.which("busybox") and shutil.which("gcc")), reason="needs busybox and gcc"
 )
-def test_a_guest_that_panics_while_booting_gets_one_more_try(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("first", ["panic", "oops"])
+def test_a_guest_that_crashes_gets_one_more_try(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str
 ) -> None:
+    """A panic while booting, or an oops in the workload even though the trace arrived: the
+    first run is no ground truth, the second (clean) one is kept."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     fake = bindir / "qemu-system-x86_64"
@@ -191,6 +247,7 @@ def test_a_guest_that_panics_while_booting_gets_one_more_try(
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_QEMU_DIR", str(tmp_path))
+    monkeypatch.setenv("FAKE_QEMU_FIRST", first)
     monkeypatch.setattr(run, "task_offsets", lambda image: {"pid": 1, "flags": 2, "mm": 3,
                                                             "active_mm": 4, "comm": 5})  # fmt: skip
     image = KernelImage("6.1.0-0-amd64", tmp_path, tmp_path, tmp_path)

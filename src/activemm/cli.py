@@ -519,15 +519,33 @@ def capture(
     output: Annotated[Path, typer.Option("--output", "-o", help="New directory for the capture.")],
     smp: Annotated[int, typer.Option("--smp", min=1, max=16, help="Guest CPUs.")] = 2,
     workload: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--workload",
             "-w",
             help=", ".join(n for n in WORKLOADS if n not in ("all", "parallel"))
-            + " (several: comma-separated), all (one after another) or parallel (all at once); "
-            "docs/validate.md says what each exercises.",
+            + " (several: comma-separated), all (one after another), parallel (all at once) or "
+            "none; docs/validate.md says what each exercises. Default: all, or none with --run "
+            "or --program.",
         ),
-    ] = "all",
+    ] = None,
+    run: Annotated[
+        str | None,
+        typer.Option(
+            "--run",
+            help="Your own workload: a busybox sh command line run in the guest (after the "
+            "built-in workload, if one is named), e.g. 'for i in 1 2 3; do ls /proc >/dev/null "
+            "& done; wait'.",
+        ),
+    ] = None,
+    program: Annotated[
+        Path | None,
+        typer.Option(
+            "--program",
+            help="A C source (built with gcc -static) or a static x86-64 executable, installed "
+            "as /bin/program in the guest; run as `program` unless --run says otherwise.",
+        ),
+    ] = None,
     scale: Annotated[int, typer.Option("--scale", min=1, max=50, help="Repeat counts x N.")] = 1,
     release: Annotated[
         str,
@@ -576,7 +594,11 @@ def capture(
         if err.is_terminal:
             err.print(f"[dim]{_time.monotonic() - t0:6.1f}s[/dim] {msg}")
 
-    opts = CaptureOptions(output, smp, workload, scale, accel, 0, timeout, allow_lost)
+    if workload is None:
+        workload = "none" if run is not None or program is not None else "all"
+    opts = CaptureOptions(
+        output, smp, workload, scale, accel, 0, timeout, allow_lost, run=run, program=program
+    )
     check_options(opts)
     progress("fetching the kernel" if kernel is None else f"using {kernel}")
     image = image_from_path(kernel) if kernel else fetch(release)
@@ -590,8 +612,18 @@ def capture(
     entries = sum(s.get("entries", 0) for s in rb.values()) if isinstance(rb, dict) else 0
     out.print(
         f"captured {entries} events from Linux {meta['kernel']} ({smp} CPUs, {meta['accel']}, "
-        f"workload {workload}) in {_time.monotonic() - t0:.1f}s -> {output}/"
+        f"workload {_workload_label(workload, run, program)}) in "
+        f"{_time.monotonic() - t0:.1f}s -> {output}/"
     )
+
+
+def _workload_label(workload: str, run: str | None, program: Path | None) -> str:
+    parts = [] if workload == "none" else [workload]
+    if program is not None:
+        parts.append(program.name)
+    if run is not None:
+        parts.append(repr(run) if len(run) <= 40 else repr(run[:37] + "..."))
+    return " + ".join(parts)
 
 
 @app.command()

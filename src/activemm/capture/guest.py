@@ -45,20 +45,52 @@ def kprobe_definitions(off: dict[str, int]) -> list[str]:
 
 def build_workload(out: Path) -> Path:
     """Compile guest/workload.c into a static binary."""
-    gcc = need("gcc", "gcc")
     src = resources.files("activemm.capture") / "guest" / "workload.c"
-    binary = out / "workload"
+    return _compile(src.read_bytes(), out / "workload", "the guest workload")
+
+
+def _compile(source: bytes, binary: Path, what: str) -> Path:
+    """gcc -static -O2 -pthread: C source to a static executable for the guest."""
+    gcc = need("gcc", "gcc")
     r = subprocess.run(
         [gcc, "-static", "-O2", "-pthread", "-o", str(binary), "-x", "c", "-"],
-        input=src.read_bytes(),
+        input=source,
         capture_output=True,
     )
     if r.returncode != 0:
-        first = (r.stderr.decode(errors="replace").strip().splitlines() or ["?"])[0]
-        if "cannot find -lc" in r.stderr.decode(errors="replace"):
+        stderr = r.stderr.decode(errors="replace")
+        if "cannot find -lc" in stderr:
             raise CaptureError("gcc cannot link static programs: `apt-get install libc6-dev`")
-        raise CaptureError(f"building the guest workload failed: {first}")
+        first = next((ln for ln in stderr.splitlines() if "error" in ln), None)
+        first = first or (stderr.strip().splitlines() or ["?"])[0]
+        raise CaptureError(f"building {what} failed: {first.replace('<stdin>', what)}")
     return binary
+
+
+def check_program(path: Path) -> None:
+    """--program takes a C source (.c) or a static x86-64 executable."""
+    if not path.is_file():
+        raise CaptureError(f"--program {path}: no such file")
+    if path.suffix == ".c":
+        return
+    head = path.read_bytes()[:64]
+    if head[:4] != b"\x7fELF":
+        raise CaptureError(f"--program {path}: expected a C source (.c) or an ELF executable")
+    if int.from_bytes(head[0x12:0x14], "little") != 0x3E:
+        raise CaptureError(f"--program {path}: not an x86-64 executable")
+    if not _is_static(path):
+        raise CaptureError(
+            f"--program {path}: dynamically linked; the guest has no libc: "
+            "build it with gcc -static, or pass the .c source"
+        )
+
+
+def build_program(path: Path, work: Path) -> bytes:
+    """The user's program for /bin/program: compiled when it is a C source."""
+    check_program(path)
+    if path.suffix == ".c":
+        return _compile(path.read_bytes(), work / "program", path.name).read_bytes()
+    return path.read_bytes()
 
 
 class Cpio:
@@ -94,8 +126,12 @@ class Cpio:
         return self.buf.getvalue()
 
 
-def build_initramfs(work: Path, kprobes: list[str]) -> Path:
-    """busybox, /init, the workload and the kprobe definitions, as a gzipped cpio."""
+def build_initramfs(
+    work: Path, kprobes: list[str], run: str | None = None, program: Path | None = None
+) -> Path:
+    """busybox, /init, the workload and the kprobe definitions, as a gzipped cpio; with
+    `program`, /bin/program; with `run` (or a program alone), /run.sh for /init to run after
+    the built-in workload."""
     busybox = shutil.which("busybox")
     if busybox is None or not _is_static(Path(busybox)):
         raise CaptureError("a static busybox is needed: `apt-get install busybox-static`")
@@ -108,6 +144,10 @@ def build_initramfs(work: Path, kprobes: list[str]) -> Path:
     c.symlink("bin/sh", "busybox")
     c.file("init", init)
     c.file("workload", build_workload(work).read_bytes())
+    if program is not None:
+        c.file("bin/program", build_program(program, work))
+    if run is not None or program is not None:
+        c.file("run.sh", (f"{run if run is not None else 'program'}\n").encode())
     c.file("kprobes", ("\n".join(kprobes) + "\n").encode(), 0o644)
     path = work / "initramfs.cpio.gz"
     path.write_bytes(gzip.compress(c.finish(), compresslevel=1))

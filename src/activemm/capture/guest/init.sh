@@ -55,8 +55,18 @@ echo 1 > $T/tracing_on
 echo "activemm trace start" > $T/trace_marker
 snapshot > /tmp/tasks_start
 say "workload $WORKLOAD scale $SCALE"
-/workload "$WORKLOAD" "$SCALE" > /tmp/workload.log 2>&1
-echo "workload exit status $?" >> /tmp/workload.log
+status=0
+if [ "$WORKLOAD" != none ]; then
+    /workload "$WORKLOAD" "$SCALE" > /tmp/workload.log 2>&1
+    status=$?
+fi
+if [ -e /run.sh ]; then  # the user's own workload (activemm capture --run / --program)
+    echo "run: $(cat /run.sh)" >> /tmp/workload.log
+    (cd /tmp && sh /run.sh) >> /tmp/workload.log 2>&1
+    run_status=$?
+    [ "$status" -ne 0 ] || status=$run_status
+fi
+echo "workload exit status $status" >> /tmp/workload.log
 snapshot > /tmp/tasks_end
 echo "activemm trace end" > $T/trace_marker
 echo 0 > $T/tracing_on
