@@ -26,14 +26,16 @@ def _names(capture: Path) -> set[str]:
     return set(json.loads((capture / "meta.json").read_text())["workload"].split(","))
 
 
-def _uses_io_uring(capture: Path) -> bool:
-    return bool({"iouring", "all", "parallel"} & _names(capture))
+def _holds_outside(capture: Path) -> bool:
+    """io_uring (ctx->mm_account) and the OOM killer (signal->oom_mm) hold mm_count where no
+    input shows it."""
+    return bool({"iouring", "oom", "all", "parallel"} & _names(capture))
 
 
 HOTPLUG = [p for p in ALL if "hotplug" in _names(p)]  # the 4-CPU parallel ones predate it
 RACY = [CAPTURES / "linux-6.1-smp3-race"]  # two CPUs dropping one mm at once
-PLAIN = [p for p in ALL if not _uses_io_uring(p) and p not in HOTPLUG and p not in RACY]
-IO_URING = [p for p in ALL if _uses_io_uring(p)]
+PLAIN = [p for p in ALL if not _holds_outside(p) and p not in HOTPLUG and p not in RACY]
+HELD = [p for p in ALL if _holds_outside(p)]
 WINDOWS = ("exit window", "exec window", "follows an earlier miss")
 
 
@@ -79,9 +81,10 @@ def test_sched_inputs_match_mmdrops_and_tag_every_missed_switch(capture: Path) -
             assert m["cause"].startswith(WINDOWS), m
 
 
-@pytest.mark.parametrize("capture", IO_URING, ids=lambda p: p.name)
-def test_io_uring_misses_are_the_reference_it_holds(capture: Path) -> None:
-    """io_uring pins the mm (ctx->mm_account) and a kworker drops it: no input says so."""
+@pytest.mark.parametrize("capture", HELD, ids=lambda p: p.name)
+def test_misses_of_io_uring_and_oom_are_the_reference_they_hold(capture: Path) -> None:
+    """io_uring pins the mm (ctx->mm_account) and a kworker drops it; the OOM killer pins its
+    victim's (signal->oom_mm) until the signal struct goes: no input says so."""
     r = validate(capture)
     assert r.context_switches.matched == r.context_switches.total
     missed = [m for m in r.mismatches if m["group"] == "mmdrop"]

@@ -17,6 +17,7 @@ WORKLOADS = {
     "procreader": "/proc/PID/stat readers holding mm_users while the task exits",
     "umh": "user-mode helpers (request_module): tasks born without an mm that exec",
     "hotplug": "CPU hotplug: the last CPU goes offline (its lazy mm handed back) and returns",
+    "oom": "the OOM killer's victim: signal->oom_mm holds its mm past the last lazy switch",
     "all": "every workload above, one after another",
     "parallel": "every workload above, all at once",
 }

@@ -107,6 +107,7 @@ class Validator(MarkerSteps, Clocked):
         self.live: dict[int, Mm] = {}
         self.pretrace_mms: set[int] = set()
         self.new_addrs: dict[int, list[int]] = {}  # model task id() -> mm_init addresses
+        self.births: dict[int, list[int]] = {}  # address -> trace lines of its mm_init returns
         # kernel side, per CPU
         self.pending: dict[int, SwitchGroup] = {}
         self.anchor: dict[int, tuple[object, ...]] = {}
@@ -368,6 +369,7 @@ class Validator(MarkerSteps, Clocked):
         if t is None:
             t = self.replayer.current(p.cpu, p.pid, p.comm, p.tgid)
         self.new_addrs.setdefault(id(t), []).append(addr)
+        self.births.setdefault(addr, []).append(p.line)
         stale = self.live.get(addr)
         if stale is not None:
             del self.live[addr]  # a new life of this address
@@ -530,6 +532,8 @@ class Validator(MarkerSteps, Clocked):
     # -- scoring ---------------------------------------------------------------------
 
     def _score(self) -> None:
-        drops = DropScorer(self.result, self.inputs, self.exited_mm, self.tainted, self.raced)
+        drops = DropScorer(
+            self.result, self.inputs, self.exited_mm, self.tainted, self.raced, self.births
+        )
         drops.score(self.kernel_drops, self.model_drops)
         score_outside(self.result, self.kernel_outside, self.model_outside)

@@ -13,8 +13,9 @@ from activemm.validate.kernel import Drop, Outside, hexaddr
 
 MAX_MISMATCHES = 50
 HELD_OUTSIDE = (
-    "mm_count held outside the scheduler (io_uring's ctx->mm_account...) and dropped by a "
-    "kernel thread: no input announces it"
+    "mm_count held outside the scheduler (io_uring's ctx->mm_account, the OOM killer's "
+    "signal->oom_mm...) and dropped later elsewhere, or not within the trace: no input "
+    "announces it"
 )
 ELSEWHERE = (
     "__mmput ran in another task (an mm_users reference such as a /proc reader's "
@@ -100,12 +101,15 @@ class DropScorer:
         exited_mm: dict[int, int],
         tainted: set[int],
         raced: set[int],
+        births: dict[int, list[int]] | None = None,
     ) -> None:
         self.result = result
         self.inputs = inputs
         self.exited_mm = exited_mm  # mm address -> pid whose exit_mm let go of it
         self.tainted = tainted  # addresses of mms in context switches the model missed
         self.raced = raced  # addresses whose __mmput the model pinned until a later event
+        self.births = births or {}  # address -> lines where mm_init handed it out
+        self.kernel_lines: dict[int | None, list[int]] = {}  # address -> its __mmdrop lines
         # side -> its frees in a finish_task_switch
         self.finishes: dict[str, list[Drop]] = {}
 
@@ -116,6 +120,9 @@ class DropScorer:
             for side, drops in (("kernel", kernel_drops), ("model", model_drops))
         }
         other = {d.addr for d in kernel_drops if d.point[0] == "other"}
+        self.kernel_lines = {}
+        for d in kernel_drops:
+            self.kernel_lines.setdefault(d.addr, []).append(d.line)
         elsewhere = {d.addr for d in kernel_drops if self.mmput_by_another(d)}
         window = {d.addr for d in kernel_drops if self.exit_window_drop(d)}
         left = Counter((d.addr, d.point) for d in model_drops)
@@ -139,7 +146,7 @@ class DropScorer:
                 res.mmdrop.total += 1
                 cause = (
                     CONCURRENT if self.concurrent(d, "kernel")
-                    else HELD_OUTSIDE if d.addr in other
+                    else HELD_OUTSIDE if d.addr in other or self.kernel_kept(d)
                     else RACE if d.addr in self.raced
                     else ELSEWHERE if d.addr in elsewhere
                     else EXIT_WINDOW if d.addr in window
@@ -148,6 +155,20 @@ class DropScorer:
                 )  # fmt: skip
                 res.mismatch("mmdrop", d.line, {"mm": d.name, "freed_at": list(d.point)},
                              {"freed_at": "not here"}, cause)  # fmt: skip
+
+    def kernel_kept(self, d: Drop) -> bool:
+        """The model freed this mm, and in the kernel that life of its address (from the
+        mm_init before the model's free to the next) saw no __mmdrop at all: a reference the
+        inputs never showed kept it past the end of the trace (or freed it where no probe
+        sees it, as mmdrop_async() can)."""
+        if d.addr is None or d.addr not in self.births:
+            return False
+        born = [line for line in self.births[d.addr] if line < d.line]
+        if not born:
+            return False
+        reborn = [line for line in self.births[d.addr] if line > d.line]
+        start, end = born[-1], reborn[0] if reborn else float("inf")
+        return not any(start < line < end for line in self.kernel_lines.get(d.addr, []))
 
     def concurrent(self, d: Drop, other_side: str) -> bool:
         """Both sides freed this mm in a finish_task_switch, of different switches: two CPUs

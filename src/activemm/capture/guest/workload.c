@@ -353,6 +353,38 @@ static void w_hotplug(int scale) {
     }
 }
 
+static void *hog(void *arg) {
+    for (;;) {
+        char *p = malloc(1 << 20);
+        if (p == NULL) break;
+        memset(p, 1, 1 << 20);
+    }
+    return arg;
+}
+
+/* The OOM killer: a two-threaded child eats memory until it is killed. mark_oom_victim()
+ * mmgrab()s the victim's mm into signal->oom_mm, a reference no scheduler event shows,
+ * dropped only when the signal struct is freed (mmdrop_async). */
+static void w_oom(int scale) {
+    for (int r = 0; r < scale; r++) {
+        pid_t p = fork();
+        if (p == 0) {
+            int fd = open("/proc/self/oom_score_adj", O_WRONLY);
+            if (fd >= 0) {
+                write(fd, "1000", 4);  /* be the victim, whatever else runs */
+                close(fd);
+            }
+            pthread_t t;
+            pthread_create(&t, NULL, hog, NULL);
+            hog(NULL);
+            _exit(0);
+        }
+        int status;
+        waitpid(p, &status, 0);
+        printf("oom: child %d %s\n", p, WIFSIGNALED(status) ? "killed" : "exited");
+    }
+}
+
 struct workload {
     const char *name;
     void (*run)(int);
@@ -372,6 +404,7 @@ static const struct workload workloads[] = {
     {"procreader", w_procreader, "/proc readers holding mm_users while tasks exit"},
     {"umh", w_umh, "user-mode helpers: tasks the kernel starts without an mm, which exec"},
     {"hotplug", w_hotplug, "CPU hotplug: the last CPU goes offline and comes back"},
+    {"oom", w_oom, "the OOM killer's victim: its mm held by signal->oom_mm past its exit"},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
