@@ -8,6 +8,8 @@ import pytest
 from activemm import Violation
 from activemm.errors import ConfigError, OperationError
 from activemm.model.config import KernelConfig
+from activemm.model.events import Event, MmFreed
+from activemm.model.kernel import Observer
 from activemm.model.state import TaskState
 
 from .helpers import lazy_kworker, machine, with_user
@@ -121,6 +123,31 @@ def test_exec_mmput_old_mm_and_drops_lazy_ref_without_one() -> None:
     # exec with an old mm: mmput(mm1): users 2 -> 1, nothing dropped from mm_count.
     assert (mm1.mm_users, mm1.mm_count) == (1, 1)
     assert m.task("ls").mm is not mm1
+
+
+def test_a_failed_exec_frees_the_mm_it_allocated_and_changes_nothing_else() -> None:
+    """free_bprm(): bprm_mm_init()'s mm has one user and one mm_count; mmput() runs
+    __mmput() and __mmdrop() in the task itself, which keeps its own mm."""
+    m = machine()
+    mm2 = with_user(m)
+    m.schedule(1, "app")
+    freed: list[tuple[str, str]] = []
+
+    class Watch(Observer):
+        def event(self, ev: Event) -> None:
+            if isinstance(ev, MmFreed):
+                freed.append((ev.mm.name, ev.reason))
+
+    m.add_observer(Watch())
+    before = [(mm.name, mm.mm_users, mm.mm_count) for mm in m.state.mms]
+    m.failed_exec("app")
+    app = m.task("app")
+    assert app.mm is mm2 and app.active_mm is mm2
+    assert freed == [("mm3", "__mmput")]
+    assert [(mm.name, mm.mm_users, mm.mm_count) for mm in m.state.mms[:-1]] == before
+    with pytest.raises(OperationError, match="kernel thread"):
+        m.schedule(0, "kthreadd")
+        m.failed_exec("kthreadd")
 
 
 def test_kthread_use_mm_reference_flow() -> None:

@@ -73,12 +73,38 @@ def test_markers_match_every_switch_and_mmdrop(capture: Path) -> None:
 
 @pytest.mark.parametrize("capture", PLAIN, ids=lambda p: p.name)
 def test_sched_inputs_match_mmdrops_and_tag_every_missed_switch(capture: Path) -> None:
+    """Every __mmdrop, but those of failed execs: no tracepoint fires for an exec that fails,
+    and the mm bprm_mm_init allocated for it is born and freed in the task."""
     r = validate(capture, inputs="sched")
-    assert r.mmdrop.matched == r.mmdrop.total
+    assert r.mmdrop.total - r.mmdrop.matched == r.causes[score.FAILED_EXEC]
+    assert r.causes[score.FAILED_EXEC] == _failed_execs(capture)
     assert r.context_switches.matched >= 0.99 * r.context_switches.total
     for m in r.mismatches:
         if m["group"] == "context_switch":
             assert m["cause"].startswith(WINDOWS), m
+
+
+def _failed_execs(capture: Path) -> int:
+    """Execs that failed, counted in the text: alloc_bprm's mm_alloc returns (every execve
+    that got that far) minus sched_process_exec (every one that succeeded)."""
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        text = f.read()
+    return text.count("(alloc_bprm+") - text.count(" sched_process_exec: ")
+
+
+@pytest.mark.parametrize(
+    "capture", [p for p in ALL if "badexec" in _names(p)], ids=lambda p: p.name
+)
+def test_failed_execs_are_followed_with_markers(capture: Path) -> None:
+    """An exit_mmap of an mm this task's mm_init returned and no exec installed is a failed
+    exec: the model allocates and puts it there, and the next exec gets the next address."""
+    r = validate(capture)
+    assert r.learned["failed execve (exit_mmap of an mm no exec installed)"] == _failed_execs(
+        capture
+    )
+    assert _failed_execs(capture) >= 8
+    assert r.mmdrop.matched == r.mmdrop.total
+    assert r.context_switches.matched == r.context_switches.total
 
 
 @pytest.mark.parametrize("capture", HELD, ids=lambda p: p.name)

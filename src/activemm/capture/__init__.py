@@ -7,6 +7,7 @@ tracefs trace shipped out over a serial port. See docs/validate.md."""
 WORKLOADS = {
     "threads": "threads of one process (user->user switches within one mm)",
     "forkexec": "fork+exec churn; children exit on CPUs that then go idle",
+    "badexec": "execs that fail (no such file, not a program): an mm born and freed unseen",
     "zombie": "exit while the mm is borrowed lazily on another CPU (the zombie mm)",
     "vfork": "vfork + exec (the child borrows the parent's mm until exec)",
     "execthread": "exec from a non-leader thread (de_thread)",

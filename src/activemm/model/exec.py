@@ -34,9 +34,24 @@ def exec_mm_release(k: Kernel, tsk: Task, mm: Mm | None) -> None:
     exit_mm_release(k, tsk)
 
 
+def bprm_mm_init(k: Kernel, current: Task, comm: str | None) -> Mm:
+    """fs/exec.c: bprm_mm_init(): the new, empty mm (mm_alloc) the exec will install,
+    allocated in alloc_bprm() before the exec can still fail (6.1: even before the file is
+    opened)."""
+    return fork.mm_alloc(k, comm or current.comm)
+
+
+def free_bprm(k: Kernel, bprm_mm: Mm | None) -> None:
+    """fs/exec.c: free_bprm(): an exec that failed before exec_mmap() (no such file, not a
+    program...) puts bprm->mm: its only user, so __mmput() and __mmdrop() run right here, in
+    the task that tried. No one else ever saw that mm."""
+    if bprm_mm is not None:
+        mmh.mmput(k, bprm_mm)
+
+
 def begin_new_exec(k: Kernel, current: Task, comm: str | None) -> Mm:
     """fs/exec.c: bprm_mm_init() (mm_alloc) then begin_new_exec() (exec_mmap, __set_task_comm)."""
-    new = fork.mm_alloc(k, comm or current.comm)
+    new = bprm_mm_init(k, current, comm)
     exec_mmap(k, current, new)
     if comm:
         current.comm = comm

@@ -226,6 +226,18 @@ class Machine:
         self._end(op)
         return new
 
+    def failed_exec(self, task: TaskRef) -> None:
+        """fs/exec.c: an execve() that fails after alloc_bprm() (a missing file on 6.1, a file
+        that is no program...): bprm_mm_init() allocates a new mm, free_bprm() puts it; the
+        task keeps its mm and nothing else changes."""
+        t = self.task(task)
+        rq = self._running(t, "failed_exec")
+        if t.pf_kthread:
+            raise OperationError(f"failed_exec: {t.name} is a kernel thread (PF_KTHREAD)")
+        op = self._begin("failed_exec", rq.cpu, task=t)
+        execm.free_bprm(self.k, execm.bprm_mm_init(self.k, t, None))
+        self._end(op)
+
     def exit(self, task: TaskRef) -> None:
         """kernel/exit.c: do_exit() of a running task: exit_mm(); the task stays current,
         TASK_DEAD, until its CPU schedules another task (its final switch)."""

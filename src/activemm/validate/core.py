@@ -108,6 +108,7 @@ class Validator(MarkerSteps, Clocked):
         self.pretrace_mms: set[int] = set()
         self.new_addrs: dict[int, list[int]] = {}  # model task id() -> mm_init addresses
         self.births: dict[int, list[int]] = {}  # address -> trace lines of its mm_init returns
+        self.unclaimed: set[int] = set()  # lines of kernel __mmdrops of mms no model mm stood for
         # kernel side, per CPU
         self.pending: dict[int, SwitchGroup] = {}
         self.anchor: dict[int, tuple[object, ...]] = {}
@@ -351,6 +352,8 @@ class Validator(MarkerSteps, Clocked):
             owner = self.exited_mm.get(address(p.args.get("mm")))
             if owner is not None and owner != p.pid:
                 self.raced.add(address(p.args.get("mm")))
+            if self.inputs == "markers" and self._queued(p.pid, address(p.args.get("mm"))):
+                self._failed_exec(p, address(p.args.get("mm")))
             deferred = self.deferred.pop(p.line, None)
             if deferred is not None:
                 holder, mm = deferred
@@ -373,6 +376,25 @@ class Validator(MarkerSteps, Clocked):
         stale = self.live.get(addr)
         if stale is not None:
             del self.live[addr]  # a new life of this address
+
+    def _queued(self, pid: int, addr: int) -> list[int] | None:
+        """The mm_init addresses announced in pid's context and not yet given to a model
+        mm, if `addr` is one of them."""
+        t = self.replayer.tasks.get(pid)
+        queue = self.new_addrs.get(id(t)) if t is not None else None
+        return queue if queue and addr in queue else None
+
+    def _failed_exec(self, p: Probe, addr: int) -> None:
+        """exit_mmap of an mm this task's mm_init returned and no exec installed: an execve
+        that failed after bprm_mm_init() (free_bprm's mmput). The model's failed_exec binds
+        its new mm to this address and puts it here."""
+        queue = self._queued(p.pid, addr)
+        assert queue is not None
+        queue.remove(addr)
+        queue.insert(0, addr)
+        self.ctx = Context("__mmput", p.line, p.cpu, p.pid)
+        self._refusable(self.m.failed_exec, self.replayer.tasks[p.pid])
+        self.result.learned["failed execve (exit_mmap of an mm no exec installed)"] += 1
 
     def _kernel_drop(self, p: Probe) -> None:
         """Where the kernel's __mmdrop ran: in finish_task_switch() (only after a switch from
@@ -399,6 +421,10 @@ class Validator(MarkerSteps, Clocked):
         else:
             point = ("other", p.pid)
         self.mmput_open.pop(addr, None)
+        queue = self._queued(p.pid, addr)
+        if queue is not None:  # born and gone before any model mm claimed it: a failed exec
+            queue.remove(addr)
+            self.unclaimed.add(p.line)
         self.kernel_drops.append(Drop(addr, point, p.line, p.cpu))
         self.live.pop(addr, None)  # the end of this address's life
 
@@ -533,7 +559,13 @@ class Validator(MarkerSteps, Clocked):
 
     def _score(self) -> None:
         drops = DropScorer(
-            self.result, self.inputs, self.exited_mm, self.tainted, self.raced, self.births
+            self.result,
+            self.inputs,
+            self.exited_mm,
+            self.tainted,
+            self.raced,
+            self.births,
+            self.unclaimed,
         )
         drops.score(self.kernel_drops, self.model_drops)
         score_outside(self.result, self.kernel_outside, self.model_outside)

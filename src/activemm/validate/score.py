@@ -37,6 +37,10 @@ CONCURRENT = (
     "two CPUs let go of this mm at once (their finish_task_switch drops raced): which "
     "decrement was last is not in the inputs"
 )
+FAILED_EXEC = (
+    "an execve that failed (no such file, not a program...): bprm_mm_init's mm was born and "
+    "freed in the task without a tracepoint; only the exit_mmap marker shows it"
+)
 UNEXPLAINED = "unexplained"
 NEARBY = 30  # trace lines: two CPUs' switches racing on one mm sit this close
 
@@ -102,6 +106,7 @@ class DropScorer:
         tainted: set[int],
         raced: set[int],
         births: dict[int, list[int]] | None = None,
+        unclaimed: set[int] | None = None,
     ) -> None:
         self.result = result
         self.inputs = inputs
@@ -109,6 +114,7 @@ class DropScorer:
         self.tainted = tainted  # addresses of mms in context switches the model missed
         self.raced = raced  # addresses whose __mmput the model pinned until a later event
         self.births = births or {}  # address -> lines where mm_init handed it out
+        self.unclaimed = unclaimed or set()  # kernel __mmdrop lines of mms the model never had
         self.kernel_lines: dict[int | None, list[int]] = {}  # address -> its __mmdrop lines
         # side -> its frees in a finish_task_switch
         self.finishes: dict[str, list[Drop]] = {}
@@ -182,6 +188,8 @@ class DropScorer:
         )
 
     def cause(self, d: Drop) -> str:
+        if d.line in self.unclaimed:
+            return FAILED_EXEC
         if d.point[0] == "other":
             return HELD_OUTSIDE
         if self.mmput_by_another(d):

@@ -76,6 +76,31 @@ static void w_forkexec(int scale) {
     wait_all();
 }
 
+/* badexec: execs that fail, as a shell searching $PATH makes them: a missing file (6.1
+ * allocates the new mm in alloc_bprm before it opens the file) and a file that is no program
+ * (both kernels: bprm_mm_init, then -ENOEXEC). free_bprm's mmput frees that mm in the task;
+ * then the exec that works. */
+static void w_badexec(int scale) {
+    int fd = open("/tmp/notaprogram", O_WRONLY | O_CREAT | O_TRUNC, 0755);
+    if (fd >= 0) {
+        write(fd, "\177ELF, but no program\n", 22);
+        close(fd);
+    }
+    for (int i = 0; i < 4 * scale; i++) {
+        pid_t p = fork();
+        if (p == 0) {
+            pin(i);
+            char *argv[] = {"x", NULL};
+            execv("/no/such/program", argv);
+            execv("/tmp/notaprogram", argv);
+            execl(self, self, "noop", (char *)NULL);
+            _exit(127);
+        }
+        if (i % 2) wait_all();
+    }
+    wait_all();
+}
+
 /* zombie: a process runs and sleeps on CPU 1 (whose idle task then borrows its mm lazily),
  * moves to CPU 0 and exits there: its mm outlives its last real user until CPU 1 switches
  * to another user task. */
@@ -394,6 +419,7 @@ struct workload {
 static const struct workload workloads[] = {
     {"threads", w_threads, "threads of one process"},
     {"forkexec", w_forkexec, "fork+exec churn"},
+    {"badexec", w_badexec, "execs that fail (missing file, not a program), then one that works"},
     {"zombie", w_zombie, "exit while the mm is borrowed lazily on another CPU"},
     {"vfork", w_vfork, "vfork + exec"},
     {"execthread", w_execthread, "exec from a non-leader thread"},
