@@ -266,6 +266,35 @@ def test_mmput_run_by_a_proc_reader_is_placed_by_its_exit_mmap(tmp_path: Path) -
     assert all(m["cause"] != "unexplained" for m in sched.mismatches), sched.mismatches
 
 
+def test_what_cpus_borrowed_before_the_trace_is_learned_for_all_of_them(tmp_path: Path) -> None:
+    """CPUs 1 and 0 both borrowed a zombie mm when the trace began: CPU 1 letting go must not
+    free it, CPU 0 does (its first switch comes later). CPU 2 borrowed an mm the trace never
+    tears down or frees: a task asleep throughout still owns it, so letting go frees nothing."""
+    zombie, sleeper = "0xffff888000000d00", "0xffff888000000e00"
+    lines = ["# tracer: nop", "#P:3"]
+    lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
+                     _mmswitch(zombie, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+    lines += _switch(2, 1.0002, ("swapper/2", 0, "R"), ("other", 70),
+                     _mmswitch(sleeper, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+    lines += _switch(0, 1.0003, ("swapper/0", 0, "R"), ("reader", 60),
+                     _mmswitch(zombie, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+    lines += [_line("reader", 60, 0, 1.0004, f"mmdrop: (__mmdrop+0x0/0x130) mm={zombie}")]
+    lines += _switch(2, 1.0005, ("other", 70, "S"), ("swapper/2", 0), _lazy(OTHER_MM, 0),
+                     OTHER_MM, OTHER_MM)  # fmt: skip
+    trace = tmp_path / "pre.txt"
+    trace.write_text("\n".join(lines) + "\n")
+    assert kv.first_lazy_borrows(read_trace(str(trace))) == {
+        0: int(zombie, 16),
+        1: int(zombie, 16),
+        2: int(sleeper, 16),
+    }
+    for inputs in ("markers", "sched"):
+        r = validate(trace, preset_name="linux-6.1-x86_64", inputs=inputs)
+        assert r.context_switches.matched == r.context_switches.total == 4, r.mismatches
+        assert (r.mmdrop.matched, r.mmdrop.total) == (1, 1), r.mismatches
+        assert r.learned["mm borrowed by a CPU before the trace"] == 3
+
+
 def test_replay_takes_a_capture_directory_like_its_trace_and_snapshot() -> None:
     capture = CAPTURES / "linux-6.12-smp2-umh"
     runner = CliRunner()

@@ -282,10 +282,15 @@ class Machine:
         self._end(op)
         return t
 
-    def adopt_lazy(self, cpu: int, mm: MmRef | None = None, owner: str = "gone") -> Mm:
+    def adopt_lazy(
+        self, cpu: int, mm: MmRef | None = None, owner: str = "gone", held_by: str | None = None
+    ) -> Mm:
         """Not a kernel path: CPU `cpu`'s current task, which has no mm, was found lazily
-        borrowing an mm when observation began (trace replay): `mm`, a live one, or with None
-        an mm whose real users had all exited (a zombie named after `owner`)."""
+        borrowing an mm when observation began (trace replay): `mm`, a live one or a zombie
+        another CPU was found borrowing too, or with None an mm whose real users had all
+        exited (a new zombie named after `owner`). With None and `held_by`, the mm still has
+        a real user that observation never shows (a task asleep throughout): a new live mm
+        whose one mm_users reference is the holder `held_by`."""
         rq = self.rq(cpu)
         current = rq.curr
         if current.mm is not None:
@@ -294,9 +299,14 @@ class Machine:
                 f"one borrows"
             )
         m = self.mm(mm) if mm is not None else None
-        if m is not None and (m.freed or m.mm_users == 0):
-            raise OperationError(f"adopt_lazy: {m} has no real user left to borrow it from")
+        if m is not None and m.freed:
+            raise OperationError(f"adopt_lazy: {m} has been freed; nothing can borrow it")
+        if held_by is not None:
+            self._new_holder(held_by)
         op = self._begin("adopt_lazy", cpu, cpu=cpu, mm=m)
+        if m is None and held_by is not None:
+            m = fork.mm_init(self.k, owner, None)
+            self.state.holders.append(Holder(held_by, m, "mm_users"))
         borrowed = fork.adopt_lazy_mm(self.k, current, m, owner)
         self._end(op)
         return borrowed

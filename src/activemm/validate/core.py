@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from activemm.errors import OperationError
 from activemm.metrics import Metrics
 from activemm.model.config import KernelConfig
 from activemm.model.events import Event, LazyEntered, MmAllocated, MmFreed, MmSwitched, TaskAdopted
@@ -86,6 +87,7 @@ class Validator(MarkerSteps, Clocked):
         self.pretrace = PreTrace.scan(events)
         snapshot = self.pretrace.tasks(snapshot)
         self.exec_hints = exec_hints(events)
+        self.first_lazy = kv.first_lazy_borrows(events)
         self.exit_mmaps: dict[int, list[tuple[int, int]]] = {}
         self.drop_lines: dict[int, list[int]] = {}
         self.use_mm_init = False  # mm_init's return probe names new mms (else dup_mmap...)
@@ -475,14 +477,37 @@ class Validator(MarkerSteps, Clocked):
                     break
         if mm is not None and (mm.freed or mm.mm_users == 0):
             mm = None
+        # An mm nobody in the trace owns is a zombie (its users exited before the trace) if
+        # the kernel frees it later; if it is neither torn down nor freed while the trace
+        # lasts, a task that never runs in the trace still uses it.
+        held_by = None
+        if mm is None and not self._ends_later(hook.prev, sw.line):
+            held_by = f"unseen owner of {kv.hexaddr(hook.prev)}"
         self.metrics.paused = True
         try:
-            borrowed = self.m.adopt_lazy(sw.cpu, mm)
+            borrowed = self.m.adopt_lazy(sw.cpu, mm, held_by=held_by)
+            self.result.learned["mm borrowed by a CPU before the trace"] += 1
+            # Other CPUs borrowing the same mm when the trace began hold references too,
+            # whenever their first switch comes: take them now, or this CPU's letting go
+            # would free it under them.
+            for cpu, addr in sorted(self.first_lazy.items()):
+                if addr == hook.prev and cpu not in self.seen_cpu:
+                    try:
+                        self.m.adopt_lazy(cpu, borrowed)
+                    except OperationError:
+                        continue  # that CPU runs a task of its own by now: learn it later
+                    self.seen_cpu.add(cpu)
+                    self.result.learned["mm borrowed by a CPU before the trace"] += 1
         finally:
             self.metrics.paused = False
         if borrowed.id not in self.addr:
             self._bind(borrowed, hook.prev)
-        self.result.learned["mm borrowed by a CPU before the trace"] += 1
+
+    def _ends_later(self, addr: int, line: int) -> bool:
+        """Does the kernel tear this address down (exit_mmap) or free it after `line`?"""
+        return any(ln > line for ln, _pid in self.exit_mmaps.get(addr, [])) or any(
+            ln > line for ln in self.drop_lines.get(addr, [])
+        )
 
     def _apply_group(self, group: SwitchGroup) -> None:
         sw = group.switch

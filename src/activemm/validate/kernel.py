@@ -67,6 +67,30 @@ class SwitchGroup:
         return address(self.finish.args.get("prev_active_mm")) if self.finish else None
 
 
+def first_lazy_borrows(events: Iterable[object]) -> dict[int, int]:
+    """CPU -> the mm it was lazily borrowing when the trace began: the hook's `prev` of the
+    CPU's first complete switch, when the task switched out had no mm (finish's prev_mm)."""
+    pending: dict[int, SchedSwitch] = {}
+    hooks: dict[int, Hook] = {}
+    done: set[int] = set()
+    out: dict[int, int] = {}
+    for e in events:
+        if isinstance(e, SchedSwitch):
+            if e.cpu not in done and e.cpu not in pending:
+                pending[e.cpu] = e
+        elif isinstance(e, Probe) and e.cpu in pending:
+            group = SwitchGroup(pending[e.cpu])
+            if e.function in (SWITCH_MM, ENTER_LAZY) and e.cpu not in hooks and in_switch(e, group):
+                hooks[e.cpu] = hook_of(e)
+            elif e.function == FINISH:
+                del pending[e.cpu]
+                done.add(e.cpu)
+                hook = hooks.get(e.cpu)
+                if hook is not None and address(e.args.get("prev_mm")) == 0 and hook.prev:
+                    out[e.cpu] = hook.prev
+    return out
+
+
 def hook_of(p: Probe) -> Hook:
     if p.function == SWITCH_MM:
         return Hook(SWITCH_MM, address(p.args.get("prev")), address(p.args.get("next")), p.line)
