@@ -117,6 +117,23 @@ def test_x86_flush_ipis_only_non_lazy_cpus_unless_tables_freed() -> None:
     assert m.task("swapper/1").active_mm is m.task("app").mm
 
 
+def test_x86_fork_flushes_the_parents_mm_and_a_lazy_cpu_drops_to_init_mm() -> None:
+    """kernel/fork.c: dup_mmap() ends with flush_tlb_mm(oldmm), on x86 a full flush with
+    freed_tables: CPU 0, lazy on app's mm, is IPIed and switches its hardware to init_mm
+    (its active_mm, and the reference, stay)."""
+    m, ev = watched("linux-6.17-x86_64")
+    mm2 = with_user(m)
+    lazy_kworker(m)  # CPU 0 runs kw, lazy on mm2
+    m.schedule(1, "app")
+    ev.seen.clear()
+    m.fork("app", name="child")
+    assert [(i.cpu, i.to_cpu, i.mm.name) for i in ev.take(FlushIpi)] == [(1, 0, "mm2")]
+    switched = [(s.cpu, s.next.name, s.via) for s in ev.take(MmSwitched)]
+    assert switched == [(0, "init_mm", "flush_tlb_func")]
+    assert m.rq(0).tlb.loaded_mm is m.state.init_mm
+    assert m.task("kw").active_mm is mm2
+
+
 def test_x86_6_1_clears_cpumask_on_switch_away_6_17_does_not() -> None:
     for name, stale in (("linux-6.1-x86_64", False), ("linux-6.17-x86_64", True)):
         m = machine(name)
@@ -148,23 +165,26 @@ def test_alpha_enter_lazy_tlb_writes_the_incoming_threads_pcb() -> None:
 
 def test_alpha_asn_rollover_flushes_and_starts_a_new_version() -> None:
     # MAX_ASN = 3: ASNs 1, 2, 3 on CPU 0 (last_asn starts at ASN_FIRST_VERSION = 256), then
-    # __get_new_mm_context wraps: tbiap(), next = 256 + 256 = 512, version 2.
+    # __get_new_mm_context wraps: tbiap(), next = 256 + 256 = 512, version 2. A fork takes one
+    # too: dup_mmap() ends with flush_tlb_mm(oldmm), and alpha's flush_tlb_mm() of the mm the
+    # CPU runs on is flush_tlb_current(): a new context for the parent.
     cfg = replace(PRESETS["alpha"], alpha_max_asn=3)
     m = machine(cfg)
     ev = Events()
     m.add_observer(ev)
     m.schedule(0, "init")
     m.exec("init")  # ASN 1
-    for i in range(3):
-        m.fork("init", name=f"p{i}")
-    m.schedule(0, "p0")  # ASN 2
-    m.schedule(0, "p1")  # ASN 3
+    m.fork("init", name="p0")  # init: ASN 2
+    m.fork("init", name="p1")  # init: ASN 3
     assert ev.take(AsnRollover) == []
-    m.schedule(0, "p2")  # wraps: new version
+    m.fork("init", name="p2")  # init: wraps, a new version
     roll = ev.take(AsnRollover)
     assert len(roll) == 1 and roll[0].version == 2
     loads = ev.take(PcbLoaded)
-    assert loads[-1].task.comm == "p2"
+    assert loads[-1].task.comm == "init"
+    m.schedule(0, "p2")  # the child's first ASN of version 2
+    assert ev.take(AsnRollover) == []
+    assert ev.take(PcbLoaded)[-1].task.comm == "p2"
 
 
 def test_powerpc_radix_exit_flush_shoots_lazy_users_before_mmdrop() -> None:

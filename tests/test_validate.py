@@ -295,6 +295,36 @@ def test_what_cpus_borrowed_before_the_trace_is_learned_for_all_of_them(tmp_path
         assert r.learned["mm borrowed by a CPU before the trace"] == 3
 
 
+def test_a_lazy_cpu_follows_a_flush_ipi_its_tlb_flush_shows(tmp_path: Path) -> None:
+    """munmap of app's mm on CPU 0 IPIs CPU 1, lazy on it: flush_tlb_func switches CPU 1 to
+    init_mm, and the CR3 load emits tlb_flush "flush on task switch" in the hardirq. Nothing
+    else announces that munmap; the model's CPU follows the tlb_flush (both modes)."""
+    lines = ["# tracer: nop", "#P:2"]
+    lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
+                     _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+    lines += _switch(1, 1.0002, ("app", 50, "S"), ("swapper/1", 0), _lazy(APP_MM, 0),
+                     APP_MM, APP_MM)  # fmt: skip
+    lines += _switch(0, 1.0003, ("swapper/0", 0, "R"), ("app", 50),
+                     _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+    irq = "<idle>-0 (-------) [001] d.h1. "
+    lines += [
+        _line("app", 50, 0, 1.0004, "tlb_flush: pages:-1 reason:remote ipi send (4)"),
+        f"{irq}    1.000500: mmswitch: (switch_mm_irqs_off+0x0/0x470) prev=0x0 next={INIT_MM} "
+        "tsk=0x0 t_pid=0 t_flags=0x0 t_mm=0x0 t_active_mm=0x0 t_comm=(fault)",
+        f"{irq}    1.000501: tlb_flush: pages:-1 reason:flush on task switch (0)",
+    ]
+    # CPU 1 still borrows app's mm (active_mm) although its hardware is on init_mm
+    lines += _switch(1, 1.0006, ("swapper/1", 0, "R"), ("other", 70),
+                     _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+    trace = tmp_path / "ipi.txt"
+    trace.write_text("\n".join(lines) + "\n")
+    for inputs in ("markers", "sched"):
+        r = validate(trace, preset_name="linux-6.1-x86_64", inputs=inputs)
+        assert r.context_switches.matched == r.context_switches.total == 4, r.mismatches
+        assert r.outside_schedule.matched == r.outside_schedule.total == 1, r.mismatches
+        assert r.learned["lazy CPU flushed to init_mm (tlb_flush in an IPI)"] == 1
+
+
 def test_replay_takes_a_capture_directory_like_its_trace_and_snapshot() -> None:
     capture = CAPTURES / "linux-6.12-smp2-umh"
     runner = CliRunner()

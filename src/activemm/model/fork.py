@@ -45,7 +45,15 @@ def dup_mm(k: Kernel, tsk: Task, oldmm: Mm) -> Mm:
     k.touch(oldmm, "dup_mm")
     mm = mm_init(k, tsk.comm, tsk)
     k.emit(MmAllocated(k.cpu, mm, "dup_mm"))
+    dup_mmap(k, mm, oldmm)
     return mm
+
+
+def dup_mmap(k: Kernel, mm: Mm, oldmm: Mm) -> None:
+    """kernel/fork.c: dup_mmap(): copy the VMAs (copy_page_range() write-protects the
+    parent's private pages for copy-on-write), then flush_tlb_mm(oldmm): on x86 a full flush
+    with freed_tables, so every CPU in the parent's mm_cpumask is IPIed, lazy ones too."""
+    k.arch.flush_tlb_mm_range(k, oldmm, True)
 
 
 def mm_alloc(k: Kernel, owner: str) -> Mm:
@@ -178,6 +186,7 @@ def adopt_lazy_mm(k: Kernel, current: Task, mm: Mm | None, owner: str) -> Mm:
     else:
         mmh.mmgrab_lazy_tlb(k, mm)
     current.active_mm = mm
+    k.arch.adopt_loaded_mm(k, mm, current)
     if old is not None:
         mmh.mmdrop_lazy_tlb(k, old, "adopt_lazy")
     return mm

@@ -51,6 +51,7 @@ from activemm.validate.score import (
     EXIT_WINDOW,
     FOLLOWS,
     HOTPLUG,
+    PRE_TRACE,
     UNEXPLAINED,
     DropScorer,
     Result,
@@ -119,6 +120,7 @@ class Validator(MarkerSteps, Clocked):
         self.pins: dict[int, list[str]] = {}  # pid -> holders standing for __mmput's share
         self.epoch: Counter[int] = Counter()
         self.seen_cpu: set[int] = set()
+        self.first_switch: dict[int, int] = {}  # CPU -> line of its first complete switch
         self.exit_marked: dict[int, int] = {}  # pid -> line of exit_mm's enter_lazy_tlb
         self.exec_marked: dict[int, int] = {}  # pid -> line of exec's activate_mm
         self.diverged: set[int] = set()  # CPUs whose borrowed mm came from a missed switch
@@ -297,6 +299,10 @@ class Validator(MarkerSteps, Clocked):
                 self._refusable(self._early_exec, ev)
             elif ev.line in self.exec_hints and ev.cpu not in self.pending:
                 self._refusable(self._early_exec, ev)
+            elif self._lazy_cpu_flushed(ev):
+                self.ctx = Context("flush", ev.line, ev.cpu, ev.pid)
+                self._refusable(self.m.leave_mm, ev.cpu)
+                self.result.learned["lazy CPU flushed to init_mm (tlb_flush in an IPI)"] += 1
             return
         if ev.pid in self.pins and isinstance(ev, PAST_MMPUT):
             self._refusable(self._unpin, ev)
@@ -320,6 +326,19 @@ class Validator(MarkerSteps, Clocked):
             self.exit_marked.pop(ev.exit_pid, None)
         kind = type(ev).__name__
         self._drive(kind, ev, self.replayer.apply, ev)
+
+    def _lazy_cpu_flushed(self, ev: TlbFlush) -> bool:
+        """tlb_flush "flush on task switch" outside a context switch, in a hardirq (a flush
+        IPI) or in the idle task (the call-function queue run from the idle loop): the CR3
+        load of flush_tlb_func() switching a lazy CPU to init_mm. A shootdown the inputs do
+        not otherwise announce (munmap, mprotect... of the borrowed mm), it leaves active_mm
+        and its reference alone: the model's CPU follows it when it, too, is lazy."""
+        if "task switch" not in ev.reason or not (ev.hardirq or ev.pid == 0):
+            return False
+        if ev.cpu in self.pending or ev.cpu >= len(self.m.state.rqs):
+            return False
+        rq = self.m.state.rqs[ev.cpu]
+        return rq.online and rq.curr.mm is None and not rq.tlb.loaded_mm.is_init_mm
 
     # -- context switches -------------------------------------------------------------
 
@@ -458,6 +477,7 @@ class Validator(MarkerSteps, Clocked):
         """The first switch of a CPU shows what it had borrowed before the trace began."""
         sw, hook = group.switch, group.hook
         self.seen_cpu.add(sw.cpu)
+        self.first_switch.setdefault(sw.cpu, sw.line)
         if hook is None:
             return
         self.ctx = Context("resync", sw.line, sw.cpu, sw.prev_pid)
@@ -575,7 +595,7 @@ class Validator(MarkerSteps, Clocked):
             if pid in self.exec_marked:
                 return "exec window (exec_mmap ran before sched_process_exec)"
         if self.epoch[sw.cpu] <= 1:
-            return "first switch of the CPU (state from before the trace)"
+            return PRE_TRACE
         if sw.cpu in self.diverged:
             return FOLLOWS
         return UNEXPLAINED
@@ -593,4 +613,4 @@ class Validator(MarkerSteps, Clocked):
             self.unclaimed,
         )
         drops.score(self.kernel_drops, self.model_drops)
-        score_outside(self.result, self.kernel_outside, self.model_outside)
+        score_outside(self.result, self.kernel_outside, self.model_outside, self.first_switch)

@@ -32,6 +32,11 @@ RACE = (
     "user's switch raced: no input says which came first"
 )
 TAINTED = "follows an earlier missed switch that involved this mm"
+IPI_TIMING = (
+    "flush IPI reached this lazy CPU in another interval than the model's: the model's "
+    "__mmput flushes at exit_mm or exec, the kernel's exit_mmap at its end, after the CPU had "
+    "switched again"
+)
 HOTPLUG = "CPU hotplug: no input says a CPU goes offline (idle_task_exit, finish_cpu) or comes back"
 CONCURRENT = (
     "two CPUs let go of this mm at once (their finish_task_switch drops raced): which "
@@ -41,6 +46,7 @@ FAILED_EXEC = (
     "an execve that failed (no such file, not a program...): bprm_mm_init's mm was born and "
     "freed in the task without a tracepoint; only the exit_mmap marker shows it"
 )
+PRE_TRACE = "first switch of the CPU (state from before the trace)"
 UNEXPLAINED = "unexplained"
 NEARBY = 30  # trace lines: two CPUs' switches racing on one mm sit this close
 
@@ -218,7 +224,12 @@ class DropScorer:
         return owner is not None and owner != d.point[1]
 
 
-def score_outside(result: Result, kernel: list[Outside], model: list[Outside]) -> None:
+def score_outside(
+    result: Result,
+    kernel: list[Outside],
+    model: list[Outside],
+    first_switch: dict[int, int] | None = None,
+) -> None:
     """Outside-schedule hooks match on (kind, task, mms), flushes on (CPU, number of switches
     before); a flush on the right CPU by the right task but in another interval is a miss
     with its cause (late)."""
@@ -236,25 +247,31 @@ def score_outside(result: Result, kernel: list[Outside], model: list[Outside]) -
         if mleft[o.key()] > 0:
             mleft[o.key()] -= 1
             unmatched_m.append(o)
-    loose = Counter((o.kind, o.cpu, o.pid) for o in unmatched_m)
+    # A flush of one CPU to init_mm that both sides made, in different intervals of that CPU:
+    # the exiting task's own flush (same task), or an IPI that reached another CPU after it
+    # had switched again. Paired nearest first.
+    paired: dict[int, str] = {}  # id() of either side -> cause
+    spare = [o for o in unmatched_m if o.kind == "flush_to_init_mm"]
     for o in unmatched_k:
-        k = (o.kind, o.cpu, o.pid)
-        if o.kind == "flush_to_init_mm" and loose[k] > 0:
-            loose[k] -= 1
-            cause = LATE_FLUSH
-        else:
-            cause = _outside_cause(o)
+        if o.kind != "flush_to_init_mm":
+            continue
+        near = [m for m in spare if m.cpu == o.cpu]
+        if not near:
+            continue
+        m = min(near, key=lambda x: (x.pid != o.pid, abs(x.line - o.line)))
+        spare.remove(m)
+        paired[id(o)] = paired[id(m)] = LATE_FLUSH if m.pid == o.pid else IPI_TIMING
+    first = first_switch or {}
+    for o in unmatched_k:
+        cause = paired.get(id(o)) or (
+            PRE_TRACE if o.line < first.get(o.cpu, o.line + 1) else _outside_cause(o)
+        )
         result.mismatch("outside_schedule", o.line, {"predicted": "nothing here"},
                         _outside_dict(o), cause)  # fmt: skip
-    late = Counter((o.kind, o.cpu, o.pid) for o in unmatched_k)
     for o in unmatched_m:
         result.outside_schedule.total += 1
-        k = (o.kind, o.cpu, o.pid)
-        cause = "model only"
-        if late[k] > 0:
-            late[k] -= 1
-            cause = LATE_FLUSH
-        elif o.kind == "flush_to_init_mm":
+        cause = paired.get(id(o), "model only")
+        if o.kind == "flush_to_init_mm" and id(o) not in paired:
             cause = "model IPIs a CPU the kernel's flush did not switch (it was no longer lazy)"
         result.mismatch("outside_schedule", o.line, _outside_dict(o),
                         {"kernel": "nothing here"}, cause)  # fmt: skip
@@ -267,7 +284,10 @@ def _outside_dict(o: Outside) -> dict[str, Any]:
 
 def _outside_cause(o: Outside) -> str:
     if o.kind == "flush_to_init_mm":
-        return "flush IPI from a TLB shootdown no tracepoint announces (munmap, mprotect...)"
+        return (
+            "flush to init_mm on a CPU the model did not have lazy on an mm at that point "
+            "(it diverged earlier)"
+        )
     if o.kind == "switch_mm":
         return "kthread_use_mm (not among the model's inputs)"
     if o.kind == "temporary_mm":

@@ -164,3 +164,10 @@ def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool) -> None:
 
 def exit_mmap(k: Kernel, mm: Mm) -> None:
     """mm/mmap.c: exit_mmap(): alpha keeps lazy users on the mm; ASNs make the flush cheap."""
+
+
+def adopt_loaded_mm(k: Kernel, mm: Mm, tsk: Task) -> None:
+    """Not a kernel function: the CPU was found lazily borrowing `mm` (trace replay): the
+    PCB it last loaded with swpctx holds mm's page tables (enter_lazy_tlb set its ptbr)."""
+    tsk.pcb.ptbr = mm
+    k.state.rqs[k.cpu].tlb.loaded_mm = mm

@@ -67,3 +67,11 @@ def leave_mm(k: Kernel) -> None:
 
 def cpu_disable(k: Kernel, cpu: int) -> None:
     """__cpu_disable(): generic: mm_cpumask bits stay."""
+
+
+def adopt_loaded_mm(k: Kernel, mm: Mm, tsk: Task) -> None:
+    """Not a kernel function: the CPU was found lazily borrowing `mm` (trace replay); its
+    MMU state is what the switch_mm_irqs_off() that loaded it left: loaded, in the mask."""
+    if not mm.is_init_mm:
+        mm.mm_cpumask.add(k.cpu)
+    k.state.rqs[k.cpu].tlb.loaded_mm = mm

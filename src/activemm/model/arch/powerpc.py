@@ -23,6 +23,7 @@ switch_mm_irqs_off = generic.switch_mm_irqs_off
 activate_mm = generic.activate_mm
 switch_to = generic.switch_to
 leave_mm = generic.leave_mm
+adopt_loaded_mm = generic.adopt_loaded_mm
 
 
 def cpu_init(k: Kernel, rq: Rq) -> None:

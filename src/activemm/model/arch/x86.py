@@ -212,5 +212,20 @@ def leave_mm(k: Kernel) -> None:
     switch_mm_irqs_off(k, None, k.state.init_mm, None, "leave_mm")
 
 
+def adopt_loaded_mm(k: Kernel, mm: Mm, tsk: Task) -> None:
+    """Not a kernel function: the CPU was found lazily borrowing `mm` (trace replay). Its
+    cpu_tlbstate is what switch_mm_irqs_off() and enter_lazy_tlb() left: mm loaded in an ASID
+    slot that is up to date, the CPU in mm_cpumask, lazy."""
+    tlb = k.state.rqs[k.cpu].tlb
+    if mm.is_init_mm or tlb.loaded_mm is mm:
+        return
+    if not lazy_cpumask(k) and not tlb.loaded_mm.is_init_mm:
+        tlb.loaded_mm.mm_cpumask.discard(k.cpu)
+    mm.mm_cpumask.add(k.cpu)
+    asid, _ = choose_new_asid(k, tlb, mm, mm.context.tlb_gen)
+    tlb.ctxs[asid] = TlbContext(mm.context.ctx_id, mm.context.tlb_gen)
+    tlb.loaded_mm, tlb.loaded_mm_asid, tlb.is_lazy = mm, asid, True
+
+
 def cpu_disable(k: Kernel, cpu: int) -> None:
     """arch/x86/kernel/smpboot.c: native_cpu_disable(): mm_cpumask bits are left alone."""
