@@ -35,6 +35,7 @@ OPS = (
     "schedule",
     "fork",
     "exec",
+    "failed_exec",
     "exit",
     "kthread_use_mm",
     "kthread_unuse_mm",
