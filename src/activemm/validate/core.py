@@ -181,7 +181,14 @@ class Validator(MarkerSteps, Clocked):
         if self.quiet or self.op is None or self.op.name in ("adopt", "adopt_lazy", "boot"):
             return
         cpu, pid, epoch = ev.cpu, self.ctx.pid, self.epoch[ev.cpu]
-        if isinstance(ev, LazyEntered):
+        hotplug = {"cpu_up": "cpu_init", "cpu_down": "idle_task_exit"}.get(self.op.name)
+        if hotplug == "idle_task_exit" and isinstance(ev, LazyEntered):
+            hotplug = "untraced_switch"  # the dying CPU's last switch, to its idle task
+        if hotplug is not None:
+            prev = self._a(ev.prev) if isinstance(ev, MmSwitched) else 0
+            mm = self._a(ev.mm if isinstance(ev, LazyEntered) else ev.next)
+            self.model_outside.append(Outside(hotplug, cpu, pid, mm, prev, self.ctx.line, epoch))
+        elif isinstance(ev, LazyEntered):
             self.model_outside.append(Outside("enter_lazy_tlb", cpu, pid, self._a(ev.mm), 0,
                                               self.ctx.line, epoch))  # fmt: skip
         elif ev.via == "activate_mm":
@@ -327,6 +334,17 @@ class Validator(MarkerSteps, Clocked):
         kind = type(ev).__name__
         self._drive(kind, ev, self.replayer.apply, ev)
 
+    def _cpu_came_online(self, p: Probe) -> None:
+        """cpu_init()'s enter_lazy_tlb(&init_mm) by the idle task, outside a context switch,
+        marks a CPU coming online: it went offline before (its last switches and
+        idle_task_exit() are not traced, finish_cpu() dropped its idle task's borrowed mm),
+        so the model takes it down, then up, here."""
+        self.ctx = Context("hotplug", p.line, p.cpu, p.pid)
+        if self.m.state.rqs[p.cpu].online:
+            self.m.cpu_down(p.cpu)
+        self.m.cpu_up(p.cpu)
+        self.result.learned["CPU came online (cpu_init marker)"] += 1
+
     def _lazy_cpu_flushed(self, ev: TlbFlush) -> bool:
         """tlb_flush "flush on task switch" outside a context switch, in a hardirq (a flush
         IPI) or in the idle task (the call-function queue run from the idle loop): the CR3
@@ -452,7 +470,7 @@ class Validator(MarkerSteps, Clocked):
     def _outside(self, p: Probe) -> None:
         kind = kv.outside_kind(p)
         cpu, pid = p.cpu, p.pid
-        if kind == "enter_lazy_tlb":
+        if p.function == ENTER_LAZY:
             mm, prev = address(p.args.get("mm")), 0
         else:
             mm, prev = address(p.args.get("next")), address(p.args.get("prev"))
@@ -462,6 +480,8 @@ class Validator(MarkerSteps, Clocked):
         self.kernel_outside.append(Outside(kind, cpu, pid, mm, prev, p.line, self.epoch[cpu]))
         if kind in kv.HOTPLUG:
             self.hotplugged.add(cpu)
+        if kind == "cpu_init" and self.inputs == "markers":
+            self._refusable(self._cpu_came_online, p)
         if kind == "activate_mm":
             self.anchor[cpu] = ("activate_mm", pid)
             self.exec_marked[pid] = p.line

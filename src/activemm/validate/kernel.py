@@ -127,6 +127,10 @@ class Outside:
     def key(self) -> tuple[object, ...]:
         if self.kind == "flush_to_init_mm":
             return (self.kind, self.cpu, self.epoch)
+        if self.kind in HOTPLUG:
+            # the model takes a CPU down when it comes back (the cpu_init marker): which
+            # task was current on the dying CPU, and idle_task_exit's `prev`, it cannot know
+            return (self.kind, self.cpu, self.mm)
         return (self.kind, self.pid, self.prev, self.mm)
 
 
