@@ -11,10 +11,11 @@ same form are isomorphic, so merging them is sound; an isomorphic pair that stil
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
 
-from activemm.model.state import KernelState, Mm, Rq, Task, TaskState
+from activemm.model.state import Holder, KernelState, Mm, Rq, Task, TaskState
 
 
 def _mm_shape(mm: Mm | None) -> tuple[Any, ...]:
@@ -29,17 +30,44 @@ def _task_shape(t: Task) -> tuple[Any, ...]:
         t.pid == 1,
         t.uses_mm,
         t.exiting,
-        t.state.value,
+        t.state,
         _mm_shape(t.mm),
         _mm_shape(t.active_mm),
     )
 
 
+@dataclass
+class _Prepared:
+    """What every CPU order's encoding shares: tasks and mms sorted by what they look like,
+    the holders, and which mm each x86 context id belongs to."""
+
+    tasks: list[Task]  # every task not reaped, sorted by shape when symmetric
+    holders: list[Holder]
+    mms: list[Mm]  # every mm not freed, sorted by shape when symmetric
+    ctx_owner: dict[int, Mm]
+
+    @classmethod
+    def of(cls, state: KernelState, symmetric: bool) -> _Prepared:
+        tasks = [t for t in state.tasks if t.state is not TaskState.GONE]
+        holders = list(state.holders)
+        mms = [mm for mm in state.mms if not mm.freed]
+        if symmetric:  # stable sorts: filtering them later keeps the order a sort would give
+            tasks.sort(key=_task_shape)
+            holders.sort(key=lambda h: (h.kind, _mm_shape(h.mm)))
+            mms.sort(key=_mm_shape)
+        return cls(tasks, holders, mms, {mm.context.ctx_id: mm for mm in mms})
+
+
 def encode(
-    state: KernelState, cpu_order: tuple[int, ...], symmetric: bool = True, alpha: bool = False
+    state: KernelState,
+    cpu_order: tuple[int, ...],
+    symmetric: bool = True,
+    alpha: bool = False,
+    prepared: _Prepared | None = None,
 ) -> tuple[Any, ...]:
     """The state as a tuple, CPUs taken in `cpu_order` (position = new CPU number).
     Without `symmetric`, tasks and mms keep their pids and ids: no reduction at all."""
+    prep = prepared or _Prepared.of(state, symmetric)
     cpu_label = {cpu: i for i, cpu in enumerate(cpu_order)}
     mm_label: dict[int, int] = {id(state.init_mm): 0}
     task_label: dict[int, int] = {}
@@ -52,20 +80,22 @@ def encode(
         if not symmetric:
             return mm.id
         key = id(mm)
-        if key not in mm_label:
-            mm_label[key] = len(mm_label)
-        return mm_label[key]
+        label = mm_label.get(key)
+        if label is None:
+            label = mm_label[key] = len(mm_label)
+        return label
 
     def lt(t: Task) -> int:
         key = id(t)
         if not symmetric:
             task_label[key] = -1 - (t.cpu or 0) if t.is_idle else t.pid
             return task_label[key]
-        if key not in task_label:
-            task_label[key] = len(task_label)
+        label = task_label.get(key)
+        if label is None:
+            label = task_label[key] = len(task_label)
             lm(t.mm)
             lm(t.active_mm)
-        return task_label[key]
+        return label
 
     rqs = [state.rqs[c] for c in cpu_order]
     for rq in rqs:
@@ -73,22 +103,16 @@ def encode(
         lt(rq.idle)
         lm(rq.prev_mm)
         lm(rq.tlb.loaded_mm)
-    live = [t for t in state.tasks if t.state is not TaskState.GONE and id(t) not in task_label]
-    if symmetric:
-        live.sort(key=_task_shape)
-    for t in live:
-        lt(t)
-    holders = list(state.holders)
-    if symmetric:
-        holders.sort(key=lambda h: (h.kind, _mm_shape(h.mm)))
-    for h in holders:
+    for t in prep.tasks:
+        if id(t) not in task_label:
+            lt(t)
+    for h in prep.holders:
         lm(h.mm)
-    rest = [mm for mm in state.mms if not mm.freed and id(mm) not in mm_label]
-    if symmetric:
-        rest.sort(key=_mm_shape)
-    for mm in rest:
-        lm(mm)
+    for mm in prep.mms:
+        if id(mm) not in mm_label:
+            lm(mm)
 
+    running = TaskState.RUNNING
     tasks_out = sorted(
         (
             task_label[id(t)],
@@ -97,17 +121,17 @@ def encode(
             t.pid == 1,
             t.uses_mm,
             t.exiting,
-            t.state.value,
+            t.state,
             lm(t.mm),
             lm(t.active_mm),
             # where a task last ran is never read again once it stops running
-            cpu_label[t.cpu] if t.cpu is not None and t.state is TaskState.RUNNING else -1,
+            cpu_label[t.cpu] if t.cpu is not None and t.state is running else -1,
             *((lm(t.pcb.ptbr), t.pcb.asn) if alpha else ()),
         )
         for t in state.tasks
         if id(t) in task_label
     )
-    ctx_owner = {mm.context.ctx_id: mm for mm in state.mms if not mm.freed}
+    owner = prep.ctx_owner.get
     cpus_out = tuple(
         (
             rq.online,
@@ -118,7 +142,7 @@ def encode(
             rq.tlb.loaded_mm_asid,
             rq.tlb.next_asid,
             rq.tlb.is_lazy,
-            tuple(_slot(lm, ctx_owner.get(c.ctx_id), c.tlb_gen) for c in rq.tlb.ctxs),
+            tuple(_slot(lm, owner(c.ctx_id), c.tlb_gen) for c in rq.tlb.ctxs),
             rq.tlb.last_asn,
             rq.tlb.need_new_asn,
         )
@@ -159,7 +183,11 @@ def canonical(state: KernelState, symmetric: bool = True, alpha: bool = False) -
     n = len(state.rqs)
     if not symmetric:
         return encode(state, tuple(range(n)), symmetric=False, alpha=alpha)
-    return min(encode(state, order, alpha=alpha) for order in cpu_orders(state))
+    orders = cpu_orders(state)
+    prepared = _Prepared.of(state, True)
+    if len(orders) == 1:
+        return encode(state, orders[0], alpha=alpha, prepared=prepared)
+    return min(encode(state, order, alpha=alpha, prepared=prepared) for order in orders)
 
 
 def _cpu_shape(rq: Rq) -> tuple[Any, ...]:

@@ -83,6 +83,7 @@ class Node:
 
 
 Progress = Callable[[Result, int], None]
+NEVER = 1 << 62  # Sanitizer(every=NEVER): no state checks at the end of operations
 
 
 def explore(
@@ -98,7 +99,10 @@ def explore(
     t0 = time.monotonic()
     limits = limits or Limits()
     alpha = config.arch == "alpha"
-    san = Sanitizer(config)
+    # Bad accesses are reported the moment they happen; the state invariants are checked
+    # below, once per new state: a state equal in canonical form to one already checked
+    # breaks the same invariants (the form is isomorphism-invariant, and so are they).
+    san = Sanitizer(config, every=NEVER)
     boot = Machine(config, [san])
     boot.boot(cpus)
     root_key = hash((canonical(boot.state, symmetry, alpha), ()))
@@ -124,6 +128,12 @@ def explore(
                     forks = {**forks, counted: forks.get(counted, 0) + 1}
                 try:
                     apply(child, o)
+                    key = hash(
+                        (canonical(child.state, symmetry, alpha), tuple(sorted(forks.items())))
+                    )
+                    if key in parent:
+                        continue
+                    san.check_now(child.state)
                 except Violation as v:
                     if v.kind in seen_kinds:
                         continue
@@ -135,9 +145,6 @@ def explore(
                         result.max_depth = max(result.max_depth, node.depth + 1)
                         result.seconds = time.monotonic() - t0
                         return result
-                    continue
-                key = hash((canonical(child.state, symmetry, alpha), tuple(sorted(forks.items()))))
-                if key in parent:
                     continue
                 parent[key] = (node.key, o)
                 result.states += 1

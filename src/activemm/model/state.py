@@ -94,9 +94,10 @@ class Task:
         return self.name
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, frozen=True)
 class TlbContext:
-    """x86 `cpu_tlbstate.ctxs[asid]`: which mm an ASID slot holds and how far it is flushed."""
+    """x86 `cpu_tlbstate.ctxs[asid]`: which mm an ASID slot holds and how far it is flushed.
+    Immutable: a slot is updated by storing a new one, so copies of the state share them."""
 
     ctx_id: int = 0
     tlb_gen: int = 0
@@ -187,19 +188,21 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
     def ct(t: Task) -> Task:
         new = tasks.get(id(t))
         if new is None:
+            pcb, mm, active = t.pcb, t.mm, t.active_mm
             new = Task(
-                pid=t.pid,
-                comm=t.comm,
-                tgid=t.tgid,
-                pf_kthread=t.pf_kthread,
-                mm=cm(t.mm),
-                active_mm=cm(t.active_mm),
-                state=t.state,
-                cpu=t.cpu,
-                is_idle=t.is_idle,
-                uses_mm=t.uses_mm,
-                exiting=t.exiting,
-                pcb=Pcb(cm(t.pcb.ptbr), t.pcb.asn),
+                t.pid,
+                t.comm,
+                t.tgid,
+                t.pf_kthread,
+                mm_copy := None if mm is None else cm(mm),
+                None if active is None else (mm_copy if active is mm else cm(active)),
+                t.state,
+                t.cpu,
+                t.is_idle,
+                t.uses_mm,
+                t.exiting,
+                None,  # vfork_parent: linked below, once every task has its copy
+                Pcb(cm(pcb.ptbr) if pcb.ptbr is not None else None, pcb.asn),
             )
             tasks[id(t)] = new
         return new
@@ -226,7 +229,7 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
                     tlb.loaded_mm_asid,
                     tlb.next_asid,
                     tlb.is_lazy,
-                    [TlbContext(c.ctx_id, c.tlb_gen) for c in tlb.ctxs],
+                    list(tlb.ctxs),
                     tlb.last_asn,
                     tlb.need_new_asn,
                 ),

@@ -27,14 +27,13 @@ class ArchOps(Protocol):
     def adopt_loaded_mm(self, k: Kernel, mm: Mm, tsk: Task) -> None: ...
 
 
+_MODULES: dict[str, ArchOps] = {}
+
+
 def arch_for(name: str) -> ArchOps:
     """The module for an architecture name of KernelConfig.arch."""
-    from activemm.model.arch import alpha, generic, powerpc, x86
+    if not _MODULES:
+        from activemm.model.arch import alpha, generic, powerpc, x86
 
-    modules: dict[str, ArchOps] = {
-        "generic": generic,
-        "x86_64": x86,
-        "powerpc": powerpc,
-        "alpha": alpha,
-    }
-    return modules[name]
+        _MODULES.update({"generic": generic, "x86_64": x86, "powerpc": powerpc, "alpha": alpha})
+    return _MODULES[name]

@@ -166,8 +166,8 @@ def flush_tlb_func(k: Kernel, cpu: int, mm: Mm, new_tlb_gen: int) -> None:
         ctx = tlb.ctxs[tlb.loaded_mm_asid]
         if new_tlb_gen <= ctx.tlb_gen:
             return
-        ctx.tlb_gen = mm.context.tlb_gen
-        k.emit(TlbFlushed(cpu, mm, ctx.tlb_gen))
+        tlb.ctxs[tlb.loaded_mm_asid] = TlbContext(ctx.ctx_id, mm.context.tlb_gen)
+        k.emit(TlbFlushed(cpu, mm, mm.context.tlb_gen))
     finally:
         k.cpu = sender
 
