@@ -576,8 +576,9 @@ def capture(
     finish_task_switch, __mmdrop, exit_mmap, mm_init... (task_struct offsets from the
     kernel's BTF), runs the workload and writes to DIR: trace.txt.gz (tracefs text),
     tasks_start.txt / tasks_end.txt (the task snapshot for --tasks), meta.json and
-    workload.log. Then: `activemm validate DIR`. Needs qemu-system-x86, busybox-static, gcc,
-    libc6-dev (docs/validate.md)."""
+    workload.log. Then: `activemm validate DIR`. Your own workload: --program (a C file or a
+    static binary) and/or --run (a shell command line). Needs qemu-system-x86,
+    busybox-static, gcc, libc6-dev (docs/validate.md)."""
     import time as _time
 
     from activemm.capture.kernel import RELEASES, fetch, image_from_path

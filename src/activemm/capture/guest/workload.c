@@ -407,6 +407,7 @@ static void w_oom(int scale) {
         int status;
         waitpid(p, &status, 0);
         printf("oom: child %d %s\n", p, WIFSIGNALED(status) ? "killed" : "exited");
+        fflush(stdout);  /* `parallel` ends each workload with _exit() */
     }
 }
 
