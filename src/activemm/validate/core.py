@@ -92,7 +92,14 @@ class Validator(MarkerSteps, Clocked):
         self.exit_mmaps: dict[int, list[tuple[int, int]]] = {}
         self.drop_lines: dict[int, list[int]] = {}
         self.use_mm_init = False  # mm_init's return probe names new mms (else dup_mmap...)
+        # pid -> lines of its own tlb_flush events (not in a hardirq), and of its exits
+        self.own_flushes: dict[int, list[int]] = {}
+        self.exit_lines: dict[int, list[int]] = {}
         for e in events:
+            if isinstance(e, TlbFlush) and not e.hardirq and e.pid > 0:
+                self.own_flushes.setdefault(e.pid, []).append(e.line)
+            elif isinstance(e, ProcessExit):
+                self.exit_lines.setdefault(e.exit_pid, []).append(e.line)
             if not isinstance(e, Probe):
                 continue
             if e.function == EXIT_MMAP:
@@ -103,6 +110,9 @@ class Validator(MarkerSteps, Clocked):
                 self.use_mm_init = True
         # exit_mmap line -> (mm_users holder to put there, its mm)
         self.deferred: dict[int, tuple[str, Mm]] = {}
+        # tlb_flush line -> (mm_users holder, its mm): an exit's __mmput, run at exit_mmap's
+        # final flush
+        self.flush_deferred: dict[int, tuple[str, Mm]] = {}
         self.ctx = Context()
         # binding: model mm id -> kernel address (kept after the life ends), and the reverse
         # for the life in progress
@@ -301,7 +311,10 @@ class Validator(MarkerSteps, Clocked):
 
     def _on_sched_event(self, ev: TraceEvent) -> None:
         if isinstance(ev, TlbFlush):
-            if self._cr3_of_armed_exec(ev):
+            final = self.flush_deferred.pop(ev.line, None)
+            if final is not None:
+                self._final_flush(ev, *final)
+            elif self._cr3_of_armed_exec(ev):
                 del self.armed[ev.cpu]
                 self._refusable(self._early_exec, ev)
             elif ev.line in self.exec_hints and ev.cpu not in self.pending:

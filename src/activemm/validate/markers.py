@@ -14,7 +14,7 @@ from typing import Any
 from activemm.errors import OperationError
 from activemm.metrics import Metrics
 from activemm.model import Machine
-from activemm.model.state import Mm, Task
+from activemm.model.state import Mm, Task, clone_state
 from activemm.trace.events import (
     NewTask,
     Probe,
@@ -78,6 +78,9 @@ class MarkerSteps:
     marker_done: set[int]  # id() of model tasks exec'd ahead of sched_process_exec
     pins: dict[int, list[str]]  # pid -> holders standing for __mmput's share
     deferred: dict[int, tuple[str, Mm]]  # exit_mmap line -> (mm_users holder, its mm)
+    flush_deferred: dict[int, tuple[str, Mm]]  # tlb_flush line -> (mm_users holder, its mm)
+    own_flushes: dict[int, list[int]]  # pid -> lines of its tlb_flush events (no hardirq)
+    exit_lines: dict[int, list[int]]  # pid -> lines of its sched_process_exit
     exit_mmaps: dict[int, list[tuple[int, int]]]  # mm address -> [(line, pid)]
     drop_lines: dict[int, list[int]]  # mm address -> __mmdrop lines
     raced: set[int]  # mm addresses whose __mmput the model pinned
@@ -138,10 +141,59 @@ class MarkerSteps:
             self.m.kthread_unuse_mm(t)
         elif t.mm is not None and not t.exiting and not t.is_idle:
             mm = t.mm
-            deferred = self._defer_mmput(t, p)
+            deferred = self._defer_mmput(t, p) or self._defer_to_final_flush(t, p)
             self.m.exit(t)
             if not deferred:
                 self._pin(mm, p, f"__mmput of {t.name}")
+
+    def _defer_to_final_flush(self, t: Task, p: TraceEvent) -> bool:
+        """The model's __mmput() flushes at once; the kernel's exit_mmap() flushes at its end
+        (tlb_finish_mmu), and the exiting task can be preempted in between, so the IPIs and its
+        own CPU's switch to init_mm land in later intervals. With markers, the task's last
+        tlb_flush before sched_process_exit is that final flush: an mm_users reference taken
+        now is put back there, and __mmput runs in the model at that point."""
+        if t.mm is None or t.mm.mm_users != 1 or self.inputs != "markers":
+            return False
+        flushes = self.own_flushes.get(p.pid, [])
+        exits = self.exit_lines.get(p.pid, [])
+        j = bisect.bisect_right(exits, p.line)
+        end = exits[j] if j < len(exits) else 1 << 62
+        i = bisect.bisect_left(flushes, end) - 1
+        if i < 0 or flushes[i] <= p.line or flushes[i] in self.flush_deferred:
+            return False
+        if not self._outlives_exit(t):
+            return False
+        holder = f"exit_mmap's final flush in pid {p.pid} (line {flushes[i]})"
+        self.metrics.paused = True
+        try:
+            self.m.mmget_not_zero(t.mm, holder, p.cpu)
+        finally:
+            self.metrics.paused = False
+        self.flush_deferred[flushes[i]] = (holder, t.mm)
+        self.result.learned["exit's __mmput at exit_mmap's final flush (tlb_flush)"] += 1
+        return True
+
+    def _outlives_exit(self, t: Task) -> bool:
+        """Does t's mm survive its exit in the model (tried on a copy)? The exiting task
+        holds it lazily, so it does unless the model drops that reference early (as the
+        exit-mmput-before-lazy mutant does): then there is no flush to align, and holding the
+        mm would hide the early free."""
+        trial = Machine.from_state(self.m.config, clone_state(self.m.state))
+        copy = next(x for x in trial.state.tasks if x.pid == t.pid and x.comm == t.comm)
+        assert t.mm is not None and copy.mm is not None
+        mm_id = copy.mm.id
+        try:
+            trial.exit(copy)
+        except OperationError:
+            return False
+        return not any(m.id == mm_id and m.freed for m in trial.state.mms)
+
+    def _final_flush(self, ev: TraceEvent, holder: str, mm: Mm) -> None:
+        """exit_mmap's final flush: put the reference _defer_to_final_flush() took; __mmput
+        runs (flush, then the users' mmdrop), pinned until the task's next traced event."""
+        self.ctx = Context("__mmput", ev.line, ev.cpu, ev.pid)
+        self._refusable(self.m.mmput, holder, ev.cpu)
+        self._pin(mm, ev, f"__mmput in pid {ev.pid}")
 
     def _defer_mmput(self, t: Task, p: TraceEvent) -> bool:
         """With markers, exit_mmap says *where* __mmput runs: when t gives up its mm's last
