@@ -164,11 +164,7 @@ class MarkerSteps:
         if not self._outlives_exit(t):
             return False
         holder = f"exit_mmap's final flush in pid {p.pid} (line {flushes[i]})"
-        self.metrics.paused = True
-        try:
-            self.m.mmget_not_zero(t.mm, holder, p.cpu)
-        finally:
-            self.metrics.paused = False
+        self._get_users(t.mm, holder, p.cpu)
         self.flush_deferred[flushes[i]] = (holder, t.mm)
         self.result.learned["exit's __mmput at exit_mmap's final flush (tlb_flush)"] += 1
         return True
@@ -207,14 +203,19 @@ class MarkerSteps:
             return False
         line, pid = elsewhere
         holder = f"get_task_mm by pid {pid} (line {line})"
-        self.metrics.paused = True
-        try:
-            self.m.mmget_not_zero(t.mm, holder, p.cpu)
-        finally:
-            self.metrics.paused = False
+        self._get_users(t.mm, holder, p.cpu)
         self.deferred[line] = (holder, t.mm)
         self.result.learned["__mmput run by another task (exit_mmap marker)"] += 1
         return True
+
+    def _get_users(self, mm: Mm, holder: str, cpu: int) -> None:
+        """An mm_users reference standing for a real user the model is not told of, out of
+        the metrics: it keeps __mmput() from running until the holder puts it."""
+        self.metrics.paused = True
+        try:
+            self.m.mmget_not_zero(mm, holder, cpu)
+        finally:
+            self.metrics.paused = False
 
     def _pin(self, mm: Mm | None, p: TraceEvent, what: str) -> None:
         """The model's __mmput() is one step; the kernel's can be preempted half way (inside
