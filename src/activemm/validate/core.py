@@ -94,12 +94,18 @@ class Validator(MarkerSteps, Clocked):
         self.use_mm_init = False  # mm_init's return probe names new mms (else dup_mmap...)
         # pid -> lines of its own tlb_flush events (not in a hardirq), and of its exits
         self.own_flushes: dict[int, list[int]] = {}
+        self.ipi_sends: dict[int, list[int]] = {}  # pid -> lines of its "remote ipi send"
         self.exit_lines: dict[int, list[int]] = {}
+        self.exec_lines: dict[int, list[int]] = {}
         for e in events:
             if isinstance(e, TlbFlush) and not e.hardirq and e.pid > 0:
                 self.own_flushes.setdefault(e.pid, []).append(e.line)
+                if "ipi send" in e.reason:
+                    self.ipi_sends.setdefault(e.pid, []).append(e.line)
             elif isinstance(e, ProcessExit):
                 self.exit_lines.setdefault(e.exit_pid, []).append(e.line)
+            elif isinstance(e, ProcessExec):
+                self.exec_lines.setdefault(e.exec_pid, []).append(e.line)
             if not isinstance(e, Probe):
                 continue
             if e.function == EXIT_MMAP:

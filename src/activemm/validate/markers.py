@@ -80,7 +80,9 @@ class MarkerSteps:
     deferred: dict[int, tuple[str, Mm]]  # exit_mmap line -> (mm_users holder, its mm)
     flush_deferred: dict[int, tuple[str, Mm]]  # tlb_flush line -> (mm_users holder, its mm)
     own_flushes: dict[int, list[int]]  # pid -> lines of its tlb_flush events (no hardirq)
+    ipi_sends: dict[int, list[int]]  # pid -> lines of its "remote ipi send" tlb_flush
     exit_lines: dict[int, list[int]]  # pid -> lines of its sched_process_exit
+    exec_lines: dict[int, list[int]]  # pid -> lines of its sched_process_exec
     exit_mmaps: dict[int, list[tuple[int, int]]]  # mm address -> [(line, pid)]
     drop_lines: dict[int, list[int]]  # mm address -> __mmdrop lines
     raced: set[int]  # mm addresses whose __mmput the model pinned
@@ -127,7 +129,9 @@ class MarkerSteps:
             self.replayer.tgid_of[ev.pid] = ev.pid
         self.ctx = Context("exec", ev.line, ev.cpu, ev.pid)
         old = t.mm
-        deferred = self._defer_mmput(t, ev)
+        deferred = self._defer_mmput(t, ev) or self._defer_to_last(
+            t, ev, self.ipi_sends, self.exec_lines, "exec"
+        )
         self.m.exec(t)
         self.marker_done.add(id(t))
         if not deferred:
@@ -141,37 +145,49 @@ class MarkerSteps:
             self.m.kthread_unuse_mm(t)
         elif t.mm is not None and not t.exiting and not t.is_idle:
             mm = t.mm
-            deferred = self._defer_mmput(t, p) or self._defer_to_final_flush(t, p)
+            deferred = self._defer_mmput(t, p) or self._defer_to_last(
+                t, p, self.own_flushes, self.exit_lines, "exit"
+            )
             self.m.exit(t)
             if not deferred:
                 self._pin(mm, p, f"__mmput of {t.name}")
 
-    def _defer_to_final_flush(self, t: Task, p: TraceEvent) -> bool:
+    def _defer_to_last(
+        self,
+        t: Task,
+        p: TraceEvent,
+        flushes_by_pid: dict[int, list[int]],
+        ends_by_pid: dict[int, list[int]],
+        how: str,
+    ) -> bool:
         """The model's __mmput() flushes at once; the kernel's exit_mmap() flushes at its end
-        (tlb_finish_mmu), and the exiting task can be preempted in between, so the IPIs and its
-        own CPU's switch to init_mm land in later intervals. With markers, the task's last
-        tlb_flush before sched_process_exit is that final flush: an mm_users reference taken
-        now is put back there, and __mmput runs in the model at that point."""
+        (tlb_finish_mmu), and the task can be preempted in between, so the IPIs (and, for an
+        exit, its own CPU's switch to init_mm) land in later intervals. With markers, the
+        task's last tlb_flush before sched_process_exit (an exit), or its last "remote ipi
+        send" before sched_process_exec (exec's mmput of the old mm: the new mm's flushes
+        are local), is that final flush: an mm_users reference taken now is put back there,
+        and __mmput runs in the model at that point."""
         if t.mm is None or t.mm.mm_users != 1 or self.inputs != "markers":
             return False
-        flushes = self.own_flushes.get(p.pid, [])
-        exits = self.exit_lines.get(p.pid, [])
-        j = bisect.bisect_right(exits, p.line)
-        end = exits[j] if j < len(exits) else 1 << 62
+        flushes = flushes_by_pid.get(p.pid, [])
+        ends = ends_by_pid.get(p.pid, [])
+        j = bisect.bisect_right(ends, p.line)
+        end = ends[j] if j < len(ends) else 1 << 62
         i = bisect.bisect_left(flushes, end) - 1
         if i < 0 or flushes[i] <= p.line or flushes[i] in self.flush_deferred:
             return False
-        if not self._outlives_exit(t):
+        if not self._outlives(t, how):
             return False
         holder = f"exit_mmap's final flush in pid {p.pid} (line {flushes[i]})"
         self._get_users(t.mm, holder, p.cpu)
         self.flush_deferred[flushes[i]] = (holder, t.mm)
-        self.result.learned["exit's __mmput at exit_mmap's final flush (tlb_flush)"] += 1
+        self.result.learned[f"{how}'s __mmput at exit_mmap's final flush (tlb_flush)"] += 1
         return True
 
-    def _outlives_exit(self, t: Task) -> bool:
-        """Does t's mm survive its exit in the model (tried on a copy)? The exiting task
-        holds it lazily, so it does unless the model drops that reference early (as the
+    def _outlives(self, t: Task, how: str) -> bool:
+        """Does t's mm survive t's exit (or exec) in the model (tried on a copy)? An exiting
+        task holds it lazily, an exec'd one's old mm has lazy users when other CPUs are sent
+        IPIs for it; it survives unless the model drops a reference early (as the
         exit-mmput-before-lazy mutant does): then there is no flush to align, and holding the
         mm would hide the early free."""
         trial = Machine.from_state(self.m.config, clone_state(self.m.state))
@@ -179,13 +195,16 @@ class MarkerSteps:
         assert t.mm is not None and copy.mm is not None
         mm_id = copy.mm.id
         try:
-            trial.exit(copy)
+            if how == "exit":
+                trial.exit(copy)
+            else:
+                trial.exec(copy)
         except OperationError:
             return False
         return not any(m.id == mm_id and m.freed for m in trial.state.mms)
 
     def _final_flush(self, ev: TraceEvent, holder: str, mm: Mm) -> None:
-        """exit_mmap's final flush: put the reference _defer_to_final_flush() took; __mmput
+        """exit_mmap's final flush: put the reference _defer_to_last() took; __mmput
         runs (flush, then the users' mmdrop), pinned until the task's next traced event."""
         self.ctx = Context("__mmput", ev.line, ev.cpu, ev.pid)
         self._refusable(self.m.mmput, holder, ev.cpu)
