@@ -72,15 +72,20 @@ def test_markers_match_every_switch_and_mmdrop(capture: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["linux-6.1-smp2-lazy", "linux-6.1-smp4-flush", "linux-6.12-smp2-badexec"]
-)
+    "name",
+    ["linux-6.1-smp2-lazy", "linux-6.1-smp4-flush", "linux-6.12-smp2-badexec",
+     "linux-6.12-smp3-exec"],
+)  # fmt: skip
 def test_exit_flushes_land_where_the_kernel_ran_them(name: str) -> None:
-    """The kernel's exit_mmap() flushes at its end, often after the exiting task was
-    preempted and resumed; with markers the model's __mmput runs at the task's last tlb_flush
-    before sched_process_exit, so its IPIs and its own CPU's switch to init_mm land in the
-    same intervals as the kernel's: every hook outside schedule matches."""
+    """The kernel's exit_mmap() flushes at its end, often after the task was preempted and
+    resumed; with markers the model's __mmput runs at the task's last tlb_flush before
+    sched_process_exit (an exit) or its last remote-IPI tlb_flush before sched_process_exec
+    (exec's old mm), so the IPIs and an exiting CPU's own switch to init_mm land in the same
+    intervals as the kernel's: every hook outside schedule matches."""
     r = validate(CAPTURES / name)
     assert r.learned["exit's __mmput at exit_mmap's final flush (tlb_flush)"] > 0
+    if "exec" in name:
+        assert r.learned["exec's __mmput at exit_mmap's final flush (tlb_flush)"] > 0
     assert r.outside_schedule.matched == r.outside_schedule.total, r.mismatches
     assert r.mmdrop.matched == r.mmdrop.total
 
