@@ -97,8 +97,15 @@ class Validator(MarkerSteps, Clocked):
         self.ipi_sends: dict[int, list[int]] = {}  # pid -> lines of its "remote ipi send"
         self.exit_lines: dict[int, list[int]] = {}
         self.exec_lines: dict[int, list[int]] = {}
+        switching: set[int] = set()  # CPUs between a sched_switch and its finish probe
         for e in events:
+            if isinstance(e, SchedSwitch):
+                switching.add(e.cpu)
+            elif isinstance(e, Probe) and e.function == FINISH:
+                switching.discard(e.cpu)
             if isinstance(e, TlbFlush) and not e.hardirq and e.pid > 0:
+                if e.cpu in switching:
+                    continue  # the CR3 load of a context switch, not the task's own flush
                 self.own_flushes.setdefault(e.pid, []).append(e.line)
                 if "ipi send" in e.reason:
                     self.ipi_sends.setdefault(e.pid, []).append(e.line)
@@ -316,11 +323,13 @@ class Validator(MarkerSteps, Clocked):
         apply(*args)
 
     def _on_sched_event(self, ev: TraceEvent) -> None:
+        final = self.flush_deferred.pop(ev.line, None)
+        if final is not None:
+            self._final_flush(ev, *final)
+            if isinstance(ev, TlbFlush):
+                return
         if isinstance(ev, TlbFlush):
-            final = self.flush_deferred.pop(ev.line, None)
-            if final is not None:
-                self._final_flush(ev, *final)
-            elif self._cr3_of_armed_exec(ev):
+            if self._cr3_of_armed_exec(ev):
                 del self.armed[ev.cpu]
                 self._refusable(self._early_exec, ev)
             elif ev.line in self.exec_hints and ev.cpu not in self.pending:

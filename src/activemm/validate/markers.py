@@ -165,8 +165,8 @@ class MarkerSteps:
         exit, its own CPU's switch to init_mm) land in later intervals. With markers, the
         task's last tlb_flush before sched_process_exit (an exit), or its last "remote ipi
         send" before sched_process_exec (exec's mmput of the old mm: the new mm's flushes
-        are local), is that final flush: an mm_users reference taken now is put back there,
-        and __mmput runs in the model at that point."""
+        are local), is that final flush; with none, the tracepoint itself. An mm_users
+        reference taken now is put back there, and __mmput runs in the model at that point."""
         if t.mm is None or t.mm.mm_users != 1 or self.inputs != "markers":
             return False
         flushes = flushes_by_pid.get(p.pid, [])
@@ -174,13 +174,19 @@ class MarkerSteps:
         j = bisect.bisect_right(ends, p.line)
         end = ends[j] if j < len(ends) else 1 << 62
         i = bisect.bisect_left(flushes, end) - 1
-        if i < 0 or flushes[i] <= p.line or flushes[i] in self.flush_deferred:
+        if i >= 0 and flushes[i] > p.line:
+            at = flushes[i]
+        elif end < 1 << 62:
+            # no flush of its own: by the time exit_mmap flushed, no CPU had the mm loaded
+            # any more (they all switched away); __mmput ends before the tracepoint
+            at = end
+        else:
             return False
-        if not self._outlives(t, how):
+        if at in self.flush_deferred or not self._outlives(t, how):
             return False
-        holder = f"exit_mmap's final flush in pid {p.pid} (line {flushes[i]})"
+        holder = f"exit_mmap's final flush in pid {p.pid} (line {at})"
         self._get_users(t.mm, holder, p.cpu)
-        self.flush_deferred[flushes[i]] = (holder, t.mm)
+        self.flush_deferred[at] = (holder, t.mm)
         self.result.learned[f"{how}'s __mmput at exit_mmap's final flush (tlb_flush)"] += 1
         return True
 
