@@ -142,6 +142,9 @@ class Validator(MarkerSteps, Clocked):
         self.mmput_open: dict[int, int] = {}  # mm address -> pid running its exit_mmap
         self.pins: dict[int, list[str]] = {}  # pid -> holders standing for __mmput's share
         self.epoch: Counter[int] = Counter()
+        # CPU -> switches that loaded a user mm (switch_mm_irqs_off): a lazy episode, a chain
+        # of tasks without an mm borrowing one mm, lasts from one to the next
+        self.episode: Counter[int] = Counter()
         self.seen_cpu: set[int] = set()
         self.first_switch: dict[int, int] = {}  # CPU -> line of its first complete switch
         self.exit_marked: dict[int, int] = {}  # pid -> line of exit_mm's enter_lazy_tlb
@@ -203,7 +206,7 @@ class Validator(MarkerSteps, Clocked):
             return
         if self.quiet or self.op is None or self.op.name in ("adopt", "adopt_lazy", "boot"):
             return
-        cpu, pid, epoch = ev.cpu, self.ctx.pid, self.epoch[ev.cpu]
+        cpu, pid, epoch = ev.cpu, self.ctx.pid, self.episode[ev.cpu]
         hotplug = {"cpu_up": "cpu_init", "cpu_down": "idle_task_exit"}.get(self.op.name)
         if hotplug == "idle_task_exit" and isinstance(ev, LazyEntered):
             hotplug = "untraced_switch"  # the dying CPU's last switch, to its idle task
@@ -505,7 +508,7 @@ class Validator(MarkerSteps, Clocked):
         if kind == "flush_to_init_mm":
             prev = 0
             self._resolve(self.m.state.init_mm, mm)
-        self.kernel_outside.append(Outside(kind, cpu, pid, mm, prev, p.line, self.epoch[cpu]))
+        self.kernel_outside.append(Outside(kind, cpu, pid, mm, prev, p.line, self.episode[cpu]))
         if kind in kv.HOTPLUG:
             self.hotplugged.add(cpu)
         if kind == "cpu_init" and self.inputs == "markers":
@@ -584,6 +587,8 @@ class Validator(MarkerSteps, Clocked):
         self.switch = None
         self._drive("switch", sw, self.replayer.apply, sw)
         self.epoch[sw.cpu] += 1
+        if group.hook is not None and group.hook.function == SWITCH_MM:
+            self.episode[sw.cpu] += 1
         model, self.switch = self.switch, None
         self._compare_switch(group, model)
 

@@ -122,7 +122,7 @@ class Outside:
     mm: int  # activate_mm: next; enter_lazy_tlb: mm; flush: init_mm
     prev: int
     line: int
-    epoch: int  # context switches on this CPU so far
+    epoch: int  # switches on this CPU that loaded a user mm so far (its lazy episode)
 
     def key(self) -> tuple[object, ...]:
         if self.kind == "flush_to_init_mm":

@@ -33,9 +33,8 @@ RACE = (
 )
 TAINTED = "follows an earlier missed switch that involved this mm"
 IPI_TIMING = (
-    "flush IPI reached this lazy CPU in another interval than the model's: the model's "
-    "__mmput flushes at exit_mm or exec, the kernel's exit_mmap at its end, after the CPU had "
-    "switched again"
+    "flush IPI reached this lazy CPU in another lazy episode than the model's (it had loaded "
+    "a user mm in between)"
 )
 HOTPLUG = "CPU hotplug: no input says a CPU goes offline (idle_task_exit, finish_cpu) or comes back"
 CONCURRENT = (
@@ -230,9 +229,11 @@ def score_outside(
     model: list[Outside],
     first_switch: dict[int, int] | None = None,
 ) -> None:
-    """Outside-schedule hooks match on (kind, task, mms), flushes on (CPU, number of switches
-    before); a flush on the right CPU by the right task but in another interval is a miss
-    with its cause (late)."""
+    """Outside-schedule hooks match on (kind, task, mms), flushes to init_mm on (CPU, lazy
+    episode): the switches that loaded a user mm on that CPU before it. Within one episode the
+    CPU borrows one mm, whichever kernel threads run, so an IPI delivered a switch later
+    (a stalled vCPU) is the same flush. A flush on the right CPU in another episode is a miss
+    with its cause."""
     mleft = Counter(o.key() for o in model)
     unmatched_k = []
     for o in kernel:
