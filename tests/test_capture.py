@@ -172,6 +172,17 @@ def test_your_own_program_and_command_line_go_into_the_initramfs(tmp_path: Path)
         guest.build_initramfs(tmp_path, ["p:x y"], program=broken)
 
 
+@pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc")
+@pytest.mark.parametrize("name", ["mixed.c", "readers.c"])
+def test_the_example_workloads_build_for_the_guest(tmp_path: Path, name: str) -> None:
+    """examples/workloads/*.c, as docs/validate.md tells to pass them to --program."""
+    src = Path(__file__).resolve().parent.parent / "examples" / "workloads" / name
+    binary = guest.build_program(src, tmp_path)
+    target = tmp_path / "program"
+    target.write_bytes(binary)
+    assert binary[:4] == b"\x7fELF" and guest._is_static(target)
+
+
 QEMU_READY = all(shutil.which(t) for t in ("qemu-system-x86_64", "busybox", "gcc", "apt-get"))
 
 
