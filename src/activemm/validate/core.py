@@ -121,11 +121,8 @@ class Validator(MarkerSteps, Clocked):
                 self.drop_lines.setdefault(address(e.args.get("mm")), []).append(e.line)
             elif e.function == "mm_init":
                 self.use_mm_init = True
-        # exit_mmap line -> (mm_users holder to put there, its mm)
+        # line where the kernel's __mmput ran -> (mm_users holder to put there, its mm)
         self.deferred: dict[int, tuple[str, Mm]] = {}
-        # tlb_flush line -> (mm_users holder, its mm): an exit's __mmput, run at exit_mmap's
-        # final flush
-        self.flush_deferred: dict[int, tuple[str, Mm]] = {}
         self.ctx = Context()
         # binding: model mm id -> kernel address (kept after the life ends), and the reverse
         # for the life in progress
@@ -326,9 +323,9 @@ class Validator(MarkerSteps, Clocked):
         apply(*args)
 
     def _on_sched_event(self, ev: TraceEvent) -> None:
-        final = self.flush_deferred.pop(ev.line, None)
-        if final is not None:
-            self._final_flush(ev, *final)
+        deferred = self.deferred.pop(ev.line, None)
+        if deferred is not None:
+            self._put_back(ev, *deferred)
             if isinstance(ev, TlbFlush):
                 return
         if isinstance(ev, TlbFlush):
@@ -426,10 +423,7 @@ class Validator(MarkerSteps, Clocked):
                 self._failed_exec(p, address(p.args.get("mm")))
             deferred = self.deferred.pop(p.line, None)
             if deferred is not None:
-                holder, mm = deferred
-                self.ctx = Context("__mmput", p.line, p.cpu, p.pid)
-                self._refusable(self.m.mmput, holder, p.cpu)
-                self._pin(mm, p, f"__mmput in pid {p.pid}")
+                self._put_back(p, *deferred)
         elif f in NEW_MM and (f == "mm_init") == self.use_mm_init:
             self._announce(p, address(p.args.get("ret") or p.args.get("mm")))
 
@@ -554,8 +548,7 @@ class Validator(MarkerSteps, Clocked):
         held_by = None
         if mm is None and not self._ends_later(hook.prev, sw.line):
             held_by = f"unseen owner of {kv.hexaddr(hook.prev)}"
-        self.metrics.paused = True
-        try:
+        with self._unmetered():
             borrowed = self.m.adopt_lazy(sw.cpu, mm, held_by=held_by)
             self.result.learned["mm borrowed by a CPU before the trace"] += 1
             # Other CPUs borrowing the same mm when the trace began hold references too,
@@ -569,8 +562,6 @@ class Validator(MarkerSteps, Clocked):
                         continue  # that CPU runs a task of its own by now: learn it later
                     self.seen_cpu.add(cpu)
                     self.result.learned["mm borrowed by a CPU before the trace"] += 1
-        finally:
-            self.metrics.paused = False
         if borrowed.id not in self.addr:
             self._bind(borrowed, hook.prev)
 

@@ -8,6 +8,8 @@ state these methods share."""
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,8 +79,9 @@ class MarkerSteps:
     armed: dict[int, Probe]  # CPU -> exec's activate_mm marker, waiting for the CR3 load
     marker_done: set[int]  # id() of model tasks exec'd ahead of sched_process_exec
     pins: dict[int, list[str]]  # pid -> holders standing for __mmput's share
-    deferred: dict[int, tuple[str, Mm]]  # exit_mmap line -> (mm_users holder, its mm)
-    flush_deferred: dict[int, tuple[str, Mm]]  # tlb_flush line -> (mm_users holder, its mm)
+    # line of the event where __mmput runs (another task's exit_mmap, exit_mmap's final
+    # flush...) -> (the mm_users holder standing in until then, its mm)
+    deferred: dict[int, tuple[str, Mm]]
     own_flushes: dict[int, list[int]]  # pid -> lines of its tlb_flush events (no hardirq)
     ipi_sends: dict[int, list[int]]  # pid -> lines of its "remote ipi send" tlb_flush
     exit_lines: dict[int, list[int]]  # pid -> lines of its sched_process_exit
@@ -167,7 +170,7 @@ class MarkerSteps:
         send" before sched_process_exec (exec's mmput of the old mm: the new mm's flushes
         are local), is that final flush; with none, the tracepoint itself. An mm_users
         reference taken now is put back there, and __mmput runs in the model at that point."""
-        if t.mm is None or t.mm.mm_users != 1 or self.inputs != "markers":
+        if self._last_user(t) is None:
             return False
         flushes = flushes_by_pid.get(p.pid, [])
         ends = ends_by_pid.get(p.pid, [])
@@ -182,13 +185,12 @@ class MarkerSteps:
             at = end
         else:
             return False
-        if at in self.flush_deferred or not self._outlives(t, how):
+        if at in self.deferred or not self._outlives(t, how):
             return False
-        holder = f"exit_mmap's final flush in pid {p.pid} (line {at})"
-        self._get_users(t.mm, holder, p.cpu)
-        self.flush_deferred[at] = (holder, t.mm)
-        self.result.learned[f"{how}'s __mmput at exit_mmap's final flush (tlb_flush)"] += 1
-        return True
+        return self._defer(
+            t, p, at, f"exit_mmap's final flush in pid {p.pid} (line {at})",
+            f"{how}'s __mmput at exit_mmap's final flush (tlb_flush)",
+        )  # fmt: skip
 
     def _outlives(self, t: Task, how: str) -> bool:
         """Does t's mm survive t's exit (or exec) in the model (tried on a copy)? An exiting
@@ -209,9 +211,10 @@ class MarkerSteps:
             return False
         return not any(m.id == mm_id and m.freed for m in trial.state.mms)
 
-    def _final_flush(self, ev: TraceEvent, holder: str, mm: Mm) -> None:
-        """exit_mmap's final flush: put the reference _defer_to_last() took; __mmput
-        runs (flush, then the users' mmdrop), pinned until the task's next traced event."""
+    def _put_back(self, ev: TraceEvent, holder: str, mm: Mm) -> None:
+        """Where the kernel's __mmput ran (another task's exit_mmap, exit_mmap's final
+        flush): put the reference _defer() took; __mmput runs in the model (flush, then the
+        users' mmdrop), pinned until the task's next traced event."""
         self.ctx = Context("__mmput", ev.line, ev.cpu, ev.pid)
         self._refusable(self.m.mmput, holder, ev.cpu)
         self._pin(mm, ev, f"__mmput in pid {ev.pid}")
@@ -221,24 +224,41 @@ class MarkerSteps:
         real user here but the kernel's exit_mmap of it runs in another task (a /proc
         reader's get_task_mm() held an mm_users reference), that reference is taken in the
         model now and put back at that exit_mmap."""
-        if t.mm is None or t.mm.mm_users != 1 or self.inputs != "markers":
+        mm = self._last_user(t)
+        if mm is None:
             return False
-        elsewhere = self._mmput_elsewhere(t.mm, p)
+        elsewhere = self._mmput_elsewhere(mm, p)
         if elsewhere is None:
             return False
         line, pid = elsewhere
-        holder = f"get_task_mm by pid {pid} (line {line})"
-        self._get_users(t.mm, holder, p.cpu)
-        self.deferred[line] = (holder, t.mm)
-        self.result.learned["__mmput run by another task (exit_mmap marker)"] += 1
+        return self._defer(
+            t, p, line, f"get_task_mm by pid {pid} (line {line})",
+            "__mmput run by another task (exit_mmap marker)",
+        )  # fmt: skip
+
+    def _last_user(self, t: Task) -> Mm | None:
+        """With markers, t's mm if the coming operation puts its last real user."""
+        if t.mm is not None and t.mm.mm_users == 1 and self.inputs == "markers":
+            return t.mm
+        return None
+
+    def _defer(self, t: Task, p: TraceEvent, at: int, holder: str, learned: str) -> bool:
+        """An mm_users reference standing for the kernel's __mmput, which runs at line `at`:
+        taken now (out of the metrics), it keeps the model's __mmput() from running until
+        _put_back() puts it there."""
+        assert t.mm is not None
+        with self._unmetered():
+            self.m.mmget_not_zero(t.mm, holder, p.cpu)
+        self.deferred[at] = (holder, t.mm)
+        self.result.learned[learned] += 1
         return True
 
-    def _get_users(self, mm: Mm, holder: str, cpu: int) -> None:
-        """An mm_users reference standing for a real user the model is not told of, out of
-        the metrics: it keeps __mmput() from running until the holder puts it."""
+    @contextmanager
+    def _unmetered(self) -> Iterator[None]:
+        """Model operations that stand for what the inputs do not show: not counted."""
         self.metrics.paused = True
         try:
-            self.m.mmget_not_zero(mm, holder, cpu)
+            yield
         finally:
             self.metrics.paused = False
 
@@ -256,11 +276,8 @@ class MarkerSteps:
     def _hold(self, mm: Mm, holder: str, p: TraceEvent) -> None:
         """Pin `mm` (mm_count) in the name of p.pid's __mmput until that task's next traced
         event."""
-        self.metrics.paused = True
-        try:
+        with self._unmetered():
             self.m.mmgrab(mm, holder, p.cpu)
-        finally:
-            self.metrics.paused = False
         self.pins.setdefault(p.pid, []).append(holder)
         if mm.id in self.addr:
             self.raced.add(self.addr[mm.id])
