@@ -281,3 +281,43 @@ def test_x86_exec_activate_mm_prev_argument(name: str, passes: bool) -> None:
     assert len(activate) == 1
     assert activate[0].prev is (old if passes else None)
     assert activate[0].next is m.task("app").mm
+
+
+def test_x86_text_poke_leaves_lazy_mode_and_comes_back_to_what_was_loaded() -> None:
+    """arch/x86/kernel/alternative.c: __text_poke(): use_temporary_mm() calls leave_mm() on a
+    lazy CPU, loads poking_mm, and unuse_temporary_mm() goes back to the mm loaded before and
+    clears the CPU in poking_mm's mask. active_mm and every reference stay as they were."""
+    m, ev = watched("linux-6.1-x86_64")
+    mm2 = with_user(m)
+    lazy_kworker(m)  # CPU 0 runs kw, lazy on mm2
+    counts = (mm2.mm_users, mm2.mm_count)
+    ev.seen.clear()
+    m.text_poke(0)
+    (holder,) = [h for h in m.state.holders if h.name == "poking_mm"]
+    poking, kw = holder.mm, m.task("kw")
+    switched = [(s.next, s.prev, s.task, s.via) for s in ev.take(MmSwitched)]
+    assert switched == [
+        (m.state.init_mm, None, None, "leave_mm"),
+        (poking, None, kw, "use_temporary_mm"),
+        (m.state.init_mm, None, kw, "unuse_temporary_mm"),
+    ]
+    tlb = m.rq(0).tlb
+    assert tlb.loaded_mm is m.state.init_mm and not tlb.is_lazy
+    assert kw.active_mm is mm2 and (mm2.mm_users, mm2.mm_count) == counts
+    assert (poking.mm_users, poking.mm_count, poking.mm_cpumask) == (1, 1, set())
+    # a CPU running a user task goes back to that task's mm; the same poking_mm is reused
+    m.schedule(1, "app")
+    m.text_poke(1)
+    back = [(s.next, s.via) for s in ev.take(MmSwitched)]
+    assert back == [(mm2, "switch_mm_irqs_off"), (poking, "use_temporary_mm"),
+                    (mm2, "unuse_temporary_mm")]  # fmt: skip
+    assert m.rq(1).tlb.loaded_mm is mm2 and 1 in mm2.mm_cpumask
+    assert [h.name for h in m.state.holders] == ["poking_mm"]
+
+
+def test_text_poke_switches_no_mm_outside_x86() -> None:
+    m, ev = watched("linux-6.17-powerpc-radix")
+    with_user(m)
+    ev.seen.clear()
+    m.text_poke(0)
+    assert ev.take(MmSwitched) == [] and m.state.holders == []

@@ -427,3 +427,28 @@ def test_a_capture_directory_laid_out_otherwise_is_found(tmp_path: Path) -> None
     assert (r.kernel, r.preset) == ("6.12.117+deb12-amd64", "linux-6.12-x86_64")
     assert r.context_switches.matched == r.context_switches.total > 1000
     assert r.mmdrop.matched == r.mmdrop.total
+
+
+def _temporary_mm_hooks(capture: Path) -> int:
+    """switch_mm_irqs_off lines with a NULL `prev` and a task: use_temporary_mm() and
+    unuse_temporary_mm() (text_poke), counted in the text without the code under test."""
+    n = 0
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        for line in f:
+            n += "(switch_mm_irqs_off+" in line and " prev=0x0 " in line and " tsk=0x0 " not in line
+    return n
+
+
+@pytest.mark.parametrize("capture", HOTPLUG, ids=lambda p: p.name)
+def test_text_poke_is_followed_at_its_use_temporary_mm(capture: Path) -> None:
+    """Static keys flipped by CPU hotplug patch kernel text: __text_poke() loads x86's
+    poking_mm and switches back, in pairs. With markers the model runs text_poke at each
+    use_temporary_mm and predicts both hooks (and the leave_mm a lazy CPU does first)."""
+    hooks = _temporary_mm_hooks(capture)
+    assert hooks >= 2 and hooks % 2 == 0
+    r = validate(capture)
+    assert r.learned["text_poke (use_temporary_mm marker)"] == hooks // 2
+    assert r.learned["x86 poking_mm (allocated at boot)"] == 1
+    assert r.outside_schedule.matched == r.outside_schedule.total
+    sched = validate(capture, inputs="sched")
+    assert sched.causes[score.TEXT_POKE] == hooks

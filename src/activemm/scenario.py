@@ -12,9 +12,10 @@
     expect = { "mm1.mm_count" = 1, "cpu0.curr" = "init" }
 
 `expect` keys: `mmN.mm_users|mm_count|status`, `TASK.mm|active_mm|state`,
-`cpuN.curr|active_mm|loaded_mm|lazy|prev_mm`. Expectations are checked when the run's preset is
-in `expect_presets` (default: the scenario's preset), because counts legitimately differ
-between configurations (lazy users hold no mm_count under MMU_LAZY_TLB_SHOOTDOWN).
+`cpuN.curr|active_mm|loaded_mm|lazy|is_lazy|prev_mm` (`lazy`: the current task borrows its
+active_mm; `is_lazy`: x86's per-CPU lazy TLB flag). Expectations are checked when the run's
+preset is in `expect_presets` (default: the scenario's preset), because counts legitimately
+differ between configurations (lazy users hold no mm_count under MMU_LAZY_TLB_SHOOTDOWN).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ OPS = (
     "mmdrop",
     "flush_tlb_mm_range",
     "leave_mm",
+    "text_poke",
     "cpu_down",
     "cpu_up",
 )
@@ -238,6 +240,7 @@ def probe(machine: Machine, key: str) -> object:
             "active_mm": rq.curr.active_mm.name if rq.curr.active_mm else "none",
             "loaded_mm": rq.tlb.loaded_mm.name,
             "lazy": rq.curr.mm is None,
+            "is_lazy": rq.tlb.is_lazy,  # x86 cpu_tlbstate_shared.is_lazy
             "prev_mm": rq.prev_mm.name if rq.prev_mm else "none",
             "online": rq.online,
         }

@@ -37,6 +37,7 @@ TaskRef = Task | int | str
 # Looked up here, at module level: inside the class body Python would mangle `__schedule`.
 _schedule = core.__schedule
 MmRef = Mm | int | str
+POKING_MM = "poking_mm"  # the holder of x86 poking_init()'s mm_users reference
 
 
 def _new_init_mm() -> Mm:
@@ -426,6 +427,24 @@ class Machine:
             )
         op = self._begin("leave_mm", cpu, cpu=cpu)
         self.k.arch.leave_mm(self.k)
+        self._end(op)
+
+    def text_poke(self, cpu: int) -> None:
+        """arch/x86/kernel/alternative.c: __text_poke() on `cpu` (a static key or jump label
+        flipped, a kprobe armed...): x86 loads its poking_mm for the write and goes back,
+        leaving lazy mode first; current->active_mm does not change. poking_init()'s mm is
+        allocated at the first text_poke rather than at boot, so that states without one
+        are unchanged; a holder named "poking_mm" keeps its mm_users. Elsewhere the write
+        switches no mm."""
+        rq = self.rq(cpu)
+        if not rq.online:
+            raise OperationError(f"text_poke: CPU {cpu} is offline")
+        op = self._begin("text_poke", cpu, cpu=cpu)
+        held = [h for h in self.state.holders if h.name == POKING_MM]
+        poking_mm = held[0].mm if held else self.k.arch.poking_init(self.k)
+        if poking_mm is not None and not held:
+            self.state.holders.append(Holder(POKING_MM, poking_mm, "mm_users"))
+        self.k.arch.text_poke(self.k, poking_mm)
         self._end(op)
 
     # -- hotplug --------------------------------------------------------------------------

@@ -148,6 +148,7 @@ class Validator(MarkerSteps, Clocked):
         self.exec_marked: dict[int, int] = {}  # pid -> line of exec's activate_mm
         self.diverged: set[int] = set()  # CPUs whose borrowed mm came from a missed switch
         self.hotplugged: set[int] = set()  # CPUs that went offline or came back
+        self.poking_addr: int | None = None  # x86 poking_mm, learned at its first use
         self.tainted: set[int] = set()  # kernel mm addresses of missed switches
         self.raced: set[int] = set()  # mm addresses whose __mmput the model pinned
         self.exited_mm: dict[int, int] = {}  # mm address -> pid whose exit_mm let go of it
@@ -217,6 +218,9 @@ class Validator(MarkerSteps, Clocked):
         elif ev.via == "activate_mm":
             self.model_outside.append(Outside("activate_mm", cpu, pid, self._a(ev.next),
                                               self._a(ev.prev), self.ctx.line, epoch))  # fmt: skip
+        elif ev.via in ("use_temporary_mm", "unuse_temporary_mm"):
+            self.model_outside.append(Outside("temporary_mm", cpu, pid, self._a(ev.next), 0,
+                                              self.ctx.line, epoch))  # fmt: skip
         elif ev.next.is_init_mm and ev.task is None:
             self.model_outside.append(
                 Outside("flush_to_init_mm", cpu, pid, self._a(ev.next), 0, self.ctx.line, epoch)
@@ -245,6 +249,10 @@ class Validator(MarkerSteps, Clocked):
 
     def _model_alloc(self, ev: MmAllocated) -> None:
         if self.op is None:
+            return
+        if self.op.name == "text_poke" and self.poking_addr is not None:
+            self._bind(ev.mm, self.poking_addr)  # poking_init()'s, from before the trace
+            self.result.learned["x86 poking_mm (allocated at boot)"] += 1
             return
         owner = self.op.args.get("parent") or self.op.args.get("task")
         queue = self.new_addrs.get(id(owner), [])
@@ -372,6 +380,20 @@ class Validator(MarkerSteps, Clocked):
             self.m.cpu_down(p.cpu)
         self.m.cpu_up(p.cpu)
         self.result.learned["CPU came online (cpu_init marker)"] += 1
+
+    def _temporary_mm(self, p: Probe, mm: int) -> None:
+        """switch_mm_irqs_off(NULL, mm, current) outside a context switch marks __text_poke():
+        the first such hook of the trace is a use_temporary_mm(poking_mm), so its `next` names
+        the poking mm (allocated at boot), and every hook to it is one. The model runs
+        text_poke there (leave_mm if lazy, the poking mm and back); the unuse_temporary_mm()
+        hook that follows, back to the mm loaded before, is the model's to predict."""
+        if self.poking_addr is None:
+            self.poking_addr = mm
+        elif mm != self.poking_addr:
+            return  # unuse_temporary_mm()
+        self.ctx = Context("text_poke", p.line, p.cpu, p.pid)
+        self._refusable(self.m.text_poke, p.cpu)
+        self.result.learned["text_poke (use_temporary_mm marker)"] += 1
 
     def _lazy_cpu_flushed(self, ev: TlbFlush) -> bool:
         """tlb_flush "flush on task switch" outside a context switch, in a hardirq (a flush
@@ -507,6 +529,8 @@ class Validator(MarkerSteps, Clocked):
             self.hotplugged.add(cpu)
         if kind == "cpu_init" and self.inputs == "markers":
             self._refusable(self._cpu_came_online, p)
+        if kind == "temporary_mm" and self.inputs == "markers":
+            self._temporary_mm(p, mm)
         if kind == "activate_mm":
             self.anchor[cpu] = ("activate_mm", pid)
             self.exec_marked[pid] = p.line

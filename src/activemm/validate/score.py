@@ -45,6 +45,10 @@ FAILED_EXEC = (
     "an execve that failed (no such file, not a program...): bprm_mm_init's mm was born and "
     "freed in the task without a tracepoint; only the exit_mmap marker shows it"
 )
+TEXT_POKE = (
+    "text_poke's use_temporary_mm(poking_mm) and back: no tracepoint marks it (its kprobe is "
+    "a marker)"
+)
 PRE_TRACE = "first switch of the CPU (state from before the trace)"
 UNEXPLAINED = "unexplained"
 NEARBY = 30  # trace lines: two CPUs' switches racing on one mm sit this close
@@ -292,10 +296,7 @@ def _outside_cause(o: Outside) -> str:
     if o.kind == "switch_mm":
         return "kthread_use_mm (not among the model's inputs)"
     if o.kind == "temporary_mm":
-        return (
-            "use_temporary_mm() (text_poke's poking_mm): the hardware mm changes for a moment, "
-            "active_mm does not"
-        )
+        return TEXT_POKE
     if o.kind in ("idle_task_exit", "cpu_init", "untraced_switch"):
         return HOTPLUG
     return UNEXPLAINED

@@ -23,6 +23,8 @@ from activemm.model.state import Mm, Rq, Task
 
 destroy_context = generic.destroy_context
 leave_mm = generic.leave_mm
+poking_init = generic.poking_init
+text_poke = generic.text_poke
 cpu_disable = generic.cpu_disable
 
 

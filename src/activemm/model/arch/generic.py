@@ -75,3 +75,13 @@ def adopt_loaded_mm(k: Kernel, mm: Mm, tsk: Task) -> None:
     if not mm.is_init_mm:
         mm.mm_cpumask.add(k.cpu)
     k.state.rqs[k.cpu].tlb.loaded_mm = mm
+
+
+def poking_init(k: Kernel) -> Mm | None:
+    """poking_init(): only x86 patches kernel text through a temporary mm of its own."""
+    return None
+
+
+def text_poke(k: Kernel, poking_mm: Mm | None) -> None:
+    """text_poke(): generic: the write goes through a kernel alias of the page (a fixmap);
+    no mm is switched. (powerpc 6.2+ on radix uses a temporary mm too: not modelled.)"""

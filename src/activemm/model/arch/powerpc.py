@@ -23,6 +23,8 @@ switch_mm_irqs_off = generic.switch_mm_irqs_off
 activate_mm = generic.activate_mm
 switch_to = generic.switch_to
 leave_mm = generic.leave_mm
+poking_init = generic.poking_init
+text_poke = generic.text_poke
 adopt_loaded_mm = generic.adopt_loaded_mm
 
 

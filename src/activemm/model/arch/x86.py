@@ -21,6 +21,7 @@ from activemm.model.events import (
     MmSwitched,
     TlbFlushed,
 )
+from activemm.model.fork import mm_alloc
 from activemm.model.kernel import Kernel
 from activemm.model.state import CpuTlbState, Mm, Rq, Task, TlbContext
 
@@ -210,6 +211,43 @@ def leave_mm(k: Kernel) -> None:
         return
     k.emit(LeftMm(k.cpu, tlb.loaded_mm, "leave_mm"))
     switch_mm_irqs_off(k, None, k.state.init_mm, None, "leave_mm")
+
+
+def poking_init(k: Kernel) -> Mm:
+    """arch/x86/mm/init.c: poking_init(): `poking_mm = mm_alloc()` (copy_init_mm() before
+    6.2), an mm of its own for patching kernel text, never freed (its mm_users stays 1)."""
+    return mm_alloc(k, "poking_mm")
+
+
+def use_temporary_mm(k: Kernel, temp_mm: Mm) -> Mm:
+    """arch/x86/kernel/alternative.c (6.15+: arch/x86/mm/tlb.c): use_temporary_mm(): leave
+    lazy mode first ("otherwise we'll end up with a stale address space WITHOUT being in lazy
+    mode after restoring the previous mm"), note loaded_mm, switch_mm_irqs_off(NULL, temp_mm,
+    current). current->active_mm is not changed. Returns the mm to go back to."""
+    tlb = k.state.rqs[k.cpu].tlb
+    if tlb.is_lazy:
+        leave_mm(k)
+    prev = tlb.loaded_mm
+    switch_mm_irqs_off(k, None, temp_mm, k.state.rqs[k.cpu].curr, "use_temporary_mm")
+    return prev
+
+
+def unuse_temporary_mm(k: Kernel, prev: Mm, temp_mm: Mm) -> None:
+    """arch/x86/kernel/alternative.c: unuse_temporary_mm(): switch_mm_irqs_off(NULL, prev,
+    current), then clear this CPU in mm_cpumask(poking_mm) ("no TLB flushing is needed
+    anywhere")."""
+    switch_mm_irqs_off(k, None, prev, k.state.rqs[k.cpu].curr, "unuse_temporary_mm")
+    temp_mm.mm_cpumask.discard(k.cpu)
+
+
+def text_poke(k: Kernel, poking_mm: Mm | None) -> None:
+    """arch/x86/kernel/alternative.c: __text_poke(): map the page in poking_mm, then with
+    interrupts off use_temporary_mm(poking_mm), write, unuse_temporary_mm(). A jump label or
+    static key flip, a kprobe armed, a module's alternatives: text_poke_bp() batches call it
+    several times in a row."""
+    assert poking_mm is not None, "poking_init() gives x86 its poking_mm"
+    prev = use_temporary_mm(k, poking_mm)
+    unuse_temporary_mm(k, prev, poking_mm)
 
 
 def adopt_loaded_mm(k: Kernel, mm: Mm, tsk: Task) -> None:
