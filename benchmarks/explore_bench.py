@@ -3,8 +3,9 @@ of bounds, measured in the same run.
 
     python benchmarks/explore_bench.py --json
 
-For each bound: states and seconds with symmetry reduction and without, states/s, and the
-reduction factor (states without / states with). The peer: SPIN (Debian package spin) on
+For each bound: states and seconds with symmetry reduction and without, states/s, the
+reduction factor (states without / states with), and the reduced run again with --jobs worker
+processes (default: one per CPU) and its speedup. The peer: SPIN (Debian package spin) on
 peers/activemm.pml, a Promela model of the same rules for the first bound, compiled with gcc
 and run to exhaustion in the same run (its time includes neither spin -a nor gcc).
 """
@@ -92,6 +93,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--only", help="run one bound")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes for the parallel run of each bound (default: one per CPU)",
+    )
     a = ap.parse_args()
     results = {}
     for name, (p, cpus, limits, depth) in BOUNDS.items():
@@ -100,6 +107,7 @@ def main() -> None:
         cfg = preset(p)
         reduced = explore(cfg, cpus, limits, depth=depth or 10_000)
         full = explore(cfg, cpus, limits, depth=depth or 10_000, symmetry=False)
+        par = explore(cfg, cpus, limits, depth=depth or 10_000, jobs=a.jobs) if a.jobs > 1 else None
         results[name] = {
             "preset": p,
             "states": reduced.states,
@@ -112,6 +120,14 @@ def main() -> None:
             "reduction_factor": round(full.states / reduced.states, 2),
             "violations": len(reduced.violations) + len(full.violations),
         }
+        if par is not None:
+            results[name]["parallel"] = {
+                "jobs": a.jobs,
+                "states": par.states,
+                "seconds": round(par.seconds, 2),
+                "speedup": round(reduced.seconds / par.seconds, 2),
+                "violations": len(par.violations),
+            }
     out = {
         "bounds": results,
         "peers": {"spin": spin_peer()} if not a.only or a.only.startswith("2cpu-1p") else {},

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from activemm import PRESETS, Machine
+from activemm.check import parallel
 from activemm.check.canonical import canonical
 from activemm.check.explore import explore
 from activemm.check.ops import Limits
@@ -123,3 +124,36 @@ def test_explore_cli_writes_a_counterexample_that_run_replays(tmp_path: Path) ->
         timeout=120,
     )
     assert replay.returncode == 1 and "refcount mismatch" in replay.stderr
+
+
+@pytest.mark.parametrize("mutant", ["no-lazy-drop", "exit-mmput-before-lazy"])
+def test_worker_processes_find_the_same_shortest_counterexample_length(
+    mutant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--jobs: the layers are shared out between forked workers (here from the second layer
+    on); BFS order still makes the counterexample a shortest one, and it replays
+    (replay_counterexample checks it)."""
+    monkeypatch.setattr(parallel, "PREFIX", 1)
+    cfg = PRESETS[MUTANT_PRESETS[mutant]].with_mutants(mutant)
+    one = explore(cfg, 2, BOUND, depth=MUTANT_DEPTH)
+    two = explore(cfg, 2, BOUND, depth=MUTANT_DEPTH, jobs=2)
+    assert [(v.kind, len(v.ops)) for v in two.violations] == [
+        (v.kind, len(v.ops)) for v in one.violations
+    ]
+
+
+def test_worker_processes_explore_the_same_space_whatever_the_timing() -> None:
+    """With two workers: the same transitions out of every layer up to ties the canonical
+    form leaves (a handful of isomorphic states kept twice), and the same numbers on every
+    run, since which worker keeps a state both found never depends on which got there
+    first."""
+    cfg = PRESETS["linux-6.17-x86_64"]
+    bound = replace(BOUND, hotplug=False)
+    one = explore(cfg, 2, bound, depth=7)
+    runs = [explore(cfg, 2, bound, depth=7, jobs=2) for _ in range(2)]
+    assert runs[0].to_dict() | {"seconds": 0} == runs[1].to_dict() | {"seconds": 0}
+    two = runs[0]
+    assert two.violations == [] and two.max_depth == one.max_depth == 7
+    assert two.complete is one.complete is False
+    assert one.states <= two.states <= one.states * 1.002
+    assert one.transitions <= two.transitions <= one.transitions * 1.002

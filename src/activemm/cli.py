@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -196,6 +197,16 @@ def explore(
     keep_going: Annotated[
         bool, typer.Option("--keep-going", help="One counterexample per kind of violation.")
     ] = False,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            help="Worker processes sharing each layer (0: one per CPU). The same verdicts and "
+            "counterexample lengths; state counts can differ by a few per ten thousand.",
+            min=0,
+        ),
+    ] = 1,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Write the (first) counterexample scenario here."),
@@ -226,12 +237,15 @@ def explore(
         hotplug=hotplug,
     )
     show = err.is_terminal and not as_json
+    shown = [0.0]
 
     def progress(r: Result, d: int) -> None:
-        if r.states % 500 == 0:
+        if r.seconds - shown[0] >= 0.5:
+            shown[0] = r.seconds
             rate = r.states / r.seconds if r.seconds else 0.0
             err.print(
-                f"\r  states {r.states:>9,}  depth {d:>3}  {rate:>8,.0f} states/s",
+                f"\r  states {r.states:>9,}  transitions {r.transitions:>10,}  depth {d:>3}  "
+                f"{rate:>8,.0f} states/s",
                 end="",
                 highlight=False,
             )
@@ -244,6 +258,7 @@ def explore(
         symmetry=not no_symmetry,
         keep_going=keep_going,
         progress=progress if show else None,
+        jobs=jobs or os.cpu_count() or 1,
     )
     if show:
         err.print()
@@ -262,6 +277,7 @@ def explore(
             "flushes": not no_flushes,
             "hotplug": hotplug,
         },
+        "jobs": jobs or os.cpu_count() or 1,
     }
     cex = result.violations[0].scenario(cfg, cpus) if result.violations else None
     if output is not None and cex is not None:

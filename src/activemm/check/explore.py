@@ -5,7 +5,7 @@ state. A violation yields the shortest counterexample as a scenario `activemm ru
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +86,143 @@ Progress = Callable[[Result, int], None]
 NEVER = 1 << 62  # Sanitizer(every=NEVER): no state checks at the end of operations
 
 
+@dataclass
+class Child:
+    """One transition out of a node: a new state (`node`), a state already seen (`node` None),
+    or a violation."""
+
+    op: Op
+    key: int = 0
+    node: Node | None = None
+    violation: Violation | None = None
+
+
+def state_key(state: KernelState, forks: dict[str, int], symmetry: bool, alpha: bool) -> int:
+    """The hash of a state's canonical form with its fork budgets spent."""
+    return hash((canonical(state, symmetry, alpha), tuple(sorted(forks.items()))))
+
+
+def children(
+    config: KernelConfig,
+    limits: Limits,
+    san: Sanitizer,
+    node: Node,
+    symmetry: bool,
+    seen: Callable[[int], bool],
+) -> Iterator[Child]:
+    """Every operation enabled at `node`, applied to a copy of its state. A state whose key
+    `seen` knows is not checked again: a state equal in canonical form to one already checked
+    breaks the same invariants (the form is isomorphism-invariant, and so are they). Bad
+    accesses are reported the moment they happen, in `apply`."""
+    alpha = config.arch == "alpha"
+    m = Machine.from_state(config, node.state, [san])
+    for o in enabled(m, limits, node.forks):
+        child = Machine.from_state(config, clone_state(node.state, prune=True), [san])
+        forks = node.forks
+        counted = dict(o[1])["kind"] if o[0] == "fork" else o[0]
+        if counted in ("process", "thread", "vfork", "kthread", "exec"):
+            forks = {**forks, counted: forks.get(counted, 0) + 1}
+        try:
+            apply(child, o)
+            key = state_key(child.state, forks, symmetry, alpha)
+            if seen(key):
+                yield Child(o, key)
+                continue
+            san.check_now(child.state)
+        except Violation as v:
+            yield Child(o, violation=v)
+            continue
+        yield Child(o, key, Node(child.state, forks, key, node.depth + 1))
+
+
+def has_moves(config: KernelConfig, limits: Limits, san: Sanitizer, node: Node) -> bool:
+    """Whether any operation is enabled at `node` (one at the depth bound cuts exploration
+    short)."""
+    return bool(enabled(Machine.from_state(config, node.state, [san]), limits, node.forks))
+
+
+class Stop(Exception):
+    """A violation ended the search (not keep_going)."""
+
+
+@dataclass
+class Search:
+    """A breadth-first search in progress: what explore() and its parallel form share."""
+
+    config: KernelConfig
+    cpus: int
+    limits: Limits
+    depth: int
+    symmetry: bool
+    keep_going: bool
+    progress: Progress | None
+    t0: float = field(default_factory=time.monotonic)
+    # Bad accesses are reported the moment they happen; the state invariants are checked
+    # once per new state (`children`).
+    san: Sanitizer = field(init=False)
+    parent: dict[int, tuple[int, Op] | None] = field(default_factory=dict)
+    result: Result = field(default_factory=Result)
+    seen_kinds: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.san = Sanitizer(self.config, every=NEVER)
+
+    def boot(self) -> Node:
+        m = Machine(self.config, [self.san])
+        m.boot(self.cpus)
+        key = state_key(m.state, {}, self.symmetry, self.config.arch == "alpha")
+        self.parent[key] = None
+        self.result.states = 1
+        return Node(m.state, {}, key, 0)
+
+    def accept(self, key: int, parent_key: int, o: Op, depth: int) -> bool:
+        """A child state: True when it is new (first found from `parent_key` by `o`)."""
+        if key in self.parent:
+            return False
+        self.parent[key] = (parent_key, o)
+        self.result.states += 1
+        self.result.max_depth = max(self.result.max_depth, depth)
+        return True
+
+    def violation(self, node_key: int, o: Op, kind: str, depth: int) -> None:
+        """A violation `o` runs into from the state `node_key`: its counterexample, once per
+        kind (BFS order makes the first found the shortest). Unless keep_going, it ends the
+        search, cut short (raises Stop)."""
+        if kind in self.seen_kinds:
+            return
+        self.seen_kinds.add(kind)
+        path = [*_path(self.parent, node_key), o]
+        self.result.violations.append(replay_counterexample(self.config, self.cpus, path))
+        if not self.keep_going:
+            self.result.complete = False
+            self.result.max_depth = max(self.result.max_depth, depth)
+            raise Stop
+
+    def tick(self, depth: int) -> None:
+        self.result.seconds = time.monotonic() - self.t0
+        if self.progress is not None:
+            self.progress(self.result, depth)
+
+    def layer(self, frontier: list[Node]) -> list[Node]:
+        """Expand one layer in this process; the next layer."""
+        nxt: list[Node] = []
+        for node in frontier:
+            if node.depth >= self.depth:
+                if self.result.complete and has_moves(self.config, self.limits, self.san, node):
+                    self.result.complete = False
+                continue
+            for c in children(
+                self.config, self.limits, self.san, node, self.symmetry, self.parent.__contains__
+            ):
+                self.result.transitions += 1
+                if c.violation is not None:
+                    self.violation(node.key, c.op, c.violation.kind, node.depth + 1)
+                elif c.node is not None and self.accept(c.key, node.key, c.op, c.node.depth):
+                    nxt.append(c.node)
+            self.tick(node.depth)
+        return nxt
+
+
 def explore(
     config: KernelConfig,
     cpus: int = 2,
@@ -94,68 +231,24 @@ def explore(
     symmetry: bool = True,
     keep_going: bool = False,
     progress: Progress | None = None,
+    jobs: int = 1,
 ) -> Result:
-    """Breadth-first search of every state reachable in `depth` operations from boot."""
-    t0 = time.monotonic()
-    limits = limits or Limits()
-    alpha = config.arch == "alpha"
-    # Bad accesses are reported the moment they happen; the state invariants are checked
-    # below, once per new state: a state equal in canonical form to one already checked
-    # breaks the same invariants (the form is isomorphism-invariant, and so are they).
-    san = Sanitizer(config, every=NEVER)
-    boot = Machine(config, [san])
-    boot.boot(cpus)
-    root_key = hash((canonical(boot.state, symmetry, alpha), ()))
-    parent: dict[int, tuple[int, Op] | None] = {root_key: None}
-    result = Result(states=1)
-    frontier = [Node(boot.state, {}, root_key, 0)]
-    seen_kinds: set[str] = set()
-    while frontier:
-        nxt: list[Node] = []
-        for node in frontier:
-            m = Machine.from_state(config, node.state, [san])
-            ops = enabled(m, limits, node.forks)
-            if node.depth >= depth:
-                if ops:
-                    result.complete = False
-                continue
-            for o in ops:
-                result.transitions += 1
-                child = Machine.from_state(config, clone_state(node.state, prune=True), [san])
-                forks = node.forks
-                counted = dict(o[1])["kind"] if o[0] == "fork" else o[0]
-                if counted in ("process", "thread", "vfork", "kthread", "exec"):
-                    forks = {**forks, counted: forks.get(counted, 0) + 1}
-                try:
-                    apply(child, o)
-                    key = hash(
-                        (canonical(child.state, symmetry, alpha), tuple(sorted(forks.items())))
-                    )
-                    if key in parent:
-                        continue
-                    san.check_now(child.state)
-                except Violation as v:
-                    if v.kind in seen_kinds:
-                        continue
-                    seen_kinds.add(v.kind)
-                    path = [*_path(parent, node.key), o]
-                    result.violations.append(replay_counterexample(config, cpus, path))
-                    if not keep_going:
-                        result.complete = False
-                        result.max_depth = max(result.max_depth, node.depth + 1)
-                        result.seconds = time.monotonic() - t0
-                        return result
-                    continue
-                parent[key] = (node.key, o)
-                result.states += 1
-                result.max_depth = max(result.max_depth, node.depth + 1)
-                nxt.append(Node(child.state, forks, key, node.depth + 1))
-            if progress is not None:
-                result.seconds = time.monotonic() - t0
-                progress(result, node.depth)
-        frontier = nxt
-    result.seconds = time.monotonic() - t0
-    return result
+    """Breadth-first search of every state reachable in `depth` operations from boot, in
+    `jobs` worker processes when more than one (check/parallel.py)."""
+    search = Search(config, cpus, limits or Limits(), depth, symmetry, keep_going, progress)
+    frontier = [search.boot()]
+    try:
+        if jobs > 1:
+            from activemm.check.parallel import explore_parallel
+
+            explore_parallel(search, frontier, jobs)
+        else:
+            while frontier:
+                frontier = search.layer(frontier)
+    except Stop:
+        pass
+    search.result.seconds = time.monotonic() - search.t0
+    return search.result
 
 
 def replay_counterexample(config: KernelConfig, cpus: int, path: list[Op]) -> Counterexample:
