@@ -270,3 +270,28 @@ def test_a_guest_that_crashes_gets_one_more_try(
     assert sorted(p.name for p in (tmp_path / "cap").iterdir()) == [
         "meta.json", "tasks_end.txt", "tasks_start.txt", "trace.txt.gz", "workload.log"
     ]  # fmt: skip
+
+
+def test_the_vhost_modules_come_uncompressed_in_load_order(tmp_path: Path) -> None:
+    """Debian 12's 6.1 ships plain .ko files, its 6.12 .ko.xz; busybox insmod takes plain ELF.
+    A tree missing one of them gives none (the workload then says it has no device)."""
+    import lzma
+
+    tree = tmp_path / "lib" / "modules" / "6.12.0-1-amd64"
+    for i, name in enumerate(guest.VHOST_MODULES):
+        d = tree / "kernel" / ("drivers/net" if name in ("tun", "tap") else "drivers/vhost")
+        d.mkdir(parents=True, exist_ok=True)
+        body = f"\x7fELF {name}".encode()
+        if i % 2:
+            (d / f"{name}.ko.xz").write_bytes(lzma.compress(body))
+        else:
+            (d / f"{name}.ko").write_bytes(body)
+    mods = guest.kernel_modules(tree, guest.VHOST_MODULES)
+    assert [n for n, _ in mods] == list(guest.VHOST_MODULES)
+    assert all(data == f"\x7fELF {n}".encode() for n, data in mods)
+    image = KernelImage("6.12.0-1-amd64", tmp_path / "boot" / "vmlinuz-6.12.0-1-amd64", tmp_path,
+                        tmp_path)  # fmt: skip
+    assert image.modules == tree
+    next(tree.glob("kernel/**/tap.ko*")).unlink()
+    assert guest.kernel_modules(tree, guest.VHOST_MODULES) == []
+    assert guest.kernel_modules(tmp_path / "nowhere", guest.VHOST_MODULES) == []

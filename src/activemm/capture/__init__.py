@@ -19,6 +19,7 @@ WORKLOADS = {
     "umh": "user-mode helpers (request_module): tasks born without an mm that exec",
     "hotplug": "CPU hotplug: the last CPU goes offline (its lazy mm handed back) and returns",
     "oom": "the OOM killer's victim: signal->oom_mm holds its mm past the last lazy switch",
+    "vhost": "vhost-net workers on a user mm (6.1: a kernel thread's kthread_use_mm)",
     "all": "every workload above, one after another",
     "parallel": "every workload above, all at once",
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import lzma
 import shutil
 import subprocess
 from importlib import resources
@@ -41,6 +42,30 @@ def kprobe_definitions(off: dict[str, int]) -> list[str]:
         f"p:{g}/unusemm kthread_unuse_mm mm=%di:x64",
         f"p:{g}/leavemm leave_mm cpu=%di:s32",
     ]
+
+
+# vhost-net and what it needs, in load order (the `vhost` workload)
+VHOST_MODULES = ("vhost_iotlb", "tun", "tap", "vhost", "vhost_net")
+
+
+def kernel_modules(tree: Path, names: tuple[str, ...]) -> list[tuple[str, bytes]]:
+    """The named modules of a kernel's lib/modules/RELEASE tree, uncompressed (busybox insmod
+    takes plain ELF), in the order given; [] when one is missing (a --kernel without its
+    modules, or one built in): the workload then says it has no device."""
+    if not tree.is_dir():
+        return []
+    out: list[tuple[str, bytes]] = []
+    for name in names:
+        path = next(tree.glob(f"kernel/**/{name}.ko*"), None)
+        if path is None:
+            return []
+        data = path.read_bytes()
+        if path.suffix == ".xz":
+            data = lzma.decompress(data)
+        elif path.suffix != ".ko":
+            return []  # zstd or gzip: not worth a dependency for one workload
+        out.append((name, data))
+    return out
 
 
 def build_workload(out: Path) -> Path:
@@ -127,18 +152,25 @@ class Cpio:
 
 
 def build_initramfs(
-    work: Path, kprobes: list[str], run: str | None = None, program: Path | None = None
+    work: Path,
+    kprobes: list[str],
+    run: str | None = None,
+    program: Path | None = None,
+    modules: list[tuple[str, bytes]] | None = None,
 ) -> Path:
     """busybox, /init, the workload and the kprobe definitions, as a gzipped cpio; with
     `program`, /bin/program; with `run` (or a program alone), /run.sh for /init to run after
-    the built-in workload."""
+    the built-in workload; `modules` in /modules, which /init loads in that order before
+    tracing starts."""
     busybox = shutil.which("busybox")
     if busybox is None or not _is_static(Path(busybox)):
         raise CaptureError("a static busybox is needed: `apt-get install busybox-static`")
     init = (resources.files("activemm.capture") / "guest" / "init.sh").read_bytes()
     c = Cpio()
-    for d in ("bin", "dev", "proc", "sys", "tmp"):
+    for d in ("bin", "dev", "modules", "proc", "sys", "tmp"):
         c.dir(d)
+    for i, (name, data) in enumerate(modules or []):
+        c.file(f"modules/{i}-{name}.ko", data, 0o644)
     c.chardev("dev/console", 5, 1)
     c.file("bin/busybox", Path(busybox).read_bytes())
     c.symlink("bin/sh", "busybox")

@@ -45,6 +45,11 @@ class KernelImage:
     vmlinux: Path  # the uncompressed ELF, booted with PVH
     config: Path
 
+    @property
+    def modules(self) -> Path:
+        """lib/modules/RELEASE of the unpacked package (it may not exist for --kernel)."""
+        return self.vmlinuz.parent.parent / "lib" / "modules" / self.release
+
 
 def debian_package(generation: str) -> str:
     """The Debian 12 package name of the newest kernel of `generation` (6.1 or 6.12)."""

@@ -232,7 +232,15 @@ def capture(
     work = Path(tempfile.mkdtemp(prefix="activemm-capture-"))
     try:
         progress("building the initramfs (busybox, workload, kprobes)")
-        initrd = guest.build_initramfs(work, kprobes, run=opts.run, program=opts.program)
+        names = set(opts.workload.split(","))
+        modules = (
+            guest.kernel_modules(image.modules, guest.VHOST_MODULES)
+            if names & {"vhost", "all", "parallel"}
+            else []
+        )
+        initrd = guest.build_initramfs(
+            work, kprobes, run=opts.run, program=opts.program, modules=modules
+        )
         accel, console, shipped_text, timings = boot(image, initrd, opts, work, progress)
         shipped = decode_serial(shipped_text)
         if not shipped.done or "trace" not in shipped.files:

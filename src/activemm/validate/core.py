@@ -51,6 +51,7 @@ from activemm.validate.score import (
     EXIT_WINDOW,
     FOLLOWS,
     HOTPLUG,
+    KTHREAD_USE_MM,
     PRE_TRACE,
     UNEXPLAINED,
     DropScorer,
@@ -138,6 +139,9 @@ class Validator(MarkerSteps, Clocked):
         self.finished: dict[int, SwitchGroup] = {}  # the CPU's last complete switch
         self.mmput_open: dict[int, int] = {}  # mm address -> pid running its exit_mmap
         self.pins: dict[int, list[str]] = {}  # pid -> holders standing for __mmput's share
+        self.late: set[int] = set()  # pids whose pins stand for an __mmput after their exit
+        self.past_exit: set[int] = set()  # pids past their sched_process_exit
+        self.mm_kthreads: set[int] = set()  # kernel threads the kernel saw kthread_use_mm
         self.epoch: Counter[int] = Counter()
         # CPU -> switches that loaded a user mm (switch_mm_irqs_off): a lazy episode, a chain
         # of tasks without an mm borrowing one mm, lasts from one to the next
@@ -353,6 +357,12 @@ class Validator(MarkerSteps, Clocked):
             self.result.anomalies["lost events"] += ev.count
         if isinstance(ev, ProcessExec | ProcessExit | ProcessFork | NewTask):
             self.anchor[ev.cpu] = ("other", ev.pid)
+        if isinstance(ev, ProcessExit):
+            self.past_exit.add(ev.exit_pid)
+        elif isinstance(ev, NewTask | ProcessFork):
+            self.past_exit.discard(ev.child_pid)  # a new life of the pid
+        elif isinstance(ev, ProcessExec):
+            self.past_exit.discard(ev.exec_pid)  # de_thread(): a thread took the leader's pid
         if isinstance(ev, ProcessExec):
             t = self.replayer.tasks.get(ev.old_pid)
             if t is None or id(t) not in self.marker_done:
@@ -395,6 +405,19 @@ class Validator(MarkerSteps, Clocked):
         self._refusable(self.m.text_poke, p.cpu)
         self.result.learned["text_poke (use_temporary_mm marker)"] += 1
 
+    def _kthread_use_mm(self, p: Probe, addr: int) -> None:
+        """switch_mm_irqs_off(active_mm, mm, current) by a kernel thread outside a context
+        switch marks kthread_use_mm() (vhost's worker on 6.1, USB gadget, some GPU drivers):
+        the model runs it there, on the mm bound to `next` (the caller's choice; what
+        happens to active_mm and the counts is the model's to predict)."""
+        t = self.m.state.rqs[p.cpu].curr
+        mm = self.live.get(addr)
+        if not t.pf_kthread or t.uses_mm or mm is None or mm.freed:
+            return
+        self.ctx = Context("kthread_use_mm", p.line, p.cpu, p.pid)
+        self.m.kthread_use_mm(t, mm)
+        self.result.learned["kthread_use_mm (switch_mm_irqs_off marker)"] += 1
+
     def _lazy_cpu_flushed(self, ev: TlbFlush) -> bool:
         """tlb_flush "flush on task switch" outside a context switch, in a hardirq (a flush
         IPI) or in the idle task (the call-function queue run from the idle loop): the CR3
@@ -411,6 +434,10 @@ class Validator(MarkerSteps, Clocked):
     # -- context switches -------------------------------------------------------------
 
     def _on_switch(self, ev: SchedSwitch) -> None:
+        if ev.prev_pid in self.late:  # its __mmput after exit has returned by now
+            self.late.discard(ev.prev_pid)
+            if ev.prev_pid in self.pins:
+                self._refusable(self._unpin, ev)
         old = self.pending.pop(ev.cpu, None)
         if old is not None:
             self.result.anomalies["context switch without finish_task_switch"] += 1
@@ -504,6 +531,8 @@ class Validator(MarkerSteps, Clocked):
             point = ("__mmput", p.pid)
         elif anchor[0] == "activate_mm":
             point = ("exec_mmap", p.pid)
+        elif anchor[0] == "kthread_use_mm":
+            point = ("kthread_use_mm", p.pid)
         else:
             point = ("other", p.pid)
         self.mmput_open.pop(addr, None)
@@ -531,6 +560,11 @@ class Validator(MarkerSteps, Clocked):
             self._refusable(self._cpu_came_online, p)
         if kind == "temporary_mm" and self.inputs == "markers":
             self._temporary_mm(p, mm)
+        if kind == "switch_mm":
+            self.anchor[cpu] = ("kthread_use_mm", pid)
+            self.mm_kthreads.add(pid)
+            if self.inputs == "markers":
+                self._refusable(self._kthread_use_mm, p, mm)
         if kind == "activate_mm":
             self.anchor[cpu] = ("activate_mm", pid)
             self.exec_marked[pid] = p.line
@@ -662,6 +696,8 @@ class Validator(MarkerSteps, Clocked):
                 return EXIT_WINDOW
             if pid in self.exec_marked:
                 return "exec window (exec_mmap ran before sched_process_exec)"
+            if pid in self.mm_kthreads:
+                return KTHREAD_USE_MM
         if self.epoch[sw.cpu] <= 1:
             return PRE_TRACE
         if sw.cpu in self.diverged:
@@ -681,4 +717,7 @@ class Validator(MarkerSteps, Clocked):
             self.unclaimed,
         )
         drops.score(self.kernel_drops, self.model_drops)
-        score_outside(self.result, self.kernel_outside, self.model_outside, self.first_switch)
+        score_outside(
+            self.result, self.kernel_outside, self.model_outside, self.first_switch,
+            self.mm_kthreads,
+        )  # fmt: skip

@@ -89,6 +89,8 @@ class MarkerSteps:
     exit_mmaps: dict[int, list[tuple[int, int]]]  # mm address -> [(line, pid)]
     drop_lines: dict[int, list[int]]  # mm address -> __mmdrop lines
     raced: set[int]  # mm addresses whose __mmput the model pinned
+    late: set[int]  # pids whose pins stand for an __mmput after their sched_process_exit
+    past_exit: set[int]  # pids past their sched_process_exit (in this life of the pid)
 
     def _refusable(self, fn: Any, *args: Any) -> None:
         """A marker asks for something the model's state does not allow (it lost track of
@@ -214,16 +216,21 @@ class MarkerSteps:
     def _put_back(self, ev: TraceEvent, holder: str, mm: Mm) -> None:
         """Where the kernel's __mmput ran (another task's exit_mmap, exit_mmap's final
         flush): put the reference _defer() took; __mmput runs in the model (flush, then the
-        users' mmdrop), pinned until the task's next traced event."""
+        users' mmdrop), pinned until the task's next traced event: for a task past its
+        sched_process_exit, its next switch out."""
         self.ctx = Context("__mmput", ev.line, ev.cpu, ev.pid)
         self._refusable(self.m.mmput, holder, ev.cpu)
         self._pin(mm, ev, f"__mmput in pid {ev.pid}")
+        if ev.pid in self.past_exit and ev.pid in self.pins:
+            self.late.add(ev.pid)
 
     def _defer_mmput(self, t: Task, p: TraceEvent) -> bool:
         """With markers, exit_mmap says *where* __mmput runs: when t gives up its mm's last
         real user here but the kernel's exit_mmap of it runs in another task (a /proc
-        reader's get_task_mm() held an mm_users reference), that reference is taken in the
-        model now and put back at that exit_mmap."""
+        reader's get_task_mm() held an mm_users reference), or in t itself only after its
+        sched_process_exit (vhost's get_task_mm(), given back when exit_files() releases
+        the device), that reference is taken in the model now and put back at that
+        exit_mmap."""
         mm = self._last_user(t)
         if mm is None:
             return False
@@ -231,10 +238,13 @@ class MarkerSteps:
         if elsewhere is None:
             return False
         line, pid = elsewhere
-        return self._defer(
-            t, p, line, f"get_task_mm by pid {pid} (line {line})",
-            "__mmput run by another task (exit_mmap marker)",
-        )  # fmt: skip
+        if pid == p.pid:
+            why = f"an mm_users reference given back after exit (line {line})"
+            learned = "__mmput after the task's exit (exit_mmap marker)"
+        else:
+            why = f"get_task_mm by pid {pid} (line {line})"
+            learned = "__mmput run by another task (exit_mmap marker)"
+        return self._defer(t, p, line, why, learned)
 
     def _last_user(self, t: Task) -> Mm | None:
         """With markers, t's mm if the coming operation puts its last real user."""
@@ -283,7 +293,8 @@ class MarkerSteps:
             self.raced.add(self.addr[mm.id])
 
     def _mmput_elsewhere(self, mm: Mm, ev: TraceEvent) -> tuple[int, int] | None:
-        """The next exit_mmap of this life of mm's address, if another task runs it."""
+        """The next exit_mmap of this life of mm's address, if another task runs it, or the
+        same task after its sched_process_exit."""
         addr = self.addr.get(mm.id)
         if addr is None:
             return None
@@ -296,7 +307,11 @@ class MarkerSteps:
         j = bisect.bisect_right(drops, ev.line)
         if j < len(drops) and drops[j] < line:
             return None  # that exit_mmap belongs to a later life of the address
-        return (line, pid) if pid != ev.pid else None
+        if pid != ev.pid:
+            return line, pid
+        exits = self.exit_lines.get(pid, [])
+        k = bisect.bisect_right(exits, ev.line)
+        return (line, pid) if k < len(exits) and exits[k] < line else None
 
     def _unpin(self, ev: TraceEvent) -> None:
         self.ctx = Context("__mmput end", ev.line, ev.cpu, ev.pid)

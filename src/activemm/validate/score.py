@@ -45,6 +45,10 @@ FAILED_EXEC = (
     "an execve that failed (no such file, not a program...): bprm_mm_init's mm was born and "
     "freed in the task without a tracepoint; only the exit_mmap marker shows it"
 )
+KTHREAD_USE_MM = (
+    "kthread_use_mm: no tracepoint marks a kernel thread taking a user mm (its switch_mm_irqs_off "
+    "is a marker)"
+)
 TEXT_POKE = (
     "text_poke's use_temporary_mm(poking_mm) and back: no tracepoint marks it (its kprobe is "
     "a marker)"
@@ -232,6 +236,7 @@ def score_outside(
     kernel: list[Outside],
     model: list[Outside],
     first_switch: dict[int, int] | None = None,
+    mm_kthreads: set[int] | None = None,
 ) -> None:
     """Outside-schedule hooks match on (kind, task, mms), flushes to init_mm on (CPU, lazy
     episode): the switches that loaded a user mm on that CPU before it. Within one episode the
@@ -269,7 +274,9 @@ def score_outside(
     first = first_switch or {}
     for o in unmatched_k:
         cause = paired.get(id(o)) or (
-            PRE_TRACE if o.line < first.get(o.cpu, o.line + 1) else _outside_cause(o)
+            PRE_TRACE
+            if o.line < first.get(o.cpu, o.line + 1)
+            else _outside_cause(o, mm_kthreads or set())
         )
         result.mismatch("outside_schedule", o.line, {"predicted": "nothing here"},
                         _outside_dict(o), cause)  # fmt: skip
@@ -287,14 +294,16 @@ def _outside_dict(o: Outside) -> dict[str, Any]:
             "prev": hexaddr(o.prev)}  # fmt: skip
 
 
-def _outside_cause(o: Outside) -> str:
+def _outside_cause(o: Outside, mm_kthreads: set[int]) -> str:
+    """`mm_kthreads`: the kernel threads seen calling kthread_use_mm (their kthread_unuse_mm
+    is an enter_lazy_tlb outside schedule)."""
+    if o.kind == "switch_mm" or (o.kind == "enter_lazy_tlb" and o.pid in mm_kthreads):
+        return KTHREAD_USE_MM
     if o.kind == "flush_to_init_mm":
         return (
             "flush to init_mm on a CPU the model did not have lazy on an mm at that point "
             "(it diverged earlier)"
         )
-    if o.kind == "switch_mm":
-        return "kthread_use_mm (not among the model's inputs)"
     if o.kind == "temporary_mm":
         return TEXT_POKE
     if o.kind in ("idle_task_exit", "cpu_init", "untraced_switch"):

@@ -35,6 +35,9 @@ echo 0 > $T/options/overwrite
 # finish_task_switch is usually a compiler clone (finish_task_switch.isra.0): take its name.
 FTS=$(grep -E ' [tT] finish_task_switch(\.|$)' /proc/kallsyms | head -n 1 | cut -d' ' -f3)
 : > /tmp/kprobes.failed
+for m in /modules/*.ko; do  # the vhost workload's modules, before tracing starts
+    [ -e "$m" ] && { insmod "$m" 2>/dev/null || echo "insmod $m" >> /tmp/kprobes.failed; }
+done
 sed "s/@FINISH_TASK_SWITCH@/$FTS/" /kprobes | while read -r def; do
     [ -n "$def" ] || continue
     echo "$def" >> $T/kprobe_events 2>/dev/null || echo "$def" >> /tmp/kprobes.failed

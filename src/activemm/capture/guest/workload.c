@@ -5,11 +5,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/io_uring.h>
+#include <linux/vhost.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -411,6 +414,45 @@ static void w_oom(int scale) {
     }
 }
 
+/* vhost: VHOST_SET_OWNER takes the caller's mm (get_task_mm) and starts a worker: on 6.1 a
+ * kernel thread that kthread_use_mm()s it for its whole life, until the device is released
+ * (kthread_unuse_mm, then mmput); since 6.4 a vhost_task, a worker thread on the owner's mm.
+ * A kick eventfd makes the worker run (handle_tx_kick, no backend: it returns at once). Half
+ * the owners close the device themselves; the others exit holding it, so the worker uses the
+ * mm past the owner's exit_mm() and the last mmput() runs in exit_files(). */
+static void w_vhost(int scale) {
+    if (access("/dev/vhost-net", R_OK | W_OK) != 0) {
+        printf("vhost: no /dev/vhost-net (the vhost_net module did not load)\n");
+        fflush(stdout);
+        return;
+    }
+    for (int i = 0; i < 4 * scale; i++) {
+        pid_t p = fork();
+        if (p == 0) {
+            pin(i);
+            int fd = open("/dev/vhost-net", O_RDWR);
+            if (fd < 0 || ioctl(fd, VHOST_SET_OWNER, NULL) < 0) {
+                perror("vhost-net");
+                _exit(1);
+            }
+            int kick = eventfd(0, 0);
+            struct vhost_vring_file f = {1, kick}; /* VHOST_NET_VQ_TX */
+            if (ioctl(fd, VHOST_SET_VRING_KICK, &f) < 0) perror("VHOST_SET_VRING_KICK");
+            for (int k = 0; k < 6; k++) {
+                uint64_t one = 1;
+                if (write(kick, &one, sizeof(one)) < 0) perror("kick");
+                spin(5000);
+                nap(300);
+                if (k == 3) pin(i + 1);
+            }
+            if (i % 2 == 0) close(fd);
+            _exit(0);
+        }
+        wait_all();
+        nap(2000);
+    }
+}
+
 struct workload {
     const char *name;
     void (*run)(int);
@@ -432,6 +474,7 @@ static const struct workload workloads[] = {
     {"umh", w_umh, "user-mode helpers: tasks the kernel starts without an mm, which exec"},
     {"hotplug", w_hotplug, "CPU hotplug: the last CPU goes offline and comes back"},
     {"oom", w_oom, "the OOM killer's victim: its mm held by signal->oom_mm past its exit"},
+    {"vhost", w_vhost, "vhost-net workers on a user mm (6.1: kthread_use_mm)"},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
