@@ -382,9 +382,9 @@ class Validator(MarkerSteps, Clocked):
 
     def _cpu_came_online(self, p: Probe) -> None:
         """cpu_init()'s enter_lazy_tlb(&init_mm) by the idle task, outside a context switch,
-        marks a CPU coming online: it went offline before (its last switches and
-        idle_task_exit() are not traced, finish_cpu() dropped its idle task's borrowed mm),
-        so the model takes it down, then up, here."""
+        marks a CPU coming online. It went offline before: at its idle_task_exit() marker the
+        model took it down (its last switches are not traced; finish_cpu() dropped its idle
+        task's borrowed mm), or, when that marker is missing, it does so here."""
         self.ctx = Context("hotplug", p.line, p.cpu, p.pid)
         if self.m.state.rqs[p.cpu].online:
             self.m.cpu_down(p.cpu)
@@ -558,6 +558,10 @@ class Validator(MarkerSteps, Clocked):
             self.hotplugged.add(cpu)
         if kind == "cpu_init" and self.inputs == "markers":
             self._refusable(self._cpu_came_online, p)
+        if kind == "idle_task_exit" and self.inputs == "markers" and self.m.state.rqs[cpu].online:
+            self.ctx = Context("hotplug", p.line, p.cpu, p.pid)
+            self._refusable(self.m.cpu_down, p.cpu)
+            self.result.learned["CPU went offline (idle_task_exit marker)"] += 1
         if kind == "temporary_mm" and self.inputs == "markers":
             self._temporary_mm(p, mm)
         if kind == "switch_mm":
