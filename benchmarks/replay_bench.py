@@ -3,7 +3,8 @@
     python benchmarks/replay_bench.py --events 1000000 --json
 
 - floor: reading and splitting the same lines in Python, without the model;
-- activemm: `read_trace` + replay under the presets given (default two), sanitizer off;
+- activemm: `read_trace` + replay under the presets given (default two), sanitizer off; and
+  again with one forked process per preset (`replay --jobs`), each reading the file;
 - peers: TRAPpy's text trace parser (`pip install trappy`) on the same file, when installed.
 Each phase runs in its own process so that its peak RSS is its own.
 """
@@ -44,6 +45,25 @@ def phase_replay(path: str, presets: list[str]) -> dict[str, float]:
     events = read_trace(path)
     ncpus, events = peek_cpus(events)
     n, _ = replay(events, [preset(p) for p in presets], ncpus, sanitize=False)
+    return {"events": n, "seconds": time.perf_counter() - t0}
+
+
+def phase_replay_jobs(path: str, presets: list[str]) -> dict[str, float]:
+    """The same, one forked process per preset, each reading the file (replay --jobs)."""
+    from activemm import preset
+    from activemm.trace import read_trace
+    from activemm.trace.parallel import replay_parallel
+    from activemm.trace.readers import ReadStats
+    from activemm.trace.replay import peek_cpus
+
+    def reopen() -> tuple[object, ReadStats]:
+        stats = ReadStats()
+        return read_trace(path, stats=stats), stats
+
+    t0 = time.perf_counter()
+    ncpus, _ = peek_cpus(read_trace(path))
+    configs = [preset(p) for p in presets]
+    n, _, _ = replay_parallel(reopen, configs, ncpus, len(configs), sanitize=False)  # type: ignore[arg-type]
     return {"events": n, "seconds": time.perf_counter() - t0}
 
 
@@ -103,6 +123,7 @@ def main() -> None:
         res = {
             "floor": lambda: phase_floor(path),
             "replay": lambda: phase_replay(path, rest),
+            "replay_jobs": lambda: phase_replay_jobs(path, rest),
             "trappy": lambda: phase_trappy(path),
         }[kind]()
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -119,6 +140,7 @@ def main() -> None:
             n = generate(f, a.events, a.cpus, tgid_column=False, flags_column=False)
         floor = run_phase(["floor", path])
         rep = run_phase(["replay", path, *presets])
+        par = run_phase(["replay_jobs", path, *presets])
         peers: dict[str, object] = {}
         try:
             if a.no_peers:
@@ -141,6 +163,11 @@ def main() -> None:
         "floor_events_per_s": round(feps),
         "ratio_to_floor": round(eps / feps, 4),
         "peak_rss_mb": round(rep["peak_rss_mb"], 1),
+        "jobs": {
+            "processes": len(presets),
+            "events_per_s": round(par["events"] / par["seconds"]),
+            "ratio_to_floor": round(par["events"] / par["seconds"] / feps, 4),
+        },
         "peers": peers,
         "machine": (
             f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"

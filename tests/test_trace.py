@@ -440,3 +440,39 @@ def test_android_systrace_html_is_read_for_its_ftrace_text(tmp_path: Path) -> No
     events = list(read_trace(str(html), stats=stats))
     assert len(events) == 1 and isinstance(events[0], SchedSwitch)
     assert events[0].cpu == 7 and events[0].next_pid == 600 and events[0].line == 9
+
+
+def _replay_json(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "activemm", "replay", *args, "--json"],
+        input=stdin,
+        capture_output=True,
+        timeout=180,
+    )
+
+
+def test_replay_jobs_share_the_configurations_and_change_nothing(tmp_path: Path) -> None:
+    """--jobs: each forked worker reads the trace and replays its share of the
+    configurations; the comparison is the very same object. Standard input cannot be read
+    twice: it is replayed in one process. A bad line found by a worker is the same one-line
+    error."""
+    trace = str(DATA / "tracefs_tgid.txt.gz")
+    one = _replay_json(trace, "--tasks", str(DATA / "tracefs_tgid.tasks"))
+    two = _replay_json(trace, "--tasks", str(DATA / "tracefs_tgid.tasks"), "-j", "2")
+    assert one.returncode == two.returncode == 0, two.stderr
+    assert json.loads(one.stdout) == json.loads(two.stdout)
+    assert json.loads(one.stdout)["events"] > 1000
+    plain = gzip.decompress((DATA / "tracefs_tgid.txt.gz").read_bytes())
+    piped = _replay_json("-", "--tasks", str(DATA / "tracefs_tgid.tasks"), "-j", "2", stdin=plain)
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout)["configs"] == json.loads(one.stdout)["configs"]
+    big = DATA / "captures" / "linux-6.1-smp4-parallel" / "trace.txt.gz"
+    lines = gzip.decompress(big.read_bytes()).decode().splitlines()
+    bad = tmp_path / "bad.txt"
+    k = len(lines) - 10  # past the first 5,000 events this process reads to count CPUs
+    bad.write_text(
+        "\n".join([*lines[:k], "    garbage-1 [000] 1.0: sched_switch: nonsense", *lines[k:]])
+    )
+    r = _replay_json(str(bad), "-j", "2")
+    err = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "bad.txt" in err[0], r.stderr

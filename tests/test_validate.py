@@ -395,8 +395,9 @@ def test_tasks_from_before_the_trace_are_learned_from_the_probes() -> None:
 def test_cpu_hotplug_is_followed_at_the_cpu_init_marker(capture: Path) -> None:
     """With markers, idle_task_exit's switch to init_mm by the idle task says a CPU goes
     offline, cpu_init's enter_lazy_tlb(&init_mm) by the idle task that it came back: the
-    model takes it down and up there, and every switch matches. With tracepoints only nothing says so; the misses say why (and the ones
-    that follow, while the CPU borrows a different mm in the model than in the kernel)."""
+    model takes it down and up there, and every switch matches. With tracepoints only
+    nothing says so; the misses say why (and the ones that follow, while the CPU borrows a
+    different mm in the model than in the kernel)."""
     r = validate(capture)
     assert r.learned["CPU came online (cpu_init marker)"] >= 2
     assert r.learned["CPU went offline (idle_task_exit marker)"] >= 2

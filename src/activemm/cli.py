@@ -348,6 +348,16 @@ def replay(
             help="Check every invariant every N operations (bad accesses: always at once).",
         ),
     ] = 1000,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=0,
+            help="Processes sharing the configurations, each reading the trace (0: one per "
+            "CPU). Not for standard input.",
+        ),
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
     output: Annotated[
         Path | None,
@@ -363,6 +373,8 @@ def replay(
     from activemm.fileio import write_atomic
     from activemm.metrics import load_costs
     from activemm.report.compare import BASELINE, comparison, table
+    from activemm.trace.parallel import outcomes as collect
+    from activemm.trace.parallel import replay_parallel
     from activemm.trace.replay import replay as run_replay
 
     names = preset_names or ["linux-6.17-x86_64", "linux-6.17-powerpc-radix", BASELINE]
@@ -383,17 +395,37 @@ def replay(
         def tick(n: int) -> None:
             bar.update(job, description=f"replaying: {n:,} events")
 
-        n, replayers = run_replay(
-            events,
-            configs + hidden,
-            ncpus,
-            snapshot,
-            sanitize=not no_sanitize,
-            costs=cost_table,
-            progress=tick,
-            sanitize_every=sanitize_every,
-        )
-    result = comparison(trace, n, stats, replayers, names)
+        workers = min(jobs or os.cpu_count() or 1, len(configs + hidden))
+        if workers > 1 and trace != "-":
+
+            def reopen() -> tuple[Iterator[TraceEvent], ReadStats]:
+                _, evs, _, read, _ = _open_trace(trace, None, fmt, lenient)
+                return evs, read
+
+            n, outcomes, stats = replay_parallel(
+                reopen,
+                configs + hidden,
+                ncpus,
+                workers,
+                snapshot,
+                sanitize=not no_sanitize,
+                costs=cost_table,
+                progress=tick,
+                sanitize_every=sanitize_every,
+            )
+        else:
+            n, replayers = run_replay(
+                events,
+                configs + hidden,
+                ncpus,
+                snapshot,
+                sanitize=not no_sanitize,
+                costs=cost_table,
+                progress=tick,
+                sanitize_every=sanitize_every,
+            )
+            outcomes = collect(replayers)
+    result = comparison(trace, n, stats, outcomes, names)
     if output is not None:
         write_atomic(output, json.dumps(result, indent=1) + "\n")
     if as_json:
@@ -508,6 +540,7 @@ def report(
     from activemm.report.compare import BASELINE, comparison
     from activemm.report.html import plots, render
     from activemm.report.timeline import Timeline
+    from activemm.trace.parallel import outcomes as collect
     from activemm.trace.replay import replay as run_replay
 
     names = preset_names or ["linux-6.17-x86_64", "linux-6.17-powerpc-radix"]
@@ -520,7 +553,7 @@ def report(
         events, configs, ncpus, snapshot, extra={names[0]: [tl]}, progress=None
     )
     tl.document()  # closes the open spans
-    result = comparison(trace, n, stats, replayers, names)
+    result = comparison(trace, n, stats, collect(replayers), names)
     images = plots({k: replayers[k].metrics for k in names}, tl, names[0])
     if png is not None:
         png.mkdir(parents=True, exist_ok=True)

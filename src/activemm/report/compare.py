@@ -6,30 +6,30 @@ from typing import Any
 
 from rich.table import Table
 
+from activemm.trace.parallel import Outcomes
 from activemm.trace.readers import ReadStats
-from activemm.trace.replay import Replayer
 
 BASELINE = "no-lazy"
 
 
 def comparison(
-    trace: str, events: int, read: ReadStats, replayers: dict[str, Replayer], shown: list[str]
+    trace: str, events: int, read: ReadStats, outcomes: Outcomes, shown: list[str]
 ) -> dict[str, Any]:
-    """The JSON object of `activemm replay --json`."""
-    first = replayers[shown[0]]
-    anomalies: dict[str, int] = dict(first.stats.anomalies)
+    """The JSON object of `activemm replay --json`, from each configuration's replay
+    statistics and metrics summary (trace/parallel.py: outcomes())."""
+    stats = outcomes[shown[0]][0]
+    anomalies: dict[str, int] = dict(stats.anomalies)
     anomalies |= {
         "bad_lines": read.bad_lines,
         "lost_markers": read.lost_markers,
         "unknown_events": sum(read.unknown.values()),
     }
     configs: dict[str, Any] = {}
-    base = replayers.get(BASELINE)
+    base = outcomes.get(BASELINE)
     for name in shown:
-        s = replayers[name].metrics.summary()
+        s = dict(outcomes[name][1])
         if base is not None:
-            b = base.metrics
-            s["cr3_loads_avoided_vs_no_lazy"] = b.cr3_loads - replayers[name].metrics.cr3_loads
+            s["cr3_loads_avoided_vs_no_lazy"] = base[1]["cr3_loads"] - s["cr3_loads"]
         configs[name] = s
     return {
         "trace": trace,
@@ -39,9 +39,9 @@ def comparison(
         "unknown_events": dict(read.unknown),
         "anomalies": anomalies,
         "tasks": {
-            "from_snapshot": first.stats.from_snapshot,
-            "guessed_kernel_threads": first.stats.guessed_kthreads,
-            "guessed_user_tasks": first.stats.guessed_user,
+            "from_snapshot": stats.from_snapshot,
+            "guessed_kernel_threads": stats.guessed_kthreads,
+            "guessed_user_tasks": stats.guessed_user,
         },
         "configs": configs,
     }
