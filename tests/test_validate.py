@@ -490,3 +490,28 @@ def test_kthread_use_mm_is_followed_at_its_switch_mm_marker() -> None:
     sched = validate(VHOST, inputs="sched")
     assert sched.causes[score.KTHREAD_USE_MM] > 0
     assert score.UNEXPLAINED not in sched.causes
+
+
+def test_an_mmput_after_exit_ends_where_the_task_next_sleeps() -> None:
+    """One CPU, every workload: a vhost owner that exits holding the device runs __mmput in
+    exit_files(), after sched_process_exit, and is preempted inside it ("R+"); the mm's
+    last reference goes only when its __mmput returns. With markers the model puts the last
+    mm_users reference back at the end of that __mmput (the task's next switch out that is
+    not a preemption): every __mmdrop matches but io_uring's hidden references."""
+    r = validate(CAPTURES / "linux-6.1-smp1-everything")
+    assert r.learned["__mmput after the task's exit (exit_mmap marker)"] >= 1
+    assert r.context_switches.matched == r.context_switches.total
+    assert r.outside_schedule.matched == r.outside_schedule.total
+    missed = {m["cause"] for m in r.mismatches if m["group"] == "mmdrop"}
+    assert missed == {score.HELD_OUTSIDE}
+
+
+def test_an_exec_from_a_borrowing_task_is_paired_with_the_models() -> None:
+    """With tracepoints only, a user-mode helper that execs passes the mm it borrowed as
+    activate_mm's prev; after an earlier miss the model's CPU borrowed another. Both sides of
+    that hook carry the cause instead of "unexplained"."""
+    r = validate(CAPTURES / "linux-6.1-smp3-everything", inputs="sched")
+    paired = [m for m in r.mismatches if m["cause"] == score.BORROWED_PREV]
+    assert r.causes[score.BORROWED_PREV] % 2 == 0 and r.causes[score.BORROWED_PREV] > 0
+    assert all(m["group"] == "outside_schedule" for m in paired)
+    assert score.UNEXPLAINED not in r.causes

@@ -98,10 +98,13 @@ class Validator(MarkerSteps, Clocked):
         self.ipi_sends: dict[int, list[int]] = {}  # pid -> lines of its "remote ipi send"
         self.exit_lines: dict[int, list[int]] = {}
         self.exec_lines: dict[int, list[int]] = {}
+        self.rests: dict[int, list[int]] = {}  # pid -> lines of its switches out, not preempted
         switching: set[int] = set()  # CPUs between a sched_switch and its finish probe
         for e in events:
             if isinstance(e, SchedSwitch):
                 switching.add(e.cpu)
+                if not e.prev_state.startswith("R"):
+                    self.rests.setdefault(e.prev_pid, []).append(e.line)
             elif isinstance(e, Probe) and e.function == FINISH:
                 switching.discard(e.cpu)
             if isinstance(e, TlbFlush) and not e.hardirq and e.pid > 0:
@@ -434,7 +437,12 @@ class Validator(MarkerSteps, Clocked):
     # -- context switches -------------------------------------------------------------
 
     def _on_switch(self, ev: SchedSwitch) -> None:
-        if ev.prev_pid in self.late:  # its __mmput after exit has returned by now
+        deferred = self.deferred.pop(ev.line, None)
+        if deferred is not None:  # an __mmput after exit that ended before this switch
+            self._put_back(ev, *deferred, pin=False)
+        if ev.prev_pid in self.late and not ev.prev_state.startswith("R"):
+            # it sleeps, or is dead: its __mmput after exit has returned (preempted, "R+",
+            # it may still be inside it)
             self.late.discard(ev.prev_pid)
             if ev.prev_pid in self.pins:
                 self._refusable(self._unpin, ev)

@@ -91,6 +91,7 @@ class MarkerSteps:
     raced: set[int]  # mm addresses whose __mmput the model pinned
     late: set[int]  # pids whose pins stand for an __mmput after their sched_process_exit
     past_exit: set[int]  # pids past their sched_process_exit (in this life of the pid)
+    rests: dict[int, list[int]]  # pid -> lines of its switches out that are not preemptions
 
     def _refusable(self, fn: Any, *args: Any) -> None:
         """A marker asks for something the model's state does not allow (it lost track of
@@ -213,14 +214,15 @@ class MarkerSteps:
             return False
         return not any(m.id == mm_id and m.freed for m in trial.state.mms)
 
-    def _put_back(self, ev: TraceEvent, holder: str, mm: Mm) -> None:
+    def _put_back(self, ev: TraceEvent, holder: str, mm: Mm, pin: bool = True) -> None:
         """Where the kernel's __mmput ran (another task's exit_mmap, exit_mmap's final
         flush): put the reference _defer() took; __mmput runs in the model (flush, then the
         users' mmdrop), pinned until the task's next traced event: for a task past its
-        sched_process_exit, its next switch out."""
+        sched_process_exit, its next switch out that is not a preemption."""
         self.ctx = Context("__mmput", ev.line, ev.cpu, ev.pid)
         self._refusable(self.m.mmput, holder, ev.cpu)
-        self._pin(mm, ev, f"__mmput in pid {ev.pid}")
+        if pin:
+            self._pin(mm, ev, f"__mmput in pid {ev.pid}")
         if ev.pid in self.past_exit and ev.pid in self.pins:
             self.late.add(ev.pid)
 
@@ -239,12 +241,27 @@ class MarkerSteps:
             return False
         line, pid = elsewhere
         if pid == p.pid:
+            line = self._late_end(pid, line)
             why = f"an mm_users reference given back after exit (line {line})"
             learned = "__mmput after the task's exit (exit_mmap marker)"
         else:
             why = f"get_task_mm by pid {pid} (line {line})"
             learned = "__mmput run by another task (exit_mmap marker)"
         return self._defer(t, p, line, why, learned)
+
+    def _late_end(self, pid: int, start: int) -> int:
+        """Where an __mmput after the task's exit (its exit_mmap at line `start`) flushed:
+        its last own tlb_flush before it next switches out other than by preemption, or,
+        with none (no CPU had the mm loaded any more), that switch itself: __mmput had
+        returned by then."""
+        rests = self.rests.get(pid, [])
+        r = bisect.bisect_right(rests, start)
+        end = rests[r] if r < len(rests) else 1 << 62
+        flushes = self.own_flushes.get(pid, [])
+        i = bisect.bisect_left(flushes, end) - 1
+        if i >= 0 and flushes[i] > start:
+            return flushes[i]
+        return end if end < 1 << 62 else start
 
     def _last_user(self, t: Task) -> Mm | None:
         """With markers, t's mm if the coming operation puts its last real user."""

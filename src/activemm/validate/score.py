@@ -53,6 +53,10 @@ TEXT_POKE = (
     "text_poke's use_temporary_mm(poking_mm) and back: no tracepoint marks it (its kprobe is "
     "a marker)"
 )
+BORROWED_PREV = (
+    "exec from a task without an mm: activate_mm's prev is the mm it borrowed, another in the "
+    "model after an earlier miss on this CPU"
+)
 PRE_TRACE = "first switch of the CPU (state from before the trace)"
 UNEXPLAINED = "unexplained"
 NEARBY = 30  # trace lines: two CPUs' switches racing on one mm sit this close
@@ -271,6 +275,16 @@ def score_outside(
         m = min(near, key=lambda x: (x.pid != o.pid, abs(x.line - o.line)))
         spare.remove(m)
         paired[id(o)] = paired[id(m)] = LATE_FLUSH if m.pid == o.pid else IPI_TIMING
+    # exec from a task without an mm (a user-mode helper): activate_mm's `prev` is the mm it
+    # borrowed, which differs when the model's CPU borrowed another after an earlier miss
+    spare = [o for o in unmatched_m if o.kind == "activate_mm" and id(o) not in paired]
+    for o in unmatched_k:
+        if o.kind != "activate_mm" or id(o) in paired:
+            continue
+        same = [m for m in spare if (m.pid, m.mm) == (o.pid, o.mm) and m.prev and o.prev]
+        if same:
+            spare.remove(same[0])
+            paired[id(o)] = paired[id(same[0])] = BORROWED_PREV
     first = first_switch or {}
     for o in unmatched_k:
         cause = paired.get(id(o)) or (
