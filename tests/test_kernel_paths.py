@@ -350,6 +350,10 @@ def test_adopt_lazy_a_live_mm_takes_a_lazy_reference() -> None:
     assert app_mm.mm_count == before + 1 and m.rq(1).curr.active_mm is app_mm
     with pytest.raises(OperationError, match="has its own mm"):
         m.adopt_lazy(0, app_mm)  # init runs on CPU 0 with its own mm
+    holders = list(m.state.holders)
+    with pytest.raises(OperationError, match="holder of a new mm"):
+        m.adopt_lazy(1, app_mm, held_by="sleeper")  # an existing mm has its users already
+    assert m.state.holders == holders
 
 
 def test_adopt_lazy_a_zombie_is_impossible_without_counted_lazy_references() -> None:

@@ -302,6 +302,10 @@ class Machine:
         m = self.mm(mm) if mm is not None else None
         if m is not None and m.freed:
             raise OperationError(f"adopt_lazy: {m} has been freed; nothing can borrow it")
+        if held_by is not None and m is not None:
+            raise OperationError(
+                f"adopt_lazy: held_by names the holder of a new mm; {m} exists already"
+            )
         if held_by is not None:
             self._new_holder(held_by)
         op = self._begin("adopt_lazy", cpu, cpu=cpu, mm=m)
