@@ -94,6 +94,11 @@ def test_kprobes_carry_this_kernels_offsets() -> None:
     mmswitch = next(d for d in defs if " switch_mm_irqs_off " in d)
     assert "t_pid=+2416(%dx):s32" in mmswitch and "t_mm=+2272(%dx):x64" in mmswitch
     assert any(d.startswith("r") and " mm_init " in d for d in defs)
+    assert not any("io_destroy_buffers" in d for d in defs)  # no io_ring_ctx in the BTF
+    ring = guest.kprobe_definitions({"pid": 1, "flags": 2, "mm": 3, "active_mm": 4, "comm": 5},
+                                    {"mm_account": 984})  # fmt: skip
+    assert "p:activemm/uringfree io_destroy_buffers mm=+984(%di):x64" in ring
+    assert any(" __x64_sys_io_uring_setup" in d for d in ring)
 
 
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio not installed")
@@ -261,6 +266,7 @@ def test_a_guest_that_crashes_gets_one_more_try(
     monkeypatch.setenv("FAKE_QEMU_FIRST", first)
     monkeypatch.setattr(run, "task_offsets", lambda image: {"pid": 1, "flags": 2, "mm": 3,
                                                             "active_mm": 4, "comm": 5})  # fmt: skip
+    monkeypatch.setattr(run, "ring_offsets", lambda image: {"mm_account": 984})
     image = KernelImage("6.1.0-0-amd64", tmp_path, tmp_path, tmp_path)
     said: list[str] = []
     meta = run.capture(image, run.CaptureOptions(out=tmp_path / "cap", accel="tcg"), said.append)

@@ -16,9 +16,13 @@ from activemm.capture.kernel import CaptureError, need
 GROUP = "activemm"
 
 
-def kprobe_definitions(off: dict[str, int]) -> list[str]:
+def kprobe_definitions(off: dict[str, int], ring: dict[str, int] | None = None) -> list[str]:
     """The probes of docs/validate.md. `@FINISH_TASK_SWITCH@` is replaced in the guest by the
-    symbol's real name (a compiler clone such as finish_task_switch.isra.0)."""
+    symbol's real name (a compiler clone such as finish_task_switch.isra.0). With `ring`
+    (io_ring_ctx offsets), the io_uring markers: io_uring_setup, whose io_uring_create()
+    mmgrab()s current->mm into ctx->mm_account, and io_destroy_buffers(ctx), which
+    io_ring_ctx_free() calls shortly before mmdrop(ctx->mm_account) (both inlined, and
+    mm_account is cleared right after the mmdrop)."""
 
     def task(reg: str, prefix: str) -> str:
         return (
@@ -41,7 +45,14 @@ def kprobe_definitions(off: dict[str, int]) -> list[str]:
         f"p:{g}/usemm kthread_use_mm mm=%di:x64",
         f"p:{g}/unusemm kthread_unuse_mm mm=%di:x64",
         f"p:{g}/leavemm leave_mm cpu=%di:s32",
-    ]
+    ] + (
+        [
+            f"p:{g}/uringsetup __x64_sys_io_uring_setup",
+            f"p:{g}/uringfree io_destroy_buffers mm=+{ring['mm_account']}(%di):x64",
+        ]
+        if ring
+        else []
+    )
 
 
 # vhost-net and what it needs, in load order (the `vhost` workload)

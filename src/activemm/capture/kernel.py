@@ -242,3 +242,14 @@ def task_offsets(image: KernelImage) -> dict[str, int]:
     return struct_offsets(
         elf_section(image.vmlinux.read_bytes(), ".BTF"), "task_struct", TASK_FIELDS
     )
+
+
+def ring_offsets(image: KernelImage) -> dict[str, int]:
+    """`io_ring_ctx` offset of `mm_account` (the mm io_uring_create() mmgrab()s); {} for a
+    kernel without io_uring."""
+    try:
+        return struct_offsets(
+            elf_section(image.vmlinux.read_bytes(), ".BTF"), "io_ring_ctx", ("mm_account",)
+        )
+    except CaptureError:
+        return {}

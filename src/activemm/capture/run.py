@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from activemm.capture import WORKLOADS, guest
-from activemm.capture.kernel import CaptureError, KernelImage, need, task_offsets
+from activemm.capture.kernel import (
+    CaptureError,
+    KernelImage,
+    need,
+    ring_offsets,
+    task_offsets,
+)
 
 BOOT_TIMEOUT_KVM = 45.0  # a broken KVM can hang silently in the decompressor
 Progress = Callable[[str], None]
@@ -228,7 +234,8 @@ def capture(
     check_options(opts)
     out = opts.out
     offsets = task_offsets(image)
-    kprobes = guest.kprobe_definitions(offsets)
+    ring = ring_offsets(image)
+    kprobes = guest.kprobe_definitions(offsets, ring)
     work = Path(tempfile.mkdtemp(prefix="activemm-capture-"))
     try:
         progress("building the initramfs (busybox, workload, kprobes)")
@@ -275,7 +282,7 @@ def capture(
             "workload_status": int(status[1]) if status else None,
             "scale": opts.scale,
             "accel": accel,
-            "btf_offsets": {"task_struct": offsets},
+            "btf_offsets": {"task_struct": offsets, "io_ring_ctx": ring},
             "finish_task_switch": fts[1] if fts else None,
             "kprobes": shipped.files.get("kprobes", b"").decode().splitlines(),
             "kprobes_refused": failed,

@@ -145,6 +145,7 @@ class Validator(MarkerSteps, Clocked):
         self.late: set[int] = set()  # pids whose pins stand for an __mmput after their exit
         self.past_exit: set[int] = set()  # pids past their sched_process_exit
         self.mm_kthreads: set[int] = set()  # kernel threads the kernel saw kthread_use_mm
+        self.rings: dict[int, list[str]] = {}  # mm address -> holders of io_uring rings on it
         self.epoch: Counter[int] = Counter()
         # CPU -> switches that loaded a user mm (switch_mm_irqs_off): a lazy episode, a chain
         # of tasks without an mm borrowing one mm, lasts from one to the next
@@ -247,6 +248,8 @@ class Validator(MarkerSteps, Clocked):
             point: tuple[object, ...] = ("resynchronisation", self.ctx.line)
         elif self.ctx.kind == "__mmput end":
             point = ("__mmput", self.ctx.pid)
+        elif self.ctx.kind == "io_ring_ctx_free":
+            point = ("io_ring_ctx_free", self.ctx.pid)
         elif ev.reason == "finish_task_switch" and self.ctx.kind == "switch":
             point = ("finish_task_switch", self.ctx.line)
         else:  # __mmput, exec_mmap, a holder's mmdrop...
@@ -408,6 +411,29 @@ class Validator(MarkerSteps, Clocked):
         self._refusable(self.m.text_poke, p.cpu)
         self.result.learned["text_poke (use_temporary_mm marker)"] += 1
 
+    def _ring_setup(self, p: Probe) -> None:
+        """io_uring_setup() entered: io_uring_create() mmgrab()s current->mm into the new
+        ring's ctx->mm_account, a reference no scheduler event shows. The model takes it."""
+        t = self.m.state.rqs[p.cpu].curr
+        if t.mm is None or t.pf_kthread:
+            return
+        self.ctx = Context("io_uring_setup", p.line, p.cpu, p.pid)
+        holder = f"io_uring ctx->mm_account of pid {p.pid} (line {p.line})"
+        self.m.mmgrab(t.mm, holder, p.cpu)
+        self.rings.setdefault(self._a(t.mm), []).append(holder)
+        self.result.learned["io_uring ctx->mm_account (io_uring_setup marker)"] += 1
+
+    def _ring_free(self, p: Probe) -> None:
+        """io_destroy_buffers(ctx): io_ring_ctx_free() is about to mmdrop(ctx->mm_account)
+        (the `mm` argument): the model drops the ring's reference there."""
+        addr = address(p.args.get("mm"))
+        holders = self.rings.get(addr)
+        if not holders:
+            return
+        self.ctx = Context("io_ring_ctx_free", p.line, p.cpu, p.pid)
+        self.anchor[p.cpu] = ("io_ring_ctx_free", p.pid)
+        self.m.mmdrop(holders.pop(0), p.cpu)
+
     def _kthread_use_mm(self, p: Probe, addr: int) -> None:
         """switch_mm_irqs_off(active_mm, mm, current) by a kernel thread outside a context
         switch marks kthread_use_mm() (vhost's worker on 6.1, USB gadget, some GPU drivers):
@@ -481,6 +507,10 @@ class Validator(MarkerSteps, Clocked):
             deferred = self.deferred.pop(p.line, None)
             if deferred is not None:
                 self._put_back(p, *deferred)
+        elif f == "__x64_sys_io_uring_setup" and self.inputs == "markers":
+            self._refusable(self._ring_setup, p)
+        elif f == "io_destroy_buffers" and self.inputs == "markers":
+            self._refusable(self._ring_free, p)
         elif f in NEW_MM and (f == "mm_init") == self.use_mm_init:
             self._announce(p, address(p.args.get("ret") or p.args.get("mm")))
 
@@ -541,6 +571,8 @@ class Validator(MarkerSteps, Clocked):
             point = ("exec_mmap", p.pid)
         elif anchor[0] == "kthread_use_mm":
             point = ("kthread_use_mm", p.pid)
+        elif anchor[0] == "io_ring_ctx_free":
+            point = anchor
         else:
             point = ("other", p.pid)
         self.mmput_open.pop(addr, None)
