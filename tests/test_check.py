@@ -157,3 +157,25 @@ def test_worker_processes_explore_the_same_space_whatever_the_timing() -> None:
     assert two.complete is one.complete is False
     assert one.states <= two.states <= one.states * 1.002
     assert one.transitions <= two.transitions <= one.transitions * 1.002
+
+
+def test_explore_cli_jobs_gives_the_same_verdict() -> None:
+    """`activemm explore -j 2`: the summary says how many processes shared the work, and a
+    clean preset explored to the same depth has no violation either way."""
+    import json
+
+    def run(*extra: str) -> dict[str, object]:
+        r = subprocess.run(
+            [sys.executable, "-m", "activemm", "explore", "--depth", "7", "--json", *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr
+        return dict(json.loads(r.stdout))
+
+    one, two = run(), run("-j", "2")
+    assert one["jobs"] == 1 and two["jobs"] == 2
+    assert one["violations"] == two["violations"] == []
+    assert one["max_depth"] == two["max_depth"] == 7
+    assert abs(int(str(one["states"])) - int(str(two["states"]))) <= int(str(one["states"])) // 500
