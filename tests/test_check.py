@@ -34,12 +34,13 @@ MUTANT_DEPTH = 8  # the stated bound: every mutant is caught within 8 operations
 @pytest.mark.parametrize("mutant", list(MUTANT_PRESETS))
 def test_every_mutant_has_a_counterexample_within_the_bound(mutant: str) -> None:
     cfg = PRESETS[MUTANT_PRESETS[mutant]].with_mutants(mutant)
-    r = explore(cfg, 2, BOUND, depth=MUTANT_DEPTH)
+    bound = replace(BOUND, text_poke=mutant == "text-poke-no-leave-mm")
+    r = explore(cfg, 2, bound, depth=MUTANT_DEPTH)
     assert r.violations, f"{mutant}: no counterexample within depth {MUTANT_DEPTH}"
     cex = r.violations[0]
     assert len(cex.ops) <= MUTANT_DEPTH
     # BFS: nothing shorter exists. Exploring one level less finds nothing.
-    shorter = explore(cfg, 2, BOUND, depth=len(cex.ops) - 1)
+    shorter = explore(cfg, 2, bound, depth=len(cex.ops) - 1)
     assert not shorter.violations
 
 
@@ -179,3 +180,12 @@ def test_explore_cli_jobs_gives_the_same_verdict() -> None:
     assert one["violations"] == two["violations"] == []
     assert one["max_depth"] == two["max_depth"] == 7
     assert abs(int(str(one["states"])) - int(str(two["states"]))) <= int(str(one["states"])) // 500
+
+
+@pytest.mark.parametrize("name", ["linux-6.1-x86_64", "linux-6.17-x86_64"])
+def test_text_poke_interleaved_with_everything_breaks_nothing(name: str) -> None:
+    """x86 text_poke on any CPU at any point (explore --text-poke): its leave_mm, the
+    poking_mm's ASID slot and the way back never break an invariant; its mm is never offered
+    to kthread_use_mm or an external holder."""
+    r = explore(PRESETS[name], 2, replace(BOUND, text_poke=True), depth=6)
+    assert r.violations == [] and r.states > 500

@@ -36,7 +36,7 @@ class ModelMachine(RuleBasedStateMachine):
     def step(self, data: st.DataObject) -> None:
         # alpha: kthread_use_mm() keeps the old page tables (test_arch.py shows the resulting
         # use-after-free the model predicts), so random walks there leave it out.
-        limits = Limits(max_tasks=6, kthread_use_mm=self.config.arch != "alpha")
+        limits = Limits(max_tasks=6, kthread_use_mm=self.config.arch != "alpha", text_poke=True)
         ops = enabled(self.m, limits, self.forks)
         if not ops:
             return
@@ -114,6 +114,7 @@ MUTANT_PRESETS = {
     "shootdown-skips-cpu": "linux-6.17-shootdown",
     "no-shootdown": "linux-6.17-powerpc-radix",
     "x86-no-tlb-gen-catchup": "linux-6.17-x86_64",
+    "text-poke-no-leave-mm": "linux-6.1-x86_64",
 }
 
 
@@ -134,7 +135,7 @@ def test_every_mutant_is_caught_by_a_random_walk(mutant: str) -> None:
         m = machine_for(config, cpus=2)
         forks: dict[str, int] = {}
         for _ in range(30):
-            ops = enabled(m, Limits(max_tasks=5, hotplug=False), forks)
+            ops = enabled(m, Limits(max_tasks=5, hotplug=False, text_poke=True), forks)
             if not ops:
                 return
             apply(m, data.draw(st.sampled_from(ops)))

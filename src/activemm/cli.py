@@ -188,6 +188,9 @@ def explore(
     preset_name: PresetOpt = None,
     mutant: MutantOpt = None,
     hotplug: Annotated[bool, typer.Option("--hotplug", help="Also cpu_down/cpu_up.")] = False,
+    text_poke: Annotated[
+        bool, typer.Option("--text-poke", help="Also x86 text_poke (poking_mm) on any CPU.")
+    ] = False,
     no_flushes: Annotated[
         bool, typer.Option("--no-flushes", help="No TLB flushes / leave_mm.")
     ] = False,
@@ -235,6 +238,7 @@ def explore(
         grabs=False,
         flushes=not no_flushes,
         hotplug=hotplug,
+        text_poke=text_poke,
     )
     show = err.is_terminal and not as_json
     shown = [0.0]
@@ -276,6 +280,7 @@ def explore(
             "depth": depth,
             "flushes": not no_flushes,
             "hotplug": hotplug,
+            "text_poke": text_poke,
         },
         "jobs": jobs or os.cpu_count() or 1,
     }

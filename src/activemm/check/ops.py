@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from activemm.model import Machine
+from activemm.model.machine import POKING_MM
 from activemm.model.state import TaskState
 
 Op = tuple[str, tuple[tuple[str, Any], ...]]
@@ -32,6 +33,7 @@ class Limits:
     execs: int | None = None  # exec budget (None: unlimited)
     grabs: bool = True  # mmgrab/mmdrop holders besides mmget_not_zero/mmput
     kthread_use_mm: bool = True
+    text_poke: bool = False  # x86 text_poke (poking_mm) on any online CPU
 
 
 def op(name: str, **args: Any) -> Op:
@@ -55,6 +57,8 @@ def enabled(
     limits = limits or Limits()
     forks = forks or {}
     ops: list[Op] = []
+    # x86's poking_mm belongs to text_poke alone: no task, thread or holder ever takes it
+    poking = {id(h.mm) for h in state.holders if h.name == POKING_MM}
     live = [t for t in state.tasks if not t.is_idle and t.state is not TaskState.GONE]
     room = len(live) < limits.max_tasks
     budget = {
@@ -107,20 +111,23 @@ def enabled(
                 if can_fork("kthread"):
                     ops.append(op("fork", parent=t.name, kind="kthread"))
                 for mm in state.mms if limits.kthread_use_mm else ():
-                    if not mm.is_init_mm and not mm.freed and mm.mm_users > 0:
+                    usable = not mm.is_init_mm and not mm.freed and mm.mm_users > 0
+                    if usable and id(mm) not in poking:
                         ops.append(op("kthread_use_mm", task=t.name, mm=mm.name))
             elif can_exec:
                 ops.append(op("exec", task=t.name))
             if t.pid != 1:
                 ops.append(op("exit", task=t.name))
     if limits.holders:
-        held = {h.name for h in state.holders}
-        for h in state.holders:
+        # poking_init()'s reference to x86's poking_mm is never given back
+        external = [h for h in state.holders if h.name != POKING_MM]
+        held = {h.name for h in external}
+        for h in external:
             ops.append(op("mmput" if h.kind == "mm_users" else "mmdrop", holder=h.name))
         if len(held) < limits.max_holders:
             name = next(f"h{i}" for i in range(limits.max_holders + 1) if f"h{i}" not in held)
             for mm in state.mms:
-                if mm.is_init_mm or mm.freed or mm.mm_users == 0:
+                if mm.is_init_mm or mm.freed or mm.mm_users == 0 or id(mm) in poking:
                     continue
                 ops.append(op("mmget_not_zero", mm=mm.name, holder=name))
                 if limits.grabs:
@@ -137,6 +144,9 @@ def enabled(
                     )
             if rq.curr.is_idle and machine.config.arch == "x86_64":
                 ops.append(op("leave_mm", cpu=rq.cpu))
+    if limits.text_poke and machine.config.arch == "x86_64":
+        for rq in online:
+            ops.append(op("text_poke", cpu=rq.cpu))
     if limits.hotplug:
         for rq in state.rqs:
             if rq.online and len(online) > 1:

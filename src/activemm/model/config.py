@@ -35,6 +35,8 @@ MUTANTS: dict[str, str] = {
     "no-shootdown": "cleanup_lazy_tlbs(): does nothing although MMU_LAZY_TLB_SHOOTDOWN=y",
     "x86-no-tlb-gen-catchup": "x86 switch_mm_irqs_off(): a CPU back from lazy mode on the same "
     "mm skips the tlb_gen check, keeping stale TLB entries",
+    "text-poke-no-leave-mm": "x86 use_temporary_mm(): skips leave_mm() on a lazy CPU, which "
+    "comes back to its borrowed mm no longer lazy (the 2020 Xen PV bug)",
 }
 
 

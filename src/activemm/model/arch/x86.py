@@ -225,7 +225,7 @@ def use_temporary_mm(k: Kernel, temp_mm: Mm) -> Mm:
     mode after restoring the previous mm"), note loaded_mm, switch_mm_irqs_off(NULL, temp_mm,
     current). current->active_mm is not changed. Returns the mm to go back to."""
     tlb = k.state.rqs[k.cpu].tlb
-    if tlb.is_lazy:
+    if tlb.is_lazy and not k.bug("text-poke-no-leave-mm"):
         leave_mm(k)
     prev = tlb.loaded_mm
     switch_mm_irqs_off(k, None, temp_mm, k.state.rqs[k.cpu].curr, "use_temporary_mm")
