@@ -66,6 +66,16 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
     return hints
 
 
+def last_flush(flushes: list[int], start: int, ends: list[int]) -> int | None:
+    """Where a kernel path that began at line `start` flushed last: the last of `flushes`
+    after `start` and before the first of `ends` after it; with none, that end; None when
+    neither follows. Both lists are sorted lines."""
+    j = bisect.bisect_right(ends, start)
+    end = ends[j] if j < len(ends) else None
+    i = bisect.bisect_left(flushes, end if end is not None else 1 << 62) - 1
+    return flushes[i] if i >= 0 and flushes[i] > start else end
+
+
 class MarkerSteps:
     """The marker-driven steps; the Validator provides the state below."""
 
@@ -175,20 +185,10 @@ class MarkerSteps:
         reference taken now is put back there, and __mmput runs in the model at that point."""
         if self._last_user(t) is None:
             return False
-        flushes = flushes_by_pid.get(p.pid, [])
-        ends = ends_by_pid.get(p.pid, [])
-        j = bisect.bisect_right(ends, p.line)
-        end = ends[j] if j < len(ends) else 1 << 62
-        i = bisect.bisect_left(flushes, end) - 1
-        if i >= 0 and flushes[i] > p.line:
-            at = flushes[i]
-        elif end < 1 << 62:
-            # no flush of its own: by the time exit_mmap flushed, no CPU had the mm loaded
-            # any more (they all switched away); __mmput ends before the tracepoint
-            at = end
-        else:
-            return False
-        if at in self.deferred or not self._outlives(t, how):
+        # with no flush of its own, by the time exit_mmap flushed no CPU had the mm loaded
+        # any more (they all switched away): __mmput ended before the tracepoint
+        at = last_flush(flushes_by_pid.get(p.pid, []), p.line, ends_by_pid.get(p.pid, []))
+        if at is None or at in self.deferred or not self._outlives(t, how):
             return False
         return self._defer(
             t, p, at, f"exit_mmap's final flush in pid {p.pid} (line {at})",
@@ -254,14 +254,8 @@ class MarkerSteps:
         its last own tlb_flush before it next switches out other than by preemption, or,
         with none (no CPU had the mm loaded any more), that switch itself: __mmput had
         returned by then."""
-        rests = self.rests.get(pid, [])
-        r = bisect.bisect_right(rests, start)
-        end = rests[r] if r < len(rests) else 1 << 62
-        flushes = self.own_flushes.get(pid, [])
-        i = bisect.bisect_left(flushes, end) - 1
-        if i >= 0 and flushes[i] > start:
-            return flushes[i]
-        return end if end < 1 << 62 else start
+        at = last_flush(self.own_flushes.get(pid, []), start, self.rests.get(pid, []))
+        return start if at is None else at
 
     def _last_user(self, t: Task) -> Mm | None:
         """With markers, t's mm if the coming operation puts its last real user."""
