@@ -11,6 +11,7 @@ import shutil
 import struct
 import subprocess
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import zstandard
@@ -237,19 +238,22 @@ def struct_offsets(btf: bytes, struct_name: str, members: tuple[str, ...]) -> di
     raise CaptureError(f"no struct {struct_name} in the kernel's BTF")
 
 
+@cache
+def btf(image: KernelImage) -> bytes:
+    """The kernel's BTF (the .BTF section, about 4 MB, of a vmlinux of tens of megabytes),
+    read once per image: task_offsets() and ring_offsets() both need it."""
+    return elf_section(image.vmlinux.read_bytes(), ".BTF")
+
+
 def task_offsets(image: KernelImage) -> dict[str, int]:
     """`task_struct` member offsets of this kernel build, from its BTF."""
-    return struct_offsets(
-        elf_section(image.vmlinux.read_bytes(), ".BTF"), "task_struct", TASK_FIELDS
-    )
+    return struct_offsets(btf(image), "task_struct", TASK_FIELDS)
 
 
 def ring_offsets(image: KernelImage) -> dict[str, int]:
     """`io_ring_ctx` offset of `mm_account` (the mm io_uring_create() mmgrab()s); {} for a
     kernel without io_uring."""
     try:
-        return struct_offsets(
-            elf_section(image.vmlinux.read_bytes(), ".BTF"), "io_ring_ctx", ("mm_account",)
-        )
+        return struct_offsets(btf(image), "io_ring_ctx", ("mm_account",))
     except CaptureError:
         return {}
