@@ -569,10 +569,8 @@ class Validator(MarkerSteps, Clocked):
             point = ("__mmput", p.pid)
         elif anchor[0] == "activate_mm":
             point = ("exec_mmap", p.pid)
-        elif anchor[0] == "kthread_use_mm":
-            point = ("kthread_use_mm", p.pid)
-        elif anchor[0] == "io_ring_ctx_free":
-            point = anchor
+        elif anchor[0] in ("kthread_use_mm", "io_ring_ctx_free"):
+            point = anchor  # (the path, the pid that ran it)
         else:
             point = ("other", p.pid)
         self.mmput_open.pop(addr, None)
