@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from activemm.cli import app
-from activemm.model.config import preset
+from activemm.errors import ActiveMmError
 from activemm.trace.events import Probe
 from activemm.trace.readers import read_trace
 from activemm.trace.replay import load_task_snapshot
@@ -174,9 +175,7 @@ def test_misses_of_io_uring_and_oom_are_the_reference_they_hold(capture: Path) -
 )
 def test_broken_models_score_well_under_full_marks(preset_name: str, mutant: str | None) -> None:
     capture = CAPTURES / "linux-6.1-smp2-lazy"
-    cfg = preset(preset_name)
-    cfg = cfg.with_mutants(mutant) if mutant else cfg
-    r = validate(capture, config=cfg)
+    r = validate(capture, preset_name=preset_name, mutants=[mutant] if mutant else None)
     worst = min(
         r.context_switches.matched / r.context_switches.total, r.mmdrop.matched / r.mmdrop.total
     )
@@ -208,7 +207,37 @@ def test_probe_lines_are_recognised_by_function_whatever_the_offset(tmp_path: Pa
         "activate_mm", "flush_to_init_mm", "enter_lazy_tlb"
     ]  # fmt: skip
     assert kv.address(probes[3].args["ret"]) == 0xFFFF888005F60480
+    assert [p.offset for p in probes] == [0, 4, 0, None]
     assert kv.is_init_mm(0xFFFFFFFF82D69140) and not kv.is_init_mm(0xFFFF888004861680)
+
+
+@pytest.mark.parametrize(
+    "capture", [CAPTURES / "linux-6.1-smp2-lazy", CAPTURES / "linux-6.12-smp2-churn"]
+)
+def test_a_bare_trace_gets_its_kernels_preset_from_where_its_probes_landed(
+    capture: Path, tmp_path: Path
+) -> None:
+    """Without meta.json the kernel is told by the kprobe offsets (+0x0 on 6.1, +0x4 on
+    6.12, reference); offsets that say neither need --preset."""
+    release = json.loads((capture / "meta.json").read_text())["kernel"]
+    expected = "linux-6.1-x86_64" if release.startswith("6.1.") else "linux-6.12-x86_64"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    text = gzip.decompress((capture / "trace.txt.gz").read_bytes()).decode()
+    (bare / "trace.txt").write_text(text)
+    shutil.copy(capture / "tasks_start.txt", bare)
+    r = validate(bare / "trace.txt")
+    assert (r.preset, r.kernel) == (expected, None)
+    assert r.preset_from.startswith("inferred")
+    assert (r.context_switches.matched, r.mmdrop.matched) == (
+        r.context_switches.total,
+        r.mmdrop.total,
+    )
+    (bare / "trace.txt").write_text(text.replace("switch_mm_irqs_off+0x", "switch_mm_irqs_off+0x1"))
+    with pytest.raises(ActiveMmError, match="give --preset") as e:
+        validate(bare / "trace.txt")
+    assert e.value.exit_code == 2
+    assert validate(bare / "trace.txt", preset_name=expected).preset_from == "--preset"
 
 
 def test_the_command_exit_status_and_json() -> None:

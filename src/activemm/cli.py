@@ -712,20 +712,15 @@ def validate(
     the kernel called (switch_mm_irqs_off or enter_lazy_tlb) with its arguments and
     prev->active_mm afterwards; every __mmdrop (which mm, at which point); and the hooks
     outside schedule (exec's activate_mm, exit_mm's enter_lazy_tlb, flushes to init_mm).
-    The preset follows the capture's kernel (linux-6.1-x86_64 or linux-6.12-x86_64).
+    The preset follows the capture's kernel (linux-6.1-x86_64 or linux-6.12-x86_64): from
+    its meta.json, or for a bare trace from where its kprobes landed (+0x0 on Debian's 6.1,
+    +0x4 past ENDBR on 6.12).
     Exit status: 0 all matched, 1 something did not, 2 unusable input."""
-    from activemm.validate import preset_for
     from activemm.validate import validate as run_validate
 
-    config = None
-    if preset_name or mutant_names:
-        from activemm.validate import locate
-
-        _, _, release = locate(trace, tasks)
-        config = resolve_config(
-            preset_name, mutant_names, preset_for(release) if not preset_name else None
-        )
-    result = run_validate(trace, tasks, preset_name, inputs, config=config)
+    result = run_validate(trace, tasks, preset_name, inputs, mutants=mutant_names)
+    if result.preset_from.startswith("inferred"):
+        err.print(f"activemm: preset {result.preset} ({result.preset_from}); --preset overrides")
     if as_json:
         sys.stdout.write(json.dumps(result.as_dict()) + "\n")
     else:

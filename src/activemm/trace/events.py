@@ -78,6 +78,9 @@ class Probe(TraceEvent):
 
     function: str
     args: dict[str, str] = field(default_factory=dict)
+    # the probe's offset into the function: +0x0 on Debian's 6.1, +0x4 (past ENDBR) on 6.12;
+    # None for a return probe
+    offset: int | None = None
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from activemm.errors import ActiveMmError
-from activemm.model.config import KernelConfig, preset
+from activemm.model.config import preset
 from activemm.trace.events import Probe
 from activemm.trace.readers import ReadStats, read_trace
 from activemm.trace.replay import load_task_snapshot, peek_cpus
@@ -18,16 +18,34 @@ INPUTS = ("sched", "markers")
 MARKERS = ("enter_lazy_tlb", "switch_mm_irqs_off", "exit_mmap")
 
 
+NO_KERNEL = (
+    "the trace does not say which kernel recorded it: give --preset "
+    "(linux-6.1-x86_64 or linux-6.12-x86_64)"
+)
+
+
 def preset_for(release: str | None) -> str:
     """The preset that models a kernel release string such as 6.1.0-56-amd64."""
     m = re.match(r"(\d+)\.(\d+)", release or "")
     if m is None:
-        raise ActiveMmError(
-            "the trace does not say which kernel recorded it: give --preset "
-            "(linux-6.1-x86_64 or linux-6.12-x86_64)"
-        )
+        raise ActiveMmError(NO_KERNEL)
     version = (int(m[1]), int(m[2]))
     return "linux-6.1-x86_64" if version < (6, 4) else "linux-6.12-x86_64"
+
+
+def preset_from_probes(events: list[object]) -> str | None:
+    """Which of Debian 12's kernels recorded a trace that comes without metadata, from where
+    its kprobes on switch_mm_irqs_off landed: at +0x0 on 6.1, at +0x4 on 6.12, whose
+    functions start with an ENDBR64 instruction (IBT) the probe is placed after
+    (reference, real-kernel-capture.md). None when the offsets say neither."""
+    offsets = {
+        e.offset for e in events if isinstance(e, Probe) and e.function == "switch_mm_irqs_off"
+    }
+    if offsets == {0}:
+        return "linux-6.1-x86_64"
+    if offsets == {4}:
+        return "linux-6.12-x86_64"
+    return None
 
 
 TRACE_NAMES = ("trace.txt.gz", "trace.txt", "trace.txt.xz", "trace.txt.zst", "trace.gz", "trace")
@@ -79,9 +97,11 @@ def validate(
     tasks: Path | None = None,
     preset_name: str | None = None,
     inputs: str | None = None,
-    config: KernelConfig | None = None,
+    mutants: list[str] | None = None,
 ) -> Result:
-    """Replay `trace` through the model and score it against the trace's kprobe lines."""
+    """Replay `trace` through the model and score it against the trace's kprobe lines, under
+    `preset_name` (default: the capture's kernel, from its metadata or else from where its
+    kprobes landed) with `mutants`."""
     path, tasks, release = locate(trace, tasks)
     stats = ReadStats()
     events = list(read_trace(str(path), stats=stats))
@@ -96,10 +116,24 @@ def validate(
         inputs = "markers" if set(MARKERS) <= probes else "sched"
     if inputs not in INPUTS:
         raise ActiveMmError(f"--inputs {inputs}: expected sched or markers")
-    cfg = config or preset(preset_name or preset_for(release))
+    if preset_name:
+        chosen, how = preset_name, "--preset"
+    elif release:
+        chosen, how = preset_for(release), f"the capture's kernel {release}"
+    else:
+        inferred = preset_from_probes(events)
+        if inferred is None:
+            raise ActiveMmError(f"{path}: {NO_KERNEL}")
+        chosen = inferred
+        how = "inferred: no metadata; switch_mm_irqs_off probed at " + (
+            "+0x0 (Debian's 6.1)" if inferred == "linux-6.1-x86_64" else "+0x4 (6.12, IBT)"
+        )
+    cfg = preset(chosen)
+    if mutants:
+        cfg = cfg.with_mutants(*mutants)
     ncpus, _ = peek_cpus(iter(events), stats=stats)
     snapshot = load_task_snapshot(tasks) if tasks else None
-    result = Result(str(trace), cfg.name, inputs, release)
+    result = Result(str(trace), cfg.name, inputs, release, preset_from=how)
     # The sanitizer watches real presets; an ablation or a mutant is broken on purpose and
     # is only scored.
     sanitize = not cfg.mutants and cfg.lazy_tlb

@@ -85,6 +85,7 @@ class Result:
     causes: Counter[str] = field(default_factory=Counter)
     learned: Counter[str] = field(default_factory=Counter)
     anomalies: Counter[str] = field(default_factory=Counter)
+    preset_from: str = "--preset"  # how the preset was chosen
 
     def mismatch(
         self, group: str, line: int, predicted: dict[str, Any], kernel: dict[str, Any], cause: str
@@ -100,6 +101,7 @@ class Result:
         return {
             "trace": self.trace,
             "preset": self.preset,
+            "preset_from": self.preset_from,
             "inputs": self.inputs,
             "kernel": self.kernel,
             "context_switches": self.context_switches.as_dict(),
