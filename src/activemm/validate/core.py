@@ -457,6 +457,11 @@ class Validator(MarkerSteps, Clocked):
             return False
         if ev.cpu in self.pending or ev.cpu >= len(self.m.state.rqs):
             return False
+        borrowed = self.first_lazy.get(ev.cpu)
+        if ev.cpu not in self.seen_cpu and borrowed is not None:
+            # a CPU flushed before its first switch: what it borrows is known already
+            self.ctx = Context("resync", ev.line, ev.cpu, ev.pid)
+            self._refusable(self._adopt_borrowed, ev.cpu, borrowed, ev.line)
         rq = self.m.state.rqs[ev.cpu]
         return rq.online and rq.curr.mm is None and not rq.tlb.loaded_mm.is_init_mm
 
@@ -622,7 +627,6 @@ class Validator(MarkerSteps, Clocked):
         """The first switch of a CPU shows what it had borrowed before the trace began."""
         sw, hook = group.switch, group.hook
         self.seen_cpu.add(sw.cpu)
-        self.first_switch.setdefault(sw.cpu, sw.line)
         if hook is None:
             return
         self.ctx = Context("resync", sw.line, sw.cpu, sw.prev_pid)
@@ -633,10 +637,17 @@ class Validator(MarkerSteps, Clocked):
         if kv.is_init_mm(hook.prev):
             self._resolve(self.m.state.init_mm, hook.prev)
             return
-        mm = self.live.get(hook.prev)
+        self._adopt_borrowed(sw.cpu, hook.prev, sw.line)
+
+    def _adopt_borrowed(self, cpu: int, addr: int, line: int) -> None:
+        """CPU `cpu` was lazily borrowing the mm at `addr` when the trace began (its first
+        switch says so): the model's CPU takes it, and so do the CPUs not yet seen that
+        borrowed the same mm."""
+        self.seen_cpu.add(cpu)
+        mm = self.live.get(addr)
         if mm is None or mm.freed:
-            for pid in self.pretrace.owners(hook.prev):
-                owner = self.replayer.task(pid, f"pid{pid}", None, sw.cpu)
+            for pid in self.pretrace.owners(addr):
+                owner = self.replayer.task(pid, f"pid{pid}", None, cpu)
                 if owner.mm is not None:
                     mm = owner.mm
                     break
@@ -646,24 +657,24 @@ class Validator(MarkerSteps, Clocked):
         # the kernel frees it later; if it is neither torn down nor freed while the trace
         # lasts, a task that never runs in the trace still uses it.
         held_by = None
-        if mm is None and not self._ends_later(hook.prev, sw.line):
-            held_by = f"unseen owner of {kv.hexaddr(hook.prev)}"
+        if mm is None and not self._ends_later(addr, line):
+            held_by = f"unseen owner of {kv.hexaddr(addr)}"
         with self._unmetered():
-            borrowed = self.m.adopt_lazy(sw.cpu, mm, held_by=held_by)
+            borrowed = self.m.adopt_lazy(cpu, mm, held_by=held_by)
             self.result.learned["mm borrowed by a CPU before the trace"] += 1
             # Other CPUs borrowing the same mm when the trace began hold references too,
             # whenever their first switch comes: take them now, or this CPU's letting go
             # would free it under them.
-            for cpu, addr in sorted(self.first_lazy.items()):
-                if addr == hook.prev and cpu not in self.seen_cpu:
+            for other, other_addr in sorted(self.first_lazy.items()):
+                if other_addr == addr and other not in self.seen_cpu:
                     try:
-                        self.m.adopt_lazy(cpu, borrowed)
+                        self.m.adopt_lazy(other, borrowed)
                     except OperationError:
                         continue  # that CPU runs a task of its own by now: learn it later
-                    self.seen_cpu.add(cpu)
+                    self.seen_cpu.add(other)
                     self.result.learned["mm borrowed by a CPU before the trace"] += 1
         if borrowed.id not in self.addr:
-            self._bind(borrowed, hook.prev)
+            self._bind(borrowed, addr)
 
     def _ends_later(self, addr: int, line: int) -> bool:
         """Does the kernel tear this address down (exit_mmap) or free it after `line`?"""
@@ -673,6 +684,7 @@ class Validator(MarkerSteps, Clocked):
 
     def _apply_group(self, group: SwitchGroup) -> None:
         sw = group.switch
+        self.first_switch.setdefault(sw.cpu, sw.line)
         if sw.cpu not in self.seen_cpu:
             self._learn_cpu(group)
         self.switch = None
