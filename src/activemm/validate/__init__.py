@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from activemm.errors import ActiveMmError
@@ -33,7 +34,7 @@ def preset_for(release: str | None) -> str:
     return "linux-6.1-x86_64" if version < (6, 4) else "linux-6.12-x86_64"
 
 
-def preset_from_probes(events: list[object]) -> str | None:
+def preset_from_probes(events: Iterable[object]) -> str | None:
     """Which of Debian 12's kernels recorded a trace that comes without metadata, from where
     its kprobes on switch_mm_irqs_off landed: at +0x0 on 6.1, at +0x4 on 6.12, whose
     functions start with an ENDBR64 instruction (IBT) the probe is placed after
