@@ -99,6 +99,16 @@ def test_kprobes_carry_this_kernels_offsets() -> None:
                                     {"mm_account": 984})  # fmt: skip
     assert "p:activemm/uringfree io_destroy_buffers mm=+984(%di):x64" in ring
     assert any(" __x64_sys_io_uring_setup" in d for d in ring)
+    assert not any("oom_mm" in d for d in ring)  # no signal_struct offsets given
+    oom = guest.kprobe_definitions({"pid": 1, "flags": 2, "mm": 3, "active_mm": 4, "comm": 5},
+                                   None, {"signal": 3072, "sigcnt": 0, "oom_mm": 1032})  # fmt: skip
+    # the signal_struct is reached through task_struct.signal: a nested fetch
+    assert (
+        "p:activemm/putsignal __put_task_struct sigcnt=+0(+3072(%di)):s32 "
+        "oom_mm=+1032(+3072(%di)):x64" in oom
+    )
+    victim = next(d for d in oom if " mark_oom_victim " in d)
+    assert "oom_mm=+1032(+3072(%di)):x64" in victim and "mm=+3(%di):x64" in victim
 
 
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio not installed")
@@ -267,6 +277,7 @@ def test_a_guest_that_crashes_gets_one_more_try(
     monkeypatch.setattr(run, "task_offsets", lambda image: {"pid": 1, "flags": 2, "mm": 3,
                                                             "active_mm": 4, "comm": 5})  # fmt: skip
     monkeypatch.setattr(run, "ring_offsets", lambda image: {"mm_account": 984})
+    monkeypatch.setattr(run, "oom_offsets", lambda image: {})
     image = KernelImage("6.1.0-0-amd64", tmp_path, tmp_path, tmp_path)
     said: list[str] = []
     meta = run.capture(image, run.CaptureOptions(out=tmp_path / "cap", accel="tcg"), said.append)

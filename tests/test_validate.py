@@ -32,10 +32,20 @@ def _names(capture: Path) -> set[str]:
     return names
 
 
+def _marked(capture: Path, function: str) -> bool:
+    """Recorded with a kprobe on `function` (the io_uring and OOM markers came later)."""
+    kprobes = json.loads((capture / "meta.json").read_text())["kprobes"]
+    return any(f" {function} " in k for k in kprobes)
+
+
 def _ring_marked(capture: Path) -> bool:
     """io_uring's workload recorded with its markers (io_uring_setup, io_destroy_buffers)."""
-    kprobes = json.loads((capture / "meta.json").read_text())["kprobes"]
-    return "iouring" in _names(capture) and any("io_destroy_buffers" in k for k in kprobes)
+    return "iouring" in _names(capture) and _marked(capture, "io_destroy_buffers")
+
+
+def _oom_marked(capture: Path) -> bool:
+    """The OOM workload recorded with its markers (mark_oom_victim, __put_task_struct)."""
+    return "oom" in _names(capture) and _marked(capture, "mark_oom_victim")
 
 
 def _program(capture: Path) -> bool:
@@ -45,11 +55,12 @@ def _program(capture: Path) -> bool:
 
 def _holds_outside(capture: Path) -> bool:
     """io_uring (ctx->mm_account) and the OOM killer (signal->oom_mm) hold mm_count where no
-    input shows it (io_uring's, with its markers, is followed)."""
+    input shows it, unless the capture has their markers."""
     names = _names(capture)
-    if "iouring" in names and not {"oom", "all", "parallel"} & names:
-        return not _ring_marked(capture)
-    return bool({"iouring", "oom", "all", "parallel"} & names)
+    every = bool({"all", "parallel"} & names)
+    ring = ("iouring" in names or every) and not _marked(capture, "io_destroy_buffers")
+    oom = ("oom" in names or every) and not _marked(capture, "mark_oom_victim")
+    return ring or oom
 
 
 HOTPLUG = [p for p in ALL if "hotplug" in _names(p) and not _holds_outside(p)]
@@ -117,7 +128,11 @@ def test_exit_flushes_land_where_the_kernel_ran_them(name: str) -> None:
 @pytest.mark.parametrize(
     "capture",
     # see their own tests
-    [p for p in PLAIN if p not in KTHREAD_USERS and not _ring_marked(p) and not _program(p)],
+    [
+        p
+        for p in PLAIN
+        if p not in KTHREAD_USERS and not (_ring_marked(p) or _oom_marked(p) or _program(p))
+    ],
     ids=lambda p: p.name,
 )
 def test_sched_inputs_match_mmdrops_and_tag_every_missed_switch(capture: Path) -> None:
@@ -577,6 +592,25 @@ def test_an_exec_from_a_borrowing_task_is_paired_with_the_models() -> None:
     assert r.causes[score.BORROWED_PREV] % 2 == 0 and r.causes[score.BORROWED_PREV] > 0
     assert all(m["group"] == "outside_schedule" for m in paired)
     assert score.UNEXPLAINED not in r.causes
+
+
+@pytest.mark.parametrize("capture", [p for p in ALL if _oom_marked(p)], ids=lambda p: p.name)
+def test_oom_victims_are_followed_at_their_markers(capture: Path) -> None:
+    """mark_oom_victim() mmgrab()s the victim's mm into signal->oom_mm when that is still
+    NULL; free_signal_struct() mmdrop_async()s it when __put_task_struct() puts the last
+    sigcnt, and a kworker's mmdrop_async_fn() runs the __mmdrop. With those markers the model
+    holds and drops that reference there and every __mmdrop matches; with tracepoints only,
+    the victims' misses carry the held-outside cause."""
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        text = f.read()
+    grabs = text.count(" oom_mm=0x0 ")  # at mark_oom_victim's entry: the cmpxchg will win
+    assert grabs >= 1
+    r = validate(capture)
+    assert r.learned["OOM victim's signal->oom_mm (mark_oom_victim marker)"] == grabs
+    for s in (r.context_switches, r.mmdrop, r.outside_schedule):
+        assert s.matched == s.total, r.mismatches
+    sched = validate(capture, inputs="sched")
+    assert sched.causes[score.HELD_OUTSIDE] > 0 and score.UNEXPLAINED not in sched.causes
 
 
 @pytest.mark.parametrize("capture", [p for p in ALL if _ring_marked(p)], ids=lambda p: p.name)

@@ -16,13 +16,19 @@ from activemm.capture.kernel import CaptureError, need
 GROUP = "activemm"
 
 
-def kprobe_definitions(off: dict[str, int], ring: dict[str, int] | None = None) -> list[str]:
+def kprobe_definitions(
+    off: dict[str, int], ring: dict[str, int] | None = None, oom: dict[str, int] | None = None
+) -> list[str]:
     """The probes of docs/validate.md. `@FINISH_TASK_SWITCH@` is replaced in the guest by the
     symbol's real name (a compiler clone such as finish_task_switch.isra.0). With `ring`
     (io_ring_ctx offsets), the io_uring markers: io_uring_setup, whose io_uring_create()
     mmgrab()s current->mm into ctx->mm_account, and io_destroy_buffers(ctx), which
     io_ring_ctx_free() calls shortly before mmdrop(ctx->mm_account) (both inlined, and
-    mm_account is cleared right after the mmdrop)."""
+    mm_account is cleared right after the mmdrop). With `oom` (task_struct.signal and
+    signal_struct offsets), the OOM killer's: mark_oom_victim(tsk), which mmgrab()s tsk->mm
+    into signal->oom_mm when that is still NULL, and __put_task_struct(tsk), whose
+    put_signal_struct() frees the signal_struct when sigcnt is 1, mmdrop_async()ing its
+    oom_mm."""
 
     def task(reg: str, prefix: str) -> str:
         return (
@@ -51,6 +57,15 @@ def kprobe_definitions(off: dict[str, int], ring: dict[str, int] | None = None) 
             f"p:{g}/uringfree io_destroy_buffers mm=+{ring['mm_account']}(%di):x64",
         ]
         if ring
+        else []
+    ) + (
+        [
+            f"p:{g}/oomvictim mark_oom_victim oom_mm=+{oom['oom_mm']}(+{oom['signal']}(%di)):x64"
+            f" mm=+{off['mm']}(%di):x64 t_pid=+{off['pid']}(%di):s32",
+            f"p:{g}/putsignal __put_task_struct sigcnt=+{oom['sigcnt']}(+{oom['signal']}(%di)):s32"
+            f" oom_mm=+{oom['oom_mm']}(+{oom['signal']}(%di)):x64",
+        ]
+        if oom
         else []
     )
 

@@ -250,6 +250,18 @@ def task_offsets(image: KernelImage) -> dict[str, int]:
     return struct_offsets(btf(image), "task_struct", TASK_FIELDS)
 
 
+def oom_offsets(image: KernelImage) -> dict[str, int]:
+    """`task_struct.signal` ("signal") and the `signal_struct` members `oom_mm` and `sigcnt`:
+    mark_oom_victim() mmgrab()s the victim's mm into signal->oom_mm, and free_signal_struct()
+    mmdrop_async()s it when __put_task_struct() puts the last sigcnt. {} when the BTF lacks
+    one (an OOM killer without oom_mm)."""
+    try:
+        signal = struct_offsets(btf(image), "task_struct", ("signal",))
+        return {**signal, **struct_offsets(btf(image), "signal_struct", ("oom_mm", "sigcnt"))}
+    except CaptureError:
+        return {}
+
+
 def ring_offsets(image: KernelImage) -> dict[str, int]:
     """`io_ring_ctx` offset of `mm_account` (the mm io_uring_create() mmgrab()s); {} for a
     kernel without io_uring."""

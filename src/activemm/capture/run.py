@@ -23,6 +23,7 @@ from activemm.capture.kernel import (
     CaptureError,
     KernelImage,
     need,
+    oom_offsets,
     ring_offsets,
     task_offsets,
 )
@@ -235,7 +236,8 @@ def capture(
     out = opts.out
     offsets = task_offsets(image)
     ring = ring_offsets(image)
-    kprobes = guest.kprobe_definitions(offsets, ring)
+    oom = oom_offsets(image)
+    kprobes = guest.kprobe_definitions(offsets, ring, oom)
     work = Path(tempfile.mkdtemp(prefix="activemm-capture-"))
     try:
         progress("building the initramfs (busybox, workload, kprobes)")
@@ -282,7 +284,7 @@ def capture(
             "workload_status": int(status[1]) if status else None,
             "scale": opts.scale,
             "accel": accel,
-            "btf_offsets": {"task_struct": offsets, "io_ring_ctx": ring},
+            "btf_offsets": {"task_struct": offsets, "io_ring_ctx": ring, "oom": oom},
             "finish_task_switch": fts[1] if fts else None,
             "kprobes": shipped.files.get("kprobes", b"").decode().splitlines(),
             "kprobes_refused": failed,

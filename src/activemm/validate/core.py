@@ -146,6 +146,8 @@ class Validator(MarkerSteps, Clocked):
         self.past_exit: set[int] = set()  # pids past their sched_process_exit
         self.mm_kthreads: set[int] = set()  # kernel threads the kernel saw kthread_use_mm
         self.rings: dict[int, list[str]] = {}  # mm address -> holders of io_uring rings on it
+        self.oom_mms: dict[int, list[str]] = {}  # mm address -> its signal->oom_mm holders
+        self.async_drops: dict[int, int] = {}  # mm address -> pid whose mmdrop_async() ran
         self.epoch: Counter[int] = Counter()
         # CPU -> switches that loaded a user mm (switch_mm_irqs_off): a lazy episode, a chain
         # of tasks without an mm borrowing one mm, lasts from one to the next
@@ -248,8 +250,8 @@ class Validator(MarkerSteps, Clocked):
             point: tuple[object, ...] = ("resynchronisation", self.ctx.line)
         elif self.ctx.kind == "__mmput end":
             point = ("__mmput", self.ctx.pid)
-        elif self.ctx.kind == "io_ring_ctx_free":
-            point = ("io_ring_ctx_free", self.ctx.pid)
+        elif self.ctx.kind in ("io_ring_ctx_free", "mmdrop_async"):
+            point = (self.ctx.kind, self.ctx.pid)
         elif ev.reason == "finish_task_switch" and self.ctx.kind == "switch":
             point = ("finish_task_switch", self.ctx.line)
         else:  # __mmput, exec_mmap, a holder's mmdrop...
@@ -434,6 +436,33 @@ class Validator(MarkerSteps, Clocked):
         self.anchor[p.cpu] = ("io_ring_ctx_free", p.pid)
         self.m.mmdrop(holders.pop(0), p.cpu)
 
+    def _oom_victim(self, p: Probe) -> None:
+        """mark_oom_victim(tsk) entered: when tsk->signal->oom_mm is still NULL (the `oom_mm`
+        argument) it becomes tsk->mm and is mmgrab()bed, a reference for the signal_struct's
+        life that no scheduler event shows. The model takes it."""
+        addr = address(p.args.get("mm"))
+        mm = self.live.get(addr)
+        if address(p.args.get("oom_mm")) != 0 or mm is None or mm.freed:
+            return
+        self.ctx = Context("mark_oom_victim", p.line, p.cpu, p.pid)
+        holder = f"signal->oom_mm of pid {p.args.get('t_pid')} (line {p.line})"
+        self.m.mmgrab(mm, holder, p.cpu)
+        self.oom_mms.setdefault(addr, []).append(holder)
+        self.result.learned["OOM victim's signal->oom_mm (mark_oom_victim marker)"] += 1
+
+    def _put_signal(self, p: Probe) -> None:
+        """__put_task_struct(tsk) with tsk->signal->sigcnt at 1: put_signal_struct() frees the
+        signal_struct, whose free_signal_struct() mmdrop_async()s its oom_mm. The model drops
+        the reference there; when it is the last, the kernel's __mmdrop runs a little later
+        in a kworker (mmdrop_async_fn)."""
+        addr = address(p.args.get("oom_mm"))
+        holders = self.oom_mms.get(addr)
+        if p.args.get("sigcnt") != "1" or not holders:
+            return
+        self.ctx = Context("mmdrop_async", p.line, p.cpu, p.pid)
+        self.async_drops[addr] = p.pid
+        self.m.mmdrop(holders.pop(0), p.cpu)
+
     def _kthread_use_mm(self, p: Probe, addr: int) -> None:
         """switch_mm_irqs_off(active_mm, mm, current) by a kernel thread outside a context
         switch marks kthread_use_mm() (vhost's worker on 6.1, USB gadget, some GPU drivers):
@@ -516,6 +545,10 @@ class Validator(MarkerSteps, Clocked):
             self._refusable(self._ring_setup, p)
         elif f == "io_destroy_buffers" and self.inputs == "markers":
             self._refusable(self._ring_free, p)
+        elif f == "mark_oom_victim" and self.inputs == "markers":
+            self._refusable(self._oom_victim, p)
+        elif f == "__put_task_struct" and self.inputs == "markers":
+            self._refusable(self._put_signal, p)
         elif f in NEW_MM and (f == "mm_init") == self.use_mm_init:
             self._announce(p, address(p.args.get("ret") or p.args.get("mm")))
 
@@ -559,6 +592,7 @@ class Validator(MarkerSteps, Clocked):
         addr = address(p.args.get("mm"))
         anchor = self.anchor.get(p.cpu, ("other",))
         group = self.finished.get(p.cpu)
+        async_pid = self.async_drops.pop(addr, None)
         point: tuple[object, ...]
         if (
             anchor[0] == "finish_task_switch"
@@ -572,6 +606,8 @@ class Validator(MarkerSteps, Clocked):
             point = anchor
         elif self.mmput_open.get(addr) == p.pid:
             point = ("__mmput", p.pid)
+        elif async_pid is not None:  # mmdrop_async_fn(), from the work free_signal_struct queued
+            point = ("mmdrop_async", async_pid)
         elif anchor[0] == "activate_mm":
             point = ("exec_mmap", p.pid)
         elif anchor[0] in ("kthread_use_mm", "io_ring_ctx_free"):
