@@ -94,6 +94,7 @@ def test_kprobes_carry_this_kernels_offsets() -> None:
     mmswitch = next(d for d in defs if " switch_mm_irqs_off " in d)
     assert "t_pid=+2416(%dx):s32" in mmswitch and "t_mm=+2272(%dx):x64" in mmswitch
     assert any(d.startswith("r") and " mm_init " in d for d in defs)
+    assert "r16:activemm/mmputdone exit_mmap" in defs  # __mmput's end: exit_mmap returning
     assert not any("io_destroy_buffers" in d for d in defs)  # no io_ring_ctx in the BTF
     ring = guest.kprobe_definitions({"pid": 1, "flags": 2, "mm": 3, "active_mm": 4, "comm": 5},
                                     {"mm_account": 984})  # fmt: skip

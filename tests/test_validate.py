@@ -233,18 +233,20 @@ def test_probe_lines_are_recognised_by_function_whatever_the_offset(tmp_path: Pa
         't_active_mm=0xffff888005f60900 t_comm="cat"',
         "  init-1 (  1) [001] .....  7.036000: mminit: (copy_process+0x1930/0x1ae0 <- mm_init) "
         "ret=0xffff888005f60480",
+        "  cat-141 (  141) [001] .....  7.037000: mmputdone: (__mmput+0x3b/0x110 <- exit_mmap)",
     ]
     path = tmp_path / "probes.txt"
     path.write_text("\n".join(lines) + "\n")
     probes = [e for e in read_trace(str(path)) if isinstance(e, Probe)]
     assert [p.function for p in probes] == [
-        "switch_mm_irqs_off", "switch_mm_irqs_off", "enter_lazy_tlb", "mm_init"
+        "switch_mm_irqs_off", "switch_mm_irqs_off", "enter_lazy_tlb", "mm_init", "exit_mmap"
     ]  # fmt: skip
+    assert [p.returned for p in probes] == [False, False, False, True, True]
     assert [kv.outside_kind(p) for p in probes[:3]] == [
         "activate_mm", "flush_to_init_mm", "enter_lazy_tlb"
     ]  # fmt: skip
     assert kv.address(probes[3].args["ret"]) == 0xFFFF888005F60480
-    assert [p.offset for p in probes] == [0, 4, 0, None]
+    assert [p.offset for p in probes] == [0, 4, 0, None, None]
     assert kv.is_init_mm(0xFFFFFFFF82D69140) and not kv.is_init_mm(0xFFFF888004861680)
 
 
@@ -482,12 +484,13 @@ def test_cpu_hotplug_is_followed_at_the_cpu_init_marker(capture: Path) -> None:
     assert r.mmdrop.matched == r.mmdrop.total
     assert score.UNEXPLAINED not in r.causes
     sched = validate(capture, inputs="sched")
-    assert score.HOTPLUG in sched.causes
-    assert all(
-        m["cause"] in (score.HOTPLUG, score.FOLLOWS, score.EXIT_WINDOW)
-        for m in sched.mismatches
-        if m["group"] == "context_switch"
-    )
+    assert score.HOTPLUG in sched.causes and score.UNEXPLAINED not in sched.causes
+    if _names(capture) == {"hotplug"}:  # (every workload at once has other windows too)
+        assert all(
+            m["cause"] in (score.HOTPLUG, score.FOLLOWS, score.EXIT_WINDOW)
+            for m in sched.mismatches
+            if m["group"] == "context_switch"
+        )
 
 
 @pytest.mark.parametrize("capture", ALL, ids=lambda p: p.name)

@@ -38,35 +38,40 @@ def kprobe_definitions(
         )
 
     g = GROUP
-    return [
-        f"p:{g}/mmswitch switch_mm_irqs_off prev=%di:x64 next=%si:x64 tsk=%dx:x64 "
-        + task("%dx", "t_"),
-        f"p:{g}/lazytlb enter_lazy_tlb mm=%di:x64 tsk=%si:x64 " + task("%si", "t_"),
-        f"p:{g}/finish @FINISH_TASK_SWITCH@ prev=%di:x64 " + task("%di", "prev_"),
-        f"p:{g}/mmdrop __mmdrop mm=%di:x64",
-        f"p:{g}/mmput exit_mmap mm=%di:x64",
-        f"r16:{g}/mminit mm_init ret=$retval:x64",
-        f"r16:{g}/mmalloc mm_alloc ret=$retval:x64",
-        f"p:{g}/dupmm dup_mmap mm=%di:x64 oldmm=%si:x64",
-        f"p:{g}/usemm kthread_use_mm mm=%di:x64",
-        f"p:{g}/unusemm kthread_unuse_mm mm=%di:x64",
-        f"p:{g}/leavemm leave_mm cpu=%di:s32",
-    ] + (
+    return (
         [
-            f"p:{g}/uringsetup __x64_sys_io_uring_setup",
-            f"p:{g}/uringfree io_destroy_buffers mm=+{ring['mm_account']}(%di):x64",
+            f"p:{g}/mmswitch switch_mm_irqs_off prev=%di:x64 next=%si:x64 tsk=%dx:x64 "
+            + task("%dx", "t_"),
+            f"p:{g}/lazytlb enter_lazy_tlb mm=%di:x64 tsk=%si:x64 " + task("%si", "t_"),
+            f"p:{g}/finish @FINISH_TASK_SWITCH@ prev=%di:x64 " + task("%di", "prev_"),
+            f"p:{g}/mmdrop __mmdrop mm=%di:x64",
+            f"p:{g}/mmput exit_mmap mm=%di:x64",
+            f"r16:{g}/mmputdone exit_mmap",
+            f"r16:{g}/mminit mm_init ret=$retval:x64",
+            f"r16:{g}/mmalloc mm_alloc ret=$retval:x64",
+            f"p:{g}/dupmm dup_mmap mm=%di:x64 oldmm=%si:x64",
+            f"p:{g}/usemm kthread_use_mm mm=%di:x64",
+            f"p:{g}/unusemm kthread_unuse_mm mm=%di:x64",
+            f"p:{g}/leavemm leave_mm cpu=%di:s32",
         ]
-        if ring
-        else []
-    ) + (
-        [
-            f"p:{g}/oomvictim mark_oom_victim oom_mm=+{oom['oom_mm']}(+{oom['signal']}(%di)):x64"
-            f" mm=+{off['mm']}(%di):x64 t_pid=+{off['pid']}(%di):s32",
-            f"p:{g}/putsignal __put_task_struct sigcnt=+{oom['sigcnt']}(+{oom['signal']}(%di)):s32"
-            f" oom_mm=+{oom['oom_mm']}(+{oom['signal']}(%di)):x64",
-        ]
-        if oom
-        else []
+        + (
+            [
+                f"p:{g}/uringsetup __x64_sys_io_uring_setup",
+                f"p:{g}/uringfree io_destroy_buffers mm=+{ring['mm_account']}(%di):x64",
+            ]
+            if ring
+            else []
+        )
+        + (
+            [
+                f"p:{g}/oomvictim mark_oom_victim oom_mm=+{oom['oom_mm']}(+{oom['signal']}(%di)):x64"
+                f" mm=+{off['mm']}(%di):x64 t_pid=+{off['pid']}(%di):s32",
+                f"p:{g}/putsignal __put_task_struct sigcnt=+{oom['sigcnt']}(+{oom['signal']}(%di)):s32"
+                f" oom_mm=+{oom['oom_mm']}(+{oom['signal']}(%di)):x64",
+            ]
+            if oom
+            else []
+        )
     )
 
 

@@ -81,6 +81,7 @@ class Probe(TraceEvent):
     # the probe's offset into the function: +0x0 on Debian's 6.1, +0x4 (past ENDBR) on 6.12;
     # None for a return probe
     offset: int | None = None
+    returned: bool = False  # a return probe (`caller+off/size <- function`)
 
 
 @dataclass(slots=True)

@@ -418,8 +418,9 @@ def parse_lines(
                 stats.unknown[event] += 1
                 continue
             args = {k: v.strip('"') for k, v in PROBE_ARG.findall(pm["args"])}
-            fn, offset = _probe_function(pm["loc"])
-            ev = Probe(n, cpu, ts, pid, comm, tgid, fn, args, offset)
+            loc = pm["loc"]
+            fn, offset = _probe_function(loc)
+            ev = Probe(n, cpu, ts, pid, comm, tgid, fn, args, offset, "<-" in loc)
         if isinstance(ev, TlbFlush) and fmt == "ftrace" and m["flags"]:
             # irq-info: the third flag is 'h' (or 'H') in hardirq context (a flush IPI)
             ev.hardirq = m["flags"][2:3] in ("h", "H")

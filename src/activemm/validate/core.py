@@ -119,6 +119,8 @@ class Validator(MarkerSteps, Clocked):
                 self.exec_lines.setdefault(e.exec_pid, []).append(e.line)
             if not isinstance(e, Probe):
                 continue
+            if e.function == EXIT_MMAP and e.returned:
+                continue  # exit_mmap returning (the marker of __mmput's end)
             if e.function == EXIT_MMAP:
                 self.exit_mmaps.setdefault(address(e.args.get("mm")), []).append((e.line, e.pid))
             elif e.function == MMDROP:
@@ -148,6 +150,9 @@ class Validator(MarkerSteps, Clocked):
         self.rings: dict[int, list[str]] = {}  # mm address -> holders of io_uring rings on it
         self.oom_mms: dict[int, list[str]] = {}  # mm address -> its signal->oom_mm holders
         self.async_drops: dict[int, int] = {}  # mm address -> pid whose mmdrop_async() ran
+        # mm address -> the CPU whose idle task still borrowed it going offline: finish_cpu()
+        # drops it later, on another CPU, in whichever task runs the hotplug teardown
+        self.offlined: dict[int, int] = {}
         self.epoch: Counter[int] = Counter()
         # CPU -> switches that loaded a user mm (switch_mm_irqs_off): a lazy episode, a chain
         # of tasks without an mm borrowing one mm, lasts from one to the next
@@ -530,6 +535,10 @@ class Validator(MarkerSteps, Clocked):
             self._outside(p)
         elif f == MMDROP:
             self._kernel_drop(p)
+        elif f == EXIT_MMAP and p.returned:
+            if p.pid in self.pins and self.inputs == "markers":
+                # __mmput()'s mmdrop() follows exit_mmap()'s return at once
+                self._refusable(self._unpin, p)
         elif f == EXIT_MMAP:
             self.anchor[p.cpu] = (EXIT_MMAP, address(p.args.get("mm")))
             self.mmput_open[address(p.args.get("mm"))] = p.pid
@@ -592,7 +601,9 @@ class Validator(MarkerSteps, Clocked):
         addr = address(p.args.get("mm"))
         anchor = self.anchor.get(p.cpu, ("other",))
         group = self.finished.get(p.cpu)
+        # both end with this life of the address, whatever the branch below
         async_pid = self.async_drops.pop(addr, None)
+        offlined = self.offlined.pop(addr, None)
         point: tuple[object, ...]
         if (
             anchor[0] == "finish_task_switch"
@@ -608,6 +619,8 @@ class Validator(MarkerSteps, Clocked):
             point = ("__mmput", p.pid)
         elif async_pid is not None:  # mmdrop_async_fn(), from the work free_signal_struct queued
             point = ("mmdrop_async", async_pid)
+        elif offlined is not None:
+            point = ("finish_cpu", 0)  # its idle task's borrowed mm, dropped for a dead CPU
         elif anchor[0] == "activate_mm":
             point = ("exec_mmap", p.pid)
         elif anchor[0] in ("kthread_use_mm", "io_ring_ctx_free"):
@@ -635,6 +648,10 @@ class Validator(MarkerSteps, Clocked):
         self.kernel_outside.append(Outside(kind, cpu, pid, mm, prev, p.line, self.episode[cpu]))
         if kind in kv.HOTPLUG:
             self.hotplugged.add(cpu)
+        if kind == "idle_task_exit":
+            self.offlined[address(p.args.get("t_active_mm"))] = cpu
+        elif kind == "cpu_init":  # back online: finish_cpu() ran long before
+            self.offlined = {a: c for a, c in self.offlined.items() if c != cpu}
         if kind == "cpu_init" and self.inputs == "markers":
             self._refusable(self._cpu_came_online, p)
         if kind == "idle_task_exit" and self.inputs == "markers" and self.m.state.rqs[cpu].online:
