@@ -62,17 +62,20 @@ def kprobe_definitions(
             if ring
             else []
         )
-        + (
-            [
-                f"p:{g}/oomvictim mark_oom_victim oom_mm=+{oom['oom_mm']}(+{oom['signal']}(%di)):x64"
-                f" mm=+{off['mm']}(%di):x64 t_pid=+{off['pid']}(%di):s32",
-                f"p:{g}/putsignal __put_task_struct sigcnt=+{oom['sigcnt']}(+{oom['signal']}(%di)):s32"
-                f" oom_mm=+{oom['oom_mm']}(+{oom['signal']}(%di)):x64",
-            ]
-            if oom
-            else []
-        )
+        + (oom_markers(g, off, oom) if oom else [])
     )
+
+
+def oom_markers(g: str, off: dict[str, int], oom: dict[str, int]) -> list[str]:
+    """mark_oom_victim(tsk) and __put_task_struct(tsk), with tsk->signal's oom_mm and
+    sigcnt (nested fetches through task_struct.signal)."""
+    signal = f"+{oom['signal']}(%di)"
+    oom_mm = f"oom_mm=+{oom['oom_mm']}({signal}):x64"
+    return [
+        f"p:{g}/oomvictim mark_oom_victim {oom_mm} mm=+{off['mm']}(%di):x64 "
+        f"t_pid=+{off['pid']}(%di):s32",
+        f"p:{g}/putsignal __put_task_struct sigcnt=+{oom['sigcnt']}({signal}):s32 {oom_mm}",
+    ]
 
 
 # vhost-net and what it needs, in load order (the `vhost` workload)
