@@ -643,3 +643,31 @@ def test_io_uring_rings_are_followed_at_their_markers(capture: Path) -> None:
     assert score.UNEXPLAINED not in r.causes  # (a hook outside schedule: vCPU IPI timing)
     sched = validate(capture, inputs="sched")
     assert sched.causes[score.HELD_OUTSIDE] > 0 and score.UNEXPLAINED not in sched.causes
+
+
+def test_finish_cpu_is_followed_at_its_cpuhp_tracepoint(tmp_path: Path) -> None:
+    """A CPU went offline lazily holding a zombie mm whose last reference finish_cpu()
+    dropped, later, in the hotplug teardown's kworker. Without the cpuhp_enter tracepoint the
+    model drops it at the idle_task_exit marker and frees the mm one switch too early (a
+    tagged race); with the line the teardown writes right before its __mmdrop, the model
+    holds the mm until there and every __mmdrop matches."""
+    src = CAPTURES.parent / "finish_cpu"
+    as_recorded = validate(src)
+    missed = [m for m in as_recorded.mismatches if m["group"] == "mmdrop"]
+    assert len(missed) == 2 and all(m["cause"] == score.RACE for m in missed)
+    lines = gzip.decompress((src / "trace.txt.gz").read_bytes()).decode().splitlines(True)
+    drop = next(i for i, line in enumerate(lines) if "kworker/0:1-17" in line
+                and "mmdrop: (__mmdrop" in line and "0xffff8880053f2400" in line)  # fmt: skip
+    step = (
+        "     kworker/0:1-17      (     17) [000] .....    16.297990: cpuhp_enter: cpu: 0003 "
+        "target:   0 step:  91 (finish_cpu)\n"
+    )
+    traced = tmp_path / "traced"
+    traced.mkdir()
+    (traced / "trace.txt").write_text("".join([*lines[:drop], step, *lines[drop:]]))
+    for name in ("tasks_start.txt", "meta.json"):
+        shutil.copy(src / name, traced)
+    r = validate(traced)
+    assert r.learned["finish_cpu() (cpuhp_enter tracepoint)"] == 1
+    for s in (r.context_switches, r.mmdrop, r.outside_schedule):
+        assert s.matched == s.total, r.mismatches

@@ -2,6 +2,7 @@
 perf script, a trace.dat (through trace-cmd), compressed or from standard input."""
 
 from activemm.trace.events import (
+    HotplugStep,
     LostEvents,
     NewTask,
     Probe,
@@ -17,6 +18,7 @@ from activemm.trace.events import (
 from activemm.trace.readers import TraceError, read_trace
 
 __all__ = [
+    "HotplugStep",
     "LostEvents",
     "NewTask",
     "Probe",

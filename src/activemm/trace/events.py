@@ -59,6 +59,15 @@ class ProcessFree(TraceEvent):
 
 
 @dataclass(slots=True)
+class HotplugStep(TraceEvent):
+    """cpuhp_enter: a CPU hotplug state's callback about to run for `target_cpu` (`function`
+    names it: finish_cpu is the one that drops a dead CPU's lazily borrowed mm)."""
+
+    target_cpu: int
+    function: str
+
+
+@dataclass(slots=True)
 class TaskRename(TraceEvent):
     rename_pid: int
     newcomm: str

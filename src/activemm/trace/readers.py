@@ -30,6 +30,7 @@ from typing import IO, cast
 
 from activemm.errors import ActiveMmError
 from activemm.trace.events import (
+    HotplugStep,
     LostEvents,
     NewTask,
     Probe,
@@ -96,6 +97,7 @@ EXEC = re.compile(r"filename=(?P<f>.*) pid=(?P<p>\d+) old_pid=(?P<o>\d+)")
 EXIT = re.compile(r"comm=(?P<c>.*) pid=(?P<p>\d+) prio=")
 RENAME = re.compile(r"pid=(?P<p>\d+) oldcomm=(?P<o>.*) newcomm=(?P<n>.*?)(?: oom_score_adj=.*)?$")
 TLB = re.compile(r"pages:(?P<pages>-?\d+) reason:(?P<reason>.*)")
+CPUHP = re.compile(r"cpu:\s*(?P<c>\d+)\s+target:\s*-?\d+\s+step:\s*\d+\s+\((?P<f>[^)]*)\)")
 PROBE = re.compile(r"^\((?P<loc>[^)]*)\)\s*(?P<args>.*)$")
 PROBE_ARG = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
@@ -177,6 +179,14 @@ def _tlb(
     return m and TlbFlush(line, cpu, ts, pid, comm, tgid, int(m["pages"]), m["reason"].strip())
 
 
+def _cpuhp(
+    line: int, cpu: int, ts: float, pid: int, comm: str, tgid: int | None, rest: str
+) -> TraceEvent | None:
+    m = CPUHP.match(rest)
+    fn = m and m["f"].split("+")[0].split(".")[0]
+    return m and HotplugStep(line, cpu, ts, pid, comm, tgid, int(m["c"]), fn or "")
+
+
 PARSERS: dict[str, Parser] = {
     "sched_switch": _switch,
     "sched_process_fork": _fork,
@@ -186,6 +196,7 @@ PARSERS: dict[str, Parser] = {
     "sched_process_free": _free,
     "task_rename": _rename,
     "tlb_flush": _tlb,
+    "cpuhp_enter": _cpuhp,
 }
 EXPECTED = {
     "sched_switch": "prev_comm=.. prev_pid=.. prev_prio=.. prev_state=.. ==> next_comm=.. "
@@ -197,6 +208,7 @@ EXPECTED = {
     "sched_process_free": "comm=.. pid=.. prio=..",
     "task_rename": "pid=.. oldcomm=.. newcomm=..",
     "tlb_flush": "pages:N reason:..",
+    "cpuhp_enter": "cpu: N target: N step: N (function)",
 }
 
 

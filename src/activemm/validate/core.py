@@ -9,6 +9,7 @@ the trace began; everything else is prediction."""
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from activemm.model.events import Event, LazyEntered, MmAllocated, MmFreed, MmSw
 from activemm.model.kernel import Operation
 from activemm.model.state import KernelState, Mm, Task
 from activemm.trace.events import (
+    HotplugStep,
     LostEvents,
     NewTask,
     Probe,
@@ -98,6 +100,8 @@ class Validator(MarkerSteps, Clocked):
         self.ipi_sends: dict[int, list[int]] = {}  # pid -> lines of its "remote ipi send"
         self.exit_lines: dict[int, list[int]] = {}
         self.exec_lines: dict[int, list[int]] = {}
+        self.finish_cpus: dict[int, list[int]] = {}  # CPU -> lines of cpuhp_enter(finish_cpu)
+        self.offline_lines: dict[int, list[int]] = {}  # CPU -> its idle_task_exit markers
         self.rests: dict[int, list[int]] = {}  # pid -> lines of its switches out, not preempted
         switching: set[int] = set()  # CPUs between a sched_switch and its finish probe
         for e in events:
@@ -117,6 +121,8 @@ class Validator(MarkerSteps, Clocked):
                 self.exit_lines.setdefault(e.exit_pid, []).append(e.line)
             elif isinstance(e, ProcessExec):
                 self.exec_lines.setdefault(e.exec_pid, []).append(e.line)
+            elif isinstance(e, HotplugStep) and e.function == "finish_cpu":
+                self.finish_cpus.setdefault(e.target_cpu, []).append(e.line)
             if not isinstance(e, Probe):
                 continue
             if e.function == EXIT_MMAP and e.returned:
@@ -127,6 +133,8 @@ class Validator(MarkerSteps, Clocked):
                 self.drop_lines.setdefault(address(e.args.get("mm")), []).append(e.line)
             elif e.function == "mm_init":
                 self.use_mm_init = True
+            elif e.function == SWITCH_MM and kv.outside_kind(e) == "idle_task_exit":
+                self.offline_lines.setdefault(e.cpu, []).append(e.line)
         # line where the kernel's __mmput ran -> (mm_users holder to put there, its mm)
         self.deferred: dict[int, tuple[str, Mm]] = {}
         self.ctx = Context()
@@ -153,6 +161,7 @@ class Validator(MarkerSteps, Clocked):
         # mm address -> the CPU whose idle task still borrowed it going offline: finish_cpu()
         # drops it later, on another CPU, in whichever task runs the hotplug teardown
         self.offlined: dict[int, int] = {}
+        self.finish_holds: dict[int, str] = {}  # such a line -> the holder standing in till then
         self.epoch: Counter[int] = Counter()
         # CPU -> switches that loaded a user mm (switch_mm_irqs_off): a lazy episode, a chain
         # of tasks without an mm borrowing one mm, lasts from one to the next
@@ -257,6 +266,8 @@ class Validator(MarkerSteps, Clocked):
             point = ("__mmput", self.ctx.pid)
         elif self.ctx.kind in ("io_ring_ctx_free", "mmdrop_async"):
             point = (self.ctx.kind, self.ctx.pid)
+        elif self.ctx.kind == "finish_cpu":
+            point = ("finish_cpu", 0)  # as the model's own finish_cpu() says it
         elif ev.reason == "finish_task_switch" and self.ctx.kind == "switch":
             point = ("finish_task_switch", self.ctx.line)
         else:  # __mmput, exec_mmap, a holder's mmdrop...
@@ -364,6 +375,8 @@ class Validator(MarkerSteps, Clocked):
                 self._refusable(self.m.leave_mm, ev.cpu)
                 self.result.learned["lazy CPU flushed to init_mm (tlb_flush in an IPI)"] += 1
             return
+        if isinstance(ev, HotplugStep) and ev.line in self.finish_holds:
+            self._refusable(self._finish_cpu, ev)
         if ev.pid in self.pins and isinstance(ev, PAST_MMPUT):
             self._refusable(self._unpin, ev)
         if isinstance(ev, LostEvents):
@@ -403,6 +416,33 @@ class Validator(MarkerSteps, Clocked):
             self.m.cpu_down(p.cpu)
         self.m.cpu_up(p.cpu)
         self.result.learned["CPU came online (cpu_init marker)"] += 1
+
+    def _cpu_going_offline(self, p: Probe) -> None:
+        """idle_task_exit()'s switch to init_mm by the idle task: the CPU goes offline, and
+        the model takes it down, finish_cpu() included. The kernel's finish_cpu() runs later,
+        on another CPU, in the task driving the hotplug teardown; when the trace has its
+        cpuhp_enter tracepoint, the idle task's borrowed mm is held in its name until then."""
+        rq = self.m.state.rqs[p.cpu]
+        lines = self.finish_cpus.get(p.cpu, [])
+        i = bisect.bisect_right(lines, p.line)
+        offlines = self.offline_lines.get(p.cpu, [])
+        j = bisect.bisect_right(offlines, p.line)
+        before_next = j == len(offlines) or (i < len(lines) and lines[i] < offlines[j])
+        mm = rq.curr.active_mm  # what the idle task borrows once cpu_down() switched to it
+        if i < len(lines) and before_next and mm is not None and not mm.is_init_mm:
+            holder = f"finish_cpu() of CPU {p.cpu} (line {lines[i]})"
+            with self._unmetered():
+                self.m.mmgrab(mm, holder, p.cpu)
+            self.finish_holds[lines[i]] = holder
+        self.m.cpu_down(p.cpu)
+
+    def _finish_cpu(self, ev: HotplugStep) -> None:
+        """cpuhp_enter(finish_cpu): the hotplug teardown drops the dead CPU's borrowed mm."""
+        holder = self.finish_holds.pop(ev.line, None)
+        if holder is not None:
+            self.ctx = Context("finish_cpu", ev.line, ev.cpu, ev.pid)
+            self.m.mmdrop(holder, ev.cpu)
+            self.result.learned["finish_cpu() (cpuhp_enter tracepoint)"] += 1
 
     def _temporary_mm(self, p: Probe, mm: int) -> None:
         """switch_mm_irqs_off(NULL, mm, current) outside a context switch marks __text_poke():
@@ -656,7 +696,7 @@ class Validator(MarkerSteps, Clocked):
             self._refusable(self._cpu_came_online, p)
         if kind == "idle_task_exit" and self.inputs == "markers" and self.m.state.rqs[cpu].online:
             self.ctx = Context("hotplug", p.line, p.cpu, p.pid)
-            self._refusable(self.m.cpu_down, p.cpu)
+            self._refusable(self._cpu_going_offline, p)
             self.result.learned["CPU went offline (idle_task_exit marker)"] += 1
         if kind == "temporary_mm" and self.inputs == "markers":
             self._temporary_mm(p, mm)

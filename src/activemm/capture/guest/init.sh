@@ -44,7 +44,8 @@ sed "s/@FINISH_TASK_SWITCH@/$FTS/" /kprobes | while read -r def; do
 done
 for e in sched/sched_switch sched/sched_process_fork sched/sched_process_exec \
          sched/sched_process_exit sched/sched_process_free sched/sched_wakeup_new \
-         sched/sched_migrate_task task/task_newtask task/task_rename tlb/tlb_flush; do
+         sched/sched_migrate_task task/task_newtask task/task_rename tlb/tlb_flush \
+         cpuhp/cpuhp_enter; do
     echo 1 > $T/events/$e/enable 2>/dev/null || echo "event $e" >> /tmp/kprobes.failed
 done
 echo 1 > $T/events/activemm/enable
