@@ -161,6 +161,7 @@ class Validator(MarkerSteps, Clocked):
         # mm address -> the CPU whose idle task still borrowed it going offline: finish_cpu()
         # drops it later, on another CPU, in whichever task runs the hotplug teardown
         self.offlined: dict[int, int] = {}
+        self.offlined_ever: set[int] = set()
         self.finish_holds: dict[int, str] = {}  # such a line -> the holder standing in till then
         self.epoch: Counter[int] = Counter()
         # CPU -> switches that loaded a user mm (switch_mm_irqs_off): a lazy episode, a chain
@@ -359,11 +360,8 @@ class Validator(MarkerSteps, Clocked):
         apply(*args)
 
     def _on_sched_event(self, ev: TraceEvent) -> None:
-        deferred = self.deferred.pop(ev.line, None)
-        if deferred is not None:
-            self._put_back(ev, *deferred)
-            if isinstance(ev, TlbFlush):
-                return
+        if self._deferred_ends_here(ev) and isinstance(ev, TlbFlush):
+            return
         if isinstance(ev, TlbFlush):
             if self._cr3_of_armed_exec(ev):
                 del self.armed[ev.cpu]
@@ -523,13 +521,24 @@ class Validator(MarkerSteps, Clocked):
 
     def _lazy_cpu_flushed(self, ev: TlbFlush) -> bool:
         """tlb_flush "flush on task switch" outside a context switch, in a hardirq (a flush
-        IPI) or in the idle task (the call-function queue run from the idle loop): the CR3
-        load of flush_tlb_func() switching a lazy CPU to init_mm. A shootdown the inputs do
-        not otherwise announce (munmap, mprotect... of the borrowed mm), it leaves active_mm
-        and its reference alone: the model's CPU follows it when it, too, is lazy."""
-        if "task switch" not in ev.reason or not (ev.hardirq or ev.pid == 0):
+        IPI), in the idle task (the call-function queue run from the idle loop) or in a
+        kernel thread flushing the very mm it borrows (khugepaged collapsing its pages): the
+        CR3 load of flush_tlb_func() switching a lazy CPU to init_mm. A shootdown the inputs
+        do not otherwise announce (munmap, mprotect... of the borrowed mm), it leaves
+        active_mm and its reference alone: the model's CPU follows it when it, too, is lazy."""
+        if "task switch" not in ev.reason:
             return False
         if ev.cpu in self.pending or ev.cpu >= len(self.m.state.rqs):
+            return False
+        curr = self.m.state.rqs[ev.cpu].curr
+        # (with tracepoints only, a kernel thread that kthread_use_mm()ed a user mm looks lazy)
+        kthread = (
+            self.inputs == "markers"
+            and self.replayer.tasks.get(ev.pid) is curr
+            and curr.pf_kthread
+            and curr.mm is None
+        )
+        if not (ev.hardirq or ev.pid == 0 or kthread):
             return False
         borrowed = self.first_lazy.get(ev.cpu)
         if ev.cpu not in self.seen_cpu and borrowed is not None:
@@ -542,9 +551,8 @@ class Validator(MarkerSteps, Clocked):
     # -- context switches -------------------------------------------------------------
 
     def _on_switch(self, ev: SchedSwitch) -> None:
-        deferred = self.deferred.pop(ev.line, None)
-        if deferred is not None:  # an __mmput after exit that ended before this switch
-            self._put_back(ev, *deferred, pin=False)
+        # an __mmput after exit that ended before this switch
+        self._deferred_ends_here(ev, pin=False)
         if ev.prev_pid in self.late and not ev.prev_state.startswith("R"):
             # it sleeps, or is dead: its __mmput after exit has returned (preempted, "R+",
             # it may still be inside it)
@@ -587,9 +595,7 @@ class Validator(MarkerSteps, Clocked):
                 self.raced.add(address(p.args.get("mm")))
             if self.inputs == "markers" and self._queued(p.pid, address(p.args.get("mm"))):
                 self._failed_exec(p, address(p.args.get("mm")))
-            deferred = self.deferred.pop(p.line, None)
-            if deferred is not None:
-                self._put_back(p, *deferred)
+            self._deferred_ends_here(p)
         elif f == "__x64_sys_io_uring_setup" and self.inputs == "markers":
             self._refusable(self._ring_setup, p)
         elif f == "io_destroy_buffers" and self.inputs == "markers":
@@ -690,6 +696,7 @@ class Validator(MarkerSteps, Clocked):
             self.hotplugged.add(cpu)
         if kind == "idle_task_exit":
             self.offlined[address(p.args.get("t_active_mm"))] = cpu
+            self.offlined_ever.add(address(p.args.get("t_active_mm")))
         elif kind == "cpu_init":  # back online: finish_cpu() ran long before
             self.offlined = {a: c for a, c in self.offlined.items() if c != cpu}
         if kind == "cpu_init" and self.inputs == "markers":
@@ -862,6 +869,7 @@ class Validator(MarkerSteps, Clocked):
             self.raced,
             self.births,
             self.unclaimed,
+            self.offlined_ever,
         )
         drops.score(self.kernel_drops, self.model_drops)
         score_outside(

@@ -226,6 +226,14 @@ class MarkerSteps:
         if ev.pid in self.past_exit and ev.pid in self.pins:
             self.late.add(ev.pid)
 
+    def _deferred_ends_here(self, ev: TraceEvent, pin: bool = True) -> bool:
+        """An __mmput that _defer() left to this line runs now (True), or none does."""
+        deferred = self.deferred.pop(ev.line, None)
+        if deferred is None:
+            return False
+        self._put_back(ev, *deferred, pin=pin)
+        return True
+
     def _defer_mmput(self, t: Task, p: TraceEvent) -> bool:
         """With markers, exit_mmap says *where* __mmput runs: when t gives up its mm's last
         real user here but the kernel's exit_mmap of it runs in another task (a /proc

@@ -126,6 +126,7 @@ class DropScorer:
         raced: set[int],
         births: dict[int, list[int]] | None = None,
         unclaimed: set[int] | None = None,
+        offlined: set[int] | None = None,
     ) -> None:
         self.result = result
         self.inputs = inputs
@@ -134,6 +135,7 @@ class DropScorer:
         self.raced = raced  # addresses whose __mmput the model pinned until a later event
         self.births = births or {}  # address -> lines where mm_init handed it out
         self.unclaimed = unclaimed or set()  # kernel __mmdrop lines of mms the model never had
+        self.offlined = offlined or set()  # addresses a CPU going offline still borrowed
         self.kernel_lines: dict[int | None, list[int]] = {}  # address -> its __mmdrop lines
         # side -> its frees in a finish_task_switch
         self.finishes: dict[str, list[Drop]] = {}
@@ -175,6 +177,7 @@ class DropScorer:
                     else RACE if d.addr in self.raced
                     else ELSEWHERE if d.addr in elsewhere
                     else EXIT_WINDOW if d.addr in window
+                    else HOTPLUG if self.offline_borrowed(d)
                     else TAINTED if d.addr in self.tainted
                     else "model freed an mm the kernel did not"
                 )  # fmt: skip
@@ -217,9 +220,16 @@ class DropScorer:
             return EXIT_WINDOW
         if d.addr in self.raced:
             return RACE
+        if self.offline_borrowed(d):
+            return HOTPLUG
         if d.addr in self.tainted:
             return TAINTED
         return UNEXPLAINED
+
+    def offline_borrowed(self, d: Drop) -> bool:
+        """With tracepoints only, the model does not take CPUs offline: one that went offline
+        lazily borrowing this mm keeps its reference in the model until it next switches."""
+        return self.inputs == "sched" and d.addr in self.offlined
 
     def exit_window_drop(self, d: Drop) -> bool:
         """With tracepoints only, the model's __mmput runs whole at sched_process_exit; the
