@@ -290,6 +290,42 @@ def test_a_guest_that_crashes_gets_one_more_try(
     ]  # fmt: skip
 
 
+@pytest.mark.skipif(
+    not (shutil.which("busybox") and shutil.which("gcc")), reason="needs busybox and gcc"
+)
+def test_an_output_directory_filled_meanwhile_keeps_the_capture_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-o names an empty directory, and something writes into it while the guest runs: one
+    clear error, and the capture is kept whole beside it rather than lost."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "qemu-system-x86_64"
+    fake.write_text(FAKE_QEMU)
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_QEMU_DIR", str(tmp_path))
+    monkeypatch.setenv("FAKE_QEMU_FIRST", "none")
+    monkeypatch.setattr(run, "task_offsets", lambda image: {"pid": 1, "flags": 2, "mm": 3,
+                                                            "active_mm": 4, "comm": 5})  # fmt: skip
+    monkeypatch.setattr(run, "ring_offsets", lambda image: {})
+    monkeypatch.setattr(run, "oom_offsets", lambda image: {})
+    image = KernelImage("6.1.0-0-amd64", tmp_path, tmp_path, tmp_path)
+    out = tmp_path / "cap"
+    out.mkdir()
+
+    def meddle(_msg: str) -> None:
+        (out / "someone-elses").write_text("x")
+
+    with pytest.raises(run.CaptureError, match="wrote into it while the guest ran") as e:
+        run.capture(image, run.CaptureOptions(out=out, accel="tcg"), meddle)
+    kept = Path(str(e.value).rsplit("kept in ", 1)[1])
+    assert sorted(p.name for p in kept.iterdir()) == [
+        "meta.json", "tasks_end.txt", "tasks_start.txt", "trace.txt.gz", "workload.log"
+    ]  # fmt: skip
+    assert [p.name for p in out.iterdir()] == ["someone-elses"]
+
+
 def test_the_vhost_modules_come_uncompressed_in_load_order(tmp_path: Path) -> None:
     """Debian 12's 6.1 ships plain .ko files, its 6.12 .ko.xz; busybox insmod takes plain ELF.
     A tree missing one of them gives none (the workload then says it has no device)."""

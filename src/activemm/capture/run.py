@@ -305,12 +305,18 @@ def capture(
             umask = os.umask(0)
             os.umask(umask)
             tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a normal directory is 0777 - umask
-            if out.exists():
-                out.rmdir()
-            tmp.rename(out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        try:
+            if out.exists():
+                out.rmdir()
+            tmp.rename(out)
+        except OSError as e:
+            raise CaptureError(
+                f"{out}: cannot take the capture ({e.strerror}): something wrote into it while "
+                f"the guest ran; the capture is kept in {tmp}"
+            ) from None
         return meta
     finally:
         if opts.keep_work:
