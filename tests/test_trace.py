@@ -476,3 +476,44 @@ def test_replay_jobs_share_the_configurations_and_change_nothing(tmp_path: Path)
     r = _replay_json(str(bad), "-j", "2")
     err = r.stderr.decode().strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and "bad.txt" in err[0], r.stderr
+
+
+def test_exec_from_a_thread_whose_leader_switches_out_last_under_the_threads_pid(
+    tmp_path: Path,
+) -> None:
+    """de_thread(): thread 12 of group 10 execs; exchange_tids() gives it pid 10 and the
+    dying leader pid 12, so when the leader's final switch comes after the exchange, the
+    trace shows it as `prev_pid=12 prev_state=X` on the leader's CPU while the thread still
+    runs on its own. The replay follows the exchange: the thread keeps running, execs as
+    pid 10, and nothing is resynchronised."""
+    sw = (
+        "{c}-{p} [{cpu:03d}] {ts}: sched_switch: prev_comm={c} prev_pid={p} prev_prio=120 "
+        "prev_state={s} ==> next_comm={nc} next_pid={np} next_prio=120"
+    )
+    lines = [
+        sw.format(c="swapper/0", p=0, cpu=0, ts="1.000000", s="R", nc="app", np=10),
+        "app-10 [000] 1.000100: task_newtask: pid=11 comm=app clone_flags=3d0f00 oom_score_adj=0",
+        "app-10 [000] 1.000200: task_newtask: pid=12 comm=app clone_flags=3d0f00 oom_score_adj=0",
+        sw.format(c="swapper/1", p=0, cpu=1, ts="1.000300", s="R", nc="app", np=11),
+        sw.format(c="swapper/2", p=0, cpu=2, ts="1.000400", s="R", nc="app", np=12),
+        "app-11 [001] 1.000500: sched_process_exit: comm=app pid=11 prio=120",
+        sw.format(c="app", p=11, cpu=1, ts="1.000600", s="X", nc="swapper/1", np=0),
+        "app-10 [000] 1.000700: sched_process_exit: comm=app pid=10 prio=120",
+        sw.format(c="app", p=12, cpu=0, ts="1.000800", s="X", nc="swapper/0", np=0),
+        "true-10 [002] 1.000900: sched_process_exec: filename=/bin/true pid=10 old_pid=12",
+        sw.format(c="true", p=10, cpu=2, ts="1.001000", s="S", nc="swapper/2", np=0),
+    ]
+    path = tmp_path / "dethread.txt"
+    path.write_text("".join(f"    {line}\n" for line in lines))
+    _, replayers = replay(read_trace(str(path)), [PRESETS["linux-6.17-x86_64"]], 3)
+    r = replayers["linux-6.17-x86_64"]
+    anomalies = r.stats.anomalies
+    assert anomalies["de_thread: old leader's last switch under the thread's pid"] == 1
+    assert "resynchronised CPU" not in anomalies and "dead task seen running" not in anomalies
+    exec_d = r.tasks[10]
+    assert exec_d.mm is not None and not exec_d.exiting and exec_d.mm.mm_users == 1
+    assert r.m.state.rqs[2].curr.is_idle and exec_d.cpu == 2  # it ran on CPU 2 throughout
+    # the group's old mm: its three users gone (two exits, one exec), only a lazy CPU's
+    # borrowed reference may remain
+    old = r.tasks[12].mm or r.tasks[12].active_mm
+    assert old is None or old.mm_users == 0

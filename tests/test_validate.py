@@ -151,7 +151,8 @@ def test_sched_inputs_match_mmdrops_and_tag_every_missed_switch(capture: Path) -
 def test_a_workload_written_after_the_model_is_matched(capture: Path) -> None:
     """Captures of a program the model was not written against (its source in
     tests/data/programs): with markers every switch, __mmdrop and hook outside schedule;
-    with tracepoints only, 99% of the switches and every miss with its cause."""
+    with tracepoints only, 97% of the switches, every miss of one in an exec or exit window
+    (or following one), and every miss with its cause."""
     program = json.loads((capture / "meta.json").read_text())["program"]
     assert (CAPTURES.parent / "programs" / program).is_file()
     r = validate(capture)
@@ -159,8 +160,12 @@ def test_a_workload_written_after_the_model_is_matched(capture: Path) -> None:
     for s in (r.context_switches, r.mmdrop, r.outside_schedule):
         assert s.total > 0 and s.matched == s.total, r.mismatches
     sched = validate(capture, inputs="sched")
-    assert sched.context_switches.matched >= 0.99 * sched.context_switches.total
+    # (on one CPU a task preempted inside its exit window is common: 97.5% there)
+    assert sched.context_switches.matched >= 0.97 * sched.context_switches.total
     assert score.UNEXPLAINED not in sched.causes
+    for m in sched.mismatches:
+        if m["group"] == "context_switch":
+            assert m["cause"].startswith(WINDOWS), m
 
 
 def _failed_execs(capture: Path) -> int:

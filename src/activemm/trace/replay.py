@@ -133,6 +133,8 @@ class Replayer:
         self.m.boot(ncpus, rest_init=False)
         self.tasks: dict[int, Task] = {}
         self.tgid_of: dict[int, int] = {}
+        # (leader pid, thread pid) pairs de_thread() exchanged before sched_process_exec
+        self.exchanged: set[tuple[int, int]] = set()
         self.snapshot = snapshot or {}
         self.stats = ReplayStats()
 
@@ -173,6 +175,22 @@ class Replayer:
         if group is not None:
             self.tgid_of[pid] = group
         return t
+
+    def _old_leader(self, cpu: int, pid: int) -> None:
+        """de_thread() seen from the other side: when exchange_tids() ran before the old
+        leader's final switch, the leader, exiting on `cpu`, switches out for the last time
+        under the exec'ing thread's pid `pid` (a thread of its group running elsewhere),
+        which from now on goes by the leader's."""
+        cur = self.m.state.rqs[cpu].curr
+        t = self.tasks.get(pid)
+        if t is None or t is cur or t.exiting or not cur.exiting or cur.is_idle:
+            return
+        leader = next((q for q, x in self.tasks.items() if x is cur), None)
+        if leader is None or leader == pid or self.tgid_of.get(pid) != leader:
+            return
+        self.tasks[pid], self.tasks[leader] = cur, t
+        self.exchanged.add((leader, pid))
+        self.stats.anomalies["de_thread: old leader's last switch under the thread's pid"] += 1
 
     def _de_thread(self, pid: int, cpu: int) -> Task | None:
         """exec from a non-leader thread: de_thread() gives the exec'ing thread its leader's
@@ -273,8 +291,10 @@ class Replayer:
         return t is not None and t.state is TaskState.GONE
 
     def switch(self, ev: SchedSwitch) -> None:
-        prev = self.current(ev.cpu, ev.prev_pid, ev.prev_comm, ev.tgid)
         final = ev.prev_state.startswith(("X", "Z"))
+        if final:
+            self._old_leader(ev.cpu, ev.prev_pid)
+        prev = self.current(ev.cpu, ev.prev_pid, ev.prev_comm, ev.tgid)
         if final and not prev.exiting and not prev.is_idle and prev.pid != 1:
             self.stats.anomalies["exit inferred from prev_state"] += 1
             self.m.exit(prev)
@@ -316,7 +336,9 @@ class Replayer:
         self._do_fork(ev, ev.child_pid, ev.child_comm, None)
 
     def exec(self, ev: ProcessExec) -> None:
-        if ev.old_pid != ev.exec_pid and ev.old_pid in self.tasks:
+        if (ev.exec_pid, ev.old_pid) in self.exchanged:
+            self.exchanged.discard((ev.exec_pid, ev.old_pid))  # swapped at the leader's switch
+        elif ev.old_pid != ev.exec_pid and ev.old_pid in self.tasks:
             # de_thread(): a non-leader thread exec'd and took over the leader's pid.
             self.tasks[ev.exec_pid] = self.tasks.pop(ev.old_pid)
         t = self.current(ev.cpu, ev.exec_pid, ev.comm, ev.tgid)

@@ -394,6 +394,7 @@ class Validator(MarkerSteps, Clocked):
             if t is not None and id(t) in self.marker_done:
                 # exec_mmap already ran at its marker: only the pid bookkeeping is left
                 self.marker_done.discard(id(t))
+                self.replayer.exchanged.discard((ev.exec_pid, ev.old_pid))
                 if self.replayer.tasks.get(ev.old_pid) is t and ev.old_pid != ev.exec_pid:
                     self.replayer.tasks[ev.exec_pid] = self.replayer.tasks.pop(ev.old_pid)
                 self.replayer.tgid_of[ev.exec_pid] = ev.exec_pid
