@@ -279,6 +279,7 @@ def test_a_guest_that_crashes_gets_one_more_try(
                                                             "active_mm": 4, "comm": 5})  # fmt: skip
     monkeypatch.setattr(run, "ring_offsets", lambda image: {"mm_account": 984})
     monkeypatch.setattr(run, "oom_offsets", lambda image: {})
+    monkeypatch.setattr(run, "proc_offsets", lambda image: {})
     image = KernelImage("6.1.0-0-amd64", tmp_path, tmp_path, tmp_path)
     said: list[str] = []
     meta = run.capture(image, run.CaptureOptions(out=tmp_path / "cap", accel="tcg"), said.append)
@@ -310,6 +311,7 @@ def test_an_output_directory_filled_meanwhile_keeps_the_capture_aside(
                                                             "active_mm": 4, "comm": 5})  # fmt: skip
     monkeypatch.setattr(run, "ring_offsets", lambda image: {})
     monkeypatch.setattr(run, "oom_offsets", lambda image: {})
+    monkeypatch.setattr(run, "proc_offsets", lambda image: {})
     image = KernelImage("6.1.0-0-amd64", tmp_path, tmp_path, tmp_path)
     out = tmp_path / "cap"
     out.mkdir()

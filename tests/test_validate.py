@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -677,3 +678,29 @@ def test_finish_cpu_is_followed_at_its_cpuhp_tracepoint(tmp_path: Path) -> None:
     assert r.learned["finish_cpu() (cpuhp_enter tracepoint)"] == 1
     for s in (r.context_switches, r.mmdrop, r.outside_schedule):
         assert s.matched == s.total, r.mismatches
+
+
+@pytest.mark.parametrize(
+    "capture", [p for p in ALL if _marked(p, "proc_mem_open")], ids=lambda p: p.name
+)
+def test_proc_files_holding_an_mm_are_followed_at_their_markers(capture: Path) -> None:
+    """Opening /proc/PID/{maps,mem,environ,smaps_rollup...} mmgrab()s the process's mm
+    (proc_mem_open) until the file's release mmdrop()s it: a file closed after its process
+    exited (and after the CPU that borrowed the mm let go) frees the mm in the closer. With
+    the markers the model holds the reference from the open to the release."""
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        lines = f.read().splitlines()
+    opens = sum("<- proc_mem_open) ret=" in x and not x.endswith("ret=0x0") for x in lines)
+    last = sum(
+        "release: (" in a and "mmdrop: (__mmdrop" in b for a, b in itertools.pairwise(lines)
+    )  # a release whose mmdrop() was the last: __mmdrop on the next line
+    r = validate(capture)
+    if "procfiles" in capture.name:  # the workload written for it
+        assert opens >= 14 and last >= 1
+        assert r.learned["open /proc/PID file (proc_mem_open marker)"] == opens
+    for s in (r.context_switches, r.mmdrop):
+        assert s.matched == s.total, r.mismatches
+    sched = validate(capture, inputs="sched")
+    missed = sum(m["group"] == "mmdrop" and m["cause"] == score.HELD_OUTSIDE
+                 for m in sched.mismatches)  # fmt: skip
+    assert missed >= (1 if last else 0) and score.UNEXPLAINED not in sched.causes

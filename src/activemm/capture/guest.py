@@ -17,7 +17,10 @@ GROUP = "activemm"
 
 
 def kprobe_definitions(
-    off: dict[str, int], ring: dict[str, int] | None = None, oom: dict[str, int] | None = None
+    off: dict[str, int],
+    ring: dict[str, int] | None = None,
+    oom: dict[str, int] | None = None,
+    proc: dict[str, int] | None = None,
 ) -> list[str]:
     """The probes of docs/validate.md. `@FINISH_TASK_SWITCH@` is replaced in the guest by the
     symbol's real name (a compiler clone such as finish_task_switch.isra.0). With `ring`
@@ -28,7 +31,9 @@ def kprobe_definitions(
     signal_struct offsets), the OOM killer's: mark_oom_victim(tsk), which mmgrab()s tsk->mm
     into signal->oom_mm when that is still NULL, and __put_task_struct(tsk), whose
     put_signal_struct() frees the signal_struct when sigcnt is 1, mmdrop_async()ing its
-    oom_mm."""
+    oom_mm. With `proc` (file and seq_file offsets), the /proc/PID file markers:
+    proc_mem_open() returning the mm it mmgrab()bed for an open file, and the releases that
+    mmdrop() it."""
 
     def task(reg: str, prefix: str) -> str:
         return (
@@ -63,7 +68,23 @@ def kprobe_definitions(
             else []
         )
         + (oom_markers(g, off, oom) if oom else [])
+        + (proc_markers(g, proc) if proc else [])
     )
+
+
+def proc_markers(g: str, proc: dict[str, int]) -> list[str]:
+    """proc_mem_open()'s return, and the release of each kind of file that holds its mm:
+    file->private_data (mem, environ, auxv, pagemap) or the proc_maps_private behind the
+    seq_file (maps, smaps, numa_maps, smaps_rollup)."""
+    data = f"+{proc['private_data']}(%si)"
+    seq_mm = f"+{proc['mm']}(+{proc['private']}({data}))"
+    return [
+        f"r16:{g}/procmemopen proc_mem_open ret=$retval:x64",
+        f"p:{g}/memrelease mem_release mm={data}:x64",
+        f"p:{g}/pagemaprelease pagemap_release mm={data}:x64",
+        f"p:{g}/mapsrelease proc_map_release mm={seq_mm}:x64",
+        f"p:{g}/rolluprelease smaps_rollup_release mm={seq_mm}:x64",
+    ]
 
 
 def oom_markers(g: str, off: dict[str, int], oom: dict[str, int]) -> list[str]:

@@ -262,6 +262,21 @@ def oom_offsets(image: KernelImage) -> dict[str, int]:
         return {}
 
 
+def proc_offsets(image: KernelImage) -> dict[str, int]:
+    """`file.private_data`, `seq_file.private` and `proc_maps_private.mm`: where the release
+    of a /proc/PID/{mem,environ,auxv,pagemap} file finds the mm proc_mem_open() mmgrab()bed
+    (private_data itself), and that of maps, smaps, numa_maps and smaps_rollup (through the
+    seq_file). {} when the BTF lacks one."""
+    try:
+        return {
+            **struct_offsets(btf(image), "file", ("private_data",)),
+            **struct_offsets(btf(image), "seq_file", ("private",)),
+            **struct_offsets(btf(image), "proc_maps_private", ("mm",)),
+        }
+    except CaptureError:
+        return {}
+
+
 def ring_offsets(image: KernelImage) -> dict[str, int]:
     """`io_ring_ctx` offset of `mm_account` (the mm io_uring_create() mmgrab()s); {} for a
     kernel without io_uring."""

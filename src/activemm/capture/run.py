@@ -24,6 +24,7 @@ from activemm.capture.kernel import (
     KernelImage,
     need,
     oom_offsets,
+    proc_offsets,
     ring_offsets,
     task_offsets,
 )
@@ -237,7 +238,8 @@ def capture(
     offsets = task_offsets(image)
     ring = ring_offsets(image)
     oom = oom_offsets(image)
-    kprobes = guest.kprobe_definitions(offsets, ring, oom)
+    proc = proc_offsets(image)
+    kprobes = guest.kprobe_definitions(offsets, ring, oom, proc)
     work = Path(tempfile.mkdtemp(prefix="activemm-capture-"))
     try:
         progress("building the initramfs (busybox, workload, kprobes)")
@@ -284,7 +286,7 @@ def capture(
             "workload_status": int(status[1]) if status else None,
             "scale": opts.scale,
             "accel": accel,
-            "btf_offsets": {"task_struct": offsets, "io_ring_ctx": ring, "oom": oom},
+            "btf_offsets": {"task_struct": offsets, "io_ring_ctx": ring, "oom": oom, "proc": proc},
             "finish_task_switch": fts[1] if fts else None,
             "kprobes": shipped.files.get("kprobes", b"").decode().splitlines(),
             "kprobes_refused": failed,

@@ -72,6 +72,10 @@ class ModelSwitch:
     next: Mm | None = None
 
 
+# the releases of /proc/PID files whose open took an mm with proc_mem_open()
+PROC_RELEASES = ("mem_release", "pagemap_release", "proc_map_release", "smaps_rollup_release")
+
+
 class Validator(MarkerSteps, Clocked):
     """Drives a Replayer with the trace and watches the model's events (an Observer)."""
 
@@ -157,6 +161,7 @@ class Validator(MarkerSteps, Clocked):
         self.mm_kthreads: set[int] = set()  # kernel threads the kernel saw kthread_use_mm
         self.rings: dict[int, list[str]] = {}  # mm address -> holders of io_uring rings on it
         self.oom_mms: dict[int, list[str]] = {}  # mm address -> its signal->oom_mm holders
+        self.proc_files: dict[int, list[str]] = {}  # mm address -> open /proc/PID files on it
         self.async_drops: dict[int, int] = {}  # mm address -> pid whose mmdrop_async() ran
         # mm address -> the CPU whose idle task still borrowed it going offline: finish_cpu()
         # drops it later, on another CPU, in whichever task runs the hotplug teardown
@@ -265,7 +270,7 @@ class Validator(MarkerSteps, Clocked):
             point: tuple[object, ...] = ("resynchronisation", self.ctx.line)
         elif self.ctx.kind == "__mmput end":
             point = ("__mmput", self.ctx.pid)
-        elif self.ctx.kind in ("io_ring_ctx_free", "mmdrop_async"):
+        elif self.ctx.kind in ("io_ring_ctx_free", "mmdrop_async", "proc_release"):
             point = (self.ctx.kind, self.ctx.pid)
         elif self.ctx.kind == "finish_cpu":
             point = ("finish_cpu", 0)  # as the model's own finish_cpu() says it
@@ -507,6 +512,29 @@ class Validator(MarkerSteps, Clocked):
         self.async_drops[addr] = p.pid
         self.m.mmdrop(holders.pop(0), p.cpu)
 
+    def _proc_open(self, p: Probe) -> None:
+        """proc_mem_open() returned the mm it mmgrab()bed for a /proc/PID file being opened
+        (mem, environ, auxv, maps, smaps, pagemap...): held until the file's release, a
+        reference no scheduler event shows. The model takes it."""
+        addr = address(p.args.get("ret"))
+        mm = self.live.get(addr)
+        if mm is None or mm.freed:
+            return  # NULL, an error, or an mm the model does not know
+        self.ctx = Context("proc_mem_open", p.line, p.cpu, p.pid)
+        holder = f"/proc file opened by pid {p.pid} (line {p.line})"
+        self.m.mmgrab(mm, holder, p.cpu)
+        self.proc_files.setdefault(addr, []).append(holder)
+        self.result.learned["open /proc/PID file (proc_mem_open marker)"] += 1
+
+    def _proc_release(self, p: Probe) -> None:
+        """The release of such a file mmdrop()s its mm (the `mm` argument)."""
+        addr = address(p.args.get("mm"))
+        holders = self.proc_files.get(addr)
+        if not holders:
+            return
+        self.ctx = Context("proc_release", p.line, p.cpu, p.pid)
+        self.m.mmdrop(holders.pop(0), p.cpu)
+
     def _kthread_use_mm(self, p: Probe, addr: int) -> None:
         """switch_mm_irqs_off(active_mm, mm, current) by a kernel thread outside a context
         switch marks kthread_use_mm() (vhost's worker on 6.1, USB gadget, some GPU drivers):
@@ -601,6 +629,12 @@ class Validator(MarkerSteps, Clocked):
             self._refusable(self._ring_setup, p)
         elif f == "io_destroy_buffers" and self.inputs == "markers":
             self._refusable(self._ring_free, p)
+        elif f == "proc_mem_open" and p.returned and self.inputs == "markers":
+            self._refusable(self._proc_open, p)
+        elif f in PROC_RELEASES:
+            self.anchor[p.cpu] = ("proc_release", p.pid)  # its mmdrop() follows
+            if self.inputs == "markers":
+                self._refusable(self._proc_release, p)
         elif f == "mark_oom_victim" and self.inputs == "markers":
             self._refusable(self._oom_victim, p)
         elif f == "__put_task_struct" and self.inputs == "markers":
@@ -670,7 +704,7 @@ class Validator(MarkerSteps, Clocked):
             point = ("finish_cpu", 0)  # its idle task's borrowed mm, dropped for a dead CPU
         elif anchor[0] == "activate_mm":
             point = ("exec_mmap", p.pid)
-        elif anchor[0] in ("kthread_use_mm", "io_ring_ctx_free"):
+        elif anchor[0] in ("kthread_use_mm", "io_ring_ctx_free", "proc_release"):
             point = anchor  # (the path, the pid that ran it)
         else:
             point = ("other", p.pid)

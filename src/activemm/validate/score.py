@@ -114,6 +114,11 @@ class Result:
         }
 
 
+# where the kernel drops a reference held outside the scheduler: an unknown place, or one
+# whose marker the model follows (its misses have the same cause without the marker)
+HELD_POINTS = ("other", "proc_release", "io_ring_ctx_free", "mmdrop_async")
+
+
 class DropScorer:
     """__mmdrop: both sides as multisets of (address, point); each miss gets its cause."""
 
@@ -146,7 +151,7 @@ class DropScorer:
             side: [x for x in drops if x.point[0] == "finish_task_switch"]
             for side, drops in (("kernel", kernel_drops), ("model", model_drops))
         }
-        other = {d.addr for d in kernel_drops if d.point[0] == "other"}
+        other = {d.addr for d in kernel_drops if d.point[0] in HELD_POINTS}
         self.kernel_lines = {}
         for d in kernel_drops:
             self.kernel_lines.setdefault(d.addr, []).append(d.line)
@@ -212,7 +217,7 @@ class DropScorer:
     def cause(self, d: Drop) -> str:
         if d.line in self.unclaimed:
             return FAILED_EXEC
-        if d.point[0] == "other":
+        if d.point[0] in HELD_POINTS:
             return HELD_OUTSIDE
         if self.mmput_by_another(d):
             return ELSEWHERE
