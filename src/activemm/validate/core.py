@@ -462,42 +462,54 @@ class Validator(MarkerSteps, Clocked):
         self._refusable(self.m.text_poke, p.cpu)
         self.result.learned["text_poke (use_temporary_mm marker)"] += 1
 
+    def _grab_held(
+        self, held: dict[int, list[str]], mm: Mm, holder: str, p: Probe, learned: str
+    ) -> None:
+        """A reference no scheduler event shows, taken where marker `p` ran (`learned` says
+        what it is): the model takes it, as `holder`, listed under mm's address in `held`."""
+        self.ctx = Context(p.function, p.line, p.cpu, p.pid)
+        self.m.mmgrab(mm, holder, p.cpu)
+        held.setdefault(self._a(mm), []).append(holder)
+        self.result.learned[learned] += 1
+
+    def _drop_held(self, held: dict[int, list[str]], addr: int, point: str, p: Probe) -> bool:
+        """The kernel path `point` drops one of the references `held` lists for the mm at
+        `addr`: so does the model, there. False when it holds none."""
+        holders = held.get(addr)
+        if not holders:
+            return False
+        self.ctx = Context(point, p.line, p.cpu, p.pid)
+        self.m.mmdrop(holders.pop(0), p.cpu)
+        return True
+
     def _ring_setup(self, p: Probe) -> None:
         """io_uring_setup() entered: io_uring_create() mmgrab()s current->mm into the new
         ring's ctx->mm_account, a reference no scheduler event shows. The model takes it."""
         t = self.m.state.rqs[p.cpu].curr
         if t.mm is None or t.pf_kthread:
             return
-        self.ctx = Context("io_uring_setup", p.line, p.cpu, p.pid)
         holder = f"io_uring ctx->mm_account of pid {p.pid} (line {p.line})"
-        self.m.mmgrab(t.mm, holder, p.cpu)
-        self.rings.setdefault(self._a(t.mm), []).append(holder)
-        self.result.learned["io_uring ctx->mm_account (io_uring_setup marker)"] += 1
+        self._grab_held(
+            self.rings, t.mm, holder, p, "io_uring ctx->mm_account (io_uring_setup marker)"
+        )
 
     def _ring_free(self, p: Probe) -> None:
         """io_destroy_buffers(ctx): io_ring_ctx_free() is about to mmdrop(ctx->mm_account)
         (the `mm` argument): the model drops the ring's reference there."""
-        addr = address(p.args.get("mm"))
-        holders = self.rings.get(addr)
-        if not holders:
-            return
-        self.ctx = Context("io_ring_ctx_free", p.line, p.cpu, p.pid)
-        self.anchor[p.cpu] = ("io_ring_ctx_free", p.pid)
-        self.m.mmdrop(holders.pop(0), p.cpu)
+        if self._drop_held(self.rings, address(p.args.get("mm")), "io_ring_ctx_free", p):
+            self.anchor[p.cpu] = ("io_ring_ctx_free", p.pid)
 
     def _oom_victim(self, p: Probe) -> None:
         """mark_oom_victim(tsk) entered: when tsk->signal->oom_mm is still NULL (the `oom_mm`
         argument) it becomes tsk->mm and is mmgrab()bed, a reference for the signal_struct's
         life that no scheduler event shows. The model takes it."""
-        addr = address(p.args.get("mm"))
-        mm = self.live.get(addr)
+        mm = self.live.get(address(p.args.get("mm")))
         if address(p.args.get("oom_mm")) != 0 or mm is None or mm.freed:
             return
-        self.ctx = Context("mark_oom_victim", p.line, p.cpu, p.pid)
         holder = f"signal->oom_mm of pid {p.args.get('t_pid')} (line {p.line})"
-        self.m.mmgrab(mm, holder, p.cpu)
-        self.oom_mms.setdefault(addr, []).append(holder)
-        self.result.learned["OOM victim's signal->oom_mm (mark_oom_victim marker)"] += 1
+        self._grab_held(
+            self.oom_mms, mm, holder, p, "OOM victim's signal->oom_mm (mark_oom_victim marker)"
+        )
 
     def _put_signal(self, p: Probe) -> None:
         """__put_task_struct(tsk) with tsk->signal->sigcnt at 1: put_signal_struct() frees the
@@ -505,35 +517,24 @@ class Validator(MarkerSteps, Clocked):
         the reference there; when it is the last, the kernel's __mmdrop runs a little later
         in a kworker (mmdrop_async_fn)."""
         addr = address(p.args.get("oom_mm"))
-        holders = self.oom_mms.get(addr)
-        if p.args.get("sigcnt") != "1" or not holders:
-            return
-        self.ctx = Context("mmdrop_async", p.line, p.cpu, p.pid)
-        self.async_drops[addr] = p.pid
-        self.m.mmdrop(holders.pop(0), p.cpu)
+        if p.args.get("sigcnt") == "1" and self._drop_held(self.oom_mms, addr, "mmdrop_async", p):
+            self.async_drops[addr] = p.pid
 
     def _proc_open(self, p: Probe) -> None:
         """proc_mem_open() returned the mm it mmgrab()bed for a /proc/PID file being opened
         (mem, environ, auxv, maps, smaps, pagemap...): held until the file's release, a
         reference no scheduler event shows. The model takes it."""
-        addr = address(p.args.get("ret"))
-        mm = self.live.get(addr)
+        mm = self.live.get(address(p.args.get("ret")))
         if mm is None or mm.freed:
             return  # NULL, an error, or an mm the model does not know
-        self.ctx = Context("proc_mem_open", p.line, p.cpu, p.pid)
         holder = f"/proc file opened by pid {p.pid} (line {p.line})"
-        self.m.mmgrab(mm, holder, p.cpu)
-        self.proc_files.setdefault(addr, []).append(holder)
-        self.result.learned["open /proc/PID file (proc_mem_open marker)"] += 1
+        self._grab_held(
+            self.proc_files, mm, holder, p, "open /proc/PID file (proc_mem_open marker)"
+        )
 
     def _proc_release(self, p: Probe) -> None:
         """The release of such a file mmdrop()s its mm (the `mm` argument)."""
-        addr = address(p.args.get("mm"))
-        holders = self.proc_files.get(addr)
-        if not holders:
-            return
-        self.ctx = Context("proc_release", p.line, p.cpu, p.pid)
-        self.m.mmdrop(holders.pop(0), p.cpu)
+        self._drop_held(self.proc_files, address(p.args.get("mm")), "proc_release", p)
 
     def _kthread_use_mm(self, p: Probe, addr: int) -> None:
         """switch_mm_irqs_off(active_mm, mm, current) by a kernel thread outside a context
