@@ -258,15 +258,11 @@ open(console, "w").write(f"ACTIVEMM: booted\n{oops}ACTIVEMM: workload done\nACTI
 """
 
 
-@pytest.mark.skipif(
-    not (shutil.which("busybox") and shutil.which("gcc")), reason="needs busybox and gcc"
-)
-@pytest.mark.parametrize("first", ["panic", "oops"])
-def test_a_guest_that_crashes_gets_one_more_try(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str
-) -> None:
-    """A panic while booting, or an oops in the workload even though the trace arrived: the
-    first run is no ground truth, the second (clean) one is kept."""
+def _fake_qemu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str, ring: dict[str, int] | None = None
+) -> KernelImage:
+    """FAKE_QEMU on PATH in place of qemu-system-x86_64 (its first run ends as `first` says),
+    BTF offsets made up (none for the OOM and /proc markers): the image to capture with."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     fake = bindir / "qemu-system-x86_64"
@@ -277,10 +273,22 @@ def test_a_guest_that_crashes_gets_one_more_try(
     monkeypatch.setenv("FAKE_QEMU_FIRST", first)
     monkeypatch.setattr(run, "task_offsets", lambda image: {"pid": 1, "flags": 2, "mm": 3,
                                                             "active_mm": 4, "comm": 5})  # fmt: skip
-    monkeypatch.setattr(run, "ring_offsets", lambda image: {"mm_account": 984})
+    monkeypatch.setattr(run, "ring_offsets", lambda image: ring or {})
     monkeypatch.setattr(run, "oom_offsets", lambda image: {})
     monkeypatch.setattr(run, "proc_offsets", lambda image: {})
-    image = KernelImage("6.1.0-0-amd64", tmp_path, tmp_path, tmp_path)
+    return KernelImage("6.1.0-0-amd64", tmp_path, tmp_path, tmp_path)
+
+
+@pytest.mark.skipif(
+    not (shutil.which("busybox") and shutil.which("gcc")), reason="needs busybox and gcc"
+)
+@pytest.mark.parametrize("first", ["panic", "oops"])
+def test_a_guest_that_crashes_gets_one_more_try(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str
+) -> None:
+    """A panic while booting, or an oops in the workload even though the trace arrived: the
+    first run is no ground truth, the second (clean) one is kept."""
+    image = _fake_qemu(tmp_path, monkeypatch, first, ring={"mm_account": 984})
     said: list[str] = []
     meta = run.capture(image, run.CaptureOptions(out=tmp_path / "cap", accel="tcg"), said.append)
     assert (tmp_path / "runs").read_text() == "2"
@@ -299,20 +307,7 @@ def test_an_output_directory_filled_meanwhile_keeps_the_capture_aside(
 ) -> None:
     """-o names an empty directory, and something writes into it while the guest runs: one
     clear error, and the capture is kept whole beside it rather than lost."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    fake = bindir / "qemu-system-x86_64"
-    fake.write_text(FAKE_QEMU)
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_QEMU_DIR", str(tmp_path))
-    monkeypatch.setenv("FAKE_QEMU_FIRST", "none")
-    monkeypatch.setattr(run, "task_offsets", lambda image: {"pid": 1, "flags": 2, "mm": 3,
-                                                            "active_mm": 4, "comm": 5})  # fmt: skip
-    monkeypatch.setattr(run, "ring_offsets", lambda image: {})
-    monkeypatch.setattr(run, "oom_offsets", lambda image: {})
-    monkeypatch.setattr(run, "proc_offsets", lambda image: {})
-    image = KernelImage("6.1.0-0-amd64", tmp_path, tmp_path, tmp_path)
+    image = _fake_qemu(tmp_path, monkeypatch, "none")
     out = tmp_path / "cap"
     out.mkdir()
 

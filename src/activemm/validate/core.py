@@ -378,7 +378,7 @@ class Validator(MarkerSteps, Clocked):
                 self._refusable(self.m.leave_mm, ev.cpu)
                 self.result.learned["lazy CPU flushed to init_mm (tlb_flush in an IPI)"] += 1
             return
-        if isinstance(ev, HotplugStep) and ev.line in self.finish_holds:
+        if isinstance(ev, HotplugStep):
             self._refusable(self._finish_cpu, ev)
         if ev.pid in self.pins and isinstance(ev, PAST_MMPUT):
             self._refusable(self._unpin, ev)
