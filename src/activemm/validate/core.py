@@ -17,7 +17,15 @@ from typing import Any
 from activemm.errors import OperationError
 from activemm.metrics import Metrics
 from activemm.model.config import KernelConfig
-from activemm.model.events import Event, LazyEntered, MmAllocated, MmFreed, MmSwitched, TaskAdopted
+from activemm.model.events import (
+    Cr3Loaded,
+    Event,
+    LazyEntered,
+    MmAllocated,
+    MmFreed,
+    MmSwitched,
+    TaskAdopted,
+)
 from activemm.model.kernel import Operation
 from activemm.model.state import KernelState, Mm, Task
 from activemm.trace.events import (
@@ -60,6 +68,7 @@ from activemm.validate.score import (
     Result,
     score_outside,
 )
+from activemm.validate.windows import ExitWindows
 
 
 @dataclass
@@ -70,6 +79,7 @@ class ModelSwitch:
     hook: str | None = None
     prev: Mm | None = None
     next: Mm | None = None
+    cr3: bool = False  # x86: the model loaded CR3 (the kernel's tlb_flush "flush on task switch")
 
 
 # the releases of /proc/PID files whose open took an mm with proc_mem_open()
@@ -88,9 +98,16 @@ class Validator(MarkerSteps, Clocked):
         inputs: str,
         result: Result,
         sanitize: bool = True,
+        exit_points: dict[int, int] | None = None,
     ) -> None:
         self.events = events
         self.inputs = inputs
+        # sched inputs: switch line -> pid whose exit_mm() ran before it (windows.py), as an
+        # earlier pass found them; and those this pass finds
+        self.exit_points = dict(exit_points or {})
+        self.found_exits: dict[int, int] = {}
+        self.loaded_sure: dict[int, bool] = {}  # CPU -> the model knows what it has loaded
+        self.windows = ExitWindows.scan(events) if inputs == "sched" else None
         self.result = result
         self.pretrace = PreTrace.scan(events)
         snapshot = self.pretrace.tasks(snapshot)
@@ -222,6 +239,8 @@ class Validator(MarkerSteps, Clocked):
             self._model_alloc(ev)
         elif isinstance(ev, TaskAdopted) and ev.mm is not None:
             self.pretrace_mms.add(ev.mm.id)
+        elif isinstance(ev, Cr3Loaded) and self.switch is not None:
+            self.switch.cr3 = True
 
     def _model_hook(self, ev: MmSwitched | LazyEntered) -> None:
         sw = self.switch
@@ -824,12 +843,48 @@ class Validator(MarkerSteps, Clocked):
         if sw.cpu not in self.seen_cpu:
             self._learn_cpu(group)
         self.switch = None
+        if self.exit_points.get(sw.line) == sw.prev_pid:
+            self._inferred_exit(sw)
         self._drive("switch", sw, self.replayer.apply, sw)
         self.epoch[sw.cpu] += 1
         if group.hook is not None and group.hook.function == SWITCH_MM:
             self.episode[sw.cpu] += 1
         model, self.switch = self.switch, None
+        if self.windows is not None and model is not None:
+            self._exit_window_seen(sw, model)
         self._compare_switch(group, model)
+
+    def _exit_window_seen(self, sw: SchedSwitch, model: ModelSwitch) -> None:
+        """Sched inputs: the model loaded CR3 for a user task switched in, the kernel did
+        not (no tlb_flush "flush on task switch"): it has no mm any more, its exit_mm() ran
+        before an earlier switch out (windows.py), which the next pass runs it at. Only
+        where the model is sure what the CPU had loaded: since its last CR3 load, no kernel
+        thread that loads CR3 itself (kthread_use_mm() of a user mm) and no task found in an
+        exit window ran there."""
+        assert self.windows is not None
+        cpu, sure = sw.cpu, self.loaded_sure.get(sw.cpu, False)
+        t = self.m.state.rqs[cpu].curr
+        suspect = self.found_exits.values()
+        if sw.line in self.windows.cr3:
+            self.loaded_sure[cpu] = t.mm is not None and sw.next_pid not in suspect
+            return
+        if (sw.next_pid in self.windows.own_cr3 and t.pf_kthread) or sw.next_pid in suspect:
+            self.loaded_sure[cpu] = False
+        if not (model.cr3 and sure) or t.pf_kthread or t.mm is None or t.exiting:
+            return
+        point = self.windows.exit_point(sw.next_pid, sw.line)
+        if point is not None and point not in self.exit_points:
+            self.found_exits[point] = sw.next_pid
+            self.loaded_sure[cpu] = False
+
+    def _inferred_exit(self, sw: SchedSwitch) -> None:
+        """Sched inputs: the task switched out here ran exit_mm() before (the pass before
+        found it switched in later without an mm): the model's exit runs now."""
+        t = self.m.state.rqs[sw.cpu].curr
+        if t is not self.replayer.tasks.get(sw.prev_pid) or t.mm is None or t.exiting:
+            return
+        self._marker_exit(sw)
+        self.result.learned["exit_mm inferred (switched in later without a CR3 load)"] += 1
 
     def _compare_switch(self, group: SwitchGroup, model: ModelSwitch | None) -> None:
         res = self.result

@@ -153,8 +153,9 @@ class MarkerSteps:
         if not deferred:
             self._pin(old, ev, f"__mmput of {t.name}'s old mm")
 
-    def _marker_exit(self, p: Probe) -> None:
-        """enter_lazy_tlb outside a switch: exit_mm() (or kthread_unuse_mm()) runs now."""
+    def _marker_exit(self, p: TraceEvent) -> None:
+        """enter_lazy_tlb outside a switch: exit_mm() (or kthread_unuse_mm()) runs now (or,
+        with sched inputs, the switch out before which exit_mm() is found to have run)."""
         t = self.replayer.m.state.rqs[p.cpu].curr
         self.ctx = Context("exit", p.line, p.cpu, p.pid)
         if t.uses_mm:

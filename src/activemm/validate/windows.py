@@ -1,0 +1,114 @@
+"""Exit windows found with tracepoints only (`--inputs sched`).
+
+do_exit() runs exit_mm() before the sched_process_exit tracepoint (6.1 and 6.12 alike). A
+task preempted in between, inside exit_mmap() most often, switches as a task without an mm:
+the kernel clears its active_mm when it switches out and borrows the next CPU's mm when it
+comes back, and no tracepoint has said a word. x86 leaves a trace all the same: every CR3
+load in switch_mm_irqs_off() emits tlb_flush "flush on task switch" (reason
+TLB_FLUSH_ON_TASK_SWITCH), so a task switched in *without* a CR3 load where the model loads
+one (its mm is not the one the CPU has loaded) has no mm any more. Its exit_mm() ran after
+the last sign that it still had one, and before the first time it switched out after that
+sign: there the model runs it.
+
+Signs that a task still has its mm, all tracepoints: a switch to it that loaded CR3, its own
+"local mm shootdown" flush (flush_tlb_func() on a CPU that is not lazy: once exit_mm() has
+run, its CPU is lazy), a fork, an exec, a rename by the task itself.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from activemm.trace.events import (
+    NewTask,
+    Probe,
+    ProcessExec,
+    ProcessExit,
+    ProcessFork,
+    SchedSwitch,
+    TaskRename,
+    TlbFlush,
+    TraceEvent,
+)
+
+TASK_SWITCH = "task switch"  # tlb_flush reason of every CR3 load in switch_mm_irqs_off()
+
+
+@dataclass
+class ExitWindows:
+    """What the tracepoints say about tasks' mms, indexed by pid (sorted trace lines)."""
+
+    cr3: set[int] = field(default_factory=set)  # sched_switch lines whose switch loaded CR3
+    had_mm: dict[int, list[int]] = field(default_factory=dict)  # signs it still had its mm
+    outs: dict[int, list[int]] = field(default_factory=dict)  # its switches out
+    # its switches out that are neither preemptions ("R+") nor uninterruptible waits ("D")
+    sleeps: dict[int, list[int]] = field(default_factory=dict)
+    exits: dict[int, list[int]] = field(default_factory=dict)  # its sched_process_exit
+    # tasks that loaded CR3 outside a context switch, not in an interrupt: exec, exit_mmap's
+    # switch to init_mm, text_poke, and in a kernel thread kthread_use_mm()
+    own_cr3: set[int] = field(default_factory=set)
+
+    @classmethod
+    def scan(cls, events: Iterable[object]) -> ExitWindows:
+        w = cls()
+        switching: dict[int, SchedSwitch] = {}  # CPU -> a switch whose CR3 load may follow
+        for e in events:
+            if isinstance(e, Probe) or not isinstance(e, TraceEvent):
+                continue  # not an input: the CR3 load's tlb_flush is the next tracepoint
+            sw = switching.pop(e.cpu, None)
+            if (
+                sw is not None
+                and isinstance(e, TlbFlush)
+                and TASK_SWITCH in e.reason
+                and e.pid == sw.prev_pid
+            ):
+                w.cr3.add(sw.line)
+                w.had_mm.setdefault(sw.next_pid, []).append(sw.line)
+                continue
+            if isinstance(e, SchedSwitch):
+                switching[e.cpu] = e
+                w.outs.setdefault(e.prev_pid, []).append(e.line)
+                if e.prev_state != "R+" and not e.prev_state.startswith("D"):
+                    w.sleeps.setdefault(e.prev_pid, []).append(e.line)
+            elif isinstance(e, TlbFlush) and not e.hardirq:
+                if "local mm shootdown" in e.reason:
+                    w.had_mm.setdefault(e.pid, []).append(e.line)
+                elif TASK_SWITCH in e.reason:
+                    w.own_cr3.add(e.pid)
+            elif isinstance(e, NewTask | ProcessFork):
+                w.had_mm.setdefault(e.pid, []).append(e.line)
+            elif isinstance(e, ProcessExec):
+                w.had_mm.setdefault(e.exec_pid, []).append(e.line)
+            elif isinstance(e, TaskRename) and e.rename_pid == e.pid:
+                w.had_mm.setdefault(e.pid, []).append(e.line)
+            elif isinstance(e, ProcessExit):
+                w.exits.setdefault(e.exit_pid, []).append(e.line)
+        return w
+
+    def exit_point(self, pid: int, line: int) -> int | None:
+        """Task `pid`, switched in at `line` without the CR3 load its mm needed: the switch
+        out before which its exit_mm() ran, or None when its next fate is not an exit with
+        no sign of an mm in between. The first after the last sign that it had an mm, and
+        after its last switch out of another kind: between exit_mm() and sched_process_exit
+        a task is only preempted ("R+") or waits uninterruptibly ("D"); it neither sleeps
+        ("S") nor gives up the CPU by itself ("R", cond_resched())."""
+        exits = self.exits.get(pid, [])
+        i = bisect.bisect_right(exits, line)
+        if i == len(exits):
+            return None
+        signs = self.had_mm.get(pid, [])
+        j = bisect.bisect_right(signs, line)
+        if j < len(signs) and signs[j] < exits[i]:
+            return None  # it still has an mm after this switch: not an exit window
+        last = signs[j - 1] if j > 0 else -1
+        if i > 0 and exits[i - 1] > last:
+            last = exits[i - 1]  # an earlier life of the pid
+        sleeps = self.sleeps.get(pid, [])
+        s = bisect.bisect_left(sleeps, line) - 1
+        if s >= 0 and sleeps[s] > last:
+            last = sleeps[s]
+        outs = self.outs.get(pid, [])
+        k = bisect.bisect_right(outs, last)
+        return outs[k] if k < len(outs) and outs[k] < line else None
