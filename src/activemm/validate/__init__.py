@@ -148,4 +148,5 @@ def validate(
         # with tracepoints only, exit windows show after the fact (validate/windows.py):
         # replay again, running those exits where they happened
         exits |= v.found_exits
+    result.exit_points = exits
     return result

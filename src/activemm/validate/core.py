@@ -10,6 +10,7 @@ the trace began; everything else is prediction."""
 from __future__ import annotations
 
 import bisect
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,8 @@ class ModelSwitch:
     cr3: bool = False  # x86: the model loaded CR3 (the kernel's tlb_flush "flush on task switch")
 
 
+VHOST_WORKER = re.compile(r"vhost-(\d+)")  # 6.1: kthread_create(..., "vhost-%d", current->pid)
+
 # the releases of /proc/PID files whose open took an mm with proc_mem_open()
 PROC_RELEASES = ("mem_release", "pagemap_release", "proc_map_release", "smaps_rollup_release")
 
@@ -106,6 +109,7 @@ class Validator(MarkerSteps, Clocked):
         # earlier pass found them; and those this pass finds
         self.exit_points = dict(exit_points or {})
         self.found_exits: dict[int, int] = {}
+        self.vhost_workers: set[int] = set()  # id() of vhost workers that used their mm
         self.loaded_sure: dict[int, bool] = {}  # CPU -> the model knows what it has loaded
         self.windows = ExitWindows.scan(events) if inputs == "sched" else None
         self.result = result
@@ -392,6 +396,8 @@ class Validator(MarkerSteps, Clocked):
                 self._refusable(self._early_exec, ev)
             elif ev.line in self.exec_hints and ev.cpu not in self.pending:
                 self._refusable(self._early_exec, ev)
+            elif self.inputs == "sched" and self._vhost_use_mm(ev):
+                pass
             elif self._lazy_cpu_flushed(ev):
                 self.ctx = Context("flush", ev.line, ev.cpu, ev.pid)
                 self._refusable(self.m.leave_mm, ev.cpu)
@@ -567,6 +573,40 @@ class Validator(MarkerSteps, Clocked):
         self.ctx = Context("kthread_use_mm", p.line, p.cpu, p.pid)
         self.m.kthread_use_mm(t, mm)
         self.result.learned["kthread_use_mm (switch_mm_irqs_off marker)"] += 1
+
+    def _vhost_use_mm(self, ev: TlbFlush | SchedSwitch) -> bool:
+        """Sched inputs: a vhost worker on 6.1 (drivers/vhost/vhost.c) is a kernel thread
+        named "vhost-<owner pid>" (kthread_create() names it once it sleeps in kthread())
+        whose vhost_worker() starts with kthread_use_mm(dev->mm), the mm of the task that
+        ran VHOST_SET_OWNER. The model runs kthread_use_mm at the worker's CR3 load there
+        (tlb_flush "flush on task switch" outside a context switch), or, when none came (it
+        had borrowed that very mm already), before it first sleeps under that name.
+        Its kthread_unuse_mm() comes at its exit (replay.py). On 6.12 the workers are user
+        threads of the owner, with its mm."""
+        if isinstance(ev, SchedSwitch):
+            if ev.prev_state.startswith("R"):
+                return False  # preempted: maybe before vhost_worker() began; it sleeps after
+            comm, pid = ev.prev_comm, ev.prev_pid
+        elif "task switch" in ev.reason and not ev.hardirq and ev.cpu not in self.pending:
+            comm, pid = ev.comm, ev.pid
+        else:
+            return False
+        m = VHOST_WORKER.fullmatch(comm)
+        if m is None:
+            return False
+        t = self.m.state.rqs[ev.cpu].curr
+        owner = self.replayer.tasks.get(int(m[1]))
+        if t is not self.replayer.tasks.get(pid) or not t.pf_kthread or t.uses_mm:
+            return False
+        if id(t) in self.vhost_workers:
+            return False  # it has let go of the mm: it is on its way out
+        if owner is None or owner.pf_kthread or owner.mm is None or owner.exiting:
+            return False
+        self.ctx = Context("kthread_use_mm", ev.line, ev.cpu, pid)
+        self._refusable(self.m.kthread_use_mm, t, owner.mm)
+        self.vhost_workers.add(id(t))
+        self.result.learned["kthread_use_mm (a vhost worker's, from its name)"] += 1
+        return True
 
     def _lazy_cpu_flushed(self, ev: TlbFlush) -> bool:
         """tlb_flush "flush on task switch" outside a context switch, in a hardirq (a flush
@@ -843,6 +883,8 @@ class Validator(MarkerSteps, Clocked):
         if sw.cpu not in self.seen_cpu:
             self._learn_cpu(group)
         self.switch = None
+        if self.inputs == "sched":
+            self._vhost_use_mm(sw)
         if self.exit_points.get(sw.line) == sw.prev_pid:
             self._inferred_exit(sw)
         self._drive("switch", sw, self.replayer.apply, sw)

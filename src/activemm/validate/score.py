@@ -86,6 +86,8 @@ class Result:
     learned: Counter[str] = field(default_factory=Counter)
     anomalies: Counter[str] = field(default_factory=Counter)
     preset_from: str = "--preset"  # how the preset was chosen
+    # sched inputs: switch line -> pid whose exit_mm() was found to run before it
+    exit_points: dict[int, int] = field(default_factory=dict)
 
     def mismatch(
         self, group: str, line: int, predicted: dict[str, Any], kernel: dict[str, Any], cause: str
