@@ -16,7 +16,7 @@ from typing import Any
 from activemm.errors import OperationError
 from activemm.metrics import Metrics
 from activemm.model import Machine
-from activemm.model.state import Mm, Task, clone_state
+from activemm.model.state import Mm, Task, TaskState, clone_state
 from activemm.trace.events import (
     NewTask,
     Probe,
@@ -138,11 +138,16 @@ class MarkerSteps:
             return
         tasks = self.replayer.tasks
         if tasks.get(ev.pid) is not t:
-            for pid, other in list(tasks.items()):
-                if other is t:
-                    del tasks[pid]
+            leader = tasks.get(ev.pid)
+            pids = [pid for pid, other in tasks.items() if other is t]
+            for pid in pids:
+                del tasks[pid]
             tasks[ev.pid] = t
             self.replayer.tgid_of[ev.pid] = ev.pid
+            if pids and leader is not None and leader.state is not TaskState.GONE:
+                # exchange_tids(): the old leader, exiting but not yet switched out for the
+                # last time, goes by the thread's old pid (that last switch shows it)
+                tasks[pids[0]] = leader
         self.ctx = Context("exec", ev.line, ev.cpu, ev.pid)
         old = t.mm
         deferred = self._defer_mmput(t, ev) or self._defer_to_last(
