@@ -110,6 +110,12 @@ def test_kprobes_carry_this_kernels_offsets() -> None:
     )
     victim = next(d for d in oom if " mark_oom_victim " in d)
     assert "oom_mm=+1032(+3072(%di)):x64" in victim and "mm=+3(%di):x64" in victim
+    uffd = guest.kprobe_definitions({"pid": 1, "flags": 2, "mm": 3, "active_mm": 4, "comm": 5},
+                                    uffd={"private_data": 200, "mm": 120})  # fmt: skip
+    # userfaultfd_release(inode, file): file->private_data is the context, ctx->mm its mm
+    assert "p:activemm/uffdrelease userfaultfd_release mm=+120(+200(%si)):x64" in uffd
+    assert "p:activemm/uffdnew new_userfaultfd" in uffd
+    assert not any("userfaultfd" in d for d in oom)
 
 
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio not installed")
@@ -276,6 +282,7 @@ def _fake_qemu(
     monkeypatch.setattr(run, "ring_offsets", lambda image: ring or {})
     monkeypatch.setattr(run, "oom_offsets", lambda image: {})
     monkeypatch.setattr(run, "proc_offsets", lambda image: {})
+    monkeypatch.setattr(run, "uffd_offsets", lambda image: {})
     return KernelImage("6.1.0-0-amd64", tmp_path, tmp_path, tmp_path)
 
 

@@ -21,6 +21,7 @@ def kprobe_definitions(
     ring: dict[str, int] | None = None,
     oom: dict[str, int] | None = None,
     proc: dict[str, int] | None = None,
+    uffd: dict[str, int] | None = None,
 ) -> list[str]:
     """The probes of docs/validate.md. `@FINISH_TASK_SWITCH@` is replaced in the guest by the
     symbol's real name (a compiler clone such as finish_task_switch.isra.0). With `ring`
@@ -33,7 +34,9 @@ def kprobe_definitions(
     put_signal_struct() frees the signal_struct when sigcnt is 1, mmdrop_async()ing its
     oom_mm. With `proc` (file and seq_file offsets), the /proc/PID file markers:
     proc_mem_open() returning the mm it mmgrab()bed for an open file, and the releases that
-    mmdrop() it."""
+    mmdrop() it. With `uffd` (file and userfaultfd_ctx offsets), userfaultfd's:
+    new_userfaultfd(), which mmgrab()s current->mm into the new context, and
+    userfaultfd_release(), whose userfaultfd_ctx_put() mmdrop()s it."""
 
     def task(reg: str, prefix: str) -> str:
         return (
@@ -69,6 +72,15 @@ def kprobe_definitions(
         )
         + (oom_markers(g, off, oom) if oom else [])
         + (proc_markers(g, proc) if proc else [])
+        + (
+            [
+                f"p:{g}/uffdnew new_userfaultfd",
+                f"p:{g}/uffdrelease userfaultfd_release "
+                f"mm=+{uffd['mm']}(+{uffd['private_data']}(%si)):x64",
+            ]
+            if uffd
+            else []
+        )
     )
 
 

@@ -277,6 +277,19 @@ def proc_offsets(image: KernelImage) -> dict[str, int]:
         return {}
 
 
+def uffd_offsets(image: KernelImage) -> dict[str, int]:
+    """`file.private_data` and `userfaultfd_ctx.mm`: where userfaultfd_release() finds the
+    mm new_userfaultfd() mmgrab()bed for the file. {} when the BTF lacks one (a kernel
+    without userfaultfd)."""
+    try:
+        return {
+            **struct_offsets(btf(image), "file", ("private_data",)),
+            **struct_offsets(btf(image), "userfaultfd_ctx", ("mm",)),
+        }
+    except CaptureError:
+        return {}
+
+
 def ring_offsets(image: KernelImage) -> dict[str, int]:
     """`io_ring_ctx` offset of `mm_account` (the mm io_uring_create() mmgrab()s); {} for a
     kernel without io_uring."""

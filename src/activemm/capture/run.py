@@ -27,6 +27,7 @@ from activemm.capture.kernel import (
     proc_offsets,
     ring_offsets,
     task_offsets,
+    uffd_offsets,
 )
 
 BOOT_TIMEOUT_KVM = 45.0  # a broken KVM can hang silently in the decompressor
@@ -239,7 +240,8 @@ def capture(
     ring = ring_offsets(image)
     oom = oom_offsets(image)
     proc = proc_offsets(image)
-    kprobes = guest.kprobe_definitions(offsets, ring, oom, proc)
+    uffd = uffd_offsets(image)
+    kprobes = guest.kprobe_definitions(offsets, ring, oom, proc, uffd)
     work = Path(tempfile.mkdtemp(prefix="activemm-capture-"))
     try:
         progress("building the initramfs (busybox, workload, kprobes)")
@@ -286,7 +288,13 @@ def capture(
             "workload_status": int(status[1]) if status else None,
             "scale": opts.scale,
             "accel": accel,
-            "btf_offsets": {"task_struct": offsets, "io_ring_ctx": ring, "oom": oom, "proc": proc},
+            "btf_offsets": {
+                "task_struct": offsets,
+                "io_ring_ctx": ring,
+                "oom": oom,
+                "proc": proc,
+                "userfaultfd": uffd,
+            },
             "finish_task_switch": fts[1] if fts else None,
             "kprobes": shipped.files.get("kprobes", b"").decode().splitlines(),
             "kprobes_refused": failed,

@@ -87,6 +87,8 @@ VHOST_WORKER = re.compile(r"vhost-(\d+)")  # 6.1: kthread_create(..., "vhost-%d"
 
 # the releases of /proc/PID files whose open took an mm with proc_mem_open()
 PROC_RELEASES = ("mem_release", "pagemap_release", "proc_map_release", "smaps_rollup_release")
+# kernel paths that mmdrop() a reference held outside the scheduler, which the markers show
+RELEASES = ("io_ring_ctx_free", "proc_release", "uffd_release")
 
 
 class Validator(MarkerSteps, Clocked):
@@ -109,7 +111,8 @@ class Validator(MarkerSteps, Clocked):
         # earlier pass found them; and those this pass finds
         self.exit_points = dict(exit_points or {})
         self.found_exits: dict[int, int] = {}
-        self.vhost_workers: set[int] = set()  # id() of vhost workers that used their mm
+        # vhost workers that used their mm, by id() (kept alive: an id() is not reused)
+        self.vhost_workers: dict[int, Task] = {}
         self.loaded_sure: dict[int, bool] = {}  # CPU -> the model knows what it has loaded
         self.windows = ExitWindows.scan(events) if inputs == "sched" else None
         self.result = result
@@ -183,6 +186,7 @@ class Validator(MarkerSteps, Clocked):
         self.rings: dict[int, list[str]] = {}  # mm address -> holders of io_uring rings on it
         self.oom_mms: dict[int, list[str]] = {}  # mm address -> its signal->oom_mm holders
         self.proc_files: dict[int, list[str]] = {}  # mm address -> open /proc/PID files on it
+        self.uffds: dict[int, list[str]] = {}  # mm address -> userfaultfd contexts on it
         self.async_drops: dict[int, int] = {}  # mm address -> pid whose mmdrop_async() ran
         # mm address -> the CPU whose idle task still borrowed it going offline: finish_cpu()
         # drops it later, on another CPU, in whichever task runs the hotplug teardown
@@ -293,7 +297,7 @@ class Validator(MarkerSteps, Clocked):
             point: tuple[object, ...] = ("resynchronisation", self.ctx.line)
         elif self.ctx.kind == "__mmput end":
             point = ("__mmput", self.ctx.pid)
-        elif self.ctx.kind in ("io_ring_ctx_free", "mmdrop_async", "proc_release"):
+        elif self.ctx.kind in (*RELEASES, "mmdrop_async"):
             point = (self.ctx.kind, self.ctx.pid)
         elif self.ctx.kind == "finish_cpu":
             point = ("finish_cpu", 0)  # as the model's own finish_cpu() says it
@@ -507,16 +511,30 @@ class Validator(MarkerSteps, Clocked):
         self.m.mmdrop(holders.pop(0), p.cpu)
         return True
 
-    def _ring_setup(self, p: Probe) -> None:
-        """io_uring_setup() entered: io_uring_create() mmgrab()s current->mm into the new
-        ring's ctx->mm_account, a reference no scheduler event shows. The model takes it."""
+    def _grab_current(self, held: dict[int, list[str]], what: str, marker: str, p: Probe) -> None:
+        """Marker `p` is a kernel path that mmgrab()s current->mm (`what` holds it), a
+        reference no scheduler event shows. The model takes it."""
         t = self.m.state.rqs[p.cpu].curr
         if t.mm is None or t.pf_kthread:
             return
-        holder = f"io_uring ctx->mm_account of pid {p.pid} (line {p.line})"
-        self._grab_held(
-            self.rings, t.mm, holder, p, "io_uring ctx->mm_account (io_uring_setup marker)"
-        )
+        holder = f"{what} of pid {p.pid} (line {p.line})"
+        self._grab_held(held, t.mm, holder, p, f"{what} ({marker} marker)")
+
+    def _ring_setup(self, p: Probe) -> None:
+        """io_uring_setup() entered: io_uring_create() mmgrab()s current->mm into the new
+        ring's ctx->mm_account."""
+        self._grab_current(self.rings, "io_uring ctx->mm_account", "io_uring_setup", p)
+
+    def _uffd_new(self, p: Probe) -> None:
+        """new_userfaultfd() entered (the userfaultfd() syscall, or /dev/userfaultfd on
+        6.12): it mmgrab()s current->mm into the new context's ctx->mm, held until the
+        file's last reference goes (fs/userfaultfd.c)."""
+        self._grab_current(self.uffds, "userfaultfd ctx->mm", "new_userfaultfd", p)
+
+    def _uffd_release(self, p: Probe) -> None:
+        """userfaultfd_release(): its userfaultfd_ctx_put() mmdrop()s ctx->mm (the `mm`
+        argument); the model drops the context's reference there."""
+        self._drop_held(self.uffds, address(p.args.get("mm")), "uffd_release", p)
 
     def _ring_free(self, p: Probe) -> None:
         """io_destroy_buffers(ctx): io_ring_ctx_free() is about to mmdrop(ctx->mm_account)
@@ -604,7 +622,7 @@ class Validator(MarkerSteps, Clocked):
             return False
         self.ctx = Context("kthread_use_mm", ev.line, ev.cpu, pid)
         self._refusable(self.m.kthread_use_mm, t, owner.mm)
-        self.vhost_workers.add(id(t))
+        self.vhost_workers[id(t)] = t
         self.result.learned["kthread_use_mm (a vhost worker's, from its name)"] += 1
         return True
 
@@ -695,6 +713,12 @@ class Validator(MarkerSteps, Clocked):
             self.anchor[p.cpu] = ("proc_release", p.pid)  # its mmdrop() follows
             if self.inputs == "markers":
                 self._refusable(self._proc_release, p)
+        elif f == "new_userfaultfd" and self.inputs == "markers":
+            self._refusable(self._uffd_new, p)
+        elif f == "userfaultfd_release":
+            self.anchor[p.cpu] = ("uffd_release", p.pid)  # its mmdrop() follows
+            if self.inputs == "markers":
+                self._refusable(self._uffd_release, p)
         elif f == "mark_oom_victim" and self.inputs == "markers":
             self._refusable(self._oom_victim, p)
         elif f == "__put_task_struct" and self.inputs == "markers":
@@ -764,7 +788,7 @@ class Validator(MarkerSteps, Clocked):
             point = ("finish_cpu", 0)  # its idle task's borrowed mm, dropped for a dead CPU
         elif anchor[0] == "activate_mm":
             point = ("exec_mmap", p.pid)
-        elif anchor[0] in ("kthread_use_mm", "io_ring_ctx_free", "proc_release"):
+        elif anchor[0] in ("kthread_use_mm", *RELEASES):
             point = anchor  # (the path, the pid that ran it)
         else:
             point = ("other", p.pid)
