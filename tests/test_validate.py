@@ -69,8 +69,6 @@ HOTPLUG = [p for p in ALL if "hotplug" in _names(p) and not _holds_outside(p)]
 RACY = [CAPTURES / "linux-6.1-smp3-race"]  # two CPUs dropping one mm at once
 PLAIN = [p for p in ALL if not _holds_outside(p) and p not in HOTPLUG and p not in RACY]
 HELD = [p for p in ALL if _holds_outside(p)]
-# kernel threads that kthread_use_mm (vhost workers on 6.1): no tracepoint shows it
-KTHREAD_USERS = [p for p in ALL if "vhost" in _names(p) and p.name.startswith("linux-6.1-")]
 WINDOWS = ("exit window", "exec window", "follows an earlier miss")
 
 
@@ -130,11 +128,7 @@ def test_exit_flushes_land_where_the_kernel_ran_them(name: str) -> None:
 @pytest.mark.parametrize(
     "capture",
     # see their own tests
-    [
-        p
-        for p in PLAIN
-        if p not in KTHREAD_USERS and not (_ring_marked(p) or _oom_marked(p) or _program(p))
-    ],
+    [p for p in PLAIN if not (_ring_marked(p) or _oom_marked(p) or _program(p))],
     ids=lambda p: p.name,
 )
 def test_sched_inputs_match_mmdrops_and_tag_every_missed_switch(capture: Path) -> None:

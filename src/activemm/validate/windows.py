@@ -7,8 +7,8 @@ comes back, and no tracepoint has said a word. x86 leaves a trace all the same: 
 load in switch_mm_irqs_off() emits tlb_flush "flush on task switch" (reason
 TLB_FLUSH_ON_TASK_SWITCH), so a task switched in *without* a CR3 load where the model loads
 one (its mm is not the one the CPU has loaded) has no mm any more. Its exit_mm() ran after
-the last sign that it still had one, and before the first time it switched out after that
-sign: there the model runs it.
+the last sign that it still had one and after its last sleep, and before the first time it
+switched out after those: there the model runs it (exit_point).
 
 Signs that a task still has its mm, all tracepoints: a switch to it that loaded CR3, its own
 "local mm shootdown" flush (flush_tlb_func() on a CPU that is not lazy: once exit_mm() has
