@@ -757,7 +757,7 @@ def validate(
             )
         if result.learned:
             learned = ", ".join(f"{n} {what}" for what, n in result.learned.items())
-            out.print(f"[dim]learned from the probes: {learned}[/dim]")
+            out.print(f"[dim]learned from the trace: {learned}[/dim]")
     if not (
         result.context_switches.matched == result.context_switches.total
         and result.mmdrop.matched == result.mmdrop.total
