@@ -531,10 +531,13 @@ class Validator(MarkerSteps, Clocked):
         file's last reference goes (fs/userfaultfd.c)."""
         self._grab_current(self.uffds, "userfaultfd ctx->mm", "new_userfaultfd", p)
 
-    def _uffd_release(self, p: Probe) -> None:
-        """userfaultfd_release(): its userfaultfd_ctx_put() mmdrop()s ctx->mm (the `mm`
-        argument); the model drops the context's reference there."""
-        self._drop_held(self.uffds, address(p.args.get("mm")), "uffd_release", p)
+    def _release(self, p: Probe, held: dict[int, list[str]], point: str) -> None:
+        """A file's release (`p`) whose mmdrop() of the reference its open took (the `mm`
+        argument) follows: a kernel __mmdrop next on this CPU is at `point`; with markers
+        the model drops one of the references `held` lists there too."""
+        self.anchor[p.cpu] = (point, p.pid)
+        if self.inputs == "markers":
+            self._refusable(self._drop_held, held, address(p.args.get("mm")), point, p)
 
     def _ring_free(self, p: Probe) -> None:
         """io_destroy_buffers(ctx): io_ring_ctx_free() is about to mmdrop(ctx->mm_account)
@@ -574,10 +577,6 @@ class Validator(MarkerSteps, Clocked):
         self._grab_held(
             self.proc_files, mm, holder, p, "open /proc/PID file (proc_mem_open marker)"
         )
-
-    def _proc_release(self, p: Probe) -> None:
-        """The release of such a file mmdrop()s its mm (the `mm` argument)."""
-        self._drop_held(self.proc_files, address(p.args.get("mm")), "proc_release", p)
 
     def _kthread_use_mm(self, p: Probe, addr: int) -> None:
         """switch_mm_irqs_off(active_mm, mm, current) by a kernel thread outside a context
@@ -710,15 +709,11 @@ class Validator(MarkerSteps, Clocked):
         elif f == "proc_mem_open" and p.returned and self.inputs == "markers":
             self._refusable(self._proc_open, p)
         elif f in PROC_RELEASES:
-            self.anchor[p.cpu] = ("proc_release", p.pid)  # its mmdrop() follows
-            if self.inputs == "markers":
-                self._refusable(self._proc_release, p)
+            self._release(p, self.proc_files, "proc_release")
         elif f == "new_userfaultfd" and self.inputs == "markers":
             self._refusable(self._uffd_new, p)
-        elif f == "userfaultfd_release":
-            self.anchor[p.cpu] = ("uffd_release", p.pid)  # its mmdrop() follows
-            if self.inputs == "markers":
-                self._refusable(self._uffd_release, p)
+        elif f == "userfaultfd_release":  # userfaultfd_ctx_put() mmdrop()s ctx->mm
+            self._release(p, self.uffds, "uffd_release")
         elif f == "mark_oom_victim" and self.inputs == "markers":
             self._refusable(self._oom_victim, p)
         elif f == "__put_task_struct" and self.inputs == "markers":
