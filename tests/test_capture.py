@@ -116,6 +116,15 @@ def test_kprobes_carry_this_kernels_offsets() -> None:
     assert "p:activemm/uffdrelease userfaultfd_release mm=+120(+200(%si)):x64" in uffd
     assert "p:activemm/uffdnew new_userfaultfd" in uffd
     assert not any("userfaultfd" in d for d in oom)
+    task = {"pid": 1, "flags": 2, "mm": 3, "active_mm": 4, "comm": 5}
+    thp = guest.kprobe_definitions(task, thp={"scan_slot": 16, "slot_mm": 32, "mm_users": 84})
+    # the cursor is read through the static khugepaged_scan: its mm_slot, then that slot's mm
+    assert (
+        "p:activemm/thpexit __khugepaged_exit mm=%di:x64 slot=@khugepaged_scan+16:x64 "
+        "slot_mm=+32(@khugepaged_scan+16):x64" in thp
+    )
+    assert "p:activemm/thpcollect collect_mm_slot mm=+32(%di):x64 mm_users=+84(+32(%di)):s32" in thp
+    assert not any("khugepaged" in d for d in uffd)
 
 
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio not installed")
@@ -141,6 +150,9 @@ def test_capture_refuses_a_full_directory_and_unknown_workloads(tmp_path: Path) 
         run.capture(image, run.CaptureOptions(out=tmp_path / "full"))
     with pytest.raises(CaptureError, match="unknown workload"):
         run.capture(image, run.CaptureOptions(out=tmp_path / "new", workload="threads,bogus"))
+    # 4 CPUs' ring buffers (16 MiB each) and their bookkeeping need 256 + 4 * 80 MiB
+    with pytest.raises(CaptureError, match="--memory 512: expected at least 576 MiB"):
+        run.capture(image, run.CaptureOptions(out=tmp_path / "new", smp=4, memory_mb=512))
 
 
 def test_your_own_workload_is_checked_before_anything_boots(tmp_path: Path) -> None:
@@ -283,6 +295,7 @@ def _fake_qemu(
     monkeypatch.setattr(run, "oom_offsets", lambda image: {})
     monkeypatch.setattr(run, "proc_offsets", lambda image: {})
     monkeypatch.setattr(run, "uffd_offsets", lambda image: {})
+    monkeypatch.setattr(run, "khugepaged_offsets", lambda image: {})
     return KernelImage("6.1.0-0-amd64", tmp_path, tmp_path, tmp_path)
 
 

@@ -623,6 +623,15 @@ def capture(
     allow_lost: Annotated[
         bool, typer.Option("--allow-lost", help="Keep a trace whose ring buffer lost events.")
     ] = False,
+    memory: Annotated[
+        int,
+        typer.Option(
+            "--memory",
+            min=0,
+            help="Guest memory in MiB (0: 256 + 80 per CPU, enough for the ring buffers). "
+            "Linux turns transparent huge pages (and khugepaged) off below 512 MiB.",
+        ),
+    ] = 0,
 ) -> None:
     """Record what a real Linux kernel does with active_mm, in a QEMU guest.
 
@@ -653,7 +662,7 @@ def capture(
     if workload is None:
         workload = "none" if run is not None or program is not None else "all"
     opts = CaptureOptions(
-        output, smp, workload, scale, accel, 0, timeout, allow_lost, run=run, program=program
+        output, smp, workload, scale, accel, memory, timeout, allow_lost, run=run, program=program
     )
     check_options(opts)
     progress("fetching the kernel" if kernel is None else f"using {kernel}")

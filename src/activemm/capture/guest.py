@@ -22,6 +22,7 @@ def kprobe_definitions(
     oom: dict[str, int] | None = None,
     proc: dict[str, int] | None = None,
     uffd: dict[str, int] | None = None,
+    thp: dict[str, int] | None = None,
 ) -> list[str]:
     """The probes of docs/validate.md. `@FINISH_TASK_SWITCH@` is replaced in the guest by the
     symbol's real name (a compiler clone such as finish_task_switch.isra.0). With `ring`
@@ -36,7 +37,11 @@ def kprobe_definitions(
     proc_mem_open() returning the mm it mmgrab()bed for an open file, and the releases that
     mmdrop() it. With `uffd` (file and userfaultfd_ctx offsets), userfaultfd's:
     new_userfaultfd(), which mmgrab()s current->mm into the new context, and
-    userfaultfd_release(), whose userfaultfd_ctx_put() mmdrop()s it."""
+    userfaultfd_release(), whose userfaultfd_ctx_put() mmdrop()s it. With `thp`
+    (khugepaged_offsets), khugepaged's: __khugepaged_exit(mm) with the mm khugepaged's scan
+    cursor rests on (`slot` 0: none), and collect_mm_slot() with its slot's mm and mm_users:
+    the reference __khugepaged_enter() mmgrab()bed outlives __mmput when the cursor is on
+    the exiting mm, and khugepaged drops it on a later pass."""
 
     def task(reg: str, prefix: str) -> str:
         return (
@@ -81,7 +86,21 @@ def kprobe_definitions(
             if uffd
             else []
         )
+        + (khugepaged_markers(g, thp) if thp else [])
     )
+
+
+def khugepaged_markers(g: str, thp: dict[str, int]) -> list[str]:
+    """__khugepaged_exit(mm) and collect_mm_slot(mm_slot), through the static
+    khugepaged_scan (a data symbol: `@khugepaged_scan+OFFSET` reads its cursor)."""
+    cursor = f"@khugepaged_scan+{thp['scan_slot']}"
+    slot_mm = f"+{thp['slot_mm']}(%di)"
+    return [
+        f"p:{g}/thpexit __khugepaged_exit mm=%di:x64 slot={cursor}:x64 "
+        f"slot_mm=+{thp['slot_mm']}({cursor}):x64",
+        f"p:{g}/thpcollect collect_mm_slot mm={slot_mm}:x64 "
+        f"mm_users=+{thp['mm_users']}({slot_mm}):s32",
+    ]
 
 
 def proc_markers(g: str, proc: dict[str, int]) -> list[str]:

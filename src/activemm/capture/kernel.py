@@ -290,6 +290,24 @@ def uffd_offsets(image: KernelImage) -> dict[str, int]:
         return {}
 
 
+def khugepaged_offsets(image: KernelImage) -> dict[str, int]:
+    """Where khugepaged keeps the mm its scan cursor rests on (`khugepaged_scan.mm_slot`,
+    then the `mm` of that slot: khugepaged_mm_slot begins with its mm_slot) and
+    `mm_struct.mm_users`: __khugepaged_exit() leaves khugepaged's reference to an exiting mm
+    for khugepaged itself when the cursor is on it, and collect_mm_slot() drops it once
+    mm_users is 0. {} when the BTF lacks one (no transparent huge pages, or a kernel older
+    than the struct mm_slot of 6.1)."""
+    try:
+        slot = struct_offsets(btf(image), "khugepaged_mm_slot", ("slot",))
+        return {
+            "scan_slot": struct_offsets(btf(image), "khugepaged_scan", ("mm_slot",))["mm_slot"],
+            "slot_mm": slot["slot"] + struct_offsets(btf(image), "mm_slot", ("mm",))["mm"],
+            "mm_users": struct_offsets(btf(image), "mm_struct", ("mm_users",))["mm_users"],
+        }
+    except CaptureError:
+        return {}
+
+
 def ring_offsets(image: KernelImage) -> dict[str, int]:
     """`io_ring_ctx` offset of `mm_account` (the mm io_uring_create() mmgrab()s); {} for a
     kernel without io_uring."""

@@ -22,6 +22,7 @@ from activemm.capture import WORKLOADS, guest
 from activemm.capture.kernel import (
     CaptureError,
     KernelImage,
+    khugepaged_offsets,
     need,
     oom_offsets,
     proc_offsets,
@@ -105,7 +106,7 @@ def accelerators(choice: str) -> list[str]:
 def qemu_command(
     image: KernelImage, initrd: Path, opts: CaptureOptions, accel: str, console: Path, ship: Path
 ) -> list[str]:
-    memory = opts.memory_mb or 256 + 20 * opts.smp * 4  # 16 MiB ring buffer per CPU
+    memory = opts.memory_mb or min_memory_mb(opts.smp)
     append = (
         f"console=ttyS0 panic=-1 loglevel=4 mitigations=off activemm.workload={opts.workload} "
         f"activemm.scale={opts.scale} activemm.timeout={int(opts.timeout)}"
@@ -207,8 +208,19 @@ def _run_guest(
     return f"{accel}: {last.strip()[:300]}"
 
 
+def min_memory_mb(smp: int) -> int:
+    """Guest memory that leaves room for the 16 MiB ring buffer of every CPU (and the
+    buffers' own bookkeeping) besides the workload."""
+    return 256 + 80 * smp
+
+
 def check_options(opts: CaptureOptions) -> None:
     """Refuse what cannot work before anything is downloaded or booted."""
+    if opts.memory_mb and opts.memory_mb < min_memory_mb(opts.smp):
+        raise CaptureError(
+            f"--memory {opts.memory_mb}: expected at least {min_memory_mb(opts.smp)} MiB with "
+            f"{opts.smp} CPUs (their ring buffers), or 0 for that"
+        )
     out = opts.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CaptureError(f"{out}: exists and is not empty; choose another -o or remove it")
@@ -241,7 +253,8 @@ def capture(
     oom = oom_offsets(image)
     proc = proc_offsets(image)
     uffd = uffd_offsets(image)
-    kprobes = guest.kprobe_definitions(offsets, ring, oom, proc, uffd)
+    thp = khugepaged_offsets(image)
+    kprobes = guest.kprobe_definitions(offsets, ring, oom, proc, uffd, thp)
     work = Path(tempfile.mkdtemp(prefix="activemm-capture-"))
     try:
         progress("building the initramfs (busybox, workload, kprobes)")
@@ -282,6 +295,7 @@ def capture(
         meta: dict[str, object] = {
             "kernel": release[1] if release else image.release,
             "cpus": opts.smp,
+            "memory_mb": opts.memory_mb or min_memory_mb(opts.smp),
             "workload": opts.workload,
             "run": opts.run,
             "program": opts.program.name if opts.program else None,
@@ -294,6 +308,7 @@ def capture(
                 "oom": oom,
                 "proc": proc,
                 "userfaultfd": uffd,
+                "khugepaged": thp,
             },
             "finish_task_switch": fts[1] if fts else None,
             "kprobes": shipped.files.get("kprobes", b"").decode().splitlines(),

@@ -88,7 +88,7 @@ VHOST_WORKER = re.compile(r"vhost-(\d+)")  # 6.1: kthread_create(..., "vhost-%d"
 # the releases of /proc/PID files whose open took an mm with proc_mem_open()
 PROC_RELEASES = ("mem_release", "pagemap_release", "proc_map_release", "smaps_rollup_release")
 # kernel paths that mmdrop() a reference held outside the scheduler, which the markers show
-RELEASES = ("io_ring_ctx_free", "proc_release", "uffd_release")
+RELEASES = ("io_ring_ctx_free", "proc_release", "uffd_release", "khugepaged")
 
 
 class Validator(MarkerSteps, Clocked):
@@ -187,6 +187,7 @@ class Validator(MarkerSteps, Clocked):
         self.oom_mms: dict[int, list[str]] = {}  # mm address -> its signal->oom_mm holders
         self.proc_files: dict[int, list[str]] = {}  # mm address -> open /proc/PID files on it
         self.uffds: dict[int, list[str]] = {}  # mm address -> userfaultfd contexts on it
+        self.thp_slots: dict[int, list[str]] = {}  # mm address -> khugepaged's reference
         self.async_drops: dict[int, int] = {}  # mm address -> pid whose mmdrop_async() ran
         # mm address -> the CPU whose idle task still borrowed it going offline: finish_cpu()
         # drops it later, on another CPU, in whichever task runs the hotplug teardown
@@ -539,6 +540,24 @@ class Validator(MarkerSteps, Clocked):
         if self.inputs == "markers":
             self._refusable(self._drop_held, held, address(p.args.get("mm")), point, p)
 
+    def _thp_exit(self, p: Probe) -> None:
+        """__khugepaged_exit(mm), early in __mmput (mm/khugepaged.c): the reference
+        __khugepaged_enter() mmgrab()bed when the mm first had a region fit for huge pages is
+        dropped right there, unless khugepaged's scan cursor rests on this mm (`slot_mm`):
+        then it stays until a later pass of khugepaged finds mm_users at 0
+        (collect_mm_slot). Only then does the model take it: taken at __khugepaged_enter and
+        dropped here, it would change no count anyone sees (__mmput's own reference on
+        mm_count outlasts it)."""
+        addr = address(p.args.get("mm"))
+        if address(p.args.get("slot")) == 0 or address(p.args.get("slot_mm")) != addr:
+            return
+        mm = self.live.get(addr)
+        if mm is None or mm.freed:
+            return
+        holder = f"khugepaged's mm_slot (line {p.line})"
+        learned = "khugepaged's reference outliving __mmput (__khugepaged_exit marker)"
+        self._grab_held(self.thp_slots, mm, holder, p, learned)
+
     def _ring_free(self, p: Probe) -> None:
         """io_destroy_buffers(ctx): io_ring_ctx_free() is about to mmdrop(ctx->mm_account)
         (the `mm` argument): the model drops the ring's reference there."""
@@ -714,6 +733,10 @@ class Validator(MarkerSteps, Clocked):
             self._refusable(self._uffd_new, p)
         elif f == "userfaultfd_release":  # userfaultfd_ctx_put() mmdrop()s ctx->mm
             self._release(p, self.uffds, "uffd_release")
+        elif f == "__khugepaged_exit" and self.inputs == "markers":
+            self._refusable(self._thp_exit, p)
+        elif f == "collect_mm_slot" and p.args.get("mm_users") == "0":
+            self._release(p, self.thp_slots, "khugepaged")  # the slot goes, and its mmdrop()
         elif f == "mark_oom_victim" and self.inputs == "markers":
             self._refusable(self._oom_victim, p)
         elif f == "__put_task_struct" and self.inputs == "markers":

@@ -14,7 +14,8 @@ from activemm.validate.kernel import Drop, Outside, hexaddr
 MAX_MISMATCHES = 50
 HELD_OUTSIDE = (
     "mm_count held outside the scheduler (io_uring's ctx->mm_account, the OOM killer's "
-    "signal->oom_mm, an open /proc/PID/mem, a userfaultfd...) and dropped later elsewhere, or "
+    "signal->oom_mm, an open /proc/PID/mem, a userfaultfd, khugepaged's scan cursor...) and "
+    "dropped later elsewhere, or "
     "not within the "
     "trace: no input announces it"
 )
@@ -119,7 +120,14 @@ class Result:
 
 # where the kernel drops a reference held outside the scheduler: an unknown place, or one
 # whose marker the model follows (its misses have the same cause without the marker)
-HELD_POINTS = ("other", "proc_release", "io_ring_ctx_free", "uffd_release", "mmdrop_async")
+HELD_POINTS = (
+    "other",
+    "proc_release",
+    "io_ring_ctx_free",
+    "uffd_release",
+    "khugepaged",
+    "mmdrop_async",
+)
 
 
 class DropScorer:
