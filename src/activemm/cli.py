@@ -724,9 +724,10 @@ def validate(
     outside schedule (exec's activate_mm, exit_mm's enter_lazy_tlb, flushes to init_mm).
     The preset follows the capture's kernel (linux-6.1-x86_64 or linux-6.12-x86_64): from
     its meta.json, or for a bare trace from where its kprobes landed (+0x0 on Debian's 6.1,
-    +0x4 past ENDBR on 6.12). With tracepoints only (--inputs sched), a task switched in
-    without the CR3 load its mm needs shows an exit window after the fact: the trace is
-    replayed again with its exit_mm where it ran (docs/validate.md).
+    +0x4 past ENDBR on 6.12). With tracepoints only (--inputs sched), exit windows show in
+    the CR3 loads: a user task whose exit_mmap switched its lazy CPU to init_mm has run
+    exit_mm, and one switched in without the CR3 load its mm needs shows it after the fact
+    (the trace is replayed again with its exit_mm where it ran; docs/validate.md).
 
     Exit status: 0 all matched, 1 something did not, 2 unusable input."""
     from activemm.validate import validate as run_validate

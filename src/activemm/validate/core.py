@@ -115,6 +115,9 @@ class Validator(MarkerSteps, Clocked):
         self.vhost_workers: dict[int, Task] = {}
         self.loaded_sure: dict[int, bool] = {}  # CPU -> the model knows what it has loaded
         self.windows = ExitWindows.scan(events) if inputs == "sched" else None
+        # exits known before the fact: exit_mmap()'s switch of a lazy CPU to init_mm
+        self.lazy_exits = self.windows.lazy_exits() if self.windows is not None else {}
+        self.exit_points = {**self.lazy_exits, **self.exit_points}
         self.result = result
         self.pretrace = PreTrace.scan(events)
         snapshot = self.pretrace.tasks(snapshot)
@@ -962,13 +965,20 @@ class Validator(MarkerSteps, Clocked):
             self.loaded_sure[cpu] = False
 
     def _inferred_exit(self, sw: SchedSwitch) -> None:
-        """Sched inputs: the task switched out here ran exit_mm() before (the pass before
-        found it switched in later without an mm): the model's exit runs now."""
+        """Sched inputs: the task switched out here ran exit_mm() before (its own switch to
+        init_mm came before, or the pass before found it switched in later without an mm):
+        the model's exit runs now."""
         t = self.m.state.rqs[sw.cpu].curr
         if t is not self.replayer.tasks.get(sw.prev_pid) or t.mm is None or t.exiting:
             return
+        if t.pf_kthread:  # its own CR3 loads are kthread_use_mm()'s
+            return
         self._marker_exit(sw)
-        self.result.learned["exit_mm inferred (switched in later without a CR3 load)"] += 1
+        if sw.line in self.lazy_exits:
+            self.result.lazy_exit_points[sw.line] = sw.prev_pid
+            self.result.learned["exit_mm inferred (exit_mmap switched its CPU to init_mm)"] += 1
+        else:
+            self.result.learned["exit_mm inferred (switched in later without a CR3 load)"] += 1
 
     def _compare_switch(self, group: SwitchGroup, model: ModelSwitch | None) -> None:
         res = self.result

@@ -88,8 +88,11 @@ class Result:
     learned: Counter[str] = field(default_factory=Counter)
     anomalies: Counter[str] = field(default_factory=Counter)
     preset_from: str = "--preset"  # how the preset was chosen
-    # sched inputs: switch line -> pid whose exit_mm() was found to run before it
+    # sched inputs: switch line -> pid whose exit_mm() was found to run before it: after the
+    # fact (switched in later without a CR3 load), and before it (exit_mmap's switch of its
+    # CPU to init_mm), as the model ran them
     exit_points: dict[int, int] = field(default_factory=dict)
+    lazy_exit_points: dict[int, int] = field(default_factory=dict)
 
     def mismatch(
         self, group: str, line: int, predicted: dict[str, Any], kernel: dict[str, Any], cause: str

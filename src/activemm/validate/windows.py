@@ -13,6 +13,11 @@ switched out after those: there the model runs it (exit_point).
 Signs that a task still has its mm, all tracepoints: a switch to it that loaded CR3, its own
 "local mm shootdown" flush (flush_tlb_func() on a CPU that is not lazy: once exit_mm() has
 run, its CPU is lazy), a fork, an exec, a rename by the task itself.
+
+The opposite sign, found before the fact: exit_mmap()'s first flush finds the exiting task's
+CPU lazy (exit_mm()'s enter_lazy_tlb) and switches it to init_mm, a CR3 load outside any
+context switch (lazy_exits). A user task's own CR3 load there is that, exec's activate_mm()
+(an exec follows) or a text_poke() (two loads, there and back).
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class ExitWindows:
     # tasks that loaded CR3 outside a context switch, not in an interrupt: exec, exit_mmap's
     # switch to init_mm, text_poke, and in a kernel thread kthread_use_mm()
     own_cr3: set[int] = field(default_factory=set)
+    # those loads, and the ones of flush IPIs that found the task's CPU lazy (to init_mm)
+    own_cr3_lines: dict[int, list[int]] = field(default_factory=dict)
 
     @classmethod
     def scan(cls, events: Iterable[object]) -> ExitWindows:
@@ -72,11 +79,15 @@ class ExitWindows:
                 w.outs.setdefault(e.prev_pid, []).append(e.line)
                 if e.prev_state != "R+" and not e.prev_state.startswith("D"):
                     w.sleeps.setdefault(e.prev_pid, []).append(e.line)
-            elif isinstance(e, TlbFlush) and not e.hardirq:
+            elif isinstance(e, TlbFlush) and e.hardirq:
+                if TASK_SWITCH in e.reason:  # a flush IPI found this CPU lazy
+                    w.own_cr3_lines.setdefault(e.pid, []).append(e.line)
+            elif isinstance(e, TlbFlush):
                 if "local mm shootdown" in e.reason:
                     w.had_mm.setdefault(e.pid, []).append(e.line)
                 elif TASK_SWITCH in e.reason:
                     w.own_cr3.add(e.pid)
+                    w.own_cr3_lines.setdefault(e.pid, []).append(e.line)
             elif isinstance(e, NewTask | ProcessFork):
                 w.had_mm.setdefault(e.pid, []).append(e.line)
             elif isinstance(e, ProcessExec):
@@ -112,3 +123,32 @@ class ExitWindows:
         outs = self.outs.get(pid, [])
         k = bisect.bisect_right(outs, last)
         return outs[k] if k < len(outs) and outs[k] < line else None
+
+    def lazy_exits(self) -> dict[int, int]:
+        """Switch line -> pid whose exit_mm() ran before it, known before the fact: the pid
+        loaded CR3 by itself outside a context switch (exit_mmap()'s switch of its lazy CPU
+        to init_mm), then switched out before its sched_process_exit, with no sign of an mm
+        in between (no exec: not activate_mm()) and no other CR3 load of its own since its
+        last sign of an mm (not a text_poke(), which loads two). The first such switch out
+        is inside its exit window. (A kernel thread's own loads are kthread_use_mm(): the
+        validator runs these exits for user tasks only.)"""
+        points: dict[int, int] = {}
+        for pid, loads in self.own_cr3_lines.items():
+            exits = self.exits.get(pid, [])
+            signs = self.had_mm.get(pid, [])
+            outs = self.outs.get(pid, [])
+            for f in loads:
+                i = bisect.bisect_right(exits, f)
+                if i == len(exits):
+                    continue
+                end = exits[i]
+                j = bisect.bisect_right(signs, f)
+                if j < len(signs) and signs[j] < end:
+                    continue  # it has an mm again (exec) before it exits
+                start = max(signs[j - 1] if j > 0 else -1, exits[i - 1] if i > 0 else -1)
+                if sum(start < x < end for x in loads) != 1:
+                    continue
+                k = bisect.bisect_right(outs, f)
+                if k < len(outs) and outs[k] < end:
+                    points[outs[k]] = pid
+        return points
