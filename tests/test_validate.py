@@ -172,6 +172,21 @@ def _exit_windows(capture: Path) -> tuple[dict[int, list[int]], dict[int, list[i
     return exit_mm, after
 
 
+def _after_exit_mm(
+    capture: Path, points: dict[int, int], first: bool
+) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+    """Each (switch line, pid) of `points` comes after the kernel's exit_mm() of that pid
+    in the same life (no sched_process_exit between), and with `first` it is the pid's first
+    switch out since. Returns _exit_windows(capture)."""
+    exit_mm, after = _exit_windows(capture)
+    for line, pid in points.items():
+        marks = [m for m in exit_mm.get(pid, []) if m < line]
+        assert marks, (line, pid)
+        between = [a for a in after[pid] if marks[-1] < abs(a) < line and (first or a < 0)]
+        assert not between, (line, pid, marks[-1], between)
+    return exit_mm, after
+
+
 def test_an_exit_window_starts_after_the_last_sign_of_an_mm_and_the_last_sleep() -> None:
     """windows.py on a hand-made timeline of task 10: switched in with a CR3 load (it has an
     mm), asleep ("S"), back without a CR3 load (after its own thread), preempted ("R+"),
@@ -246,12 +261,8 @@ def test_sched_inputs_run_exits_where_exit_mmap_left_its_cpu_lazy(name: str) -> 
     in the same life of the pid, and the exits cut the misses of exit windows."""
     capture = CAPTURES / name
     sched = validate(capture, inputs="sched")
-    exit_mm, after = _exit_windows(capture)
     assert sched.lazy_exit_points
-    for line, pid in sched.lazy_exit_points.items():
-        marks = [m for m in exit_mm.get(pid, []) if m < line]
-        assert marks, (line, pid)
-        assert not [a for a in after[pid] if a < 0 and marks[-1] < -a < line], (line, pid)
+    _after_exit_mm(capture, sched.lazy_exit_points, first=False)
     learned = sched.learned["exit_mm inferred (exit_mmap switched its CPU to init_mm)"]
     assert learned == len(sched.lazy_exit_points)
 
@@ -268,13 +279,8 @@ def test_sched_inputs_find_exit_windows_where_the_kernel_had_them(name: str) -> 
     the task's exit_mm(), and the exits found cut the misses of exit windows."""
     capture = CAPTURES / name
     sched = validate(capture, inputs="sched")
-    exit_mm, after = _exit_windows(capture)
     assert sched.exit_points
-    for line, pid in sched.exit_points.items():
-        marks = [m for m in exit_mm.get(pid, []) if m < line]
-        assert marks, (line, pid)
-        between = [a for a in after[pid] if marks[-1] < abs(a) < line]
-        assert not between, (line, pid, marks[-1], between)
+    exit_mm, after = _after_exit_mm(capture, sched.exit_points, first=True)
     # exit windows in which the task was preempted: a switch out before its exit
     preempted = 0
     for pid, marks in exit_mm.items():
