@@ -218,6 +218,28 @@ def test_an_exit_window_starts_after_the_last_sign_of_an_mm_and_the_last_sleep()
     assert execs.exit_point(10, 8) is None
 
 
+def test_a_cpu_back_from_offline_shows_in_its_first_switch() -> None:
+    """windows.py's returns: CPU 1's last traced switch went to its stopper thread
+    (take_cpu_down()), and the next one there switches its idle task out: the switch to
+    the idle task went untraced, the CPU was offline. A stopper that switches out traced,
+    or an idle task after another thread, is no return."""
+    from activemm.trace.events import LostEvents, SchedSwitch
+    from activemm.validate.windows import ExitWindows
+
+    def switch(line: int, prev: int, pcomm: str, nxt: int, ncomm: str) -> SchedSwitch:
+        return SchedSwitch(line, 1, line / 1000, prev, pcomm, None, pcomm, prev, "R", ncomm, nxt)
+
+    idle, stopper = (0, "swapper/1"), (20, "migration/1")
+    back = [switch(1, *idle, *stopper), switch(2, *idle, 30, "cpuhp/1")]
+    assert ExitWindows.scan(back).returns == {2}
+    traced = [switch(1, *idle, *stopper), switch(2, *stopper, *idle), switch(3, *idle, *stopper)]
+    assert ExitWindows.scan(traced).returns == set()
+    other = [switch(1, *idle, 40, "kworker/1:0"), switch(2, *idle, 30, "cpuhp/1")]
+    assert ExitWindows.scan(other).returns == set()
+    lost = [back[0], LostEvents(2, 1, 0.002, 0, "", None, 5), switch(3, *idle, 30, "cpuhp/1")]
+    assert ExitWindows.scan(lost).returns == set()  # the CPU's buffer overflowed meanwhile
+
+
 def test_exit_mmap_switching_its_cpu_to_init_mm_shows_an_exit_before_the_fact() -> None:
     """windows.py's lazy_exits on a hand-made timeline of task 10: it has its mm (a CR3
     load for it), loads CR3 by itself outside a switch (exit_mmap() found its CPU lazy and
@@ -628,9 +650,12 @@ def test_tasks_from_before_the_trace_are_learned_from_the_probes() -> None:
 def test_cpu_hotplug_is_followed_at_the_cpu_init_marker(capture: Path) -> None:
     """With markers, idle_task_exit's switch to init_mm by the idle task says a CPU goes
     offline, cpu_init's enter_lazy_tlb(&init_mm) by the idle task that it came back: the
-    model takes it down and up there, and every switch matches. With tracepoints only
-    nothing says so; the misses say why (and the ones that follow, while the CPU borrows a
-    different mm in the model than in the kernel)."""
+    model takes it down and up there, and every switch matches. With tracepoints only, the
+    dying CPU's switch from its stopper thread to its idle task is not traced (nor are the
+    CR3 loads there): its idle task switching out where the last traced switch went to
+    migration/N says it went offline and is back, once per cpu_init marker; the model takes
+    it down and up there, and no switch misses for hotplug any more (its finish_cpu() drop
+    comes late: an __mmdrop may miss, tagged)."""
     r = validate(capture)
     assert r.learned["CPU came online (cpu_init marker)"] >= 2
     assert r.learned["CPU went offline (idle_task_exit marker)"] >= 2
@@ -638,13 +663,13 @@ def test_cpu_hotplug_is_followed_at_the_cpu_init_marker(capture: Path) -> None:
     assert r.mmdrop.matched == r.mmdrop.total
     assert score.UNEXPLAINED not in r.causes
     sched = validate(capture, inputs="sched")
-    assert score.HOTPLUG in sched.causes and score.UNEXPLAINED not in sched.causes
+    returns = sched.learned["CPU went offline and came back (untraced switch to idle)"]
+    assert returns == r.learned["CPU came online (cpu_init marker)"]
+    assert score.UNEXPLAINED not in sched.causes
+    switch_causes = {m["cause"] for m in sched.mismatches if m["group"] == "context_switch"}
+    assert score.HOTPLUG not in switch_causes
     if _names(capture) == {"hotplug"}:  # (every workload at once has other windows too)
-        assert all(
-            m["cause"] in (score.HOTPLUG, score.FOLLOWS, score.EXIT_WINDOW)
-            for m in sched.mismatches
-            if m["group"] == "context_switch"
-        )
+        assert switch_causes <= {score.EXIT_WINDOW}
 
 
 @pytest.mark.parametrize("capture", ALL, ids=lambda p: p.name)

@@ -454,6 +454,20 @@ class Validator(MarkerSteps, Clocked):
         self.m.cpu_up(p.cpu)
         self.result.learned["CPU came online (cpu_init marker)"] += 1
 
+    def _cpu_returned(self, sw: SchedSwitch) -> None:
+        """Sched inputs: the CPU's idle task switches out where the last traced switch went
+        to its stopper thread: the CPU went offline in between (take_cpu_down(), then the
+        untraced switch to the idle task, idle_task_exit(), finish_cpu() on another CPU)
+        and is back. The model takes it down and up here; its finish_cpu() drop comes
+        later than the kernel's."""
+        if not self.m.state.rqs[sw.cpu].online:
+            return
+        self.ctx = Context("finish_cpu", sw.line, sw.cpu, sw.pid)
+        self.m.cpu_down(sw.cpu)
+        self.ctx = Context("hotplug", sw.line, sw.cpu, sw.pid)
+        self.m.cpu_up(sw.cpu)
+        self.result.learned["CPU went offline and came back (untraced switch to idle)"] += 1
+
     def _cpu_going_offline(self, p: Probe) -> None:
         """idle_task_exit()'s switch to init_mm by the idle task: the CPU goes offline, and
         the model takes it down, finish_cpu() included. The kernel's finish_cpu() runs later,
@@ -930,6 +944,8 @@ class Validator(MarkerSteps, Clocked):
         self.switch = None
         if self.inputs == "sched":
             self._vhost_use_mm(sw)
+            if self.windows is not None and sw.line in self.windows.returns:
+                self._refusable(self._cpu_returned, sw)
         if self.exit_points.get(sw.line) == sw.prev_pid:
             self._inferred_exit(sw)
         self._drive("switch", sw, self.replayer.apply, sw)

@@ -38,7 +38,10 @@ IPI_TIMING = (
     "flush IPI reached this lazy CPU in another lazy episode than the model's (it had loaded "
     "a user mm in between)"
 )
-HOTPLUG = "CPU hotplug: no input says a CPU goes offline (idle_task_exit, finish_cpu) or comes back"
+HOTPLUG = (
+    "CPU hotplug: no input says when a CPU goes offline (idle_task_exit, finish_cpu) or comes "
+    "back (with tracepoints only, the model learns it when the CPU is back)"
+)
 CONCURRENT = (
     "two CPUs let go of this mm at once (their finish_task_switch drops raced): which "
     "decrement was last is not in the inputs"
@@ -246,8 +249,9 @@ class DropScorer:
         return UNEXPLAINED
 
     def offline_borrowed(self, d: Drop) -> bool:
-        """With tracepoints only, the model does not take CPUs offline: one that went offline
-        lazily borrowing this mm keeps its reference in the model until it next switches."""
+        """With tracepoints only, the model takes a CPU offline only when it comes back: one
+        that went offline lazily borrowing this mm keeps its reference in the model until
+        then (the kernel's finish_cpu() dropped it when the CPU died)."""
         return self.inputs == "sched" and d.addr in self.offlined
 
     def exit_window_drop(self, d: Drop) -> bool:

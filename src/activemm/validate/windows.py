@@ -14,6 +14,12 @@ Signs that a task still has its mm, all tracepoints: a switch to it that loaded 
 "local mm shootdown" flush (flush_tlb_func() on a CPU that is not lazy: once exit_mm() has
 run, its CPU is lazy), a fork, an exec, a rename by the task itself.
 
+A CPU taken offline leaves a trace too: take_cpu_down() runs in its stopper thread
+(migration/N), whose switch to the idle task on the dying CPU is not traced (RCU no longer
+watches that CPU), and idle_task_exit() neither; the CPU next shows up when it comes back,
+its idle task switching out while the last traced switch there went to the stopper
+(returns).
+
 The opposite sign, found before the fact: exit_mmap()'s first flush finds the exiting task's
 CPU lazy (exit_mm()'s enter_lazy_tlb) and switches it to init_mm, a CR3 load outside any
 context switch (lazy_exits). A user task's own CR3 load there is that, exec's activate_mm()
@@ -27,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from activemm.trace.events import (
+    LostEvents,
     NewTask,
     Probe,
     ProcessExec,
@@ -56,11 +63,15 @@ class ExitWindows:
     own_cr3: set[int] = field(default_factory=set)
     # those loads, and the ones of flush IPIs that found the task's CPU lazy (to init_mm)
     own_cr3_lines: dict[int, list[int]] = field(default_factory=dict)
+    # sched_switch lines of a CPU back from offline: its idle task switches out while its
+    # last traced switch was to its stopper thread
+    returns: set[int] = field(default_factory=set)
 
     @classmethod
     def scan(cls, events: Iterable[object]) -> ExitWindows:
         w = cls()
         switching: dict[int, SchedSwitch] = {}  # CPU -> a switch whose CR3 load may follow
+        running: dict[int, str] = {}  # CPU -> the comm its last traced switch went to
         for e in events:
             if isinstance(e, Probe) or not isinstance(e, TraceEvent):
                 continue  # not an input: the CR3 load's tlb_flush is the next tracepoint
@@ -74,8 +85,13 @@ class ExitWindows:
                 w.cr3.add(sw.line)
                 w.had_mm.setdefault(sw.next_pid, []).append(sw.line)
                 continue
-            if isinstance(e, SchedSwitch):
+            if isinstance(e, LostEvents):
+                running.pop(e.cpu, None)  # what ran there meanwhile is unknown
+            elif isinstance(e, SchedSwitch):
                 switching[e.cpu] = e
+                if e.prev_pid == 0 and running.get(e.cpu) == f"migration/{e.cpu}":
+                    w.returns.add(e.line)
+                running[e.cpu] = e.next_comm
                 w.outs.setdefault(e.prev_pid, []).append(e.line)
                 if e.prev_state != "R+" and not e.prev_state.startswith("D"):
                     w.sleeps.setdefault(e.prev_pid, []).append(e.line)
