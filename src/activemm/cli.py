@@ -727,7 +727,9 @@ def validate(
     +0x4 past ENDBR on 6.12). With tracepoints only (--inputs sched), exit windows show in
     the CR3 loads: a user task whose exit_mmap switched its lazy CPU to init_mm has run
     exit_mm, and one switched in without the CR3 load its mm needs shows it after the fact
-    (the trace is replayed again with its exit_mm where it ran; docs/validate.md).
+    (the trace is replayed again with its exit_mm where it ran); a CPU whose idle task
+    switches out while its last traced switch went to its stopper thread was offline in
+    between (docs/validate.md).
 
     Exit status: 0 all matched, 1 something did not, 2 unusable input."""
     from activemm.validate import validate as run_validate
