@@ -629,7 +629,8 @@ def capture(
             "--memory",
             min=0,
             help="Guest memory in MiB (0: 256 + 80 per CPU, enough for the ring buffers). "
-            "Linux turns transparent huge pages (and khugepaged) off below 512 MiB.",
+            "Linux turns transparent huge pages (and khugepaged) off below about 512 MiB: "
+            "give 1024 for a workload about huge pages.",
         ),
     ] = 0,
 ) -> None:
