@@ -121,17 +121,10 @@ class ExitWindows:
         after its last switch out of another kind: between exit_mm() and sched_process_exit
         a task is only preempted ("R+") or waits uninterruptibly ("D"); it neither sleeps
         ("S") nor gives up the CPU by itself ("R", cond_resched())."""
-        exits = self.exits.get(pid, [])
-        i = bisect.bisect_right(exits, line)
-        if i == len(exits):
+        span = self._without_mm(pid, line)
+        if span is None:
             return None
-        signs = self.had_mm.get(pid, [])
-        j = bisect.bisect_right(signs, line)
-        if j < len(signs) and signs[j] < exits[i]:
-            return None  # it still has an mm after this switch: not an exit window
-        last = signs[j - 1] if j > 0 else -1
-        if i > 0 and exits[i - 1] > last:
-            last = exits[i - 1]  # an earlier life of the pid
+        last = span[0]
         sleeps = self.sleeps.get(pid, [])
         s = bisect.bisect_left(sleeps, line) - 1
         if s >= 0 and sleeps[s] > last:
@@ -150,21 +143,28 @@ class ExitWindows:
         validator runs these exits for user tasks only.)"""
         points: dict[int, int] = {}
         for pid, loads in self.own_cr3_lines.items():
-            exits = self.exits.get(pid, [])
-            signs = self.had_mm.get(pid, [])
             outs = self.outs.get(pid, [])
             for f in loads:
-                i = bisect.bisect_right(exits, f)
-                if i == len(exits):
-                    continue
-                end = exits[i]
-                j = bisect.bisect_right(signs, f)
-                if j < len(signs) and signs[j] < end:
-                    continue  # it has an mm again (exec) before it exits
-                start = max(signs[j - 1] if j > 0 else -1, exits[i - 1] if i > 0 else -1)
-                if sum(start < x < end for x in loads) != 1:
+                span = self._without_mm(pid, f)  # None: an exec (activate_mm()) comes first
+                if span is None or sum(span[0] < x < span[1] for x in loads) != 1:
                     continue
                 k = bisect.bisect_right(outs, f)
-                if k < len(outs) and outs[k] < end:
+                if k < len(outs) and outs[k] < span[1]:
                     points[outs[k]] = pid
         return points
+
+    def _without_mm(self, pid: int, line: int) -> tuple[int, int] | None:
+        """The stretch of pid's life around `line` that shows no sign of an mm: from its
+        last sign before `line` (or the sched_process_exit of an earlier life of the pid,
+        or -1) to its next sched_process_exit. None when it does not exit after `line`, or
+        shows an mm again before it does."""
+        exits = self.exits.get(pid, [])
+        i = bisect.bisect_right(exits, line)
+        if i == len(exits):
+            return None
+        signs = self.had_mm.get(pid, [])
+        j = bisect.bisect_right(signs, line)
+        if j < len(signs) and signs[j] < exits[i]:
+            return None
+        start = max(signs[j - 1] if j > 0 else -1, exits[i - 1] if i > 0 else -1)
+        return start, exits[i]
