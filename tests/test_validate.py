@@ -588,6 +588,32 @@ def test_what_cpus_borrowed_before_the_trace_is_learned_for_all_of_them(tmp_path
         assert r.learned["mm borrowed by a CPU before the trace"] == 3
 
 
+def test_a_switch_in_flight_when_the_trace_began_is_not_scored(tmp_path: Path) -> None:
+    """Tracing began on CPU 1 between a sched_switch (idle -> reader) and its
+    switch_mm_irqs_off: the trace opens with the hook (run by idle, naming the next task) and
+    finish_task_switch, and no sched_switch. Nothing in the trace could predict that hook:
+    it is counted as an anomaly, not as a kernel hook outside schedule the model missed (an
+    8-CPU capture began so). The same hook after the CPU's first traced switch is scored."""
+    tail = [
+        _line("<idle>", 0, 1, 1.0000, _mmswitch(INIT_MM, READER_MM, 60)),
+        _line("reader", 60, 1, 1.00001, "finish: (finish_task_switch.isra.0+0x0/0x2d0) "
+              f"prev={TSK[0]} prev_pid=0 prev_flags=0x4200042 prev_mm=0x0 prev_active_mm=0x0 "
+              'prev_comm="swapper/1"'),
+    ]  # fmt: skip
+    body = _switch(0, 1.0001, ("swapper/0", 0, "R"), ("app", 50),
+                   _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+    body += _switch(1, 1.0002, ("reader", 60, "S"), ("swapper/1", 0), _lazy(READER_MM, 0),
+                    READER_MM, READER_MM)  # fmt: skip
+    late = _line("<idle>", 0, 1, 1.0010, _mmswitch(INIT_MM, READER_MM, 60))
+    for name, lines, cut in (("start", tail + body, 1), ("later", [*body, late], 0)):
+        trace = tmp_path / f"{name}.txt"
+        trace.write_text("\n".join(["# tracer: nop", "#P:2", *lines]) + "\n")
+        r = validate(trace, preset_name="linux-6.1-x86_64")
+        assert r.context_switches.matched == r.context_switches.total == 2, r.mismatches
+        assert r.anomalies["context switch cut off by the start of the trace"] == cut
+        assert r.outside_schedule.total == 1 - cut, r.mismatches
+
+
 def test_a_lazy_cpu_follows_a_flush_ipi_its_tlb_flush_shows(tmp_path: Path) -> None:
     """munmap of app's mm on CPU 0 IPIs CPU 1, lazy on it: flush_tlb_func switches CPU 1 to
     init_mm, and the CR3 load emits tlb_flush "flush on task switch" in the hardirq. Nothing

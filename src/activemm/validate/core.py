@@ -181,6 +181,7 @@ class Validator(MarkerSteps, Clocked):
         self.pending: dict[int, SwitchGroup] = {}
         self.anchor: dict[int, tuple[object, ...]] = {}
         self.finished: dict[int, SwitchGroup] = {}  # the CPU's last complete switch
+        self.switched: set[int] = set()  # CPUs whose first sched_switch the trace holds
         self.mmput_open: dict[int, int] = {}  # mm address -> pid running its exit_mmap
         self.pins: dict[int, list[str]] = {}  # pid -> holders standing for __mmput's share
         self.late: set[int] = set()  # pids whose pins stand for an __mmput after their exit
@@ -706,6 +707,7 @@ class Validator(MarkerSteps, Clocked):
             self.result.anomalies["context switch without finish_task_switch"] += 1
             self._apply_group(old)
         self.pending[ev.cpu] = SwitchGroup(ev)
+        self.switched.add(ev.cpu)
         self.anchor[ev.cpu] = ("switch", ev.line)
 
     def _on_probe(self, p: Probe) -> None:
@@ -721,6 +723,9 @@ class Validator(MarkerSteps, Clocked):
                 self._apply_group(group)
                 self.anchor[p.cpu] = ("finish_task_switch", group.switch.line)
                 self.finished[p.cpu] = group
+        elif f in (SWITCH_MM, ENTER_LAZY) and kv.switch_in_flight(p, p.cpu in self.switched):
+            # tracing began between a sched_switch and its probes: not scored
+            self.result.anomalies["context switch cut off by the start of the trace"] += 1
         elif f in (SWITCH_MM, ENTER_LAZY):
             self._outside(p)
         elif f == MMDROP:

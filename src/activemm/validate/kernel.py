@@ -105,6 +105,16 @@ def in_switch(p: Probe, group: SwitchGroup | None) -> bool:
     return address(p.args.get("tsk")) != 0 and _int(p.args.get("t_pid")) == group.switch.next_pid
 
 
+def switch_in_flight(p: Probe, switched: bool) -> bool:
+    """Is this switch_mm_irqs_off / enter_lazy_tlb, on a CPU with no sched_switch traced yet
+    (`switched` False), the hook of a context switch that began before tracing did? A hook
+    of context_switch() names the next task, while the line is still prev's; every other
+    caller passes current (exit_mm, kthread_use_mm, idle_task_exit, cpu_init) or no task."""
+    if switched or address(p.args.get("tsk")) == 0:
+        return False
+    return _int(p.args.get("t_pid")) != p.pid
+
+
 def _int(value: str | None) -> int | None:
     try:
         return int(value, 0) if value is not None else None
