@@ -6,6 +6,8 @@ from pathlib import Path
 
 from activemm import Machine, Sanitizer, preset
 from activemm.model.config import KernelConfig
+from activemm.model.events import Event, MmFreed
+from activemm.model.kernel import Observer
 from activemm.model.state import Mm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,3 +38,16 @@ def lazy_kworker(m: Machine) -> None:
     m.fork("kthreadd", kind="kthread", name="kw")
     m.schedule(0, "app")
     m.schedule(0, "kw")
+
+
+def watch_frees(m: Machine) -> list[tuple[str, str]]:
+    """A list that fills, from now on, with (mm name, reason) of every __mmdrop in `m`."""
+    freed: list[tuple[str, str]] = []
+
+    class Watch(Observer):
+        def event(self, ev: Event) -> None:
+            if isinstance(ev, MmFreed):
+                freed.append((ev.mm.name, ev.reason))
+
+    m.add_observer(Watch())
+    return freed

@@ -8,11 +8,9 @@ import pytest
 from activemm import Violation
 from activemm.errors import ConfigError, OperationError
 from activemm.model.config import KernelConfig
-from activemm.model.events import Event, MmFreed
-from activemm.model.kernel import Observer
 from activemm.model.state import TaskState
 
-from .helpers import lazy_kworker, machine, with_user
+from .helpers import lazy_kworker, machine, watch_frees, with_user
 
 
 def test_boot_puts_every_cpu_lazily_on_init_mm() -> None:
@@ -131,14 +129,7 @@ def test_a_failed_exec_frees_the_mm_it_allocated_and_changes_nothing_else() -> N
     m = machine()
     mm2 = with_user(m)
     m.schedule(1, "app")
-    freed: list[tuple[str, str]] = []
-
-    class Watch(Observer):
-        def event(self, ev: Event) -> None:
-            if isinstance(ev, MmFreed):
-                freed.append((ev.mm.name, ev.reason))
-
-    m.add_observer(Watch())
+    freed = watch_frees(m)
     before = [(mm.name, mm.mm_users, mm.mm_count) for mm in m.state.mms]
     m.failed_exec("app")
     app = m.task("app")
@@ -148,6 +139,32 @@ def test_a_failed_exec_frees_the_mm_it_allocated_and_changes_nothing_else() -> N
     with pytest.raises(OperationError, match="kernel thread"):
         m.schedule(0, "kthreadd")
         m.failed_exec("kthreadd")
+
+
+def test_a_fork_refused_after_copy_mm_frees_its_copy_in_the_parent() -> None:
+    """copy_process() failing past copy_mm() (a pids cgroup limit): bad_fork_cleanup_mm
+    mmput()s dup_mm()'s copy, its only user, so __mmput() and __mmdrop() run in the parent;
+    dup_mmap() had flushed the parent's mm (x86: a new tlb_gen). No task appears. A refused
+    thread only takes back its mmget()."""
+    m = machine("linux-6.17-x86_64")
+    mm2 = with_user(m)
+    m.schedule(1, "app")
+    freed = watch_frees(m)
+    tasks = [t.name for t in m.state.tasks]
+    counts = (mm2.mm_users, mm2.mm_count)
+    gen = mm2.context.tlb_gen
+    m.failed_fork("app")
+    assert freed == [("mm3", "__mmput")]
+    assert [t.name for t in m.state.tasks] == tasks
+    assert (mm2.mm_users, mm2.mm_count) == counts
+    assert mm2.context.tlb_gen == gen + 1
+    m.failed_fork("app", kind="thread")
+    assert freed == [("mm3", "__mmput")] and (mm2.mm_users, mm2.mm_count) == counts
+    with pytest.raises(OperationError, match="no mm to copy"):
+        m.failed_fork("app", kind="kthread")
+    m.schedule(0, "kthreadd")
+    with pytest.raises(OperationError, match="no user mm"):
+        m.failed_fork("kthreadd")
 
 
 def test_kthread_use_mm_reference_flow() -> None:

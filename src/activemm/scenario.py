@@ -35,6 +35,7 @@ from activemm.model.state import KernelState
 OPS = (
     "schedule",
     "fork",
+    "failed_fork",
     "exec",
     "failed_exec",
     "exit",

@@ -100,6 +100,19 @@ def copy_process(k: Kernel, current: Task, how: str, comm: str) -> Task:
     return tsk
 
 
+def copy_process_fails(k: Kernel, current: Task, how: str, comm: str) -> None:
+    """kernel/fork.c: copy_process() failing past copy_mm(): cgroup_can_fork() refusing the
+    child (a `pids.max` reached), a signal arriving meanwhile (-ERESTARTNOINTR), alloc_pid()
+    failing... Its error path, bad_fork_cleanup_mm, mmput()s the child's mm. After fork()
+    that is dup_mm()'s copy (dup_mmap() has flushed the parent's mm already), whose only user
+    it was: __mmput() and __mmdrop() run here, in the parent; after CLONE_VM only mm_users
+    goes back. The task_struct was never visible: no pid, no tracepoint."""
+    tsk = Task(pid=0, comm=comm, tgid=0, pf_kthread=how == "kthread")
+    copy_mm(k, how in ("thread", "vfork"), tsk, current)
+    if tsk.mm is not None:
+        mmh.mmput(k, tsk.mm)
+
+
 def __mmput(k: Kernel, mm: Mm) -> None:
     """kernel/fork.c: __mmput(): exit_mmap() tears the address space down (its final TLB
     flush is the arch's business), then mmdrop() drops the users' share of mm_count."""

@@ -213,6 +213,24 @@ class Machine:
         self._end(op)
         return child
 
+    def failed_fork(self, parent: TaskRef, kind: str = "process") -> None:
+        """kernel/fork.c: a copy_process() that fails after copy_mm() (a cgroup's pids.max,
+        a signal meanwhile): a process's new mm is born, its dup_mmap() flushes the parent's
+        mm, and the error path puts it back at once; a thread's mmget() is undone. No task
+        is created. `kind` is "process", "thread" or "vfork"."""
+        p = self.task(parent)
+        if kind not in ("process", "thread", "vfork"):
+            raise OperationError(
+                f"failed_fork: kind {kind!r} has no mm to copy or share; expected process, "
+                f"thread or vfork"
+            )
+        rq = self._running(p, "failed_fork")
+        if p.mm is None or p.pf_kthread:
+            raise OperationError(f"failed_fork: {p.name} has no user mm to copy or share")
+        op = self._begin("failed_fork", rq.cpu, parent=p, kind=kind)
+        fork.copy_process_fails(self.k, p, kind, p.comm)
+        self._end(op)
+
     def exec(self, task: TaskRef, name: str | None = None) -> Mm:
         """fs/exec.c: execve() of a running task: a new mm via exec_mmap()."""
         t = self.task(task)

@@ -91,6 +91,7 @@ class Probe(TraceEvent):
     # None for a return probe
     offset: int | None = None
     returned: bool = False  # a return probe (`caller+off/size <- function`)
+    caller: str | None = None  # a return probe's caller (`copy_process`, `alloc_bprm`...)
 
 
 @dataclass(slots=True)

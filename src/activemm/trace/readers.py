@@ -102,19 +102,21 @@ PROBE = re.compile(r"^\((?P<loc>[^)]*)\)\s*(?P<args>.*)$")
 PROBE_ARG = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
 
-def _probe_function(loc: str) -> tuple[str, int | None, bool]:
+def _probe_function(loc: str) -> tuple[str, int | None, bool, str | None]:
     """`switch_mm_irqs_off+0x4/0x470` or `alloc_bprm+0x8c/0x2d0 <- mm_alloc` -> the function
     probed (for a return probe, the one after `<-`; `.isra.0` style suffixes dropped), the
-    probe's offset into it (None for a return probe or an offset that does not parse) and
-    whether it is a return probe."""
+    probe's offset into it (None for a return probe or an offset that does not parse),
+    whether it is a return probe, and a return probe's caller (`alloc_bprm`)."""
     if "<-" in loc:
-        return loc.split("<-")[-1].strip().split(".")[0], None, True
+        where, _, fn = loc.rpartition("<-")
+        caller = where.strip().partition("+")[0].split(".")[0] or None
+        return fn.strip().split(".")[0], None, True, caller
     fn, _, rest = loc.partition("+")
     try:
         offset: int | None = int(rest.split("/")[0], 16)
     except ValueError:
         offset = None
-    return fn.split(".")[0], offset, False
+    return fn.split(".")[0], offset, False, None
 
 
 Parser = Callable[[int, int, float, int, str, "int | None", str], TraceEvent | None]
@@ -431,8 +433,8 @@ def parse_lines(
                 stats.unknown[event] += 1
                 continue
             args = {k: v.strip('"') for k, v in PROBE_ARG.findall(pm["args"])}
-            fn, offset, returned = _probe_function(pm["loc"])
-            ev = Probe(n, cpu, ts, pid, comm, tgid, fn, args, offset, returned)
+            fn, offset, returned, caller = _probe_function(pm["loc"])
+            ev = Probe(n, cpu, ts, pid, comm, tgid, fn, args, offset, returned, caller)
         if isinstance(ev, TlbFlush) and fmt == "ftrace" and m["flags"]:
             # irq-info: the third flag is 'h' (or 'H') in hardirq context (a flush IPI)
             ev.hardirq = m["flags"][2:3] in ("h", "H")

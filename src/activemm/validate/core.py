@@ -57,7 +57,13 @@ from activemm.validate.kernel import (
     address,
     hexaddr,
 )
-from activemm.validate.markers import PAST_MMPUT, Context, MarkerSteps, exec_hints
+from activemm.validate.markers import (
+    PAST_MMPUT,
+    Context,
+    MarkerSteps,
+    exec_hints,
+    text_poke_hints,
+)
 from activemm.validate.score import (
     EXIT_WINDOW,
     FOLLOWS,
@@ -122,6 +128,7 @@ class Validator(MarkerSteps, Clocked):
         self.pretrace = PreTrace.scan(events)
         snapshot = self.pretrace.tasks(snapshot)
         self.exec_hints = exec_hints(events)
+        self.poke_hints = text_poke_hints(events, self.exec_hints) if inputs == "sched" else {}
         self.first_lazy = kv.first_lazy_borrows(events)
         self.exit_mmaps: dict[int, list[tuple[int, int]]] = {}
         self.drop_lines: dict[int, list[int]] = {}
@@ -176,7 +183,9 @@ class Validator(MarkerSteps, Clocked):
         self.pretrace_mms: set[int] = set()
         self.new_addrs: dict[int, list[int]] = {}  # model task id() -> mm_init addresses
         self.births: dict[int, list[int]] = {}  # address -> trace lines of its mm_init returns
-        self.unclaimed: set[int] = set()  # lines of kernel __mmdrops of mms no model mm stood for
+        # lines of kernel __mmdrops of mms no model mm stood for -> the failed fork or exec
+        self.unclaimed: dict[int, str] = {}
+        self.forked: set[int] = set()  # addresses copy_process() allocated (dup_mm)
         # kernel side, per CPU
         self.pending: dict[int, SwitchGroup] = {}
         self.anchor: dict[int, tuple[object, ...]] = {}
@@ -205,10 +214,18 @@ class Validator(MarkerSteps, Clocked):
         self.seen_cpu: set[int] = set()
         self.first_switch: dict[int, int] = {}  # CPU -> line of its first complete switch
         self.exit_marked: dict[int, int] = {}  # pid -> line of exit_mm's enter_lazy_tlb
+        self.windowed: set[int] = set()  # pids switched out between exit_mm and that tracepoint
         self.exec_marked: dict[int, int] = {}  # pid -> line of exec's activate_mm
         self.diverged: set[int] = set()  # CPUs whose borrowed mm came from a missed switch
         self.hotplugged: set[int] = set()  # CPUs that went offline or came back
         self.poking_addr: int | None = None  # x86 poking_mm, learned at its first use
+        if inputs == "sched":  # a binding only: sched inputs run text_poke at tlb_flush hints
+            self.poking_addr = next(
+                (address(e.args.get("next")) for e in events
+                 if isinstance(e, Probe) and e.function == SWITCH_MM
+                 and kv.outside_kind(e) == "temporary_mm"),
+                None,
+            )  # fmt: skip
         self.tainted: set[int] = set()  # kernel mm addresses of missed switches
         self.raced: set[int] = set()  # mm addresses whose __mmput the model pinned
         self.exited_mm: dict[int, int] = {}  # mm address -> pid whose exit_mm let go of it
@@ -407,6 +424,11 @@ class Validator(MarkerSteps, Clocked):
                 self._refusable(self._early_exec, ev)
             elif self.inputs == "sched" and self._vhost_use_mm(ev):
                 pass
+            elif ev.line in self.poke_hints and ev.cpu not in self.pending:
+                self.ctx = Context("text_poke", ev.line, ev.cpu, ev.pid)
+                for _ in range(self.poke_hints[ev.line]):
+                    self._refusable(self.m.text_poke, ev.cpu)
+                    self.result.learned["text_poke (own CR3 loads in pairs, tlb_flush)"] += 1
             elif self._lazy_cpu_flushed(ev):
                 self.ctx = Context("flush", ev.line, ev.cpu, ev.pid)
                 self._refusable(self.m.leave_mm, ev.cpu)
@@ -696,6 +718,8 @@ class Validator(MarkerSteps, Clocked):
     def _on_switch(self, ev: SchedSwitch) -> None:
         # an __mmput after exit that ended before this switch
         self._deferred_ends_here(ev, pin=False)
+        if ev.prev_pid in self.exit_marked and self.inputs == "sched":
+            self.windowed.add(ev.prev_pid)
         if ev.prev_pid in self.late and not ev.prev_state.startswith("R"):
             # it sleeps, or is dead: its __mmput after exit has returned (preempted, "R+",
             # it may still be inside it)
@@ -741,7 +765,7 @@ class Validator(MarkerSteps, Clocked):
             if owner is not None and owner != p.pid:
                 self.raced.add(address(p.args.get("mm")))
             if self.inputs == "markers" and self._queued(p.pid, address(p.args.get("mm"))):
-                self._failed_exec(p, address(p.args.get("mm")))
+                self._born_and_gone(p, address(p.args.get("mm")))
             self._deferred_ends_here(p)
         elif f == "__x64_sys_io_uring_setup" and self.inputs == "markers":
             self._refusable(self._ring_setup, p)
@@ -776,6 +800,10 @@ class Validator(MarkerSteps, Clocked):
             t = self.replayer.current(p.cpu, p.pid, p.comm, p.tgid)
         self.new_addrs.setdefault(id(t), []).append(addr)
         self.births.setdefault(addr, []).append(p.line)
+        if p.function == "dup_mmap" or p.caller in ("copy_process", "dup_mm"):
+            self.forked.add(addr)
+        else:
+            self.forked.discard(addr)
         stale = self.live.get(addr)
         if stale is not None:
             del self.live[addr]  # a new life of this address
@@ -787,17 +815,23 @@ class Validator(MarkerSteps, Clocked):
         queue = self.new_addrs.get(id(t)) if t is not None else None
         return queue if queue and addr in queue else None
 
-    def _failed_exec(self, p: Probe, addr: int) -> None:
-        """exit_mmap of an mm this task's mm_init returned and no exec installed: an execve
-        that failed after bprm_mm_init() (free_bprm's mmput). The model's failed_exec binds
-        its new mm to this address and puts it here."""
+    def _born_and_gone(self, p: Probe, addr: int) -> None:
+        """exit_mmap of an mm this task's mm_init returned and no exec or child took: an
+        execve that failed after bprm_mm_init() (free_bprm's mmput), or, when copy_process()
+        allocated it, a fork that failed after copy_mm() (bad_fork_cleanup_mm's mmput). The
+        model's failed_exec / failed_fork binds its new mm to this address and puts it here."""
         queue = self._queued(p.pid, addr)
         assert queue is not None
         queue.remove(addr)
         queue.insert(0, addr)
         self.ctx = Context("__mmput", p.line, p.cpu, p.pid)
-        self._refusable(self.m.failed_exec, self.replayer.tasks[p.pid])
-        self.result.learned["failed execve (exit_mmap of an mm no exec installed)"] += 1
+        task = self.replayer.tasks[p.pid]
+        if addr in self.forked:
+            self._refusable(self.m.failed_fork, task)
+            self.result.learned["failed fork (exit_mmap of an mm copy_process made)"] += 1
+        else:
+            self._refusable(self.m.failed_exec, task)
+            self.result.learned["failed execve (exit_mmap of an mm no exec installed)"] += 1
 
     def _kernel_drop(self, p: Probe) -> None:
         """Where the kernel's __mmdrop ran: in finish_task_switch() (only after a switch from
@@ -834,9 +868,9 @@ class Validator(MarkerSteps, Clocked):
             point = ("other", p.pid)
         self.mmput_open.pop(addr, None)
         queue = self._queued(p.pid, addr)
-        if queue is not None:  # born and gone before any model mm claimed it: a failed exec
+        if queue is not None:  # born and gone before any model mm claimed it
             queue.remove(addr)
-            self.unclaimed.add(p.line)
+            self.unclaimed[p.line] = "fork" if addr in self.forked else "exec"
         self.kernel_drops.append(Drop(addr, point, p.line, p.cpu))
         self.live.pop(addr, None)  # the end of this address's life
 
@@ -1080,5 +1114,5 @@ class Validator(MarkerSteps, Clocked):
         drops.score(self.kernel_drops, self.model_drops)
         score_outside(
             self.result, self.kernel_outside, self.model_outside, self.first_switch,
-            self.mm_kthreads,
+            self.mm_kthreads, self.windowed,
         )  # fmt: skip

@@ -23,6 +23,7 @@ from activemm.trace.events import (
     ProcessExec,
     ProcessExit,
     ProcessFork,
+    SchedSwitch,
     TaskRename,
     TlbFlush,
     TraceEvent,
@@ -48,21 +49,78 @@ class Context:
 def exec_hints(events: list[TraceEvent]) -> set[int]:
     """Lines of tracepoint-only exec hints: on x86 every CR3 load in switch_mm_irqs_off()
     emits tlb_flush "flush on task switch"; one emitted by a task outside a context switch
-    whose next fate is sched_process_exec (not sched_process_exit) is exec's activate_mm()."""
+    whose next fate is sched_process_exec (not sched_process_exit) is exec's activate_mm().
+    So is the last such load before the task renames itself when its fate is
+    sched_process_exit (begin_new_exec()'s __set_task_comm() follows exec_mmap()): an exec
+    that failed after the point of no return (load_elf_binary() failing in elf_map(), say),
+    whose task dies of SIGSEGV without sched_process_exec. exit_mmap()'s switch of the
+    exiting task's CPU to init_mm is followed by no rename, and a load right after another
+    own load is text_poke()'s way back, not exec's. Probe lines are not read: this is what
+    tracepoints alone say."""
     hints: set[int] = set()
     fate: dict[int, str] = {}
+    renamed: set[int] = set()  # exiting next, and renaming themselves before that
+    pending: dict[int, int] = {}  # pid -> its load before that rename, unless one precedes it
     for ev in reversed(events):
+        if isinstance(ev, Probe):
+            continue
+        own_load = (
+            isinstance(ev, TlbFlush) and "task switch" in ev.reason and not ev.hardirq
+        )  # (a hardirq one is a flush IPI switching a lazy CPU to init_mm)
+        if not own_load and ev.pid in pending:  # the task did something else before it
+            hints.add(pending.pop(ev.pid))
         if isinstance(ev, ProcessExec):
             fate[ev.exec_pid] = "exec"
+            renamed.discard(ev.exec_pid)
         elif isinstance(ev, ProcessExit):
             fate[ev.exit_pid] = "exit"
-        elif (
-            isinstance(ev, TlbFlush)
-            and "task switch" in ev.reason
-            and not ev.hardirq  # a flush IPI switching a lazy CPU to init_mm
-            and fate.get(ev.pid) == "exec"
-        ):
+            renamed.discard(ev.exit_pid)
+        elif isinstance(ev, TaskRename) and ev.rename_pid == ev.pid:
+            renamed.add(ev.pid)
+        elif own_load and fate.get(ev.pid) == "exec":
             hints.add(ev.line)
+        elif own_load and ev.pid in pending:
+            del pending[ev.pid]  # two own loads in a row: text_poke(), there and back
+        elif own_load and fate.get(ev.pid) == "exit" and ev.pid in renamed:
+            renamed.discard(ev.pid)
+            pending[ev.pid] = ev.line
+    hints.update(pending.values())
+    return hints
+
+
+def text_poke_hints(events: list[TraceEvent], exec_lines: set[int]) -> dict[int, int]:
+    """Tracepoint-only text_poke() hints: line -> how many __text_poke()s start there.
+    use_temporary_mm(poking_mm) and unuse_temporary_mm() each load CR3 outside any context
+    switch, in the task that flips a static key or arms a kprobe, interrupts off: two own
+    tlb_flush "flush on task switch" lines in a row on that CPU, and a third before them when
+    the CPU was lazy (leave_mm() first). A run of such loads with nothing else traced on the
+    CPU in between is text_poke_bp()'s batch: one text_poke per pair. A load right after a
+    sched_switch, in the context of the task switched out, is that switch's own; exec hints
+    are exec's."""
+    hints: dict[int, int] = {}
+    runs: dict[int, list[int]] = {}  # CPU -> its current run of own loads
+    # CPU -> prev of a switch whose CR3 load may come next (emitted in prev's context)
+    after_switch: dict[int, int] = {}
+
+    def close(cpu: int) -> None:
+        run = runs.pop(cpu, [])
+        if len(run) >= 2 and not exec_lines.intersection(run):
+            hints[run[0]] = len(run) // 2
+
+    for ev in events:
+        if isinstance(ev, Probe):
+            continue
+        switch_prev = after_switch.pop(ev.cpu, None)
+        if isinstance(ev, SchedSwitch):
+            close(ev.cpu)
+            after_switch[ev.cpu] = ev.prev_pid
+        elif isinstance(ev, TlbFlush) and "task switch" in ev.reason and not ev.hardirq:
+            if ev.pid != switch_prev:
+                runs.setdefault(ev.cpu, []).append(ev.line)
+        else:
+            close(ev.cpu)
+    for cpu in list(runs):
+        close(cpu)
     return hints
 
 

@@ -48,6 +48,11 @@ FAILED_EXEC = (
     "an execve that failed (no such file, not a program...): bprm_mm_init's mm was born and "
     "freed in the task without a tracepoint; only the exit_mmap marker shows it"
 )
+FAILED_FORK = (
+    "a fork that failed after copy_mm() (a cgroup's pids.max, a signal meanwhile): dup_mm's "
+    "copy was born and freed in the parent without a tracepoint; only the exit_mmap marker "
+    "shows it"
+)
 KTHREAD_USE_MM = (
     "kthread_use_mm: no tracepoint marks a kernel thread taking a user mm (its switch_mm_irqs_off "
     "is a marker)"
@@ -145,7 +150,7 @@ class DropScorer:
         tainted: set[int],
         raced: set[int],
         births: dict[int, list[int]] | None = None,
-        unclaimed: set[int] | None = None,
+        unclaimed: dict[int, str] | None = None,
         offlined: set[int] | None = None,
     ) -> None:
         self.result = result
@@ -154,7 +159,8 @@ class DropScorer:
         self.tainted = tainted  # addresses of mms in context switches the model missed
         self.raced = raced  # addresses whose __mmput the model pinned until a later event
         self.births = births or {}  # address -> lines where mm_init handed it out
-        self.unclaimed = unclaimed or set()  # kernel __mmdrop lines of mms the model never had
+        # kernel __mmdrop lines of mms the model never had -> "exec" or "fork" (what failed)
+        self.unclaimed = unclaimed or {}
         self.offlined = offlined or set()  # addresses a CPU going offline still borrowed
         self.kernel_lines: dict[int | None, list[int]] = {}  # address -> its __mmdrop lines
         # side -> its frees in a finish_task_switch
@@ -231,7 +237,7 @@ class DropScorer:
 
     def cause(self, d: Drop) -> str:
         if d.line in self.unclaimed:
-            return FAILED_EXEC
+            return FAILED_FORK if self.unclaimed[d.line] == "fork" else FAILED_EXEC
         if d.point[0] in HELD_POINTS:
             return HELD_OUTSIDE
         if self.mmput_by_another(d):
@@ -274,12 +280,15 @@ def score_outside(
     model: list[Outside],
     first_switch: dict[int, int] | None = None,
     mm_kthreads: set[int] | None = None,
+    windowed: set[int] | None = None,
 ) -> None:
     """Outside-schedule hooks match on (kind, task, mms), flushes to init_mm on (CPU, lazy
     episode): the switches that loaded a user mm on that CPU before it. Within one episode the
     CPU borrows one mm, whichever kernel threads run, so an IPI delivered a switch later
     (a stalled vCPU) is the same flush. A flush on the right CPU in another episode is a miss
-    with its cause."""
+    with its cause. `windowed`: with sched inputs, the tasks switched out after their exit_mm
+    (its marker, read only for causes) and before sched_process_exit, whose exit the model
+    ran at that tracepoint: by then the kernel's CPU may have been lazy on another mm."""
     mleft = Counter(o.key() for o in model)
     unmatched_k = []
     for o in kernel:
@@ -331,7 +340,11 @@ def score_outside(
         result.outside_schedule.total += 1
         cause = paired.get(id(o), "model only")
         if o.kind == "flush_to_init_mm" and id(o) not in paired:
-            cause = "model IPIs a CPU the kernel's flush did not switch (it was no longer lazy)"
+            cause = (
+                EXIT_WINDOW
+                if o.pid in (windowed or set())
+                else "model IPIs a CPU the kernel's flush did not switch (it was no longer lazy)"
+            )
         result.mismatch("outside_schedule", o.line, _outside_dict(o),
                         {"kernel": "nothing here"}, cause)  # fmt: skip
 
