@@ -242,11 +242,12 @@ class MarkerSteps:
     ) -> bool:
         """The model's __mmput() flushes at once; the kernel's exit_mmap() flushes at its end
         (tlb_finish_mmu), and the task can be preempted in between, so the IPIs (and, for an
-        exit, its own CPU's switch to init_mm) land in later intervals. With markers, the
-        task's last tlb_flush before sched_process_exit (an exit), or its last "remote ipi
-        send" before sched_process_exec (exec's mmput of the old mm: the new mm's flushes
-        are local), is that final flush; with none, the tracepoint itself. An mm_users
-        reference taken now is put back there, and __mmput runs in the model at that point."""
+        exit, its own CPU's switch to init_mm) land in later intervals. The task's last
+        tlb_flush before sched_process_exit (an exit), or its last "remote ipi send" before
+        sched_process_exec (exec's mmput of the old mm: the new mm's flushes are local), is
+        that final flush; with none, the tracepoint itself. An mm_users reference taken now
+        is put back there, and __mmput runs in the model at that point. Tracepoints only:
+        with sched inputs it serves an exit found in its window and an exec at its hint."""
         if self._last_user(t) is None:
             return False
         # with no flush of its own, by the time exit_mmap flushed no CPU had the mm loaded
@@ -306,7 +307,7 @@ class MarkerSteps:
         the device), that reference is taken in the model now and put back at that
         exit_mmap."""
         mm = self._last_user(t)
-        if mm is None:
+        if mm is None or self.inputs != "markers":
             return False
         elsewhere = self._mmput_elsewhere(mm, p)
         if elsewhere is None:
@@ -330,8 +331,8 @@ class MarkerSteps:
         return start if at is None else at
 
     def _last_user(self, t: Task) -> Mm | None:
-        """With markers, t's mm if the coming operation puts its last real user."""
-        if t.mm is not None and t.mm.mm_users == 1 and self.inputs == "markers":
+        """t's mm if the coming operation puts its last real user."""
+        if t.mm is not None and t.mm.mm_users == 1:
             return t.mm
         return None
 
