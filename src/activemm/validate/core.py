@@ -57,13 +57,7 @@ from activemm.validate.kernel import (
     address,
     hexaddr,
 )
-from activemm.validate.markers import (
-    PAST_MMPUT,
-    Context,
-    MarkerSteps,
-    exec_hints,
-    text_poke_hints,
-)
+from activemm.validate.markers import PAST_MMPUT, Context, MarkerSteps, exec_hints
 from activemm.validate.score import (
     EXIT_WINDOW,
     FOLLOWS,
@@ -128,7 +122,9 @@ class Validator(MarkerSteps, Clocked):
         self.pretrace = PreTrace.scan(events)
         snapshot = self.pretrace.tasks(snapshot)
         self.exec_hints = exec_hints(events)
-        self.poke_hints = text_poke_hints(events, self.exec_hints) if inputs == "sched" else {}
+        self.poke_hints = (
+            self.windows.text_poke_hints(self.exec_hints) if self.windows is not None else {}
+        )
         self.first_lazy = kv.first_lazy_borrows(events)
         self.exit_mmaps: dict[int, list[tuple[int, int]]] = {}
         self.drop_lines: dict[int, list[int]] = {}
@@ -218,14 +214,8 @@ class Validator(MarkerSteps, Clocked):
         self.exec_marked: dict[int, int] = {}  # pid -> line of exec's activate_mm
         self.diverged: set[int] = set()  # CPUs whose borrowed mm came from a missed switch
         self.hotplugged: set[int] = set()  # CPUs that went offline or came back
-        self.poking_addr: int | None = None  # x86 poking_mm, learned at its first use
-        if inputs == "sched":  # a binding only: sched inputs run text_poke at tlb_flush hints
-            self.poking_addr = next(
-                (address(e.args.get("next")) for e in events
-                 if isinstance(e, Probe) and e.function == SWITCH_MM
-                 and kv.outside_kind(e) == "temporary_mm"),
-                None,
-            )  # fmt: skip
+        # x86 poking_mm (allocated at boot): a binding, both modes
+        self.poking_addr = self.pretrace.poking_mm
         self.tainted: set[int] = set()  # kernel mm addresses of missed switches
         self.raced: set[int] = set()  # mm addresses whose __mmput the model pinned
         self.exited_mm: dict[int, int] = {}  # mm address -> pid whose exit_mm let go of it
@@ -521,12 +511,11 @@ class Validator(MarkerSteps, Clocked):
     def _temporary_mm(self, p: Probe, mm: int) -> None:
         """switch_mm_irqs_off(NULL, mm, current) outside a context switch marks __text_poke():
         the first such hook of the trace is a use_temporary_mm(poking_mm), so its `next` names
-        the poking mm (allocated at boot), and every hook to it is one. The model runs
-        text_poke there (leave_mm if lazy, the poking mm and back); the unuse_temporary_mm()
-        hook that follows, back to the mm loaded before, is the model's to predict."""
-        if self.poking_addr is None:
-            self.poking_addr = mm
-        elif mm != self.poking_addr:
+        the poking mm (allocated at boot: PreTrace.poking_mm), and every hook to it is one.
+        The model runs text_poke there (leave_mm if lazy, the poking mm and back); the
+        unuse_temporary_mm() hook that follows, back to the mm loaded before, is the model's
+        to predict."""
+        if mm != self.poking_addr:
             return  # unuse_temporary_mm()
         self.ctx = Context("text_poke", p.line, p.cpu, p.pid)
         self._refusable(self.m.text_poke, p.cpu)

@@ -186,6 +186,9 @@ class PreTrace:
     first_mm: dict[int, int] = field(default_factory=dict)
     flags: dict[int, int] = field(default_factory=dict)  # pid -> task_struct.flags first seen
     comm: dict[int, str] = field(default_factory=dict)
+    # x86 poking_mm, allocated at boot: `next` of the first use_temporary_mm() hook (a hook
+    # with a task, outside a switch, and a NULL `prev`)
+    poking_mm: int | None = None
 
     @classmethod
     def scan(cls, events: Iterable[object]) -> PreTrace:
@@ -197,6 +200,9 @@ class PreTrace:
             if ev.function in NEW_MM:
                 born.add(address(ev.args.get("ret") or ev.args.get("mm")))
                 continue
+            temporary = ev.function == SWITCH_MM and outside_kind(ev) == "temporary_mm"
+            if temporary and out.poking_mm is None:
+                out.poking_mm = address(ev.args.get("next"))
             for who in ("t_", "prev_"):
                 pid = _int(ev.args.get(who + "pid"))
                 if not pid:

@@ -23,7 +23,6 @@ from activemm.trace.events import (
     ProcessExec,
     ProcessExit,
     ProcessFork,
-    SchedSwitch,
     TaskRename,
     TlbFlush,
     TraceEvent,
@@ -85,42 +84,6 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
             renamed.discard(ev.pid)
             pending[ev.pid] = ev.line
     hints.update(pending.values())
-    return hints
-
-
-def text_poke_hints(events: list[TraceEvent], exec_lines: set[int]) -> dict[int, int]:
-    """Tracepoint-only text_poke() hints: line -> how many __text_poke()s start there.
-    use_temporary_mm(poking_mm) and unuse_temporary_mm() each load CR3 outside any context
-    switch, in the task that flips a static key or arms a kprobe, interrupts off: two own
-    tlb_flush "flush on task switch" lines in a row on that CPU, and a third before them when
-    the CPU was lazy (leave_mm() first). A run of such loads with nothing else traced on the
-    CPU in between is text_poke_bp()'s batch: one text_poke per pair. A load right after a
-    sched_switch, in the context of the task switched out, is that switch's own; exec hints
-    are exec's."""
-    hints: dict[int, int] = {}
-    runs: dict[int, list[int]] = {}  # CPU -> its current run of own loads
-    # CPU -> prev of a switch whose CR3 load may come next (emitted in prev's context)
-    after_switch: dict[int, int] = {}
-
-    def close(cpu: int) -> None:
-        run = runs.pop(cpu, [])
-        if len(run) >= 2 and not exec_lines.intersection(run):
-            hints[run[0]] = len(run) // 2
-
-    for ev in events:
-        if isinstance(ev, Probe):
-            continue
-        switch_prev = after_switch.pop(ev.cpu, None)
-        if isinstance(ev, SchedSwitch):
-            close(ev.cpu)
-            after_switch[ev.cpu] = ev.prev_pid
-        elif isinstance(ev, TlbFlush) and "task switch" in ev.reason and not ev.hardirq:
-            if ev.pid != switch_prev:
-                runs.setdefault(ev.cpu, []).append(ev.line)
-        else:
-            close(ev.cpu)
-    for cpu in list(runs):
-        close(cpu)
     return hints
 
 

@@ -24,6 +24,9 @@ The opposite sign, found before the fact: exit_mmap()'s first flush finds the ex
 CPU lazy (exit_mm()'s enter_lazy_tlb) and switches it to init_mm, a CR3 load outside any
 context switch (lazy_exits). A user task's own CR3 load there is that, exec's activate_mm()
 (an exec follows) or a text_poke() (two loads, there and back).
+
+Those pairs are found too: own CR3 loads in a row on a CPU, nothing else traced there in
+between, are text_poke()'s (load_runs, text_poke_hints).
 """
 
 from __future__ import annotations
@@ -66,12 +69,17 @@ class ExitWindows:
     # sched_switch lines of a CPU back from offline: its idle task switches out while its
     # last traced switch was to its stopper thread
     returns: set[int] = field(default_factory=set)
+    # runs of two or more own CR3 loads in a row on a CPU, nothing else traced there in
+    # between: text_poke()'s use_temporary_mm() and unuse_temporary_mm(), a pair per
+    # __text_poke(), and leave_mm() before them when the CPU was lazy (text_poke_hints)
+    load_runs: list[list[int]] = field(default_factory=list)
 
     @classmethod
     def scan(cls, events: Iterable[object]) -> ExitWindows:
         w = cls()
         switching: dict[int, SchedSwitch] = {}  # CPU -> a switch whose CR3 load may follow
         running: dict[int, str] = {}  # CPU -> the comm its last traced switch went to
+        run: dict[int, list[int]] = {}  # CPU -> its own CR3 loads since its last other event
         for e in events:
             if isinstance(e, Probe) or not isinstance(e, TraceEvent):
                 continue  # not an input: the CR3 load's tlb_flush is the next tracepoint
@@ -85,6 +93,10 @@ class ExitWindows:
                 w.cr3.add(sw.line)
                 w.had_mm.setdefault(sw.next_pid, []).append(sw.line)
                 continue
+            if isinstance(e, TlbFlush) and TASK_SWITCH in e.reason and not e.hardirq:
+                run.setdefault(e.cpu, []).append(e.line)
+            elif len(loads := run.pop(e.cpu, [])) >= 2:
+                w.load_runs.append(loads)
             if isinstance(e, LostEvents):
                 running.pop(e.cpu, None)  # what ran there meanwhile is unknown
             elif isinstance(e, SchedSwitch):
@@ -112,7 +124,21 @@ class ExitWindows:
                 w.had_mm.setdefault(e.pid, []).append(e.line)
             elif isinstance(e, ProcessExit):
                 w.exits.setdefault(e.exit_pid, []).append(e.line)
+        w.load_runs += [loads for loads in run.values() if len(loads) >= 2]
         return w
+
+    def text_poke_hints(self, exec_lines: set[int]) -> dict[int, int]:
+        """Tracepoint-only text_poke() hints: line -> how many __text_poke()s start there.
+        use_temporary_mm(poking_mm) and unuse_temporary_mm() each load CR3 outside any
+        context switch, in the task that flips a static key or arms a kprobe, interrupts
+        off: two own loads in a row on that CPU, a third before them when the CPU was lazy
+        (leave_mm() first). A longer run is text_poke_bp()'s batch: one text_poke per pair.
+        A run holding an exec hint (`exec_lines`) is exec's."""
+        return {
+            loads[0]: len(loads) // 2
+            for loads in self.load_runs
+            if not exec_lines.intersection(loads)
+        }
 
     def exit_point(self, pid: int, line: int) -> int | None:
         """Task `pid`, switched in at `line` without the CR3 load its mm needed: the switch
