@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +81,17 @@ FTRACE = re.compile(
 PERF = re.compile(
     r"^\s*(?P<comm>.*?)\s+(?P<pid>-?\d+)(?:/(?P<tid>-?\d+))?\s+\[(?P<cpu>\d+)\]\s+"
     r"(?P<ts>\d+\.\d+):\s+(?:\d+\s+)?(?P<event>[\w-]+:[\w.-]+):\s*(?P<rest>.*)$"
+)
+# The common case of tracefs text, a sched_switch line, in two matches: the line up to the
+# event's fields, then SWITCH_FIELDS from there (the general path matches FTRACE, then SWITCH on
+# its fields; one pattern for both halves backtracks several times slower)
+FTRACE_SWITCH = re.compile(
+    r"\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[\d-]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
+    r"(?:\S{4,6}\s+)?(?P<ts>\d+\.\d+):\s+sched_switch:\s*"
+)
+SWITCH_FIELDS = re.compile(
+    r"prev_comm=(.*?) prev_pid=(-?\d+) prev_prio=-?\d+ prev_state=(\S+) "
+    r"==> next_comm=(.*?) next_pid=(-?\d+) next_prio=-?\d+"
 )
 HEADER_CPUS = re.compile(r"(?:#P:|^cpus=)(\d+)")
 LOST = re.compile(r"^\s*CPU:\s*(?P<cpu>\d+)\s+\[LOST (?P<n>\d+) EVENTS\]")
@@ -369,8 +380,32 @@ def parse_lines(
 ) -> Iterator[TraceEvent]:
     """Parse lines into events in file order."""
     last_event = ""
+    fast = FTRACE_SWITCH.match if fmt == "ftrace" else None
     for n, raw in enumerate(lines, start=1):
         stats.lines = n
+        # (the substring test first: a failing match backtracks over every '-' of the line)
+        head = fast(raw) if fast and "sched_switch:" in raw else None
+        f = head and SWITCH_FIELDS.match(raw, head.end())
+        if f:
+            assert head
+            comm, pid, tgid_s, cpu, ts = head.groups()
+            pc, pp, ps, nc, np_ = f.groups()
+            stats.events += 1
+            last_event = "sched_switch"
+            yield SchedSwitch(
+                n,
+                int(cpu),
+                float(ts),
+                int(pid),
+                comm,
+                int(tgid_s) if tgid_s and tgid_s.lstrip("-").isdigit() else None,
+                pc,
+                int(pp),
+                ps,
+                nc,
+                int(np_),
+            )
+            continue
         if _skip(raw):
             cpus = HEADER_CPUS.search(raw)
             if cpus:
@@ -394,6 +429,7 @@ def parse_lines(
                     "('COMM PID [CPU] TIME: sched:EVENT: ...')",
                 )
             stats.fmt = fmt
+            fast = FTRACE_SWITCH.match if fmt == "ftrace" else None
         m = (FTRACE if fmt == "ftrace" else PERF).match(line)
         if m is None and last_event in MULTILINE_EVENTS:
             # trace_printk()/trace_marker text may hold newlines: the rest of its message
@@ -448,18 +484,32 @@ def reorder(
     """Merge by timestamp: events from different CPUs may be out of order by up to `window`
     events (per-CPU buffers concatenated, trace_pipe, Perfetto bundles). Ties keep file order.
     A lost-events marker keeps its place in the stream. With `stats`, a Perfetto input gets
-    the wider PERFETTO_WINDOW."""
-    heap: list[tuple[float, int, TraceEvent]] = []
+    the wider PERFETTO_WINDOW.
+
+    The window is two sorted queues: the run of events no earlier than every one before them
+    (a text trace is nearly all one run), appended at O(1), and a heap of the late ones; the
+    least of their two heads leaves when the window is full."""
+    run: deque[tuple[float, int, TraceEvent]] = deque()
+    late: list[tuple[float, int, TraceEvent]] = []
+
+    def least() -> TraceEvent:
+        if late and (not run or late[0] < run[0]):
+            return heapq.heappop(late)[2]
+        return run.popleft()[2]
+
     last_ts = float("-inf")
     for seq, ev in enumerate(events):
         ts = ev.ts if ev.ts >= 0 else last_ts
-        last_ts = max(last_ts, ts)
-        heapq.heappush(heap, (ts, seq, ev))
+        if ts >= last_ts:
+            last_ts = ts
+            run.append((ts, seq, ev))
+        else:
+            heapq.heappush(late, (ts, seq, ev))
         limit = PERFETTO_WINDOW if stats is not None and stats.fmt == "perfetto" else window
-        if len(heap) > limit:
-            yield heapq.heappop(heap)[2]
-    while heap:
-        yield heapq.heappop(heap)[2]
+        if len(run) + len(late) > limit:
+            yield least()
+    while run or late:
+        yield least()
 
 
 def read_trace(
