@@ -452,6 +452,21 @@ def test_replay_refuses_bad_options_in_one_line(
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("codec", ["plain", "gzip"])
+def test_a_file_with_no_bytes_is_refused(codec: str, tmp_path: Path) -> None:
+    """Zero bytes (plain, or a gzip of nothing) is no trace, unlike a header with no events:
+    exit status 2 and one line naming the file, for `replay` as for `timeline`."""
+    f = tmp_path / "nothing.txt"
+    f.write_bytes(b"" if codec == "plain" else gzip.compress(b""))
+    for cmd in (["replay", str(f)], ["timeline", str(f), "-o", str(tmp_path / "t.json")]):
+        r = subprocess.run(
+            [sys.executable, "-m", "activemm", *cmd], capture_output=True, text=True, timeout=120
+        )
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip() == f"activemm: error: {f}: empty (no bytes at all): not a trace"
+    assert not (tmp_path / "t.json").exists()
+
+
 def test_an_empty_trace_replays_to_zero_events(tmp_path: Path) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("# tracer: nop\n#\n")

@@ -263,6 +263,8 @@ def _events(path: str, fmt: str | None, stats: ReadStats, lenient: bool) -> Iter
     stream, _ = _magic_stream(_open_bytes(path), path)
     try:
         head = stream.read(64)
+        if not head:
+            raise TraceError(path, None, "empty (no bytes at all): not a trace")
         rest = io.BufferedReader(_Prefixed(head, stream))
         if head.startswith(TRACE_DAT_MAGIC):
             yield from parse_lines(_trace_dat_lines(path, rest), path, None, stats, lenient)
