@@ -14,8 +14,8 @@ from activemm.validate.kernel import Drop, Outside, hexaddr
 MAX_MISMATCHES = 50
 HELD_OUTSIDE = (
     "mm_count held outside the scheduler (io_uring's ctx->mm_account, the OOM killer's "
-    "signal->oom_mm, an open /proc/PID/mem, a userfaultfd, khugepaged's scan cursor...) and "
-    "dropped later elsewhere, or not within the trace: no input announces it"
+    "signal->oom_mm, an open /proc/PID/mem, a userfaultfd, khugepaged's scan cursor, ksmd's "
+    "mm_slot...) and dropped later elsewhere, or not within the trace: no input announces it"
 )
 ELSEWHERE = (
     "__mmput ran in another task (an mm_users reference such as a /proc reader's "
