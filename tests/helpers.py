@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from activemm import Machine, Sanitizer, preset
@@ -12,6 +14,13 @@ from activemm.model.state import Mm
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m activemm ARGS...`, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "activemm", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def machine(config: str | KernelConfig = "linux-6.17-x86_64", cpus: int = 2) -> Machine:

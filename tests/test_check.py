@@ -3,8 +3,7 @@ reduction merges only isomorphic states, counterexamples replay."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from activemm.check.canonical import canonical
 from activemm.check.explore import explore
 from activemm.check.ops import Limits
 
+from .helpers import cli
 from .test_properties import MUTANT_PRESETS
 
 BOUND = Limits(
@@ -34,7 +34,11 @@ MUTANT_DEPTH = 8  # the stated bound: every mutant is caught within 8 operations
 @pytest.mark.parametrize("mutant", list(MUTANT_PRESETS))
 def test_every_mutant_has_a_counterexample_within_the_bound(mutant: str) -> None:
     cfg = PRESETS[MUTANT_PRESETS[mutant]].with_mutants(mutant)
-    bound = replace(BOUND, text_poke=mutant == "text-poke-no-leave-mm")
+    bound = replace(
+        BOUND,
+        text_poke=mutant == "text-poke-no-leave-mm",
+        failures=mutant in ("fork-cleanup-no-mmput", "bprm-no-mmput"),
+    )
     r = explore(cfg, 2, bound, depth=MUTANT_DEPTH)
     assert r.violations, f"{mutant}: no counterexample within depth {MUTANT_DEPTH}"
     cex = r.violations[0]
@@ -96,35 +100,29 @@ def test_canonical_form_is_equal_for_isomorphic_states_only() -> None:
 
 def test_explore_cli_writes_a_counterexample_that_run_replays(tmp_path: Path) -> None:
     out = tmp_path / "cex.toml"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "activemm",
-            "explore",
-            "--mutant",
-            "no-lazy-grab",
-            "-o",
-            str(out),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = cli("explore", "--mutant", "no-lazy-grab", "-o", str(out), "--json")
     assert r.returncode == 1, r.stderr
-    import json
-
     summary = json.loads(r.stdout)
     assert summary["violations"][0]["kind"] == "refcount mismatch"
     assert {"states", "transitions", "max_depth", "violations", "seconds"} <= set(summary)
-    replay = subprocess.run(
-        [sys.executable, "-m", "activemm", "run", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    replay = cli("run", str(out))
     assert replay.returncode == 1 and "refcount mismatch" in replay.stderr
+
+
+def test_explore_says_which_option_a_mutant_needs(tmp_path: Path) -> None:
+    """An error-path mutant is out of reach without --failures: explore says so on stderr
+    (and finds nothing); with it, the shortest counterexample is init's failed first exec,
+    which leaks bprm->mm, and `activemm run` replays it to the same leak."""
+    note = "note: mutant bprm-no-mmput breaks a path explored only with --failures"
+    without = cli("explore", "-m", "bprm-no-mmput", "--depth", "4", "--json")
+    assert without.returncode == 0 and note in without.stderr
+    out = tmp_path / "cex.toml"
+    found = cli("explore", "-m", "bprm-no-mmput", "--failures", "-o", str(out), "--json")
+    assert found.returncode == 1 and note not in found.stderr
+    (violation,) = json.loads(found.stdout)["violations"]
+    assert violation["kind"] == "leak" and violation["ops"][-1] == "failed_exec(task=init[1])"
+    replay = cli("run", str(out))
+    assert replay.returncode == 1 and "BUG: activemm-sanitizer: leak" in replay.stderr
 
 
 @pytest.mark.parametrize("mutant", ["no-lazy-drop", "exit-mmput-before-lazy"])
@@ -163,15 +161,9 @@ def test_worker_processes_explore_the_same_space_whatever_the_timing() -> None:
 def test_explore_cli_jobs_gives_the_same_verdict() -> None:
     """`activemm explore -j 2`: the summary says how many processes shared the work, and a
     clean preset explored to the same depth has no violation either way."""
-    import json
 
     def run(*extra: str) -> dict[str, object]:
-        r = subprocess.run(
-            [sys.executable, "-m", "activemm", "explore", "--depth", "7", "--json", *extra],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        r = cli("explore", "--depth", "7", "--json", *extra, timeout=300)
         assert r.returncode == 0, r.stderr
         return dict(json.loads(r.stdout))
 
@@ -189,3 +181,19 @@ def test_text_poke_interleaved_with_everything_breaks_nothing(name: str) -> None
     to kthread_use_mm or an external holder."""
     r = explore(PRESETS[name], 2, replace(BOUND, text_poke=True), depth=6)
     assert r.violations == [] and r.states > 500
+
+
+@pytest.mark.parametrize(
+    "name", ["linux-6.1-x86_64", "linux-6.17-shootdown", "linux-6.17-powerpc-radix", "alpha"]
+)
+def test_failing_forks_and_execs_interleaved_with_everything_break_nothing(name: str) -> None:
+    """explore --failures: a fork failing after copy_mm() and an exec failing after
+    alloc_bprm(), from any running user task at any point (init before its first exec
+    included), leave every count as the kernel's rules say and leak nothing; and they are
+    really explored (more transitions than without them)."""
+    cfg = PRESETS[name]
+    bound = replace(BOUND, failures=True, kthread_use_mm=cfg.arch != "alpha")
+    r = explore(cfg, 2, bound, depth=6)
+    assert r.violations == [] and r.states > 500
+    without = explore(cfg, 2, replace(bound, failures=False), depth=6)
+    assert r.transitions > without.transitions

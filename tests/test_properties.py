@@ -36,7 +36,12 @@ class ModelMachine(RuleBasedStateMachine):
     def step(self, data: st.DataObject) -> None:
         # alpha: kthread_use_mm() keeps the old page tables (test_arch.py shows the resulting
         # use-after-free the model predicts), so random walks there leave it out.
-        limits = Limits(max_tasks=6, kthread_use_mm=self.config.arch != "alpha", text_poke=True)
+        limits = Limits(
+            max_tasks=6,
+            kthread_use_mm=self.config.arch != "alpha",
+            text_poke=True,
+            failures=True,
+        )
         ops = enabled(self.m, limits, self.forks)
         if not ops:
             return
@@ -115,6 +120,8 @@ MUTANT_PRESETS = {
     "no-shootdown": "linux-6.17-powerpc-radix",
     "x86-no-tlb-gen-catchup": "linux-6.17-x86_64",
     "text-poke-no-leave-mm": "linux-6.1-x86_64",
+    "fork-cleanup-no-mmput": "linux-6.17-x86_64",
+    "bprm-no-mmput": "linux-6.12-x86_64",
 }
 
 
@@ -135,7 +142,8 @@ def test_every_mutant_is_caught_by_a_random_walk(mutant: str) -> None:
         m = machine_for(config, cpus=2)
         forks: dict[str, int] = {}
         for _ in range(30):
-            ops = enabled(m, Limits(max_tasks=5, hotplug=False, text_poke=True), forks)
+            limits = Limits(max_tasks=5, hotplug=False, text_poke=True, failures=True)
+            ops = enabled(m, limits, forks)
             if not ops:
                 return
             apply(m, data.draw(st.sampled_from(ops)))

@@ -50,6 +50,14 @@ MutantOpt = Annotated[
 ]
 
 
+# mutants whose broken path `explore` offers only with an option
+MUTANT_NEEDS = {
+    "text-poke-no-leave-mm": "--text-poke",
+    "fork-cleanup-no-mmput": "--failures",
+    "bprm-no-mmput": "--failures",
+}
+
+
 def resolve_config(
     name: str | None, mutants: list[str] | None = None, fallback: str | None = None
 ) -> KernelConfig:
@@ -192,6 +200,14 @@ def explore(
     text_poke: Annotated[
         bool, typer.Option("--text-poke", help="Also x86 text_poke (poking_mm) on any CPU.")
     ] = False,
+    failures: Annotated[
+        bool,
+        typer.Option(
+            "--failures",
+            help="Also the error paths: fork() failing after copy_mm(), execve() failing "
+            "after alloc_bprm() (no budget spent).",
+        ),
+    ] = False,
     no_flushes: Annotated[
         bool, typer.Option("--no-flushes", help="No TLB flushes / leave_mm.")
     ] = False,
@@ -228,6 +244,13 @@ def explore(
     from activemm.fileio import write_atomic
 
     cfg = resolve_config(preset_name, mutant)
+    given = {"--text-poke": text_poke, "--failures": failures}
+    for name in sorted(cfg.mutants):
+        flag = MUTANT_NEEDS.get(name)
+        if flag is not None and not given[flag]:
+            err.print(
+                f"note: mutant {name} breaks a path explored only with {flag}", highlight=False
+            )
     limits = Limits(
         max_tasks=processes + threads + kthreads + 2,
         max_holders=holders,
@@ -240,6 +263,7 @@ def explore(
         flushes=not no_flushes,
         hotplug=hotplug,
         text_poke=text_poke,
+        failures=failures,
     )
     show = err.is_terminal and not as_json
     shown = [0.0]
@@ -282,6 +306,7 @@ def explore(
             "flushes": not no_flushes,
             "hotplug": hotplug,
             "text_poke": text_poke,
+            "failures": failures,
         },
         "jobs": jobs or os.cpu_count() or 1,
     }

@@ -34,6 +34,9 @@ class Limits:
     grabs: bool = True  # mmgrab/mmdrop holders besides mmget_not_zero/mmput
     kthread_use_mm: bool = True
     text_poke: bool = False  # x86 text_poke (poking_mm) on any online CPU
+    # error paths: a fork failing after copy_mm(), an exec failing after alloc_bprm() (no
+    # task is created, no budget is spent: they change only reference counts and TLB state)
+    failures: bool = False
 
 
 def op(name: str, **args: Any) -> Op:
@@ -100,8 +103,12 @@ def enabled(
             for kind in ("process", "thread"):
                 if can_fork(kind):
                     ops.append(op("fork", parent=t.name, kind=kind))
+                if limits.failures:
+                    ops.append(op("failed_fork", parent=t.name, kind=kind))
             if can_exec:
                 ops.append(op("exec", task=t.name))
+            if limits.failures:
+                ops.append(op("failed_exec", task=t.name))
             if t.pid != 1:
                 ops.append(op("exit", task=t.name))
         elif t.uses_mm:
@@ -114,8 +121,11 @@ def enabled(
                     usable = not mm.is_init_mm and not mm.freed and mm.mm_users > 0
                     if usable and id(mm) not in poking:
                         ops.append(op("kthread_use_mm", task=t.name, mm=mm.name))
-            elif can_exec:
-                ops.append(op("exec", task=t.name))
+            else:  # a user-mode thread before its first exec (init trying /sbin/init...)
+                if can_exec:
+                    ops.append(op("exec", task=t.name))
+                if limits.failures:
+                    ops.append(op("failed_exec", task=t.name))
             if t.pid != 1:
                 ops.append(op("exit", task=t.name))
     if limits.holders:

@@ -37,6 +37,10 @@ MUTANTS: dict[str, str] = {
     "mm skips the tlb_gen check, keeping stale TLB entries",
     "text-poke-no-leave-mm": "x86 use_temporary_mm(): skips leave_mm() on a lazy CPU, which "
     "comes back to its borrowed mm no longer lazy (the 2020 Xen PV bug)",
+    "fork-cleanup-no-mmput": "copy_process(): the bad_fork_cleanup_mm error path forgets "
+    "mmput() of the child's mm (dup_mm()'s copy, or the mm_users a thread took)",
+    "bprm-no-mmput": "free_bprm(): an exec failing before exec_mmap() forgets "
+    "mmput(bprm->mm), the new mm alloc_bprm() allocated",
 }
 
 

@@ -45,7 +45,7 @@ def free_bprm(k: Kernel, bprm_mm: Mm | None) -> None:
     """fs/exec.c: free_bprm(): an exec that failed before exec_mmap() (no such file, not a
     program...) puts bprm->mm: its only user, so __mmput() and __mmdrop() run right here, in
     the task that tried. No one else ever saw that mm."""
-    if bprm_mm is not None:
+    if bprm_mm is not None and not k.bug("bprm-no-mmput"):
         mmh.mmput(k, bprm_mm)
 
 

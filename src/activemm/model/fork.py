@@ -109,7 +109,7 @@ def copy_process_fails(k: Kernel, current: Task, how: str, comm: str) -> None:
     goes back. The task_struct was never visible: no pid, no tracepoint."""
     tsk = Task(pid=0, comm=comm, tgid=0, pf_kthread=how == "kthread")
     copy_mm(k, how in ("thread", "vfork"), tsk, current)
-    if tsk.mm is not None:
+    if tsk.mm is not None and not k.bug("fork-cleanup-no-mmput"):
         mmh.mmput(k, tsk.mm)
 
 
