@@ -79,7 +79,8 @@ class Sanitizer(Observer):
         self.checks += 1
         if self.checks % self.every == 0:
             self.check_now(state)
-        self.history.append(f"#{op.index} {op.describe()}")
+        if self.history.maxlen:
+            self.history.append(f"#{op.index} {op.describe()}")
         self.op = None
 
     def check_now(self, state: KernelState) -> None:

@@ -165,7 +165,8 @@ class Search:
     seen_kinds: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.san = Sanitizer(self.config, every=NEVER)
+        # (no history: a counterexample's report comes from replaying it, replay_counterexample)
+        self.san = Sanitizer(self.config, history=0, every=NEVER)
 
     def boot(self) -> Node:
         m = Machine(self.config, [self.san])
