@@ -166,6 +166,65 @@ def test_reorder_is_a_stable_merge_within_its_window(stamps: list[int], window: 
         assert want == [i for _, i in sorted((ts, i) for i, ts in enumerate(stamps))]
 
 
+STACKS = {
+    # tracefs with options/stacktrace and userstacktrace (kernel/trace/trace_output.c)
+    "tracefs_tgid": lambda prefix: [
+        f"{prefix}: <stack trace>",
+        " => __schedule+0x2f5/0x8b0",
+        " => schedule+0x68/0xf0",
+        f"{prefix}: <user stack trace>",
+        " => <00007f1e2c0a1b2c>",
+    ],
+    # trace-cmd report of a kernel_stack entry's frames
+    "trace_cmd_report": lambda prefix: [
+        "=> __schedule (ffffffff81c0f1e5)",
+        "=> schedule (ffffffff81c0f6a8)",
+    ],
+    # perf script of `perf record -g`: a callchain, then a blank line
+    "perf_script": lambda prefix: [
+        "\tffffffff81c0f1e5 __schedule+0x2f5 ([kernel.kallsyms])",
+        "\t    7f1e2c0a1b2c [unknown] (/usr/lib/x86_64-linux-gnu/libc.so.6)",
+        "",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(STACKS))
+def test_stack_traces_after_events_are_counted_and_skipped(name: str, tmp_path: Path) -> None:
+    """Stack traces that tracing options print after each event (tracefs's stacktrace
+    options, trace-cmd's kernel_stack frames, perf script's callchains) leave the events
+    read exactly as without them; their lines are counted, not errors."""
+    plain = [ln for ln in text(name).splitlines()]
+    with_stacks: list[str] = []
+    added: Counter[str] = Counter()
+    for ln in plain:
+        with_stacks.append(ln)
+        if ln.strip() and not ln.lstrip().startswith(("#", "cpus=", "version", "CPU")):
+            extra = STACKS[name](ln.split(": ", 1)[0])
+            with_stacks += extra
+            for x in extra:
+                kind = (
+                    "user_stack"
+                    if "<user stack trace>" in x
+                    else "kernel_stack"
+                    if "<stack trace>" in x
+                    else "stack trace frames"
+                )
+                added[kind] += bool(x)
+
+    def read(lines: list[str]) -> tuple[list[tuple[object, ...]], ReadStats]:
+        stats = ReadStats()
+        path = _write(tmp_path, lines)
+        events = [(type(e).__name__, e.cpu, e.ts, e.pid) for e in read_trace(path, stats=stats)]
+        return events, stats
+
+    want, before = read(plain)
+    got, after = read(with_stacks)
+    assert got == want and len(want) > 100
+    for kind, n in added.items():
+        assert after.unknown[kind] - before.unknown[kind] == n
+
+
 @pytest.mark.parametrize("codec", ["gzip", "xz", "zstd", "stdin"])
 def test_compressed_and_stdin_inputs_read_the_same(codec: str, tmp_path: Path) -> None:
     raw = text("trace_cmd_report").encode()

@@ -109,6 +109,12 @@ EXIT = re.compile(r"comm=(?P<c>.*) pid=(?P<p>\d+) prio=")
 RENAME = re.compile(r"pid=(?P<p>\d+) oldcomm=(?P<o>.*) newcomm=(?P<n>.*?)(?: oom_score_adj=.*)?$")
 TLB = re.compile(r"pages:(?P<pages>-?\d+) reason:(?P<reason>.*)")
 CPUHP = re.compile(r"cpu:\s*(?P<c>\d+)\s+target:\s*-?\d+\s+step:\s*\d+\s+\((?P<f>[^)]*)\)")
+# Stack traces that tracing options attach to events: tracefs's `options/stacktrace` and
+# `userstacktrace` (an entry printing "<stack trace>" then " => symbol" lines), trace-cmd
+# report's "=> symbol (address)" lines, and perf script's callchain lines (`perf record -g`:
+# indented "address symbol (dso)").
+STACK_HEADER = re.compile(r"\d\.\d+:\s+<(?P<user>user )?stack trace>\s*$")
+STACK_FRAME = re.compile(r"\s*=> |\s+[0-9a-f]{6,16} \S")
 PROBE = re.compile(r"^\((?P<loc>[^)]*)\)\s*(?P<args>.*)$")
 PROBE_ARG = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
@@ -436,6 +442,13 @@ def parse_lines(
         if m is None and last_event in MULTILINE_EVENTS:
             # trace_printk()/trace_marker text may hold newlines: the rest of its message
             stats.unknown[f"{last_event} (continued)"] += 1
+            continue
+        header = STACK_HEADER.search(line) if m is None else None
+        if header is not None:
+            stats.unknown["user_stack" if header["user"] else "kernel_stack"] += 1
+            continue
+        if m is None and STACK_FRAME.match(line):
+            stats.unknown["stack trace frames"] += 1
             continue
         if m is None:
             if lenient:
