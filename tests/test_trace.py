@@ -25,7 +25,7 @@ from activemm.trace import LostEvents, SchedSwitch, TraceError, read_trace
 from activemm.trace.readers import ReadStats
 from activemm.trace.replay import load_task_snapshot, peek_cpus, replay
 
-from .helpers import ROOT
+from .helpers import ROOT, cli
 
 DATA = ROOT / "tests" / "data"
 TRACES = ["tracefs_tgid", "tracefs_plain", "perf_script", "trace_cmd_report"]
@@ -509,6 +509,21 @@ def test_replay_refuses_bad_options_in_one_line(
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
+
+
+def test_a_trace_with_counter_clock_timestamps_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """trace_clock counter or x86-tsc print a bare count where seconds were expected (the
+    kernel prints seconds only for clocks in nanoseconds): the error says so and what to
+    record with, instead of calling the file no scheduler trace."""
+    line = (
+        "            bash-1234  [000] d..2. 123456789012: sched_switch: prev_comm=bash "
+        "prev_pid=1234 prev_prio=120 prev_state=S ==> next_comm=swapper/0 next_pid=0 "
+        "next_prio=120"
+    )
+    r = cli("replay", str(_write(tmp_path, ["# tracer: nop", line])))
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"activemm: error: {tmp_path / 't.txt'}:2: timestamps without")
+    assert "'local' clock" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("codec", ["plain", "gzip"])

@@ -93,6 +93,8 @@ SWITCH_FIELDS = re.compile(
     r"prev_comm=(.*?) prev_pid=(-?\d+) prev_prio=-?\d+ prev_state=(\S+) "
     r"==> next_comm=(.*?) next_pid=(-?\d+) next_prio=-?\d+"
 )
+# a tracefs/trace-cmd line whose timestamp is a bare count (trace_clock counter, x86-tsc)
+COUNTER_CLOCK = re.compile(r"\s*.*?-\d+\s+(?:\(\s*[\d-]+\)\s+)?\[\d+\]\s+(?:\S{4,6}\s+)?\d+:\s")
 HEADER_CPUS = re.compile(r"(?:#P:|^cpus=)(\d+)")
 LOST = re.compile(r"^\s*CPU:\s*(?P<cpu>\d+)\s+\[LOST (?P<n>\d+) EVENTS\]")
 SWITCH = re.compile(
@@ -428,6 +430,14 @@ def parse_lines(
             continue
         if fmt is None:
             fmt = detect(line)
+            if fmt is None and COUNTER_CLOCK.match(line):
+                raise TraceError(
+                    path,
+                    n,
+                    "timestamps without a fraction of a second: recorded with a counter "
+                    "trace_clock (counter, x86-tsc...); record with the default 'local' clock "
+                    "(or 'global', 'mono', 'boot'), whose times are seconds",
+                )
             if fmt is None:
                 raise TraceError(
                     path,
