@@ -614,12 +614,15 @@ def test_replay_jobs_share_the_configurations_and_change_nothing(tmp_path: Path)
     one = _replay_json(trace, "--tasks", str(DATA / "tracefs_tgid.tasks"))
     two = _replay_json(trace, "--tasks", str(DATA / "tracefs_tgid.tasks"), "-j", "2")
     assert one.returncode == two.returncode == 0, two.stderr
-    assert json.loads(one.stdout) == json.loads(two.stdout)
-    assert json.loads(one.stdout)["events"] > 1000
+    first, second = json.loads(one.stdout), json.loads(two.stdout)
+    assert first.pop("jobs") == 1 and second.pop("jobs") == 2  # a small file: one by default
+    assert first == second
+    assert first["events"] > 1000
     plain = gzip.decompress((DATA / "tracefs_tgid.txt.gz").read_bytes())
     piped = _replay_json("-", "--tasks", str(DATA / "tracefs_tgid.tasks"), "-j", "2", stdin=plain)
     assert piped.returncode == 0, piped.stderr
-    assert json.loads(piped.stdout)["configs"] == json.loads(one.stdout)["configs"]
+    assert json.loads(piped.stdout)["configs"] == first["configs"]
+    assert json.loads(piped.stdout)["jobs"] == 1
     big = DATA / "captures" / "linux-6.1-smp4-parallel" / "trace.txt.gz"
     lines = gzip.decompress(big.read_bytes()).decode().splitlines()
     bad = tmp_path / "bad.txt"
@@ -630,6 +633,26 @@ def test_replay_jobs_share_the_configurations_and_change_nothing(tmp_path: Path)
     r = _replay_json(str(bad), "-j", "2")
     err = r.stderr.decode().strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and "bad.txt" in err[0], r.stderr
+
+
+def test_replay_shares_the_work_by_default_on_big_trace_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without -j, a trace file over AUTO_JOBS_BYTES is replayed by one process per CPU (at
+    most one per configuration), a smaller one in this process; the JSON says how many."""
+    from typer.testing import CliRunner
+
+    from activemm import cli as cli_module
+
+    monkeypatch.setattr(cli_module, "AUTO_JOBS_BYTES", 1000)
+    trace = str(DATA / "tracefs_tgid.txt.gz")
+    r = CliRunner().invoke(cli_module.app, ["replay", trace, "--json", "-p", "linux-6.17"])
+    assert r.exit_code == 0, r.output
+    # linux-6.17 and the no-lazy baseline: two configurations
+    assert json.loads(r.stdout)["jobs"] == min(os.cpu_count() or 1, 2)
+    monkeypatch.setattr(cli_module, "AUTO_JOBS_BYTES", 1 << 40)
+    r = CliRunner().invoke(cli_module.app, ["replay", trace, "--json", "-p", "linux-6.17"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["jobs"] == 1
 
 
 def test_exec_from_a_thread_whose_leader_switches_out_last_under_the_threads_pid(

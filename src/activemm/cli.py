@@ -50,6 +50,9 @@ MutantOpt = Annotated[
 ]
 
 
+# `replay` shares the configurations between processes by default above this size on disk
+AUTO_JOBS_BYTES = 8 << 20
+
 # mutants whose broken path `explore` offers only with an option
 MUTANT_NEEDS = {
     "text-poke-no-leave-mm": "--text-poke",
@@ -380,15 +383,17 @@ def replay(
         ),
     ] = 1000,
     jobs: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--jobs",
             "-j",
             min=0,
             help="Processes sharing the configurations, each reading the trace (0: one per "
-            "CPU). Not for standard input.",
+            "CPU, at most one per configuration). Default: 0 for a trace file over "
+            f"{AUTO_JOBS_BYTES >> 20} MB, else 1. Standard input: always 1.",
+            show_default=False,
         ),
-    ] = 1,
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
     output: Annotated[
         Path | None,
@@ -426,8 +431,10 @@ def replay(
         def tick(n: int) -> None:
             bar.update(job, description=f"replaying: {n:,} events")
 
-        workers = min(jobs or os.cpu_count() or 1, len(configs + hidden))
-        if workers > 1 and trace != "-":
+        if jobs is None:  # worth the forks and the second reading on big traces only
+            jobs = 0 if trace != "-" and Path(trace).stat().st_size > AUTO_JOBS_BYTES else 1
+        workers = 1 if trace == "-" else min(jobs or os.cpu_count() or 1, len(configs + hidden))
+        if workers > 1:
 
             def reopen() -> tuple[Iterator[TraceEvent], ReadStats]:
                 _, evs, _, read, _ = _open_trace(trace, None, fmt, lenient)
@@ -456,7 +463,7 @@ def replay(
                 sanitize_every=sanitize_every,
             )
             outcomes = collect(replayers)
-    result = comparison(trace, n, stats, outcomes, names)
+    result = comparison(trace, n, stats, outcomes, names) | {"jobs": workers}
     if output is not None:
         write_atomic(output, json.dumps(result, indent=1) + "\n")
     if as_json:
