@@ -73,6 +73,7 @@ SAMPLE = [
     " Web Content-77   (  70) [001] d..2.  1.000100: sched_switch: prev_comm=Web Content "
     "prev_pid=77 prev_prio=120 prev_state=S ==> next_comm=swapper/1 next_pid=0 next_prio=120",
     "CPU:1 [LOST 12 EVENTS]",
+    "CPU:0 [LOST EVENTS]",
     "  kworker/0:1-17    [000]  1.000050: sched_switch: prev_comm=kworker/0:1 prev_pid=17 "
     "prev_prio=120 prev_state=I ==> next_comm=bash next_pid=30 next_prio=120",
     "  bash-30  [000] .....  1.000200: sched_wakeup: comm=x pid=1 prio=120 target_cpu=000",
@@ -88,11 +89,12 @@ def test_trace_cmd_plugin_format_comm_with_colons_spaces_lost_probes(tmp_path: P
     sw = [e for e in evs if isinstance(e, SchedSwitch)]
     assert (sw[0].prev_comm, sw[0].prev_pid, sw[0].next_pid) == ("memfd:sealed-91", 1084, 0)
     assert (sw[1].prev_comm, sw[1].tgid) == ("Web Content", 70)
-    assert any(isinstance(e, LostEvents) and e.cpu == 1 and e.count == 12 for e in evs)
+    lost = [(e.cpu, e.count) for e in evs if isinstance(e, LostEvents)]
+    assert lost == [(1, 12), (0, 0)]  # "[LOST EVENTS]": the kernel could not count them
     probes = [e for e in evs if type(e).__name__ == "Probe"]
     assert [p.function for p in probes] == ["switch_mm_irqs_off", "mm_alloc"]  # type: ignore[attr-defined]
     assert probes[0].args["t_comm"] == "bash"  # type: ignore[attr-defined]
-    assert st_.unknown["sched_wakeup"] == 1 and st_.lost_events == 12
+    assert st_.unknown["sched_wakeup"] == 1 and st_.lost_events == 12 and st_.lost_markers == 2
 
 
 def test_reorder_merges_cpus_by_timestamp(tmp_path: Path) -> None:

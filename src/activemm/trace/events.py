@@ -96,6 +96,7 @@ class Probe(TraceEvent):
 
 @dataclass(slots=True)
 class LostEvents(TraceEvent):
-    """`CPU:N [LOST M EVENTS]`: the CPU's buffer overflowed; its state is unknown from here."""
+    """`CPU:N [LOST M EVENTS]`: the CPU's buffer overflowed; its state is unknown from here.
+    `count` is 0 for `CPU:N [LOST EVENTS]`, how many the kernel could not tell."""
 
     count: int

@@ -96,7 +96,9 @@ SWITCH_FIELDS = re.compile(
 # a tracefs/trace-cmd line whose timestamp is a bare count (trace_clock counter, x86-tsc)
 COUNTER_CLOCK = re.compile(r"\s*.*?-\d+\s+(?:\(\s*[\d-]+\)\s+)?\[\d+\]\s+(?:\S{4,6}\s+)?\d+:\s")
 HEADER_CPUS = re.compile(r"(?:#P:|^cpus=)(\d+)")
-LOST = re.compile(r"^\s*CPU:\s*(?P<cpu>\d+)\s+\[LOST (?P<n>\d+) EVENTS\]")
+# "[LOST EVENTS]" without a count: the kernel could not tell how many (the `trace` file read
+# while tracing went on and the writer passed the reader)
+LOST = re.compile(r"^\s*CPU:\s*(?P<cpu>\d+)\s+\[LOST (?:(?P<n>\d+) )?EVENTS\]")
 SWITCH = re.compile(
     r"prev_comm=(?P<pc>.*) prev_pid=(?P<pp>-?\d+) prev_prio=-?\d+ prev_state=(?P<ps>\S+) "
     r"==> next_comm=(?P<nc>.*) next_pid=(?P<np>-?\d+) next_prio=-?\d+"
@@ -425,8 +427,9 @@ def parse_lines(
         lost = LOST.match(line)
         if lost:
             stats.lost_markers += 1
-            stats.lost_events += int(lost["n"])
-            yield LostEvents(n, int(lost["cpu"]), -1.0, -1, "", None, int(lost["n"]))
+            count = int(lost["n"] or 0)
+            stats.lost_events += count
+            yield LostEvents(n, int(lost["cpu"]), -1.0, -1, "", None, count)
             continue
         if fmt is None:
             fmt = detect(line)
