@@ -95,6 +95,9 @@ def test_trace_cmd_plugin_format_comm_with_colons_spaces_lost_probes(tmp_path: P
     assert [p.function for p in probes] == ["switch_mm_irqs_off", "mm_alloc"]  # type: ignore[attr-defined]
     assert probes[0].args["t_comm"] == "bash"  # type: ignore[attr-defined]
     assert st_.unknown["sched_wakeup"] == 1 and st_.lost_events == 12 and st_.lost_markers == 2
+    _, rs = replay(iter(evs), [PRESETS["linux-6.17"]], 2)
+    anomalies = rs["linux-6.17"].stats.anomalies
+    assert anomalies["lost events"] == 12 and anomalies["lost-events gaps of unknown size"] == 1
 
 
 def test_reorder_merges_cpus_by_timestamp(tmp_path: Path) -> None:

@@ -100,3 +100,8 @@ class LostEvents(TraceEvent):
     `count` is 0 for `CPU:N [LOST EVENTS]`, how many the kernel could not tell."""
 
     count: int
+
+    @property
+    def anomaly(self) -> str:
+        """What a replay counts it as: `count` lost events, or one gap of unknown size."""
+        return "lost events" if self.count else "lost-events gaps of unknown size"

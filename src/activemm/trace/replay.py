@@ -280,7 +280,7 @@ class Replayer:
                     del self.tasks[ev.free_pid]
                     self.tgid_of.pop(ev.free_pid, None)
             elif isinstance(ev, LostEvents):
-                self.stats.anomalies["lost events"] += ev.count
+                self.stats.anomalies[ev.anomaly] += ev.count or 1
         except OperationError as e:
             # The trace asks for something the model's state does not allow: count it, keep
             # going; the next event resynchronises.

@@ -429,7 +429,7 @@ class Validator(MarkerSteps, Clocked):
         if ev.pid in self.pins and isinstance(ev, PAST_MMPUT):
             self._refusable(self._unpin, ev)
         if isinstance(ev, LostEvents):
-            self.result.anomalies["lost events"] += ev.count
+            self.result.anomalies[ev.anomaly] += ev.count or 1
         if isinstance(ev, ProcessExec | ProcessExit | ProcessFork | NewTask):
             self.anchor[ev.cpu] = ("other", ev.pid)
         if isinstance(ev, ProcessExit):
