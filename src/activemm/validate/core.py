@@ -1103,5 +1103,5 @@ class Validator(MarkerSteps, Clocked):
         drops.score(self.kernel_drops, self.model_drops)
         score_outside(
             self.result, self.kernel_outside, self.model_outside, self.first_switch,
-            self.mm_kthreads, self.windowed,
+            self.mm_kthreads, self.windowed, set(self.first_lazy),
         )  # fmt: skip

@@ -66,6 +66,11 @@ BORROWED_PREV = (
     "model after an earlier miss on this CPU"
 )
 PRE_TRACE = "first switch of the CPU (state from before the trace)"
+PRE_TRACE_LOADED = (
+    "the CPU was lazy on this mm when the trace began and has loaded no user mm since: whether "
+    "a flush (or leave_mm) before the trace had already moved its hardware to init_mm (x86 "
+    "loaded_mm, and with it the CPU's bit in mm_cpumask) no input shows"
+)
 UNEXPLAINED = "unexplained"
 NEARBY = 30  # trace lines: two CPUs' switches racing on one mm sit this close
 
@@ -281,6 +286,7 @@ def score_outside(
     first_switch: dict[int, int] | None = None,
     mm_kthreads: set[int] | None = None,
     windowed: set[int] | None = None,
+    lazy_at_start: set[int] | None = None,
 ) -> None:
     """Outside-schedule hooks match on (kind, task, mms), flushes to init_mm on (CPU, lazy
     episode): the switches that loaded a user mm on that CPU before it. Within one episode the
@@ -288,7 +294,8 @@ def score_outside(
     (a stalled vCPU) is the same flush. A flush on the right CPU in another episode is a miss
     with its cause. `windowed`: with sched inputs, the tasks switched out after their exit_mm
     (its marker, read only for causes) and before sched_process_exit, whose exit the model
-    ran at that tracepoint: by then the kernel's CPU may have been lazy on another mm."""
+    ran at that tracepoint: by then the kernel's CPU may have been lazy on another mm.
+    `lazy_at_start`: the CPUs found lazily borrowing an mm when the trace began."""
     mleft = Counter(o.key() for o in model)
     unmatched_k = []
     for o in kernel:
@@ -343,6 +350,8 @@ def score_outside(
             cause = (
                 EXIT_WINDOW
                 if o.pid in (windowed or set())
+                else PRE_TRACE_LOADED
+                if o.epoch == 0 and o.cpu in (lazy_at_start or set())
                 else "model IPIs a CPU the kernel's flush did not switch (it was no longer lazy)"
             )
         result.mismatch("outside_schedule", o.line, _outside_dict(o),
