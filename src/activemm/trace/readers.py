@@ -74,9 +74,11 @@ class ReadStats:
     header_cpus: int = 0  # from "#P:N" (tracefs) or "cpus=N" (trace-cmd report)
 
 
+# tracefs/trace-cmd text up to the irq-flags column: "COMM-PID (TGID) [CPU] "
+FTRACE_HEAD = r"\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[\d-]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
 FTRACE = re.compile(
-    r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[\d-]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
-    r"(?:(?P<flags>\S{4,6})\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>[^:\s]+):\s*(?P<rest>.*)$"
+    "^" + FTRACE_HEAD + r"(?:(?P<flags>\S{4,6})\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>[^:\s]+):\s*"
+    r"(?P<rest>.*)$"
 )
 PERF = re.compile(
     r"^\s*(?P<comm>.*?)\s+(?P<pid>-?\d+)(?:/(?P<tid>-?\d+))?\s+\[(?P<cpu>\d+)\]\s+"
@@ -85,16 +87,13 @@ PERF = re.compile(
 # The common case of tracefs text, a sched_switch line, in two matches: the line up to the
 # event's fields, then SWITCH_FIELDS from there (the general path matches FTRACE, then SWITCH on
 # its fields; one pattern for both halves backtracks several times slower)
-FTRACE_SWITCH = re.compile(
-    r"\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[\d-]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
-    r"(?:\S{4,6}\s+)?(?P<ts>\d+\.\d+):\s+sched_switch:\s*"
-)
+FTRACE_SWITCH = re.compile(FTRACE_HEAD + r"(?:\S{4,6}\s+)?(?P<ts>\d+\.\d+):\s+sched_switch:\s*")
 SWITCH_FIELDS = re.compile(
     r"prev_comm=(.*?) prev_pid=(-?\d+) prev_prio=-?\d+ prev_state=(\S+) "
     r"==> next_comm=(.*?) next_pid=(-?\d+) next_prio=-?\d+"
 )
 # a tracefs/trace-cmd line whose timestamp is a bare count (trace_clock counter, x86-tsc)
-COUNTER_CLOCK = re.compile(r"\s*.*?-\d+\s+(?:\(\s*[\d-]+\)\s+)?\[\d+\]\s+(?:\S{4,6}\s+)?\d+:\s")
+COUNTER_CLOCK = re.compile(FTRACE_HEAD + r"(?:\S{4,6}\s+)?\d+:\s")
 HEADER_CPUS = re.compile(r"(?:#P:|^cpus=)(\d+)")
 # "[LOST EVENTS]" without a count: the kernel could not tell how many (the `trace` file read
 # while tracing went on and the writer passed the reader)
@@ -138,6 +137,12 @@ def _probe_function(loc: str) -> tuple[str, int | None, bool, str | None]:
     except ValueError:
         offset = None
     return fn.split(".")[0], offset, False, None
+
+
+def _tgid(field: str | None) -> int | None:
+    """The record-tgid column (or perf's pid before the tid): None when absent or unknown
+    ("-------")."""
+    return int(field) if field and field.lstrip("-").isdigit() else None
 
 
 Parser = Callable[[int, int, float, int, str, "int | None", str], TraceEvent | None]
@@ -410,7 +415,7 @@ def parse_lines(
                 float(ts),
                 int(pid),
                 comm,
-                int(tgid_s) if tgid_s and tgid_s.lstrip("-").isdigit() else None,
+                _tgid(tgid_s),
                 pc,
                 int(pp),
                 ps,
@@ -477,8 +482,7 @@ def parse_lines(
         last_event = event
         rest = m["rest"]
         pid = int(m["tid"] or m["pid"]) if fmt == "perf" else int(m["pid"])
-        tgid_s = m["tgid"] if fmt == "ftrace" else (m["pid"] if m["tid"] else None)
-        tgid = int(tgid_s) if tgid_s and tgid_s.lstrip("-").isdigit() else None
+        tgid = _tgid(m["tgid"] if fmt == "ftrace" else (m["pid"] if m["tid"] else None))
         cpu, ts, comm = int(m["cpu"]), float(m["ts"]), m["comm"]
         parser = PARSERS.get(event)
         ev: TraceEvent | None
