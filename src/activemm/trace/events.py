@@ -79,6 +79,18 @@ class TlbFlush(TraceEvent):
     reason: str
     hardirq: bool = False  # from the irq-info flags, when the trace has them
 
+    @property
+    def cr3_load(self) -> bool:
+        """Reason TLB_FLUSH_ON_TASK_SWITCH ("flush on task switch"): x86 emits it for every
+        CR3 load in switch_mm_irqs_off()."""
+        return "task switch" in self.reason
+
+    @property
+    def own_cr3_load(self) -> bool:
+        """A CR3 load by the running task's own code, not a flush IPI's (in a hardirq, the
+        lazy CPU's switch to init_mm in flush_tlb_func())."""
+        return self.cr3_load and not self.hardirq
+
 
 @dataclass(slots=True)
 class Probe(TraceEvent):

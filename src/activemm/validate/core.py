@@ -652,7 +652,7 @@ class Validator(MarkerSteps, Clocked):
             if ev.prev_state.startswith("R"):
                 return False  # preempted: maybe before vhost_worker() began; it sleeps after
             comm, pid = ev.prev_comm, ev.prev_pid
-        elif "task switch" in ev.reason and not ev.hardirq and ev.cpu not in self.pending:
+        elif ev.own_cr3_load and ev.cpu not in self.pending:
             comm, pid = ev.comm, ev.pid
         else:
             return False
@@ -680,7 +680,7 @@ class Validator(MarkerSteps, Clocked):
         CR3 load of flush_tlb_func() switching a lazy CPU to init_mm. A shootdown the inputs
         do not otherwise announce (munmap, mprotect... of the borrowed mm), it leaves
         active_mm and its reference alone: the model's CPU follows it when it, too, is lazy."""
-        if "task switch" not in ev.reason:
+        if not ev.cr3_load:
             return False
         if ev.cpu in self.pending or ev.cpu >= len(self.m.state.rqs):
             return False

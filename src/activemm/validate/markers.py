@@ -63,9 +63,7 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
     for ev in reversed(events):
         if isinstance(ev, Probe):
             continue
-        own_load = (
-            isinstance(ev, TlbFlush) and "task switch" in ev.reason and not ev.hardirq
-        )  # (a hardirq one is a flush IPI switching a lazy CPU to init_mm)
+        own_load = isinstance(ev, TlbFlush) and ev.own_cr3_load
         if not own_load and ev.pid in pending:  # the task did something else before it
             hints.add(pending.pop(ev.pid))
         if isinstance(ev, ProcessExec):
@@ -141,8 +139,7 @@ class MarkerSteps:
             armed is not None
             and isinstance(ev, TlbFlush)
             and ev.pid == armed.pid
-            and "task switch" in ev.reason
-            and not ev.hardirq
+            and ev.own_cr3_load
         )
 
     def _fire_armed(self, ev: TraceEvent) -> None:

@@ -48,8 +48,6 @@ from activemm.trace.events import (
     TraceEvent,
 )
 
-TASK_SWITCH = "task switch"  # tlb_flush reason of every CR3 load in switch_mm_irqs_off()
-
 
 @dataclass
 class ExitWindows:
@@ -84,16 +82,11 @@ class ExitWindows:
             if isinstance(e, Probe) or not isinstance(e, TraceEvent):
                 continue  # not an input: the CR3 load's tlb_flush is the next tracepoint
             sw = switching.pop(e.cpu, None)
-            if (
-                sw is not None
-                and isinstance(e, TlbFlush)
-                and TASK_SWITCH in e.reason
-                and e.pid == sw.prev_pid
-            ):
+            if sw is not None and isinstance(e, TlbFlush) and e.cr3_load and e.pid == sw.prev_pid:
                 w.cr3.add(sw.line)
                 w.had_mm.setdefault(sw.next_pid, []).append(sw.line)
                 continue
-            if isinstance(e, TlbFlush) and TASK_SWITCH in e.reason and not e.hardirq:
+            if isinstance(e, TlbFlush) and e.own_cr3_load:
                 run.setdefault(e.cpu, []).append(e.line)
             elif len(loads := run.pop(e.cpu, [])) >= 2:
                 w.load_runs.append(loads)
@@ -108,12 +101,12 @@ class ExitWindows:
                 if e.prev_state != "R+" and not e.prev_state.startswith("D"):
                     w.sleeps.setdefault(e.prev_pid, []).append(e.line)
             elif isinstance(e, TlbFlush) and e.hardirq:
-                if TASK_SWITCH in e.reason:  # a flush IPI found this CPU lazy
+                if e.cr3_load:  # a flush IPI found this CPU lazy
                     w.own_cr3_lines.setdefault(e.pid, []).append(e.line)
             elif isinstance(e, TlbFlush):
                 if "local mm shootdown" in e.reason:
                     w.had_mm.setdefault(e.pid, []).append(e.line)
-                elif TASK_SWITCH in e.reason:
+                elif e.cr3_load:
                     w.own_cr3.add(e.pid)
                     w.own_cr3_lines.setdefault(e.pid, []).append(e.line)
             elif isinstance(e, NewTask | ProcessFork):
