@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from activemm import PRESETS
 from activemm.trace import LostEvents, SchedSwitch, TraceError, read_trace
+from activemm.trace.events import Probe
 from activemm.trace.readers import ReadStats
 from activemm.trace.replay import load_task_snapshot, peek_cpus, replay
 
@@ -599,6 +600,53 @@ def test_android_systrace_html_is_read_for_its_ftrace_text(tmp_path: Path) -> No
     events = list(read_trace(str(html), stats=stats))
     assert len(events) == 1 and isinstance(events[0], SchedSwitch)
     assert events[0].cpu == 7 and events[0].next_pid == 600 and events[0].line == 9
+
+
+def test_raw_sched_switch_fields_of_older_traces_are_read() -> None:
+    """trace-cmd prints raw fields when it cannot use an event's print format: no "==>",
+    prev_state the number the kernel reports (one TASK_REPORT bit; 0 running; a bit above
+    them all, TASK_REPORT_MAX or an older kernel's TASK_STATE_MAX, preempted). The file holds
+    the first lines of a public trace, ARM-software/lisa tests/lisa/traces/trace.txt
+    (trace-cmd report text of a 6-CPU Juno board, kernel 4.x)."""
+    trace = DATA / "lisa_trace_head.txt"
+    stats = ReadStats()
+    events = [e for e in read_trace(str(trace), stats=stats) if isinstance(e, SchedSwitch)]
+    assert stats.header_cpus == 6 and stats.unknown == {"sched_wakeup": 1}
+    assert [(e.prev_pid, e.prev_state, e.next_comm, e.next_pid) for e in events] == [
+        (1701, "P", "swapper/1", 0),  # 64: TASK_PARKED's bit since 4.14 (TASK_DEAD before)
+        (0, "R", "sh", 1642),
+        (1642, "R+", "kworker/u12:1", 46),
+        (46, "S", "sh", 1642),
+        (0, "R", "sshd", 1639),
+        (1639, "D", "swapper/1", 0),
+    ]
+    r = _replay_json(str(trace), "-p", "linux-6.17-x86_64")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    switches = out["configs"]["linux-6.17-x86_64"]["switches"]
+    lines = trace.read_text().count("sched_switch:")
+    assert sum(v for k, v in switches.items() if k != "user->user same mm") == lines
+
+
+def test_a_tracepoint_probe_named_like_its_tracepoint_is_a_probe(tmp_path: Path) -> None:
+    """A tracepoint probe (`t sched_switch $arg*` in dynamic_events, kernel 6.10+) is an event
+    called sched_switch whose fields open with its location: a probe, not a malformed switch
+    (the example of the kernel's Documentation/trace/fprobetrace.rst)."""
+    trace = tmp_path / "tprobe.txt"
+    trace.write_text(
+        "# tracer: nop\n"
+        "               sh-70      [000] d..2.  3912.083993: sched_switch: prev_comm=sh "
+        "prev_pid=70 prev_prio=120 prev_state=S ==> next_comm=swapper/0 next_pid=0 "
+        "next_prio=120\n"
+        "               sh-70      [000] d..3.  3912.083995: sched_switch: "
+        "(__probestub_sched_switch+0x4/0x10) preempt=0 prev=0xffff88800664e100 "
+        "next=0xffffffff828229c0 prev_state=1\n"
+    )
+    events = list(read_trace(str(trace)))
+    assert [type(e).__name__ for e in events] == ["SchedSwitch", "Probe"]
+    probe = events[1]
+    assert isinstance(probe, Probe) and probe.function == "__probestub_sched_switch"
+    assert probe.args["prev_state"] == "1"
 
 
 def _replay_json(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

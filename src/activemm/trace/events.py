@@ -16,6 +16,32 @@ class TraceEvent:
     tgid: int | None
 
 
+# sched_switch's prev_state as a number, as the kernel reports it since 4.14 (one TASK_REPORT
+# bit, __trace_sched_switch_state(); TASK_REPORT_MAX marks preemption): Perfetto's protos and
+# trace-cmd's raw fields carry it so. (Before 4.14 it was the raw task state: TASK_DEAD was
+# 64, read here as P, and the preemption mark 1024-4096, read here as R+ all the same.)
+STATE_LETTERS = [
+    (0x01, "S"),
+    (0x02, "D"),
+    (0x04, "T"),
+    (0x08, "t"),
+    (0x10, "X"),
+    (0x20, "Z"),
+    (0x40, "P"),
+    (0x80, "I"),
+]
+
+
+def state_letter(value: int) -> str:
+    """The letter the kernel prints for a prev_state number (R, S, D, ... R+)."""
+    if value == 0:
+        return "R"
+    for bit, letter in STATE_LETTERS:
+        if value & bit:
+            return letter
+    return "R+"  # TASK_REPORT_MAX: preempted
+
+
 @dataclass(slots=True)
 class SchedSwitch(TraceEvent):
     prev_comm: str

@@ -21,28 +21,8 @@ from activemm.trace.events import (
     SchedSwitch,
     TaskRename,
     TraceEvent,
+    state_letter,
 )
-
-# prev_state as the kernel reports it (TASK_REPORT bits; TASK_REPORT_MAX marks preemption)
-STATE_LETTERS = [
-    (0x01, "S"),
-    (0x02, "D"),
-    (0x04, "T"),
-    (0x08, "t"),
-    (0x10, "X"),
-    (0x20, "Z"),
-    (0x40, "P"),
-    (0x80, "I"),
-]
-
-
-def state_letter(value: int) -> str:
-    if value == 0:
-        return "R"
-    for bit, letter in STATE_LETTERS:
-        if value & bit:
-            return letter
-    return "R+"  # TASK_REPORT_MAX: preempted
 
 
 def _varint(stream: IO[bytes]) -> int | None:

@@ -42,6 +42,7 @@ from activemm.trace.events import (
     TaskRename,
     TlbFlush,
     TraceEvent,
+    state_letter,
 )
 from activemm.trace.perfetto import looks_like_perfetto, perfetto_events
 
@@ -88,9 +89,11 @@ PERF = re.compile(
 # event's fields, then SWITCH_FIELDS from there (the general path matches FTRACE, then SWITCH on
 # its fields; one pattern for both halves backtracks several times slower)
 FTRACE_SWITCH = re.compile(FTRACE_HEAD + r"(?:\S{4,6}\s+)?(?P<ts>\d+\.\d+):\s+sched_switch:\s*")
+# (no "==>" and a number for prev_state: trace-cmd's raw fields, when it cannot use the event's
+# print format, as in the older traces LISA tests with)
 SWITCH_FIELDS = re.compile(
     r"prev_comm=(.*?) prev_pid=(-?\d+) prev_prio=-?\d+ prev_state=(\S+) "
-    r"==> next_comm=(.*?) next_pid=(-?\d+) next_prio=-?\d+"
+    r"(?:==> )?next_comm=(.*?) next_pid=(-?\d+) next_prio=-?\d+"
 )
 # a tracefs/trace-cmd line whose timestamp is a bare count (trace_clock counter, x86-tsc)
 COUNTER_CLOCK = re.compile(FTRACE_HEAD + r"(?:\S{4,6}\s+)?\d+:\s")
@@ -100,7 +103,7 @@ HEADER_CPUS = re.compile(r"(?:#P:|^cpus=)(\d+)")
 LOST = re.compile(r"^\s*CPU:\s*(?P<cpu>\d+)\s+\[LOST (?:(?P<n>\d+) )?EVENTS\]")
 SWITCH = re.compile(
     r"prev_comm=(?P<pc>.*) prev_pid=(?P<pp>-?\d+) prev_prio=-?\d+ prev_state=(?P<ps>\S+) "
-    r"==> next_comm=(?P<nc>.*) next_pid=(?P<np>-?\d+) next_prio=-?\d+"
+    r"(?:==> )?next_comm=(?P<nc>.*) next_pid=(?P<np>-?\d+) next_prio=-?\d+"
 )
 SWITCH_TRACE_CMD = re.compile(
     r"(?P<pc>.*):(?P<pp>\d+) \[-?\d+\] (?P<ps>\S+) ==> (?P<nc>.*):(?P<np>\d+) \[-?\d+\]"
@@ -155,8 +158,23 @@ def _switch(
     if not m:
         return None
     return SchedSwitch(
-        line, cpu, ts, pid, comm, tgid, m["pc"], int(m["pp"]), m["ps"], m["nc"], int(m["np"])
+        line,
+        cpu,
+        ts,
+        pid,
+        comm,
+        tgid,
+        m["pc"],
+        int(m["pp"]),
+        _state(m["ps"]),
+        m["nc"],
+        int(m["np"]),
     )
+
+
+def _state(prev_state: str) -> str:
+    """prev_state as the kernel prints it: a letter (R, S, ... R+), or a number in raw fields."""
+    return state_letter(int(prev_state)) if prev_state.isdigit() else prev_state
 
 
 def _fork(
@@ -228,7 +246,7 @@ PARSERS: dict[str, Parser] = {
     "cpuhp_enter": _cpuhp,
 }
 EXPECTED = {
-    "sched_switch": "prev_comm=.. prev_pid=.. prev_prio=.. prev_state=.. ==> next_comm=.. "
+    "sched_switch": "prev_comm=.. prev_pid=.. prev_prio=.. prev_state=.. [==>] next_comm=.. "
     "next_pid=.. next_prio=..",
     "sched_process_fork": "comm=.. pid=.. child_comm=.. child_pid=..",
     "task_newtask": "pid=.. comm=.. clone_flags=..",
@@ -418,7 +436,7 @@ def parse_lines(
                 _tgid(tgid_s),
                 pc,
                 int(pp),
-                ps,
+                _state(ps),
                 nc,
                 int(np_),
             )
@@ -484,7 +502,9 @@ def parse_lines(
         pid = int(m["tid"] or m["pid"]) if fmt == "perf" else int(m["pid"])
         tgid = _tgid(m["tgid"] if fmt == "ftrace" else (m["pid"] if m["tid"] else None))
         cpu, ts, comm = int(m["cpu"]), float(m["ts"]), m["comm"]
-        parser = PARSERS.get(event)
+        # a probe's fields open with its location, whatever the event is called: a tracepoint
+        # probe (`t sched_switch ...` in dynamic_events) takes the tracepoint's own name
+        parser = PARSERS.get(event) if not rest.startswith("(") else None
         ev: TraceEvent | None
         if parser is not None:
             ev = parser(n, cpu, ts, pid, comm, tgid, rest)
