@@ -224,6 +224,38 @@ def test_an_exit_window_starts_after_the_last_sign_of_an_mm_and_the_last_sleep()
     assert execs.exit_point(10, 8) is None
 
 
+def test_an_exit_window_is_placed_at_the_last_preemption_or_wait_that_could_hold_it() -> None:
+    """Task 10 shows its mm (a CR3 load for it), is preempted by a kernel thread that borrows
+    its mm, waits in "D" while the idle task keeps its mm loaded, is preempted again, and comes
+    back without the CR3 load its mm needed. exit_mm() ran before one of those three switches
+    out and no tracepoint says which: the last is taken, so that a wrong guess misplaces only
+    switches of the exit window itself (an OOM victim waits in "D" long before its exit)."""
+    from activemm.trace.events import ProcessExit, SchedSwitch, TlbFlush
+    from activemm.validate.windows import ExitWindows
+
+    def switch(line: int, prev: int, state: str, nxt: int) -> SchedSwitch:
+        return SchedSwitch(line, 0, line / 1000, prev, "t", None, "t", prev, state, "t", nxt)
+
+    def cr3(line: int, pid: int) -> TlbFlush:
+        return TlbFlush(line, 0, line / 1000, pid, "t", None, -1, "flush on task switch")
+
+    timeline = [
+        switch(1, 20, "S", 10), cr3(2, 20),  # a sign that 10 has its mm
+        switch(3, 10, "R+", 30),  # a kernel thread borrows 10's mm
+        switch(4, 30, "S", 10),  # no CR3 load due either way
+        switch(5, 10, "D", 0),  # the idle task borrows it
+        switch(6, 0, "R", 10),
+        switch(7, 10, "R+", 20), cr3(8, 10),  # 20 has another mm
+        switch(9, 20, "S", 10),  # due, not there: 10 has no mm
+        ProcessExit(10, 0, 0.01, 10, "t", None, 10),
+    ]  # fmt: skip
+    w = ExitWindows.scan(timeline)
+    assert w.exit_point(10, 9) == 7
+    # its last switch out a sleep ("S"): exit_mm() came after it, not within the trace
+    slept = [*timeline[:6], switch(7, 10, "S", 20), cr3(8, 10), *timeline[8:]]
+    assert ExitWindows.scan(slept).exit_point(10, 9) is None
+
+
 def test_an_exec_that_dies_after_the_point_of_no_return_is_hinted_by_its_rename() -> None:
     """markers.exec_hints on hand-made timelines of task 10's own CR3 loads (tlb_flush "flush
     on task switch" outside a switch): before sched_process_exec, exec's activate_mm; before a

@@ -59,7 +59,6 @@ from activemm.validate.kernel import (
 )
 from activemm.validate.markers import PAST_MMPUT, Context, MarkerSteps, exec_hints
 from activemm.validate.score import (
-    EXIT_GUESSED,
     EXIT_WINDOW,
     FOLLOWS,
     HOTPLUG,
@@ -112,7 +111,6 @@ class Validator(MarkerSteps, Clocked):
         # earlier pass found them; and those this pass finds
         self.exit_points = dict(exit_points or {})
         self.found_exits: dict[int, int] = {}
-        self.inferred: set[int] = set()  # pids whose exit_mm the model ran by inference
         # vhost workers that used their mm, by id() (kept alive: an id() is not reused)
         self.vhost_workers: dict[int, Task] = {}
         self.loaded_sure: dict[int, bool] = {}  # CPU -> the model knows what it has loaded
@@ -455,7 +453,6 @@ class Validator(MarkerSteps, Clocked):
             self.exec_marked.pop(ev.exec_pid, None)
         if isinstance(ev, ProcessExit):
             self.exit_marked.pop(ev.exit_pid, None)
-            self.inferred.discard(ev.exit_pid)
         kind = type(ev).__name__
         self._drive(kind, ev, self.replayer.apply, ev)
 
@@ -1006,6 +1003,8 @@ class Validator(MarkerSteps, Clocked):
             self.loaded_sure[cpu] = False
         if not (model.cr3 and sure) or t.pf_kthread or t.mm is None or t.exiting:
             return
+        if sw.next_pid in suspect:  # its exit is found already: this is a later sign of it
+            return
         point = self.windows.exit_point(sw.next_pid, sw.line)
         if point is not None and point not in self.exit_points:
             self.found_exits[point] = sw.next_pid
@@ -1021,7 +1020,6 @@ class Validator(MarkerSteps, Clocked):
         if t.pf_kthread:  # its own CR3 loads are kthread_use_mm()'s
             return
         self._marker_exit(sw)
-        self.inferred.add(sw.prev_pid)
         if sw.line in self.lazy_exits:
             self.result.lazy_exit_points[sw.line] = sw.prev_pid
             self.result.learned["exit_mm inferred (exit_mmap switched its CPU to init_mm)"] += 1
@@ -1081,8 +1079,6 @@ class Validator(MarkerSteps, Clocked):
         for pid in (sw.prev_pid, sw.next_pid):
             if pid in self.exit_marked:
                 return EXIT_WINDOW
-            if pid in self.inferred:  # the kernel's exit_mm (a marker, if any) is still to come
-                return EXIT_GUESSED
             if pid in self.exec_marked:
                 return "exec window (exec_mmap ran before sched_process_exec)"
             if pid in self.mm_kthreads:

@@ -22,11 +22,6 @@ ELSEWHERE = (
     "get_task_mm()): only the exit_mmap marker says so"
 )
 EXIT_WINDOW = "exit window (exit_mm ran before sched_process_exit)"
-EXIT_GUESSED = (
-    "exit window placed too early: with tracepoints only, exit_mm ran at one of the task's "
-    "preemptions since it last showed an mm, and a kernel thread that borrowed its own mm ran "
-    "in between (no CR3 load tells them apart); the model took an earlier one than the kernel"
-)
 FOLLOWS = "follows an earlier miss on this CPU: the mm it borrows lazily came from that switch"
 LATE_FLUSH = (
     "exit_mmap's TLB flush ran after a context switch (the kernel's __mmput was preempted); "

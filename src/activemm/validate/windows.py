@@ -7,8 +7,8 @@ comes back, and no tracepoint has said a word. x86 leaves a trace all the same: 
 load in switch_mm_irqs_off() emits tlb_flush "flush on task switch" (reason
 TLB_FLUSH_ON_TASK_SWITCH), so a task switched in *without* a CR3 load where the model loads
 one (its mm is not the one the CPU has loaded) has no mm any more. Its exit_mm() ran after
-the last sign that it still had one and after its last sleep, and before the first time it
-switched out after those: there the model runs it (exit_point).
+the last sign that it still had one and after its last sleep, and before it last switched
+out: there the model runs it (exit_point).
 
 Signs that a task still has its mm, all tracepoints: a switch to it that loaded CR3, its own
 "local mm shootdown" flush (flush_tlb_func() on a CPU that is not lazy: once exit_mm() has
@@ -136,10 +136,16 @@ class ExitWindows:
     def exit_point(self, pid: int, line: int) -> int | None:
         """Task `pid`, switched in at `line` without the CR3 load its mm needed: the switch
         out before which its exit_mm() ran, or None when its next fate is not an exit with
-        no sign of an mm in between. The first after the last sign that it had an mm, and
-        after its last switch out of another kind: between exit_mm() and sched_process_exit
-        a task is only preempted ("R+") or waits uninterruptibly ("D"); it neither sleeps
-        ("S") nor gives up the CPU by itself ("R", cond_resched())."""
+        no sign of an mm in between. Between exit_mm() and sched_process_exit a task is only
+        preempted ("R+") or waits uninterruptibly ("D"); it neither sleeps ("S") nor gives
+        up the CPU by itself ("R", cond_resched()): exit_mm() ran after the last sign that
+        it had an mm and after its last switch out of another kind, before one of the
+        preemptions and waits that followed. Which one no tracepoint says when the CPUs it
+        came back to had its mm loaded all along (a kernel thread or the idle task borrowed
+        it); the last, the switch out just before `line`, is taken: a wrong guess then
+        misplaces only the exit window's own switches, where the first misplaced every
+        switch before the window (an OOM victim waiting in "D" for a second before its
+        exit_mm(): 544 switches on a 6-CPU capture, none with the last)."""
         span = self._without_mm(pid, line)
         if span is None:
             return None
@@ -149,8 +155,8 @@ class ExitWindows:
         if s >= 0 and sleeps[s] > last:
             last = sleeps[s]
         outs = self.outs.get(pid, [])
-        k = bisect.bisect_right(outs, last)
-        return outs[k] if k < len(outs) and outs[k] < line else None
+        j = bisect.bisect_left(outs, line) - 1
+        return outs[j] if j >= 0 and outs[j] > last else None
 
     def lazy_exits(self) -> dict[int, int]:
         """Switch line -> pid whose exit_mm() ran before it, known before the fact: the pid
