@@ -72,10 +72,22 @@ def _hotplugs(capture: Path) -> bool:
 
 
 HOTPLUG = [p for p in ALL if _hotplugs(p) and not _holds_outside(p)]
-RACY = [CAPTURES / "linux-6.1-smp3-race"]  # two CPUs dropping one mm at once
+# two CPUs dropping one mm at once (on the second, a vCPU stalled 20 ms between its switch
+# and its finish_task_switch)
+RACY = [CAPTURES / "linux-6.1-smp3-race", CAPTURES / "linux-6.1-smp6-parallel"]
 PLAIN = [p for p in ALL if not _holds_outside(p) and p not in HOTPLUG and p not in RACY]
 HELD = [p for p in ALL if _holds_outside(p)]
 WINDOWS = ("exit window", "exec window", "follows an earlier miss")
+
+
+def _every_drop_but_races(r: score.Result, capture: Path) -> None:
+    """Every __mmdrop matched but, on the RACY captures, those two CPUs raced to: their
+    finish_task_switch drops came in another order than their switches, which no input shows
+    (test_two_cpus_dropping_one_mm_at_once_is_named)."""
+    missed = [m for m in r.mismatches if m["group"] == "mmdrop"]
+    assert not missed or capture in RACY, missed
+    assert all(m["cause"] == score.CONCURRENT for m in missed), missed
+    assert r.mmdrop.total - r.mmdrop.matched == len(missed)
 
 
 def test_the_captures_cover_both_kernels_and_several_cpu_counts() -> None:
@@ -495,7 +507,7 @@ def test_failed_execs_are_followed_with_markers(capture: Path) -> None:
         capture
     )
     assert _failed_execs(capture) >= 4
-    assert r.mmdrop.matched == r.mmdrop.total
+    _every_drop_but_races(r, capture)
     assert r.context_switches.matched == r.context_switches.total
 
 
@@ -821,7 +833,7 @@ def test_cpu_hotplug_is_followed_at_the_cpu_init_marker(capture: Path) -> None:
     assert r.learned["CPU came online (cpu_init marker)"] >= 2
     assert r.learned["CPU went offline (idle_task_exit marker)"] >= 2
     assert r.context_switches.matched == r.context_switches.total
-    assert r.mmdrop.matched == r.mmdrop.total
+    _every_drop_but_races(r, capture)
     assert score.UNEXPLAINED not in r.causes
     sched = validate(capture, inputs="sched")
     returns = sched.learned["CPU went offline and came back (untraced switch to idle)"]
@@ -841,8 +853,9 @@ def test_every_miss_on_every_capture_has_its_cause(capture: Path, inputs: str) -
     assert "model freed an mm the kernel did not" not in r.causes
 
 
-def test_two_cpus_dropping_one_mm_at_once_is_named() -> None:
-    r = validate(CAPTURES / "linux-6.1-smp3-race")
+@pytest.mark.parametrize("capture", RACY, ids=lambda p: p.name)
+def test_two_cpus_dropping_one_mm_at_once_is_named(capture: Path) -> None:
+    r = validate(capture)
     assert r.context_switches.matched == r.context_switches.total
     missed = [m["cause"] for m in r.mismatches if m["group"] == "mmdrop"]
     assert missed and set(missed) == {score.CONCURRENT}
@@ -973,8 +986,8 @@ def _hidden_reference_followed(capture: Path, learned: str, count: int) -> None:
     carry the held-outside cause."""
     r = validate(capture)
     assert r.learned[learned] == count
-    for s in (r.context_switches, r.mmdrop):
-        assert s.matched == s.total, r.mismatches
+    assert r.context_switches.matched == r.context_switches.total, r.mismatches
+    _every_drop_but_races(r, capture)
     assert score.UNEXPLAINED not in r.causes
     sched = validate(capture, inputs="sched")
     assert sched.causes[score.HELD_OUTSIDE] > 0 and score.UNEXPLAINED not in sched.causes
@@ -1083,8 +1096,8 @@ def test_proc_files_holding_an_mm_are_followed_at_their_markers(capture: Path) -
     if "procfiles" in capture.name:  # the workload written for it
         assert opens >= 14 and last >= 1
         assert r.learned["open /proc/PID file (proc_mem_open marker)"] == opens
-    for s in (r.context_switches, r.mmdrop):
-        assert s.matched == s.total, r.mismatches
+    assert r.context_switches.matched == r.context_switches.total, r.mismatches
+    _every_drop_but_races(r, capture)
     sched = validate(capture, inputs="sched")
     missed = sum(m["group"] == "mmdrop" and m["cause"] == score.HELD_OUTSIDE
                  for m in sched.mismatches)  # fmt: skip
