@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from activemm.cli import app
 from activemm.errors import ActiveMmError
-from activemm.trace.events import Probe
+from activemm.trace.events import Probe, SchedSwitch, TlbFlush
 from activemm.trace.readers import read_trace
 from activemm.trace.replay import load_task_snapshot
 from activemm.validate import kernel as kv
@@ -205,27 +205,33 @@ def _after_exit_mm(
     return exit_mm, after
 
 
+def _sw(line: int, prev: int, state: str, nxt: int) -> SchedSwitch:
+    """A hand-made sched_switch on CPU 0 at `line` (ms), comms "t"."""
+    return SchedSwitch(line, 0, line / 1000, prev, "t", None, "t", prev, state, "t", nxt)
+
+
+def _cr3(line: int, pid: int, irq: bool = False) -> TlbFlush:
+    """A hand-made tlb_flush "flush on task switch" (a CR3 load) by `pid` on CPU 0."""
+    flush = TlbFlush(line, 0, line / 1000, pid, "t", None, -1, "flush on task switch")
+    flush.hardirq = irq
+    return flush
+
+
 def test_an_exit_window_starts_after_the_last_sign_of_an_mm_and_the_last_sleep() -> None:
     """windows.py on a hand-made timeline of task 10: switched in with a CR3 load (it has an
     mm), asleep ("S"), back without a CR3 load (after its own thread), preempted ("R+"),
     back without a CR3 load where one was due, then sched_process_exit: exit_mm() ran
     before the preemption, not before the sleep. With an exec before the exit there is no
     window at all."""
-    from activemm.trace.events import ProcessExec, ProcessExit, SchedSwitch, TlbFlush
+    from activemm.trace.events import ProcessExec, ProcessExit
     from activemm.validate.windows import ExitWindows
 
-    def switch(line: int, prev: int, state: str, nxt: int) -> SchedSwitch:
-        return SchedSwitch(line, 0, line / 1000, prev, "t", None, "t", prev, state, "t", nxt)
-
-    def cr3(line: int, pid: int) -> TlbFlush:
-        return TlbFlush(line, 0, line / 1000, pid, "t", None, -1, "flush on task switch")
-
     timeline = [
-        switch(1, 20, "S", 10), cr3(2, 20),  # CR3 loaded for 10: a sign it has its mm
-        switch(3, 10, "S", 11), cr3(4, 10),
-        switch(5, 11, "S", 10),  # 11 shares its mm: no CR3 load, no sign either way
-        switch(6, 10, "R+", 20), cr3(7, 10),
-        switch(8, 20, "S", 10),  # due, not there: 10 has no mm
+        _sw(1, 20, "S", 10), _cr3(2, 20),  # CR3 loaded for 10: a sign it has its mm
+        _sw(3, 10, "S", 11), _cr3(4, 10),
+        _sw(5, 11, "S", 10),  # 11 shares its mm: no CR3 load, no sign either way
+        _sw(6, 10, "R+", 20), _cr3(7, 10),
+        _sw(8, 20, "S", 10),  # due, not there: 10 has no mm
         ProcessExit(9, 0, 0.009, 10, "t", None, 10),
     ]  # fmt: skip
     w = ExitWindows.scan(timeline)
@@ -242,29 +248,23 @@ def test_an_exit_window_is_placed_at_the_last_preemption_or_wait_that_could_hold
     back without the CR3 load its mm needed. exit_mm() ran before one of those three switches
     out and no tracepoint says which: the last is taken, so that a wrong guess misplaces only
     switches of the exit window itself (an OOM victim waits in "D" long before its exit)."""
-    from activemm.trace.events import ProcessExit, SchedSwitch, TlbFlush
+    from activemm.trace.events import ProcessExit
     from activemm.validate.windows import ExitWindows
 
-    def switch(line: int, prev: int, state: str, nxt: int) -> SchedSwitch:
-        return SchedSwitch(line, 0, line / 1000, prev, "t", None, "t", prev, state, "t", nxt)
-
-    def cr3(line: int, pid: int) -> TlbFlush:
-        return TlbFlush(line, 0, line / 1000, pid, "t", None, -1, "flush on task switch")
-
     timeline = [
-        switch(1, 20, "S", 10), cr3(2, 20),  # a sign that 10 has its mm
-        switch(3, 10, "R+", 30),  # a kernel thread borrows 10's mm
-        switch(4, 30, "S", 10),  # no CR3 load due either way
-        switch(5, 10, "D", 0),  # the idle task borrows it
-        switch(6, 0, "R", 10),
-        switch(7, 10, "R+", 20), cr3(8, 10),  # 20 has another mm
-        switch(9, 20, "S", 10),  # due, not there: 10 has no mm
+        _sw(1, 20, "S", 10), _cr3(2, 20),  # a sign that 10 has its mm
+        _sw(3, 10, "R+", 30),  # a kernel thread borrows 10's mm
+        _sw(4, 30, "S", 10),  # no CR3 load due either way
+        _sw(5, 10, "D", 0),  # the idle task borrows it
+        _sw(6, 0, "R", 10),
+        _sw(7, 10, "R+", 20), _cr3(8, 10),  # 20 has another mm
+        _sw(9, 20, "S", 10),  # due, not there: 10 has no mm
         ProcessExit(10, 0, 0.01, 10, "t", None, 10),
     ]  # fmt: skip
     w = ExitWindows.scan(timeline)
     assert w.exit_point(10, 9) == 7
     # its last switch out a sleep ("S"): exit_mm() came after it, not within the trace
-    slept = [*timeline[:6], switch(7, 10, "S", 20), cr3(8, 10), *timeline[8:]]
+    slept = [*timeline[:6], _sw(7, 10, "S", 20), _cr3(8, 10), *timeline[8:]]
     assert ExitWindows.scan(slept).exit_point(10, 9) is None
 
 
@@ -326,29 +326,21 @@ def test_exit_mmap_switching_its_cpu_to_init_mm_shows_an_exit_before_the_fact() 
     switched it to init_mm), is preempted, comes back and exits: exit_mm() ran before the
     preemption. Not when an exec follows (activate_mm()), nor with two loads of its own
     (text_poke(), there and back); a flush IPI that found the CPU lazy counts too."""
-    from activemm.trace.events import ProcessExec, ProcessExit, SchedSwitch, TlbFlush
+    from activemm.trace.events import ProcessExec, ProcessExit
     from activemm.validate.windows import ExitWindows
-
-    def switch(line: int, prev: int, state: str, nxt: int) -> SchedSwitch:
-        return SchedSwitch(line, 0, line / 1000, prev, "t", None, "t", prev, state, "t", nxt)
-
-    def cr3(line: int, pid: int, irq: bool = False) -> TlbFlush:
-        flush = TlbFlush(line, 0, line / 1000, pid, "t", None, -1, "flush on task switch")
-        flush.hardirq = irq
-        return flush
 
     def exit_(line: int) -> ProcessExit:
         return ProcessExit(line, 0, line / 1000, 10, "t", None, 10)
 
-    start = [switch(1, 20, "S", 10), cr3(2, 20)]
-    timeline = [*start, cr3(3, 10), switch(4, 10, "R+", 20), switch(5, 20, "S", 10), exit_(6)]
+    start = [_sw(1, 20, "S", 10), _cr3(2, 20)]
+    timeline = [*start, _cr3(3, 10), _sw(4, 10, "R+", 20), _sw(5, 20, "S", 10), exit_(6)]
     assert ExitWindows.scan(timeline).lazy_exits() == {4: 10}
-    irq = [*start, cr3(3, 10, irq=True), *timeline[3:]]
+    irq = [*start, _cr3(3, 10, irq=True), *timeline[3:]]
     assert ExitWindows.scan(irq).lazy_exits() == {4: 10}
     exec_ = ProcessExec(4, 0, 0.004, 10, "t", None, "/x", 10, 10)
-    execs = [*start, cr3(3, 10), exec_, switch(5, 10, "R+", 20), switch(6, 20, "S", 10), exit_(7)]
+    execs = [*start, _cr3(3, 10), exec_, _sw(5, 10, "R+", 20), _sw(6, 20, "S", 10), exit_(7)]
     assert ExitWindows.scan(execs).lazy_exits() == {}
-    poke = [*start, cr3(3, 10), cr3(4, 10), switch(5, 10, "R+", 20), exit_(6)]
+    poke = [*start, _cr3(3, 10), _cr3(4, 10), _sw(5, 10, "R+", 20), exit_(6)]
     assert ExitWindows.scan(poke).lazy_exits() == {}
 
 
