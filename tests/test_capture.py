@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import lzma
 import os
 import shutil
@@ -115,8 +116,17 @@ def test_kprobes_carry_this_kernels_offsets() -> None:
     # userfaultfd_release(inode, file): file->private_data is the context, ctx->mm its mm
     assert "p:activemm/uffdrelease userfaultfd_release mm=+120(+200(%si)):x64" in uffd
     assert "p:activemm/uffdnew new_userfaultfd" in uffd
-    assert not any("userfaultfd" in d for d in oom)
+    assert not any("dup_userfaultfd" in d for d in uffd)  # no vm_area_struct offsets given
     task = {"pid": 1, "flags": 2, "mm": 3, "active_mm": 4, "comm": 5}
+    offsets = {"private_data": 200, "mm": 120, "features": 24, "vm_mm": 64,
+               "vm_userfaultfd_ctx": 176}  # fmt: skip
+    forks = guest.kprobe_definitions(task, uffd=offsets)
+    # dup_userfaultfd(vma): the child's mm, the context its VMA came with, and its features
+    assert (
+        "p:activemm/uffddup dup_userfaultfd mm=+64(%di):x64 octx=+176(%di):x64 "
+        "features=+24(+176(%di)):x32" in forks
+    )
+    assert not any("userfaultfd" in d for d in oom)
     thp = guest.kprobe_definitions(task, thp={"scan_slot": 16, "slot_mm": 32, "mm_users": 84})
     # the cursor is read through the static khugepaged_scan: its mm_slot, then that slot's mm
     assert (
@@ -267,6 +277,8 @@ def block(name, data):
 meta = b"release 6.1.0-0-amd64\ncpus 2\nfinish_task_switch finish_task_switch.isra.0\n"
 meta += b"stats cpu0 entries: 3 overrun: 0 commit overrun: 0 bytes: 10 dropped events: 0\n"
 trace = b"# tracer: nop\n"
+if first != "reset":  # "reset": the workload removed a trace event, emptying the buffers
+    trace += b"   init-1 (1) [000] ..... 5.0: tracing_mark_write: activemm trace start\n"
 out = "".join(block(n, d) for n, d in [("meta", meta), ("kprobes", b"p:x y\n"),
     ("kprobes.failed", b""), ("workload.log", b"workload exit status 0\n"),
     ("tasks_start", b""), ("tasks_end", b""), ("trace", trace)]) + "=== DONE\n"
@@ -341,6 +353,25 @@ def test_an_output_directory_filled_meanwhile_keeps_the_capture_aside(
         "meta.json", "tasks_end.txt", "tasks_start.txt", "trace.txt.gz", "workload.log"
     ]  # fmt: skip
     assert [p.name for p in out.iterdir()] == ["someone-elses"]
+
+
+@pytest.mark.skipif(
+    not (shutil.which("busybox") and shutil.which("gcc")), reason="needs busybox and gcc"
+)
+def test_a_trace_whose_buffers_were_reset_is_refused_unless_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A workload that removes a trace event (a uprobe of its own) resets every ring buffer:
+    the trace arrives without its start marker, its beginning gone, while the buffer stats
+    show no loss. Refused like lost events; kept with --allow-lost, and marked so."""
+    image = _fake_qemu(tmp_path, monkeypatch, "reset")
+    with pytest.raises(run.CaptureError, match="ring buffers were reset"):
+        run.capture(image, run.CaptureOptions(out=tmp_path / "cap", accel="tcg"), print)
+    assert not (tmp_path / "cap").exists()
+    opts = run.CaptureOptions(out=tmp_path / "cap", accel="tcg", allow_lost=True)
+    meta = run.capture(image, opts, print)
+    assert meta["trace_reset"] is True and meta["lost_events"] is True
+    assert json.loads((tmp_path / "cap" / "meta.json").read_text())["trace_reset"] is True
 
 
 def test_the_vhost_modules_come_uncompressed_in_load_order(tmp_path: Path) -> None:

@@ -649,6 +649,21 @@ def test_a_tracepoint_probe_named_like_its_tracepoint_is_a_probe(tmp_path: Path)
     assert probe.args["prev_state"] == "1"
 
 
+def test_uprobe_hits_are_unknown_events_not_kernel_probes(tmp_path: Path) -> None:
+    """A uprobe's (and uretprobe's) location is a user address, as tests/data/programs/
+    unseen10.c's hits show: counted as an unknown event of its name, not a kernel probe."""
+    trace = tmp_path / "uprobes.txt"
+    trace.write_text(
+        "# tracer: nop\n"
+        "         program-248     (    248) [000] DNZff    11.950873: probed: (0x401d70)\n"
+        "         program-248     (    248) [000] d..1.    11.950990: back: "
+        "(0x401136 <- 0x401d70) arg1=0x5\n"
+    )
+    stats = ReadStats()
+    assert list(read_trace(str(trace), stats=stats)) == []
+    assert stats.unknown == {"probed": 1, "back": 1}
+
+
 def _replay_json(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "activemm", "replay", *args, "--json"],

@@ -127,8 +127,19 @@ def test_markers_match_every_switch_and_mmdrop(capture: Path) -> None:
     assert r.context_switches.matched == switches
     assert r.mmdrop.total == drops and r.mmdrop.matched == drops
     assert "unexplained" not in r.causes
-    # hooks outside schedule: all but vCPU-stall timing (at most 2 per capture)
-    assert r.outside_schedule.matched >= r.outside_schedule.total - 2, r.mismatches
+    _outside_but_ipi_timing(r)
+
+
+def _outside_but_ipi_timing(r: score.Result) -> None:
+    """Every hook outside schedule but vCPU timing: a flush IPI that reached a CPU the model
+    switched only after that CPU had loaded another mm (the sender waits for it; with more
+    vCPUs than host cores a vCPU can stall for milliseconds), at most 2 per capture or 1% of
+    the hooks, and the x86 state of CPUs lazy since before the trace (SMP16, below)."""
+    missed = [m for m in r.mismatches if m["group"] == "outside_schedule"]
+    timing = [m for m in missed if m["cause"] == score.IPI_LATE]
+    assert len(timing) <= max(2, r.outside_schedule.total // 100), missed
+    assert {m["cause"] for m in missed} <= {score.IPI_LATE, score.PRE_TRACE_LOADED}, missed
+    assert r.outside_schedule.total - r.outside_schedule.matched == len(missed)
 
 
 @pytest.mark.parametrize(
@@ -400,10 +411,7 @@ def test_a_workload_written_after_the_model_is_matched(capture: Path) -> None:
     assert r.inputs == "markers"
     for s in (r.context_switches, r.mmdrop):
         assert s.total > 0 and s.matched == s.total, r.mismatches
-    # hooks outside schedule: all but vCPU-stall timing (at most 1 here) and the x86 state of
-    # CPUs lazy since before the trace (SMP16, below)
-    pre_trace = r.causes[score.PRE_TRACE_LOADED]
-    assert r.outside_schedule.matched + pre_trace >= r.outside_schedule.total - 1, r.mismatches
+    _outside_but_ipi_timing(r)
     sched = validate(capture, inputs="sched")
     # (on one CPU a task preempted inside its exit window is common: 97.5% there)
     assert sched.context_switches.matched >= 0.97 * sched.context_switches.total
@@ -1022,7 +1030,13 @@ def _program_uses(capture: Path, word: str) -> bool:
 
 @pytest.mark.parametrize(
     "capture",
-    [p for p in ALL if _marked(p, "new_userfaultfd") and _program_uses(p, "SYS_userfaultfd")],
+    [
+        p
+        for p in ALL
+        if _marked(p, "new_userfaultfd")
+        and _program_uses(p, "SYS_userfaultfd")
+        and not _program_uses(p, "UFFD_FEATURE_EVENT_FORK")
+    ],
     ids=lambda p: p.name,
 )
 def test_userfaultfd_contexts_are_followed_at_their_markers(capture: Path) -> None:
@@ -1040,6 +1054,44 @@ def test_userfaultfd_contexts_are_followed_at_their_markers(capture: Path) -> No
     )
     assert news >= 3 and last >= 1
     _hidden_reference_followed(capture, "userfaultfd ctx->mm (new_userfaultfd marker)", news)
+
+
+FORK_EVENTS = [p for p in ALL if _marked(p, "dup_userfaultfd")]
+
+
+@pytest.mark.parametrize("capture", FORK_EVENTS, ids=lambda p: p.name)
+def test_userfaultfd_fork_events_are_followed_at_dup_userfaultfd(
+    capture: Path, tmp_path: Path
+) -> None:
+    """A userfaultfd with UFFD_FEATURE_EVENT_FORK: dup_mmap() calls dup_userfaultfd() for
+    each VMA of the child, and the first VMA of each such context gets the child a context of
+    its own that mmgrab()s the child's mm (no new_userfaultfd()); the monitor receives it as
+    a file and its release drops the reference. tests/data/programs/unseen10.c closes those
+    files after the children exited: the release frees the mm. With the dup_userfaultfd
+    marker every __mmdrop matches; without it those frees are tagged held-outside."""
+    lines = gzip.decompress((capture / "trace.txt.gz").read_bytes()).decode().splitlines(True)
+    contexts = set()  # (child mm, parent context) of VMAs whose context wants fork events
+    for line in lines:
+        if "(dup_userfaultfd+" in line:
+            fields = line.split("(dup_userfaultfd+", 1)[1].split(") ", 1)[1]
+            args = dict(a.split("=", 1) for a in fields.split())
+            if int(args["octx"], 16) and int(args["features"], 16) & 2:
+                contexts.add((args["mm"], args["octx"]))
+    frees = sum(
+        "(userfaultfd_release+" in a and "(__mmdrop+" in b for a, b in itertools.pairwise(lines)
+    )
+    assert len(contexts) >= 6 and frees >= 6
+    _hidden_reference_followed(
+        capture, "userfaultfd ctx->mm of a fork event (dup_userfaultfd marker)", len(contexts)
+    )
+    unmarked = tmp_path / "unmarked"
+    unmarked.mkdir()
+    (unmarked / "trace.txt").write_text("".join(x for x in lines if "(dup_userfaultfd+" not in x))
+    for name in ("tasks_start.txt", "meta.json"):
+        shutil.copy(capture / name, unmarked)
+    r = validate(unmarked)
+    missed = [m for m in r.mismatches if m["group"] == "mmdrop"]
+    assert len(missed) >= frees - 1 and {m["cause"] for m in missed} == {score.HELD_OUTSIDE}
 
 
 def test_finish_cpu_is_followed_at_its_cpuhp_tracepoint(tmp_path: Path) -> None:

@@ -653,7 +653,10 @@ def capture(
         float, typer.Option("--timeout", min=10, help="Seconds the guest may run.")
     ] = 300.0,
     allow_lost: Annotated[
-        bool, typer.Option("--allow-lost", help="Keep a trace whose ring buffer lost events.")
+        bool,
+        typer.Option(
+            "--allow-lost", help="Keep a trace whose ring buffers lost events or were reset."
+        ),
     ] = False,
     memory: Annotated[
         int,

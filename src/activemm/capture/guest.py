@@ -77,17 +77,29 @@ def kprobe_definitions(
         )
         + (oom_markers(g, off, oom) if oom else [])
         + (proc_markers(g, proc) if proc else [])
-        + (
-            [
-                f"p:{g}/uffdnew new_userfaultfd",
-                f"p:{g}/uffdrelease userfaultfd_release "
-                f"mm=+{uffd['mm']}(+{uffd['private_data']}(%si)):x64",
-            ]
-            if uffd
-            else []
-        )
+        + (uffd_markers(g, uffd) if uffd else [])
         + (khugepaged_markers(g, thp) if thp else [])
     )
+
+
+def uffd_markers(g: str, uffd: dict[str, int]) -> list[str]:
+    """new_userfaultfd(), userfaultfd_release(file) with the context's mm, and (with the
+    vm_area_struct offsets) dup_userfaultfd(vma), which dup_mmap() calls for every VMA of a
+    fork: `mm` is the child's, `octx` the parent VMA's context (copied into the child's VMA
+    already), `features` that context's. When octx asked for UFFD_FEATURE_EVENT_FORK, the
+    first VMA of each context gets the child a new context that mmgrab()s the child's mm,
+    held until the file the monitor reads it as is released."""
+    probes = [
+        f"p:{g}/uffdnew new_userfaultfd",
+        f"p:{g}/uffdrelease userfaultfd_release mm=+{uffd['mm']}(+{uffd['private_data']}(%si)):x64",
+    ]
+    if {"vm_mm", "vm_userfaultfd_ctx", "features"} <= uffd.keys():
+        octx = f"+{uffd['vm_userfaultfd_ctx']}(%di)"
+        probes.append(
+            f"p:{g}/uffddup dup_userfaultfd mm=+{uffd['vm_mm']}(%di):x64 octx={octx}:x64 "
+            f"features=+{uffd['features']}({octx}):x32"
+        )
+    return probes
 
 
 def khugepaged_markers(g: str, thp: dict[str, int]) -> list[str]:

@@ -279,15 +279,24 @@ def proc_offsets(image: KernelImage) -> dict[str, int]:
 
 def uffd_offsets(image: KernelImage) -> dict[str, int]:
     """`file.private_data` and `userfaultfd_ctx.mm`: where userfaultfd_release() finds the
-    mm new_userfaultfd() mmgrab()bed for the file. {} when the BTF lacks one (a kernel
-    without userfaultfd)."""
+    mm new_userfaultfd() mmgrab()bed for the file; with `vm_area_struct.vm_mm`,
+    `vm_area_struct.vm_userfaultfd_ctx` (whose `ctx` is its first member) and
+    `userfaultfd_ctx.features` too, where dup_userfaultfd() finds the context a forked VMA
+    came with and whether it asked for fork events. {} when the BTF lacks the first two (a
+    kernel without userfaultfd)."""
     try:
-        return {
+        found = {
             **struct_offsets(btf(image), "file", ("private_data",)),
             **struct_offsets(btf(image), "userfaultfd_ctx", ("mm",)),
         }
     except CaptureError:
         return {}
+    try:
+        found.update(struct_offsets(btf(image), "userfaultfd_ctx", ("features",)))
+        found.update(struct_offsets(btf(image), "vm_area_struct", ("vm_mm", "vm_userfaultfd_ctx")))
+    except CaptureError:
+        pass  # the fork marker is left out
+    return found
 
 
 def khugepaged_offsets(image: KernelImage) -> dict[str, int]:

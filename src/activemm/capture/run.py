@@ -282,6 +282,15 @@ def capture(
                 f"the guest lost events on {', '.join(sorted(lost))} (ring buffer full): "
                 "use a smaller --scale, or --allow-lost to keep the trace anyway"
             )
+        # Removing a trace event (a kprobe or uprobe deleted by the workload) resets every
+        # ring buffer: what came before is gone, the start marker with it.
+        reset = b"activemm trace start" not in shipped.files["trace"]
+        if reset and not opts.allow_lost:
+            raise CaptureError(
+                "the guest's ring buffers were reset during the workload (the trace lacks its "
+                "start marker; removing a kprobe or uprobe event does that): keep the workload "
+                "from removing trace events, or --allow-lost to keep the trace anyway"
+            )
         release = re.search(r"^release (\S+)", meta_text, re.M)
         fts = re.search(r"^finish_task_switch (\S+)", meta_text, re.M)
         failed = [
@@ -314,7 +323,8 @@ def capture(
             "kprobes": shipped.files.get("kprobes", b"").decode().splitlines(),
             "kprobes_refused": failed,
             "ring_buffer": stats,
-            "lost_events": bool(lost),
+            "lost_events": bool(lost) or reset,
+            "trace_reset": reset,
             "seconds": {k: round(v, 2) for k, v in timings.items()},
             "qemu": subprocess.run(
                 [cmd_qemu(), "--version"], capture_output=True, text=True

@@ -517,7 +517,8 @@ def parse_lines(
                 )
         else:
             pm = PROBE.match(rest)
-            if pm is None:
+            if pm is None or pm["loc"].startswith("0x"):
+                # (a uprobe's location is a user address, `(0x401d70)`: no kernel function)
                 stats.unknown[event] += 1
                 continue
             args = {k: v.strip('"') for k, v in PROBE_ARG.findall(pm["args"])}

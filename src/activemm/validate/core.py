@@ -89,6 +89,7 @@ VHOST_WORKER = re.compile(r"vhost-(\d+)")  # 6.1: kthread_create(..., "vhost-%d"
 PROC_RELEASES = ("mem_release", "pagemap_release", "proc_map_release", "smaps_rollup_release")
 # kernel paths that mmdrop() a reference held outside the scheduler, which the markers show
 RELEASES = ("io_ring_ctx_free", "proc_release", "uffd_release", "khugepaged")
+UFFD_FEATURE_EVENT_FORK = 1 << 1  # include/uapi/linux/userfaultfd.h
 
 
 class Validator(MarkerSteps, Clocked):
@@ -196,6 +197,9 @@ class Validator(MarkerSteps, Clocked):
         self.oom_mms: dict[int, list[str]] = {}  # mm address -> its signal->oom_mm holders
         self.proc_files: dict[int, list[str]] = {}  # mm address -> open /proc/PID files on it
         self.uffds: dict[int, list[str]] = {}  # mm address -> userfaultfd contexts on it
+        # a forked mm's address -> the fork-event contexts dup_userfaultfd() made for it
+        # (by parent context), taken once a model mm stands for it
+        self.uffd_forks: dict[int, dict[int, Probe]] = {}
         self.thp_slots: dict[int, list[str]] = {}  # mm address -> khugepaged's reference
         self.async_drops: dict[int, int] = {}  # mm address -> pid whose mmdrop_async() ran
         # mm address -> the CPU whose idle task still borrowed it going offline: finish_cpu()
@@ -455,6 +459,8 @@ class Validator(MarkerSteps, Clocked):
             self.exit_marked.pop(ev.exit_pid, None)
         kind = type(ev).__name__
         self._drive(kind, ev, self.replayer.apply, ev)
+        if self.uffd_forks and isinstance(ev, NewTask | ProcessFork):
+            self._refusable(self._uffd_fork_grabs)
 
     def _cpu_came_online(self, p: Probe) -> None:
         """cpu_init()'s enter_lazy_tlb(&init_mm) by the idle task, outside a context switch,
@@ -560,6 +566,28 @@ class Validator(MarkerSteps, Clocked):
         6.12): it mmgrab()s current->mm into the new context's ctx->mm, held until the
         file's last reference goes (fs/userfaultfd.c)."""
         self._grab_current(self.uffds, "userfaultfd ctx->mm", "new_userfaultfd", p)
+
+    def _uffd_dup(self, p: Probe) -> None:
+        """dup_userfaultfd(vma) during a fork's dup_mmap: when the parent VMA's context
+        (`octx`) asked for UFFD_FEATURE_EVENT_FORK, the first VMA of each such context gets
+        the child its own context, which mmgrab()s the child's mm (`mm`) until the file the
+        monitor receives it as is released (fs/userfaultfd.c). The child's mm is the model's
+        only once the fork is replayed: the reference is taken then (_uffd_fork_grabs)."""
+        octx = address(p.args.get("octx"))
+        if octx == 0 or not int(p.args.get("features") or "0", 0) & UFFD_FEATURE_EVENT_FORK:
+            return
+        self.uffd_forks.setdefault(address(p.args.get("mm")), {}).setdefault(octx, p)
+
+    def _uffd_fork_grabs(self) -> None:
+        """The fork-event contexts of forked mms a model mm now stands for: the model takes
+        their references."""
+        for addr in [a for a in self.uffd_forks if a in self.live]:
+            mm = self.live[addr]
+            for p in self.uffd_forks.pop(addr).values():
+                if not mm.freed:
+                    holder = f"userfaultfd fork-event ctx->mm (line {p.line})"
+                    learned = "userfaultfd ctx->mm of a fork event (dup_userfaultfd marker)"
+                    self._grab_held(self.uffds, mm, holder, p, learned)
 
     def _release(self, p: Probe, held: dict[int, list[str]], point: str) -> None:
         """A file's release (`p`) whose mmdrop() of the reference its open took (the `mm`
@@ -766,6 +794,8 @@ class Validator(MarkerSteps, Clocked):
             self._release(p, self.proc_files, "proc_release")
         elif f == "new_userfaultfd" and self.inputs == "markers":
             self._refusable(self._uffd_new, p)
+        elif f == "dup_userfaultfd" and self.inputs == "markers":
+            self._uffd_dup(p)
         elif f == "userfaultfd_release":  # userfaultfd_ctx_put() mmdrop()s ctx->mm
             self._release(p, self.uffds, "uffd_release")
         elif f == "__khugepaged_exit" and self.inputs == "markers":
@@ -796,6 +826,7 @@ class Validator(MarkerSteps, Clocked):
         stale = self.live.get(addr)
         if stale is not None:
             del self.live[addr]  # a new life of this address
+        self.uffd_forks.pop(addr, None)  # what a life that never became a model mm left
 
     def _queued(self, pid: int, addr: int) -> list[int] | None:
         """The mm_init addresses announced in pid's context and not yet given to a model

@@ -36,6 +36,7 @@ IPI_TIMING = (
     "flush IPI reached this lazy CPU in another lazy episode than the model's (it had loaded "
     "a user mm in between)"
 )
+IPI_LATE = "model IPIs a CPU the kernel's flush did not switch (it was no longer lazy)"
 HOTPLUG = (
     "CPU hotplug: no input says when a CPU goes offline (idle_task_exit, finish_cpu) or comes "
     "back (with tracepoints only, the model learns it when the CPU is back)"
@@ -352,7 +353,7 @@ def score_outside(
                 if o.pid in (windowed or set())
                 else PRE_TRACE_LOADED
                 if o.epoch == 0 and o.cpu in (lazy_at_start or set())
-                else "model IPIs a CPU the kernel's flush did not switch (it was no longer lazy)"
+                else IPI_LATE
             )
         result.mismatch("outside_schedule", o.line, _outside_dict(o),
                         {"kernel": "nothing here"}, cause)  # fmt: skip

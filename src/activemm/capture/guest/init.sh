@@ -49,6 +49,9 @@ for e in sched/sched_switch sched/sched_process_fork sched/sched_process_exec \
     echo 1 > $T/events/$e/enable 2>/dev/null || echo "event $e" >> /tmp/kprobes.failed
 done
 echo 1 > $T/events/activemm/enable
+# dup_userfaultfd() runs for every VMA of every fork: keep only VMAs with a userfaultfd
+F=$T/events/activemm/uffddup/filter
+[ -e $F ] && { echo 'octx != 0' > $F || echo "filter $F" >> /tmp/kprobes.failed; }
 
 snapshot() {
     for f in /proc/[0-9]*/task/[0-9]*/stat; do
