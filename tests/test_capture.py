@@ -114,7 +114,10 @@ def test_kprobes_carry_this_kernels_offsets() -> None:
     uffd = guest.kprobe_definitions({"pid": 1, "flags": 2, "mm": 3, "active_mm": 4, "comm": 5},
                                     uffd={"private_data": 200, "mm": 120})  # fmt: skip
     # userfaultfd_release(inode, file): file->private_data is the context, ctx->mm its mm
-    assert "p:activemm/uffdrelease userfaultfd_release mm=+120(+200(%si)):x64" in uffd
+    assert (
+        "p:activemm/uffdrelease userfaultfd_release ctx=+200(%si):x64 mm=+120(+200(%si)):x64"
+        in uffd
+    )
     assert "p:activemm/uffdnew new_userfaultfd" in uffd
     assert not any("dup_userfaultfd" in d for d in uffd)  # no vm_area_struct offsets given
     task = {"pid": 1, "flags": 2, "mm": 3, "active_mm": 4, "comm": 5}

@@ -83,7 +83,7 @@ def kprobe_definitions(
 
 
 def uffd_markers(g: str, uffd: dict[str, int]) -> list[str]:
-    """new_userfaultfd(), userfaultfd_release(file) with the context's mm, and (with the
+    """new_userfaultfd(), userfaultfd_release(file) with the context and its mm, and (with the
     vm_area_struct offsets) dup_userfaultfd(vma), which dup_mmap() calls for every VMA of a
     fork: `mm` is the child's, `octx` the parent VMA's context (copied into the child's VMA
     already), `features` that context's. When octx asked for UFFD_FEATURE_EVENT_FORK, the
@@ -91,7 +91,8 @@ def uffd_markers(g: str, uffd: dict[str, int]) -> list[str]:
     held until the file the monitor reads it as is released."""
     probes = [
         f"p:{g}/uffdnew new_userfaultfd",
-        f"p:{g}/uffdrelease userfaultfd_release mm=+{uffd['mm']}(+{uffd['private_data']}(%si)):x64",
+        f"p:{g}/uffdrelease userfaultfd_release ctx=+{uffd['private_data']}(%si):x64 "
+        f"mm=+{uffd['mm']}(+{uffd['private_data']}(%si)):x64",
     ]
     if {"vm_mm", "vm_userfaultfd_ctx", "features"} <= uffd.keys():
         octx = f"+{uffd['vm_userfaultfd_ctx']}(%di)"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from activemm.errors import OperationError
@@ -57,7 +57,7 @@ from activemm.validate.kernel import (
     address,
     hexaddr,
 )
-from activemm.validate.markers import PAST_MMPUT, Context, MarkerSteps, exec_hints
+from activemm.validate.markers import PAST_MMPUT, Context, MarkerSteps, exec_hints, fork_flushes
 from activemm.validate.score import (
     EXIT_WINDOW,
     FOLLOWS,
@@ -123,6 +123,8 @@ class Validator(MarkerSteps, Clocked):
         self.pretrace = PreTrace.scan(events)
         snapshot = self.pretrace.tasks(snapshot)
         self.exec_hints = exec_hints(events)
+        self.fork_hints = fork_flushes(events)
+        self.early_forks: set[int] = set()  # lines of task_newtask replayed at their flush
         self.poke_hints = (
             self.windows.text_poke_hints(self.exec_hints) if self.windows is not None else {}
         )
@@ -200,6 +202,10 @@ class Validator(MarkerSteps, Clocked):
         # a forked mm's address -> the fork-event contexts dup_userfaultfd() made for it
         # (by parent context), taken once a model mm stands for it
         self.uffd_forks: dict[int, dict[int, Probe]] = {}
+        # forking pids (mm_init of a fork announced, the fork not replayed yet) -> the CPUs
+        # lazy on their mm in the model when dup_mmap()'s flush of it ran, with their lazy
+        # episode (None: not yet)
+        self.forking: dict[int, set[tuple[int, int]] | None] = {}
         self.thp_slots: dict[int, list[str]] = {}  # mm address -> khugepaged's reference
         self.async_drops: dict[int, int] = {}  # mm address -> pid whose mmdrop_async() ran
         # mm address -> the CPU whose idle task still borrowed it going offline: finish_cpu()
@@ -295,9 +301,12 @@ class Validator(MarkerSteps, Clocked):
             self.model_outside.append(Outside("temporary_mm", cpu, pid, self._a(ev.next), 0,
                                               self.ctx.line, epoch))  # fmt: skip
         elif ev.next.is_init_mm and ev.task is None:
-            self.model_outside.append(
-                Outside("flush_to_init_mm", cpu, pid, self._a(ev.next), 0, self.ctx.line, epoch)
-            )
+            # a fork's dup_mmap() flush that the model runs after the kernel's (a failed
+            # fork's), which came before this lazy episode of the CPU
+            flushed = self.forking.get(pid) if self.op.name in ("fork", "failed_fork") else None
+            late = flushed is not None and (cpu, epoch) not in flushed
+            self.model_outside.append(Outside("flush_to_init_mm", cpu, pid, self._a(ev.next), 0,
+                                              self.ctx.line, epoch, late))  # fmt: skip
         else:
             self.model_outside.append(Outside("switch_mm", cpu, pid, self._a(ev.next),
                                               self._a(ev.prev), self.ctx.line, epoch))  # fmt: skip
@@ -408,6 +417,8 @@ class Validator(MarkerSteps, Clocked):
         apply(*args)
 
     def _on_sched_event(self, ev: TraceEvent) -> None:
+        if isinstance(ev, TlbFlush) and self.forking.get(ev.pid, ()) is None and ev.pages == -1:
+            self._fork_flushed(ev.pid)  # "remote ipi send", or a "local mm shootdown" alone
         if self._deferred_ends_here(ev) and isinstance(ev, TlbFlush):
             return
         if isinstance(ev, TlbFlush):
@@ -416,6 +427,8 @@ class Validator(MarkerSteps, Clocked):
                 self._refusable(self._early_exec, ev)
             elif ev.line in self.exec_hints and ev.cpu not in self.pending:
                 self._refusable(self._early_exec, ev)
+            elif ev.line in self.fork_hints:
+                self._early_fork(ev)
             elif self.inputs == "sched" and self._vhost_use_mm(ev):
                 pass
             elif ev.line in self.poke_hints and ev.cpu not in self.pending:
@@ -457,10 +470,12 @@ class Validator(MarkerSteps, Clocked):
             self.exec_marked.pop(ev.exec_pid, None)
         if isinstance(ev, ProcessExit):
             self.exit_marked.pop(ev.exit_pid, None)
-        kind = type(ev).__name__
-        self._drive(kind, ev, self.replayer.apply, ev)
-        if self.uffd_forks and isinstance(ev, NewTask | ProcessFork):
-            self._refusable(self._uffd_fork_grabs)
+        if not (isinstance(ev, NewTask) and ev.line in self.early_forks):
+            self._drive(type(ev).__name__, ev, self.replayer.apply, ev)
+        if isinstance(ev, NewTask | ProcessFork):  # (the fork is done: replayed now or early)
+            self._forked(ev.pid)
+            if self.uffd_forks:
+                self._refusable(self._uffd_fork_grabs, ev.child_pid)
 
     def _cpu_came_online(self, p: Probe) -> None:
         """cpu_init()'s enter_lazy_tlb(&init_mm) by the idle task, outside a context switch,
@@ -540,11 +555,16 @@ class Validator(MarkerSteps, Clocked):
     def _drop_held(self, held: dict[int, list[str]], addr: int, point: str, p: Probe) -> bool:
         """The kernel path `point` drops one of the references `held` lists for the mm at
         `addr`: so does the model, there. False when it holds none."""
-        holders = held.get(addr)
-        if not holders:
+        # (only a reference to the life of the address a model mm stands for now: one left
+        # over from an earlier life, after the model lost track, is not this one)
+        mm = self.live.get(addr)
+        of_mm = {h.name for h in self.m.state.holders if h.mm is mm}
+        holder = next((h for h in held.get(addr, []) if h in of_mm), None)
+        if holder is None:
             return False
+        held[addr].remove(holder)
         self.ctx = Context(point, p.line, p.cpu, p.pid)
-        self.m.mmdrop(holders.pop(0), p.cpu)
+        self.m.mmdrop(holder, p.cpu)
         return True
 
     def _grab_current(self, held: dict[int, list[str]], what: str, marker: str, p: Probe) -> None:
@@ -571,23 +591,39 @@ class Validator(MarkerSteps, Clocked):
         """dup_userfaultfd(vma) during a fork's dup_mmap: when the parent VMA's context
         (`octx`) asked for UFFD_FEATURE_EVENT_FORK, the first VMA of each such context gets
         the child its own context, which mmgrab()s the child's mm (`mm`) until the file the
-        monitor receives it as is released (fs/userfaultfd.c). The child's mm is the model's
-        only once the fork is replayed: the reference is taken then (_uffd_fork_grabs)."""
+        monitor receives it as is released (fs/userfaultfd.c). The reference is taken when
+        the fork is done, at its task_newtask (_uffd_fork_grabs): the fork may wait for the
+        monitor until then, and give the context up (_uffd_abandoned)."""
         octx = address(p.args.get("octx"))
         if octx == 0 or not int(p.args.get("features") or "0", 0) & UFFD_FEATURE_EVENT_FORK:
             return
         self.uffd_forks.setdefault(address(p.args.get("mm")), {}).setdefault(octx, p)
 
-    def _uffd_fork_grabs(self) -> None:
-        """The fork-event contexts of forked mms a model mm now stands for: the model takes
-        their references."""
-        for addr in [a for a in self.uffd_forks if a in self.live]:
-            mm = self.live[addr]
-            for p in self.uffd_forks.pop(addr).values():
-                if not mm.freed:
-                    holder = f"userfaultfd fork-event ctx->mm (line {p.line})"
-                    learned = "userfaultfd ctx->mm of a fork event (dup_userfaultfd marker)"
-                    self._grab_held(self.uffds, mm, holder, p, learned)
+    def _uffd_fork_grabs(self, child_pid: int) -> None:
+        """The fork of child_pid is done (task_newtask): the fork-event contexts made for the
+        child's mm, not abandoned meanwhile (_uffd_abandoned), hold it; so does the model."""
+        child = self.replayer.tasks.get(child_pid)
+        mm = child.mm if child is not None else None
+        if mm is None or mm.freed:
+            return
+        for p in self.uffd_forks.pop(self._a(mm), {}).values():
+            holder = f"userfaultfd fork-event ctx->mm (line {p.line})"
+            learned = "userfaultfd ctx->mm of a fork event (dup_userfaultfd marker)"
+            self._grab_held(self.uffds, mm, holder, p, learned)
+
+    def _uffd_abandoned(self, p: Probe) -> None:
+        """userfaultfd_release() of a context (`ctx`) while forks it sent fork events for
+        wait for its monitor: userfaultfd_event_wait_completion() gives up and puts the
+        child's new context in the forking task (an mmdrop() of the child's mm, never its
+        last: the child's own reference stands), so the fork-event contexts of forks not
+        replayed yet are not taken. (A monitor that read the event just before the release
+        delivered the context; that order no input shows.)"""
+        ctx = address(p.args.get("ctx"))
+        for addr in [a for a, made in self.uffd_forks.items() if ctx in made]:
+            del self.uffd_forks[addr][ctx]
+            if not self.uffd_forks[addr]:
+                del self.uffd_forks[addr]
+            self.result.learned["userfaultfd fork event abandoned (userfaultfd_release)"] += 1
 
     def _release(self, p: Probe, held: dict[int, list[str]], point: str) -> None:
         """A file's release (`p`) whose mmdrop() of the reference its open took (the `mm`
@@ -797,6 +833,7 @@ class Validator(MarkerSteps, Clocked):
         elif f == "dup_userfaultfd" and self.inputs == "markers":
             self._uffd_dup(p)
         elif f == "userfaultfd_release":  # userfaultfd_ctx_put() mmdrop()s ctx->mm
+            self._uffd_abandoned(p)
             self._release(p, self.uffds, "uffd_release")
         elif f == "__khugepaged_exit" and self.inputs == "markers":
             self._refusable(self._thp_exit, p)
@@ -821,12 +858,43 @@ class Validator(MarkerSteps, Clocked):
         self.births.setdefault(addr, []).append(p.line)
         if p.function == "dup_mmap" or p.caller in ("copy_process", "dup_mm"):
             self.forked.add(addr)
+            self.forking[p.pid] = None
         else:
             self.forked.discard(addr)
         stale = self.live.get(addr)
         if stale is not None:
             del self.live[addr]  # a new life of this address
         self.uffd_forks.pop(addr, None)  # what a life that never became a model mm left
+
+    def _fork_flushed(self, pid: int) -> None:
+        """pid's dup_mmap() ended with flush_tlb_mm() of its mm (its first full flush since
+        the fork's mm_init: "remote ipi send" when other CPUs were in mm_cpumask, else the
+        "local mm shootdown"): which CPUs were lazy on that mm then, in the model, and in
+        which lazy episode. A fork runs there (_early_fork); a failed one later, whole, at
+        its exit_mmap marker."""
+        t = self.replayer.tasks.get(pid)
+        mm = t.mm if t is not None else None
+        self.forking[pid] = {
+            (rq.cpu, self.episode[rq.cpu])
+            for rq in self.m.state.rqs
+            if mm is not None and rq.curr.mm is None and rq.curr.active_mm is mm
+        }
+
+    def _early_fork(self, ev: TlbFlush) -> None:
+        """A fork's dup_mmap() flush (fork_flushes: its parent's last full flush before its
+        task_newtask): the model forks here, so that its flush of the parent's mm reaches the
+        CPUs lazy on it now, as the kernel's did; the parent may wait long before
+        task_newtask (a userfaultfd monitor reading the fork event)."""
+        nt = self.fork_hints[ev.line]
+        early = replace(nt, line=ev.line, cpu=ev.cpu, ts=ev.ts)
+        self.past_exit.discard(nt.child_pid)  # a new life of the pid
+        self._drive("NewTask", early, self.replayer.apply, early)
+        self.early_forks.add(nt.line)
+        self.result.learned["fork at its dup_mmap flush (tlb_flush)"] += 1
+
+    def _forked(self, pid: int) -> None:
+        """pid's fork has been replayed (or its failure): its dup_mmap() is behind it."""
+        self.forking.pop(pid, None)
 
     def _queued(self, pid: int, addr: int) -> list[int] | None:
         """The mm_init addresses announced in pid's context and not yet given to a model
@@ -848,6 +916,7 @@ class Validator(MarkerSteps, Clocked):
         task = self.replayer.tasks[p.pid]
         if addr in self.forked:
             self._refusable(self.m.failed_fork, task)
+            self._forked(p.pid)
             self.result.learned["failed fork (exit_mmap of an mm copy_process made)"] += 1
         else:
             self._refusable(self.m.failed_exec, task)

@@ -133,6 +133,9 @@ class Outside:
     prev: int
     line: int
     epoch: int  # switches on this CPU that loaded a user mm so far (its lazy episode)
+    # model side: a fork's dup_mmap() flush the model ran later than the kernel (a failed
+    # fork's, at its exit_mmap marker) on a CPU not lazy at the kernel's
+    late_fork: bool = False
 
     def key(self) -> tuple[object, ...]:
         if self.kind == "flush_to_init_mm":

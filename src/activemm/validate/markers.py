@@ -85,6 +85,32 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
     return hints
 
 
+CLONE_VM = 0x100  # include/uapi/linux/sched.h
+
+
+def fork_flushes(events: list[TraceEvent]) -> dict[int, NewTask]:
+    """Lines of tracepoint-only fork hints -> the fork they belong to: dup_mmap() ends with
+    flush_tlb_mm() of the parent's mm, a full flush ("remote ipi send" when other CPUs are in
+    its mm_cpumask, else a "local mm shootdown"), before task_newtask; between the two the
+    parent only finishes copy_process(), or waits (a userfaultfd monitor reading the fork
+    event). So a task's last full flush of its own (not in a hardirq, not a CR3 load) since
+    its previous fork, before a task_newtask without CLONE_VM, is that fork's flush. Probe
+    lines are not read."""
+    hints: dict[int, NewTask] = {}
+    last: dict[int, int] = {}  # pid -> line of its last own full flush since its last fork
+    for ev in events:
+        if isinstance(ev, TlbFlush) and ev.pages == -1 and not ev.hardirq and not ev.cr3_load:
+            if "ipi send" in ev.reason or "local mm shootdown" in ev.reason:
+                last[ev.pid] = ev.line
+        elif isinstance(ev, NewTask):
+            line = last.pop(ev.pid, None)
+            if line is not None and not ev.clone_flags & CLONE_VM:
+                hints[line] = ev
+        elif isinstance(ev, ProcessExec | ProcessExit):
+            last.pop(ev.pid, None)
+    return hints
+
+
 def last_flush(flushes: list[int], start: int, ends: list[int]) -> int | None:
     """Where a kernel path that began at line `start` flushed last: the last of `flushes`
     after `start` and before the first of `ends` after it; with none, that end; None when

@@ -37,6 +37,11 @@ IPI_TIMING = (
     "a user mm in between)"
 )
 IPI_LATE = "model IPIs a CPU the kernel's flush did not switch (it was no longer lazy)"
+FORK_FLUSH = (
+    "a fork's dup_mmap() flush of the parent's mm: the model runs a failed fork whole at its "
+    "exit_mmap marker, the kernel flushed earlier (the parent's first full tlb_flush after the "
+    "fork's mm_init), when this CPU was not lazy yet"
+)
 HOTPLUG = (
     "CPU hotplug: no input says when a CPU goes offline (idle_task_exit, finish_cpu) or comes "
     "back (with tracepoints only, the model learns it when the CPU is back)"
@@ -349,7 +354,9 @@ def score_outside(
         cause = paired.get(id(o), "model only")
         if o.kind == "flush_to_init_mm" and id(o) not in paired:
             cause = (
-                EXIT_WINDOW
+                FORK_FLUSH
+                if o.late_fork
+                else EXIT_WINDOW
                 if o.pid in (windowed or set())
                 else PRE_TRACE_LOADED
                 if o.epoch == 0 and o.cpu in (lazy_at_start or set())
