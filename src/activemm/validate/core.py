@@ -137,6 +137,7 @@ class Validator(MarkerSteps, Clocked):
         self.ipi_sends: dict[int, list[int]] = {}  # pid -> lines of its "remote ipi send"
         self.exit_lines: dict[int, list[int]] = {}
         self.exec_lines: dict[int, list[int]] = {}
+        self.mmput_returns: dict[int, list[int]] = {}  # pid -> lines of exit_mmap returning
         self.finish_cpus: dict[int, list[int]] = {}  # CPU -> lines of cpuhp_enter(finish_cpu)
         self.offline_lines: dict[int, list[int]] = {}  # CPU -> its idle_task_exit markers
         self.rests: dict[int, list[int]] = {}  # pid -> lines of its switches out, not preempted
@@ -163,6 +164,7 @@ class Validator(MarkerSteps, Clocked):
             if not isinstance(e, Probe):
                 continue
             if e.function == EXIT_MMAP and e.returned:
+                self.mmput_returns.setdefault(e.pid, []).append(e.line)
                 continue  # exit_mmap returning (the marker of __mmput's end)
             if e.function == EXIT_MMAP:
                 self.exit_mmaps.setdefault(address(e.args.get("mm")), []).append((e.line, e.pid))
@@ -808,6 +810,11 @@ class Validator(MarkerSteps, Clocked):
         elif f == MMDROP:
             self._kernel_drop(p)
         elif f == EXIT_MMAP and p.returned:
+            # __mmput's mmdrop() follows on this CPU, whatever ran here since exit_mmap began
+            # (it may have been preempted and moved): not a finish_task_switch() drop
+            self.anchor[p.cpu] = (EXIT_MMAP, 0)
+            # an __mmput left to its end (no flush of its own before exit_mmap returned)
+            self._deferred_ends_here(p)
             if p.pid in self.pins and self.inputs == "markers":
                 # __mmput()'s mmdrop() follows exit_mmap()'s return at once
                 self._refusable(self._unpin, p)

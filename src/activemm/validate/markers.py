@@ -141,6 +141,7 @@ class MarkerSteps:
     ipi_sends: dict[int, list[int]]  # pid -> lines of its "remote ipi send" tlb_flush
     exit_lines: dict[int, list[int]]  # pid -> lines of its sched_process_exit
     exec_lines: dict[int, list[int]]  # pid -> lines of its sched_process_exec
+    mmput_returns: dict[int, list[int]]  # pid -> lines of its exit_mmap returning (marker)
     exit_mmaps: dict[int, list[tuple[int, int]]]  # mm address -> [(line, pid)]
     drop_lines: dict[int, list[int]]  # mm address -> __mmdrop lines
     raced: set[int]  # mm addresses whose __mmput the model pinned
@@ -238,7 +239,10 @@ class MarkerSteps:
             return False
         # with no flush of its own, by the time exit_mmap flushed no CPU had the mm loaded
         # any more (they all switched away): __mmput ended before the tracepoint
-        at = last_flush(flushes_by_pid.get(p.pid, []), p.line, ends_by_pid.get(p.pid, []))
+        ends = ends_by_pid.get(p.pid, [])
+        if self.inputs == "markers":  # exit_mmap's final flush comes before it returns
+            ends = sorted(ends + self.mmput_returns.get(p.pid, []))
+        at = last_flush(flushes_by_pid.get(p.pid, []), p.line, ends)
         if at is None or at in self.deferred or not self._outlives(t, how):
             return False
         return self._defer(
