@@ -232,8 +232,10 @@ class MarkerSteps:
         exit, its own CPU's switch to init_mm) land in later intervals. The task's last
         tlb_flush before sched_process_exit (an exit), or its last "remote ipi send" before
         sched_process_exec (exec's mmput of the old mm: the new mm's flushes are local), is
-        that final flush; with none, the tracepoint itself. An mm_users reference taken now
-        is put back there, and __mmput runs in the model at that point. Tracepoints only:
+        that final flush; with none, the tracepoint itself. With markers, exit_mmap's return
+        ends the search too (a later flush is the new mm's), and is the point with none. An
+        mm_users reference taken now is put back there, and __mmput runs in the model at that
+        point. Tracepoints only:
         with sched inputs it serves an exit found in its window and an exec at its hint."""
         if self._last_user(t) is None:
             return False
