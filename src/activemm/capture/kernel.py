@@ -191,21 +191,19 @@ def elf_section(elf: bytes, name: str) -> bytes:
     raise CaptureError(f"the kernel has no {name} section (CONFIG_DEBUG_INFO_BTF=y is needed)")
 
 
-def struct_offsets(btf: bytes, struct_name: str, members: tuple[str, ...]) -> dict[str, int]:
-    """Byte offsets of `members` of `struct struct_name` in raw BTF, looking through
-    anonymous struct/union members (randomized_struct_fields, struct_group)."""
-    magic, _v, _f, hdr_len, type_off, type_len, str_off, _str_len = struct.unpack_from(
+_BtfTypes = dict[int, tuple[int, int, list[tuple[int, int, int]]]]
+
+
+@cache
+def _btf_types(btf: bytes) -> _BtfTypes:
+    """Raw BTF's type table, parsed once per BTF (each struct_offsets() call reads it):
+    type id -> (kind, name_off, [(member name_off, type id, bit offset)])."""
+    magic, _v, _f, hdr_len, type_off, type_len, _str_off, _str_len = struct.unpack_from(
         "<HBBIIIII", btf, 0
     )
     if magic != 0xEB9F:
         raise CaptureError("bad BTF magic")
-    strings = hdr_len + str_off
-
-    def name(off: int) -> str:
-        return btf[strings + off : btf.index(b"\0", strings + off)].decode()
-
-    # type id -> (kind, name_off, [(member name_off, type id, bit offset)])
-    types: dict[int, tuple[int, int, list[tuple[int, int, int]]]] = {}
+    types: _BtfTypes = {}
     pos, end, tid = hdr_len + type_off, hdr_len + type_off + type_len, 1
     while pos < end:
         name_off, info, _size = struct.unpack_from("<III", btf, pos)
@@ -219,6 +217,18 @@ def struct_offsets(btf: bytes, struct_name: str, members: tuple[str, ...]) -> di
         types[tid] = (kind, name_off, members_)
         pos += 12 + fixed + per * vlen
         tid += 1
+    return types
+
+
+def struct_offsets(btf: bytes, struct_name: str, members: tuple[str, ...]) -> dict[str, int]:
+    """Byte offsets of `members` of `struct struct_name` in raw BTF, looking through
+    anonymous struct/union members (randomized_struct_fields, struct_group)."""
+    types = _btf_types(btf)
+    _m, _v, _f, hdr_len, _to, _tl, str_off, _sl = struct.unpack_from("<HBBIIIII", btf, 0)
+    strings = hdr_len + str_off
+
+    def name(off: int) -> str:
+        return btf[strings + off : btf.index(b"\0", strings + off)].decode()
 
     def search(type_id: int, base: int, found: dict[str, int]) -> None:
         for m_name, m_type, bit_off in types[type_id][2]:

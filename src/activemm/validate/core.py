@@ -57,7 +57,14 @@ from activemm.validate.kernel import (
     address,
     hexaddr,
 )
-from activemm.validate.markers import PAST_MMPUT, Context, MarkerSteps, exec_hints, fork_flushes
+from activemm.validate.markers import (
+    PAST_MMPUT,
+    Context,
+    MarkerSteps,
+    exec_hints,
+    fork_flushes,
+    own_full_flush,
+)
 from activemm.validate.score import (
     EXIT_WINDOW,
     FOLLOWS,
@@ -202,7 +209,7 @@ class Validator(MarkerSteps, Clocked):
         self.proc_files: dict[int, list[str]] = {}  # mm address -> open /proc/PID files on it
         self.uffds: dict[int, list[str]] = {}  # mm address -> userfaultfd contexts on it
         # a forked mm's address -> the fork-event contexts dup_userfaultfd() made for it
-        # (by parent context), taken once a model mm stands for it
+        # (by parent context), taken when its fork is done (task_newtask)
         self.uffd_forks: dict[int, dict[int, Probe]] = {}
         # forking pids (mm_init of a fork announced, the fork not replayed yet) -> the CPUs
         # lazy on their mm in the model when dup_mmap()'s flush of it ran, with their lazy
@@ -419,8 +426,8 @@ class Validator(MarkerSteps, Clocked):
         apply(*args)
 
     def _on_sched_event(self, ev: TraceEvent) -> None:
-        if isinstance(ev, TlbFlush) and self.forking.get(ev.pid, ()) is None and ev.pages == -1:
-            self._fork_flushed(ev.pid)  # "remote ipi send", or a "local mm shootdown" alone
+        if ev.pid in self.forking and self.forking[ev.pid] is None and own_full_flush(ev):
+            self._fork_flushed(ev.pid)  # the first since the fork's mm_init: dup_mmap()'s
         if self._deferred_ends_here(ev) and isinstance(ev, TlbFlush):
             return
         if isinstance(ev, TlbFlush):

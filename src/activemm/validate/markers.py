@@ -88,6 +88,19 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
 CLONE_VM = 0x100  # include/uapi/linux/sched.h
 
 
+def own_full_flush(ev: TraceEvent) -> bool:
+    """A full TLB flush of the task's own mm, as dup_mmap()'s flush_tlb_mm() emits it:
+    "remote ipi send" when other CPUs are in the mm's mm_cpumask, else a "local mm
+    shootdown" alone; not one received in a hardirq, not a CR3 load."""
+    return (
+        isinstance(ev, TlbFlush)
+        and ev.pages == -1
+        and not ev.hardirq
+        and not ev.cr3_load
+        and ("ipi send" in ev.reason or "local mm shootdown" in ev.reason)
+    )
+
+
 def fork_flushes(events: list[TraceEvent]) -> dict[int, NewTask]:
     """Lines of tracepoint-only fork hints -> the fork they belong to: dup_mmap() ends with
     flush_tlb_mm() of the parent's mm, a full flush ("remote ipi send" when other CPUs are in
@@ -99,9 +112,8 @@ def fork_flushes(events: list[TraceEvent]) -> dict[int, NewTask]:
     hints: dict[int, NewTask] = {}
     last: dict[int, int] = {}  # pid -> line of its last own full flush since its last fork
     for ev in events:
-        if isinstance(ev, TlbFlush) and ev.pages == -1 and not ev.hardirq and not ev.cr3_load:
-            if "ipi send" in ev.reason or "local mm shootdown" in ev.reason:
-                last[ev.pid] = ev.line
+        if own_full_flush(ev):
+            last[ev.pid] = ev.line
         elif isinstance(ev, NewTask):
             line = last.pop(ev.pid, None)
             if line is not None and not ev.clone_flags & CLONE_VM:
