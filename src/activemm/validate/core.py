@@ -62,6 +62,7 @@ from activemm.validate.markers import (
     Context,
     MarkerSteps,
     exec_hints,
+    failed_fork_flushes,
     fork_flushes,
     own_full_flush,
 )
@@ -97,6 +98,7 @@ PROC_RELEASES = ("mem_release", "pagemap_release", "proc_map_release", "smaps_ro
 # kernel paths that mmdrop() a reference held outside the scheduler, which the markers show
 RELEASES = ("io_ring_ctx_free", "proc_release", "uffd_release", "khugepaged")
 UFFD_FEATURE_EVENT_FORK = 1 << 1  # include/uapi/linux/userfaultfd.h
+FAILED_FORK_SEEN = "failed fork (exit_mmap of an mm copy_process made)"
 
 
 class Validator(MarkerSteps, Clocked):
@@ -181,6 +183,10 @@ class Validator(MarkerSteps, Clocked):
                 self.use_mm_init = True
             elif e.function == SWITCH_MM and kv.outside_kind(e) == "idle_task_exit":
                 self.offline_lines.setdefault(e.cpu, []).append(e.line)
+        # lines of failed forks' dup_mmap() flushes -> the address of the mm they made
+        self.failed_forks = (
+            failed_fork_flushes(events, self.use_mm_init) if inputs == "markers" else {}
+        )
         # line where the kernel's __mmput ran -> (mm_users holder to put there, its mm)
         self.deferred: dict[int, tuple[str, Mm]] = {}
         self.ctx = Context()
@@ -428,6 +434,10 @@ class Validator(MarkerSteps, Clocked):
     def _on_sched_event(self, ev: TraceEvent) -> None:
         if ev.pid in self.forking and self.forking[ev.pid] is None and own_full_flush(ev):
             self._fork_flushed(ev.pid)  # the first since the fork's mm_init: dup_mmap()'s
+            addr = self.failed_forks.get(ev.line)
+            if addr is not None and self._queued(ev.pid, addr):
+                self._refusable(self._failed_fork, ev, addr)
+                return
         if self._deferred_ends_here(ev) and isinstance(ev, TlbFlush):
             return
         if isinstance(ev, TlbFlush):
@@ -906,6 +916,23 @@ class Validator(MarkerSteps, Clocked):
         self.early_forks.add(nt.line)
         self.result.learned["fork at its dup_mmap flush (tlb_flush)"] += 1
 
+    def _failed_fork(self, ev: TlbFlush, addr: int) -> None:
+        """A failed fork's dup_mmap() flush (failed_fork_flushes: its mm goes to exit_mmap()
+        next, with no task_newtask): the model runs the failed fork here, so that its flush
+        of the parent's mm reaches the CPUs lazy on it now, as the kernel's did. What follows
+        in the kernel (the new mm put back, exit_mmap(), __mmdrop() at the end of the
+        parent's __mmput()) changes nothing another CPU sees; the exit_mmap marker then only
+        ends that __mmput."""
+        queue = self._queued(ev.pid, addr)
+        assert queue is not None
+        queue.remove(addr)
+        queue.insert(0, addr)
+        self.ctx = Context("__mmput", ev.line, ev.cpu, ev.pid)
+        self.m.failed_fork(self.replayer.tasks[ev.pid])
+        self._forked(ev.pid)
+        self.result.learned[FAILED_FORK_SEEN] += 1
+        self.result.learned["failed fork at its dup_mmap flush (tlb_flush)"] += 1
+
     def _forked(self, pid: int) -> None:
         """pid's fork has been replayed (or its failure): its dup_mmap() is behind it."""
         self.forking.pop(pid, None)
@@ -931,7 +958,7 @@ class Validator(MarkerSteps, Clocked):
         if addr in self.forked:
             self._refusable(self.m.failed_fork, task)
             self._forked(p.pid)
-            self.result.learned["failed fork (exit_mmap of an mm copy_process made)"] += 1
+            self.result.learned[FAILED_FORK_SEEN] += 1
         else:
             self._refusable(self.m.failed_exec, task)
             self.result.learned["failed execve (exit_mmap of an mm no exec installed)"] += 1

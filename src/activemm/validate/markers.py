@@ -28,6 +28,7 @@ from activemm.trace.events import (
     TraceEvent,
 )
 from activemm.trace.replay import Replayer
+from activemm.validate.kernel import EXIT_MMAP, address
 from activemm.validate.score import Result
 
 # Tracepoints a task emits only once its __mmput() has returned (tlb_flush lines, by
@@ -120,6 +121,42 @@ def fork_flushes(events: list[TraceEvent]) -> dict[int, NewTask]:
                 hints[line] = ev
         elif isinstance(ev, ProcessExec | ProcessExit):
             last.pop(ev.pid, None)
+    return hints
+
+
+def failed_fork_flushes(events: list[TraceEvent], use_mm_init: bool) -> dict[int, int]:
+    """Lines of failed forks' dup_mmap() flushes -> the address of the mm that fork made.
+    dup_mmap() ends with flush_tlb_mm() of the parent's mm whether or not it copied every
+    VMA; a fork that fails after it (in dup_mmap() itself under strict overcommit, or later
+    in copy_process(): a cgroup's pids.max, a signal meanwhile) puts its new mm back with
+    mmput(): the parent's exit_mmap() of an mm copy_process() made, with no task_newtask
+    between. So that mm's birth (mm_init's return to copy_process(), or dup_mmap() on kernels
+    traced without mm_init), then the forking task's first own full flush, then its
+    exit_mmap() of that mm, is a failed fork whose flush is that line. Read from the probes
+    that bind addresses (the birth) and the exit_mmap marker: markers input only."""
+    hints: dict[int, int] = {}
+    pending: dict[int, tuple[int, int | None]] = {}  # pid -> (address, flush line)
+    for ev in events:
+        if isinstance(ev, Probe):
+            if ev.function == EXIT_MMAP and not ev.returned:
+                born = pending.get(ev.pid)
+                if born is not None and born[0] == address(ev.args.get("mm")):
+                    del pending[ev.pid]
+                    if born[1] is not None:
+                        hints[born[1]] = born[0]
+            elif (ev.function == "mm_init") == use_mm_init and (
+                ev.function == "dup_mmap"
+                or (ev.function == "mm_init" and ev.caller in ("copy_process", "dup_mm"))
+            ):
+                addr = address(ev.args.get("ret") or ev.args.get("mm"))
+                if addr:
+                    pending[ev.pid] = (addr, None)
+        elif own_full_flush(ev):
+            born = pending.get(ev.pid)
+            if born is not None and born[1] is None:
+                pending[ev.pid] = (born[0], ev.line)
+        elif isinstance(ev, NewTask | ProcessExec | ProcessExit):
+            pending.pop(ev.pid, None)  # the fork succeeded (or the task moved on)
     return hints
 
 
