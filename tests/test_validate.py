@@ -265,6 +265,23 @@ def test_a_fork_runs_at_the_flush_its_dup_mmap_ends_with() -> None:
     assert {line: nt.child_pid for line, nt in hints.items()} == {3: 11, 13: 32}
 
 
+def test_a_dying_cpus_untraced_switch_to_idle_is_not_cpu_init() -> None:
+    """kernel.outside_kind on hand-made probes: cpu_init() runs enter_lazy_tlb(&init_mm,
+    current) in the idle task of a CPU coming online (the line's pid is the idle task's, 0);
+    a CPU going offline switches to its idle task without a sched_switch, and when the task
+    before it had borrowed init_mm the hook is the same call, by that task (a migration/N
+    thread): the dying CPU's untraced switch."""
+
+    def lazy(pid: int, mm: str) -> Probe:
+        args = {"mm": mm, "tsk": "0xffff888004aac8c0", "t_pid": "0", "t_mm": "0x0"}
+        return Probe(1, 5, 0.001, pid, "t", None, kv.ENTER_LAZY, args, 0)
+
+    init_mm, user = "0xffffffff82b5c940", "0xffff888006133f00"
+    assert kv.outside_kind(lazy(0, init_mm)) == "cpu_init"
+    assert kv.outside_kind(lazy(40, init_mm)) == "untraced_switch"
+    assert kv.outside_kind(lazy(40, user)) == "untraced_switch"
+
+
 def test_a_failed_fork_runs_at_its_dup_mmap_flush() -> None:
     """markers.failed_fork_flushes on hand-made events: mm_init returning to copy_process()
     (a fork's dup_mm()), the forking task's first full flush of its own after it (dup_mmap()
@@ -1104,6 +1121,10 @@ def test_io_uring_rings_are_followed_at_their_markers(capture: Path) -> None:
     _hidden_reference_followed(capture, "io_uring ctx->mm_account (io_uring_setup marker)", setups)
 
 
+def _program_is(capture: Path, name: str) -> bool:
+    return json.loads((capture / "meta.json").read_text()).get("program") == name
+
+
 def _program_uses(capture: Path, word: str) -> bool:
     """Recorded with a program of tests/data/programs whose source names `word`."""
     program = json.loads((capture / "meta.json").read_text()).get("program")
@@ -1117,8 +1138,7 @@ def _program_uses(capture: Path, word: str) -> bool:
         p
         for p in ALL
         if _marked(p, "new_userfaultfd")
-        and _program_uses(p, "SYS_userfaultfd")
-        and not _program_uses(p, "UFFD_FEATURE_EVENT_FORK")
+        and (_program_is(p, "unseen3.c") or _program_is(p, "unseen4.c"))
     ],
     ids=lambda p: p.name,
 )
@@ -1137,10 +1157,6 @@ def test_userfaultfd_contexts_are_followed_at_their_markers(capture: Path) -> No
     )
     assert news >= 3 and last >= 1
     _hidden_reference_followed(capture, "userfaultfd ctx->mm (new_userfaultfd marker)", news)
-
-
-def _program_is(capture: Path, name: str) -> bool:
-    return json.loads((capture / "meta.json").read_text()).get("program") == name
 
 
 FORK_EVENTS = [p for p in ALL if _marked(p, "dup_userfaultfd") and _program_is(p, "unseen10.c")]
@@ -1312,3 +1328,41 @@ def test_khugepaged_references_are_followed_at_their_markers(capture: Path) -> N
         r = validate(capture)
         assert r.learned[learned] == 0
         assert r.mmdrop.matched == r.mmdrop.total, r.mismatches
+
+
+PROGRAM14 = [p for p in ALL if _program_is(p, "unseen14.c")]
+
+
+@pytest.mark.parametrize("capture", PROGRAM14, ids=lambda p: p.name)
+def test_foreign_mm_users_and_cpus_going_offline_under_load(capture: Path) -> None:
+    """tests/data/programs/unseen14.c, written after the model: /proc/PID/clear_refs and
+    UFFDIO_COPY/ZEROPAGE from another process (get_task_mm() and mmget_not_zero(), their
+    mmput() sometimes the last: __mmput in the other process), io-wq workers blocked while
+    their owner execs or is killed, and the last CPU taken offline under a process that
+    execs or exits, four rounds twice. Counted in the text: eight CPUs offline
+    (cpuhp_enter finish_cpu), a userfaultfd per uffd round, io-wq workers. A dying CPU's
+    last switch is not traced, only its hook: when the task before the idle task had
+    borrowed init_mm (a migration/N thread run from idle), that is an enter_lazy_tlb of
+    init_mm for the idle task, by another task, not cpu_init()'s (by the idle task itself),
+    and idle_task_exit() has nothing to hand back (no marker). With markers every switch,
+    __mmdrop and hook matches (on 6.1 with 6 CPUs since that distinction: it was scored as
+    a CPU coming back, two hooks missed)."""
+    text = gzip.decompress((capture / "trace.txt.gz").read_bytes()).decode()
+    offline = text.count("(finish_cpu)")
+    workers = len(re.findall(r"task_rename: .*newcomm=iou-wrk", text))
+    # idle_task_exit()'s switch_mm(mm, &init_mm, idle): by the idle task, to init_mm
+    handed_back = len(
+        re.findall(
+            r"<idle>-0 .*switch_mm_irqs_off\+.* next=0xffffffff\S+ tsk=0xf\S+ t_pid=0 ", text
+        )
+    )
+    assert offline == 8 and workers >= 4 and handed_back <= offline
+    r = validate(capture)
+    assert r.learned["CPU went offline (idle_task_exit marker)"] == handed_back
+    assert r.learned["CPU came online (cpu_init marker)"] == offline
+    assert r.learned["userfaultfd ctx->mm (new_userfaultfd marker)"] == text.count(
+        "(new_userfaultfd+"
+    )
+    assert r.learned["__mmput run by another task (exit_mmap marker)"] >= 1
+    for sc in (r.context_switches, r.mmdrop, r.outside_schedule):
+        assert sc.matched == sc.total, r.mismatches

@@ -151,12 +151,14 @@ def outside_kind(p: Probe) -> str:
     """Which kernel path ran a hook outside a context switch."""
     idle = _int(p.args.get("t_pid")) == 0 and address(p.args.get("tsk")) != 0
     if p.function == ENTER_LAZY:
-        if idle and is_init_mm(address(p.args.get("mm"))):
-            return "cpu_init"  # a CPU coming online: its idle task starts lazily on init_mm
         if _int(p.args.get("t_pid")) != p.pid:
             # the hook of a context switch whose sched_switch did not fire (a CPU on its way
-            # offline no longer traces it): exit_mm() and kthread_unuse_mm() pass current
+            # offline no longer traces it): exit_mm(), kthread_unuse_mm() and cpu_init() pass
+            # current. Its idle task borrows init_mm when the task before it had borrowed
+            # that (a migration/N thread that ran after the idle task)
             return "untraced_switch"
+        if idle and is_init_mm(address(p.args.get("mm"))):
+            return "cpu_init"  # a CPU coming online: its idle task starts lazily on init_mm
         return "enter_lazy_tlb"  # exit_mm() or kthread_unuse_mm()
     if address(p.args.get("tsk")) == 0:
         return "flush_to_init_mm" if is_init_mm(address(p.args.get("next"))) else "activate_mm"
