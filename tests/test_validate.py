@@ -282,6 +282,24 @@ def test_a_dying_cpus_untraced_switch_to_idle_is_not_cpu_init() -> None:
     assert kv.outside_kind(lazy(40, user)) == "untraced_switch"
 
 
+def test_a_cpu_lazy_since_before_the_trace_explains_a_flush_before_a_late_fork() -> None:
+    """score_outside on hand-made hooks: the model flushes CPUs the kernel's flush did not
+    switch. On a CPU lazy since before the trace (its first lazy episode), whether the
+    hardware had already left the mm no input shows, and that is the cause, even when the
+    flush was a fork's that the model ran late; elsewhere the late fork, else IPI timing."""
+    init_mm = 0xFFFFFFFF82B5C940
+
+    def flush(cpu: int, epoch: int, late: bool) -> kv.Outside:
+        return kv.Outside("flush_to_init_mm", cpu, 1, init_mm, 0, 59, epoch, late)
+
+    r = score.Result("hand-made", "linux-6.1-x86_64", "markers", "6.1")
+    model = [flush(3, 0, True), flush(2, 1, True), flush(1, 1, False)]
+    score.score_outside(r, [], model, lazy_at_start={3})
+    causes = [m["cause"] for m in r.mismatches]
+    assert causes == [score.PRE_TRACE_LOADED, score.FORK_FLUSH, score.IPI_LATE]
+    assert (r.outside_schedule.matched, r.outside_schedule.total) == (0, 3)
+
+
 def test_a_failed_fork_runs_at_its_dup_mmap_flush() -> None:
     """markers.failed_fork_flushes on hand-made events: mm_init returning to copy_process()
     (a fork's dup_mm()), the forking task's first full flush of its own after it (dup_mmap()

@@ -354,12 +354,12 @@ def score_outside(
         cause = paired.get(id(o), "model only")
         if o.kind == "flush_to_init_mm" and id(o) not in paired:
             cause = (
-                FORK_FLUSH
+                PRE_TRACE_LOADED
+                if o.epoch == 0 and o.cpu in (lazy_at_start or set())
+                else FORK_FLUSH
                 if o.late_fork
                 else EXIT_WINDOW
                 if o.pid in (windowed or set())
-                else PRE_TRACE_LOADED
-                if o.epoch == 0 and o.cpu in (lazy_at_start or set())
                 else IPI_LATE
             )
         result.mismatch("outside_schedule", o.line, _outside_dict(o),
