@@ -300,12 +300,14 @@ def test_a_cpu_lazy_since_before_the_trace_explains_a_flush_before_a_late_fork()
     assert (r.outside_schedule.matched, r.outside_schedule.total) == (0, 3)
 
 
-def test_a_failed_fork_runs_at_its_dup_mmap_flush() -> None:
-    """markers.failed_fork_flushes on hand-made events: mm_init returning to copy_process()
-    (a fork's dup_mm()), the forking task's first full flush of its own after it (dup_mmap()
-    ends with flush_tlb_mm() whether or not it copied everything), then its exit_mmap() of
-    that mm with no task_newtask between: a failed fork, run at that flush. A fork that
-    succeeds, an exec's mm (alloc_bprm) and an exit_mmap of another mm are not; on a kernel
+def test_with_markers_a_fork_runs_where_its_dup_mmap_flush_began() -> None:
+    """markers.marked_fork_flushes on hand-made events: mm_init returning to copy_process()
+    (a fork's dup_mm()), then the forking task's first full flush of its own (dup_mmap()
+    ends with flush_tlb_mm() whether or not it copied everything): where the fork runs.
+    That is the "remote ipi send", not the local part after it (the last own flush before
+    task_newtask, which is all tracepoints say). With an exit_mmap() of that mm by the task
+    and no task_newtask between, the fork failed, and runs there too. A thread's clone, an
+    exec's mm (alloc_bprm) and an exit_mmap of another mm are none of these; on a kernel
     traced without mm_init, dup_mmap()'s probe names the new mm."""
 
     def flush(line: int, pid: int, reason: str = "remote ipi send") -> TlbFlush:
@@ -318,31 +320,37 @@ def test_a_failed_fork_runs_at_its_dup_mmap_flush() -> None:
     def exit_mmap(line: int, pid: int, addr: int) -> Probe:
         return Probe(line, 0, line / 1000, pid, "t", None, "exit_mmap", {"mm": hex(addr)}, 0)
 
-    def newtask(line: int, pid: int, child: int) -> NewTask:
-        return NewTask(line, 0, line / 1000, pid, "t", None, child, "t", 0x1200011)
+    def newtask(line: int, pid: int, child: int, flags: int = 0x1200011) -> NewTask:
+        return NewTask(line, 0, line / 1000, pid, "t", None, child, "t", flags)
 
     a, b, c = 0xFFFF888004862400, 0xFFFF888004863000, 0xFFFF888004864000
     events: list[TraceEvent] = [
         born(1, 10, a),
         flush(2, 10),  # the first own full flush after the birth: dup_mmap()'s
         flush(3, 10, "local mm shootdown"),
-        exit_mmap(4, 10, a),  # -> line 2
+        exit_mmap(4, 10, a),  # failed -> line 2
         born(5, 10, b),
         flush(6, 10),
-        newtask(7, 10, 11),  # succeeded
-        exit_mmap(8, 10, b),  # (the child's mm, later: not a failed fork)
-        born(9, 20, c, caller="alloc_bprm"),  # exec's
-        flush(10, 20),
-        exit_mmap(11, 20, c),
-        born(12, 30, a),
-        flush(13, 30, "local mm shootdown"),
-        exit_mmap(14, 30, b),  # another mm
-        exit_mmap(15, 30, a),  # -> line 13
+        flush(7, 10, "local mm shootdown"),
+        newtask(8, 10, 11),  # succeeded -> line 6 (tracepoints alone: line 7)
+        exit_mmap(9, 10, b),  # (the child's mm, later: not a failed fork)
+        born(10, 20, c, caller="alloc_bprm"),  # exec's
+        flush(11, 20),
+        exit_mmap(12, 20, c),
+        born(13, 30, a),
+        flush(14, 30, "local mm shootdown"),
+        exit_mmap(15, 30, b),  # another mm
+        exit_mmap(16, 30, a),  # failed -> line 14
+        flush(17, 40),
+        newtask(18, 40, 41, 0x3D0F00),  # a thread: no birth, no hint
     ]
-    assert markers.failed_fork_flushes(events, use_mm_init=True) == {2: a, 13: a}
-    assert markers.failed_fork_flushes(events, use_mm_init=False) == {}
+    forks, failed = markers.marked_fork_flushes(events, use_mm_init=True)
+    assert failed == {2: a, 14: a}
+    assert {line: nt.child_pid for line, nt in forks.items()} == {6: 11}
+    assert {line: nt.child_pid for line, nt in markers.fork_flushes(events).items()} == {7: 11}
+    assert markers.marked_fork_flushes(events, use_mm_init=False) == ({}, {})
     dup = Probe(1, 0, 0.001, 10, "t", None, "dup_mmap", {"mm": hex(a), "oldmm": hex(b)}, 0)
-    assert markers.failed_fork_flushes([dup, *events[1:4]], use_mm_init=False) == {2: a}
+    assert markers.marked_fork_flushes([dup, *events[1:4]], use_mm_init=False) == ({}, {2: a})
 
 
 def test_an_exit_window_starts_after_the_last_sign_of_an_mm_and_the_last_sleep() -> None:

@@ -62,8 +62,8 @@ from activemm.validate.markers import (
     Context,
     MarkerSteps,
     exec_hints,
-    failed_fork_flushes,
     fork_flushes,
+    marked_fork_flushes,
     own_full_flush,
 )
 from activemm.validate.score import (
@@ -184,9 +184,16 @@ class Validator(MarkerSteps, Clocked):
             elif e.function == SWITCH_MM and kv.outside_kind(e) == "idle_task_exit":
                 self.offline_lines.setdefault(e.cpu, []).append(e.line)
         # lines of failed forks' dup_mmap() flushes -> the address of the mm they made
-        self.failed_forks = (
-            failed_fork_flushes(events, self.use_mm_init) if inputs == "markers" else {}
-        )
+        self.failed_forks: dict[int, int] = {}
+        if inputs == "markers":
+            # with the births a fork's flush is known exactly: its first line (where the
+            # IPIs went out), not the last own flush before task_newtask (its local part)
+            forks, self.failed_forks = marked_fork_flushes(events, self.use_mm_init)
+            hinted = {nt.line: line for line, nt in self.fork_hints.items()}
+            for line, nt in forks.items():
+                if nt.line in hinted:
+                    del self.fork_hints[hinted[nt.line]]
+                self.fork_hints[line] = nt
         # line where the kernel's __mmput ran -> (mm_users holder to put there, its mm)
         self.deferred: dict[int, tuple[str, Mm]] = {}
         self.ctx = Context()
@@ -917,7 +924,7 @@ class Validator(MarkerSteps, Clocked):
         self.result.learned["fork at its dup_mmap flush (tlb_flush)"] += 1
 
     def _failed_fork(self, ev: TlbFlush, addr: int) -> None:
-        """A failed fork's dup_mmap() flush (failed_fork_flushes: its mm goes to exit_mmap()
+        """A failed fork's dup_mmap() flush (marked_fork_flushes: its mm goes to exit_mmap()
         next, with no task_newtask): the model runs the failed fork here, so that its flush
         of the parent's mm reaches the CPUs lazy on it now, as the kernel's did. What follows
         in the kernel (the new mm put back, exit_mmap(), __mmdrop() at the end of the

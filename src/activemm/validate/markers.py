@@ -124,17 +124,22 @@ def fork_flushes(events: list[TraceEvent]) -> dict[int, NewTask]:
     return hints
 
 
-def failed_fork_flushes(events: list[TraceEvent], use_mm_init: bool) -> dict[int, int]:
-    """Lines of failed forks' dup_mmap() flushes -> the address of the mm that fork made.
-    dup_mmap() ends with flush_tlb_mm() of the parent's mm whether or not it copied every
-    VMA; a fork that fails after it (in dup_mmap() itself under strict overcommit, or later
-    in copy_process(): a cgroup's pids.max, a signal meanwhile) puts its new mm back with
-    mmput(): the parent's exit_mmap() of an mm copy_process() made, with no task_newtask
-    between. So that mm's birth (mm_init's return to copy_process(), or dup_mmap() on kernels
-    traced without mm_init), then the forking task's first own full flush, then its
-    exit_mmap() of that mm, is a failed fork whose flush is that line. Read from the probes
-    that bind addresses (the birth) and the exit_mmap marker: markers input only."""
-    hints: dict[int, int] = {}
+def marked_fork_flushes(
+    events: list[TraceEvent], use_mm_init: bool
+) -> tuple[dict[int, NewTask], dict[int, int]]:
+    """Where forks' dup_mmap() flushes ran, read with the probes that bind addresses: a
+    fork's new mm is born (mm_init's return to copy_process(), or dup_mmap()'s probe on
+    kernels traced without mm_init), and dup_mmap() ends with flush_tlb_mm() of the parent's
+    mm whether or not it copied everything: the forking task's first full flush of its own
+    after that birth. Its first line is the "remote ipi send" when other CPUs are in the
+    mm's mm_cpumask (they act on the IPIs from there on; the "local mm shootdown" follows),
+    else the local part alone. Returns (that line -> the fork's task_newtask, for forks that
+    succeed; that line -> the new mm's address, for forks that fail: the forking task's
+    exit_mmap() of that mm, with no task_newtask between, in dup_mmap() itself under strict
+    overcommit or later in copy_process(): a cgroup's pids.max, a signal meanwhile). The
+    birth is a probe: markers input only."""
+    forks: dict[int, NewTask] = {}
+    failed: dict[int, int] = {}
     pending: dict[int, tuple[int, int | None]] = {}  # pid -> (address, flush line)
     for ev in events:
         if isinstance(ev, Probe):
@@ -143,7 +148,7 @@ def failed_fork_flushes(events: list[TraceEvent], use_mm_init: bool) -> dict[int
                 if born is not None and born[0] == address(ev.args.get("mm")):
                     del pending[ev.pid]
                     if born[1] is not None:
-                        hints[born[1]] = born[0]
+                        failed[born[1]] = born[0]
             elif (ev.function == "mm_init") == use_mm_init and (
                 ev.function == "dup_mmap"
                 or (ev.function == "mm_init" and ev.caller in ("copy_process", "dup_mm"))
@@ -155,9 +160,13 @@ def failed_fork_flushes(events: list[TraceEvent], use_mm_init: bool) -> dict[int
             born = pending.get(ev.pid)
             if born is not None and born[1] is None:
                 pending[ev.pid] = (born[0], ev.line)
-        elif isinstance(ev, NewTask | ProcessExec | ProcessExit):
-            pending.pop(ev.pid, None)  # the fork succeeded (or the task moved on)
-    return hints
+        elif isinstance(ev, NewTask):
+            born = pending.pop(ev.pid, None)
+            if born is not None and born[1] is not None and not ev.clone_flags & CLONE_VM:
+                forks[born[1]] = ev
+        elif isinstance(ev, ProcessExec | ProcessExit):
+            pending.pop(ev.pid, None)  # the task moved on
+    return forks, failed
 
 
 def last_flush(flushes: list[int], start: int, ends: list[int]) -> int | None:
