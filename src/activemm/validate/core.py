@@ -70,6 +70,7 @@ from activemm.validate.score import (
     EXIT_WINDOW,
     FOLLOWS,
     HOTPLUG,
+    INFERRED_EXIT,
     KTHREAD_USE_MM,
     PRE_TRACE,
     UNEXPLAINED,
@@ -121,6 +122,7 @@ class Validator(MarkerSteps, Clocked):
         # earlier pass found them; and those this pass finds
         self.exit_points = dict(exit_points or {})
         self.found_exits: dict[int, int] = {}
+        self.inferred: set[int] = set()  # pids whose exit the model ran at an inferred window
         # vhost workers that used their mm, by id() (kept alive: an id() is not reused)
         self.vhost_workers: dict[int, Task] = {}
         self.loaded_sure: dict[int, bool] = {}  # CPU -> the model knows what it has loaded
@@ -1168,6 +1170,7 @@ class Validator(MarkerSteps, Clocked):
         if t.pf_kthread:  # its own CR3 loads are kthread_use_mm()'s
             return
         self._marker_exit(sw)
+        self.inferred.add(sw.prev_pid)
         if sw.line in self.lazy_exits:
             self.result.lazy_exit_points[sw.line] = sw.prev_pid
             self.result.learned["exit_mm inferred (exit_mmap switched its CPU to init_mm)"] += 1
@@ -1227,6 +1230,8 @@ class Validator(MarkerSteps, Clocked):
         for pid in (sw.prev_pid, sw.next_pid):
             if pid in self.exit_marked:
                 return EXIT_WINDOW
+            if pid in self.inferred:
+                return INFERRED_EXIT
             if pid in self.exec_marked:
                 return "exec window (exec_mmap ran before sched_process_exec)"
             if pid in self.mm_kthreads:

@@ -23,6 +23,11 @@ ELSEWHERE = (
 )
 EXIT_WINDOW = "exit window (exit_mm ran before sched_process_exit)"
 FOLLOWS = "follows an earlier miss on this CPU: the mm it borrows lazily came from that switch"
+INFERRED_EXIT = (
+    "exit window inferred where there was none (tracepoints only): the task came back without "
+    "the CR3 load the model's CPU needed, because that CPU had dropped to init_mm on a flush the "
+    "kernel's CPU took while it still ran the mm (a flush IPI placed later than the kernel's)"
+)
 LATE_FLUSH = (
     "exit_mmap's TLB flush ran after a context switch (the kernel's __mmput was preempted); "
     "the model's one-step __mmput flushes before it"
@@ -38,9 +43,10 @@ IPI_TIMING = (
 )
 IPI_LATE = "model IPIs a CPU the kernel's flush did not switch (it was no longer lazy)"
 FORK_FLUSH = (
-    "a fork's dup_mmap() flush of the parent's mm: the model runs a failed fork whole at its "
-    "exit_mmap marker, the kernel flushed earlier (the parent's first full tlb_flush after the "
-    "fork's mm_init), when this CPU was not lazy yet"
+    "a fork's dup_mmap() flush of the parent's mm that the model ran after the kernel's (a failed "
+    "fork whole at its exit_mmap marker; with tracepoints only, a fork at the local part of its "
+    "flush, after the IPIs went out): this CPU was not lazy yet at the kernel's (the parent's "
+    "first full tlb_flush after the fork's mm_init)"
 )
 HOTPLUG = (
     "CPU hotplug: no input says when a CPU goes offline (idle_task_exit, finish_cpu) or comes "
