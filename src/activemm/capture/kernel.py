@@ -195,10 +195,11 @@ _BtfTypes = dict[int, tuple[int, int, list[tuple[int, int, int]]]]
 
 
 @cache
-def _btf_types(btf: bytes) -> _BtfTypes:
-    """Raw BTF's type table, parsed once per BTF (each struct_offsets() call reads it):
-    type id -> (kind, name_off, [(member name_off, type id, bit offset)])."""
-    magic, _v, _f, hdr_len, type_off, type_len, _str_off, _str_len = struct.unpack_from(
+def _btf_types(btf: bytes) -> tuple[int, _BtfTypes]:
+    """Raw BTF's string section offset and type table, parsed once per BTF (each
+    struct_offsets() call reads it): type id -> (kind, name_off, [(member name_off, type
+    id, bit offset)])."""
+    magic, _v, _f, hdr_len, type_off, type_len, str_off, _str_len = struct.unpack_from(
         "<HBBIIIII", btf, 0
     )
     if magic != 0xEB9F:
@@ -217,15 +218,13 @@ def _btf_types(btf: bytes) -> _BtfTypes:
         types[tid] = (kind, name_off, members_)
         pos += 12 + fixed + per * vlen
         tid += 1
-    return types
+    return hdr_len + str_off, types
 
 
 def struct_offsets(btf: bytes, struct_name: str, members: tuple[str, ...]) -> dict[str, int]:
     """Byte offsets of `members` of `struct struct_name` in raw BTF, looking through
     anonymous struct/union members (randomized_struct_fields, struct_group)."""
-    types = _btf_types(btf)
-    _m, _v, _f, hdr_len, _to, _tl, str_off, _sl = struct.unpack_from("<HBBIIIII", btf, 0)
-    strings = hdr_len + str_off
+    strings, types = _btf_types(btf)
 
     def name(off: int) -> str:
         return btf[strings + off : btf.index(b"\0", strings + off)].decode()

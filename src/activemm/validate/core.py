@@ -48,7 +48,6 @@ from activemm.validate.kernel import (
     EXIT_MMAP,
     FINISH,
     MMDROP,
-    NEW_MM,
     SWITCH_MM,
     Drop,
     Outside,
@@ -325,8 +324,8 @@ class Validator(MarkerSteps, Clocked):
             self.model_outside.append(Outside("temporary_mm", cpu, pid, self._a(ev.next), 0,
                                               self.ctx.line, epoch))  # fmt: skip
         elif ev.next.is_init_mm and ev.task is None:
-            # a fork's dup_mmap() flush that the model runs after the kernel's (a failed
-            # fork's), which came before this lazy episode of the CPU
+            # a fork's dup_mmap() flush that the model runs after the kernel's, which came
+            # before this lazy episode of the CPU (Outside.late_fork)
             flushed = self.forking.get(pid) if self.op.name in ("fork", "failed_fork") else None
             late = flushed is not None and (cpu, epoch) not in flushed
             self.model_outside.append(Outside("flush_to_init_mm", cpu, pid, self._a(ev.next), 0,
@@ -876,8 +875,8 @@ class Validator(MarkerSteps, Clocked):
             self._refusable(self._oom_victim, p)
         elif f == "__put_task_struct" and self.inputs == "markers":
             self._refusable(self._put_signal, p)
-        elif f in NEW_MM and (f == "mm_init") == self.use_mm_init:
-            self._announce(p, address(p.args.get("ret") or p.args.get("mm")))
+        elif kv.births_read(p, self.use_mm_init):
+            self._announce(p, kv.born(p))
 
     def _announce(self, p: Probe, addr: int) -> None:
         """mm_init returned a new mm in task p.pid's context (fork: the parent; exec: the
@@ -889,7 +888,7 @@ class Validator(MarkerSteps, Clocked):
             t = self.replayer.current(p.cpu, p.pid, p.comm, p.tgid)
         self.new_addrs.setdefault(id(t), []).append(addr)
         self.births.setdefault(addr, []).append(p.line)
-        if p.function == "dup_mmap" or p.caller in ("copy_process", "dup_mm"):
+        if kv.born_in_fork(p):
             self.forked.add(addr)
             self.forking[p.pid] = None
         else:
@@ -903,8 +902,9 @@ class Validator(MarkerSteps, Clocked):
         """pid's dup_mmap() ended with flush_tlb_mm() of its mm (its first full flush since
         the fork's mm_init: "remote ipi send" when other CPUs were in mm_cpumask, else the
         "local mm shootdown"): which CPUs were lazy on that mm then, in the model, and in
-        which lazy episode. A fork runs there (_early_fork); a failed one later, whole, at
-        its exit_mmap marker."""
+        which lazy episode. With markers a fork, failed or not, runs there (_early_fork,
+        _failed_fork); with tracepoints only, a fork runs at the flush's last line, and a
+        failed one not at all."""
         t = self.replayer.tasks.get(pid)
         mm = t.mm if t is not None else None
         self.forking[pid] = {
@@ -915,7 +915,8 @@ class Validator(MarkerSteps, Clocked):
 
     def _early_fork(self, ev: TlbFlush) -> None:
         """A fork's dup_mmap() flush (fork_flushes: its parent's last full flush before its
-        task_newtask): the model forks here, so that its flush of the parent's mm reaches the
+        task_newtask; with markers, marked_fork_flushes: that flush's first line, where the
+        IPIs went out): the model forks here, so that its flush of the parent's mm reaches the
         CPUs lazy on it now, as the kernel's did; the parent may wait long before
         task_newtask (a userfaultfd monitor reading the fork event)."""
         nt = self.fork_hints[ev.line]

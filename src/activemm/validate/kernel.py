@@ -34,6 +34,23 @@ def address(value: str | None) -> int:
         return 0
 
 
+def born(p: Probe) -> int:
+    """The new mm a birth probe names (NEW_MM: mm_init's return value, or the `mm` argument
+    of dup_mmap() and mm_alloc() on kernels traced without mm_init)."""
+    return address(p.args.get("ret") or p.args.get("mm"))
+
+
+def births_read(p: Probe, use_mm_init: bool) -> bool:
+    """A birth probe of the kind this trace is read for: mm_init's return where the trace
+    has it (it names every new mm), else dup_mmap() and mm_alloc()."""
+    return p.function in NEW_MM and (p.function == "mm_init") == use_mm_init
+
+
+def born_in_fork(p: Probe) -> bool:
+    """A birth in copy_process() (a fork's dup_mm()), not an exec's (alloc_bprm)."""
+    return p.function == "dup_mmap" or p.caller in ("copy_process", "dup_mm")
+
+
 def is_init_mm(addr: int) -> bool:
     return addr >= KERNEL_IMAGE
 
@@ -134,7 +151,8 @@ class Outside:
     line: int
     epoch: int  # switches on this CPU that loaded a user mm so far (its lazy episode)
     # model side: a fork's dup_mmap() flush the model ran later than the kernel (a failed
-    # fork's, at its exit_mmap marker) on a CPU not lazy at the kernel's
+    # fork's at its exit_mmap marker; with tracepoints only, a fork's at the flush's local
+    # part) on a CPU not lazy at the kernel's
     late_fork: bool = False
 
     def key(self) -> tuple[object, ...]:
@@ -198,12 +216,12 @@ class PreTrace:
     @classmethod
     def scan(cls, events: Iterable[object]) -> PreTrace:
         out = cls()
-        born: set[int] = set()
+        births: set[int] = set()
         for ev in events:
             if not isinstance(ev, Probe):
                 continue
             if ev.function in NEW_MM:
-                born.add(address(ev.args.get("ret") or ev.args.get("mm")))
+                births.add(born(ev))
                 continue
             temporary = ev.function == SWITCH_MM and outside_kind(ev) == "temporary_mm"
             if temporary and out.poking_mm is None:
@@ -213,7 +231,7 @@ class PreTrace:
                 if not pid:
                     continue
                 mm = address(ev.args.get(who + "mm"))
-                if mm and mm not in born and pid not in out.first_mm:
+                if mm and mm not in births and pid not in out.first_mm:
                     out.first_mm[pid] = mm
                 flags = _int(ev.args.get(who + "flags"))
                 if flags is not None and pid not in out.flags:

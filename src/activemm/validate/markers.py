@@ -28,6 +28,7 @@ from activemm.trace.events import (
     TraceEvent,
 )
 from activemm.trace.replay import Replayer
+from activemm.validate import kernel as kv
 from activemm.validate.kernel import EXIT_MMAP, address
 from activemm.validate.score import Result
 
@@ -149,13 +150,8 @@ def marked_fork_flushes(
                     del pending[ev.pid]
                     if born[1] is not None:
                         failed[born[1]] = born[0]
-            elif (ev.function == "mm_init") == use_mm_init and (
-                ev.function == "dup_mmap"
-                or (ev.function == "mm_init" and ev.caller in ("copy_process", "dup_mm"))
-            ):
-                addr = address(ev.args.get("ret") or ev.args.get("mm"))
-                if addr:
-                    pending[ev.pid] = (addr, None)
+            elif kv.births_read(ev, use_mm_init) and kv.born_in_fork(ev) and kv.born(ev):
+                pending[ev.pid] = (kv.born(ev), None)
         elif own_full_flush(ev):
             born = pending.get(ev.pid)
             if born is not None and born[1] is None:
