@@ -1394,6 +1394,47 @@ def test_foreign_mm_users_and_cpus_going_offline_under_load(capture: Path) -> No
         assert sc.matched == sc.total, r.mismatches
 
 
+OFFLINE_RING = [p for p in ALL if _program_is(p, "offline_ring.c")]
+
+
+@pytest.mark.parametrize("capture", OFFLINE_RING, ids=lambda p: p.name)
+def test_a_dead_cpus_mm_freed_after_its_finish_cpu_step(capture: Path) -> None:
+    """tests/data/programs/offline_ring.c: a CPU goes offline while its idle task borrows a
+    zombie mm an io_uring ring still holds; finish_cpu() drops the idle task's reference in
+    the teardown, and the ring's release frees the mm later. Counted in the text: mms handed
+    to finish_cpu() by idle_task_exit() (its hook to init_mm, by the idle task) whose
+    __mmdrop comes after that CPU's finish_cpu step and after a ring release of that mm.
+    Such a drop is the ring's (scored at its release, where the model frees it too), not
+    finish_cpu()'s: the validator scored it as finish_cpu()'s until the next teardown step
+    was taken as the end of that one."""
+    lines = gzip.decompress((capture / "trace.txt.gz").read_bytes()).decode().splitlines()
+    handed: dict[str, int] = {}
+    finish: list[int] = []
+    late = 0
+    for i, line in enumerate(lines):
+        hook = re.search(
+            r"<idle>-0 .*switch_mm_irqs_off\+.* next=0xffffffff\S+ tsk=0xf\S+ t_pid=0 "
+            r".*t_active_mm=(0x\S+)",
+            line,
+        )
+        if hook:
+            handed[hook[1]] = i
+        if "(finish_cpu)" in line:
+            finish.append(i)
+        drop = re.search(r"mmdrop: \(__mmdrop\+\S+ mm=(0x\S+)", line)
+        if drop and drop[1] in handed:
+            h = handed.pop(drop[1])
+            stepped = any(h < f < i for f in finish)
+            released = any("(io_destroy_buffers+" in x and drop[1] in x for x in lines[h:i])
+            late += stepped and released
+    assert late == 6
+    r = validate(capture)
+    assert r.learned["finish_cpu() (cpuhp_enter tracepoint)"] == len(finish) == 6
+    assert r.learned["io_uring ctx->mm_account (io_uring_setup marker)"] == 6
+    for sc in (r.context_switches, r.mmdrop, r.outside_schedule):
+        assert sc.matched == sc.total, r.mismatches
+
+
 @pytest.mark.parametrize("capture", [CAPTURES / "linux-6.1-smp6-program10"], ids=lambda p: p.name)
 def test_a_fork_flush_taken_before_the_cpu_went_lazy(capture: Path) -> None:
     """unseen10.c on 6.1 with 6 CPUs: a fork's flush sent its IPIs ("remote ipi send"), a

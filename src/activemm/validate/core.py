@@ -235,6 +235,7 @@ class Validator(MarkerSteps, Clocked):
         # drops it later, on another CPU, in whichever task runs the hotplug teardown
         self.offlined: dict[int, int] = {}
         self.offlined_ever: set[int] = set()
+        self.finishing: set[int] = set()  # CPUs whose finish_cpu() step (cpuhp_enter) began
         self.finish_holds: dict[int, str] = {}  # such a line -> the holder standing in till then
         self.epoch: Counter[int] = Counter()
         # CPU -> switches that loaded a user mm (switch_mm_irqs_off): a lazy episode, a chain
@@ -470,6 +471,7 @@ class Validator(MarkerSteps, Clocked):
             return
         if isinstance(ev, HotplugStep):
             self._refusable(self._finish_cpu, ev)
+            self._teardown_step(ev)
         if ev.pid in self.pins and isinstance(ev, PAST_MMPUT):
             self._refusable(self._unpin, ev)
         if isinstance(ev, LostEvents):
@@ -555,6 +557,18 @@ class Validator(MarkerSteps, Clocked):
             self.ctx = Context("finish_cpu", ev.line, ev.cpu, ev.pid)
             self.m.mmdrop(holder, ev.cpu)
             self.result.learned["finish_cpu() (cpuhp_enter tracepoint)"] += 1
+
+    def _teardown_step(self, ev: HotplugStep) -> None:
+        """Where the kernel's finish_cpu() runs, both modes: from its cpuhp_enter line to the
+        next step of the same CPU's teardown. Once that next step begins, the dead CPU's
+        borrowed mm is no longer finish_cpu()'s to drop: a later __mmdrop of it is another
+        holder's last reference (io_uring's, a /proc reader's...), scored where it ran."""
+        cpu = ev.target_cpu
+        if ev.function == "finish_cpu":
+            self.finishing.add(cpu)
+        elif cpu in self.finishing:
+            self.finishing.discard(cpu)
+            self.offlined = {a: c for a, c in self.offlined.items() if c != cpu}
 
     def _temporary_mm(self, p: Probe, mm: int) -> None:
         """switch_mm_irqs_off(NULL, mm, current) outside a context switch marks __text_poke():
