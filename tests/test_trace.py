@@ -9,6 +9,7 @@ import json
 import lzma
 import os
 import random
+import re
 import stat
 import subprocess
 import sys
@@ -229,6 +230,50 @@ def test_stack_traces_after_events_are_counted_and_skipped(name: str, tmp_path: 
     assert got == want and len(want) > 100
     for kind, n in added.items():
         assert after.unknown[kind] - before.unknown[kind] == n
+
+
+@pytest.mark.parametrize("name", ["tracefs_plain", "tracefs_tgid"])
+def test_function_tracer_lines_are_counted_and_skipped(name: str, tmp_path: Path) -> None:
+    """A trace recorded with the function tracer on (`trace-cmd record -p function -e
+    sched`, or tracefs's current_tracer) holds a line per kernel function call between the
+    events, `TIME: func <-caller` with no event name: the events read exactly as without
+    them, the calls are counted as unknown "function" events, as trace-cmd report names
+    them, and `activemm replay` prints the same numbers."""
+    plain = text(name).splitlines()
+    traced: list[str] = []
+    calls = 0
+    for ln in plain:
+        traced.append(ln)
+        if ": sched_switch: " in ln:
+            prefix = ln.split(": ", 1)[0]
+            traced += [
+                f"{prefix}: finish_task_switch.isra.0 <-__schedule",
+                f"{prefix}: do_idle <-cpu_startup_entry",
+            ]
+            calls += 2
+
+    def read(lines: list[str], stem: str) -> tuple[list[tuple[object, ...]], ReadStats, Path]:
+        stats = ReadStats()
+        path = tmp_path / f"{stem}.txt"
+        path.write_text("\n".join(lines) + "\n")
+        events = [(type(e).__name__, e.cpu, e.ts, e.pid) for e in read_trace(path, stats=stats)]
+        return events, stats, path
+
+    want, _, plain_path = read(plain, "plain")
+    got, stats, traced_path = read(traced, "traced")
+    assert got == want and calls > 100
+    assert stats.unknown["function"] == calls and stats.bad_lines == 0
+
+    def replay(path: Path) -> dict[str, object]:
+        out = subprocess.run(
+            [sys.executable, "-m", "activemm", "replay", str(path), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return {k: v for k, v in json.loads(out).items() if k in ("events", "configs")}
+
+    assert replay(traced_path) == replay(plain_path)
 
 
 @pytest.mark.parametrize("codec", ["gzip", "xz", "zstd", "stdin"])
@@ -530,6 +575,21 @@ def test_a_trace_with_counter_clock_timestamps_is_refused_with_the_reason(tmp_pa
     assert r.returncode == 2
     assert r.stderr.startswith(f"activemm: error: {tmp_path / 't.txt'}:2: timestamps without")
     assert "'local' clock" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_perf_script_without_a_cpu_column_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """perf record of one command (not system-wide) samples no CPU, and perf script then
+    prints no [CPU] column: a switch cannot be placed on a CPU, so the trace is refused, one
+    line saying how to record it, instead of calling the file no scheduler trace. The same
+    lines with the column read (the committed perf script text, its column taken out)."""
+    with_cpu = text("perf_script").splitlines()
+    without = [re.sub(r"^(\s*\S+\s+\d+)\s+\[\d+\]", r"\1", ln) for ln in with_cpu]
+    assert without != with_cpu
+    r = cli("replay", str(_write(tmp_path, without)))
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"activemm: error: {tmp_path / 't.txt'}:1: perf script text")
+    assert "perf record -a" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert cli("replay", str(_write(tmp_path, with_cpu))).returncode == 0
 
 
 @pytest.mark.parametrize("codec", ["plain", "gzip"])

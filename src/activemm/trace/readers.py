@@ -97,6 +97,8 @@ SWITCH_FIELDS = re.compile(
 )
 # a tracefs/trace-cmd line whose timestamp is a bare count (trace_clock counter, x86-tsc)
 COUNTER_CLOCK = re.compile(FTRACE_HEAD + r"(?:\S{4,6}\s+)?\d+:\s")
+# perf script of a per-task recording: no [CPU] column (no PERF_SAMPLE_CPU in the samples)
+PERF_NO_CPU = re.compile(r"^\s*.*?\s+-?\d+(?:/-?\d+)?\s+\d+\.\d+:\s+(?:\d+\s+)?[\w-]+:[\w.-]+:")
 HEADER_CPUS = re.compile(r"(?:#P:|^cpus=)(\d+)")
 # "[LOST EVENTS]" without a count: the kernel could not tell how many (the `trace` file read
 # while tracing went on and the writer passed the reader)
@@ -121,6 +123,9 @@ CPUHP = re.compile(r"cpu:\s*(?P<c>\d+)\s+target:\s*-?\d+\s+step:\s*\d+\s+\((?P<f
 # indented "address symbol (dso)").
 STACK_HEADER = re.compile(r"\d\.\d+:\s+<(?P<user>user )?stack trace>\s*$")
 STACK_FRAME = re.compile(r"\s*=> |\s+[0-9a-f]{6,16} \S")
+# the function tracer's lines in tracefs text ("TIME: do_idle <-cpu_startup_entry"; trace-cmd
+# names the event instead: "TIME: function: do_idle <-- cpu_startup_entry")
+FUNCTION_CALL = re.compile(r"\d\.\d+:\s+[\w.$]+(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?\s+<-\S+\s*$")
 PROBE = re.compile(r"^\((?P<loc>[^)]*)\)\s*(?P<args>.*)$")
 PROBE_ARG = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
@@ -464,6 +469,14 @@ def parse_lines(
                     "trace_clock (counter, x86-tsc...); record with the default 'local' clock "
                     "(or 'global', 'mono', 'boot'), whose times are seconds",
                 )
+            if fmt is None and PERF_NO_CPU.match(line):
+                raise TraceError(
+                    path,
+                    n,
+                    "perf script text without the [CPU] column: the samples carry no CPU "
+                    "(a per-task recording); record system-wide, 'perf record -a -e "
+                    "sched:* -e task:*', or with the CPUs named, 'perf record -C LIST ...'",
+                )
             if fmt is None:
                 raise TraceError(
                     path,
@@ -485,6 +498,9 @@ def parse_lines(
             continue
         if m is None and STACK_FRAME.match(line):
             stats.unknown["stack trace frames"] += 1
+            continue
+        if m is None and fmt == "ftrace" and FUNCTION_CALL.search(line):
+            stats.unknown["function"] += 1  # as trace-cmd names it
             continue
         if m is None:
             if lenient:
