@@ -72,6 +72,7 @@ from activemm.validate.score import (
     INFERRED_EXIT,
     KTHREAD_USE_MM,
     PRE_TRACE,
+    RELEASE_POINTS,
     UNEXPLAINED,
     DropScorer,
     Result,
@@ -96,7 +97,6 @@ VHOST_WORKER = re.compile(r"vhost-(\d+)")  # 6.1: kthread_create(..., "vhost-%d"
 # the releases of /proc/PID files whose open took an mm with proc_mem_open()
 PROC_RELEASES = ("mem_release", "pagemap_release", "proc_map_release", "smaps_rollup_release")
 # kernel paths that mmdrop() a reference held outside the scheduler, which the markers show
-RELEASES = ("io_ring_ctx_free", "proc_release", "uffd_release", "khugepaged")
 UFFD_FEATURE_EVENT_FORK = 1 << 1  # include/uapi/linux/userfaultfd.h
 FAILED_FORK_SEEN = "failed fork (exit_mmap of an mm copy_process made)"
 
@@ -236,6 +236,8 @@ class Validator(MarkerSteps, Clocked):
         self.offlined: dict[int, int] = {}
         self.offlined_ever: set[int] = set()
         self.finishing: set[int] = set()  # CPUs whose finish_cpu() step (cpuhp_enter) began
+        # pid -> the release it is in (its point, the mm address whose mmdrop() follows)
+        self.releasing: dict[int, tuple[str, int]] = {}
         self.finish_holds: dict[int, str] = {}  # such a line -> the holder standing in till then
         self.epoch: Counter[int] = Counter()
         # CPU -> switches that loaded a user mm (switch_mm_irqs_off): a lazy episode, a chain
@@ -346,7 +348,7 @@ class Validator(MarkerSteps, Clocked):
             point: tuple[object, ...] = ("resynchronisation", self.ctx.line)
         elif self.ctx.kind == "__mmput end":
             point = ("__mmput", self.ctx.pid)
-        elif self.ctx.kind in (*RELEASES, "mmdrop_async"):
+        elif self.ctx.kind in (*RELEASE_POINTS, "mmdrop_async"):
             point = (self.ctx.kind, self.ctx.pid)
         elif self.ctx.kind == "finish_cpu":
             point = ("finish_cpu", 0)  # as the model's own finish_cpu() says it
@@ -671,6 +673,7 @@ class Validator(MarkerSteps, Clocked):
         argument) follows: a kernel __mmdrop next on this CPU is at `point`; with markers
         the model drops one of the references `held` lists there too."""
         self.anchor[p.cpu] = (point, p.pid)
+        self.releasing[p.pid] = (point, address(p.args.get("mm")))
         if self.inputs == "markers":
             self._refusable(self._drop_held, held, address(p.args.get("mm")), point, p)
 
@@ -697,6 +700,7 @@ class Validator(MarkerSteps, Clocked):
         (the `mm` argument): the model drops the ring's reference there."""
         if self._drop_held(self.rings, address(p.args.get("mm")), "io_ring_ctx_free", p):
             self.anchor[p.cpu] = ("io_ring_ctx_free", p.pid)
+            self.releasing[p.pid] = ("io_ring_ctx_free", address(p.args.get("mm")))
 
     def _oom_victim(self, p: Probe) -> None:
         """mark_oom_victim(tsk) entered: when tsk->signal->oom_mm is still NULL (the `oom_mm`
@@ -997,6 +1001,9 @@ class Validator(MarkerSteps, Clocked):
         # both end with this life of the address, whatever the branch below
         async_pid = self.async_drops.pop(addr, None)
         offlined = self.offlined.pop(addr, None)
+        releasing = self.releasing.get(p.pid)
+        if releasing is not None and releasing[1] == addr:
+            del self.releasing[p.pid]  # a task's release ends with its mmdrop()
         point: tuple[object, ...]
         if (
             anchor[0] == "finish_task_switch"
@@ -1016,8 +1023,11 @@ class Validator(MarkerSteps, Clocked):
             point = ("finish_cpu", 0)  # its idle task's borrowed mm, dropped for a dead CPU
         elif anchor[0] == "activate_mm":
             point = ("exec_mmap", p.pid)
-        elif anchor[0] in ("kthread_use_mm", *RELEASES):
+        elif anchor[0] in ("kthread_use_mm", *RELEASE_POINTS):
             point = anchor  # (the path, the pid that ran it)
+        elif releasing is not None and releasing[1] == addr:
+            # preempted between its release's marker and the mmdrop: the CPU's anchor moved
+            point = (releasing[0], p.pid)
         else:
             point = ("other", p.pid)
         self.mmput_open.pop(addr, None)

@@ -56,6 +56,11 @@ CONCURRENT = (
     "two CPUs let go of this mm at once (their finish_task_switch drops raced): which "
     "decrement was last is not in the inputs"
 )
+RELEASED_AT_ONCE = (
+    "two holders let go of this mm at once (their releases ran side by side, e.g. two io_uring "
+    "rings freed by two kworkers): each mmdrop() comes a little after its marker, and which "
+    "was last is not in the inputs"
+)
 FAILED_EXEC = (
     "an execve that failed (no such file, not a program...): bprm_mm_init's mm was born and "
     "freed in the task without a tracepoint; only the exit_mmap marker shows it"
@@ -146,6 +151,7 @@ class Result:
 
 # where the kernel drops a reference held outside the scheduler: an unknown place, or one
 # whose marker the model follows (its misses have the same cause without the marker)
+RELEASE_POINTS = ("io_ring_ctx_free", "proc_release", "uffd_release", "khugepaged")
 HELD_POINTS = (
     "other",
     "proc_release",
@@ -182,12 +188,17 @@ class DropScorer:
         self.kernel_lines: dict[int | None, list[int]] = {}  # address -> its __mmdrop lines
         # side -> its frees in a finish_task_switch
         self.finishes: dict[str, list[Drop]] = {}
+        # side -> its frees at the release of a reference held outside the scheduler
+        self.releases: dict[str, list[Drop]] = {}
 
     def score(self, kernel_drops: list[Drop], model_drops: list[Drop]) -> None:
         res = self.result
+        sides = (("kernel", kernel_drops), ("model", model_drops))
         self.finishes = {
-            side: [x for x in drops if x.point[0] == "finish_task_switch"]
-            for side, drops in (("kernel", kernel_drops), ("model", model_drops))
+            side: [x for x in drops if x.point[0] == "finish_task_switch"] for side, drops in sides
+        }
+        self.releases = {
+            side: [x for x in drops if x.point[0] in RELEASE_POINTS] for side, drops in sides
         }
         other = {d.addr for d in kernel_drops if d.point[0] in HELD_POINTS}
         self.kernel_lines = {}
@@ -207,7 +218,11 @@ class DropScorer:
             )[:1]
             predicted = {"freed_at": list(near[0].point), "line": near[0].line} if near else {}
             kernel = {"mm": hexaddr(d.addr), "freed_at": list(d.point)}
-            cause = CONCURRENT if self.concurrent(d, "model") else self.cause(d)
+            cause = (
+                CONCURRENT if self.concurrent(d, "model")
+                else RELEASED_AT_ONCE if self.released_at_once(d, "model")
+                else self.cause(d)
+            )  # fmt: skip
             res.mismatch("mmdrop", d.line, predicted or {"freed_at": "never"}, kernel,
                          cause)  # fmt: skip
         for d in model_drops:
@@ -216,6 +231,7 @@ class DropScorer:
                 res.mmdrop.total += 1
                 cause = (
                     CONCURRENT if self.concurrent(d, "kernel")
+                    else RELEASED_AT_ONCE if self.released_at_once(d, "kernel")
                     else HELD_OUTSIDE if d.addr in other or self.kernel_kept(d)
                     else RACE if d.addr in self.raced
                     else ELSEWHERE if d.addr in elsewhere
@@ -250,6 +266,19 @@ class DropScorer:
         return any(
             x.addr == d.addr and x.point != d.point and abs(x.line - d.line) <= NEARBY
             for x in self.finishes.get(other_side, [])
+        )
+
+    def released_at_once(self, d: Drop, other_side: str) -> bool:
+        """Both sides freed this mm where a holder released it (an io_uring ring, a /proc
+        file, a userfaultfd...), in different tasks, close together: two releases ran side by
+        side on two CPUs. The model drops each at its marker, the kernel a little after it
+        (io_ring_ctx_free() sleeps in flush_delayed_work() in between): which mmdrop() was
+        last is not in the inputs."""
+        if d.point[0] not in RELEASE_POINTS:
+            return False
+        return any(
+            x.addr == d.addr and x.point != d.point and abs(x.line - d.line) <= NEARBY
+            for x in self.releases.get(other_side, [])
         )
 
     def cause(self, d: Drop) -> str:
