@@ -89,13 +89,38 @@ def test_ring_buffer_stats_as_tracefs_prints_them() -> None:
     assert (s["entries"], s["overrun"], s["dropped_events"], s["bytes"]) == (19527, 0, 3, 1316812)
 
 
+def test_kprobe_profile_as_tracefs_prints_it() -> None:
+    """kernel/trace/trace_kprobe.c's probes_profile_seq_show(): "%-44s %15lu %15lu" (event,
+    hits, missed), read from the guest's meta file where init.sh prefixed each line."""
+    meta = (
+        "release 6.1.0-57-amd64\n"
+        f"kprobe_profile {'mminit':<44} {12345:>15} {1:>15}\n"
+        f"kprobe_profile {'mmswitch':<44} {99:>15} {0:>15}\n"
+        "stats cpu0 entries: 1 overrun: 0\n"
+    )
+    profile = run.kprobe_profile(meta)
+    assert profile == {
+        "mminit": {"hits": 12345, "missed": 1},
+        "mmswitch": {"hits": 99, "missed": 0},
+    }
+    # a birth lost (mm_init's return probe) loses the capture; a marker's miss does not
+    assert run.lost_probe_hits(profile) == {"mminit": 1}
+    marker = {"putsignal": {"hits": 674, "missed": 2}, "mmdrop": {"hits": 760, "missed": 0}}
+    assert run.lost_probe_hits(marker) == {}
+    named = {d.split()[0].split("/")[1] for d in guest.kprobe_definitions(
+        {"pid": 1, "flags": 2, "mm": 3, "active_mm": 4, "comm": 5})}  # fmt: skip
+    assert named >= run.CORE_PROBES  # every core probe is one the capture defines
+
+
 def test_kprobes_carry_this_kernels_offsets() -> None:
     defs = guest.kprobe_definitions({"pid": 2416, "flags": 44, "mm": 2272, "active_mm": 2280,
                                      "comm": 2976})  # fmt: skip
     mmswitch = next(d for d in defs if " switch_mm_irqs_off " in d)
     assert "t_pid=+2416(%dx):s32" in mmswitch and "t_mm=+2272(%dx):x64" in mmswitch
     assert any(d.startswith("r") and " mm_init " in d for d in defs)
-    assert "r16:activemm/mmputdone exit_mmap" in defs  # __mmput's end: exit_mmap returning
+    assert (
+        f"r{guest.MAXACTIVE}:activemm/mmputdone exit_mmap" in defs
+    )  # __mmput's end: exit_mmap returning
     assert not any("io_destroy_buffers" in d for d in defs)  # no io_ring_ctx in the BTF
     ring = guest.kprobe_definitions({"pid": 1, "flags": 2, "mm": 3, "active_mm": 4, "comm": 5},
                                     {"mm_account": 984})  # fmt: skip

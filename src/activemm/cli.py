@@ -709,6 +709,14 @@ def capture(
             f"[yellow]warning:[/yellow] the workload exited with status "
             f"{meta['workload_status']} (see {output}/workload.log)"
         )
+    missed = meta.get("kprobe_missed")
+    if isinstance(missed, dict) and missed:
+        err.print(
+            "[yellow]warning:[/yellow] marker kprobes missed hits while recording ("
+            + ", ".join(f"{name} {n}" for name, n in sorted(missed.items()))
+            + "): kept in meta.json; activemm validate lists them among the anomalies",
+            highlight=False,
+        )
     rb = meta["ring_buffer"]
     entries = sum(s.get("entries", 0) for s in rb.values()) if isinstance(rb, dict) else 0
     out.print(
@@ -806,6 +814,9 @@ def validate(
         if result.learned:
             learned = ", ".join(f"{n} {what}" for what, n in result.learned.items())
             out.print(f"[dim]learned from the trace: {learned}[/dim]")
+        if result.anomalies:
+            odd = ", ".join(f"{what}: {n:,}" for what, n in sorted(result.anomalies.items()))
+            out.print(f"[dim]anomalies of the trace: {odd}[/dim]", highlight=False)
     if not (
         result.context_switches.matched == result.context_switches.total
         and result.mmdrop.matched == result.mmdrop.total

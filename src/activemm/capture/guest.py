@@ -16,6 +16,13 @@ from activemm.capture.kernel import CaptureError, need
 GROUP = "activemm"
 
 
+# Return probes: how many calls of the function may be in flight at once (kretprobe instances:
+# under load dozens of tasks sleep in exit_mmap() or mm_init(), and a call that finds none left
+# is a missed hit, the kprobe_profile's nmissed; 16 ran out once). The kernel's limit is 4096
+# (KRETPROBE_MAXACTIVE_MAX).
+MAXACTIVE = 1024
+
+
 def kprobe_definitions(
     off: dict[str, int],
     ring: dict[str, int] | None = None,
@@ -59,9 +66,9 @@ def kprobe_definitions(
             f"p:{g}/finish @FINISH_TASK_SWITCH@ prev=%di:x64 " + task("%di", "prev_"),
             f"p:{g}/mmdrop __mmdrop mm=%di:x64",
             f"p:{g}/mmput exit_mmap mm=%di:x64",
-            f"r16:{g}/mmputdone exit_mmap",
-            f"r16:{g}/mminit mm_init ret=$retval:x64",
-            f"r16:{g}/mmalloc mm_alloc ret=$retval:x64",
+            f"r{MAXACTIVE}:{g}/mmputdone exit_mmap",
+            f"r{MAXACTIVE}:{g}/mminit mm_init ret=$retval:x64",
+            f"r{MAXACTIVE}:{g}/mmalloc mm_alloc ret=$retval:x64",
             f"p:{g}/dupmm dup_mmap mm=%di:x64 oldmm=%si:x64",
             f"p:{g}/usemm kthread_use_mm mm=%di:x64",
             f"p:{g}/unusemm kthread_unuse_mm mm=%di:x64",
@@ -123,7 +130,7 @@ def proc_markers(g: str, proc: dict[str, int]) -> list[str]:
     data = f"+{proc['private_data']}(%si)"
     seq_mm = f"+{proc['mm']}(+{proc['private']}({data}))"
     return [
-        f"r16:{g}/procmemopen proc_mem_open ret=$retval:x64",
+        f"r{MAXACTIVE}:{g}/procmemopen proc_mem_open ret=$retval:x64",
         f"p:{g}/memrelease mem_release mm={data}:x64",
         f"p:{g}/pagemaprelease pagemap_release mm={data}:x64",
         f"p:{g}/mapsrelease proc_map_release mm={seq_mm}:x64",

@@ -92,6 +92,41 @@ def ring_buffer_stats(meta: str) -> dict[str, dict[str, int]]:
     return stats
 
 
+# The probes whose every hit the scores rest on: the hooks the model is scored against and the
+# births and deaths that bind its mms to addresses. A miss of one of these loses an event as
+# surely as a full ring buffer, and the capture is refused (unless --allow-lost). The other
+# probes are markers of when a path ran (the OOM killer's signal, io_uring, /proc files,
+# userfaultfds, khugepaged): their misses are recorded (meta.json's kprobe_missed) and
+# reported by validate among the trace's anomalies. __put_task_struct, run from RCU softirqs
+# that can land inside another probe's handler, misses a hit or two in most captures.
+CORE_PROBES = frozenset(
+    {"mmswitch", "lazytlb", "finish", "mmdrop", "mmput", "mmputdone", "mminit", "mmalloc",
+     "dupmm", "usemm", "unusemm", "leavemm"}
+)  # fmt: skip
+
+
+def lost_probe_hits(profile: dict[str, dict[str, int]]) -> dict[str, int]:
+    """The misses of a kprobe_profile that lose the capture: those of CORE_PROBES."""
+    return {n: p["missed"] for n, p in profile.items() if p["missed"] and n in CORE_PROBES}
+
+
+def kprobe_profile(meta: str) -> dict[str, dict[str, int]]:
+    """`kprobe_profile EVENT HITS MISSED` lines of the guest's meta file (tracefs's
+    kprobe_profile): per probe, its hits and the hits it missed (a return probe out of
+    instances, a probe hit inside another probe's handler): events lost as surely as a
+    full ring buffer's."""
+    profile: dict[str, dict[str, int]] = {}
+    for line in meta.splitlines():
+        fields = line.split()
+        if (
+            len(fields) == 4
+            and fields[0] == "kprobe_profile"
+            and all(f.isdigit() for f in fields[2:])
+        ):
+            profile[fields[1]] = {"hits": int(fields[2]), "missed": int(fields[3])}
+    return profile
+
+
 def accelerators(choice: str) -> list[str]:
     if choice == "tcg":
         return ["tcg"]
@@ -282,6 +317,16 @@ def capture(
                 f"the guest lost events on {', '.join(sorted(lost))} (ring buffer full): "
                 "use a smaller --scale, or --allow-lost to keep the trace anyway"
             )
+        profile = kprobe_profile(meta_text)
+        missed = {name: p["missed"] for name, p in profile.items() if p["missed"]}
+        core = lost_probe_hits(profile)
+        if core and not opts.allow_lost:
+            raise CaptureError(
+                "the guest's kprobes missed hits ("
+                + ", ".join(f"{name} {n}" for name, n in sorted(core.items()))
+                + "): a return probe out of instances, or a probe hit inside another's "
+                "handler; record again, or --allow-lost to keep the trace anyway"
+            )
         # Removing a trace event (a kprobe or uprobe deleted by the workload) resets every
         # ring buffer: what came before is gone, the start marker with it.
         reset = b"activemm trace start" not in shipped.files["trace"]
@@ -323,7 +368,9 @@ def capture(
             "kprobes": shipped.files.get("kprobes", b"").decode().splitlines(),
             "kprobes_refused": failed,
             "ring_buffer": stats,
-            "lost_events": bool(lost) or reset,
+            "kprobe_profile": profile,
+            "kprobe_missed": missed,
+            "lost_events": bool(lost) or reset or bool(core),
             "trace_reset": reset,
             "seconds": {k: round(v, 2) for k, v in timings.items()},
             "qemu": subprocess.run(

@@ -73,6 +73,24 @@ def _release(directory: Path) -> str | None:
     return None
 
 
+def _missed_hits(directory: Path) -> dict[str, int]:
+    """Probes that missed hits while the capture ran (meta.json's kprobe_profile: a probe
+    hit inside another probe's handler, or a return probe out of instances): those events
+    are not in the trace."""
+    meta = directory / "meta.json"
+    try:
+        profile = json.loads(meta.read_text()).get("kprobe_profile") if meta.exists() else None
+    except (json.JSONDecodeError, OSError, AttributeError):
+        return {}
+    if not isinstance(profile, dict):
+        return {}
+    return {
+        name: p["missed"]
+        for name, p in profile.items()
+        if isinstance(p, dict) and isinstance(p.get("missed"), int) and p["missed"] > 0
+    }
+
+
 def locate(trace: Path, tasks: Path | None) -> tuple[Path, Path | None, str | None]:
     """A capture directory stands for its trace (trace.txt.gz...), its task snapshot
     (tasks_start.txt) and its metadata (meta.json); a trace file inside a capture directory
@@ -149,4 +167,6 @@ def validate(
         # replay again, running those exits where they happened
         exits |= v.found_exits
     result.exit_points = exits
+    for name, n in _missed_hits(path.parent).items():
+        result.anomalies[f"kprobe hits missed while recording ({name})"] += n
     return result

@@ -86,6 +86,7 @@ say "workload done"
     for c in $T/per_cpu/cpu*; do
         echo "stats ${c##*/} $(tr '\n' ' ' < $c/stats)"
     done
+    sed 's/^ */kprobe_profile /' $T/kprobe_profile  # EVENT HITS MISSED, per probe
 } > /tmp/meta
 cat $T/kprobe_events > /tmp/kprobes.active
 
