@@ -192,6 +192,21 @@ class Replayer:
         self.exchanged.add((leader, pid))
         self.stats.anomalies["de_thread: old leader's last switch under the thread's pid"] += 1
 
+    def _unnamed_leader(self, cpu: int, pid: int) -> Task | None:
+        """de_thread() the other way round: the old leader's final switch was traced under
+        its own pid `pid`, before exchange_tids(), but the replay meets it after the
+        exec'ing thread went by that pid (a validation applies a switch at its
+        finish_task_switch, which a stalled CPU can run milliseconds later). The exiting
+        task current on `cpu` that no pid names any more is that leader: it switches out."""
+        cur = self.m.state.rqs[cpu].curr
+        named = self.tasks.get(pid)
+        if named is None or named is cur or not cur.exiting or cur.is_idle:
+            return None
+        if any(t is cur for t in self.tasks.values()):
+            return None
+        self.stats.anomalies["de_thread: old leader's last switch met after the exchange"] += 1
+        return cur
+
     def _de_thread(self, pid: int, cpu: int) -> Task | None:
         """exec from a non-leader thread: de_thread() gives the exec'ing thread its leader's
         pid (exchange_tids) before exec_mmap(), and it can be switched out under that pid
@@ -292,9 +307,12 @@ class Replayer:
 
     def switch(self, ev: SchedSwitch) -> None:
         final = ev.prev_state.startswith(("X", "Z"))
+        prev = None
         if final:
             self._old_leader(ev.cpu, ev.prev_pid)
-        prev = self.current(ev.cpu, ev.prev_pid, ev.prev_comm, ev.tgid)
+            prev = self._unnamed_leader(ev.cpu, ev.prev_pid)
+        if prev is None:
+            prev = self.current(ev.cpu, ev.prev_pid, ev.prev_comm, ev.tgid)
         if final and not prev.exiting and not prev.is_idle and prev.pid != 1:
             self.stats.anomalies["exit inferred from prev_state"] += 1
             self.m.exit(prev)

@@ -12,6 +12,7 @@ from activemm.model.config import preset
 from activemm.trace.events import Probe
 from activemm.trace.readers import ReadStats, read_trace
 from activemm.trace.replay import load_task_snapshot, peek_cpus
+from activemm.validate import kernel as kv
 from activemm.validate.core import Validator
 from activemm.validate.score import Result
 
@@ -124,7 +125,7 @@ def validate(
     kprobes landed) with `mutants`."""
     path, tasks, release = locate(trace, tasks)
     stats = ReadStats()
-    events = list(read_trace(str(path), stats=stats))
+    events, recovered = kv.recover_births(list(read_trace(str(path), stats=stats)))
     probes = {e.function for e in events if isinstance(e, Probe)}
     if not {"switch_mm_irqs_off", "enter_lazy_tlb", "finish_task_switch"} <= probes:
         raise ActiveMmError(
@@ -167,6 +168,10 @@ def validate(
         # replay again, running those exits where they happened
         exits |= v.found_exits
     result.exit_points = exits
+    if recovered:
+        result.anomalies["birth without its mm_init return (taken from mm_alloc/dup_mmap)"] += (
+            recovered
+        )
     for name, n in _missed_hits(path.parent).items():
         result.anomalies[f"kprobe hits missed while recording ({name})"] += n
     return result

@@ -8,9 +8,9 @@ whatever offset. Arguments keep the reference's names: `prev`, `next`, `tsk`, `t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from activemm.trace.events import Probe, SchedSwitch
+from activemm.trace.events import Probe, SchedSwitch, TraceEvent
 from activemm.trace.replay import PF_KTHREAD, TaskInfo
 
 # init_mm is the one mm_struct that is not slab-allocated: it lives in the kernel image.
@@ -44,6 +44,42 @@ def births_read(p: Probe, use_mm_init: bool) -> bool:
     """A birth probe of the kind this trace is read for: mm_init's return where the trace
     has it (it names every new mm), else dup_mmap() and mm_alloc()."""
     return p.function in NEW_MM and (p.function == "mm_init") == use_mm_init
+
+
+def recover_births(events: list[TraceEvent]) -> tuple[list[TraceEvent], int]:
+    """mm_init's return probe names every new mm, but a return probe can miss a hit (no
+    instance left, or a hit inside another probe's handler) while the probes around it
+    fire: exec's mm_alloc() returning an mm, or a fork's dup_mmap() entered with one, that
+    no mm_init return of the same task named just before. Such a birth is put back, as the
+    mm_init return it stands for (a fork's when dup_mmap() shows it), right before that line.
+    Returns the events and how many births were put back (a trace without mm_init probes
+    is returned as it is)."""
+    if not any(isinstance(e, Probe) and e.function == "mm_init" for e in events):
+        return events, 0
+    out: list[TraceEvent] = []
+    last: dict[int, int] = {}  # pid -> the mm its latest mm_init return named
+    recovered = 0
+    for e in events:
+        if isinstance(e, Probe) and e.function in NEW_MM:
+            addr = born(e)
+            if e.function == "mm_init":
+                last[e.pid] = addr
+            elif addr and last.get(e.pid) != addr:
+                fork = e.function == "dup_mmap"
+                out.append(
+                    replace(
+                        e,
+                        function="mm_init",
+                        args={"ret": f"{addr:#x}"},
+                        offset=None,
+                        returned=True,
+                        caller="copy_process" if fork else "mm_alloc",
+                    )
+                )
+                last[e.pid] = addr
+                recovered += 1
+        out.append(e)
+    return out, recovered
 
 
 def born_in_fork(p: Probe) -> bool:
