@@ -18,7 +18,7 @@ GROUP = "activemm"
 
 # Return probes: how many calls of the function may be in flight at once (kretprobe instances:
 # under load dozens of tasks sleep in exit_mmap() or mm_init(), and a call that finds none left
-# is a missed hit, the kprobe_profile's nmissed; 16 ran out once). The kernel's limit is 4096
+# is a missed hit, the kprobe_profile's nmissed). The kernel's limit is 4096
 # (KRETPROBE_MAXACTIVE_MAX).
 MAXACTIVE = 1024
 
