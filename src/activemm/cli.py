@@ -655,7 +655,9 @@ def capture(
     allow_lost: Annotated[
         bool,
         typer.Option(
-            "--allow-lost", help="Keep a trace whose ring buffers lost events or were reset."
+            "--allow-lost",
+            help="Keep a trace whose ring buffers lost events or were reset, or whose "
+            "hooks or mm birth/death probes missed hits (kprobe_profile).",
         ),
     ] = False,
     memory: Annotated[
