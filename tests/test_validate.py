@@ -1399,6 +1399,26 @@ def test_foreign_mm_users_and_cpus_going_offline_under_load(capture: Path) -> No
         assert sc.matched == sc.total, r.mismatches
 
 
+PROGRAM15 = [p for p in ALL if _program_is(p, "unseen15.c")]
+
+
+@pytest.mark.parametrize("capture", PROGRAM15, ids=lambda p: p.name)
+def test_memory_cgroup_oom_kills_of_whole_groups(capture: Path) -> None:
+    """tests/data/programs/unseen15.c, written after the model: a memory cgroup whose
+    memory.oom.group kills every process in it at once when one crosses memory.max, then
+    one victim at a time, with forks and execs in the group meanwhile. Counted in the text:
+    mark_oom_victim() hits on a task whose signal has no oom_mm yet (each mmgrab()s the
+    victim's mm). The model takes every one of those references, and every switch,
+    __mmdrop and hook matches as first recorded."""
+    text = gzip.decompress((capture / "trace.txt.gz").read_bytes()).decode()
+    victims = len(re.findall(r"\(mark_oom_victim\+\S+ oom_mm=0x0 ", text))
+    assert victims >= 6
+    r = validate(capture)
+    assert r.learned["OOM victim's signal->oom_mm (mark_oom_victim marker)"] == victims
+    for sc in (r.context_switches, r.mmdrop, r.outside_schedule):
+        assert sc.matched == sc.total, r.mismatches
+
+
 OFFLINE_RING = [p for p in ALL if _program_is(p, "offline_ring.c")]
 
 
