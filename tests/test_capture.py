@@ -89,6 +89,32 @@ def test_ring_buffer_stats_as_tracefs_prints_them() -> None:
     assert (s["entries"], s["overrun"], s["dropped_events"], s["bytes"]) == (19527, 0, 3, 1316812)
 
 
+def test_a_workload_out_of_time_is_named_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guest whose workload outlives --timeout is powered off by its own watchdog (init.sh
+    says so on the console): the error says the workload ran out of time and what to do,
+    not that QEMU could not run the guest, and keeps the console beside the output."""
+    console_text = (
+        "ACTIVEMM: booted 6.1.0-57-amd64 cpus=2\nACTIVEMM: workload parallel scale 10\n"
+        f"{run.WATCHDOG}\n[ 2003.494125] reboot: Power down\n"
+    )
+
+    def fake_qemu(*args: object) -> list[str]:  # (image, initrd, opts, accel, console, ship)
+        return ["sh", "-c", f"printf '%s' '{console_text}' > {args[4]}"]
+
+    monkeypatch.setattr(run, "qemu_command", fake_qemu)
+    monkeypatch.setattr(run, "accelerators", lambda choice: ["tcg"])
+    opts = run.CaptureOptions(tmp_path / "out", timeout=30)
+    image = KernelImage("6.1.0-57-amd64", tmp_path / "vmlinuz", tmp_path / "vmlinux", tmp_path)
+    with pytest.raises(CaptureError) as e:
+        run.boot(image, tmp_path / "initrd", opts, tmp_path, lambda msg: None)
+    message = str(e.value)
+    assert message.startswith("the workload did not end within --timeout 30 s")
+    assert "--scale" in message and "QEMU could not run" not in message
+    assert (tmp_path / "out.console.log").read_text() == console_text
+
+
 def test_kprobe_profile_as_tracefs_prints_it() -> None:
     """kernel/trace/trace_kprobe.c's probes_profile_seq_show(): "%-44s %15lu %15lu" (event,
     hits, missed), read from the guest's meta file where init.sh prefixed each line."""

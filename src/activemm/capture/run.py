@@ -190,10 +190,18 @@ def boot(
         target = opts.out.with_name(opts.out.name + ".console.log")
         shutil.copyfile(consoles[-1], target)
         kept = f" (the guest's console: {target})"
+    if failures[-1].endswith(OUT_OF_TIME):
+        raise CaptureError(
+            f"the workload did not end within --timeout {opts.timeout:g} s: the guest's "
+            f"watchdog powered it off, no trace kept{kept}; give a longer --timeout or a "
+            "smaller --scale"
+        )
     raise CaptureError("QEMU could not run the guest: " + "; ".join(failures) + kept)
 
 
 TRIES = {"kvm": 1, "tcg": 2}
+WATCHDOG = "ACTIVEMM: watchdog: the guest ran out of time"  # guest/init.sh's say()
+OUT_OF_TIME = "the workload ran out of time"
 CRASH_MARKS = ("Kernel panic", "BUG:", "Oops:", "general protection fault")
 
 
@@ -237,6 +245,8 @@ def _run_guest(
     if "ACTIVEMM: shipped" in text:
         timings["poweroff"] = time.monotonic() - t0
         return accel, text, ship.read_text(errors="replace"), timings
+    if WATCHDOG in text:  # the guest ran: its workload did not end in time
+        return f"{accel}: {OUT_OF_TIME}"
     if timed_out:
         return f"{accel}: timed out {timed_out}"
     last = (qemu_out.strip().splitlines() or text.strip().splitlines() or ["no output"])[-1]
