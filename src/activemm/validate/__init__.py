@@ -55,15 +55,26 @@ TRACE_NAMES = ("trace.txt.gz", "trace.txt", "trace.txt.xz", "trace.txt.zst", "tr
 TASKS_NAMES = ("tasks_start.txt", "tasks_start")
 
 
+def _meta(directory: Path) -> dict[str, object] | None:
+    """A capture directory's meta.json (None without one)."""
+    meta = directory / "meta.json"
+    if not meta.exists():
+        return None
+    try:
+        value = json.loads(meta.read_text())
+    except (json.JSONDecodeError, OSError) as e:
+        raise ActiveMmError(f"{meta}: unreadable capture metadata: {e}") from None
+    if not isinstance(value, dict):
+        raise ActiveMmError(f"{meta}: unreadable capture metadata: not a JSON object")
+    return value
+
+
 def _release(directory: Path) -> str | None:
     """The kernel release a capture directory records: meta.json's "kernel", or a
     `release X` line of a plain meta file (what the guest itself writes)."""
-    meta = directory / "meta.json"
-    if meta.exists():
-        try:
-            value = json.loads(meta.read_text()).get("kernel")
-        except (json.JSONDecodeError, OSError, AttributeError) as e:
-            raise ActiveMmError(f"{meta}: unreadable capture metadata: {e}") from None
+    meta = _meta(directory)
+    if meta is not None:
+        value = meta.get("kernel")
         return value if isinstance(value, str) else None
     for name in ("meta", "meta.txt"):
         plain = directory / name
@@ -74,22 +85,14 @@ def _release(directory: Path) -> str | None:
     return None
 
 
-def _missed_hits(directory: Path) -> dict[str, int]:
-    """Probes that missed hits while the capture ran (meta.json's kprobe_profile: a probe
-    hit inside another probe's handler, or a return probe out of instances): those events
-    are not in the trace."""
-    meta = directory / "meta.json"
-    try:
-        profile = json.loads(meta.read_text()).get("kprobe_profile") if meta.exists() else None
-    except (json.JSONDecodeError, OSError, AttributeError):
+def _missed_hits(meta: dict[str, object] | None) -> dict[str, int]:
+    """Probes that missed hits while the capture ran (meta.json's kprobe_missed, which
+    `activemm capture` takes from kprobe_profile: a probe hit inside another probe's
+    handler, or a return probe out of instances): those events are not in the trace."""
+    missed = meta.get("kprobe_missed") if meta is not None else None
+    if not isinstance(missed, dict):
         return {}
-    if not isinstance(profile, dict):
-        return {}
-    return {
-        name: p["missed"]
-        for name, p in profile.items()
-        if isinstance(p, dict) and isinstance(p.get("missed"), int) and p["missed"] > 0
-    }
+    return {name: n for name, n in missed.items() if isinstance(n, int) and n > 0}
 
 
 def locate(trace: Path, tasks: Path | None) -> tuple[Path, Path | None, str | None]:
@@ -172,6 +175,6 @@ def validate(
         result.anomalies["birth without its mm_init return (taken from mm_alloc/dup_mmap)"] += (
             recovered
         )
-    for name, n in _missed_hits(path.parent).items():
+    for name, n in _missed_hits(_meta(path.parent)).items():
         result.anomalies[f"kprobe hits missed while recording ({name})"] += n
     return result

@@ -570,7 +570,11 @@ class Validator(MarkerSteps, Clocked):
             self.finishing.add(cpu)
         elif cpu in self.finishing:
             self.finishing.discard(cpu)
-            self.offlined = {a: c for a, c in self.offlined.items() if c != cpu}
+            self._forget_offlined(cpu)
+
+    def _forget_offlined(self, cpu: int) -> None:
+        """The dead CPU's borrowed mm is no longer finish_cpu()'s to drop."""
+        self.offlined = {a: c for a, c in self.offlined.items() if c != cpu}
 
     def _temporary_mm(self, p: Probe, mm: int) -> None:
         """switch_mm_irqs_off(NULL, mm, current) outside a context switch marks __text_poke():
@@ -672,8 +676,7 @@ class Validator(MarkerSteps, Clocked):
         """A file's release (`p`) whose mmdrop() of the reference its open took (the `mm`
         argument) follows: a kernel __mmdrop next on this CPU is at `point`; with markers
         the model drops one of the references `held` lists there too."""
-        self.anchor[p.cpu] = (point, p.pid)
-        self.releasing[p.pid] = (point, address(p.args.get("mm")))
+        self._open_release(p, point)
         if self.inputs == "markers":
             self._refusable(self._drop_held, held, address(p.args.get("mm")), point, p)
 
@@ -699,8 +702,14 @@ class Validator(MarkerSteps, Clocked):
         """io_destroy_buffers(ctx): io_ring_ctx_free() is about to mmdrop(ctx->mm_account)
         (the `mm` argument): the model drops the ring's reference there."""
         if self._drop_held(self.rings, address(p.args.get("mm")), "io_ring_ctx_free", p):
-            self.anchor[p.cpu] = ("io_ring_ctx_free", p.pid)
-            self.releasing[p.pid] = ("io_ring_ctx_free", address(p.args.get("mm")))
+            self._open_release(p, "io_ring_ctx_free")
+
+    def _open_release(self, p: Probe, point: str) -> None:
+        """Task p.pid is in a release at `point` whose mmdrop() of the `mm` argument
+        follows: a kernel __mmdrop next on this CPU, or later by this task wherever it ran
+        meanwhile, is at that point."""
+        self.anchor[p.cpu] = (point, p.pid)
+        self.releasing[p.pid] = (point, address(p.args.get("mm")))
 
     def _oom_victim(self, p: Probe) -> None:
         """mark_oom_victim(tsk) entered: when tsk->signal->oom_mm is still NULL (the `oom_mm`
@@ -1004,6 +1013,8 @@ class Validator(MarkerSteps, Clocked):
         releasing = self.releasing.get(p.pid)
         if releasing is not None and releasing[1] == addr:
             del self.releasing[p.pid]  # a task's release ends with its mmdrop()
+        else:
+            releasing = None
         point: tuple[object, ...]
         if (
             anchor[0] == "finish_task_switch"
@@ -1025,7 +1036,7 @@ class Validator(MarkerSteps, Clocked):
             point = ("exec_mmap", p.pid)
         elif anchor[0] in ("kthread_use_mm", *RELEASE_POINTS):
             point = anchor  # (the path, the pid that ran it)
-        elif releasing is not None and releasing[1] == addr:
+        elif releasing is not None:
             # preempted between its release's marker and the mmdrop: the CPU's anchor moved
             point = (releasing[0], p.pid)
         else:
@@ -1055,7 +1066,7 @@ class Validator(MarkerSteps, Clocked):
             self.offlined[address(p.args.get("t_active_mm"))] = cpu
             self.offlined_ever.add(address(p.args.get("t_active_mm")))
         elif kind == "cpu_init":  # back online: finish_cpu() ran long before
-            self.offlined = {a: c for a, c in self.offlined.items() if c != cpu}
+            self._forget_offlined(cpu)
         if kind == "cpu_init" and self.inputs == "markers":
             self._refusable(self._cpu_came_online, p)
         if kind == "idle_task_exit" and self.inputs == "markers" and self.m.state.rqs[cpu].online:

@@ -152,14 +152,7 @@ class Result:
 # where the kernel drops a reference held outside the scheduler: an unknown place, or one
 # whose marker the model follows (its misses have the same cause without the marker)
 RELEASE_POINTS = ("io_ring_ctx_free", "proc_release", "uffd_release", "khugepaged")
-HELD_POINTS = (
-    "other",
-    "proc_release",
-    "io_ring_ctx_free",
-    "uffd_release",
-    "khugepaged",
-    "mmdrop_async",
-)
+HELD_POINTS = ("other", *RELEASE_POINTS, "mmdrop_async")
 
 
 class DropScorer:
@@ -261,11 +254,8 @@ class DropScorer:
         """Both sides freed this mm in a finish_task_switch, of different switches: two CPUs
         let go of their lazy references at once, and which decrement came last is not in the
         inputs (the probe is at finish_task_switch's entry, the mmdrop after it)."""
-        if d.point[0] != "finish_task_switch":
-            return False
-        return any(
-            x.addr == d.addr and x.point != d.point and abs(x.line - d.line) <= NEARBY
-            for x in self.finishes.get(other_side, [])
+        return d.point[0] == "finish_task_switch" and _freed_nearby(
+            d, self.finishes.get(other_side, [])
         )
 
     def released_at_once(self, d: Drop, other_side: str) -> bool:
@@ -274,12 +264,7 @@ class DropScorer:
         side on two CPUs. The model drops each at its marker, the kernel a little after it
         (io_ring_ctx_free() sleeps in flush_delayed_work() in between): which mmdrop() was
         last is not in the inputs."""
-        if d.point[0] not in RELEASE_POINTS:
-            return False
-        return any(
-            x.addr == d.addr and x.point != d.point and abs(x.line - d.line) <= NEARBY
-            for x in self.releases.get(other_side, [])
-        )
+        return d.point[0] in RELEASE_POINTS and _freed_nearby(d, self.releases.get(other_side, []))
 
     def cause(self, d: Drop) -> str:
         if d.line in self.unclaimed:
@@ -318,6 +303,13 @@ class DropScorer:
             return False
         owner = self.exited_mm.get(d.addr or 0)
         return owner is not None and owner != d.point[1]
+
+
+def _freed_nearby(d: Drop, others: list[Drop]) -> bool:
+    """One of `others` freed d's mm at another point, within NEARBY lines of it."""
+    return any(
+        x.addr == d.addr and x.point != d.point and abs(x.line - d.line) <= NEARBY for x in others
+    )
 
 
 def score_outside(
