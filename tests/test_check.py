@@ -3,17 +3,22 @@ reduction merges only isomorphic states, counterexamples replay."""
 
 from __future__ import annotations
 
+import gc
 import json
+import random
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from activemm import PRESETS, Machine
 from activemm.check import parallel
 from activemm.check.canonical import canonical
 from activemm.check.explore import explore
-from activemm.check.ops import Limits
+from activemm.check.ops import Limits, apply, enabled
+from activemm.model.state import KernelState, TlbContext, clone_state
 
 from .helpers import cli
 from .test_properties import MUTANT_PRESETS
@@ -56,6 +61,20 @@ def test_real_presets_have_no_counterexample(name: str) -> None:
     assert r.violations == [] and r.states > 500
 
 
+def test_exploring_leaves_no_cyclic_garbage() -> None:
+    """explore() runs with the cyclic collector off: states, machines and the violations kept
+    with --keep-going must be freed by reference counting alone."""
+    cfg = replace(PRESETS["linux-6.17-x86_64"], mutants=frozenset({"no-lazy-drop"}))
+    gc.collect()
+    gc.disable()
+    try:
+        r = explore(cfg, 2, BOUND, depth=6, keep_going=True)
+        assert r.violations and gc.isenabled() is False
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
 def test_alpha_kthread_use_mm_finding_is_reached_by_the_explorer() -> None:
     r = explore(PRESETS["alpha"], 2, replace(BOUND, hotplug=False), depth=9)
     assert [v.kind for v in r.violations] == ["use-after-free"]
@@ -96,6 +115,73 @@ def test_canonical_form_is_equal_for_isomorphic_states_only() -> None:
     other = _mirror(False)
     other.schedule(0, "swapper/0")
     assert canonical(other.state) != canonical(_mirror(False).state)
+
+
+def _walk(preset: str, cpus: int, seed: int, steps: int) -> KernelState:
+    """The state after `steps` operations drawn at random among the enabled ones."""
+    rng = random.Random(seed)
+    m = Machine(PRESETS[preset])
+    m.boot(cpus)
+    for _ in range(steps):
+        ops = enabled(m, Limits(max_holders=2, text_poke=True))
+        apply(m, rng.choice(ops))
+    return m.state
+
+
+def _renamed(state: KernelState, seed: int) -> KernelState:
+    """An isomorphic copy: CPUs permuted, every pid (but init's and the idle tasks' 0), mm id
+    and x86 context id renumbered. The lists keep their order."""
+    rng = random.Random(seed)
+    s = clone_state(state)
+    n = len(s.rqs)
+    perm = rng.sample(range(n), n)  # old CPU -> new CPU
+    pids = sorted({t.pid for t in s.tasks} - {0, 1})
+    new_pid = dict(zip(pids, rng.sample(range(100, 200), len(pids)), strict=True))
+    new_pid |= {0: 0, 1: 1}
+    ids = {mm.context.ctx_id for mm in s.mms} | {c.ctx_id for rq in s.rqs for c in rq.tlb.ctxs}
+    ctx = dict(zip(sorted(ids), rng.sample(range(500, 600), len(ids)), strict=True))
+    for t in s.tasks:
+        t.pid, t.tgid = new_pid[t.pid], new_pid.get(t.tgid, t.tgid)
+        t.cpu = None if t.cpu is None else perm[t.cpu]
+    for mm in s.mms:
+        if not mm.is_init_mm:
+            mm.id += 1000
+        mm.mm_cpumask = {perm[c] for c in mm.mm_cpumask}
+        mm.context.ctx_id = ctx[mm.context.ctx_id]
+        mm.context.asn = {perm[c]: a for c, a in mm.context.asn.items()}
+    for rq in s.rqs:
+        rq.cpu = perm[rq.cpu]
+        rq.tlb.ctxs = [TlbContext(ctx[c.ctx_id], c.tlb_gen) for c in rq.tlb.ctxs]
+    s.rqs.sort(key=lambda rq: rq.cpu)
+    return s
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    preset=st.sampled_from(
+        [
+            "linux-6.17-x86_64",
+            "linux-6.1-x86_64",
+            "alpha",
+            "linux-6.17-powerpc-radix",
+            "linux-6.17-shootdown",
+        ]
+    ),
+    cpus=st.integers(1, 3),
+    seed=st.integers(0, 10**6),
+    steps=st.integers(0, 25),
+)
+def test_canonical_form_ignores_names_and_cpu_numbers(
+    preset: str, cpus: int, seed: int, steps: int
+) -> None:
+    """States equal up to renaming CPUs, pids, mm ids and x86 context ids have one canonical
+    form; without symmetry reduction a renaming that moves anything is seen."""
+    state = _walk(preset, cpus, seed, steps)
+    renamed = _renamed(state, seed)
+    alpha = PRESETS[preset].arch == "alpha"
+    assert canonical(renamed, True, alpha) == canonical(state, True, alpha)
+    if any(mm.id for mm in state.mms):  # some mm besides init_mm got renumbered
+        assert canonical(renamed, False, alpha) != canonical(state, False, alpha)
 
 
 def test_explore_cli_writes_a_counterexample_that_run_replays(tmp_path: Path) -> None:

@@ -6,56 +6,55 @@ like). With symmetry reduction the encoding is the least over all CPU permutatio
 equal up to renaming CPUs, tasks of the same kind and mms share one form. Two states with the
 same form are isomorphic, so merging them is sound; an isomorphic pair that still differs
 (ties the sort cannot break) only costs some reduction.
+
+The explorer encodes every state it reaches, so this is written for speed: the shapes of
+tasks and mms are computed once per state, labels are dict lookups keyed by the objects
+themselves (identity hashes) with None and freed mms mapped to -1 and -2.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
 
-from activemm.model.state import Holder, KernelState, Mm, Rq, Task, TaskState
+from activemm.model.state import Holder, KernelState, Mm, Task, TaskState
 
-
-def _mm_shape(mm: Mm | None) -> tuple[Any, ...]:
-    if mm is None:
-        return (-1,)
-    return (mm.mm_users, mm.mm_count, mm.torn_down, len(mm.mm_cpumask))
-
-
-def _task_shape(t: Task) -> tuple[Any, ...]:
-    return (
-        t.pf_kthread,
-        t.pid == 1,
-        t.uses_mm,
-        t.exiting,
-        t.state,
-        _mm_shape(t.mm),
-        _mm_shape(t.active_mm),
-    )
+MmShape = tuple[Any, ...]
+NO_MM: MmShape = (-1,)
+NO_SLOT = (-1, False)  # an x86 ASID slot holding no live mm's context
 
 
 @dataclass
 class _Prepared:
     """What every CPU order's encoding shares: tasks and mms sorted by what they look like,
-    the holders, and which mm each x86 context id belongs to."""
+    the holders, which mm each x86 context id belongs to, and the shapes themselves."""
 
     tasks: list[Task]  # every task not reaped, sorted by shape when symmetric
     holders: list[Holder]
     mms: list[Mm]  # every mm not freed, sorted by shape when symmetric
     ctx_owner: dict[int, Mm]
+    mm_shape: dict[Mm | None, MmShape]
+    task_shape: dict[Task, tuple[Any, ...]]
 
     @classmethod
     def of(cls, state: KernelState, symmetric: bool) -> _Prepared:
-        tasks = [t for t in state.tasks if t.state is not TaskState.GONE]
+        ms: dict[Mm | None, MmShape] = {None: NO_MM}
+        for mm in state.mms:
+            ms[mm] = (mm.mm_users, mm.mm_count, mm.torn_down, len(mm.mm_cpumask))
+        gone = TaskState.GONE
+        tasks = [t for t in state.tasks if t.state is not gone]
+        ts = {
+            t: (t.pf_kthread, t.pid == 1, t.uses_mm, t.exiting, t.state, ms[t.mm], ms[t.active_mm])
+            for t in state.tasks
+        }
         holders = list(state.holders)
         mms = [mm for mm in state.mms if not mm.freed]
         if symmetric:  # stable sorts: filtering them later keeps the order a sort would give
-            tasks.sort(key=_task_shape)
-            holders.sort(key=lambda h: (h.kind, _mm_shape(h.mm)))
-            mms.sort(key=_mm_shape)
-        return cls(tasks, holders, mms, {mm.context.ctx_id: mm for mm in mms})
+            tasks.sort(key=ts.__getitem__)
+            holders.sort(key=lambda h: (h.kind, ms[h.mm]))
+            mms.sort(key=ms.__getitem__)
+        return cls(tasks, holders, mms, {mm.context.ctx_id: mm for mm in mms}, ms, ts)
 
 
 def encode(
@@ -69,112 +68,101 @@ def encode(
     Without `symmetric`, tasks and mms keep their pids and ids: no reduction at all."""
     prep = prepared or _Prepared.of(state, symmetric)
     cpu_label = {cpu: i for i, cpu in enumerate(cpu_order)}
-    mm_label: dict[int, int] = {id(state.init_mm): 0}
-    task_label: dict[int, int] = {}
-
-    def lm(mm: Mm | None) -> int:
-        if mm is None:
-            return -1
-        if mm.freed:
-            return -2
-        if not symmetric:
-            return mm.id
-        key = id(mm)
-        label = mm_label.get(key)
-        if label is None:
-            label = mm_label[key] = len(mm_label)
-        return label
-
-    def lt(t: Task) -> int:
-        key = id(t)
-        if not symmetric:
-            task_label[key] = -1 - (t.cpu or 0) if t.is_idle else t.pid
-            return task_label[key]
-        label = task_label.get(key)
-        if label is None:
-            label = task_label[key] = len(task_label)
-            lm(t.mm)
-            lm(t.active_mm)
-        return label
-
     rqs = [state.rqs[c] for c in cpu_order]
-    for rq in rqs:
-        lt(rq.curr)
-        lt(rq.idle)
-        lm(rq.prev_mm)
-        lm(rq.tlb.loaded_mm)
-    for t in prep.tasks:
-        if id(t) not in task_label:
-            lt(t)
-    for h in prep.holders:
-        lm(h.mm)
-    for mm in prep.mms:
-        if id(mm) not in mm_label:
-            lm(mm)
+    # labels in the order the traversal meets tasks and mms (None and freed mms: -1, -2)
+    task_label: dict[Task, int] = {}
+    ml: dict[Mm | None, int] = {None: -1}
+    by_label: list[Mm] = []
+    if symmetric:
+        for mm in state.mms:
+            if mm.freed:
+                ml[mm] = -2
+        ml[state.init_mm] = 0
+        by_label.append(state.init_mm)
+        met_mm: list[Mm | None] = []
+        for rq in rqs:
+            for t in (rq.curr, rq.idle):
+                if t not in task_label:
+                    task_label[t] = len(task_label)
+                    met_mm += (t.mm, t.active_mm)
+            met_mm += (rq.prev_mm, rq.tlb.loaded_mm)
+        for t in prep.tasks:
+            if t not in task_label:
+                task_label[t] = len(task_label)
+                met_mm += (t.mm, t.active_mm)
+        met_mm += [h.mm for h in prep.holders]
+        met_mm += prep.mms
+        for met_one in met_mm:
+            if met_one not in ml:
+                assert met_one is not None
+                ml[met_one] = len(by_label)
+                by_label.append(met_one)
+        met = list(task_label)
+    else:
+        for mm in state.mms:
+            ml[mm] = -2 if mm.freed else mm.id
+        by_label = [mm for mm in state.mms if not mm.freed]
+        for t in [*(t for rq in rqs for t in (rq.curr, rq.idle)), *prep.tasks]:
+            task_label[t] = -1 - (t.cpu or 0) if t.is_idle else t.pid
+        met = sorted(task_label, key=task_label.__getitem__)
 
     running = TaskState.RUNNING
-    tasks_out = sorted(
+    tasks_out = tuple(
         (
-            task_label[id(t)],
+            task_label[t],
             t.pf_kthread,
             t.is_idle,
             t.pid == 1,
             t.uses_mm,
             t.exiting,
             t.state,
-            lm(t.mm),
-            lm(t.active_mm),
+            ml[t.mm],
+            ml[t.active_mm],
             # where a task last ran is never read again once it stops running
             cpu_label[t.cpu] if t.cpu is not None and t.state is running else -1,
-            *((lm(t.pcb.ptbr), t.pcb.asn) if alpha else ()),
+            *((ml[t.pcb.ptbr], t.pcb.asn) if alpha else ()),
         )
-        for t in state.tasks
-        if id(t) in task_label
+        for t in met
     )
-    owner = prep.ctx_owner.get
+    # An x86 ASID slot: whose context it holds, and whether it is flushed up to that mm's
+    # tlb_gen. The kernel only ever compares a slot's tlb_gen with its mm's current one (and
+    # a slot is never ahead), so the counters themselves need not be part of the state.
+    owner = {ctx_id: (ml[mm], mm.context.tlb_gen) for ctx_id, mm in prep.ctx_owner.items()}
     cpus_out = tuple(
         (
             rq.online,
-            task_label[id(rq.curr)],
-            task_label[id(rq.idle)],
-            lm(rq.prev_mm),
-            lm(rq.tlb.loaded_mm),
+            task_label[rq.curr],
+            task_label[rq.idle],
+            ml[rq.prev_mm],
+            ml[rq.tlb.loaded_mm],
             rq.tlb.loaded_mm_asid,
             rq.tlb.next_asid,
             rq.tlb.is_lazy,
-            tuple(_slot(lm, owner(c.ctx_id), c.tlb_gen) for c in rq.tlb.ctxs),
+            tuple(
+                (o[0], c.tlb_gen >= o[1]) if (o := owner.get(c.ctx_id)) is not None else NO_SLOT
+                for c in rq.tlb.ctxs
+            ),
             rq.tlb.last_asn,
             rq.tlb.need_new_asn,
         )
         for rq in rqs
     )
-    if symmetric:
-        by_label = sorted(
-            ((lbl, mm) for mm in state.mms if (lbl := mm_label.get(id(mm))) is not None),
-            key=lambda p: p[0],
-        )
-    else:
-        by_label = [(mm.id, mm) for mm in state.mms if not mm.freed]
+    identity = cpu_order == tuple(range(len(cpu_order)))
     mms_out = tuple(
         (
-            lbl,
+            ml[mm],
             mm.mm_users,
             mm.mm_count,
             mm.torn_down,
-            tuple(sorted(cpu_label[c] for c in mm.mm_cpumask)),
-            tuple(sorted((cpu_label[c], a) for c, a in mm.context.asn.items())),
+            tuple(sorted(mm.mm_cpumask if identity else [cpu_label[c] for c in mm.mm_cpumask])),
+            tuple(sorted((cpu_label[c], a) for c, a in mm.context.asn.items()))
+            if mm.context.asn
+            else (),
         )
-        for lbl, mm in by_label
+        for mm in by_label
     )
-    holders_out = tuple(sorted((h.kind, lm(h.mm)) for h in state.holders))
-    return (cpus_out, tuple(tasks_out), mms_out, holders_out)
-
-
-def _slot(lm: Callable[[Mm | None], int], mm: Mm | None, tlb_gen: int) -> tuple[int, bool]:
-    """An x86 ASID slot: whose context it holds, and whether it is flushed up to that mm's
-    tlb_gen. The kernel only ever compares a slot's tlb_gen with its mm's current one (and a
-    slot is never ahead), so the counters themselves need not be part of the state."""
-    return (lm(mm), mm is not None and tlb_gen >= mm.context.tlb_gen)
+    holders_out = tuple(sorted((h.kind, ml[h.mm]) for h in state.holders))
+    return (cpus_out, tasks_out, mms_out, holders_out)
 
 
 def canonical(state: KernelState, symmetric: bool = True, alpha: bool = False) -> tuple[Any, ...]:
@@ -183,29 +171,33 @@ def canonical(state: KernelState, symmetric: bool = True, alpha: bool = False) -
     n = len(state.rqs)
     if not symmetric:
         return encode(state, tuple(range(n)), symmetric=False, alpha=alpha)
-    orders = cpu_orders(state)
     prepared = _Prepared.of(state, True)
+    orders = cpu_orders(state, prepared)
     if len(orders) == 1:
         return encode(state, orders[0], alpha=alpha, prepared=prepared)
     return min(encode(state, order, alpha=alpha, prepared=prepared) for order in orders)
 
 
-def _cpu_shape(rq: Rq) -> tuple[Any, ...]:
-    return (
-        rq.online,
-        _task_shape(rq.curr),
-        _mm_shape(rq.tlb.loaded_mm),
-        _mm_shape(rq.prev_mm),
-        rq.tlb.is_lazy,
-        rq.curr is rq.idle,
-    )
-
-
-def cpu_orders(state: KernelState) -> list[tuple[int, ...]]:
+def cpu_orders(state: KernelState, prepared: _Prepared | None = None) -> list[tuple[int, ...]]:
     """The CPU orders worth encoding: CPUs sorted by a signature that names nothing, every
     order of CPUs whose signatures tie. Isomorphic states have the same sorted signatures, so
     the least encoding over these orders is still a canonical form."""
-    shaped = sorted((_cpu_shape(rq), rq.cpu) for rq in state.rqs)
+    prep = prepared or _Prepared.of(state, True)
+    ms, ts = prep.mm_shape, prep.task_shape
+    shaped = sorted(
+        (
+            (
+                rq.online,
+                ts[rq.curr],
+                ms[rq.tlb.loaded_mm],
+                ms[rq.prev_mm],
+                rq.tlb.is_lazy,
+                rq.curr is rq.idle,
+            ),
+            rq.cpu,
+        )
+        for rq in state.rqs
+    )
     groups: list[list[int]] = []
     last: object = object()
     for shape, cpu in shaped:
