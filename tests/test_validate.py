@@ -1419,6 +1419,32 @@ def test_memory_cgroup_oom_kills_of_whole_groups(capture: Path) -> None:
         assert sc.matched == sc.total, r.mismatches
 
 
+PROGRAM16 = [p for p in ALL if _program_is(p, "unseen16.c")]
+
+
+@pytest.mark.parametrize("capture", PROGRAM16, ids=lambda p: p.name)
+def test_global_oom_kills_from_a_kworker_compaction_and_cow_pokes(capture: Path) -> None:
+    """tests/data/programs/unseen16.c, written after the model: memory compaction while
+    processes with fragmented memory run, PTRACE_POKEDATA breaking copy-on-write in a
+    tracee's mm, lazily freed memory taken back by memory.reclaim, and global OOM kills by
+    sysrq 'f', whose out_of_memory() runs in a kworker. Counted in the text: the
+    mark_oom_victim() hits of kworkers on a signal without an oom_mm yet, as many as the
+    OOM kills the program saw (its workload.log). The model takes every one of those
+    references, and every switch, __mmdrop and hook matches as first recorded."""
+    text = gzip.decompress((capture / "trace.txt.gz").read_bytes()).decode()
+    marked = re.findall(r"^\s*(\S+)-\d+ .*\(mark_oom_victim\+\S+ oom_mm=0x0 ", text, re.M)
+    said = re.search(
+        r"(\d+) pokes, \d+ reclaims, (\d+) OOM kills", (capture / "workload.log").read_text()
+    )
+    assert said is not None and int(said[1]) >= 1
+    assert marked and all(comm.startswith("kworker/") for comm in marked)
+    assert len(marked) == int(said[2])
+    r = validate(capture)
+    assert r.learned["OOM victim's signal->oom_mm (mark_oom_victim marker)"] == len(marked)
+    for sc in (r.context_switches, r.mmdrop, r.outside_schedule):
+        assert sc.matched == sc.total, r.mismatches
+
+
 OFFLINE_RING = [p for p in ALL if _program_is(p, "offline_ring.c")]
 
 
