@@ -112,7 +112,49 @@ def test_a_workload_out_of_time_is_named_as_such(
     message = str(e.value)
     assert message.startswith("the workload did not end within --timeout 30 s")
     assert "--scale" in message and "QEMU could not run" not in message
+    assert f"{tmp_path / 'out.console.log'}, shows the workload's last output" in message
     assert (tmp_path / "out.console.log").read_text() == console_text
+
+
+def _stat(tid: int, comm: str, state: str, flags: int) -> str:
+    """A /proc/PID/task/TID/stat line as fs/proc/array.c's do_task_stat() prints it (the
+    fields after flags cut short)."""
+    return f"{tid} ({comm}) {state} 1 {tid} {tid} 0 -1 {flags} 120 0 0 0 3 4\n"
+
+
+@pytest.mark.skipif(not shutil.which("busybox"), reason="needs busybox (the guest's shell)")
+def test_the_watchdog_lists_where_the_workloads_tasks_wait(tmp_path: Path) -> None:
+    """init.sh's tasks_waiting, run by busybox sh as in the guest on a made-up /proc: every
+    task but kernel threads (PF_KTHREAD 0x200000), with its state, comm (spaces and
+    parentheses kept) and wait channel, and the kernel stack of one in D."""
+    tasks = [  # pid, tid, comm, state, flags, wchan, stack
+        (1, 1, "init", "S", 0x400100, "do_wait", None),
+        (2, 2, "kthreadd", "S", 0x208040, "kthreadd", None),
+        (40, 41, "work (a) b", "D", 0x400040, "folio_wait_bit", "[<0>] folio_wait_bit\n"),
+        (40, 40, "work", "R", 0x400000, "0", None),
+    ]
+    for pid, tid, comm, state, flags, wchan, stack in tasks:
+        d = tmp_path / str(pid) / "task" / str(tid)
+        d.mkdir(parents=True)
+        (d / "stat").write_text(_stat(tid, comm, state, flags))
+        (d / "wchan").write_text(wchan)
+        if stack:
+            (d / "stack").write_text(stack)
+    init = (Path(guest.__file__).parent / "guest" / "init.sh").read_text()
+    start = init.index("tasks_waiting() {")
+    function = init[start : init.index("\n}\n", start) + 3]
+    out = subprocess.run(
+        ["busybox", "sh", "-c", function + 'tasks_waiting "$1"', "sh", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.splitlines() == [  # in the order of the glob, the stack under its task
+        "1 S init do_wait",
+        "40 R work 0",
+        "41 D work (a) b folio_wait_bit",
+        "    [<0>] folio_wait_bit",
+    ]
 
 
 def test_kprobe_profile_as_tracefs_prints_it() -> None:

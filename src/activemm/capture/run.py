@@ -191,9 +191,15 @@ def boot(
         shutil.copyfile(consoles[-1], target)
         kept = f" (the guest's console: {target})"
     if failures[-1].endswith(OUT_OF_TIME):
+        shows = (
+            f" (the guest's console, {target}, shows the workload's last output and where "
+            "each of its tasks waited)"
+            if consoles
+            else ""
+        )
         raise CaptureError(
             f"the workload did not end within --timeout {opts.timeout:g} s: the guest's "
-            f"watchdog powered it off, no trace kept{kept}; give a longer --timeout or a "
+            f"watchdog powered it off, no trace kept{shows}; give a longer --timeout or a "
             "smaller --scale"
         )
     raise CaptureError("QEMU could not run the guest: " + "; ".join(failures) + kept)

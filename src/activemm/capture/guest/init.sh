@@ -21,7 +21,33 @@ for arg in $(cat /proc/cmdline); do
         activemm.timeout=*) TIMEOUT=${arg#*=} ;;
     esac
 done
-( sleep "$TIMEOUT"; say "watchdog: the guest ran out of time"; poweroff -f ) &
+tasks_waiting() {  # PROC: tid, state, comm, wait channel of every user task (stack in D)
+    for s in "$1"/[0-9]*/task/[0-9]*/stat; do
+        d=${s%/stat}
+        read -r line < "$s" 2>/dev/null || continue
+        comm=${line#*(}; comm=${comm%)*}
+        # (the list to loop over is made once: $1 may change now)
+        set -- ${line##*) }  # state ppid pgrp session tty_nr tpgid flags ...
+        state=$1 flags=$7
+        [ $((flags & 0x200000)) -eq 0 ] || continue  # PF_KTHREAD: not the workload's
+        echo "${line%% *} $state $comm $(cat "$d/wchan" 2>/dev/null)"
+        [ "$state" != D ] || sed 's/^/    /' "$d/stack" 2>/dev/null
+    done
+}
+
+watchdog() {  # time is up: what the workload was doing, on the console; then power off
+    say "watchdog: the guest ran out of time"
+    {
+        echo "--- the workload's output so far (last lines)"
+        tail -n 30 /tmp/workload.log 2>/dev/null
+        echo "--- its tasks: tid, state, comm, where the kernel has it wait (stack when in D)"
+        tasks_waiting /proc | head -n 300
+        echo "--- memory"
+        head -n 3 /proc/meminfo
+    } > /dev/ttyS0 2>&1
+    poweroff -f
+}
+( sleep "$TIMEOUT"; watchdog ) &
 say "booted $(uname -r) cpus=$(nproc)"
 
 echo 0 > $T/tracing_on
