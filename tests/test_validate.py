@@ -1075,6 +1075,33 @@ def test_kthread_use_mm_is_followed_at_its_switch_mm_marker() -> None:
         assert s.matched == s.total, sched.mismatches
 
 
+def test_a_vhost_workers_late_kthread_use_mm_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tracepoints only, 6.1, 6 CPUs, every workload at once: a vhost worker switched in on
+    its owner's mm already (no CR3 load at its kthread_use_mm) and was preempted ("R+")
+    before it first slept, so the model runs its kthread_use_mm later, at that sleep, where
+    the kernel shows none: a hook the model alone has. Counted in the text: kthread_use_mm
+    hits by vhost workers. Every miss of a worker's kthread_(un)use_mm hook is tagged
+    kthread_use_mm, none left without a cause (it was "model only")."""
+    capture = CAPTURES / "linux-6.1-smp6-parallel-scale4"
+    workers: set[int] = set()
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        for line in f:
+            if "(kthread_use_mm+" in line and line.lstrip().startswith("vhost-"):
+                workers.add(int(line.split("(")[1].split(")")[0]))
+    assert workers
+    monkeypatch.setattr(score, "MAX_MISMATCHES", 10**6)  # every miss in full
+    sched = validate(capture, inputs="sched")
+    theirs = [
+        m
+        for m in sched.mismatches
+        if m["group"] == "outside_schedule"
+        for side in (m["predicted"], m["kernel"])
+        if side.get("pid") in workers and side.get("kind") in ("switch_mm", "enter_lazy_tlb")
+    ]
+    assert any(m["kernel"] == {"kernel": "nothing here"} for m in theirs)
+    assert {m["cause"] for m in theirs} == {score.KTHREAD_USE_MM}
+
+
 def test_an_mmput_after_exit_ends_where_the_task_next_sleeps() -> None:
     """One CPU, every workload: a vhost owner that exits holding the device runs __mmput in
     exit_files(), after sched_process_exit, and is preempted inside it ("R+"); the mm's

@@ -378,9 +378,10 @@ def score_outside(
                         _outside_dict(o), cause)  # fmt: skip
     for o in unmatched_m:
         result.outside_schedule.total += 1
-        cause = paired.get(id(o), "model only")
-        if o.kind == "flush_to_init_mm" and id(o) not in paired:
-            cause = (
+        if id(o) in paired:
+            why = paired[id(o)]
+        elif o.kind == "flush_to_init_mm":
+            why = (
                 PRE_TRACE_LOADED
                 if o.epoch == 0 and o.cpu in (lazy_at_start or set())
                 else FORK_FLUSH
@@ -389,8 +390,12 @@ def score_outside(
                 if o.pid in (windowed or set())
                 else IPI_LATE
             )
+        else:
+            # a kernel path that no input marks, run where the model's guess put it (with
+            # tracepoints only, a vhost worker's kthread_use_mm at its first sleep)
+            why = _outside_cause(o, mm_kthreads or set())
         result.mismatch("outside_schedule", o.line, _outside_dict(o),
-                        {"kernel": "nothing here"}, cause)  # fmt: skip
+                        {"kernel": "nothing here"}, why)  # fmt: skip
 
 
 def _outside_dict(o: Outside) -> dict[str, Any]:
