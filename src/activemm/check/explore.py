@@ -242,7 +242,7 @@ def explore(
 
     The cyclic garbage collector is off meanwhile (in the workers too, forked with it off):
     states hold no reference cycles, so reference counting frees every one of them, and the
-    collector's passes over the growing set of live states cost about a fifth of the time."""
+    collector's passes over the growing set of live states cost about a sixth of the time."""
     search = Search(config, cpus, limits or Limits(), depth, symmetry, keep_going, progress)
     frontier = [search.boot()]
     collecting = gc.isenabled()
@@ -255,7 +255,6 @@ def explore(
         else:
             while frontier:
                 frontier = search.layer(frontier)
-
     except Stop:
         pass
     finally:
