@@ -650,7 +650,13 @@ def capture(
         str, typer.Option("--accel", help="auto (KVM, falling back to TCG), kvm or tcg.")
     ] = "auto",
     timeout: Annotated[
-        float, typer.Option("--timeout", min=10, help="Seconds the guest may run.")
+        float,
+        typer.Option(
+            "--timeout",
+            min=10,
+            help="Seconds the guest may run; a workload still running then is stopped, and "
+            "the guest's console (DIR.console.log) shows where each of its tasks waited.",
+        ),
     ] = 300.0,
     allow_lost: Annotated[
         bool,
