@@ -185,18 +185,16 @@ def boot(
         if console.exists() and console.stat().st_size:
             consoles.append(console)
         progress(f"{accel.upper()} failed ({result[len(accel) + 2 :][:80]})")
-    kept = ""
+    kept = shows = ""
     if consoles:
         target = opts.out.with_name(opts.out.name + ".console.log")
         shutil.copyfile(consoles[-1], target)
         kept = f" (the guest's console: {target})"
-    if failures[-1].endswith(OUT_OF_TIME):
         shows = (
             f" (the guest's console, {target}, shows the workload's last output and where "
             "each of its tasks waited)"
-            if consoles
-            else ""
         )
+    if failures[-1].endswith(OUT_OF_TIME):
         raise CaptureError(
             f"the workload did not end within --timeout {opts.timeout:g} s: the guest's "
             f"watchdog powered it off, no trace kept{shows}; give a longer --timeout or a "
