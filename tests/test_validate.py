@@ -1498,6 +1498,18 @@ def test_address_spaces_read_from_other_processes_while_their_owners_exit(
     _outside_but_timing(r)
 
 
+def test_a_readers_mmput_flushes_where_its_exit_mmap_ends() -> None:
+    """On linux-6.1-smp3-program17 a reader's process_vm_readv() held the last mm_users
+    reference of a target whose last thread had exited lazily on CPU 0: the reader's
+    exit_mmap began while CPU 0 still borrowed the mm, but its final flush came after CPU 0
+    had switched to another task, so no IPI moved CPU 0 to init_mm. The model's __mmput runs
+    where that exit_mmap flushed last before returning (here at the return: no CPU had the
+    mm loaded any more), not where it began: every hook outside schedule matches."""
+    r = validate(CAPTURES / "linux-6.1-smp3-program17")
+    assert r.learned["__mmput run by another task (exit_mmap marker)"] >= 1
+    assert_all_matched(r)
+
+
 OFFLINE_RING = [p for p in ALL if _program_is(p, "offline_ring.c")]
 
 

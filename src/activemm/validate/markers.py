@@ -364,9 +364,20 @@ class MarkerSteps:
             why = f"an mm_users reference given back after exit (line {line})"
             learned = "__mmput after the task's exit (exit_mmap marker)"
         else:
+            line = self._final_flush(pid, line)
             why = f"get_task_mm by pid {pid} (line {line})"
             learned = "__mmput run by another task (exit_mmap marker)"
         return self._defer(t, p, line, why, learned)
+
+    def _final_flush(self, pid: int, start: int) -> int:
+        """Where an __mmput run by another task (its exit_mmap at line `start`) flushed: the
+        last tlb_flush of that task before exit_mmap returns, or with none (no CPU had the
+        mm loaded any more) the return itself. The reader goes on running: its flushes
+        after the return are its own mm's. Without the return marker (older captures), the
+        exit_mmap marker itself."""
+        returns = self.mmput_returns.get(pid, [])
+        at = last_flush(self.own_flushes.get(pid, []), start, returns) if returns else None
+        return start if at is None or at in self.deferred else at
 
     def _late_end(self, pid: int, start: int) -> int:
         """Where an __mmput after the task's exit (its exit_mmap at line `start`) flushed:
