@@ -1028,6 +1028,11 @@ class Validator(MarkerSteps, Clocked):
             point = anchor
         elif self.mmput_open.get(addr) == p.pid:
             point = ("__mmput", p.pid)
+        elif releasing is not None:
+            # this task's release of this very mm (its marker came first, it may have been
+            # preempted since): its mmdrop() was the last, even after a signal's oom_mm went
+            # (that mmdrop_async() was not the last, its work has nothing to free)
+            point = (releasing[0], p.pid)
         elif async_pid is not None:  # mmdrop_async_fn(), from the work free_signal_struct queued
             point = ("mmdrop_async", async_pid)
         elif offlined is not None:
@@ -1036,9 +1041,6 @@ class Validator(MarkerSteps, Clocked):
             point = ("exec_mmap", p.pid)
         elif anchor[0] in ("kthread_use_mm", *RELEASE_POINTS):
             point = anchor  # (the path, the pid that ran it)
-        elif releasing is not None:
-            # preempted between its release's marker and the mmdrop: the CPU's anchor moved
-            point = (releasing[0], p.pid)
         else:
             point = ("other", p.pid)
         self.mmput_open.pop(addr, None)
