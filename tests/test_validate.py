@@ -1523,6 +1523,48 @@ def test_address_spaces_read_from_other_processes_while_their_owners_exit(
     _outside_but_timing(r)
 
 
+def _in_flight(capture: Path) -> int:
+    """Context switches to a user mm whose switch_mm_irqs_off is traced before, and whose
+    finish_task_switch after, a tlb_flush line of another CPU: switches the kernel had made
+    (CR3 loaded) when another CPU flushed, counted in the text."""
+    pending: dict[str, bool] = {}  # CPU -> its switch loaded a user mm, finish not yet
+    n = 0
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        for line in f:
+            m = re.search(r"\[(\d{3})\] \S+\s+[\d.]+: ", line)
+            if m is None:
+                continue
+            cpu = m[1]
+            if "(switch_mm_irqs_off+" in line and " tsk=0x0 " not in line:
+                pending[cpu] = True
+            elif "(finish_task_switch" in line:
+                pending.pop(cpu, None)
+            elif " tlb_flush: " in line:
+                n += sum(1 for c, loaded in pending.items() if loaded and c != cpu)
+    return n
+
+
+@pytest.mark.parametrize(
+    "name", ["linux-6.1-smp4-everything", "linux-6.12-smp4-parallel"], ids=lambda n: n
+)
+def test_a_switch_in_flight_has_left_the_mm_another_cpu_flushes(name: str) -> None:
+    """A CPU's switch from a lazy kernel thread (migration/N) to a user task: its
+    switch_mm_irqs_off traced, then the vCPU stalled before finish_task_switch, and
+    meanwhile another CPU's __mmput flushed the mm the first CPU had been lazy on. The
+    kernel's CPU had loaded the new mm: no IPI moved it to init_mm. The validator applies
+    such a switch at its hook when a deferred __mmput flushes first (the mm the finish drops
+    pinned until the finish, where it is scored): every switch and every hook outside
+    schedule matches."""
+    capture = CAPTURES / name
+    assert _in_flight(capture) >= 1
+    r = validate(capture)
+    assert r.learned["switch applied at its hook (finish after a flush)"] >= 1
+    assert (r.outside_schedule.matched, r.context_switches.matched) == (
+        r.outside_schedule.total,
+        r.context_switches.total,
+    ), r.mismatches
+
+
 def test_a_readers_mmput_flushes_where_its_exit_mmap_ends() -> None:
     """On linux-6.1-smp3-program17 a reader's process_vm_readv() held the last mm_users
     reference of a target whose last thread had exited lazily on CPU 0: the reader's

@@ -352,7 +352,9 @@ class Validator(MarkerSteps, Clocked):
             point = (self.ctx.kind, self.ctx.pid)
         elif self.ctx.kind == "finish_cpu":
             point = ("finish_cpu", 0)  # as the model's own finish_cpu() says it
-        elif ev.reason == "finish_task_switch" and self.ctx.kind == "switch":
+        elif (ev.reason == "finish_task_switch" and self.ctx.kind == "switch") or (
+            self.ctx.kind == "switch finish"  # the drop of a switch applied ahead of it
+        ):
             point = ("finish_task_switch", self.ctx.line)
         else:  # __mmput, exec_mmap, a holder's mmdrop...
             point = (ev.reason, self.ctx.pid)
@@ -419,6 +421,8 @@ class Validator(MarkerSteps, Clocked):
                 self._fire_armed(ev)
             self.now = ev.ts
             self.metrics.now = ev.ts
+            if ev.line in self.deferred:
+                self._settle_in_flight(ev)
             handler = handlers.get(type(ev))
             if handler is not None:
                 handler(ev)  # type: ignore[operator]
@@ -836,7 +840,10 @@ class Validator(MarkerSteps, Clocked):
         old = self.pending.pop(ev.cpu, None)
         if old is not None:
             self.result.anomalies["context switch without finish_task_switch"] += 1
-            self._apply_group(old)
+            if old.early is not None:
+                self._finish_in_flight(old, ev)
+            else:
+                self._apply_group(old)
         self.pending[ev.cpu] = SwitchGroup(ev)
         self.switched.add(ev.cpu)
         self.anchor[ev.cpu] = ("switch", ev.line)
@@ -851,7 +858,10 @@ class Validator(MarkerSteps, Clocked):
             if group is not None:
                 group.finish = p
                 del self.pending[p.cpu]
-                self._apply_group(group)
+                if group.early is not None:
+                    self._finish_in_flight(group, p)
+                else:
+                    self._apply_group(group)
                 self.anchor[p.cpu] = ("finish_task_switch", group.switch.line)
                 self.finished[p.cpu] = group
         elif f in (SWITCH_MM, ENTER_LAZY) and kv.switch_in_flight(p, p.cpu in self.switched):
@@ -1152,7 +1162,40 @@ class Validator(MarkerSteps, Clocked):
             ln > line for ln in self.drop_lines.get(addr, [])
         )
 
+    def _settle_in_flight(self, ev: TraceEvent) -> None:
+        """A deferred __mmput runs at `ev` (its flush reaches other CPUs): a CPU whose switch
+        to a user mm is in flight (its switch_mm_irqs_off traced, its finish_task_switch
+        not yet: the vCPU stalled in between) runs that mm in the kernel already. The model
+        switches it now; the mm the finish drops stays pinned until the finish, where the
+        switch is scored."""
+        for cpu, group in self.pending.items():
+            hook = group.hook
+            if cpu == ev.cpu or hook is None or hook.function != SWITCH_MM:
+                continue
+            if group.early is not None or cpu not in self.seen_cpu:
+                continue
+            rq = self.m.state.rqs[cpu]
+            borrowed = rq.curr.active_mm if rq.curr.mm is None else None
+            if borrowed is not None and not borrowed.freed:
+                group.pin = f"finish_task_switch in flight on CPU {cpu} (line {group.switch.line})"
+                with self._unmetered():
+                    self.m.mmgrab(borrowed, group.pin, cpu)
+            group.early = self._switch_model(group)
+            self.result.learned["switch applied at its hook (finish after a flush)"] += 1
+
+    def _finish_in_flight(self, group: SwitchGroup, p: TraceEvent) -> None:
+        """The finish_task_switch of a switch applied ahead of it: the pinned mm is
+        dropped here (the kernel's drop), and the switch is scored."""
+        if group.pin is not None:
+            self.ctx = Context("switch finish", group.switch.line, p.cpu, p.pid)
+            self._refusable(self.m.mmdrop, group.pin, p.cpu)
+        self._compare_switch(group, group.early)
+
     def _apply_group(self, group: SwitchGroup) -> None:
+        self._compare_switch(group, self._switch_model(group))
+
+    def _switch_model(self, group: SwitchGroup) -> ModelSwitch | None:
+        """The model's side of a switch: applied, the model's switch returned."""
         sw = group.switch
         self.first_switch.setdefault(sw.cpu, sw.line)
         if sw.cpu not in self.seen_cpu:
@@ -1171,7 +1214,7 @@ class Validator(MarkerSteps, Clocked):
         model, self.switch = self.switch, None
         if self.windows is not None and model is not None:
             self._exit_window_seen(sw, model)
-        self._compare_switch(group, model)
+        return model
 
     def _exit_window_seen(self, sw: SchedSwitch, model: ModelSwitch) -> None:
         """Sched inputs: the model loaded CR3 for a user task switched in, the kernel did

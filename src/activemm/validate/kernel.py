@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from activemm.trace.events import Probe, SchedSwitch, TraceEvent
 from activemm.trace.replay import PF_KTHREAD, TaskInfo
@@ -114,6 +115,10 @@ class SwitchGroup:
     switch: SchedSwitch
     hook: Hook | None = None
     finish: Probe | None = None
+    # applied ahead of its finish_task_switch (a flush from another CPU came in between):
+    # the model's switch, and the holder pinning the mm the finish will drop
+    early: Any = None
+    pin: str | None = None
 
     @property
     def prev_active_after(self) -> int | None:
