@@ -1459,15 +1459,18 @@ def test_khugepaged_frees_an_oom_victims_mm_after_its_signal_let_go() -> None:
         (CAPTURES / "linux-6.1-smp5-program15" / "trace.txt.gz").read_bytes()
     ).decode()
     signal_gone: set[str] = set()
-    collected: dict[str, bool] = {}
+    collected: set[str] = set()
     late = 0
     for line in lines.splitlines():
         if m := re.search(r"__put_task_struct\+\S+ sigcnt=1 oom_mm=(0x[0-9a-f]+)", line):
             signal_gone.add(m[1])
         elif m := re.search(r"khugepaged-\d+ .*\(collect_mm_slot\+\S+ mm=(0x[0-9a-f]+)", line):
-            collected[m[1]] = True
-        elif m := re.search(r"khugepaged-\d+ .*\(__mmdrop\+\S+ mm=(0x[0-9a-f]+)", line):
-            late += m[1] in signal_gone and collected.pop(m[1], False)
+            collected.add(m[1])
+        elif (m := re.search(r"khugepaged-\d+ .*\(__mmdrop\+\S+ mm=(0x[0-9a-f]+)", line)) and (
+            m[1] in signal_gone and m[1] in collected
+        ):
+            collected.discard(m[1])
+            late += 1
     assert late >= 1
     r = validate(CAPTURES / "linux-6.1-smp5-program15")
     assert r.mmdrop.matched == r.mmdrop.total, r.mismatches
@@ -1527,7 +1530,7 @@ def _in_flight(capture: Path) -> int:
     """Context switches to a user mm whose switch_mm_irqs_off is traced before, and whose
     finish_task_switch after, a tlb_flush line of another CPU: switches the kernel had made
     (CR3 loaded) when another CPU flushed, counted in the text."""
-    pending: dict[str, bool] = {}  # CPU -> its switch loaded a user mm, finish not yet
+    pending: set[str] = set()  # CPUs whose switch loaded a user mm, finish not yet
     n = 0
     with gzip.open(capture / "trace.txt.gz", "rt") as f:
         for line in f:
@@ -1536,11 +1539,11 @@ def _in_flight(capture: Path) -> int:
                 continue
             cpu = m[1]
             if "(switch_mm_irqs_off+" in line and " tsk=0x0 " not in line:
-                pending[cpu] = True
+                pending.add(cpu)
             elif "(finish_task_switch" in line:
-                pending.pop(cpu, None)
+                pending.discard(cpu)
             elif " tlb_flush: " in line:
-                n += sum(1 for c, loaded in pending.items() if loaded and c != cpu)
+                n += len(pending - {cpu})
     return n
 
 

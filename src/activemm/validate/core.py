@@ -840,10 +840,7 @@ class Validator(MarkerSteps, Clocked):
         old = self.pending.pop(ev.cpu, None)
         if old is not None:
             self.result.anomalies["context switch without finish_task_switch"] += 1
-            if old.early is not None:
-                self._finish_in_flight(old, ev)
-            else:
-                self._apply_group(old)
+            self._apply_group(old, ev)
         self.pending[ev.cpu] = SwitchGroup(ev)
         self.switched.add(ev.cpu)
         self.anchor[ev.cpu] = ("switch", ev.line)
@@ -858,10 +855,7 @@ class Validator(MarkerSteps, Clocked):
             if group is not None:
                 group.finish = p
                 del self.pending[p.cpu]
-                if group.early is not None:
-                    self._finish_in_flight(group, p)
-                else:
-                    self._apply_group(group)
+                self._apply_group(group, p)
                 self.anchor[p.cpu] = ("finish_task_switch", group.switch.line)
                 self.finished[p.cpu] = group
         elif f in (SWITCH_MM, ENTER_LAZY) and kv.switch_in_flight(p, p.cpu in self.switched):
@@ -1183,16 +1177,18 @@ class Validator(MarkerSteps, Clocked):
             group.early = self._switch_model(group)
             self.result.learned["switch applied at its hook (finish after a flush)"] += 1
 
-    def _finish_in_flight(self, group: SwitchGroup, p: TraceEvent) -> None:
-        """The finish_task_switch of a switch applied ahead of it: the pinned mm is
-        dropped here (the kernel's drop), and the switch is scored."""
+    def _apply_group(self, group: SwitchGroup, at: TraceEvent) -> None:
+        """A switch ends at `at` (its finish_task_switch, or the CPU's next sched_switch when
+        that probe is missing): the model switches and the switch is scored. One applied
+        ahead of its finish (_settle_in_flight) only drops its pinned mm here, where the
+        kernel's finish drops it."""
+        if group.early is None:
+            self._compare_switch(group, self._switch_model(group))
+            return
         if group.pin is not None:
-            self.ctx = Context("switch finish", group.switch.line, p.cpu, p.pid)
-            self._refusable(self.m.mmdrop, group.pin, p.cpu)
+            self.ctx = Context("switch finish", group.switch.line, at.cpu, at.pid)
+            self._refusable(self.m.mmdrop, group.pin, at.cpu)
         self._compare_switch(group, group.early)
-
-    def _apply_group(self, group: SwitchGroup) -> None:
-        self._compare_switch(group, self._switch_model(group))
 
     def _switch_model(self, group: SwitchGroup) -> ModelSwitch | None:
         """The model's side of a switch: applied, the model's switch returned."""
