@@ -152,9 +152,19 @@ class Validator(MarkerSteps, Clocked):
         self.offline_lines: dict[int, list[int]] = {}  # CPU -> its idle_task_exit markers
         self.rests: dict[int, list[int]] = {}  # pid -> lines of its switches out, not preempted
         switching: set[int] = set()  # CPUs between a sched_switch and its finish probe
+        self.cpu_lines: dict[int, list[int]] = {}  # CPU -> lines of its events
+        self.user_loads: set[int] = set()  # sched_switch lines that loaded a user mm
+        last_switch: dict[int, int] = {}
         for e in events:
+            self.cpu_lines.setdefault(e.cpu, []).append(e.line)
+            if e.cpu in switching and (
+                (isinstance(e, Probe) and e.function == SWITCH_MM)
+                or (isinstance(e, TlbFlush) and e.cr3_load)
+            ):
+                self.user_loads.add(last_switch[e.cpu])
             if isinstance(e, SchedSwitch):
                 switching.add(e.cpu)
+                last_switch[e.cpu] = e.line
                 if not e.prev_state.startswith("R"):
                     self.rests.setdefault(e.prev_pid, []).append(e.line)
             elif isinstance(e, Probe) and e.function == FINISH:
@@ -332,7 +342,8 @@ class Validator(MarkerSteps, Clocked):
             flushed = self.forking.get(pid) if self.op.name in ("fork", "failed_fork") else None
             late = flushed is not None and (cpu, epoch) not in flushed
             self.model_outside.append(Outside("flush_to_init_mm", cpu, pid, self._a(ev.next), 0,
-                                              self.ctx.line, epoch, late))  # fmt: skip
+                                              self.ctx.line, epoch, late,
+                                              self.op.name))  # fmt: skip
         else:
             self.model_outside.append(Outside("switch_mm", cpu, pid, self._a(ev.next),
                                               self._a(ev.prev), self.ctx.line, epoch))  # fmt: skip
@@ -1335,5 +1346,13 @@ class Validator(MarkerSteps, Clocked):
         drops.score(self.kernel_drops, self.model_drops)
         score_outside(
             self.result, self.kernel_outside, self.model_outside, self.first_switch,
-            self.mm_kthreads, self.windowed, set(self.first_lazy),
+            self.mm_kthreads, self.windowed, set(self.first_lazy), self._ipi_waited,
+            bool(self.mmput_returns),
         )  # fmt: skip
+
+    def _ipi_waited(self, o: Outside) -> bool:
+        """Nothing traced on the CPU the model flushed between that flush and a switch
+        there that loaded a user mm: the kernel's IPI may have been taken after it."""
+        lines = self.cpu_lines.get(o.cpu, [])
+        i = bisect.bisect_right(lines, o.line)
+        return i < len(lines) and lines[i] in self.user_loads

@@ -195,6 +195,7 @@ class Outside:
     # fork's at its exit_mmap marker; with tracepoints only, a fork's at the flush's local
     # part) on a CPU not lazy at the kernel's
     late_fork: bool = False
+    via: str = ""  # model side: the model operation that made it
 
     def key(self) -> tuple[object, ...]:
         if self.kind == "flush_to_init_mm":

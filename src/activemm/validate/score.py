@@ -6,6 +6,7 @@ the __mmdrop and outside-schedule lists of both sides as multisets."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,23 @@ IPI_TIMING = (
     "a user mm in between)"
 )
 IPI_LATE = "model IPIs a CPU the kernel's flush did not switch (it was no longer lazy)"
+IPI_AFTER_SWITCH = (
+    "the flush IPI waited for this CPU's context switch (no event there between the flush "
+    "and a switch that loaded a user mm: interrupts are off from __schedule() to "
+    "finish_task_switch(), and a stalled vCPU takes none): flush_tlb_func() then found "
+    "another mm loaded, or its TLB caught up, and returned without switching to init_mm"
+)
+UNMAP_FLUSH = (
+    "__mmput run at one point, its exit_mmap marker or its task's last traced flush (this "
+    "capture has no exit_mmap return markers): the kernel's flushes there were unmap "
+    "flushes, which skip lazy CPUs (no page tables freed yet); its final flush came later, "
+    "after the lazy CPU had left, and had no CPU to IPI (nothing traced)"
+)
+MISSED_PROBE = (
+    "the kernel's switch_mm_irqs_off probe missed this hit (its tlb_flush shows the CR3 load "
+    "to init_mm, which the model followed): the flush IPI came while another kprobe's "
+    "handler ran on that CPU, and kprobes do not nest (kprobe_profile's nmissed)"
+)
 FORK_FLUSH = (
     "a fork's dup_mmap() flush of the parent's mm that the model ran after the kernel's (a failed "
     "fork whole at its exit_mmap marker; with tracepoints only, a fork at the local part of its "
@@ -320,6 +338,8 @@ def score_outside(
     mm_kthreads: set[int] | None = None,
     windowed: set[int] | None = None,
     lazy_at_start: set[int] | None = None,
+    waited: Callable[[Outside], bool] | None = None,
+    returns: bool = True,
 ) -> None:
     """Outside-schedule hooks match on (kind, task, mms), flushes to init_mm on (CPU, lazy
     episode): the switches that loaded a user mm on that CPU before it. Within one episode the
@@ -328,7 +348,10 @@ def score_outside(
     with its cause. `windowed`: with sched inputs, the tasks switched out after their exit_mm
     (its marker, read only for causes) and before sched_process_exit, whose exit the model
     ran at that tracepoint: by then the kernel's CPU may have been lazy on another mm.
-    `lazy_at_start`: the CPUs found lazily borrowing an mm when the trace began."""
+    `lazy_at_start`: the CPUs found lazily borrowing an mm when the trace began. `waited`:
+    does nothing happen on a flushed CPU between the model's flush and a switch there that
+    loads a user mm (the kernel's IPI may have waited for it). `returns`: the trace has
+    exit_mmap return markers."""
     mleft = Counter(o.key() for o in model)
     unmatched_k = []
     for o in kernel:
@@ -388,7 +411,7 @@ def score_outside(
                 if o.late_fork
                 else EXIT_WINDOW
                 if o.pid in (windowed or set())
-                else IPI_LATE
+                else _late_ipi_cause(o, waited, returns)
             )
         else:
             # a kernel path that no input marks, run where the model's guess put it (with
@@ -396,6 +419,17 @@ def score_outside(
             why = _outside_cause(o, mm_kthreads or set())
         result.mismatch("outside_schedule", o.line, _outside_dict(o),
                         {"kernel": "nothing here"}, why)  # fmt: skip
+
+
+def _late_ipi_cause(o: Outside, waited: Callable[[Outside], bool] | None, returns: bool) -> str:
+    """Why the model's flush switched a CPU to init_mm that the kernel's did not."""
+    if o.via == "leave_mm":  # the model followed the kernel's own tlb_flush there
+        return MISSED_PROBE
+    if o.via == "mmput" and not returns:
+        return UNMAP_FLUSH
+    if waited is not None and waited(o):
+        return IPI_AFTER_SWITCH
+    return IPI_LATE
 
 
 def _outside_dict(o: Outside) -> dict[str, Any]:
