@@ -375,8 +375,9 @@ meta += b"stats cpu0 entries: 3 overrun: 0 commit overrun: 0 bytes: 10 dropped e
 trace = b"# tracer: nop\n"
 if first != "reset":  # "reset": the workload removed a trace event, emptying the buffers
     trace += b"   init-1 (1) [000] ..... 5.0: tracing_mark_write: activemm trace start\n"
+failed = b"insmod /modules/0-brd.ko\n" if first == "insmod" else b""
 out = "".join(block(n, d) for n, d in [("meta", meta), ("kprobes", b"p:x y\n"),
-    ("kprobes.failed", b""), ("workload.log", b"workload exit status 0\n"),
+    ("kprobes.failed", failed), ("workload.log", b"workload exit status 0\n"),
     ("tasks_start", b""), ("tasks_end", b""), ("trace", trace)]) + "=== DONE\n"
 open(ship, "w").write(out)
 oops = "[    8.5] Oops: 0010 [#1] PREEMPT SMP NOPTI\n" if runs == 0 and first == "oops" else ""
@@ -468,6 +469,37 @@ def test_a_trace_whose_buffers_were_reset_is_refused_unless_allowed(
     meta = run.capture(image, opts, print)
     assert meta["trace_reset"] is True and meta["lost_events"] is True
     assert json.loads((tmp_path / "cap" / "meta.json").read_text())["trace_reset"] is True
+
+
+def test_modules_asked_for_come_in_order_or_the_capture_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--module NAME ships that module of the kernel's tree (plain or xz, a dash for an
+    underscore as file names have it) in the order given; one missing, a name that is not
+    one, or one the guest's insmod refused: a clear error, no capture."""
+    import lzma
+
+    tree = tmp_path / "lib" / "modules" / "6.12.0-1-amd64"
+    (tree / "kernel/drivers/block/zram").mkdir(parents=True)
+    (tree / "kernel/mm").mkdir(parents=True)
+    (tree / "kernel/drivers/block/zram/zram.ko.xz").write_bytes(lzma.compress(b"\x7fELF zram"))
+    (tree / "kernel/mm/zsmalloc.ko").write_bytes(b"\x7fELF zsmalloc")
+    (tree / "kernel/drivers/block/brd-x.ko").write_bytes(b"\x7fELF brd-x")
+    mods = guest.named_modules(tree, ("zsmalloc", "zram", "brd_x"))
+    assert mods == [("zsmalloc", b"\x7fELF zsmalloc"), ("zram", b"\x7fELF zram"),
+                    ("brd-x", b"\x7fELF brd-x")]  # fmt: skip
+    with pytest.raises(CaptureError, match=r"--module loop: no loop\.ko"):
+        guest.named_modules(tree, ("zram", "loop"))
+    with pytest.raises(CaptureError, match="expected a module name"):
+        run.check_options(run.CaptureOptions(out=tmp_path / "cap", modules=("../evil",)))
+    if not (shutil.which("busybox") and shutil.which("gcc")):
+        return
+    image = _fake_qemu(tmp_path, monkeypatch, "insmod")
+    monkeypatch.setattr(guest, "named_modules", lambda tree, names: [("brd", b"\x7fELF")])
+    opts = run.CaptureOptions(out=tmp_path / "cap", accel="tcg", modules=("brd",))
+    with pytest.raises(CaptureError, match="--module brd: insmod failed in the guest"):
+        run.capture(image, opts, print)
+    assert not (tmp_path / "cap").exists()
 
 
 def test_the_vhost_modules_come_uncompressed_in_load_order(tmp_path: Path) -> None:

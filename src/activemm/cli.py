@@ -633,6 +633,15 @@ def capture(
             "as /bin/program in the guest; run as `program` unless --run says otherwise.",
         ),
     ] = None,
+    module: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--module",
+            help="Load this module of the kernel's package in the guest before the workload "
+            "(busybox insmod, no parameters; repeat for several, in load order), e.g. brd "
+            "for RAM disks to swap on.",
+        ),
+    ] = None,
     scale: Annotated[int, typer.Option("--scale", min=1, max=50, help="Repeat counts x N.")] = 1,
     release: Annotated[
         str,
@@ -706,8 +715,9 @@ def capture(
     if workload is None:
         workload = "none" if run is not None or program is not None else "all"
     opts = CaptureOptions(
-        output, smp, workload, scale, accel, memory, timeout, allow_lost, run=run, program=program
-    )
+        output, smp, workload, scale, accel, memory, timeout, allow_lost, run=run,
+        program=program, modules=tuple(module or ()),
+    )  # fmt: skip
     check_options(opts)
     progress("fetching the kernel" if kernel is None else f"using {kernel}")
     image = image_from_path(kernel) if kernel else fetch(release)

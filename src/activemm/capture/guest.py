@@ -174,6 +174,23 @@ def kernel_modules(tree: Path, names: tuple[str, ...]) -> list[tuple[str, bytes]
     return out
 
 
+def named_modules(tree: Path, names: tuple[str, ...]) -> list[tuple[str, bytes]]:
+    """The modules a user asked for (`capture --module`), in that order, uncompressed. A
+    module that is not in the kernel's tree (or built in, or compressed with zstd or gzip,
+    which busybox insmod cannot load) is an error naming it: the workload would run without
+    it and prove nothing."""
+    out: list[tuple[str, bytes]] = []
+    for name in names:
+        found = kernel_modules(tree, (name,)) or kernel_modules(tree, (name.replace("_", "-"),))
+        if not found:
+            raise CaptureError(
+                f"--module {name}: no {name}.ko (plain or xz) in {tree}; a module built into "
+                "the kernel needs no --module (see its config-RELEASE)"
+            )
+        out += found
+    return out
+
+
 def build_workload(out: Path) -> Path:
     """Compile guest/workload.c into a static binary."""
     src = resources.files("activemm.capture") / "guest" / "workload.c"

@@ -48,6 +48,7 @@ class CaptureOptions:
     keep_work: bool = False
     run: str | None = None  # a busybox sh command line run after the built-in workload
     program: Path | None = None  # a C source or static executable, /bin/program in the guest
+    modules: tuple[str, ...] = ()  # the kernel's modules to load first (--module), in order
 
 
 @dataclass
@@ -289,6 +290,9 @@ def check_options(opts: CaptureOptions) -> None:
         raise CaptureError("--run: the command line is empty")
     if opts.program is not None:
         guest.check_program(opts.program)
+    for name in opts.modules:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise CaptureError(f"--module {name!r}: expected a module name, such as brd or zram")
 
 
 def capture(
@@ -313,6 +317,7 @@ def capture(
             if names & {"vhost", "all", "parallel"}
             else []
         )
+        modules += guest.named_modules(image.modules, opts.modules)
         initrd = guest.build_initramfs(
             work, kprobes, run=opts.run, program=opts.program, modules=modules
         )
@@ -357,6 +362,14 @@ def capture(
             for line in shipped.files.get("kprobes.failed", b"").decode().splitlines()
             if line.strip()
         ]
+        wanted = {m.replace("-", "_") for m in opts.modules}
+        for line in failed:
+            asked = re.fullmatch(r"insmod /modules/\d+-(\S+)\.ko", line.strip())
+            if asked and asked.group(1).replace("-", "_") in wanted:
+                raise CaptureError(
+                    f"--module {asked.group(1)}: insmod failed in the guest (does it need "
+                    "another module loaded first? give them in load order)"
+                )
         status = re.search(
             r"workload exit status (\d+)", shipped.files.get("workload.log", b"").decode()
         )
@@ -367,6 +380,7 @@ def capture(
             "workload": opts.workload,
             "run": opts.run,
             "program": opts.program.name if opts.program else None,
+            "modules": list(opts.modules),
             "workload_status": int(status[1]) if status else None,
             "scale": opts.scale,
             "accel": accel,
