@@ -694,7 +694,8 @@ def capture(
     kernel's BTF), runs the workload and writes to DIR: trace.txt.gz (tracefs text),
     tasks_start.txt / tasks_end.txt (the task snapshot for --tasks), meta.json and
     workload.log. Then: `activemm validate DIR`. Your own workload: --program (a C file or a
-    static binary) and/or --run (a shell command line). Needs qemu-system-x86,
+    static binary) and/or --run (a shell command line), with --module for a module of the
+    kernel's package it needs (brd: RAM disks to swap on). Needs qemu-system-x86,
     busybox-static, gcc, libc6-dev (docs/validate.md)."""
     import time as _time
 
