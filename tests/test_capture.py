@@ -332,16 +332,21 @@ QEMU_READY = all(shutil.which(t) for t in ("qemu-system-x86_64", "busybox", "gcc
     reason="needs qemu-system-x86, busybox-static and gcc (CI installs them)",
 )
 def test_capture_then_validate_end_to_end(tmp_path: Path) -> None:
-    """Boot Debian's 6.1 kernel with 2 CPUs, record a workload, score the model on it."""
+    """Boot Debian's 6.1 kernel with 2 CPUs, record a workload, score the model on it. With
+    --module brd the guest has RAM disks (the kernel's module, loaded before the workload)."""
     from typer.testing import CliRunner
 
     from activemm.cli import app
     from activemm.validate import score, validate
 
     out = tmp_path / "cap"
-    r = CliRunner().invoke(app, ["capture", "-o", str(out), "--smp", "2", "-w", "zombie,vfork"])
+    ram = "test -b /dev/ram0 && echo ram0 is a block device"
+    args = ["capture", "-o", str(out), "--smp", "2", "-w", "zombie,vfork", "--module", "brd"]
+    r = CliRunner().invoke(app, [*args, "--run", ram])
     assert r.exit_code == 0, r.output
     assert (out / "trace.txt.gz").exists() and (out / "tasks_start.txt").exists()
+    assert "ram0 is a block device" in (out / "workload.log").read_text()
+    assert json.loads((out / "meta.json").read_text())["modules"] == ["brd"]
     result = validate(out)
     assert result.context_switches.total > 100
     assert result.context_switches.matched == result.context_switches.total
