@@ -323,6 +323,28 @@ def test_the_example_workloads_build_for_the_guest(tmp_path: Path, name: str) ->
     assert binary[:4] == b"\x7fELF" and guest._is_static(target)
 
 
+def test_the_sweep_example_reports_a_capture_that_failed(tmp_path: Path) -> None:
+    """examples/workloads/sweep.py runs activemm capture and validate per kernel and CPU
+    count: a capture that cannot start (here a --program that does not exist, refused before
+    any download) is a row of the table with capture's own message, and exit status 1; no
+    workload at all is a usage error (2)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "workloads" / "sweep.py"
+    missing = tmp_path / "missing.c"
+    r = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "out"), "--program", str(missing),
+         "--smp", "2", "--kernels", "6.12"],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"},
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert "6.12-smp2" in r.stdout and "capture failed" in r.stdout
+    assert "missing.c" in r.stdout
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "again")], capture_output=True)
+    assert r.returncode == 2 and b"give --program or --run" in r.stderr
+
+
 QEMU_READY = all(shutil.which(t) for t in ("qemu-system-x86_64", "busybox", "gcc", "apt-get"))
 
 
