@@ -399,6 +399,8 @@ def block(name, data):
     return f"=== BEGIN {name}\n{b64}\n=== END {name}\n"
 meta = b"release 6.1.0-0-amd64\ncpus 2\nfinish_task_switch finish_task_switch.isra.0\n"
 meta += b"stats cpu0 entries: 3 overrun: 0 commit overrun: 0 bytes: 10 dropped events: 0\n"
+if (first == "missed" and runs == 0) or first == "always-missed":
+    meta += b"kprobe_profile mmswitch 99 1\n"
 trace = b"# tracer: nop\n"
 if first != "reset":  # "reset": the workload removed a trace event, emptying the buffers
     trace += b"   init-1 (1) [000] ..... 5.0: tracing_mark_write: activemm trace start\n"
@@ -453,6 +455,32 @@ def test_a_guest_that_crashes_gets_one_more_try(
     assert sorted(p.name for p in (tmp_path / "cap").iterdir()) == [
         "meta.json", "tasks_end.txt", "tasks_start.txt", "trace.txt.gz", "workload.log"
     ]  # fmt: skip
+
+
+@pytest.mark.skipif(
+    not (shutil.which("busybox") and shutil.which("gcc")), reason="needs busybox and gcc"
+)
+def test_a_recording_whose_hooks_missed_hits_is_made_once_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A core probe that missed a hit loses the recording: the guest records once more, and
+    the second is kept; missed twice, one clear error and no capture, unless --allow-lost
+    (then the first is kept, marked)."""
+    image = _fake_qemu(tmp_path, monkeypatch, "missed")
+    said: list[str] = []
+    meta = run.capture(image, run.CaptureOptions(out=tmp_path / "cap", accel="tcg"), said.append)
+    assert (tmp_path / "runs").read_text() == "2"
+    assert any("missed hits (mmswitch 1): recording again" in s for s in said)
+    assert meta["kprobe_missed"] == {}
+    monkeypatch.setenv("FAKE_QEMU_FIRST", "always-missed")
+    (tmp_path / "runs").unlink()
+    with pytest.raises(run.CaptureError, match=r"missed hits \(mmswitch 1\), twice"):
+        run.capture(image, run.CaptureOptions(out=tmp_path / "cap2", accel="tcg"), print)
+    assert (tmp_path / "runs").read_text() == "2" and not (tmp_path / "cap2").exists()
+    (tmp_path / "runs").unlink()
+    opts = run.CaptureOptions(out=tmp_path / "cap3", accel="tcg", allow_lost=True)
+    meta = run.capture(image, opts, print)
+    assert (tmp_path / "runs").read_text() == "1" and meta["kprobe_missed"] == {"mmswitch": 1}
 
 
 @pytest.mark.skipif(
