@@ -51,9 +51,9 @@ IPI_AFTER_SWITCH = (
 )
 UNMAP_FLUSH = (
     "__mmput run at one point, its exit_mmap marker or its task's last traced flush (this "
-    "capture has no exit_mmap return markers): the kernel's flushes there were unmap "
-    "flushes, which skip lazy CPUs (no page tables freed yet); its final flush came later, "
-    "after the lazy CPU had left, and had no CPU to IPI (nothing traced)"
+    "capture has no exit_mmap return markers): any flush the kernel had made by then was an "
+    "unmap flush, which skips lazy CPUs (no page tables freed yet); its final flush came "
+    "later, after the lazy CPU had left, and had no CPU to IPI (nothing traced)"
 )
 MISSED_PROBE = (
     "the kernel's switch_mm_irqs_off probe missed this hit (its tlb_flush shows the CR3 load "
