@@ -111,6 +111,11 @@ def lost_probe_hits(profile: dict[str, dict[str, int]]) -> dict[str, int]:
     return {n: p["missed"] for n, p in profile.items() if p["missed"] and n in CORE_PROBES}
 
 
+def _counts(hits: dict[str, int]) -> str:
+    """Missed hits per probe, as the messages name them: `mmswitch 1, mmdrop 2`."""
+    return ", ".join(f"{name} {n}" for name, n in sorted(hits.items()))
+
+
 def kprobe_profile(meta: str) -> dict[str, dict[str, int]]:
     """`kprobe_profile EVENT HITS MISSED` lines of the guest's meta file (tracefs's
     kprobe_profile): per probe, its hits and the hits it missed (a return probe out of
@@ -331,14 +336,11 @@ def capture(
                 tail = " / ".join(console.strip().splitlines()[-3:])
                 raise CaptureError(f"the guest's trace did not arrive whole (console: {tail})")
             meta_text = shipped.files["meta"].decode(errors="replace")
-            core = lost_probe_hits(kprobe_profile(meta_text))
+            profile = kprobe_profile(meta_text)
+            core = lost_probe_hits(profile)
             if not core or opts.allow_lost or recording == RECORDINGS - 1:
                 break
-            progress(
-                "the guest's kprobes missed hits ("
-                + ", ".join(f"{name} {n}" for name, n in sorted(core.items()))
-                + "): recording again"
-            )
+            progress(f"the guest's kprobes missed hits ({_counts(core)}): recording again")
         stats = ring_buffer_stats(meta_text)
         lost = {
             cpu: s for cpu, s in stats.items() if s.get("overrun", 0) or s.get("dropped_events", 0)
@@ -348,14 +350,12 @@ def capture(
                 f"the guest lost events on {', '.join(sorted(lost))} (ring buffer full): "
                 "use a smaller --scale, or --allow-lost to keep the trace anyway"
             )
-        profile = kprobe_profile(meta_text)
         missed = {name: p["missed"] for name, p in profile.items() if p["missed"]}
         if core and not opts.allow_lost:
             raise CaptureError(
-                "the guest's kprobes missed hits ("
-                + ", ".join(f"{name} {n}" for name, n in sorted(core.items()))
-                + "), twice: a return probe out of instances, or a probe hit inside another's "
-                "handler; record again, or --allow-lost to keep the trace anyway"
+                f"the guest's kprobes missed hits ({_counts(core)}), twice: a return probe out "
+                "of instances, or a probe hit inside another's handler; record again, or "
+                "--allow-lost to keep the trace anyway"
             )
         # Removing a trace event (a kprobe or uprobe deleted by the workload) resets every
         # ring buffer: what came before is gone, the start marker with it.
