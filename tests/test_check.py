@@ -244,6 +244,36 @@ def test_worker_processes_explore_the_same_space_whatever_the_timing() -> None:
     assert one.transitions <= two.transitions <= one.transitions * 1.002
 
 
+def test_states_at_the_depth_bound_are_looked_at_and_dropped() -> None:
+    """The last layer, the largest, is never kept: while it is explored no more states are
+    alive than those above the bound (plus the children of the state being expanded). It is
+    still looked at: a bound one past the deepest state leaves the run exhausted, a bound at
+    the deepest state does not (states there can still move), with the same states, in one
+    process or two."""
+    cfg = PRESETS["linux-6.17"]
+    bound = Limits(
+        max_tasks=5, processes=1, threads=0, kthreads=1, execs=1, holders=False, hotplug=False
+    )
+    peak = 0
+
+    def progress(result: object, depth: int) -> None:
+        nonlocal peak
+        peak = max(peak, sum(isinstance(o, KernelState) for o in gc.get_objects()))
+
+    above = explore(cfg, 2, bound, depth=6).states
+    last = explore(cfg, 2, bound, depth=7, progress=progress)
+    assert last.states > 2 * above  # the last layer is the largest
+    assert peak <= above + 20
+    full = explore(cfg, 2, bound, depth=10_000)
+    assert full.complete and full.max_depth > 7
+    for jobs in (1, 2):
+        past = explore(cfg, 2, bound, depth=full.max_depth + 1, jobs=jobs)
+        at = explore(cfg, 2, bound, depth=full.max_depth, jobs=jobs)
+        assert past.complete and not at.complete
+        assert past.states == at.states and past.max_depth == at.max_depth == full.max_depth
+        assert abs(past.states - full.states) <= full.states // 500  # two workers: ties, see above
+
+
 def test_explore_cli_jobs_gives_the_same_verdict() -> None:
     """`activemm explore -j 2`: the summary says how many processes shared the work, and a
     clean preset explored to the same depth has no violation either way."""

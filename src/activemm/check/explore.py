@@ -207,14 +207,22 @@ class Search:
         if self.progress is not None:
             self.progress(self.result, depth)
 
+    def at_bound(self, node: Node) -> None:
+        """`node` is at the depth bound: if it could go on, the bound cut exploration short
+        (asked only until one could)."""
+        if self.result.complete and has_moves(self.config, self.limits, self.san, node):
+            self.result.complete = False
+
     def layer(self, frontier: list[Node]) -> list[Node]:
-        """Expand one layer in this process; the next layer."""
+        """Expand one layer in this process; the next layer. States at the depth bound are
+        not kept: each is looked at (at_bound) and dropped, so the last layer, the largest,
+        never stays in memory."""
         nxt: list[Node] = []
         for node in frontier:
-            if node.depth >= self.depth:
-                if self.result.complete and has_moves(self.config, self.limits, self.san, node):
-                    self.result.complete = False
+            if node.depth >= self.depth:  # only at the start (a bound of 0 operations)
+                self.at_bound(node)
                 continue
+            leaves = node.depth + 1 >= self.depth
             for c in children(
                 self.config, self.limits, self.san, node, self.symmetry, self.parent.__contains__
             ):
@@ -222,7 +230,10 @@ class Search:
                 if c.violation is not None:
                     self.violation(node.key, c.op, c.violation.kind, node.depth + 1)
                 elif c.node is not None and self.accept(c.key, node.key, c.op, c.node.depth):
-                    nxt.append(c.node)
+                    if leaves:
+                        self.at_bound(c.node)
+                    else:
+                        nxt.append(c.node)
             self.tick(node.depth)
         return nxt
 

@@ -36,7 +36,9 @@ def _expand(conn: Connection, search: Search, mine: list[Node]) -> None:
     being (key, parent key, op) for a child, (None, parent key, op, kind) for a violation.
     The items stay pickled until the layer ends (_settle)."""
     known = set(search.parent)
-    found = {n.key: n for n in mine}  # the children of this layer, by key
+    # the children of this layer, by key; those at the depth bound are looked at when found
+    # and kept as None (their states are never expanded)
+    found: dict[int, Node | None] = {n.key: n for n in mine}
     config, limits, san = search.config, search.limits, search.san
 
     def seen(key: int) -> bool:
@@ -45,20 +47,26 @@ def _expand(conn: Connection, search: Search, mine: list[Node]) -> None:
     while (msg := conn.recv()) is not None:
         keep, accepted = msg
         known.update(accepted)
-        frontier = [found[k] for k in keep]
+        frontier = [n for k in keep if (n := found[k]) is not None]
         found.clear()
         items: list[tuple[Any, ...]] = []
         transitions, cut = 0, False
         for node in frontier:
-            if node.depth >= search.depth:
+            if node.depth >= search.depth:  # only at the start (a bound of 0 operations)
                 cut = cut or has_moves(config, limits, san, node)
                 continue
+            leaves = node.depth + 1 >= search.depth
             for c in children(config, limits, san, node, search.symmetry, seen):
                 transitions += 1
                 if c.violation is not None:
                     items.append((None, node.key, c.op, c.violation.kind))
                 elif c.node is not None:
-                    found[c.key] = c.node
+                    if leaves:
+                        # (a state another worker keeps instead has the same moves)
+                        cut = cut or has_moves(config, limits, san, c.node)
+                        found[c.key] = None
+                    else:
+                        found[c.key] = c.node
                     items.append((c.key, node.key, c.op))
             if len(items) >= CHUNK:
                 conn.send(("chunk", transitions, cut, pickle.dumps(items)))
