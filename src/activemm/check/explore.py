@@ -166,6 +166,8 @@ class Search:
     parent: dict[int, tuple[int, Op] | None] = field(default_factory=dict)
     result: Result = field(default_factory=Result)
     seen_kinds: set[str] = field(default_factory=set)
+    # every operation recorded in `parent`, once: the same few recur under every state
+    ops: dict[Op, Op] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # (no history: a counterexample's report comes from replaying it, replay_counterexample)
@@ -183,7 +185,7 @@ class Search:
         """A child state: True when it is new (first found from `parent_key` by `o`)."""
         if key in self.parent:
             return False
-        self.parent[key] = (parent_key, o)
+        self.parent[key] = (parent_key, self.ops.setdefault(o, o))
         self.result.states += 1
         self.result.max_depth = max(self.result.max_depth, depth)
         return True
