@@ -613,12 +613,16 @@ def test_a_workload_written_after_the_model_is_matched(capture: Path) -> None:
         assert s.total > 0 and s.matched == s.total, r.mismatches
     _outside_but_timing(r)
     sched = validate(capture, inputs="sched")
-    # (on one CPU a task preempted inside its exit window is common: 97.5% there)
-    assert sched.context_switches.matched >= 0.97 * sched.context_switches.total
+    # (on one CPU a task preempted inside its exit window is common: 97.5% there; a kworker's
+    # kthread_use_mm, which no tracepoint names, leaves its CPU on an mm the model cannot
+    # know: 91.6% on unseen20.c, see test_a_kworkers_kthread_use_mm_is_followed_at_its_markers)
+    hidden = score.KTHREAD_USE_MM in sched.causes
+    least = 0.9 if hidden else 0.97
+    assert sched.context_switches.matched >= least * sched.context_switches.total
     assert score.UNEXPLAINED not in sched.causes
     for m in sched.mismatches:
         if m["group"] == "context_switch":
-            assert m["cause"].startswith(WINDOWS), m
+            assert m["cause"].startswith(WINDOWS) or m["cause"] == score.KTHREAD_USE_MM, m
 
 
 @pytest.mark.parametrize(
@@ -1204,6 +1208,102 @@ def test_a_vhost_workers_late_kthread_use_mm_is_named(monkeypatch: pytest.Monkey
     ]
     assert any(m["kernel"] == {"kernel": "nothing here"} for m in theirs)
     assert {m["cause"] for m in theirs} == {score.KTHREAD_USE_MM}
+
+
+PROGRAM20 = [CAPTURES / "linux-6.1-smp3-program20", CAPTURES / "linux-6.12-smp2-program20"]
+
+
+def _kworker_uses(capture: Path) -> tuple[int, int]:
+    """Counted in the text: kthread_use_mm() calls (all by kworkers), and __mmdrops a kworker
+    ran between its kthread_use_mm and kthread_unuse_mm (its mmdrop_lazy_tlb() of the mm it
+    had kept lazily since its last kthread_unuse_mm: a zombie)."""
+    uses = drops = 0
+    inside: set[str] = set()  # pids between kthread_use_mm and kthread_unuse_mm
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        for line in f:
+            pid = re.search(r"-(\d+)\s+\(", line)
+            if pid is None:
+                continue
+            if "(kthread_use_mm+" in line:
+                assert line.lstrip().startswith("kworker/"), line
+                uses += 1
+                inside.add(pid[1])
+            elif "(kthread_unuse_mm+" in line:
+                inside.discard(pid[1])
+            elif "(__mmdrop+" in line and pid[1] in inside:
+                drops += 1
+    return uses, drops
+
+
+@pytest.mark.parametrize("capture", PROGRAM20, ids=lambda p: p.name)
+def test_a_kworkers_kthread_use_mm_is_followed_at_its_markers(
+    capture: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """unseen20.c: a gadgetfs device's AIO reads, completed by ep_user_copy_worker() in a
+    kworker that kthread_use_mm()s the reader's mm, copies, and kthread_unuse_mm()s, keeping
+    it lazily; readers that exit at once leave it a zombie, freed by the kworker's next
+    kthread_use_mm (its mmdrop_lazy_tlb of the mm it kept) or switch. On 6.12 no other
+    workload reaches kthread_use_mm. With markers every switch, __mmdrop and hook matches;
+    with tracepoints only, nothing names the mm a kworker takes: every miss is tagged
+    kthread_use_mm or follows one, and no kworker's kthread_unuse_mm passes for an exit."""
+    uses, zombies = _kworker_uses(capture)
+    assert uses >= 20 and zombies >= 1
+    r = validate(capture)
+    assert r.learned["kthread_use_mm (switch_mm_irqs_off marker)"] == uses
+    assert_all_matched(r)
+    monkeypatch.setattr(score, "MAX_MISMATCHES", 10**6)  # every miss in full
+    sched = validate(capture, inputs="sched")
+    assert score.UNEXPLAINED not in sched.causes
+    assert sched.causes[score.KTHREAD_USE_MM] >= uses
+    drops = [m for m in sched.mismatches if m["group"] == "mmdrop"]
+    assert all(m["cause"] == score.KTHREAD_USE_MM for m in drops), drops
+    windows = {
+        m["line"]
+        for m in sched.mismatches
+        if m["group"] == "context_switch" and m["cause"] == score.EXIT_WINDOW
+    }
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        switches = [line for n, line in enumerate(f, 1) if n in windows]
+    assert len(switches) == len(windows)
+    # (a task preempted in its exit window may hand its CPU to a kworker, not be one)
+    assert not [s for s in switches if "prev_comm=kworker/" in s], switches
+
+
+def test_an_mmput_after_the_exit_is_told_from_one_in_another_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """vhost owners that exit holding the device run __mmput themselves, after their
+    sched_process_exit, when exit_files() puts vhost's mm_users reference back. Counted in
+    the text: exit_mmap markers in a task past its sched_process_exit. With tracepoints only
+    the __mmdrop misses of those mms are tagged so, never "__mmput ran in another task" (a
+    vhost worker's kthread_unuse_mm, an enter_lazy_tlb outside a switch like exit_mm's, had
+    been taken for the mm's exit, and the owner's own __mmput for another task's)."""
+    capture = CAPTURES / "linux-6.1-smp2-everything"
+    gone: set[str] = set()
+    late: set[tuple[str, int]] = set()  # (mm, the pid its __mmput ran in)
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        for line in f:
+            pid = re.search(r"-(\d+)\s+\(", line)
+            if " sched_process_exit: " in line and pid is not None:
+                gone.add(pid[1])
+            elif " task_newtask: " in line and (child := re.search(r" pid=(\d+) ", line)):
+                gone.discard(child[1])
+            elif "(exit_mmap+" in line and pid is not None and pid[1] in gone:
+                mm = re.search(r" mm=(0x[0-9a-f]+)", line)
+                assert mm is not None, line
+                late.add((mm[1], int(pid[1])))
+    assert late
+    monkeypatch.setattr(score, "MAX_MISMATCHES", 10**6)  # every miss in full
+    sched = validate(capture, inputs="sched")
+    theirs = [
+        m
+        for m in sched.mismatches
+        if m["group"] == "mmdrop"
+        and m["kernel"].get("freed_at", [None])[0] == "__mmput"
+        and (m["kernel"]["mm"], m["kernel"]["freed_at"][1]) in late
+    ]
+    assert theirs
+    assert {m["cause"] for m in theirs} == {score.AFTER_EXIT}
 
 
 def test_an_mmput_after_exit_ends_where_the_task_next_sleeps() -> None:

@@ -264,6 +264,9 @@ class Validator(MarkerSteps, Clocked):
         self.poking_addr = self.pretrace.poking_mm
         self.tainted: set[int] = set()  # kernel mm addresses of missed switches
         self.raced: set[int] = set()  # mm addresses whose __mmput the model pinned
+        # mm addresses whose __mmput ran in a task past its sched_process_exit (a reference
+        # one of its files held: vhost's dev->mm, put back in exit_files())
+        self.after_exit: set[int] = set()
         self.exited_mm: dict[int, int] = {}  # mm address -> pid whose exit_mm let go of it
         self.marker_done: set[int] = set()
         # CPU -> exec's activate_mm marker, waiting for the CR3 load's tlb_flush
@@ -891,6 +894,8 @@ class Validator(MarkerSteps, Clocked):
             owner = self.exited_mm.get(address(p.args.get("mm")))
             if owner is not None and owner != p.pid:
                 self.raced.add(address(p.args.get("mm")))
+            if p.pid in self.past_exit:
+                self.after_exit.add(address(p.args.get("mm")))
             if self.inputs == "markers" and self._queued(p.pid, address(p.args.get("mm"))):
                 self._born_and_gone(p, address(p.args.get("mm")))
             self._deferred_ends_here(p)
@@ -1103,8 +1108,13 @@ class Validator(MarkerSteps, Clocked):
             if self.inputs == "markers":
                 self.armed[cpu] = p
         elif kind == "enter_lazy_tlb":
-            self.exit_marked[pid] = p.line
-            self.exited_mm[mm] = pid
+            if kv.is_kthread(p):
+                # kthread_unuse_mm(): a kernel thread letting go of the mm it used, keeping
+                # it lazily; never an exit, whatever the mm's owner does
+                self.mm_kthreads.add(pid)
+            else:
+                self.exit_marked[pid] = p.line
+                self.exited_mm[mm] = pid
             if self.inputs == "markers":
                 self._refusable(self._marker_exit, p)
 
@@ -1342,6 +1352,7 @@ class Validator(MarkerSteps, Clocked):
             self.births,
             self.unclaimed,
             self.offlined_ever,
+            self.after_exit,
         )
         drops.score(self.kernel_drops, self.model_drops)
         score_outside(

@@ -173,6 +173,12 @@ def switch_in_flight(p: Probe, switched: bool) -> bool:
     return _int(p.args.get("t_pid")) != p.pid
 
 
+def is_kthread(p: Probe) -> bool:
+    """The task a hook names (`t_flags`) is a kernel thread (PF_KTHREAD): its enter_lazy_tlb
+    outside a switch is kthread_unuse_mm(), not exit_mm()."""
+    return bool((_int(p.args.get("t_flags")) or 0) & PF_KTHREAD)
+
+
 def _int(value: str | None) -> int | None:
     try:
         return int(value, 0) if value is not None else None

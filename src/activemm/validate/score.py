@@ -23,6 +23,11 @@ ELSEWHERE = (
     "get_task_mm()): only the exit_mmap marker says so"
 )
 EXIT_WINDOW = "exit window (exit_mm ran before sched_process_exit)"
+AFTER_EXIT = (
+    "__mmput ran in the exiting task after its sched_process_exit (an mm_users reference one "
+    "of its files held, such as vhost's dev->mm, put back in exit_files()): no tracepoint "
+    "marks it"
+)
 FOLLOWS = "follows an earlier miss on this CPU: the mm it borrows lazily came from that switch"
 INFERRED_EXIT = (
     "exit window inferred where there was none (tracepoints only): the task came back without "
@@ -186,6 +191,7 @@ class DropScorer:
         births: dict[int, list[int]] | None = None,
         unclaimed: dict[int, str] | None = None,
         offlined: set[int] | None = None,
+        after_exit: set[int] | None = None,
     ) -> None:
         self.result = result
         self.inputs = inputs
@@ -196,6 +202,8 @@ class DropScorer:
         # kernel __mmdrop lines of mms the model never had -> "exec" or "fork" (what failed)
         self.unclaimed = unclaimed or {}
         self.offlined = offlined or set()  # addresses a CPU going offline still borrowed
+        # addresses whose __mmput ran in a task past its sched_process_exit
+        self.after_exit = after_exit or set()
         self.kernel_lines: dict[int | None, list[int]] = {}  # address -> its __mmdrop lines
         # side -> its frees in a finish_task_switch
         self.finishes: dict[str, list[Drop]] = {}
@@ -217,6 +225,9 @@ class DropScorer:
             self.kernel_lines.setdefault(d.addr, []).append(d.line)
         elsewhere = {d.addr for d in kernel_drops if self.mmput_by_another(d)}
         window = {d.addr for d in kernel_drops if self.exit_window_drop(d)}
+        # freed by a kernel thread's kthread_use_mm() (the mm it kept lazily since its last
+        # kthread_unuse_mm()): with tracepoints only, neither call shows
+        in_kthread = {d.addr for d in kernel_drops if self.unseen_kthread_use(d)}
         left = Counter((d.addr, d.point) for d in model_drops)
         for d in kernel_drops:
             res.mmdrop.total += 1
@@ -244,6 +255,8 @@ class DropScorer:
                     CONCURRENT if self.concurrent(d, "kernel")
                     else RELEASED_AT_ONCE if self.released_at_once(d, "kernel")
                     else HELD_OUTSIDE if d.addr in other or self.kernel_kept(d)
+                    else KTHREAD_USE_MM if d.addr in in_kthread
+                    else AFTER_EXIT if self.late_mmput(d.addr)
                     else RACE if d.addr in self.raced
                     else ELSEWHERE if d.addr in elsewhere
                     else EXIT_WINDOW if d.addr in window
@@ -289,10 +302,14 @@ class DropScorer:
             return FAILED_FORK if self.unclaimed[d.line] == "fork" else FAILED_EXEC
         if d.point[0] in HELD_POINTS:
             return HELD_OUTSIDE
+        if d.point[0] == "__mmput" and self.late_mmput(d.addr):
+            return AFTER_EXIT
         if self.mmput_by_another(d):
             return ELSEWHERE
         if self.exit_window_drop(d):
             return EXIT_WINDOW
+        if self.unseen_kthread_use(d):
+            return KTHREAD_USE_MM
         if d.addr in self.raced:
             return RACE
         if self.offline_borrowed(d):
@@ -306,6 +323,17 @@ class DropScorer:
         that went offline lazily borrowing this mm keeps its reference in the model until
         then (the kernel's finish_cpu() dropped it when the CPU died)."""
         return self.inputs == "sched" and d.addr in self.offlined
+
+    def late_mmput(self, addr: int | None) -> bool:
+        """With tracepoints only, a __mmput of this mm ran in a task past its exit: the model,
+        told of no reference its files held, ran it at sched_process_exit."""
+        return self.inputs == "sched" and addr in self.after_exit
+
+    def unseen_kthread_use(self, d: Drop) -> bool:
+        """With tracepoints only, the kernel freed this mm in a kernel thread's
+        kthread_use_mm(): its mmdrop_lazy_tlb() of the mm the thread had kept lazily since
+        an earlier kthread_unuse_mm(), a zombie whose owner exited meanwhile."""
+        return self.inputs == "sched" and d.point[0] == "kthread_use_mm"
 
     def exit_window_drop(self, d: Drop) -> bool:
         """With tracepoints only, the model's __mmput runs whole at sched_process_exit; the
