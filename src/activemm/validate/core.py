@@ -889,15 +889,16 @@ class Validator(MarkerSteps, Clocked):
                 # __mmput()'s mmdrop() follows exit_mmap()'s return at once
                 self._refusable(self._unpin, p)
         elif f == EXIT_MMAP:
-            self.anchor[p.cpu] = (EXIT_MMAP, address(p.args.get("mm")))
-            self.mmput_open[address(p.args.get("mm"))] = p.pid
-            owner = self.exited_mm.get(address(p.args.get("mm")))
+            mm = address(p.args.get("mm"))
+            self.anchor[p.cpu] = (EXIT_MMAP, mm)
+            self.mmput_open[mm] = p.pid
+            owner = self.exited_mm.get(mm)
             if owner is not None and owner != p.pid:
-                self.raced.add(address(p.args.get("mm")))
+                self.raced.add(mm)
             if p.pid in self.past_exit:
-                self.after_exit.add(address(p.args.get("mm")))
-            if self.inputs == "markers" and self._queued(p.pid, address(p.args.get("mm"))):
-                self._born_and_gone(p, address(p.args.get("mm")))
+                self.after_exit.add(mm)
+            if self.inputs == "markers" and self._queued(p.pid, mm):
+                self._born_and_gone(p, mm)
             self._deferred_ends_here(p)
         elif f == "__x64_sys_io_uring_setup" and self.inputs == "markers":
             self._refusable(self._ring_setup, p)
