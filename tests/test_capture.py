@@ -231,6 +231,11 @@ def test_kprobes_carry_this_kernels_offsets() -> None:
     )
     assert "p:activemm/thpcollect collect_mm_slot mm=+32(%di):x64 mm_users=+84(+32(%di)):s32" in thp
     assert not any("khugepaged" in d for d in uffd)
+    # binder's functions exist only once binder_linux is loaded (capture --module)
+    binder = guest.kprobe_definitions(task, binder=True)
+    assert "p:activemm/bindergrab binder_alloc_init alloc=%di:x64" in binder
+    assert "p:activemm/binderdrop binder_alloc_deferred_release alloc=%di:x64" in binder
+    assert not any("binder" in d for d in thp)
 
 
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio not installed")

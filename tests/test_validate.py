@@ -1269,6 +1269,63 @@ def test_a_kworkers_kthread_use_mm_is_followed_at_its_markers(
     assert not [s for s in switches if "prev_comm=kworker/" in s], switches
 
 
+PROGRAM21 = [CAPTURES / "linux-6.1-smp4-program21", CAPTURES / "linux-6.12-smp2-program21"]
+
+
+def _binder_lives(capture: Path) -> tuple[int, int, int]:
+    """Counted in the text: binder_alloc_init() calls (binder_open() mmgrab()s the opener's
+    mm), binder_alloc_deferred_release() calls (from binder_free_proc(): in a kworker's
+    binder_deferred_func(), or in a task that put the proc's last temporary reference),
+    and __mmdrops a task ran after such a marker and before it next switched out: mms
+    whose last reference was a binder file's."""
+    grabs = releases = frees = kworkers = 0
+    inside: set[str] = set()  # tasks in a deferred release since their last switch
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        for line in f:
+            pid = re.search(r"-(\d+)\s+\(", line)
+            if pid is None:
+                continue
+            if "(binder_alloc_init+" in line:
+                grabs += 1
+            elif "(binder_alloc_deferred_release+" in line:
+                kworkers += line.lstrip().startswith("kworker/")
+                releases += 1
+                inside.add(pid[1])
+            elif "(__mmdrop+" in line and pid[1] in inside:
+                frees += 1
+            elif " sched_switch: " in line:
+                inside.discard(pid[1])
+    assert kworkers >= releases // 2  # binder_deferred_func() mostly
+    return grabs, releases, frees
+
+
+@pytest.mark.parametrize("capture", PROGRAM21, ids=lambda p: p.name)
+def test_a_binder_files_hold_on_its_openers_mm_is_followed_at_its_markers(
+    capture: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """unseen21.c: processes (with threads) open /dev/binder, send one-way transactions to a
+    context manager and exit; binder_open() had mmgrab()bed each one's mm, and
+    binder_free_proc() drops it after the file's release (in a kworker's
+    binder_deferred_func(), or in a task whose temporary reference on the proc was the
+    last), often the last reference.
+    With the binder markers every switch, __mmdrop and hook matches; with tracepoints only,
+    nothing shows the reference: the model frees those mms at their last lazy user's switch,
+    and each such miss is the kernel's free at a binder release, tagged as a
+    reference held outside the scheduler."""
+    grabs, releases, frees = _binder_lives(capture)
+    assert grabs >= 20 and releases >= 20 and frees >= 5
+    r = validate(capture)
+    assert r.learned["binder alloc->mm (binder_open marker)"] == grabs
+    assert_all_matched(r)
+    monkeypatch.setattr(score, "MAX_MISMATCHES", 10**6)  # every miss in full
+    sched = validate(capture, inputs="sched")
+    assert score.UNEXPLAINED not in sched.causes
+    drops = [m for m in sched.mismatches if m["group"] == "mmdrop"]
+    assert {m["cause"] for m in drops} == {score.HELD_OUTSIDE}
+    in_binder = [m for m in drops if m["kernel"].get("freed_at", [""])[0] == "binder_release"]
+    assert len(in_binder) == frees
+
+
 def test_an_mmput_after_the_exit_is_told_from_one_in_another_task(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

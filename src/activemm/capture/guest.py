@@ -30,6 +30,7 @@ def kprobe_definitions(
     proc: dict[str, int] | None = None,
     uffd: dict[str, int] | None = None,
     thp: dict[str, int] | None = None,
+    binder: bool = False,
 ) -> list[str]:
     """The probes of docs/validate.md. `@FINISH_TASK_SWITCH@` is replaced in the guest by the
     symbol's real name (a compiler clone such as finish_task_switch.isra.0). With `ring`
@@ -48,7 +49,12 @@ def kprobe_definitions(
     (khugepaged_offsets), khugepaged's: __khugepaged_exit(mm) with the mm khugepaged's scan
     cursor rests on (`slot` 0: none), and collect_mm_slot() with its slot's mm and mm_users:
     the reference __khugepaged_enter() mmgrab()bed outlives __mmput when the cursor is on
-    the exiting mm, and khugepaged drops it on a later pass."""
+    the exiting mm, and khugepaged drops it on a later pass. With `binder` (the binder_linux
+    module loaded), binder's: binder_alloc_init(alloc), which binder_open() calls and which
+    mmgrab()s current->mm into alloc->mm, and binder_alloc_deferred_release(alloc), whose
+    end mmdrop()s it (binder_free_proc(), after the file's release: in a kworker's
+    binder_deferred_func(), or in a task that put the proc's last temporary reference); the
+    `alloc` address pairs the two."""
 
     def task(reg: str, prefix: str) -> str:
         return (
@@ -86,7 +92,17 @@ def kprobe_definitions(
         + (proc_markers(g, proc) if proc else [])
         + (uffd_markers(g, uffd) if uffd else [])
         + (khugepaged_markers(g, thp) if thp else [])
+        + (binder_markers(g) if binder else [])
     )
+
+
+def binder_markers(g: str) -> list[str]:
+    """binder_alloc_init(alloc) and binder_alloc_deferred_release(alloc), functions of the
+    binder_linux module (drivers/android/binder_alloc.c): probed after it is loaded."""
+    return [
+        f"p:{g}/bindergrab binder_alloc_init alloc=%di:x64",
+        f"p:{g}/binderdrop binder_alloc_deferred_release alloc=%di:x64",
+    ]
 
 
 def uffd_markers(g: str, uffd: dict[str, int]) -> list[str]:

@@ -313,7 +313,8 @@ def capture(
     proc = proc_offsets(image)
     uffd = uffd_offsets(image)
     thp = khugepaged_offsets(image)
-    kprobes = guest.kprobe_definitions(offsets, ring, oom, proc, uffd, thp)
+    binder = "binder_linux" in {m.replace("-", "_") for m in opts.modules}
+    kprobes = guest.kprobe_definitions(offsets, ring, oom, proc, uffd, thp, binder)
     work = Path(tempfile.mkdtemp(prefix="activemm-capture-"))
     try:
         progress("building the initramfs (busybox, workload, kprobes)")

@@ -232,6 +232,8 @@ class Validator(MarkerSteps, Clocked):
         self.oom_mms: dict[int, list[str]] = {}  # mm address -> its signal->oom_mm holders
         self.proc_files: dict[int, list[str]] = {}  # mm address -> open /proc/PID files on it
         self.uffds: dict[int, list[str]] = {}  # mm address -> userfaultfd contexts on it
+        self.binders: dict[int, list[str]] = {}  # mm address -> binder procs' alloc->mm on it
+        self.binder_allocs: dict[int, int] = {}  # binder_alloc address -> its mm's address
         # a forked mm's address -> the fork-event contexts dup_userfaultfd() made for it
         # (by parent context), taken when its fork is done (task_newtask)
         self.uffd_forks: dict[int, dict[int, Probe]] = {}
@@ -690,13 +692,38 @@ class Validator(MarkerSteps, Clocked):
                 del self.uffd_forks[addr]
             self.result.learned["userfaultfd fork event abandoned (userfaultfd_release)"] += 1
 
-    def _release(self, p: Probe, held: dict[int, list[str]], point: str) -> None:
-        """A file's release (`p`) whose mmdrop() of the reference its open took (the `mm`
-        argument) follows: a kernel __mmdrop next on this CPU is at `point`; with markers
-        the model drops one of the references `held` lists there too."""
-        self._open_release(p, point)
+    def _release(
+        self, p: Probe, held: dict[int, list[str]], point: str, addr: int | None = None
+    ) -> None:
+        """A file's release (`p`) whose mmdrop() of the reference its open took (the mm at
+        `addr`, by default the `mm` argument) follows: a kernel __mmdrop next on this CPU is
+        at `point`; with markers the model drops one of the references `held` lists there
+        too."""
+        if addr is None:
+            addr = address(p.args.get("mm"))
+        self._open_release(p, point, addr)
         if self.inputs == "markers":
-            self._refusable(self._drop_held, held, address(p.args.get("mm")), point, p)
+            self._refusable(self._drop_held, held, addr, point, p)
+
+    def _binder_open(self, p: Probe) -> None:
+        """binder_alloc_init(alloc) entered (binder_open(), drivers/android/binder.c): it
+        mmgrab()s current->mm into alloc->mm, held until the proc's deferred release, after
+        the file's last reference went. With markers the model takes it."""
+        t = self.m.state.rqs[p.cpu].curr
+        if self.replayer.tasks.get(p.pid) is not t or t.mm is None or t.pf_kthread:
+            return
+        self.binder_allocs[address(p.args.get("alloc"))] = self._a(t.mm)
+        if self.inputs == "markers":
+            self._refusable(self._grab_current, self.binders, "binder alloc->mm", "binder_open", p)
+
+    def _binder_release(self, p: Probe) -> None:
+        """binder_alloc_deferred_release(alloc) entered (binder_free_proc(), once the file's
+        release queued the proc's teardown: in a kworker's binder_deferred_func(), or in a
+        task that put the proc's last temporary reference): its end mmdrop()s alloc->mm, the
+        mm its binder_alloc_init() took (paired by the alloc address)."""
+        addr = self.binder_allocs.pop(address(p.args.get("alloc")), None)
+        if addr is not None:
+            self._release(p, self.binders, "binder_release", addr)
 
     def _thp_exit(self, p: Probe) -> None:
         """__khugepaged_exit(mm), early in __mmput (mm/khugepaged.c): the reference
@@ -722,12 +749,12 @@ class Validator(MarkerSteps, Clocked):
         if self._drop_held(self.rings, address(p.args.get("mm")), "io_ring_ctx_free", p):
             self._open_release(p, "io_ring_ctx_free")
 
-    def _open_release(self, p: Probe, point: str) -> None:
-        """Task p.pid is in a release at `point` whose mmdrop() of the `mm` argument
-        follows: a kernel __mmdrop next on this CPU, or later by this task wherever it ran
-        meanwhile, is at that point."""
+    def _open_release(self, p: Probe, point: str, addr: int | None = None) -> None:
+        """Task p.pid is in a release at `point` whose mmdrop() of the mm at `addr` (by
+        default the `mm` argument) follows: a kernel __mmdrop next on this CPU, or later by
+        this task wherever it ran meanwhile, is at that point."""
         self.anchor[p.cpu] = (point, p.pid)
-        self.releasing[p.pid] = (point, address(p.args.get("mm")))
+        self.releasing[p.pid] = (point, address(p.args.get("mm")) if addr is None else addr)
 
     def _oom_victim(self, p: Probe) -> None:
         """mark_oom_victim(tsk) entered: when tsk->signal->oom_mm is still NULL (the `oom_mm`
@@ -915,6 +942,10 @@ class Validator(MarkerSteps, Clocked):
         elif f == "userfaultfd_release":  # userfaultfd_ctx_put() mmdrop()s ctx->mm
             self._uffd_abandoned(p)
             self._release(p, self.uffds, "uffd_release")
+        elif f == "binder_alloc_init":
+            self._binder_open(p)
+        elif f == "binder_alloc_deferred_release":
+            self._binder_release(p)
         elif f == "__khugepaged_exit" and self.inputs == "markers":
             self._refusable(self._thp_exit, p)
         elif f == "collect_mm_slot" and p.args.get("mm_users") == "0":

@@ -15,8 +15,9 @@ from activemm.validate.kernel import Drop, Outside, hexaddr
 MAX_MISMATCHES = 50
 HELD_OUTSIDE = (
     "mm_count held outside the scheduler (io_uring's ctx->mm_account, the OOM killer's "
-    "signal->oom_mm, an open /proc/PID/mem, a userfaultfd, khugepaged's scan cursor, ksmd's "
-    "mm_slot...) and dropped later elsewhere, or not within the trace: no input announces it"
+    "signal->oom_mm, an open /proc/PID/mem, a userfaultfd, a binder file's alloc->mm, "
+    "khugepaged's scan cursor, ksmd's mm_slot...) and dropped later elsewhere, or not within "
+    "the trace: no input announces it"
 )
 ELSEWHERE = (
     "__mmput ran in another task (an mm_users reference such as a /proc reader's "
@@ -174,7 +175,13 @@ class Result:
 
 # where the kernel drops a reference held outside the scheduler: an unknown place, or one
 # whose marker the model follows (its misses have the same cause without the marker)
-RELEASE_POINTS = ("io_ring_ctx_free", "proc_release", "uffd_release", "khugepaged")
+RELEASE_POINTS = (
+    "io_ring_ctx_free",
+    "proc_release",
+    "uffd_release",
+    "khugepaged",
+    "binder_release",
+)
 HELD_POINTS = ("other", *RELEASE_POINTS, "mmdrop_async")
 
 
