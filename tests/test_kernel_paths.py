@@ -377,3 +377,32 @@ def test_adopt_lazy_a_zombie_is_impossible_without_counted_lazy_references() -> 
     m = machine("linux-6.17-shootdown")
     with pytest.raises(OperationError, match="cannot keep an mm alive"):
         m.adopt_lazy(1)
+
+
+@pytest.mark.parametrize("rt", [False, True], ids=["6.1", "6.1-rt"])
+def test_preempt_rt_frees_the_zombie_from_an_rcu_callback(rt: bool) -> None:
+    """The seed's zombie, last dropped in finish_task_switch(): mmdrop_sched() frees it
+    there, or on PREEMPT_RT call_rcu()s __mmdrop_delayed() on that CPU (reference scenario
+    13), which frees it from the CPU's RCU callbacks, at its next switch in the model; in
+    between nothing may point to it (the sanitizer checks every state)."""
+    m = machine("linux-6.1-x86_64-rt" if rt else "linux-6.1-x86_64")
+    mm2 = with_user(m)
+    lazy_kworker(m)  # kw borrows mm2 on CPU 0: 1 (users' share) + 1 (CPU 0's lazy) = 2
+    m.schedule(1, "app")
+    m.exit("app")  # exit_mm: + 1 (CPU 1's lazy), __mmput: - the users' share: 2
+    m.schedule(1, "kthreadd")  # kernel -> kernel: CPU 1's lazy reference is handed on
+    m.schedule(1, "init")  # kernel -> user: finish_task_switch drops it: 1
+    m.fork("init", name="app2")
+    freed = watch_frees(m)
+    m.schedule(0, "app2")  # CPU 0's lazy reference, the last: 0
+    assert mm2.mm_count == 0
+    if not rt:
+        assert mm2.freed and freed == [(mm2.name, "finish_task_switch")]
+        return
+    # call_rcu() on CPU 0: unreachable, not freed; CPU 1's switches leave it be
+    assert not mm2.freed and mm2.rcu_cpu == 0 and not freed
+    assert all(rq.curr.active_mm is not mm2 and rq.tlb.loaded_mm is not mm2 for rq in m.state.rqs)
+    m.schedule(1, "kthreadd")
+    assert not mm2.freed
+    m.schedule(0, "kw")  # CPU 0's next switch: its callbacks run first
+    assert mm2.freed and mm2.rcu_cpu is None and freed == [(mm2.name, "__mmdrop_delayed")]

@@ -85,6 +85,32 @@ SAMPLE = [
 ]
 
 
+def test_preempt_rt_irq_flags_have_seven_columns(tmp_path: Path) -> None:
+    """Debian's PREEMPT_RT kernels print seven irq-info flags (need-resched-lazy and
+    preempt-lazy-depth added: "d...2.."), the hardirq/softirq one fourth, not third; lines
+    as a 6.1-rt guest wrote them (tests/data/captures/linux-6.1-rt-smp2-everything)."""
+    lines = [
+        "            init-1       (      1) [001] d...2..     4.608385: sched_switch: "
+        "prev_comm=init prev_pid=1 prev_prio=120 prev_state=R+ ==> next_comm=ktimers/1 "
+        "next_pid=28 next_prio=98",
+        "          <idle>-0       (-------) [000] d.h.1..     4.700000: tlb_flush: pages:-1 "
+        "reason:flush on task switch (0)",
+        "            true-319     (    319) [001] d....11     9.432387: tlb_flush: pages:-1 "
+        "reason:flush on task switch (0)",
+        "     kworker/0:1-17      (     17) [000] d..2.   4.800000: tlb_flush: pages:-1 "
+        "reason:flush on task switch (0)",
+        "          <idle>-0       (-------) [000] d.h2.   4.800100: tlb_flush: pages:-1 "
+        "reason:flush on task switch (0)",
+    ]
+    evs = list(read_trace(_write(tmp_path, lines), window=0))
+    sw = [e for e in evs if isinstance(e, SchedSwitch)]
+    assert [(e.prev_pid, e.next_pid, e.next_comm) for e in sw] == [(1, 28, "ktimers/1")]
+    flushes = [e for e in evs if type(e).__name__ == "TlbFlush"]
+    # seven columns: in a hardirq (h fourth), not (1 and 1: the preempt depths); and the
+    # five of a non-RT kernel: not (2: the preempt depth), in a hardirq (h third)
+    assert [f.hardirq for f in flushes] == [True, False, False, True]  # type: ignore[attr-defined]
+
+
 def test_trace_cmd_plugin_format_comm_with_colons_spaces_lost_probes(tmp_path: Path) -> None:
     st_ = ReadStats()
     evs = list(read_trace(_write(tmp_path, SAMPLE), stats=st_, window=0))

@@ -645,7 +645,11 @@ def capture(
     scale: Annotated[int, typer.Option("--scale", min=1, max=50, help="Repeat counts x N.")] = 1,
     release: Annotated[
         str,
-        typer.Option("--kernel-release", help="Debian 12's kernel generation: 6.1 or 6.12."),
+        typer.Option(
+            "--kernel-release",
+            help="Debian 12's kernel generation: 6.1 or 6.12, or their PREEMPT_RT flavour "
+            "6.1-rt or 6.12-rt (linux-image-rt-amd64).",
+        ),
     ] = "6.1",
     kernel: Annotated[
         Path | None,

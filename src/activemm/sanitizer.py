@@ -141,6 +141,8 @@ def reachable(state: KernelState) -> set[int]:
             if mm is not None:
                 seen.add(mm.id)
     seen.update(h.mm.id for h in state.holders)
+    # PREEMPT_RT: an mm whose __mmdrop_delayed() is queued is its RCU callback's to free
+    seen.update(mm.id for mm in state.mms if mm.rcu_cpu is not None)
     return seen
 
 
@@ -183,20 +185,30 @@ def _check_tasks(state: KernelState) -> tuple[str, str] | None:
     return None
 
 
+def _gone(mm: Mm) -> str | None:
+    """Why nothing may point to `mm` any more: freed, or (PREEMPT_RT, reference scenario
+    13) its final mmdrop_sched() queued __mmdrop_delayed() on RCU."""
+    if mm.freed:
+        return "freed"
+    if mm.rcu_cpu is not None:
+        return "finally dropped (its __mmdrop queued on RCU)"
+    return None
+
+
 def _check_use_after_free(state: KernelState) -> tuple[str, str] | None:
     for t in state.live_tasks():
         for what, mm in (("mm", t.mm), ("active_mm", t.active_mm)):
-            if mm is not None and mm.freed:
-                return "use-after-free", f"{t.name}->{what} points to freed {mm}"
+            if mm is not None and (why := _gone(mm)):
+                return "use-after-free", f"{t.name}->{what} points to {why} {mm}"
     for rq in state.rqs:
-        if rq.online and rq.tlb.loaded_mm.freed:
+        if rq.online and (why := _gone(rq.tlb.loaded_mm)):
             return (
                 "use-after-free",
-                f"CPU {rq.cpu} still runs on the page tables of freed {rq.tlb.loaded_mm}",
+                f"CPU {rq.cpu} still runs on the page tables of {why} {rq.tlb.loaded_mm}",
             )
     for h in state.holders:
-        if h.mm.freed:
-            return "use-after-free", f"{h.name} holds a {h.kind} reference on freed {h.mm}"
+        if why := _gone(h.mm):
+            return "use-after-free", f"{h.name} holds a {h.kind} reference on {why} {h.mm}"
     if state.init_mm.freed:
         return "init_mm freed", "init_mm was freed"
     return None

@@ -18,7 +18,7 @@ import zstandard
 
 from activemm.errors import ActiveMmError
 
-RELEASES = ("6.1", "6.12")
+RELEASES = ("6.1", "6.12", "6.1-rt", "6.12-rt")  # -rt: the PREEMPT_RT flavour
 TASK_FIELDS = ("pid", "flags", "mm", "active_mm", "comm")
 
 
@@ -53,20 +53,21 @@ class KernelImage:
 
 
 def debian_package(generation: str) -> str:
-    """The Debian 12 package name of the newest kernel of `generation` (6.1 or 6.12)."""
+    """The Debian 12 package name of the newest kernel of `generation` (6.1 or 6.12, and
+    their PREEMPT_RT flavours 6.1-rt and 6.12-rt)."""
     apt_cache = need("apt-cache", "apt")
-    if generation == "6.1":
-        out = subprocess.run(
-            [apt_cache, "depends", "linux-image-amd64"], capture_output=True, text=True
-        ).stdout
-        m = re.search(r"Depends: (linux-image-6\.1\.\S+-amd64)", out)
-    elif generation == "6.12":
+    flavour = "rt-amd64" if generation.endswith("-rt") else "amd64"
+    if generation in ("6.1", "6.1-rt"):
+        meta = "linux-image-rt-amd64" if flavour == "rt-amd64" else "linux-image-amd64"
+        out = subprocess.run([apt_cache, "depends", meta], capture_output=True, text=True).stdout
+        m = re.search(rf"Depends: (linux-image-6\.1\.\S+-{flavour})$", out, re.M)
+    elif generation in ("6.12", "6.12-rt"):
         out = subprocess.run(
             [
                 apt_cache,
                 "search",
                 "--names-only",
-                r"^linux-image-6\.12\.[0-9]+\+deb[0-9]+-amd64-unsigned$",
+                rf"^linux-image-6\.12\.[0-9]+\+deb[0-9]+-{flavour}-unsigned$",
             ],
             capture_output=True,
             text=True,
@@ -81,7 +82,8 @@ def debian_package(generation: str) -> str:
     if m is None:
         raise CaptureError(
             f"no Debian package of Linux {generation} known to apt: run `apt-get update` "
-            "(Debian 12 ships linux-image-6.1.*-amd64 and linux-image-6.12.*-amd64-unsigned)"
+            "(Debian 12 ships linux-image-6.1.*-amd64 and linux-image-6.12.*-amd64-unsigned, "
+            "and their -rt-amd64 flavours)"
         )
     return m[1]
 

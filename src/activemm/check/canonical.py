@@ -158,6 +158,7 @@ def encode(
             tuple(sorted((cpu_label[c], a) for c, a in mm.context.asn.items()))
             if mm.context.asn
             else (),
+            -1 if mm.rcu_cpu is None else cpu_label[mm.rcu_cpu],  # PREEMPT_RT's call_rcu
         )
         for mm in by_label
     )

@@ -54,6 +54,8 @@ class KernelConfig:
     arch: str = "generic"
     MMU_LAZY_TLB_REFCOUNT: bool = True
     MMU_LAZY_TLB_SHOOTDOWN: bool = False
+    # mmdrop_sched() (finish_task_switch's drop) defers the final __mmdrop to an RCU callback
+    PREEMPT_RT: bool = False
     lazy_tlb: bool = True  # False: the no-lazy ablation, kernel threads run on init_mm
     radix: bool = False  # powerpc: radix MMU (exit_mmap's flush shoots lazy users early)
     allow_unsafe: bool = False
@@ -125,6 +127,7 @@ class KernelConfig:
             "arch": self.arch,
             "MMU_LAZY_TLB_REFCOUNT": self.MMU_LAZY_TLB_REFCOUNT,
             "MMU_LAZY_TLB_SHOOTDOWN": self.MMU_LAZY_TLB_SHOOTDOWN,
+            "PREEMPT_RT": self.PREEMPT_RT,
             "lazy_tlb": self.lazy_tlb,
             "radix": self.radix,
             "per_task_lazy_refs": self.per_task_lazy_refs,
@@ -171,6 +174,22 @@ PRESETS: dict[str, KernelConfig] = {
             "Debian 12's 6.1 kernel on x86-64: plain mmgrab/mmdrop for lazy users",
             version=(6, 1),
             arch="x86_64",
+        ),
+        _preset(
+            "linux-6.1-x86_64-rt",
+            "Debian 12's 6.1 PREEMPT_RT kernel on x86-64 (linux-image-rt-amd64): the final "
+            "mmdrop in finish_task_switch frees the mm from an RCU callback",
+            version=(6, 1),
+            arch="x86_64",
+            PREEMPT_RT=True,
+        ),
+        _preset(
+            "linux-6.12-x86_64-rt",
+            "Debian 12's 6.12 PREEMPT_RT kernel on x86-64: the final mmdrop in "
+            "finish_task_switch frees the mm from an RCU callback",
+            version=(6, 12),
+            arch="x86_64",
+            PREEMPT_RT=True,
         ),
         _preset(
             "linux-6.17-powerpc-radix",

@@ -130,6 +130,15 @@ class MmFreed(Event):
 
 
 @dataclass(slots=True)
+class MmDropDeferred(Event):
+    """PREEMPT_RT mmdrop_sched(): mm_count reached 0 and call_rcu() queued
+    __mmdrop_delayed() on this CPU; the struct is freed when the CPU runs its RCU callbacks."""
+
+    kind: ClassVar[str] = "MmDropDeferred"
+    mm: Mm
+
+
+@dataclass(slots=True)
 class ShootdownIpi(Event):
     """MMU_LAZY_TLB_SHOOTDOWN: an IPI sent to `to_cpu` to get it off `mm`."""
 

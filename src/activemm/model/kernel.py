@@ -73,3 +73,5 @@ class Kernel:
         """A read of `*mm` by `function`: a use-after-free if the mm was already freed."""
         if mm.freed:
             self.emit(BadAccess(self.cpu, mm, "use-after-free", function))
+        elif mm.rcu_cpu is not None:  # PREEMPT_RT: its __mmdrop() is already queued
+            self.emit(BadAccess(self.cpu, mm, "use after the final mmdrop", function))

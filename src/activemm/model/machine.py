@@ -21,6 +21,7 @@ from activemm.model import mm as mmh
 from activemm.model.arch import arch_for
 from activemm.model.config import DEFAULT_PRESET, KernelConfig, preset
 from activemm.model.kernel import Kernel, Observer, Operation
+from activemm.model.rcu import tree as rcu
 from activemm.model.sched import core
 from activemm.model.state import (
     CpuTlbState,
@@ -274,7 +275,9 @@ class Machine:
         """kernel/sched/core.c: __schedule() on `cpu` picking `next`: context_switch() and
         finish_task_switch(). A task not running anywhere may be picked on any CPU. An exited
         task switched out is reaped (its final switch) unless `preempt`: then it was
-        preempted inside do_exit() and will run again."""
+        preempted inside do_exit() and will run again. With PREEMPT_RT the CPU first runs the
+        RCU callbacks it queued before (rcu/tree.py): a context switch is its next quiescent
+        state, and grace periods are not modelled."""
         rq = self.rq(cpu)
         n = self.task(next)
         if not rq.online:
@@ -288,6 +291,8 @@ class Machine:
         if n.is_idle and n is not rq.idle:
             raise OperationError(f"schedule: {n.name} is CPU {n.cpu}'s idle task")
         op = self._begin("schedule", cpu, cpu=cpu, next=n, preempt=preempt)
+        if self.config.PREEMPT_RT:
+            rcu.rcu_do_batch(self.k, cpu)
         _schedule(self.k, rq, n, preempt)
         self._end(op)
 
@@ -415,13 +420,16 @@ class Machine:
         mmh.mmgrab(self.k, m)
         self._end(op)
 
-    def mmdrop(self, holder: str, cpu: int = 0) -> None:
-        """include/linux/sched/mm.h: mmdrop() of a reference taken with mmgrab()."""
+    def mmdrop(self, holder: str, cpu: int = 0, sched: bool = False) -> None:
+        """include/linux/sched/mm.h: mmdrop() of a reference taken with mmgrab(); with
+        `sched`, mmdrop_sched(), as finish_task_switch() drops (on PREEMPT_RT a final drop
+        frees the mm from an RCU callback)."""
         h = self._holder(holder, "mm_count")
         self.rq(cpu)
         op = self._begin("mmdrop", cpu, holder=holder, mm=h.mm)
         self.state.holders.remove(h)
-        mmh.mmdrop(self.k, h.mm, f"mmdrop by {holder}")
+        drop = mmh.mmdrop_sched if sched else mmh.mmdrop
+        drop(self.k, h.mm, f"mmdrop by {holder}")
         self._end(op)
 
     # -- TLB ------------------------------------------------------------------------------

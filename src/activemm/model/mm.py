@@ -10,6 +10,7 @@ from activemm.model import fork
 from activemm.model.events import (
     BadAccess,
     LazyRefElided,
+    MmDropDeferred,
     MmDropped,
     MmGrabbed,
     MmUsersGot,
@@ -26,19 +27,25 @@ def mmgrab(k: Kernel, mm: Mm, *, lazy: bool = False) -> None:
     k.emit(MmGrabbed(k.cpu, mm, lazy, mm.mm_count))
 
 
+def _dec_and_test(k: Kernel, mm: Mm, lazy: bool, function: str) -> bool:
+    """atomic_dec_and_test(&mm->mm_count) in mmdrop() and mmdrop_sched(): True for the final
+    drop (an underflow, or a drop on a freed mm, is reported and is not one)."""
+    k.touch(mm, function)
+    if mm.freed:
+        return False
+    mm.mm_count -= 1
+    k.emit(MmDropped(k.cpu, mm, lazy, mm.mm_count))
+    if mm.mm_count < 0:
+        k.emit(BadAccess(k.cpu, mm, "mm_count underflow", function))
+    return mm.mm_count == 0
+
+
 def mmdrop(k: Kernel, mm: Mm, where: str, *, lazy: bool = False) -> None:
     """include/linux/sched/mm.h: mmdrop(): if (atomic_dec_and_test(&mm->mm_count)) __mmdrop(mm).
 
     `where` names the kernel path, reported if this is the final drop."""
-    k.touch(mm, "mmdrop")
-    if mm.freed:
-        return
-    mm.mm_count -= 1
-    k.emit(MmDropped(k.cpu, mm, lazy, mm.mm_count))
-    if mm.mm_count == 0:
+    if _dec_and_test(k, mm, lazy, "mmdrop"):
         fork.__mmdrop(k, mm, where)
-    elif mm.mm_count < 0:
-        k.emit(BadAccess(k.cpu, mm, "mm_count underflow", "mmdrop"))
 
 
 def mmgrab_lazy_tlb(k: Kernel, mm: Mm) -> None:
@@ -61,10 +68,33 @@ def mmdrop_lazy_tlb(k: Kernel, mm: Mm, where: str) -> None:
         k.emit(LazyRefElided(k.cpu, mm, "drop"))
 
 
+def mmdrop_sched(k: Kernel, mm: Mm, where: str, *, lazy: bool = False) -> None:
+    """include/linux/sched/mm.h: mmdrop_sched(): mmdrop() without PREEMPT_RT; with it,
+    atomic_dec_and_test(&mm->mm_count) and then call_rcu(&mm->delayed_drop,
+    __mmdrop_delayed): the final __mmdrop() runs from this CPU's RCU callbacks, after a
+    grace period, not in the scheduler (6.0+)."""
+    if not k.config.PREEMPT_RT:
+        mmdrop(k, mm, where, lazy=lazy)
+    elif _dec_and_test(k, mm, lazy, "mmdrop_sched"):
+        mm.rcu_cpu = k.cpu  # call_rcu(): queued on this CPU's callback list
+        k.emit(MmDropDeferred(k.cpu, mm))
+
+
+def __mmdrop_delayed(k: Kernel, mm: Mm) -> None:
+    """include/linux/sched/mm.h: __mmdrop_delayed(), the RCU callback mmdrop_sched() queued
+    on PREEMPT_RT: __mmdrop(mm)."""
+    mm.rcu_cpu = None
+    fork.__mmdrop(k, mm, "__mmdrop_delayed")
+
+
 def mmdrop_lazy_tlb_sched(k: Kernel, mm: Mm, where: str) -> None:
-    """include/linux/sched/mm.h: mmdrop_lazy_tlb_sched(): as mmdrop_lazy_tlb() without
-    PREEMPT_RT (with RT the final __mmdrop is deferred by call_rcu; not modelled)."""
-    mmdrop_lazy_tlb(k, mm, where)
+    """include/linux/sched/mm.h: mmdrop_lazy_tlb_sched(): mmdrop_sched() iff
+    MMU_LAZY_TLB_REFCOUNT, else smp_mb() only. (6.1, before the lazy helpers,
+    finish_task_switch() calls mmdrop_sched() itself: the same.)"""
+    if k.config.lazy_refs_counted:
+        mmdrop_sched(k, mm, where, lazy=True)
+    else:
+        k.emit(LazyRefElided(k.cpu, mm, "drop"))
 
 
 def mmget(k: Kernel, mm: Mm) -> None:

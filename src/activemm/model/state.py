@@ -42,6 +42,9 @@ class Mm:
     freed: bool = False  # __mmdrop() ran: the struct itself is gone
     mm_cpumask: set[int] = field(default_factory=set)
     context: MmContext = field(default_factory=MmContext)
+    # PREEMPT_RT: mmdrop_sched() took mm_count to 0 and call_rcu()ed __mmdrop_delayed() on
+    # this CPU; the struct is freed when that CPU runs its RCU callbacks (rcu_do_batch)
+    rcu_cpu: int | None = None
 
     @property
     def name(self) -> str:
@@ -179,6 +182,7 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
                 mm.freed,
                 set(mm.mm_cpumask),
                 MmContext(c.ctx_id, c.tlb_gen, dict(c.asn)),
+                mm.rcu_cpu,
             )
             mms[id(mm)] = new
         return new

@@ -78,7 +78,7 @@ class ReadStats:
 # tracefs/trace-cmd text up to the irq-flags column: "COMM-PID (TGID) [CPU] "
 FTRACE_HEAD = r"\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[\d-]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
 FTRACE = re.compile(
-    "^" + FTRACE_HEAD + r"(?:(?P<flags>\S{4,6})\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>[^:\s]+):\s*"
+    "^" + FTRACE_HEAD + r"(?:(?P<flags>\S{4,8})\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>[^:\s]+):\s*"
     r"(?P<rest>.*)$"
 )
 PERF = re.compile(
@@ -88,7 +88,7 @@ PERF = re.compile(
 # The common case of tracefs text, a sched_switch line, in two matches: the line up to the
 # event's fields, then SWITCH_FIELDS from there (the general path matches FTRACE, then SWITCH on
 # its fields; one pattern for both halves backtracks several times slower)
-FTRACE_SWITCH = re.compile(FTRACE_HEAD + r"(?:\S{4,6}\s+)?(?P<ts>\d+\.\d+):\s+sched_switch:\s*")
+FTRACE_SWITCH = re.compile(FTRACE_HEAD + r"(?:\S{4,8}\s+)?(?P<ts>\d+\.\d+):\s+sched_switch:\s*")
 # (no "==>" and a number for prev_state: trace-cmd's raw fields, when it cannot use the event's
 # print format, as in the older traces LISA tests with)
 SWITCH_FIELDS = re.compile(
@@ -96,7 +96,7 @@ SWITCH_FIELDS = re.compile(
     r"(?:==> )?next_comm=(.*?) next_pid=(-?\d+) next_prio=-?\d+"
 )
 # a tracefs/trace-cmd line whose timestamp is a bare count (trace_clock counter, x86-tsc)
-COUNTER_CLOCK = re.compile(FTRACE_HEAD + r"(?:\S{4,6}\s+)?\d+:\s")
+COUNTER_CLOCK = re.compile(FTRACE_HEAD + r"(?:\S{4,8}\s+)?\d+:\s")
 # perf script of a per-task recording: no [CPU] column (no PERF_SAMPLE_CPU in the samples)
 PERF_NO_CPU = re.compile(r"^\s*.*?\s+-?\d+(?:/-?\d+)?\s+\d+\.\d+:\s+(?:\d+\s+)?[\w-]+:[\w.-]+:")
 HEADER_CPUS = re.compile(r"(?:#P:|^cpus=)(\d+)")
@@ -541,8 +541,11 @@ def parse_lines(
             fn, offset, returned, caller = _probe_function(pm["loc"])
             ev = Probe(n, cpu, ts, pid, comm, tgid, fn, args, offset, returned, caller)
         if isinstance(ev, TlbFlush) and fmt == "ftrace" and m["flags"]:
-            # irq-info: the third flag is 'h' (or 'H') in hardirq context (a flush IPI)
-            ev.hardirq = m["flags"][2:3] in ("h", "H")
+            # irq-info: 'h' (or 'H') in hardirq context (a flush IPI), in the hardirq/softirq
+            # column: the third of five flags, the fourth of PREEMPT_RT's seven (which add
+            # need-resched-lazy and preempt-lazy-depth); no other column uses the letter
+            flags = m["flags"]
+            ev.hardirq = "h" in flags or "H" in flags
         stats.events += 1
         yield ev
 

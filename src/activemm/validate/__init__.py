@@ -28,12 +28,14 @@ NO_KERNEL = (
 
 
 def preset_for(release: str | None) -> str:
-    """The preset that models a kernel release string such as 6.1.0-56-amd64."""
+    """The preset that models a kernel release string such as 6.1.0-56-amd64 (or Debian's
+    PREEMPT_RT flavour, 6.1.0-56-rt-amd64)."""
     m = re.match(r"(\d+)\.(\d+)", release or "")
     if m is None:
         raise ActiveMmError(NO_KERNEL)
     version = (int(m[1]), int(m[2]))
-    return "linux-6.1-x86_64" if version < (6, 4) else "linux-6.12-x86_64"
+    name = "linux-6.1-x86_64" if version < (6, 4) else "linux-6.12-x86_64"
+    return f"{name}-rt" if re.search(r"-rt\b", release or "") else name
 
 
 def preset_from_probes(events: Iterable[object]) -> str | None:

@@ -260,6 +260,9 @@ class Validator(MarkerSteps, Clocked):
         self.exit_marked: dict[int, int] = {}  # pid -> line of exit_mm's enter_lazy_tlb
         self.windowed: set[int] = set()  # pids switched out between exit_mm and that tracepoint
         self.exec_marked: dict[int, int] = {}  # pid -> line of exec's activate_mm
+        # kernel side: pids past exec's activate_mm whose exec_mmap() may still drop the
+        # mm it borrowed (a kernel thread's exec) or put the old one, even after a preemption
+        self.exec_open: set[int] = set()
         self.diverged: set[int] = set()  # CPUs whose borrowed mm came from a missed switch
         self.hotplugged: set[int] = set()  # CPUs that went offline or came back
         # x86 poking_mm (allocated at boot): a binding, both modes
@@ -362,6 +365,8 @@ class Validator(MarkerSteps, Clocked):
     def _model_free(self, ev: MmFreed) -> None:
         if self.quiet:
             point: tuple[object, ...] = ("resynchronisation", self.ctx.line)
+        elif ev.reason == "__mmdrop_delayed":
+            point = ("call_rcu", ev.cpu)  # PREEMPT_RT: an RCU callback of the CPU that queued it
         elif self.ctx.kind == "__mmput end":
             point = ("__mmput", self.ctx.pid)
         elif self.ctx.kind in (*RELEASE_POINTS, "mmdrop_async"):
@@ -502,10 +507,12 @@ class Validator(MarkerSteps, Clocked):
             self.anchor[ev.cpu] = ("other", ev.pid)
         if isinstance(ev, ProcessExit):
             self.past_exit.add(ev.exit_pid)
+            self.exec_open.discard(ev.exit_pid)
         elif isinstance(ev, NewTask | ProcessFork):
             self.past_exit.discard(ev.child_pid)  # a new life of the pid
         elif isinstance(ev, ProcessExec):
             self.past_exit.discard(ev.exec_pid)  # de_thread(): a thread took the leader's pid
+            self.exec_open.difference_update((ev.exec_pid, ev.old_pid))  # exec_mmap is done
         if isinstance(ev, ProcessExec):
             t = self.replayer.tasks.get(ev.old_pid)
             if t is None or id(t) not in self.marker_done:
@@ -1089,12 +1096,17 @@ class Validator(MarkerSteps, Clocked):
             point = ("mmdrop_async", async_pid)
         elif offlined is not None:
             point = ("finish_cpu", 0)  # its idle task's borrowed mm, dropped for a dead CPU
-        elif anchor[0] == "activate_mm":
+        elif kv.in_rcu_callback(p):
+            point = ("call_rcu", p.cpu)  # PREEMPT_RT's __mmdrop_delayed(), queued on this CPU
+        elif anchor[0] == "activate_mm" or p.pid in self.exec_open:
+            # (exec_mmap()'s mmdrop() of the borrowed mm, after activate_mm(): the task may
+            # have been preempted in between, PREEMPT_RT's exec_mmap() being preemptible)
             point = ("exec_mmap", p.pid)
         elif anchor[0] in ("kthread_use_mm", *RELEASE_POINTS):
             point = anchor  # (the path, the pid that ran it)
         else:
             point = ("other", p.pid)
+        self.exec_open.discard(p.pid)  # exec_mmap() drops or puts one mm, then it is done
         self.mmput_open.pop(addr, None)
         queue = self._queued(p.pid, addr)
         if queue is not None:  # born and gone before any model mm claimed it
@@ -1136,6 +1148,7 @@ class Validator(MarkerSteps, Clocked):
                 self._refusable(self._kthread_use_mm, p, mm)
         if kind == "activate_mm":
             self.anchor[cpu] = ("activate_mm", pid)
+            self.exec_open.add(pid)
             self.exec_marked[pid] = p.line
             if self.inputs == "markers":
                 self.armed[cpu] = p
@@ -1240,7 +1253,7 @@ class Validator(MarkerSteps, Clocked):
             return
         if group.pin is not None:
             self.ctx = Context("switch finish", group.switch.line, at.cpu, at.pid)
-            self._refusable(self.m.mmdrop, group.pin, at.cpu)
+            self._refusable(self.m.mmdrop, group.pin, at.cpu, True)  # finish's mmdrop_sched()
         self._compare_switch(group, group.early)
 
     def _switch_model(self, group: SwitchGroup) -> ModelSwitch | None:

@@ -173,6 +173,13 @@ def switch_in_flight(p: Probe, switched: bool) -> bool:
     return _int(p.args.get("t_pid")) != p.pid
 
 
+def in_rcu_callback(p: Probe) -> bool:
+    """The probe fired in a kernel thread that invokes RCU callbacks: rcuc/N, a CPU's own
+    (PREEMPT_RT runs RCU's core there, not in a softirq), or rcuop/N when N's callbacks are
+    offloaded (rcu_nocbs=). PREEMPT_RT's mmdrop_sched() frees an mm from such a callback."""
+    return p.comm.startswith(("rcuc/", "rcuop/"))
+
+
 def is_kthread(p: Probe) -> bool:
     """The task a hook names (`t_flags`) is a kernel thread (PF_KTHREAD): its enter_lazy_tlb
     outside a switch is kthread_unuse_mm(), not exit_mm()."""
