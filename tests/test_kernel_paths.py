@@ -400,7 +400,7 @@ def test_preempt_rt_frees_the_zombie_from_an_rcu_callback(rt: bool) -> None:
         assert mm2.freed and freed == [(mm2.name, "finish_task_switch")]
         return
     # call_rcu() on CPU 0: unreachable, not freed; CPU 1's switches leave it be
-    assert not mm2.freed and mm2.rcu_cpu == 0 and not freed
+    assert not mm2.freed and mm2.rcu_cpu == 0 and not freed and mm2.status == "rcu-queued"
     assert all(rq.curr.active_mm is not mm2 and rq.tlb.loaded_mm is not mm2 for rq in m.state.rqs)
     m.schedule(1, "kthreadd")
     assert not mm2.freed

@@ -52,9 +52,12 @@ class Mm:
 
     @property
     def status(self) -> str:
-        """live (has real users), zombie (only lazy users / grabs left) or freed."""
+        """live (has real users), zombie (only lazy users / grabs left), rcu-queued
+        (PREEMPT_RT: its final mmdrop_sched() queued __mmdrop on RCU) or freed."""
         if self.freed:
             return "freed"
+        if self.rcu_cpu is not None:
+            return "rcu-queued"
         if self.mm_users > 0 or self.is_init_mm:
             return "live"
         return "zombie"

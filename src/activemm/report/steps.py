@@ -105,7 +105,7 @@ def step_view(r: StepResult, config: KernelConfig) -> Panel:
     mms = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("mm", "mm_users", "mm_count", "state", "mm_cpumask"):
         mms.add_column(col)
-    style = {"live": "", "zombie": "bold magenta", "freed": "red"}
+    style = {"live": "", "zombie": "bold magenta", "rcu-queued": "magenta", "freed": "red"}
     for row in mm_rows(state, config, events):
         mms.add_row(
             f"{row['mm']} ({row['owner']})" if row["mm"] != "init_mm" else "init_mm",
