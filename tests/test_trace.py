@@ -442,6 +442,32 @@ def test_replay_survives_damaged_traces(seed: int, drop: float) -> None:
     assert all(r.m.booted for r in rs.values())
 
 
+def test_replay_counts_the_frees_preempt_rt_leaves_to_rcu() -> None:
+    """A trace of Debian's 6.12 PREEMPT_RT kernel replayed under the plain and the RT preset:
+    the switches and zombies are the same, the RT preset leaves the final lazy drops to RCU
+    callbacks, at least as many as the kernel's rcuc/N threads freed in the trace (counted in
+    the text; callbacks still waiting when it ended come on top), and the plain one reports
+    no such row."""
+    capture = DATA / "captures" / "linux-6.12-rt-smp2-everything"
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        rcuc = sum("(__mmdrop+" in line and line.lstrip().startswith("rcuc/") for line in f)
+    presets = ["-p", "linux-6.12-x86_64", "-p", "linux-6.12-x86_64-rt"]
+    r = subprocess.run(
+        [sys.executable, "-m", "activemm", "replay", str(capture), "--json", *presets],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    plain, rt = json.loads(r.stdout)["configs"].values()
+    assert "rcu_deferred_frees" not in plain
+    assert rcuc > 100 and rcuc <= rt["rcu_deferred_frees"] <= rcuc + 8
+    assert plain["switches"] == rt["switches"]
+    assert plain["zombies"]["count"] == rt["zombies"]["count"]
+    # deferred frees outlive the finish_task_switch() that would have freed them
+    assert rt["zombies"]["median_lifetime_us"] > plain["zombies"]["median_lifetime_us"]
+
+
 def test_replay_cli_json_and_atomic_output(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     r = subprocess.run(

@@ -22,6 +22,7 @@ from activemm.model.events import (
     Cr3Loaded,
     Event,
     FlushIpi,
+    MmDropDeferred,
     MmDropped,
     MmFreed,
     MmGrabbed,
@@ -74,6 +75,7 @@ class Metrics(Observer):
 
     arch: str
     costs: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_COSTS))
+    preempt_rt: bool = False  # PREEMPT_RT: final lazy drops are freed from RCU callbacks
     paused: bool = False  # resynchronising the model with a trace: do not count
     now: float = 0.0  # trace time of the current operation
     switches: Counter[str] = field(default_factory=Counter)
@@ -89,6 +91,8 @@ class Metrics(Observer):
     zombie_count: int = 0
     lifetimes: array[float] = field(default_factory=lambda: array("d"))  # seconds, freed ones
     held_by: Counter[str] = field(default_factory=Counter)  # who held each freed zombie last
+    rcu_deferred: int = 0  # PREEMPT_RT: frees mmdrop_sched() left to an RCU callback
+    _deferred_by: dict[int, str] = field(default_factory=dict)  # mm id -> its last lazy user
     _writer: dict[int, int] = field(default_factory=dict)
     _last_prev: dict[int, Task] = field(default_factory=dict)
     _torn: list[Mm] = field(default_factory=list)
@@ -166,7 +170,13 @@ class Metrics(Observer):
             self.lifetimes.append(self.now - z.born)
             prev = self._last_prev.get(ev.cpu)
             holder = prev.comm if ev.reason == "finish_task_switch" and prev else ev.reason
-            self.held_by[holder] += 1
+            self.held_by[self._deferred_by.pop(ev.mm.id, holder)] += 1
+
+    def _deferred(self, ev: MmDropDeferred, count: bool) -> None:
+        prev = self._last_prev.get(ev.cpu)
+        if prev is not None and ev.mm.id in self.zombies:
+            self._deferred_by[ev.mm.id] = prev.comm  # the lazy user, as in finish_task_switch
+        self.rcu_deferred += count
 
     def end(self, op: Operation, state: KernelState) -> None:
         # An mm torn down but not freed by the end of the operation lives on for its lazy
@@ -198,7 +208,7 @@ class Metrics(Observer):
             "user->user",
             "user->user same mm",
         )
-        return {
+        out: dict[str, Any] = {
             "switches": {case: self.switches.get(case, 0) for case in cases},
             "switch_mm": self.switch_mm,
             "cr3_loads": self.cr3_loads,
@@ -216,6 +226,9 @@ class Metrics(Observer):
             },
             "cost_cycles": self.cost_cycles(),
         }
+        if self.preempt_rt:  # frees mmdrop_sched() left to an RCU callback
+            out["rcu_deferred_frees"] = self.rcu_deferred
+        return out
 
 
 # Which handler each event type goes to (events nobody counts are skipped in one lookup).
@@ -230,4 +243,5 @@ _HANDLERS: dict[type, Callable[[Metrics, Any, bool], None]] = {
     FlushIpi: Metrics._flush_ipi,
     AddressSpaceTornDown: Metrics._torn_down,
     MmFreed: Metrics._freed,
+    MmDropDeferred: Metrics._deferred,
 }

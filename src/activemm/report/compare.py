@@ -61,6 +61,7 @@ ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("lazy mm_count atomics, cross-CPU", ("lazy_mm_count_ops", "remote")),
     ("shootdown IPIs", ("shootdown_ipis",)),
     ("flush IPIs", ("flush_ipis",)),
+    ("frees left to RCU (PREEMPT_RT)", ("rcu_deferred_frees",)),
     ("zombie mms", ("zombies", "count")),
     ("  median lifetime (µs)", ("zombies", "median_lifetime_us")),
     ("  max lifetime (µs)", ("zombies", "max_lifetime_us")),

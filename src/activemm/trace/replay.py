@@ -413,7 +413,7 @@ def replay(
         c.name: Replayer(
             c,
             ncpus,
-            Metrics(c.arch, costs=dict(costs or DEFAULT_COSTS)),
+            Metrics(c.arch, costs=dict(costs or DEFAULT_COSTS), preempt_rt=c.PREEMPT_RT),
             snapshot,
             sanitize,
             extra=(extra or {}).get(c.name),
