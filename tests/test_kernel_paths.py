@@ -399,10 +399,13 @@ def test_preempt_rt_frees_the_zombie_from_an_rcu_callback(rt: bool) -> None:
     if not rt:
         assert mm2.freed and freed == [(mm2.name, "finish_task_switch")]
         return
-    # call_rcu() on CPU 0: unreachable, not freed; CPU 1's switches leave it be
+    # call_rcu() on CPU 0: unreachable, not freed until a grace period has passed (both CPUs
+    # switched since) and CPU 0 runs its callbacks
     assert not mm2.freed and mm2.rcu_cpu == 0 and not freed and mm2.status == "rcu-queued"
     assert all(rq.curr.active_mm is not mm2 and rq.tlb.loaded_mm is not mm2 for rq in m.state.rqs)
-    m.schedule(1, "kthreadd")
-    assert not mm2.freed
-    m.schedule(0, "kw")  # CPU 0's next switch: its callbacks run first
+    m.schedule(0, "kw")  # CPU 0's quiescent state; CPU 1 has not passed one yet
+    assert not mm2.freed and mm2.rcu_wait == {1}
+    m.schedule(1, "kthreadd")  # the grace period ends; the callback is CPU 0's to run
+    assert not mm2.freed and not mm2.rcu_wait
+    m.schedule(0, "app2")  # CPU 0's next switch: its callbacks run
     assert mm2.freed and mm2.rcu_cpu is None and freed == [(mm2.name, "__mmdrop_delayed")]

@@ -159,6 +159,7 @@ def encode(
             if mm.context.asn
             else (),
             -1 if mm.rcu_cpu is None else cpu_label[mm.rcu_cpu],  # PREEMPT_RT's call_rcu
+            tuple(sorted(cpu_label[c] for c in mm.rcu_wait)),  # ... and its grace period
         )
         for mm in by_label
     )

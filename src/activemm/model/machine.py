@@ -62,6 +62,10 @@ class Machine:
         self.k = Kernel(self.state, self.config, arch_for(self.config.arch), self.observers)
         self.ops = 0
         self.booted = False
+        # PREEMPT_RT: a CPU runs its RCU callbacks (those past their grace period) at each of
+        # its switches (a client that knows when the kernel ran them, the validator, turns
+        # this off and calls rcu_callbacks())
+        self.rcu_at_switch = True
 
     @classmethod
     def from_state(
@@ -75,6 +79,7 @@ class Machine:
         m.k = Kernel(state, config, arch_for(config.arch), m.observers)
         m.ops = 0
         m.booted = True
+        m.rcu_at_switch = True
         return m
 
     # -- plumbing -------------------------------------------------------------------------
@@ -275,9 +280,9 @@ class Machine:
         """kernel/sched/core.c: __schedule() on `cpu` picking `next`: context_switch() and
         finish_task_switch(). A task not running anywhere may be picked on any CPU. An exited
         task switched out is reaped (its final switch) unless `preempt`: then it was
-        preempted inside do_exit() and will run again. With PREEMPT_RT the CPU first runs the
-        RCU callbacks it queued before (rcu/tree.py): a context switch is its next quiescent
-        state, and grace periods are not modelled."""
+        preempted inside do_exit() and will run again. With PREEMPT_RT the CPU then runs its
+        RCU callbacks whose grace period has ended (rcu/tree.py), unless `rcu_at_switch` is
+        off."""
         rq = self.rq(cpu)
         n = self.task(next)
         if not rq.online:
@@ -291,9 +296,17 @@ class Machine:
         if n.is_idle and n is not rq.idle:
             raise OperationError(f"schedule: {n.name} is CPU {n.cpu}'s idle task")
         op = self._begin("schedule", cpu, cpu=cpu, next=n, preempt=preempt)
-        if self.config.PREEMPT_RT:
-            rcu.rcu_do_batch(self.k, cpu)
         _schedule(self.k, rq, n, preempt)
+        if self.config.PREEMPT_RT and self.rcu_at_switch:
+            rcu.rcu_do_batch(self.k, cpu)
+        self._end(op)
+
+    def rcu_callbacks(self, cpu: int) -> None:
+        """kernel/rcu/tree.c: rcu_do_batch() on `cpu` (on PREEMPT_RT from its rcuc/N thread):
+        the RCU callbacks queued there run; in the model, PREEMPT_RT's __mmdrop_delayed()."""
+        self.rq(cpu)
+        op = self._begin("rcu_callbacks", cpu, cpu=cpu)
+        rcu.rcu_do_batch(self.k, cpu)
         self._end(op)
 
     def adopt(self, comm: str, kernel_thread: bool, mm_of: TaskRef | None = None) -> Task:

@@ -77,6 +77,7 @@ def mmdrop_sched(k: Kernel, mm: Mm, where: str, *, lazy: bool = False) -> None:
         mmdrop(k, mm, where, lazy=lazy)
     elif _dec_and_test(k, mm, lazy, "mmdrop_sched"):
         mm.rcu_cpu = k.cpu  # call_rcu(): queued on this CPU's callback list
+        mm.rcu_wait = frozenset(rq.cpu for rq in k.state.rqs if rq.online)  # a grace period
         k.emit(MmDropDeferred(k.cpu, mm))
 
 
@@ -84,6 +85,7 @@ def __mmdrop_delayed(k: Kernel, mm: Mm) -> None:
     """include/linux/sched/mm.h: __mmdrop_delayed(), the RCU callback mmdrop_sched() queued
     on PREEMPT_RT: __mmdrop(mm)."""
     mm.rcu_cpu = None
+    mm.rcu_wait = frozenset()
     fork.__mmdrop(k, mm, "__mmdrop_delayed")
 
 

@@ -45,6 +45,9 @@ class Mm:
     # PREEMPT_RT: mmdrop_sched() took mm_count to 0 and call_rcu()ed __mmdrop_delayed() on
     # this CPU; the struct is freed when that CPU runs its RCU callbacks (rcu_do_batch)
     rcu_cpu: int | None = None
+    # ... and the CPUs that must pass a quiescent state (a context switch) before that
+    # callback may run: a grace period
+    rcu_wait: frozenset[int] = frozenset()
 
     @property
     def name(self) -> str:
@@ -186,6 +189,7 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
                 set(mm.mm_cpumask),
                 MmContext(c.ctx_id, c.tlb_gen, dict(c.asn)),
                 mm.rcu_cpu,
+                mm.rcu_wait,
             )
             mms[id(mm)] = new
         return new

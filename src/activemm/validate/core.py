@@ -289,6 +289,8 @@ class Validator(MarkerSteps, Clocked):
             sanitize_every=500,
         )  # fmt: skip
         self.m = self.replayer.m
+        # PREEMPT_RT: the model's RCU callbacks run where the kernel's rcuc/N thread ran
+        self.m.rcu_at_switch = False
 
     # -- observer: what the model does -------------------------------------------------
 
@@ -875,6 +877,11 @@ class Validator(MarkerSteps, Clocked):
     # -- context switches -------------------------------------------------------------
 
     def _on_switch(self, ev: SchedSwitch) -> None:
+        if ev.prev_comm.startswith("rcuc/") and self.m.config.PREEMPT_RT:
+            # the CPU's RCU callbacks ran in the thread now switched out (PREEMPT_RT runs
+            # RCU's core in rcuc/N): so do the model's (a tracepoint, both inputs)
+            self.ctx = Context("rcu_callbacks", ev.line, ev.cpu, ev.prev_pid)
+            self._refusable(self.m.rcu_callbacks, ev.cpu)
         # an __mmput after exit that ended before this switch
         self._deferred_ends_here(ev, pin=False)
         if ev.prev_pid in self.exit_marked and self.inputs == "sched":

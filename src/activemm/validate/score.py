@@ -46,8 +46,9 @@ RACE = (
 TAINTED = "follows an earlier missed switch that involved this mm"
 RCU_PENDING = (
     "PREEMPT_RT: the RCU callback that frees this mm (mmdrop_sched's call_rcu) had not run "
-    "when the trace ended; the model runs a CPU's callbacks at its next switch, and no input "
-    "says when a grace period ends"
+    "when the trace ended; the model ran it where the CPU's rcuc thread last ran, every CPU "
+    "having switched since the call_rcu, but the kernel's grace period was longer (its "
+    "kthread's pace, preempted readers: not in the inputs)"
 )
 IPI_TIMING = (
     "flush IPI reached this lazy CPU in another lazy episode than the model's (it had loaded "

@@ -1,9 +1,10 @@
 """kernel/rcu/tree.c: invoking a CPU's RCU callbacks.
 
 The only callback the model queues is PREEMPT_RT's `__mmdrop_delayed()` (mmdrop_sched()'s
-call_rcu()). Grace periods are not modelled: a CPU's callbacks run at its next context switch
-(`Machine.schedule`), by when the mm they free must be unreachable anyway (the sanitizer
-checks that it is from the moment mm_count reached 0).
+call_rcu()). A grace period ends when every CPU online at the call_rcu() has passed a
+quiescent state, a context switch, since (`Mm.rcu_wait`); preempted read-side critical
+sections, which also hold a grace period up on PREEMPT_RCU, are not modelled. The mm must be
+unreachable from the moment mm_count reached 0 (the sanitizer checks it).
 """
 
 from __future__ import annotations
@@ -12,11 +13,22 @@ from activemm.model import mm as mmh
 from activemm.model.kernel import Kernel
 
 
+def rcu_note_context_switch(k: Kernel, cpu: int) -> None:
+    """kernel/rcu/tree_plugin.h: rcu_note_context_switch(), from __schedule(): a quiescent
+    state of `cpu` for every grace period in progress."""
+    for mm in k.state.mms:
+        if cpu in mm.rcu_wait:
+            mm.rcu_wait = mm.rcu_wait - {cpu}
+
+
 def rcu_do_batch(k: Kernel, cpu: int) -> None:
-    """kernel/rcu/tree.c: rcu_do_batch(): invoke the callbacks queued on `cpu` (on
-    PREEMPT_RT from its rcuc/N kernel thread), oldest first."""
+    """kernel/rcu/tree.c: rcu_do_batch(): invoke the callbacks queued on `cpu` whose grace
+    period has ended (on PREEMPT_RT from its rcuc/N kernel thread), oldest first. A CPU gone
+    offline holds no grace period up."""
+    online = {rq.cpu for rq in k.state.rqs if rq.online}
+    ready = [m for m in k.state.mms if m.rcu_cpu == cpu and not m.freed and not m.rcu_wait & online]
     sender = k.cpu
     k.cpu = cpu
-    for mm in [m for m in k.state.mms if m.rcu_cpu == cpu and not m.freed]:
+    for mm in ready:
         mmh.__mmdrop_delayed(k, mm)
     k.cpu = sender

@@ -5,6 +5,7 @@ from __future__ import annotations
 from activemm.model import mm as mmh
 from activemm.model.events import ContextSwitch, TaskReaped
 from activemm.model.kernel import Kernel
+from activemm.model.rcu import tree as rcu
 from activemm.model.state import Rq, Task, TaskState
 
 
@@ -20,6 +21,8 @@ def __schedule(k: Kernel, rq: Rq, next: Task, preempt: bool = False) -> None:
 
     An exiting task that is not preempted is in its final switch: do_task_dead() set
     TASK_DEAD before calling __schedule()."""
+    if k.config.PREEMPT_RT:  # (the only RCU callbacks the model queues are RT's)
+        rcu.rcu_note_context_switch(k, rq.cpu)
     prev = rq.curr
     rq.curr = next
     next.state = TaskState.RUNNING
