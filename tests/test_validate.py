@@ -607,7 +607,9 @@ def test_sched_inputs_find_exit_windows_where_the_kernel_had_them(name: str) -> 
     assert learned == len(sched.exit_points)
 
 
-@pytest.mark.parametrize("capture", [p for p in ALL if _program(p)], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "capture", [p for p in ALL if _program(p) and p not in RT], ids=lambda p: p.name
+)
 def test_a_workload_written_after_the_model_is_matched(capture: Path) -> None:
     """Captures of a program the model was not written against (its source in
     tests/data/programs): with markers every switch and __mmdrop, and every hook outside
@@ -1358,13 +1360,33 @@ def test_preempt_rt_frees_the_last_lazy_users_mm_from_an_rcu_callback(
     is the RT one, which matches every switch and hook and predicts every such free on the
     CPU that queued it; its only misses are frees of mms the kernel freed no more after the
     model did (the trace ended before that grace period). The plain
-    preset of the same kernel, freeing in finish_task_switch(), misses every one."""
+    preset of the same kernel, freeing in finish_task_switch(), misses every one. A switch
+    missed is one of a task preempted inside exec_mmap(), between setting tsk->mm and
+    activate_mm() (RT lets it be; no marker comes before): in the text, the task switched out
+    runnable and its sched_process_exec comes before it next sleeps; or one that follows it."""
     rcu, last_free = _rcu_frees(capture)
     assert rcu >= 50
     monkeypatch.setattr(score, "MAX_MISMATCHES", 10**6)  # every miss in full
     r = validate(capture)
     assert r.preset.endswith("-rt") and PRESETS[r.preset].PREEMPT_RT
-    assert r.context_switches.matched == r.context_switches.total
+    switches = [m for m in r.mismatches if m["group"] == "context_switch"]
+    assert r.context_switches.total - r.context_switches.matched == len(switches) <= 4
+    in_exec = [m for m in switches if m["cause"] == score.EXEC_PREEMPTED]
+    assert {m["cause"] for m in switches} <= {score.EXEC_PREEMPTED, score.FOLLOWS}
+    assert len(in_exec) >= len(switches) / 2
+    lines = gzip.decompress((capture / "trace.txt.gz").read_bytes()).decode().splitlines()
+    for m in in_exec:
+        sw = re.search(r"prev_pid=(\d+) prev_prio=\S+ prev_state=(\S+) ", lines[m["line"] - 1])
+        assert sw is not None and sw[2].startswith("R"), lines[m["line"] - 1]
+        # its next sched_switch out or sched_process_exec: the exec, or another preemption
+        after = [
+            ln
+            for ln in lines[m["line"] :]
+            if (" sched_switch: " in ln and f" prev_pid={sw[1]} " in ln)
+            or (" sched_process_exec: " in ln and f" pid={sw[1]} " in ln)
+        ]
+        first_rest = next(i for i, ln in enumerate(after) if " prev_state=R" not in ln)
+        assert " sched_process_exec: " in after[first_rest], after[: first_rest + 1]
     _outside_but_timing(r)
     missed = [m for m in r.mismatches if m["group"] == "mmdrop"]
     assert r.mmdrop.total - r.mmdrop.matched == len(missed)
@@ -1374,7 +1396,7 @@ def test_preempt_rt_frees_the_last_lazy_users_mm_from_an_rcu_callback(
         assert m["predicted"]["freed_at"][0] == "call_rcu"
         assert m["line"] > last_free.get(m["predicted"]["address"], 0)
     plain = validate(capture, preset_name=r.preset.removesuffix("-rt"))
-    assert plain.context_switches.matched == plain.context_switches.total
+    assert plain.context_switches.matched == r.context_switches.matched  # (RT: frees only)
     drops = [m for m in plain.mismatches if m["group"] == "mmdrop"]
     in_rcu = [m for m in drops if m["kernel"].get("freed_at", [""])[0] == "call_rcu"]
     assert len(in_rcu) == rcu
@@ -1640,7 +1662,7 @@ def test_finish_cpu_is_followed_at_its_cpuhp_tracepoint(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "capture", [p for p in ALL if _marked(p, "proc_mem_open")], ids=lambda p: p.name
+    "capture", [p for p in ALL if _marked(p, "proc_mem_open") and p not in RT], ids=lambda p: p.name
 )
 def test_proc_files_holding_an_mm_are_followed_at_their_markers(capture: Path) -> None:
     """Opening /proc/PID/{maps,mem,environ,smaps_rollup...} mmgrab()s the process's mm
@@ -1815,7 +1837,7 @@ def test_global_oom_kills_from_a_kworker_compaction_and_cow_pokes(capture: Path)
     assert_all_matched(r)
 
 
-PROGRAM17 = [p for p in ALL if _program_is(p, "unseen17.c")]
+PROGRAM17 = [p for p in ALL if _program_is(p, "unseen17.c") and p not in RT]
 
 
 @pytest.mark.parametrize("capture", PROGRAM17, ids=lambda p: p.name)

@@ -66,6 +66,7 @@ from activemm.validate.markers import (
     own_full_flush,
 )
 from activemm.validate.score import (
+    EXEC_PREEMPTED,
     EXIT_WINDOW,
     FOLLOWS,
     HOTPLUG,
@@ -1386,11 +1387,26 @@ class Validator(MarkerSteps, Clocked):
                 return "exec window (exec_mmap ran before sched_process_exec)"
             if pid in self.mm_kthreads:
                 return KTHREAD_USE_MM
+        if self.m.config.PREEMPT_RT and self._preempted_in_exec(sw):
+            return EXEC_PREEMPTED
         if self.epoch[sw.cpu] <= 1:
             return PRE_TRACE
         if sw.cpu in self.diverged:
             return FOLLOWS
         return UNEXPLAINED
+
+    def _preempted_in_exec(self, sw: SchedSwitch) -> bool:
+        """The task switched out was preempted, and its next step is an exec: it
+        sched_process_exec()s before it next switches out of its own accord."""
+        if not sw.prev_state.startswith("R"):
+            return False
+        execs = self.exec_lines.get(sw.prev_pid, [])
+        i = bisect.bisect_right(execs, sw.line)
+        if i == len(execs):
+            return False
+        rests = self.rests.get(sw.prev_pid, [])
+        j = bisect.bisect_right(rests, sw.line)
+        return j == len(rests) or rests[j] > execs[i]
 
     # -- scoring ---------------------------------------------------------------------
 

@@ -24,6 +24,10 @@ ELSEWHERE = (
     "get_task_mm()): only the exit_mmap marker says so"
 )
 EXIT_WINDOW = "exit window (exit_mm ran before sched_process_exit)"
+EXEC_PREEMPTED = (
+    "exec window: the task was preempted inside exec_mmap(), after it set tsk->mm and before "
+    "activate_mm() (PREEMPT_RT lets it be; the exec's marker comes only after)"
+)
 AFTER_EXIT = (
     "__mmput ran in the exiting task after its sched_process_exit (an mm_users reference one "
     "of its files held, such as vhost's dev->mm, put back in exit_files()): no tracepoint "
