@@ -36,7 +36,12 @@ def main() -> int:
     ap.add_argument("--run", help="a busybox sh command line (capture --run)")
     ap.add_argument("--module", action="append", default=[], help="capture --module (repeat)")
     ap.add_argument("--smp", default="2,4", help="CPU counts, comma-separated (default 2,4)")
-    ap.add_argument("--kernels", default="6.1,6.12", help="kernel releases (default both)")
+    ap.add_argument(
+        "--kernels",
+        default="6.1,6.12",
+        help="kernel releases, comma-separated (default both; 6.1-rt and 6.12-rt are their "
+        "PREEMPT_RT flavours)",
+    )
     ap.add_argument("--timeout", default="900", help="capture --timeout (seconds)")
     a = ap.parse_args()
     if a.program is None and a.run is None:
