@@ -7,6 +7,7 @@ import itertools
 import json
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,15 @@ def test_the_captures_cover_both_kernels_and_several_cpu_counts() -> None:
     for p, m in zip(ALL, metas, strict=True):
         assert (p / "trace.txt.gz").stat().st_size < 1_000_000
         assert not m["lost_events"]
+
+
+def _task_lines(capture: Path) -> Iterator[tuple[str, str]]:
+    """The trace text's lines that a task ran, each with that task's pid (header and
+    lost-events lines have none)."""
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        for line in f:
+            if (pid := re.search(r"-(\d+)\s+\(", line)) is not None:
+                yield pid[1], line
 
 
 def _kernel_counts(path: Path) -> tuple[int, int]:
@@ -650,19 +660,17 @@ def test_an_mm_users_holder_can_run_the_exited_owners_mmput(name: str, holder: s
     capture = CAPTURES / name
     exit_mm_by: dict[str, str] = {}  # mm address -> pid whose exit_mm let go of it
     others: set[str] = set()  # pids that ran __mmput of such an mm
-    with gzip.open(capture / "trace.txt.gz", "rt") as f:
-        for line in f:
-            pid = re.search(r"-(\d+)\s+\(", line)
-            mm = re.search(r" mm=(0x[0-9a-f]+)", line)
-            if pid is None or mm is None:
-                continue
-            if "(enter_lazy_tlb" in line and f" t_pid={pid[1]} " in line and " t_mm=0x0 " in line:
-                exit_mm_by[mm[1]] = pid[1]
-            elif "(exit_mmap+" in line and exit_mm_by.get(mm[1], pid[1]) != pid[1]:
-                assert line.lstrip().startswith(f"{holder}-"), line
-                others.add(pid[1])
-            elif "(__mmdrop+" in line:
-                exit_mm_by.pop(mm[1], None)
+    for pid, line in _task_lines(capture):
+        mm = re.search(r" mm=(0x[0-9a-f]+)", line)
+        if mm is None:
+            continue
+        if "(enter_lazy_tlb" in line and f" t_pid={pid} " in line and " t_mm=0x0 " in line:
+            exit_mm_by[mm[1]] = pid
+        elif "(exit_mmap+" in line and exit_mm_by.get(mm[1], pid) != pid:
+            assert line.lstrip().startswith(f"{holder}-"), line
+            others.add(pid)
+        elif "(__mmdrop+" in line:
+            exit_mm_by.pop(mm[1], None)
     assert others, f"no __mmput in {holder} on this capture"
     r = validate(capture)
     assert r.mmdrop.matched == r.mmdrop.total
@@ -1229,19 +1237,15 @@ def _kworker_uses(capture: Path) -> tuple[int, int]:
     had kept lazily since its last kthread_unuse_mm: a zombie)."""
     uses = drops = 0
     inside: set[str] = set()  # pids between kthread_use_mm and kthread_unuse_mm
-    with gzip.open(capture / "trace.txt.gz", "rt") as f:
-        for line in f:
-            pid = re.search(r"-(\d+)\s+\(", line)
-            if pid is None:
-                continue
-            if "(kthread_use_mm+" in line:
-                assert line.lstrip().startswith("kworker/"), line
-                uses += 1
-                inside.add(pid[1])
-            elif "(kthread_unuse_mm+" in line:
-                inside.discard(pid[1])
-            elif "(__mmdrop+" in line and pid[1] in inside:
-                drops += 1
+    for pid, line in _task_lines(capture):
+        if "(kthread_use_mm+" in line:
+            assert line.lstrip().startswith("kworker/"), line
+            uses += 1
+            inside.add(pid)
+        elif "(kthread_unuse_mm+" in line:
+            inside.discard(pid)
+        elif "(__mmdrop+" in line and pid in inside:
+            drops += 1
     return uses, drops
 
 
@@ -1290,21 +1294,17 @@ def _binder_lives(capture: Path) -> tuple[int, int, int]:
     whose last reference was a binder file's."""
     grabs = releases = frees = kworkers = 0
     inside: set[str] = set()  # tasks in a deferred release since their last switch
-    with gzip.open(capture / "trace.txt.gz", "rt") as f:
-        for line in f:
-            pid = re.search(r"-(\d+)\s+\(", line)
-            if pid is None:
-                continue
-            if "(binder_alloc_init+" in line:
-                grabs += 1
-            elif "(binder_alloc_deferred_release+" in line:
-                kworkers += line.lstrip().startswith("kworker/")
-                releases += 1
-                inside.add(pid[1])
-            elif "(__mmdrop+" in line and pid[1] in inside:
-                frees += 1
-            elif " sched_switch: " in line:
-                inside.discard(pid[1])
+    for pid, line in _task_lines(capture):
+        if "(binder_alloc_init+" in line:
+            grabs += 1
+        elif "(binder_alloc_deferred_release+" in line:
+            kworkers += line.lstrip().startswith("kworker/")
+            releases += 1
+            inside.add(pid)
+        elif "(__mmdrop+" in line and pid in inside:
+            frees += 1
+        elif " sched_switch: " in line:
+            inside.discard(pid)
     assert kworkers >= releases // 2  # binder_deferred_func() mostly
     return grabs, releases, frees
 
@@ -1417,17 +1417,15 @@ def test_an_mmput_after_the_exit_is_told_from_one_in_another_task(
     capture = CAPTURES / "linux-6.1-smp2-everything"
     gone: set[str] = set()
     late: set[tuple[str, int]] = set()  # (mm, the pid its __mmput ran in)
-    with gzip.open(capture / "trace.txt.gz", "rt") as f:
-        for line in f:
-            pid = re.search(r"-(\d+)\s+\(", line)
-            if " sched_process_exit: " in line and pid is not None:
-                gone.add(pid[1])
-            elif " task_newtask: " in line and (child := re.search(r" pid=(\d+) ", line)):
-                gone.discard(child[1])
-            elif "(exit_mmap+" in line and pid is not None and pid[1] in gone:
-                mm = re.search(r" mm=(0x[0-9a-f]+)", line)
-                assert mm is not None, line
-                late.add((mm[1], int(pid[1])))
+    for pid, line in _task_lines(capture):
+        if " sched_process_exit: " in line:
+            gone.add(pid)
+        elif " task_newtask: " in line and (child := re.search(r" pid=(\d+) ", line)):
+            gone.discard(child[1])
+        elif "(exit_mmap+" in line and pid in gone:
+            mm = re.search(r" mm=(0x[0-9a-f]+)", line)
+            assert mm is not None, line
+            late.add((mm[1], int(pid)))
     assert late
     monkeypatch.setattr(score, "MAX_MISMATCHES", 10**6)  # every miss in full
     sched = validate(capture, inputs="sched")
