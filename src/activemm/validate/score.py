@@ -264,11 +264,13 @@ class DropScorer:
             )  # fmt: skip
             res.mismatch("mmdrop", d.line, predicted or {"freed_at": "never"}, kernel,
                          cause)  # fmt: skip
-        # (of the lives an RCU point leaves over, the ones whose callback had not run when
-        # the trace ended come first: points carry no line)
-        kept_first = sorted(
-            model_drops, key=lambda d: not (d.point[0] == "call_rcu" and self.kernel_kept(d))
-        )
+        # PREEMPT_RT: the model's RCU frees of lives the kernel never freed in the trace (their
+        # callback still waited for a grace period). Points carry no line: of the lives a
+        # point leaves over, these are reported first, and the point's misses are theirs
+        pending = [d for d in model_drops if d.point[0] == "call_rcu" and self.kernel_kept(d)]
+        pending_points = {(d.addr, d.point) for d in pending}
+        pending_ids = {id(d) for d in pending}
+        kept_first = sorted(model_drops, key=lambda d: id(d) not in pending_ids)
         for d in kept_first:
             if left[(d.addr, d.point)] > 0:
                 left[(d.addr, d.point)] -= 1
@@ -276,7 +278,7 @@ class DropScorer:
                 cause = (
                     CONCURRENT if self.concurrent(d, "kernel")
                     else RELEASED_AT_ONCE if self.released_at_once(d, "kernel")
-                    else RCU_PENDING if self.rcu_pending(d, model_drops)
+                    else RCU_PENDING if (d.addr, d.point) in pending_points
                     else HELD_OUTSIDE if d.addr in other or self.kernel_kept(d)
                     else KTHREAD_USE_MM if d.addr in in_kthread
                     else AFTER_EXIT if self.late_mmput(d.addr)
@@ -289,14 +291,6 @@ class DropScorer:
                 )  # fmt: skip
                 predicted = {"mm": d.name, "address": hexaddr(d.addr), "freed_at": list(d.point)}
                 res.mismatch("mmdrop", d.line, predicted, {"freed_at": "not here"}, cause)
-
-    def rcu_pending(self, d: Drop, model_drops: list[Drop]) -> bool:
-        """The model freed a life of this address from an RCU callback (PREEMPT_RT) that
-        the kernel never freed within the trace: its callback was still waiting for a grace
-        period. (Points carry no line: the life the multisets leave over need not be `d`.)"""
-        return d.point[0] == "call_rcu" and any(
-            self.kernel_kept(x) for x in model_drops if x.addr == d.addr and x.point == d.point
-        )
 
     def kernel_kept(self, d: Drop) -> bool:
         """The model freed this mm, and in the kernel that life of its address (from the
