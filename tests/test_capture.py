@@ -585,3 +585,29 @@ def test_the_vhost_modules_come_uncompressed_in_load_order(tmp_path: Path) -> No
     next(tree.glob("kernel/**/tap.ko*")).unlink()
     assert guest.kernel_modules(tree, guest.VHOST_MODULES) == []
     assert guest.kernel_modules(tmp_path / "nowhere", guest.VHOST_MODULES) == []
+
+
+def test_kernel_parameters_asked_for_reach_the_guests_command_line(tmp_path: Path) -> None:
+    """--kernel-args words go on the guest's command line (preempt=full boots Debian's
+    PREEMPT_DYNAMIC kernels fully preemptible); a word that is no parameter, or one the
+    capture sets itself (its console, /init's workload parameters), is refused before
+    anything boots."""
+    image = KernelImage("6.1.0-0-amd64", tmp_path / "vmlinuz", tmp_path, tmp_path)
+    opts = run.CaptureOptions(out=tmp_path / "cap", kernel_args="preempt=full nosmt")
+    run.check_options(opts)
+    for bad, why in (
+        ("console=tty0", "set by the capture itself"),
+        ("activemm.workload=none", "set by the capture itself"),
+        ("rdinit=/bin/sh", "set by the capture itself"),
+        ("preempt=full;reboot", "not a kernel parameter"),
+        ("'quoted'", "not a kernel parameter"),
+    ):
+        with pytest.raises(CaptureError, match=f"--kernel-args: .*{why}"):
+            run.check_options(run.CaptureOptions(out=tmp_path / "cap", kernel_args=bad))
+    assert not (tmp_path / "cap").exists()
+    if not shutil.which("qemu-system-x86_64"):
+        return
+    cmd = run.qemu_command(image, tmp_path / "initrd", opts, "tcg", tmp_path / "c", tmp_path / "s")
+    words = cmd[cmd.index("-append") + 1].split()
+    assert words[-2:] == ["preempt=full", "nosmt"]
+    assert "activemm.workload=all" in words  # the capture's own are still there

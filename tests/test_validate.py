@@ -2066,3 +2066,67 @@ def test_a_fork_flush_taken_before_the_cpu_went_lazy(capture: Path) -> None:
     sched = validate(capture, inputs="sched")
     assert sched.causes[score.FORK_FLUSH] >= 1 and sched.causes[score.INFERRED_EXIT] >= 1
     assert score.UNEXPLAINED not in sched.causes
+
+
+def _preempted_in_own_mmput(capture: Path) -> int:
+    """Counted in the text: exiting tasks whose next line after their exit_mmap's return
+    (`mmputdone`) is their own preempted sched_switch, and whose __mmdrop of that mm comes in
+    that task after it runs on, before its sched_process_exit."""
+    found = 0
+    opened: dict[str, str] = {}  # pid -> the mm of its exit_mmap marker
+    state: dict[str, list[str]] = {}  # pid -> [stage, mm]
+    for pid, line in _task_lines(capture):
+        if (e := re.search(r"\(exit_mmap\+0x0\S* mm=(\w+)", line)) is not None:
+            opened[pid] = e[1]
+        elif "mmputdone:" in line and pid in opened:
+            state[pid] = ["returned", opened.pop(pid)]
+        elif (st := state.get(pid)) is None:
+            continue
+        elif st[0] == "returned":
+            sw = re.search(r"sched_switch: .* prev_pid=(\d+) .* prev_state=(\S+)", line)
+            if sw is not None and sw[1] == pid and sw[2].startswith("R"):
+                st[0] = "preempted"
+            else:
+                del state[pid]
+        elif (d := re.search(r"\(__mmdrop\+\S* mm=(\w+)", line)) and d[1] == st[1]:
+            st[0] = "dropped"
+        elif " sched_process_exit: " in line:
+            found += st[0] == "dropped"
+            del state[pid]
+    return found
+
+
+FULLY_PREEMPTIBLE = [
+    p
+    for p in ALL
+    if "preempt=full" in (json.loads((p / "meta.json").read_text()).get("kernel_args") or "")
+]
+
+
+@pytest.mark.parametrize("capture", FULLY_PREEMPTIBLE, ids=lambda p: p.name)
+def test_a_fully_preemptible_kernels_exit_preempted_inside_mmput_frees_its_mm_itself(
+    capture: Path, tmp_path: Path
+) -> None:
+    """`capture --kernel-args preempt=full`: the rest of __mmput() after exit_mmap() returns
+    can be preempted. An exiting task switched out there drops its CPU's lazy reference at
+    that switch, and its own mmdrop() is the last when it runs on. The validator knows the
+    kernel's preemption from meta.json and matches every switch and __mmdrop; told it was
+    preempt=voluntary (the same capture, its kernel_args dropped), it misses each such free
+    that the text shows."""
+    r = validate(capture)
+    assert_all_matched(r)
+    cases = _preempted_in_own_mmput(capture)
+    voluntary = tmp_path / capture.name
+    shutil.copytree(capture, voluntary)
+    meta = json.loads((voluntary / "meta.json").read_text())
+    meta["kernel_args"] = ""
+    (voluntary / "meta.json").write_text(json.dumps(meta))
+    v = validate(voluntary)
+    assert v.context_switches.matched == r.context_switches.matched
+    assert r.mmdrop.matched - v.mmdrop.matched == cases
+    causes = {m["cause"] for m in v.mismatches if m["group"] == "mmdrop"}
+    assert causes <= {score.RACE, score.ELSEWHERE}
+
+
+def test_the_captures_include_an_exit_preempted_inside_mmput() -> None:
+    assert sum(_preempted_in_own_mmput(p) for p in FULLY_PREEMPTIBLE) >= 1

@@ -3,6 +3,7 @@
     python examples/workloads/sweep.py OUT --program examples/workloads/mixed.c --smp 2,4
     python examples/workloads/sweep.py OUT --run 'ls -R /proc > /dev/null' --kernels 6.12
     python examples/workloads/sweep.py OUT --program tests/data/programs/unseen18.c --module brd
+    python examples/workloads/sweep.py OUT --program mine.c --kernel-args preempt=full
 
 This is how the model is checked against workloads it was not written for: the same
 workload recorded on Debian's 6.1 and 6.12 with different CPU counts (vCPU timing changes
@@ -43,6 +44,9 @@ def main() -> int:
         "PREEMPT_RT flavours)",
     )
     ap.add_argument("--timeout", default="900", help="capture --timeout (seconds)")
+    ap.add_argument(
+        "--kernel-args", default="", help="capture --kernel-args, e.g. preempt=full (default none)"
+    )
     a = ap.parse_args()
     if a.program is None and a.run is None:
         ap.error("give --program or --run (the workload to sweep)")
@@ -61,6 +65,7 @@ def main() -> int:
             args += ["--timeout", a.timeout]
             args += ["--program", a.program] if a.program else []
             args += ["--run", a.run] if a.run else []
+            args += ["--kernel-args", a.kernel_args] if a.kernel_args else []
             for m in a.module:
                 args += ["--module", m]
             console.print(f"capturing {name} ...")

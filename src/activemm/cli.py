@@ -643,6 +643,15 @@ def capture(
         ),
     ] = None,
     scale: Annotated[int, typer.Option("--scale", min=1, max=50, help="Repeat counts x N.")] = 1,
+    kernel_args: Annotated[
+        str,
+        typer.Option(
+            "--kernel-args",
+            help="More kernel command-line parameters for the guest, e.g. 'preempt=full' "
+            "(Debian's kernels boot preempt=voluntary; full lets the kernel be preempted "
+            "anywhere interrupts and preemption are enabled) or 'preempt=none'.",
+        ),
+    ] = "",
     release: Annotated[
         str,
         typer.Option(
@@ -721,7 +730,7 @@ def capture(
         workload = "none" if run is not None or program is not None else "all"
     opts = CaptureOptions(
         output, smp, workload, scale, accel, memory, timeout, allow_lost, run=run,
-        program=program, modules=tuple(module or ()),
+        program=program, modules=tuple(module or ()), kernel_args=" ".join(kernel_args.split()),
     )  # fmt: skip
     check_options(opts)
     progress("fetching the kernel" if kernel is None else f"using {kernel}")

@@ -49,6 +49,7 @@ class CaptureOptions:
     run: str | None = None  # a busybox sh command line run after the built-in workload
     program: Path | None = None  # a C source or static executable, /bin/program in the guest
     modules: tuple[str, ...] = ()  # the kernel's modules to load first (--module), in order
+    kernel_args: str = ""  # more kernel command-line parameters (--kernel-args)
 
 
 @dataclass
@@ -152,6 +153,8 @@ def qemu_command(
         f"console=ttyS0 panic=-1 loglevel=4 mitigations=off activemm.workload={opts.workload} "
         f"activemm.scale={opts.scale} activemm.timeout={int(opts.timeout)}"
     )
+    if opts.kernel_args:
+        append += " " + opts.kernel_args
     if re.search(r"-rt\b", image.release):
         # PREEMPT_RT threads every interrupt handler; under TCG the serial port's thread can
         # lag its interrupt so far that the spurious-IRQ detector disables IRQ 3 ("nobody
@@ -304,6 +307,30 @@ def check_options(opts: CaptureOptions) -> None:
     for name in opts.modules:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
             raise CaptureError(f"--module {name!r}: expected a module name, such as brd or zram")
+    check_kernel_args(opts.kernel_args)
+
+
+# The parameters the capture sets itself: the guest's console and panic behaviour, the
+# workload's parameters for /init, and rdinit/init (the busybox /init runs the workload).
+OWN_KERNEL_ARGS = ("console", "panic", "activemm.", "rdinit", "init")
+
+
+def check_kernel_args(args: str) -> None:
+    """--kernel-args: plain `name` or `name=value` words that leave the capture's own alone."""
+    for word in args.split():
+        name = word.split("=", 1)[0]
+        if not re.fullmatch(r"[A-Za-z0-9_.,:/+-]+(=[^\s\"'`$;&|<>]*)?", word):
+            raise CaptureError(
+                f"--kernel-args: {word!r} is not a kernel parameter (expected name or "
+                "name=value, e.g. preempt=full)"
+            )
+        if any(
+            name == own or (own.endswith(".") and name.startswith(own)) for own in OWN_KERNEL_ARGS
+        ):
+            raise CaptureError(
+                f"--kernel-args: {name} is set by the capture itself (the guest's console, "
+                "panic and /init run the workload and ship the trace); leave it out"
+            )
 
 
 def capture(
@@ -398,6 +425,7 @@ def capture(
             "run": opts.run,
             "program": opts.program.name if opts.program else None,
             "modules": list(opts.modules),
+            "kernel_args": opts.kernel_args,
             "workload_status": int(status[1]) if status else None,
             "scale": opts.scale,
             "accel": accel,

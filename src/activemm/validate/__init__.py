@@ -97,6 +97,15 @@ def _missed_hits(meta: dict[str, object] | None) -> dict[str, int]:
     return {name: n for name, n in missed.items() if isinstance(n, int) and n > 0}
 
 
+def fully_preemptible(meta: dict[str, object] | None) -> bool:
+    """Whether the capture's kernel was booted fully preemptible (`capture --kernel-args
+    preempt=full`); Debian's kernels are preempt=voluntary otherwise. The last preempt=
+    on the command line counts, as the kernel parses them."""
+    words = str((meta or {}).get("kernel_args") or "").split()
+    modes = [w.split("=", 1)[1] for w in words if w.startswith("preempt=")]
+    return bool(modes) and modes[-1] in ("full", "lazy")
+
+
 def locate(trace: Path, tasks: Path | None) -> tuple[Path, Path | None, str | None]:
     """A capture directory stands for its trace (trace.txt.gz...), its task snapshot
     (tasks_start.txt) and its metadata (meta.json); a trace file inside a capture directory
@@ -163,9 +172,10 @@ def validate(
     # is only scored.
     sanitize = not cfg.mutants and cfg.lazy_tlb
     exits: dict[int, int] = {}
+    preemptible = cfg.PREEMPT_RT or fully_preemptible(_meta(path.parent))
     for _ in range(MAX_PASSES):
         result = Result(str(trace), cfg.name, inputs, release, preset_from=how)
-        v = Validator(events, cfg, ncpus, snapshot, inputs, result, sanitize, exits)
+        v = Validator(events, cfg, ncpus, snapshot, inputs, result, sanitize, exits, preemptible)
         v.run()
         if not v.found_exits:
             break

@@ -115,9 +115,13 @@ class Validator(MarkerSteps, Clocked):
         result: Result,
         sanitize: bool = True,
         exit_points: dict[int, int] | None = None,
+        preemptible: bool = False,
     ) -> None:
         self.events = events
         self.inputs = inputs
+        # the kernel can be preempted anywhere preemption is on (preempt=full, PREEMPT_RT),
+        # not only where it calls cond_resched() (preempt=voluntary, Debian's default)
+        self.preemptible = preemptible
         # sched inputs: switch line -> pid whose exit_mm() ran before it (windows.py), as an
         # earlier pass found them; and those this pass finds
         self.exit_points = dict(exit_points or {})
@@ -152,6 +156,7 @@ class Validator(MarkerSteps, Clocked):
         self.finish_cpus: dict[int, list[int]] = {}  # CPU -> lines of cpuhp_enter(finish_cpu)
         self.offline_lines: dict[int, list[int]] = {}  # CPU -> its idle_task_exit markers
         self.rests: dict[int, list[int]] = {}  # pid -> lines of its switches out, not preempted
+        self.preemptions: dict[int, list[int]] = {}  # pid -> lines of its switches out, preempted
         switching: set[int] = set()  # CPUs between a sched_switch and its finish probe
         self.cpu_lines: dict[int, list[int]] = {}  # CPU -> lines of its events
         self.user_loads: set[int] = set()  # sched_switch lines that loaded a user mm
@@ -168,6 +173,8 @@ class Validator(MarkerSteps, Clocked):
                 last_switch[e.cpu] = e.line
                 if not e.prev_state.startswith("R"):
                     self.rests.setdefault(e.prev_pid, []).append(e.line)
+                else:
+                    self.preemptions.setdefault(e.prev_pid, []).append(e.line)
             elif isinstance(e, Probe) and e.function == FINISH:
                 switching.discard(e.cpu)
             if isinstance(e, TlbFlush) and not e.hardirq and e.pid > 0:
@@ -228,6 +235,7 @@ class Validator(MarkerSteps, Clocked):
         self.pins: dict[int, list[str]] = {}  # pid -> holders standing for __mmput's share
         self.late: set[int] = set()  # pids whose pins stand for an __mmput after their exit
         self.past_exit: set[int] = set()  # pids past their sched_process_exit
+        self.exit_mmap_of: dict[int, int] = {}  # pid -> the mm of its last exit_mmap marker
         self.mm_kthreads: set[int] = set()  # kernel threads the kernel saw kthread_use_mm
         self.rings: dict[int, list[str]] = {}  # mm address -> holders of io_uring rings on it
         self.oom_mms: dict[int, list[str]] = {}  # mm address -> its signal->oom_mm holders
@@ -928,12 +936,15 @@ class Validator(MarkerSteps, Clocked):
             # an __mmput left to its end (no flush of its own before exit_mmap returned)
             self._deferred_ends_here(p)
             if p.pid in self.pins and self.inputs == "markers":
-                # __mmput()'s mmdrop() follows exit_mmap()'s return at once
-                self._refusable(self._unpin, p)
+                if self._preempted_in_mmput(p):
+                    self.late.add(p.pid)  # its mmdrop() comes when it runs on
+                else:  # __mmput()'s mmdrop() follows exit_mmap()'s return at once
+                    self._refusable(self._unpin, p)
         elif f == EXIT_MMAP:
             mm = address(p.args.get("mm"))
             self.anchor[p.cpu] = (EXIT_MMAP, mm)
             self.mmput_open[mm] = p.pid
+            self.exit_mmap_of[p.pid] = mm
             owner = self.exited_mm.get(mm)
             if owner is not None and owner != p.pid:
                 self.raced.add(mm)
@@ -1066,6 +1077,31 @@ class Validator(MarkerSteps, Clocked):
         else:
             self._refusable(self.m.failed_exec, task)
             self.result.learned["failed execve (exit_mmap of an mm no exec installed)"] += 1
+
+    def _preempted_in_mmput(self, p: Probe) -> bool:
+        """Whether the exiting task whose own exit's exit_mmap() returned at `p` is
+        preempted before its sched_process_exit (or before it sleeps). On a fully
+        preemptible kernel the rest of __mmput() (set_mm_exe_file(), the mmlist and lru_gen
+        locks) can be preempted, and it is nearly all of the time between exit_mmap()'s
+        return and that tracepoint (do_exit() only checks acct_process() in between): such a
+        task had not reached __mmput()'s mmdrop() yet (its own CPU's lazy reference, dropped
+        at that switch, is then not the last). Under preempt=voluntary nothing there
+        reschedules; a task running another's __mmput (a /proc reader) or exec's goes on
+        with other work, where it is as likely preempted after."""
+        if not self.preemptible or p.pid in self.past_exit:
+            return False
+        mm = self.exit_mmap_of.get(p.pid)
+        if mm is None or self.exited_mm.get(mm) != p.pid:
+            return False
+        after = [_next_line(lines.get(p.pid, []), p.line)
+                 for lines in (self.preemptions, self.exit_lines, self.rests)]  # fmt: skip
+        preempted, exit_, rest = after
+        return (
+            preempted is not None
+            and exit_ is not None
+            and preempted < exit_
+            and (rest is None or preempted < rest)
+        )
 
     def _kernel_drop(self, p: Probe) -> None:
         """Where the kernel's __mmdrop ran: in finish_task_switch() (only after a switch from
@@ -1435,3 +1471,9 @@ class Validator(MarkerSteps, Clocked):
         lines = self.cpu_lines.get(o.cpu, [])
         i = bisect.bisect_right(lines, o.line)
         return i < len(lines) and lines[i] in self.user_loads
+
+
+def _next_line(lines: list[int], line: int) -> int | None:
+    """The first of the sorted `lines` after `line`, if any."""
+    i = bisect.bisect_right(lines, line)
+    return lines[i] if i < len(lines) else None

@@ -301,6 +301,11 @@ class MarkerSteps:
         at = last_flush(flushes_by_pid.get(p.pid, []), p.line, ends)
         if at is None or at in self.deferred or not self._outlives(t, how):
             return False
+        if how == "exec" and self.inputs == "sched" and t.mm is not None and t.mm.id in self.addr:
+            # a task that migrates during its exec leaves CPUs lazy on its new mm, whose
+            # flushes then send IPIs too: which "remote ipi send" was the old mm's last is a
+            # guess, and a lazy user's switch may have come between the two
+            self.raced.add(self.addr[t.mm.id])
         return self._defer(
             t, p, at, f"exit_mmap's final flush in pid {p.pid} (line {at})",
             f"{how}'s __mmput at exit_mmap's final flush (tlb_flush)",
