@@ -1368,7 +1368,7 @@ def test_preempt_rt_frees_the_last_lazy_users_mm_from_an_rcu_callback(
     assert rcu >= 50
     monkeypatch.setattr(score, "MAX_MISMATCHES", 10**6)  # every miss in full
     r = validate(capture)
-    assert r.preset.endswith("-rt") and PRESETS[r.preset].PREEMPT_RT
+    assert r.preset.endswith("-rt") and PRESETS[r.preset].PREEMPT_RT and r.preemption == "rt"
     switches = [m for m in r.mismatches if m["group"] == "context_switch"]
     assert r.context_switches.total - r.context_switches.matched == len(switches) <= 4
     in_exec = [m for m in switches if m["cause"] == score.EXEC_PREEMPTED]
@@ -2114,6 +2114,7 @@ def test_a_fully_preemptible_kernels_exit_preempted_inside_mmput_frees_its_mm_it
     preempt=voluntary (the same capture, its kernel_args dropped), it misses each such free
     that the text shows."""
     r = validate(capture)
+    assert r.preemption == "full"
     assert_all_matched(r)
     cases = _preempted_in_own_mmput(capture)
     voluntary = tmp_path / capture.name
@@ -2122,6 +2123,7 @@ def test_a_fully_preemptible_kernels_exit_preempted_inside_mmput_frees_its_mm_it
     meta["kernel_args"] = ""
     (voluntary / "meta.json").write_text(json.dumps(meta))
     v = validate(voluntary)
+    assert v.preemption == "voluntary"
     assert v.context_switches.matched == r.context_switches.matched
     assert r.mmdrop.matched - v.mmdrop.matched == cases
     causes = {m["cause"] for m in v.mismatches if m["group"] == "mmdrop"}

@@ -816,7 +816,11 @@ def validate(
     if as_json:
         sys.stdout.write(json.dumps(result.as_dict()) + "\n")
     else:
-        t = Table(title=f"validate {result.trace}: preset {result.preset}, inputs {result.inputs}")
+        preemption = "" if result.preemption == "voluntary" else f", preempt={result.preemption}"
+        t = Table(
+            title=f"validate {result.trace}: preset {result.preset}, inputs {result.inputs}"
+            + preemption
+        )
         t.add_column("what")
         t.add_column("matched", justify="right")
         t.add_column("total", justify="right")

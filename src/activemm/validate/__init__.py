@@ -172,9 +172,13 @@ def validate(
     # is only scored.
     sanitize = not cfg.mutants and cfg.lazy_tlb
     exits: dict[int, int] = {}
-    preemptible = cfg.PREEMPT_RT or fully_preemptible(_meta(path.parent))
+    full = fully_preemptible(_meta(path.parent))
+    preemption = "rt" if cfg.PREEMPT_RT else "full" if full else "voluntary"
+    preemptible = preemption != "voluntary"
     for _ in range(MAX_PASSES):
-        result = Result(str(trace), cfg.name, inputs, release, preset_from=how)
+        result = Result(
+            str(trace), cfg.name, inputs, release, preset_from=how, preemption=preemption
+        )
         v = Validator(events, cfg, ncpus, snapshot, inputs, result, sanitize, exits, preemptible)
         v.run()
         if not v.found_exits:

@@ -150,6 +150,9 @@ class Result:
     learned: Counter[str] = field(default_factory=Counter)
     anomalies: Counter[str] = field(default_factory=Counter)
     preset_from: str = "--preset"  # how the preset was chosen
+    # the kernel's preemption: voluntary (Debian's default, and a bare trace's), full
+    # (capture --kernel-args preempt=full) or rt (PREEMPT_RT)
+    preemption: str = "voluntary"
     # sched inputs: switch line -> pid whose exit_mm() was found to run before it: after the
     # fact (switched in later without a CR3 load), and before it (exit_mmap's switch of its
     # CPU to init_mm), as the model ran them
@@ -171,6 +174,7 @@ class Result:
             "trace": self.trace,
             "preset": self.preset,
             "preset_from": self.preset_from,
+            "preemption": self.preemption,
             "inputs": self.inputs,
             "kernel": self.kernel,
             "context_switches": self.context_switches.as_dict(),
