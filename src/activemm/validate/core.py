@@ -159,10 +159,15 @@ class Validator(MarkerSteps, Clocked):
         self.preemptions: dict[int, list[int]] = {}  # pid -> lines of its switches out, preempted
         switching: set[int] = set()  # CPUs between a sched_switch and its finish probe
         self.cpu_lines: dict[int, list[int]] = {}  # CPU -> lines of its events
+        # CPU -> its tracepoint events (no probe lines), for sched inputs' look-ahead
+        self.cpu_tracepoints: dict[int, list[TraceEvent]] = {}
+        self.kworkers_using: set[int] = set()  # kernel threads in an inferred kthread_use_mm
         self.user_loads: set[int] = set()  # sched_switch lines that loaded a user mm
         last_switch: dict[int, int] = {}
         for e in events:
             self.cpu_lines.setdefault(e.cpu, []).append(e.line)
+            if inputs == "sched" and not isinstance(e, Probe):
+                self.cpu_tracepoints.setdefault(e.cpu, []).append(e)
             if e.cpu in switching and (
                 (isinstance(e, Probe) and e.function == SWITCH_MM)
                 or (isinstance(e, TlbFlush) and e.cr3_load)
@@ -502,6 +507,8 @@ class Validator(MarkerSteps, Clocked):
                 for _ in range(self.poke_hints[ev.line]):
                     self._refusable(self.m.text_poke, ev.cpu)
                     self.result.learned["text_poke (own CR3 loads in pairs, tlb_flush)"] += 1
+            elif self.inputs == "sched" and self._kthread_load(ev):
+                pass
             elif self._lazy_cpu_flushed(ev):
                 self.ctx = Context("flush", ev.line, ev.cpu, ev.pid)
                 self._refusable(self.m.leave_mm, ev.cpu)
@@ -854,6 +861,52 @@ class Validator(MarkerSteps, Clocked):
         self.result.learned["kthread_use_mm (a vhost worker's, from its name)"] += 1
         return True
 
+    def _kthread_load(self, ev: TlbFlush) -> bool:
+        """Sched inputs: a kernel thread's own CR3 load outside a context switch (not in an
+        interrupt, not text_poke()'s pair) is its kthread_use_mm() of a user mm (a kworker
+        serving a user's request: USB gadget AIO's ep_user_copy_worker(), say), and no
+        tracepoint names the mm. Its CPU keeps that mm loaded (the thread's
+        kthread_unuse_mm() keeps it lazily) until the next CR3 load there: the first user
+        task its CPU then runs without one has that very mm. Found so (a look ahead, as exit
+        windows are found after the fact), the model runs kthread_use_mm() here and
+        kthread_unuse_mm() before the thread next switches out; with a CR3 load first
+        (exit_mmap's or a flush's switch of the CPU to init_mm, another mm), nothing."""
+        if not ev.own_cr3_load or ev.cpu in self.pending or ev.cpu >= len(self.m.state.rqs):
+            return False
+        t = self.m.state.rqs[ev.cpu].curr
+        if t is not self.replayer.tasks.get(ev.pid) or not t.pf_kthread or t.uses_mm:
+            return False
+        if t.is_idle:
+            return False
+        user = self._next_user_without_load(ev)
+        if user is None or user.mm is None or user.exiting:
+            return False
+        self.ctx = Context("kthread_use_mm", ev.line, ev.cpu, ev.pid)
+        self._refusable(self.m.kthread_use_mm, t, user.mm)
+        self.kworkers_using.add(ev.pid)
+        self.result.learned[
+            "kthread_use_mm (a kernel thread's CR3 load; the mm of the next task its CPU ran "
+            "without one)"
+        ] += 1
+        return True
+
+    def _next_user_without_load(self, ev: TlbFlush) -> Task | None:
+        """The first task with an mm (in the model, now) that ev's CPU switches to after
+        `ev`, when neither that switch nor anything before it on that CPU loaded CR3."""
+        events = self.cpu_tracepoints.get(ev.cpu, [])
+        i = bisect.bisect_right(events, ev.line, key=lambda e: e.line)
+        switch: SchedSwitch | None = None
+        for e in events[i:]:
+            if isinstance(e, TlbFlush) and e.cr3_load:
+                return None  # in the switch, or anywhere before it
+            if switch is not None:
+                return self.replayer.tasks.get(switch.next_pid)  # a switch without a load
+            if isinstance(e, SchedSwitch):
+                nxt = self.replayer.tasks.get(e.next_pid)
+                if e.next_pid != 0 and nxt is not None and nxt.mm is not None:
+                    switch = e
+        return None
+
     def _lazy_cpu_flushed(self, ev: TlbFlush) -> bool:
         """tlb_flush "flush on task switch" outside a context switch, in a hardirq (a flush
         IPI), in the idle task (the call-function queue run from the idle loop) or in a
@@ -893,6 +946,12 @@ class Validator(MarkerSteps, Clocked):
             self._refusable(self.m.rcu_callbacks, ev.cpu)
         # an __mmput after exit that ended before this switch
         self._deferred_ends_here(ev, pin=False)
+        if ev.prev_pid in self.kworkers_using:
+            self.kworkers_using.discard(ev.prev_pid)
+            t = self.m.state.rqs[ev.cpu].curr
+            if t is self.replayer.tasks.get(ev.prev_pid) and t.uses_mm:
+                self.ctx = Context("kthread_unuse_mm", ev.line, ev.cpu, ev.prev_pid)
+                self._refusable(self.m.kthread_unuse_mm, t)
         if ev.prev_pid in self.exit_marked and self.inputs == "sched":
             self.windowed.add(ev.prev_pid)
         if ev.prev_pid in self.late and not ev.prev_state.startswith("R"):
