@@ -331,8 +331,8 @@ def test_the_example_workloads_build_for_the_guest(tmp_path: Path, name: str) ->
 def test_the_sweep_example_reports_a_capture_that_failed(tmp_path: Path) -> None:
     """examples/workloads/sweep.py runs activemm capture and validate per kernel and CPU
     count: a capture that cannot start (here a --program that does not exist, refused before
-    any download) is a row of the table with capture's own message, and exit status 1; no
-    workload at all is a usage error (2)."""
+    any download, or an unknown built-in workload) is a row of the table with capture's own
+    message, and exit status 1; no workload at all is a usage error (2)."""
     import subprocess
     import sys
 
@@ -346,8 +346,14 @@ def test_the_sweep_example_reports_a_capture_that_failed(tmp_path: Path) -> None
     assert r.returncode == 1, r.stderr
     assert "6.12-smp2" in r.stdout and "capture failed" in r.stdout
     assert "missing.c" in r.stdout
+    r = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "builtin"), "-w", "bogus", "--smp", "2",
+         "--kernels", "6.1"],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"},
+    )  # fmt: skip
+    assert r.returncode == 1 and "6.1-smp2" in r.stdout and "unknown workload" in r.stdout
     r = subprocess.run([sys.executable, str(script), str(tmp_path / "again")], capture_output=True)
-    assert r.returncode == 2 and b"give --program or --run" in r.stderr
+    assert r.returncode == 2 and b"give --program, --run or -w" in r.stderr
 
 
 QEMU_READY = all(shutil.which(t) for t in ("qemu-system-x86_64", "busybox", "gcc", "apt-get"))

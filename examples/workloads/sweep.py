@@ -3,7 +3,7 @@
     python examples/workloads/sweep.py OUT --program examples/workloads/mixed.c --smp 2,4
     python examples/workloads/sweep.py OUT --run 'ls -R /proc > /dev/null' --kernels 6.12
     python examples/workloads/sweep.py OUT --program tests/data/programs/unseen18.c --module brd
-    python examples/workloads/sweep.py OUT --program mine.c --kernel-args preempt=full
+    python examples/workloads/sweep.py OUT -w all --smp 3,6 --kernel-args preempt=full
 
 This is how the model is checked against workloads it was not written for: the same
 workload recorded on Debian's 6.1 and 6.12 with different CPU counts (vCPU timing changes
@@ -35,6 +35,9 @@ def main() -> int:
     ap.add_argument("out", type=Path, help="a new directory for the captures")
     ap.add_argument("--program", help="a C source or static executable (capture --program)")
     ap.add_argument("--run", help="a busybox sh command line (capture --run)")
+    ap.add_argument(
+        "-w", "--workload", help="built-in workloads (capture -w), e.g. all or vhost,zombie"
+    )
     ap.add_argument("--module", action="append", default=[], help="capture --module (repeat)")
     ap.add_argument("--smp", default="2,4", help="CPU counts, comma-separated (default 2,4)")
     ap.add_argument(
@@ -48,13 +51,13 @@ def main() -> int:
         "--kernel-args", default="", help="capture --kernel-args, e.g. preempt=full (default none)"
     )
     a = ap.parse_args()
-    if a.program is None and a.run is None:
-        ap.error("give --program or --run (the workload to sweep)")
+    if a.program is None and a.run is None and a.workload is None:
+        ap.error("give --program, --run or -w (the workload to sweep)")
     if a.out.exists():
         ap.error(f"{a.out} exists: give a new directory")
     a.out.mkdir(parents=True)
     console = Console(stderr=True)
-    table = Table(title=f"sweep of {a.program or a.run!r}")
+    table = Table(title=f"sweep of {a.program or a.run or a.workload!r}")
     for col in ("capture", "inputs", "switches", "__mmdrop", "outside", "causes"):
         table.add_column(col)
     failed = False
@@ -65,13 +68,15 @@ def main() -> int:
             args += ["--timeout", a.timeout]
             args += ["--program", a.program] if a.program else []
             args += ["--run", a.run] if a.run else []
+            args += ["-w", a.workload] if a.workload else []
             args += ["--kernel-args", a.kernel_args] if a.kernel_args else []
             for m in a.module:
                 args += ["--module", m]
             console.print(f"capturing {name} ...")
             cap = activemm(*args)
             if cap.returncode != 0:
-                table.add_row(name, "-", "capture failed: " + cap.stderr.strip()[-120:], "", "", "")
+                last = (cap.stderr.strip().splitlines() or [""])[-1]  # capture's one-line error
+                table.add_row(name, "-", "capture failed: " + last[:160], "", "", "")
                 failed = True
                 continue
             for inputs in ("markers", "sched"):
