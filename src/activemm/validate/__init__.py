@@ -172,7 +172,8 @@ def validate(
     # is only scored.
     sanitize = not cfg.mutants and cfg.lazy_tlb
     exits: dict[int, int] = {}
-    full = fully_preemptible(_meta(path.parent))
+    meta = _meta(path.parent)
+    full = fully_preemptible(meta)
     preemption = "rt" if cfg.PREEMPT_RT else "full" if full else "voluntary"
     preemptible = preemption != "voluntary"
     for _ in range(MAX_PASSES):
@@ -191,6 +192,6 @@ def validate(
         result.anomalies["birth without its mm_init return (taken from mm_alloc/dup_mmap)"] += (
             recovered
         )
-    for name, n in _missed_hits(_meta(path.parent)).items():
+    for name, n in _missed_hits(meta).items():
         result.anomalies[f"kprobe hits missed while recording ({name})"] += n
     return result

@@ -874,9 +874,7 @@ class Validator(MarkerSteps, Clocked):
         if not ev.own_cr3_load or ev.cpu in self.pending or ev.cpu >= len(self.m.state.rqs):
             return False
         t = self.m.state.rqs[ev.cpu].curr
-        if t is not self.replayer.tasks.get(ev.pid) or not t.pf_kthread or t.uses_mm:
-            return False
-        if t.is_idle:
+        if t is not self.replayer.tasks.get(ev.pid) or not t.pf_kthread or t.uses_mm or t.is_idle:
             return False
         user = self._next_user_without_load(ev)
         if user is None or user.mm is None or user.exiting:
@@ -895,16 +893,16 @@ class Validator(MarkerSteps, Clocked):
         `ev`, when neither that switch nor anything before it on that CPU loaded CR3."""
         events = self.cpu_tracepoints.get(ev.cpu, [])
         i = bisect.bisect_right(events, ev.line, key=lambda e: e.line)
-        switch: SchedSwitch | None = None
+        user: Task | None = None
         for e in events[i:]:
             if isinstance(e, TlbFlush) and e.cr3_load:
                 return None  # in the switch, or anywhere before it
-            if switch is not None:
-                return self.replayer.tasks.get(switch.next_pid)  # a switch without a load
-            if isinstance(e, SchedSwitch):
+            if user is not None:
+                return user  # switched to without a load
+            if isinstance(e, SchedSwitch) and e.next_pid != 0:
                 nxt = self.replayer.tasks.get(e.next_pid)
-                if e.next_pid != 0 and nxt is not None and nxt.mm is not None:
-                    switch = e
+                if nxt is not None and nxt.mm is not None:
+                    user = nxt
         return None
 
     def _lazy_cpu_flushed(self, ev: TlbFlush) -> bool:
@@ -1495,13 +1493,9 @@ class Validator(MarkerSteps, Clocked):
         sched_process_exec()s before it next switches out of its own accord."""
         if not sw.prev_state.startswith("R"):
             return False
-        execs = self.exec_lines.get(sw.prev_pid, [])
-        i = bisect.bisect_right(execs, sw.line)
-        if i == len(execs):
-            return False
-        rests = self.rests.get(sw.prev_pid, [])
-        j = bisect.bisect_right(rests, sw.line)
-        return j == len(rests) or rests[j] > execs[i]
+        exec_ = _next_line(self.exec_lines.get(sw.prev_pid, []), sw.line)
+        rest = _next_line(self.rests.get(sw.prev_pid, []), sw.line)
+        return exec_ is not None and (rest is None or rest > exec_)
 
     # -- scoring ---------------------------------------------------------------------
 
