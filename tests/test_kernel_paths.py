@@ -409,3 +409,27 @@ def test_preempt_rt_frees_the_zombie_from_an_rcu_callback(rt: bool) -> None:
     assert not mm2.freed and not mm2.rcu_wait
     m.schedule(0, "app2")  # CPU 0's next switch: its callbacks run
     assert mm2.freed and mm2.rcu_cpu is None and freed == [(mm2.name, "__mmdrop_delayed")]
+
+
+def test_preempt_rt_runs_a_cpus_rcu_callbacks_oldest_first() -> None:
+    """rcu_do_batch() invokes a CPU's callbacks in the order call_rcu() queued them (the
+    segmented cblist is FIFO), not in the order the mms were created: the newer mm, whose
+    last mmdrop_sched() came first, is freed first."""
+    m = machine("linux-6.1-x86_64-rt")
+    older = with_user(m, "a")  # mm2
+    newer = m.fork("init", name="b").mm  # mm3
+    assert newer is not None and older.id < newer.id
+    m.schedule(1, "kthreadd")
+    m.fork("kthreadd", kind="kthread", name="kw")
+    freed = watch_frees(m)
+    for task in ("b", "a"):  # each exits on CPU 0; the switch to init drops its mm to 0
+        m.schedule(0, task)
+        m.exit(task)
+        m.schedule(0, "init")
+    assert [mm.rcu_cpu for mm in (newer, older)] == [0, 0] and not freed
+    assert m.state.rcu_callbacks == [newer, older]
+    m.schedule(1, "kw")  # CPU 1's quiescent state: the newer mm's grace period is over
+    assert not newer.rcu_wait and older.rcu_wait == {0}
+    m.schedule(0, m.state.rqs[0].idle.name)  # CPU 0's: both over, and its callbacks run
+    assert freed == [(newer.name, "__mmdrop_delayed"), (older.name, "__mmdrop_delayed")]
+    assert m.state.rcu_callbacks == []

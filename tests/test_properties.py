@@ -78,6 +78,16 @@ class ModelMachine(RuleBasedStateMachine):
             assert t.active_mm is None or not t.active_mm.freed
 
     @invariant()
+    def rcu_callbacks_queue_exactly_the_mms_call_rcu_took(self) -> None:
+        # PREEMPT_RT: an mm is on the callback list from its mmdrop_sched()'s call_rcu() to
+        # its __mmdrop_delayed(), once, and only then does it name a CPU (rcu_cpu)
+        s = self.m.state
+        queued = [mm for mm in s.mms if mm.rcu_cpu is not None]
+        assert len(s.rcu_callbacks) == len(set(map(id, s.rcu_callbacks)))
+        assert {id(mm) for mm in s.rcu_callbacks} == {id(mm) for mm in queued}
+        assert self.config.PREEMPT_RT or not queued
+
+    @invariant()
     def refcounted_counts_match_references(self) -> None:
         if not self.config.lazy_refs_counted:
             return

@@ -78,12 +78,14 @@ def mmdrop_sched(k: Kernel, mm: Mm, where: str, *, lazy: bool = False) -> None:
     elif _dec_and_test(k, mm, lazy, "mmdrop_sched"):
         mm.rcu_cpu = k.cpu  # call_rcu(): queued on this CPU's callback list
         mm.rcu_wait = frozenset(rq.cpu for rq in k.state.rqs if rq.online)  # a grace period
+        k.state.rcu_callbacks.append(mm)
         k.emit(MmDropDeferred(k.cpu, mm))
 
 
 def __mmdrop_delayed(k: Kernel, mm: Mm) -> None:
     """include/linux/sched/mm.h: __mmdrop_delayed(), the RCU callback mmdrop_sched() queued
     on PREEMPT_RT: __mmdrop(mm)."""
+    k.state.rcu_callbacks.remove(mm)
     mm.rcu_cpu = None
     mm.rcu_wait = frozenset()
     fork.__mmdrop(k, mm, "__mmdrop_delayed")

@@ -155,6 +155,9 @@ class KernelState:
     tasks: list[Task] = field(default_factory=list)
     mms: list[Mm] = field(default_factory=list)
     holders: list[Holder] = field(default_factory=list)
+    # PREEMPT_RT: the RCU callbacks call_rcu() queued (every CPU's rcu_data cblist, oldest
+    # first; each mm's rcu_cpu says whose list), the mms mmdrop_sched() took to 0
+    rcu_callbacks: list[Mm] = field(default_factory=list)
     next_pid: int = 1
     next_ctx_id: int = 1
     next_mm_id: int = 1
@@ -262,6 +265,7 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
         new_tasks,
         new_mms,
         holders,
+        [m for m in map(cm, state.rcu_callbacks) if m is not None],
         state.next_pid,
         state.next_ctx_id,
         state.next_mm_id,

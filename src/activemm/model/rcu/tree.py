@@ -16,7 +16,7 @@ from activemm.model.kernel import Kernel
 def rcu_note_context_switch(k: Kernel, cpu: int) -> None:
     """kernel/rcu/tree_plugin.h: rcu_note_context_switch(), from __schedule(): a quiescent
     state of `cpu` for every grace period in progress."""
-    for mm in k.state.mms:
+    for mm in k.state.rcu_callbacks:
         if cpu in mm.rcu_wait:
             mm.rcu_wait = mm.rcu_wait - {cpu}
 
@@ -26,7 +26,8 @@ def rcu_do_batch(k: Kernel, cpu: int) -> None:
     period has ended (on PREEMPT_RT from its rcuc/N kernel thread), oldest first. A CPU gone
     offline holds no grace period up."""
     online = {rq.cpu for rq in k.state.rqs if rq.online}
-    ready = [m for m in k.state.mms if m.rcu_cpu == cpu and not m.freed and not m.rcu_wait & online]
+    queued = k.state.rcu_callbacks
+    ready = [m for m in queued if m.rcu_cpu == cpu and not m.freed and not m.rcu_wait & online]
     sender = k.cpu
     k.cpu = cpu
     for mm in ready:
