@@ -937,11 +937,14 @@ class Validator(MarkerSteps, Clocked):
     # -- context switches -------------------------------------------------------------
 
     def _on_switch(self, ev: SchedSwitch) -> None:
-        if ev.prev_comm.startswith("rcuc/") and self.m.config.PREEMPT_RT:
-            # the CPU's RCU callbacks ran in the thread now switched out (PREEMPT_RT runs
-            # RCU's core in rcuc/N): so do the model's (a tracepoint, both inputs)
+        callbacks_of = kv.rcu_callbacks_of(ev.prev_comm)
+        if callbacks_of is not None and self.m.config.PREEMPT_RT:
+            # CPU N's RCU callbacks ran in the thread now switched out (PREEMPT_RT runs RCU's
+            # core in rcuc/N; rcuop/N when N's are offloaded): so do the model's (a
+            # tracepoint, both inputs)
             self.ctx = Context("rcu_callbacks", ev.line, ev.cpu, ev.prev_pid)
-            self._refusable(self.m.rcu_callbacks, ev.cpu)
+            if callbacks_of < len(self.m.state.rqs):
+                self._refusable(self.m.rcu_callbacks, callbacks_of)
         # an __mmput after exit that ended before this switch
         self._deferred_ends_here(ev, pin=False)
         if ev.prev_pid in self.kworkers_using:
@@ -1165,6 +1168,8 @@ class Validator(MarkerSteps, Clocked):
         a task without an mm to one with, dropping the borrowed mm: the hook's `prev`), at
         the end of __mmput() (an exit_mmap of this mm by this task is open), or elsewhere."""
         addr = address(p.args.get("mm"))
+        if self._queued_before_the_trace(p, addr):
+            return
         anchor = self.anchor.get(p.cpu, ("other",))
         group = self.finished.get(p.cpu)
         # both end with this life of the address, whatever the branch below
@@ -1197,8 +1202,8 @@ class Validator(MarkerSteps, Clocked):
             point = ("mmdrop_async", async_pid)
         elif offlined is not None:
             point = ("finish_cpu", 0)  # its idle task's borrowed mm, dropped for a dead CPU
-        elif kv.in_rcu_callback(p):
-            point = ("call_rcu", p.cpu)  # PREEMPT_RT's __mmdrop_delayed(), queued on this CPU
+        elif (queued_on := kv.rcu_callbacks_of(p.comm)) is not None:
+            point = ("call_rcu", queued_on)  # PREEMPT_RT's __mmdrop_delayed(), queued there
         elif anchor[0] == "activate_mm" or p.pid in self.exec_open:
             # (exec_mmap()'s mmdrop() of the borrowed mm, after activate_mm(): the task may
             # have been preempted in between, PREEMPT_RT's exec_mmap() being preemptible)
@@ -1215,6 +1220,22 @@ class Validator(MarkerSteps, Clocked):
             self.unclaimed[p.line] = "fork" if addr in self.forked else "exec"
         self.kernel_drops.append(Drop(addr, point, p.line, p.cpu))
         self.live.pop(addr, None)  # the end of this address's life
+
+    def _queued_before_the_trace(self, p: Probe, addr: int) -> bool:
+        """PREEMPT_RT: an RCU callback's __mmdrop of an mm the trace never showed (no model
+        mm bound to it, no mm_init waiting for one): its last mmdrop_sched() call_rcu()ed it
+        before the trace began. Lazy RCU (RCU_LAZY, on offloaded CPUs: rcu_nocbs=) holds
+        such callbacks for up to seconds. State from before the trace, learned, not
+        predicted: it is not scored."""
+        if (
+            not self.m.config.PREEMPT_RT
+            or kv.rcu_callbacks_of(p.comm) is None
+            or addr in self.live
+            or any(addr in queue for queue in self.new_addrs.values())
+        ):
+            return False
+        self.result.learned["mm call_rcu()ed before the trace (its RCU callback's __mmdrop)"] += 1
+        return True
 
     def _outside(self, p: Probe) -> None:
         kind = kv.outside_kind(p)

@@ -173,11 +173,15 @@ def switch_in_flight(p: Probe, switched: bool) -> bool:
     return _int(p.args.get("t_pid")) != p.pid
 
 
-def in_rcu_callback(p: Probe) -> bool:
-    """The probe fired in a kernel thread that invokes RCU callbacks: rcuc/N, a CPU's own
+def rcu_callbacks_of(comm: str) -> int | None:
+    """The CPU whose RCU callbacks a kernel thread named `comm` invokes: rcuc/N, CPU N's own
     (PREEMPT_RT runs RCU's core there, not in a softirq), or rcuop/N when N's callbacks are
-    offloaded (rcu_nocbs=). PREEMPT_RT's mmdrop_sched() frees an mm from such a callback."""
-    return p.comm.startswith(("rcuc/", "rcuop/"))
+    offloaded (rcu_nocbs=; that thread runs on any CPU). None for any other task.
+    PREEMPT_RT's mmdrop_sched() frees an mm from such a callback."""
+    kind, _, cpu = comm.partition("/")
+    if kind not in ("rcuc", "rcuop") or not cpu.isdigit():
+        return None
+    return int(cpu)
 
 
 def is_kthread(p: Probe) -> bool:

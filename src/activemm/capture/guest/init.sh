@@ -100,6 +100,13 @@ if [ -e /run.sh ]; then  # the user's own workload (activemm capture --run / --p
     [ "$status" -ne 0 ] || status=$run_status
 fi
 echo "workload exit status $status" >> /tmp/workload.log
+if uname -v | grep -q PREEMPT_RT; then
+    # PREEMPT_RT frees an mm from an RCU callback a grace period after its last mmdrop, and
+    # RCU_LAZY batches offloaded callbacks (rcu_nocbs=) for up to 10 s: let those the workload
+    # queued run inside the trace (drop_caches runs the shrinkers, lazy RCU's flushes them)
+    echo 2 > /proc/sys/vm/drop_caches
+    sleep 0.3
+fi
 snapshot > /tmp/tasks_end
 echo "activemm trace end" > $T/trace_marker
 echo 0 > $T/tracing_on
