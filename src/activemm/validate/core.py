@@ -225,6 +225,8 @@ class Validator(MarkerSteps, Clocked):
         # for the life in progress
         self.addr: dict[int, int] = {}
         self.live: dict[int, Mm] = {}
+        # mm address -> (line, CPU) of each context switch that moved a CPU off it (scoring)
+        self.let_go: dict[int, list[tuple[int, int]]] = {}
         self.pretrace_mms: set[int] = set()
         self.new_addrs: dict[int, list[int]] = {}  # model task id() -> mm_init addresses
         self.births: dict[int, list[int]] = {}  # address -> trace lines of its mm_init returns
@@ -975,6 +977,9 @@ class Validator(MarkerSteps, Clocked):
         if f in (SWITCH_MM, ENTER_LAZY) and kv.in_switch(p, group):
             assert group is not None
             group.hook = kv.hook_of(p)
+            left = address(p.args.get("prev")) if f == SWITCH_MM else 0
+            if left and left != address(p.args.get("next")):
+                self.let_go.setdefault(left, []).append((p.line, p.cpu))
         elif f == FINISH:
             if group is not None:
                 group.finish = p
@@ -1531,6 +1536,7 @@ class Validator(MarkerSteps, Clocked):
             self.unclaimed,
             self.offlined_ever,
             self.after_exit,
+            self.let_go,
         )
         drops.score(self.kernel_drops, self.model_drops)
         score_outside(

@@ -89,7 +89,7 @@ HOTPLUG = (
 )
 CONCURRENT = (
     "two CPUs let go of this mm at once (their finish_task_switch drops raced): which "
-    "decrement was last is not in the inputs"
+    "decrement was last (on PREEMPT_RT, which CPU queued the RCU callback) is not in the inputs"
 )
 RELEASED_AT_ONCE = (
     "two holders let go of this mm at once (their releases ran side by side, e.g. two io_uring "
@@ -214,6 +214,7 @@ class DropScorer:
         unclaimed: dict[int, str] | None = None,
         offlined: set[int] | None = None,
         after_exit: set[int] | None = None,
+        let_go: dict[int, list[tuple[int, int]]] | None = None,
     ) -> None:
         self.result = result
         self.inputs = inputs
@@ -226,6 +227,8 @@ class DropScorer:
         self.offlined = offlined or set()  # addresses a CPU going offline still borrowed
         # addresses whose __mmput ran in a task past its sched_process_exit
         self.after_exit = after_exit or set()
+        # address -> (line, CPU) of each context switch that moved a CPU off it
+        self.let_go = let_go or {}
         self.kernel_lines: dict[int | None, list[int]] = {}  # address -> its __mmdrop lines
         # side -> its frees in a finish_task_switch
         self.finishes: dict[str, list[Drop]] = {}
@@ -240,6 +243,9 @@ class DropScorer:
         }
         self.releases = {
             side: [x for x in drops if x.point[0] in RELEASE_POINTS] for side, drops in sides
+        }
+        self.rcu_frees = {
+            side: [x for x in drops if x.point[0] == "call_rcu"] for side, drops in sides
         }
         other = {d.addr for d in kernel_drops if d.point[0] in HELD_POINTS}
         self.kernel_lines = {}
@@ -315,9 +321,30 @@ class DropScorer:
         """Both sides freed this mm in a finish_task_switch, of different switches: two CPUs
         let go of their lazy references at once, and which decrement came last is not in the
         inputs (the probe is at finish_task_switch's entry, the mmdrop after it)."""
+        if d.point[0] == "call_rcu":
+            return self.queued_at_once(d, other_side)
         return d.point[0] == "finish_task_switch" and _freed_nearby(
             d, self.finishes.get(other_side, [])
         )
+
+    def queued_at_once(self, d: Drop, other_side: str) -> bool:
+        """PREEMPT_RT: both sides freed this mm from an RCU callback, queued on two CPUs
+        (the one whose mmdrop_sched() was last), and the kernel's switches moved those two
+        CPUs off the mm within NEARBY lines of each other: they let go at once."""
+        others = [x for x in self.rcu_frees.get(other_side, []) if x.addr == d.addr]
+        other = min(others, key=lambda x: abs(x.line - d.line), default=None)
+        if other is None or other.point == d.point:
+            return False
+        end = d.line if other_side == "model" else other.line  # the kernel's __mmdrop
+        last = []
+        for cpu in (d.point[1], other.point[1]):
+            moves = [
+                line for line, c in self.let_go.get(d.addr or 0, []) if c == cpu and line < end
+            ]
+            if not moves:
+                return False
+            last.append(moves[-1])
+        return abs(last[0] - last[1]) <= NEARBY
 
     def released_at_once(self, d: Drop, other_side: str) -> bool:
         """Both sides freed this mm where a holder released it (an io_uring ring, a /proc
