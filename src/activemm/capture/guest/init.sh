@@ -100,14 +100,19 @@ if [ -e /run.sh ]; then  # the user's own workload (activemm capture --run / --p
     [ "$status" -ne 0 ] || status=$run_status
 fi
 echo "workload exit status $status" >> /tmp/workload.log
-if uname -v | grep -q PREEMPT_RT; then
-    # PREEMPT_RT frees an mm from an RCU callback a grace period after its last mmdrop, and
-    # RCU_LAZY batches offloaded callbacks (rcu_nocbs=) for up to 10 s: let those the workload
-    # queued run inside the trace (drop_caches runs the shrinkers, lazy RCU's flushes them)
-    echo 2 > /proc/sys/vm/drop_caches
-    sleep 0.3
-fi
 snapshot > /tmp/tasks_end
+read -r version < /proc/version
+case "$version" in *PREEMPT_RT*)
+    # PREEMPT_RT frees an mm from an RCU callback a grace period after its last mmdrop, and
+    # RCU_LAZY batches offloaded callbacks (rcu_nocbs=) for up to 10 s: let those queued so
+    # far run inside the trace (drop_caches runs the shrinkers, lazy RCU's flushes them),
+    # then wait without sleeping, with builtins only, so that no new process, and no switch
+    # back to this shell, lets go of another mm (and queues another callback)
+    echo 2 > /proc/sys/vm/drop_caches
+    read -r up _ < /proc/uptime
+    end=$((${up%.*}${up#*.} + 30))  # hundredths of a second
+    while read -r up _ < /proc/uptime && [ $((${up%.*}${up#*.})) -lt $end ]; do :; done
+esac
 echo "activemm trace end" > $T/trace_marker
 echo 0 > $T/tracing_on
 say "workload done"
