@@ -649,7 +649,9 @@ def capture(
             "--kernel-args",
             help="More kernel command-line parameters for the guest, e.g. 'preempt=full' "
             "(Debian's kernels boot preempt=voluntary; full lets the kernel be preempted "
-            "anywhere interrupts and preemption are enabled) or 'preempt=none'.",
+            "anywhere interrupts and preemption are enabled) or 'preempt=none', or, with a "
+            "PREEMPT_RT kernel, 'rcu_nocbs=all' (every CPU's RCU callbacks, which free mms on "
+            "RT, run in rcuop/N threads, batched lazily on 6.12-rt).",
         ),
     ] = "",
     release: Annotated[
