@@ -3,9 +3,11 @@ from the kernel code quoted in ../shared/reference/kernel.md."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from activemm import Violation
+from activemm import Violation, preset
 from activemm.errors import ConfigError, OperationError
 from activemm.model.config import KernelConfig
 from activemm.model.state import TaskState
@@ -433,3 +435,39 @@ def test_preempt_rt_runs_a_cpus_rcu_callbacks_oldest_first() -> None:
     m.schedule(0, m.state.rqs[0].idle.name)  # CPU 0's: both over, and its callbacks run
     assert freed == [(newer.name, "__mmdrop_delayed"), (older.name, "__mmdrop_delayed")]
     assert m.state.rcu_callbacks == []
+
+
+@pytest.mark.parametrize("offloaded", [False, True], ids=["rcuc", "rcu_nocbs"])
+def test_preempt_rt_callbacks_of_a_cpu_going_offline(offloaded: bool) -> None:
+    """takedown_cpu() ends with rcutree_migrate_callbacks(): the dead CPU's RCU callbacks,
+    a queued __mmdrop_delayed() among them, join the list of the CPU running the teardown and
+    run there after their grace period. Offloaded ones (RCU_NOCB_CPU_DEFAULT_ALL, or
+    rcu_nocbs=all) stay on the dead CPU's list, which its rcuop thread runs elsewhere."""
+    cfg = replace(preset("linux-6.12-x86_64-rt"), RCU_NOCB_CPU_DEFAULT_ALL=offloaded)
+    m = machine(cfg, cpus=3)
+    mm2 = with_user(m, "a")
+    m.fork("init", name="b")
+    m.schedule(2, "a")
+    m.exit("a")  # lazy on its own mm2 on CPU 2, then __mmput: CPU 2's reference is the last
+    m.schedule(2, "b")  # dead a -> user b: mmdrop_sched(): call_rcu() on CPU 2
+    assert mm2.rcu_cpu == 2 and mm2.rcu_wait == {0, 1, 2} and not mm2.freed
+    freed = watch_frees(m)
+    m.cpu_down(2, control=1)  # b is moved away (CPU 2's quiescent state), then the teardown
+    assert mm2.rcu_wait == {0, 1} and not freed
+    assert mm2.rcu_cpu == (2 if offloaded else 1)
+    m.schedule(0, "b")
+    m.schedule(1, "kthreadd")  # the grace period ends; CPU 1 runs its ready callbacks
+    if offloaded:
+        assert not freed and not mm2.rcu_wait
+        m.rcu_callbacks(2)  # rcuop/2, on a CPU still online
+    assert freed == [(mm2.name, "__mmdrop_delayed")] and mm2.freed
+    assert m.state.rcu_callbacks == []
+
+
+def test_cpu_down_refuses_a_teardown_on_the_cpu_itself() -> None:
+    m = machine(cpus=3)
+    with pytest.raises(OperationError, match="another online CPU"):
+        m.cpu_down(2, control=2)
+    m.cpu_down(1)
+    with pytest.raises(OperationError, match="another online CPU"):
+        m.cpu_down(2, control=1)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from activemm import PRESETS
+from activemm import PRESETS, Machine
 from activemm.cli import app
 from activemm.errors import ActiveMmError
 from activemm.trace.events import NewTask, Probe, ProcessExec, SchedSwitch, TlbFlush, TraceEvent
@@ -1107,6 +1107,32 @@ def test_cpu_hotplug_is_followed_at_the_cpu_init_marker(capture: Path) -> None:
     assert score.HOTPLUG not in switch_causes
     if not {"all", "parallel"} & _names(capture):  # (every workload has other windows too)
         assert switch_causes <= {score.EXIT_WINDOW}
+
+
+def test_a_cpu_is_taken_down_from_where_its_takedown_cpu_ran(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """takedown_cpu() (which ends with rcutree_migrate_callbacks()) and finish_cpu() run in
+    the task driving the teardown, on another CPU: the model takes each CPU down from the
+    CPU whose cpuhp_enter line shows that CPU's takedown_cpu step, counted in the text."""
+    capture = CAPTURES / "linux-6.12-smp3-hotplug"
+    expected = []
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        for line in f:
+            step = re.search(r"\[(\d+)\] .* cpuhp_enter: cpu: (\d+) .*\(takedown_cpu\)", line)
+            if step is not None:
+                expected.append((int(step[2]), int(step[1])))  # (dying CPU, control CPU)
+    calls: list[tuple[int, int | None]] = []
+    real = Machine.cpu_down
+
+    def cpu_down(self: Machine, cpu: int, control: int | None = None) -> None:
+        calls.append((cpu, control))
+        real(self, cpu, control)
+
+    monkeypatch.setattr(Machine, "cpu_down", cpu_down)
+    r = validate(capture)
+    assert len(expected) >= 4 and calls == expected
+    assert r.context_switches.matched == r.context_switches.total
 
 
 @pytest.mark.parametrize("capture", ALL, ids=lambda p: p.name)

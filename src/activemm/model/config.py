@@ -56,6 +56,9 @@ class KernelConfig:
     MMU_LAZY_TLB_SHOOTDOWN: bool = False
     # mmdrop_sched() (finish_task_switch's drop) defers the final __mmdrop to an RCU callback
     PREEMPT_RT: bool = False
+    # every CPU's RCU callbacks offloaded to its rcuop/N thread (or rcu_nocbs=all): a CPU
+    # going offline keeps them, where otherwise rcutree_migrate_callbacks() moves them
+    RCU_NOCB_CPU_DEFAULT_ALL: bool = False
     lazy_tlb: bool = True  # False: the no-lazy ablation, kernel threads run on init_mm
     radix: bool = False  # powerpc: radix MMU (exit_mmap's flush shoots lazy users early)
     allow_unsafe: bool = False
@@ -128,6 +131,7 @@ class KernelConfig:
             "MMU_LAZY_TLB_REFCOUNT": self.MMU_LAZY_TLB_REFCOUNT,
             "MMU_LAZY_TLB_SHOOTDOWN": self.MMU_LAZY_TLB_SHOOTDOWN,
             "PREEMPT_RT": self.PREEMPT_RT,
+            "RCU_NOCB_CPU_DEFAULT_ALL": self.RCU_NOCB_CPU_DEFAULT_ALL,
             "lazy_tlb": self.lazy_tlb,
             "radix": self.radix,
             "per_task_lazy_refs": self.per_task_lazy_refs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from activemm.model import mm as mmh
 from activemm.model.events import CpuOffline, CpuOnline
 from activemm.model.kernel import Kernel
+from activemm.model.rcu import tree as rcu
 from activemm.model.sched import core
 from activemm.model.state import Rq, TaskState
 
@@ -17,7 +18,9 @@ def cpu_down(k: Kernel, rq: Rq, control_cpu: int) -> None:
     2. 6.13+: sched_cpu_wait_empty() -> sched_force_init_mm() moves a lazy mm to init_mm;
     3. take_cpu_down() -> __cpu_disable() (powerpc clears the CPU from every mm_cpumask);
     4. before 6.13: idle_task_exit() switches the hardware to init_mm;
-    5. finish_cpu(), on the control CPU, drops the idle task's active_mm."""
+    5. takedown_cpu(), on the control CPU, ends with rcutree_migrate_callbacks() (the dead
+       CPU's RCU callbacks, PREEMPT_RT's queued __mmdrop among them, move there);
+    6. finish_cpu(), on the control CPU, drops the idle task's active_mm."""
     k.cpu = rq.cpu
     if rq.curr is not rq.idle:
         core.__schedule(k, rq, rq.idle)
@@ -30,6 +33,7 @@ def cpu_down(k: Kernel, rq: Rq, control_cpu: int) -> None:
     rq.online = False
     k.emit(CpuOffline(rq.cpu))
     k.cpu = control_cpu
+    rcu.rcutree_migrate_callbacks(k, rq.cpu)
     finish_cpu(k, rq)
 
 

@@ -492,16 +492,22 @@ class Machine:
 
     # -- hotplug --------------------------------------------------------------------------
 
-    def cpu_down(self, cpu: int) -> None:
-        """kernel/cpu.c: take `cpu` offline (its current task, if any, is migrated away)."""
+    def cpu_down(self, cpu: int, control: int | None = None) -> None:
+        """kernel/cpu.c: take `cpu` offline (its current task, if any, is migrated away).
+        `control`: the online CPU the teardown's takedown_cpu() and finish_cpu() run on (by
+        default the first other online CPU)."""
         rq = self.rq(cpu)
         if not rq.online:
             raise OperationError(f"cpu_down: CPU {cpu} is already offline")
         others = [r.cpu for r in self.state.rqs if r.online and r is not rq]
         if not others:
             raise OperationError("cpu_down: the last online CPU cannot go offline")
+        if control is not None and control not in others:
+            raise OperationError(
+                f"cpu_down: the teardown runs on another online CPU; {control} is not one"
+            )
         op = self._begin("cpu_down", cpu, cpu=cpu)
-        hotplug.cpu_down(self.k, rq, others[0])
+        hotplug.cpu_down(self.k, rq, others[0] if control is None else control)
         self._end(op)
 
     def cpu_up(self, cpu: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from activemm.errors import ActiveMmError
@@ -106,6 +107,15 @@ def fully_preemptible(meta: dict[str, object] | None) -> bool:
     return bool(modes) and modes[-1] in ("full", "lazy")
 
 
+def rcu_offloaded(meta: dict[str, object] | None) -> bool:
+    """Whether the capture's kernel was booted with every CPU's RCU callbacks offloaded to
+    rcuop threads (`capture --kernel-args rcu_nocbs=all`): the model's
+    RCU_NOCB_CPU_DEFAULT_ALL. (A list of CPUs offloads only those, which the model cannot
+    say: taken as not offloaded.)"""
+    words = str((meta or {}).get("kernel_args") or "").split()
+    return "rcu_nocbs=all" in words
+
+
 def locate(trace: Path, tasks: Path | None) -> tuple[Path, Path | None, str | None]:
     """A capture directory stands for its trace (trace.txt.gz...), its task snapshot
     (tasks_start.txt) and its metadata (meta.json); a trace file inside a capture directory
@@ -163,7 +173,10 @@ def validate(
         how = "inferred: no metadata; switch_mm_irqs_off probed at " + (
             "+0x0 (Debian's 6.1)" if inferred == "linux-6.1-x86_64" else "+0x4 (6.12, IBT)"
         )
+    meta = _meta(path.parent)
     cfg = preset(chosen)
+    if cfg.PREEMPT_RT and rcu_offloaded(meta):
+        cfg = replace(cfg, RCU_NOCB_CPU_DEFAULT_ALL=True)
     if mutants:
         cfg = cfg.with_mutants(*mutants)
     ncpus, _ = peek_cpus(iter(events), stats=stats)
@@ -172,7 +185,6 @@ def validate(
     # is only scored.
     sanitize = not cfg.mutants and cfg.lazy_tlb
     exits: dict[int, int] = {}
-    meta = _meta(path.parent)
     full = fully_preemptible(meta)
     preemption = "rt" if cfg.PREEMPT_RT else "full" if full else "voluntary"
     preemptible = preemption != "voluntary"

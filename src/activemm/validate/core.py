@@ -264,6 +264,8 @@ class Validator(MarkerSteps, Clocked):
         self.offlined: dict[int, int] = {}
         self.offlined_ever: set[int] = set()
         self.finishing: set[int] = set()  # CPUs whose finish_cpu() step (cpuhp_enter) began
+        # CPU going offline -> the CPU its takedown_cpu() step (cpuhp_enter) runs on
+        self.taken_down_from: dict[int, int] = {}
         # pid -> the release it is in (its point, the mm address whose mmdrop() follows)
         self.releasing: dict[int, tuple[str, int]] = {}
         self.finish_holds: dict[int, str] = {}  # such a line -> the holder standing in till then
@@ -597,7 +599,9 @@ class Validator(MarkerSteps, Clocked):
             with self._unmetered():
                 self.m.mmgrab(mm, holder, p.cpu)
             self.finish_holds[lines[i]] = holder
-        self.m.cpu_down(p.cpu)
+        control = self.taken_down_from.pop(p.cpu, None)
+        online = control is not None and control != p.cpu and self.m.state.rqs[control].online
+        self.m.cpu_down(p.cpu, control if online else None)
 
     def _finish_cpu(self, ev: HotplugStep) -> None:
         """cpuhp_enter(finish_cpu): the hotplug teardown drops the dead CPU's borrowed mm."""
@@ -613,6 +617,8 @@ class Validator(MarkerSteps, Clocked):
         borrowed mm is no longer finish_cpu()'s to drop: a later __mmdrop of it is another
         holder's last reference (io_uring's, a /proc reader's...), scored where it ran."""
         cpu = ev.target_cpu
+        if ev.function == "takedown_cpu":  # (it ends with rcutree_migrate_callbacks())
+            self.taken_down_from[cpu] = ev.cpu
         if ev.function == "finish_cpu":
             self.finishing.add(cpu)
         elif cpu in self.finishing:

@@ -33,3 +33,16 @@ def rcu_do_batch(k: Kernel, cpu: int) -> None:
     for mm in ready:
         mmh.__mmdrop_delayed(k, mm)
     k.cpu = sender
+
+
+def rcutree_migrate_callbacks(k: Kernel, cpu: int) -> None:
+    """kernel/rcu/tree.c: rcutree_migrate_callbacks(), from takedown_cpu() in the task taking
+    `cpu` down, on the CPU it runs on (k.cpu): the dead CPU's callbacks join this CPU's list
+    and run from there once their grace period is over (the kernel appends them to that
+    list; the model keeps call order). Offloaded callbacks stay: the dead CPU's rcuop thread
+    goes on running them elsewhere."""
+    if k.config.RCU_NOCB_CPU_DEFAULT_ALL or cpu == k.cpu:
+        return
+    for mm in k.state.rcu_callbacks:
+        if mm.rcu_cpu == cpu:
+            mm.rcu_cpu = k.cpu
