@@ -98,12 +98,16 @@ def _missed_hits(meta: dict[str, object] | None) -> dict[str, int]:
     return {name: n for name, n in missed.items() if isinstance(n, int) and n > 0}
 
 
+def _kernel_args(meta: dict[str, object] | None) -> list[str]:
+    """The parameters `capture --kernel-args` added to the guest's command line."""
+    return str((meta or {}).get("kernel_args") or "").split()
+
+
 def fully_preemptible(meta: dict[str, object] | None) -> bool:
     """Whether the capture's kernel was booted fully preemptible (`capture --kernel-args
     preempt=full`); Debian's kernels are preempt=voluntary otherwise. The last preempt=
     on the command line counts, as the kernel parses them."""
-    words = str((meta or {}).get("kernel_args") or "").split()
-    modes = [w.split("=", 1)[1] for w in words if w.startswith("preempt=")]
+    modes = [w.split("=", 1)[1] for w in _kernel_args(meta) if w.startswith("preempt=")]
     return bool(modes) and modes[-1] in ("full", "lazy")
 
 
@@ -112,8 +116,7 @@ def rcu_offloaded(meta: dict[str, object] | None) -> bool:
     rcuop threads (`capture --kernel-args rcu_nocbs=all`): the model's
     RCU_NOCB_CPU_DEFAULT_ALL. (A list of CPUs offloads only those, which the model cannot
     say: taken as not offloaded.)"""
-    words = str((meta or {}).get("kernel_args") or "").split()
-    return "rcu_nocbs=all" in words
+    return "rcu_nocbs=all" in _kernel_args(meta)
 
 
 def locate(trace: Path, tasks: Path | None) -> tuple[Path, Path | None, str | None]:
