@@ -617,3 +617,25 @@ def test_kernel_parameters_asked_for_reach_the_guests_command_line(tmp_path: Pat
     words = cmd[cmd.index("-append") + 1].split()
     assert words[-2:] == ["preempt=full", "nosmt"]
     assert "activemm.workload=all" in words  # the capture's own are still there
+
+
+def test_cpu_model_asked_for_reaches_qemu(tmp_path: Path) -> None:
+    """--cpu is QEMU's -cpu: under TCG only when asked (QEMU's default otherwise), with KVM
+    instead of `host`; what is no model word is refused before anything boots."""
+    image = KernelImage("6.1.0-0-amd64", tmp_path / "vmlinuz", tmp_path, tmp_path)
+
+    def cpu_of(opts: run.CaptureOptions, accel: str) -> str | None:
+        cmd = run.qemu_command(image, tmp_path / "i", opts, accel, tmp_path / "c", tmp_path / "s")
+        return cmd[cmd.index("-cpu") + 1] if "-cpu" in cmd else None
+
+    if shutil.which("qemu-system-x86_64"):
+        plain = run.CaptureOptions(out=tmp_path / "cap")
+        asked = run.CaptureOptions(out=tmp_path / "cap", cpu="max,-pku")
+        assert cpu_of(plain, "tcg") is None
+        assert cpu_of(plain, "kvm") == "host"
+        assert cpu_of(asked, "tcg") == "max,-pku"
+        assert cpu_of(asked, "kvm") == "max,-pku"
+    for bad in ("max -smp 4", "max;reboot", "'max'"):
+        with pytest.raises(CaptureError, match=r"--cpu .*expected a QEMU CPU model"):
+            run.check_options(run.CaptureOptions(out=tmp_path / "cap", cpu=bad))
+    assert not (tmp_path / "cap").exists()

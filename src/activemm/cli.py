@@ -673,6 +673,17 @@ def capture(
     accel: Annotated[
         str, typer.Option("--accel", help="auto (KVM, falling back to TCG), kvm or tcg.")
     ] = "auto",
+    cpu: Annotated[
+        str,
+        typer.Option(
+            "--cpu",
+            help="QEMU's CPU model (its -cpu, e.g. max or Skylake-Server; `qemu-system-x86_64 "
+            "-cpu help` lists them), recorded in meta.json. Default: host with KVM (the "
+            "host's PCID included: switch_mm_irqs_off() then keeps each mm's TLB entries "
+            "under an ASID), QEMU's qemu64 with TCG (QEMU 7.2's TCG has no PCID, whatever "
+            "the model).",
+        ),
+    ] = "",
     timeout: Annotated[
         float,
         typer.Option(
@@ -733,6 +744,7 @@ def capture(
     opts = CaptureOptions(
         output, smp, workload, scale, accel, memory, timeout, allow_lost, run=run,
         program=program, modules=tuple(module or ()), kernel_args=" ".join(kernel_args.split()),
+        cpu=cpu,
     )  # fmt: skip
     check_options(opts)
     progress("fetching the kernel" if kernel is None else f"using {kernel}")

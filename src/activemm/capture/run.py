@@ -50,6 +50,7 @@ class CaptureOptions:
     program: Path | None = None  # a C source or static executable, /bin/program in the guest
     modules: tuple[str, ...] = ()  # the kernel's modules to load first (--module), in order
     kernel_args: str = ""  # more kernel command-line parameters (--kernel-args)
+    cpu: str = ""  # QEMU's -cpu model (--cpu); "": host with KVM, QEMU's default with TCG
 
 
 @dataclass
@@ -168,9 +169,9 @@ def qemu_command(
         "-serial", f"file:{console}", "-serial", f"file:{ship}",
     ]  # fmt: skip
     if accel == "kvm":
-        cmd += ["-accel", "kvm", "-cpu", "host"]
+        cmd += ["-accel", "kvm", "-cpu", opts.cpu or "host"]
     else:
-        cmd += ["-accel", "tcg,thread=multi"]
+        cmd += ["-accel", "tcg,thread=multi"] + (["-cpu", opts.cpu] if opts.cpu else [])
     return cmd
 
 
@@ -302,6 +303,11 @@ def check_options(opts: CaptureOptions) -> None:
         raise CaptureError("--workload none leaves nothing to run: give --run or --program")
     if opts.run is not None and not opts.run.strip():
         raise CaptureError("--run: the command line is empty")
+    if opts.cpu and not re.fullmatch(r"[\w.+=,-]+", opts.cpu):
+        raise CaptureError(
+            f"--cpu {opts.cpu!r}: expected a QEMU CPU model with optional +feature/-feature "
+            "words, e.g. max or host,-pcid (`qemu-system-x86_64 -cpu help` lists the models)"
+        )
     if opts.program is not None:
         guest.check_program(opts.program)
     for name in opts.modules:
@@ -429,6 +435,7 @@ def capture(
             "workload_status": int(status[1]) if status else None,
             "scale": opts.scale,
             "accel": accel,
+            "cpu": opts.cpu or ("host" if accel == "kvm" else "qemu64"),
             "btf_offsets": {
                 "task_struct": offsets,
                 "io_ring_ctx": ring,
