@@ -566,14 +566,74 @@ def test_exit_mmap_switching_its_cpu_to_init_mm_shows_an_exit_before_the_fact() 
 
     start = [_sw(1, 20, "S", 10), _cr3(2, 20)]
     timeline = [*start, _cr3(3, 10), _sw(4, 10, "R+", 20), _sw(5, 20, "S", 10), exit_(6)]
-    assert ExitWindows.scan(timeline).lazy_exits() == {4: 10}
+    assert ExitWindows.scan(timeline).lazy_exits() == ({4: 10}, set())
     irq = [*start, _cr3(3, 10, irq=True), *timeline[3:]]
-    assert ExitWindows.scan(irq).lazy_exits() == {4: 10}
+    assert ExitWindows.scan(irq).lazy_exits() == ({4: 10}, set())
     exec_ = ProcessExec(4, 0, 0.004, 10, "t", None, "/x", 10, 10)
     execs = [*start, _cr3(3, 10), exec_, _sw(5, 10, "R+", 20), _sw(6, 20, "S", 10), exit_(7)]
-    assert ExitWindows.scan(execs).lazy_exits() == {}
+    assert ExitWindows.scan(execs).lazy_exits() == ({}, set())
     poke = [*start, _cr3(3, 10), _cr3(4, 10), _sw(5, 10, "R+", 20), exit_(6)]
-    assert ExitWindows.scan(poke).lazy_exits() == {}
+    assert ExitWindows.scan(poke).lazy_exits() == ({}, set())
+
+
+def test_a_preemption_before_exit_mmaps_flush_is_in_the_exit_window_when_little_was_left() -> None:
+    """windows.py's lazy_exits, second value, on hand-made timelines of task 10 (lines are
+    milliseconds): it has its mm (a switch in with a CR3 load), is preempted once, comes
+    back, loads CR3 by itself (exit_mmap()'s flush found its CPU lazy) and exits 2 ms later.
+    Back 1 ms before the load (under EXIT_MMAP_RATIO times the 2 ms tail): the preemption
+    was inside exit_mmap(). Back 16 ms before: it came before exit_mm(). Two preemptions, a
+    "D" wait, or a sleep after the preemption: nothing is placed."""
+    from activemm.trace.events import ProcessExit
+    from activemm.validate.windows import EXIT_MMAP_RATIO, ExitWindows
+
+    def exit_(line: int) -> ProcessExit:
+        return ProcessExit(line, 0, line / 1000, 10, "t", None, 10)
+
+    def lazy_exits(*events: object) -> tuple[dict[int, int], set[int]]:
+        return ExitWindows.scan([_sw(1, 20, "S", 10), _cr3(2, 20), *events]).lazy_exits()
+
+    assert EXIT_MMAP_RATIO * 2 > 1 and EXIT_MMAP_RATIO * 2 < 16
+    out, back = _sw(3, 10, "R+", 20), _sw(4, 20, "S", 10)
+    assert lazy_exits(out, back, _cr3(5, 10), exit_(7)) == ({3: 10}, {3})
+    assert lazy_exits(out, back, _cr3(20, 10), exit_(22)) == ({}, set())
+    twice = (out, back, _sw(5, 10, "R+", 20), _sw(6, 20, "S", 10), _cr3(7, 10), exit_(9))
+    assert lazy_exits(*twice) == ({}, set())
+    waited = (_sw(3, 10, "D", 20), back, _cr3(5, 10), exit_(7))
+    assert lazy_exits(*waited) == ({}, set())
+    slept = (out, back, _sw(5, 10, "S", 20), _sw(6, 20, "S", 10), _cr3(7, 10), exit_(9))
+    assert lazy_exits(*slept) == ({}, set())
+
+
+def test_sched_inputs_place_exit_windows_before_exit_mmaps_flush(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With tracepoints only, a task preempted once before exit_mmap()'s switch of its CPU
+    to init_mm, with little run time left from there, has its exit_mm() run before that
+    preemption. Scored against the exit_mm markers (which sched inputs do not read): most
+    of those points come after the kernel's exit_mm in the same life of the pid, and the
+    rule matches more switches than the same replay without it (a ratio of 0)."""
+    from activemm.validate import windows
+
+    names = ["linux-6.1-smp1-program2", "linux-6.1-smp1-everything", "linux-6.12-smp2-program6"]
+    placed = inside = 0
+    matched = []
+    for name in names:
+        capture = CAPTURES / name
+        sched = validate(capture, inputs="sched")
+        exit_mm, after = _exit_windows(capture)
+        for line, pid in sched.early_exit_points.items():
+            marks = [m for m in exit_mm.get(pid, []) if m < line]
+            placed += 1
+            inside += bool(marks) and not any(marks[-1] < -a < line for a in after[pid])
+        key = "exit_mm inferred (preempted in exit_mmap before it switched its CPU to init_mm)"
+        assert sched.learned[key] == len(sched.early_exit_points)
+        matched.append(sched.context_switches.matched)
+    assert placed >= 10 and inside >= 0.8 * placed, (placed, inside)
+    monkeypatch.setattr(windows, "EXIT_MMAP_RATIO", 0.0)
+    for name, with_rule in zip(names, matched, strict=True):
+        without = validate(CAPTURES / name, inputs="sched")
+        assert not without.early_exit_points
+        assert with_rule > without.context_switches.matched, name
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,7 @@ from activemm.validate.score import (
     FOLLOWS,
     HOTPLUG,
     INFERRED_EXIT,
+    INFERRED_IN_EXIT_MMAP,
     KTHREAD_USE_MM,
     PRE_TRACE,
     RELEASE_POINTS,
@@ -126,13 +127,17 @@ class Validator(MarkerSteps, Clocked):
         # earlier pass found them; and those this pass finds
         self.exit_points = dict(exit_points or {})
         self.found_exits: dict[int, int] = {}
-        self.inferred: set[int] = set()  # pids whose exit the model ran at an inferred window
+        # pids whose exit the model ran at an inferred window -> the cause if it was none
+        self.inferred: dict[int, str] = {}
         # vhost workers that used their mm, by id() (kept alive: an id() is not reused)
         self.vhost_workers: dict[int, Task] = {}
         self.loaded_sure: dict[int, bool] = {}  # CPU -> the model knows what it has loaded
         self.windows = ExitWindows.scan(events) if inputs == "sched" else None
-        # exits known before the fact: exit_mmap()'s switch of a lazy CPU to init_mm
-        self.lazy_exits = self.windows.lazy_exits() if self.windows is not None else {}
+        # exits known before the fact: exit_mmap()'s switch of a lazy CPU to init_mm, and
+        # those of them placed at a preemption before it
+        self.lazy_exits, self.before_flush = (
+            self.windows.lazy_exits() if self.windows is not None else ({}, set())
+        )
         self.exit_points = {**self.lazy_exits, **self.exit_points}
         self.result = result
         self.pretrace = PreTrace.scan(events)
@@ -1446,8 +1451,14 @@ class Validator(MarkerSteps, Clocked):
         if t.pf_kthread:  # its own CR3 loads are kthread_use_mm()'s
             return
         self._marker_exit(sw)
-        self.inferred.add(sw.prev_pid)
-        if sw.line in self.lazy_exits:
+        self.inferred[sw.prev_pid] = INFERRED_EXIT
+        if sw.line in self.before_flush:
+            self.inferred[sw.prev_pid] = INFERRED_IN_EXIT_MMAP
+            self.result.early_exit_points[sw.line] = sw.prev_pid
+            self.result.learned[
+                "exit_mm inferred (preempted in exit_mmap before it switched its CPU to init_mm)"
+            ] += 1
+        elif sw.line in self.lazy_exits:
             self.result.lazy_exit_points[sw.line] = sw.prev_pid
             self.result.learned["exit_mm inferred (exit_mmap switched its CPU to init_mm)"] += 1
         else:
@@ -1507,7 +1518,7 @@ class Validator(MarkerSteps, Clocked):
             if pid in self.exit_marked:
                 return EXIT_WINDOW
             if pid in self.inferred:
-                return INFERRED_EXIT
+                return self.inferred[pid]
             if pid in self.exec_marked:
                 return "exec window (exec_mmap ran before sched_process_exec)"
             if pid in self.mm_kthreads:

@@ -39,6 +39,12 @@ INFERRED_EXIT = (
     "the CR3 load the model's CPU needed, because that CPU had dropped to init_mm on a flush the "
     "kernel's CPU took while it still ran the mm (a flush IPI placed later than the kernel's)"
 )
+INFERRED_IN_EXIT_MMAP = (
+    "exit window inferred where there was none (tracepoints only): the task's one preemption "
+    "before exit_mmap switched its CPU to init_mm was taken to be inside exit_mmap (it ran "
+    "little from there to that switch, against exit_mmap's work after it), but it came before "
+    "do_exit reached exit_mm"
+)
 LATE_FLUSH = (
     "exit_mmap's TLB flush ran after a context switch (the kernel's __mmput was preempted); "
     "the model's one-step __mmput flushes before it"
@@ -159,6 +165,8 @@ class Result:
     # CPU to init_mm), as the model ran them
     exit_points: dict[int, int] = field(default_factory=dict)
     lazy_exit_points: dict[int, int] = field(default_factory=dict)
+    # and those placed at a preemption before exit_mmap's switch of the CPU to init_mm
+    early_exit_points: dict[int, int] = field(default_factory=dict)
 
     def mismatch(
         self, group: str, line: int, predicted: dict[str, Any], kernel: dict[str, Any], cause: str
