@@ -1443,17 +1443,18 @@ class Validator(MarkerSteps, Clocked):
 
     def _inferred_exit(self, sw: SchedSwitch) -> None:
         """Sched inputs: the task switched out here ran exit_mm() before (its own switch to
-        init_mm came before, or the pass before found it switched in later without an mm):
-        the model's exit runs now."""
+        init_mm came before, or came after with little of exit_mmap() left to run from
+        here, or the pass before found it switched in later without an mm): the model's
+        exit runs now."""
         t = self.m.state.rqs[sw.cpu].curr
         if t is not self.replayer.tasks.get(sw.prev_pid) or t.mm is None or t.exiting:
             return
         if t.pf_kthread:  # its own CR3 loads are kthread_use_mm()'s
             return
         self._marker_exit(sw)
-        self.inferred[sw.prev_pid] = INFERRED_EXIT
-        if sw.line in self.before_flush:
-            self.inferred[sw.prev_pid] = INFERRED_IN_EXIT_MMAP
+        early = sw.line in self.before_flush
+        self.inferred[sw.prev_pid] = INFERRED_IN_EXIT_MMAP if early else INFERRED_EXIT
+        if early:
             self.result.early_exit_points[sw.line] = sw.prev_pid
             self.result.learned[
                 "exit_mm inferred (preempted in exit_mmap before it switched its CPU to init_mm)"
