@@ -816,7 +816,9 @@ def validate(
     its meta.json, or for a bare trace from where its kprobes landed (+0x0 on Debian's 6.1,
     +0x4 past ENDBR on 6.12). With tracepoints only (--inputs sched), exit windows show in
     the CR3 loads: a user task whose exit_mmap switched its lazy CPU to init_mm has run
-    exit_mm, and one switched in without the CR3 load its mm needs shows it after the fact
+    exit_mm (before the one preemption between its last sign of an mm and that switch, when
+    little of exit_mmap was left to run from there), and one switched in without the CR3
+    load its mm needs shows it after the fact
     (the trace is replayed again with its exit_mm where it ran); a CPU whose idle task
     switches out while its last traced switch went to its stopper thread was offline in
     between (docs/validate.md).
