@@ -639,3 +639,17 @@ def test_cpu_model_asked_for_reaches_qemu(tmp_path: Path) -> None:
         with pytest.raises(CaptureError, match=r"--cpu .*expected a QEMU CPU model"):
             run.check_options(run.CaptureOptions(out=tmp_path / "cap", cpu=bad))
     assert not (tmp_path / "cap").exists()
+
+
+@pytest.mark.skipif(
+    not (shutil.which("busybox") and shutil.which("gcc")), reason="needs busybox and gcc"
+)
+def test_meta_records_the_cpu_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """meta.json says which CPU model the guest had: the one asked for, else QEMU's qemu64
+    under TCG (a capture without PCID)."""
+    image = _fake_qemu(tmp_path, monkeypatch, "clean")
+    plain = run.capture(image, run.CaptureOptions(out=tmp_path / "a", accel="tcg"), print)
+    asked = run.CaptureOptions(out=tmp_path / "b", accel="tcg", cpu="Skylake-Server")
+    assert plain["cpu"] == "qemu64"
+    assert run.capture(image, asked, print)["cpu"] == "Skylake-Server"
+    assert json.loads((tmp_path / "b" / "meta.json").read_text())["cpu"] == "Skylake-Server"
