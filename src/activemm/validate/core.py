@@ -1184,7 +1184,8 @@ class Validator(MarkerSteps, Clocked):
         a task without an mm to one with, dropping the borrowed mm: the hook's `prev`), at
         the end of __mmput() (an exit_mmap of this mm by this task is open), or elsewhere."""
         addr = address(p.args.get("mm"))
-        if self._queued_before_the_trace(p, addr):
+        queued_on = kv.rcu_callbacks_of(p.comm)  # an RCU callback's free: whose list
+        if queued_on is not None and self._queued_before_the_trace(addr):
             return
         anchor = self.anchor.get(p.cpu, ("other",))
         group = self.finished.get(p.cpu)
@@ -1218,7 +1219,7 @@ class Validator(MarkerSteps, Clocked):
             point = ("mmdrop_async", async_pid)
         elif offlined is not None:
             point = ("finish_cpu", 0)  # its idle task's borrowed mm, dropped for a dead CPU
-        elif (queued_on := kv.rcu_callbacks_of(p.comm)) is not None:
+        elif queued_on is not None:
             point = ("call_rcu", queued_on)  # PREEMPT_RT's __mmdrop_delayed(), queued there
         elif anchor[0] == "activate_mm" or p.pid in self.exec_open:
             # (exec_mmap()'s mmdrop() of the borrowed mm, after activate_mm(): the task may
@@ -1237,15 +1238,14 @@ class Validator(MarkerSteps, Clocked):
         self.kernel_drops.append(Drop(addr, point, p.line, p.cpu))
         self.live.pop(addr, None)  # the end of this address's life
 
-    def _queued_before_the_trace(self, p: Probe, addr: int) -> bool:
-        """PREEMPT_RT: an RCU callback's __mmdrop of an mm the trace never showed (no model
-        mm bound to it, no mm_init waiting for one): its last mmdrop_sched() call_rcu()ed it
-        before the trace began. Lazy RCU (RCU_LAZY, on offloaded CPUs: rcu_nocbs=) holds
+    def _queued_before_the_trace(self, addr: int) -> bool:
+        """PREEMPT_RT: an RCU callback's __mmdrop (the caller checks it ran in rcuc/N or
+        rcuop/N) of an mm the trace never showed (no model mm bound to it, no mm_init
+        waiting for one): its last mmdrop_sched() call_rcu()ed it before the trace began. Lazy RCU (RCU_LAZY, on offloaded CPUs: rcu_nocbs=) holds
         such callbacks for up to seconds. State from before the trace, learned, not
         predicted: it is not scored."""
         if (
             not self.m.config.PREEMPT_RT
-            or kv.rcu_callbacks_of(p.comm) is None
             or addr in self.live
             or any(addr in queue for queue in self.new_addrs.values())
         ):

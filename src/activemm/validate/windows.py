@@ -166,11 +166,7 @@ class ExitWindows:
         span = self._without_mm(pid, line)
         if span is None:
             return None
-        last = span[0]
-        sleeps = self.sleeps.get(pid, [])
-        s = bisect.bisect_left(sleeps, line) - 1
-        if s >= 0 and sleeps[s] > last:
-            last = sleeps[s]
+        last = self._window_floor(pid, span[0], line)
         outs = self.outs.get(pid, [])
         j = bisect.bisect_left(outs, line) - 1
         return outs[j] if j >= 0 and outs[j] > last else None
@@ -218,18 +214,20 @@ class ExitWindows:
         before its exit_mm()) is left alone: its exit_mm() runs at its sched_process_exit,
         unless it shows later (exit_point)."""
         outs = self.outs.get(pid, [])
-        floor = span[0]
-        sleeps = self.sleeps.get(pid, [])
-        s = bisect.bisect_left(sleeps, f) - 1
-        if s >= 0 and sleeps[s] > floor:
-            floor = sleeps[s]
-        k = bisect.bisect_right(outs, floor)
+        k = bisect.bisect_right(outs, self._window_floor(pid, span[0], f))
         if k == len(outs) or outs[k] > f or (k + 1 < len(outs) and outs[k + 1] < f):
             return None
         if outs[k] not in self.preempted:
             return None
         tail = self.ts[span[1]] - self.ts[f]
         return outs[k] if self._run_time(pid, outs[k], f) < EXIT_MMAP_RATIO * tail else None
+
+    def _window_floor(self, pid: int, sign: int, line: int) -> int:
+        """The later of `sign` (pid's last sign of an mm before `line`) and its last sleep
+        before `line`: its exit_mm() ran after both (an exiting task never sleeps)."""
+        sleeps = self.sleeps.get(pid, [])
+        s = bisect.bisect_left(sleeps, line) - 1
+        return max(sign, sleeps[s]) if s >= 0 else sign
 
     def _run_time(self, pid: int, start: int, end: int) -> float:
         """How long `pid` ran between lines `start` (a switch out of it) and `end`."""
