@@ -1241,9 +1241,9 @@ class Validator(MarkerSteps, Clocked):
     def _queued_before_the_trace(self, addr: int) -> bool:
         """PREEMPT_RT: an RCU callback's __mmdrop (the caller checks it ran in rcuc/N or
         rcuop/N) of an mm the trace never showed (no model mm bound to it, no mm_init
-        waiting for one): its last mmdrop_sched() call_rcu()ed it before the trace began. Lazy RCU (RCU_LAZY, on offloaded CPUs: rcu_nocbs=) holds
-        such callbacks for up to seconds. State from before the trace, learned, not
-        predicted: it is not scored."""
+        waiting for one): its last mmdrop_sched() call_rcu()ed it before the trace began.
+        Lazy RCU (RCU_LAZY, on offloaded CPUs: rcu_nocbs=) holds such callbacks for up to
+        seconds. State from before the trace, learned, not predicted: it is not scored."""
         if (
             not self.m.config.PREEMPT_RT
             or addr in self.live
