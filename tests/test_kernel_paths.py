@@ -7,9 +7,11 @@ from dataclasses import replace
 
 import pytest
 
-from activemm import Violation, preset
+from activemm import Machine, Violation, preset
 from activemm.errors import ConfigError, OperationError
 from activemm.model.config import KernelConfig
+from activemm.model.events import Cr3Loaded, Event
+from activemm.model.kernel import Observer
 from activemm.model.state import TaskState
 
 from .helpers import lazy_kworker, machine, watch_frees, with_user
@@ -471,3 +473,83 @@ def test_cpu_down_refuses_a_teardown_on_the_cpu_itself() -> None:
     m.cpu_down(1)
     with pytest.raises(OperationError, match="another online CPU"):
         m.cpu_down(2, control=1)
+
+
+def _cr3_loads(m: Machine) -> list[tuple[int, str]]:
+    """A list that fills, from now on, with (CPU, mm name) of every x86 CR3 load in `m`."""
+    loads: list[tuple[int, str]] = []
+
+    class Watch(Observer):
+        def event(self, ev: Event) -> None:
+            if isinstance(ev, Cr3Loaded):
+                loads.append((ev.cpu, ev.mm.name))
+
+    m.add_observer(Watch())
+    return loads
+
+
+def test_preempt_rt_exec_preempted_before_activate_mm() -> None:
+    """PREEMPT_RT, fs/exec.c exec_mmap(): task_lock() leaves preemption on and x86 (6.1)
+    enables interrupts before activate_mm(), so the task can be switched out with tsk->mm =
+    tsk->active_mm = new while its CPU still runs on the old page tables. Worked by hand
+    (the sanitizer checks every step): app (mm2) execs into mm3 and is preempted by kw.
+    - exec up to the window: mm3 has its user (1, 1); mm2 still has app's real user through
+      exec_mmap's old_mm (1, 1); the CPU still has mm2 loaded, no CR3 load.
+    - app -> kw (user -> kernel): kw borrows app's active_mm, the new mm3: mmgrab_lazy_tlb:
+      mm3 (1, 2); enter_lazy_tlb: no CR3 load, the CPU stays on mm2, lazily.
+    - kw -> app: switch_mm_irqs_off(mm3, mm3) compares with loaded_mm (mm2), not `prev`:
+      CR3 := mm3; finish_task_switch drops kw's lazy reference: mm3 (1, 1).
+    - resume: activate_mm(mm2, mm3) finds mm3 loaded: no CR3 load; mmput(mm2) is its last
+      user and nobody borrows it: __mmput, __mmdrop (mm2 freed, by the exec)."""
+    m = machine("linux-6.1-x86_64-rt")
+    mm2 = with_user(m)
+    lazy_kworker(m)  # (kw borrowed mm2 on CPU 0 once; app runs again below)
+    m.schedule(0, "app")
+    app = m.task("app")
+    loads, freed = _cr3_loads(m), watch_frees(m)
+    mm3 = m.exec(app, name="cat", preempted=True)
+    assert app.mm is mm3 and app.active_mm is mm3 and app.comm == "app"
+    assert (mm3.mm_users, mm3.mm_count) == (1, 1) and (mm2.mm_users, mm2.mm_count) == (1, 1)
+    assert m.state.rqs[0].tlb.loaded_mm is mm2 and loads == []
+    m.schedule(0, "kw")
+    kw = m.task("kw")
+    assert kw.active_mm is mm3 and mm3.mm_count == 2
+    assert m.state.rqs[0].tlb.loaded_mm is mm2 and m.state.rqs[0].tlb.is_lazy and loads == []
+    with pytest.raises(OperationError, match="disables migration"):
+        m.schedule(1, app)  # task_lock() held: migrate_disable()
+    m.schedule(0, app)
+    assert loads == [(0, "mm3")] and mm3.mm_count == 1 and kw.active_mm is None
+    with pytest.raises(OperationError, match="resume_exec"):
+        m.fork(app)
+    m.resume_exec(app)
+    assert loads == [(0, "mm3")] and app.comm == "cat" and app.in_exec_mmap is None
+    assert mm2.freed and freed == [("mm2", "__mmput")]
+    assert (mm3.mm_users, mm3.mm_count) == (1, 1)
+
+
+def test_exec_preempted_needs_preempt_rt_and_resume_needs_a_window() -> None:
+    m = machine("linux-6.1-x86_64")
+    with_user(m)
+    m.schedule(1, "app")
+    with pytest.raises(OperationError, match="needs PREEMPT_RT"):
+        m.exec("app", preempted=True)
+    with pytest.raises(OperationError, match="not inside a preempted exec_mmap"):
+        m.resume_exec("app")
+
+
+def test_preempt_rt_exec_window_of_a_task_without_an_mm_keeps_its_lazy_reference() -> None:
+    """init's first exec (kernel_execve) on PREEMPT_RT: init has no mm and borrows init_mm
+    lazily (boot 3 references + init's lazy one taken over from CPU 0's idle task). Preempted
+    in the window, exec_mmap's local active_mm still holds that lazy reference, which the
+    sanitizer's count must see; resume_exec() drops it (mmdrop_lazy_tlb): init_mm 3 -> 2."""
+    m = machine("linux-6.1-x86_64-rt")
+    m.schedule(0, "init")
+    init_mm = m.state.init_mm
+    assert init_mm.mm_count == 3
+    mm1 = m.exec("init", preempted=True)
+    assert init_mm.mm_count == 3 and m.task("init").mm is mm1
+    m.schedule(0, "swapper/0")  # the idle task borrows mm1 lazily; the CPU stays on init_mm
+    assert m.state.rqs[0].tlb.loaded_mm is init_mm and mm1.mm_count == 2
+    m.schedule(0, "init")
+    m.resume_exec("init")
+    assert init_mm.mm_count == 2 and (mm1.mm_users, mm1.mm_count) == (1, 1)

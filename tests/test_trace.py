@@ -111,6 +111,28 @@ def test_preempt_rt_irq_flags_have_seven_columns(tmp_path: Path) -> None:
     assert [f.hardirq for f in flushes] == [True, False, False, True]  # type: ignore[attr-defined]
 
 
+def test_sched_switch_reads_the_migrate_disable_column(tmp_path: Path) -> None:
+    """The last irq-info flag is migrate_disable()'s depth (since 5.13; "." for none, hex
+    otherwise), last of five or of 6.1-rt's seven; a four-flag kernel has no such column.
+    The first line is 6.1-rt's, a task preempted holding task_lock() (a spinlock_t: migration
+    off), from tests/data/captures/linux-6.1-rt-smp3-program17."""
+    tail = "prev_prio=120 prev_state=R+ ==> next_comm=migration/0 next_pid=20 next_prio=0"
+    lines = [
+        f"             cat-285     (    285) [000] d...211     9.336276: sched_switch: "
+        f"prev_comm=init prev_pid=285 {tail}",
+        f"            init-1       (      1) [001] d...2..     9.4: sched_switch: "
+        f"prev_comm=init prev_pid=1 {tail}",
+        f"            init-1       (      1) [001] d..2a     9.5: sched_switch: "
+        f"prev_comm=init prev_pid=1 {tail}",
+        f"            init-1       (      1) [001] d..2     9.6: sched_switch: "
+        f"prev_comm=init prev_pid=1 {tail}",
+        f"            init-1       (      1) [001]     9.7: sched_switch: "
+        f"prev_comm=init prev_pid=1 {tail}",
+    ]
+    evs = list(read_trace(_write(tmp_path, lines), window=0))
+    assert [e.migrate_disabled for e in evs if isinstance(e, SchedSwitch)] == [1, 0, 10, 0, 0]
+
+
 def test_trace_cmd_plugin_format_comm_with_colons_spaces_lost_probes(tmp_path: Path) -> None:
     st_ = ReadStats()
     evs = list(read_trace(_write(tmp_path, SAMPLE), stats=st_, window=0))

@@ -112,6 +112,11 @@ def expected_counts(state: KernelState, config: KernelConfig) -> dict[int, tuple
                 add(count, t.mm)  # kthread_use_mm's mmgrab
             else:
                 add(users, t.mm)
+        if (window := t.in_exec_mmap) is not None:  # exec_mmap()'s locals, not yet put
+            if window.old_mm is not None:
+                add(users, window.old_mm)
+            elif lazy_counted:
+                add(count, window.active_mm)
     for rq in state.rqs:
         if lazy_counted:
             add(count, rq.prev_mm)
@@ -133,7 +138,8 @@ def reachable(state: KernelState) -> set[int]:
     """Ids of mms something still points to."""
     seen: set[int] = {state.init_mm.id}
     for t in state.live_tasks():
-        for mm in (t.mm, t.active_mm):
+        window = t.in_exec_mmap
+        for mm in (t.mm, t.active_mm, *((window.old_mm, window.active_mm) if window else ())):
             if mm is not None:
                 seen.add(mm.id)
     for rq in state.rqs:
@@ -197,7 +203,13 @@ def _gone(mm: Mm) -> str | None:
 
 def _check_use_after_free(state: KernelState) -> tuple[str, str] | None:
     for t in state.live_tasks():
-        for what, mm in (("mm", t.mm), ("active_mm", t.active_mm)):
+        window = t.in_exec_mmap
+        for what, mm in (
+            ("mm", t.mm),
+            ("active_mm", t.active_mm),
+            *((("exec_mmap's old_mm", window.old_mm), ("exec_mmap's active_mm", window.active_mm))
+              if window else ()),
+        ):  # fmt: skip
             if mm is not None and (why := _gone(mm)):
                 return "use-after-free", f"{t.name}->{what} points to {why} {mm}"
     for rq in state.rqs:
@@ -250,24 +262,34 @@ def _check_counts(state: KernelState, config: KernelConfig) -> tuple[str, str] |
 def _check_hardware(state: KernelState, config: KernelConfig) -> tuple[str, str] | None:
     """Reference §11 invariants 17-20 (x86) and 23 (alpha), and their generic form."""
     init_mm = state.init_mm
+    # PREEMPT_RT: a task preempted inside exec_mmap() before activate_mm() left its CPU on
+    # the page tables it had loaded (its old active_mm) under a task whose mm, and a kernel
+    # thread's borrowed active_mm, are already the new one: only activate_mm(), or the
+    # task's own switch back in, loads the new mm
+    stale = {
+        t.cpu: t.in_exec_mmap.active_mm
+        for t in state.live_tasks()
+        if t.in_exec_mmap is not None and t.cpu is not None
+    }
     for rq in state.rqs:
         if not rq.online:
             continue
         cur, tlb = rq.curr, rq.tlb
         loaded = tlb.loaded_mm
+        left = loaded is stale.get(rq.cpu)  # (None: no such window on this CPU)
         # alpha: the hardware runs on the PCB loaded at the last swpctx, and switch_mm()
         # (ev5_switch_mm) writes only the PCB ASN: after kthread_use_mm()/kthread_unuse_mm()
         # the CPU keeps the old page tables until the next switch. So the two rules below are
         # x86/generic ones; what alpha must never do, run on freed page tables, is checked by
         # _check_use_after_free for every arch.
         hw_follows = config.arch != "alpha"
-        if hw_follows and loaded is not cur.active_mm and loaded is not init_mm:
+        if hw_follows and loaded is not cur.active_mm and loaded is not init_mm and not left:
             return (
                 "hardware state",
                 f"CPU {rq.cpu} runs on {loaded} but its task {cur.name} has active_mm "
                 f"{cur.active_mm}",
             )
-        if hw_follows and cur.mm is not None and loaded is not cur.mm:
+        if hw_follows and cur.mm is not None and loaded is not cur.mm and not left:
             return "hardware state", f"CPU {rq.cpu} runs user {cur.name} on {loaded}, not {cur.mm}"
         if hw_follows and not loaded.is_init_mm and rq.cpu not in loaded.mm_cpumask:
             return "mm_cpumask", f"CPU {rq.cpu} runs on {loaded} but is not in its mm_cpumask"

@@ -37,6 +37,7 @@ OPS = (
     "fork",
     "failed_fork",
     "exec",
+    "resume_exec",
     "failed_exec",
     "exit",
     "kthread_use_mm",

@@ -144,13 +144,18 @@ class Machine:
             raise OperationError(f"no CPU {cpu} (this machine has {len(self.state.rqs)})")
         return self.state.rqs[cpu]
 
-    def _running(self, task: Task, what: str) -> Rq:
+    def _running(self, task: Task, what: str, resuming: bool = False) -> Rq:
         if task.exiting or task.state in (TaskState.DEAD, TaskState.GONE):
             raise OperationError(f"{what}: {task.name} has exited")
         if task.state is not TaskState.RUNNING or task.cpu is None:
             raise OperationError(
                 f"{what}: {task.name} is not running; the kernel does this in the task's own "
                 f"context, so schedule it on a CPU first"
+            )
+        if task.in_exec_mmap is not None and not resuming:
+            raise OperationError(
+                f"{what}: {task.name} was preempted inside exec_mmap(), before activate_mm(); "
+                f"resume_exec() it first"
             )
         return self.state.rqs[task.cpu]
 
@@ -237,8 +242,13 @@ class Machine:
         fork.copy_process_fails(self.k, p, kind, p.comm)
         self._end(op)
 
-    def exec(self, task: TaskRef, name: str | None = None) -> Mm:
-        """fs/exec.c: execve() of a running task: a new mm via exec_mmap()."""
+    def exec(self, task: TaskRef, name: str | None = None, preempted: bool = False) -> Mm:
+        """fs/exec.c: execve() of a running task: a new mm via exec_mmap().
+
+        `preempted` (PREEMPT_RT only): the exec stops inside exec_mmap(), after it set
+        tsk->mm = tsk->active_mm = new and before activate_mm(), where the task is preempted;
+        it may then only be switched out and back in on this CPU (task_lock() has disabled
+        migration) until resume_exec() finishes the exec."""
         t = self.task(task)
         rq = self._running(t, "exec")
         if t.pf_kthread:
@@ -246,8 +256,26 @@ class Machine:
                 f"exec: {t.name} is a kernel thread (PF_KTHREAD); kernel_execve() refuses "
                 f"those (only user_mode_thread()s like init exec)"
             )
-        op = self._begin("exec", rq.cpu, task=t, name=name)
-        new = execm.begin_new_exec(self.k, t, name)
+        if preempted and not self.config.PREEMPT_RT:
+            raise OperationError(
+                "exec: preempted inside exec_mmap() needs PREEMPT_RT (elsewhere task_lock() "
+                "disables preemption until activate_mm() is done)"
+            )
+        op = self._begin("exec", rq.cpu, task=t, name=name, preempted=preempted)
+        new = execm.begin_new_exec(self.k, t, name, preempted)
+        self._end(op)
+        return new
+
+    def resume_exec(self, task: TaskRef, name: str | None = None) -> Mm:
+        """fs/exec.c: the rest of an exec(preempted=True), its task running again:
+        exec_mmap() from activate_mm() on, then the new name (the one the exec began with,
+        unless `name` is given)."""
+        t = self.task(task)
+        if t.in_exec_mmap is None:
+            raise OperationError(f"resume_exec: {t.name} is not inside a preempted exec_mmap()")
+        rq = self._running(t, "resume_exec", resuming=True)
+        op = self._begin("resume_exec", rq.cpu, task=t, name=name)
+        new = execm.begin_new_exec_resume(self.k, t, name)
         self._end(op)
         return new
 
@@ -295,6 +323,11 @@ class Machine:
             raise OperationError(f"schedule: {n.name} is already running on CPU {n.cpu}")
         if n.is_idle and n is not rq.idle:
             raise OperationError(f"schedule: {n.name} is CPU {n.cpu}'s idle task")
+        if n.in_exec_mmap is not None and n.cpu != cpu:
+            raise OperationError(
+                f"schedule: {n.name} was preempted inside exec_mmap() on CPU {n.cpu} with "
+                f"task_lock() held, which disables migration on PREEMPT_RT"
+            )
         op = self._begin("schedule", cpu, cpu=cpu, next=n, preempt=preempt)
         _schedule(self.k, rq, n, preempt)
         if self.config.PREEMPT_RT and self.rcu_at_switch:

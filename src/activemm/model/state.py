@@ -78,6 +78,19 @@ class Pcb:
 
 
 @dataclass(slots=True, eq=False)
+class ExecMmap:
+    """fs/exec.c: exec_mmap()'s locals while its task is preempted between
+    `tsk->mm = tsk->active_mm = mm` and activate_mm() (PREEMPT_RT: task_lock() is a sleeping
+    lock, and x86 enables interrupts before activate_mm()). They hold the references exec_mmap()
+    has yet to put: a real user of `old_mm`, or, for a task that had no mm, the lazy reference
+    on the `active_mm` it borrowed. The CPU still runs on whatever it had loaded."""
+
+    old_mm: Mm | None
+    active_mm: Mm | None
+    comm: str | None = None  # begin_new_exec()'s name for __set_task_comm() after it
+
+
+@dataclass(slots=True, eq=False)
 class Task:
     """`struct task_struct`, the mm-relevant fields."""
 
@@ -94,6 +107,7 @@ class Task:
     exiting: bool = False  # PF_EXITING: in do_exit() past exit_mm(), until its final switch
     vfork_parent: Task | None = None  # CLONE_VFORK: released at exec_mm_release / exit
     pcb: Pcb = field(default_factory=Pcb)
+    in_exec_mmap: ExecMmap | None = None  # preempted inside exec_mmap() (PREEMPT_RT)
 
     @property
     def name(self) -> str:
@@ -202,7 +216,7 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
     def ct(t: Task) -> Task:
         new = tasks.get(id(t))
         if new is None:
-            pcb, mm, active = t.pcb, t.mm, t.active_mm
+            pcb, mm, active, window = t.pcb, t.mm, t.active_mm, t.in_exec_mmap
             new = Task(
                 t.pid,
                 t.comm,
@@ -217,6 +231,7 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
                 t.exiting,
                 None,  # vfork_parent: linked below, once every task has its copy
                 Pcb(cm(pcb.ptbr) if pcb.ptbr is not None else None, pcb.asn),
+                window and ExecMmap(cm(window.old_mm), cm(window.active_mm), window.comm),
             )
             tasks[id(t)] = new
         return new

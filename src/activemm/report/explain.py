@@ -19,6 +19,7 @@ KERNEL_PATHS: dict[str, str] = {
     "fork": "kernel/fork.c: copy_process() -> copy_mm() (dup_mm() or mmget())",
     "failed_fork": "kernel/fork.c: copy_process() -> copy_mm(), then bad_fork_cleanup_mm: mmput()",
     "exec": "fs/exec.c: begin_new_exec() -> exec_mmap()",
+    "resume_exec": "fs/exec.c: exec_mmap() after a preemption: activate_mm(), mmput(old_mm)",
     "failed_exec": "fs/exec.c: alloc_bprm() -> bprm_mm_init(), then free_bprm(): mmput()",
     "exit": "kernel/exit.c: do_exit() -> exit_mm() -> mmput()",
     "kthread_use_mm": "kernel/kthread.c: kthread_use_mm()",

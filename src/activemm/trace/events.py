@@ -49,6 +49,9 @@ class SchedSwitch(TraceEvent):
     prev_state: str
     next_comm: str
     next_pid: int
+    # the prev task's migrate_disable() depth, from the irq-flags column when the trace has
+    # it: on PREEMPT_RT a spinlock_t held (it disables migration, not preemption)
+    migrate_disabled: int = 0
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ import io
 import lzma
 import re
 import shutil
+import string
 import subprocess
 import sys
 import tempfile
@@ -88,7 +89,9 @@ PERF = re.compile(
 # The common case of tracefs text, a sched_switch line, in two matches: the line up to the
 # event's fields, then SWITCH_FIELDS from there (the general path matches FTRACE, then SWITCH on
 # its fields; one pattern for both halves backtracks several times slower)
-FTRACE_SWITCH = re.compile(FTRACE_HEAD + r"(?:\S{4,8}\s+)?(?P<ts>\d+\.\d+):\s+sched_switch:\s*")
+FTRACE_SWITCH = re.compile(
+    FTRACE_HEAD + r"(?:(?P<flags>\S{4,8})\s+)?(?P<ts>\d+\.\d+):\s+sched_switch:\s*"
+)
 # (no "==>" and a number for prev_state: trace-cmd's raw fields, when it cannot use the event's
 # print format, as in the older traces LISA tests with)
 SWITCH_FIELDS = re.compile(
@@ -145,6 +148,14 @@ def _probe_function(loc: str) -> tuple[str, int | None, bool, str | None]:
     except ValueError:
         offset = None
     return fn.split(".")[0], offset, False, None
+
+
+def migrate_disable_depth(flags: str) -> int:
+    """The migrate-disable column of tracefs' irq-flags (since 5.13): the last of five, or
+    of PREEMPT_RT 6.1's seven; "." for none, else the depth in hex. Four flags: no column."""
+    if len(flags) < 5 or flags[-1] not in string.hexdigits:
+        return 0
+    return int(flags[-1], 16)
 
 
 def _tgid(field: str | None) -> int | None:
@@ -428,7 +439,7 @@ def parse_lines(
         f = head and SWITCH_FIELDS.match(raw, head.end())
         if f:
             assert head
-            comm, pid, tgid_s, cpu, ts = head.groups()
+            comm, pid, tgid_s, cpu, flags, ts = head.groups()
             pc, pp, ps, nc, np_ = f.groups()
             stats.events += 1
             last_event = "sched_switch"
@@ -444,6 +455,7 @@ def parse_lines(
                 _state(ps),
                 nc,
                 int(np_),
+                migrate_disable_depth(flags) if flags else 0,
             )
             continue
         if _skip(raw):
@@ -546,6 +558,8 @@ def parse_lines(
             # need-resched-lazy and preempt-lazy-depth); no other column uses the letter
             flags = m["flags"]
             ev.hardirq = "h" in flags or "H" in flags
+        elif isinstance(ev, SchedSwitch) and fmt == "ftrace" and m["flags"]:
+            ev.migrate_disabled = migrate_disable_depth(m["flags"])
         stats.events += 1
         yield ev
 

@@ -363,7 +363,10 @@ class Replayer:
         if t.pf_kthread:
             self.stats.anomalies["exec by a task guessed to be a kernel thread"] += 1
             return
-        self.m.exec(t)
+        if t.in_exec_mmap is not None:  # preempted inside exec_mmap() (a validation's find)
+            self.m.resume_exec(t)
+        else:
+            self.m.exec(t)
         self.tgid_of[ev.exec_pid] = ev.exec_pid
 
     def exit(self, ev: ProcessExit) -> None:

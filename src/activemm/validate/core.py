@@ -61,6 +61,7 @@ from activemm.validate.markers import (
     Context,
     MarkerSteps,
     exec_hints,
+    exec_preemptions,
     fork_flushes,
     marked_fork_flushes,
     own_full_flush,
@@ -143,6 +144,8 @@ class Validator(MarkerSteps, Clocked):
         self.pretrace = PreTrace.scan(events)
         snapshot = self.pretrace.tasks(snapshot)
         self.exec_hints = exec_hints(events)
+        # PREEMPT_RT: switches out of tasks preempted inside exec_mmap() before activate_mm()
+        self.exec_preempted = exec_preemptions(events, inputs) if config.PREEMPT_RT else set()
         self.fork_hints = fork_flushes(events)
         self.early_forks: set[int] = set()  # lines of task_newtask replayed at their flush
         self.poke_hints = (
@@ -1407,6 +1410,8 @@ class Validator(MarkerSteps, Clocked):
                 self._refusable(self._cpu_returned, sw)
         if self.exit_points.get(sw.line) == sw.prev_pid:
             self._inferred_exit(sw)
+        if sw.line in self.exec_preempted:
+            self._preempted_in_exec_mmap(sw)
         self._drive("switch", sw, self.replayer.apply, sw)
         self.epoch[sw.cpu] += 1
         if group.hook is not None and group.hook.function == SWITCH_MM:

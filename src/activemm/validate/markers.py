@@ -23,13 +23,14 @@ from activemm.trace.events import (
     ProcessExec,
     ProcessExit,
     ProcessFork,
+    SchedSwitch,
     TaskRename,
     TlbFlush,
     TraceEvent,
 )
 from activemm.trace.replay import Replayer
 from activemm.validate import kernel as kv
-from activemm.validate.kernel import EXIT_MMAP, address
+from activemm.validate.kernel import ENTER_LAZY, EXIT_MMAP, SWITCH_MM, address
 from activemm.validate.score import Result
 
 # Tracepoints a task emits only once its __mmput() has returned (tlb_flush lines, by
@@ -87,7 +88,63 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
     return hints
 
 
+def exec_preemptions(events: list[TraceEvent], inputs: str) -> set[int]:
+    """Lines of the switches out of tasks preempted inside exec_mmap() after it set
+    tsk->mm = tsk->active_mm = new, before activate_mm() (PREEMPT_RT: task_lock() disables
+    migration, not preemption, and x86 on 6.1 enables interrupts before activate_mm()).
+    What shows it: the switch out is a preemption with migration disabled (the irq-flags
+    column: a spinlock_t held, task_lock()); the task comes back on that CPU (it cannot
+    migrate) with no CR3 load there meanwhile (kernel threads only, lazily borrowing what
+    it left; no flush IPI sent the CPU to init_mm), yet its switch back in loads CR3: the
+    CPU had another mm loaded than the task's active_mm, the old one. Preempted before it
+    set tsk->mm, it comes back without a CR3 load (on our 6.1-rt captures, 12 of the 14
+    lock-held preemptions in an exec). The task's next step must then be the exec going on:
+    with markers, exec's activate_mm() marker; with tracepoints only, sched_process_exec
+    with no CR3 load of its own before it (activate_mm() finds the new mm loaded)."""
+    found: set[int] = set()
+    away: dict[int, dict[int, int]] = {}  # CPU -> {pid: switch out line} of candidates
+    back: dict[int, tuple[int, int, bool]] = {}  # CPU -> (pid, line, CR3 loaded) switching in
+    running: dict[int, int] = {}  # pid -> its switch out line, waiting for its next step
+    for ev in events:
+        cpu = ev.cpu
+        if cpu in back and ev.pid == back[cpu][0]:  # the task runs: its switch in is done
+            pid, line, loaded = back.pop(cpu)
+            if loaded:
+                running[pid] = line
+        if isinstance(ev, TlbFlush) and ev.cr3_load:
+            if cpu in back:
+                back[cpu] = (*back[cpu][:2], True)
+            away.pop(cpu, None)  # the CPU loaded something else: no candidate is left
+        elif isinstance(ev, SchedSwitch):
+            back.pop(cpu, None)
+            candidates = away.setdefault(cpu, {})
+            if ev.next_pid in candidates:
+                back[cpu] = (ev.next_pid, candidates.pop(ev.next_pid), False)
+            if ev.prev_state.startswith("R") and ev.migrate_disabled and ev.prev_pid > 0:
+                candidates[ev.prev_pid] = ev.line
+        if ev.pid not in running:
+            continue
+        if inputs == "markers" and isinstance(ev, Probe):
+            if ev.function in (SWITCH_MM, ENTER_LAZY) and kv.outside_kind(ev) == "activate_mm":
+                found.add(running[ev.pid])
+            if ev.function in (SWITCH_MM, ENTER_LAZY):
+                del running[ev.pid]
+        elif isinstance(ev, TlbFlush) and ev.own_cr3_load and cpu not in back:
+            del running[ev.pid]  # its own CR3 load: activate_mm() loaded the new mm
+        elif isinstance(ev, SchedSwitch | ProcessExec | ProcessExit | NewTask | ProcessFork):
+            if isinstance(ev, ProcessExec) and inputs == "sched":
+                found.add(running[ev.pid])
+            del running[ev.pid]
+    return found
+
+
 CLONE_VM = 0x100  # include/uapi/linux/sched.h
+
+
+def leaving_mm(t: Task) -> Mm | None:
+    """The mm t's coming exit or exec gives up: its mm, or, for a task preempted inside
+    exec_mmap() (whose mm is the new one already), the old mm exec_mmap() still holds."""
+    return t.mm if t.in_exec_mmap is None else t.in_exec_mmap.old_mm
 
 
 def own_full_flush(ev: TraceEvent) -> bool:
@@ -248,14 +305,32 @@ class MarkerSteps:
                 # last time, goes by the thread's old pid (that last switch shows it)
                 tasks[pids[0]] = leader
         self.ctx = Context("exec", ev.line, ev.cpu, ev.pid)
-        old = t.mm
+        old = leaving_mm(t)
         deferred = self._defer_mmput(t, ev) or self._defer_to_last(
             t, ev, self.ipi_sends, self.exec_lines, "exec"
         )
-        self.m.exec(t)
+        if t.in_exec_mmap is not None:  # preempted inside it (_preempted_in_exec_mmap)
+            self.m.resume_exec(t)
+        else:
+            self.m.exec(t)
         self.marker_done.add(id(t))
         if not deferred:
             self._pin(old, ev, f"__mmput of {t.name}'s old mm")
+
+    def _preempted_in_exec_mmap(self, sw: SchedSwitch) -> None:
+        """PREEMPT_RT: the task switched out here was preempted inside exec_mmap(), its new
+        mm installed, before activate_mm() (exec_preemptions): the model's exec runs up to
+        there now, and the exec's activate_mm marker (with tracepoints only, its
+        sched_process_exec) finishes it."""
+        t = self.replayer.m.state.rqs[sw.cpu].curr
+        if t.pf_kthread or t.is_idle or t.exiting or t.in_exec_mmap or id(t) in self.marker_done:
+            return
+        self.ctx = Context("exec", sw.line, sw.cpu, sw.prev_pid)
+        self._refusable(self.m.exec, t, None, True)
+        self.result.learned[
+            "exec preempted inside exec_mmap, before activate_mm (PREEMPT_RT: migration "
+            "disabled, and the switch back in loads CR3)"
+        ] += 1
 
     def _marker_exit(self, p: TraceEvent) -> None:
         """enter_lazy_tlb outside a switch: exit_mm() (or kthread_unuse_mm()) runs now (or,
@@ -301,11 +376,12 @@ class MarkerSteps:
         at = last_flush(flushes_by_pid.get(p.pid, []), p.line, ends)
         if at is None or at in self.deferred or not self._outlives(t, how):
             return False
-        if how == "exec" and self.inputs == "sched" and t.mm is not None and t.mm.id in self.addr:
+        mm = leaving_mm(t)
+        if how == "exec" and self.inputs == "sched" and mm is not None and mm.id in self.addr:
             # a task that migrates during its exec leaves CPUs lazy on its new mm, whose
             # flushes then send IPIs too: which "remote ipi send" was the old mm's last is a
             # guess, and a lazy user's switch may have come between the two
-            self.raced.add(self.addr[t.mm.id])
+            self.raced.add(self.addr[mm.id])
         return self._defer(
             t, p, at, f"exit_mmap's final flush in pid {p.pid} (line {at})",
             f"{how}'s __mmput at exit_mmap's final flush (tlb_flush)",
@@ -319,11 +395,14 @@ class MarkerSteps:
         mm would hide the early free."""
         trial = Machine.from_state(self.m.config, clone_state(self.m.state))
         copy = next(x for x in trial.state.tasks if x.pid == t.pid and x.comm == t.comm)
-        assert t.mm is not None and copy.mm is not None
-        mm_id = copy.mm.id
+        mm = leaving_mm(copy)
+        assert mm is not None
+        mm_id = mm.id
         try:
             if how == "exit":
                 trial.exit(copy)
+            elif copy.in_exec_mmap is not None:
+                trial.resume_exec(copy)
             else:
                 trial.exec(copy)
         except OperationError:
@@ -393,19 +472,21 @@ class MarkerSteps:
         return start if at is None else at
 
     def _last_user(self, t: Task) -> Mm | None:
-        """t's mm if the coming operation puts its last real user."""
-        if t.mm is not None and t.mm.mm_users == 1:
-            return t.mm
+        """The mm t's coming exit or exec puts (leaving_mm), if it puts its last real user."""
+        mm = leaving_mm(t)
+        if mm is not None and mm.mm_users == 1:
+            return mm
         return None
 
     def _defer(self, t: Task, p: TraceEvent, at: int, holder: str, learned: str) -> bool:
         """An mm_users reference standing for the kernel's __mmput, which runs at line `at`:
         taken now (out of the metrics), it keeps the model's __mmput() from running until
         _put_back() puts it there."""
-        assert t.mm is not None
+        mm = leaving_mm(t)
+        assert mm is not None
         with self._unmetered():
-            self.m.mmget_not_zero(t.mm, holder, p.cpu)
-        self.deferred[at] = (holder, t.mm)
+            self.m.mmget_not_zero(mm, holder, p.cpu)
+        self.deferred[at] = (holder, mm)
         self.result.learned[learned] += 1
         return True
 
