@@ -313,3 +313,37 @@ def test_failing_forks_and_execs_interleaved_with_everything_break_nothing(name:
     assert r.violations == [] and r.states > 500
     without = explore(cfg, 2, replace(bound, failures=False), depth=6)
     assert r.transitions > without.transitions
+
+
+@pytest.mark.parametrize("name", ["linux-6.1-x86_64-rt", "linux-6.12-x86_64-rt"])
+def test_exec_preempted_inside_exec_mmap_interleaved_with_everything_breaks_nothing(
+    name: str,
+) -> None:
+    """explore --exec-preemption on PREEMPT_RT: an exec stopped between tsk->mm = new and
+    activate_mm(), its task preempted there (kernel threads borrowing the new mm on a CPU
+    still running the old page tables, a hotplug refused, the task kept on its CPU) and
+    resumed later, leaves every count as the kernel's rules say; it is really explored (more
+    states than without it), and such a state is reached: a kernel thread borrowing an mm
+    its CPU has not loaded, beside a task preempted inside exec_mmap()."""
+    cfg = PRESETS[name]
+    bound = replace(BOUND, exec_preemption=True)
+    r = explore(cfg, 2, bound, depth=7)
+    assert r.violations == [] and r.states > 500
+    without = explore(cfg, 2, replace(bound, exec_preemption=False), depth=7)
+    assert r.states > without.states
+    # walk the same space by hand to the interleaving itself
+    m = Machine(cfg)
+    m.boot(2)
+    for o in (
+        ("schedule", {"cpu": 0, "next": "init[1]"}),
+        ("exec", {"task": "init[1]", "preempted": True}),
+        ("schedule", {"cpu": 0, "next": "swapper/0"}),
+    ):
+        assert (o[0], tuple(o[1].items())) in enabled(m, bound), o
+        apply(m, (o[0], tuple(o[1].items())))
+    init = m.task(1)
+    assert m.state.rqs[0].tlb.loaded_mm is not m.state.rqs[0].curr.active_mm
+    assert m.state.rqs[0].curr.active_mm is init.mm and init.in_exec_mmap is not None
+    moves = enabled(m, bound)
+    assert ("schedule", (("cpu", 1), ("next", "init[1]"))) not in moves
+    assert not any(o[0] == "cpu_down" and dict(o[1])["cpu"] == 0 for o in moves)

@@ -41,6 +41,7 @@ class ModelMachine(RuleBasedStateMachine):
             kthread_use_mm=self.config.arch != "alpha",
             text_poke=True,
             failures=True,
+            exec_preemption=True,  # (PREEMPT_RT presets only)
         )
         ops = enabled(self.m, limits, self.forks)
         if not ops:

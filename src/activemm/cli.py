@@ -211,6 +211,14 @@ def explore(
             "after alloc_bprm() (no budget spent).",
         ),
     ] = False,
+    exec_preemption: Annotated[
+        bool,
+        typer.Option(
+            "--exec-preemption",
+            help="Also (PREEMPT_RT presets) an exec preempted inside exec_mmap() before "
+            "activate_mm(), its CPU left on the old page tables until resume_exec().",
+        ),
+    ] = False,
     no_flushes: Annotated[
         bool, typer.Option("--no-flushes", help="No TLB flushes / leave_mm.")
     ] = False,
@@ -267,7 +275,14 @@ def explore(
         hotplug=hotplug,
         text_poke=text_poke,
         failures=failures,
+        exec_preemption=exec_preemption,
     )
+    if exec_preemption and not cfg.PREEMPT_RT:
+        err.print(
+            f"note: --exec-preemption explores nothing more under {cfg.name}: only PREEMPT_RT "
+            f"lets exec_mmap() be preempted (try linux-6.1-x86_64-rt)",
+            highlight=False,
+        )
     show = err.is_terminal and not as_json
     shown = [0.0]
 
@@ -310,6 +325,7 @@ def explore(
             "hotplug": hotplug,
             "text_poke": text_poke,
             "failures": failures,
+            "exec_preemption": exec_preemption,
         },
         "jobs": jobs or os.cpu_count() or 1,
     }

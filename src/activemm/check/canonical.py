@@ -23,6 +23,7 @@ from activemm.model.state import Holder, KernelState, Mm, Task, TaskState
 MmShape = tuple[Any, ...]
 NO_MM: MmShape = (-1,)
 NO_SLOT = (-1, False)  # an x86 ASID slot holding no live mm's context
+NO_WINDOW = (-3,)  # a task not preempted inside exec_mmap()
 
 
 @dataclass
@@ -45,7 +46,16 @@ class _Prepared:
         gone = TaskState.GONE
         tasks = [t for t in state.tasks if t.state is not gone]
         ts = {
-            t: (t.pf_kthread, t.pid == 1, t.uses_mm, t.exiting, t.state, ms[t.mm], ms[t.active_mm])
+            t: (
+                t.pf_kthread,
+                t.pid == 1,
+                t.uses_mm,
+                t.exiting,
+                t.state,
+                ms[t.mm],
+                ms[t.active_mm],
+                t.in_exec_mmap is not None,
+            )
             for t in state.tasks
         }
         holders = list(state.holders)
@@ -118,8 +128,13 @@ def encode(
             t.state,
             ml[t.mm],
             ml[t.active_mm],
-            # where a task last ran is never read again once it stops running
-            cpu_label[t.cpu] if t.cpu is not None and t.state is running else -1,
+            # where a task last ran is never read again once it stops running (but by a task
+            # preempted inside exec_mmap(), which may only run there again)
+            cpu_label[t.cpu]
+            if t.cpu is not None and (t.state is running or t.in_exec_mmap is not None)
+            else -1,
+            # exec_mmap()'s locals, for such a task
+            NO_WINDOW if (w := t.in_exec_mmap) is None else (ml[w.old_mm], ml[w.active_mm]),
             *((ml[t.pcb.ptbr], t.pcb.asn) if alpha else ()),
         )
         for t in met

@@ -12,7 +12,7 @@ from typing import Any
 
 from activemm.model import Machine
 from activemm.model.machine import POKING_MM
-from activemm.model.state import TaskState
+from activemm.model.state import Rq, Task, TaskState
 
 Op = tuple[str, tuple[tuple[str, Any], ...]]
 
@@ -37,6 +37,9 @@ class Limits:
     # error paths: a fork failing after copy_mm(), an exec failing after alloc_bprm() (no
     # task is created, no budget is spent: they change only reference counts and TLB state)
     failures: bool = False
+    # PREEMPT_RT: an exec preempted inside exec_mmap() before activate_mm() (resumed when
+    # its task, which cannot migrate meanwhile, runs again)
+    exec_preemption: bool = False
 
 
 def op(name: str, **args: Any) -> Op:
@@ -80,15 +83,28 @@ def enabled(
         return room and within(kind)
 
     can_exec = limits.exec and within("exec")
+    preemptible_exec = limits.exec_preemption and machine.config.PREEMPT_RT
+
+    def execs(t: Task) -> list[Op]:
+        out = [op("exec", task=t.name)] if can_exec else []
+        if can_exec and preemptible_exec:
+            out.append(op("exec", task=t.name, preempted=True))
+        if limits.failures:
+            out.append(op("failed_exec", task=t.name))
+        return out
+
+    def may_run(t: Task, rq: Rq) -> bool:
+        """Can rq's CPU switch to t? Not to another CPU's idle task, nor to a task
+        preempted inside exec_mmap() on another CPU (task_lock() disabled its migration)."""
+        if t.state is not TaskState.RUNNABLE or (t.is_idle and t is not rq.idle):
+            return False
+        return t.in_exec_mmap is None or t.cpu == rq.cpu
 
     online = [rq for rq in state.rqs if rq.online]
     for rq in online:
         for t in state.tasks:
-            if t is rq.curr or t.state is not TaskState.RUNNABLE:
-                continue
-            if t.is_idle and t is not rq.idle:
-                continue
-            ops.append(op("schedule", cpu=rq.cpu, next=t.name))
+            if t is not rq.curr and may_run(t, rq):
+                ops.append(op("schedule", cpu=rq.cpu, next=t.name))
     for rq in online:
         t = rq.curr
         if t.is_idle:
@@ -96,8 +112,12 @@ def enabled(
         if t.exiting:
             # still in do_exit(): only its switch out remains (final, or preempted)
             for other in state.tasks:
-                if other.state is TaskState.RUNNABLE and (not other.is_idle or other is rq.idle):
+                if may_run(other, rq):
                     ops.append(op("schedule", cpu=rq.cpu, next=other.name, preempt=True))
+            continue
+        if t.in_exec_mmap is not None:
+            # preempted inside exec_mmap() and running again: only the rest of that exec
+            ops.append(op("resume_exec", task=t.name))
             continue
         if t.mm is not None and not t.pf_kthread:
             for kind in ("process", "thread"):
@@ -105,10 +125,7 @@ def enabled(
                     ops.append(op("fork", parent=t.name, kind=kind))
                 if limits.failures:
                     ops.append(op("failed_fork", parent=t.name, kind=kind))
-            if can_exec:
-                ops.append(op("exec", task=t.name))
-            if limits.failures:
-                ops.append(op("failed_exec", task=t.name))
+            ops += execs(t)
             if t.pid != 1:
                 ops.append(op("exit", task=t.name))
         elif t.uses_mm:
@@ -122,10 +139,7 @@ def enabled(
                     if usable and id(mm) not in poking:
                         ops.append(op("kthread_use_mm", task=t.name, mm=mm.name))
             else:  # a user-mode thread before its first exec (init trying /sbin/init...)
-                if can_exec:
-                    ops.append(op("exec", task=t.name))
-                if limits.failures:
-                    ops.append(op("failed_exec", task=t.name))
+                ops += execs(t)
             if t.pid != 1:
                 ops.append(op("exit", task=t.name))
     if limits.holders:
@@ -158,8 +172,9 @@ def enabled(
         for rq in online:
             ops.append(op("text_poke", cpu=rq.cpu))
     if limits.hotplug:
+        pinned = {t.cpu for t in live if t.in_exec_mmap is not None}  # migration disabled
         for rq in state.rqs:
-            if rq.online and len(online) > 1:
+            if rq.online and len(online) > 1 and rq.cpu not in pinned:
                 ops.append(op("cpu_down", cpu=rq.cpu))
             elif not rq.online:
                 ops.append(op("cpu_up", cpu=rq.cpu))
