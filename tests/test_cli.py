@@ -137,3 +137,7 @@ def test_explain_shows_kernel_path_case_comment_and_changes() -> None:
     assert "mm_count 1 0" in text and "zombie freed" in text
     r = activemm("explain", str(ROOT / "examples/04_zombie_mm.toml"), "--step", "99")
     assert r.returncode == 2 and "there is no step 99" in r.stderr
+    # PREEMPT_RT: the task preempted inside exec_mmap() still holds its old mm (mm2)
+    r = activemm("explain", str(ROOT / "examples/15_rt_exec_preempted.toml"), "--step", "7")
+    text = " ".join(r.stdout.split())
+    assert r.returncode == 0 and "exec_mmap - before activate_mm, holding mm2" in text, text

@@ -54,6 +54,11 @@ def snapshot(state: KernelState) -> dict[tuple[str, str], Any]:
         out[(t.name, "mm")] = t.mm.name if t.mm else "NULL"
         out[(t.name, "active_mm")] = t.active_mm.name if t.active_mm else "NULL"
         out[(t.name, "state")] = t.state.value + (" (exiting)" if t.exiting else "")
+        if (window := t.in_exec_mmap) is not None:  # PREEMPT_RT: exec_mmap() preempted
+            held = window.old_mm or window.active_mm
+            out[(t.name, "exec_mmap")] = (
+                f"before activate_mm, holding {held.name if held else 'NULL'}"
+            )
     for rq in state.rqs:
         cpu = f"CPU {rq.cpu}"
         out[(cpu, "curr")] = rq.curr.name if rq.online else "offline"
