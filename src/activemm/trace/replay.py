@@ -211,19 +211,27 @@ class Replayer:
         """exec from a non-leader thread: de_thread() gives the exec'ing thread its leader's
         pid (exchange_tids) before exec_mmap(), and it can be switched out under that pid
         before sched_process_exec says so. The task the model has current on this CPU, a
-        thread of group `pid` whose leader has exited, is that thread."""
+        thread of group `pid` whose leader has exited, is that thread. The old leader, if
+        it has not made its final switch yet (exit_notify() made it a zombie, which is all
+        de_thread() waits for; PREEMPT_RT can preempt it after that, again and again), goes
+        by the thread's old pid from now on."""
         cur = self.m.state.rqs[cpu].curr
         leader = self.tasks.get(pid)
         if cur.is_idle or cur.pf_kthread or (leader is not None and not (
             leader.exiting or leader.state is TaskState.GONE
         )):  # fmt: skip
             return None
-        for q, t in self.tasks.items():
-            if t is cur and q != pid and self.tgid_of.get(q) == pid:
-                del self.tasks[q]
-                self.tasks[pid] = cur
-                return cur
-        return None
+        mine = (q for q, t in self.tasks.items() if t is cur and q != pid)
+        q = next((q for q in mine if self.tgid_of.get(q) == pid), None)
+        if q is None:
+            return None
+        del self.tasks[q]
+        self.tasks[pid] = cur
+        if leader is not None and leader.state is not TaskState.GONE:
+            self.tasks[q] = leader
+            self.exchanged.add((pid, q))
+            self.stats.anomalies["de_thread: old leader runs on under the thread's pid"] += 1
+        return cur
 
     def task(self, pid: int, comm: str, tgid: int | None, cpu: int) -> Task:
         if pid == 0:

@@ -145,7 +145,9 @@ class Validator(MarkerSteps, Clocked):
         snapshot = self.pretrace.tasks(snapshot)
         self.exec_hints = exec_hints(events)
         # PREEMPT_RT: switches out of tasks preempted inside exec_mmap() before activate_mm()
-        self.exec_preempted = exec_preemptions(events, inputs) if config.PREEMPT_RT else set()
+        self.exec_preempted: set[int] = set()
+        if config.PREEMPT_RT and inputs == "markers":
+            self.exec_preempted = exec_preemptions(events)
         self.fork_hints = fork_flushes(events)
         self.early_forks: set[int] = set()  # lines of task_newtask replayed at their flush
         self.poke_hints = (

@@ -88,52 +88,42 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
     return hints
 
 
-def exec_preemptions(events: list[TraceEvent], inputs: str) -> set[int]:
+def exec_preemptions(events: list[TraceEvent]) -> set[int]:
     """Lines of the switches out of tasks preempted inside exec_mmap() after it set
     tsk->mm = tsk->active_mm = new, before activate_mm() (PREEMPT_RT: task_lock() disables
     migration, not preemption, and x86 on 6.1 enables interrupts before activate_mm()).
-    What shows it: the switch out is a preemption with migration disabled (the irq-flags
-    column: a spinlock_t held, task_lock()); the task comes back on that CPU (it cannot
-    migrate) with no CR3 load there meanwhile (kernel threads only, lazily borrowing what
-    it left; no flush IPI sent the CPU to init_mm), yet its switch back in loads CR3: the
-    CPU had another mm loaded than the task's active_mm, the old one. Preempted before it
-    set tsk->mm, it comes back without a CR3 load (on our 6.1-rt captures, 12 of the 14
-    lock-held preemptions in an exec). The task's next step must then be the exec going on:
-    with markers, exec's activate_mm() marker; with tracepoints only, sched_process_exec
-    with no CR3 load of its own before it (activate_mm() finds the new mm loaded)."""
+    Such a switch out is a preemption with migration disabled (the irq-flags column: a
+    spinlock_t held, task_lock()), and the task's next step, once back, is exec's
+    activate_mm() marker. What tells the window from a preemption earlier in exec_mmap() (on
+    our 6.1-rt captures, 12 of the 14 lock-held preemptions just before an exec's
+    activate_mm): activate_mm() then loads no CR3, because the task's switch back in loaded
+    the new mm already; before the window, the task came back to its old mm and
+    activate_mm() loads the new one, its tlb_flush "flush on task switch" the next event on
+    that CPU. Markers input only: with tracepoints alone, the preemptions of an exec that
+    loads no CR3 of its own, before its sched_process_exec (lock-held ones come after the
+    window too: task_lock() again in __set_task_comm()), do not say which was the window."""
     found: set[int] = set()
-    away: dict[int, dict[int, int]] = {}  # CPU -> {pid: switch out line} of candidates
-    back: dict[int, tuple[int, int, bool]] = {}  # CPU -> (pid, line, CR3 loaded) switching in
-    running: dict[int, int] = {}  # pid -> its switch out line, waiting for its next step
+    out: dict[int, int] = {}  # pid -> line of its lock-held preemption, while it is away
+    running: dict[int, int] = {}  # pid -> that line, the task back, until its next step
+    deciding: dict[int, tuple[int, int]] = {}  # CPU -> (pid, line) at exec's activate_mm
     for ev in events:
         cpu = ev.cpu
-        if cpu in back and ev.pid == back[cpu][0]:  # the task runs: its switch in is done
-            pid, line, loaded = back.pop(cpu)
-            if loaded:
-                running[pid] = line
-        if isinstance(ev, TlbFlush) and ev.cr3_load:
-            if cpu in back:
-                back[cpu] = (*back[cpu][:2], True)
-            away.pop(cpu, None)  # the CPU loaded something else: no candidate is left
-        elif isinstance(ev, SchedSwitch):
-            back.pop(cpu, None)
-            candidates = away.setdefault(cpu, {})
-            if ev.next_pid in candidates:
-                back[cpu] = (ev.next_pid, candidates.pop(ev.next_pid), False)
+        if cpu in deciding:  # the event after the marker on its CPU: its CR3 load, or not
+            pid, line = deciding.pop(cpu)
+            if not (isinstance(ev, TlbFlush) and ev.own_cr3_load and ev.pid == pid):
+                found.add(line)
+        if isinstance(ev, SchedSwitch):
+            if ev.next_pid in out:
+                running[ev.next_pid] = out.pop(ev.next_pid)
             if ev.prev_state.startswith("R") and ev.migrate_disabled and ev.prev_pid > 0:
-                candidates[ev.prev_pid] = ev.line
-        if ev.pid not in running:
+                out[ev.prev_pid] = ev.line
+        if ev.pid not in running or (isinstance(ev, SchedSwitch) and ev.prev_pid != ev.pid):
             continue
-        if inputs == "markers" and isinstance(ev, Probe):
-            if ev.function in (SWITCH_MM, ENTER_LAZY) and kv.outside_kind(ev) == "activate_mm":
-                found.add(running[ev.pid])
-            if ev.function in (SWITCH_MM, ENTER_LAZY):
-                del running[ev.pid]
-        elif isinstance(ev, TlbFlush) and ev.own_cr3_load and cpu not in back:
-            del running[ev.pid]  # its own CR3 load: activate_mm() loaded the new mm
+        if isinstance(ev, Probe) and ev.function in (SWITCH_MM, ENTER_LAZY):
+            if kv.outside_kind(ev) == "activate_mm":
+                deciding[cpu] = (ev.pid, running[ev.pid])
+            del running[ev.pid]
         elif isinstance(ev, SchedSwitch | ProcessExec | ProcessExit | NewTask | ProcessFork):
-            if isinstance(ev, ProcessExec) and inputs == "sched":
-                found.add(running[ev.pid])
             del running[ev.pid]
     return found
 
@@ -318,10 +308,9 @@ class MarkerSteps:
             self._pin(old, ev, f"__mmput of {t.name}'s old mm")
 
     def _preempted_in_exec_mmap(self, sw: SchedSwitch) -> None:
-        """PREEMPT_RT: the task switched out here was preempted inside exec_mmap(), its new
-        mm installed, before activate_mm() (exec_preemptions): the model's exec runs up to
-        there now, and the exec's activate_mm marker (with tracepoints only, its
-        sched_process_exec) finishes it."""
+        """PREEMPT_RT, markers: the task switched out here was preempted inside exec_mmap(),
+        its new mm installed, before activate_mm() (exec_preemptions): the model's exec runs
+        up to there now, and the exec's activate_mm marker finishes it."""
         t = self.replayer.m.state.rqs[sw.cpu].curr
         if t.pf_kthread or t.is_idle or t.exiting or t.in_exec_mmap or id(t) in self.marker_done:
             return
@@ -329,7 +318,7 @@ class MarkerSteps:
         self._refusable(self.m.exec, t, None, True)
         self.result.learned[
             "exec preempted inside exec_mmap, before activate_mm (PREEMPT_RT: migration "
-            "disabled, and the switch back in loads CR3)"
+            "disabled, and activate_mm loads no CR3)"
         ] += 1
 
     def _marker_exit(self, p: TraceEvent) -> None:
