@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from activemm import PRESETS
+from activemm.model.state import TaskState
 from activemm.trace import LostEvents, SchedSwitch, TraceError, read_trace
 from activemm.trace.events import Probe
 from activemm.trace.readers import ReadStats
@@ -855,6 +856,43 @@ def test_replay_shares_the_work_by_default_on_big_trace_files(
     monkeypatch.setattr(cli_module, "AUTO_JOBS_BYTES", 1 << 40)
     r = CliRunner().invoke(cli_module.app, ["replay", trace, "--json", "-p", "linux-6.17"])
     assert r.exit_code == 0 and json.loads(r.stdout)["jobs"] == 1
+
+
+def test_exec_from_a_thread_whose_leader_runs_on_under_the_threads_pid(tmp_path: Path) -> None:
+    """de_thread() on a kernel that can preempt the dying leader after exit_notify() (RT,
+    preempt=full): thread 11 of group 10 execs; after exchange_tids() it switches out as pid
+    10 while the leader, preempted in do_exit(), is switched in again and out for the last
+    time as pid 11. The replay gives the leader the thread's old pid when the thread first
+    shows up under the leader's (no task is made up for pid 11), and the exec keeps the
+    thread."""
+    sw = (
+        "{c}-{p} [{cpu:03d}] {ts}: sched_switch: prev_comm={c} prev_pid={p} prev_prio=120 "
+        "prev_state={s} ==> next_comm={nc} next_pid={np} next_prio=120"
+    )
+    lines = [
+        sw.format(c="swapper/0", p=0, cpu=0, ts="1.000000", s="R", nc="app", np=10),
+        "app-10 [000] 1.000100: task_newtask: pid=11 comm=app clone_flags=3d0f00 oom_score_adj=0",
+        sw.format(c="swapper/1", p=0, cpu=1, ts="1.000200", s="R", nc="app", np=11),
+        "app-10 [000] 1.000300: sched_process_exit: comm=app pid=10 prio=120",
+        sw.format(c="app", p=10, cpu=0, ts="1.000400", s="R+", nc="swapper/0", np=0),
+        sw.format(c="app", p=10, cpu=1, ts="1.000500", s="R+", nc="swapper/1", np=0),
+        sw.format(c="swapper/0", p=0, cpu=0, ts="1.000600", s="R", nc="app", np=11),
+        sw.format(c="app", p=11, cpu=0, ts="1.000700", s="X", nc="swapper/0", np=0),
+        sw.format(c="swapper/1", p=0, cpu=1, ts="1.000800", s="R", nc="app", np=10),
+        "true-10 [001] 1.000900: sched_process_exec: filename=/bin/true pid=10 old_pid=11",
+        sw.format(c="true", p=10, cpu=1, ts="1.001000", s="S", nc="swapper/1", np=0),
+    ]
+    path = tmp_path / "dethread.txt"
+    path.write_text("".join(f"    {line}\n" for line in lines))
+    _, replayers = replay(read_trace(str(path)), [PRESETS["linux-6.1-x86_64-rt"]], 2)
+    r = replayers["linux-6.1-x86_64-rt"]
+    anomalies = r.stats.anomalies
+    assert anomalies["de_thread: old leader runs on under the thread's pid"] == 1
+    assert not any(k.startswith(("resynchronised", "pid reused", "refused")) for k in anomalies)
+    exec_d, leader = r.tasks[10], r.tasks[11]
+    assert exec_d.mm is not None and not exec_d.exiting and exec_d.mm.mm_users == 1
+    assert leader.state is TaskState.GONE and leader is not exec_d
+    assert sum(1 for t in r.m.state.tasks if t.comm in ("app", "true")) == 2  # none made up
 
 
 def test_exec_from_a_thread_whose_leader_switches_out_last_under_the_threads_pid(

@@ -202,7 +202,8 @@ class Replayer:
         named = self.tasks.get(pid)
         if named is None or named is cur or not cur.exiting or cur.is_idle:
             return None
-        if any(t is cur for t in self.tasks.values()):
+        # (no pid names it, but the exec'ing thread's old one, which _de_thread gave it)
+        if any(t is cur and (pid, q) not in self.exchanged for q, t in self.tasks.items()):
             return None
         self.stats.anomalies["de_thread: old leader's last switch met after the exchange"] += 1
         return cur
