@@ -858,6 +858,13 @@ def test_replay_shares_the_work_by_default_on_big_trace_files(
     assert r.exit_code == 0 and json.loads(r.stdout)["jobs"] == 1
 
 
+# a tracefs sched_switch line to fill in (hand-made timelines)
+SWITCH_LINE = (
+    "{c}-{p} [{cpu:03d}] {ts}: sched_switch: prev_comm={c} prev_pid={p} prev_prio=120 "
+    "prev_state={s} ==> next_comm={nc} next_pid={np} next_prio=120"
+)
+
+
 def test_exec_from_a_thread_whose_leader_runs_on_under_the_threads_pid(tmp_path: Path) -> None:
     """de_thread() on a kernel that can preempt the dying leader after exit_notify() (RT,
     preempt=full): thread 11 of group 10 execs; after exchange_tids() it switches out as pid
@@ -865,10 +872,7 @@ def test_exec_from_a_thread_whose_leader_runs_on_under_the_threads_pid(tmp_path:
     time as pid 11. The replay gives the leader the thread's old pid when the thread first
     shows up under the leader's (no task is made up for pid 11), and the exec keeps the
     thread."""
-    sw = (
-        "{c}-{p} [{cpu:03d}] {ts}: sched_switch: prev_comm={c} prev_pid={p} prev_prio=120 "
-        "prev_state={s} ==> next_comm={nc} next_pid={np} next_prio=120"
-    )
+    sw = SWITCH_LINE
     lines = [
         sw.format(c="swapper/0", p=0, cpu=0, ts="1.000000", s="R", nc="app", np=10),
         "app-10 [000] 1.000100: task_newtask: pid=11 comm=app clone_flags=3d0f00 oom_score_adj=0",
@@ -903,10 +907,7 @@ def test_exec_from_a_thread_whose_leader_switches_out_last_under_the_threads_pid
     trace shows it as `prev_pid=12 prev_state=X` on the leader's CPU while the thread still
     runs on its own. The replay follows the exchange: the thread keeps running, execs as
     pid 10, and nothing is resynchronised."""
-    sw = (
-        "{c}-{p} [{cpu:03d}] {ts}: sched_switch: prev_comm={c} prev_pid={p} prev_prio=120 "
-        "prev_state={s} ==> next_comm={nc} next_pid={np} next_prio=120"
-    )
+    sw = SWITCH_LINE
     lines = [
         sw.format(c="swapper/0", p=0, cpu=0, ts="1.000000", s="R", nc="app", np=10),
         "app-10 [000] 1.000100: task_newtask: pid=11 comm=app clone_flags=3d0f00 oom_score_adj=0",
