@@ -165,6 +165,8 @@ class Validator(MarkerSteps, Clocked):
         self.mmput_returns: dict[int, list[int]] = {}  # pid -> lines of exit_mmap returning
         self.finish_cpus: dict[int, list[int]] = {}  # CPU -> lines of cpuhp_enter(finish_cpu)
         self.offline_lines: dict[int, list[int]] = {}  # CPU -> its idle_task_exit markers
+        self.activations: dict[int, list[int]] = {}  # pid -> lines of exec's activate_mm
+        self.activated: dict[int, int] = {}  # such a line -> the mm it activated
         self.rests: dict[int, list[int]] = {}  # pid -> lines of its switches out, not preempted
         self.preemptions: dict[int, list[int]] = {}  # pid -> lines of its switches out, preempted
         switching: set[int] = set()  # CPUs between a sched_switch and its finish probe
@@ -217,6 +219,10 @@ class Validator(MarkerSteps, Clocked):
                 self.use_mm_init = True
             elif e.function == SWITCH_MM and kv.outside_kind(e) == "idle_task_exit":
                 self.offline_lines.setdefault(e.cpu, []).append(e.line)
+            elif e.function == SWITCH_MM and kv.outside_kind(e) == "activate_mm":
+                # (scoring only: a miss's cause, found afterwards from the probes)
+                self.activations.setdefault(e.pid, []).append(e.line)
+                self.activated[e.line] = address(e.args.get("next"))
         # lines of failed forks' dup_mmap() flushes -> the address of the mm they made
         self.failed_forks: dict[int, int] = {}
         if inputs == "markers":
@@ -1531,7 +1537,7 @@ class Validator(MarkerSteps, Clocked):
                 return "exec window (exec_mmap ran before sched_process_exec)"
             if pid in self.mm_kthreads:
                 return KTHREAD_USE_MM
-        if self.m.config.PREEMPT_RT and self._preempted_in_exec(sw):
+        if self.m.config.PREEMPT_RT and self._preempted_in_exec(group):
             return EXEC_PREEMPTED
         if self.epoch[sw.cpu] <= 1:
             return PRE_TRACE
@@ -1539,14 +1545,21 @@ class Validator(MarkerSteps, Clocked):
             return FOLLOWS
         return UNEXPLAINED
 
-    def _preempted_in_exec(self, sw: SchedSwitch) -> bool:
-        """The task switched out was preempted, and its next step is an exec: it
-        sched_process_exec()s before it next switches out of its own accord."""
+    def _preempted_in_exec(self, group: SwitchGroup) -> bool:
+        """The task switched out was preempted inside its exec: it sched_process_exec()s
+        before it next switches out of its own accord, or (PREEMPT_RT's window inside
+        exec_mmap()) the kernel switched it out already on the mm its next activate_mm
+        activated."""
+        sw = group.switch
         if not sw.prev_state.startswith("R"):
             return False
         exec_ = _next_line(self.exec_lines.get(sw.prev_pid, []), sw.line)
         rest = _next_line(self.rests.get(sw.prev_pid, []), sw.line)
-        return exec_ is not None and (rest is None or rest > exec_)
+        if exec_ is not None and (rest is None or rest > exec_):
+            return True
+        activation = _next_line(self.activations.get(sw.prev_pid, []), sw.line)
+        on = group.hook.prev if group.hook is not None else None
+        return activation is not None and on == self.activated[activation]
 
     # -- scoring ---------------------------------------------------------------------
 
