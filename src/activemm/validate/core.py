@@ -165,6 +165,10 @@ class Validator(MarkerSteps, Clocked):
         self.mmput_returns: dict[int, list[int]] = {}  # pid -> lines of exit_mmap returning
         self.finish_cpus: dict[int, list[int]] = {}  # CPU -> lines of cpuhp_enter(finish_cpu)
         self.offline_lines: dict[int, list[int]] = {}  # CPU -> its idle_task_exit markers
+        # mm address -> lines of __khugepaged_exit markers that leave khugepaged holding it,
+        # and those of them the model took its reference for ahead (an exec's old mm)
+        self.thp_kept: dict[int, list[int]] = {}
+        self.thp_taken: set[int] = set()
         self.activations: dict[int, list[int]] = {}  # pid -> lines of exec's activate_mm
         self.activated: dict[int, int] = {}  # such a line -> the mm it activated
         self.rests: dict[int, list[int]] = {}  # pid -> lines of its switches out, not preempted
@@ -219,6 +223,8 @@ class Validator(MarkerSteps, Clocked):
                 self.use_mm_init = True
             elif e.function == SWITCH_MM and kv.outside_kind(e) == "idle_task_exit":
                 self.offline_lines.setdefault(e.cpu, []).append(e.line)
+            elif e.function == "__khugepaged_exit" and kv.khugepaged_keeps(e):
+                self.thp_kept.setdefault(address(e.args.get("mm")), []).append(e.line)
             elif e.function == SWITCH_MM and kv.outside_kind(e) == "activate_mm":
                 # (scoring only: a miss's cause, found afterwards from the probes)
                 self.activations.setdefault(e.pid, []).append(e.line)
@@ -274,6 +280,7 @@ class Validator(MarkerSteps, Clocked):
         # episode (None: not yet)
         self.forking: dict[int, set[tuple[int, int]] | None] = {}
         self.thp_slots: dict[int, list[str]] = {}  # mm address -> khugepaged's reference
+
         self.async_drops: dict[int, int] = {}  # mm address -> pid whose mmdrop_async() ran
         # mm address -> the CPU whose idle task still borrowed it going offline: finish_cpu()
         # drops it later, on another CPU, in whichever task runs the hotplug teardown
@@ -658,16 +665,6 @@ class Validator(MarkerSteps, Clocked):
         self._refusable(self.m.text_poke, p.cpu)
         self.result.learned["text_poke (use_temporary_mm marker)"] += 1
 
-    def _grab_held(
-        self, held: dict[int, list[str]], mm: Mm, holder: str, p: Probe, learned: str
-    ) -> None:
-        """A reference no scheduler event shows, taken where marker `p` ran (`learned` says
-        what it is): the model takes it, as `holder`, listed under mm's address in `held`."""
-        self.ctx = Context(p.function, p.line, p.cpu, p.pid)
-        self.m.mmgrab(mm, holder, p.cpu)
-        held.setdefault(self._a(mm), []).append(holder)
-        self.result.learned[learned] += 1
-
     def _drop_held(self, held: dict[int, list[str]], addr: int, point: str, p: Probe) -> bool:
         """The kernel path `point` drops one of the references `held` lists for the mm at
         `addr`: so does the model, there. False when it holds none."""
@@ -783,7 +780,7 @@ class Validator(MarkerSteps, Clocked):
         dropped here, it would change no count anyone sees (__mmput's own reference on
         mm_count outlasts it)."""
         addr = address(p.args.get("mm"))
-        if address(p.args.get("slot")) == 0 or address(p.args.get("slot_mm")) != addr:
+        if not kv.khugepaged_keeps(p) or p.line in self.thp_taken:
             return
         mm = self.live.get(addr)
         if mm is None or mm.freed:

@@ -249,6 +249,13 @@ def outside_kind(p: Probe) -> str:
 HOTPLUG = ("cpu_init", "idle_task_exit", "untraced_switch")
 
 
+def khugepaged_keeps(p: Probe) -> bool:
+    """__khugepaged_exit(mm) finds khugepaged's scan cursor on this very mm (`slot_mm`): the
+    reference __khugepaged_enter() took stays until a later pass (collect_mm_slot)."""
+    mm = address(p.args.get("mm"))
+    return address(p.args.get("slot")) != 0 and address(p.args.get("slot_mm")) == mm
+
+
 @dataclass
 class Drop:
     """One __mmdrop (or, model side, MmFreed): the mm and the point it happened at."""

@@ -249,6 +249,39 @@ class MarkerSteps:
     late: set[int]  # pids whose pins stand for an __mmput after their sched_process_exit
     past_exit: set[int]  # pids past their sched_process_exit (in this life of the pid)
     rests: dict[int, list[int]]  # pid -> lines of its switches out that are not preemptions
+    thp_slots: dict[int, list[str]]  # mm address -> khugepaged's reference
+    thp_kept: dict[int, list[int]]  # mm address -> __khugepaged_exit lines that keep it
+    thp_taken: set[int]  # such lines whose reference the model took ahead
+
+    def _grab_held(
+        self, held: dict[int, list[str]], mm: Mm, holder: str, p: TraceEvent, learned: str
+    ) -> None:
+        """A reference no scheduler event shows, taken where marker `p` ran (`learned` says
+        what it is): the model takes it, as `holder`, listed under mm's address in `held`."""
+        self.ctx = Context(p.function if isinstance(p, Probe) else "exec", p.line, p.cpu, p.pid)
+        self.m.mmgrab(mm, holder, p.cpu)
+        held.setdefault(self.addr.get(mm.id, -1), []).append(holder)
+        self.result.learned[learned] += 1
+
+    def _khugepaged_ahead(self, mm: Mm | None, ev: TraceEvent) -> None:
+        """An exec's __mmput of its old mm: when khugepaged's scan cursor rests on it
+        (a __khugepaged_exit marker that keeps it follows, before that address's next
+        __mmdrop), the reference __khugepaged_enter() took outlives the __mmput, which the
+        model runs at once: so it takes that reference now, not at the marker, by which
+        time the model would have freed the mm."""
+        addr = self.addr.get(mm.id) if mm is not None else None
+        if mm is None or addr is None:
+            return
+        lines = self.thp_kept.get(addr, [])
+        i = bisect.bisect_right(lines, ev.line)
+        drops = self.drop_lines.get(addr, [])
+        j = bisect.bisect_right(drops, ev.line)
+        if i == len(lines) or (j < len(drops) and drops[j] < lines[i]):
+            return
+        self.thp_taken.add(lines[i])
+        holder = f"khugepaged's mm_slot (line {lines[i]})"
+        learned = "khugepaged's reference outliving an exec's __mmput (__khugepaged_exit marker)"
+        self._grab_held(self.thp_slots, mm, holder, ev, learned)
 
     def _refusable(self, fn: Any, *args: Any) -> None:
         """A marker asks for something the model's state does not allow (it lost track of
@@ -296,6 +329,8 @@ class MarkerSteps:
                 tasks[pids[0]] = leader
         self.ctx = Context("exec", ev.line, ev.cpu, ev.pid)
         old = leaving_mm(t)
+        if self.inputs == "markers":
+            self._khugepaged_ahead(old, ev)
         deferred = self._defer_mmput(t, ev) or self._defer_to_last(
             t, ev, self.ipi_sends, self.exec_lines, "exec"
         )
