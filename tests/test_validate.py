@@ -669,6 +669,14 @@ def test_a_preemption_before_exit_mmaps_flush_is_in_the_exit_window_when_little_
     assert lazy_exits(*waited) == ({}, set())
     slept = (out, back, _sw(5, 10, "S", 20), _sw(6, 20, "S", 10), _cr3(7, 10), exit_(9))
     assert lazy_exits(*slept) == ({}, set())
+    # its thread group dying while it ran (thread 11 of group 10 exits before the
+    # preemption): a task killed by exit_group() exits as soon as it runs on, so the
+    # preemption came before its exit_mm()
+    grouped = SchedSwitch(3, 0, 0.003, 10, "t", 10, "t", 10, "R+", "t", 20)
+    sibling = ProcessExit(2, 1, 0.002, 11, "t", 10, 11)
+    assert lazy_exits(sibling, grouped, back, _cr3(5, 10), exit_(7)) == ({}, set())
+    other_group = ProcessExit(2, 1, 0.002, 11, "t", 11, 11)
+    assert lazy_exits(other_group, grouped, back, _cr3(5, 10), exit_(7)) == ({3: 10}, {3})
 
 
 def test_sched_inputs_place_exit_windows_before_exit_mmaps_flush(
