@@ -837,7 +837,10 @@ def validate(
     load its mm needs shows it after the fact
     (the trace is replayed again with its exit_mm where it ran); a CPU whose idle task
     switches out while its last traced switch went to its stopper thread was offline in
-    between (docs/validate.md).
+    between. On PREEMPT_RT kernels (the -rt presets), with markers, an exec preempted inside
+    exec_mmap() before activate_mm() shows as a preemption with migration disabled (the
+    irq-flags column) whose activate_mm then loads no CR3: the model runs that exec in two
+    steps (docs/validate.md).
 
     Exit status: 0 all matched, 1 something did not, 2 unusable input."""
     from activemm.validate import validate as run_validate
