@@ -347,3 +347,15 @@ def test_exec_preempted_inside_exec_mmap_interleaved_with_everything_breaks_noth
     moves = enabled(m, bound)
     assert ("schedule", (("cpu", 1), ("next", "init[1]"))) not in moves
     assert not any(o[0] == "cpu_down" and dict(o[1])["cpu"] == 0 for o in moves)
+
+
+def test_explore_cli_exec_preemption_flag() -> None:
+    """--exec-preemption is recorded in the bound; on a preset whose exec_mmap() cannot be
+    preempted it says it explores nothing more, and explores the same space."""
+    rt = cli("explore", "-p", "linux-6.1-x86_64-rt", "--exec-preemption", "--depth", "4", "--json")
+    assert rt.returncode == 0, rt.stderr
+    assert json.loads(rt.stdout)["bound"]["exec_preemption"] is True
+    plain = cli("explore", "--exec-preemption", "--depth", "3", "--json")
+    assert plain.returncode == 0 and "--exec-preemption explores nothing more" in plain.stderr
+    without = cli("explore", "--depth", "3", "--json")
+    assert json.loads(plain.stdout)["states"] == json.loads(without.stdout)["states"]
