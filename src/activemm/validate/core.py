@@ -280,7 +280,6 @@ class Validator(MarkerSteps, Clocked):
         # episode (None: not yet)
         self.forking: dict[int, set[tuple[int, int]] | None] = {}
         self.thp_slots: dict[int, list[str]] = {}  # mm address -> khugepaged's reference
-
         self.async_drops: dict[int, int] = {}  # mm address -> pid whose mmdrop_async() ran
         # mm address -> the CPU whose idle task still borrowed it going offline: finish_cpu()
         # drops it later, on another CPU, in whichever task runs the hotplug teardown
