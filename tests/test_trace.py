@@ -26,7 +26,7 @@ from activemm.model.state import TaskState
 from activemm.trace import LostEvents, SchedSwitch, TraceError, read_trace
 from activemm.trace.events import Probe
 from activemm.trace.readers import ReadStats
-from activemm.trace.replay import load_task_snapshot, peek_cpus, replay
+from activemm.trace.replay import Replayer, load_task_snapshot, peek_cpus, replay
 
 from .helpers import ROOT, cli
 
@@ -858,6 +858,14 @@ def test_replay_shares_the_work_by_default_on_big_trace_files(
     assert r.exit_code == 0 and json.loads(r.stdout)["jobs"] == 1
 
 
+def _replay_lines(tmp_path: Path, lines: list[str], preset: str, cpus: int) -> Replayer:
+    """Replay hand-made tracefs lines under one preset; its replayer."""
+    path = tmp_path / "timeline.txt"
+    path.write_text("".join(f"    {line}\n" for line in lines))
+    _, replayers = replay(read_trace(str(path)), [PRESETS[preset]], cpus)
+    return replayers[preset]
+
+
 # a tracefs sched_switch line to fill in (hand-made timelines)
 SWITCH_LINE = (
     "{c}-{p} [{cpu:03d}] {ts}: sched_switch: prev_comm={c} prev_pid={p} prev_prio=120 "
@@ -886,10 +894,7 @@ def test_exec_from_a_thread_whose_leader_runs_on_under_the_threads_pid(tmp_path:
         "true-10 [001] 1.000900: sched_process_exec: filename=/bin/true pid=10 old_pid=11",
         sw.format(c="true", p=10, cpu=1, ts="1.001000", s="S", nc="swapper/1", np=0),
     ]
-    path = tmp_path / "dethread.txt"
-    path.write_text("".join(f"    {line}\n" for line in lines))
-    _, replayers = replay(read_trace(str(path)), [PRESETS["linux-6.1-x86_64-rt"]], 2)
-    r = replayers["linux-6.1-x86_64-rt"]
+    r = _replay_lines(tmp_path, lines, "linux-6.1-x86_64-rt", 2)
     anomalies = r.stats.anomalies
     assert anomalies["de_thread: old leader runs on under the thread's pid"] == 1
     assert not any(k.startswith(("resynchronised", "pid reused", "refused")) for k in anomalies)
@@ -921,10 +926,7 @@ def test_exec_from_a_thread_whose_leader_switches_out_last_under_the_threads_pid
         "true-10 [002] 1.000900: sched_process_exec: filename=/bin/true pid=10 old_pid=12",
         sw.format(c="true", p=10, cpu=2, ts="1.001000", s="S", nc="swapper/2", np=0),
     ]
-    path = tmp_path / "dethread.txt"
-    path.write_text("".join(f"    {line}\n" for line in lines))
-    _, replayers = replay(read_trace(str(path)), [PRESETS["linux-6.17-x86_64"]], 3)
-    r = replayers["linux-6.17-x86_64"]
+    r = _replay_lines(tmp_path, lines, "linux-6.17-x86_64", 3)
     anomalies = r.stats.anomalies
     assert anomalies["de_thread: old leader's last switch under the thread's pid"] == 1
     assert "resynchronised CPU" not in anomalies and "dead task seen running" not in anomalies

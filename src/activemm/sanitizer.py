@@ -267,9 +267,9 @@ def _check_hardware(state: KernelState, config: KernelConfig) -> tuple[str, str]
     # thread's borrowed active_mm, are already the new one: only activate_mm(), or the
     # task's own switch back in, loads the new mm
     stale = {
-        t.cpu: t.in_exec_mmap.active_mm
-        for t in state.live_tasks()
-        if t.in_exec_mmap is not None and t.cpu is not None
+        cpu: t.in_exec_mmap.active_mm
+        for cpu, t in state.preempted_execs().items()
+        if t.in_exec_mmap is not None
     }
     for rq in state.rqs:
         if not rq.online:

@@ -539,10 +539,10 @@ class Machine:
             raise OperationError(
                 f"cpu_down: the teardown runs on another online CPU; {control} is not one"
             )
-        pinned = [t for t in self.state.live_tasks() if t.in_exec_mmap and t.cpu == cpu]
-        if pinned:
+        pinned = self.state.preempted_execs().get(cpu)
+        if pinned is not None:
             raise OperationError(
-                f"cpu_down: {pinned[0].name} is preempted inside exec_mmap() on CPU {cpu} with "
+                f"cpu_down: {pinned.name} is preempted inside exec_mmap() on CPU {cpu} with "
                 f"migration disabled; the hotplug waits for it (balance_push)"
             )
         op = self._begin("cpu_down", cpu, cpu=cpu)

@@ -182,6 +182,13 @@ class KernelState:
     def running(self) -> list[Task]:
         return [rq.curr for rq in self.rqs]
 
+    def preempted_execs(self) -> dict[int, Task]:
+        """CPU -> the task preempted inside exec_mmap() on it (PREEMPT_RT): task_lock()
+        disabled its migration, so it stays that CPU's until resume_exec()."""
+        return {
+            t.cpu: t for t in self.live_tasks() if t.in_exec_mmap is not None and t.cpu is not None
+        }
+
 
 def clone_state(state: KernelState, prune: bool = False) -> KernelState:
     """A deep copy of the state, fast: the explorer copies a state for every transition.

@@ -269,8 +269,7 @@ class MarkerSteps:
         __mmdrop), the reference __khugepaged_enter() took outlives the __mmput, which the
         model runs at once: so it takes that reference now, not at the marker, by which
         time the model would have freed the mm."""
-        addr = self.addr.get(mm.id) if mm is not None else None
-        if mm is None or addr is None:
+        if mm is None or (addr := self.addr.get(mm.id)) is None:
             return
         lines = self.thp_kept.get(addr, [])
         i = bisect.bisect_right(lines, ev.line)
