@@ -553,3 +553,25 @@ def test_preempt_rt_exec_window_of_a_task_without_an_mm_keeps_its_lazy_reference
     m.schedule(0, "init")
     m.resume_exec("init")
     assert init_mm.mm_count == 2 and (mm1.mm_users, mm1.mm_count) == (1, 1)
+
+
+def test_preempt_rt_two_execs_preempted_on_one_cpu() -> None:
+    """Two tasks preempted inside exec_mmap() on the same CPU (each window left its own
+    old mm loaded there in turn): the CPU runs on the second one's old mm (app's, the
+    earlier task) under its new one, which the sanitizer allows whichever window it is
+    (a random walk found it refused when only one window per CPU was remembered)."""
+    m = machine("linux-6.1-x86_64-rt")
+    mm2 = with_user(m)
+    b = m.fork("init", name="b")
+    old_b = b.mm
+    m.schedule(0, b)
+    m.exec(b, preempted=True)
+    m.schedule(0, "app")  # app's own mm loaded: CR3 := mm2
+    m.exec("app", preempted=True)
+    assert m.state.rqs[0].tlb.loaded_mm is mm2 and len(m.state.preempted_execs()) == 2
+    m.schedule(0, b)
+    m.resume_exec(b)
+    m.schedule(0, "app")
+    m.resume_exec("app")
+    assert mm2.freed and old_b is not None and old_b.freed
+    assert m.state.preempted_execs() == []

@@ -265,18 +265,19 @@ def _check_hardware(state: KernelState, config: KernelConfig) -> tuple[str, str]
     # PREEMPT_RT: a task preempted inside exec_mmap() before activate_mm() left its CPU on
     # the page tables it had loaded (its old active_mm) under a task whose mm, and a kernel
     # thread's borrowed active_mm, are already the new one: only activate_mm(), or the
-    # task's own switch back in, loads the new mm
-    stale = {
-        cpu: t.in_exec_mmap.active_mm
-        for cpu, t in state.preempted_execs().items()
+    # task's own switch back in, loads the new mm (several tasks' windows can be open on one
+    # CPU, each having left its own old mm there)
+    stale = [
+        (t.cpu, t.in_exec_mmap.active_mm)
+        for t in state.preempted_execs()
         if t.in_exec_mmap is not None
-    }
+    ]
     for rq in state.rqs:
         if not rq.online:
             continue
         cur, tlb = rq.curr, rq.tlb
         loaded = tlb.loaded_mm
-        left = loaded is stale.get(rq.cpu)  # (None: no such window on this CPU)
+        left = any(cpu == rq.cpu and loaded is old for cpu, old in stale)
         # alpha: the hardware runs on the PCB loaded at the last swpctx, and switch_mm()
         # (ev5_switch_mm) writes only the PCB ASN: after kthread_use_mm()/kthread_unuse_mm()
         # the CPU keeps the old page tables until the next switch. So the two rules below are

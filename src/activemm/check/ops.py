@@ -172,7 +172,7 @@ def enabled(
         for rq in online:
             ops.append(op("text_poke", cpu=rq.cpu))
     if limits.hotplug:
-        pinned = state.preempted_execs()  # (migration disabled)
+        pinned = {t.cpu for t in state.preempted_execs()}  # (migration disabled)
         for rq in state.rqs:
             if rq.online and len(online) > 1 and rq.cpu not in pinned:
                 ops.append(op("cpu_down", cpu=rq.cpu))

@@ -539,7 +539,7 @@ class Machine:
             raise OperationError(
                 f"cpu_down: the teardown runs on another online CPU; {control} is not one"
             )
-        pinned = self.state.preempted_execs().get(cpu)
+        pinned = next((t for t in self.state.preempted_execs() if t.cpu == cpu), None)
         if pinned is not None:
             raise OperationError(
                 f"cpu_down: {pinned.name} is preempted inside exec_mmap() on CPU {cpu} with "

@@ -182,12 +182,10 @@ class KernelState:
     def running(self) -> list[Task]:
         return [rq.curr for rq in self.rqs]
 
-    def preempted_execs(self) -> dict[int, Task]:
-        """CPU -> the task preempted inside exec_mmap() on it (PREEMPT_RT): task_lock()
-        disabled its migration, so it stays that CPU's until resume_exec()."""
-        return {
-            t.cpu: t for t in self.live_tasks() if t.in_exec_mmap is not None and t.cpu is not None
-        }
+    def preempted_execs(self) -> list[Task]:
+        """The tasks preempted inside exec_mmap() (PREEMPT_RT): task_lock() disabled their
+        migration, so each stays its CPU's until resume_exec(); one CPU can hold several."""
+        return [t for t in self.live_tasks() if t.in_exec_mmap is not None]
 
 
 def clone_state(state: KernelState, prune: bool = False) -> KernelState:
