@@ -677,6 +677,15 @@ def test_a_preemption_before_exit_mmaps_flush_is_in_the_exit_window_when_little_
     assert lazy_exits(sibling, grouped, back, _cr3(5, 10), exit_(7)) == ({}, set())
     other_group = ProcessExit(2, 1, 0.002, 11, "t", 11, 11)
     assert lazy_exits(other_group, grouped, back, _cr3(5, 10), exit_(7)) == ({3: 10}, {3})
+    # ... or while it waited to run again (thread 11 exits between the preemption and the
+    # switch back in): inside exit_mmap() it would have been the mm's last user, thread 11
+    # long past its exit_mm(); after it is back, the exit says nothing of the preemption
+    while_out = ProcessExit(4, 1, 0.004, 11, "t", 10, 11)
+    later = (_sw(5, 20, "S", 10), _cr3(6, 10), exit_(8))
+    assert lazy_exits(grouped, while_out, *later) == ({}, set())
+    after_back = ProcessExit(5, 1, 0.005, 11, "t", 10, 11)
+    back_first = (_sw(4, 20, "S", 10), after_back, _cr3(6, 10), exit_(8))
+    assert lazy_exits(grouped, *back_first) == ({3: 10}, {3})
 
 
 def test_sched_inputs_place_exit_windows_before_exit_mmaps_flush(
