@@ -220,7 +220,7 @@ class ExitWindows:
         A task preempted or waiting in "D" more than once there (an OOM victim waits long
         before its exit_mm()) is left alone: its exit_mm() runs at its sched_process_exit,
         unless it shows later (exit_point); so is a task whose thread group was dying while
-        it ran (_group_dying)."""
+        it ran up to that preemption or waited after it (_group_dying)."""
         outs = self.outs.get(pid, [])
         k = bisect.bisect_right(outs, self._window_floor(pid, span[0], f))
         if k == len(outs) or outs[k] > f or (k + 1 < len(outs) and outs[k + 1] < f):
