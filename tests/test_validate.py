@@ -1632,8 +1632,49 @@ def test_preempt_rt_frees_the_last_lazy_users_mm_from_an_rcu_callback(
     in_rcu = [m for m in drops if m["kernel"].get("freed_at", [""])[0] == "call_rcu"]
     assert len(in_rcu) == rcu
     model_side = [m for m in drops if m["kernel"] == {"freed_at": "not here"}]
-    assert len(drops) == len(in_rcu) + len(model_side)
+    # and, the plain preset's __mmput never waiting for a lock after exit_mmap() returns,
+    # the frees at the end of one that did (test_preempt_rt_an_exit_waiting_for_a_lock_...)
+    waited = [m for m in drops if m["kernel"].get("freed_at", [""])[0] == "__mmput"]
+    assert len(drops) == len(in_rcu) + len(model_side) + len(waited)
+    assert not {m["line"] for m in waited} & {m["line"] for m in every}
     assert {m["predicted"]["freed_at"][0] for m in model_side} == {"finish_task_switch"}
+
+
+def test_preempt_rt_an_exit_waiting_for_a_lock_inside_mmput_frees_its_mm_when_back() -> None:
+    """On PREEMPT_RT the rest of an exiting task's __mmput() after exit_mmap() returns
+    (set_mm_exe_file(), the mmlist and lru_gen locks: sleeping spinlock_t's there) can wait
+    for a lock: a switch out in "D" between the exit_mmap return marker and the task's
+    sched_process_exit. Its CPU's lazy reference goes at that switch, and __mmput()'s own
+    mmdrop(), when the task is back, frees the mm (a plain __mmdrop in the exiting task, no
+    RCU callback). Found in the text of the twenty-fifth program's 6.12-rt capture: every
+    such free is predicted there (the model had taken the wait for the end of __mmput and
+    freed those mms from an RCU callback)."""
+    capture = CAPTURES / "linux-6.12-rt-smp4-program25"
+    lines = gzip.decompress((capture / "trace.txt.gz").read_bytes()).decode().splitlines()
+    returned: dict[str, int] = {}  # pid -> line of its exit_mmap return
+    waited: dict[str, int] = {}  # pid -> its "D" switch out after that return
+    frees: list[int] = []
+    for n, text in enumerate(lines, 1):
+        pid = re.match(r"\s*\S+-(\d+)\s", text)
+        if pid is None:
+            continue
+        if "<- exit_mmap)" in text:
+            returned[pid[1]] = n
+        elif " sched_switch: " in text and pid[1] in returned:
+            if f" prev_pid={pid[1]} " in text and " prev_state=D " in text:
+                waited.setdefault(pid[1], n)
+            elif f" prev_pid={pid[1]} " in text and pid[1] not in waited:
+                del returned[pid[1]]  # preempted or dead first: not this case
+        elif " sched_process_exit: " in text and pid[1] in returned:
+            del returned[pid[1]]
+            waited.pop(pid[1], None)
+        elif "(__mmdrop+" in text and pid[1] in waited:
+            frees.append(n)
+    assert len(frees) >= 3, frees
+    r = validate(capture)
+    assert r.preset == "linux-6.12-x86_64-rt"
+    missed = {m["line"] for m in r.mismatches if m["group"] == "mmdrop"}
+    assert not missed.intersection(frees), sorted(missed)
 
 
 def test_rcu_callbacks_offloaded_and_queued_before_the_trace() -> None:

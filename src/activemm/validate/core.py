@@ -173,6 +173,8 @@ class Validator(MarkerSteps, Clocked):
         self.activated: dict[int, int] = {}  # such a line -> the mm it activated
         self.rests: dict[int, list[int]] = {}  # pid -> lines of its switches out, not preempted
         self.preemptions: dict[int, list[int]] = {}  # pid -> lines of its switches out, preempted
+        # PREEMPT_RT: switches out in "D", where a sleeping spinlock_t's wait shows too
+        self.lock_waits: set[int] = set()
         switching: set[int] = set()  # CPUs between a sched_switch and its finish probe
         self.cpu_lines: dict[int, list[int]] = {}  # CPU -> lines of its events
         # CPU -> its tracepoint events (no probe lines), for sched inputs' look-ahead
@@ -194,6 +196,8 @@ class Validator(MarkerSteps, Clocked):
                 last_switch[e.cpu] = e.line
                 if not e.prev_state.startswith("R"):
                     self.rests.setdefault(e.prev_pid, []).append(e.line)
+                    if config.PREEMPT_RT and e.prev_state.startswith("D"):
+                        self.lock_waits.add(e.line)
                 else:
                     self.preemptions.setdefault(e.prev_pid, []).append(e.line)
             elif isinstance(e, Probe) and e.function == FINISH:
@@ -975,9 +979,9 @@ class Validator(MarkerSteps, Clocked):
                 self._refusable(self.m.kthread_unuse_mm, t)
         if ev.prev_pid in self.exit_marked and self.inputs == "sched":
             self.windowed.add(ev.prev_pid)
-        if ev.prev_pid in self.late and not ev.prev_state.startswith("R"):
+        if ev.prev_pid in self.late and not self._may_be_in_mmput(ev):
             # it sleeps, or is dead: its __mmput after exit has returned (preempted, "R+",
-            # it may still be inside it)
+            # or on PREEMPT_RT waiting for a lock, "D", it may still be inside it)
             self.late.discard(ev.prev_pid)
             if ev.prev_pid in self.pins:
                 self._refusable(self._unpin, ev)
@@ -1168,7 +1172,9 @@ class Validator(MarkerSteps, Clocked):
         locks) can be preempted, and it is nearly all of the time between exit_mmap()'s
         return and that tracepoint (do_exit() only checks acct_process() in between): such a
         task had not reached __mmput()'s mmdrop() yet (its own CPU's lazy reference, dropped
-        at that switch, is then not the last). Under preempt=voluntary nothing there
+        at that switch, is then not the last). On PREEMPT_RT those locks are sleeping
+        spinlock_t's: the task may also wait for one there ("D"; an exiting task does not
+        sleep otherwise before its sched_process_exit). Under preempt=voluntary nothing there
         reschedules; a task running another's __mmput (a /proc reader) or exec's goes on
         with other work, where it is as likely preempted after."""
         if not self.preemptible or p.pid in self.past_exit:
@@ -1179,12 +1185,20 @@ class Validator(MarkerSteps, Clocked):
         after = [_next_line(lines.get(p.pid, []), p.line)
                  for lines in (self.preemptions, self.exit_lines, self.rests)]  # fmt: skip
         preempted, exit_, rest = after
+        if rest is not None and rest in self.lock_waits:
+            preempted = rest if preempted is None else min(preempted, rest)
         return (
             preempted is not None
             and exit_ is not None
             and preempted < exit_
-            and (rest is None or preempted < rest)
+            and (rest is None or preempted <= rest)
         )
+
+    def _may_be_in_mmput(self, sw: SchedSwitch) -> bool:
+        """A switch out that can come inside __mmput(): a preemption ("R", "R+"), or on
+        PREEMPT_RT a wait for a sleeping spinlock_t ("D"); not a sleep, not the dead
+        task's last switch."""
+        return sw.prev_state.startswith("R") or sw.line in self.lock_waits
 
     def _kernel_drop(self, p: Probe) -> None:
         """Where the kernel's __mmdrop ran: in finish_task_switch() (only after a switch from
