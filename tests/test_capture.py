@@ -405,6 +405,12 @@ first = os.environ.get("FAKE_QEMU_FIRST", "panic")
 if runs == 0 and first == "panic":
     open(console, "w").write("[    2.0] Kernel panic - not syncing: Fatal exception in interrupt\n")
     sys.exit(0)
+if runs == 0 and first == "oops-running":  # an oopsed kernel thread: the guest runs on
+    open(console, "w").write("ACTIVEMM: booted\n[    5.5] BUG: kernel NULL pointer dereference\n")
+    import time
+    time.sleep(30)
+    open(os.path.join(os.environ["FAKE_QEMU_DIR"], "ran-on"), "w").write("the guest ran on\n")
+    sys.exit(0)
 def block(name, data):
     b64 = base64.b64encode(gzip.compress(data)).decode()
     return f"=== BEGIN {name}\n{b64}\n=== END {name}\n"
@@ -451,16 +457,19 @@ def _fake_qemu(
 @pytest.mark.skipif(
     not (shutil.which("busybox") and shutil.which("gcc")), reason="needs busybox and gcc"
 )
-@pytest.mark.parametrize("first", ["panic", "oops"])
+@pytest.mark.parametrize("first", ["panic", "oops", "oops-running"])
 def test_a_guest_that_crashes_gets_one_more_try(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str
 ) -> None:
     """A panic while booting, or an oops in the workload even though the trace arrived: the
-    first run is no ground truth, the second (clean) one is kept."""
+    first run is no ground truth, the second (clean) one is kept. A guest whose oops left it
+    running (a kernel thread died, the kernel did not panic) is stopped as soon as its
+    console shows it, not left to run until its watchdog."""
     image = _fake_qemu(tmp_path, monkeypatch, first, ring={"mm_account": 984})
     said: list[str] = []
     meta = run.capture(image, run.CaptureOptions(out=tmp_path / "cap", accel="tcg"), said.append)
     assert (tmp_path / "runs").read_text() == "2"
+    assert not (tmp_path / "ran-on").exists()
     assert any("again" in s for s in said)
     assert meta["kernel"] == "6.1.0-0-amd64" and meta["workload_status"] == 0
     assert sorted(p.name for p in (tmp_path / "cap").iterdir()) == [

@@ -182,7 +182,8 @@ def boot(
     timings). Tries each accelerator in turn; a KVM that aborts or hangs before the guest
     says it booted is abandoned for TCG. A guest that crashes under TCG (QEMU 7.2's TCG now
     and then panics or oopses a stock kernel, mostly in its first seconds) gets one more try;
-    a guest that oopsed is never taken as ground truth, even when its trace arrived."""
+    a guest that oopsed is never taken as ground truth, even when its trace arrived, and is
+    stopped as soon as its console shows the oops (_run_guest)."""
     failures: list[str] = []
     consoles: list[Path] = []
     attempts = [(accel, n) for accel in accelerators(opts.accel) for n in range(TRIES[accel])]
@@ -250,6 +251,10 @@ def _run_guest(
                     deadline = time.monotonic() + opts.timeout + 60
             if time.monotonic() > deadline:
                 timed_out = "before the guest booted" if not seen else "in the workload"
+                break
+            if any(k in text for k in CRASH_MARKS):
+                # an oops in a kernel thread leaves the guest running (only a panic ends
+                # it, panic=-1) until its watchdog: it is no ground truth, stop it now
                 break
     finally:
         if proc.poll() is None:
