@@ -7,8 +7,11 @@ import itertools
 import json
 import re
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from activemm import PRESETS, Machine
 from activemm.cli import app
 from activemm.errors import ActiveMmError
 from activemm.trace.events import NewTask, Probe, ProcessExec, SchedSwitch, TlbFlush, TraceEvent
-from activemm.trace.readers import read_trace
+from activemm.trace.readers import TraceError, read_trace
 from activemm.trace.replay import load_task_snapshot
 from activemm.validate import kernel as kv
 from activemm.validate import markers, score, validate
@@ -332,18 +335,31 @@ def test_a_preemption_inside_exec_mmap_shows_by_an_activate_mm_that_loads_nothin
     assert exec_preemptions([out(2, depth=0), *back, activate, exec_]) == set()
     slept = [out(2), *back, _sw(6, 10, "S", 20), _sw(7, 20, "S", 10), activate, exec_]
     assert exec_preemptions(slept) == set()
+    # preempted twice in a row, lock held: the first return loaded CR3 with nothing else
+    # loading on that CPU since it left (task 20 a kernel thread: the CPU still ran the
+    # task's old mm, the task had the new one), so both were inside the window
+    twice = [out(2), _sw(3, 20, "S", 10), _cr3(4, 20), out(5), _sw(6, 20, "S", 10),
+             activate, exec_]  # fmt: skip
+    assert exec_preemptions(twice) == {2, 5}
+    # the first return loaded nothing: it came back to its old mm, before the window
+    assert exec_preemptions([twice[0], twice[1], *twice[3:]]) == {5}
+    # task 20 loaded a mm of its own meanwhile: the first return says nothing
+    loaded = [out(2), _cr3(3, 20), _sw(4, 20, "S", 10), _cr3(5, 20), out(6),
+              _sw(7, 20, "S", 10), replace(activate, line=8), replace(exec_, line=9)]  # fmt: skip
+    assert exec_preemptions(loaded) == {6}
 
 
 @pytest.mark.parametrize("capture", RT, ids=lambda p: p.name)
 def test_exec_preemptions_are_what_the_kernels_probes_say(capture: Path) -> None:
-    """markers.exec_preemptions against the probes it does not read: of the preemptions of
-    a task whose next own hook is exec's activate_mm marker, those whose finish_task_switch
-    probe shows the task already on the mm that activate_mm then activates (prev_mm = its
-    `next`: tsk->mm was set) are exactly the lines found. The 6.1-rt capture of program 17
-    has one."""
+    """markers.exec_preemptions against the probes it does not read: of the lock-held
+    preemptions (migration disabled) of a task in a row, whose next own hook is exec's
+    activate_mm marker, those whose finish_task_switch probe shows the task already on the
+    mm that activate_mm then activates (prev_mm = its `next`: tsk->mm was set) are exactly
+    the lines found. The 6.1-rt capture of program 17 has one."""
     events = list(read_trace(str(capture / "trace.txt.gz")))
-    last_out: dict[int, SchedSwitch] = {}  # pid -> its last preemption
-    prev_mm: dict[int, str] = {}  # switch out line -> the prev task's mm its finish shows
+    outs: dict[int, list[SchedSwitch]] = {}  # pid -> its lock-held preemptions in a row
+    last_out: dict[int, int] = {}  # pid -> line of its last switch out, if a preemption
+    prev_mm: dict[int, int] = {}  # switch out line -> the prev task's mm its finish shows
     pending: dict[int, int] = {}  # CPU -> line of a switch out awaiting its finish
     in_window: set[int] = set()
     in_exec: set[int] = set()
@@ -352,18 +368,24 @@ def test_exec_preemptions_are_what_the_kernels_probes_say(capture: Path) -> None
             pending[e.cpu] = e.line
             last_out.pop(e.prev_pid, None)
             if e.prev_state.startswith("R"):
-                last_out[e.prev_pid] = e
+                last_out[e.prev_pid] = e.line
+            if e.prev_state.startswith("R") and e.migrate_disabled:
+                outs.setdefault(e.prev_pid, []).append(e)
+            else:
+                outs.pop(e.prev_pid, None)
         elif isinstance(e, Probe) and e.function == kv.FINISH and e.cpu in pending:
             prev_mm[pending.pop(e.cpu)] = kv.address(e.args.get("prev_mm"))
         elif isinstance(e, Probe) and e.function in (kv.SWITCH_MM, kv.ENTER_LAZY):
             if e.cpu in pending:  # a context switch's own hook
                 continue
-            out = last_out.pop(e.pid, None)
-            if out is None or kv.outside_kind(e) != "activate_mm":
+            chain, last = outs.pop(e.pid, []), last_out.pop(e.pid, None)
+            if kv.outside_kind(e) != "activate_mm":
                 continue
-            in_exec.add(out.line)
-            if prev_mm.get(out.line) == kv.address(e.args.get("next")):
-                in_window.add(out.line)
+            if last is not None:
+                in_exec.add(last)
+            for out in chain:
+                if prev_mm.get(out.line) == kv.address(e.args.get("next")):
+                    in_window.add(out.line)
     assert len(in_exec) >= 10
     assert markers.exec_preemptions(events) == in_window
     if capture.name == "linux-6.1-rt-smp3-program17":
@@ -1032,6 +1054,29 @@ def test_a_trace_without_probes_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ActiveMmError, match="no kprobes"):
         validate(plain)
+
+
+def test_a_probe_line_cut_short_is_refused_with_its_line(tmp_path: Path) -> None:
+    """A core probe line without the arguments the validator reads (a trace cut mid-line,
+    or edited) is unusable input: one error naming the file, the line and what is missing,
+    exit status 2, not a mismatch blamed on the model. The same lines whole are scored."""
+    whole = (CAPTURES / "linux-6.1-smp2-lazy" / "trace.txt.gz").read_bytes()
+    lines = gzip.decompress(whole).decode().splitlines()
+    n = [i for i, t in enumerate(lines) if "(switch_mm_irqs_off+" in t][40]
+    cut = tmp_path / "cut.txt"
+    cut.write_text("\n".join([*lines[:n], lines[n].split(" next=")[0], *lines[n + 1 :]]) + "\n")
+    with pytest.raises(TraceError, match=rf"cut.txt:{n + 1}: a switch_mm_irqs_off probe line "
+                       r"without next=, tsk="):  # fmt: skip
+        validate(cut)
+    run = subprocess.run([sys.executable, "-m", "activemm", "validate", str(cut)],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.startswith(f"activemm: error: {cut}:{n + 1}: ")
+    assert run.stderr.count("\n") == 1
+    mmdrop = [i for i, t in enumerate(lines) if "(__mmdrop+" in t][3]
+    cut.write_text("\n".join([*lines[:mmdrop], lines[mmdrop].split(" mm=")[0]]) + "\n")
+    with pytest.raises(TraceError, match=rf":{mmdrop + 1}: a __mmdrop probe line without mm="):
+        validate(cut)
 
 
 INIT_MM = "0xffffffff82b5c940"

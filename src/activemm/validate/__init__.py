@@ -11,7 +11,7 @@ from pathlib import Path
 from activemm.errors import ActiveMmError
 from activemm.model.config import preset
 from activemm.trace.events import Probe
-from activemm.trace.readers import ReadStats, read_trace
+from activemm.trace.readers import ReadStats, TraceError, read_trace
 from activemm.trace.replay import load_task_snapshot, peek_cpus
 from activemm.validate import kernel as kv
 from activemm.validate.core import Validator
@@ -154,6 +154,14 @@ def validate(
     stats = ReadStats()
     events, recovered = kv.recover_births(list(read_trace(str(path), stats=stats)))
     probes = {e.function for e in events if isinstance(e, Probe)}
+    for e in events:
+        if isinstance(e, Probe) and (lacking := kv.missing_args(e)):
+            raise TraceError(
+                str(path), e.line,
+                f"a {e.function} probe line without {', '.join(n + '=' for n in lacking)}: "
+                "expected the reference's arguments (docs/validate.md, recording on your own "
+                "machine); a line cut short?",
+            )  # fmt: skip
     if not {"switch_mm_irqs_off", "enter_lazy_tlb", "finish_task_switch"} <= probes:
         raise ActiveMmError(
             f"{path}: no kprobes on switch_mm_irqs_off, enter_lazy_tlb and finish_task_switch; "

@@ -25,6 +25,27 @@ EXIT_MMAP = "exit_mmap"
 NEW_MM = ("mm_init", "dup_mmap", "mm_alloc")
 
 
+# The arguments the validator reads off each core probe (the reference's names); a line
+# without them is a cut or hand-edited trace, not a kernel that did something else.
+REQUIRED_ARGS = {
+    SWITCH_MM: ("prev", "next", "tsk"),
+    ENTER_LAZY: ("mm", "tsk"),
+    FINISH: ("prev_active_mm",),
+    MMDROP: ("mm",),
+    EXIT_MMAP: ("mm",),
+}
+
+
+def missing_args(p: Probe) -> list[str]:
+    """The arguments a core probe line needs and lacks (REQUIRED_ARGS for entry probes,
+    `ret` for mm_init's return probe)."""
+    if p.returned:
+        needed: tuple[str, ...] = ("ret",) if p.function == "mm_init" else ()
+    else:
+        needed = REQUIRED_ARGS.get(p.function, ())
+    return [name for name in needed if name not in p.args]
+
+
 def address(value: str | None) -> int:
     """A pointer argument as printed by `:x64` (0x0 for NULL; `(fault)` reads as NULL)."""
     if not value:

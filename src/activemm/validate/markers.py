@@ -101,30 +101,66 @@ def exec_preemptions(events: list[TraceEvent]) -> set[int]:
     activate_mm() loads the new one, its tlb_flush "flush on task switch" the next event on
     that CPU. Markers input only: with tracepoints alone, the preemptions of an exec that
     loads no CR3 of its own, before its sched_process_exec (lock-held ones come after the
-    window too: task_lock() again in __set_task_comm()), do not say which was the window."""
+    window too: task_lock() again in __set_task_comm()), do not say which was the window.
+
+    A task preempted so several times in a row (back, and preempted again before any other
+    step of its own) may have been inside the window each time: every one after
+    tsk->mm = new. An earlier one was when its switch back in loaded CR3 while nothing else
+    had on that CPU since it left (the CPU still ran the task's old mm, the task had the new
+    one already); a user task run meanwhile, or a flush IPI there, leaves it unknown, and it
+    is taken to have come before the window."""
     found: set[int] = set()
-    out: dict[int, int] = {}  # pid -> line of its lock-held preemption, while it is away
+    out: dict[int, tuple[int, int]] = {}  # pid -> (line, CPU) of its lock-held preemption
     running: dict[int, int] = {}  # pid -> that line, the task back, until its next step
     deciding: dict[int, tuple[int, int]] = {}  # CPU -> (pid, line) at exec's activate_mm
+    loaded: set[int] = set()  # CPUs with a CR3 load since a lock-held preemption there
+    back: dict[int, tuple[int, int, bool]] = {}  # CPU -> (pid, line, quiet) of a return
+    # pid -> lines of its earlier lock-held preemptions in a row whose return loaded CR3
+    # where nothing else had (they are in the window if the last one is)
+    chain: dict[int, list[tuple[int, bool]]] = {}
+    inside: dict[int, bool] = {}  # line of a lock-held preemption -> its return says so
     for ev in events:
         cpu = ev.cpu
+        if isinstance(ev, Probe):
+            pass
+        elif cpu in back:  # the tracepoint after a return: that switch's CR3 load, or not
+            pid, line, quiet = back.pop(cpu)
+            inside[line] = quiet and isinstance(ev, TlbFlush) and ev.cr3_load
+        if isinstance(ev, TlbFlush) and ev.cr3_load:
+            loaded.add(cpu)
         if cpu in deciding:  # the event after the marker on its CPU: its CR3 load, or not
             pid, line = deciding.pop(cpu)
             if not (isinstance(ev, TlbFlush) and ev.own_cr3_load and ev.pid == pid):
                 found.add(line)
+                for earlier, within in reversed(chain.pop(pid, [])):
+                    if not within:
+                        break
+                    found.add(earlier)
+            chain.pop(pid, None)
         if isinstance(ev, SchedSwitch):
             if ev.next_pid in out:
-                running[ev.next_pid] = out.pop(ev.next_pid)
+                line, was = out.pop(ev.next_pid)
+                running[ev.next_pid] = line
+                if was == cpu:
+                    back[cpu] = (ev.next_pid, line, cpu not in loaded)
             if ev.prev_state.startswith("R") and ev.migrate_disabled and ev.prev_pid > 0:
-                out[ev.prev_pid] = ev.line
+                out[ev.prev_pid] = (ev.line, cpu)
+                loaded.discard(cpu)
         if ev.pid not in running or (isinstance(ev, SchedSwitch) and ev.prev_pid != ev.pid):
             continue
         if isinstance(ev, Probe) and ev.function in (SWITCH_MM, ENTER_LAZY):
             if kv.outside_kind(ev) == "activate_mm":
                 deciding[cpu] = (ev.pid, running[ev.pid])
+            else:
+                chain.pop(ev.pid, None)
             del running[ev.pid]
+        elif isinstance(ev, SchedSwitch) and out.get(ev.pid, (0, 0))[0] == ev.line:
+            # preempted again, lock held, before any other step: a chain
+            line = running.pop(ev.pid)
+            chain.setdefault(ev.pid, []).append((line, inside.pop(line, False)))
         elif isinstance(ev, SchedSwitch | ProcessExec | ProcessExit | NewTask | ProcessFork):
             del running[ev.pid]
+            chain.pop(ev.pid, None)
     return found
 
 
