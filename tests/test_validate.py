@@ -348,6 +348,18 @@ def test_a_preemption_inside_exec_mmap_shows_by_an_activate_mm_that_loads_nothin
               _sw(7, 20, "S", 10), replace(activate, line=8), replace(exec_, line=9)]  # fmt: skip
     assert exec_preemptions(loaded) == {6}
 
+    # ... or one that was itself preempted lock held on that CPU meanwhile (task 20 loads
+    # its mm, is preempted by kernel thread 30, comes back, sleeps): still unknown
+    def held(line: int, prev: int, nxt: int) -> SchedSwitch:
+        sw = _sw(line, prev, "R+", nxt)
+        sw.migrate_disabled = 1
+        return sw
+
+    nested = [out(2), _cr3(3, 20), held(4, 20, 30), _sw(5, 30, "S", 20), _sw(6, 20, "S", 10),
+              _cr3(7, 20), out(8), _sw(9, 20, "S", 10), replace(activate, line=10),
+              replace(exec_, line=11)]  # fmt: skip
+    assert exec_preemptions(nested) == {8}
+
 
 @pytest.mark.parametrize("capture", RT, ids=lambda p: p.name)
 def test_exec_preemptions_are_what_the_kernels_probes_say(capture: Path) -> None:

@@ -110,42 +110,39 @@ def exec_preemptions(events: list[TraceEvent]) -> set[int]:
     one already); a user task run meanwhile, or a flush IPI there, leaves it unknown, and it
     is taken to have come before the window."""
     found: set[int] = set()
-    out: dict[int, tuple[int, int]] = {}  # pid -> (line, CPU) of its lock-held preemption
+    # pid -> (line, CPU, CR3 loads there so far) of its lock-held preemption, while away
+    out: dict[int, tuple[int, int, int]] = {}
     running: dict[int, int] = {}  # pid -> that line, the task back, until its next step
     deciding: dict[int, tuple[int, int]] = {}  # CPU -> (pid, line) at exec's activate_mm
-    loaded: set[int] = set()  # CPUs with a CR3 load since a lock-held preemption there
-    back: dict[int, tuple[int, int, bool]] = {}  # CPU -> (pid, line, quiet) of a return
-    # pid -> lines of its earlier lock-held preemptions in a row whose return loaded CR3
-    # where nothing else had (they are in the window if the last one is)
-    chain: dict[int, list[tuple[int, bool]]] = {}
+    loads: dict[int, int] = {}  # CPU -> how many CR3 loads it showed so far
+    back: dict[int, tuple[int, bool]] = {}  # CPU -> (line, no load since) of a return there
     inside: dict[int, bool] = {}  # line of a lock-held preemption -> its return says so
+    # pid -> its earlier lock-held preemptions in a row, each with what its return said
+    chain: dict[int, list[tuple[int, bool]]] = {}
     for ev in events:
         cpu = ev.cpu
-        if isinstance(ev, Probe):
-            pass
-        elif cpu in back:  # the tracepoint after a return: that switch's CR3 load, or not
-            pid, line, quiet = back.pop(cpu)
+        if not isinstance(ev, Probe) and cpu in back:  # the tracepoint after a return
+            line, quiet = back.pop(cpu)
             inside[line] = quiet and isinstance(ev, TlbFlush) and ev.cr3_load
         if isinstance(ev, TlbFlush) and ev.cr3_load:
-            loaded.add(cpu)
+            loads[cpu] = loads.get(cpu, 0) + 1
         if cpu in deciding:  # the event after the marker on its CPU: its CR3 load, or not
             pid, line = deciding.pop(cpu)
             if not (isinstance(ev, TlbFlush) and ev.own_cr3_load and ev.pid == pid):
                 found.add(line)
-                for earlier, within in reversed(chain.pop(pid, [])):
+                for earlier, within in reversed(chain.get(pid, [])):
                     if not within:
                         break
                     found.add(earlier)
             chain.pop(pid, None)
         if isinstance(ev, SchedSwitch):
             if ev.next_pid in out:
-                line, was = out.pop(ev.next_pid)
+                line, was, seen = out.pop(ev.next_pid)
                 running[ev.next_pid] = line
                 if was == cpu:
-                    back[cpu] = (ev.next_pid, line, cpu not in loaded)
+                    back[cpu] = (line, loads.get(cpu, 0) == seen)
             if ev.prev_state.startswith("R") and ev.migrate_disabled and ev.prev_pid > 0:
-                out[ev.prev_pid] = (ev.line, cpu)
-                loaded.discard(cpu)
+                out[ev.prev_pid] = (ev.line, cpu, loads.get(cpu, 0))
         if ev.pid not in running or (isinstance(ev, SchedSwitch) and ev.prev_pid != ev.pid):
             continue
         if isinstance(ev, Probe) and ev.function in (SWITCH_MM, ENTER_LAZY):
@@ -154,8 +151,8 @@ def exec_preemptions(events: list[TraceEvent]) -> set[int]:
             else:
                 chain.pop(ev.pid, None)
             del running[ev.pid]
-        elif isinstance(ev, SchedSwitch) and out.get(ev.pid, (0, 0))[0] == ev.line:
-            # preempted again, lock held, before any other step: a chain
+        elif isinstance(ev, SchedSwitch) and out.get(ev.pid, (0, 0, 0))[0] == ev.line:
+            # preempted again, lock held, before any other step of its own: a row
             line = running.pop(ev.pid)
             chain.setdefault(ev.pid, []).append((line, inside.pop(line, False)))
         elif isinstance(ev, SchedSwitch | ProcessExec | ProcessExit | NewTask | ProcessFork):
