@@ -317,8 +317,9 @@ def test_a_preemption_inside_exec_mmap_shows_by_an_activate_mm_that_loads_nothin
     from activemm.trace.events import ProcessExec
     from activemm.validate.markers import exec_preemptions
 
-    def out(line: int, depth: int = 1) -> SchedSwitch:
-        sw = _sw(line, 10, "R+", 20)
+    def held(line: int, prev: int = 10, nxt: int = 20, depth: int = 1) -> SchedSwitch:
+        """`prev` preempted for `nxt`, with migration disabled `depth` times."""
+        sw = _sw(line, prev, "R+", nxt)
         sw.migrate_disabled = depth
         return sw
 
@@ -329,34 +330,28 @@ def test_a_preemption_inside_exec_mmap_shows_by_an_activate_mm_that_loads_nothin
     activate = probe(6, 10, "switch_mm_irqs_off", prev="0xffff888000001000",
                      next="0xffff888000002000", tsk="0x0")  # fmt: skip
     exec_ = ProcessExec(8, 0, 0.008, 10, "t", None, "/x", 10, 10)
-    assert exec_preemptions([out(2), *back, activate, exec_]) == {2}
-    assert exec_preemptions([out(2), *back[::2], activate, exec_]) == {2}  # (no load at 4)
-    assert exec_preemptions([out(2), *back, activate, _cr3(7, 10), exec_]) == set()
-    assert exec_preemptions([out(2, depth=0), *back, activate, exec_]) == set()
-    slept = [out(2), *back, _sw(6, 10, "S", 20), _sw(7, 20, "S", 10), activate, exec_]
+    assert exec_preemptions([held(2), *back, activate, exec_]) == {2}
+    assert exec_preemptions([held(2), *back[::2], activate, exec_]) == {2}  # (no load at 4)
+    assert exec_preemptions([held(2), *back, activate, _cr3(7, 10), exec_]) == set()
+    assert exec_preemptions([held(2, depth=0), *back, activate, exec_]) == set()
+    slept = [held(2), *back, _sw(6, 10, "S", 20), _sw(7, 20, "S", 10), activate, exec_]
     assert exec_preemptions(slept) == set()
     # preempted twice in a row, lock held: the first return loaded CR3 with nothing else
     # loading on that CPU since it left (task 20 a kernel thread: the CPU still ran the
     # task's old mm, the task had the new one), so both were inside the window
-    twice = [out(2), _sw(3, 20, "S", 10), _cr3(4, 20), out(5), _sw(6, 20, "S", 10),
+    twice = [held(2), _sw(3, 20, "S", 10), _cr3(4, 20), held(5), _sw(6, 20, "S", 10),
              activate, exec_]  # fmt: skip
     assert exec_preemptions(twice) == {2, 5}
     # the first return loaded nothing: it came back to its old mm, before the window
     assert exec_preemptions([twice[0], twice[1], *twice[3:]]) == {5}
     # task 20 loaded a mm of its own meanwhile: the first return says nothing
-    loaded = [out(2), _cr3(3, 20), _sw(4, 20, "S", 10), _cr3(5, 20), out(6),
+    loaded = [held(2), _cr3(3, 20), _sw(4, 20, "S", 10), _cr3(5, 20), held(6),
               _sw(7, 20, "S", 10), replace(activate, line=8), replace(exec_, line=9)]  # fmt: skip
     assert exec_preemptions(loaded) == {6}
-
     # ... or one that was itself preempted lock held on that CPU meanwhile (task 20 loads
     # its mm, is preempted by kernel thread 30, comes back, sleeps): still unknown
-    def held(line: int, prev: int, nxt: int) -> SchedSwitch:
-        sw = _sw(line, prev, "R+", nxt)
-        sw.migrate_disabled = 1
-        return sw
-
-    nested = [out(2), _cr3(3, 20), held(4, 20, 30), _sw(5, 30, "S", 20), _sw(6, 20, "S", 10),
-              _cr3(7, 20), out(8), _sw(9, 20, "S", 10), replace(activate, line=10),
+    nested = [held(2), _cr3(3, 20), held(4, 20, 30), _sw(5, 30, "S", 20), _sw(6, 20, "S", 10),
+              _cr3(7, 20), held(8), _sw(9, 20, "S", 10), replace(activate, line=10),
               replace(exec_, line=11)]  # fmt: skip
     assert exec_preemptions(nested) == {8}
 

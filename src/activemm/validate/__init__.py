@@ -153,15 +153,18 @@ def validate(
     path, tasks, release = locate(trace, tasks)
     stats = ReadStats()
     events, recovered = kv.recover_births(list(read_trace(str(path), stats=stats)))
-    probes = {e.function for e in events if isinstance(e, Probe)}
+    probes: set[str] = set()
     for e in events:
-        if isinstance(e, Probe) and (lacking := kv.missing_args(e)):
+        if not isinstance(e, Probe):
+            continue
+        if lacking := kv.missing_args(e):
             raise TraceError(
                 str(path), e.line,
                 f"a {e.function} probe line without {', '.join(n + '=' for n in lacking)}: "
                 "expected the reference's arguments (docs/validate.md, recording on your own "
                 "machine); a line cut short?",
             )  # fmt: skip
+        probes.add(e.function)
     if not {"switch_mm_irqs_off", "enter_lazy_tlb", "finish_task_switch"} <= probes:
         raise ActiveMmError(
             f"{path}: no kprobes on switch_mm_irqs_off, enter_lazy_tlb and finish_task_switch; "
