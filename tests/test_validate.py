@@ -601,7 +601,8 @@ def test_an_exec_that_dies_after_the_point_of_no_return_is_hinted_by_its_rename(
     on task switch" outside a switch): before sched_process_exec, exec's activate_mm; before a
     rename by itself and then sched_process_exit, an exec that failed after exec_mmap; but
     not exit_mmap's switch to init_mm (no rename follows), not text_poke's pair of loads
-    before a prctl rename, not an IPI's load (hardirq), and no probe line counts."""
+    before a prctl rename or before an exec (a static key flipped earlier), not an IPI's
+    load (hardirq), not a context switch's, and no probe line counts."""
     from activemm.trace.events import ProcessExec, ProcessExit, TaskRename, TlbFlush
 
     def cr3(line: int, hardirq: bool = False) -> TlbFlush:
@@ -624,6 +625,18 @@ def test_an_exec_that_dies_after_the_point_of_no_return_is_hinted_by_its_rename(
     assert markers.exec_hints([shootdown(1), cr3(2), exit_(9)]) == set()
     assert markers.exec_hints([shootdown(1), cr3(2), probe, cr3(4), rename(5), exit_(9)]) == set()
     assert markers.exec_hints([cr3(2, hardirq=True), rename(5), exit_(9)]) == set()
+    # text_poke() (two loads, nothing of the task's between) before the exec's own load,
+    # and between that load and sched_process_exec
+    poke = [shootdown(1), cr3(2), cr3(3), shootdown(4)]
+    assert markers.exec_hints([*poke, cr3(5), shootdown(6), execed]) == {5}
+    assert markers.exec_hints([shootdown(1), cr3(2), *poke[3:], cr3(5), cr3(6), execed]) == {2}
+    # the CR3 load of a switch out of task 10 (the next tracepoint on its CPU) is the
+    # switch's, whatever follows
+    assert markers.exec_hints([shootdown(1), cr3(2), _sw(3, 10, "R+", 20), cr3(4), execed]) == {2}
+    # unless the task switched in is the thread whose exec takes pid 10 (de_thread()): the
+    # dead leader's last switch keeps the mm, the load after it is the exec's
+    dethread = ProcessExec(9, 0, 0.009, 10, "t", None, "/x", 10, 11)
+    assert markers.exec_hints([exit_(2), _sw(3, 10, "Z", 11), cr3(4), dethread]) == {4}
 
 
 def test_a_cpu_back_from_offline_shows_in_its_first_switch() -> None:

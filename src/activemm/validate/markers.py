@@ -48,40 +48,68 @@ class Context:
     pid: int = 0
 
 
+def switch_loads(events: list[TraceEvent]) -> set[int]:
+    """Lines of the tlb_flush "flush on task switch" that context switches emit: the CR3
+    load of switch_mm_irqs_off() in a sched_switch, the next tracepoint on that CPU, in the
+    context of the task switched out. Not when the task switched in is a thread whose exec
+    takes that pid (de_thread(): the dead leader's last switch, to the thread that becomes
+    it, keeps the mm they share): a load that follows is the exec's own."""
+    renumbered = {(e.exec_pid, e.old_pid) for e in events if isinstance(e, ProcessExec)}
+    loads: set[int] = set()
+    switching: dict[int, SchedSwitch] = {}  # CPU -> a switch whose CR3 load may follow
+    for ev in events:
+        if isinstance(ev, Probe):
+            continue
+        sw = switching.pop(ev.cpu, None)
+        if isinstance(ev, SchedSwitch):
+            if (ev.prev_pid, ev.next_pid) not in renumbered:
+                switching[ev.cpu] = ev
+        elif sw is not None and isinstance(ev, TlbFlush) and ev.cr3_load and ev.pid == sw.prev_pid:
+            loads.add(ev.line)
+    return loads
+
+
 def exec_hints(events: list[TraceEvent]) -> set[int]:
     """Lines of tracepoint-only exec hints: on x86 every CR3 load in switch_mm_irqs_off()
-    emits tlb_flush "flush on task switch"; one emitted by a task outside a context switch
-    whose next fate is sched_process_exec (not sched_process_exit) is exec's activate_mm().
-    So is the last such load before the task renames itself when its fate is
-    sched_process_exit (begin_new_exec()'s __set_task_comm() follows exec_mmap()): an exec
-    that failed after the point of no return (load_elf_binary() failing in elf_map(), say),
-    whose task dies of SIGSEGV without sched_process_exec. exit_mmap()'s switch of the
-    exiting task's CPU to init_mm is followed by no rename, and a load right after another
-    own load is text_poke()'s way back, not exec's. Probe lines are not read: this is what
-    tracepoints alone say."""
+    emits tlb_flush "flush on task switch"; the last one a task emits by itself, outside a
+    context switch, before its sched_process_exec is exec's activate_mm(). So is the last
+    such load before the task renames itself when its fate is sched_process_exit
+    (begin_new_exec()'s __set_task_comm() follows exec_mmap()): an exec that failed after
+    the point of no return (load_elf_binary() failing in elf_map(), say), whose task dies of
+    SIGSEGV without sched_process_exec. exit_mmap()'s switch of the exiting task's CPU to
+    init_mm is followed by no rename. A load right after another own load, nothing else of
+    the task's traced between, is text_poke()'s way back (use_temporary_mm() and
+    unuse_temporary_mm(): a static key flipped, say by a perf event opened before the
+    exec): the pair is no exec's, which is looked for before it. Probe lines are not read:
+    this is what tracepoints alone say."""
     hints: set[int] = set()
-    fate: dict[int, str] = {}
+    exiting: set[int] = set()  # exiting next (sched_process_exit, no exec before it)
     renamed: set[int] = set()  # exiting next, and renaming themselves before that
-    pending: dict[int, int] = {}  # pid -> its load before that rename, unless one precedes it
+    seeking: set[int] = set()  # execing next, the exec's load not found yet
+    pending: dict[int, int] = {}  # pid -> its load before either, unless one precedes it
+    at_switch = switch_loads(events)
     for ev in reversed(events):
         if isinstance(ev, Probe):
             continue
-        own_load = isinstance(ev, TlbFlush) and ev.own_cr3_load
+        own_load = isinstance(ev, TlbFlush) and ev.own_cr3_load and ev.line not in at_switch
         if not own_load and ev.pid in pending:  # the task did something else before it
             hints.add(pending.pop(ev.pid))
+            seeking.discard(ev.pid)
         if isinstance(ev, ProcessExec):
-            fate[ev.exec_pid] = "exec"
+            exiting.discard(ev.exec_pid)
+            seeking.add(ev.exec_pid)
             renamed.discard(ev.exec_pid)
         elif isinstance(ev, ProcessExit):
-            fate[ev.exit_pid] = "exit"
+            exiting.add(ev.exit_pid)
+            seeking.discard(ev.exit_pid)
             renamed.discard(ev.exit_pid)
         elif isinstance(ev, TaskRename) and ev.rename_pid == ev.pid:
             renamed.add(ev.pid)
-        elif own_load and fate.get(ev.pid) == "exec":
-            hints.add(ev.line)
         elif own_load and ev.pid in pending:
             del pending[ev.pid]  # two own loads in a row: text_poke(), there and back
-        elif own_load and fate.get(ev.pid) == "exit" and ev.pid in renamed:
+        elif own_load and ev.pid in seeking:
+            pending[ev.pid] = ev.line
+        elif own_load and ev.pid in exiting and ev.pid in renamed:
             renamed.discard(ev.pid)
             pending[ev.pid] = ev.line
     hints.update(pending.values())
