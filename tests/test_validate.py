@@ -2496,3 +2496,29 @@ def test_a_fully_preemptible_kernels_exit_preempted_inside_mmput_frees_its_mm_it
 
 def test_the_captures_include_an_exit_preempted_inside_mmput() -> None:
     assert sum(_preempted_in_own_mmput(p) for p in FULLY_PREEMPTIBLE) >= 1
+
+
+def test_an_execs_own_mmput_racing_a_lazy_cpu_is_tagged_a_race_on_both_sides() -> None:
+    """score.DropScorer on a hand-made miss: task 276 exec'd away from mm A after its
+    threads exited (de_thread(); the last exit_mm() was task 280's), and its own __mmput's
+    mmdrop() came after CPU 0's lazy reference went, as the kernel's __mmdrop says, where
+    the model had that CPU's switch last. Both sides of the miss are the race between the end
+    of a __mmput and the last lazy user's switch (a preemption inside it, no input says
+    where); without knowing the exec put A, or with tracepoints only, the kernel's side reads
+    as a __mmput run by another task."""
+    from activemm.validate.kernel import Drop
+
+    a = 0xFFFF888005000000
+    kernel = [Drop(a, ("__mmput", 276), 120, 1)]
+    model = [Drop(a, ("call_rcu", 0), 110, 0, "mm7")]
+
+    def causes(exec_mmputs: set[int], inputs: str = "markers") -> list[str]:
+        r = score.Result("t", "p", inputs, None)
+        score.DropScorer(r, inputs, {a: 280}, set(), {a}, exec_mmputs=exec_mmputs).score(
+            kernel, model
+        )
+        return [m["cause"] for m in r.mismatches]
+
+    assert causes({a}) == [score.RACE, score.RACE]
+    assert causes(set()) == [score.ELSEWHERE, score.RACE]
+    assert causes({a}, "sched") == [score.ELSEWHERE, score.RACE]

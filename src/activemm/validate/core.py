@@ -313,6 +313,7 @@ class Validator(MarkerSteps, Clocked):
         self.poking_addr = self.pretrace.poking_mm
         self.tainted: set[int] = set()  # kernel mm addresses of missed switches
         self.raced: set[int] = set()  # mm addresses whose __mmput the model pinned
+        self.exec_mmputs: set[int] = set()  # mm addresses an exec's exec_mmap() put
         # mm addresses whose __mmput ran in a task past its sched_process_exit (a reference
         # one of its files held: vhost's dev->mm, put back in exit_files())
         self.after_exit: set[int] = set()
@@ -1035,6 +1036,8 @@ class Validator(MarkerSteps, Clocked):
             owner = self.exited_mm.get(mm)
             if owner is not None and owner != p.pid:
                 self.raced.add(mm)
+            if p.pid in self.exec_open:
+                self.exec_mmputs.add(mm)  # exec_mmap()'s mmput() of the old mm, its own
             if p.pid in self.past_exit:
                 self.after_exit.add(mm)
             if self.inputs == "markers" and self._queued(p.pid, mm):
@@ -1585,6 +1588,7 @@ class Validator(MarkerSteps, Clocked):
             self.offlined_ever,
             self.after_exit,
             self.let_go,
+            self.exec_mmputs,
         )
         drops.score(self.kernel_drops, self.model_drops)
         score_outside(

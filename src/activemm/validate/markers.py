@@ -32,6 +32,7 @@ from activemm.trace.replay import Replayer
 from activemm.validate import kernel as kv
 from activemm.validate.kernel import ENTER_LAZY, EXIT_MMAP, SWITCH_MM, address
 from activemm.validate.score import Result
+from activemm.validate.windows import context_switch_loads
 
 # Tracepoints a task emits only once its __mmput() has returned (tlb_flush lines, by
 # contrast, come from inside exit_mmap()).
@@ -46,27 +47,6 @@ class Context:
     line: int = 0
     cpu: int = 0
     pid: int = 0
-
-
-def switch_loads(events: list[TraceEvent]) -> set[int]:
-    """Lines of the tlb_flush "flush on task switch" that context switches emit: the CR3
-    load of switch_mm_irqs_off() in a sched_switch, the next tracepoint on that CPU, in the
-    context of the task switched out. Not when the task switched in is a thread whose exec
-    takes that pid (de_thread(): the dead leader's last switch, to the thread that becomes
-    it, keeps the mm they share): a load that follows is the exec's own."""
-    renumbered = {(e.exec_pid, e.old_pid) for e in events if isinstance(e, ProcessExec)}
-    loads: set[int] = set()
-    switching: dict[int, SchedSwitch] = {}  # CPU -> a switch whose CR3 load may follow
-    for ev in events:
-        if isinstance(ev, Probe):
-            continue
-        sw = switching.pop(ev.cpu, None)
-        if isinstance(ev, SchedSwitch):
-            if (ev.prev_pid, ev.next_pid) not in renumbered:
-                switching[ev.cpu] = ev
-        elif sw is not None and isinstance(ev, TlbFlush) and ev.cr3_load and ev.pid == sw.prev_pid:
-            loads.add(ev.line)
-    return loads
 
 
 def exec_hints(events: list[TraceEvent]) -> set[int]:
@@ -87,7 +67,7 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
     renamed: set[int] = set()  # exiting next, and renaming themselves before that
     seeking: set[int] = set()  # execing next, the exec's load not found yet
     pending: dict[int, int] = {}  # pid -> its load before either, unless one precedes it
-    at_switch = switch_loads(events)
+    at_switch = context_switch_loads(events)
     for ev in reversed(events):
         if isinstance(ev, Probe):
             continue

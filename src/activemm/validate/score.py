@@ -223,6 +223,7 @@ class DropScorer:
         offlined: set[int] | None = None,
         after_exit: set[int] | None = None,
         let_go: dict[int, list[tuple[int, int]]] | None = None,
+        exec_mmputs: set[int] | None = None,
     ) -> None:
         self.result = result
         self.inputs = inputs
@@ -237,6 +238,8 @@ class DropScorer:
         self.after_exit = after_exit or set()
         # address -> (line, CPU) of each context switch that moved a CPU off it
         self.let_go = let_go or {}
+        # addresses whose __mmput an exec ran (exec_mmap()'s mmput() of the task's old mm)
+        self.exec_mmputs = exec_mmputs or set()
         self.kernel_lines: dict[int | None, list[int]] = {}  # address -> its __mmdrop lines
         # side -> its frees in a finish_task_switch
         self.finishes: dict[str, list[Drop]] = {}
@@ -410,7 +413,15 @@ class DropScorer:
         )
 
     def mmput_by_another(self, d: Drop) -> bool:
+        """The kernel's __mmput of this mm ran in a task that did not exit from it last (a
+        /proc reader's mmput(), say). With markers, not an exec whose siblings exited before
+        it (de_thread() killed them): it runs its old mm's __mmput itself, at the exit_mmap
+        marker the model follows too. (With tracepoints only, the model runs the exiting
+        siblings' and the exec's puts where their tracepoints are, and the kernel's last
+        one, the exec's, is known from that marker alone.)"""
         if d.point[0] != "__mmput":
+            return False
+        if self.inputs == "markers" and d.addr in self.exec_mmputs:
             return False
         owner = self.exited_mm.get(d.addr or 0)
         return owner is not None and owner != d.point[1]

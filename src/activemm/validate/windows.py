@@ -55,6 +55,28 @@ from activemm.trace.events import (
 EXIT_MMAP_RATIO = 2.5  # see ExitWindows._preempted_in_exit_mmap
 
 
+def context_switch_loads(events: Iterable[object]) -> dict[int, SchedSwitch]:
+    """The tlb_flush "flush on task switch" lines that context switches emit, each with its
+    sched_switch: the CR3 load of switch_mm_irqs_off() is the next tracepoint on that CPU,
+    in the context of the task switched out. Not when the task switched in is a thread
+    whose exec takes that pid (de_thread(): the dead leader's last switch, to the thread
+    that becomes it, keeps the mm they share): a load that follows is the exec's own."""
+    events = list(events)
+    renumbered = {(e.exec_pid, e.old_pid) for e in events if isinstance(e, ProcessExec)}
+    loads: dict[int, SchedSwitch] = {}
+    switching: dict[int, SchedSwitch] = {}  # CPU -> a switch whose CR3 load may follow
+    for e in events:
+        if isinstance(e, Probe) or not isinstance(e, TraceEvent):
+            continue
+        sw = switching.pop(e.cpu, None)
+        if isinstance(e, SchedSwitch):
+            if (e.prev_pid, e.next_pid) not in renumbered:
+                switching[e.cpu] = e
+        elif sw is not None and isinstance(e, TlbFlush) and e.cr3_load and e.pid == sw.prev_pid:
+            loads[e.line] = sw
+    return loads
+
+
 @dataclass
 class ExitWindows:
     """What the tracepoints say about tasks' mms, indexed by pid (sorted trace lines)."""
@@ -88,14 +110,15 @@ class ExitWindows:
     @classmethod
     def scan(cls, events: Iterable[object]) -> ExitWindows:
         w = cls()
-        switching: dict[int, SchedSwitch] = {}  # CPU -> a switch whose CR3 load may follow
+        events = list(events)
+        at_switch = context_switch_loads(events)
         running: dict[int, str] = {}  # CPU -> the comm its last traced switch went to
         run: dict[int, list[int]] = {}  # CPU -> its own CR3 loads since its last other event
         for e in events:
             if isinstance(e, Probe) or not isinstance(e, TraceEvent):
                 continue  # not an input: the CR3 load's tlb_flush is the next tracepoint
-            sw = switching.pop(e.cpu, None)
-            if sw is not None and isinstance(e, TlbFlush) and e.cr3_load and e.pid == sw.prev_pid:
+            sw = at_switch.get(e.line)
+            if sw is not None and isinstance(e, TlbFlush) and e.cpu == sw.cpu:
                 w.cr3.add(sw.line)
                 w.had_mm.setdefault(sw.next_pid, []).append(sw.line)
                 continue
@@ -106,7 +129,6 @@ class ExitWindows:
             if isinstance(e, LostEvents):
                 running.pop(e.cpu, None)  # what ran there meanwhile is unknown
             elif isinstance(e, SchedSwitch):
-                switching[e.cpu] = e
                 w.ts[e.line] = e.ts
                 w.ins.setdefault(e.next_pid, []).append(e.line)
                 if e.prev_pid == 0 and running.get(e.cpu) == f"migration/{e.cpu}":
