@@ -637,6 +637,9 @@ def test_an_exec_that_dies_after_the_point_of_no_return_is_hinted_by_its_rename(
     # dead leader's last switch keeps the mm, the load after it is the exec's
     dethread = ProcessExec(9, 0, 0.009, 10, "t", None, "/x", 10, 11)
     assert markers.exec_hints([exit_(2), _sw(3, 10, "Z", 11), cr3(4), dethread]) == {4}
+    # ... and when that switch did load CR3 (the leader, past its exit_mm(), had borrowed
+    # another mm), the exec's own load follows it: that one, not a text_poke() pair
+    assert markers.exec_hints([_sw(3, 10, "R+", 11), cr3(4), cr3(6), dethread]) == {6}
 
 
 def test_a_cpu_back_from_offline_shows_in_its_first_switch() -> None:

@@ -67,14 +67,19 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
     renamed: set[int] = set()  # exiting next, and renaming themselves before that
     seeking: set[int] = set()  # execing next, the exec's load not found yet
     pending: dict[int, int] = {}  # pid -> its load before either, unless one precedes it
-    at_switch = context_switch_loads(events)
+    at_switch = context_switch_loads(events, dethread=True)
+    # loads after a leader's switch to the thread whose exec takes its pid: the exec's own,
+    # or that switch's when the leader had borrowed another mm (then the exec's follows)
+    either = context_switch_loads(events).keys() - at_switch.keys()
     for ev in reversed(events):
         if isinstance(ev, Probe):
             continue
         own_load = isinstance(ev, TlbFlush) and ev.own_cr3_load and ev.line not in at_switch
-        if not own_load and ev.pid in pending:  # the task did something else before it
-            hints.add(pending.pop(ev.pid))
+        if (not own_load or ev.line in either) and ev.pid in pending:
+            hints.add(pending.pop(ev.pid))  # the task did something else before it
             seeking.discard(ev.pid)
+            if own_load:
+                continue  # (the leader's switch's load, the exec's after it)
         if isinstance(ev, ProcessExec):
             exiting.discard(ev.exec_pid)
             seeking.add(ev.exec_pid)
