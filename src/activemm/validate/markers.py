@@ -67,14 +67,21 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
     renamed: set[int] = set()  # exiting next, and renaming themselves before that
     seeking: set[int] = set()  # execing next, the exec's load not found yet
     pending: dict[int, int] = {}  # pid -> its load before either, unless one precedes it
-    at_switch = context_switch_loads(events, dethread=True)
-    # loads after a leader's switch to the thread whose exec takes its pid: the exec's own,
-    # or that switch's when the leader had borrowed another mm (then the exec's follows)
-    either = context_switch_loads(events).keys() - at_switch.keys()
+    at_switch = context_switch_loads(events)
+    # the next load after a leader's switch to the thread whose exec takes its pid
+    # (de_thread()): when the leader still had the mm they share, that switch loads nothing
+    # and the load is the exec's own, under the leader's pid already; when the leader, past
+    # its exit_mm(), had borrowed another mm, it is the switch's, and the exec's follows
+    renumbered = {(e.exec_pid, e.old_pid) for e in events if isinstance(e, ProcessExec)}
+    either = {line for line, sw in at_switch.items() if (sw.prev_pid, sw.next_pid) in renumbered}
     for ev in reversed(events):
         if isinstance(ev, Probe):
             continue
-        own_load = isinstance(ev, TlbFlush) and ev.own_cr3_load and ev.line not in at_switch
+        own_load = (
+            isinstance(ev, TlbFlush)
+            and ev.own_cr3_load
+            and (ev.line not in at_switch or ev.line in either)
+        )
         if (not own_load or ev.line in either) and ev.pid in pending:
             hints.add(pending.pop(ev.pid))  # the task did something else before it
             seeking.discard(ev.pid)

@@ -55,23 +55,11 @@ from activemm.trace.events import (
 EXIT_MMAP_RATIO = 2.5  # see ExitWindows._preempted_in_exit_mmap
 
 
-def context_switch_loads(
-    events: Iterable[object], dethread: bool = False
-) -> dict[int, SchedSwitch]:
+def context_switch_loads(events: Iterable[object]) -> dict[int, SchedSwitch]:
     """The tlb_flush "flush on task switch" lines that context switches emit, each with its
     sched_switch: the CR3 load of switch_mm_irqs_off() is the next tracepoint on that CPU,
-    in the context of the task switched out. With `dethread`, not after the switch of a
-    leader to the thread whose exec takes its pid (de_thread()): when the leader still had
-    the mm they share, that switch loads nothing, and the next load on the CPU, under the
-    leader's pid already, is the exec's own (when the leader had left the mm and borrowed
-    another, the switch loads CR3 and the exec's load follows it: the exec hints, which
-    take the last own load before the exec, find that one either way)."""
-    events = list(events)
-    renumbered = (
-        {(e.exec_pid, e.old_pid) for e in events if isinstance(e, ProcessExec)}
-        if dethread
-        else set()
-    )
+    in the context of the task switched out. (One switch is read both ways by the exec
+    hints: a leader's to the thread whose exec takes its pid, markers.exec_hints.)"""
     loads: dict[int, SchedSwitch] = {}
     switching: dict[int, SchedSwitch] = {}  # CPU -> a switch whose CR3 load may follow
     for e in events:
@@ -79,8 +67,7 @@ def context_switch_loads(
             continue
         sw = switching.pop(e.cpu, None)
         if isinstance(e, SchedSwitch):
-            if (e.prev_pid, e.next_pid) not in renumbered:
-                switching[e.cpu] = e
+            switching[e.cpu] = e
         elif sw is not None and isinstance(e, TlbFlush) and e.cr3_load and e.pid == sw.prev_pid:
             loads[e.line] = sw
     return loads
