@@ -1562,17 +1562,30 @@ class Validator(MarkerSteps, Clocked):
         """The task switched out was preempted inside its exec: it sched_process_exec()s
         before it next switches out of its own accord, or (PREEMPT_RT's window inside
         exec_mmap()) the kernel switched it out already on the mm its next activate_mm
-        activated."""
+        activated. Or the task switched in comes back into that window: the kernel switched
+        it in on the mm its next activate_mm activates (which then loads no CR3, so with
+        tracepoints only nothing told the model the exec had begun)."""
         sw = group.switch
-        if not sw.prev_state.startswith("R"):
+        hook = group.hook
+        if hook is None:
             return False
-        exec_ = _next_line(self.exec_lines.get(sw.prev_pid, []), sw.line)
-        rest = _next_line(self.rests.get(sw.prev_pid, []), sw.line)
-        if exec_ is not None and (rest is None or rest > exec_):
-            return True
-        activation = _next_line(self.activations.get(sw.prev_pid, []), sw.line)
-        on = group.hook.prev if group.hook is not None else None
-        return activation is not None and on == self.activated[activation]
+        if sw.prev_state.startswith("R"):
+            exec_ = _next_line(self.exec_lines.get(sw.prev_pid, []), sw.line)
+            rest = _next_line(self.rests.get(sw.prev_pid, []), sw.line)
+            if exec_ is not None and (rest is None or rest > exec_):
+                return True
+            if self._activates_next(sw.prev_pid, sw.line, hook.prev):
+                return True
+        return hook.function == SWITCH_MM and self._activates_next(sw.next_pid, sw.line, hook.next)
+
+    def _activates_next(self, pid: int, line: int, mm: int | None) -> bool:
+        """Exec's next activate_mm() by `pid` after `line`, before the task next rests,
+        activates `mm`: the task was inside exec_mmap()'s window at `line`."""
+        activation = _next_line(self.activations.get(pid, []), line)
+        if activation is None or mm != self.activated[activation]:
+            return False
+        rest = _next_line(self.rests.get(pid, []), line)
+        return rest is None or rest > activation
 
     # -- scoring ---------------------------------------------------------------------
 

@@ -57,16 +57,18 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
     (begin_new_exec()'s __set_task_comm() follows exec_mmap()): an exec that failed after
     the point of no return (load_elf_binary() failing in elf_map(), say), whose task dies of
     SIGSEGV without sched_process_exec. exit_mmap()'s switch of the exiting task's CPU to
-    init_mm is followed by no rename. A load right after another own load, nothing else of
-    the task's traced between, is text_poke()'s way back (use_temporary_mm() and
-    unuse_temporary_mm(): a static key flipped, say by a perf event opened before the
-    exec): the pair is no exec's, which is looked for before it. Probe lines are not read:
-    this is what tracepoints alone say."""
+    init_mm is followed by no rename. Own loads in a row, nothing else of the task's traced
+    between, are text_poke()'s, there and back (use_temporary_mm() and
+    unuse_temporary_mm(): a static key flipped by a perf event opened before the exec, an
+    eBPF program JIT-compiled just before it, one pair per page of code), paired from the
+    first: the last of an odd run is the exec's; an even run is no exec's, whose load is
+    looked for before it. Probe lines are not read: this is what tracepoints alone say."""
     hints: set[int] = set()
     exiting: set[int] = set()  # exiting next (sched_process_exit, no exec before it)
     renamed: set[int] = set()  # exiting next, and renaming themselves before that
     seeking: set[int] = set()  # execing next, the exec's load not found yet
-    pending: dict[int, int] = {}  # pid -> its load before either, unless one precedes it
+    # pid -> (its last load before either, how many own loads in a row end there)
+    pending: dict[int, tuple[int, int]] = {}
     at_switch = context_switch_loads(events)
     # the next load after a leader's switch to the thread whose exec takes its pid
     # (de_thread()): when the leader still had the mm they share, that switch loads nothing
@@ -83,10 +85,12 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
             and (ev.line not in at_switch or ev.line in either)
         )
         if (not own_load or ev.line in either) and ev.pid in pending:
-            hints.add(pending.pop(ev.pid))  # the task did something else before it
-            seeking.discard(ev.pid)
-            if own_load:
-                continue  # (the leader's switch's load, the exec's after it)
+            last, run = pending.pop(ev.pid)  # the task did something else before the run
+            if run % 2:  # the pairs before it are text_poke()'s
+                hints.add(last)
+                seeking.discard(ev.pid)
+                if own_load:
+                    continue  # (the leader's switch's load, the exec's after it)
         if isinstance(ev, ProcessExec):
             exiting.discard(ev.exec_pid)
             seeking.add(ev.exec_pid)
@@ -98,13 +102,14 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
         elif isinstance(ev, TaskRename) and ev.rename_pid == ev.pid:
             renamed.add(ev.pid)
         elif own_load and ev.pid in pending:
-            del pending[ev.pid]  # two own loads in a row: text_poke(), there and back
+            last, run = pending[ev.pid]
+            pending[ev.pid] = (last, run + 1)
         elif own_load and ev.pid in seeking:
-            pending[ev.pid] = ev.line
+            pending[ev.pid] = (ev.line, 1)
         elif own_load and ev.pid in exiting and ev.pid in renamed:
             renamed.discard(ev.pid)
-            pending[ev.pid] = ev.line
-    hints.update(pending.values())
+            pending[ev.pid] = (ev.line, 1)
+    hints.update(last for last, run in pending.values() if run % 2)
     return hints
 
 

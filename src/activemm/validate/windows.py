@@ -167,13 +167,19 @@ class ExitWindows:
         use_temporary_mm(poking_mm) and unuse_temporary_mm() each load CR3 outside any
         context switch, in the task that flips a static key or arms a kprobe, interrupts
         off: two own loads in a row on that CPU, a third before them when the CPU was lazy
-        (leave_mm() first). A longer run is text_poke_bp()'s batch: one text_poke per pair.
-        A run holding an exec hint (`exec_lines`) is exec's."""
-        return {
-            loads[0]: len(loads) // 2
-            for loads in self.load_runs
-            if not exec_lines.intersection(loads)
-        }
+        (leave_mm() first). A longer run is text_poke_bp()'s batch, or text_poke_copy()'s
+        (an eBPF program JIT-compiled: a pair per page): one text_poke per pair. A run holding
+        an exec hint (`exec_lines`, the exec's activate_mm()) has the pairs before the hint
+        and those after it, each a text_poke. The other loads of a run are those
+        text_pokes': 0 (nothing more to run there, and no kernel thread's kthread_use_mm())."""
+        hints: dict[int, int] = {}
+        for loads in self.load_runs:
+            cut = [i for i, line in enumerate(loads) if line in exec_lines]
+            for part in (loads[: cut[0]], loads[cut[0] + 1 :]) if cut else (loads,):
+                if len(part) >= 2:
+                    hints.update(dict.fromkeys(part[1:], 0))
+                    hints[part[0]] = len(part) // 2
+        return hints
 
     def exit_point(self, pid: int, line: int) -> int | None:
         """Task `pid`, switched in at `line` without the CR3 load its mm needed: the switch
