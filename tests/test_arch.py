@@ -16,6 +16,7 @@ from activemm.model.events import (
     FlushIpi,
     FlushSkippedLazy,
     LazyEntered,
+    LeftMm,
     MmSwitched,
     PcbLoaded,
     ShootdownIpi,
@@ -315,9 +316,72 @@ def test_x86_text_poke_leaves_lazy_mode_and_comes_back_to_what_was_loaded() -> N
     assert [h.name for h in m.state.holders] == ["poking_mm"]
 
 
+@pytest.mark.parametrize("name, passes", [("linux-6.1-x86_64", True),
+                                          ("linux-6.12-x86_64", False)])  # fmt: skip
+def test_x86_efi_call_before_6_15_swaps_active_mm_and_ends_lazy_mode(
+    name: str, passes: bool
+) -> None:
+    """arch/x86/platform/efi/efi_64.c before 6.15: efi_enter_mm() sets current->active_mm to
+    efi_mm and switch_mm(efi_prev_mm, &efi_mm, NULL)s, with no leave_mm() first;
+    efi_leave_mm() restores active_mm and switches back. No reference is taken. A kworker
+    lazy on mm2 comes back to mm2 out of lazy mode: a flush of mm2 then IPIs that CPU and
+    flushes it (it no longer skips it as lazy), and nothing moves it to init_mm. switch_mm()
+    hands switch_mm_irqs_off() its `prev` on 6.1, NULL on 6.12 (as activate_mm(): seen by
+    kprobes on Debian's kernels)."""
+    m, ev = watched(name)
+    mm2 = with_user(m)
+    lazy_kworker(m)  # CPU 0 runs kw, lazy on mm2
+    counts = (mm2.mm_users, mm2.mm_count)
+    ev.seen.clear()
+    m.efi_call(0)
+    (holder,) = [h for h in m.state.holders if h.name == "efi_mm"]
+    efi, kw = holder.mm, m.task("kw")
+    switched = [(s.prev, s.next, s.task, s.via) for s in ev.take(MmSwitched)]
+    before = (mm2, efi) if passes else (None, None)
+    assert switched == [
+        (before[0], efi, None, "efi_enter_mm"),
+        (before[1], mm2, None, "efi_leave_mm"),
+    ]
+    tlb = m.rq(0).tlb
+    assert tlb.loaded_mm is mm2 and not tlb.is_lazy and 0 in mm2.mm_cpumask
+    assert kw.active_mm is mm2 and (mm2.mm_users, mm2.mm_count) == counts
+    assert (efi.mm_users, efi.mm_count, efi.mm_cpumask) == (1, 1, set())
+    m.schedule(1, "app")
+    ev.seen.clear()
+    m.flush_tlb_mm_range(1, "mm2")
+    assert [e.to_cpu for e in ev.take(FlushIpi)] == [0]
+    assert ev.take(FlushSkippedLazy) == [] and ev.take(LeftMm) == []
+    assert m.rq(0).tlb.loaded_mm is mm2
+    # the same efi_mm serves every call
+    m.efi_call(1)
+    assert [s.next for s in ev.take(MmSwitched)] == [efi, mm2]
+    assert [h.name for h in m.state.holders] == ["efi_mm"]
+
+
+def test_x86_efi_call_since_6_15_is_a_temporary_mm() -> None:
+    """6.15+ ("x86/efi: Make efi_enter/leave_mm() use the use_/unuse_temporary_mm()
+    machinery"): leave_mm() first on a lazy CPU, efi_mm and back to what was loaded;
+    active_mm untouched."""
+    m, ev = watched("linux-6.17-x86_64")
+    mm2 = with_user(m)
+    lazy_kworker(m)
+    ev.seen.clear()
+    m.efi_call(0)
+    (holder,) = [h for h in m.state.holders if h.name == "efi_mm"]
+    kw = m.task("kw")
+    switched = [(s.next, s.task, s.via) for s in ev.take(MmSwitched)]
+    assert switched == [
+        (m.state.init_mm, None, "leave_mm"),
+        (holder.mm, kw, "use_temporary_mm"),
+        (m.state.init_mm, kw, "unuse_temporary_mm"),
+    ]
+    assert kw.active_mm is mm2 and m.rq(0).tlb.loaded_mm is m.state.init_mm
+
+
 def test_text_poke_switches_no_mm_outside_x86() -> None:
     m, ev = watched("linux-6.17-powerpc-radix")
     with_user(m)
     ev.seen.clear()
     m.text_poke(0)
+    m.efi_call(0)
     assert ev.take(MmSwitched) == [] and m.state.holders == []

@@ -650,6 +650,31 @@ def test_cpu_model_asked_for_reaches_qemu(tmp_path: Path) -> None:
     assert not (tmp_path / "cap").exists()
 
 
+def test_uefi_firmware_boots_the_efi_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--firmware uefi: QEMU gets OVMF as its -bios and the kernel's bzImage (its EFI stub;
+    the ELF vmlinux boots by PVH under SeaBIOS only); without OVMF, one line naming the
+    Debian package, before anything boots; any other word is refused."""
+    image = KernelImage("6.1.0-0-amd64", tmp_path / "vmlinuz", tmp_path / "vmlinux", tmp_path)
+    fd = tmp_path / "OVMF.fd"
+    fd.write_bytes(b"")
+    monkeypatch.setattr(run, "OVMF", (str(tmp_path / "missing.fd"), str(fd)))
+    opts = run.CaptureOptions(out=tmp_path / "cap", firmware="uefi")
+    run.check_options(opts)
+    if shutil.which("qemu-system-x86_64"):
+        cmd = run.qemu_command(image, tmp_path / "i", opts, "tcg", tmp_path / "c", tmp_path / "s")
+        assert cmd[cmd.index("-bios") + 1] == str(fd)
+        assert cmd[cmd.index("-kernel") + 1] == str(image.vmlinuz)
+        plain = run.CaptureOptions(out=tmp_path / "cap")
+        cmd = run.qemu_command(image, tmp_path / "i", plain, "tcg", tmp_path / "c", tmp_path / "s")
+        assert "-bios" not in cmd and cmd[cmd.index("-kernel") + 1] == str(image.vmlinux)
+    monkeypatch.setattr(run, "OVMF", (str(tmp_path / "missing.fd"),))
+    with pytest.raises(CaptureError, match=r"--firmware uefi needs OVMF: `apt-get install ovmf`"):
+        run.check_options(opts)
+    with pytest.raises(CaptureError, match=r"--firmware 'efi': expected bios or uefi"):
+        run.check_options(run.CaptureOptions(out=tmp_path / "cap", firmware="efi"))
+    assert not (tmp_path / "cap").exists()
+
+
 @pytest.mark.skipif(
     not (shutil.which("busybox") and shutil.which("gcc")), reason="needs busybox and gcc"
 )

@@ -603,7 +603,7 @@ def test_an_exec_that_dies_after_the_point_of_no_return_is_hinted_by_its_rename(
     not exit_mmap's switch to init_mm (no rename follows), not text_poke's pair of loads
     before a prctl rename or before an exec (a static key flipped earlier), not an IPI's
     load (hardirq), not a context switch's, and no probe line counts."""
-    from activemm.trace.events import ProcessExec, ProcessExit, TaskRename, TlbFlush
+    from activemm.trace.events import ProcessExec, ProcessExit, ProcessFree, TaskRename, TlbFlush
     from activemm.validate.windows import ExitWindows
 
     def cr3(line: int, hardirq: bool = False) -> TlbFlush:
@@ -636,12 +636,22 @@ def test_an_exec_that_dies_after_the_point_of_no_return_is_hinted_by_its_rename(
     loads = [cr3(line) for line in range(2, 7)]
     assert markers.exec_hints([shootdown(1), *loads, execed]) == {6}
     assert markers.exec_hints([shootdown(1), *loads[:4], execed]) == set()
-    # text_poke_hints: the pairs of such a run, on either side of the exec's load, each a
-    # text_poke() at its first load (the others its own: 0), and a lone pair's
+    # text_poke_hints: the loads of such a run on either side of the exec's load, counted
+    # at the first of them (a text_poke() per pair; the others that text_poke()'s: 0)
     runs = ExitWindows.scan([shootdown(1), *loads, execed])
-    assert runs.text_poke_hints({6}) == {2: 2, 3: 0, 4: 0, 5: 0}
-    assert runs.text_poke_hints({4}) == {2: 1, 3: 0, 5: 1, 6: 0}
-    assert runs.text_poke_hints(set()) == {2: 2, 3: 0, 4: 0, 5: 0, 6: 0}
+    assert runs.text_poke_hints({6}) == {2: 4, 3: 0, 4: 0, 5: 0}
+    assert runs.text_poke_hints({4}) == {2: 2, 3: 0, 5: 2, 6: 0}
+    assert runs.text_poke_hints(set()) == {2: 5, 3: 0, 4: 0, 5: 0, 6: 0}
+    # an interrupt's events inside a run (an RCU callback's sched_process_free, a flush
+    # IPI's tlb_flush without a CR3 load) do not end it: an EFI call runs irqs on
+    freed = ProcessFree(3, 0, 0.003, 10, "t", None, 99)
+    ipi = TlbFlush(3, 0, 0.003, 10, "t", None, 1, "remote shootdown", True)
+    for between in (freed, ipi):
+        pair = [cr3(2), between, cr3(4)]
+        assert ExitWindows.scan([shootdown(1), *pair, shootdown(5)]).text_poke_hints(set()) == {
+            2: 2,
+            4: 0,
+        }
     # the CR3 load of a switch out of task 10 (the next tracepoint on its CPU) is the
     # switch's, whatever follows
     assert markers.exec_hints([shootdown(1), cr3(2), _sw(3, 10, "R+", 20), cr3(4), execed]) == {2}
@@ -1785,6 +1795,57 @@ def test_sched_inputs_tag_the_switch_back_into_an_exec_window(
     out, *borrowed, back = sorted(lines)  # here the switch back comes after the others
     assert tagged[out] == tagged[back] == score.EXEC_PREEMPTED
     assert {tagged[line] for line in borrowed} <= {score.EXEC_PREEMPTED, score.FOLLOWS}
+
+
+EFI = [CAPTURES / "linux-6.1-smp2-efivars", CAPTURES / "linux-6.12-smp3-efivars"]
+
+
+def _efi_calls_in_text(capture: Path) -> int:
+    """EFI runtime calls, read off the text: a switch_mm_irqs_off hook without a task to an
+    mm in the kernel image (efi_mm), and the next hook on that CPU, in the same task and
+    with nothing but its tlb_flush and interrupts' events (softirq, hardirq) between, back
+    to a heap mm."""
+    calls = 0
+    entered: dict[str, str] = {}  # CPU -> the pid that entered efi_mm there
+    for pid, line in _task_lines(capture):
+        cpu = line.split("] ", 1)[0].rsplit("[", 1)[-1]
+        flags = line.split("] ", 1)[1].split(None, 1)[0]
+        if "(switch_mm_irqs_off+" in line and " tsk=0x0 " in line:
+            to_image = line.split(" next=", 1)[1].startswith("0xffffffff")
+            if not to_image and entered.pop(cpu, None) == pid:
+                calls += 1
+            elif to_image:
+                entered[cpu] = pid
+        elif " tlb_flush: " not in line and not {"s", "h", "H"} & set(flags):
+            entered.pop(cpu, None)  # (an interrupt's events, softirq or hardirq, do not)
+    return calls
+
+
+@pytest.mark.parametrize("capture", EFI, ids=lambda p: p.name)
+def test_efi_runtime_calls_are_followed(capture: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/data/programs/efivars.c under OVMF (--firmware uefi): efi_rts_wq's kworker runs
+    each EFI call between efi_enter_mm() and efi_leave_mm(), which before 6.15 switch_mm()
+    to the static efi_mm and back with no task: hooks that look like a flush to init_mm (a
+    kernel-image mm) and an exec's activate_mm(). With markers every call is followed at
+    its hooks, and every switch, __mmdrop and hook matches; with tracepoints only, at its
+    two CR3 loads (a kernel thread's own pair, not text_poke()'s: an unbound workqueue's
+    kworker, or a CPU lazy on a user mm, which text_poke() would leave first), and no EFI
+    hook is missed."""
+    calls = _efi_calls_in_text(capture)
+    assert calls >= 200
+    r = validate(capture)
+    assert r.learned["EFI runtime call (efi_enter_mm marker)"] == calls
+    assert r.learned["x86 efi_mm (static)"] == 1
+    assert_all_matched(r)
+    monkeypatch.setattr(score, "MAX_MISMATCHES", 10**6)  # every miss in full
+    sched = validate(capture, inputs="sched")
+    assert sched.learned["EFI runtime call (a kernel thread's CR3 loads)"] == calls
+    assert_all_matched(sched, outside=False)
+    kinds = {m["kernel"].get("kind") for m in sched.mismatches} | {
+        m["predicted"].get("kind") for m in sched.mismatches
+    }
+    assert not kinds & {"efi_enter_mm", "efi_leave_mm", "temporary_mm", "activate_mm"}
+    assert score.UNEXPLAINED not in sched.causes
 
 
 def test_preempt_rt_an_exit_waiting_for_a_lock_inside_mmput_frees_its_mm_when_back() -> None:

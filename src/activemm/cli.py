@@ -700,6 +700,16 @@ def capture(
             "the model).",
         ),
     ] = "",
+    firmware: Annotated[
+        str,
+        typer.Option(
+            "--firmware",
+            help="bios (QEMU's SeaBIOS, booting the kernel's ELF image) or uefi (OVMF, "
+            "Debian's ovmf package, booting its EFI stub): with uefi the kernel has EFI "
+            "runtime services, whose calls (efivarfs: --module efivarfs) switch the calling "
+            "kworker to efi_mm and back. Recorded in meta.json.",
+        ),
+    ] = "bios",
     timeout: Annotated[
         float,
         typer.Option(
@@ -760,7 +770,7 @@ def capture(
     opts = CaptureOptions(
         output, smp, workload, scale, accel, memory, timeout, allow_lost, run=run,
         program=program, modules=tuple(module or ()), kernel_args=" ".join(kernel_args.split()),
-        cpu=cpu,
+        cpu=cpu, firmware=firmware,
     )  # fmt: skip
     check_options(opts)
     progress("fetching the kernel" if kernel is None else f"using {kernel}")

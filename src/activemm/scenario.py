@@ -49,6 +49,7 @@ OPS = (
     "flush_tlb_mm_range",
     "leave_mm",
     "text_poke",
+    "efi_call",
     "cpu_down",
     "cpu_up",
 )

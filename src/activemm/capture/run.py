@@ -51,6 +51,7 @@ class CaptureOptions:
     modules: tuple[str, ...] = ()  # the kernel's modules to load first (--module), in order
     kernel_args: str = ""  # more kernel command-line parameters (--kernel-args)
     cpu: str = ""  # QEMU's -cpu model (--cpu); "": host with KVM, QEMU's default with TCG
+    firmware: str = "bios"  # bios (QEMU's SeaBIOS) | uefi (OVMF: EFI runtime services)
 
 
 @dataclass
@@ -165,9 +166,14 @@ def qemu_command(
         need("qemu-system-x86_64", "qemu-system-x86"),
         "-nodefaults", "-display", "none", "-no-reboot", "-monitor", "none",
         "-smp", str(opts.smp), "-m", str(memory),
-        "-kernel", str(image.vmlinux), "-initrd", str(initrd), "-append", append,
+        "-initrd", str(initrd), "-append", append,
         "-serial", f"file:{console}", "-serial", f"file:{ship}",
     ]  # fmt: skip
+    if opts.firmware == "uefi":
+        # OVMF starts the kernel's EFI stub (the bzImage; the ELF vmlinux boots by PVH only)
+        cmd += ["-bios", str(ovmf()), "-kernel", str(image.vmlinuz)]
+    else:
+        cmd += ["-kernel", str(image.vmlinux)]
     if accel == "kvm":
         cmd += ["-accel", "kvm", "-cpu", opts.cpu or "host"]
     else:
@@ -313,6 +319,10 @@ def check_options(opts: CaptureOptions) -> None:
             f"--cpu {opts.cpu!r}: expected a QEMU CPU model with optional +feature/-feature "
             "words, e.g. max or host,-pcid (`qemu-system-x86_64 -cpu help` lists the models)"
         )
+    if opts.firmware not in ("bios", "uefi"):
+        raise CaptureError(f"--firmware {opts.firmware!r}: expected bios or uefi")
+    if opts.firmware == "uefi":
+        ovmf()
     if opts.program is not None:
         guest.check_program(opts.program)
     for name in opts.modules:
@@ -441,6 +451,7 @@ def capture(
             "scale": opts.scale,
             "accel": accel,
             "cpu": opts.cpu or ("host" if accel == "kvm" else "qemu64"),
+            "firmware": opts.firmware,
             "btf_offsets": {
                 "task_struct": offsets,
                 "io_ring_ctx": ring,
@@ -490,6 +501,17 @@ def capture(
             progress(f"work files kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+OVMF = ("/usr/share/ovmf/OVMF.fd", "/usr/share/qemu/OVMF.fd", "/usr/share/OVMF/OVMF.fd")
+
+
+def ovmf() -> Path:
+    """The OVMF firmware image for --firmware uefi (Debian's ovmf package)."""
+    for path in OVMF:
+        if Path(path).is_file():
+            return Path(path)
+    raise CaptureError("--firmware uefi needs OVMF: `apt-get install ovmf`")
 
 
 def cmd_qemu() -> str:

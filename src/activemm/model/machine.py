@@ -9,7 +9,7 @@ could ever do, then carried out by the kernel functions of the other modules.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from activemm.errors import OperationError
@@ -39,6 +39,7 @@ TaskRef = Task | int | str
 _schedule = core.__schedule
 MmRef = Mm | int | str
 POKING_MM = "poking_mm"  # the holder of x86 poking_init()'s mm_users reference
+EFI_MM = "efi_mm"  # the holder of x86 efi_mm's static mm_users reference
 
 
 def _new_init_mm() -> Mm:
@@ -516,12 +517,36 @@ class Machine:
         if not rq.online:
             raise OperationError(f"text_poke: CPU {cpu} is offline")
         op = self._begin("text_poke", cpu, cpu=cpu)
-        held = [h for h in self.state.holders if h.name == POKING_MM]
-        poking_mm = held[0].mm if held else self.k.arch.poking_init(self.k)
-        if poking_mm is not None and not held:
-            self.state.holders.append(Holder(POKING_MM, poking_mm, "mm_users"))
-        self.k.arch.text_poke(self.k, poking_mm)
+        self.k.arch.text_poke(self.k, self._boot_mm(POKING_MM, self.k.arch.poking_init))
         self._end(op)
+
+    def efi_call(self, cpu: int) -> None:
+        """An EFI runtime service call on `cpu` (drivers/firmware/efi/runtime-wrappers.c:
+        efi_call_rts(), in the efi_rts_wq kworker: efivarfs reads and writes...): x86
+        switches to efi_mm around the firmware's code, preemption off; before 6.15 it
+        swaps current->active_mm for the call and does not leave lazy mode first
+        (arch/x86/platform/efi/efi_64.c: efi_enter_mm()). efi_mm is static; the model makes
+        it at the first call, like poking_mm, kept by a holder named "efi_mm". Elsewhere no
+        mm is switched."""
+        rq = self.rq(cpu)
+        if not rq.online:
+            raise OperationError(f"efi_call: CPU {cpu} is offline")
+        op = self._begin("efi_call", cpu, cpu=cpu)
+        self.k.arch.efi_call(self.k, self._boot_mm(EFI_MM, self.k.arch.efi_mm_init))
+        self._end(op)
+
+    def _boot_mm(self, name: str, init: Callable[[Kernel], Mm | None]) -> Mm | None:
+        """An mm of the architecture's own, made at boot and never freed (x86's poking_mm,
+        efi_mm): the model makes it at its first use, `init` being the arch hook, kept by a
+        holder named `name` (its mm_users), so that states without one are unchanged. None
+        where the architecture has none."""
+        held = [h for h in self.state.holders if h.name == name]
+        if held:
+            return held[0].mm
+        mm = init(self.k)
+        if mm is not None:
+            self.state.holders.append(Holder(name, mm, "mm_users"))
+        return mm
 
     # -- hotplug --------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ KERNEL_PATHS: dict[str, str] = {
     "flush_tlb_mm_range": "arch/x86/mm/tlb.c: flush_tlb_mm_range() (or the arch's flush)",
     "leave_mm": "arch/x86/mm/tlb.c: leave_mm()",
     "text_poke": "arch/x86/kernel/alternative.c: __text_poke(): use/unuse_temporary_mm()",
+    "efi_call": "arch/x86/platform/efi/efi_64.c: efi_enter_mm(), the firmware, efi_leave_mm()",
     "cpu_down": "kernel/cpu.c: _cpu_down(): sched_force_init_mm(), __cpu_disable(), finish_cpu()",
     "cpu_up": "kernel/cpu.c: _cpu_up() -> start_secondary() -> cpu_init()",
 }

@@ -121,6 +121,13 @@ class Validator(MarkerSteps, Clocked):
     ) -> None:
         self.events = events
         self.inputs = inputs
+        # x86 EFI runtime calls before 6.15: their hooks (kernel side), and efi_mm's address
+        self.efi = kv.efi_calls(events)
+        self.efi_addr = next(
+            (address(e.args.get("next")) for e in events
+             if isinstance(e, Probe) and self.efi.get(e.line) == "efi_enter_mm"),
+            None,
+        )  # fmt: skip
         # the kernel can be preempted anywhere preemption is on (preempt=full, PREEMPT_RT),
         # not only where it calls cond_resched() (preempt=voluntary, Debian's default)
         self.preemptible = preemptible
@@ -182,8 +189,17 @@ class Validator(MarkerSteps, Clocked):
         self.kworkers_using: set[int] = set()  # kernel threads in an inferred kthread_use_mm
         self.user_loads: set[int] = set()  # sched_switch lines that loaded a user mm
         last_switch: dict[int, int] = {}
+        # markers: the CR3 loads of EFI calls (the tlb_flush right after each of their hooks)
+        self.efi_loads: set[int] = set()
+        after_efi: set[int] = set()  # CPUs whose last event was an EFI call's hook
         for e in events:
             self.cpu_lines.setdefault(e.cpu, []).append(e.line)
+            if e.cpu in after_efi:
+                after_efi.discard(e.cpu)
+                if isinstance(e, TlbFlush) and e.cr3_load and inputs == "markers":
+                    self.efi_loads.add(e.line)
+            if isinstance(e, Probe) and e.line in self.efi:
+                after_efi.add(e.cpu)
             if inputs == "sched" and not isinstance(e, Probe):
                 self.cpu_tracepoints.setdefault(e.cpu, []).append(e)
             if e.cpu in switching and (
@@ -225,11 +241,11 @@ class Validator(MarkerSteps, Clocked):
                 self.drop_lines.setdefault(address(e.args.get("mm")), []).append(e.line)
             elif e.function == "mm_init":
                 self.use_mm_init = True
-            elif e.function == SWITCH_MM and kv.outside_kind(e) == "idle_task_exit":
+            elif e.function == SWITCH_MM and kv.outside_kind(e, self.efi) == "idle_task_exit":
                 self.offline_lines.setdefault(e.cpu, []).append(e.line)
             elif e.function == "__khugepaged_exit" and kv.khugepaged_keeps(e):
                 self.thp_kept.setdefault(address(e.args.get("mm")), []).append(e.line)
-            elif e.function == SWITCH_MM and kv.outside_kind(e) == "activate_mm":
+            elif e.function == SWITCH_MM and kv.outside_kind(e, self.efi) == "activate_mm":
                 # (scoring only: a miss's cause, found afterwards from the probes)
                 self.activations.setdefault(e.pid, []).append(e.line)
                 self.activated[e.line] = address(e.args.get("next"))
@@ -391,6 +407,9 @@ class Validator(MarkerSteps, Clocked):
         elif ev.via in ("use_temporary_mm", "unuse_temporary_mm"):
             self.model_outside.append(Outside("temporary_mm", cpu, pid, self._a(ev.next), 0,
                                               self.ctx.line, epoch))  # fmt: skip
+        elif ev.via in ("efi_enter_mm", "efi_leave_mm"):
+            self.model_outside.append(Outside(ev.via, cpu, pid, self._a(ev.next),
+                                              self._a(ev.prev), self.ctx.line, epoch))  # fmt: skip
         elif ev.next.is_init_mm and ev.task is None:
             # a fork's dup_mmap() flush that the model runs after the kernel's, which came
             # before this lazy episode of the CPU (Outside.late_fork)
@@ -435,6 +454,10 @@ class Validator(MarkerSteps, Clocked):
         if self.op.name == "text_poke" and self.poking_addr is not None:
             self._bind(ev.mm, self.poking_addr)  # poking_init()'s, from before the trace
             self.result.learned["x86 poking_mm (allocated at boot)"] += 1
+            return
+        if self.op.name == "efi_call" and self.efi_addr is not None:
+            self._bind(ev.mm, self.efi_addr)  # static: efi_mm
+            self.result.learned["x86 efi_mm (static)"] += 1
             return
         owner = self.op.args.get("parent") or self.op.args.get("task")
         queue = self.new_addrs.get(id(owner), [])
@@ -524,6 +547,8 @@ class Validator(MarkerSteps, Clocked):
         if self._deferred_ends_here(ev) and isinstance(ev, TlbFlush):
             return
         if isinstance(ev, TlbFlush):
+            if ev.line in self.efi_loads:
+                return  # the EFI call's own, run at its marker
             if self._cr3_of_armed_exec(ev):
                 del self.armed[ev.cpu]
                 self._refusable(self._early_exec, ev)
@@ -534,8 +559,15 @@ class Validator(MarkerSteps, Clocked):
             elif self.inputs == "sched" and self._vhost_use_mm(ev):
                 pass
             elif ev.line in self.poke_hints and ev.cpu not in self.pending:
+                loads = self.poke_hints[ev.line]
+                if loads and loads % 2 == 0 and self._efi_not_poke(ev):
+                    self.ctx = Context("efi_call", ev.line, ev.cpu, ev.pid)
+                    for _ in range(loads // 2):
+                        self._refusable(self.m.efi_call, ev.cpu)
+                        self.result.learned["EFI runtime call (a kernel thread's CR3 loads)"] += 1
+                    return
                 self.ctx = Context("text_poke", ev.line, ev.cpu, ev.pid)
-                for _ in range(self.poke_hints[ev.line]):
+                for _ in range(loads // 2):
                     self._refusable(self.m.text_poke, ev.cpu)
                     self.result.learned["text_poke (own CR3 loads in pairs, tlb_flush)"] += 1
             elif self.inputs == "sched" and self._kthread_load(ev):
@@ -930,6 +962,22 @@ class Validator(MarkerSteps, Clocked):
                     user = nxt
         return None
 
+    def _efi_not_poke(self, ev: TlbFlush) -> bool:
+        """Own CR3 loads in pairs of a kernel thread, EFI runtime calls before 6.15
+        (efi_enter_mm(): switch_mm() to efi_mm and back, no leave_mm()), not text_poke()s:
+        when its CPU is lazy on a user mm, which use_temporary_mm() would leave first (a
+        third load); or when it is an unbound workqueue's kworker ("kworker/uN:M"), as
+        efi_rts_wq's are (an ordered workqueue), where the kernel's deferred text pokes (a
+        static key's delayed work, a BPF program's free) run in system_wq's per-CPU ones."""
+        rq = self.m.state.rqs[ev.cpu] if ev.cpu < len(self.m.state.rqs) else None
+        if rq is None or self.m.config.arch != "x86_64" or self.m.config.version >= (6, 15):
+            return False
+        curr = rq.curr
+        if self.replayer.tasks.get(ev.pid) is not curr or not curr.pf_kthread or curr.mm:
+            return False
+        lazy_on_user = rq.tlb.is_lazy and not rq.tlb.loaded_mm.is_init_mm
+        return lazy_on_user or ev.comm.startswith("kworker/u")
+
     def _lazy_cpu_flushed(self, ev: TlbFlush) -> bool:
         """tlb_flush "flush on task switch" outside a context switch, in a hardirq (a flush
         IPI), in the idle task (the call-function queue run from the idle loop) or in a
@@ -1278,7 +1326,7 @@ class Validator(MarkerSteps, Clocked):
         return True
 
     def _outside(self, p: Probe) -> None:
-        kind = kv.outside_kind(p)
+        kind = kv.outside_kind(p, self.efi)
         cpu, pid = p.cpu, p.pid
         if p.function == ENTER_LAZY:
             mm, prev = address(p.args.get("mm")), 0
@@ -1303,6 +1351,10 @@ class Validator(MarkerSteps, Clocked):
             self.result.learned["CPU went offline (idle_task_exit marker)"] += 1
         if kind == "temporary_mm" and self.inputs == "markers":
             self._temporary_mm(p, mm)
+        if kind == "efi_enter_mm" and self.inputs == "markers":
+            self.ctx = Context("efi_call", p.line, p.cpu, p.pid)
+            self._refusable(self.m.efi_call, p.cpu)
+            self.result.learned["EFI runtime call (efi_enter_mm marker)"] += 1
         if kind == "switch_mm":
             self.anchor[cpu] = ("kthread_use_mm", pid)
             self.mm_kthreads.add(pid)

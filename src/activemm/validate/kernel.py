@@ -245,8 +245,46 @@ class Outside:
         return (self.kind, self.pid, self.prev, self.mm)
 
 
-def outside_kind(p: Probe) -> str:
-    """Which kernel path ran a hook outside a context switch."""
+def efi_calls(events: Iterable[object]) -> dict[int, str]:
+    """The switch_mm_irqs_off hooks of x86 EFI runtime calls before 6.15, line ->
+    "efi_enter_mm" or "efi_leave_mm". efi_enter_mm() runs switch_mm(current->active_mm,
+    &efi_mm, NULL): no task, a `next` in the kernel image (efi_mm is static, like init_mm),
+    and `prev` that active_mm (NULL on 6.12, which passes switch_mm_irqs_off() no `prev`);
+    efi_leave_mm() switches back, the next hook on that CPU in the same task: no task, to
+    that active_mm again, from efi_mm (or NULL). A flush to init_mm is followed by no such
+    hook (exec's activate_mm(), the other hook without a task, goes to a new mm). The
+    CPU's active_mm is what its last context switch's hook (or exec's, or
+    kthread_use_mm's) left. (6.15+ runs use_temporary_mm(), a "temporary_mm".)"""
+    found: dict[int, str] = {}
+    active: dict[int, int] = {}  # CPU -> its task's active_mm, from the hooks
+    entered: dict[int, Probe] = {}  # CPU -> an EFI call's efi_enter_mm awaiting the leave
+    for ev in events:
+        if not isinstance(ev, Probe) or ev.function not in (SWITCH_MM, ENTER_LAZY):
+            continue
+        if ev.function == ENTER_LAZY:
+            active[ev.cpu] = address(ev.args.get("mm"))
+            entered.pop(ev.cpu, None)
+            continue
+        enter = entered.pop(ev.cpu, None)
+        tsk, prev, nxt = (address(ev.args.get(a)) for a in ("tsk", "prev", "next"))
+        if tsk == 0 and enter is not None and enter.pid == ev.pid:
+            was = address(enter.args.get("prev")) or active.get(ev.cpu, 0)
+            if nxt == was and prev in (0, address(enter.args.get("next"))):
+                found[enter.line], found[ev.line] = "efi_enter_mm", "efi_leave_mm"
+                continue
+        if tsk == 0 and is_init_mm(nxt) and prev in (0, active.get(ev.cpu, prev)):
+            entered[ev.cpu] = ev  # efi_enter_mm(), or a switch to init_mm
+        elif not is_init_mm(nxt) and (tsk == 0 or _int(ev.args.get("t_pid")) != ev.pid):
+            active[ev.cpu] = nxt  # a context switch's hook, exec's activate_mm()
+        elif tsk != 0 and address(ev.args.get("prev")) != 0:
+            active[ev.cpu] = nxt  # kthread_use_mm()
+    return found
+
+
+def outside_kind(p: Probe, efi: dict[int, str] | None = None) -> str:
+    """Which kernel path ran a hook outside a context switch. `efi`: efi_calls()."""
+    if efi and p.line in efi:
+        return efi[p.line]
     idle = _int(p.args.get("t_pid")) == 0 and address(p.args.get("tsk")) != 0
     if p.function == ENTER_LAZY:
         if _int(p.args.get("t_pid")) != p.pid:
@@ -263,7 +301,7 @@ def outside_kind(p: Probe) -> str:
     if idle and is_init_mm(address(p.args.get("next"))):
         return "idle_task_exit"  # a CPU going offline hands its lazy mm back (CPU hotplug)
     if address(p.args.get("prev")) == 0:
-        return "temporary_mm"  # use_temporary_mm(): text_poke's poking_mm, efi_mm
+        return "temporary_mm"  # use_temporary_mm(): text_poke's poking_mm (6.15+: efi_mm)
     return "switch_mm"  # kthread_use_mm(), sched_force_init_mm()...
 
 

@@ -32,7 +32,7 @@ from activemm.trace.replay import Replayer
 from activemm.validate import kernel as kv
 from activemm.validate.kernel import ENTER_LAZY, EXIT_MMAP, SWITCH_MM, address
 from activemm.validate.score import Result
-from activemm.validate.windows import context_switch_loads
+from activemm.validate.windows import context_switch_loads, interrupting
 
 # Tracepoints a task emits only once its __mmput() has returned (tlb_flush lines, by
 # contrast, come from inside exit_mmap()).
@@ -77,7 +77,7 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
     renumbered = {(e.exec_pid, e.old_pid) for e in events if isinstance(e, ProcessExec)}
     either = {line for line, sw in at_switch.items() if (sw.prev_pid, sw.next_pid) in renumbered}
     for ev in reversed(events):
-        if isinstance(ev, Probe):
+        if isinstance(ev, Probe) or interrupting(ev):
             continue
         own_load = (
             isinstance(ev, TlbFlush)
@@ -134,6 +134,7 @@ def exec_preemptions(events: list[TraceEvent]) -> set[int]:
     had on that CPU since it left (the CPU still ran the task's old mm, the task had the new
     one already); a user task run meanwhile, or a flush IPI there, leaves it unknown, and it
     is taken to have come before the window."""
+    efi = kv.efi_calls(events)  # (their hooks have no task either)
     found: set[int] = set()
     # pid -> (line, CPU, CR3 loads there so far) of its lock-held preemption, while away
     out: dict[int, tuple[int, int, int]] = {}
@@ -171,7 +172,7 @@ def exec_preemptions(events: list[TraceEvent]) -> set[int]:
         if ev.pid not in running or (isinstance(ev, SchedSwitch) and ev.prev_pid != ev.pid):
             continue
         if isinstance(ev, Probe) and ev.function in (SWITCH_MM, ENTER_LAZY):
-            if kv.outside_kind(ev) == "activate_mm":
+            if kv.outside_kind(ev, efi) == "activate_mm":
                 deciding[cpu] = (ev.pid, running[ev.pid])
             else:
                 chain.pop(ev.pid, None)
@@ -331,12 +332,10 @@ class MarkerSteps:
             return
         lines = self.thp_kept.get(addr, [])
         i = bisect.bisect_right(lines, ev.line)
-        drops = self.drop_lines.get(addr, [])
-        j = bisect.bisect_right(drops, ev.line)
-        if i == len(lines) or (j < len(drops) and drops[j] < lines[i]):
+        if i == len(lines) or not self._same_life(addr, ev.line, kept := lines[i]):
             return
-        self.thp_taken.add(lines[i])
-        holder = f"khugepaged's mm_slot (line {lines[i]})"
+        self.thp_taken.add(kept)
+        holder = f"khugepaged's mm_slot (line {kept})"
         learned = "khugepaged's reference outliving an exec's __mmput (__khugepaged_exit marker)"
         self._grab_held(self.thp_slots, mm, holder, ev, learned)
 
@@ -600,6 +599,13 @@ class MarkerSteps:
         if mm.id in self.addr:
             self.raced.add(self.addr[mm.id])
 
+    def _same_life(self, addr: int, line: int, later: int) -> bool:
+        """Lines `line` and `later` see one life of the mm at `addr`: no __mmdrop of it in
+        between (slab reuses addresses)."""
+        drops = self.drop_lines.get(addr, [])
+        j = bisect.bisect_right(drops, line)
+        return j == len(drops) or drops[j] >= later
+
     def _mmput_elsewhere(self, mm: Mm, ev: TraceEvent) -> tuple[int, int] | None:
         """The next exit_mmap of this life of mm's address, if another task runs it, or the
         same task after its sched_process_exit."""
@@ -608,13 +614,9 @@ class MarkerSteps:
             return None
         runs = self.exit_mmaps.get(addr, [])
         i = bisect.bisect_right(runs, (ev.line, 1 << 62))
-        if i == len(runs):
-            return None
+        if i == len(runs) or not self._same_life(addr, ev.line, runs[i][0]):
+            return None  # none, or that exit_mmap belongs to a later life of the address
         line, pid = runs[i]
-        drops = self.drop_lines.get(addr, [])
-        j = bisect.bisect_right(drops, ev.line)
-        if j < len(drops) and drops[j] < line:
-            return None  # that exit_mmap belongs to a later life of the address
         if pid != ev.pid:
             return line, pid
         exits = self.exit_lines.get(pid, [])

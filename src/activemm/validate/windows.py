@@ -46,6 +46,7 @@ from activemm.trace.events import (
     ProcessExec,
     ProcessExit,
     ProcessFork,
+    ProcessFree,
     SchedSwitch,
     TaskRename,
     TlbFlush,
@@ -53,6 +54,13 @@ from activemm.trace.events import (
 )
 
 EXIT_MMAP_RATIO = 2.5  # see ExitWindows._preempted_in_exit_mmap
+
+
+def interrupting(e: TraceEvent) -> bool:
+    """An event that interrupted the running task rather than a step of its own:
+    sched_process_free (delayed_put_task_struct(), an RCU callback: a softirq), a flush
+    IPI's tlb_flush that loads no CR3 (in a hardirq)."""
+    return isinstance(e, ProcessFree) or (isinstance(e, TlbFlush) and e.hardirq and not e.cr3_load)
 
 
 def context_switch_loads(events: Iterable[object]) -> dict[int, SchedSwitch]:
@@ -113,6 +121,8 @@ class ExitWindows:
         for e in events:
             if isinstance(e, Probe) or not isinstance(e, TraceEvent):
                 continue  # not an input: the CR3 load's tlb_flush is the next tracepoint
+            if interrupting(e):
+                continue  # (an interrupt's, inside a run too: an EFI call runs irqs on)
             sw = at_switch.get(e.line)
             if sw is not None and isinstance(e, TlbFlush) and e.cpu == sw.cpu:
                 w.cr3.add(sw.line)
@@ -163,7 +173,8 @@ class ExitWindows:
         return w
 
     def text_poke_hints(self, exec_lines: set[int]) -> dict[int, int]:
-        """Tracepoint-only text_poke() hints: line -> how many __text_poke()s start there.
+        """Tracepoint-only text_poke() hints: line -> how many own CR3 loads in a row start
+        there (a __text_poke() per pair).
         use_temporary_mm(poking_mm) and unuse_temporary_mm() each load CR3 outside any
         context switch, in the task that flips a static key or arms a kprobe, interrupts
         off: two own loads in a row on that CPU, a third before them when the CPU was lazy
@@ -171,14 +182,16 @@ class ExitWindows:
         (an eBPF program JIT-compiled: a pair per page): one text_poke per pair. A run holding
         an exec hint (`exec_lines`, the exec's activate_mm()) has the pairs before the hint
         and those after it, each a text_poke. The other loads of a run are those
-        text_pokes': 0 (nothing more to run there, and no kernel thread's kthread_use_mm())."""
+        text_pokes': 0 (nothing more to run there, and no kernel thread's kthread_use_mm()).
+        Two loads of a kernel thread lazy on a user mm are no text_poke (it would leave lazy
+        mode first: three) but an EFI runtime call's before 6.15 (the caller decides)."""
         hints: dict[int, int] = {}
         for loads in self.load_runs:
             cut = [i for i, line in enumerate(loads) if line in exec_lines]
             for part in (loads[: cut[0]], loads[cut[0] + 1 :]) if cut else (loads,):
                 if len(part) >= 2:
                     hints.update(dict.fromkeys(part[1:], 0))
-                    hints[part[0]] = len(part) // 2
+                    hints[part[0]] = len(part)
         return hints
 
     def exit_point(self, pid: int, line: int) -> int | None:

@@ -25,6 +25,8 @@ destroy_context = generic.destroy_context
 leave_mm = generic.leave_mm
 poking_init = generic.poking_init
 text_poke = generic.text_poke
+efi_mm_init = generic.efi_mm_init
+efi_call = generic.efi_call
 cpu_disable = generic.cpu_disable
 
 

@@ -85,3 +85,13 @@ def poking_init(k: Kernel) -> Mm | None:
 def text_poke(k: Kernel, poking_mm: Mm | None) -> None:
     """text_poke(): generic: the write goes through a kernel alias of the page (a fixmap);
     no mm is switched. (powerpc 6.2+ on radix uses a temporary mm too: not modelled.)"""
+
+
+def efi_mm_init(k: Kernel) -> Mm | None:
+    """efi_mm: only the x86 EFI runtime calls are modelled switching to an mm of their own
+    (arm64's efi_virtmap_load() does too: not modelled)."""
+    return None
+
+
+def efi_call(k: Kernel, efi_mm: Mm | None) -> None:
+    """An EFI runtime service call: no mm is switched in this model of the architecture."""

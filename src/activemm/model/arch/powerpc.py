@@ -25,6 +25,8 @@ switch_to = generic.switch_to
 leave_mm = generic.leave_mm
 poking_init = generic.poking_init
 text_poke = generic.text_poke
+efi_mm_init = generic.efi_mm_init
+efi_call = generic.efi_call
 adopt_loaded_mm = generic.adopt_loaded_mm
 
 

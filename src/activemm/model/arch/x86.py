@@ -250,6 +250,59 @@ def text_poke(k: Kernel, poking_mm: Mm | None) -> None:
     unuse_temporary_mm(k, prev, poking_mm)
 
 
+def efi_mm_init(k: Kernel) -> Mm:
+    """arch/x86/platform/efi/efi_64.c: efi_mm, a static mm_struct (mm_users 2, mm_count 1
+    from its initializer) whose page tables efi_alloc_page_tables() builds at boot: the EFI
+    runtime services' address space. Never freed."""
+    return mm_alloc(k, "efi_mm")
+
+
+def switch_mm(k: Kernel, prev: Mm | None, next: Mm, tsk: Task | None, via: str) -> None:
+    """arch/x86/mm/tlb.c: switch_mm(): switch_mm_irqs_off() with interrupts off. Its `prev`
+    reaches switch_mm_irqs_off() on 6.1 and NULL does on 6.12 (seen by kprobes on Debian's
+    kernels, as for activate_mm(): KernelConfig.activate_mm_passes_prev); unused either way."""
+    switch_mm_irqs_off(k, prev if k.config.activate_mm_passes_prev else None, next, tsk, via)
+
+
+def efi_enter_mm(k: Kernel, efi_mm: Mm) -> Mm:
+    """arch/x86/platform/efi/efi_64.c: efi_enter_mm(), from arch_efi_call_virt_setup().
+    Before 6.15: efi_prev_mm = current->active_mm; current->active_mm = &efi_mm;
+    switch_mm(efi_prev_mm, &efi_mm, NULL), no mmgrab ("the mm can not change under us"),
+    and no leave_mm() first: a lazy CPU leaves lazy mode (switch_mm_irqs_off() clears
+    is_lazy) and, back on efi_prev_mm, runs it as if it were current's own until its next
+    context switch. 6.15+ ("x86/efi: Make efi_enter/leave_mm() use the
+    use_/unuse_temporary_mm() machinery"): use_temporary_mm(&efi_mm), active_mm untouched.
+    Returns the mm efi_leave_mm() goes back to."""
+    if k.config.version >= (6, 15):
+        return use_temporary_mm(k, efi_mm)
+    curr = k.state.rqs[k.cpu].curr
+    prev = curr.active_mm
+    assert prev is not None, "every task has an active_mm"
+    curr.active_mm = efi_mm
+    switch_mm(k, prev, efi_mm, None, "efi_enter_mm")
+    return prev
+
+
+def efi_leave_mm(k: Kernel, prev: Mm, efi_mm: Mm) -> None:
+    """arch/x86/platform/efi/efi_64.c: efi_leave_mm(), from arch_efi_call_virt_teardown().
+    Before 6.15: current->active_mm = efi_prev_mm; switch_mm(&efi_mm, efi_prev_mm, NULL).
+    6.15+: unuse_temporary_mm()."""
+    if k.config.version >= (6, 15):
+        unuse_temporary_mm(k, prev, efi_mm)
+        return
+    k.state.rqs[k.cpu].curr.active_mm = prev
+    switch_mm(k, efi_mm, prev, None, "efi_leave_mm")
+
+
+def efi_call(k: Kernel, efi_mm: Mm | None) -> None:
+    """drivers/firmware/efi/runtime-wrappers.c: an EFI runtime service call (efi_call_rts(),
+    run by the efi_rts_wq kworker for efivarfs reads and writes and the like): preemption
+    off (kernel_fpu_begin()), efi_enter_mm(), the firmware's code, efi_leave_mm()."""
+    assert efi_mm is not None, "efi_mm_init() gives x86 its efi_mm"
+    prev = efi_enter_mm(k, efi_mm)
+    efi_leave_mm(k, prev, efi_mm)
+
+
 def adopt_loaded_mm(k: Kernel, mm: Mm, tsk: Task) -> None:
     """Not a kernel function: the CPU was found lazily borrowing `mm` (trace replay). Its
     cpu_tlbstate is what switch_mm_irqs_off() and enter_lazy_tlb() left: mm loaded in an ASID
