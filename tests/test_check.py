@@ -299,6 +299,19 @@ def test_text_poke_interleaved_with_everything_breaks_nothing(name: str) -> None
     assert r.violations == [] and r.states > 500
 
 
+@pytest.mark.parametrize("name", ["linux-6.1-x86_64", "linux-6.12-x86_64", "linux-6.17-x86_64"])
+def test_efi_calls_interleaved_with_everything_break_nothing(name: str) -> None:
+    """x86 EFI runtime calls by a kernel thread on any CPU at any point (explore --efi):
+    before 6.15 the thread's active_mm is efi_mm for the call and its CPU comes back to the
+    borrowed mm out of lazy mode, which no later switch, flush, exit or hotplug step turns
+    into a use-after-free or a count error; 6.15+ goes through use_temporary_mm(). Calls are
+    explored (efi_mm appears) and its mm is offered to no one."""
+    r = explore(PRESETS[name], 2, replace(BOUND, efi=True), depth=6)
+    assert r.violations == [] and r.states > 500
+    plain = explore(PRESETS[name], 2, BOUND, depth=6)
+    assert r.states > plain.states
+
+
 @pytest.mark.parametrize(
     "name", ["linux-6.1-x86_64", "linux-6.17-shootdown", "linux-6.17-powerpc-radix", "alpha"]
 )

@@ -203,6 +203,14 @@ def explore(
     text_poke: Annotated[
         bool, typer.Option("--text-poke", help="Also x86 text_poke (poking_mm) on any CPU.")
     ] = False,
+    efi: Annotated[
+        bool,
+        typer.Option(
+            "--efi",
+            help="Also x86 EFI runtime calls (efi_mm; before 6.15 the caller's active_mm "
+            "for the call) by a kernel thread on any CPU.",
+        ),
+    ] = False,
     failures: Annotated[
         bool,
         typer.Option(
@@ -274,6 +282,7 @@ def explore(
         flushes=not no_flushes,
         hotplug=hotplug,
         text_poke=text_poke,
+        efi=efi,
         failures=failures,
         exec_preemption=exec_preemption,
     )
@@ -324,6 +333,7 @@ def explore(
             "flushes": not no_flushes,
             "hotplug": hotplug,
             "text_poke": text_poke,
+            "efi": efi,
             "failures": failures,
             "exec_preemption": exec_preemption,
         },

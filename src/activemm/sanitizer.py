@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from activemm.model.config import KernelConfig
-from activemm.model.events import BadAccess, Event, LazyEntered, MmFreed, MmSwitched
+from activemm.model.events import BadAccess, Event, MmFreed
 from activemm.model.kernel import Observer, Operation
 from activemm.model.state import CpuTlbState, KernelState, Mm, TaskState
 
@@ -58,9 +58,6 @@ class Sanitizer(Observer):
         self.op: Operation | None = None
         self.freed_by: dict[int, str] = {}
         self.checks = 0
-        # CPUs whose kernel thread efi_leave_mm() (before 6.15) brought back to its borrowed
-        # mm out of lazy mode: the kernel's state until the CPU's next switch
-        self.unlazied: set[int] = set()
 
     # -- observer -------------------------------------------------------------------------
 
@@ -70,12 +67,6 @@ class Sanitizer(Observer):
 
     def event(self, ev: Event) -> None:
         self.events.append(ev)
-        if isinstance(ev, MmSwitched) and ev.via == "efi_leave_mm":
-            self.unlazied.add(ev.cpu)
-        elif isinstance(ev, LazyEntered) or (
-            isinstance(ev, MmSwitched) and ev.via not in EFI_KEEPS
-        ):
-            self.unlazied.discard(ev.cpu)  # enter_lazy_tlb(), a context switch, leave_mm()
         if isinstance(ev, MmFreed):
             where = self.op.describe() if self.op else "?"
             self.freed_by[ev.mm.id] = f"freed by __mmdrop on CPU {ev.cpu} ({ev.reason}) in {where}"
@@ -94,7 +85,7 @@ class Sanitizer(Observer):
 
     def check_now(self, state: KernelState) -> None:
         """Check every state invariant now (Violation if one is broken)."""
-        problem = check_state(state, self.config, frozenset(self.unlazied))
+        problem = check_state(state, self.config)
         if problem:
             kind, msg = problem
             self._fail(kind, msg)
@@ -161,19 +152,13 @@ def reachable(state: KernelState) -> set[int]:
     return seen
 
 
-EFI_KEEPS = ("efi_enter_mm", "efi_leave_mm", "use_temporary_mm", "unuse_temporary_mm")
-
-
-def check_state(
-    state: KernelState, config: KernelConfig, unlazied: frozenset[int] = frozenset()
-) -> tuple[str, str] | None:
-    """Every invariant that must hold between operations; the first broken one, or None.
-    `unlazied`: CPUs an EFI call left on a kernel thread's borrowed mm out of lazy mode."""
+def check_state(state: KernelState, config: KernelConfig) -> tuple[str, str] | None:
+    """Every invariant that must hold between operations; the first broken one, or None."""
     return (
         _check_tasks(state)
         or _check_use_after_free(state)
         or _check_counts(state, config)
-        or _check_hardware(state, config, unlazied)
+        or _check_hardware(state, config)
     )
 
 
@@ -274,9 +259,7 @@ def _check_counts(state: KernelState, config: KernelConfig) -> tuple[str, str] |
     return None
 
 
-def _check_hardware(
-    state: KernelState, config: KernelConfig, unlazied: frozenset[int] = frozenset()
-) -> tuple[str, str] | None:
+def _check_hardware(state: KernelState, config: KernelConfig) -> tuple[str, str] | None:
     """Reference §11 invariants 17-20 (x86) and 23 (alpha), and their generic form."""
     init_mm = state.init_mm
     # PREEMPT_RT: a task preempted inside exec_mmap() before activate_mm() left its CPU on
@@ -312,7 +295,11 @@ def _check_hardware(
         if hw_follows and not loaded.is_init_mm and rq.cpu not in loaded.mm_cpumask:
             return "mm_cpumask", f"CPU {rq.cpu} runs on {loaded} but is not in its mm_cpumask"
         if config.arch == "x86_64":
-            problem = _check_x86(rq.cpu, cur.mm, loaded, tlb.is_lazy, tlb, rq.cpu in unlazied)
+            # (before 6.15 an EFI call brings a lazy CPU back to its borrowed mm out of lazy
+            # mode: efi_enter_mm() has no leave_mm() first, and nothing sets is_lazy again
+            # before the thread's next switch; 6.15+ uses use_temporary_mm(), which does)
+            unlazy_ok = config.version < (6, 15) and loaded is cur.active_mm
+            problem = _check_x86(rq.cpu, cur.mm, loaded, tlb.is_lazy, tlb, unlazy_ok)
             if problem:
                 return problem
         if config.arch == "alpha" and cur.mm is None and cur.pcb.ptbr is not cur.active_mm:
@@ -325,13 +312,11 @@ def _check_hardware(
 
 
 def _check_x86(
-    cpu: int, mm: Mm | None, loaded: Mm, is_lazy: bool, tlb: CpuTlbState, unlazied: bool
+    cpu: int, mm: Mm | None, loaded: Mm, is_lazy: bool, tlb: CpuTlbState, unlazy_ok: bool
 ) -> tuple[str, str] | None:
     if is_lazy and (mm is not None or loaded.is_init_mm):
         return "x86 is_lazy", f"CPU {cpu} is_lazy but runs {'a user task' if mm else 'init_mm'}"
-    # (before 6.15 an EFI call brings a lazy CPU back to its borrowed mm out of lazy mode:
-    # efi_enter_mm() has no leave_mm(), and nothing sets is_lazy again before the next switch)
-    if mm is None and not loaded.is_init_mm and not is_lazy and not unlazied:
+    if mm is None and not loaded.is_init_mm and not is_lazy and not unlazy_ok:
         return "x86 is_lazy", f"CPU {cpu} borrows {loaded} for a kernel thread but is not lazy"
     ctx = tlb.ctxs[tlb.loaded_mm_asid]
     if ctx.ctx_id != loaded.context.ctx_id:

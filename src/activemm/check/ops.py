@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from activemm.model import Machine
-from activemm.model.machine import POKING_MM
+from activemm.model.machine import EFI_MM, POKING_MM
 from activemm.model.state import Rq, Task, TaskState
 
 Op = tuple[str, tuple[tuple[str, Any], ...]]
@@ -34,6 +34,7 @@ class Limits:
     grabs: bool = True  # mmgrab/mmdrop holders besides mmget_not_zero/mmput
     kthread_use_mm: bool = True
     text_poke: bool = False  # x86 text_poke (poking_mm) on any online CPU
+    efi: bool = False  # x86 EFI runtime calls (efi_mm) by any kernel thread running
     # error paths: a fork failing after copy_mm(), an exec failing after alloc_bprm() (no
     # task is created, no budget is spent: they change only reference counts and TLB state)
     failures: bool = False
@@ -63,8 +64,9 @@ def enabled(
     limits = limits or Limits()
     forks = forks or {}
     ops: list[Op] = []
-    # x86's poking_mm belongs to text_poke alone: no task, thread or holder ever takes it
-    poking = {id(h.mm) for h in state.holders if h.name == POKING_MM}
+    # x86's poking_mm and efi_mm belong to text_poke and EFI calls alone: no task, thread or
+    # holder ever takes them
+    poking = {id(h.mm) for h in state.holders if h.name in (POKING_MM, EFI_MM)}
     live = [t for t in state.tasks if not t.is_idle and t.state is not TaskState.GONE]
     room = len(live) < limits.max_tasks
     budget = {
@@ -143,8 +145,8 @@ def enabled(
             if t.pid != 1:
                 ops.append(op("exit", task=t.name))
     if limits.holders:
-        # poking_init()'s reference to x86's poking_mm is never given back
-        external = [h for h in state.holders if h.name != POKING_MM]
+        # poking_init()'s reference to x86's poking_mm is never given back, nor efi_mm's
+        external = [h for h in state.holders if h.name not in (POKING_MM, EFI_MM)]
         held = {h.name for h in external}
         for h in external:
             ops.append(op("mmput" if h.kind == "mm_users" else "mmdrop", holder=h.name))
@@ -171,6 +173,10 @@ def enabled(
     if limits.text_poke and machine.config.arch == "x86_64":
         for rq in online:
             ops.append(op("text_poke", cpu=rq.cpu))
+    if limits.efi and machine.config.arch == "x86_64":
+        for rq in online:  # (efi_rts_wq's kworker: a kernel thread)
+            if rq.curr.pf_kthread and rq.curr.mm is None and not rq.curr.is_idle:
+                ops.append(op("efi_call", cpu=rq.cpu))
     if limits.hotplug:
         pinned = {t.cpu for t in state.preempted_execs()}  # (migration disabled)
         for rq in state.rqs:
