@@ -636,22 +636,20 @@ def test_an_exec_that_dies_after_the_point_of_no_return_is_hinted_by_its_rename(
     loads = [cr3(line) for line in range(2, 7)]
     assert markers.exec_hints([shootdown(1), *loads, execed]) == {6}
     assert markers.exec_hints([shootdown(1), *loads[:4], execed]) == set()
-    # text_poke_hints: the loads of such a run on either side of the exec's load, counted
-    # at the first of them (a text_poke() per pair; the others that text_poke()'s: 0)
+    # text_poke_hints: the loads of such a run on either side of the exec's load, at the
+    # first of them (a text_poke() per pair; the others that text_poke()'s: none)
     runs = ExitWindows.scan([shootdown(1), *loads, execed])
-    assert runs.text_poke_hints({6}) == {2: 4, 3: 0, 4: 0, 5: 0}
-    assert runs.text_poke_hints({4}) == {2: 2, 3: 0, 5: 2, 6: 0}
-    assert runs.text_poke_hints(set()) == {2: 5, 3: 0, 4: 0, 5: 0, 6: 0}
+    assert runs.text_poke_hints({6}) == {2: (2, 3, 4, 5), 3: (), 4: (), 5: ()}
+    assert runs.text_poke_hints({4}) == {2: (2, 3), 3: (), 5: (5, 6), 6: ()}
+    assert runs.text_poke_hints(set()) == {2: (2, 3, 4, 5, 6), 3: (), 4: (), 5: (), 6: ()}
     # an interrupt's events inside a run (an RCU callback's sched_process_free, a flush
     # IPI's tlb_flush without a CR3 load) do not end it: an EFI call runs irqs on
     freed = ProcessFree(3, 0, 0.003, 10, "t", None, 99)
     ipi = TlbFlush(3, 0, 0.003, 10, "t", None, 1, "remote shootdown", True)
     for between in (freed, ipi):
         pair = [cr3(2), between, cr3(4)]
-        assert ExitWindows.scan([shootdown(1), *pair, shootdown(5)]).text_poke_hints(set()) == {
-            2: 2,
-            4: 0,
-        }
+        hints = ExitWindows.scan([shootdown(1), *pair, shootdown(5)]).text_poke_hints(set())
+        assert hints == {2: (2, 4), 4: ()}
     # the CR3 load of a switch out of task 10 (the next tracepoint on its CPU) is the
     # switch's, whatever follows
     assert markers.exec_hints([shootdown(1), cr3(2), _sw(3, 10, "R+", 20), cr3(4), execed]) == {2}
@@ -1846,6 +1844,27 @@ def test_efi_runtime_calls_are_followed(capture: Path, monkeypatch: pytest.Monke
     }
     assert not kinds & {"efi_enter_mm", "efi_leave_mm", "temporary_mm", "activate_mm"}
     assert score.UNEXPLAINED not in sched.causes
+
+
+@pytest.mark.parametrize(
+    "capture", [CAPTURES / "linux-6.12-rt-smp3-program24", *EFI], ids=lambda p: p.name
+)
+def test_text_pokes_and_efi_calls_told_apart_with_tracepoints_only(capture: Path) -> None:
+    """A kernel thread's own CR3 loads in pairs are text_poke()s or, under UEFI, EFI calls:
+    with tracepoints only, each text_poke is found (as many as its use_temporary_mm
+    markers say) and none taken for an EFI call, even when an unbound workqueue's kworker
+    with init_mm loaded pokes in a batch (the twenty-fourth program on 6.12-rt), and each
+    EFI call is found as one."""
+    markers = validate(capture)
+    sched = validate(capture, inputs="sched")
+    for learned in (
+        "text_poke (use_temporary_mm marker)",
+        "EFI runtime call (efi_enter_mm marker)",
+    ):
+        kind = "text_poke (own CR3" if "text_poke" in learned else "EFI runtime call (a kernel"
+        found = sum(n for k, n in sched.learned.items() if k.startswith(kind))
+        assert found == markers.learned[learned], (learned, found)
+    assert markers.learned["text_poke (use_temporary_mm marker)"] or capture in EFI
 
 
 def test_preempt_rt_an_exit_waiting_for_a_lock_inside_mmput_frees_its_mm_when_back() -> None:

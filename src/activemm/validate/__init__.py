@@ -202,17 +202,22 @@ def validate(
     full = fully_preemptible(meta)
     preemption = "rt" if cfg.PREEMPT_RT else "full" if full else "voluntary"
     preemptible = preemption != "voluntary"
+    efi_workers: set[int] = set()
     for _ in range(MAX_PASSES):
         result = Result(
             str(trace), cfg.name, inputs, release, preset_from=how, preemption=preemption
         )
-        v = Validator(events, cfg, ncpus, snapshot, inputs, result, sanitize, exits, preemptible)
+        v = Validator(
+            events, cfg, ncpus, snapshot, inputs, result, sanitize, exits, preemptible, efi_workers
+        )
         v.run()
-        if not v.found_exits:
+        if not v.found_exits and v.efi_workers <= efi_workers:
             break
-        # with tracepoints only, exit windows show after the fact (validate/windows.py):
-        # replay again, running those exits where they happened
+        # with tracepoints only, exit windows show after the fact (validate/windows.py), and
+        # which kernel thread makes EFI calls: replay again, running those exits where they
+        # happened and that thread's earlier calls as EFI calls
         exits |= v.found_exits
+        efi_workers |= v.efi_workers
     result.exit_points = exits
     if recovered:
         result.anomalies["birth without its mm_init return (taken from mm_alloc/dup_mmap)"] += (

@@ -118,6 +118,7 @@ class Validator(MarkerSteps, Clocked):
         sanitize: bool = True,
         exit_points: dict[int, int] | None = None,
         preemptible: bool = False,
+        efi_workers: set[int] | None = None,
     ) -> None:
         self.events = events
         self.inputs = inputs
@@ -191,6 +192,8 @@ class Validator(MarkerSteps, Clocked):
         last_switch: dict[int, int] = {}
         # markers: the CR3 loads of EFI calls (the tlb_flush right after each of their hooks)
         self.efi_loads: set[int] = set()
+        # sched: kernel threads shown to make EFI calls (an earlier pass's too)
+        self.efi_workers: set[int] = set(efi_workers or ())
         after_efi: set[int] = set()  # CPUs whose last event was an EFI call's hook
         for e in events:
             self.cpu_lines.setdefault(e.cpu, []).append(e.line)
@@ -559,8 +562,9 @@ class Validator(MarkerSteps, Clocked):
             elif self.inputs == "sched" and self._vhost_use_mm(ev):
                 pass
             elif ev.line in self.poke_hints and ev.cpu not in self.pending:
-                loads = self.poke_hints[ev.line]
-                if loads and loads % 2 == 0 and self._efi_not_poke(ev):
+                run = self.poke_hints[ev.line]
+                loads = len(run)
+                if loads and loads % 2 == 0 and self._efi_not_poke(ev, run[-1]):
                     self.ctx = Context("efi_call", ev.line, ev.cpu, ev.pid)
                     for _ in range(loads // 2):
                         self._refusable(self.m.efi_call, ev.cpu)
@@ -933,7 +937,7 @@ class Validator(MarkerSteps, Clocked):
         t = self.m.state.rqs[ev.cpu].curr
         if t is not self.replayer.tasks.get(ev.pid) or not t.pf_kthread or t.uses_mm or t.is_idle:
             return False
-        user = self._next_user_without_load(ev)
+        user = self._next_user_without_load(ev.cpu, ev.line)
         if user is None or user.mm is None or user.exiting:
             return False
         self.ctx = Context("kthread_use_mm", ev.line, ev.cpu, ev.pid)
@@ -945,11 +949,11 @@ class Validator(MarkerSteps, Clocked):
         ] += 1
         return True
 
-    def _next_user_without_load(self, ev: TlbFlush) -> Task | None:
-        """The first task with an mm (in the model, now) that ev's CPU switches to after
-        `ev`, when neither that switch nor anything before it on that CPU loaded CR3."""
-        events = self.cpu_tracepoints.get(ev.cpu, [])
-        i = bisect.bisect_right(events, ev.line, key=lambda e: e.line)
+    def _next_user_without_load(self, cpu: int, line: int) -> Task | None:
+        """The first task with an mm (in the model, now) that `cpu` switches to after `line`,
+        when neither that switch nor anything before it on that CPU loaded CR3."""
+        events = self.cpu_tracepoints.get(cpu, [])
+        i = bisect.bisect_right(events, line, key=lambda e: e.line)
         user: Task | None = None
         for e in events[i:]:
             if isinstance(e, TlbFlush) and e.cr3_load:
@@ -962,21 +966,28 @@ class Validator(MarkerSteps, Clocked):
                     user = nxt
         return None
 
-    def _efi_not_poke(self, ev: TlbFlush) -> bool:
-        """Own CR3 loads in pairs of a kernel thread, EFI runtime calls before 6.15
-        (efi_enter_mm(): switch_mm() to efi_mm and back, no leave_mm()), not text_poke()s:
-        when its CPU is lazy on a user mm, which use_temporary_mm() would leave first (a
-        third load); or when it is an unbound workqueue's kworker ("kworker/uN:M"), as
-        efi_rts_wq's are (an ordered workqueue), where the kernel's deferred text pokes (a
-        static key's delayed work, a BPF program's free) run in system_wq's per-CPU ones."""
+    def _efi_not_poke(self, ev: TlbFlush, last: int) -> bool:
+        """Own CR3 loads in pairs of a kernel thread (the run from `ev` to line `last`), EFI
+        runtime calls before 6.15 (efi_enter_mm(): switch_mm() to efi_mm and back to the
+        thread's active_mm, no leave_mm()), not text_poke()s (use_temporary_mm(): leave_mm()
+        first on a lazy CPU, then the poking mm and back to what was loaded): when its CPU
+        is lazy on a user mm, which a text_poke() would leave first (a third load); or when
+        it has init_mm loaded and the first task with an mm its CPU then switches to, with
+        no CR3 load, has the thread's active_mm: the calls came back to that mm, a
+        text_poke() to init_mm. Otherwise either could be; a thread shown so to make EFI
+        calls (efi_rts_wq's kworker) is taken to make them again, any other to poke text."""
         rq = self.m.state.rqs[ev.cpu] if ev.cpu < len(self.m.state.rqs) else None
         if rq is None or self.m.config.arch != "x86_64" or self.m.config.version >= (6, 15):
             return False
         curr = rq.curr
         if self.replayer.tasks.get(ev.pid) is not curr or not curr.pf_kthread or curr.mm:
             return False
-        lazy_on_user = rq.tlb.is_lazy and not rq.tlb.loaded_mm.is_init_mm
-        return lazy_on_user or ev.comm.startswith("kworker/u")
+        user = self._next_user_without_load(ev.cpu, last)
+        if (rq.tlb.is_lazy and not rq.tlb.loaded_mm.is_init_mm) or (
+            user is not None and user.mm is not None and user.mm is curr.active_mm
+        ):
+            self.efi_workers.add(ev.pid)
+        return ev.pid in self.efi_workers
 
     def _lazy_cpu_flushed(self, ev: TlbFlush) -> bool:
         """tlb_flush "flush on task switch" outside a context switch, in a hardirq (a flush

@@ -172,9 +172,9 @@ class ExitWindows:
         w.load_runs += [loads for loads in run.values() if len(loads) >= 2]
         return w
 
-    def text_poke_hints(self, exec_lines: set[int]) -> dict[int, int]:
-        """Tracepoint-only text_poke() hints: line -> how many own CR3 loads in a row start
-        there (a __text_poke() per pair).
+    def text_poke_hints(self, exec_lines: set[int]) -> dict[int, tuple[int, ...]]:
+        """Tracepoint-only text_poke() hints: line -> the lines of the own CR3 loads in a row
+        that start there (a __text_poke() per pair).
         use_temporary_mm(poking_mm) and unuse_temporary_mm() each load CR3 outside any
         context switch, in the task that flips a static key or arms a kprobe, interrupts
         off: two own loads in a row on that CPU, a third before them when the CPU was lazy
@@ -182,16 +182,16 @@ class ExitWindows:
         (an eBPF program JIT-compiled: a pair per page): one text_poke per pair. A run holding
         an exec hint (`exec_lines`, the exec's activate_mm()) has the pairs before the hint
         and those after it, each a text_poke. The other loads of a run are those
-        text_pokes': 0 (nothing more to run there, and no kernel thread's kthread_use_mm()).
+        text_pokes': () (nothing more to run there, and no kernel thread's kthread_use_mm()).
         Two loads of a kernel thread lazy on a user mm are no text_poke (it would leave lazy
         mode first: three) but an EFI runtime call's before 6.15 (the caller decides)."""
-        hints: dict[int, int] = {}
+        hints: dict[int, tuple[int, ...]] = {}
         for loads in self.load_runs:
             cut = [i for i, line in enumerate(loads) if line in exec_lines]
             for part in (loads[: cut[0]], loads[cut[0] + 1 :]) if cut else (loads,):
                 if len(part) >= 2:
-                    hints.update(dict.fromkeys(part[1:], 0))
-                    hints[part[0]] = len(part)
+                    hints.update(dict.fromkeys(part[1:], ()))
+                    hints[part[0]] = tuple(part)
         return hints
 
     def exit_point(self, pid: int, line: int) -> int | None:
