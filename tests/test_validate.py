@@ -1826,9 +1826,9 @@ def test_efi_runtime_calls_are_followed(capture: Path, monkeypatch: pytest.Monke
     to the static efi_mm and back with no task: hooks that look like a flush to init_mm (a
     kernel-image mm) and an exec's activate_mm(). With markers every call is followed at
     its hooks, and every switch, __mmdrop and hook matches; with tracepoints only, at its
-    two CR3 loads (a kernel thread's own pair, not text_poke()'s: an unbound workqueue's
-    kworker, or a CPU lazy on a user mm, which text_poke() would leave first), and no EFI
-    hook is missed."""
+    two CR3 loads (a kernel thread's own pair, told from a text_poke()'s by the way back:
+    test_text_pokes_and_efi_calls_told_apart_with_tracepoints_only), and no EFI hook is
+    missed."""
     calls = _efi_calls_in_text(capture)
     assert calls >= 200
     r = validate(capture)
@@ -1846,15 +1846,18 @@ def test_efi_runtime_calls_are_followed(capture: Path, monkeypatch: pytest.Monke
     assert score.UNEXPLAINED not in sched.causes
 
 
-@pytest.mark.parametrize(
-    "capture", [CAPTURES / "linux-6.12-rt-smp3-program24", *EFI], ids=lambda p: p.name
-)
+POKES = [CAPTURES / "linux-6.12-rt-smp3-program24", CAPTURES / "linux-6.12-smp4-program29-full"]
+
+
+@pytest.mark.parametrize("capture", [*POKES, *EFI], ids=lambda p: p.name)
 def test_text_pokes_and_efi_calls_told_apart_with_tracepoints_only(capture: Path) -> None:
     """A kernel thread's own CR3 loads in pairs are text_poke()s or, under UEFI, EFI calls:
     with tracepoints only, each text_poke is found (as many as its use_temporary_mm
     markers say) and none taken for an EFI call, even when an unbound workqueue's kworker
-    with init_mm loaded pokes in a batch (the twenty-fourth program on 6.12-rt), and each
-    EFI call is found as one."""
+    with init_mm loaded pokes in a batch (the twenty-fourth program on 6.12-rt), or when
+    kworkers freeing eBPF programs poke on CPUs the model has lazy on a user mm after exit
+    windows it missed (the twenty-ninth with preempt=full); and each EFI call is found as
+    one."""
     markers = validate(capture)
     sched = validate(capture, inputs="sched")
     for learned in (

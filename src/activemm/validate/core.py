@@ -967,15 +967,16 @@ class Validator(MarkerSteps, Clocked):
         return None
 
     def _efi_not_poke(self, ev: TlbFlush, last: int) -> bool:
-        """Own CR3 loads in pairs of a kernel thread (the run from `ev` to line `last`), EFI
+        """Own CR3 loads in pairs of a kernel thread (the run from `ev` to line `last`): EFI
         runtime calls before 6.15 (efi_enter_mm(): switch_mm() to efi_mm and back to the
-        thread's active_mm, no leave_mm()), not text_poke()s (use_temporary_mm(): leave_mm()
-        first on a lazy CPU, then the poking mm and back to what was loaded): when its CPU
-        is lazy on a user mm, which a text_poke() would leave first (a third load); or when
-        it has init_mm loaded and the first task with an mm its CPU then switches to, with
-        no CR3 load, has the thread's active_mm: the calls came back to that mm, a
-        text_poke() to init_mm. Otherwise either could be; a thread shown so to make EFI
-        calls (efi_rts_wq's kworker) is taken to make them again, any other to poke text."""
+        thread's active_mm) or text_poke()s (use_temporary_mm(): the poking mm and back to
+        what was loaded, leave_mm() first on a lazy CPU). The way back tells them apart when
+        the first task with an mm the CPU then switches to, with no CR3 load, has the
+        thread's active_mm: the calls came back to that mm, a text_poke() to init_mm (or,
+        lazy, left it first: a third load). A thread shown so to make EFI calls (efi_rts_wq's
+        kworker; an earlier pass's findings too) is taken to make them again, any other to
+        poke text. (Not the model's own lazy state: after an exit window it missed, a CPU it
+        has lazy on a user mm may have init_mm loaded already, and its pokes make pairs.)"""
         rq = self.m.state.rqs[ev.cpu] if ev.cpu < len(self.m.state.rqs) else None
         if rq is None or self.m.config.arch != "x86_64" or self.m.config.version >= (6, 15):
             return False
@@ -983,9 +984,7 @@ class Validator(MarkerSteps, Clocked):
         if self.replayer.tasks.get(ev.pid) is not curr or not curr.pf_kthread or curr.mm:
             return False
         user = self._next_user_without_load(ev.cpu, last)
-        if (rq.tlb.is_lazy and not rq.tlb.loaded_mm.is_init_mm) or (
-            user is not None and user.mm is not None and user.mm is curr.active_mm
-        ):
+        if user is not None and user.mm is not None and user.mm is curr.active_mm:
             self.efi_workers.add(ev.pid)
         return ev.pid in self.efi_workers
 
