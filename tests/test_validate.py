@@ -1795,7 +1795,7 @@ def test_sched_inputs_tag_the_switch_back_into_an_exec_window(
     assert {tagged[line] for line in borrowed} <= {score.EXEC_PREEMPTED, score.FOLLOWS}
 
 
-EFI = [CAPTURES / "linux-6.1-smp2-efivars", CAPTURES / "linux-6.12-smp3-efivars"]
+EFI = [CAPTURES / f"linux-{k}-efivars" for k in ("6.1-smp2", "6.1-smp4", "6.12-smp3")]
 
 
 def _efi_calls_in_text(capture: Path) -> int:

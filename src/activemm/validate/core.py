@@ -973,10 +973,10 @@ class Validator(MarkerSteps, Clocked):
         what was loaded, leave_mm() first on a lazy CPU). The way back tells them apart when
         the first task with an mm the CPU then switches to, with no CR3 load, has the
         thread's active_mm: the calls came back to that mm, a text_poke() to init_mm (or,
-        lazy, left it first: a third load). A thread shown so to make EFI calls (efi_rts_wq's
-        kworker; an earlier pass's findings too) is taken to make them again, any other to
-        poke text. (Not the model's own lazy state: after an exit window it missed, a CPU it
-        has lazy on a user mm may have init_mm loaded already, and its pokes make pairs.)"""
+        lazy, left it first: a third load); or when the CPU is lazy on the user mm it has
+        loaded, where a text_poke() would leave lazy mode first (a third load). A thread
+        shown so to make EFI calls (efi_rts_wq's kworker; an earlier pass's findings too) is
+        taken to make them again, any other to poke text."""
         rq = self.m.state.rqs[ev.cpu] if ev.cpu < len(self.m.state.rqs) else None
         if rq is None or self.m.config.arch != "x86_64" or self.m.config.version >= (6, 15):
             return False
@@ -984,9 +984,27 @@ class Validator(MarkerSteps, Clocked):
         if self.replayer.tasks.get(ev.pid) is not curr or not curr.pf_kthread or curr.mm:
             return False
         user = self._next_user_without_load(ev.cpu, last)
-        if user is not None and user.mm is not None and user.mm is curr.active_mm:
+        if self._lazy_on_loaded_mm(ev.cpu, ev.line) or (
+            user is not None and user.mm is not None and user.mm is curr.active_mm
+        ):
             self.efi_workers.add(ev.pid)
         return ev.pid in self.efi_workers
+
+    def _lazy_on_loaded_mm(self, cpu: int, line: int) -> bool:
+        """Tracepoints alone: the last CR3 load on `cpu` before `line` is a context switch's
+        (switch_mm_irqs_off() loads only for a task with an mm), no own or flush-IPI load
+        since: the CPU still has that user mm loaded, and a kernel thread running there is
+        lazy on it (enter_lazy_tlb()). (Not the model's state, which an exit window it
+        missed leaves lazy where the kernel's CPU had switched to init_mm.)"""
+        assert self.windows is not None
+        events = self.cpu_tracepoints.get(cpu, [])
+        i = bisect.bisect_left(events, line, key=lambda e: e.line)
+        for e in reversed(events[:i]):
+            if isinstance(e, LostEvents):
+                return False
+            if isinstance(e, TlbFlush) and e.cr3_load:
+                return e.line in self.windows.switch_loads
+        return False
 
     def _lazy_cpu_flushed(self, ev: TlbFlush) -> bool:
         """tlb_flush "flush on task switch" outside a context switch, in a hardirq (a flush

@@ -86,6 +86,7 @@ class ExitWindows:
     """What the tracepoints say about tasks' mms, indexed by pid (sorted trace lines)."""
 
     cr3: set[int] = field(default_factory=set)  # sched_switch lines whose switch loaded CR3
+    switch_loads: set[int] = field(default_factory=set)  # and the lines of those loads
     had_mm: dict[int, list[int]] = field(default_factory=dict)  # signs it still had its mm
     outs: dict[int, list[int]] = field(default_factory=dict)  # its switches out
     ins: dict[int, list[int]] = field(default_factory=dict)  # its switches in
@@ -126,6 +127,7 @@ class ExitWindows:
             sw = at_switch.get(e.line)
             if sw is not None and isinstance(e, TlbFlush) and e.cpu == sw.cpu:
                 w.cr3.add(sw.line)
+                w.switch_loads.add(e.line)
                 w.had_mm.setdefault(sw.next_pid, []).append(sw.line)
                 continue
             if isinstance(e, TlbFlush) and e.own_cr3_load:
@@ -183,8 +185,8 @@ class ExitWindows:
         an exec hint (`exec_lines`, the exec's activate_mm()) has the pairs before the hint
         and those after it, each a text_poke. The other loads of a run are those
         text_pokes': () (nothing more to run there, and no kernel thread's kthread_use_mm()).
-        Two loads of a kernel thread lazy on a user mm are no text_poke (it would leave lazy
-        mode first: three) but an EFI runtime call's before 6.15 (the caller decides)."""
+        A kernel thread's pairs may be EFI runtime calls instead, before 6.15 (the caller
+        decides: Validator._efi_not_poke)."""
         hints: dict[int, tuple[int, ...]] = {}
         for loads in self.load_runs:
             cut = [i for i, line in enumerate(loads) if line in exec_lines]

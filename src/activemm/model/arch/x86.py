@@ -251,9 +251,9 @@ def text_poke(k: Kernel, poking_mm: Mm | None) -> None:
 
 
 def efi_mm_init(k: Kernel) -> Mm:
-    """arch/x86/platform/efi/efi_64.c: efi_mm, a static mm_struct (mm_users 2, mm_count 1
-    from its initializer) whose page tables efi_alloc_page_tables() builds at boot: the EFI
-    runtime services' address space. Never freed."""
+    """arch/x86/platform/efi/efi_64.c: efi_mm, a static mm_struct whose page tables
+    efi_alloc_page_tables() builds at boot: the EFI runtime services' address space. Never
+    freed: its initializer gives it users (the model: one, its "efi_mm" holder's)."""
     return mm_alloc(k, "efi_mm")
 
 
