@@ -1846,6 +1846,24 @@ def test_efi_runtime_calls_are_followed(capture: Path, monkeypatch: pytest.Monke
     assert score.UNEXPLAINED not in sched.causes
 
 
+def test_an_efi_call_taken_for_a_text_poke_is_tagged_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With tracepoints only, a kernel thread's pair of CR3 loads on a CPU with init_mm
+    loaded is an EFI call's or a text_poke's, and when nothing after shows the way back
+    the thread (here efivars.c's with 5 CPUs, fully preemptible: one call of one worker)
+    is taken to poke text. Both sides of that miss are tagged so, nothing else is missed;
+    with markers everything matches."""
+    capture = CAPTURES / "linux-6.12-smp5-efivars-full"
+    assert_all_matched(validate(capture))
+    monkeypatch.setattr(score, "MAX_MISMATCHES", 10**6)  # every miss in full
+    sched = validate(capture, inputs="sched")
+    assert_all_matched(sched, outside=False)
+    missed = [m for m in sched.mismatches if m["group"] == "outside_schedule"]
+    assert missed and {m["cause"] for m in missed} == {score.EFI_AS_POKE}
+    kernel = Counter(m["kernel"].get("kind") for m in missed)
+    model = Counter(m["predicted"].get("kind") for m in missed)
+    assert kernel["efi_enter_mm"] == kernel["efi_leave_mm"] == model["temporary_mm"] // 2 >= 1
+
+
 POKES = [CAPTURES / "linux-6.12-rt-smp3-program24", CAPTURES / "linux-6.12-smp4-program29-full"]
 
 

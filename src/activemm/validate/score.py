@@ -123,6 +123,11 @@ BORROWED_PREV = (
     "exec from a task without an mm: activate_mm's prev is the mm it borrowed, another in the "
     "model after an earlier miss on this CPU"
 )
+EFI_AS_POKE = (
+    "an EFI runtime call the model ran as a text_poke (tracepoints only): a kernel thread's "
+    "two CR3 loads are either's when its CPU has init_mm loaded, and nothing after showed "
+    "the call come back to the thread's active_mm (its switch_mm_irqs_off is a marker)"
+)
 PRE_TRACE = "first switch of the CPU (state from before the trace)"
 PRE_TRACE_LOADED = (
     "the CPU was lazy on this mm when the trace began and has loaded no user mm since: whether "
@@ -494,6 +499,16 @@ def score_outside(
         if same:
             spare.remove(same[0])
             paired[id(o)] = paired[id(same[0])] = BORROWED_PREV
+    # an EFI call (its hooks, kernel side) the model ran as a text_poke (with tracepoints
+    # only its two CR3 loads are either's): both sides, by task and CPU, nearest first
+    spare = [o for o in unmatched_m if o.kind == "temporary_mm" and id(o) not in paired]
+    for o in unmatched_k:
+        near = [m for m in spare if (m.cpu, m.pid) == (o.cpu, o.pid)]
+        if o.kind not in ("efi_enter_mm", "efi_leave_mm") or not near:
+            continue
+        m = min(near, key=lambda x: abs(x.line - o.line))
+        spare.remove(m)
+        paired[id(o)] = paired[id(m)] = EFI_AS_POKE
     first = first_switch or {}
     for o in unmatched_k:
         cause = paired.get(id(o)) or (
