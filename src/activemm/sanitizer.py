@@ -297,8 +297,10 @@ def _check_hardware(state: KernelState, config: KernelConfig) -> tuple[str, str]
         if config.arch == "x86_64":
             # (before 6.15 an EFI call brings a lazy CPU back to its borrowed mm out of lazy
             # mode: efi_enter_mm() has no leave_mm() first, and nothing sets is_lazy again
-            # before the thread's next switch; 6.15+ uses use_temporary_mm(), which does)
-            unlazy_ok = config.version < (6, 15) and loaded is cur.active_mm
+            # before the thread's next switch; 6.15+ uses use_temporary_mm(), which does.
+            # That state is the kernel's there, a bug anywhere else: text_poke's before the
+            # 2020 Xen PV fix, the text-poke-no-leave-mm mutant)
+            unlazy_ok = tlb.unlazy_by == "efi_leave_mm" and loaded is cur.active_mm
             problem = _check_x86(rq.cpu, cur.mm, loaded, tlb.is_lazy, tlb, unlazy_ok)
             if problem:
                 return problem

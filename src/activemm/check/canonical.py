@@ -159,6 +159,7 @@ def encode(
             ),
             rq.tlb.last_asn,
             rq.tlb.need_new_asn,
+            rq.tlb.unlazy_by,
         )
         for rq in rqs
     )

@@ -137,6 +137,10 @@ class CpuTlbState:
     ctxs: list[TlbContext] = field(default_factory=list)
     last_asn: int = 0  # alpha: cpu_data[cpu].last_asn (ASN | version)
     need_new_asn: bool = False  # alpha
+    # not kernel state: the kernel path that left this CPU's kernel thread on its borrowed
+    # mm out of lazy mode, until its next switch (x86 efi_leave_mm() before 6.15), for the
+    # sanitizer, which takes that state for a bug anywhere else
+    unlazy_by: str = ""
 
 
 @dataclass(slots=True, eq=False)
@@ -266,6 +270,7 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
                     list(tlb.ctxs),
                     tlb.last_asn,
                     tlb.need_new_asn,
+                    tlb.unlazy_by,
                 ),
                 cm(rq.prev_mm),
                 rq.online,

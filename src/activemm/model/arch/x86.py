@@ -70,6 +70,7 @@ def enter_lazy_tlb(k: Kernel, mm: Mm, tsk: Task) -> None:
     k.touch(mm, "enter_lazy_tlb")
     k.emit(LazyEntered(k.cpu, mm, tsk))
     tlb = k.state.rqs[k.cpu].tlb
+    tlb.unlazy_by = ""
     if tlb.loaded_mm.is_init_mm:
         return
     tlb.is_lazy = True
@@ -105,6 +106,7 @@ def switch_mm_irqs_off(k: Kernel, prev: Mm | None, next: Mm, tsk: Task | None, v
     prev_asid = tlb.loaded_mm_asid
     was_lazy = tlb.is_lazy
     tlb.is_lazy = False
+    tlb.unlazy_by = ""
     next_tlb_gen = next.context.tlb_gen
     if real_prev is next:
         if not was_lazy or k.bug("x86-no-tlb-gen-catchup"):
@@ -290,8 +292,11 @@ def efi_leave_mm(k: Kernel, prev: Mm, efi_mm: Mm) -> None:
     if k.config.version >= (6, 15):
         unuse_temporary_mm(k, prev, efi_mm)
         return
-    k.state.rqs[k.cpu].curr.active_mm = prev
+    rq = k.state.rqs[k.cpu]
+    rq.curr.active_mm = prev
     switch_mm(k, efi_mm, prev, None, "efi_leave_mm")
+    if rq.curr.mm is None and not prev.is_init_mm:
+        rq.tlb.unlazy_by = "efi_leave_mm"  # a kernel thread's borrowed mm, not lazy
 
 
 def efi_call(k: Kernel, efi_mm: Mm | None) -> None:
