@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from activemm.model import Machine
-from activemm.model.machine import EFI_MM, POKING_MM
+from activemm.model.machine import BOOT_MMS
 from activemm.model.state import Rq, Task, TaskState
 
 Op = tuple[str, tuple[tuple[str, Any], ...]]
@@ -66,7 +66,7 @@ def enabled(
     ops: list[Op] = []
     # x86's poking_mm and efi_mm belong to text_poke and EFI calls alone: no task, thread or
     # holder ever takes them
-    poking = {id(h.mm) for h in state.holders if h.name in (POKING_MM, EFI_MM)}
+    poking = {id(h.mm) for h in state.holders if h.name in BOOT_MMS}
     live = [t for t in state.tasks if not t.is_idle and t.state is not TaskState.GONE]
     room = len(live) < limits.max_tasks
     budget = {
@@ -146,7 +146,7 @@ def enabled(
                 ops.append(op("exit", task=t.name))
     if limits.holders:
         # poking_init()'s reference to x86's poking_mm is never given back, nor efi_mm's
-        external = [h for h in state.holders if h.name not in (POKING_MM, EFI_MM)]
+        external = [h for h in state.holders if h.name not in BOOT_MMS]
         held = {h.name for h in external}
         for h in external:
             ops.append(op("mmput" if h.kind == "mm_users" else "mmdrop", holder=h.name))

@@ -40,6 +40,7 @@ _schedule = core.__schedule
 MmRef = Mm | int | str
 POKING_MM = "poking_mm"  # the holder of x86 poking_init()'s mm_users reference
 EFI_MM = "efi_mm"  # the holder of x86 efi_mm's static mm_users reference
+BOOT_MMS = (POKING_MM, EFI_MM)  # their mms belong to text_poke and EFI calls alone
 
 
 def _new_init_mm() -> Mm:

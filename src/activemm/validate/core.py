@@ -124,11 +124,7 @@ class Validator(MarkerSteps, Clocked):
         self.inputs = inputs
         # x86 EFI runtime calls before 6.15: their hooks (kernel side), and efi_mm's address
         self.efi = kv.efi_calls(events)
-        self.efi_addr = next(
-            (address(e.args.get("next")) for e in events
-             if isinstance(e, Probe) and self.efi.get(e.line) == "efi_enter_mm"),
-            None,
-        )  # fmt: skip
+        self.efi_addr: int | None = None  # the first efi_enter_mm's `next` (below)
         # the kernel can be preempted anywhere preemption is on (preempt=full, PREEMPT_RT),
         # not only where it calls cond_resched() (preempt=voluntary, Debian's default)
         self.preemptible = preemptible
@@ -155,7 +151,7 @@ class Validator(MarkerSteps, Clocked):
         # PREEMPT_RT: switches out of tasks preempted inside exec_mmap() before activate_mm()
         self.exec_preempted: set[int] = set()
         if config.PREEMPT_RT and inputs == "markers":
-            self.exec_preempted = exec_preemptions(events)
+            self.exec_preempted = exec_preemptions(events, self.efi)
         self.fork_hints = fork_flushes(events)
         self.early_forks: set[int] = set()  # lines of task_newtask replayed at their flush
         self.poke_hints = (
@@ -203,6 +199,8 @@ class Validator(MarkerSteps, Clocked):
                     self.efi_loads.add(e.line)
             if isinstance(e, Probe) and e.line in self.efi:
                 after_efi.add(e.cpu)
+                if self.efi_addr is None and self.efi[e.line] == "efi_enter_mm":
+                    self.efi_addr = address(e.args.get("next"))
             if inputs == "sched" and not isinstance(e, Probe):
                 self.cpu_tracepoints.setdefault(e.cpu, []).append(e)
             if e.cpu in switching and (

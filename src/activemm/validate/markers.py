@@ -113,7 +113,7 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
     return hints
 
 
-def exec_preemptions(events: list[TraceEvent]) -> set[int]:
+def exec_preemptions(events: list[TraceEvent], efi: dict[int, str] | None = None) -> set[int]:
     """Lines of the switches out of tasks preempted inside exec_mmap() after it set
     tsk->mm = tsk->active_mm = new, before activate_mm() (PREEMPT_RT: task_lock() disables
     migration, not preemption, and x86 on 6.1 enables interrupts before activate_mm()).
@@ -134,7 +134,8 @@ def exec_preemptions(events: list[TraceEvent]) -> set[int]:
     had on that CPU since it left (the CPU still ran the task's old mm, the task had the new
     one already); a user task run meanwhile, or a flush IPI there, leaves it unknown, and it
     is taken to have come before the window."""
-    efi = kv.efi_calls(events)  # (their hooks have no task either)
+    if efi is None:  # EFI calls' hooks (kv.efi_calls) have no task either
+        efi = kv.efi_calls(events)
     found: set[int] = set()
     # pid -> (line, CPU, CR3 loads there so far) of its lock-held preemption, while away
     out: dict[int, tuple[int, int, int]] = {}
