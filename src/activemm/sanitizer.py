@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from activemm.model.config import KernelConfig
 from activemm.model.events import BadAccess, Event, MmFreed
 from activemm.model.kernel import Observer, Operation
-from activemm.model.state import CpuTlbState, KernelState, Mm, TaskState
+from activemm.model.state import CpuTlbState, KernelState, Mm, Task, TaskState
 
 HISTORY = 8
 
@@ -134,14 +134,20 @@ def expected_counts(state: KernelState, config: KernelConfig) -> dict[int, tuple
     return out
 
 
+def _task_mms(t: Task) -> list[tuple[str, Mm | None]]:
+    """Every mm a task points to, named: its mm and active_mm, and inside exec_mmap()'s
+    window the old mm and active_mm its locals still hold."""
+    mms: list[tuple[str, Mm | None]] = [("mm", t.mm), ("active_mm", t.active_mm)]
+    if (window := t.in_exec_mmap) is not None:
+        mms += [("exec_mmap's old_mm", window.old_mm), ("exec_mmap's active_mm", window.active_mm)]
+    return mms
+
+
 def reachable(state: KernelState) -> set[int]:
     """Ids of mms something still points to."""
     seen: set[int] = {state.init_mm.id}
     for t in state.live_tasks():
-        window = t.in_exec_mmap
-        for mm in (t.mm, t.active_mm, *((window.old_mm, window.active_mm) if window else ())):
-            if mm is not None:
-                seen.add(mm.id)
+        seen.update(mm.id for _, mm in _task_mms(t) if mm is not None)
     for rq in state.rqs:
         for mm in (rq.prev_mm, rq.tlb.loaded_mm):
             if mm is not None:
@@ -203,13 +209,7 @@ def _gone(mm: Mm) -> str | None:
 
 def _check_use_after_free(state: KernelState) -> tuple[str, str] | None:
     for t in state.live_tasks():
-        window = t.in_exec_mmap
-        for what, mm in (
-            ("mm", t.mm),
-            ("active_mm", t.active_mm),
-            *((("exec_mmap's old_mm", window.old_mm), ("exec_mmap's active_mm", window.active_mm))
-              if window else ()),
-        ):  # fmt: skip
+        for what, mm in _task_mms(t):
             if mm is not None and (why := _gone(mm)):
                 return "use-after-free", f"{t.name}->{what} points to {why} {mm}"
     for rq in state.rqs:
