@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import itertools
 import json
@@ -129,6 +130,22 @@ def test_the_captures_cover_both_kernels_and_several_cpu_counts() -> None:
         assert not m["lost_events"]
 
 
+def test_every_capture_says_how_it_was_recorded() -> None:
+    """tests/data/captures/README.md has one row per capture directory, naming its kernel and
+    CPU count as its meta.json does."""
+    rows = [
+        [cell.strip().strip("`") for cell in line.split("|")[1:4]]
+        for line in (CAPTURES / "README.md").read_text().splitlines()
+        if line.startswith("| `linux-")
+    ]
+    assert sorted(name for name, _, _ in rows) == [p.name for p in ALL]
+    for name, kernel, cpus in rows:
+        meta = json.loads((CAPTURES / name / "meta.json").read_text())
+        assert meta["kernel"].startswith(kernel.removesuffix("-rt") + "."), (name, kernel)
+        assert ("-rt-" in meta["kernel"]) == kernel.endswith("-rt"), (name, kernel)
+        assert int(cpus) == meta["cpus"], name
+
+
 def _task_lines(capture: Path) -> Iterator[tuple[str, str]]:
     """The trace text's lines that a task ran, each with that task's pid (header and
     lost-events lines have none)."""
@@ -155,9 +172,16 @@ def _kernel_counts(path: Path) -> tuple[int, int]:
     return switches - len(open_switch), drops
 
 
+@functools.cache
+def _scored(capture: Path, inputs: str | None = None) -> score.Result:
+    """validate(capture, inputs=inputs), once per session: the big parametrised tests and
+    the docs' score table read the same results (no test may change them)."""
+    return validate(capture, inputs=inputs)
+
+
 @pytest.mark.parametrize("capture", PLAIN, ids=lambda p: p.name)
 def test_markers_match_every_switch_and_mmdrop(capture: Path) -> None:
-    r = validate(capture)
+    r = _scored(capture)
     switches, drops = _kernel_counts(capture)
     assert r.inputs == "markers"
     kernel = "linux-6.1-x86_64" if "6.1-" in capture.name else "linux-6.12-x86_64"
@@ -248,7 +272,7 @@ def test_exit_flushes_land_where_the_kernel_ran_them(name: str) -> None:
 def test_sched_inputs_match_mmdrops_and_tag_every_missed_switch(capture: Path) -> None:
     """Every __mmdrop, but those of failed execs: no tracepoint fires for an exec that fails,
     and the mm bprm_mm_init allocated for it is born and freed in the task."""
-    r = validate(capture, inputs="sched")
+    r = _scored(capture, "sched")
     assert r.mmdrop.total - r.mmdrop.matched == r.causes[score.FAILED_EXEC]
     assert r.causes[score.FAILED_EXEC] == _failed_execs(capture)
     assert r.context_switches.matched >= 0.99 * r.context_switches.total
@@ -2705,3 +2729,37 @@ def test_an_execs_own_mmput_racing_a_lazy_cpu_is_tagged_a_race_on_both_sides() -
     assert causes({a}) == [score.RACE, score.RACE]
     assert causes(set()) == [score.ELSEWHERE, score.RACE]
     assert causes({a}, "sched") == [score.ELSEWHERE, score.RACE]
+
+
+def _score_row(capture: Path) -> str:
+    """The row of docs/validate.md's score table for `capture`, from what validate scores:
+    markers' switches, `__mmdrop`s and hooks outside schedule, sched's switches (with their
+    share) and `__mmdrop`s."""
+
+    def frac(s: score.Score) -> str:
+        return f"{s.matched}/{s.total}"
+
+    markers, sched = _scored(capture), _scored(capture, "sched")
+    cs = sched.context_switches
+    share = "100%" if cs.matched == cs.total else f"{100 * cs.matched / cs.total:.2f}%"
+    cells = [
+        capture.name,
+        frac(markers.context_switches),
+        frac(markers.mmdrop),
+        frac(markers.outside_schedule),
+        f"{frac(cs)} ({share})",
+        frac(sched.mmdrop),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def test_the_docs_score_table_is_what_validate_scores() -> None:
+    """docs/validate.md lists every committed capture once, with the scores validate gives it
+    now in both modes (the assertion prints the table's rows as they should read)."""
+    docs = Path(__file__).parents[1] / "docs" / "validate.md"
+    rows = [line for line in docs.read_text().splitlines() if line.startswith("| linux-")]
+    names = [row.split("|")[1].strip() for row in rows]
+    assert sorted(names) == [p.name for p in ALL], set(names) ^ {p.name for p in ALL}
+    expected = [_score_row(CAPTURES / name) for name in names]
+    stale = [(row, want) for row, want in zip(rows, expected, strict=True) if row != want]
+    assert not stale, "\n".join(expected)
