@@ -1109,6 +1109,16 @@ def test_the_command_exit_status_and_json() -> None:
     assert d["kernel"].startswith("6.1.")
     bad = runner.invoke(app, ["validate", str(CAPTURES / "linux-6.1-smp2-lazy"), "-p", "no-lazy"])
     assert bad.exit_code == 1
+    # the text summary tabulates the first mismatches, each side's fields by name
+    raw = runner.invoke(
+        app, ["validate", str(CAPTURES / "linux-6.1-smp2-lazy"), "-p", "no-lazy", "--json"]
+    )
+    d = json.loads(raw.output)
+    first = d["mismatches"][0]
+    total = sum(d["mismatch_causes"].values())
+    assert f"the first 10 of {total} mismatches" in bad.output
+    assert str(first["line"]) in bad.output
+    assert "hook=" in bad.output and "prev=" in bad.output, bad.output
 
 
 def test_a_trace_without_probes_is_refused(tmp_path: Path) -> None:

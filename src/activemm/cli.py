@@ -7,10 +7,11 @@ import os
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from activemm import scenario as scen
@@ -896,12 +897,23 @@ def validate(
             for cause, n in result.causes.most_common():
                 c.add_row(str(n), cause)
             out.print(c)
-        for m in result.mismatches[:10]:
-            out.print(
-                f"[dim]line {m['line']}[/dim] {m['group']}: model {m['predicted']} / "
-                f"kernel {m['kernel']} [italic]({m['cause']})[/italic]",
-                highlight=False,
+        if result.mismatches:
+            shown = result.mismatches[:SHOWN_MISMATCHES]
+            first = Table(
+                title=f"the first {len(shown)} of {result.mismatch_count} mismatches "
+                f"(--json: the first {len(result.mismatches)} in full)"
             )
+            for column in ("line", "what", "model", "kernel", "cause"):
+                first.add_column(column, justify="right" if column == "line" else "left")
+            for m in shown:
+                first.add_row(
+                    str(m["line"]),
+                    m["group"],
+                    _fields(m["predicted"]),
+                    _fields(m["kernel"]),
+                    f"[italic]{escape(m['cause'])}[/italic]",
+                )
+            out.print(first, highlight=False)
         if result.learned:
             learned = ", ".join(f"{n} {what}" for what, n in result.learned.items())
             out.print(f"[dim]learned from the trace: {learned}[/dim]")
@@ -913,6 +925,21 @@ def validate(
         and result.mmdrop.matched == result.mmdrop.total
     ):
         raise typer.Exit(1)
+
+
+SHOWN_MISMATCHES = 10  # validate's text summary; --json keeps score.MAX_MISMATCHES
+
+
+def _fields(d: dict[str, Any]) -> str:
+    """A mismatch's side, one `name=value` per line (a list: its items joined by a space;
+    None: `-`), for validate's table."""
+
+    def value(v: Any) -> str:
+        if v is None:
+            return "-"
+        return " ".join(map(str, v)) if isinstance(v, list | tuple) else str(v)
+
+    return escape("\n".join(f"{k}={value(v)}" for k, v in d.items()))
 
 
 @app.command()
