@@ -2773,3 +2773,30 @@ def test_the_docs_score_table_is_what_validate_scores() -> None:
     expected = [_score_row(CAPTURES / name) for name in names]
     stale = [(row, want) for row, want in zip(rows, expected, strict=True) if row != want]
     assert not stale, "\n".join(expected)
+
+
+def test_a_trace_recorded_elsewhere_is_told_its_kernels_preemption(tmp_path: Path) -> None:
+    """A bare copy of a preempt=full capture (no meta.json beside it) is taken for Debian's
+    default, preempt=voluntary, and then misses the __mmdrop of an exit preempted inside its
+    __mmput(); `--kernel-args` (the recorded kernel's command line) says what meta.json
+    would, and every switch and __mmdrop matches again. A preempt= mode the kernel does not
+    know is refused before the trace is read."""
+    capture = CAPTURES / "linux-6.1-smp2-preempt-full"
+    shutil.copy(capture / "trace.txt.gz", tmp_path / "trace.txt.gz")
+    shutil.copy(capture / "tasks_start.txt", tmp_path / "tasks.txt")
+    trace, tasks = tmp_path / "trace.txt.gz", tmp_path / "tasks.txt"
+    bare = validate(trace, tasks)
+    assert bare.preemption == "voluntary"
+    assert bare.mmdrop.matched < bare.mmdrop.total
+    told = validate(trace, tasks, kernel_args="BOOT_IMAGE=/vmlinuz quiet preempt=full")
+    assert told.preemption == "full"
+    assert_all_matched(told, outside=False)
+    runner = CliRunner()
+    args = ["validate", str(trace), "--tasks", str(tasks), "--json"]
+    ok = runner.invoke(app, [*args, "--kernel-args", "preempt=full"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["preemption"] == "full"
+    typo = subprocess.run([sys.executable, "-m", "activemm", *args, "--kernel-args", "preempt=ful"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr
+    assert "preempt=ful: expected preempt= one of none, voluntary, full, lazy" in typo.stderr

@@ -841,6 +841,17 @@ def validate(
             "exit_mm/exec_mmap/exit_mmap marker probes; the default when present).",
         ),
     ] = None,
+    kernel_args: Annotated[
+        str | None,
+        typer.Option(
+            "--kernel-args",
+            help="The recorded kernel's command line, or the parameters of it that matter: "
+            "preempt=full or lazy (a fully preemptible kernel; Debian's boot voluntary) and, "
+            "on PREEMPT_RT, rcu_nocbs=all. A capture's meta.json says it by itself; for a "
+            'trace recorded elsewhere pass "$(cat /proc/cmdline)", or preempt=MODE with '
+            "the mode /sys/kernel/debug/sched/preempt shows in parentheses.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Score the model's predictions against what a real kernel did with active_mm.
@@ -866,7 +877,9 @@ def validate(
     Exit status: 0 all matched, 1 something did not, 2 unusable input."""
     from activemm.validate import validate as run_validate
 
-    result = run_validate(trace, tasks, preset_name, inputs, mutants=mutant_names)
+    result = run_validate(
+        trace, tasks, preset_name, inputs, mutants=mutant_names, kernel_args=kernel_args
+    )
     if result.preset_from.startswith("inferred"):
         err.print(f"activemm: preset {result.preset} ({result.preset_from}); --preset overrides")
     if as_json:

@@ -103,6 +103,9 @@ def _kernel_args(meta: dict[str, object] | None) -> list[str]:
     return str((meta or {}).get("kernel_args") or "").split()
 
 
+PREEMPT_MODES = ("none", "voluntary", "full", "lazy")  # the kernel's preempt= choices
+
+
 def fully_preemptible(meta: dict[str, object] | None) -> bool:
     """Whether the capture's kernel was booted fully preemptible (`capture --kernel-args
     preempt=full`); Debian's kernels are preempt=voluntary otherwise. The last preempt=
@@ -146,10 +149,19 @@ def validate(
     preset_name: str | None = None,
     inputs: str | None = None,
     mutants: list[str] | None = None,
+    kernel_args: str | None = None,
 ) -> Result:
     """Replay `trace` through the model and score it against the trace's kprobe lines, under
     `preset_name` (default: the capture's kernel, from its metadata or else from where its
-    kprobes landed) with `mutants`."""
+    kprobes landed) with `mutants`. `kernel_args`: the recorded kernel's command-line
+    parameters (preempt=, rcu_nocbs=all), in place of those of the capture's metadata (a
+    trace recorded elsewhere has none)."""
+    for word in (kernel_args or "").split():
+        mode = word.removeprefix("preempt=")
+        if mode != word and mode not in PREEMPT_MODES:
+            raise ActiveMmError(
+                f"--kernel-args: {word}: expected preempt= one of {', '.join(PREEMPT_MODES)}"
+            )
     path, tasks, release = locate(trace, tasks)
     stats = ReadStats()
     events, recovered = kv.recover_births(list(read_trace(str(path), stats=stats)))
@@ -188,6 +200,8 @@ def validate(
             "+0x0 (Debian's 6.1)" if inferred == "linux-6.1-x86_64" else "+0x4 (6.12, IBT)"
         )
     meta = _meta(path.parent)
+    if kernel_args is not None:
+        meta = {**(meta or {}), "kernel_args": kernel_args}
     cfg = preset(chosen)
     if cfg.PREEMPT_RT and rcu_offloaded(meta):
         cfg = replace(cfg, RCU_NOCB_CPU_DEFAULT_ALL=True)
