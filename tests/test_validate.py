@@ -1071,15 +1071,21 @@ def test_probe_lines_are_recognised_by_function_whatever_the_offset(tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    "capture", [CAPTURES / "linux-6.1-smp2-lazy", CAPTURES / "linux-6.12-smp2-churn"]
-)
+    "capture",
+    [CAPTURES / "linux-6.1-smp2-lazy", CAPTURES / "linux-6.12-smp2-churn",
+     CAPTURES / "linux-6.1-rt-smp3-program17", CAPTURES / "linux-6.12-rt-smp2-program17"],
+    ids=lambda p: p.name,
+)  # fmt: skip
 def test_a_bare_trace_gets_its_kernels_preset_from_where_its_probes_landed(
     capture: Path, tmp_path: Path
 ) -> None:
     """Without meta.json the kernel is told by the kprobe offsets (+0x0 on 6.1, +0x4 on
-    6.12, reference); offsets that say neither need --preset."""
+    6.12, reference), its PREEMPT_RT flavour by the ktimers/N threads only RT kernels run;
+    offsets that say neither need --preset."""
     release = json.loads((capture / "meta.json").read_text())["kernel"]
     expected = "linux-6.1-x86_64" if release.startswith("6.1.") else "linux-6.12-x86_64"
+    expected += "-rt" if "-rt-" in release else ""
+    assert ("-rt" in expected) == ("-rt-" in capture.name)
     bare = tmp_path / "bare"
     bare.mkdir()
     text = gzip.decompress((capture / "trace.txt.gz").read_bytes()).decode()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from activemm.errors import ActiveMmError
 from activemm.model.config import preset
-from activemm.trace.events import Probe
+from activemm.trace.events import Probe, SchedSwitch
 from activemm.trace.readers import ReadStats, TraceError, read_trace
 from activemm.trace.replay import load_task_snapshot, peek_cpus
 from activemm.validate import kernel as kv
@@ -24,7 +24,7 @@ MAX_PASSES = 4  # sched inputs: replays that find exit windows after the fact
 
 NO_KERNEL = (
     "the trace does not say which kernel recorded it: give --preset "
-    "(linux-6.1-x86_64 or linux-6.12-x86_64)"
+    "(linux-6.1-x86_64 or linux-6.12-x86_64, or their -rt flavour on PREEMPT_RT)"
 )
 
 
@@ -43,15 +43,24 @@ def preset_from_probes(events: Iterable[object]) -> str | None:
     """Which of Debian 12's kernels recorded a trace that comes without metadata, from where
     its kprobes on switch_mm_irqs_off landed: at +0x0 on 6.1, at +0x4 on 6.12, whose
     functions start with an ENDBR64 instruction (IBT) the probe is placed after
-    (reference, real-kernel-capture.md). None when the offsets say neither."""
-    offsets = {
-        e.offset for e in events if isinstance(e, Probe) and e.function == "switch_mm_irqs_off"
-    }
-    if offsets == {0}:
-        return "linux-6.1-x86_64"
-    if offsets == {4}:
-        return "linux-6.12-x86_64"
-    return None
+    (reference, real-kernel-capture.md); their PREEMPT_RT flavour when the trace switches
+    to a ktimers/N thread (kernel/softirq.c runs timer softirqs there only with
+    CONFIG_PREEMPT_RT). None when the offsets say neither."""
+    offsets: set[int | None] = set()
+    rt = False
+    for e in events:
+        if isinstance(e, Probe) and e.function == "switch_mm_irqs_off":
+            offsets.add(e.offset)
+        elif isinstance(e, SchedSwitch) and not rt:
+            rt = e.next_comm.startswith(RT_THREAD) or e.prev_comm.startswith(RT_THREAD)
+    kernels: dict[int | None, str] = {0: "linux-6.1-x86_64", 4: "linux-6.12-x86_64"}
+    base = kernels.get(offsets.pop()) if len(offsets) == 1 else None
+    if base is None:
+        return None
+    return base + "-rt" if rt else base
+
+
+RT_THREAD = "ktimers/"  # a per-CPU thread only PREEMPT_RT kernels have
 
 
 TRACE_NAMES = ("trace.txt.gz", "trace.txt", "trace.txt.xz", "trace.txt.zst", "trace.gz", "trace")
@@ -197,8 +206,10 @@ def validate(
             raise ActiveMmError(f"{path}: {NO_KERNEL}")
         chosen = inferred
         how = "inferred: no metadata; switch_mm_irqs_off probed at " + (
-            "+0x0 (Debian's 6.1)" if inferred == "linux-6.1-x86_64" else "+0x4 (6.12, IBT)"
+            "+0x0 (Debian's 6.1)" if inferred.startswith("linux-6.1-") else "+0x4 (6.12, IBT)"
         )
+        if inferred.endswith("-rt"):
+            how += f"; {RT_THREAD}N threads ran (PREEMPT_RT)"
     meta = _meta(path.parent)
     if kernel_args is not None:
         meta = {**(meta or {}), "kernel_args": kernel_args}
