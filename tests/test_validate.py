@@ -2806,3 +2806,17 @@ def test_a_trace_recorded_elsewhere_is_told_its_kernels_preemption(tmp_path: Pat
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert typo.returncode == 2 and "Traceback" not in typo.stderr
     assert "preempt=ful: expected preempt= one of none, voluntary, full, lazy" in typo.stderr
+
+
+@pytest.mark.parametrize("capture", [p for p in ALL if "-rt-" in p.name], ids=lambda p: p.name)
+def test_a_bare_rt_trace_shows_its_rcu_callbacks_offloaded_by_its_rcuop_threads(
+    capture: Path,
+) -> None:
+    """What meta.json's kernel_args say of rcu_nocbs=all, the trace alone says too: an
+    rcuop/N thread runs for each of its CPUs (the validator's fallback for a bare trace)."""
+    from activemm.validate import rcuop_everywhere
+
+    meta = json.loads((capture / "meta.json").read_text())
+    events = list(read_trace(str(capture / "trace.txt.gz")))
+    offloaded = "rcu_nocbs=all" in str(meta.get("kernel_args") or "").split()
+    assert rcuop_everywhere(events, meta["cpus"]) == offloaded

@@ -131,6 +131,20 @@ def rcu_offloaded(meta: dict[str, object] | None) -> bool:
     return "rcu_nocbs=all" in _kernel_args(meta)
 
 
+def rcuop_everywhere(events: Iterable[object], ncpus: int) -> bool:
+    """Whether the trace shows an rcuop/N thread for each of its `ncpus` CPUs: every CPU's
+    RCU callbacks offloaded (rcu_nocbs=all, or CONFIG_RCU_NOCB_CPU_DEFAULT_ALL), which a
+    trace without a capture's metadata says only so."""
+    seen = {
+        comm
+        for e in events
+        if isinstance(e, SchedSwitch)
+        for comm in (e.prev_comm, e.next_comm)
+        if comm.startswith("rcuop/")
+    }
+    return ncpus > 0 and all(f"rcuop/{cpu}" in seen for cpu in range(ncpus))
+
+
 def locate(trace: Path, tasks: Path | None) -> tuple[Path, Path | None, str | None]:
     """A capture directory stands for its trace (trace.txt.gz...), its task snapshot
     (tasks_start.txt) and its metadata (meta.json); a trace file inside a capture directory
@@ -214,11 +228,11 @@ def validate(
     if kernel_args is not None:
         meta = {**(meta or {}), "kernel_args": kernel_args}
     cfg = preset(chosen)
-    if cfg.PREEMPT_RT and rcu_offloaded(meta):
+    ncpus, _ = peek_cpus(iter(events), stats=stats)
+    if cfg.PREEMPT_RT and (rcu_offloaded(meta) or rcuop_everywhere(events, ncpus)):
         cfg = replace(cfg, RCU_NOCB_CPU_DEFAULT_ALL=True)
     if mutants:
         cfg = cfg.with_mutants(*mutants)
-    ncpus, _ = peek_cpus(iter(events), stats=stats)
     snapshot = load_task_snapshot(tasks) if tasks else None
     # The sanitizer watches real presets; an ablation or a mutant is broken on purpose and
     # is only scored.
