@@ -39,6 +39,9 @@ def preset_for(release: str | None) -> str:
     return f"{name}-rt" if re.search(r"-rt\b", release or "") else name
 
 
+RT_THREAD = "ktimers/"  # a per-CPU thread only PREEMPT_RT kernels have
+
+
 def preset_from_probes(events: Iterable[object]) -> str | None:
     """Which of Debian 12's kernels recorded a trace that comes without metadata, from where
     its kprobes on switch_mm_irqs_off landed: at +0x0 on 6.1, at +0x4 on 6.12, whose
@@ -58,9 +61,6 @@ def preset_from_probes(events: Iterable[object]) -> str | None:
     if base is None:
         return None
     return base + "-rt" if rt else base
-
-
-RT_THREAD = "ktimers/"  # a per-CPU thread only PREEMPT_RT kernels have
 
 
 TRACE_NAMES = ("trace.txt.gz", "trace.txt", "trace.txt.xz", "trace.txt.zst", "trace.gz", "trace")
