@@ -22,7 +22,15 @@ from typer.testing import CliRunner
 from activemm import PRESETS, Machine
 from activemm.cli import app
 from activemm.errors import ActiveMmError
-from activemm.trace.events import NewTask, Probe, ProcessExec, SchedSwitch, TlbFlush, TraceEvent
+from activemm.trace.events import (
+    NewTask,
+    Probe,
+    ProcessExec,
+    SchedSwitch,
+    TaskRename,
+    TlbFlush,
+    TraceEvent,
+)
 from activemm.trace.readers import TraceError, read_trace
 from activemm.trace.replay import load_task_snapshot
 from activemm.validate import kernel as kv
@@ -423,6 +431,43 @@ def test_exec_preemptions_are_what_the_kernels_probes_say(capture: Path) -> None
         assert len(in_window) == 1
 
 
+@pytest.mark.parametrize(
+    "capture",
+    [*RT, CAPTURES / "linux-6.1-smp2-everything", CAPTURES / "linux-6.12-smp4-everything"],
+    ids=lambda p: p.name,
+)
+def test_exec_renames_are_the_execs_whose_activate_mm_loaded_nothing(capture: Path) -> None:
+    """markers.exec_renames (tracepoints only) against the probes it does not read: the
+    renames it gives are those of the execs whose activate_mm marker the kernel followed with
+    no CR3 load of its own (the new mm was loaded already), each exec's last rename before
+    its sched_process_exec. The three RT captures that have such an exec (a preemption
+    inside exec_mmap()) find it; the kernels without PREEMPT_RT have none."""
+    events = list(read_trace(str(capture / "trace.txt.gz")))
+    activating: dict[int, tuple[int, int]] = {}  # CPU -> (pid, line) of an activate_mm hook
+    unloaded: set[int] = set()  # pids whose exec's activate_mm loaded nothing
+    renamed: dict[int, int] = {}  # pid -> line of its last rename by itself
+    expected: set[int] = set()
+    for e in events:
+        if isinstance(e, Probe):
+            if e.function == kv.SWITCH_MM and kv.outside_kind(e) == "activate_mm":
+                activating[e.cpu] = (e.pid, e.line)
+            continue
+        if e.cpu in activating:  # the tracepoint after activate_mm's hook: its load, if any
+            pid, _ = activating.pop(e.cpu)
+            if not (isinstance(e, TlbFlush) and e.cr3_load and e.pid == pid):
+                unloaded.add(pid)
+        if isinstance(e, TaskRename) and e.rename_pid == e.pid:
+            renamed[e.pid] = e.line
+        elif isinstance(e, ProcessExec) and {e.exec_pid, e.old_pid} & unloaded:
+            unloaded -= {e.exec_pid, e.old_pid}
+            expected.add(renamed[e.exec_pid])
+    found = markers.exec_renames(events, markers.exec_hints(events))
+    assert found == expected
+    assert bool(found) == (capture.name in {"linux-6.1-rt-smp2-program23",
+                                            "linux-6.1-rt-smp3-program17",
+                                            "linux-6.12-rt-smp2-program17"})  # fmt: skip
+
+
 def test_a_fork_runs_at_the_flush_its_dup_mmap_ends_with() -> None:
     """markers.fork_flushes on hand-made events: a task's last full flush of its own before
     a task_newtask without CLONE_VM is that fork's dup_mmap() flush ("remote ipi send", or a
@@ -684,6 +729,35 @@ def test_an_exec_that_dies_after_the_point_of_no_return_is_hinted_by_its_rename(
     # ... and when that switch did load CR3 (the leader, past its exit_mm(), had borrowed
     # another mm), the exec's own load follows it: that one, not a text_poke() pair
     assert markers.exec_hints([_sw(3, 10, "R+", 11), cr3(4), cr3(6), dethread]) == {6}
+
+
+def test_an_exec_whose_activate_mm_loaded_nothing_is_hinted_by_its_rename() -> None:
+    """markers.exec_renames on hand-made timelines of task 10 (born at line 1): an exec with
+    no own CR3 load between the task's birth and its sched_process_exec (on PREEMPT_RT,
+    preempted inside exec_mmap(), the switch back loaded the new mm) is hinted by its last
+    rename before sched_process_exec (begin_new_exec()'s); one with its load is not, nor
+    one whose task comes from before the trace (no birth, exec or exit bounds the search),
+    and a second exec without a load is bounded by the first."""
+    from activemm.trace.events import NewTask, ProcessExec, TaskRename, TlbFlush
+
+    def cr3(line: int) -> TlbFlush:
+        return TlbFlush(line, 0, line / 1000, 10, "t", None, -1, "flush on task switch")
+
+    def rename(line: int) -> TaskRename:
+        return TaskRename(line, 0, line / 1000, 10, "t", None, 10, "x")
+
+    def execed(line: int) -> ProcessExec:
+        return ProcessExec(line, 0, line / 1000, 10, "t", None, "/x", 10, 10)
+
+    born = NewTask(1, 0, 0.001, 5, "p", None, 10, "t", 0x11)  # a fork (SIGCHLD)
+    loaded = [born, rename(2), cr3(3), rename(4), execed(5)]
+    assert markers.exec_renames(loaded, markers.exec_hints(loaded)) == set()
+    unloaded = [born, rename(2), rename(4), execed(5)]
+    assert markers.exec_hints(unloaded) == set()
+    assert markers.exec_renames(unloaded, set()) == {4}
+    assert markers.exec_renames(unloaded[1:], set()) == set()  # from before the trace
+    twice = [*loaded, rename(6), execed(7)]
+    assert markers.exec_renames(twice, markers.exec_hints(twice)) == {6}
 
 
 def test_a_cpu_back_from_offline_shows_in_its_first_switch() -> None:

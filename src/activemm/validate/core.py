@@ -38,6 +38,7 @@ from activemm.trace.events import (
     ProcessExit,
     ProcessFork,
     SchedSwitch,
+    TaskRename,
     TlbFlush,
     TraceEvent,
 )
@@ -62,6 +63,7 @@ from activemm.validate.markers import (
     MarkerSteps,
     exec_hints,
     exec_preemptions,
+    exec_renames,
     fork_flushes,
     marked_fork_flushes,
     own_full_flush,
@@ -148,6 +150,8 @@ class Validator(MarkerSteps, Clocked):
         self.pretrace = PreTrace.scan(events)
         snapshot = self.pretrace.tasks(snapshot)
         self.exec_hints = exec_hints(events)
+        # tracepoints only: renames that mark an exec whose activate_mm() loaded no CR3
+        self.exec_renames = exec_renames(events, self.exec_hints) if inputs == "sched" else set()
         # PREEMPT_RT: switches out of tasks preempted inside exec_mmap() before activate_mm()
         self.exec_preempted: set[int] = set()
         if config.PREEMPT_RT and inputs == "markers":
@@ -579,6 +583,16 @@ class Validator(MarkerSteps, Clocked):
                 self._refusable(self.m.leave_mm, ev.cpu)
                 self.result.learned["lazy CPU flushed to init_mm (tlb_flush in an IPI)"] += 1
             return
+        if (
+            isinstance(ev, TaskRename)
+            and ev.line in self.exec_renames
+            and ev.cpu not in self.pending
+        ):
+            self._refusable(self._early_exec, ev)
+            self.result.learned[
+                "exec_mmap at the exec's rename (no own CR3 load: preempted inside exec_mmap, "
+                "PREEMPT_RT)"
+            ] += 1
         if isinstance(ev, HotplugStep):
             self._refusable(self._finish_cpu, ev)
             self._teardown_step(ev)

@@ -113,6 +113,41 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
     return hints
 
 
+def exec_renames(events: list[TraceEvent], hints: set[int]) -> set[int]:
+    """Lines of the renames that stand in for an exec's activate_mm() when it loaded no CR3
+    (tracepoints only): on PREEMPT_RT exec_mmap() can be preempted after it set tsk->mm and
+    before activate_mm() (task_lock() is a sleeping lock there), and the switch back in
+    loads the new mm, so activate_mm() finds it loaded and emits no tlb_flush. Such an exec
+    has no own CR3 load (`hints`, exec_hints()) between its task's birth, earlier exec or
+    earlier life's exit and its sched_process_exec; its begin_new_exec() renames the task
+    (__set_task_comm(), every exec does: its last rename before sched_process_exec) after
+    exec_mmap() returned, the first tracepoint to show the new mm installed. Without that
+    bound (a task from before the trace) none is taken."""
+    renames: set[int] = set()
+    seeking: dict[int, int | None] = {}  # pid -> its exec's rename line, once seen
+    for ev in reversed(events):
+        if isinstance(ev, Probe) or interrupting(ev):
+            continue
+        if isinstance(ev, TlbFlush) and ev.line in hints:
+            seeking.pop(ev.pid, None)  # the exec's own load
+            continue
+        if isinstance(ev, TaskRename) and ev.rename_pid == ev.pid and ev.pid in seeking:
+            if seeking[ev.pid] is None:
+                seeking[ev.pid] = ev.line
+            continue
+        bound = (
+            ev.exec_pid if isinstance(ev, ProcessExec)
+            else ev.exit_pid if isinstance(ev, ProcessExit)
+            else ev.child_pid if isinstance(ev, NewTask | ProcessFork)
+            else None
+        )  # fmt: skip
+        if bound is not None and (line := seeking.pop(bound, None)) is not None:
+            renames.add(line)
+        if isinstance(ev, ProcessExec):
+            seeking[ev.exec_pid] = None
+    return renames
+
+
 def exec_preemptions(events: list[TraceEvent], efi: dict[int, str] | None = None) -> set[int]:
     """Lines of the switches out of tasks preempted inside exec_mmap() after it set
     tsk->mm = tsk->active_mm = new, before activate_mm() (PREEMPT_RT: task_lock() disables
