@@ -64,6 +64,7 @@ from activemm.validate.markers import (
     exec_hints,
     exec_preemptions,
     exec_renames,
+    exec_window_guesses,
     fork_flushes,
     marked_fork_flushes,
     own_full_flush,
@@ -156,6 +157,8 @@ class Validator(MarkerSteps, Clocked):
         self.exec_preempted: set[int] = set()
         if config.PREEMPT_RT and inputs == "markers":
             self.exec_preempted = exec_preemptions(events, self.efi)
+        elif config.PREEMPT_RT:
+            self.exec_preempted = exec_window_guesses(events, self.exec_renames)
         self.fork_hints = fork_flushes(events)
         self.early_forks: set[int] = set()  # lines of task_newtask replayed at their flush
         self.poke_hints = (

@@ -148,6 +148,34 @@ def exec_renames(events: list[TraceEvent], hints: set[int]) -> set[int]:
     return renames
 
 
+def exec_window_guesses(events: list[TraceEvent], renames: set[int]) -> set[int]:
+    """PREEMPT_RT, tracepoints only: for each exec_renames() rename, the switch out of its
+    task that is taken for the preemption inside exec_mmap(): its last preemption ("R+")
+    with migration disabled (task_lock(), a sleeping spinlock_t on RT) before the rename,
+    since its birth, earlier exec or earlier life's exit. The window's own preemption is
+    one of those; a later one (a page table lock in the old mm's exit_mmap(), which the
+    exec's mmput() runs before the rename) can be taken instead, never an earlier one, so a
+    wrong guess costs only switches the rename alone would miss too."""
+    by_line = {ev.line: ev for ev in events if isinstance(ev, TaskRename) and ev.line in renames}
+    pids = {ev.pid for ev in by_line.values()}
+    last: dict[int, int] = {}  # pid -> its last lock-held preemption since its last bound
+    guesses: set[int] = set()
+    for ev in events:
+        if isinstance(ev, SchedSwitch) and ev.prev_pid in pids:
+            if ev.prev_state == "R+" and ev.migrate_disabled:
+                last[ev.prev_pid] = ev.line
+        elif isinstance(ev, ProcessExec | ProcessExit | NewTask | ProcessFork):
+            bound = (
+                ev.exec_pid if isinstance(ev, ProcessExec)
+                else ev.exit_pid if isinstance(ev, ProcessExit)
+                else ev.child_pid
+            )  # fmt: skip
+            last.pop(bound, None)
+        elif ev.line in by_line and (line := last.pop(ev.pid, None)) is not None:
+            guesses.add(line)
+    return guesses
+
+
 def exec_preemptions(events: list[TraceEvent], efi: dict[int, str] | None = None) -> set[int]:
     """Lines of the switches out of tasks preempted inside exec_mmap() after it set
     tsk->mm = tsk->active_mm = new, before activate_mm() (PREEMPT_RT: task_lock() disables
