@@ -476,7 +476,8 @@ def test_exec_window_guesses_never_come_before_the_window(capture: Path) -> None
     it (so a wrong guess only leaves switches missed that the rename leaves missed too);
     on the two program17 captures the very switch."""
     events = list(read_trace(str(capture / "trace.txt.gz")))
-    truth = {e.line: e.prev_pid for e in events if e.line in markers.exec_preemptions(events)}
+    windows = markers.exec_preemptions(events)
+    truth = {e.line: e.prev_pid for e in events if isinstance(e, SchedSwitch) and e.line in windows}
     guesses = markers.exec_window_guesses(
         events, markers.exec_renames(events, markers.exec_hints(events))
     )
