@@ -113,6 +113,19 @@ def exec_hints(events: list[TraceEvent]) -> set[int]:
     return hints
 
 
+def _bounded(ev: TraceEvent) -> int | None:
+    """The pid whose exec window `ev` cannot be inside of: an exec's (its earlier exec),
+    an exit's (an earlier life of the pid), a new task's (its birth); None for other
+    events."""
+    if isinstance(ev, ProcessExec):
+        return ev.exec_pid
+    if isinstance(ev, ProcessExit):
+        return ev.exit_pid
+    if isinstance(ev, NewTask | ProcessFork):
+        return ev.child_pid
+    return None
+
+
 def exec_renames(events: list[TraceEvent], hints: set[int]) -> set[int]:
     """Lines of the renames that stand in for an exec's activate_mm() when it loaded no CR3
     (tracepoints only): on PREEMPT_RT exec_mmap() can be preempted after it set tsk->mm and
@@ -135,12 +148,7 @@ def exec_renames(events: list[TraceEvent], hints: set[int]) -> set[int]:
             if seeking[ev.pid] is None:
                 seeking[ev.pid] = ev.line
             continue
-        bound = (
-            ev.exec_pid if isinstance(ev, ProcessExec)
-            else ev.exit_pid if isinstance(ev, ProcessExit)
-            else ev.child_pid if isinstance(ev, NewTask | ProcessFork)
-            else None
-        )  # fmt: skip
+        bound = _bounded(ev)
         if bound is not None and (line := seeking.pop(bound, None)) is not None:
             renames.add(line)
         if isinstance(ev, ProcessExec):
@@ -164,12 +172,7 @@ def exec_window_guesses(events: list[TraceEvent], renames: set[int]) -> set[int]
         if isinstance(ev, SchedSwitch) and ev.prev_pid in pids:
             if ev.prev_state == "R+" and ev.migrate_disabled:
                 last[ev.prev_pid] = ev.line
-        elif isinstance(ev, ProcessExec | ProcessExit | NewTask | ProcessFork):
-            bound = (
-                ev.exec_pid if isinstance(ev, ProcessExec)
-                else ev.exit_pid if isinstance(ev, ProcessExit)
-                else ev.child_pid
-            )  # fmt: skip
+        elif (bound := _bounded(ev)) is not None:
             last.pop(bound, None)
         elif ev.line in by_line and (line := last.pop(ev.pid, None)) is not None:
             guesses.add(line)
