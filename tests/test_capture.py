@@ -236,6 +236,16 @@ def test_kprobes_carry_this_kernels_offsets() -> None:
     assert "p:activemm/bindergrab binder_alloc_init alloc=%di:x64" in binder
     assert "p:activemm/binderdrop binder_alloc_deferred_release alloc=%di:x64" in binder
     assert not any("binder" in d for d in thp)
+    # KSM: exit_mmap's marker reads mm->flags (MMF_VM_MERGEABLE after __ksm_exit), and
+    # remove_rmap_item_from_tree names each rmap_item's mm with that mm's mm_users
+    ksm = guest.kprobe_definitions(task, ksm={"flags": 904, "mm_users": 84, "rmap_mm": 16})
+    assert "p:activemm/mmput exit_mmap mm=%di:x64 flags=+904(%di):x64" in ksm
+    assert (
+        "p:activemm/ksmremove remove_rmap_item_from_tree mm=+16(%di):x64 "
+        "mm_users=+84(+16(%di)):s32" in ksm
+    )
+    assert "p:activemm/mmput exit_mmap mm=%di:x64" in thp  # without KSM: the mm alone
+    assert not any("remove_rmap_item_from_tree" in d for d in thp)
 
 
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio not installed")
@@ -451,6 +461,7 @@ def _fake_qemu(
     monkeypatch.setattr(run, "proc_offsets", lambda image: {})
     monkeypatch.setattr(run, "uffd_offsets", lambda image: {})
     monkeypatch.setattr(run, "khugepaged_offsets", lambda image: {})
+    monkeypatch.setattr(run, "ksm_offsets", lambda image: {})
     return KernelImage("6.1.0-0-amd64", tmp_path, tmp_path, tmp_path)
 
 

@@ -31,6 +31,7 @@ def kprobe_definitions(
     uffd: dict[str, int] | None = None,
     thp: dict[str, int] | None = None,
     binder: bool = False,
+    ksm: dict[str, int] | None = None,
 ) -> list[str]:
     """The probes of docs/validate.md. `@FINISH_TASK_SWITCH@` is replaced in the guest by the
     symbol's real name (a compiler clone such as finish_task_switch.isra.0). With `ring`
@@ -54,7 +55,10 @@ def kprobe_definitions(
     mmgrab()s current->mm into alloc->mm, and binder_alloc_deferred_release(alloc), whose
     end mmdrop()s it (binder_free_proc(), after the file's release: in a kworker's
     binder_deferred_func(), or in a task that put the proc's last temporary reference); the
-    `alloc` address pairs the two."""
+    `alloc` address pairs the two. With `ksm` (ksm_offsets), KSM's: exit_mmap()'s marker
+    also reads the mm's flags, whose MMF_VM_MERGEABLE is still set when __ksm_exit() (run
+    just before it by __mmput) left the mm's slot for ksmd, and remove_rmap_item_from_tree()
+    names the mm of each rmap_item it takes out, with its mm_users (ksm_markers)."""
 
     def task(reg: str, prefix: str) -> str:
         return (
@@ -71,7 +75,8 @@ def kprobe_definitions(
             f"p:{g}/lazytlb enter_lazy_tlb mm=%di:x64 tsk=%si:x64 " + task("%si", "t_"),
             f"p:{g}/finish @FINISH_TASK_SWITCH@ prev=%di:x64 " + task("%di", "prev_"),
             f"p:{g}/mmdrop __mmdrop mm=%di:x64",
-            f"p:{g}/mmput exit_mmap mm=%di:x64",
+            f"p:{g}/mmput exit_mmap mm=%di:x64"
+            + (f" flags=+{ksm['flags']}(%di):x64" if ksm else ""),
             f"r{MAXACTIVE}:{g}/mmputdone exit_mmap",
             f"r{MAXACTIVE}:{g}/mminit mm_init ret=$retval:x64",
             f"r{MAXACTIVE}:{g}/mmalloc mm_alloc ret=$retval:x64",
@@ -93,7 +98,20 @@ def kprobe_definitions(
         + (uffd_markers(g, uffd) if uffd else [])
         + (khugepaged_markers(g, thp) if thp else [])
         + (binder_markers(g) if binder else [])
+        + (ksm_markers(g, ksm) if ksm else [])
     )
+
+
+def ksm_markers(g: str, ksm: dict[str, int]) -> list[str]:
+    """remove_rmap_item_from_tree(rmap_item), with rmap_item->mm and that mm's mm_users: ksmd
+    (scan_get_next_rmap_item()) and an unmerge (unmerge_and_remove_all_rmap_items(), a
+    write of 2 to /sys/kernel/mm/ksm/run) take out every rmap_item of an exited mm's slot
+    (mm_users 0) just before they free the slot and mmdrop() the mm."""
+    mm = f"+{ksm['rmap_mm']}(%di)"
+    return [
+        f"p:{g}/ksmremove remove_rmap_item_from_tree mm={mm}:x64 "
+        f"mm_users=+{ksm['mm_users']}({mm}):s32",
+    ]
 
 
 def binder_markers(g: str) -> list[str]:

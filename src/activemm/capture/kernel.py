@@ -310,6 +310,22 @@ def uffd_offsets(image: KernelImage) -> dict[str, int]:
     return found
 
 
+def ksm_offsets(image: KernelImage) -> dict[str, int]:
+    """`mm_struct.flags` and `mm_struct.mm_users`, and `ksm_rmap_item.mm`: whether KSM's
+    reference to an exiting mm outlives its __mmput (MMF_VM_MERGEABLE still set once
+    __ksm_exit() has run: the mm's slot has rmap_items or ksmd's cursor rests on it, and
+    ksmd or an unmerge drops it later), and whose rmap_items remove_rmap_item_from_tree()
+    takes out, with that mm's users (0: the removal of an exited mm's slot). {} when the BTF
+    lacks one (a kernel without KSM)."""
+    try:
+        return {
+            **struct_offsets(btf(image), "mm_struct", ("flags", "mm_users")),
+            "rmap_mm": struct_offsets(btf(image), "ksm_rmap_item", ("mm",))["mm"],
+        }
+    except CaptureError:
+        return {}
+
+
 def khugepaged_offsets(image: KernelImage) -> dict[str, int]:
     """Where khugepaged keeps the mm its scan cursor rests on (`khugepaged_scan.mm_slot`,
     then the `mm` of that slot: khugepaged_mm_slot begins with its mm_slot) and

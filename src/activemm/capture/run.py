@@ -23,6 +23,7 @@ from activemm.capture.kernel import (
     CaptureError,
     KernelImage,
     khugepaged_offsets,
+    ksm_offsets,
     need,
     oom_offsets,
     proc_offsets,
@@ -366,8 +367,9 @@ def capture(
     proc = proc_offsets(image)
     uffd = uffd_offsets(image)
     thp = khugepaged_offsets(image)
+    ksm = ksm_offsets(image)
     binder = "binder_linux" in {m.replace("-", "_") for m in opts.modules}
-    kprobes = guest.kprobe_definitions(offsets, ring, oom, proc, uffd, thp, binder)
+    kprobes = guest.kprobe_definitions(offsets, ring, oom, proc, uffd, thp, binder, ksm)
     work = Path(tempfile.mkdtemp(prefix="activemm-capture-"))
     try:
         progress("building the initramfs (busybox, workload, kprobes)")
@@ -459,6 +461,7 @@ def capture(
                 "proc": proc,
                 "userfaultfd": uffd,
                 "khugepaged": thp,
+                "ksm": ksm,
             },
             "finish_task_switch": fts[1] if fts else None,
             "kprobes": shipped.files.get("kprobes", b"").decode().splitlines(),

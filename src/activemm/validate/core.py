@@ -48,6 +48,7 @@ from activemm.validate.kernel import (
     ENTER_LAZY,
     EXIT_MMAP,
     FINISH,
+    KSM_REMOVE,
     MMDROP,
     SWITCH_MM,
     Drop,
@@ -177,9 +178,15 @@ class Validator(MarkerSteps, Clocked):
         self.finish_cpus: dict[int, list[int]] = {}  # CPU -> lines of cpuhp_enter(finish_cpu)
         self.offline_lines: dict[int, list[int]] = {}  # CPU -> its idle_task_exit markers
         # mm address -> lines of __khugepaged_exit markers that leave khugepaged holding it,
-        # and those of them the model took its reference for ahead (an exec's old mm)
+        # and of exit_mmap markers that find KSM keeping it (with a release, below); those
+        # of them the model took the reference for ahead (an exec's old mm)
         self.thp_kept: dict[int, list[int]] = {}
-        self.thp_taken: set[int] = set()
+        self.ksm_kept: dict[int, list[int]] = {}
+        self.taken_ahead: set[int] = set()
+        # mm address -> lines of exit_mmap markers that find KSM keeping it, and lines of
+        # remove_rmap_item_from_tree markers of it once it has no users
+        ksm_flagged: dict[int, list[int]] = {}
+        ksm_removes: dict[int, list[int]] = {}
         self.activations: dict[int, list[int]] = {}  # pid -> lines of exec's activate_mm
         self.activated: dict[int, int] = {}  # such a line -> the mm it activated
         self.rests: dict[int, list[int]] = {}  # pid -> lines of its switches out, not preempted
@@ -245,6 +252,10 @@ class Validator(MarkerSteps, Clocked):
                 continue  # exit_mmap returning (the marker of __mmput's end)
             if e.function == EXIT_MMAP:
                 self.exit_mmaps.setdefault(address(e.args.get("mm")), []).append((e.line, e.pid))
+                if kv.ksm_keeps(e):
+                    ksm_flagged.setdefault(address(e.args.get("mm")), []).append(e.line)
+            elif e.function == KSM_REMOVE and e.args.get("mm_users") == "0":
+                ksm_removes.setdefault(address(e.args.get("mm")), []).append(e.line)
             elif e.function == MMDROP:
                 self.drop_lines.setdefault(address(e.args.get("mm")), []).append(e.line)
             elif e.function == "mm_init":
@@ -257,6 +268,19 @@ class Validator(MarkerSteps, Clocked):
                 # (scoring only: a miss's cause, found afterwards from the probes)
                 self.activations.setdefault(e.pid, []).append(e.line)
                 self.activated[e.line] = address(e.args.get("next"))
+        # KSM: the reference an mm_slot kept past __mmput goes when ksmd (or an unmerge)
+        # takes the exited mm's slot out, right after removing its last rmap_item: kept
+        # exit_mmap line -> the last remove_rmap_item_from_tree of that life after it
+        self.ksm_release: dict[int, int] = {}
+        for addr, kept in ksm_flagged.items():
+            removes = ksm_removes.get(addr, [])
+            for line in kept:
+                after = removes[bisect.bisect_right(removes, line) :]
+                ours = [r for r in after if self._same_life(addr, line, r)]
+                if ours:
+                    self.ksm_release[line] = ours[-1]
+                    self.ksm_kept.setdefault(addr, []).append(line)
+        self.ksm_releases = set(self.ksm_release.values())
         # lines of failed forks' dup_mmap() flushes -> the address of the mm they made
         self.failed_forks: dict[int, int] = {}
         if inputs == "markers":
@@ -308,6 +332,7 @@ class Validator(MarkerSteps, Clocked):
         # episode (None: not yet)
         self.forking: dict[int, set[tuple[int, int]] | None] = {}
         self.thp_slots: dict[int, list[str]] = {}  # mm address -> khugepaged's reference
+        self.ksm_slots: dict[int, list[str]] = {}  # mm address -> KSM's mm_slot reference
         self.async_drops: dict[int, int] = {}  # mm address -> pid whose mmdrop_async() ran
         # mm address -> the CPU whose idle task still borrowed it going offline: finish_cpu()
         # drops it later, on another CPU, in whichever task runs the hotplug teardown
@@ -835,7 +860,7 @@ class Validator(MarkerSteps, Clocked):
         dropped here, it would change no count anyone sees (__mmput's own reference on
         mm_count outlasts it)."""
         addr = address(p.args.get("mm"))
-        if not kv.khugepaged_keeps(p) or p.line in self.thp_taken:
+        if not kv.khugepaged_keeps(p) or p.line in self.taken_ahead:
             return
         mm = self.live.get(addr)
         if mm is None or mm.freed:
@@ -843,6 +868,22 @@ class Validator(MarkerSteps, Clocked):
         holder = f"khugepaged's mm_slot (line {p.line})"
         learned = "khugepaged's reference outliving __mmput (__khugepaged_exit marker)"
         self._grab_held(self.thp_slots, mm, holder, p, learned)
+
+    def _ksm_exit(self, p: Probe) -> None:
+        """exit_mmap(mm) finds MMF_VM_MERGEABLE still set (kv.ksm_keeps): __ksm_exit(), run
+        just before by __mmput (mm/ksm.c), left the mm's slot on ksmd's list, and with it
+        the reference __ksm_enter() mmgrab()bed when the mm first had a mergeable region
+        (or was forked from one that had). ksmd's scan, or an unmerge, takes the slot out
+        and mmdrop()s the mm once it finds mm_users at 0, right after removing the slot's
+        last rmap_item (the remove_rmap_item_from_tree marker self.ksm_release names).
+        Only then does the model take it: taken at __ksm_enter and dropped at __ksm_exit,
+        it would change no count anyone sees."""
+        mm = self.live.get(address(p.args.get("mm")))
+        if p.line in self.taken_ahead or mm is None or mm.freed:
+            return
+        holder = f"KSM's mm_slot (line {p.line})"
+        learned = "KSM's reference outliving __mmput (exit_mmap marker's flags)"
+        self._grab_held(self.ksm_slots, mm, holder, p, learned)
 
     def _ring_free(self, p: Probe) -> None:
         """io_destroy_buffers(ctx): io_ring_ctx_free() is about to mmdrop(ctx->mm_account)
@@ -1133,6 +1174,8 @@ class Validator(MarkerSteps, Clocked):
                 self.after_exit.add(mm)
             if self.inputs == "markers" and self._queued(p.pid, mm):
                 self._born_and_gone(p, mm)
+            if self.inputs == "markers" and p.line in self.ksm_release:
+                self._refusable(self._ksm_exit, p)
             self._deferred_ends_here(p)
         elif f == "__x64_sys_io_uring_setup" and self.inputs == "markers":
             self._refusable(self._ring_setup, p)
@@ -1157,6 +1200,8 @@ class Validator(MarkerSteps, Clocked):
             self._refusable(self._thp_exit, p)
         elif f == "collect_mm_slot" and p.args.get("mm_users") == "0":
             self._release(p, self.thp_slots, "khugepaged")  # the slot goes, and its mmdrop()
+        elif f == KSM_REMOVE and p.line in self.ksm_releases:
+            self._release(p, self.ksm_slots, "ksm")  # the slot goes, and its mmdrop()
         elif f == "mark_oom_victim" and self.inputs == "markers":
             self._refusable(self._oom_victim, p)
         elif f == "__put_task_struct" and self.inputs == "markers":

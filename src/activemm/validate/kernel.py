@@ -22,6 +22,7 @@ ENTER_LAZY = "enter_lazy_tlb"
 FINISH = "finish_task_switch"
 MMDROP = "__mmdrop"
 EXIT_MMAP = "exit_mmap"
+KSM_REMOVE = "remove_rmap_item_from_tree"
 NEW_MM = ("mm_init", "dup_mmap", "mm_alloc")
 
 
@@ -313,6 +314,19 @@ def khugepaged_keeps(p: Probe) -> bool:
     reference __khugepaged_enter() took stays until a later pass (collect_mm_slot)."""
     mm = address(p.args.get("mm"))
     return address(p.args.get("slot")) != 0 and address(p.args.get("slot_mm")) == mm
+
+
+# include/linux/sched/coredump.h: KSM may merge identical pages (an mm_slot holds the mm)
+MMF_VM_MERGEABLE = 16
+
+
+def ksm_keeps(p: Probe) -> bool:
+    """exit_mmap(mm)'s marker with the mm's flags (read when the capture had KSM's markers):
+    MMF_VM_MERGEABLE still set there, after __mmput's ksm_exit(), means __ksm_exit() left
+    the mm's slot for ksmd (it had rmap_items, or ksmd's cursor rested on it) and the
+    reference __ksm_enter() mmgrab()bed outlives __mmput. Cleared: freed there, or ksmd
+    had already taken the slot out."""
+    return bool(address(p.args.get("flags")) >> MMF_VM_MERGEABLE & 1)
 
 
 @dataclass

@@ -377,7 +377,9 @@ class MarkerSteps:
     rests: dict[int, list[int]]  # pid -> lines of its switches out that are not preemptions
     thp_slots: dict[int, list[str]]  # mm address -> khugepaged's reference
     thp_kept: dict[int, list[int]]  # mm address -> __khugepaged_exit lines that keep it
-    thp_taken: set[int]  # such lines whose reference the model took ahead
+    ksm_slots: dict[int, list[str]]  # mm address -> KSM's mm_slot reference
+    ksm_kept: dict[int, list[int]]  # mm address -> exit_mmap lines where KSM keeps it
+    taken_ahead: set[int]  # such lines (both kinds) whose reference the model took ahead
 
     def _grab_held(
         self, held: dict[int, list[str]], mm: Mm, holder: str, p: TraceEvent, learned: str
@@ -389,22 +391,26 @@ class MarkerSteps:
         held.setdefault(self.addr.get(mm.id, -1), []).append(holder)
         self.result.learned[learned] += 1
 
-    def _khugepaged_ahead(self, mm: Mm | None, ev: TraceEvent) -> None:
-        """An exec's __mmput of its old mm: when khugepaged's scan cursor rests on it
-        (a __khugepaged_exit marker that keeps it follows, before that address's next
-        __mmdrop), the reference __khugepaged_enter() took outlives the __mmput, which the
-        model runs at once: so it takes that reference now, not at the marker, by which
-        time the model would have freed the mm."""
+    def _kept_ahead(self, mm: Mm | None, ev: TraceEvent) -> None:
+        """An exec's __mmput of its old mm, which the model runs at once: a reference that
+        outlives that __mmput but shows only at a marker later in it is taken now, not at
+        the marker, by which time the model would have freed the mm. Two such: khugepaged's
+        when its scan cursor rests on the mm (a __khugepaged_exit marker that keeps it
+        follows, before that address's next __mmdrop), and KSM's when __ksm_exit() left the
+        mm's slot for ksmd (the exit_mmap marker that follows finds MMF_VM_MERGEABLE)."""
         if mm is None or (addr := self.addr.get(mm.id)) is None:
             return
-        lines = self.thp_kept.get(addr, [])
-        i = bisect.bisect_right(lines, ev.line)
-        if i == len(lines) or not self._same_life(addr, ev.line, kept := lines[i]):
-            return
-        self.thp_taken.add(kept)
-        holder = f"khugepaged's mm_slot (line {kept})"
-        learned = "khugepaged's reference outliving an exec's __mmput (__khugepaged_exit marker)"
-        self._grab_held(self.thp_slots, mm, holder, ev, learned)
+        for kept, held, holder, marker in (
+            (self.thp_kept, self.thp_slots, "khugepaged", "__khugepaged_exit marker"),
+            (self.ksm_kept, self.ksm_slots, "KSM", "exit_mmap marker's flags"),
+        ):
+            lines = kept.get(addr, [])
+            i = bisect.bisect_right(lines, ev.line)
+            if i == len(lines) or not self._same_life(addr, ev.line, line := lines[i]):
+                continue
+            self.taken_ahead.add(line)
+            learned = f"{holder}'s reference outliving an exec's __mmput ({marker})"
+            self._grab_held(held, mm, f"{holder}'s mm_slot (line {line})", ev, learned)
 
     def _refusable(self, fn: Any, *args: Any) -> None:
         """A marker asks for something the model's state does not allow (it lost track of
@@ -453,7 +459,7 @@ class MarkerSteps:
         self.ctx = Context("exec", ev.line, ev.cpu, ev.pid)
         old = leaving_mm(t)
         if self.inputs == "markers":
-            self._khugepaged_ahead(old, ev)
+            self._kept_ahead(old, ev)
         deferred = self._defer_mmput(t, ev) or self._defer_to_last(
             t, ev, self.ipi_sends, self.exec_lines, "exec"
         )

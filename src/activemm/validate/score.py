@@ -208,6 +208,7 @@ RELEASE_POINTS = (
     "proc_release",
     "uffd_release",
     "khugepaged",
+    "ksm",
     "binder_release",
 )
 HELD_POINTS = ("other", *RELEASE_POINTS, "mmdrop_async")

@@ -78,6 +78,9 @@ echo 1 > $T/events/activemm/enable
 # dup_userfaultfd() runs for every VMA of every fork: keep only VMAs with a userfaultfd
 F=$T/events/activemm/uffddup/filter
 [ -e $F ] && { echo 'octx != 0' > $F || echo "filter $F" >> /tmp/kprobes.failed; }
+# remove_rmap_item_from_tree() runs for every stale KSM rmap_item: keep those of exited mms
+F=$T/events/activemm/ksmremove/filter
+[ -e $F ] && { echo 'mm_users == 0' > $F || echo "filter $F" >> /tmp/kprobes.failed; }
 
 snapshot() {
     for f in /proc/[0-9]*/task/[0-9]*/stat; do
