@@ -97,10 +97,14 @@ RACY_RT = [CAPTURES / "linux-6.12-rt-smp4-program13-nocbs"]
 # two io_uring rings of one mm released side by side on two CPUs
 # (test_ring_releases_preempted_or_side_by_side)
 RELEASE_RACY = [CAPTURES / "linux-6.1-smp3-all-scale5"]
+# a KSM unmerge's mmdrop() of an exited mm after a lazy CPU let go, its last removal before
+LAZY_RELEASE_RACY = [CAPTURES / "linux-6.1-smp6-ksm"]
 # Debian's PREEMPT_RT kernels (test_preempt_rt_frees_the_last_lazy_users_mm_from_an_rcu_callback)
 RT = [p for p in ALL if "-rt-" in json.loads((p / "meta.json").read_text())["kernel"]]
 PLAIN = [
-    p for p in ALL if not _holds_outside(p) and p not in HOTPLUG and p not in RACY and p not in RT
+    p
+    for p in ALL
+    if not _holds_outside(p) and p not in HOTPLUG + RACY + LAZY_RELEASE_RACY and p not in RT
 ]
 HELD = [p for p in ALL if _holds_outside(p)]
 WINDOWS = ("exit window", "exec window", "follows an earlier miss")
@@ -117,14 +121,19 @@ def assert_all_matched(r: score.Result, outside: bool = True) -> None:
 def _every_drop_but_races(r: score.Result, capture: Path) -> None:
     """Every __mmdrop matched but, on the RACY captures, those two CPUs raced to: their
     finish_task_switch drops came in another order than their switches, which no input shows
-    (test_two_cpus_dropping_one_mm_at_once_is_named); and on RELEASE_RACY, the two ring
-    releases that did the same."""
+    (test_two_cpus_dropping_one_mm_at_once_is_named); on RELEASE_RACY, the two ring
+    releases that did the same; on LAZY_RELEASE_RACY, a release and a lazy CPU's switch
+    (test_a_release_racing_a_lazy_cpu_is_tagged_a_race_on_both_sides)."""
     every = [m for m in r.mismatches if m["group"] == "mmdrop"]
     assert r.mmdrop.total - r.mmdrop.matched == len(every)
     # (on PREEMPT_RT, frees the trace ended too early for: test_preempt_rt_frees_the_...)
     missed = [m for m in every if capture not in RT or m["cause"] != score.RCU_PENDING]
-    assert not missed or capture in RACY + RACY_RT + RELEASE_RACY, missed
-    race = score.RELEASED_AT_ONCE if capture in RELEASE_RACY else score.CONCURRENT
+    assert not missed or capture in RACY + RACY_RT + RELEASE_RACY + LAZY_RELEASE_RACY, missed
+    race = (
+        score.RELEASED_AT_ONCE if capture in RELEASE_RACY
+        else score.RELEASE_RACE if capture in LAZY_RELEASE_RACY
+        else score.CONCURRENT
+    )  # fmt: skip
     assert all(m["cause"] == race for m in missed), missed
 
 
@@ -960,8 +969,10 @@ def test_a_workload_written_after_the_model_is_matched(capture: Path) -> None:
     assert program is None or (CAPTURES.parent / "programs" / program).is_file()
     r = validate(capture)
     assert r.inputs == "markers"
-    for s in (r.context_switches, r.mmdrop):
-        assert s.total > 0 and s.matched == s.total, r.mismatches
+    assert r.mmdrop.total > 0
+    assert r.context_switches.total > 0
+    assert r.context_switches.matched == r.context_switches.total, r.mismatches
+    _every_drop_but_races(r, capture)
     _outside_but_timing(r)
     sched = validate(capture, inputs="sched")
     # (on one CPU a task preempted inside its exit window is common: 97.5% there; a kworker's
@@ -2441,12 +2452,12 @@ def test_ksm_references_are_followed_at_their_markers(capture: Path, tmp_path: P
         if "(__mmdrop+" in line and mm and removing.get(cpu) == mm[1]:
             by_ksmd += 1
         removing[cpu] = mm[1] if "(remove_rmap_item_from_tree+" in line and mm else ""
-    assert kept >= 3 and by_ksmd >= 2
+    assert kept >= 1 and by_ksmd >= 1
     r = validate(capture)
     taken = {k: v for k, v in r.learned.items() if k.startswith("KSM's reference outliving")}
     assert sum(taken.values()) == kept, taken
     assert r.context_switches.matched == r.context_switches.total, r.mismatches
-    assert r.mmdrop.matched == r.mmdrop.total, r.mismatches
+    _every_drop_but_races(r, capture)
     # the same trace without mm->flags: nothing says KSM kept an mm
     (tmp_path / "old").mkdir()
     for name in ("meta.json", "tasks_start.txt", "tasks_end.txt"):
@@ -2895,6 +2906,34 @@ def test_an_execs_own_mmput_racing_a_lazy_cpu_is_tagged_a_race_on_both_sides() -
     assert causes({a}) == [score.RACE, score.RACE]
     assert causes(set()) == [score.ELSEWHERE, score.RACE]
     assert causes({a}, "sched") == [score.ELSEWHERE, score.RACE]
+
+
+def test_a_release_racing_a_lazy_cpu_is_tagged_a_race_on_both_sides() -> None:
+    """score.DropScorer on a hand-made miss: an unmerge (task 209) removed the last rmap_item
+    of exited mm A (its KSM release marker), CPU 2 let go of A lazily after that, and the
+    writer's mmdrop() came later still (its vCPU stalled): the kernel freed A at the release,
+    the model, which drops at the marker, at CPU 2's switch. Both sides are that race when
+    the validator saw a CPU let go between the marker and the kernel's __mmdrop
+    (release_raced); without that, both sides read as a reference held outside."""
+    from activemm.validate.kernel import Drop
+
+    a = 0xFFFF8880061C5100
+    kernel = [Drop(a, ("ksm", 209), 8798, 0)]
+    model = [Drop(a, ("finish_task_switch", 8600), 8600, 2, "mm193")]
+
+    def causes(raced: set[int]) -> list[str]:
+        r = score.Result("t", "p", "markers", None)
+        score.DropScorer(r, "markers", {}, set(), set(), release_raced=raced).score(kernel, model)
+        return [m["cause"] for m in r.mismatches]
+
+    assert causes({a}) == [score.RELEASE_RACE, score.RELEASE_RACE]
+    assert causes(set()) == [score.HELD_OUTSIDE, score.HELD_OUTSIDE]
+    capture = CAPTURES / "linux-6.1-smp6-ksm"  # the same, recorded
+    r = _scored(capture)
+    assert [m["cause"] for m in r.mismatches if m["group"] == "mmdrop"] == [
+        score.RELEASE_RACE,
+        score.RELEASE_RACE,
+    ]
 
 
 def _score_row(capture: Path) -> str:

@@ -342,7 +342,10 @@ class Validator(MarkerSteps, Clocked):
         # CPU going offline -> the CPU its takedown_cpu() step (cpuhp_enter) runs on
         self.taken_down_from: dict[int, int] = {}
         # pid -> the release it is in (its point, the mm address whose mmdrop() follows)
-        self.releasing: dict[int, tuple[str, int]] = {}
+        self.releasing: dict[int, tuple[str, int, int]] = {}  # (with its marker's line)
+        # addresses whose release's mmdrop() came after a CPU let go of the mm, that CPU's
+        # switch after the release's marker: which was last no input says
+        self.release_raced: set[int] = set()
         self.finish_holds: dict[int, str] = {}  # such a line -> the holder standing in till then
         self.epoch: Counter[int] = Counter()
         # CPU -> switches that loaded a user mm (switch_mm_irqs_off): a lazy episode, a chain
@@ -896,7 +899,11 @@ class Validator(MarkerSteps, Clocked):
         default the `mm` argument) follows: a kernel __mmdrop next on this CPU, or later by
         this task wherever it ran meanwhile, is at that point."""
         self.anchor[p.cpu] = (point, p.pid)
-        self.releasing[p.pid] = (point, address(p.args.get("mm")) if addr is None else addr)
+        self.releasing[p.pid] = (
+            point,
+            address(p.args.get("mm")) if addr is None else addr,
+            p.line,
+        )
 
     def _oom_victim(self, p: Probe) -> None:
         """mark_oom_victim(tsk) entered: when tsk->signal->oom_mm is still NULL (the `oom_mm`
@@ -1375,6 +1382,8 @@ class Validator(MarkerSteps, Clocked):
             # preempted since): its mmdrop() was the last, even after a signal's oom_mm went
             # (that mmdrop_async() was not the last, its work has nothing to free)
             point = (releasing[0], p.pid)
+            if any(releasing[2] < line < p.line for line, _ in self.let_go.get(addr, [])):
+                self.release_raced.add(addr)  # a CPU let go after the marker, before this
         elif async_pid is not None:  # mmdrop_async_fn(), from the work free_signal_struct queued
             point = ("mmdrop_async", async_pid)
         elif offlined is not None:
@@ -1742,6 +1751,7 @@ class Validator(MarkerSteps, Clocked):
             self.after_exit,
             self.let_go,
             self.exec_mmputs,
+            self.release_raced,
         )
         drops.score(self.kernel_drops, self.model_drops)
         score_outside(

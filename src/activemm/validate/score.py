@@ -97,6 +97,11 @@ CONCURRENT = (
     "two CPUs let go of this mm at once (their finish_task_switch drops raced): which "
     "decrement was last (on PREEMPT_RT, which CPU queued the RCU callback) is not in the inputs"
 )
+RELEASE_RACE = (
+    "a holder's release and the last lazy user's switch raced: the release's marker came "
+    "before that switch, its mmdrop() after it (the vCPU stalled in between), and which was "
+    "last is not in the inputs"
+)
 RELEASED_AT_ONCE = (
     "two holders let go of this mm at once (their releases ran side by side, e.g. two io_uring "
     "rings freed by two kworkers): each mmdrop() comes a little after its marker, and which "
@@ -230,6 +235,7 @@ class DropScorer:
         after_exit: set[int] | None = None,
         let_go: dict[int, list[tuple[int, int]]] | None = None,
         exec_mmputs: set[int] | None = None,
+        release_raced: set[int] | None = None,
     ) -> None:
         self.result = result
         self.inputs = inputs
@@ -246,6 +252,8 @@ class DropScorer:
         self.let_go = let_go or {}
         # addresses whose __mmput an exec ran (exec_mmap()'s mmput() of the task's old mm)
         self.exec_mmputs = exec_mmputs or set()
+        # addresses whose release's mmdrop() came after a lazy CPU let go, its marker before
+        self.release_raced = release_raced or set()
         self.kernel_lines: dict[int | None, list[int]] = {}  # address -> its __mmdrop lines
         # side -> its frees in a finish_task_switch
         self.finishes: dict[str, list[Drop]] = {}
@@ -307,6 +315,7 @@ class DropScorer:
                     CONCURRENT if self.concurrent(d, "kernel")
                     else RELEASED_AT_ONCE if self.released_at_once(d, "kernel")
                     else RCU_PENDING if (d.addr, d.point) in pending_points
+                    else RELEASE_RACE if d.addr in self.release_raced
                     else HELD_OUTSIDE if d.addr in other or self.kernel_kept(d)
                     else KTHREAD_USE_MM if d.addr in in_kthread
                     else AFTER_EXIT if self.late_mmput(d.addr)
@@ -374,6 +383,8 @@ class DropScorer:
     def cause(self, d: Drop) -> str:
         if d.line in self.unclaimed:
             return FAILED_FORK if self.unclaimed[d.line] == "fork" else FAILED_EXEC
+        if d.addr in self.release_raced:
+            return RELEASE_RACE
         if d.point[0] in HELD_POINTS:
             return HELD_OUTSIDE
         if d.point[0] == "__mmput" and self.late_mmput(d.addr):
