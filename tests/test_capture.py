@@ -7,6 +7,7 @@ import gzip
 import json
 import lzma
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from activemm.capture import guest, run
+from activemm.capture import WORKLOADS, guest, run
 from activemm.capture.kernel import CaptureError, KernelImage, extract_vmlinux, struct_offsets
 
 
@@ -261,6 +262,19 @@ def test_the_initramfs_is_a_cpio_the_tools_read(tmp_path: Path) -> None:
         ["cpio", "-itv"], stdin=archive.open("rb"), capture_output=True, text=True, check=True
     ).stdout
     assert "bin/hello" in listing and "bin/sh -> hello" in listing and "dev/console" in listing
+
+
+def test_every_workload_is_built_and_documented() -> None:
+    """The names `-w` takes (WORKLOADS) are those guest/workload.c runs, in its order, and
+    the rows of docs/validate.md's workload table."""
+    root = Path(__file__).resolve().parent.parent
+    source = (root / "src" / "activemm" / "capture" / "guest" / "workload.c").read_text()
+    built = re.findall(r'^    \{"(\w+)", w_\w+, "', source, flags=re.MULTILINE)
+    assert built == [n for n in WORKLOADS if n not in ("all", "parallel")]
+    docs = (root / "docs" / "validate.md").read_text()
+    table = docs.split("### Workloads", 1)[1].split("\n\n", 2)[1]
+    rows = {m for line in table.splitlines() for m in re.findall(r"`(\w+)`", line.split("|")[1])}
+    assert rows == set(WORKLOADS)
 
 
 def test_capture_refuses_a_full_directory_and_unknown_workloads(tmp_path: Path) -> None:

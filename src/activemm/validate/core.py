@@ -270,17 +270,17 @@ class Validator(MarkerSteps, Clocked):
                 self.activated[e.line] = address(e.args.get("next"))
         # KSM: the reference an mm_slot kept past __mmput goes when ksmd (or an unmerge)
         # takes the exited mm's slot out, right after removing its last rmap_item: kept
-        # exit_mmap line -> the last remove_rmap_item_from_tree of that life after it
-        self.ksm_release: dict[int, int] = {}
+        # exit_mmap line -> the last remove_rmap_item_from_tree of that life after it (None:
+        # none in the trace, held past its end, or a slot with no rmap_items, unmarked)
+        self.ksm_release: dict[int, int | None] = {}
         for addr, kept in ksm_flagged.items():
             removes = ksm_removes.get(addr, [])
+            self.ksm_kept[addr] = kept
             for line in kept:
                 after = removes[bisect.bisect_right(removes, line) :]
                 ours = [r for r in after if self._same_life(addr, line, r)]
-                if ours:
-                    self.ksm_release[line] = ours[-1]
-                    self.ksm_kept.setdefault(addr, []).append(line)
-        self.ksm_releases = set(self.ksm_release.values())
+                self.ksm_release[line] = ours[-1] if ours else None
+        self.ksm_releases = {r for r in self.ksm_release.values() if r is not None}
         # lines of failed forks' dup_mmap() flushes -> the address of the mm they made
         self.failed_forks: dict[int, int] = {}
         if inputs == "markers":
@@ -878,9 +878,10 @@ class Validator(MarkerSteps, Clocked):
         the reference __ksm_enter() mmgrab()bed when the mm first had a mergeable region
         (or was forked from one that had). ksmd's scan, or an unmerge, takes the slot out
         and mmdrop()s the mm once it finds mm_users at 0, right after removing the slot's
-        last rmap_item (the remove_rmap_item_from_tree marker self.ksm_release names).
-        Only then does the model take it: taken at __ksm_enter and dropped at __ksm_exit,
-        it would change no count anyone sees."""
+        last rmap_item (the remove_rmap_item_from_tree marker self.ksm_release names; with
+        none in the trace, the model holds it past the end, as the kernel does when ksmd
+        stops with the slot on its list). Only then does the model take it: taken at
+        __ksm_enter and dropped at __ksm_exit, it would change no count anyone sees."""
         mm = self.live.get(address(p.args.get("mm")))
         if p.line in self.taken_ahead or mm is None or mm.freed:
             return

@@ -453,6 +453,62 @@ static void w_vhost(int scale) {
     }
 }
 
+static void ksm_knob(const char *knob, const char *value) {
+    char path[64];
+    snprintf(path, sizeof(path), "/sys/kernel/mm/ksm/%s", knob);
+    int fd = open(path, O_WRONLY);
+    if (fd < 0) return;
+    if (write(fd, value, strlen(value)) < 0) perror(path);
+    close(fd);
+}
+
+static long ksm_full_scans(void) {
+    char buf[32] = "";
+    int fd = open("/sys/kernel/mm/ksm/full_scans", O_RDONLY);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    return n > 0 ? atol(buf) : -1;
+}
+
+/* ksm: ksmd running (it is off by default). A region of identical pages made mergeable is
+ * inherited by forked children, each of whose mm __ksm_enter() mmgrab()s into a slot of its
+ * own; a child that exits (or execs) while its slot has rmap_items leaves the slot, and
+ * that reference, to ksmd, which drops it on its next pass once mm_users is 0: the last
+ * reference to a zombie mm, held by no task. */
+static void w_ksm(int scale) {
+    if (access("/sys/kernel/mm/ksm/run", W_OK) != 0) {
+        printf("ksm: no /sys/kernel/mm/ksm (a kernel without KSM)\n");
+        fflush(stdout);
+        return;
+    }
+    ksm_knob("pages_to_scan", "200");
+    ksm_knob("sleep_millisecs", "1");
+    ksm_knob("run", "1");
+    size_t len = 64 * 4096;
+    char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return;
+    madvise(m, len, MADV_MERGEABLE);
+    for (size_t o = 0; o < len; o += 4096) memset(m + o, 0x5a, 64);
+    for (int i = 0; i < 6 * scale; i++) {
+        if (fork() == 0) {
+            pin(i);
+            for (size_t o = 0; o < len; o += 4096) m[o + 64] = (char)i; /* copies: ksmd merges */
+            nap(1000 + 700 * (i % 4));
+            if (i % 3 == 2) execl(self, self, "noop", (char *)NULL);
+            _exit(0);
+        }
+        nap(400);
+    }
+    wait_all();
+    munmap(m, len);
+    /* two full passes of ksmd take every exited child's slot out (and ours, with no
+     * mergeable region left) before ksmd is stopped, which would leave them held */
+    long first = ksm_full_scans();
+    for (int i = 0; i < 1000 && ksm_full_scans() < first + 2; i++) nap(2000);
+    ksm_knob("run", "0");
+}
+
 struct workload {
     const char *name;
     void (*run)(int);
@@ -475,6 +531,7 @@ static const struct workload workloads[] = {
     {"hotplug", w_hotplug, "CPU hotplug: the last CPU goes offline and comes back"},
     {"oom", w_oom, "the OOM killer's victim: its mm held by signal->oom_mm past its exit"},
     {"vhost", w_vhost, "vhost-net workers on a user mm (6.1: kthread_use_mm)"},
+    {"ksm", w_ksm, "KSM with ksmd running: exited children's mms held by their slots"},
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
