@@ -57,6 +57,35 @@ def test_btf_offsets_look_through_anonymous_members() -> None:
         struct_offsets(_btf(types, names), "task_struct", (*guest_fields, "missing"))
 
 
+def test_ksm_offsets_read_either_name_of_the_rmap_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KSM's markers need mm_struct.flags and .mm_users, and the rmap_item's mm: the struct
+    is ksm_rmap_item since 6.1, rmap_item before; a kernel with neither gets no KSM markers."""
+    from activemm.capture import kernel
+
+    def btf_with(item: str | None) -> bytes:
+        names = ["int", "mm_struct", "mm_users", "flags", "mm", *([item] if item else [])]
+        o = lambda n: _off(names, n)  # noqa: E731
+        info = lambda kind, vlen: (kind << 24) | vlen  # noqa: E731
+        types = [
+            struct.pack("<IIII", o("int"), info(1, 0), 4, 32),  # 1: int
+            # 2: struct mm_struct { int mm_users; int pad; long flags; }
+            struct.pack("<III", o("mm_struct"), info(4, 2), 16)
+            + struct.pack("<III", o("mm_users"), 1, 0)
+            + struct.pack("<III", o("flags"), 1, 64),
+        ]
+        if item:  # 3: struct ITEM { long next; long anon_vma; struct mm_struct *mm; }
+            types.append(struct.pack("<III", o(item), info(4, 1), 24)
+                         + struct.pack("<III", o("mm"), 1, 128))  # fmt: skip
+        return _btf(types, names)
+
+    image = KernelImage("6.1.0-0-amd64", Path("/"), Path("/"), Path("/"))
+    for item in ("ksm_rmap_item", "rmap_item"):
+        monkeypatch.setattr(kernel, "btf", lambda image, item=item: btf_with(item))
+        assert kernel.ksm_offsets(image) == {"mm_users": 0, "flags": 8, "rmap_mm": 16}
+    monkeypatch.setattr(kernel, "btf", lambda image: btf_with(None))
+    assert kernel.ksm_offsets(image) == {}
+
+
 @pytest.mark.parametrize("compress", ["xz", "zstd"])
 def test_the_vmlinux_inside_a_bzimage_is_found(compress: str) -> None:
     elf = b"\x7fELF\x02\x01" + bytes(range(256)) * 40

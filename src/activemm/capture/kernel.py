@@ -316,14 +316,16 @@ def ksm_offsets(image: KernelImage) -> dict[str, int]:
     __ksm_exit() has run: the mm's slot has rmap_items or ksmd's cursor rests on it, and
     ksmd or an unmerge drops it later), and whose rmap_items remove_rmap_item_from_tree()
     takes out, with that mm's users (0: the removal of an exited mm's slot). {} when the BTF
-    lacks one (a kernel without KSM)."""
-    try:
-        return {
-            **struct_offsets(btf(image), "mm_struct", ("flags", "mm_users")),
-            "rmap_mm": struct_offsets(btf(image), "ksm_rmap_item", ("mm",))["mm"],
-        }
-    except CaptureError:
-        return {}
+    lacks one (a kernel without KSM). The struct is `rmap_item` before 6.1."""
+    for item in ("ksm_rmap_item", "rmap_item"):
+        try:
+            return {
+                **struct_offsets(btf(image), "mm_struct", ("flags", "mm_users")),
+                "rmap_mm": struct_offsets(btf(image), item, ("mm",))["mm"],
+            }
+        except CaptureError:
+            continue
+    return {}
 
 
 def khugepaged_offsets(image: KernelImage) -> dict[str, int]:
