@@ -178,14 +178,12 @@ class Validator(MarkerSteps, Clocked):
         self.finish_cpus: dict[int, list[int]] = {}  # CPU -> lines of cpuhp_enter(finish_cpu)
         self.offline_lines: dict[int, list[int]] = {}  # CPU -> its idle_task_exit markers
         # mm address -> lines of __khugepaged_exit markers that leave khugepaged holding it,
-        # and of exit_mmap markers that find KSM keeping it (with a release, below); those
-        # of them the model took the reference for ahead (an exec's old mm)
+        # and of exit_mmap markers that find KSM keeping it; those of them the model took
+        # the reference for ahead (an exec's old mm)
         self.thp_kept: dict[int, list[int]] = {}
         self.ksm_kept: dict[int, list[int]] = {}
         self.taken_ahead: set[int] = set()
-        # mm address -> lines of exit_mmap markers that find KSM keeping it, and lines of
-        # remove_rmap_item_from_tree markers of it once it has no users
-        ksm_flagged: dict[int, list[int]] = {}
+        # mm address -> lines of remove_rmap_item_from_tree markers of it with no users left
         ksm_removes: dict[int, list[int]] = {}
         self.activations: dict[int, list[int]] = {}  # pid -> lines of exec's activate_mm
         self.activated: dict[int, int] = {}  # such a line -> the mm it activated
@@ -253,7 +251,7 @@ class Validator(MarkerSteps, Clocked):
             if e.function == EXIT_MMAP:
                 self.exit_mmaps.setdefault(address(e.args.get("mm")), []).append((e.line, e.pid))
                 if kv.ksm_keeps(e):
-                    ksm_flagged.setdefault(address(e.args.get("mm")), []).append(e.line)
+                    self.ksm_kept.setdefault(address(e.args.get("mm")), []).append(e.line)
             elif e.function == KSM_REMOVE and e.args.get("mm_users") == "0":
                 ksm_removes.setdefault(address(e.args.get("mm")), []).append(e.line)
             elif e.function == MMDROP:
@@ -273,9 +271,8 @@ class Validator(MarkerSteps, Clocked):
         # exit_mmap line -> the last remove_rmap_item_from_tree of that life after it (None:
         # none in the trace, held past its end, or a slot with no rmap_items, unmarked)
         self.ksm_release: dict[int, int | None] = {}
-        for addr, kept in ksm_flagged.items():
+        for addr, kept in self.ksm_kept.items():
             removes = ksm_removes.get(addr, [])
-            self.ksm_kept[addr] = kept
             for line in kept:
                 after = removes[bisect.bisect_right(removes, line) :]
                 ours = [r for r in after if self._same_life(addr, line, r)]
