@@ -2918,6 +2918,28 @@ def test_an_execs_own_mmput_racing_a_lazy_cpu_is_tagged_a_race_on_both_sides() -
     assert causes({a}, "sched") == [score.ELSEWHERE, score.RACE]
 
 
+def test_an_execs_old_mm_put_by_another_task_is_tagged_with_tracepoints_only() -> None:
+    """score.DropScorer on a hand-made miss (as unseen10.c gave on 6.1 with 5 CPUs): task
+    217 exec'd away from mm A while task 197 held an mm_users reference (uprobe_register()'s
+    mmget_not_zero()), so the kernel's last mmput(), and __mmput, ran in 197. With
+    tracepoints only the model ran that __mmput at the exec. No exit_mm let go of A, yet
+    both sides are that cause: __mmput ran in another task. With markers the exit_mmap
+    marker places it, so such a miss would be the model's own (unexplained)."""
+    from activemm.validate.kernel import Drop
+
+    a = 0xFFFF888005A31F80
+    kernel = [Drop(a, ("__mmput", 197), 7385, 2)]
+    model = [Drop(a, ("__mmput", 217), 7359, 3, "mm181")]
+
+    def causes(inputs: str) -> list[str]:
+        r = score.Result("t", "p", inputs, None)
+        score.DropScorer(r, inputs, {}, set(), set()).score(kernel, model)
+        return [m["cause"] for m in r.mismatches]
+
+    assert causes("sched") == [score.ELSEWHERE, score.ELSEWHERE]
+    assert causes("markers") == [score.UNEXPLAINED, "model freed an mm the kernel did not"]
+
+
 def test_a_release_racing_a_lazy_cpu_is_tagged_a_race_on_both_sides() -> None:
     """score.DropScorer on a hand-made miss: an unmerge (task 209) removed the last rmap_item
     of exited mm A (its KSM release marker), CPU 2 let go of A lazily after that, and the

@@ -254,6 +254,7 @@ class DropScorer:
         self.exec_mmputs = exec_mmputs or set()
         # addresses whose release's mmdrop() came after a lazy CPU let go, its marker before
         self.release_raced = release_raced or set()
+        self.model_mmputs: dict[int | None, set[object]] = {}  # address -> pids, model side
         self.kernel_lines: dict[int | None, list[int]] = {}  # address -> its __mmdrop lines
         # side -> its frees in a finish_task_switch
         self.finishes: dict[str, list[Drop]] = {}
@@ -276,6 +277,10 @@ class DropScorer:
         self.kernel_lines = {}
         for d in kernel_drops:
             self.kernel_lines.setdefault(d.addr, []).append(d.line)
+        self.model_mmputs = {}
+        for m in model_drops:
+            if m.point[0] == "__mmput":
+                self.model_mmputs.setdefault(m.addr, set()).add(m.point[1])
         elsewhere = {d.addr for d in kernel_drops if self.mmput_by_another(d)}
         window = {d.addr for d in kernel_drops if self.exit_window_drop(d)}
         # freed by a kernel thread's kthread_use_mm() (the mm it kept lazily since its last
@@ -441,7 +446,13 @@ class DropScorer:
         if self.inputs == "markers" and d.addr in self.exec_mmputs:
             return False
         owner = self.exited_mm.get(d.addr or 0)
-        return owner is not None and owner != d.point[1]
+        if owner is not None:
+            return owner != d.point[1]
+        # with tracepoints only, no exit let go of it (an exec did): the model ran that
+        # __mmput in the exec, the kernel in a task holding mm_users
+        return self.inputs == "sched" and any(
+            pid != d.point[1] for pid in self.model_mmputs.get(d.addr, ())
+        )
 
 
 def _freed_nearby(d: Drop, others: list[Drop]) -> bool:
