@@ -317,12 +317,13 @@ def ksm_offsets(image: KernelImage) -> dict[str, int]:
     ksmd or an unmerge drops it later), and whose rmap_items remove_rmap_item_from_tree()
     takes out, with that mm's users (0: the removal of an exited mm's slot). {} when the BTF
     lacks one (a kernel without KSM). The struct is `rmap_item` before 6.1."""
+    try:
+        mm = struct_offsets(btf(image), "mm_struct", ("flags", "mm_users"))
+    except CaptureError:
+        return {}
     for item in ("ksm_rmap_item", "rmap_item"):
         try:
-            return {
-                **struct_offsets(btf(image), "mm_struct", ("flags", "mm_users")),
-                "rmap_mm": struct_offsets(btf(image), item, ("mm",))["mm"],
-            }
+            return {**mm, "rmap_mm": struct_offsets(btf(image), item, ("mm",))["mm"]}
         except CaptureError:
             continue
     return {}

@@ -267,17 +267,16 @@ class Validator(MarkerSteps, Clocked):
                 self.activations.setdefault(e.pid, []).append(e.line)
                 self.activated[e.line] = address(e.args.get("next"))
         # KSM: the reference an mm_slot kept past __mmput goes when ksmd (or an unmerge)
-        # takes the exited mm's slot out, right after removing its last rmap_item: kept
-        # exit_mmap line -> the last remove_rmap_item_from_tree of that life after it (None:
-        # none in the trace, held past its end, or a slot with no rmap_items, unmarked)
-        self.ksm_release: dict[int, int | None] = {}
+        # takes the exited mm's slot out, right after removing its last rmap_item: the last
+        # remove_rmap_item_from_tree of that life after each kept exit_mmap (none: held past
+        # the trace's end, or a slot with no rmap_items, unmarked)
+        self.ksm_releases: set[int] = set()
         for addr, kept in self.ksm_kept.items():
             removes = ksm_removes.get(addr, [])
             for line in kept:
                 after = removes[bisect.bisect_right(removes, line) :]
                 ours = [r for r in after if self._same_life(addr, line, r)]
-                self.ksm_release[line] = ours[-1] if ours else None
-        self.ksm_releases = {r for r in self.ksm_release.values() if r is not None}
+                self.ksm_releases.update(ours[-1:])
         # lines of failed forks' dup_mmap() flushes -> the address of the mm they made
         self.failed_forks: dict[int, int] = {}
         if inputs == "markers":
@@ -875,7 +874,7 @@ class Validator(MarkerSteps, Clocked):
         the reference __ksm_enter() mmgrab()bed when the mm first had a mergeable region
         (or was forked from one that had). ksmd's scan, or an unmerge, takes the slot out
         and mmdrop()s the mm once it finds mm_users at 0, right after removing the slot's
-        last rmap_item (the remove_rmap_item_from_tree marker self.ksm_release names; with
+        last rmap_item (the remove_rmap_item_from_tree marker in self.ksm_releases; with
         none in the trace, the model holds it past the end, as the kernel does when ksmd
         stops with the slot on its list). Only then does the model take it: taken at
         __ksm_enter and dropped at __ksm_exit, it would change no count anyone sees."""
@@ -1179,7 +1178,7 @@ class Validator(MarkerSteps, Clocked):
                 self.after_exit.add(mm)
             if self.inputs == "markers" and self._queued(p.pid, mm):
                 self._born_and_gone(p, mm)
-            if self.inputs == "markers" and p.line in self.ksm_release:
+            if self.inputs == "markers" and kv.ksm_keeps(p):
                 self._refusable(self._ksm_exit, p)
             self._deferred_ends_here(p)
         elif f == "__x64_sys_io_uring_setup" and self.inputs == "markers":
