@@ -262,10 +262,19 @@ def test_kprobes_carry_this_kernels_offsets() -> None:
     assert "p:activemm/thpcollect collect_mm_slot mm=+32(%di):x64 mm_users=+84(+32(%di)):s32" in thp
     assert not any("khugepaged" in d for d in uffd)
     # binder's functions exist only once binder_linux is loaded (capture --module)
-    binder = guest.kprobe_definitions(task, binder=True)
+    binder = guest.kprobe_definitions(task, modules=("binder_linux",))
     assert "p:activemm/bindergrab binder_alloc_init alloc=%di:x64" in binder
     assert "p:activemm/binderdrop binder_alloc_deferred_release alloc=%di:x64" in binder
     assert not any("binder" in d for d in thp)
+    # and KVM's once kvm is (kvm_arch_init_vm/kvm_arch_destroy_vm, paired by the kvm address,
+    # preempt_notifier_inc/the return of preempt_notifier_dec by the task), whichever
+    # spelling the module is named with
+    kvm = guest.kprobe_definitions(task, modules=("irqbypass", "kvm", "ccp", "kvm-amd"))
+    assert "p:activemm/kvmgrab kvm_arch_init_vm kvm=%di:x64" in kvm
+    assert "p:activemm/kvmcreated preempt_notifier_inc" in kvm
+    assert "p:activemm/kvmdrop kvm_arch_destroy_vm kvm=%di:x64" in kvm
+    assert f"r{guest.MAXACTIVE}:activemm/kvmdone preempt_notifier_dec" in kvm
+    assert not any("kvm" in d for d in binder) and not any("binder" in d for d in kvm)
     # KSM: exit_mmap's marker reads mm->flags (MMF_VM_MERGEABLE after __ksm_exit), and
     # remove_rmap_item_from_tree names each rmap_item's mm with that mm's mm_users
     ksm = guest.kprobe_definitions(task, ksm={"flags": 904, "mm_users": 84, "rmap_mm": 16})

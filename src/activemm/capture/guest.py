@@ -8,6 +8,7 @@ import io
 import lzma
 import shutil
 import subprocess
+from collections.abc import Collection
 from importlib import resources
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def kprobe_definitions(
     proc: dict[str, int] | None = None,
     uffd: dict[str, int] | None = None,
     thp: dict[str, int] | None = None,
-    binder: bool = False,
+    modules: Collection[str] = (),
     ksm: dict[str, int] | None = None,
 ) -> list[str]:
     """The probes of docs/validate.md. `@FINISH_TASK_SWITCH@` is replaced in the guest by the
@@ -50,8 +51,9 @@ def kprobe_definitions(
     (khugepaged_offsets), khugepaged's: __khugepaged_exit(mm) with the mm khugepaged's scan
     cursor rests on (`slot` 0: none), and collect_mm_slot() with its slot's mm and mm_users:
     the reference __khugepaged_enter() mmgrab()bed outlives __mmput when the cursor is on
-    the exiting mm, and khugepaged drops it on a later pass. With `binder` (the binder_linux
-    module loaded), binder's: binder_alloc_init(alloc), which binder_open() calls and which
+    the exiting mm, and khugepaged drops it on a later pass. For the `modules` loaded
+    (capture --module), their functions' markers: binder_linux's (binder_markers) and kvm's
+    (kvm_markers). Binder's: binder_alloc_init(alloc), which binder_open() calls and which
     mmgrab()s current->mm into alloc->mm, and binder_alloc_deferred_release(alloc), whose
     end mmdrop()s it (binder_free_proc(), after the file's release: in a kworker's
     binder_deferred_func(), or in a task that put the proc's last temporary reference); the
@@ -68,6 +70,7 @@ def kprobe_definitions(
         )
 
     g = GROUP
+    loaded = {m.replace("-", "_") for m in modules}
     return (
         [
             f"p:{g}/mmswitch switch_mm_irqs_off prev=%di:x64 next=%si:x64 tsk=%dx:x64 "
@@ -97,7 +100,8 @@ def kprobe_definitions(
         + (proc_markers(g, proc) if proc else [])
         + (uffd_markers(g, uffd) if uffd else [])
         + (khugepaged_markers(g, thp) if thp else [])
-        + (binder_markers(g) if binder else [])
+        + (binder_markers(g) if "binder_linux" in loaded else [])
+        + (kvm_markers(g) if "kvm" in loaded else [])
         + (ksm_markers(g, ksm) if ksm else [])
     )
 
@@ -111,6 +115,26 @@ def ksm_markers(g: str, ksm: dict[str, int]) -> list[str]:
     return [
         f"p:{g}/ksmremove remove_rmap_item_from_tree mm={mm}:x64 "
         f"mm_users=+{ksm['mm_users']}({mm}):s32",
+    ]
+
+
+def kvm_markers(g: str) -> list[str]:
+    """KVM's, probed once the kvm module is loaded: kvm_create_vm() mmgrab()s current->mm
+    into kvm->mm just before it calls kvm_arch_init_vm(kvm), and calls preempt_notifier_inc()
+    last, once the VM is made; its error paths after kvm_arch_init_vm() call
+    kvm_arch_destroy_vm(kvm) and then mmdrop() the creator's (live) mm. kvm_destroy_vm(), when
+    the VM's last reference goes (its fd's and every vCPU fd's), calls kvm_arch_destroy_vm(kvm)
+    (the notifier's own reference already dropped by mmu_notifier_unregister()), frees the
+    VM, sleeping on the way (SRCU cleanup), and ends with preempt_notifier_dec(),
+    hardware_disable_all() (kvm_disable_virtualization() on 6.12) and mmdrop(kvm->mm): the
+    return of preempt_notifier_dec() (which may patch a static key first) marks that
+    mmdrop(). Only KVM calls those two (kernel/sched/core.c); the `kvm` address pairs the
+    first two, the task the last two."""
+    return [
+        f"p:{g}/kvmgrab kvm_arch_init_vm kvm=%di:x64",
+        f"p:{g}/kvmcreated preempt_notifier_inc",
+        f"p:{g}/kvmdrop kvm_arch_destroy_vm kvm=%di:x64",
+        f"r{MAXACTIVE}:{g}/kvmdone preempt_notifier_dec",
     ]
 
 

@@ -368,8 +368,7 @@ def capture(
     uffd = uffd_offsets(image)
     thp = khugepaged_offsets(image)
     ksm = ksm_offsets(image)
-    binder = "binder_linux" in {m.replace("-", "_") for m in opts.modules}
-    kprobes = guest.kprobe_definitions(offsets, ring, oom, proc, uffd, thp, binder, ksm)
+    kprobes = guest.kprobe_definitions(offsets, ring, oom, proc, uffd, thp, opts.modules, ksm)
     work = Path(tempfile.mkdtemp(prefix="activemm-capture-"))
     try:
         progress("building the initramfs (busybox, workload, kprobes)")

@@ -320,6 +320,10 @@ class Validator(MarkerSteps, Clocked):
         self.uffds: dict[int, list[str]] = {}  # mm address -> userfaultfd contexts on it
         self.binders: dict[int, list[str]] = {}  # mm address -> binder procs' alloc->mm on it
         self.binder_allocs: dict[int, int] = {}  # binder_alloc address -> its mm's address
+        self.kvms: dict[int, list[str]] = {}  # mm address -> KVM VMs' kvm->mm on it
+        self.kvm_vms: dict[int, int] = {}  # struct kvm address -> its mm's address
+        self.kvm_creating: dict[int, int] = {}  # pid -> the VM its kvm_create_vm() makes
+        self.kvm_destroying: dict[int, int] = {}  # pid -> the VM its kvm_destroy_vm() frees
         # a forked mm's address -> the fork-event contexts dup_userfaultfd() made for it
         # (by parent context), taken when its fork is done (task_newtask)
         self.uffd_forks: dict[int, dict[int, Probe]] = {}
@@ -830,25 +834,83 @@ class Validator(MarkerSteps, Clocked):
         if self.inputs == "markers":
             self._refusable(self._drop_held, held, addr, point, p)
 
+    def _object_grab(
+        self,
+        p: Probe,
+        key: str,
+        pairs: dict[int, int],
+        held: dict[int, list[str]],
+        what: str,
+        marker: str,
+    ) -> None:
+        """A module's marker `p` (of the kernel path `marker`) of a kernel object (its
+        address the `key` argument) that mmgrab()s current->mm for the object's life: the
+        object's address is paired with the mm's, and with markers the model takes the
+        reference (`what` holds it)."""
+        t = self.m.state.rqs[p.cpu].curr
+        if self.replayer.tasks.get(p.pid) is not t or t.mm is None or t.pf_kthread:
+            return
+        pairs[address(p.args.get(key))] = self._a(t.mm)
+        if self.inputs == "markers":
+            self._refusable(self._grab_current, held, what, marker, p)
+
+    def _object_release(
+        self, p: Probe, obj: int, pairs: dict[int, int], held: dict[int, list[str]], point: str
+    ) -> None:
+        """A module's marker `p` of the teardown of the object at `obj`, paired by
+        _object_grab: an mmdrop() of the mm it took follows (at `point`)."""
+        addr = pairs.pop(obj, None)
+        if addr is not None:
+            self._release(p, held, point, addr)
+
     def _binder_open(self, p: Probe) -> None:
         """binder_alloc_init(alloc) entered (binder_open(), drivers/android/binder.c): it
         mmgrab()s current->mm into alloc->mm, held until the proc's deferred release, after
         the file's last reference went. With markers the model takes it."""
-        t = self.m.state.rqs[p.cpu].curr
-        if self.replayer.tasks.get(p.pid) is not t or t.mm is None or t.pf_kthread:
-            return
-        self.binder_allocs[address(p.args.get("alloc"))] = self._a(t.mm)
-        if self.inputs == "markers":
-            self._refusable(self._grab_current, self.binders, "binder alloc->mm", "binder_open", p)
+        self._object_grab(
+            p, "alloc", self.binder_allocs, self.binders, "binder alloc->mm", "binder_open"
+        )
 
     def _binder_release(self, p: Probe) -> None:
         """binder_alloc_deferred_release(alloc) entered (binder_free_proc(), once the file's
         release queued the proc's teardown: in a kworker's binder_deferred_func(), or in a
         task that put the proc's last temporary reference): its end mmdrop()s alloc->mm, the
         mm its binder_alloc_init() took (paired by the alloc address)."""
-        addr = self.binder_allocs.pop(address(p.args.get("alloc")), None)
-        if addr is not None:
-            self._release(p, self.binders, "binder_release", addr)
+        alloc = address(p.args.get("alloc"))
+        self._object_release(p, alloc, self.binder_allocs, self.binders, "binder_release")
+
+    def _kvm_create(self, p: Probe) -> None:
+        """kvm_arch_init_vm(kvm) entered (kvm_create_vm(), virt/kvm/kvm_main.c, under the
+        KVM_CREATE_VM ioctl): kvm_create_vm() has just mmgrab()bed current->mm into kvm->mm,
+        held until kvm_destroy_vm(). With markers the model takes it. The create is under
+        way until this task's preempt_notifier_inc() (_kvm_created)."""
+        self._object_grab(p, "kvm", self.kvm_vms, self.kvms, "KVM kvm->mm", "kvm_create_vm")
+        self.kvm_creating[p.pid] = address(p.args.get("kvm"))
+
+    def _kvm_created(self, p: Probe) -> None:
+        """preempt_notifier_inc() entered: kvm_create_vm()'s last step, the VM is made."""
+        self.kvm_creating.pop(p.pid, None)
+
+    def _kvm_destroy(self, p: Probe) -> None:
+        """kvm_arch_destroy_vm(kvm) entered. In a create under way (its error path), the
+        mmdrop() of the creator's mm follows at once; from kvm_destroy_vm() (the VM's last
+        reference put: its fd's or a vCPU fd's release, or the exit_files() of a task
+        holding one), it comes after the VM is freed, marked by the return of this task's
+        preempt_notifier_dec() (_kvm_destroyed)."""
+        kvm = address(p.args.get("kvm"))
+        if self.kvm_creating.get(p.pid) == kvm:
+            del self.kvm_creating[p.pid]
+            self._object_release(p, kvm, self.kvm_vms, self.kvms, "kvm_destroy_vm")
+        else:
+            self.kvm_destroying[p.pid] = kvm
+
+    def _kvm_destroyed(self, p: Probe) -> None:
+        """preempt_notifier_dec() returned, in kvm_destroy_vm() right before
+        hardware_disable_all() and the mmdrop() of kvm->mm (paired by the task with the
+        kvm_arch_destroy_vm() it ran first)."""
+        kvm = self.kvm_destroying.pop(p.pid, None)
+        if kvm is not None:
+            self._object_release(p, kvm, self.kvm_vms, self.kvms, "kvm_destroy_vm")
 
     def _thp_exit(self, p: Probe) -> None:
         """__khugepaged_exit(mm), early in __mmput (mm/khugepaged.c): the reference
@@ -894,13 +956,16 @@ class Validator(MarkerSteps, Clocked):
     def _open_release(self, p: Probe, point: str, addr: int | None = None) -> None:
         """Task p.pid is in a release at `point` whose mmdrop() of the mm at `addr` (by
         default the `mm` argument) follows: a kernel __mmdrop next on this CPU, or later by
-        this task wherever it ran meanwhile, is at that point."""
+        this task wherever it ran meanwhile, is at that point. An __mmput of that mm this
+        task ran is over by then (no release runs inside one: exit_mmap()'s fput()s are
+        deferred), whose own mmdrop() was not the last (a KVM VM's fd closed by exit_files()
+        after exit_mm())."""
+        if addr is None:
+            addr = address(p.args.get("mm"))
         self.anchor[p.cpu] = (point, p.pid)
-        self.releasing[p.pid] = (
-            point,
-            address(p.args.get("mm")) if addr is None else addr,
-            p.line,
-        )
+        self.releasing[p.pid] = (point, addr, p.line)
+        if self.mmput_open.get(addr) == p.pid:
+            del self.mmput_open[addr]
 
     def _oom_victim(self, p: Probe) -> None:
         """mark_oom_victim(tsk) entered: when tsk->signal->oom_mm is still NULL (the `oom_mm`
@@ -1200,6 +1265,14 @@ class Validator(MarkerSteps, Clocked):
             self._binder_open(p)
         elif f == "binder_alloc_deferred_release":
             self._binder_release(p)
+        elif f == "kvm_arch_init_vm":
+            self._kvm_create(p)
+        elif f == "preempt_notifier_inc":
+            self._kvm_created(p)
+        elif f == "kvm_arch_destroy_vm":
+            self._kvm_destroy(p)
+        elif f == "preempt_notifier_dec" and p.returned:
+            self._kvm_destroyed(p)
         elif f == "__khugepaged_exit" and self.inputs == "markers":
             self._refusable(self._thp_exit, p)
         elif f == "collect_mm_slot" and p.args.get("mm_users") == "0":

@@ -16,8 +16,8 @@ MAX_MISMATCHES = 50
 HELD_OUTSIDE = (
     "mm_count held outside the scheduler (io_uring's ctx->mm_account, the OOM killer's "
     "signal->oom_mm, an open /proc/PID/mem, a userfaultfd, a binder file's alloc->mm, "
-    "khugepaged's scan cursor, ksmd's mm_slot...) and dropped later elsewhere, or not within "
-    "the trace: no input announces it"
+    "a KVM VM's kvm->mm, khugepaged's scan cursor, ksmd's mm_slot...) and dropped later "
+    "elsewhere, or not within the trace: no input announces it"
 )
 ELSEWHERE = (
     "__mmput ran in another task (an mm_users reference such as a /proc reader's "
@@ -215,6 +215,7 @@ RELEASE_POINTS = (
     "khugepaged",
     "ksm",
     "binder_release",
+    "kvm_destroy_vm",
 )
 HELD_POINTS = ("other", *RELEASE_POINTS, "mmdrop_async")
 
