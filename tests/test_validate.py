@@ -2501,7 +2501,11 @@ def test_khugepaged_references_are_followed_at_their_markers(capture: Path) -> N
         assert r.mmdrop.matched == r.mmdrop.total, r.mismatches
 
 
-KSM_MARKED = [p for p in ALL if _ksm_marked(p)]
+# recorded with KSM's markers, and running KSM: the `ksm` workload, or a program of ours
+# that makes regions mergeable
+KSM_MARKED = [
+    p for p in ALL if _ksm_marked(p) and ("ksm" in _names(p) or _program_uses(p, "MADV_MERGEABLE"))
+]
 
 
 @pytest.mark.parametrize("capture", KSM_MARKED, ids=lambda p: p.name)
