@@ -666,7 +666,9 @@ def capture(
             "--module",
             help="Load this module of the kernel's package in the guest before the workload "
             "(busybox insmod, no parameters; repeat for several, in load order), e.g. brd "
-            "for RAM disks to swap on.",
+            "for RAM disks to swap on, or irqbypass, kvm, ccp, kvm-amd with --cpu max for "
+            "KVM virtual machines in the guest (TCG emulates AMD SVM). binder_linux and kvm "
+            "add their own markers.",
         ),
     ] = None,
     scale: Annotated[int, typer.Option("--scale", min=1, max=50, help="Repeat counts x N.")] = 1,
