@@ -210,6 +210,25 @@ def test_kprobe_profile_as_tracefs_prints_it() -> None:
     assert named >= run.CORE_PROBES  # every core probe is one the capture defines
 
 
+def test_the_docs_probe_table_names_every_probe_the_capture_can_define() -> None:
+    """docs/validate.md's probe table lists, in its first column, every event the capture
+    can define (every marker set: offsets for all, binder_linux and kvm loaded), and no
+    other."""
+    fields = (
+        "pid flags mm active_mm comm mm_account signal sigcnt oom_mm private private_data "
+        "features vm_mm vm_userfaultfd_ctx scan_slot slot_mm mm_users rmap_mm"
+    )
+    every = dict.fromkeys(fields.split(), 8)  # every field any probe reads
+    defs = guest.kprobe_definitions(
+        every, every, every, every, every, every, ("binder_linux", "kvm"), every
+    )
+    defined = {d.split()[0].split("/")[1] for d in defs}
+    docs = (Path(__file__).parents[1] / "docs" / "validate.md").read_text()
+    rows = [line.split("|")[1] for line in docs.splitlines() if line.startswith("   | `")]
+    documented = {name for cell in rows for name in re.findall(r"`([a-z]+)`", cell)}
+    assert defined == documented, defined ^ documented
+
+
 def test_kprobes_carry_this_kernels_offsets() -> None:
     defs = guest.kprobe_definitions({"pid": 2416, "flags": 44, "mm": 2272, "active_mm": 2280,
                                      "comm": 2976})  # fmt: skip
