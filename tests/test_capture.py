@@ -356,6 +356,13 @@ def test_your_own_workload_is_checked_before_anything_boots(tmp_path: Path) -> N
 
     refused("nothing to run", workload="none")
     refused("empty", workload="none", run="  ")
+    # --scale repeats the built-in workloads; /bin/program gets no arguments from it
+    refused(
+        r"--scale 2 multiplies the built-in .* --run 'program ARGS'",
+        workload="none",
+        run="program",
+        scale=2,
+    )
     refused("no such file", program=tmp_path / "missing.c")
     (tmp_path / "notes.txt").write_text("hello")
     refused("C source", program=tmp_path / "notes.txt")

@@ -671,7 +671,16 @@ def capture(
             "add their own markers.",
         ),
     ] = None,
-    scale: Annotated[int, typer.Option("--scale", min=1, max=50, help="Repeat counts x N.")] = 1,
+    scale: Annotated[
+        int,
+        typer.Option(
+            "--scale",
+            min=1,
+            max=50,
+            help="Repeat the built-in workload's counts x N (your own program takes its "
+            "arguments from --run 'program ARGS').",
+        ),
+    ] = 1,
     kernel_args: Annotated[
         str,
         typer.Option(

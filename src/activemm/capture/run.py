@@ -313,6 +313,11 @@ def check_options(opts: CaptureOptions) -> None:
         )
     if opts.workload == "none" and opts.run is None and opts.program is None:
         raise CaptureError("--workload none leaves nothing to run: give --run or --program")
+    if opts.workload == "none" and opts.scale != 1:
+        raise CaptureError(
+            f"--scale {opts.scale} multiplies the built-in workloads' counts, and --workload "
+            "none runs none: give your program its own arguments with --run 'program ARGS'"
+        )
     if opts.run is not None and not opts.run.strip():
         raise CaptureError("--run: the command line is empty")
     if opts.cpu and not re.fullmatch(r"[\w.+=,-]+", opts.cpu):
