@@ -350,6 +350,31 @@ def test_an_exiting_task_can_be_preempted_and_run_again() -> None:
     assert app.state is TaskState.GONE
 
 
+def test_revive_takes_back_a_switch_wrongly_read_as_final() -> None:
+    """Machine.revive() (trace replay on PREEMPT_RT, where a task blocked on a sleeping
+    spinlock after exit_notify() reads "X" like a dead one): the task runs again as the
+    exiting task it was, borrowing lazily; only such a task can be revived."""
+    m = machine("linux-6.1-x86_64-rt")
+    mm2 = with_user(m)
+    with pytest.raises(OperationError, match="not an exited task"):
+        m.revive("init")  # alive
+    m.schedule(1, "app")
+    m.exit("app")
+    m.schedule(1, "swapper/1")  # taken for the final switch
+    app = m.task("app")
+    assert app.state is TaskState.GONE
+    m.forget_dead()
+    assert app not in m.state.tasks
+    m.revive(app)
+    assert app.state is TaskState.RUNNABLE and app.exiting and app in m.state.tasks
+    m.schedule(1, app)  # kernel -> kernel: it borrows what swapper/1 had, app's old mm
+    assert app.active_mm is mm2 and mm2.mm_users == 0 and mm2.mm_count == 1
+    with pytest.raises(OperationError, match="not an exited task"):
+        m.revive(app)  # running
+    m.schedule(1, "swapper/1")
+    assert app.state is TaskState.GONE and not mm2.freed
+
+
 def test_adopt_lazy_a_zombie_from_before_the_trace_is_freed_by_the_next_user_switch() -> None:
     """A CPU found borrowing an mm whose users exited before observation: the mm lives on
     that CPU's lazy reference alone (mm_users 0, mm_count 1) and is freed in the

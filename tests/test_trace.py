@@ -937,3 +937,41 @@ def test_exec_from_a_thread_whose_leader_switches_out_last_under_the_threads_pid
     # borrowed reference may remain
     old = r.tasks[12].mm or r.tasks[12].active_mm
     assert old is None or old.mm_users == 0
+
+
+def test_an_exited_thread_switched_out_as_dead_that_runs_again_is_the_same_task(
+    tmp_path: Path,
+) -> None:
+    """PREEMPT_RT: a thread that blocks on a sleeping spinlock after exit_notify() (which
+    set EXIT_DEAD: it is autoreaped) is switched out with TASK_RTLOCK_WAIT, and sched_switch
+    reports its exit_state: "X", as for its final switch, which comes later. Seen running
+    again, it is the same task, with no mm since its exit_mm(): it borrows its CPU's mm
+    lazily like any task without one, and no task is made up for it."""
+    sw = SWITCH_LINE
+    lines = [
+        sw.format(c="swapper/0", p=0, cpu=0, ts="1.000000", s="R", nc="app", np=10),
+        "app-10 [000] 1.000100: task_newtask: pid=11 comm=app clone_flags=3d0f00 oom_score_adj=0",
+        sw.format(c="swapper/1", p=0, cpu=1, ts="1.000200", s="R", nc="app", np=11),
+        "app-11 [001] 1.000300: sched_process_exit: comm=app pid=11 prio=120",
+        sw.format(c="app", p=11, cpu=1, ts="1.000400", s="X", nc="swapper/1", np=0),
+        sw.format(c="swapper/1", p=0, cpu=1, ts="1.000500", s="R", nc="app", np=11),
+    ]
+    final = [
+        sw.format(c="app", p=11, cpu=1, ts="1.000600", s="X", nc="swapper/1", np=0),
+        "rcuc/1-27 [001] 1.000700: sched_process_free: comm=app pid=11 prio=120",
+    ]
+    r = _replay_lines(tmp_path, lines, "linux-6.1-x86_64-rt", 2)
+    leader, thread = r.tasks[10], r.tasks[11]
+    assert r.stats.anomalies["exited task switched out as dead (X) ran again"] == 1
+    assert not any(
+        k.startswith(("resynchronised", "pid reused", "refused", "dead task"))
+        for k in r.stats.anomalies
+    )
+    assert thread.state is TaskState.RUNNING and thread.exiting and thread.mm is None
+    assert thread.active_mm is leader.mm  # borrowed: swapper/1 handed it on
+    assert leader.mm is not None and leader.mm.mm_users == 1
+    assert leader.mm.mm_count == 2  # one for the real users, one for CPU 1's lazy use
+    assert sum(1 for t in r.m.state.tasks if t.comm == "app") == 2  # none made up
+    r = _replay_lines(tmp_path, lines + final, "linux-6.1-x86_64-rt", 2)
+    assert 11 not in r.tasks and r.tasks[10].mm is not None and r.tasks[10].mm.mm_count == 2
+    assert r.m.state.rqs[1].curr.is_idle

@@ -26,6 +26,7 @@ from activemm.trace.events import (
     NewTask,
     Probe,
     ProcessExec,
+    ProcessFree,
     SchedSwitch,
     TaskRename,
     TlbFlush,
@@ -3116,3 +3117,59 @@ def test_a_bare_rt_trace_shows_its_rcu_callbacks_offloaded_by_its_rcuop_threads(
     events = list(read_trace(str(capture / "trace.txt.gz")))
     offloaded = "rcu_nocbs=all" in str(meta.get("kernel_args") or "").split()
     assert rcuop_everywhere(events, meta["cpus"]) == offloaded
+
+
+@pytest.mark.parametrize("name", ["linux-6.1-smp2-iouring", "linux-6.1-smp2-oom-marked"])
+def test_missed_putsignal_hits_are_said_to_matter_only_when_the_trace_has_an_oom_victim(
+    name: str, tmp_path: Path
+) -> None:
+    """__put_task_struct() (the `putsignal` marker) is read only as the put that frees an OOM
+    victim's signal->oom_mm: the anomaly says its missed hits changed nothing when no
+    mark_oom_victim() line is in the trace (a softirq inside another probe's handler makes
+    it miss a few hits on most captures), and lists them plainly otherwise."""
+    copy = tmp_path / name
+    shutil.copytree(CAPTURES / name, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["kprobe_missed"] = {"putsignal": 3}
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with gzip.open(copy / "trace.txt.gz", "rt") as f:
+        oom = any("mark_oom_victim+" in line for line in f)
+    anomalies = validate(copy).anomalies
+    missed = {k: n for k, n in anomalies.items() if k.startswith("kprobe hits missed")}
+    harmless = "no OOM victim in this trace, so none of them mattered"
+    expected = "kprobe hits missed while recording (putsignal" + ("" if oom else ": " + harmless)
+    assert missed == {expected + ")": 3}
+
+
+def test_a_thread_switched_out_as_dead_that_runs_again_keeps_its_task() -> None:
+    """linux-6.1-rt-smp3-program33 (core dumps on PREEMPT_RT): a dumping process's thread,
+    released by exit_notify() (EXIT_DEAD), blocked on a sleeping spinlock and was switched
+    out reading "X", then ran again before its final switch. The finish_task_switch probe
+    tells the two apart (do_task_dead() sets PF_NOFREEZE, 0x8000, before its __schedule());
+    the replay, which reads only the tracepoints' "X", takes the task back when it runs
+    again, and every switch and __mmdrop matches (540 switches missed when it made up a
+    new task with an mm of its own)."""
+    capture = CAPTURES / "linux-6.1-rt-smp3-program33"
+    events = list(read_trace(str(capture / "trace.txt.gz")))
+    dead: dict[int, SchedSwitch] = {}  # pid -> its switch out reading X
+    flags: dict[int, int] = {}  # line of an X switch -> prev_flags its finish probe shows
+    pending: dict[int, int] = {}  # CPU -> line of the switch whose finish is to come
+    revived: list[int] = []  # lines of the X switches that were not the last
+    for e in events:
+        if isinstance(e, SchedSwitch):
+            if e.next_pid in dead:
+                revived.append(dead.pop(e.next_pid).line)
+            if e.prev_state.startswith("X"):
+                dead[e.prev_pid] = e
+                pending[e.cpu] = e.line
+        elif isinstance(e, Probe) and e.function == kv.FINISH and e.cpu in pending:
+            flags[pending.pop(e.cpu)] = int(e.args["prev_flags"], 16)
+        elif isinstance(e, ProcessFree):
+            dead.pop(e.free_pid, None)
+    final = [line for line in flags if line not in revived]
+    assert revived and final
+    assert all(not flags[line] & 0x8000 for line in revived)  # not do_task_dead()'s
+    assert all(flags[line] & 0x8000 for line in final)
+    r = validate(capture)
+    assert r.context_switches.matched == r.context_switches.total
+    assert r.mmdrop.matched == r.mmdrop.total

@@ -344,6 +344,25 @@ class Machine:
         rcu.rcu_do_batch(self.k, cpu)
         self._end(op)
 
+    def revive(self, task: TaskRef) -> Task:
+        """Not a kernel path: a task the replay took for dead (its switch out read "X", and
+        schedule() was told it was the final one) runs again. That switch was not
+        do_task_dead()'s: on PREEMPT_RT a task that blocks on a sleeping spinlock after
+        exit_notify() (which set EXIT_DEAD for an autoreaped thread) is switched out with
+        TASK_RTLOCK_WAIT, and sched_switch reports its exit_state, "X". Its task_struct was
+        never put; the switch did nothing else to the mm code (the task ran exit_mm()
+        before, so it had no mm and let go of its active_mm like any task without one):
+        it is runnable again, still exiting."""
+        t = self.task(task)
+        if t.state is not TaskState.GONE or not t.exiting or t.mm is not None:
+            raise OperationError(f"revive: {t.name} is not an exited task taken for dead")
+        op = self._begin("revive", 0, task=t)
+        t.state = TaskState.RUNNABLE
+        if all(other is not t for other in self.state.tasks):
+            self.state.tasks.append(t)  # forget_dead() had let go of it
+        self._end(op)
+        return t
+
     def adopt(self, comm: str, kernel_thread: bool, mm_of: TaskRef | None = None) -> Task:
         """Not a kernel path: a task that already existed when observation began (trace
         replay). A user task shares the mm of `mm_of` (a thread of the same group) or gets

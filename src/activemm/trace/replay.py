@@ -238,11 +238,28 @@ class Replayer:
         if pid == 0:
             return self.m.state.rqs[cpu].idle
         t = self.tasks.get(pid)
+        if t is not None and self._revived(t):
+            return t
         if t is None or t.state is TaskState.GONE:
             if t is not None:
                 self.stats.anomalies["pid reused without a fork seen"] += 1
             t = self._adopt(pid, comm, tgid)
         return t
+
+    def _revived(self, t: Task) -> bool:
+        """A task reaped at a switch out that read "X", seen again before its
+        sched_process_free (which takes it out of `tasks`): it was not dead. On PREEMPT_RT
+        a thread blocked on a sleeping spinlock after exit_notify() (release_task() set
+        EXIT_DEAD) reads "X" in sched_switch, and its final switch comes later."""
+        if t.state is not TaskState.GONE or not t.exiting or t.mm is not None:
+            return False
+        self.metrics.paused = True
+        try:
+            self.m.revive(t)
+        finally:
+            self.metrics.paused = False
+        self.stats.anomalies["exited task switched out as dead (X) ran again"] += 1
+        return True
 
     def _quiet(self, cpu: int, t: Task) -> None:
         """Schedule `t` on `cpu` without counting it (resynchronisation)."""
@@ -273,7 +290,7 @@ class Replayer:
         t = self.task(pid, comm, tgid, cpu)
         if rq.curr is t:
             return t
-        if t.state is TaskState.GONE:
+        if t.state is TaskState.GONE and not self._revived(t):
             self.stats.anomalies["dead task seen running"] += 1
             t = self._adopt(pid, comm, tgid)
         self._free_task(t, cpu)
