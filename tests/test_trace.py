@@ -942,9 +942,10 @@ def test_exec_from_a_thread_whose_leader_switches_out_last_under_the_threads_pid
 def test_an_exited_thread_switched_out_as_dead_that_runs_again_is_the_same_task(
     tmp_path: Path,
 ) -> None:
-    """PREEMPT_RT: a thread that blocks on a sleeping spinlock after exit_notify() (which
-    set EXIT_DEAD: it is autoreaped) is switched out with TASK_RTLOCK_WAIT, and sched_switch
-    reports its exit_state: "X", as for its final switch, which comes later. Seen running
+    """A thread past exit_notify() (autoreaped: EXIT_DEAD) that calls schedule() already
+    woken (TASK_RUNNING: on PREEMPT_RT, a sleeping-spinlock wait whose owner let go first)
+    is switched out reading its exit_state, "X", as at its final switch, which comes
+    later. Seen running
     again, it is the same task, with no mm since its exit_mm(): it borrows its CPU's mm
     lazily like any task without one, and no task is made up for it."""
     sw = SWITCH_LINE

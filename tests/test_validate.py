@@ -3142,9 +3142,9 @@ def test_missed_putsignal_hits_are_said_to_matter_only_when_the_trace_has_an_oom
 
 
 def test_a_thread_switched_out_as_dead_that_runs_again_keeps_its_task() -> None:
-    """linux-6.1-rt-smp3-program33 (core dumps on PREEMPT_RT): a dumping process's thread,
-    released by exit_notify() (EXIT_DEAD), blocked on a sleeping spinlock and was switched
-    out reading "X", then ran again before its final switch. The finish_task_switch probe
+    """linux-6.1-rt-smp3-program33 (core dumps on PREEMPT_RT): a thread past exit_notify()
+    (autoreaped: EXIT_DEAD) called schedule() already woken, so sched_switch showed its
+    exit_state, "X", and it ran again before its final switch. The finish_task_switch probe
     tells the two apart (do_task_dead() sets PF_NOFREEZE, 0x8000, before its __schedule());
     the replay, which reads only the tracepoints' "X", takes the task back when it runs
     again, and every switch and __mmdrop matches (540 switches missed when it made up a

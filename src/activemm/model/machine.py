@@ -347,12 +347,13 @@ class Machine:
     def revive(self, task: TaskRef) -> Task:
         """Not a kernel path: a task the replay took for dead (its switch out read "X", and
         schedule() was told it was the final one) runs again. That switch was not
-        do_task_dead()'s: on PREEMPT_RT a task that blocks on a sleeping spinlock after
-        exit_notify() (which set EXIT_DEAD for an autoreaped thread) is switched out with
-        TASK_RTLOCK_WAIT, and sched_switch reports its exit_state, "X". Its task_struct was
-        never put; the switch did nothing else to the mm code (the task ran exit_mm()
-        before, so it had no mm and let go of its active_mm like any task without one):
-        it is runnable again, still exiting."""
+        do_task_dead()'s: sched_switch reports a task's state, or its exit_state when the
+        state has nothing to report (TASK_RUNNING: a task woken before its own schedule()
+        call, such as a PREEMPT_RT sleeping-spinlock wait whose owner let go first), so an
+        autoreaped thread past exit_notify() (EXIT_DEAD) reads "X" at any such switch. Its
+        task_struct was never put; the switch did nothing else to the mm code (the task
+        ran exit_mm() before, so it had no mm and let go of its active_mm like any task
+        without one): it is runnable again, still exiting."""
         t = self.task(task)
         if t.state is not TaskState.GONE or not t.exiting or t.mm is not None:
             raise OperationError(f"revive: {t.name} is not an exited task taken for dead")

@@ -248,9 +248,11 @@ class Replayer:
 
     def _revived(self, t: Task) -> bool:
         """A task reaped at a switch out that read "X", seen again before its
-        sched_process_free (which takes it out of `tasks`): it was not dead. On PREEMPT_RT
-        a thread blocked on a sleeping spinlock after exit_notify() (release_task() set
-        EXIT_DEAD) reads "X" in sched_switch, and its final switch comes later."""
+        sched_process_free (which takes it out of `tasks`): it was not dead. sched_switch
+        shows the exit_state (EXIT_DEAD for an autoreaped thread past exit_notify()) when
+        the task's state has nothing to report: a schedule() called with TASK_RUNNING (woken
+        first, as a PREEMPT_RT sleeping-spinlock wait can be) reads "X" like the final
+        switch, which comes later."""
         if t.state is not TaskState.GONE or not t.exiting or t.mm is not None:
             return False
         self.metrics.paused = True
