@@ -251,8 +251,8 @@ class Replayer:
         sched_process_free (which takes it out of `tasks`): it was not dead. sched_switch
         shows the exit_state (EXIT_DEAD for an autoreaped thread past exit_notify()) when
         the task's state has nothing to report: a schedule() called with TASK_RUNNING (woken
-        first, as a PREEMPT_RT sleeping-spinlock wait can be) reads "X" like the final
-        switch, which comes later."""
+        first, as a PREEMPT_RT sleeping-spinlock wait can be) reads "X" (a zombie leader's
+        "Z") like the final switch, which comes later."""
         if t.state is not TaskState.GONE or not t.exiting or t.mm is not None:
             return False
         self.metrics.paused = True
@@ -292,7 +292,7 @@ class Replayer:
         t = self.task(pid, comm, tgid, cpu)
         if rq.curr is t:
             return t
-        if t.state is TaskState.GONE and not self._revived(t):
+        if t.state is TaskState.GONE:
             self.stats.anomalies["dead task seen running"] += 1
             t = self._adopt(pid, comm, tgid)
         self._free_task(t, cpu)
