@@ -351,9 +351,9 @@ def test_an_exiting_task_can_be_preempted_and_run_again() -> None:
 
 
 def test_revive_takes_back_a_switch_wrongly_read_as_final() -> None:
-    """Machine.revive() (trace replay on PREEMPT_RT, where a task blocked on a sleeping
-    spinlock after exit_notify() reads "X" like a dead one): the task runs again as the
-    exiting task it was, borrowing lazily; only such a task can be revived."""
+    """Machine.revive() (trace replay: a task past exit_notify() that calls schedule()
+    woken already reads "X" like a dead one): the task runs again as the exiting task it
+    was, borrowing lazily; only such a task can be revived."""
     m = machine("linux-6.1-x86_64-rt")
     mm2 = with_user(m)
     with pytest.raises(OperationError, match="not an exited task"):

@@ -945,9 +945,8 @@ def test_an_exited_thread_switched_out_as_dead_that_runs_again_is_the_same_task(
     """A thread past exit_notify() (autoreaped: EXIT_DEAD) that calls schedule() already
     woken (TASK_RUNNING: on PREEMPT_RT, a sleeping-spinlock wait whose owner let go first)
     is switched out reading its exit_state, "X", as at its final switch, which comes
-    later. Seen running
-    again, it is the same task, with no mm since its exit_mm(): it borrows its CPU's mm
-    lazily like any task without one, and no task is made up for it."""
+    later. Seen running again, it is the same task, with no mm since its exit_mm(): it
+    borrows its CPU's mm lazily like any task without one, and no task is made up for it."""
     sw = SWITCH_LINE
     lines = [
         sw.format(c="swapper/0", p=0, cpu=0, ts="1.000000", s="R", nc="app", np=10),

@@ -355,7 +355,7 @@ class Machine:
         ran exit_mm() before, so it had no mm and let go of its active_mm like any task
         without one): it is runnable again, still exiting."""
         t = self.task(task)
-        if t.state is not TaskState.GONE or not t.exiting or t.mm is not None:
+        if not self.taken_for_dead(t):
             raise OperationError(f"revive: {t.name} is not an exited task taken for dead")
         op = self._begin("revive", 0, task=t)
         t.state = TaskState.RUNNABLE
@@ -363,6 +363,12 @@ class Machine:
             self.state.tasks.append(t)  # forget_dead() had let go of it
         self._end(op)
         return t
+
+    @staticmethod
+    def taken_for_dead(t: Task) -> bool:
+        """Whether revive() can take `t` back: reaped at a switch out (gone), after its
+        exit_mm() (exiting, no mm)."""
+        return t.state is TaskState.GONE and t.exiting and t.mm is None
 
     def adopt(self, comm: str, kernel_thread: bool, mm_of: TaskRef | None = None) -> Task:
         """Not a kernel path: a task that already existed when observation began (trace

@@ -253,7 +253,7 @@ class Replayer:
         the task's state has nothing to report: a schedule() called with TASK_RUNNING (woken
         first, as a PREEMPT_RT sleeping-spinlock wait can be) reads "X" (a zombie leader's
         "Z") like the final switch, which comes later."""
-        if t.state is not TaskState.GONE or not t.exiting or t.mm is not None:
+        if not self.m.taken_for_dead(t):
             return False
         self.metrics.paused = True
         try:
