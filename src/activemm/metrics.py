@@ -10,7 +10,8 @@ import statistics
 import tomllib
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,16 @@ class Metrics(Observer):
     lazy_time: dict[int, float] = field(default_factory=dict)  # seconds per CPU
     _lazy_since: dict[int, float | None] = field(default_factory=dict)
     _ptbr: dict[int, int] = field(default_factory=dict)  # alpha: page tables last loaded
+
+    @contextmanager
+    def unmetered(self) -> Iterator[None]:
+        """Model operations that stand for what the trace does not show (resynchronising,
+        adopting, reviving a task): not counted."""
+        self.paused = True
+        try:
+            yield
+        finally:
+            self.paused = False
 
     def begin(self, op: Operation, state: KernelState) -> None:
         self._torn = []

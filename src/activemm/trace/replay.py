@@ -166,11 +166,8 @@ class Replayer:
                 ):
                     sibling = other
                     break
-        self.metrics.paused = True
-        try:
+        with self.metrics.unmetered():
             t = self.m.adopt(comm, kthread, sibling)
-        finally:
-            self.metrics.paused = False
         self.tasks[pid] = t
         if group is not None:
             self.tgid_of[pid] = group
@@ -255,21 +252,15 @@ class Replayer:
         "Z") like the final switch, which comes later."""
         if not self.m.taken_for_dead(t):
             return False
-        self.metrics.paused = True
-        try:
+        with self.metrics.unmetered():
             self.m.revive(t)
-        finally:
-            self.metrics.paused = False
         self.stats.anomalies["exited task switched out as dead (X) ran again"] += 1
         return True
 
     def _quiet(self, cpu: int, t: Task) -> None:
         """Schedule `t` on `cpu` without counting it (resynchronisation)."""
-        self.metrics.paused = True
-        try:
+        with self.metrics.unmetered():
             self.m.schedule(cpu, t)
-        finally:
-            self.metrics.paused = False
 
     def _free_task(self, t: Task, cpu: int) -> None:
         """Make `t` not current anywhere but... nowhere: if it runs on another CPU, that CPU

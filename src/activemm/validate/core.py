@@ -702,7 +702,7 @@ class Validator(MarkerSteps, Clocked):
         mm = rq.curr.active_mm  # what the idle task borrows once cpu_down() switched to it
         if i < len(lines) and before_next and mm is not None and not mm.is_init_mm:
             holder = f"finish_cpu() of CPU {p.cpu} (line {lines[i]})"
-            with self._unmetered():
+            with self.metrics.unmetered():
                 self.m.mmgrab(mm, holder, p.cpu)
             self.finish_holds[lines[i]] = holder
         control = self.taken_down_from.pop(p.cpu, None)
@@ -1580,7 +1580,7 @@ class Validator(MarkerSteps, Clocked):
         held_by = None
         if mm is None and not self._ends_later(addr, line):
             held_by = f"unseen owner of {kv.hexaddr(addr)}"
-        with self._unmetered():
+        with self.metrics.unmetered():
             borrowed = self.m.adopt_lazy(cpu, mm, held_by=held_by)
             self.result.learned["mm borrowed by a CPU before the trace"] += 1
             # Other CPUs borrowing the same mm when the trace began hold references too,
@@ -1619,7 +1619,7 @@ class Validator(MarkerSteps, Clocked):
             borrowed = rq.curr.active_mm if rq.curr.mm is None else None
             if borrowed is not None and not borrowed.freed:
                 group.pin = f"finish_task_switch in flight on CPU {cpu} (line {group.switch.line})"
-                with self._unmetered():
+                with self.metrics.unmetered():
                     self.m.mmgrab(borrowed, group.pin, cpu)
             group.early = self._switch_model(group)
             self.result.learned["switch applied at its hook (finish after a flush)"] += 1

@@ -8,8 +8,6 @@ state these methods share."""
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -637,20 +635,11 @@ class MarkerSteps:
         _put_back() puts it there."""
         mm = leaving_mm(t)
         assert mm is not None
-        with self._unmetered():
+        with self.metrics.unmetered():
             self.m.mmget_not_zero(mm, holder, p.cpu)
         self.deferred[at] = (holder, mm)
         self.result.learned[learned] += 1
         return True
-
-    @contextmanager
-    def _unmetered(self) -> Iterator[None]:
-        """Model operations that stand for what the inputs do not show: not counted."""
-        self.metrics.paused = True
-        try:
-            yield
-        finally:
-            self.metrics.paused = False
 
     def _pin(self, mm: Mm | None, p: TraceEvent, what: str) -> None:
         """The model's __mmput() is one step; the kernel's can be preempted half way (inside
@@ -666,7 +655,7 @@ class MarkerSteps:
     def _hold(self, mm: Mm, holder: str, p: TraceEvent) -> None:
         """Pin `mm` (mm_count) in the name of p.pid's __mmput until that task's next traced
         event."""
-        with self._unmetered():
+        with self.metrics.unmetered():
             self.m.mmgrab(mm, holder, p.cpu)
         self.pins.setdefault(p.pid, []).append(holder)
         if mm.id in self.addr:
