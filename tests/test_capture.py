@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import bz2
 import gzip
 import json
 import lzma
@@ -13,6 +14,7 @@ import struct
 import subprocess
 from pathlib import Path
 
+import lz4.block
 import pytest
 import zstandard
 
@@ -86,14 +88,80 @@ def test_ksm_offsets_read_either_name_of_the_rmap_item(monkeypatch: pytest.Monke
     assert kernel.ksm_offsets(image) == {}
 
 
-@pytest.mark.parametrize("compress", ["xz", "zstd"])
+def _lz4_legacy(data: bytes) -> bytes:
+    """What the kernel's build does for CONFIG_KERNEL_LZ4 (`lz4 -l -9`, then size_append):
+    the legacy magic, 8 MiB blocks each after its 4-byte compressed size, then the
+    uncompressed size."""
+    out = [struct.pack("<I", 0x184C2102)]
+    for i in range(0, len(data), 8 << 20):
+        block = lz4.block.compress(data[i : i + (8 << 20)], store_size=False)
+        out += [struct.pack("<I", len(block)), block]
+    return b"".join(out) + struct.pack("<I", len(data))
+
+
+_COMPRESS = {
+    "xz": lzma.compress,
+    "zstd": zstandard.ZstdCompressor().compress,
+    "lz4": _lz4_legacy,
+    "gzip": gzip.compress,
+    "bzip2": bz2.compress,
+    "lzma": lambda data: lzma.compress(data, format=lzma.FORMAT_ALONE, preset=9),  # lzma -9
+}
+
+
+@pytest.mark.parametrize("compress", sorted(_COMPRESS))
 def test_the_vmlinux_inside_a_bzimage_is_found(compress: str) -> None:
-    elf = b"\x7fELF\x02\x01" + bytes(range(256)) * 40
-    packed = lzma.compress(elf) if compress == "xz" else zstandard.ZstdCompressor().compress(elf)
-    bzimage = b"MZ" + b"\xfd7zXZ\x00junk" + b"\x00" * 1000 + packed + b"trailer" * 10
+    """Every compression a bzImage may hold but LZO (Debian: xz, zstd, and lz4 for the
+    cloud-amd64 6.1 kernel); past false starts (a magic in the setup code) and the trailer.
+    The lz4 images span two of the format's 8 MiB blocks, the last one short or full."""
+    size = (9 << 20) if compress == "lz4" else 10240
+    elf = (b"\x7fELF\x02\x01" + bytes(range(256)) * (size // 256 + 1))[:size]
+    packed = _COMPRESS[compress](elf)
+    false_starts = b"\xfd7zXZ\x00junk\x02\x21\x4c\x18\xff\xff\x00\x00BZhjunk\x1f\x8b\x08junk"
+    bzimage = b"MZ" + false_starts + b"\x00" * 1000 + packed + b"trailer" * 10
     assert extract_vmlinux(bzimage) == elf
+    if compress == "lz4":  # an image of whole blocks: the appended size follows a full one
+        elf = (elf * 2)[: 16 << 20]
+        assert extract_vmlinux(b"MZ" + _lz4_legacy(elf) + b"trailer") == elf
     with pytest.raises(CaptureError):
         extract_vmlinux(b"MZ" + b"\x00" * 5000)
+
+
+@pytest.mark.parametrize(
+    ("release", "package"),
+    [
+        ("6.1", "linux-image-6.1.0-57-amd64"),
+        ("6.1-rt", "linux-image-6.1.0-57-rt-amd64"),
+        ("6.1-cloud", "linux-image-6.1.0-57-cloud-amd64"),
+        ("6.12", "linux-image-6.12.117+deb12-amd64-unsigned"),
+        ("6.12-rt", "linux-image-6.12.117+deb12-rt-amd64-unsigned"),
+        ("6.12-cloud", "linux-image-6.12.117+deb12-cloud-amd64-unsigned"),
+    ],
+)
+def test_each_kernel_release_names_the_newest_package_of_its_flavour(
+    release: str, package: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--kernel-release: 6.1's package is what the flavour's meta-package depends on; 6.12's
+    the newest by version number (6.12.117 after 6.12.99, which sorts first as text) among
+    the packages apt knows, from apt-cache as Debian 12's apt prints it."""
+    from activemm.capture import kernel
+
+    packages = [f"linux-image-6.12.{n}+deb12-{f}-unsigned" for n in (99, 117)
+                for f in ("amd64", "rt-amd64", "cloud-amd64")]  # fmt: skip
+
+    def apt_cache(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        if cmd[1] == "depends":
+            flavour = cmd[2].removeprefix("linux-image-")
+            out = f"{cmd[2]}\n  Depends: linux-image-6.1.0-57-{flavour}\n"
+        else:
+            out = "".join(f"{p} - Linux 6.12\n" for p in packages if re.match(cmd[3], p))
+        return subprocess.CompletedProcess(cmd, 0, out, "")
+
+    monkeypatch.setattr(kernel, "need", lambda tool, package: tool)
+    monkeypatch.setattr(kernel.subprocess, "run", apt_cache)
+    assert kernel.debian_package(release) == package
+    with pytest.raises(CaptureError, match=re.escape("expected one of 6.1, 6.12,")):
+        kernel.debian_package("6.6")
 
 
 def _ship(name: str, data: bytes) -> str:

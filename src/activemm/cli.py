@@ -697,7 +697,9 @@ def capture(
         typer.Option(
             "--kernel-release",
             help="Debian 12's kernel generation: 6.1 or 6.12, or their PREEMPT_RT flavour "
-            "6.1-rt or 6.12-rt (linux-image-rt-amd64).",
+            "6.1-rt or 6.12-rt (linux-image-rt-amd64), or their cloud flavour 6.1-cloud or "
+            "6.12-cloud (linux-image-cloud-amd64: a configuration for virtual machines, few "
+            "modules).",
         ),
     ] = "6.1",
     kernel: Annotated[

@@ -4,21 +4,26 @@ extract the uncompressed vmlinux (for a fast PVH boot and for its BTF), and read
 
 from __future__ import annotations
 
+import bz2
 import lzma
 import os
 import re
 import shutil
 import struct
 import subprocess
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import lz4.block
 import zstandard
 
 from activemm.errors import ActiveMmError
 
-RELEASES = ("6.1", "6.12", "6.1-rt", "6.12-rt")  # -rt: the PREEMPT_RT flavour
+# -rt: the PREEMPT_RT flavour (rt-amd64); -cloud: the cloud-amd64 flavour
+RELEASES = ("6.1", "6.12", "6.1-rt", "6.12-rt", "6.1-cloud", "6.12-cloud")
 TASK_FIELDS = ("pid", "flags", "mm", "active_mm", "comm")
 
 
@@ -53,15 +58,22 @@ class KernelImage:
 
 
 def debian_package(generation: str) -> str:
-    """The Debian 12 package name of the newest kernel of `generation` (6.1 or 6.12, and
-    their PREEMPT_RT flavours 6.1-rt and 6.12-rt)."""
+    """The Debian 12 package name of the newest kernel of `generation`: 6.1 or 6.12, their
+    PREEMPT_RT flavour (6.1-rt, 6.12-rt: rt-amd64) or their cloud flavour (6.1-cloud,
+    6.12-cloud: cloud-amd64, a smaller configuration for virtual machines)."""
+    if generation not in RELEASES:
+        raise CaptureError(
+            f"unknown kernel release {generation!r}: expected one of {', '.join(RELEASES)}"
+        )
     apt_cache = need("apt-cache", "apt")
-    flavour = "rt-amd64" if generation.endswith("-rt") else "amd64"
-    if generation in ("6.1", "6.1-rt"):
-        meta = "linux-image-rt-amd64" if flavour == "rt-amd64" else "linux-image-amd64"
-        out = subprocess.run([apt_cache, "depends", meta], capture_output=True, text=True).stdout
+    base, _, variant = generation.partition("-")
+    flavour = f"{variant}-amd64" if variant else "amd64"
+    if base == "6.1":
+        out = subprocess.run(
+            [apt_cache, "depends", f"linux-image-{flavour}"], capture_output=True, text=True
+        ).stdout
         m = re.search(rf"Depends: (linux-image-6\.1\.\S+-{flavour})$", out, re.M)
-    elif generation in ("6.12", "6.12-rt"):
+    else:
         out = subprocess.run(
             [
                 apt_cache,
@@ -77,13 +89,11 @@ def debian_package(generation: str) -> str:
             key=lambda n: [int(x) for x in re.findall(r"\d+", n)],
         )
         m = re.match(r"(.*)", names[-1]) if names else None
-    else:
-        raise CaptureError(f"unknown kernel release {generation!r}: expected one of {RELEASES}")
     if m is None:
         raise CaptureError(
             f"no Debian package of Linux {generation} known to apt: run `apt-get update` "
             "(Debian 12 ships linux-image-6.1.*-amd64 and linux-image-6.12.*-amd64-unsigned, "
-            "and their -rt-amd64 flavours)"
+            "and their -rt-amd64 and -cloud-amd64 flavours)"
         )
     return m[1]
 
@@ -139,26 +149,85 @@ def image_from_path(path: Path) -> KernelImage:
 
 def extract_vmlinux(bzimage: bytes) -> bytes:
     """The ELF inside a bzImage: find the compressed payload by its magic and decompress it
-    (what scripts/extract-vmlinux does). xz and zstd, the compressions Debian uses."""
-    for magic, decompress in ((b"\xfd7zXZ\x00", _unxz), (b"\x28\xb5\x2f\xfd", _unzstd)):
+    (what scripts/extract-vmlinux does), for every compression the kernel offers but LZO:
+    Debian's amd64 and rt-amd64 kernels use xz (6.1) or zstd (6.12), its cloud-amd64 6.1
+    kernel lz4."""
+    for magic, decompress in _PAYLOADS:
         start = bzimage.find(magic)
         while start >= 0:
             try:
                 data = decompress(bzimage[start:])
-            except (lzma.LZMAError, zstandard.ZstdError):
+            except (lzma.LZMAError, zstandard.ZstdError, lz4.block.LZ4BlockError, zlib.error,
+                    OSError, EOFError, ValueError):  # fmt: skip
                 data = b""
             if data.startswith(b"\x7fELF"):
                 return data
             start = bzimage.find(magic, start + 1)
-    raise CaptureError("no xz or zstd compressed ELF found in the kernel image")
+    raise CaptureError(
+        "no gzip, bzip2, lzma, xz, lz4 or zstd compressed ELF found in the kernel image"
+        " (LZO-compressed kernels are not supported)"
+    )
 
 
 def _unxz(data: bytes) -> bytes:
     return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data)
 
 
+def _unlzma(data: bytes) -> bytes:
+    return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(data)
+
+
 def _unzstd(data: bytes) -> bytes:
     return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+
+
+def _gunzip(data: bytes) -> bytes:
+    return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)
+
+
+def _bunzip2(data: bytes) -> bytes:
+    return bz2.BZ2Decompressor().decompress(data)
+
+
+_LZ4_LEGACY = 0x184C2102
+_LZ4_BLOCK = 8 << 20  # LZ4_DEFAULT_UNCOMPRESSED_CHUNK_SIZE
+
+
+def _unlz4(data: bytes) -> bytes:
+    """The legacy LZ4 format of `lz4 -l` that the kernel's build uses (lib/decompress_unlz4.c
+    reads it): after the magic, blocks of a 4-byte little-endian compressed size and the
+    compressed bytes, each decompressing to 8 MiB but the last, which is shorter (what
+    follows it in a bzImage, the appended image size, is not a block, and is not read as one
+    after a short block)."""
+    out: list[bytes] = []
+    pos = 4
+    while pos + 4 <= len(data):
+        (size,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if size == _LZ4_LEGACY:  # concatenated archives repeat the magic
+            continue
+        try:
+            block = lz4.block.decompress(data[pos : pos + size], uncompressed_size=_LZ4_BLOCK)
+        except lz4.block.LZ4BlockError:
+            if not out:
+                raise
+            break  # an image of whole blocks: the appended size came next
+        out.append(block)
+        pos += size
+        if len(block) < _LZ4_BLOCK:
+            break
+    return b"".join(out)
+
+
+# Each compression's magic (scripts/extract-vmlinux's), the ones Debian uses first.
+_PAYLOADS: tuple[tuple[bytes, Callable[[bytes], bytes]], ...] = (
+    (b"\xfd7zXZ\x00", _unxz),
+    (b"\x28\xb5\x2f\xfd", _unzstd),
+    (struct.pack("<I", _LZ4_LEGACY), _unlz4),
+    (b"\x1f\x8b\x08", _gunzip),
+    (b"BZh", _bunzip2),
+    (b"\x5d\x00\x00\x00", _unlzma),
+)
 
 
 # -- BTF --------------------------------------------------------------------------------------
