@@ -21,6 +21,7 @@ from activemm.model.events import (
     PcbLoaded,
     ShootdownIpi,
 )
+from activemm.model.state import Mm
 
 from .helpers import lazy_kworker, machine, with_user
 
@@ -133,6 +134,75 @@ def test_x86_fork_flushes_the_parents_mm_and_a_lazy_cpu_drops_to_init_mm() -> No
     assert switched == [(0, "init_mm", "flush_tlb_func")]
     assert m.rq(0).tlb.loaded_mm is m.state.init_mm
     assert m.task("kw").active_mm is mm2
+
+
+def _app_threads(kthreads: bool) -> tuple[Machine, Events, Mm]:
+    """6.1 on 3 CPUs: app (mm2) running on CPU 1 with threads t (running on CPU 2) and t2;
+    with `kthreads`, kthreadd's kernel threads kw and kw2 too (not running)."""
+    m, ev = watched("linux-6.1-x86_64", cpus=3)
+    mm2 = with_user(m)
+    m.schedule(1, "app")
+    m.fork("app", kind="thread", name="t")
+    m.fork("app", kind="thread", name="t2")
+    if kthreads:
+        m.schedule(2, "kthreadd")
+        m.fork("kthreadd", kind="kthread", name="kw")
+        m.fork("kthreadd", kind="kthread", name="kw2")
+    m.schedule(2, "t")
+    return m, ev, mm2
+
+
+@pytest.mark.parametrize(
+    ("next_task", "to_init_mm"), [("t2", False), ("kw2", True)], ids=["to-user", "to-kthread"]
+)
+def test_x86_a_flush_ipi_waits_for_a_switch_in_progress(next_task: str, to_init_mm: bool) -> None:
+    """Interrupts are off from __schedule()'s local_irq_disable() to finish_task_switch()'s
+    finish_lock_switch(): a freed-tables flush IPI sent to a CPU mid-switch, lazy on the mm
+    when it began, runs after the switch (kernel/smp.c's call_single_queue), on the state
+    the switch left. Switched to a thread of that mm the CPU is no longer lazy: the flush
+    leaves it on the mm. Switched to another kernel thread it still borrows the mm lazily:
+    flush_tlb_func() moves it to init_mm then, not before (its hardware stayed on the mm
+    until the switch's end)."""
+    m, ev, mm2 = _app_threads(kthreads=True)
+    m.schedule(1, "kw")  # CPU 1 lazy on mm2
+    m.local_irq_disable(1)  # CPU 1's __schedule() has begun
+    ev.seen.clear()
+    m.flush_tlb_mm_range(2, "mm2", freed_tables=True)
+    assert [e.to_cpu for e in ev.take(FlushIpi)] == [1]  # sent, not yet handled:
+    assert ev.take(MmSwitched) == [] and m.rq(1).tlb.loaded_mm is mm2
+    m.schedule(1, next_task)
+    assert not m.rq(1).irqs_disabled and m.rq(1).call_single_queue == []
+    via = [s.via for s in ev.take(MmSwitched)]
+    assert ("flush_tlb_func" in via) is to_init_mm
+    assert m.rq(1).tlb.loaded_mm is (m.state.init_mm if to_init_mm else mm2)
+    assert m.rq(1).curr.active_mm is mm2
+    # the same flush with interrupts on: handled at once, CPU 1 (lazy again) to init_mm
+    m.schedule(1, "kw" if next_task == "t2" else "t2")
+    m.schedule(1, "swapper/1")
+    if next_task == "t2":
+        m.local_irq_disable(1)
+        m.local_irq_enable(1)  # a begun switch given up: interrupts back on, nothing queued
+    ev.seen.clear()
+    m.flush_tlb_mm_range(2, "mm2", freed_tables=True)
+    assert [s.via for s in ev.take(MmSwitched)] == ["flush_tlb_func"]
+
+
+def test_x86_a_cpu_inside_schedule_with_a_flush_waiting_runs_no_stale_user_code() -> None:
+    """A flush IPI sent to a CPU running a thread of the mm once that CPU's __schedule()
+    has begun waits there (interrupts off). Its TLB generation is behind meanwhile, which
+    the sanitizer takes for a missed flush only where user code could run: not inside
+    __schedule(), where the IPI is queued. The switch's end (to another thread of the mm)
+    runs it and catches the TLB up."""
+    m, ev, mm2 = _app_threads(kthreads=False)
+    ev.seen.clear()
+    m.local_irq_disable(1)
+    m.flush_tlb_mm_range(2, "mm2")  # CPU 1 runs mm2, not lazy: IPIed, queued
+    tlb = m.rq(1).tlb
+    assert tlb.ctxs[tlb.loaded_mm_asid].tlb_gen < mm2.context.tlb_gen
+    m.schedule(0, "kthreadd")  # the sanitizer checks every CPU after each operation
+    m.schedule(1, "t2")
+    assert tlb.ctxs[tlb.loaded_mm_asid].tlb_gen == mm2.context.tlb_gen
+    assert [s.via for s in ev.take(MmSwitched) if s.cpu == 1] == ["switch_mm_irqs_off"]
 
 
 def test_x86_6_1_clears_cpumask_on_switch_away_6_17_does_not() -> None:

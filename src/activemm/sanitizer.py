@@ -301,7 +301,11 @@ def _check_hardware(state: KernelState, config: KernelConfig) -> tuple[str, str]
             # That state is the kernel's there, a bug anywhere else: text_poke's before the
             # 2020 Xen PV fix, the text-poke-no-leave-mm mutant)
             unlazy_ok = tlb.unlazy_by == "efi_leave_mm" and loaded is cur.active_mm
-            problem = _check_x86(rq.cpu, cur.mm, loaded, tlb.is_lazy, tlb, unlazy_ok)
+            # inside __schedule() (interrupts off) no user code runs: a flush IPI waiting on
+            # the CPU's call_single_queue catches its TLB up at finish_task_switch()
+            queued = max((q.tlb_gen for q in rq.call_single_queue if q.mm is loaded), default=0)
+            tlb_gen = max(tlb.ctxs[tlb.loaded_mm_asid].tlb_gen, queued)
+            problem = _check_x86(rq.cpu, cur.mm, loaded, tlb.is_lazy, tlb, unlazy_ok, tlb_gen)
             if problem:
                 return problem
         if config.arch == "alpha" and cur.mm is None and cur.pcb.ptbr is not cur.active_mm:
@@ -314,8 +318,16 @@ def _check_hardware(state: KernelState, config: KernelConfig) -> tuple[str, str]
 
 
 def _check_x86(
-    cpu: int, mm: Mm | None, loaded: Mm, is_lazy: bool, tlb: CpuTlbState, unlazy_ok: bool
+    cpu: int,
+    mm: Mm | None,
+    loaded: Mm,
+    is_lazy: bool,
+    tlb: CpuTlbState,
+    unlazy_ok: bool,
+    tlb_gen: int,
 ) -> tuple[str, str] | None:
+    """x86 MMU state against what the CPU runs; `tlb_gen`: the TLB generation the CPU has
+    flushed to, or will before it runs user code again (a flush IPI queued)."""
     if is_lazy and (mm is not None or loaded.is_init_mm):
         return "x86 is_lazy", f"CPU {cpu} is_lazy but runs {'a user task' if mm else 'init_mm'}"
     if mm is None and not loaded.is_init_mm and not is_lazy and not unlazy_ok:
@@ -323,10 +335,10 @@ def _check_x86(
     ctx = tlb.ctxs[tlb.loaded_mm_asid]
     if ctx.ctx_id != loaded.context.ctx_id:
         return "x86 ASID", f"CPU {cpu} ASID {tlb.loaded_mm_asid} does not hold {loaded}'s context"
-    if mm is not None and ctx.tlb_gen < loaded.context.tlb_gen:
+    if mm is not None and tlb_gen < loaded.context.tlb_gen:
         return (
             "stale TLB",
-            f"CPU {cpu} runs user code of {loaded} with TLB generation {ctx.tlb_gen} < "
+            f"CPU {cpu} runs user code of {loaded} with TLB generation {tlb_gen} < "
             f"{loaded.context.tlb_gen}: a flush was missed",
         )
     return None

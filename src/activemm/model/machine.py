@@ -336,6 +336,28 @@ class Machine:
             rcu.rcu_do_batch(self.k, cpu)
         self._end(op)
 
+    def local_irq_disable(self, cpu: int) -> None:
+        """kernel/sched/core.c: __schedule() on `cpu` has begun (local_irq_disable(), then
+        the rq lock) and its switch is not done yet: interrupts stay off until the
+        finish_task_switch() of the next schedule() there, so a flush IPI sent to this CPU
+        meanwhile waits for it and finds the state the switch left. For a driver that sees
+        a switch begin before it ends (a trace's sched_switch ahead of its
+        finish_task_switch). It changes no count and runs nothing: not an operation for
+        the observers."""
+        self.rq(cpu).irqs_disabled = True
+
+    def local_irq_enable(self, cpu: int) -> None:
+        """Interrupts back on without a switch (kernel/smp.c: the IPIs that waited run now):
+        for a driver whose begun switch did not happen after all. Nothing to do when the
+        CPU's last schedule() turned them on already."""
+        rq = self.rq(cpu)
+        rq.irqs_disabled = False
+        if not rq.call_single_queue:
+            return
+        op = self._begin("local_irq_enable", cpu, cpu=cpu)
+        self.k.arch.flush_smp_call_function_queue(self.k, rq)
+        self._end(op)
+
     def rcu_callbacks(self, cpu: int) -> None:
         """kernel/rcu/tree.c: rcu_do_batch() on `cpu` (on PREEMPT_RT from its rcuc/N thread):
         the RCU callbacks queued there run; in the model, PREEMPT_RT's __mmdrop_delayed()."""

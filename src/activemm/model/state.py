@@ -144,6 +144,15 @@ class CpuTlbState:
 
 
 @dataclass(slots=True, eq=False)
+class QueuedFlush:
+    """A flush_tlb_func() call (x86: the mm and the tlb_gen of its flush_tlb_info) sent to a
+    CPU with interrupts off, waiting on that CPU's call_single_queue (kernel/smp.c)."""
+
+    mm: Mm
+    tlb_gen: int
+
+
+@dataclass(slots=True, eq=False)
 class Rq:
     """`struct rq`: one per CPU."""
 
@@ -153,6 +162,13 @@ class Rq:
     tlb: CpuTlbState
     prev_mm: Mm | None = None
     online: bool = True
+    # Interrupts off from __schedule()'s local_irq_disable() to finish_task_switch()'s
+    # finish_lock_switch(): only ever set between the two halves of a switch that a driver
+    # splits (Machine.local_irq_disable; a trace's sched_switch seen before its
+    # finish_task_switch). IPIs sent meanwhile wait on call_single_queue (per-CPU in
+    # kernel/smp.c; kept here with the rest of the CPU's state).
+    irqs_disabled: bool = False
+    call_single_queue: list[QueuedFlush] = field(default_factory=list)
 
 
 @dataclass(slots=True, eq=False)
@@ -274,6 +290,8 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
                 ),
                 cm(rq.prev_mm),
                 rq.online,
+                rq.irqs_disabled,
+                [QueuedFlush(m, q.tlb_gen) for q in rq.call_single_queue if (m := cm(q.mm))],
             )
         )
     holders = []

@@ -1192,6 +1192,10 @@ class Validator(MarkerSteps, Clocked):
             self.result.anomalies["context switch without finish_task_switch"] += 1
             self._apply_group(old, ev)
         self.pending[ev.cpu] = SwitchGroup(ev)
+        if ev.cpu < len(self.m.state.rqs):
+            # interrupts are off on this CPU until the switch's finish_task_switch: a flush
+            # IPI sent meanwhile is handled there, on the state the switch left
+            self.m.local_irq_disable(ev.cpu)
         self.switched.add(ev.cpu)
         self.anchor[ev.cpu] = ("switch", ev.line)
 
@@ -1630,12 +1634,23 @@ class Validator(MarkerSteps, Clocked):
         ahead of its finish (_settle_in_flight) only drops its pinned mm here, where the
         kernel's finish drops it."""
         if group.early is None:
-            self._compare_switch(group, self._switch_model(group))
+            model = self._switch_model(group)
+            self._irqs_on(at)
+            self._compare_switch(group, model)
             return
+        self._irqs_on(at)
         if group.pin is not None:
             self.ctx = Context("switch finish", group.switch.line, at.cpu, at.pid)
             self._refusable(self.m.mmdrop, group.pin, at.cpu, True)  # finish's mmdrop_sched()
         self._compare_switch(group, group.early)
+
+    def _irqs_on(self, at: TraceEvent) -> None:
+        """A switch applied at `at`: interrupts are on again on its CPU (the model's
+        finish_task_switch turned them on, unless the model refused the switch: then the
+        IPIs that waited run here)."""
+        if at.cpu < len(self.m.state.rqs):
+            self.ctx = Context("irqs on", at.line, at.cpu, at.pid)
+            self._refusable(self.m.local_irq_enable, at.cpu)
 
     def _switch_model(self, group: SwitchGroup) -> ModelSwitch | None:
         """The model's side of a switch: applied, the model's switch returned."""

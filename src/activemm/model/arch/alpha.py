@@ -23,6 +23,7 @@ from activemm.model.state import Mm, Rq, Task
 
 destroy_context = generic.destroy_context
 leave_mm = generic.leave_mm
+flush_smp_call_function_queue = generic.flush_smp_call_function_queue
 poking_init = generic.poking_init
 text_poke = generic.text_poke
 efi_mm_init = generic.efi_mm_init

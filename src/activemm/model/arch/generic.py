@@ -61,6 +61,13 @@ def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool) -> None:
     mm.context.tlb_gen += 1
 
 
+def flush_smp_call_function_queue(k: Kernel, rq: Rq) -> None:
+    """kernel/smp.c: flush_smp_call_function_queue(): the IPIs that waited while the CPU
+    had interrupts off. Only x86's flush IPIs wait (they are what real traces check); the
+    other architectures run theirs at once, so none is ever queued."""
+    rq.call_single_queue.clear()
+
+
 def leave_mm(k: Kernel) -> None:
     """leave_mm(): only x86 has it; generic CPUs never drop a lazy mm on their own."""
 

@@ -23,6 +23,7 @@ switch_mm_irqs_off = generic.switch_mm_irqs_off
 activate_mm = generic.activate_mm
 switch_to = generic.switch_to
 leave_mm = generic.leave_mm
+flush_smp_call_function_queue = generic.flush_smp_call_function_queue
 poking_init = generic.poking_init
 text_poke = generic.text_poke
 efi_mm_init = generic.efi_mm_init

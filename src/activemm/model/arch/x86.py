@@ -23,7 +23,7 @@ from activemm.model.events import (
 )
 from activemm.model.fork import mm_alloc
 from activemm.model.kernel import Kernel
-from activemm.model.state import CpuTlbState, Mm, Rq, Task, TlbContext
+from activemm.model.state import CpuTlbState, Mm, QueuedFlush, Rq, Task, TlbContext
 
 INIT_MM_CTX_ID = 1  # INIT_MM_CONTEXT: .ctx_id = 1; last_mm_ctx_id starts there
 
@@ -180,7 +180,9 @@ def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool) -> None:
 
     Bump the mm's tlb_gen; if any other CPU is in mm_cpumask, run flush_tlb_func on the mask
     (every CPU when page tables were freed, lazy ones included; otherwise only those
-    should_flush_tlb() picks); else flush locally if this CPU has the mm loaded."""
+    should_flush_tlb() picks); else flush locally if this CPU has the mm loaded. An IPI to
+    a CPU with interrupts off (inside __schedule()) waits on its call_single_queue; the
+    sender's wait for it is not modelled (nothing it goes on to do depends on it here)."""
     k.touch(mm, "flush_tlb_mm_range")
     cpu = k.cpu
     mm.context.tlb_gen += 1
@@ -188,14 +190,31 @@ def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool) -> None:
     online = [c for c in sorted(mm.mm_cpumask) if k.state.rqs[c].online]
     if any(c != cpu for c in online):
         for c in online:
+            rq = k.state.rqs[c]
             if freed_tables or should_flush_tlb(k, c, mm):
-                if c != cpu:
-                    k.emit(FlushIpi(cpu, c, mm))
-                flush_tlb_func(k, c, mm, new_tlb_gen)
-            elif k.state.rqs[c].tlb.is_lazy:
+                if c == cpu:
+                    flush_tlb_func(k, c, mm, new_tlb_gen)
+                    continue
+                k.emit(FlushIpi(cpu, c, mm))
+                if rq.irqs_disabled:  # inside __schedule(): handled at its finish_task_switch
+                    rq.call_single_queue.append(QueuedFlush(mm, new_tlb_gen))
+                else:
+                    flush_tlb_func(k, c, mm, new_tlb_gen)
+            elif rq.tlb.is_lazy:
                 k.emit(FlushSkippedLazy(cpu, c, mm))
     elif k.state.rqs[cpu].tlb.loaded_mm is mm:
         flush_tlb_func(k, cpu, mm, new_tlb_gen)
+
+
+def flush_smp_call_function_queue(k: Kernel, rq: Rq) -> None:
+    """kernel/smp.c: flush_smp_call_function_queue(), as interrupts come back on (here:
+    finish_task_switch()'s finish_lock_switch()): the flush IPIs sent to this CPU while it
+    was inside __schedule() run now, on the state its switch left. A CPU lazy on the flushed
+    mm before the switch and running a user task after it is not lazy any more: no switch
+    to init_mm (flush_tlb_func() flushes or, on another mm, returns)."""
+    queued, rq.call_single_queue = rq.call_single_queue, []
+    for q in queued:
+        flush_tlb_func(k, rq.cpu, q.mm, q.tlb_gen)
 
 
 def exit_mmap(k: Kernel, mm: Mm) -> None:

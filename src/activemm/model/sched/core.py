@@ -95,10 +95,15 @@ def _switch_mm_per_task_refs(k: Kernel, rq: Rq, prev: Task, next: Task) -> None:
 
 
 def finish_task_switch(k: Kernel, rq: Rq, prev: Task) -> None:
-    """kernel/sched/core.c: finish_task_switch(): drop rq->prev_mm (mmdrop_lazy_tlb_sched,
-    possibly the final drop of a zombie mm, on this CPU) and put a TASK_DEAD prev."""
+    """kernel/sched/core.c: finish_task_switch(): finish_lock_switch() turns interrupts
+    back on (IPIs that waited for this switch run now), then drop rq->prev_mm
+    (mmdrop_lazy_tlb_sched, possibly the final drop of a zombie mm, on this CPU) and put a
+    TASK_DEAD prev."""
     mm = rq.prev_mm
     rq.prev_mm = None
+    if rq.irqs_disabled:
+        rq.irqs_disabled = False
+        k.arch.flush_smp_call_function_queue(k, rq)
     if mm is not None and not k.bug("no-lazy-drop"):
         mmh.mmdrop_lazy_tlb_sched(k, mm, "finish_task_switch")
     if prev.state is TaskState.DEAD:
