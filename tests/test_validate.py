@@ -2985,10 +2985,11 @@ def test_a_fully_preemptible_kernels_exit_preempted_inside_mmput_frees_its_mm_it
     that switch, and its own mmdrop() is the last when it runs on. The validator knows the
     kernel's preemption from meta.json and matches every switch and __mmdrop; told it was
     preempt=voluntary (the same capture, its kernel_args dropped), it misses each such free
-    that the text shows."""
+    that the text shows (and every hook outside schedule but flush IPI timing)."""
     r = validate(capture)
     assert r.preemption == "full"
-    assert_all_matched(r)
+    assert_all_matched(r, outside=False)
+    _outside_but_timing(r)
     cases = _preempted_in_own_mmput(capture)
     voluntary = tmp_path / capture.name
     shutil.copytree(capture, voluntary)

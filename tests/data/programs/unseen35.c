@@ -11,7 +11,8 @@
  *    siblings spin on other CPUs;
  *  - memfd_secret(): threads each touching a secret region (its pages taken out of the
  *    kernel's direct map) that exit while their siblings run, processes with one forking
- *    and exiting;
+ *    and exiting (6.1 has it off by default: `--kernel-args secretmem.enable=1`; without
+ *    it the program says so and skips this part);
  *  - mlockall(MCL_CURRENT | MCL_FUTURE) processes and MADV_WIPEONFORK / MADV_DONTFORK regions
  *    forking children that exit at once, exec'ing ones among them. */
 #define _GNU_SOURCE
