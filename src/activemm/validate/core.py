@@ -1647,10 +1647,11 @@ class Validator(MarkerSteps, Clocked):
     def _irqs_on(self, at: TraceEvent) -> None:
         """A switch applied at `at`: interrupts are on again on its CPU (the model's
         finish_task_switch turned them on, unless the model refused the switch: then the
-        IPIs that waited run here)."""
+        IPIs that waited run here, under their own context; the switch's is put back)."""
         if at.cpu < len(self.m.state.rqs):
-            self.ctx = Context("irqs on", at.line, at.cpu, at.pid)
+            ctx, self.ctx = self.ctx, Context("irqs on", at.line, at.cpu, at.pid)
             self._refusable(self.m.local_irq_enable, at.cpu)
+            self.ctx = ctx
 
     def _switch_model(self, group: SwitchGroup) -> ModelSwitch | None:
         """The model's side of a switch: applied, the model's switch returned."""
