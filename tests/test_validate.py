@@ -1403,10 +1403,9 @@ def test_a_switch_in_flight_when_the_trace_began_is_not_scored(tmp_path: Path) -
         assert r.outside_schedule.total == 1 - cut, r.mismatches
 
 
-def test_a_lazy_cpu_follows_a_flush_ipi_its_tlb_flush_shows(tmp_path: Path) -> None:
-    """munmap of app's mm on CPU 0 IPIs CPU 1, lazy on it: flush_tlb_func switches CPU 1 to
-    init_mm, and the CR3 load emits tlb_flush "flush on task switch" in the hardirq. Nothing
-    else announces that munmap; the model's CPU follows the tlb_flush (both modes)."""
+def _lazy_on_1_app_on_0() -> list[str]:
+    """A 2-CPU trace's start: app runs on CPU 1 and sleeps there, leaving CPU 1 lazy on its
+    mm, then runs on CPU 0."""
     lines = ["# tracer: nop", "#P:2"]
     lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
                      _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
@@ -1414,6 +1413,14 @@ def test_a_lazy_cpu_follows_a_flush_ipi_its_tlb_flush_shows(tmp_path: Path) -> N
                      APP_MM, APP_MM)  # fmt: skip
     lines += _switch(0, 1.0003, ("swapper/0", 0, "R"), ("app", 50),
                      _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+    return lines
+
+
+def test_a_lazy_cpu_follows_a_flush_ipi_its_tlb_flush_shows(tmp_path: Path) -> None:
+    """munmap of app's mm on CPU 0 IPIs CPU 1, lazy on it: flush_tlb_func switches CPU 1 to
+    init_mm, and the CR3 load emits tlb_flush "flush on task switch" in the hardirq. Nothing
+    else announces that munmap; the model's CPU follows the tlb_flush (both modes)."""
+    lines = _lazy_on_1_app_on_0()
     irq = "<idle>-0 (-------) [001] d.h1. "
     lines += [
         _line("app", 50, 0, 1.0004, "tlb_flush: pages:-1 reason:remote ipi send (4)"),
@@ -1431,6 +1438,51 @@ def test_a_lazy_cpu_follows_a_flush_ipi_its_tlb_flush_shows(tmp_path: Path) -> N
         assert r.context_switches.matched == r.context_switches.total == 4, r.mismatches
         assert r.outside_schedule.matched == r.outside_schedule.total == 1, r.mismatches
         assert r.learned["lazy CPU flushed to init_mm (tlb_flush in an IPI)"] == 1
+
+
+def test_an_exits_unmap_flush_that_skipped_lazy_cpus_is_not_its_final_flush(
+    tmp_path: Path,
+) -> None:
+    """app exits on CPU 0 while CPU 1 borrows its mm lazily. Inside exit_mmap() a flush
+    of the whole mm without freed page tables (a hugetlb unshare's tlb_flush_mmu_tlbonly())
+    sends IPIs only to CPUs not lazy (native_flush_tlb_multi(): should_flush_tlb()): neither
+    CPU 1 nor app's own CPU 0, still lazy on the mm since exit_mm(), loads init_mm. app is
+    preempted there, CPU 1 switches from the mm to another task (prev = app's mm), and when
+    app runs again, borrowing another mm, the final flush finds no CPU in mm_cpumask and
+    traces nothing. The kernel switched no CPU to init_mm: the model must not either (it
+    used to run __mmput at that last traced flush)."""
+    lines = _lazy_on_1_app_on_0()
+    lines += [
+        _line("app", 50, 0, 1.0010, f"lazytlb: (enter_lazy_tlb+0x0/0x30) mm={APP_MM} "
+              f"tsk={TSK[50]} t_pid=50 t_flags=0x40004c t_mm=0x0 t_active_mm={APP_MM} "
+              "t_comm=\"app\""),
+        _line("app", 50, 0, 1.0011, f"mmput: (exit_mmap+0x0/0x310) mm={APP_MM}"),
+        _line("app", 50, 0, 1.0012, "tlb_flush: pages:-1 reason:remote ipi send (4)"),
+    ]  # fmt: skip
+    lines += _switch(0, 1.0013, ("app", 50, "R+"), ("other", 70),
+                     _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+    lines.insert(-1, _line("app", 50, 0, 1.0013015, "tlb_flush: pages:-1 reason:flush on task "
+                           "switch (0)"))  # fmt: skip
+    lines += _switch(1, 1.0020, ("swapper/1", 0, "R"), ("reader", 60),
+                     _mmswitch(APP_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+    lines += _switch(0, 1.0030, ("other", 70, "S"), ("app", 50),
+                     f"lazytlb: (enter_lazy_tlb+0x0/0x30) mm={OTHER_MM} tsk={TSK[50]} "
+                     f"t_pid=50 t_flags=0x40004c t_mm=0x0 t_active_mm=0x0 t_comm=\"app\"",
+                     OTHER_MM, OTHER_MM)  # fmt: skip
+    lines += [
+        _line("app", 50, 0, 1.0031, "mmputdone: (__mmput+0x3e/0x130 <- exit_mmap)"),
+        _line("app", 50, 0, 1.0032, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"),
+        _line("app", 50, 0, 1.0033, "sched_process_exit: comm=app pid=50 prio=120"),
+    ]
+    lines += _switch(0, 1.0034, ("app", 50, "X"), ("swapper/0", 0), _lazy(OTHER_MM, 0),
+                     "0x0", "0x0")  # fmt: skip
+    trace = tmp_path / "unmap.txt"
+    trace.write_text("\n".join(lines) + "\n")
+    r = validate(trace, preset_name="linux-6.1-x86_64")
+    assert r.context_switches.matched == r.context_switches.total == 7, r.mismatches
+    assert (r.mmdrop.matched, r.mmdrop.total) == (1, 1), r.mismatches
+    # exit_mm()'s enter_lazy_tlb is the one hook outside schedule: no switch to init_mm
+    assert r.outside_schedule.matched == r.outside_schedule.total == 1, r.mismatches
 
 
 def test_replay_takes_a_capture_directory_like_its_trace_and_snapshot() -> None:
@@ -2736,24 +2788,28 @@ def test_a_switch_in_flight_has_left_the_mm_another_cpu_flushes(name: str) -> No
     ), r.mismatches
 
 
+def _trace_matches(capture: Path, pattern: str) -> Iterator[tuple[int, str, re.Match[str]]]:
+    """(line number, line, match) of the capture's trace lines that `pattern` matches."""
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        for n, line in enumerate(f, 1):
+            if m := re.search(pattern, line):
+                yield n, line, m
+
+
 def _ipis_into_switches(capture: Path) -> list[tuple[int, int]]:
     """(line, CPU) of every "remote ipi send" tlb_flush traced while another CPU was inside
     a context switch (its sched_switch traced, its finish_task_switch not yet): a CPU with
     interrupts off, which handles the IPI only after its switch. Counted in the text."""
     inside: set[int] = set()
     out = []
-    with gzip.open(capture / "trace.txt.gz", "rt") as f:
-        for n, line in enumerate(f, 1):
-            m = re.search(r"\[(\d{3})\] \S+\s+[\d.]+: ", line)
-            if m is None:
-                continue
-            cpu = int(m[1])
-            if " sched_switch: " in line:
-                inside.add(cpu)
-            elif "(finish_task_switch" in line:
-                inside.discard(cpu)
-            elif " tlb_flush: " in line and "ipi send" in line:
-                out += [(n, c) for c in sorted(inside - {cpu})]
+    for n, line, m in _trace_matches(capture, r"\[(\d{3})\] \S+\s+[\d.]+: "):
+        cpu = int(m[1])
+        if " sched_switch: " in line:
+            inside.add(cpu)
+        elif "(finish_task_switch" in line:
+            inside.discard(cpu)
+        elif " tlb_flush: " in line and "ipi send" in line:
+            out += [(n, c) for c in sorted(inside - {cpu})]
     return out
 
 
@@ -2785,6 +2841,53 @@ def test_a_readers_mmput_flushes_where_its_exit_mmap_ends() -> None:
     r = validate(CAPTURES / "linux-6.1-smp3-program17")
     assert r.learned["__mmput run by another task (exit_mmap marker)"] >= 1
     assert_all_matched(r)
+
+
+def _exit_mmaps_preempted_after_a_flush(capture: Path) -> list[tuple[int, int]]:
+    """(first, last line) of each exit_mmap() (its marker to its return) in which the task
+    sent a flush ("remote ipi send") and was then switched out before returning: the shape
+    of an unmap flush followed by a final flush that may trace nothing. Counted in the text."""
+    spans: list[tuple[int, int]] = []
+    open_: dict[int, int] = {}
+    sent: set[int] = set()
+    out: set[int] = set()
+    for n, line, m in _trace_matches(capture, r"-(\d+)\s+\("):
+        pid = int(m[1])
+        if "(exit_mmap+" in line:
+            open_[pid] = n
+            sent.discard(pid)
+            out.discard(pid)
+        elif "<- exit_mmap)" in line and pid in open_:
+            start = open_.pop(pid)
+            if pid in out:
+                spans.append((start, n))
+        elif pid in open_ and " tlb_flush: " in line and "ipi send" in line:
+            sent.add(pid)
+        elif pid in sent and " sched_switch: " in line and f" prev_pid={pid} " in line:
+            out.add(pid)
+    return spans
+
+
+def test_an_exit_mmap_flush_that_skipped_lazy_cpus_switches_none_to_init_mm() -> None:
+    """linux-6.12-smp4-program35 (hugetlb memfds shared over one PUD range: exiting
+    processes unshare PMDs): twice an exiting task's exit_mmap() sent a flush of the whole
+    mm with its own CPU, lazy on the mm since exit_mm(), loading nothing, then was preempted;
+    another CPU lazy on the mm switched on later from the mm itself (its next hook's prev).
+    Those flushes skipped lazy CPUs (no freed page tables: __unmap_hugepage_range()'s
+    tlb_flush_mmu_tlbonly()); the final one came after the task ran again, with no CPU left
+    to flush. The model, which used to run __mmput at the last traced flush and switch the
+    lazy CPUs to init_mm there, predicts no hook outside schedule inside any exit_mmap."""
+    capture = CAPTURES / "linux-6.12-smp4-program35"
+    spans = _exit_mmaps_preempted_after_a_flush(capture)
+    assert spans
+    r = validate(capture)
+    assert_all_matched(r, outside=False)
+    inside = [
+        m
+        for m in r.mismatches
+        if m["group"] == "outside_schedule" and any(a < m["line"] < b for a, b in spans)
+    ]
+    assert not inside, inside
 
 
 OFFLINE_RING = [p for p in ALL if _program_is(p, "offline_ring.c")]

@@ -189,6 +189,7 @@ class Validator(MarkerSteps, Clocked):
         self.activated: dict[int, int] = {}  # such a line -> the mm it activated
         self.rests: dict[int, list[int]] = {}  # pid -> lines of its switches out, not preempted
         self.preemptions: dict[int, list[int]] = {}  # pid -> lines of its switches out, preempted
+        self.cr3_loads: dict[int, list[int]] = {}  # CPU -> lines of its CR3 loads (tlb_flush)
         # PREEMPT_RT: switches out in "D", where a sleeping spinlock_t's wait shows too
         self.lock_waits: set[int] = set()
         switching: set[int] = set()  # CPUs between a sched_switch and its finish probe
@@ -231,6 +232,8 @@ class Validator(MarkerSteps, Clocked):
                     self.preemptions.setdefault(e.prev_pid, []).append(e.line)
             elif isinstance(e, Probe) and e.function == FINISH:
                 switching.discard(e.cpu)
+            if isinstance(e, TlbFlush) and e.cr3_load:
+                self.cr3_loads.setdefault(e.cpu, []).append(e.line)
             if isinstance(e, TlbFlush) and not e.hardirq and e.pid > 0:
                 if e.cpu in switching:
                     continue  # the CR3 load of a context switch, not the task's own flush

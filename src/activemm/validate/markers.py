@@ -373,6 +373,8 @@ class MarkerSteps:
     late: set[int]  # pids whose pins stand for an __mmput after their sched_process_exit
     past_exit: set[int]  # pids past their sched_process_exit (in this life of the pid)
     rests: dict[int, list[int]]  # pid -> lines of its switches out that are not preemptions
+    preemptions: dict[int, list[int]]  # pid -> lines of its switches out, preempted
+    cr3_loads: dict[int, list[int]]  # CPU -> lines of its CR3 loads
     thp_slots: dict[int, list[str]]  # mm address -> khugepaged's reference
     thp_kept: dict[int, list[int]]  # mm address -> __khugepaged_exit lines that keep it
     ksm_slots: dict[int, list[str]]  # mm address -> KSM's mm_slot reference
@@ -525,6 +527,8 @@ class MarkerSteps:
         if self.inputs == "markers":  # exit_mmap's final flush comes before it returns
             ends = sorted(ends + self.mmput_returns.get(p.pid, []))
         at = last_flush(flushes_by_pid.get(p.pid, []), p.line, ends)
+        if how == "exit" and at is not None and self._unmap_flush(p, at, ends):
+            at = ends[bisect.bisect_right(ends, at)]
         if at is None or at in self.deferred or not self._outlives(t, how):
             return False
         mm = leaving_mm(t)
@@ -537,6 +541,30 @@ class MarkerSteps:
             t, p, at, f"exit_mmap's final flush in pid {p.pid} (line {at})",
             f"{how}'s __mmput at exit_mmap's final flush (tlb_flush)",
         )  # fmt: skip
+
+    def _unmap_flush(self, p: TraceEvent, at: int, ends: list[int]) -> bool:
+        """Was the exiting task's flush at line `at` one that skipped lazy CPUs, not
+        exit_mmap()'s final one? The task's CPU has had the mm loaded, lazily, since exit_mm()
+        at `p`; the final flush (tlb_finish_mmu() after free_pgtables(): freed_tables) runs
+        flush_tlb_func() on every CPU of mm_cpumask, this one too, and a lazy CPU with the
+        mm loaded switches to init_mm there: a CR3 load right after it. A flush with no CR3
+        load on the task's CPU from exit_mm() until the task next switches out, with the
+        end (sched_process_exit, exit_mmap's return) after that switch, skipped the lazy
+        CPUs (native_flush_tlb_multi()'s should_flush_tlb()): an unmap flush, such as
+        __unmap_hugepage_range()'s tlb_flush_mmu_tlbonly() of the whole mm after
+        huge_pmd_unshare(). The final flush came after the task ran again, on a CPU that
+        no longer had the mm loaded, and with no CPU left in mm_cpumask it flushed
+        nothing: __mmput ends at the end."""
+        if at in ends:
+            return False  # no flush of its own
+        outs = sorted(self.rests.get(p.pid, []) + self.preemptions.get(p.pid, []))
+        i = bisect.bisect_left(outs, p.line)
+        j = bisect.bisect_right(ends, at)
+        if i == len(outs) or not at < outs[i] or j == len(ends) or not outs[i] < ends[j]:
+            return False  # it did not run on from exit_mm() to the flush, or did not switch out
+        loads = self.cr3_loads.get(p.cpu, [])
+        k = bisect.bisect_right(loads, p.line)
+        return k == len(loads) or loads[k] > outs[i]
 
     def _outlives(self, t: Task, how: str) -> bool:
         """Does t's mm survive t's exit (or exec) in the model (tried on a copy)? An exiting
