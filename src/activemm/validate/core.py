@@ -68,6 +68,7 @@ from activemm.validate.markers import (
     exec_window_guesses,
     fork_flushes,
     marked_fork_flushes,
+    next_line,
     own_full_flush,
 )
 from activemm.validate.score import (
@@ -1405,7 +1406,7 @@ class Validator(MarkerSteps, Clocked):
         mm = self.exit_mmap_of.get(p.pid)
         if mm is None or self.exited_mm.get(mm) != p.pid:
             return False
-        after = [_next_line(lines.get(p.pid, []), p.line)
+        after = [next_line(lines.get(p.pid, []), p.line)
                  for lines in (self.preemptions, self.exit_lines, self.rests)]  # fmt: skip
         preempted, exit_, rest = after
         if rest is not None and rest in self.lock_waits:
@@ -1808,8 +1809,8 @@ class Validator(MarkerSteps, Clocked):
         if hook is None:
             return False
         if sw.prev_state.startswith("R"):
-            exec_ = _next_line(self.exec_lines.get(sw.prev_pid, []), sw.line)
-            rest = _next_line(self.rests.get(sw.prev_pid, []), sw.line)
+            exec_ = next_line(self.exec_lines.get(sw.prev_pid, []), sw.line)
+            rest = next_line(self.rests.get(sw.prev_pid, []), sw.line)
             if exec_ is not None and (rest is None or rest > exec_):
                 return True
             if self._activates_next(sw.prev_pid, sw.line, hook.prev):
@@ -1819,10 +1820,10 @@ class Validator(MarkerSteps, Clocked):
     def _activates_next(self, pid: int, line: int, mm: int | None) -> bool:
         """Exec's next activate_mm() by `pid` after `line`, before the task next rests,
         activates `mm`: the task was inside exec_mmap()'s window at `line`."""
-        activation = _next_line(self.activations.get(pid, []), line)
+        activation = next_line(self.activations.get(pid, []), line)
         if activation is None or mm != self.activated[activation]:
             return False
-        rest = _next_line(self.rests.get(pid, []), line)
+        rest = next_line(self.rests.get(pid, []), line)
         return rest is None or rest > activation
 
     # -- scoring ---------------------------------------------------------------------
@@ -1855,9 +1856,3 @@ class Validator(MarkerSteps, Clocked):
         lines = self.cpu_lines.get(o.cpu, [])
         i = bisect.bisect_right(lines, o.line)
         return i < len(lines) and lines[i] in self.user_loads
-
-
-def _next_line(lines: list[int], line: int) -> int | None:
-    """The first of the sorted `lines` after `line`, if any."""
-    i = bisect.bisect_right(lines, line)
-    return lines[i] if i < len(lines) else None

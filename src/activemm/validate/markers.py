@@ -336,6 +336,12 @@ def marked_fork_flushes(
     return forks, failed
 
 
+def next_line(lines: list[int], line: int) -> int | None:
+    """The first of the sorted `lines` after `line`, if any."""
+    i = bisect.bisect_right(lines, line)
+    return lines[i] if i < len(lines) else None
+
+
 def last_flush(flushes: list[int], start: int, ends: list[int]) -> int | None:
     """Where a kernel path that began at line `start` flushed last: the last of `flushes`
     after `start` and before the first of `ends` after it; with none, that end; None when
@@ -527,8 +533,8 @@ class MarkerSteps:
         if self.inputs == "markers":  # exit_mmap's final flush comes before it returns
             ends = sorted(ends + self.mmput_returns.get(p.pid, []))
         at = last_flush(flushes_by_pid.get(p.pid, []), p.line, ends)
-        if how == "exit" and at is not None and self._unmap_flush(p, at, ends):
-            at = ends[bisect.bisect_right(ends, at)]
+        if how == "exit" and at is not None:
+            at = self._after_unmap_flush(p, at, ends) or at
         if at is None or at in self.deferred or not self._outlives(t, how):
             return False
         mm = leaving_mm(t)
@@ -542,10 +548,11 @@ class MarkerSteps:
             f"{how}'s __mmput at exit_mmap's final flush (tlb_flush)",
         )  # fmt: skip
 
-    def _unmap_flush(self, p: TraceEvent, at: int, ends: list[int]) -> bool:
+    def _after_unmap_flush(self, p: TraceEvent, at: int, ends: list[int]) -> int | None:
         """Was the exiting task's flush at line `at` one that skipped lazy CPUs, not
-        exit_mmap()'s final one? The task's CPU has had the mm loaded, lazily, since exit_mm()
-        at `p`; the final flush (tlb_finish_mmu() after free_pgtables(): freed_tables) runs
+        exit_mmap()'s final one? Then the end where its __mmput ends (None: `at` may be the
+        final flush). The task's CPU has had the mm loaded, lazily, since exit_mm() at `p`;
+        the final flush (tlb_finish_mmu() after free_pgtables(): freed_tables) runs
         flush_tlb_func() on every CPU of mm_cpumask, this one too, and a lazy CPU with the
         mm loaded switches to init_mm there: a CR3 load right after it. A flush with no CR3
         load on the task's CPU from exit_mm() until the task next switches out, with the
@@ -556,15 +563,14 @@ class MarkerSteps:
         no longer had the mm loaded, and with no CPU left in mm_cpumask it flushed
         nothing: __mmput ends at the end."""
         if at in ends:
-            return False  # no flush of its own
+            return None  # no flush of its own
+        end = next_line(ends, at)
         outs = sorted(self.rests.get(p.pid, []) + self.preemptions.get(p.pid, []))
-        i = bisect.bisect_left(outs, p.line)
-        j = bisect.bisect_right(ends, at)
-        if i == len(outs) or not at < outs[i] or j == len(ends) or not outs[i] < ends[j]:
-            return False  # it did not run on from exit_mm() to the flush, or did not switch out
-        loads = self.cr3_loads.get(p.cpu, [])
-        k = bisect.bisect_right(loads, p.line)
-        return k == len(loads) or loads[k] > outs[i]
+        out = next_line(outs, p.line - 1)  # its first switch out from exit_mm() on
+        if end is None or out is None or not at < out < end:
+            return None  # it did not run on from exit_mm() to the flush, or did not switch out
+        load = next_line(self.cr3_loads.get(p.cpu, []), p.line)
+        return end if load is None or load > out else None
 
     def _outlives(self, t: Task, how: str) -> bool:
         """Does t's mm survive t's exit (or exec) in the model (tried on a copy)? An exiting
