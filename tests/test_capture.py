@@ -13,6 +13,7 @@ import shutil
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import lz4.block
 import pytest
@@ -571,7 +572,13 @@ def block(name, data):
     b64 = base64.b64encode(gzip.compress(data)).decode()
     return f"=== BEGIN {name}\n{b64}\n=== END {name}\n"
 meta = b"release 6.1.0-0-amd64\ncpus 2\nfinish_task_switch finish_task_switch.isra.0\n"
-meta += b"stats cpu0 entries: 3 overrun: 0 commit overrun: 0 bytes: 10 dropped events: 0\n"
+overrun = b"5" if first == "overrun" else b"0"
+meta += (b"stats cpu0 entries: 3 overrun: " + overrun
+         + b" commit overrun: 0 bytes: 10 dropped events: 0\n")
+# the ring buffer size init.sh asked for, as much of it as the guest's memory allowed
+asked = [w for w in args[args.index("-append") + 1].split() if w.startswith("activemm.buffer_kb=")]
+kb = min(int(asked[0].split("=")[1]), int(os.environ.get("FAKE_QEMU_MAX_KB", "10000000")))
+meta += f"buffer_size_kb {kb}\n".encode()
 if (first == "missed" and runs == 0) or first == "always-missed":
     meta += b"kprobe_profile mmswitch 99 1\n"
 trace = b"# tracer: nop\n"
@@ -701,6 +708,53 @@ def test_a_trace_whose_buffers_were_reset_is_refused_unless_allowed(
     meta = run.capture(image, opts, print)
     assert meta["trace_reset"] is True and meta["lost_events"] is True
     assert json.loads((tmp_path / "cap" / "meta.json").read_text())["trace_reset"] is True
+
+
+def test_ring_buffers_grow_with_the_scale_and_the_guest_memory_with_them() -> None:
+    """Each CPU's ring buffer: 16 MiB at --scale 1 (and for --workload none), the guest's
+    memory then 256 + 80 MiB per CPU as always; at --scale N room for the busiest CPU's share
+    of what the built-in workloads write (measured: 68 MiB in all at --scale 50 on 4 CPUs,
+    26 MiB of it on one; a single CPU takes all of it); --buffer-mb decides otherwise."""
+
+    def sized(**kw: Any) -> tuple[int, int]:
+        opts = run.CaptureOptions(out=Path("cap"), **kw)
+        return run.ring_buffer_mb(opts), run.min_memory_mb(opts.smp, run.ring_buffer_mb(opts))
+
+    for smp in (1, 2, 4, 16):
+        assert sized(smp=smp) == (16, 256 + 80 * smp)
+        assert sized(smp=smp, scale=50, workload="none")[0] == 16
+        by_scale = [sized(smp=smp, scale=n)[0] for n in range(1, 51)]
+        assert by_scale == sorted(by_scale)
+    assert sized(smp=1, scale=50)[0] >= 68 + 16 and sized(smp=4, scale=50)[0] >= 26 * 2
+    assert [sized(smp=n, scale=50)[0] for n in (1, 2, 3, 4, 8, 16)] == sorted(
+        (sized(smp=n, scale=50)[0] for n in (1, 2, 3, 4, 8, 16)), reverse=True
+    )
+    assert sized(smp=2, scale=50, buffer_mb=200) == (200, 256 + 2 * (64 + 200))
+    with pytest.raises(CaptureError, match=r"--memory 600: expected at least 800 MiB .* 72 MiB"):
+        run.check_options(run.CaptureOptions(out=Path("cap"), smp=4, scale=50, memory_mb=600))
+
+
+@pytest.mark.skipif(
+    not (shutil.which("busybox") and shutil.which("gcc")), reason="needs busybox and gcc"
+)
+def test_ring_buffers_too_small_or_not_allocated_refuse_the_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guest is asked for ring buffers of ring_buffer_mb() on its command line; a guest
+    that overran them, or could not allocate them (it has less), gives one clear error
+    naming --buffer-mb, and no capture. The size is in meta.json."""
+    image = _fake_qemu(tmp_path, monkeypatch, "overrun")
+    with pytest.raises(CaptureError, match=r"lost events on cpu0 .* 16 MiB; give a larger "):
+        run.capture(image, run.CaptureOptions(out=tmp_path / "cap", accel="tcg"), print)
+    assert not (tmp_path / "cap").exists()
+    monkeypatch.setenv("FAKE_QEMU_FIRST", "none")
+    monkeypatch.setenv("FAKE_QEMU_MAX_KB", str(40 * 1024))
+    opts = run.CaptureOptions(out=tmp_path / "cap", accel="tcg", buffer_mb=48)
+    with pytest.raises(CaptureError, match=r"a ring buffer of 48 MiB \(it has 40 MiB\)"):
+        run.capture(image, opts, print)
+    assert not (tmp_path / "cap").exists()
+    opts = run.CaptureOptions(out=tmp_path / "cap", accel="tcg", buffer_mb=40)
+    assert run.capture(image, opts, print)["buffer_mb"] == 40
 
 
 def test_modules_asked_for_come_in_order_or_the_capture_stops(

@@ -756,9 +756,20 @@ def capture(
         typer.Option(
             "--memory",
             min=0,
-            help="Guest memory in MiB (0: 256 + 80 per CPU, enough for the ring buffers). "
+            help="Guest memory in MiB (0: 256, and 64 per CPU besides its ring buffer). "
             "Linux turns transparent huge pages (and khugepaged) off below about 512 MiB: "
             "give 1024 for a workload about huge pages.",
+        ),
+    ] = 0,
+    buffer_mb: Annotated[
+        int,
+        typer.Option(
+            "--buffer-mb",
+            min=0,
+            help="Each guest CPU's trace ring buffer in MiB (0: 16, and 1.5 more per --scale "
+            "step of a built-in workload). Events are never overwritten: a trace that "
+            "overran its buffer is refused (--allow-lost keeps it); give more for a long "
+            "--program.",
         ),
     ] = 0,
 ) -> None:
@@ -794,7 +805,7 @@ def capture(
     opts = CaptureOptions(
         output, smp, workload, scale, accel, memory, timeout, allow_lost, run=run,
         program=program, modules=tuple(module or ()), kernel_args=" ".join(kernel_args.split()),
-        cpu=cpu, firmware=firmware,
+        cpu=cpu, firmware=firmware, buffer_mb=buffer_mb,
     )  # fmt: skip
     check_options(opts)
     progress("fetching the kernel" if kernel is None else f"using {kernel}")

@@ -8,6 +8,7 @@ import base64
 import binascii
 import gzip
 import json
+import math
 import os
 import re
 import shutil
@@ -53,6 +54,7 @@ class CaptureOptions:
     kernel_args: str = ""  # more kernel command-line parameters (--kernel-args)
     cpu: str = ""  # QEMU's -cpu model (--cpu); "": host with KVM, QEMU's default with TCG
     firmware: str = "bios"  # bios (QEMU's SeaBIOS) | uefi (OVMF: EFI runtime services)
+    buffer_mb: int = 0  # each CPU's ring buffer; 0: sized from --scale (ring_buffer_mb)
 
 
 @dataclass
@@ -151,10 +153,11 @@ def accelerators(choice: str) -> list[str]:
 def qemu_command(
     image: KernelImage, initrd: Path, opts: CaptureOptions, accel: str, console: Path, ship: Path
 ) -> list[str]:
-    memory = opts.memory_mb or min_memory_mb(opts.smp)
+    memory = opts.memory_mb or min_memory_mb(opts.smp, ring_buffer_mb(opts))
     append = (
         f"console=ttyS0 panic=-1 loglevel=4 mitigations=off activemm.workload={opts.workload} "
-        f"activemm.scale={opts.scale} activemm.timeout={int(opts.timeout)}"
+        f"activemm.scale={opts.scale} activemm.timeout={int(opts.timeout)} "
+        f"activemm.buffer_kb={ring_buffer_mb(opts) * 1024}"
     )
     if opts.kernel_args:
         append += " " + opts.kernel_args
@@ -285,18 +288,38 @@ def _run_guest(
     return f"{accel}: {last.strip()[:300]}"
 
 
-def min_memory_mb(smp: int) -> int:
-    """Guest memory that leaves room for the 16 MiB ring buffer of every CPU (and the
+BUFFER_MB = 16  # each CPU's ring buffer at --scale 1
+# The built-in workloads write about 1.4 MiB of ring buffer per --scale step in all (measured
+# on 6.12, -w all --scale 50 with 4 CPUs: 68 MiB, 26 MiB on the busiest CPU), unevenly over the
+# CPUs: with one or two, one CPU may take nearly all of it; with more, the busiest took under
+# 40% (a third of 3 CPUs' or less beyond)
+BUFFER_MB_PER_SCALE = 1.5
+
+
+def ring_buffer_mb(opts: CaptureOptions) -> int:
+    """Each guest CPU's ring buffer in MiB: --buffer-mb, or else 16 MiB plus room for the
+    busiest CPU's share of what the built-in workload writes at --scale."""
+    if opts.buffer_mb:
+        return opts.buffer_mb
+    if opts.workload == "none":
+        return BUFFER_MB
+    share = min(1.0, 3 / opts.smp)
+    return BUFFER_MB + math.ceil(BUFFER_MB_PER_SCALE * (opts.scale - 1) * share)
+
+
+def min_memory_mb(smp: int, buffer_mb: int = BUFFER_MB) -> int:
+    """Guest memory that leaves room for every CPU's ring buffer of `buffer_mb` MiB (and the
     buffers' own bookkeeping) besides the workload."""
-    return 256 + 80 * smp
+    return 256 + (64 + buffer_mb) * smp
 
 
 def check_options(opts: CaptureOptions) -> None:
     """Refuse what cannot work before anything is downloaded or booted."""
-    if opts.memory_mb and opts.memory_mb < min_memory_mb(opts.smp):
+    least = min_memory_mb(opts.smp, ring_buffer_mb(opts))
+    if opts.memory_mb and opts.memory_mb < least:
         raise CaptureError(
-            f"--memory {opts.memory_mb}: expected at least {min_memory_mb(opts.smp)} MiB with "
-            f"{opts.smp} CPUs (their ring buffers), or 0 for that"
+            f"--memory {opts.memory_mb}: expected at least {least} MiB with {opts.smp} CPUs "
+            f"(their ring buffers of {ring_buffer_mb(opts)} MiB), or 0 for that"
         )
     out = opts.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -401,6 +424,13 @@ def capture(
             if not core or opts.allow_lost or recording == RECORDINGS - 1:
                 break
             progress(f"the guest's kprobes missed hits ({_counts(core)}): recording again")
+        got = re.search(r"^buffer_size_kb (\d+)", meta_text, re.M)
+        if got and int(got[1]) < ring_buffer_mb(opts) * 1024:
+            raise CaptureError(
+                f"the guest could not give each CPU a ring buffer of {ring_buffer_mb(opts)} MiB "
+                f"(it has {int(got[1]) // 1024} MiB): give more --memory, or a smaller "
+                "--buffer-mb"
+            )
         stats = ring_buffer_stats(meta_text)
         lost = {
             cpu: s for cpu, s in stats.items() if s.get("overrun", 0) or s.get("dropped_events", 0)
@@ -408,7 +438,8 @@ def capture(
         if lost and not opts.allow_lost:
             raise CaptureError(
                 f"the guest lost events on {', '.join(sorted(lost))} (ring buffer full): "
-                "use a smaller --scale, or --allow-lost to keep the trace anyway"
+                f"each CPU had {ring_buffer_mb(opts)} MiB; give a larger --buffer-mb, use a "
+                "smaller --scale, or --allow-lost to keep the trace anyway"
             )
         missed = {name: p["missed"] for name, p in profile.items() if p["missed"]}
         if core and not opts.allow_lost:
@@ -447,7 +478,8 @@ def capture(
         meta: dict[str, object] = {
             "kernel": release[1] if release else image.release,
             "cpus": opts.smp,
-            "memory_mb": opts.memory_mb or min_memory_mb(opts.smp),
+            "memory_mb": opts.memory_mb or min_memory_mb(opts.smp, ring_buffer_mb(opts)),
+            "buffer_mb": ring_buffer_mb(opts),
             "workload": opts.workload,
             "run": opts.run,
             "program": opts.program.name if opts.program else None,

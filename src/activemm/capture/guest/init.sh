@@ -2,6 +2,7 @@
 # activemm capture: the guest's /init (busybox sh). Sets up tracefs and the kprobes, runs the
 # workload, ships the trace and the task snapshots out on the second serial port, powers off.
 # Knobs come on the kernel command line: activemm.workload= activemm.scale= activemm.timeout=
+# activemm.buffer_kb= (each CPU's ring buffer)
 export PATH=/bin
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -13,12 +14,13 @@ T=/sys/kernel/tracing
 [ -e $T/trace ] || T=/sys/kernel/debug/tracing
 say() { echo "ACTIVEMM: $*" > /dev/ttyS0; }
 
-WORKLOAD=all; SCALE=1; TIMEOUT=300
+WORKLOAD=all; SCALE=1; TIMEOUT=300; BUFFER_KB=16384
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         activemm.workload=*) WORKLOAD=${arg#*=} ;;
         activemm.scale=*) SCALE=${arg#*=} ;;
         activemm.timeout=*) TIMEOUT=${arg#*=} ;;
+        activemm.buffer_kb=*) BUFFER_KB=${arg#*=} ;;
     esac
 done
 tasks_waiting() {  # PROC: tid, state, comm, wait channel of every user task (stack in D)
@@ -52,7 +54,7 @@ say "booted $(uname -r) cpus=$(nproc)"
 
 echo 0 > $T/tracing_on
 echo nop > $T/current_tracer
-echo 16384 > $T/buffer_size_kb
+echo "$BUFFER_KB" > $T/buffer_size_kb
 echo mono > $T/trace_clock
 echo 1 > $T/options/record-tgid
 echo 1 > $T/options/irq-info
@@ -124,6 +126,7 @@ say "workload done"
     echo "release $(uname -r)"
     echo "cpus $(nproc)"
     echo "finish_task_switch $FTS"
+    echo "buffer_size_kb $(cat $T/buffer_size_kb)"
     for c in $T/per_cpu/cpu*; do
         echo "stats ${c##*/} $(tr '\n' ' ' < $c/stats)"
     done

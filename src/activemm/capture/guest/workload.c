@@ -187,16 +187,22 @@ static void w_exitgroup(int scale) {
 }
 
 /* munmap: threads on every CPU touch a mapping that the main thread unmaps and remaps:
- * TLB shootdowns to CPUs running the mm, and to CPUs that borrow it lazily */
+ * TLB shootdowns to CPUs running the mm, and to CPUs that borrow it lazily. A mapping is
+ * unmapped only once every toucher has moved on to its successor (a toucher preempted
+ * between reading the pointer and writing through it would fault: at --scale 50 one did) */
 static volatile char *volatile shared_map;
 static volatile int stop_touching;
+static long map_gen, touched_gen[4];
 
 static void *toucher_body(void *arg) {
-    pin((int)(long)arg);
-    while (!stop_touching) {
+    long k = (long)arg;
+    pin((int)k);
+    while (!__atomic_load_n(&stop_touching, __ATOMIC_SEQ_CST)) {
+        long gen = __atomic_load_n(&map_gen, __ATOMIC_SEQ_CST);
         volatile char *m = shared_map;
-        if (m) m[((long)arg * 4096) % (64 * 4096)] = 1;
-        if ((long)arg % 2) nap(100);
+        m[(k * 4096) % (64 * 4096)] = 1;
+        __atomic_store_n(&touched_gen[k], gen, __ATOMIC_SEQ_CST);
+        if (k % 2) nap(100);
         else sched_yield();
     }
     return NULL;
@@ -212,10 +218,13 @@ static void w_munmap(int scale) {
         memset(m, 1, 64 * 4096);
         char *old = (char *)shared_map;
         shared_map = m;
+        long gen = __atomic_add_fetch(&map_gen, 1, __ATOMIC_SEQ_CST);
         nap(300);
+        for (int k = 0; k < 4; k++)  /* until toucher k has been through the new mapping */
+            while (__atomic_load_n(&touched_gen[k], __ATOMIC_SEQ_CST) < gen) nap(50);
         munmap(old, 64 * 4096);
     }
-    stop_touching = 1;
+    __atomic_store_n(&stop_touching, 1, __ATOMIC_SEQ_CST);
     for (int k = 0; k < 4; k++) pthread_join(t[k], NULL);
     munmap((char *)shared_map, 64 * 4096);
 }
