@@ -49,6 +49,7 @@ from activemm.validate.kernel import (
     EXIT_MMAP,
     FINISH,
     KSM_REMOVE,
+    KSMD,
     MMDROP,
     SWITCH_MM,
     Drop,
@@ -205,6 +206,8 @@ class Validator(MarkerSteps, Clocked):
         # sched: kernel threads shown to make EFI calls (an earlier pass's too)
         self.efi_workers: set[int] = set(efi_workers or ())
         after_efi: set[int] = set()  # CPUs whose last event was an EFI call's hook
+        ksmd_runs: list[tuple[int, int, int]] = []  # ksmd's switch-in line, CPU, pid
+        ksmd_ends: dict[int, int] = {}  # the switch-in line of a run of ksmd -> its end
         for e in events:
             self.cpu_lines.setdefault(e.cpu, []).append(e.line)
             if e.cpu in after_efi:
@@ -225,6 +228,10 @@ class Validator(MarkerSteps, Clocked):
             if isinstance(e, SchedSwitch):
                 switching.add(e.cpu)
                 last_switch[e.cpu] = e.line
+                if e.prev_comm == KSMD and ksmd_runs and ksmd_runs[-1][1] == e.cpu:
+                    ksmd_ends.setdefault(ksmd_runs[-1][0], e.line)
+                if e.next_comm == KSMD:
+                    ksmd_runs.append((e.line, e.cpu, e.next_pid))
                 if not e.prev_state.startswith("R"):
                     self.rests.setdefault(e.prev_pid, []).append(e.line)
                     if config.PREEMPT_RT and e.prev_state.startswith("D"):
@@ -275,12 +282,30 @@ class Validator(MarkerSteps, Clocked):
         # remove_rmap_item_from_tree of that life after each kept exit_mmap (none: held past
         # the trace's end, or a slot with no rmap_items, unmarked)
         self.ksm_releases: set[int] = set()
+        # a kept slot with no rmap_item to remove (ksmd's cursor rested on it, so
+        # __ksm_exit() left it for ksmd): ksmd's scan takes it out first thing when it next
+        # runs (scan_get_next_rmap_item(): ksm_test_exit(), no_vmas), or goes on to it in the
+        # run it is in. No marker: at that run's switch-in (or, running, its switch out), the
+        # sched_switch line -> (ksmd's pid, the mm's address)
+        self.ksmd_releases: dict[int, tuple[int, int]] = {}
+        starts = [line for line, _, _ in ksmd_runs]
         for addr, kept in self.ksm_kept.items():
             removes = ksm_removes.get(addr, [])
             for line in kept:
                 after = removes[bisect.bisect_right(removes, line) :]
                 ours = [r for r in after if self._same_life(addr, line, r)]
                 self.ksm_releases.update(ours[-1:])
+                if ours:
+                    continue
+                i = bisect.bisect_right(starts, line)
+                if i and ksmd_ends.get(starts[i - 1], line + 1) > line:  # ksmd is running
+                    at, run = ksmd_ends.get(starts[i - 1]), ksmd_runs[i - 1]
+                elif i < len(starts):
+                    at, run = starts[i], ksmd_runs[i]
+                else:
+                    continue  # ksmd did not run again within the trace
+                if at is not None and self._same_life(addr, line, at):
+                    self.ksmd_releases[at] = (run[2], addr)
         # lines of failed forks' dup_mmap() flushes -> the address of the mm they made
         self.failed_forks: dict[int, int] = {}
         if inputs == "markers":
@@ -957,6 +982,15 @@ class Validator(MarkerSteps, Clocked):
         if self._drop_held(self.rings, address(p.args.get("mm")), "io_ring_ctx_free", p):
             self._open_release(p, "io_ring_ctx_free")
 
+    def _ksmd_release(self, ev: SchedSwitch) -> None:
+        """ksmd switched in after an exit_mmap that found KSM keeping the mm, with no
+        rmap_item of it left to remove (or switched out, running when it was kept): its
+        scan_get_next_rmap_item() takes the slot out and mmdrop()s the mm (mm/ksm.c), with
+        no marker of its own; the model drops KSM's reference there."""
+        pid, addr = self.ksmd_releases[ev.line]
+        p = Probe(ev.line, ev.cpu, ev.ts, pid, KSMD, None, KSM_REMOVE, {"mm": f"{addr:#x}"})
+        self._release(p, self.ksm_slots, "ksm")
+
     def _open_release(self, p: Probe, point: str, addr: int | None = None) -> None:
         """Task p.pid is in a release at `point` whose mmdrop() of the mm at `addr` (by
         default the `mm` argument) follows: a kernel __mmdrop next on this CPU, or later by
@@ -1167,6 +1201,8 @@ class Validator(MarkerSteps, Clocked):
     # -- context switches -------------------------------------------------------------
 
     def _on_switch(self, ev: SchedSwitch) -> None:
+        if ev.line in self.ksmd_releases:
+            self._ksmd_release(ev)
         callbacks_of = kv.rcu_callbacks_of(ev.prev_comm)
         if callbacks_of is not None and self.m.config.PREEMPT_RT:
             # CPU N's RCU callbacks ran in the thread now switched out (PREEMPT_RT runs RCU's

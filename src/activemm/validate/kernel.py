@@ -23,6 +23,7 @@ FINISH = "finish_task_switch"
 MMDROP = "__mmdrop"
 EXIT_MMAP = "exit_mmap"
 KSM_REMOVE = "remove_rmap_item_from_tree"
+KSMD = "ksmd"  # the kernel thread that scans KSM's mm_slots (mm/ksm.c: ksm_scan_thread)
 NEW_MM = ("mm_init", "dup_mmap", "mm_alloc")
 
 
