@@ -3380,3 +3380,24 @@ def test_a_thread_switched_out_as_dead_that_runs_again_keeps_its_task() -> None:
     r = validate(capture)
     assert r.context_switches.matched == r.context_switches.total
     assert r.mmdrop.matched == r.mmdrop.total
+
+
+def test_validate_reports_its_progress_on_long_work() -> None:
+    """validate(progress=...) hears the reading, then every replay with its event count
+    and, every PROGRESS_EVERY events, how many are done (in order, fewer than all); with
+    tracepoints only a capture whose exit windows show after the fact is replayed again,
+    and says so. The scores are those of a silent run."""
+    from activemm.validate.core import PROGRESS_EVERY
+
+    capture = CAPTURES / "linux-6.1-smp6-parallel-scale4"
+    said: list[str] = []
+    r = validate(capture, inputs="sched", progress=said.append)
+    assert said[0] == f"reading {capture / 'trace.txt.gz'}"
+    starts = [i for i, m in enumerate(said) if re.fullmatch(r"replaying.*: [\d,]+ events", m)]
+    assert starts and starts[0] == 1 and len(starts) >= 2 and "pass 2" in said[starts[1]]
+    total = int(said[1].split(": ")[1].split()[0].replace(",", ""))
+    assert total > PROGRESS_EVERY
+    done = [int(m.split(": ")[1].split()[0].replace(",", "")) for m in said[2 : starts[1]]]
+    assert done == list(range(0, total, PROGRESS_EVERY))
+    assert all(m.endswith(f"of {total:,} events") for m in said[2 : starts[1]])
+    assert r.as_dict() == validate(capture, inputs="sched").as_dict()

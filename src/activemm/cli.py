@@ -24,6 +24,8 @@ from activemm.sanitizer import Sanitizer, Violation
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from rich.progress import Progress
+
     from activemm.trace.events import TraceEvent
     from activemm.trace.readers import ReadStats
     from activemm.trace.replay import TaskInfo
@@ -67,6 +69,20 @@ def resolve_config(
 ) -> KernelConfig:
     cfg = preset(name or fallback or DEFAULT_PRESET)
     return cfg.with_mutants(*mutants) if mutants else cfg
+
+
+def _spinner(quiet: bool) -> Progress:
+    """A spinner on stderr with what long work is doing, gone when it is done; shown only
+    on a terminal, and not with --json."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        console=err,
+        disable=not err.is_terminal or quiet,
+        transient=True,
+    )
 
 
 def _open_trace(
@@ -431,8 +447,6 @@ def replay(
 
     Context switches by case, address-space loads and what lazy TLB saved, mm_count atomics
     (same-CPU vs cross-CPU), shootdown IPIs, zombie mms, and a cost estimate."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn
-
     from activemm.fileio import write_atomic
     from activemm.metrics import load_costs
     from activemm.report.compare import BASELINE, comparison, table
@@ -446,13 +460,7 @@ def replay(
     cost_table = load_costs(costs)
     trace, events, ncpus, stats, snapshot = _open_trace(trace, tasks, fmt, lenient)
     ncpus = cpus or ncpus
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        console=err,
-        disable=not err.is_terminal or as_json,
-        transient=True,
-    ) as bar:
+    with _spinner(as_json) as bar:
         job = bar.add_task("replaying", total=None)
 
         def tick(n: int) -> None:
@@ -901,9 +909,17 @@ def validate(
     Exit status: 0 all matched, 1 something did not, 2 unusable input."""
     from activemm.validate import validate as run_validate
 
-    result = run_validate(
-        trace, tasks, preset_name, inputs, mutants=mutant_names, kernel_args=kernel_args
-    )
+    with _spinner(as_json) as bar:
+        job = bar.add_task("validating", total=None)
+        result = run_validate(
+            trace,
+            tasks,
+            preset_name,
+            inputs,
+            mutants=mutant_names,
+            kernel_args=kernel_args,
+            progress=lambda msg: bar.update(job, description=msg),
+        )
     if result.preset_from.startswith("inferred"):
         err.print(f"activemm: preset {result.preset} ({result.preset_from}); --preset overrides")
     if as_json:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from activemm.errors import ActiveMmError
@@ -166,6 +167,10 @@ def locate(trace: Path, tasks: Path | None) -> tuple[Path, Path | None, str | No
     return trace, tasks, release
 
 
+def _report_done(say: Callable[[str], None], step: str, total: int, done: int) -> None:
+    say(f"{step}: {done:,} of {total:,} events")
+
+
 def validate(
     trace: Path,
     tasks: Path | None = None,
@@ -173,12 +178,15 @@ def validate(
     inputs: str | None = None,
     mutants: list[str] | None = None,
     kernel_args: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Result:
     """Replay `trace` through the model and score it against the trace's kprobe lines, under
     `preset_name` (default: the capture's kernel, from its metadata or else from where its
     kprobes landed) with `mutants`. `kernel_args`: the recorded kernel's command-line
     parameters (preempt=, rcu_nocbs=all), in place of those of the capture's metadata (a
-    trace recorded elsewhere has none)."""
+    trace recorded elsewhere has none). `progress` hears what is being done (reading, each
+    replay's events so far)."""
+    say = progress or (lambda _msg: None)
     for word in (kernel_args or "").split():
         mode = word.removeprefix("preempt=")
         if mode != word and mode not in PREEMPT_MODES:
@@ -186,6 +194,7 @@ def validate(
                 f"--kernel-args: {word}: expected preempt= one of {', '.join(PREEMPT_MODES)}"
             )
     path, tasks, release = locate(trace, tasks)
+    say(f"reading {path}")
     stats = ReadStats()
     events, recovered = kv.recover_births(list(read_trace(str(path), stats=stats)))
     probes: set[str] = set()
@@ -242,14 +251,16 @@ def validate(
     preemption = "rt" if cfg.PREEMPT_RT else "full" if full else "voluntary"
     preemptible = preemption != "voluntary"
     efi_workers: set[int] = set()
-    for _ in range(MAX_PASSES):
+    for n in range(MAX_PASSES):
+        step = "replaying" if n == 0 else f"replaying again (pass {n + 1}: exit windows found)"
+        say(f"{step}: {len(events):,} events")
         result = Result(
             str(trace), cfg.name, inputs, release, preset_from=how, preemption=preemption
         )
         v = Validator(
             events, cfg, ncpus, snapshot, inputs, result, sanitize, exits, preemptible, efi_workers
         )
-        v.run()
+        v.run(partial(_report_done, say, step, len(events)))
         if not v.found_exits and v.efi_workers <= efi_workers:
             break
         # with tracepoints only, exit windows show after the fact (validate/windows.py), and

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -108,6 +109,7 @@ PROC_RELEASES = ("mem_release", "pagemap_release", "proc_map_release", "smaps_ro
 # kernel paths that mmdrop() a reference held outside the scheduler, which the markers show
 UFFD_FEATURE_EVENT_FORK = 1 << 1  # include/uapi/linux/userfaultfd.h
 FAILED_FORK_SEEN = "failed fork (exit_mmap of an mm copy_process made)"
+PROGRESS_EVERY = 50_000  # events between two progress reports of a replay
 
 
 class Validator(MarkerSteps, Clocked):
@@ -567,12 +569,15 @@ class Validator(MarkerSteps, Clocked):
 
     # -- driving the model ------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self, progress: Callable[[int], None] | None = None) -> None:
+        """Replay every event, then score; `progress` hears how many are done, now and then."""
         handlers = {
             SchedSwitch: self._on_switch,
             Probe: self._on_probe,
         }
-        for ev in self.events:
+        for i, ev in enumerate(self.events):
+            if progress is not None and i % PROGRESS_EVERY == 0:
+                progress(i)
             if ev.cpu in self.armed and not self._cr3_of_armed_exec(ev):
                 self._fire_armed(ev)
             self.now = ev.ts
