@@ -713,8 +713,8 @@ def test_a_trace_whose_buffers_were_reset_is_refused_unless_allowed(
 def test_ring_buffers_grow_with_the_scale_and_the_guest_memory_with_them() -> None:
     """Each CPU's ring buffer: 16 MiB at --scale 1 (and for --workload none), the guest's
     memory then 256 + 80 MiB per CPU as always; at --scale N room for the busiest CPU's share
-    of what the built-in workloads write (measured: 68 MiB in all at --scale 50 on 4 CPUs,
-    26 MiB of it on one; a single CPU takes all of it); --buffer-mb decides otherwise."""
+    of what the built-in workloads write (measured at --scale 50: on 6.12 with 4 CPUs 68 MiB
+    in all, 26 MiB on one; on 6.1 with 2, 167 MiB on one); --buffer-mb decides otherwise."""
 
     def sized(**kw: Any) -> tuple[int, int]:
         opts = run.CaptureOptions(out=Path("cap"), **kw)
@@ -725,7 +725,7 @@ def test_ring_buffers_grow_with_the_scale_and_the_guest_memory_with_them() -> No
         assert sized(smp=smp, scale=50, workload="none")[0] == 16
         by_scale = [sized(smp=smp, scale=n)[0] for n in range(1, 51)]
         assert by_scale == sorted(by_scale)
-    assert sized(smp=1, scale=50)[0] >= 68 + 16 and sized(smp=4, scale=50)[0] >= 26 * 2
+    assert sized(smp=2, scale=50)[0] >= 167 + 16 and sized(smp=4, scale=50)[0] >= 26 * 2
     assert [sized(smp=n, scale=50)[0] for n in (1, 2, 3, 4, 8, 16)] == sorted(
         (sized(smp=n, scale=50)[0] for n in (1, 2, 3, 4, 8, 16)), reverse=True
     )

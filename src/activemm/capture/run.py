@@ -289,11 +289,12 @@ def _run_guest(
 
 
 BUFFER_MB = 16  # each CPU's ring buffer at --scale 1
-# The built-in workloads write about 1.4 MiB of ring buffer per --scale step in all (measured
-# on 6.12, -w all --scale 50 with 4 CPUs: 68 MiB, 26 MiB on the busiest CPU), unevenly over the
-# CPUs: with one or two, one CPU may take nearly all of it; with more, the busiest took under
-# 40% (a third of 3 CPUs' or less beyond)
-BUFFER_MB_PER_SCALE = 1.5
+# What the built-in workloads write per --scale step on their busiest CPU (measured, -w all
+# --scale 50): with 1 or 2 CPUs up to 3.4 MiB (6.1 with 2: 167 MiB on CPU 0, where two of the
+# munmap workload's touchers yield to each other for its whole run), with more about 1.4 MiB
+# in all, the busiest CPU taking under 40% of it (6.12 with 4: 68 MiB, 26 on one CPU)
+CROWDED_MB_PER_SCALE = 3.5  # 1 or 2 CPUs
+BUFFER_MB_PER_SCALE = 1.5  # 3 CPUs; 3/N of it with N more
 
 
 def ring_buffer_mb(opts: CaptureOptions) -> int:
@@ -303,8 +304,11 @@ def ring_buffer_mb(opts: CaptureOptions) -> int:
         return opts.buffer_mb
     if opts.workload == "none":
         return BUFFER_MB
-    share = min(1.0, 3 / opts.smp)
-    return BUFFER_MB + math.ceil(BUFFER_MB_PER_SCALE * (opts.scale - 1) * share)
+    if opts.smp <= 2:
+        per_step = CROWDED_MB_PER_SCALE
+    else:
+        per_step = BUFFER_MB_PER_SCALE * min(1.0, 3 / opts.smp)
+    return BUFFER_MB + math.ceil(per_step * (opts.scale - 1))
 
 
 def min_memory_mb(smp: int, buffer_mb: int = BUFFER_MB) -> int:

@@ -187,21 +187,25 @@ static void w_exitgroup(int scale) {
 }
 
 /* munmap: threads on every CPU touch a mapping that the main thread unmaps and remaps:
- * TLB shootdowns to CPUs running the mm, and to CPUs that borrow it lazily. A mapping is
- * unmapped only once every toucher has moved on to its successor (a toucher preempted
- * between reading the pointer and writing through it would fault: at --scale 50 one did) */
-static volatile char *volatile shared_map;
+ * TLB shootdowns to CPUs running the mm, and to CPUs that borrow it lazily. Each toucher
+ * publishes the mapping it is about to write to (a hazard pointer), and a mapping is unmapped
+ * only once no toucher holds it: one preempted between reading the pointer and writing
+ * through it would fault otherwise (at --scale 50 one did) */
+static char *volatile shared_map;
 static volatile int stop_touching;
-static long map_gen, touched_gen[4];
+static char *volatile touching[4];
 
 static void *toucher_body(void *arg) {
     long k = (long)arg;
     pin((int)k);
     while (!__atomic_load_n(&stop_touching, __ATOMIC_SEQ_CST)) {
-        long gen = __atomic_load_n(&map_gen, __ATOMIC_SEQ_CST);
-        volatile char *m = shared_map;
-        m[(k * 4096) % (64 * 4096)] = 1;
-        __atomic_store_n(&touched_gen[k], gen, __ATOMIC_SEQ_CST);
+        char *m;
+        do {  /* published before it is used: the unmapper sees it, or we see the new one */
+            m = __atomic_load_n(&shared_map, __ATOMIC_SEQ_CST);
+            __atomic_store_n(&touching[k], m, __ATOMIC_SEQ_CST);
+        } while (m != __atomic_load_n(&shared_map, __ATOMIC_SEQ_CST));
+        ((volatile char *)m)[(k * 4096) % (64 * 4096)] = 1;
+        __atomic_store_n(&touching[k], NULL, __ATOMIC_SEQ_CST);
         if (k % 2) nap(100);
         else sched_yield();
     }
@@ -216,17 +220,16 @@ static void w_munmap(int scale) {
     for (int i = 0; i < 30 * scale; i++) {
         char *m = mmap(NULL, 64 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         memset(m, 1, 64 * 4096);
-        char *old = (char *)shared_map;
-        shared_map = m;
-        long gen = __atomic_add_fetch(&map_gen, 1, __ATOMIC_SEQ_CST);
+        char *old = shared_map;
+        __atomic_store_n(&shared_map, m, __ATOMIC_SEQ_CST);
         nap(300);
-        for (int k = 0; k < 4; k++)  /* until toucher k has been through the new mapping */
-            while (__atomic_load_n(&touched_gen[k], __ATOMIC_SEQ_CST) < gen) nap(50);
+        for (int k = 0; k < 4; k++)  /* (a toucher preempted mid-write: rarely) */
+            while (__atomic_load_n(&touching[k], __ATOMIC_SEQ_CST) == old) nap(50);
         munmap(old, 64 * 4096);
     }
     __atomic_store_n(&stop_touching, 1, __ATOMIC_SEQ_CST);
     for (int k = 0; k < 4; k++) pthread_join(t[k], NULL);
-    munmap((char *)shared_map, 64 * 4096);
+    munmap(shared_map, 64 * 4096);
 }
 
 /* iouring: io_uring with IOSQE_ASYNC punts work to iou-wrk threads and SQPOLL starts an
