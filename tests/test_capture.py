@@ -732,6 +732,15 @@ def test_ring_buffers_grow_with_the_scale_and_the_guest_memory_with_them() -> No
     assert sized(smp=2, scale=50, buffer_mb=200) == (200, 256 + 2 * (64 + 200))
     with pytest.raises(CaptureError, match=r"--memory 600: expected at least 800 MiB .* 72 MiB"):
         run.check_options(run.CaptureOptions(out=Path("cap"), smp=4, scale=50, memory_mb=600))
+    # more than the machine has: refused before anything boots, not a QEMU failure later
+    host = run.host_memory_mb()
+    assert host > 0
+    too_big = (host - 256) // 2  # two CPUs' buffers: beyond the host by about 128 MiB
+    need = 256 + 2 * (64 + too_big)
+    assert need > host
+    with pytest.raises(CaptureError, match=rf"need {need} MiB .* has {host} MiB: give a smaller"):
+        run.check_options(run.CaptureOptions(out=Path("cap"), buffer_mb=too_big))
+    run.check_options(run.CaptureOptions(out=Path("cap"), buffer_mb=too_big - 64))
 
 
 @pytest.mark.skipif(

@@ -317,6 +317,11 @@ def min_memory_mb(smp: int, buffer_mb: int = BUFFER_MB) -> int:
     return 256 + (64 + buffer_mb) * smp
 
 
+def host_memory_mb() -> int:
+    """This machine's physical memory in MiB (what QEMU's guest RAM comes out of)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+
+
 def check_options(opts: CaptureOptions) -> None:
     """Refuse what cannot work before anything is downloaded or booted."""
     least = min_memory_mb(opts.smp, ring_buffer_mb(opts))
@@ -324,6 +329,13 @@ def check_options(opts: CaptureOptions) -> None:
         raise CaptureError(
             f"--memory {opts.memory_mb}: expected at least {least} MiB with {opts.smp} CPUs "
             f"(their ring buffers of {ring_buffer_mb(opts)} MiB), or 0 for that"
+        )
+    need, host = opts.memory_mb or least, host_memory_mb()
+    if need > host:
+        raise CaptureError(
+            f"the guest would need {need} MiB ({opts.smp} CPUs, ring buffers of "
+            f"{ring_buffer_mb(opts)} MiB each) and this machine has {host} MiB: give a smaller "
+            "--buffer-mb, --memory, --scale or --smp"
         )
     out = opts.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
