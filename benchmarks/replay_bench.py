@@ -15,12 +15,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from phases import print_phase, run_phase
 
 HERE = Path(__file__).resolve().parent
 
@@ -98,13 +99,6 @@ def phase_trappy(path: str) -> dict[str, float]:
     return {"events": n, "seconds": time.perf_counter() - t0}
 
 
-def run_phase(args: list[str]) -> dict[str, float]:
-    r = subprocess.run(
-        [sys.executable, __file__, "--phase", *args], capture_output=True, text=True, check=True
-    )
-    return json.loads(r.stdout)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--events", type=int, default=200_000)
@@ -119,15 +113,15 @@ def main() -> None:
     ap.add_argument("--phase", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.phase:
-        kind, path, *rest = a.phase
-        res = {
-            "floor": lambda: phase_floor(path),
-            "replay": lambda: phase_replay(path, rest),
-            "replay_jobs": lambda: phase_replay_jobs(path, rest),
-            "trappy": lambda: phase_trappy(path),
-        }[kind]()
-        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps(res))
+        print_phase(
+            {
+                "floor": lambda path, _: phase_floor(path),
+                "replay": phase_replay,
+                "replay_jobs": phase_replay_jobs,
+                "trappy": lambda path, _: phase_trappy(path),
+            },
+            a.phase,
+        )
         return
     presets = a.presets or ["linux-6.17-x86_64", "linux-6.17-powerpc-radix"]
     sys.path.insert(0, str(HERE))
@@ -138,14 +132,14 @@ def main() -> None:
         with open(path, "w") as f:
             # neither record-tgid nor irq-flags columns: TRAPpy, the peer, parses neither
             n = generate(f, a.events, a.cpus, tgid_column=False, flags_column=False)
-        floor = run_phase(["floor", path])
-        rep = run_phase(["replay", path, *presets])
-        par = run_phase(["replay_jobs", path, *presets])
+        floor = run_phase(__file__, ["floor", path])
+        rep = run_phase(__file__, ["replay", path, *presets])
+        par = run_phase(__file__, ["replay_jobs", path, *presets])
         peers: dict[str, object] = {}
         try:
             if a.no_peers:
                 raise subprocess.CalledProcessError(0, "skipped", stderr="skipped (--no-peers)")
-            t = run_phase(["trappy", path])
+            t = run_phase(__file__, ["trappy", path])
             peers["trappy"] = {
                 "events_per_s": round(t["events"] / t["seconds"]),
                 "peak_rss_mb": round(t["peak_rss_mb"], 1),

@@ -180,10 +180,10 @@ def _switch(
         pid,
         comm,
         tgid,
-        m["pc"],
+        sys.intern(m["pc"]),
         int(m["pp"]),
-        _state(m["ps"]),
-        m["nc"],
+        sys.intern(_state(m["ps"])),
+        sys.intern(m["nc"]),
         int(m["np"]),
     )
 
@@ -529,7 +529,7 @@ def parse_lines(
         rest = m["rest"]
         pid = int(m["tid"] or m["pid"]) if fmt == "perf" else int(m["pid"])
         tgid = _tgid(m["tgid"] if fmt == "ftrace" else (m["pid"] if m["tid"] else None))
-        cpu, ts, comm = int(m["cpu"]), float(m["ts"]), m["comm"]
+        cpu, ts, comm = int(m["cpu"]), float(m["ts"]), sys.intern(m["comm"])
         # a probe's fields open with its location, whatever the event is called: a tracepoint
         # probe (`t sched_switch ...` in dynamic_events) takes the tracepoint's own name
         parser = PARSERS.get(event) if not rest.startswith("(") else None
@@ -549,8 +549,13 @@ def parse_lines(
                 # (a uprobe's location is a user address, `(0x401d70)`: no kernel function)
                 stats.unknown[event] += 1
                 continue
-            args = {k: v.strip('"') for k, v in PROBE_ARG.findall(pm["args"])}
+            # (interned: a million probe lines repeat a few names and addresses, and the
+            # validator keeps them all)
+            args = {
+                sys.intern(k): sys.intern(v.strip('"')) for k, v in PROBE_ARG.findall(pm["args"])
+            }
             fn, offset, returned, caller = _probe_function(pm["loc"])
+            fn = sys.intern(fn)
             ev = Probe(n, cpu, ts, pid, comm, tgid, fn, args, offset, returned, caller)
         if isinstance(ev, TlbFlush) and fmt == "ftrace" and m["flags"]:
             # irq-info: 'h' (or 'H') in hardirq context (a flush IPI), in the hardirq/softirq
