@@ -282,7 +282,7 @@ class Validator(MarkerSteps, Clocked):
         # KSM: the reference an mm_slot kept past __mmput goes when ksmd (or an unmerge)
         # takes the exited mm's slot out, right after removing its last rmap_item: the last
         # remove_rmap_item_from_tree of that life after each kept exit_mmap (none: held past
-        # the trace's end, or a slot with no rmap_items, unmarked)
+        # the trace's end, or a slot with no rmap_items, below)
         self.ksm_releases: set[int] = set()
         # a kept slot with no rmap_item to remove (ksmd's cursor rested on it, so
         # __ksm_exit() left it for ksmd): ksmd's scan takes it out first thing when it next
