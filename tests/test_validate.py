@@ -960,7 +960,7 @@ def test_sched_inputs_run_exits_where_exit_mmap_left_its_cpu_lazy(name: str) -> 
     exit_mm markers (which sched inputs do not read): each comes after the kernel's exit_mm
     in the same life of the pid, and the exits cut the misses of exit windows."""
     capture = CAPTURES / name
-    sched = validate(capture, inputs="sched")
+    sched = _scored(capture, "sched")
     assert sched.lazy_exit_points
     _after_exit_mm(capture, sched.lazy_exit_points, first=False)
     learned = sched.learned["exit_mm inferred (exit_mmap switched its CPU to init_mm)"]
@@ -978,7 +978,7 @@ def test_sched_inputs_find_exit_windows_where_the_kernel_had_them(name: str) -> 
     markers (which sched inputs do not read): each such switch out is the first one after
     the task's exit_mm(), and the exits found cut the misses of exit windows."""
     capture = CAPTURES / name
-    sched = validate(capture, inputs="sched")
+    sched = _scored(capture, "sched")
     assert sched.exit_points
     exit_mm, after = _after_exit_mm(capture, sched.exit_points, first=True)
     # exit windows in which the task was preempted: a switch out before its exit
@@ -1004,14 +1004,14 @@ def test_a_workload_written_after_the_model_is_matched(capture: Path) -> None:
     in an exec or exit window (or following one), and every miss with its cause."""
     program = json.loads((capture / "meta.json").read_text())["program"]
     assert program is None or (CAPTURES.parent / "programs" / program).is_file()
-    r = validate(capture)
+    r = _scored(capture)
     assert r.inputs == "markers"
     assert r.mmdrop.total > 0
     assert r.context_switches.total > 0
     assert r.context_switches.matched == r.context_switches.total, r.mismatches
     _every_drop_but_races(r, capture)
     _outside_but_timing(r)
-    sched = validate(capture, inputs="sched")
+    sched = _scored(capture, "sched")
     # (on one CPU a task preempted inside its exit window is common: 97.5% there; a kworker's
     # kthread_use_mm, which no tracepoint names, leaves its CPU on an mm the model cannot
     # know: 91.9% on unseen20.c, see test_a_kworkers_kthread_use_mm_is_followed_at_its_markers)
@@ -1051,9 +1051,9 @@ def test_an_mm_users_holder_can_run_the_exited_owners_mmput(name: str, holder: s
         elif "(__mmdrop+" in line:
             exit_mm_by.pop(mm[1], None)
     assert others, f"no __mmput in {holder} on this capture"
-    r = validate(capture)
+    r = _scored(capture)
     assert r.mmdrop.matched == r.mmdrop.total
-    sched = validate(capture, inputs="sched")
+    sched = _scored(capture, "sched")
     elsewhere = {
         str(m["kernel"]["freed_at"][1]) for m in sched.mismatches if m["cause"] == score.ELSEWHERE
     }
@@ -1118,7 +1118,7 @@ def test_refused_forks_and_doomed_execs_are_followed(capture: Path) -> None:
     refused = _refused_forks(capture)
     doomed = (capture / "workload.log").read_text().count(": signal 11")
     assert refused >= 9 and doomed == 6
-    r = validate(capture)
+    r = _scored(capture)
     assert r.learned["failed fork (exit_mmap of an mm copy_process made)"] == refused
     assert r.learned["failed fork at its dup_mmap flush (tlb_flush)"] == refused
     assert r.context_switches.matched == r.context_switches.total
@@ -1128,7 +1128,7 @@ def test_refused_forks_and_doomed_execs_are_followed(capture: Path) -> None:
     execs = {e.exec_pid for e in events if type(e).__name__ == "ProcessExec"}
     hints = [e for e in events if e.line in markers.exec_hints(events)]
     assert len([h for h in hints if h.pid in exits and h.pid not in execs]) == doomed
-    sched = validate(capture, inputs="sched")
+    sched = _scored(capture, "sched")
     assert sched.causes[score.FAILED_FORK] == refused
     assert score.UNEXPLAINED not in sched.causes
     assert not any(c.startswith("exec window") for c in sched.causes)
@@ -1142,7 +1142,7 @@ def test_refused_forks_and_doomed_execs_are_followed(capture: Path) -> None:
 def test_failed_execs_are_followed_with_markers(capture: Path) -> None:
     """An exit_mmap of an mm this task's mm_init returned and no exec installed is a failed
     exec: the model allocates and puts it there, and the next exec gets the next address."""
-    r = validate(capture)
+    r = _scored(capture)
     assert r.learned["failed execve (exit_mmap of an mm no exec installed)"] == _failed_execs(
         capture
     )
@@ -1155,12 +1155,12 @@ def test_failed_execs_are_followed_with_markers(capture: Path) -> None:
 def test_misses_of_io_uring_and_oom_are_the_reference_they_hold(capture: Path) -> None:
     """io_uring pins the mm (ctx->mm_account) and a kworker drops it; the OOM killer pins its
     victim's (signal->oom_mm) until the signal struct goes: no input says so."""
-    r = validate(capture)
+    r = _scored(capture)
     assert r.context_switches.matched == r.context_switches.total
     missed = [m for m in r.mismatches if m["group"] == "mmdrop"]
     assert missed and all(m["cause"] in (score.HELD_OUTSIDE, score.RACE) for m in missed)
     assert any(m["cause"] == score.HELD_OUTSIDE for m in missed)
-    sched = validate(capture, inputs="sched")
+    sched = _scored(capture, "sched")
     assert score.UNEXPLAINED not in sched.causes and score.UNEXPLAINED not in r.causes
 
 
@@ -1565,13 +1565,13 @@ def test_cpu_hotplug_is_followed_at_the_cpu_init_marker(capture: Path) -> None:
     migration/N says it went offline and is back, once per cpu_init marker; the model takes
     it down and up there, and no switch misses for hotplug any more (its finish_cpu() drop
     comes late: an __mmdrop may miss, tagged)."""
-    r = validate(capture)
+    r = _scored(capture)
     assert r.learned["CPU came online (cpu_init marker)"] >= 2
     assert r.learned["CPU went offline (idle_task_exit marker)"] >= 2
     assert r.context_switches.matched == r.context_switches.total
     _every_drop_but_races(r, capture)
     assert score.UNEXPLAINED not in r.causes
-    sched = validate(capture, inputs="sched")
+    sched = _scored(capture, "sched")
     returns = sched.learned["CPU went offline and came back (untraced switch to idle)"]
     assert returns == r.learned["CPU came online (cpu_init marker)"]
     assert score.UNEXPLAINED not in sched.causes
@@ -1610,7 +1610,8 @@ def test_a_cpu_is_taken_down_from_where_its_takedown_cpu_ran(
 @pytest.mark.parametrize("capture", ALL, ids=lambda p: p.name)
 @pytest.mark.parametrize("inputs", ["markers", "sched"])
 def test_every_miss_on_every_capture_has_its_cause(capture: Path, inputs: str) -> None:
-    r = validate(capture, inputs=inputs)
+    r = _scored(capture) if inputs == "markers" else _scored(capture, inputs)
+    assert r.inputs == inputs
     assert score.UNEXPLAINED not in r.causes, r.mismatches
     assert "model freed an mm the kernel did not" not in r.causes
 
@@ -1621,7 +1622,7 @@ def test_two_cpus_dropping_one_mm_at_once_is_named(capture: Path) -> None:
     (the one whose mmdrop_sched() was last queues the callback), and in the text two CPUs'
     context switches moved off that mm (switch_mm_irqs_off with it as prev) within a few
     lines of each other before the kernel's free."""
-    r = validate(capture)
+    r = _scored(capture)
     assert r.context_switches.matched == r.context_switches.total
     missed = [m for m in r.mismatches if m["group"] == "mmdrop"]
     racy = [m for m in missed if m["cause"] == score.CONCURRENT]
@@ -1694,11 +1695,11 @@ def test_text_poke_is_followed_at_its_use_temporary_mm(capture: Path) -> None:
     (tlb_flush "flush on task switch") are followed: every poke, none missed."""
     hooks = _temporary_mm_hooks(capture)
     assert hooks >= 2 and hooks % 2 == 0
-    r = validate(capture)
+    r = _scored(capture)
     assert r.learned["text_poke (use_temporary_mm marker)"] == hooks // 2
     assert r.learned["x86 poking_mm (allocated at boot)"] == 1
     _outside_but_timing(r)  # no poke missed: at most flush IPI timing
-    sched = validate(capture, inputs="sched")
+    sched = _scored(capture, "sched")
     assert sched.learned["text_poke (own CR3 loads in pairs, tlb_flush)"] == hooks // 2
     assert score.TEXT_POKE not in sched.causes
 
@@ -2195,8 +2196,8 @@ def test_text_pokes_and_efi_calls_told_apart_with_tracepoints_only(capture: Path
     kworkers freeing eBPF programs poke on CPUs the model has lazy on a user mm after exit
     windows it missed (the twenty-ninth with preempt=full); and each EFI call is found as
     one."""
-    markers = validate(capture)
-    sched = validate(capture, inputs="sched")
+    markers = _scored(capture)
+    sched = _scored(capture, "sched")
     for learned in (
         "text_poke (use_temporary_mm marker)",
         "EFI runtime call (efi_enter_mm marker)",
@@ -2481,7 +2482,7 @@ def test_fork_events_nobody_delivers_are_not_taken(capture: Path, tmp_path: Path
     lines = gzip.decompress((capture / "trace.txt.gz").read_bytes()).decode().splitlines(True)
     wanted, dups = _fork_event_contexts(lines)
     assert len(wanted) < dups  # VMAs of a context without fork events fire too
-    r = validate(capture)
+    r = _scored(capture)
     taken = r.learned["userfaultfd ctx->mm of a fork event (dup_userfaultfd marker)"]
     abandoned = r.learned["userfaultfd fork event abandoned (userfaultfd_release)"]
     assert abandoned >= 2 and taken >= 6 and taken + abandoned <= len(wanted)
@@ -2539,13 +2540,13 @@ def test_proc_files_holding_an_mm_are_followed_at_their_markers(capture: Path) -
     last = sum(
         "release: (" in a and "mmdrop: (__mmdrop" in b for a, b in itertools.pairwise(lines)
     )  # a release whose mmdrop() was the last: __mmdrop on the next line
-    r = validate(capture)
+    r = _scored(capture)
     if "procfiles" in capture.name:  # the workload written for it
         assert opens >= 14 and last >= 1
         assert r.learned["open /proc/PID file (proc_mem_open marker)"] == opens
     assert r.context_switches.matched == r.context_switches.total, r.mismatches
     _every_drop_but_races(r, capture)
-    sched = validate(capture, inputs="sched")
+    sched = _scored(capture, "sched")
     missed = sum(m["group"] == "mmdrop" and m["cause"] == score.HELD_OUTSIDE
                  for m in sched.mismatches)  # fmt: skip
     assert missed >= (1 if last else 0) and score.UNEXPLAINED not in sched.causes
@@ -2585,7 +2586,7 @@ def test_khugepaged_references_are_followed_at_their_markers(capture: Path) -> N
     if kept:
         _hidden_reference_followed(capture, learned, kept)
     else:  # the cursor rested on none of them (linux-6.1-smp16-program6): nothing held
-        r = validate(capture)
+        r = _scored(capture)
         assert r.learned[learned] == 0
         assert r.mmdrop.matched == r.mmdrop.total, r.mismatches
 
@@ -2625,7 +2626,7 @@ def test_ksm_references_are_followed_at_their_markers(capture: Path, tmp_path: P
     assert kept >= 1
     if "program30" in capture.name:  # the program written for it: ksmd frees mms there
         assert kept >= 3 and by_ksmd >= 2
-    r = validate(capture)
+    r = _scored(capture)
     taken = {k: v for k, v in r.learned.items() if k.startswith("KSM's reference outliving")}
     assert sum(taken.values()) == kept, taken
     assert r.context_switches.matched == r.context_switches.total, r.mismatches
@@ -2673,7 +2674,7 @@ def test_foreign_mm_users_and_cpus_going_offline_under_load(capture: Path) -> No
         )
     )
     assert offline == 8 and workers >= 4 and handed_back <= offline
-    r = validate(capture)
+    r = _scored(capture)
     assert r.learned["CPU went offline (idle_task_exit marker)"] == handed_back
     assert r.learned["CPU came online (cpu_init marker)"] == offline
     assert r.learned["userfaultfd ctx->mm (new_userfaultfd marker)"] == text.count(
@@ -2697,7 +2698,7 @@ def test_memory_cgroup_oom_kills_of_whole_groups(capture: Path) -> None:
     text = gzip.decompress((capture / "trace.txt.gz").read_bytes()).decode()
     victims = len(re.findall(r"\(mark_oom_victim\+\S+ oom_mm=0x0 ", text))
     assert victims >= 6
-    r = validate(capture)
+    r = _scored(capture)
     assert r.learned["OOM victim's signal->oom_mm (mark_oom_victim marker)"] == victims
     assert_all_matched(r, outside=False)
     _outside_but_timing(r)
@@ -2752,7 +2753,7 @@ def test_global_oom_kills_from_a_kworker_compaction_and_cow_pokes(capture: Path)
     assert said is not None and int(said[1]) >= 1
     assert marked and all(comm.startswith("kworker/") for comm in marked)
     assert len(marked) == int(said[2])
-    r = validate(capture)
+    r = _scored(capture)
     assert r.learned["OOM victim's signal->oom_mm (mark_oom_victim marker)"] == len(marked)
     assert_all_matched(r)
 
@@ -2775,7 +2776,7 @@ def test_address_spaces_read_from_other_processes_while_their_owners_exit(
         (capture / "workload.log").read_text(),
     )
     assert said is not None and int(said[1]) > 0 and int(said[2]) > 0
-    r = validate(capture)
+    r = _scored(capture)
     assert r.inputs == "markers"
     assert r.learned["__mmput run by another task (exit_mmap marker)"] >= 1
     assert_all_matched(r, outside=False)
@@ -2816,7 +2817,7 @@ def test_a_switch_in_flight_has_left_the_mm_another_cpu_flushes(name: str) -> No
     schedule matches."""
     capture = CAPTURES / name
     assert _in_flight(capture) >= 1
-    r = validate(capture)
+    r = _scored(capture)
     assert r.learned["switch applied at its hook (finish after a flush)"] >= 1
     assert (r.outside_schedule.matched, r.context_switches.matched) == (
         r.outside_schedule.total,
@@ -2960,7 +2961,7 @@ def test_a_dead_cpus_mm_freed_after_its_finish_cpu_step(capture: Path) -> None:
             released = any("(io_destroy_buffers+" in x and drop[1] in x for x in lines[h:i])
             late += stepped and released
     assert late == 6
-    r = validate(capture)
+    r = _scored(capture)
     assert r.learned["finish_cpu() (cpuhp_enter tracepoint)"] == len(finish) == 6
     assert r.learned["io_uring ctx->mm_account (io_uring_setup marker)"] == 6
     assert_all_matched(r)
@@ -3070,12 +3071,12 @@ def test_a_fork_flush_taken_before_the_cpu_went_lazy(capture: Path) -> None:
     switch and __mmdrop matches; with tracepoints only it runs at the local part, flushes
     that CPU, which the kernel did not, and the thread's switch back without a CR3 load
     reads as an exit: those misses carry their causes, none unexplained."""
-    r = validate(capture)
+    r = _scored(capture)
     assert r.learned["fork at its dup_mmap flush (tlb_flush)"] >= 200
     assert_all_matched(r, outside=False)
     assert score.FORK_FLUSH not in r.causes
     _outside_but_timing(r)
-    sched = validate(capture, inputs="sched")
+    sched = _scored(capture, "sched")
     assert sched.causes[score.FORK_FLUSH] >= 1 and sched.causes[score.INFERRED_EXIT] >= 1
     assert score.UNEXPLAINED not in sched.causes
 
@@ -3125,7 +3126,7 @@ def test_a_fully_preemptible_kernels_exit_preempted_inside_mmput_frees_its_mm_it
     kernel's preemption from meta.json and matches every switch and __mmdrop; told it was
     preempt=voluntary (the same capture, its kernel_args dropped), it misses each such free
     that the text shows (and every hook outside schedule but flush IPI timing)."""
-    r = validate(capture)
+    r = _scored(capture)
     assert r.preemption == "full"
     assert_all_matched(r, outside=False)
     _outside_but_timing(r)
