@@ -913,41 +913,10 @@ def test_sched_inputs_place_exit_windows_before_exit_mmaps_flush(
         matched.append(sched.context_switches.matched)
     assert placed >= 10 and inside >= 0.8 * placed, (placed, inside)
     monkeypatch.setattr(windows, "EXIT_MMAP_RATIO", 0.0)
-    monkeypatch.setattr(windows, "EXIT_MMAP_RATIO_6_1_VOLUNTARY", 0.0)
     for name, with_rule in zip(names, matched, strict=True):
         without = validate(CAPTURES / name, inputs="sched")
         assert not without.early_exit_points
         assert with_rule > without.context_switches.matched, name
-
-
-def test_the_exit_mmap_ratio_is_the_kernels_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A task preempted once, back 3 ms before exit_mmap()'s switch of its CPU to init_mm and
-    exiting 1 ms after it: on 6.1 with voluntary preemption (where a preemption inside the
-    window mostly comes with all of the unmapping still ahead) the preemption is taken to
-    be inside its exit window; on 6.12, or where the kernel preempts anywhere, it came
-    before exit_mm(). And on 6.1 captures, scored against the kernel's own exit_mm markers
-    (which sched inputs do not read), the 6.1 bound matches more switches than 6.12's."""
-    from activemm.trace.events import ProcessExit
-    from activemm.validate import windows
-    from activemm.validate.windows import ExitWindows, exit_mmap_ratio
-
-    timeline = [
-        _sw(1, 20, "S", 10), _cr3(2, 20), _sw(3, 10, "R+", 20), _sw(4, 20, "S", 10),
-        _cr3(7, 10), ProcessExit(8, 0, 0.008, 10, "t", None, 10),
-    ]  # fmt: skip
-    for version, preemptible, placed in [
-        ((6, 1), False, True), ((6, 1), True, False), ((6, 12), False, False),
-        ((6, 12), True, False),
-    ]:  # fmt: skip
-        ratio = exit_mmap_ratio(version, preemptible)
-        expected = ({3: 10}, {3}) if placed else ({}, set())
-        assert ExitWindows.scan(timeline, ratio).lazy_exits() == expected, (version, preemptible)
-
-    names = ["linux-6.1-smp1-everything", "linux-6.1-smp2-program6", "linux-6.1-smp2-program7"]
-    own = sum(validate(CAPTURES / n, inputs="sched").context_switches.matched for n in names)
-    monkeypatch.setattr(windows, "EXIT_MMAP_RATIO_6_1_VOLUNTARY", windows.EXIT_MMAP_RATIO)
-    other = sum(validate(CAPTURES / n, inputs="sched").context_switches.matched for n in names)
-    assert own > other
 
 
 @pytest.mark.parametrize(

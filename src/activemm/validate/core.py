@@ -88,7 +88,7 @@ from activemm.validate.score import (
     Result,
     score_outside,
 )
-from activemm.validate.windows import ExitWindows, exit_mmap_ratio
+from activemm.validate.windows import ExitWindows
 
 
 @dataclass
@@ -145,8 +145,7 @@ class Validator(MarkerSteps, Clocked):
         # vhost workers that used their mm, by id() (kept alive: an id() is not reused)
         self.vhost_workers: dict[int, Task] = {}
         self.loaded_sure: dict[int, bool] = {}  # CPU -> the model knows what it has loaded
-        ratio = exit_mmap_ratio(config.version, preemptible)
-        self.windows = ExitWindows.scan(events, ratio) if inputs == "sched" else None
+        self.windows = ExitWindows.scan(events) if inputs == "sched" else None
         # exits known before the fact: exit_mmap()'s switch of a lazy CPU to init_mm, and
         # those of them placed at a preemption before it
         self.lazy_exits, self.before_flush = (

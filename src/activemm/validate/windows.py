@@ -54,25 +54,6 @@ from activemm.trace.events import (
 )
 
 EXIT_MMAP_RATIO = 2.5  # see ExitWindows._preempted_in_exit_mmap
-EXIT_MMAP_RATIO_6_1_VOLUNTARY = 3.5  # and exit_mmap_ratio()
-
-
-def exit_mmap_ratio(version: tuple[int, ...], preemptible: bool) -> float:
-    """The bound ExitWindows._preempted_in_exit_mmap puts on a task's run from its one
-    preemption to exit_mmap()'s switch of its CPU to init_mm, in units of what it ran after
-    that switch: where a preemption inside the exit window still leaves most of the
-    unmapping to do, a kernel's own proportions. On 6.1 with voluntary preemption (Debian's
-    default: a task is preempted only where it calls cond_resched() or might_sleep()), one
-    inside comes at such a point (mmput()'s might_sleep() right after exit_mm(), the first
-    ones of unmap_vmas()), the whole unmapping still ahead, about 2.2 times that tail (the
-    median on the committed captures, against 4.5 for a preemption before exit_mm()): 3.5
-    there (313 of 368 such tasks placed right against 279 with 2.5, and 3.4-3.6 chosen by
-    every random half of those captures). 6.12's exit_mmap() spends more after the switch
-    (1.3 inside, 3.1 before), and with preemption anywhere (preempt=full, PREEMPT_RT) the
-    medians of both kernels are 1.6-2.1 inside, 3.2-3.8 before: 2.5 there."""
-    return (
-        EXIT_MMAP_RATIO_6_1_VOLUNTARY if version < (6, 4) and not preemptible else EXIT_MMAP_RATIO
-    )
 
 
 def interrupting(e: TraceEvent) -> bool:
@@ -130,13 +111,10 @@ class ExitWindows:
     # between: text_poke()'s use_temporary_mm() and unuse_temporary_mm(), a pair per
     # __text_poke(), and leave_mm() before them when the CPU was lazy (text_poke_hints)
     load_runs: list[list[int]] = field(default_factory=list)
-    exit_mmap_ratio: float = EXIT_MMAP_RATIO  # this kernel's (exit_mmap_ratio())
 
     @classmethod
-    def scan(
-        cls, events: Iterable[object], exit_mmap_ratio: float = EXIT_MMAP_RATIO
-    ) -> ExitWindows:
-        w = cls(exit_mmap_ratio=exit_mmap_ratio)
+    def scan(cls, events: Iterable[object]) -> ExitWindows:
+        w = cls()
         events = list(events)
         at_switch = context_switch_loads(events)
         running: dict[int, str] = {}  # CPU -> the comm its last traced switch went to
@@ -275,8 +253,9 @@ class ExitWindows:
         the first of a small mm's; before exit_mm(), all of it and more. The unmapping of an
         mm costs about what exit_mmap() does after the flush (freeing the gathered pages,
         remove_vma() for each VMA) up to sched_process_exit, so the preemption is taken to
-        be inside when the task ran less than `exit_mmap_ratio` times that tail from it to
-        `f` (the kernel's own: exit_mmap_ratio()).
+        be inside when the task ran less than EXIT_MMAP_RATIO times that tail from it to
+        `f`. On the 98 captures, with markers to tell, that ratio's median is 2.2 (6.1)
+        and 1.5-1.7 (6.12, RT) inside, 4.5 and 3.1-3.5 before; 2.0 to 3.0 score alike.
         A task preempted or waiting in "D" more than once there (an OOM victim waits long
         before its exit_mm()) is left alone: its exit_mm() runs at its sched_process_exit,
         unless it shows later (exit_point); so is a task whose thread group was dying while
@@ -288,7 +267,7 @@ class ExitWindows:
         if outs[k] not in self.preempted or self._group_dying(pid, outs[k]):
             return None
         tail = self.ts[span[1]] - self.ts[f]
-        return outs[k] if self._run_time(pid, outs[k], f) < self.exit_mmap_ratio * tail else None
+        return outs[k] if self._run_time(pid, outs[k], f) < EXIT_MMAP_RATIO * tail else None
 
     def _group_dying(self, pid: int, out: int) -> bool:
         """Did another task of pid's thread group reach its sched_process_exit while pid ran
