@@ -153,7 +153,7 @@ def accelerators(choice: str) -> list[str]:
 def qemu_command(
     image: KernelImage, initrd: Path, opts: CaptureOptions, accel: str, console: Path, ship: Path
 ) -> list[str]:
-    memory = opts.memory_mb or min_memory_mb(opts.smp, ring_buffer_mb(opts))
+    memory = guest_memory_mb(opts)
     append = (
         f"console=ttyS0 panic=-1 loglevel=4 mitigations=off activemm.workload={opts.workload} "
         f"activemm.scale={opts.scale} activemm.timeout={int(opts.timeout)} "
@@ -317,6 +317,11 @@ def min_memory_mb(smp: int, buffer_mb: int = BUFFER_MB) -> int:
     return 256 + (64 + buffer_mb) * smp
 
 
+def guest_memory_mb(opts: CaptureOptions) -> int:
+    """The guest's memory: --memory, or 0 for the least its CPUs' ring buffers leave room in."""
+    return opts.memory_mb or min_memory_mb(opts.smp, ring_buffer_mb(opts))
+
+
 def host_memory_mb() -> int:
     """This machine's physical memory in MiB (what QEMU's guest RAM comes out of)."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
@@ -324,18 +329,19 @@ def host_memory_mb() -> int:
 
 def check_options(opts: CaptureOptions) -> None:
     """Refuse what cannot work before anything is downloaded or booted."""
-    least = min_memory_mb(opts.smp, ring_buffer_mb(opts))
+    buffer = ring_buffer_mb(opts)
+    least = min_memory_mb(opts.smp, buffer)
     if opts.memory_mb and opts.memory_mb < least:
         raise CaptureError(
             f"--memory {opts.memory_mb}: expected at least {least} MiB with {opts.smp} CPUs "
-            f"(their ring buffers of {ring_buffer_mb(opts)} MiB), or 0 for that"
+            f"(their ring buffers of {buffer} MiB), or 0 for that"
         )
-    need, host = opts.memory_mb or least, host_memory_mb()
+    need, host = guest_memory_mb(opts), host_memory_mb()
     if need > host:
         raise CaptureError(
-            f"the guest would need {need} MiB ({opts.smp} CPUs, ring buffers of "
-            f"{ring_buffer_mb(opts)} MiB each) and this machine has {host} MiB: give a smaller "
-            "--buffer-mb, --memory, --scale or --smp"
+            f"the guest would need {need} MiB ({opts.smp} CPUs, ring buffers of {buffer} MiB "
+            f"each) and this machine has {host} MiB: give a smaller --buffer-mb, --memory, "
+            "--scale or --smp"
         )
     out = opts.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -494,7 +500,7 @@ def capture(
         meta: dict[str, object] = {
             "kernel": release[1] if release else image.release,
             "cpus": opts.smp,
-            "memory_mb": opts.memory_mb or min_memory_mb(opts.smp, ring_buffer_mb(opts)),
+            "memory_mb": guest_memory_mb(opts),
             "buffer_mb": ring_buffer_mb(opts),
             "workload": opts.workload,
             "run": opts.run,
