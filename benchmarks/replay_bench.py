@@ -21,20 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from phases import print_phase, run_phase
+from phases import phase_floor, print_phase, run_phase
 
 HERE = Path(__file__).resolve().parent
-
-
-def phase_floor(path: str) -> dict[str, float]:
-    t0 = time.perf_counter()
-    n = 0
-    with open(path) as f:
-        for line in f:
-            if line[0] != "#":
-                line.split()
-                n += 1
-    return {"events": n, "seconds": time.perf_counter() - t0}
 
 
 def phase_replay(path: str, presets: list[str]) -> dict[str, float]:

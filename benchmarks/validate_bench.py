@@ -14,7 +14,6 @@ Each phase runs in its own process so that its peak RSS is its own.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -22,20 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from phases import print_phase, run_phase
+from phases import phase_floor, print_phase, run_phase
 
 CAPTURES = Path(__file__).resolve().parents[1] / "tests" / "data" / "captures"
-
-
-def phase_floor(path: str) -> dict[str, float]:
-    t0 = time.perf_counter()
-    n = 0
-    with gzip.open(path, "rt") as f:
-        for line in f:
-            if line[0] != "#":
-                line.split()
-                n += 1
-    return {"events": n, "seconds": time.perf_counter() - t0}
 
 
 def phase_read(path: str) -> dict[str, float]:
