@@ -8,20 +8,24 @@ from dataclasses import replace
 import pytest
 
 from activemm import PRESETS, Machine
+from activemm.errors import ConfigError
 from activemm.model import Observer
+from activemm.model.arch import x86
 from activemm.model.events import (
     AsnRollover,
+    BroadcastFlush,
     Cr3Loaded,
     Event,
     FlushIpi,
     FlushSkippedLazy,
+    GlobalAsidAssigned,
     LazyEntered,
     LeftMm,
     MmSwitched,
     PcbLoaded,
     ShootdownIpi,
 )
-from activemm.model.state import Mm
+from activemm.model.state import MAX_ASID_AVAILABLE, Mm
 
 from .helpers import lazy_kworker, machine, with_user
 
@@ -217,6 +221,123 @@ def test_x86_6_1_clears_cpumask_on_switch_away_6_17_does_not() -> None:
         mm2 = m.task("app").mm
         assert mm2 is not None
         assert (0 in mm2.mm_cpumask) is stale, name
+
+
+def _threads_on_every_cpu(preset: str, cpus: int) -> tuple[Machine, Events, Mm]:
+    """app (mm2) on CPU 0 and a thread t1.. on each other CPU; kthreadd's kernel thread kw
+    forked (not running)."""
+    m, ev = watched(preset, cpus)
+    mm2 = with_user(m)
+    m.schedule(0, "app")
+    m.schedule(1, "kthreadd")
+    m.fork("kthreadd", kind="kthread", name="kw")
+    for cpu in range(1, cpus):
+        m.fork("app", kind="thread", name=f"t{cpu}")
+        m.schedule(cpu, f"t{cpu}")
+    ev.seen.clear()
+    return m, ev, mm2
+
+
+def test_x86_invlpgb_global_asid_only_for_more_than_three_running_cpus() -> None:
+    """consider_global_asid() -> mm_active_cpus_exceeds(mm, 3): CPUs in mm_cpumask that have
+    the mm loaded and are not lazy must number four or more."""
+    m, ev, mm2 = _threads_on_every_cpu("linux-6.17-x86_64-invlpgb", 4)
+    m.schedule(3, "kw")  # CPU 3 lazy on mm2: three CPUs run it, four are in its mask
+    m.flush_tlb_mm_range(0, "mm2")
+    assert ev.take(GlobalAsidAssigned) == [] and mm2.context.global_asid == 0
+    assert [i.to_cpu for i in ev.take(FlushIpi)] == [1, 2]  # lazy CPU 3 skipped
+    m.schedule(3, "t3")  # four now
+    m.flush_tlb_mm_range(0, "mm2")
+    # the flush itself still goes by IPI; the ASID is assigned after it
+    assert [i.to_cpu for i in ev.take(FlushIpi)] == [1, 2, 3]
+    # global ASIDs start after the TLB_NR_DYN_ASIDS dynamic ones (reset_global_asid_space)
+    assert [(g.mm, g.asid) for g in ev.take(GlobalAsidAssigned)] == [(mm2, 6)]
+    assert mm2.context.asid_transition
+    # the same four CPUs, without INVLPGB: never a global ASID
+    plain, pev, pmm = _threads_on_every_cpu("linux-6.17-x86_64", 4)
+    plain.flush_tlb_mm_range(0, "mm2")
+    assert pev.take(GlobalAsidAssigned) == [] and pmm.context.global_asid == 0
+
+
+def test_x86_invlpgb_transition_then_broadcast_keeps_lazy_cpus_on_the_mm() -> None:
+    """broadcast_tlb_flush(): no flush IPI; finish_asid_transition() IPIs mm_cpumask while
+    a CPU still runs the mm on a dynamic ASID (each reloads the global one: a CR3 write
+    with no flush), then ends the transition. After that a lazy CPU is never IPIed, not even
+    for freed page tables, so it keeps the mm loaded (without INVLPGB: init_mm)."""
+    m, ev, mm2 = _threads_on_every_cpu("linux-6.17-x86_64-invlpgb", 4)
+    m.flush_tlb_mm_range(0, "mm2")  # mm2 gets global ASID 6, in transition
+    ev.seen.clear()
+    m.flush_tlb_mm_range(1, "mm2")
+    assert [(b.cpu, b.asid) for b in ev.take(BroadcastFlush)] == [(1, 6)]
+    assert [i.to_cpu for i in ev.take(FlushIpi)] == [0, 2, 3]  # the transition's round
+    assert sorted((c.cpu, c.asid, c.flush) for c in ev.take(Cr3Loaded)) == [
+        (cpu, 6, False) for cpu in range(4)
+    ]
+    assert mm2.context.asid_transition  # cleared by the next broadcast, which finds none
+    m.flush_tlb_mm_range(1, "mm2")
+    assert not mm2.context.asid_transition and ev.take(FlushIpi) == []
+    m.schedule(3, "kw")
+    ev.seen.clear()
+    m.flush_tlb_mm_range(0, "mm2", freed_tables=True)
+    assert ev.take(FlushIpi) == [] and ev.take(LeftMm) == []
+    assert m.rq(3).tlb.loaded_mm is mm2 and m.rq(3).tlb.is_lazy
+    m.schedule(3, "t3")  # back on its global ASID: no CR3 write at all
+    assert ev.take(Cr3Loaded) == []
+    # the same with a dynamic ASID: the lazy CPU goes to init_mm
+    plain, _, _ = _threads_on_every_cpu("linux-6.17-x86_64", 4)
+    plain.schedule(3, "kw")
+    plain.flush_tlb_mm_range(0, "mm2", freed_tables=True)
+    assert plain.rq(3).tlb.loaded_mm is plain.state.init_mm
+
+
+def test_x86_invlpgb_transition_ipi_takes_a_lazy_cpu_out_of_lazy_mode() -> None:
+    """6.17's flush_tlb_func() tests mm_needs_global_asid() before is_lazy: a lazy CPU on
+    the mm still on a dynamic ASID reloads it as the global one through
+    switch_mm_irqs_off(), which clears is_lazy; the kernel thread runs on, not lazy (the
+    WARN in a later leave_mm(); a fix swapping the tests was posted in May 2025)."""
+    m, _, mm2 = _threads_on_every_cpu("linux-6.17-x86_64-invlpgb", 4)
+    m.flush_tlb_mm_range(0, "mm2")
+    m.schedule(3, "kw")
+    assert m.rq(3).tlb.is_lazy
+    m.flush_tlb_mm_range(0, "mm2")  # sanitizer attached: the state is accepted as the kernel's
+    rq3 = m.rq(3)
+    assert rq3.curr.comm == "kw" and rq3.curr.active_mm is mm2
+    assert rq3.tlb.loaded_mm is mm2 and rq3.tlb.loaded_mm_asid == 6 and not rq3.tlb.is_lazy
+
+
+def test_x86_invlpgb_global_asid_given_back_at_mmdrop_and_reused_after_wraparound() -> None:
+    """destroy_context() -> mm_free_global_asid(): the ASID is marked freed; the allocator
+    goes on from the last one it handed out and reuses freed ones only once it wraps
+    (reset_global_asid_space(), behind invlpgb_flush_all_nonglobals())."""
+    cfg = replace(PRESETS["linux-6.17-x86_64-invlpgb"], global_asid_threshold=0)
+    m, ev = watched(cfg, 2)
+    mm2 = with_user(m)  # init (mm1) on CPU 0
+    m.schedule(1, "app")
+    m.flush_tlb_mm_range(0, "mm2")  # CPU 1 in the mask: the IPI path, then consider
+    assert [(g.mm, g.asid) for g in ev.take(GlobalAsidAssigned)] == [(mm2, 6)]
+    m.exit("app")
+    m.schedule(1, "swapper/1")  # lazy on the zombie
+    m.schedule(0, "kthreadd")
+    m.schedule(1, "init")  # the last reference goes: __mmdrop
+    space = m.state.global_asids
+    assert mm2.status == "freed" and mm2.context.global_asid == 0
+    assert space.freed == {6} and 6 in space.used
+    # the fork's dup_mmap() flushes init's mm1 (CPU 0, where init ran before, still in its
+    # mask: the IPI path), so mm1 gets the next one; then mm3: 6 is not reused yet
+    m.fork("init", name="b")  # mm3
+    m.schedule(0, "b")
+    m.flush_tlb_mm_range(1, "mm3")
+    got = [(g.mm.name, g.asid) for g in ev.take(GlobalAsidAssigned)]
+    assert got == [("mm1", 7), ("mm3", 8)]
+    space.last = MAX_ASID_AVAILABLE - 1  # as if every ASID up to the top had been handed out
+    assert x86.allocate_global_asid(m.k) == 6  # wrapped: the freed one is free again
+    assert space.freed == set() and space.used == {6, 7, 8}
+
+
+def test_invlpgb_needs_x86_and_6_15() -> None:
+    for kw in ({"arch": "generic"}, {"version": (6, 12)}):
+        with pytest.raises(ConfigError, match=r"6\.15"):
+            replace(PRESETS["linux-6.17-x86_64-invlpgb"], **kw)  # type: ignore[arg-type]
 
 
 def test_alpha_enter_lazy_tlb_writes_the_incoming_threads_pcb() -> None:

@@ -21,7 +21,7 @@ from activemm.check.ops import Limits, apply, enabled
 from activemm.model.state import KernelState, TlbContext, clone_state
 
 from .helpers import cli
-from .test_properties import MUTANT_PRESETS
+from .test_properties import MUTANT_PRESETS, mutant_config
 
 BOUND = Limits(
     max_tasks=5,
@@ -38,7 +38,7 @@ MUTANT_DEPTH = 8  # the stated bound: every mutant is caught within 8 operations
 
 @pytest.mark.parametrize("mutant", list(MUTANT_PRESETS))
 def test_every_mutant_has_a_counterexample_within_the_bound(mutant: str) -> None:
-    cfg = PRESETS[MUTANT_PRESETS[mutant]].with_mutants(mutant)
+    cfg = mutant_config(mutant)
     bound = replace(
         BOUND,
         text_poke=mutant == "text-poke-no-leave-mm",
@@ -59,6 +59,16 @@ def test_real_presets_have_no_counterexample(name: str) -> None:
     bound = replace(BOUND, kthread_use_mm=cfg.arch != "alpha")  # see test_arch.py
     r = explore(cfg, 2, bound, depth=6)
     assert r.violations == [] and r.states > 500
+
+
+def test_global_asids_are_explored_and_have_no_counterexample() -> None:
+    """x86 INVLPGB with a threshold of 0 (on two CPUs the preset's four are out of reach):
+    the explorer reaches states the same bound without INVLPGB has not (global ASIDs, their
+    transitions, lazy CPUs kept on broadcast-flushed mms), and none trips the sanitizer."""
+    cfg = replace(PRESETS["linux-6.17-x86_64-invlpgb"], global_asid_threshold=0)
+    plain = explore(PRESETS["linux-6.17-x86_64"], 2, BOUND, depth=7)
+    r = explore(cfg, 2, BOUND, depth=7)
+    assert r.violations == [] and r.states > plain.states
 
 
 def test_exploring_leaves_no_cyclic_garbage() -> None:
@@ -83,7 +93,7 @@ def test_alpha_kthread_use_mm_finding_is_reached_by_the_explorer() -> None:
 
 @pytest.mark.parametrize("mutant", ["no-lazy-drop", "shootdown-skips-cpu", "use-no-grab"])
 def test_symmetry_reduction_keeps_verdicts_and_shrinks_the_space(mutant: str) -> None:
-    cfg = PRESETS[MUTANT_PRESETS[mutant]].with_mutants(mutant)
+    cfg = mutant_config(mutant)
     reduced = explore(cfg, 2, BOUND, depth=7)
     full = explore(cfg, 2, BOUND, depth=7, symmetry=False)
     assert [len(v.ops) for v in reduced.violations] == [len(v.ops) for v in full.violations]
@@ -195,6 +205,34 @@ def test_explore_cli_writes_a_counterexample_that_run_replays(tmp_path: Path) ->
     assert replay.returncode == 1 and "refcount mismatch" in replay.stderr
 
 
+def test_explore_settings_go_into_the_counterexample(tmp_path: Path) -> None:
+    """INVLPGB gives an mm a global ASID when it runs on more than 3 CPUs: never on 2, so
+    explore says how to reach them (--set), the mutant that ends a transition without its
+    IPI is caught then, and the counterexample's [config] table keeps the setting: `run`
+    replays the stale TLB with it, and the same steps under the kernel's threshold are clean
+    (no mm ever gets a global ASID there)."""
+    inv = "linux-6.17-x86_64-invlpgb"
+    args = ("explore", "-p", inv, "-m", "invlpgb-no-transition-ipi", "--json")
+    without = cli(*args, "--depth", "6")
+    assert without.returncode == 0, without.stderr
+    assert "--set global_asid_threshold=1 or lower" in without.stderr
+    out = tmp_path / "cex.toml"
+    found = cli(*args, "--set", "global_asid_threshold=0", "-o", str(out))
+    assert found.returncode == 1, found.stderr
+    summary = json.loads(found.stdout)
+    assert summary["settings"] == {"global_asid_threshold": 0}
+    assert summary["violations"][0]["kind"] == "stale TLB"
+    text = out.read_text()
+    assert "\n[config]\nglobal_asid_threshold = 0\n" in text
+    replay = cli("run", str(out))
+    assert replay.returncode == 1 and "stale TLB" in replay.stderr
+    plain = tmp_path / "plain.toml"
+    plain.write_text(text.replace("[config]\nglobal_asid_threshold = 0\n", ""))
+    assert cli("run", str(plain)).returncode == 0
+    again = cli("run", str(plain), "--set", "global_asid_threshold=0")
+    assert again.returncode == 1 and "stale TLB" in again.stderr
+
+
 def test_explore_says_which_option_a_mutant_needs(tmp_path: Path) -> None:
     """An error-path mutant is out of reach without --failures: explore says so on stderr
     (and finds nothing); with it, the shortest counterexample is init's failed first exec,
@@ -219,7 +257,7 @@ def test_worker_processes_find_the_same_shortest_counterexample_length(
     on); BFS order still makes the counterexample a shortest one, and it replays
     (replay_counterexample checks it)."""
     monkeypatch.setattr(parallel, "PREFIX", 1)
-    cfg = PRESETS[MUTANT_PRESETS[mutant]].with_mutants(mutant)
+    cfg = mutant_config(mutant)
     one = explore(cfg, 2, BOUND, depth=MUTANT_DEPTH)
     two = explore(cfg, 2, BOUND, depth=MUTANT_DEPTH, jobs=2)
     assert [(v.kind, len(v.ops)) for v in two.violations] == [

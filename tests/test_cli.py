@@ -54,6 +54,8 @@ BASE = 'cpus = 2\n[[step]]\nop = "schedule"\ncpu = 0\nnext = "init"\n'
             'next = "swapper/1"\n[[step]]\nop = "schedule"\ncpu = 0\nnext = "a"\n',
             "step 7: schedule: a[3] is dead",
         ),
+        (BASE + "[config]\nasids = 4\n", "[config]: unknown setting 'asids'"),
+        (BASE + '[config]\nnr_dyn_asids = "4"\n', "[config]: nr_dyn_asids must be a whole"),
         ("cpus = [\n", "not valid TOML"),
         ("cpus = 0\n", "cpus must be an integer from 1 to 64"),
         (
@@ -79,6 +81,70 @@ def test_missing_file_and_unknown_preset(tmp_path: Path) -> None:
     assert r.returncode == 2 and "unknown preset 'linux-9.9'" in r.stderr
     r = activemm("run", str(ROOT / "examples/04_zombie_mm.toml"), "--mutant", "typo")
     assert r.returncode == 2 and "unknown mutant 'typo'" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("colour=3", "unknown setting 'colour'"),
+        ("nr_dyn_asids", "--set nr_dyn_asids: expected NAME=N"),
+        ("nr_dyn_asids=six", "--set nr_dyn_asids=six: expected NAME=N"),
+        ("nr_dyn_asids=0", "nr_dyn_asids and alpha_max_asn must be at least 1"),
+        ("global_asid_threshold=0", "applies only with INVLPGB, which linux-6.17-x86_64"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(setting: str, message: str) -> None:
+    r = activemm("run", str(ROOT / "examples/04_zombie_mm.toml"), "--set", setting)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+GLOBAL_ASID = """cpus = 2
+preset = "linux-6.17-x86_64-invlpgb"
+
+[config]
+global_asid_threshold = 0
+
+[[step]]
+op = "schedule"
+cpu = 0
+next = "init"
+
+[[step]]
+op = "exec"
+task = "init"
+
+[[step]]
+op = "schedule"
+cpu = 1
+next = "kthreadd"
+
+[[step]]
+op = "kthread_use_mm"
+task = "kthreadd"
+mm = "mm1"
+
+[[step]]
+op = "fork"
+parent = "init"
+name = "child"
+expect = { "mm1.global_asid" = WANT }
+"""
+
+
+def test_a_scenarios_expectations_hold_for_its_own_settings(tmp_path: Path) -> None:
+    """A scenario's [config] table sets the threshold; its expectations are checked with it
+    (the fork's flush of mm1, loaded on two CPUs, gives it global ASID 6, the first after
+    the six dynamic ones) and not under other settings, where they need not hold."""
+    good = write(tmp_path, GLOBAL_ASID.replace("WANT", "6"))
+    assert activemm("run", good, "-q").returncode == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GLOBAL_ASID.replace("WANT", "7"))
+    r = activemm("run", str(bad), "-q")
+    assert r.returncode != 0 and "expected mm1.global_asid = 7, got 6" in r.stderr
+    other = activemm("run", str(bad), "-q", "--set", "global_asid_threshold=3")
+    assert other.returncode == 0, other.stderr
 
 
 def test_unknown_option_is_a_usage_error() -> None:

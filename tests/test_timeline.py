@@ -71,6 +71,16 @@ def test_scenario_timeline(tmp_path: Path) -> None:
     assert {"CPU 0 task", "CPU 0 active_mm", "CPU 1 task", "CPU 1 active_mm"} <= tracks
 
 
+def test_invlpgb_timeline_marks_the_global_asid_and_each_broadcast(tmp_path: Path) -> None:
+    # the scenario's flushes of mm2 from step 13 on: the first goes by IPI and gives mm2 its
+    # global ASID; the other four (three flush_tlb_mm_range steps, exit_mmap's) are broadcasts
+    doc = timeline(tmp_path, str(ROOT / "examples/16_x86_invlpgb_global_asid.toml"))
+    check_format(doc)
+    names = [e["name"] for e in doc["traceEvents"] if e["ph"] == "i"]
+    assert names.count("global ASID 6 for mm2") == 1
+    assert names.count("INVLPGB broadcast mm2") == 4
+
+
 @pytest.mark.parametrize("preset", ["linux-6.17-x86_64", "linux-6.17-powerpc-radix"])
 def test_trace_timeline(tmp_path: Path, preset: str) -> None:
     doc = timeline(

@@ -51,6 +51,16 @@ MutantOpt = Annotated[
         "--mutant", "-m", help="Break one kernel rule on purpose (see `activemm mutants`)."
     ),
 ]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="NAME=N",
+        help="Set one of the sizes a preset fixes as the kernel does: nr_dyn_asids (x86 ASID "
+        "slots, 6), alpha_max_asn (127), global_asid_threshold (x86 INVLPGB: a global ASID "
+        "for an mm running on more CPUs than this, 3; lower it to reach them with 2 CPUs).",
+    ),
+]
 
 
 # `replay` shares the configurations between processes by default above this size on disk
@@ -65,10 +75,25 @@ MUTANT_NEEDS = {
 
 
 def resolve_config(
-    name: str | None, mutants: list[str] | None = None, fallback: str | None = None
+    name: str | None,
+    mutants: list[str] | None = None,
+    fallback: str | None = None,
+    knobs: dict[str, int] | None = None,
+    settings: list[str] | None = None,
 ) -> KernelConfig:
+    """The preset (`name`, else a scenario's `fallback`, else the default) with `mutants`,
+    a scenario's [config] `knobs` and the command line's `--set NAME=N` `settings` (which
+    win over the knobs)."""
     cfg = preset(name or fallback or DEFAULT_PRESET)
-    return cfg.with_mutants(*mutants) if mutants else cfg
+    if mutants:
+        cfg = cfg.with_mutants(*mutants)
+    chosen: dict[str, object] = dict(knobs or {})
+    for item in settings or []:
+        key, eq, value = item.partition("=")
+        if not eq or not value.strip().lstrip("-").isdigit():
+            raise ActiveMmError(f"--set {item}: expected NAME=N with N a whole number")
+        chosen[key.strip()] = int(value)
+    return cfg.with_knobs(chosen) if chosen else cfg
 
 
 def _spinner(quiet: bool) -> Progress:
@@ -108,7 +133,7 @@ def _open_trace(
 def _run(sc: scen.Scenario, cfg: KernelConfig, as_json: bool, quiet: bool, sanitize: bool) -> None:
     observers = [Sanitizer(cfg)] if sanitize else []
     if not as_json and not quiet:
-        out.print(f"[bold]{sc.title}[/bold]  [dim]({sc.path}, preset {cfg.name})[/dim]")
+        out.print(f"[bold]{sc.title}[/bold]  [dim]({sc.path}, preset {cfg.label})[/dim]")
         if sc.description:
             out.print(sc.description.strip())
     steps = 0
@@ -138,7 +163,7 @@ def _run(sc: scen.Scenario, cfg: KernelConfig, as_json: bool, quiet: bool, sanit
         err.print(v.report(), highlight=False, markup=False)
         raise typer.Exit(1) from None
     if not as_json:
-        out.print(f"[green]ok[/green]: {steps - 1} steps, sanitizer clean ({cfg.name})")
+        out.print(f"[green]ok[/green]: {steps - 1} steps, sanitizer clean ({cfg.label})")
 
 
 @app.command()
@@ -146,6 +171,7 @@ def run(
     file: Annotated[Path, typer.Argument(help="A scenario file (TOML), e.g. examples/*.toml.")],
     preset_name: PresetOpt = None,
     mutant: MutantOpt = None,
+    settings: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per step.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the verdict.")] = False,
     no_sanitize: Annotated[bool, typer.Option("--no-sanitize", help="Skip the checks.")] = False,
@@ -156,7 +182,8 @@ def run(
     mm_users / mm_count / state, and the events. Exit status 1 on a violation."""
     sc = scen.load(file)
     mutants = [*sc.mutants, *(mutant or [])]
-    _run(sc, resolve_config(preset_name, mutants, sc.preset), as_json, quiet, not no_sanitize)
+    cfg = resolve_config(preset_name, mutants, sc.preset, sc.knobs, settings)
+    _run(sc, cfg, as_json, quiet, not no_sanitize)
 
 
 @app.command()
@@ -170,7 +197,7 @@ def demo(
     and the zombie mm freed when its last lazy user switches away."""
     text = resources.files("activemm").joinpath("scenarios/seed.toml").read_text("utf-8")
     sc = scen.parse(__import__("tomllib").loads(text), "seed.toml (built in)")
-    _run(sc, resolve_config(preset_name, None, sc.preset), as_json, False, True)
+    _run(sc, resolve_config(preset_name, None, sc.preset, sc.knobs), as_json, False, True)
 
 
 @app.command()
@@ -216,6 +243,7 @@ def explore(
     ] = 8,
     preset_name: PresetOpt = None,
     mutant: MutantOpt = None,
+    settings: SetOpt = None,
     hotplug: Annotated[bool, typer.Option("--hotplug", help="Also cpu_down/cpu_up.")] = False,
     text_poke: Annotated[
         bool, typer.Option("--text-poke", help="Also x86 text_poke (poking_mm) on any CPU.")
@@ -279,7 +307,7 @@ def explore(
     from activemm.check.ops import Limits
     from activemm.fileio import write_atomic
 
-    cfg = resolve_config(preset_name, mutant)
+    cfg = resolve_config(preset_name, mutant, settings=settings)
     given = {"--text-poke": text_poke, "--failures": failures}
     for name in sorted(cfg.mutants):
         flag = MUTANT_NEEDS.get(name)
@@ -287,6 +315,19 @@ def explore(
             err.print(
                 f"note: mutant {name} breaks a path explored only with {flag}", highlight=False
             )
+    if cfg.invlpgb and cfg.global_asid_threshold >= cpus:
+        err.print(
+            f"note: no mm gets an INVLPGB global ASID on {cpus} CPUs (one must run on more "
+            f"than {cfg.global_asid_threshold}): --set global_asid_threshold={cpus - 1} or "
+            "lower reaches them",
+            highlight=False,
+        )
+    elif "invlpgb-no-transition-ipi" in cfg.mutants and not cfg.invlpgb:
+        err.print(
+            "note: mutant invlpgb-no-transition-ipi breaks a path of INVLPGB presets only "
+            "(-p linux-6.17-x86_64-invlpgb)",
+            highlight=False,
+        )
     limits = Limits(
         max_tasks=processes + threads + kthreads + 2,
         max_holders=holders,
@@ -338,6 +379,7 @@ def explore(
     summary = result.to_dict() | {
         "preset": cfg.name,
         "mutants": sorted(cfg.mutants),
+        "settings": cfg.knobs(),
         "symmetry": not no_symmetry,
         "bound": {
             "cpus": cpus,
@@ -362,7 +404,7 @@ def explore(
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
-        t = Table(title=f"explore ({cfg.name})", show_header=False)
+        t = Table(title=f"explore ({cfg.label})", show_header=False)
         for key in ("states", "transitions", "max_depth", "exhausted", "seconds"):
             t.add_row(key, str(summary[key]))
         t.add_row("violations", str(len(result.violations)))
@@ -543,7 +585,7 @@ def timeline(
 
     if source.endswith(".toml"):
         sc = scen.load(source)
-        cfg = resolve_config(preset_name, sc.mutants, sc.preset)
+        cfg = resolve_config(preset_name, sc.mutants, sc.preset, sc.knobs)
         tl = Timeline(step_clock=True)
         for _ in scen.run(sc, cfg, [tl, Sanitizer(cfg)]):
             pass
@@ -574,10 +616,10 @@ def explain(
     from activemm.report.explain import explain_step, snapshot
 
     sc = scen.load(file)
-    cfg = resolve_config(preset_name, sc.mutants, sc.preset)
+    cfg = resolve_config(preset_name, sc.mutants, sc.preset, sc.knobs)
     interactive = out.is_terminal and sys.stdin.isatty() and step is None
     before: dict[tuple[str, str], object] = {}
-    out.print(f"[bold]{sc.title}[/bold]  [dim]({cfg.name})[/dim]")
+    out.print(f"[bold]{sc.title}[/bold]  [dim]({cfg.label})[/dim]")
     for r in scen.run(sc, cfg, [Sanitizer(cfg)]):
         after = snapshot(r.state)
         name = "boot" if r.index == 0 else sc.steps[r.index - 1].op

@@ -18,6 +18,8 @@ from activemm.model.kernel import Observer, Operation
 from activemm.model.state import CpuTlbState, KernelState, Mm, Task, TaskState
 
 HISTORY = 8
+# who may leave an x86 CPU that borrows an mm for a kernel thread not lazy (see _check_hardware)
+UNLAZY_OK = ("efi_leave_mm", "flush_tlb_func")
 
 
 @dataclass
@@ -165,7 +167,26 @@ def check_state(state: KernelState, config: KernelConfig) -> tuple[str, str] | N
         or _check_use_after_free(state)
         or _check_counts(state, config)
         or _check_hardware(state, config)
+        or (_check_global_asids(state) if config.invlpgb else None)
     )
+
+
+def _check_global_asids(state: KernelState) -> tuple[str, str] | None:
+    """x86 INVLPGB: a global ASID belongs to one live mm, is marked used and not freed, and
+    goes back (mm_free_global_asid) when its mm is freed."""
+    space = state.global_asids
+    owner: dict[int, Mm] = {}
+    for mm in state.mms:
+        asid = mm.context.global_asid
+        if not asid:
+            continue
+        if mm.freed:
+            return "global ASID leak", f"{mm} was freed with global ASID {asid} still its own"
+        if asid not in space.used or asid in space.freed:
+            return "global ASID", f"{mm} has global ASID {asid}, which the allocator gave back"
+        if (other := owner.setdefault(asid, mm)) is not mm:
+            return "global ASID", f"{other} and {mm} share global ASID {asid}"
+    return None
 
 
 def _check_tasks(state: KernelState) -> tuple[str, str] | None:
@@ -299,13 +320,14 @@ def _check_hardware(state: KernelState, config: KernelConfig) -> tuple[str, str]
             # mode: efi_enter_mm() has no leave_mm() first, and nothing sets is_lazy again
             # before the thread's next switch; 6.15+ uses use_temporary_mm(), which does.
             # That state is the kernel's there, a bug anywhere else: text_poke's before the
-            # 2020 Xen PV fix, the text-poke-no-leave-mm mutant)
-            unlazy_ok = tlb.unlazy_by == "efi_leave_mm" and loaded is cur.active_mm
+            # 2020 Xen PV fix, the text-poke-no-leave-mm mutant. With INVLPGB, 6.17's
+            # flush_tlb_func() reloads a lazy CPU's mm moving to a global ASID and so clears
+            # is_lazy as well: the kernel's too, harmless there, as broadcast flushes reach it)
+            unlazy_ok = tlb.unlazy_by in UNLAZY_OK and loaded is cur.active_mm
             # inside __schedule() (interrupts off) no user code runs: a flush IPI waiting on
             # the CPU's call_single_queue catches its TLB up at finish_task_switch()
             queued = max((q.tlb_gen for q in rq.call_single_queue if q.mm is loaded), default=0)
-            tlb_gen = max(tlb.ctxs[tlb.loaded_mm_asid].tlb_gen, queued)
-            problem = _check_x86(rq.cpu, cur.mm, loaded, tlb.is_lazy, tlb, unlazy_ok, tlb_gen)
+            problem = _check_x86(rq.cpu, cur.mm, loaded, tlb.is_lazy, tlb, unlazy_ok, queued)
             if problem:
                 return problem
         if config.arch == "alpha" and cur.mm is None and cur.pcb.ptbr is not cur.active_mm:
@@ -324,17 +346,26 @@ def _check_x86(
     is_lazy: bool,
     tlb: CpuTlbState,
     unlazy_ok: bool,
-    tlb_gen: int,
+    queued: int,
 ) -> tuple[str, str] | None:
-    """x86 MMU state against what the CPU runs; `tlb_gen`: the TLB generation the CPU has
-    flushed to, or will before it runs user code again (a flush IPI queued)."""
+    """x86 MMU state against what the CPU runs; `queued`: the TLB generation a flush IPI
+    waiting on the CPU will catch it up to before it runs user code again (0: none)."""
     if is_lazy and (mm is not None or loaded.is_init_mm):
         return "x86 is_lazy", f"CPU {cpu} is_lazy but runs {'a user task' if mm else 'init_mm'}"
     if mm is None and not loaded.is_init_mm and not is_lazy and not unlazy_ok:
         return "x86 is_lazy", f"CPU {cpu} borrows {loaded} for a kernel thread but is not lazy"
-    ctx = tlb.ctxs[tlb.loaded_mm_asid]
+    asid = tlb.loaded_mm_asid
+    if asid >= len(tlb.ctxs):  # an INVLPGB global ASID: broadcast flushes keep it current
+        if asid != loaded.context.global_asid:
+            return (
+                "x86 ASID",
+                f"CPU {cpu} runs {loaded} on global ASID {asid}, which is not {loaded}'s",
+            )
+        return None
+    ctx = tlb.ctxs[asid]
     if ctx.ctx_id != loaded.context.ctx_id:
         return "x86 ASID", f"CPU {cpu} ASID {tlb.loaded_mm_asid} does not hold {loaded}'s context"
+    tlb_gen = max(ctx.tlb_gen, queued)
     if mm is not None and tlb_gen < loaded.context.tlb_gen:
         return (
             "stale TLB",

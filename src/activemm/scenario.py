@@ -11,11 +11,16 @@
     note = "init runs on CPU 0"
     expect = { "mm1.mm_count" = 1, "cpu0.curr" = "init" }
 
-`expect` keys: `mmN.mm_users|mm_count|status`, `TASK.mm|active_mm|state`,
-`cpuN.curr|active_mm|loaded_mm|lazy|is_lazy|prev_mm` (`lazy`: the current task borrows its
-active_mm; `is_lazy`: x86's per-CPU lazy TLB flag). Expectations are checked when the run's
+`expect` keys: `mmN.mm_users|mm_count|status|global_asid|asid_transition`,
+`TASK.mm|active_mm|state`, `cpuN.curr|active_mm|loaded_mm|lazy|is_lazy|asid|prev_mm` (`lazy`:
+the current task borrows its active_mm; `is_lazy`: x86's per-CPU lazy TLB flag; `asid`: x86's
+loaded_mm_asid; `global_asid`: x86 INVLPGB's, 0 for none). Expectations are checked when the run's
 preset is in `expect_presets` (default: the scenario's preset), because counts legitimately
 differ between configurations (lazy users hold no mm_count under MMU_LAZY_TLB_SHOOTDOWN).
+
+An optional `[config]` table sets the sizes and thresholds a preset fixes as the kernel does
+(`nr_dyn_asids`, `alpha_max_asn`, `global_asid_threshold`: model.config.KNOBS), e.g. to reach
+INVLPGB global ASIDs with two CPUs; `activemm run --set NAME=N` overrides it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 
 from activemm.errors import ActiveMmError, ExpectationFailed, ScenarioError
 from activemm.model import DEFAULT_PRESET, KernelConfig, Machine, Observer, Operation
+from activemm.model.config import KNOBS, PRESETS
 from activemm.model.events import Event
 from activemm.model.state import KernelState
 
@@ -75,6 +81,7 @@ class Scenario:
     rest_init: bool = True
     expect_presets: list[str] | None = None
     mutants: list[str] = field(default_factory=list)
+    knobs: dict[str, int] = field(default_factory=dict)  # the [config] table
 
     def to_toml(self) -> str:
         """The scenario as a file `activemm run` reads (used for counterexamples)."""
@@ -88,6 +95,8 @@ class Scenario:
             out.append("rest_init = false")
         if self.mutants:
             out.append(f"mutants = [{', '.join(_toml(m) for m in self.mutants)}]")
+        if self.knobs:
+            out += ["", "[config]", *(f"{k} = {_toml(v)}" for k, v in self.knobs.items())]
         for s in self.steps:
             out.append("")
             out.append("[[step]]")
@@ -131,6 +140,7 @@ def parse(data: dict[str, Any], path: str = "<scenario>") -> Scenario:
         "expect_presets",
         "step",
         "mutants",
+        "config",
     }
     unknown = sorted(set(data) - known)
     if unknown:
@@ -142,6 +152,17 @@ def parse(data: dict[str, Any], path: str = "<scenario>") -> Scenario:
     if not isinstance(raw_steps, list):
         raise ScenarioError("[[step]] must be an array of tables", path=path)
     steps = [_parse_step(s, path, i) for i, s in enumerate(raw_steps, start=1)]
+    knobs = data.get("config", {})
+    if not isinstance(knobs, dict):
+        raise ScenarioError("[config] must be a table of settings", path=path)
+    for name, value in knobs.items():
+        if name not in KNOBS:
+            raise ScenarioError(
+                f"[config]: unknown setting {name!r}; expected one of {', '.join(KNOBS)}",
+                path=path,
+            )
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ScenarioError(f"[config]: {name} must be a whole number", path=path)
     return Scenario(
         title=str(data.get("title", Path(path).stem)),
         description=str(data.get("description", "")),
@@ -152,6 +173,7 @@ def parse(data: dict[str, Any], path: str = "<scenario>") -> Scenario:
         rest_init=bool(data.get("rest_init", True)),
         expect_presets=data.get("expect_presets"),
         mutants=[str(m) for m in data.get("mutants", [])],
+        knobs=dict(knobs),
     )
 
 
@@ -221,6 +243,11 @@ def run(
     machine.boot(scenario.cpus, rest_init=scenario.rest_init)
     yield StepResult(0, f"boot(ncpus={scenario.cpus})", "", rec.events, machine.state)
     check_presets = scenario.expect_presets or [scenario.preset or DEFAULT_PRESET]
+    # expectations hold for the scenario's own sizes and thresholds (its [config] table)
+    base = PRESETS.get(config.name, config)
+    same_knobs = all(
+        getattr(config, name) == scenario.knobs.get(name, getattr(base, name)) for name in KNOBS
+    )
     for i, step in enumerate(scenario.steps, start=1):
         method: Callable[..., Any] = getattr(machine, step.op)
         try:
@@ -229,7 +256,7 @@ def run(
             raise ScenarioError(str(e), path=scenario.path, step=i) from None
         desc = ", ".join(f"{k}={v}" for k, v in step.args.items())
         yield StepResult(i, f"{step.op}({desc})", step.note, rec.events, machine.state)
-        if config.name in (step.expect_presets or check_presets):
+        if config.name in (step.expect_presets or check_presets) and same_knobs:
             check_expect(machine, step.expect, scenario.path, i)
 
 
@@ -244,12 +271,19 @@ def probe(machine: Machine, key: str) -> object:
             "loaded_mm": rq.tlb.loaded_mm.name,
             "lazy": rq.curr.mm is None,
             "is_lazy": rq.tlb.is_lazy,  # x86 cpu_tlbstate_shared.is_lazy
+            "asid": rq.tlb.loaded_mm_asid,  # x86 cpu_tlbstate.loaded_mm_asid
             "prev_mm": rq.prev_mm.name if rq.prev_mm else "none",
             "online": rq.online,
         }
     elif obj == "init_mm" or (obj.startswith("mm") and obj[2:].isdigit()):
         mm = machine.mm(obj)
-        values = {"mm_users": mm.mm_users, "mm_count": mm.mm_count, "status": mm.status}
+        values = {
+            "mm_users": mm.mm_users,
+            "mm_count": mm.mm_count,
+            "status": mm.status,
+            "global_asid": mm.context.global_asid,  # x86 INVLPGB
+            "asid_transition": mm.context.asid_transition,
+        }
     else:
         t = machine.task(obj)
         values = {

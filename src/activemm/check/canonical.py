@@ -22,6 +22,7 @@ from activemm.model.state import Holder, KernelState, Mm, Task, TaskState
 
 MmShape = tuple[Any, ...]
 NO_MM: MmShape = (-1,)
+GLOBAL_ASID = -2  # a CPU's loaded_mm_asid when it is an x86 INVLPGB global ASID
 NO_SLOT = (-1, False)  # an x86 ASID slot holding no live mm's context
 NO_WINDOW = (-3,)  # a task not preempted inside exec_mmap()
 
@@ -150,7 +151,9 @@ def encode(
             task_label[rq.idle],
             ml[rq.prev_mm],
             ml[rq.tlb.loaded_mm],
-            rq.tlb.loaded_mm_asid,
+            # an INVLPGB global ASID is its loaded mm's (the sanitizer checks): which number
+            # the allocator handed out changes nothing the kernel does, so it is not state
+            a if (a := rq.tlb.loaded_mm_asid) < len(rq.tlb.ctxs) else GLOBAL_ASID,
             rq.tlb.next_asid,
             rq.tlb.is_lazy,
             tuple(
@@ -176,6 +179,7 @@ def encode(
             else (),
             -1 if mm.rcu_cpu is None else cpu_label[mm.rcu_cpu],  # PREEMPT_RT's call_rcu
             tuple(sorted(cpu_label[c] for c in mm.rcu_wait)),  # ... and its grace period
+            (mm.context.global_asid != 0, mm.context.asid_transition),  # x86 INVLPGB
         )
         for mm in by_label
     )

@@ -38,6 +38,7 @@ class Counterexample:
             steps=steps,
             preset=base,
             mutants=sorted(config.mutants),
+            knobs=config.knobs() if base else {},
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -37,10 +37,23 @@ MUTANTS: dict[str, str] = {
     "mm skips the tlb_gen check, keeping stale TLB entries",
     "text-poke-no-leave-mm": "x86 use_temporary_mm(): skips leave_mm() on a lazy CPU, which "
     "comes back to its borrowed mm no longer lazy (the 2020 Xen PV bug)",
+    "invlpgb-no-transition-ipi": "x86 finish_asid_transition() (INVLPGB): ends an mm's move "
+    "to its global ASID without the IPI that moves a CPU still running it on a dynamic ASID, "
+    "whose TLB the broadcast flush did not reach",
     "fork-cleanup-no-mmput": "copy_process(): the bad_fork_cleanup_mm error path forgets "
     "mmput() of the child's mm (dup_mm()'s copy, or the mm_users a thread took)",
     "bprm-no-mmput": "free_bprm(): an exec failing before exec_mmap() forgets "
     "mmput(bprm->mm), the new mm alloc_bprm() allocated",
+}
+
+
+# The model's sizes and thresholds that a preset fixes as the kernel does and a user may set
+# (`--set NAME=N`, a scenario's [config] table) to study a small system: what each is.
+KNOBS: dict[str, str] = {
+    "nr_dyn_asids": "x86 TLB_NR_DYN_ASIDS, the per-CPU ASID slots (6)",
+    "alpha_max_asn": "alpha HARDWARE_ASN_MASK, the largest ASN before a rollover (127)",
+    "global_asid_threshold": "x86 INVLPGB: an mm gets a global ASID when running on more "
+    "than this many CPUs at an IPI flush (3)",
 }
 
 
@@ -61,6 +74,11 @@ class KernelConfig:
     RCU_NOCB_CPU_DEFAULT_ALL: bool = False
     lazy_tlb: bool = True  # False: the no-lazy ablation, kernel threads run on init_mm
     radix: bool = False  # powerpc: radix MMU (exit_mmap's flush shoots lazy users early)
+    # x86 CONFIG_BROADCAST_TLB_FLUSH=y (6.15+) on a CPU with X86_FEATURE_INVLPGB (AMD Zen 3+):
+    # an mm active on more than `global_asid_threshold` CPUs gets a global ASID, flushed by
+    # INVLPGB broadcast with no IPIs
+    invlpgb: bool = False
+    global_asid_threshold: int = 3  # consider_global_asid(): mm_active_cpus_exceeds(mm, 3)
     allow_unsafe: bool = False
     mutants: frozenset[str] = field(default_factory=frozenset)
     nr_dyn_asids: int = 6  # x86 TLB_NR_DYN_ASIDS
@@ -88,6 +106,13 @@ class KernelConfig:
             )
         if self.nr_dyn_asids < 1 or self.alpha_max_asn < 1:
             raise ConfigError("nr_dyn_asids and alpha_max_asn must be at least 1")
+        if self.invlpgb and (self.arch != "x86_64" or self.version < (6, 15)):
+            raise ConfigError(
+                "invlpgb needs arch x86_64 and version 6.15 or later: broadcast TLB "
+                "invalidation (CONFIG_BROADCAST_TLB_FLUSH) came with 6.15"
+            )
+        if self.global_asid_threshold < 0:
+            raise ConfigError("global_asid_threshold must be 0 or more")
 
     @property
     def per_task_lazy_refs(self) -> bool:
@@ -121,6 +146,35 @@ class KernelConfig:
     def with_mutants(self, *names: str) -> KernelConfig:
         return replace(self, mutants=self.mutants | frozenset(names))
 
+    def with_knobs(self, knobs: dict[str, object]) -> KernelConfig:
+        """This configuration with some of its KNOBS set; ConfigError on an unknown name or
+        a value that is not a whole number."""
+        for name, value in knobs.items():
+            if name not in KNOBS:
+                raise ConfigError(f"unknown setting {name!r}; expected one of {', '.join(KNOBS)}")
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be a whole number, not {value!r}")
+        if "global_asid_threshold" in knobs and not self.invlpgb:
+            raise ConfigError(
+                f"global_asid_threshold applies only with INVLPGB, which {self.name} does not "
+                "have (try linux-6.17-x86_64-invlpgb)"
+            )
+        return replace(self, **knobs)  # type: ignore[arg-type]
+
+    @property
+    def label(self) -> str:
+        """The preset's name, followed by the settings that differ from it."""
+        return ", ".join([self.name, *(f"{k}={v}" for k, v in self.knobs().items())])
+
+    def knobs(self) -> dict[str, int]:
+        """The KNOBS whose values differ from those of the preset this config is named after
+        (all of them for a config of no preset's name)."""
+        base = PRESETS.get(self.name)
+        mine = {name: getattr(self, name) for name in KNOBS}
+        if base is None:
+            return mine
+        return {n: v for n, v in mine.items() if v != getattr(base, n)}
+
     def options(self) -> dict[str, object]:
         """Every option, for `activemm presets NAME` and JSON output."""
         return {
@@ -134,6 +188,8 @@ class KernelConfig:
             "RCU_NOCB_CPU_DEFAULT_ALL": self.RCU_NOCB_CPU_DEFAULT_ALL,
             "lazy_tlb": self.lazy_tlb,
             "radix": self.radix,
+            "invlpgb": self.invlpgb,
+            "global_asid_threshold": self.global_asid_threshold,
             "per_task_lazy_refs": self.per_task_lazy_refs,
             "lazy_tlb_helpers": self.lazy_tlb_helpers,
             "activate_mm_passes_prev": self.activate_mm_passes_prev,
@@ -155,6 +211,13 @@ PRESETS: dict[str, KernelConfig] = {
             "linux-6.17-x86_64",
             "Linux 6.17 on x86-64: lazy refs counted, cpu_tlbstate with ASIDs, lazy mm_cpumask",
             arch="x86_64",
+        ),
+        _preset(
+            "linux-6.17-x86_64-invlpgb",
+            "Linux 6.17 on an x86-64 CPU with INVLPGB (AMD Zen 3+): an mm running on 4+ CPUs "
+            "gets a global ASID, flushed by broadcast with no IPIs, lazy CPUs included",
+            arch="x86_64",
+            invlpgb=True,
         ),
         _preset(
             "linux-6.17",

@@ -251,6 +251,26 @@ class FlushSkippedLazy(Event):
 
 
 @dataclass(slots=True)
+class GlobalAsidAssigned(Event):
+    """x86 INVLPGB (6.15+): use_global_asid() gave `mm` an ASID shared by every CPU; until
+    each CPU running it has switched over, the mm is in ASID transition."""
+
+    kind: ClassVar[str] = "GlobalAsidAssigned"
+    mm: Mm
+    asid: int
+
+
+@dataclass(slots=True)
+class BroadcastFlush(Event):
+    """x86 INVLPGB (6.15+): broadcast_tlb_flush(): INVLPGB/TLBSYNC flush `mm`'s global ASID
+    on every CPU at once, lazy ones included, with no IPI."""
+
+    kind: ClassVar[str] = "BroadcastFlush"
+    mm: Mm
+    asid: int
+
+
+@dataclass(slots=True)
 class LeftMm(Event):
     """The CPU's hardware moved to init_mm while the task's active_mm stayed (x86 leave_mm,
     or a flush IPI reaching a lazy CPU)."""

@@ -24,6 +24,7 @@ from activemm.model.kernel import Kernel, Observer, Operation
 from activemm.model.rcu import tree as rcu
 from activemm.model.sched import core
 from activemm.model.state import (
+    MAX_ASID_AVAILABLE,
     CpuTlbState,
     Holder,
     KernelState,
@@ -185,6 +186,8 @@ class Machine:
             idle.pcb.ptbr = state.init_mm
             state.rqs.append(Rq(cpu=cpu, curr=idle, idle=idle, tlb=tlb))
             state.tasks.append(idle)
+        # x86 tlb.c: global_asid_available = MAX_ASID_AVAILABLE - TLB_NR_DYN_ASIDS - 1
+        state.global_asids.available = MAX_ASID_AVAILABLE - self.config.nr_dyn_asids - 1
         self.booted = True
         self.k.cpu = 0
         boot_rq = state.rqs[0]

@@ -27,6 +27,8 @@ class MmContext:
     ctx_id: int = 0  # x86: unique id from a global counter (init_new_context)
     tlb_gen: int = 0  # x86: bumped by every flush_tlb_mm_range (inc_mm_tlb_gen)
     asn: dict[int, int] = field(default_factory=dict)  # alpha: per-CPU ASN|version, 0 = none
+    global_asid: int = 0  # x86 INVLPGB: the ASID every CPU uses for this mm, 0 = none
+    asid_transition: bool = False  # x86 INVLPGB: some CPU may still run it on a dynamic ASID
 
 
 @dataclass(slots=True, eq=False)
@@ -138,8 +140,9 @@ class CpuTlbState:
     last_asn: int = 0  # alpha: cpu_data[cpu].last_asn (ASN | version)
     need_new_asn: bool = False  # alpha
     # not kernel state: the kernel path that left this CPU's kernel thread on its borrowed
-    # mm out of lazy mode, until its next switch (x86 efi_leave_mm() before 6.15), for the
-    # sanitizer, which takes that state for a bug anywhere else
+    # mm out of lazy mode, until its next switch (x86 efi_leave_mm() before 6.15; with
+    # INVLPGB, flush_tlb_func()'s reload of a global ASID), for the sanitizer, which takes
+    # that state for a bug anywhere else
     unlazy_by: str = ""
 
 
@@ -180,6 +183,23 @@ class Holder:
     kind: str  # "mm_users" (mmget_not_zero / get_task_mm) or "mm_count" (mmgrab)
 
 
+# x86 MAX_ASID_AVAILABLE: (1 << CR3_AVAIL_PCID_BITS) - 2, 11 bits with page table isolation
+# configured (Debian's kernels), which takes one PCID bit for the user half
+MAX_ASID_AVAILABLE = (1 << 11) - 2
+
+
+@dataclass(slots=True, eq=False)
+class GlobalAsidSpace:
+    """arch/x86/mm/tlb.c (6.15+, CONFIG_BROADCAST_TLB_FLUSH): the global ASID allocator,
+    `global_asid_used`, `global_asid_freed`, `last_global_asid`, `global_asid_available`.
+    A freed global ASID is reused only after the wrap-around's flush (reset_global_asid_space)."""
+
+    used: set[int] = field(default_factory=set)
+    freed: set[int] = field(default_factory=set)
+    last: int = MAX_ASID_AVAILABLE
+    available: int = 0  # Machine.boot(): MAX_ASID_AVAILABLE - TLB_NR_DYN_ASIDS - 1
+
+
 @dataclass(slots=True, eq=False)
 class KernelState:
     """Everything the model knows. Freed mms and reaped tasks stay listed, marked as such."""
@@ -195,6 +215,7 @@ class KernelState:
     next_pid: int = 1
     next_ctx_id: int = 1
     next_mm_id: int = 1
+    global_asids: GlobalAsidSpace = field(default_factory=GlobalAsidSpace)
 
     def live_tasks(self) -> list[Task]:
         return [t for t in self.tasks if t.state is not TaskState.GONE]
@@ -229,7 +250,7 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
                 mm.torn_down,
                 mm.freed,
                 set(mm.mm_cpumask),
-                MmContext(c.ctx_id, c.tlb_gen, dict(c.asn)),
+                MmContext(c.ctx_id, c.tlb_gen, dict(c.asn), c.global_asid, c.asid_transition),
                 mm.rcu_cpu,
                 mm.rcu_wait,
             )
@@ -302,6 +323,7 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
     # A freed mm still referenced (a use-after-free the sanitizer reports) is kept.
     kept = [mm for mm in state.mms if not (prune and mm.freed and id(mm) not in mms)]
     new_mms = [m for m in map(cm, kept) if m is not None]
+    ga = state.global_asids
     return KernelState(
         init_mm,
         rqs,
@@ -312,4 +334,5 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
         state.next_pid,
         state.next_ctx_id,
         state.next_mm_id,
+        GlobalAsidSpace(set(ga.used), set(ga.freed), ga.last, ga.available),
     )

@@ -61,6 +61,8 @@ ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("lazy mm_count atomics, cross-CPU", ("lazy_mm_count_ops", "remote")),
     ("shootdown IPIs", ("shootdown_ipis",)),
     ("flush IPIs", ("flush_ipis",)),
+    ("broadcast flushes (INVLPGB)", ("broadcast_flushes",)),
+    ("  mms given a global ASID", ("global_asids",)),
     ("frees left to RCU (PREEMPT_RT)", ("rcu_deferred_frees",)),
     ("zombie mms", ("zombies", "count")),
     ("  median lifetime (µs)", ("zombies", "median_lifetime_us")),

@@ -65,10 +65,15 @@ def snapshot(state: KernelState) -> dict[tuple[str, str], Any]:
         out[(cpu, "curr")] = rq.curr.name if rq.online else "offline"
         out[(cpu, "loaded_mm")] = rq.tlb.loaded_mm.name
         out[(cpu, "is_lazy")] = rq.tlb.is_lazy
+        if state.global_asids.used:  # x86 INVLPGB: which CPUs run on a global ASID
+            out[(cpu, "ASID")] = rq.tlb.loaded_mm_asid
     for mm in state.mms:
         out[(str(mm), "mm_users")] = mm.mm_users
         out[(str(mm), "mm_count")] = mm.mm_count
         out[(str(mm), "state")] = mm.status
+        if mm.context.global_asid or mm.context.asid_transition:
+            out[(str(mm), "global ASID")] = mm.context.global_asid or "-"
+            out[(str(mm), "ASID transition")] = mm.context.asid_transition
     return out
 
 

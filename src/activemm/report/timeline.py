@@ -2,8 +2,9 @@
 
 Per CPU two tracks: the running task, and its active_mm (lazy spans marked, "lazy: mm7
 (borrowed from bash)"); counter tracks of each mm's mm_users and mm_count; instant events for
-mm frees, zombie births, shootdown and flush IPIs, CR3 loads. Times are trace time for a trace
-and one millisecond per step for a scenario.
+mm frees, zombie births, shootdown and flush IPIs, CR3 loads, x86 INVLPGB broadcast flushes
+and global ASIDs. Times are trace time for a trace and one millisecond per step for a
+scenario.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from typing import Any
 
 from activemm.model.events import (
     AddressSpaceTornDown,
+    BroadcastFlush,
     Cr3Loaded,
     Event,
     FlushIpi,
+    GlobalAsidAssigned,
     MmFreed,
     ShootdownIpi,
 )
@@ -109,6 +112,10 @@ class Timeline(Clocked):
             self._instant(tid, f"flush IPI -> CPU {ev.to_cpu}", {"mm": str(ev.mm)})
         elif isinstance(ev, Cr3Loaded):
             self._instant(tid + 1, f"CR3 {ev.mm.name}", {"asid": ev.asid, "flush": ev.flush})
+        elif isinstance(ev, BroadcastFlush):
+            self._instant(tid, f"INVLPGB broadcast {ev.mm.name}", {"asid": ev.asid})
+        elif isinstance(ev, GlobalAsidAssigned):
+            self._instant(tid + 1, f"global ASID {ev.asid} for {ev.mm.name}", {"mm": str(ev.mm)})
 
     def end(self, op: Operation, state: KernelState) -> None:
         if not self._started and self.now > 0:

@@ -435,7 +435,12 @@ def replay(
         c.name: Replayer(
             c,
             ncpus,
-            Metrics(c.arch, costs=dict(costs or DEFAULT_COSTS), preempt_rt=c.PREEMPT_RT),
+            Metrics(
+                c.arch,
+                costs=dict(costs or DEFAULT_COSTS),
+                preempt_rt=c.PREEMPT_RT,
+                invlpgb=c.invlpgb,
+            ),
             snapshot,
             sanitize,
             extra=(extra or {}).get(c.name),

@@ -6,6 +6,11 @@ thread's active_mm (and its lazy reference) stays. Kernel versions differ in how
 kept: before 6.14 a CPU's bit is cleared when it switches away; since 6.14 ("x86/mm/tlb: Update
 mm_cpumask lazily") it stays and is trimmed by the first flush that reaches a CPU no longer
 running the mm.
+
+Since 6.15, on CPUs with INVLPGB (AMD Zen 3+; `invlpgb` in the config), an mm running on more
+than three CPUs at once gets a *global* ASID, the same on every CPU: its flushes are broadcast
+by the hardware (INVLPGB, TLBSYNC) with no IPI, so a lazy CPU on it is never sent to init_mm,
+and it switches back to it without a TLB generation check.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from __future__ import annotations
 from activemm.model.arch import generic
 from activemm.model.cpu import secondary_init_mm_ref
 from activemm.model.events import (
+    BroadcastFlush,
     Cr3Loaded,
     FlushIpi,
     FlushSkippedLazy,
+    GlobalAsidAssigned,
     LazyEntered,
     LeftMm,
     MmSwitched,
@@ -23,11 +30,20 @@ from activemm.model.events import (
 )
 from activemm.model.fork import mm_alloc
 from activemm.model.kernel import Kernel
-from activemm.model.state import CpuTlbState, Mm, QueuedFlush, Rq, Task, TlbContext
+from activemm.model.state import (
+    MAX_ASID_AVAILABLE,
+    CpuTlbState,
+    Mm,
+    QueuedFlush,
+    Rq,
+    Task,
+    TlbContext,
+)
 
+# the switches in and out of a temporary mm (text_poke, EFI since 6.15)
+TEMPORARY_MM = ("use_temporary_mm", "unuse_temporary_mm")
 INIT_MM_CTX_ID = 1  # INIT_MM_CONTEXT: .ctx_id = 1; last_mm_ctx_id starts there
 
-destroy_context = generic.destroy_context
 switch_to = generic.switch_to
 
 
@@ -58,10 +74,18 @@ def cpu_init(k: Kernel, rq: Rq) -> None:
 
 def init_new_context(k: Kernel, mm: Mm, tsk: Task | None) -> None:
     """arch/x86/include/asm/mmu_context.h: init_new_context(): ctx_id from the global
-    counter, tlb_gen = 0."""
+    counter, tlb_gen = 0; mm_init_global_asid(): no global ASID, not in transition."""
     k.state.next_ctx_id += 1
     mm.context.ctx_id = k.state.next_ctx_id
     mm.context.tlb_gen = 0
+    mm.context.global_asid = 0
+    mm.context.asid_transition = False
+
+
+def destroy_context(k: Kernel, mm: Mm) -> None:
+    """arch/x86/include/asm/mmu_context.h: destroy_context() (from __mmdrop):
+    mm_free_global_asid() (the LDT it also frees is not modelled)."""
+    mm_free_global_asid(k, mm)
 
 
 def enter_lazy_tlb(k: Kernel, mm: Mm, tsk: Task) -> None:
@@ -77,8 +101,11 @@ def enter_lazy_tlb(k: Kernel, mm: Mm, tsk: Task) -> None:
 
 
 def choose_new_asid(k: Kernel, tlb: CpuTlbState, next: Mm, next_tlb_gen: int) -> tuple[int, bool]:
-    """arch/x86/mm/tlb.c: choose_new_asid(): reuse the slot holding next's ctx_id (flush if
+    """arch/x86/mm/tlb.c: choose_new_asid(): next's global ASID if it has one (broadcast
+    flushes keep it current: no flush); else reuse the slot holding next's ctx_id (flush if
     it is behind next's tlb_gen), else take the next slot round robin and flush."""
+    if global_asid := mm_global_asid(k, next):
+        return global_asid, False
     for asid, ctx in enumerate(tlb.ctxs):
         if ctx.ctx_id == next.context.ctx_id:
             return asid, ctx.tlb_gen < next_tlb_gen
@@ -94,8 +121,9 @@ def switch_mm_irqs_off(k: Kernel, prev: Mm | None, next: Mm, tsk: Task | None, v
     """arch/x86/mm/tlb.c: switch_mm_irqs_off(). It ignores its `prev` argument: the real
     previous mm is cpu_tlbstate.loaded_mm.
 
-    prev == next: nothing, unless the CPU comes back from lazy mode and the mm's tlb_gen moved
-    meanwhile ("TLB contents went out of date while we were in lazy mode"): reload with flush.
+    prev == next: nothing, unless the mm is moving to a global ASID (reload with it), or the
+    CPU comes back from lazy mode on a dynamic ASID and the mm's tlb_gen moved meanwhile ("TLB
+    contents went out of date while we were in lazy mode"): reload with flush.
     prev != next: set this CPU in mm_cpumask(next) (before 6.14: clear it in prev's), pick an
     ASID (choose_new_asid), load CR3 with or without a flush."""
     k.touch(next, via)
@@ -106,14 +134,20 @@ def switch_mm_irqs_off(k: Kernel, prev: Mm | None, next: Mm, tsk: Task | None, v
     prev_asid = tlb.loaded_mm_asid
     was_lazy = tlb.is_lazy
     tlb.is_lazy = False
-    tlb.unlazy_by = ""
+    if via not in TEMPORARY_MM:  # (a temporary mm comes back to the state it found)
+        tlb.unlazy_by = ""
     next_tlb_gen = next.context.tlb_gen
     if real_prev is next:
-        if not was_lazy or k.bug("x86-no-tlb-gen-catchup"):
-            return
-        if tlb.ctxs[prev_asid].tlb_gen == next_tlb_gen:
-            return
-        new_asid, need_flush = prev_asid, True
+        if mm_needs_global_asid(k, next, prev_asid):  # moving to its global ASID: reload
+            new_asid, need_flush = choose_new_asid(k, tlb, next, next_tlb_gen)
+        else:
+            # "Broadcast TLB invalidation keeps this ASID up to date all the time."
+            up_to_date = is_global_asid(k, prev_asid) or not was_lazy
+            if up_to_date or k.bug("x86-no-tlb-gen-catchup"):
+                return
+            if tlb.ctxs[prev_asid].tlb_gen == next_tlb_gen:
+                return
+            new_asid, need_flush = prev_asid, True
     else:
         if not lazy_cpumask(k) and not real_prev.is_init_mm:
             real_prev.mm_cpumask.discard(cpu)
@@ -148,7 +182,11 @@ def should_flush_tlb(k: Kernel, cpu: int, mm: Mm) -> bool:
 
 
 def flush_tlb_func(k: Kernel, cpu: int, mm: Mm, new_tlb_gen: int) -> None:
-    """arch/x86/mm/tlb.c: flush_tlb_func(), on `cpu` (IPI handler or local call)."""
+    """arch/x86/mm/tlb.c: flush_tlb_func(), on `cpu` (IPI handler or local call).
+
+    A CPU on an mm moving to a global ASID reloads it (switch_mm_irqs_off(NULL, loaded_mm)),
+    which clears is_lazy even on a lazy CPU: 6.17 tests for the transition before is_lazy
+    (a fix that swaps them was posted in May 2025); a global ASID needs no flush here."""
     sender = k.cpu
     k.cpu = cpu
     try:
@@ -159,6 +197,13 @@ def flush_tlb_func(k: Kernel, cpu: int, mm: Mm, new_tlb_gen: int) -> None:
                 mm.mm_cpumask.discard(cpu)  # trace TLB_REMOTE_WRONG_CPU
             return
         if loaded.is_init_mm:
+            return
+        if mm_needs_global_asid(k, loaded, tlb.loaded_mm_asid):
+            was_lazy = tlb.is_lazy
+            switch_mm_irqs_off(k, None, loaded, None, "flush_tlb_func")
+            if was_lazy:  # a kernel thread on a borrowed mm, no longer lazy (see above)
+                tlb.unlazy_by = "flush_tlb_func"
+        if is_global_asid(k, tlb.loaded_mm_asid):
             return
         if tlb.is_lazy:
             # "We're in lazy mode. We need to at least flush our paging-structure cache to
@@ -176,34 +221,170 @@ def flush_tlb_func(k: Kernel, cpu: int, mm: Mm, new_tlb_gen: int) -> None:
 
 
 def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool) -> None:
-    """arch/x86/mm/tlb.c: flush_tlb_mm_range() -> native_flush_tlb_multi().
+    """arch/x86/mm/tlb.c: flush_tlb_mm_range().
 
-    Bump the mm's tlb_gen; if any other CPU is in mm_cpumask, run flush_tlb_func on the mask
-    (every CPU when page tables were freed, lazy ones included; otherwise only those
-    should_flush_tlb() picks); else flush locally if this CPU has the mm loaded. An IPI to
-    a CPU with interrupts off (inside __schedule()) waits on its call_single_queue; the
-    sender's wait for it is not modelled (nothing it goes on to do depends on it here)."""
+    Bump the mm's tlb_gen; an mm with a global ASID is flushed by broadcast
+    (broadcast_tlb_flush); else if any other CPU is in mm_cpumask, flush_tlb_multi() on the
+    mask, then consider_global_asid(); else flush locally if this CPU has the mm loaded."""
     k.touch(mm, "flush_tlb_mm_range")
     cpu = k.cpu
     mm.context.tlb_gen += 1
     new_tlb_gen = mm.context.tlb_gen
-    online = [c for c in sorted(mm.mm_cpumask) if k.state.rqs[c].online]
-    if any(c != cpu for c in online):
-        for c in online:
-            rq = k.state.rqs[c]
-            if freed_tables or should_flush_tlb(k, c, mm):
-                if c == cpu:
-                    flush_tlb_func(k, c, mm, new_tlb_gen)
-                    continue
-                k.emit(FlushIpi(cpu, c, mm))
-                if rq.irqs_disabled:  # inside __schedule(): handled at its finish_task_switch
-                    rq.call_single_queue.append(QueuedFlush(mm, new_tlb_gen))
-                else:
-                    flush_tlb_func(k, c, mm, new_tlb_gen)
-            elif rq.tlb.is_lazy:
-                k.emit(FlushSkippedLazy(cpu, c, mm))
+    if mm_global_asid(k, mm):
+        broadcast_tlb_flush(k, mm, new_tlb_gen)
+    elif any(c != cpu for c in mm.mm_cpumask if k.state.rqs[c].online):
+        flush_tlb_multi(k, mm, new_tlb_gen, freed_tables)
+        consider_global_asid(k, mm)
     elif k.state.rqs[cpu].tlb.loaded_mm is mm:
         flush_tlb_func(k, cpu, mm, new_tlb_gen)
+
+
+def flush_tlb_multi(k: Kernel, mm: Mm, new_tlb_gen: int, freed_tables: bool) -> None:
+    """arch/x86/mm/tlb.c: native_flush_tlb_multi() on mm_cpumask(mm): every CPU when page
+    tables were freed or the mm is in ASID transition, lazy ones included; otherwise only
+    those should_flush_tlb() picks. An IPI to a CPU with interrupts off (inside
+    __schedule()) waits on its call_single_queue; the sender's wait for it is not modelled
+    (nothing it goes on to do depends on it here)."""
+    cpu = k.cpu
+    everyone = freed_tables or mm_in_asid_transition(k, mm)
+    for c in sorted(mm.mm_cpumask):
+        rq = k.state.rqs[c]
+        if not rq.online:
+            continue
+        if everyone or should_flush_tlb(k, c, mm):
+            if c == cpu:
+                flush_tlb_func(k, c, mm, new_tlb_gen)
+                continue
+            k.emit(FlushIpi(cpu, c, mm))
+            if rq.irqs_disabled:  # inside __schedule(): handled at its finish_task_switch
+                rq.call_single_queue.append(QueuedFlush(mm, new_tlb_gen))
+            else:
+                flush_tlb_func(k, c, mm, new_tlb_gen)
+        elif rq.tlb.is_lazy:
+            k.emit(FlushSkippedLazy(cpu, c, mm))
+
+
+# -- INVLPGB global ASIDs (6.15+, CONFIG_BROADCAST_TLB_FLUSH, X86_FEATURE_INVLPGB) ----------
+
+
+def is_global_asid(k: Kernel, asid: int) -> bool:
+    """arch/x86/include/asm/tlbflush.h: is_global_asid(): not a dynamic (per-CPU) ASID."""
+    return asid >= k.config.nr_dyn_asids
+
+
+def mm_global_asid(k: Kernel, mm: Mm) -> int:
+    """arch/x86/include/asm/tlbflush.h: mm_global_asid(): 0 without INVLPGB."""
+    return mm.context.global_asid if k.config.invlpgb else 0
+
+
+def mm_in_asid_transition(k: Kernel, mm: Mm) -> bool:
+    """arch/x86/include/asm/tlbflush.h: mm_in_asid_transition()."""
+    return k.config.invlpgb and mm.context.asid_transition
+
+
+def mm_needs_global_asid(k: Kernel, mm: Mm, asid: int) -> bool:
+    """arch/x86/mm/tlb.c: mm_needs_global_asid(): the mm has a global ASID and this CPU
+    runs it on another one (it is transitioning)."""
+    global_asid = mm_global_asid(k, mm)
+    return bool(global_asid) and asid != global_asid
+
+
+def reset_global_asid_space(k: Kernel) -> None:
+    """arch/x86/mm/tlb.c: reset_global_asid_space(): after invlpgb_flush_all_nonglobals(),
+    the freed global ASIDs may be reused; the search starts again after the dynamic ones."""
+    space = k.state.global_asids
+    space.used -= space.freed
+    space.freed.clear()
+    space.last = k.config.nr_dyn_asids
+
+
+def allocate_global_asid(k: Kernel) -> int:
+    """arch/x86/mm/tlb.c: allocate_global_asid(): the next free ASID from the last one
+    handed out (find_next_zero_bit), 0 when none is left."""
+    space = k.state.global_asids
+    if space.last >= MAX_ASID_AVAILABLE - 1:
+        reset_global_asid_space(k)
+    asid = next((a for a in range(space.last, MAX_ASID_AVAILABLE) if a not in space.used), None)
+    if asid is None:
+        return 0  # "This should never happen."
+    space.used.add(asid)
+    space.last = asid
+    space.available -= 1
+    return asid
+
+
+def mm_active_cpus_exceeds(k: Kernel, mm: Mm, threshold: int) -> bool:
+    """arch/x86/mm/tlb.c: mm_active_cpus_exceeds(): more than `threshold` CPUs in
+    mm_cpumask have the mm loaded and are not lazy."""
+    if len(mm.mm_cpumask) <= threshold:
+        return False
+    rqs = k.state.rqs
+    running = sum(1 for c in mm.mm_cpumask if rqs[c].tlb.loaded_mm is mm and not rqs[c].tlb.is_lazy)
+    return running > threshold
+
+
+def use_global_asid(k: Kernel, mm: Mm) -> None:
+    """arch/x86/mm/tlb.c: use_global_asid() -> mm_assign_global_asid(): the mm gets a global
+    ASID and is in transition until every CPU running it has switched to that ASID."""
+    if mm_global_asid(k, mm):
+        return
+    if not k.state.global_asids.available:
+        return  # VM_WARN_ONCE "Ran out of global ASIDs"
+    asid = allocate_global_asid(k)
+    if not asid:
+        return
+    mm.context.asid_transition = True
+    mm.context.global_asid = asid
+    k.emit(GlobalAsidAssigned(k.cpu, mm, asid))
+
+
+def mm_free_global_asid(k: Kernel, mm: Mm) -> None:
+    """arch/x86/mm/tlb.c: mm_free_global_asid() (destroy_context, at __mmdrop): the ASID is
+    marked freed, reusable after the next wrap-around's flush."""
+    if not mm_global_asid(k, mm):
+        return
+    space = k.state.global_asids
+    space.freed.add(mm.context.global_asid)
+    mm.context.global_asid = 0
+    space.available += 1
+
+
+def consider_global_asid(k: Kernel, mm: Mm) -> None:
+    """arch/x86/mm/tlb.c: consider_global_asid(), after an IPI flush: a global ASID for an
+    mm running on more than three CPUs (`global_asid_threshold`). The kernel looks only "once
+    in a while", when (current->pid & 0x1f) == (jiffies & 0x1f); the model has no jiffies and
+    looks at every such flush, i.e. at the first moment the kernel could."""
+    if not k.config.invlpgb:
+        return
+    if mm_active_cpus_exceeds(k, mm, k.config.global_asid_threshold):
+        use_global_asid(k, mm)
+
+
+def finish_asid_transition(k: Kernel, mm: Mm, new_tlb_gen: int) -> None:
+    """arch/x86/mm/tlb.c: finish_asid_transition(): if a CPU runs the mm (lazily too) on a
+    dynamic ASID still, IPI the whole mask (flush_tlb_multi: in transition, every CPU), which
+    makes it reload the global one; once none does, the transition is over."""
+    if not mm_in_asid_transition(k, mm):
+        return
+    global_asid = mm_global_asid(k, mm)
+    for c in sorted(mm.mm_cpumask):
+        tlb = k.state.rqs[c].tlb
+        if tlb.loaded_mm is not mm:
+            continue
+        if tlb.loaded_mm_asid != global_asid:
+            if k.bug("invlpgb-no-transition-ipi"):
+                break
+            flush_tlb_multi(k, mm, new_tlb_gen, False)
+            return
+    mm.context.asid_transition = False
+
+
+def broadcast_tlb_flush(k: Kernel, mm: Mm, new_tlb_gen: int) -> None:
+    """arch/x86/mm/tlb.c: broadcast_tlb_flush(): INVLPGB of the mm's global ASID on every
+    CPU (paging-structure caches included, so lazy CPUs may stay: no IPI, no switch to
+    init_mm), then finish_asid_transition(), then TLBSYNC."""
+    k.emit(BroadcastFlush(k.cpu, mm, mm.context.global_asid))
+    finish_asid_transition(k, mm, new_tlb_gen)
 
 
 def flush_smp_call_function_queue(k: Kernel, rq: Rq) -> None:
