@@ -14,6 +14,7 @@ from activemm.model.arch import x86
 from activemm.model.events import (
     AsnRollover,
     BroadcastFlush,
+    CpumaskTrimmed,
     Cr3Loaded,
     Event,
     FlushIpi,
@@ -332,6 +333,68 @@ def test_x86_invlpgb_global_asid_given_back_at_mmdrop_and_reused_after_wraparoun
     space.last = MAX_ASID_AVAILABLE - 1  # as if every ASID up to the top had been handed out
     assert x86.allocate_global_asid(m.k) == 6  # wrapped: the freed one is free again
     assert space.freed == set() and space.used == {6, 7, 8}
+
+
+def _stale_bit(preset: str) -> tuple[Machine, Events]:
+    """3 CPUs: app (mm2) ran on CPU 1 and its thread t runs on CPU 2; CPU 1 then switched to
+    another process (mm3), CPU 0 is lazy on init's mm1."""
+    m, ev = watched(preset, cpus=3)
+    with_user(m)
+    m.schedule(1, "app")
+    m.fork("app", kind="thread", name="t")
+    m.schedule(2, "t")
+    m.fork("init", name="other")
+    m.schedule(1, "other")
+    m.schedule(0, "kthreadd")
+    ev.seen.clear()
+    return m, ev
+
+
+def test_x86_cpumask_trim_ipis_a_stale_cpu_and_clears_its_bit() -> None:
+    """Reference scenario 15 (6.14+, "Only trim the mm_cpumask once a second"): CPU 1 left
+    mm2 but stays in its mask; a flush skips it (should_flush_tlb: not loaded, no trim due)
+    unless the trim is due, when it is IPIed and flush_tlb_func() clears its bit
+    (TLB_REMOTE_WRONG_CPU). Before 6.14 the bit went at the switch itself."""
+    m, ev = _stale_bit("linux-6.17-x86_64")
+    mm2 = m.mm("mm2")
+    assert mm2.mm_cpumask == {1, 2}
+    m.flush_tlb_mm_range(2, "mm2")
+    assert ev.take(FlushIpi) == [] and mm2.mm_cpumask == {1, 2}
+    m.flush_tlb_mm_range(2, "mm2", trim=True)
+    assert [(i.cpu, i.to_cpu) for i in ev.take(FlushIpi)] == [(2, 1)]
+    assert [(t.cpu, t.mm) for t in ev.take(CpumaskTrimmed)] == [(1, mm2)]
+    assert mm2.mm_cpumask == {2}
+    old, _ = _stale_bit("linux-6.12-x86_64")
+    assert old.mm("mm2").mm_cpumask == {2}
+
+
+def test_x86_cpumask_trim_skips_a_lazy_cpu_with_a_stale_bit() -> None:
+    """should_flush_tlb() tests is_lazy first: a CPU lazy on another mm keeps its stale bit
+    through a trim (and CPU 0, which never ran mm2, is not in its mask at all)."""
+    m, ev = _stale_bit("linux-6.17-x86_64")
+    m.schedule(1, "swapper/1")  # CPU 1 lazy on mm3, its bit in mm2's mask stale
+    ev.seen.clear()
+    m.flush_tlb_mm_range(2, "mm2", trim=True)
+    assert ev.take(FlushIpi) == [] and m.mm("mm2").mm_cpumask == {1, 2}
+    assert [s.to_cpu for s in ev.take(FlushSkippedLazy)] == [1]
+
+
+def test_powerpc_trim_clock_moves_lazy_users_to_init_mm() -> None:
+    """radix flush_type_needed(): when the CPU's trim clock ticks over
+    (tick_and_test_trim_clock(), every 1073rd flush), exit_flush_lazy_tlbs() IPIs the rest
+    of the mask: a kernel thread lazily on the mm there is moved to init_mm (its active_mm
+    changes, unlike x86) and the CPU leaves the mask; without the trim a multi-threaded
+    process's flush is a broadcast tlbie that leaves both alone."""
+    m, ev = _stale_bit("linux-6.17-powerpc-radix")
+    mm2 = m.mm("mm2")
+    m.schedule(1, "app")
+    m.schedule(1, "swapper/1")  # lazy on mm2
+    ev.seen.clear()
+    m.flush_tlb_mm_range(2, "mm2")
+    assert ev.take(ShootdownIpi) == [] and m.task("swapper/1").active_mm is mm2
+    m.flush_tlb_mm_range(2, "mm2", trim=True)
+    assert [(s.to_cpu, s.was_lazy) for s in ev.take(ShootdownIpi)] == [(1, True)]
+    assert m.task("swapper/1").active_mm is m.state.init_mm and mm2.mm_cpumask == {2}
 
 
 def test_invlpgb_needs_x86_and_6_15() -> None:

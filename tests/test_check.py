@@ -71,6 +71,16 @@ def test_global_asids_are_explored_and_have_no_counterexample() -> None:
     assert r.violations == [] and r.states > plain.states
 
 
+@pytest.mark.parametrize("name", ["linux-6.17-x86_64", "linux-6.17-powerpc-radix"])
+def test_cpumask_trims_are_explored_and_have_no_counterexample(name: str) -> None:
+    """--trim offers, wherever a flush is offered, one at which the arch's occasional
+    mm_cpumask trim is due: more transitions, no invariant broken."""
+    cfg = PRESETS[name]
+    plain = explore(cfg, 2, BOUND, depth=7)
+    r = explore(cfg, 2, replace(BOUND, trim=True), depth=7)
+    assert r.violations == [] and r.transitions > plain.transitions
+
+
 def test_exploring_leaves_no_cyclic_garbage() -> None:
     """explore() runs with the cyclic collector off: states, machines and the violations kept
     with --keep-going must be freed by reference counting alone."""

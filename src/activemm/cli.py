@@ -275,6 +275,15 @@ def explore(
     no_flushes: Annotated[
         bool, typer.Option("--no-flushes", help="No TLB flushes / leave_mm.")
     ] = False,
+    trim: Annotated[
+        bool,
+        typer.Option(
+            "--trim",
+            help="Also flushes at which the arch's occasional mm_cpumask trim is due (x86 "
+            "6.14+: once a second, stale CPUs IPIed; powerpc radix: every 1073rd flush of a "
+            "CPU, lazy users moved to init_mm).",
+        ),
+    ] = False,
     no_symmetry: Annotated[
         bool, typer.Option("--no-symmetry", help="Disable symmetry reduction.")
     ] = False,
@@ -343,6 +352,7 @@ def explore(
         efi=efi,
         failures=failures,
         exec_preemption=exec_preemption,
+        trim=trim,
     )
     if exec_preemption and not cfg.PREEMPT_RT:
         err.print(
@@ -395,6 +405,7 @@ def explore(
             "efi": efi,
             "failures": failures,
             "exec_preemption": exec_preemption,
+            "trim": trim,
         },
         "jobs": jobs or os.cpu_count() or 1,
     }

@@ -41,6 +41,8 @@ class Limits:
     # PREEMPT_RT: an exec preempted inside exec_mmap() before activate_mm() (resumed when
     # its task, which cannot migrate meanwhile, runs again)
     exec_preemption: bool = False
+    # flushes at which the arch's occasional mm_cpumask trim is due (x86 6.14+, powerpc radix)
+    trim: bool = False
 
 
 def op(name: str, **args: Any) -> Op:
@@ -159,6 +161,11 @@ def enabled(
                 if limits.grabs:
                     ops.append(op("mmgrab", mm=mm.name, holder=name))
     if limits.flushes:
+        cfg = machine.config
+        trims = limits.trim and (
+            (cfg.arch == "x86_64" and cfg.version >= (6, 14))
+            or (cfg.arch == "powerpc" and cfg.radix)
+        )
         # munmap/mprotect flush from the process's own context, on a CPU running the mm;
         # leave_mm() is called from the idle loop.
         for rq in online:
@@ -168,6 +175,8 @@ def enabled(
                     ops.append(
                         op("flush_tlb_mm_range", cpu=rq.cpu, mm=user_mm.name, freed_tables=freed)
                     )
+                if trims:
+                    ops.append(op("flush_tlb_mm_range", cpu=rq.cpu, mm=user_mm.name, trim=True))
             if rq.curr.is_idle and machine.config.arch == "x86_64":
                 ops.append(op("leave_mm", cpu=rq.cpu))
     if limits.text_poke and machine.config.arch == "x86_64":

@@ -271,6 +271,15 @@ class BroadcastFlush(Event):
 
 
 @dataclass(slots=True)
+class CpumaskTrimmed(Event):
+    """x86 6.14+: a flush IPI found `cpu` no longer running `mm` and cleared its stale bit in
+    mm_cpumask (the tlb_flush tracepoint's TLB_REMOTE_WRONG_CPU)."""
+
+    kind: ClassVar[str] = "CpumaskTrimmed"
+    mm: Mm
+
+
+@dataclass(slots=True)
 class LeftMm(Event):
     """The CPU's hardware moved to init_mm while the task's active_mm stayed (x86 leave_mm,
     or a flush IPI reaching a lazy CPU)."""

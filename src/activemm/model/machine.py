@@ -533,16 +533,23 @@ class Machine:
 
     # -- TLB ------------------------------------------------------------------------------
 
-    def flush_tlb_mm_range(self, cpu: int, mm: MmRef, freed_tables: bool = False) -> None:
+    def flush_tlb_mm_range(
+        self, cpu: int, mm: MmRef, freed_tables: bool = False, trim: bool = False
+    ) -> None:
         """flush_tlb_mm_range() from `cpu` (munmap, mprotect): a new TLB generation, and
-        whatever IPIs the architecture sends."""
+        whatever IPIs the architecture sends. `trim`: the arch's occasional mm_cpumask trim
+        is due at this flush (x86 6.14+: a second since the mm's last; powerpc radix: the
+        CPU's 1073rd flush); the model has no clock, so the caller says."""
         rq, m = self.rq(cpu), self.mm(mm)
         if not rq.online:
             raise OperationError(f"flush_tlb_mm_range: CPU {cpu} is offline")
         if m.freed or m.torn_down or m.is_init_mm:
             raise OperationError(f"flush_tlb_mm_range: {m} has no user address space to flush")
-        op = self._begin("flush_tlb_mm_range", cpu, cpu=cpu, mm=m, freed_tables=freed_tables)
-        self.k.arch.flush_tlb_mm_range(self.k, m, freed_tables)
+        args: dict[str, object] = {"cpu": cpu, "mm": m, "freed_tables": freed_tables}
+        if trim:
+            args["trim"] = True
+        op = self._begin("flush_tlb_mm_range", cpu, **args)
+        self.k.arch.flush_tlb_mm_range(self.k, m, freed_tables, trim)
         self._end(op)
 
     def leave_mm(self, cpu: int) -> None:

@@ -73,15 +73,29 @@ def exit_mmap(k: Kernel, mm: Mm) -> None:
         exit_flush_lazy_tlbs(k, mm)
 
 
-def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool) -> None:
-    """radix_tlb.c: flush_type_needed(): broadcast tlbie needs no IPIs; but the only thread
-    of a single-threaded process trims the mask with exit_flush_lazy_tlbs(). (The trim every
-    1073 flushes, tick_and_test_trim_clock(), is not modelled.)"""
+def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool, trim: bool = False) -> None:
+    """radix_tlb.c: flush_type_needed() (radix; a flush that is not the exit's fullmm one):
+    broadcast tlbie needs no IPIs, but the mask is trimmed, moving lazy users to init_mm:
+    always when the only thread of a single-threaded process flushes its own mm, and when
+    the per-CPU trim clock ticks over (tick_and_test_trim_clock(), every 1073rd flush of a
+    CPU: `trim`; the model has no such counter, so the caller says): every other CPU in the
+    mask (exit_flush_lazy_tlbs), and this one unless it runs the mm; with this CPU alone in
+    the mask, only it, when it does not run the mm (an asynchronous flush)."""
     mm.context.tlb_gen += 1
-    current = k.state.rqs[k.cpu].curr
-    others = [c for c in mm.mm_cpumask if c != k.cpu]
-    if k.config.radix and others and mm.mm_users <= 1 and current.mm is mm:
+    if not k.config.radix or not mm.mm_cpumask:
+        return
+    cpu = k.cpu
+    current = k.state.rqs[cpu].curr
+    if mm.mm_cpumask == {cpu}:  # active_cpus == 1, this CPU: a local flush
+        if current.mm is not mm and trim:
+            exit_lazy_flush_tlb(k, cpu, mm)
+        return
+    if mm.mm_users <= 1 and current.mm is mm:
         exit_flush_lazy_tlbs(k, mm)
+    elif trim:
+        exit_flush_lazy_tlbs(k, mm)
+        if current.mm is not mm and cpu in mm.mm_cpumask:
+            exit_lazy_flush_tlb(k, cpu, mm)
 
 
 def cpu_disable(k: Kernel, cpu: int) -> None:

@@ -19,6 +19,7 @@ from activemm.model.arch import generic
 from activemm.model.cpu import secondary_init_mm_ref
 from activemm.model.events import (
     BroadcastFlush,
+    CpumaskTrimmed,
     Cr3Loaded,
     FlushIpi,
     FlushSkippedLazy,
@@ -169,16 +170,17 @@ def activate_mm(k: Kernel, prev: Mm | None, next: Mm) -> None:
     )
 
 
-def should_flush_tlb(k: Kernel, cpu: int, mm: Mm) -> bool:
+def should_flush_tlb(k: Kernel, cpu: int, mm: Mm, trim: bool = False) -> bool:
     """arch/x86/mm/tlb.c: should_flush_tlb() (6.15+; before 6.14: tlb_is_not_lazy()):
     a lazy CPU is skipped (it catches up at its next switch_mm_irqs_off); a CPU running the
-    mm is flushed; a stale cpumask bit is left for the once-a-second trim."""
+    mm is flushed; a stale cpumask bit only when the once-a-second trim is due (`trim`:
+    info->trim_cpumask), which clears it in flush_tlb_func()."""
     tlb = k.state.rqs[cpu].tlb
     if tlb.is_lazy:
         return False
     if not lazy_cpumask(k):
         return True
-    return tlb.loaded_mm is mm
+    return tlb.loaded_mm is mm or trim
 
 
 def flush_tlb_func(k: Kernel, cpu: int, mm: Mm, new_tlb_gen: int) -> None:
@@ -195,6 +197,7 @@ def flush_tlb_func(k: Kernel, cpu: int, mm: Mm, new_tlb_gen: int) -> None:
         if mm is not loaded:
             if lazy_cpumask(k):
                 mm.mm_cpumask.discard(cpu)  # trace TLB_REMOTE_WRONG_CPU
+                k.emit(CpumaskTrimmed(cpu, mm))
             return
         if loaded.is_init_mm:
             return
@@ -220,12 +223,14 @@ def flush_tlb_func(k: Kernel, cpu: int, mm: Mm, new_tlb_gen: int) -> None:
         k.cpu = sender
 
 
-def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool) -> None:
+def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool, trim: bool = False) -> None:
     """arch/x86/mm/tlb.c: flush_tlb_mm_range().
 
     Bump the mm's tlb_gen; an mm with a global ASID is flushed by broadcast
     (broadcast_tlb_flush); else if any other CPU is in mm_cpumask, flush_tlb_multi() on the
-    mask, then consider_global_asid(); else flush locally if this CPU has the mm loaded."""
+    mask, then consider_global_asid(); else flush locally if this CPU has the mm loaded.
+    `trim`: should_trim_cpumask() is true (6.14+: a second has passed since the mm's last
+    trim, or its birth); the model has no clock, so the caller says."""
     k.touch(mm, "flush_tlb_mm_range")
     cpu = k.cpu
     mm.context.tlb_gen += 1
@@ -233,25 +238,27 @@ def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool) -> None:
     if mm_global_asid(k, mm):
         broadcast_tlb_flush(k, mm, new_tlb_gen)
     elif any(c != cpu for c in mm.mm_cpumask if k.state.rqs[c].online):
-        flush_tlb_multi(k, mm, new_tlb_gen, freed_tables)
+        flush_tlb_multi(k, mm, new_tlb_gen, freed_tables, trim and lazy_cpumask(k))
         consider_global_asid(k, mm)
     elif k.state.rqs[cpu].tlb.loaded_mm is mm:
         flush_tlb_func(k, cpu, mm, new_tlb_gen)
 
 
-def flush_tlb_multi(k: Kernel, mm: Mm, new_tlb_gen: int, freed_tables: bool) -> None:
+def flush_tlb_multi(
+    k: Kernel, mm: Mm, new_tlb_gen: int, freed_tables: bool, trim: bool = False
+) -> None:
     """arch/x86/mm/tlb.c: native_flush_tlb_multi() on mm_cpumask(mm): every CPU when page
     tables were freed or the mm is in ASID transition, lazy ones included; otherwise only
-    those should_flush_tlb() picks. An IPI to a CPU with interrupts off (inside
-    __schedule()) waits on its call_single_queue; the sender's wait for it is not modelled
-    (nothing it goes on to do depends on it here)."""
+    those should_flush_tlb() picks (with `trim`, stale bits too). An IPI to a CPU with
+    interrupts off (inside __schedule()) waits on its call_single_queue; the sender's wait
+    for it is not modelled (nothing it goes on to do depends on it here)."""
     cpu = k.cpu
     everyone = freed_tables or mm_in_asid_transition(k, mm)
     for c in sorted(mm.mm_cpumask):
         rq = k.state.rqs[c]
         if not rq.online:
             continue
-        if everyone or should_flush_tlb(k, c, mm):
+        if everyone or should_flush_tlb(k, c, mm, trim):
             if c == cpu:
                 flush_tlb_func(k, c, mm, new_tlb_gen)
                 continue
