@@ -441,6 +441,31 @@ def test_replay_every_trace_under_every_preset(name: str) -> None:
     assert old.lazy_local + old.lazy_remote > new.lazy_local + new.lazy_remote
 
 
+def test_replay_with_invlpgb_global_asids() -> None:
+    """INVLPGB never changes a switch. Under the preset (a global ASID for an mm running on
+    more than three CPUs) this 2-CPU trace gets none, and every figure is the plain 6.17
+    one; with the threshold at 0 the mms running on a CPU at a fork's or an exit's IPI flush
+    get one, their later flushes are broadcast, and fewer flush IPIs remain."""
+    snap = load_task_snapshot(DATA / "tracefs_tgid.tasks")
+    inv = PRESETS["linux-6.17-x86_64-invlpgb"]
+    out = {}
+    for key, cfg in (
+        ("plain", PRESETS["linux-6.17-x86_64"]),
+        ("invlpgb", inv),
+        ("low", inv.with_knobs({"global_asid_threshold": 0})),
+    ):
+        ncpus, events = peek_cpus(read_trace(DATA / "tracefs_tgid.txt.gz"))
+        _, rs = replay(events, [cfg], ncpus, snap, sanitize_every=1)
+        out[key] = rs[cfg.name].metrics.summary()
+    plain, invlpgb, low = out["plain"], out["invlpgb"], out["low"]
+    assert ncpus == 2 and "broadcast_flushes" not in plain
+    assert invlpgb.pop("broadcast_flushes") == 0 and invlpgb.pop("global_asids") == 0
+    assert invlpgb == plain
+    assert low["switches"] == plain["switches"]
+    assert low["global_asids"] > 0 and low["broadcast_flushes"] > 0
+    assert low["flush_ipis"] < plain["flush_ipis"]
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2**32), st.floats(0.0, 0.3))
 def test_replay_survives_damaged_traces(seed: int, drop: float) -> None:
