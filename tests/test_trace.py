@@ -466,6 +466,28 @@ def test_replay_with_invlpgb_global_asids() -> None:
     assert low["flush_ipis"] < plain["flush_ipis"]
 
 
+def test_replay_set_changes_the_presets_it_applies_to() -> None:
+    """`--set nr_dyn_asids=1`: one ASID slot per CPU, so every CR3 load flushes (a load is of
+    an mm other than the one in the slot, or a reload of a stale one), while the loads are
+    the same; the powerpc column, to which it does not apply, is untouched. A setting that
+    applies to none of the presets is a one-line error."""
+    trace, snap = str(DATA / "tracefs_tgid.txt.gz"), str(DATA / "tracefs_tgid.tasks")
+    presets = ["-p", "linux-6.17-x86_64", "-p", "linux-6.17-powerpc-radix"]
+    runs = {}
+    for key, extra in (("base", []), ("one", ["--set", "nr_dyn_asids=1"])):
+        r = cli("replay", trace, "--tasks", snap, "--json", *presets, *extra)
+        assert r.returncode == 0, r.stderr
+        runs[key] = json.loads(r.stdout)["configs"]
+    base, one = runs["base"]["linux-6.17-x86_64"], runs["one"]["linux-6.17-x86_64"]
+    assert one.pop("settings") == {"nr_dyn_asids": 1} and "settings" not in base
+    assert one["cr3_loads"] == base["cr3_loads"] == one["cr3_flushes"] > base["cr3_flushes"]
+    assert one["switches"] == base["switches"]
+    assert runs["one"]["linux-6.17-powerpc-radix"] == runs["base"]["linux-6.17-powerpc-radix"]
+    bad = cli("replay", trace, *presets, "--set", "global_asid_threshold=0")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "applies to none of the presets compared" in bad.stderr
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2**32), st.floats(0.0, 0.3))
 def test_replay_survives_damaged_traces(seed: int, drop: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -17,7 +18,14 @@ from rich.table import Table
 from activemm import scenario as scen
 from activemm.capture import WORKLOADS
 from activemm.errors import ActiveMmError
-from activemm.model.config import DEFAULT_PRESET, MUTANTS, PRESETS, KernelConfig, preset
+from activemm.model.config import (
+    DEFAULT_PRESET,
+    KNOBS,
+    MUTANTS,
+    PRESETS,
+    KernelConfig,
+    preset,
+)
 from activemm.report.steps import step_json, step_view
 from activemm.sanitizer import Sanitizer, Violation
 
@@ -87,13 +95,50 @@ def resolve_config(
     cfg = preset(name or fallback or DEFAULT_PRESET)
     if mutants:
         cfg = cfg.with_mutants(*mutants)
-    chosen: dict[str, object] = dict(knobs or {})
+    chosen: dict[str, object] = dict(knobs or {}) | parse_settings(settings)
+    return cfg.with_knobs(chosen) if chosen else cfg
+
+
+def parse_settings(settings: list[str] | None) -> dict[str, object]:
+    """`--set NAME=N` options as {NAME: N}; one-line errors for anything else."""
+    chosen: dict[str, object] = {}
     for item in settings or []:
         key, eq, value = item.partition("=")
         if not eq or not value.strip().lstrip("-").isdigit():
             raise ActiveMmError(f"--set {item}: expected NAME=N with N a whole number")
+        if key.strip() not in KNOBS:
+            raise ActiveMmError(
+                f"--set {item}: unknown setting {key.strip()!r}; expected one of {', '.join(KNOBS)}"
+            )
         chosen[key.strip()] = int(value)
-    return cfg.with_knobs(chosen) if chosen else cfg
+    return chosen
+
+
+# which presets each setting applies to, for `replay`, which compares several
+SETTING_APPLIES: dict[str, Callable[[KernelConfig], bool]] = {
+    "nr_dyn_asids": lambda c: c.arch == "x86_64",
+    "alpha_max_asn": lambda c: c.arch == "alpha",
+    "global_asid_threshold": lambda c: c.invlpgb,
+}
+
+
+def with_settings(configs: list[KernelConfig], settings: list[str] | None) -> list[KernelConfig]:
+    """Each configuration with the `--set` settings that apply to it (SETTING_APPLIES); a
+    one-line error for a setting that applies to none of them."""
+    wanted = parse_settings(settings)
+    used: set[str] = set()
+    out = []
+    for cfg in configs:
+        mine = {k: v for k, v in wanted.items() if SETTING_APPLIES[k](cfg)}
+        used |= set(mine)
+        out.append(cfg.with_knobs(mine) if mine else cfg)
+    for name in wanted:
+        if name not in used:
+            raise ActiveMmError(
+                f"--set {name}: applies to none of the presets compared "
+                f"({', '.join(c.name for c in configs)})"
+            )
+    return out
 
 
 def _spinner(quiet: bool) -> Progress:
@@ -449,6 +494,16 @@ def replay(
             "linux-6.17-powerpc-radix, no-lazy.",
         ),
     ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="NAME=N",
+            help="Set a size the presets fix as the kernel does, in each preset it applies "
+            "to: nr_dyn_asids (x86 ASID slots, 6: what would 12 save?), alpha_max_asn "
+            "(127), global_asid_threshold (x86 INVLPGB presets, 3).",
+        ),
+    ] = None,
     tasks: Annotated[
         Path | None,
         typer.Option(
@@ -508,8 +563,12 @@ def replay(
     from activemm.trace.replay import replay as run_replay
 
     names = preset_names or ["linux-6.17-x86_64", "linux-6.17-powerpc-radix", BASELINE]
-    configs = [preset(n) for n in names]
-    hidden = [] if BASELINE in names else [preset(BASELINE)]
+    configs = with_settings([preset(n) for n in names], settings)
+    hidden = []
+    if BASELINE not in names:  # the no-lazy baseline (x86) takes the x86 settings too
+        base = preset(BASELINE)
+        mine = {k: v for k, v in parse_settings(settings).items() if SETTING_APPLIES[k](base)}
+        hidden = [base.with_knobs(mine) if mine else base]
     cost_table = load_costs(costs)
     trace, events, ncpus, stats, snapshot = _open_trace(trace, tasks, fmt, lenient)
     ncpus = cpus or ncpus
@@ -552,6 +611,9 @@ def replay(
             )
             outcomes = collect(replayers)
     result = comparison(trace, n, stats, outcomes, names) | {"jobs": workers}
+    for cfg in configs:
+        if cfg.knobs():
+            result["configs"][cfg.name]["settings"] = cfg.knobs()
     if output is not None:
         write_atomic(output, json.dumps(result, indent=1) + "\n")
     if as_json:

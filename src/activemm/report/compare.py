@@ -85,8 +85,9 @@ def table(result: dict[str, Any]) -> Table:
         caption="* an estimate from the cost table (docs/replay.md), not a measurement",
     )
     t.add_column("")
-    for name in result["configs"]:
-        t.add_column(name, justify="right")
+    for name, cfg in result["configs"].items():
+        settings = "".join(f"\n{k}={v}" for k, v in cfg.get("settings", {}).items())
+        t.add_column(name + settings, justify="right")
     for label, path in ROWS:
         values = [_get(c, path) for c in result["configs"].values()]
         if all(v is None for v in values):
