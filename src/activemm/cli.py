@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -20,10 +19,10 @@ from activemm.capture import WORKLOADS
 from activemm.errors import ActiveMmError
 from activemm.model.config import (
     DEFAULT_PRESET,
-    KNOBS,
     MUTANTS,
     PRESETS,
     KernelConfig,
+    knob_problem,
     preset,
 )
 from activemm.report.steps import step_json, step_view
@@ -106,30 +105,20 @@ def parse_settings(settings: list[str] | None) -> dict[str, object]:
         key, eq, value = item.partition("=")
         if not eq or not value.strip().lstrip("-").isdigit():
             raise ActiveMmError(f"--set {item}: expected NAME=N with N a whole number")
-        if key.strip() not in KNOBS:
-            raise ActiveMmError(
-                f"--set {item}: unknown setting {key.strip()!r}; expected one of {', '.join(KNOBS)}"
-            )
+        if (problem := knob_problem(key.strip(), int(value))) is not None:
+            raise ActiveMmError(f"--set {item}: {problem}")
         chosen[key.strip()] = int(value)
     return chosen
 
 
-# which presets each setting applies to, for `replay`, which compares several
-SETTING_APPLIES: dict[str, Callable[[KernelConfig], bool]] = {
-    "nr_dyn_asids": lambda c: c.arch == "x86_64",
-    "alpha_max_asn": lambda c: c.arch == "alpha",
-    "global_asid_threshold": lambda c: c.invlpgb,
-}
-
-
 def with_settings(configs: list[KernelConfig], settings: list[str] | None) -> list[KernelConfig]:
-    """Each configuration with the `--set` settings that apply to it (SETTING_APPLIES); a
+    """Each configuration with the `--set` settings that apply to it (knob_applies); a
     one-line error for a setting that applies to none of them."""
     wanted = parse_settings(settings)
     used: set[str] = set()
     out = []
     for cfg in configs:
-        mine = {k: v for k, v in wanted.items() if SETTING_APPLIES[k](cfg)}
+        mine = {k: v for k, v in wanted.items() if cfg.knob_applies(k)}
         used |= set(mine)
         out.append(cfg.with_knobs(mine) if mine else cfg)
     for name in wanted:
@@ -567,7 +556,7 @@ def replay(
     hidden = []
     if BASELINE not in names:  # the no-lazy baseline (x86) takes the x86 settings too
         base = preset(BASELINE)
-        mine = {k: v for k, v in parse_settings(settings).items() if SETTING_APPLIES[k](base)}
+        mine = {k: v for k, v in parse_settings(settings).items() if base.knob_applies(k)}
         hidden = [base.with_knobs(mine) if mine else base]
     cost_table = load_costs(costs)
     trace, events, ncpus, stats, snapshot = _open_trace(trace, tasks, fmt, lenient)
@@ -612,8 +601,8 @@ def replay(
             outcomes = collect(replayers)
     result = comparison(trace, n, stats, outcomes, names) | {"jobs": workers}
     for cfg in configs:
-        if cfg.knobs():
-            result["configs"][cfg.name]["settings"] = cfg.knobs()
+        if knobs := cfg.knobs():
+            result["configs"][cfg.name]["settings"] = knobs
     if output is not None:
         write_atomic(output, json.dumps(result, indent=1) + "\n")
     if as_json:

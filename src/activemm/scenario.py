@@ -34,7 +34,7 @@ from typing import Any
 
 from activemm.errors import ActiveMmError, ExpectationFailed, ScenarioError
 from activemm.model import DEFAULT_PRESET, KernelConfig, Machine, Observer, Operation
-from activemm.model.config import KNOBS, PRESETS
+from activemm.model.config import KNOBS, PRESETS, knob_problem
 from activemm.model.events import Event
 from activemm.model.state import KernelState
 
@@ -156,13 +156,8 @@ def parse(data: dict[str, Any], path: str = "<scenario>") -> Scenario:
     if not isinstance(knobs, dict):
         raise ScenarioError("[config] must be a table of settings", path=path)
     for name, value in knobs.items():
-        if name not in KNOBS:
-            raise ScenarioError(
-                f"[config]: unknown setting {name!r}; expected one of {', '.join(KNOBS)}",
-                path=path,
-            )
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ScenarioError(f"[config]: {name} must be a whole number", path=path)
+        if (problem := knob_problem(name, value)) is not None:
+            raise ScenarioError(f"[config]: {problem}", path=path)
     return Scenario(
         title=str(data.get("title", Path(path).stem)),
         description=str(data.get("description", "")),

@@ -161,11 +161,7 @@ def enabled(
                 if limits.grabs:
                     ops.append(op("mmgrab", mm=mm.name, holder=name))
     if limits.flushes:
-        cfg = machine.config
-        trims = limits.trim and (
-            (cfg.arch == "x86_64" and cfg.version >= (6, 14))
-            or (cfg.arch == "powerpc" and cfg.radix)
-        )
+        trims = limits.trim and machine.config.cpumask_trim
         # munmap/mprotect flush from the process's own context, on a CPU running the mm;
         # leave_mm() is called from the idle loop.
         for rq in online:

@@ -57,6 +57,16 @@ KNOBS: dict[str, str] = {
 }
 
 
+def knob_problem(name: str, value: object) -> str | None:
+    """What is wrong with setting `name` to `value`, or None: the one check of a setting,
+    wherever it comes from (a scenario's [config], `--set`, with_knobs())."""
+    if name not in KNOBS:
+        return f"unknown setting {name!r}; expected one of {', '.join(KNOBS)}"
+    if not isinstance(value, int) or isinstance(value, bool):
+        return f"{name} must be a whole number, not {value!r}"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class KernelConfig:
     """What kernel the model is: version, architecture and the lazy-TLB Kconfig options."""
@@ -150,16 +160,30 @@ class KernelConfig:
         """This configuration with some of its KNOBS set; ConfigError on an unknown name or
         a value that is not a whole number."""
         for name, value in knobs.items():
-            if name not in KNOBS:
-                raise ConfigError(f"unknown setting {name!r}; expected one of {', '.join(KNOBS)}")
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{name} must be a whole number, not {value!r}")
-        if "global_asid_threshold" in knobs and not self.invlpgb:
+            if (problem := knob_problem(name, value)) is not None:
+                raise ConfigError(problem)
+        if "global_asid_threshold" in knobs and not self.knob_applies("global_asid_threshold"):
             raise ConfigError(
                 f"global_asid_threshold applies only with INVLPGB, which {self.name} does not "
                 "have (try linux-6.17-x86_64-invlpgb)"
             )
         return replace(self, **knobs)  # type: ignore[arg-type]
+
+    def knob_applies(self, name: str) -> bool:
+        """Whether the setting `name` (one of KNOBS) changes anything in this configuration."""
+        if name == "nr_dyn_asids":
+            return self.arch == "x86_64"
+        if name == "alpha_max_asn":
+            return self.arch == "alpha"
+        return self.invlpgb  # global_asid_threshold
+
+    @property
+    def cpumask_trim(self) -> bool:
+        """Whether the arch trims mm_cpumask now and then (flush_tlb_mm_range's `trim`): x86
+        since its bits stay on switch-away (6.14), powerpc radix (tick_and_test_trim_clock)."""
+        return (self.arch == "x86_64" and self.version >= (6, 14)) or (
+            self.arch == "powerpc" and self.radix
+        )
 
     @property
     def label(self) -> str:
