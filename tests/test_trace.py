@@ -587,6 +587,46 @@ def test_replay_cli_json_and_atomic_output(tmp_path: Path) -> None:
     assert not out2.exists()
 
 
+def test_replay_table_on_an_80_column_terminal_keeps_rows_whole() -> None:
+    """Four presets on 80 columns: the preset names may fold, but each row is one line with
+    its label and every configuration's number, as --json has them (a folded label read as a
+    row of its own: "switches" beside the kernel->kernel count)."""
+    import io
+
+    from rich.console import Console
+
+    from activemm.report.compare import table
+
+    presets = ["linux-6.1-x86_64", "alpha", "linux-6.17-shootdown", "linux-2.3.13"]
+    args = [str(DATA / "tracefs_tgid.txt.gz"), "--tasks", str(DATA / "tracefs_tgid.tasks")]
+    r = cli("replay", *args, "--json", *(a for p in presets for a in ("-p", p)))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    out = io.StringIO()
+    Console(file=out, width=80).print(table(result))
+    lines = out.getvalue().splitlines()
+    assert all(len(ln) <= 80 for ln in lines)
+    cells = {}
+    for ln in lines:
+        parts = [p.strip() for p in ln.split("│")[1:-1]]
+        if len(parts) == 5 and parts[0]:
+            cells[parts[0]] = parts[1:]
+    cfgs = [result["configs"][p] for p in presets]
+    assert cells["switches kernel->kernel"] == [
+        f"{c['switches']['kernel->kernel']:,}" for c in cfgs
+    ]
+    assert cells["lazy mm_count atomics, cross-CPU"] == [
+        f"{c['lazy_mm_count_ops']['remote']:,}" for c in cfgs
+    ]
+    assert cells["estimated cost (cycles)*"] == [f"{c['cost_cycles']:,}" for c in cfgs]
+    assert cells["max lifetime (µs)"] == [
+        "-"
+        if c["zombies"]["max_lifetime_us"] is None
+        else f"{c['zombies']['max_lifetime_us']:,.1f}"
+        for c in cfgs
+    ]
+
+
 def _to_perfetto(name: str, compact: bool) -> bytes:
     """Convert a text trace into a Perfetto trace: one bundle per run of events on one CPU,
     sched_switch either as ordinary events or in the compact_sched encoding."""

@@ -1060,8 +1060,11 @@ def validate(
                 title=f"the first {len(shown)} of {result.mismatch_count} mismatches "
                 f"(--json: the first {len(result.mismatches)} in full)"
             )
-            for column in ("line", "what", "model", "kernel", "cause"):
-                first.add_column(column, justify="right" if column == "line" else "left")
+            first.add_column("line", justify="right")
+            first.add_column("what")
+            for column in ("model", "kernel"):  # an address cut short would say nothing
+                first.add_column(column, overflow="fold")
+            first.add_column("cause")
             for m in shown:
                 first.add_row(
                     str(m["line"]),

@@ -79,21 +79,27 @@ def _get(d: dict[str, Any], path: tuple[str, ...]) -> Any:
     return d
 
 
+def _cell(v: Any) -> str:
+    return "-" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:,.1f}"
+
+
 def table(result: dict[str, Any]) -> Table:
     t = Table(
         title=f"{result['trace']}: {result['events']:,} events ({result['format']})",
         caption="* an estimate from the cost table (docs/replay.md), not a measurement",
     )
-    t.add_column("")
-    for name, cfg in result["configs"].items():
-        settings = "".join(f"\n{k}={v}" for k, v in cfg.get("settings", {}).items())
-        t.add_column(name + settings, justify="right")
+    rows = []
     for label, path in ROWS:
         values = [_get(c, path) for c in result["configs"].values()]
-        if all(v is None for v in values):
-            continue
-        t.add_row(
-            label,
-            *("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in values),
-        )
+        if any(v is not None for v in values):
+            rows.append([label, *(_cell(v) for v in values)])
+    # On a narrow terminal the preset names fold; a label or a number never does (a folded
+    # label reads as a row of its own, a folded number as two numbers).
+    t.add_column("", no_wrap=True)
+    for i, (name, cfg) in enumerate(result["configs"].items(), 1):
+        settings = "".join(f"\n{k}={v}" for k, v in cfg.get("settings", {}).items())
+        widest = max((len(r[i]) for r in rows), default=1)
+        t.add_column(name + settings, justify="right", overflow="fold", min_width=widest)
+    for r in rows:
+        t.add_row(*r)
     return t
