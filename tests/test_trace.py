@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -456,7 +457,7 @@ def test_replay_with_invlpgb_global_asids() -> None:
     ):
         ncpus, events = peek_cpus(read_trace(DATA / "tracefs_tgid.txt.gz"))
         _, rs = replay(events, [cfg], ncpus, snap, sanitize_every=1)
-        out[key] = rs[cfg.name].metrics.summary()
+        out[key] = rs[cfg.label].metrics.summary()
     plain, invlpgb, low = out["plain"], out["invlpgb"], out["low"]
     assert ncpus == 2 and "broadcast_flushes" not in plain
     assert invlpgb.pop("broadcast_flushes") == 0 and invlpgb.pop("global_asids") == 0
@@ -486,6 +487,38 @@ def test_replay_set_changes_the_presets_it_applies_to() -> None:
     bad = cli("replay", trace, *presets, "--set", "global_asid_threshold=0")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "applies to none of the presets compared" in bad.stderr
+
+
+def test_replay_columns_of_one_preset_under_two_settings() -> None:
+    """`-p PRESET:NAME=N` is a column of its own beside the plain preset: each is what a
+    replay of that configuration alone gives (its own run with --set), the loads saved are
+    counted against the same no-lazy baseline, and its own setting wins over --set's.
+    Mistakes are one-line errors: a setting that does not apply to the preset, the same
+    configuration twice, a malformed setting."""
+    trace, snap = str(DATA / "tracefs_tgid.txt.gz"), str(DATA / "tracefs_tgid.tasks")
+
+    def configs(*args: str) -> dict[str, Any]:
+        r = cli("replay", trace, "--tasks", snap, "--json", *args)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["configs"]
+
+    x86, one = "linux-6.17-x86_64", "linux-6.17-x86_64:nr_dyn_asids=1"
+    both = configs("-p", x86, "-p", one)
+    assert list(both) == [x86, one]
+    alone = configs("-p", x86, "--set", "nr_dyn_asids=1")[x86]
+    assert both[one] == alone
+    assert both[x86] == configs("-p", x86)[x86]
+    assert both[one]["cr3_flushes"] == both[one]["cr3_loads"] > both[x86]["cr3_flushes"]
+    won = configs("-p", x86 + ":nr_dyn_asids=12", "--set", "nr_dyn_asids=1")
+    assert won[x86 + ":nr_dyn_asids=12"]["settings"] == {"nr_dyn_asids": 12}
+    for args, says in (
+        (["-p", "alpha:nr_dyn_asids=2"], "nr_dyn_asids does not apply to alpha"),
+        (["-p", x86, "-p", x86 + ":nr_dyn_asids=6"], "the same configuration as another -p"),
+        (["-p", x86 + ":nr_dyn_asids"], "expected NAME=N"),
+    ):
+        r = cli("replay", trace, *args)
+        assert r.returncode == 2 and says in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from activemm.trace.events import TraceEvent
+    from activemm.trace.parallel import Outcomes
     from activemm.trace.readers import ReadStats
     from activemm.trace.replay import TaskInfo
 
@@ -98,36 +99,72 @@ def resolve_config(
     return cfg.with_knobs(chosen) if chosen else cfg
 
 
-def parse_settings(settings: list[str] | None) -> dict[str, object]:
-    """`--set NAME=N` options as {NAME: N}; one-line errors for anything else."""
+def parse_settings(settings: list[str] | None, option: str = "--set ") -> dict[str, object]:
+    """`--set NAME=N` options as {NAME: N}; one-line errors (naming `option`) for anything
+    else."""
     chosen: dict[str, object] = {}
     for item in settings or []:
         key, eq, value = item.partition("=")
         if not eq or not value.strip().lstrip("-").isdigit():
-            raise ActiveMmError(f"--set {item}: expected NAME=N with N a whole number")
+            raise ActiveMmError(f"{option}{item}: expected NAME=N with N a whole number")
         if (problem := knob_problem(key.strip(), int(value))) is not None:
-            raise ActiveMmError(f"--set {item}: {problem}")
+            raise ActiveMmError(f"{option}{item}: {problem}")
         chosen[key.strip()] = int(value)
     return chosen
 
 
-def with_settings(configs: list[KernelConfig], settings: list[str] | None) -> list[KernelConfig]:
-    """Each configuration with the `--set` settings that apply to it (knob_applies); a
-    one-line error for a setting that applies to none of them."""
+def replay_columns(specs: list[str], settings: list[str] | None) -> list[tuple[str, KernelConfig]]:
+    """`replay`'s columns: each `-p PRESET[:NAME=N,...]` as (the spec, its configuration),
+    with its own settings and the `--set` ones that apply to it (knob_applies; its own win).
+    One-line errors for a setting that applies to none of the presets, one of a column's
+    own that does not apply to it, and the same configuration twice."""
     wanted = parse_settings(settings)
     used: set[str] = set()
-    out = []
-    for cfg in configs:
+    columns: list[tuple[str, KernelConfig]] = []
+    for spec in specs:
+        name, _, own_text = spec.partition(":")
+        cfg = preset(name.strip())
+        own = parse_settings(own_text.split(",") if own_text else [], f"-p {name}:")
+        for knob in own:
+            if not cfg.knob_applies(knob):
+                raise ActiveMmError(f"-p {spec}: {knob} does not apply to {cfg.name}")
         mine = {k: v for k, v in wanted.items() if cfg.knob_applies(k)}
         used |= set(mine)
-        out.append(cfg.with_knobs(mine) if mine else cfg)
-    for name in wanted:
-        if name not in used:
+        chosen = mine | own
+        cfg = cfg.with_knobs(chosen) if chosen else cfg
+        key = name.strip() if not own else f"{name.strip()}:{own_text}"
+        if any(c.label == cfg.label for _, c in columns):
+            raise ActiveMmError(f"-p {spec}: the same configuration as another -p ({cfg.label})")
+        columns.append((key, cfg))
+    for knob in wanted:
+        if knob not in used:
             raise ActiveMmError(
-                f"--set {name}: applies to none of the presets compared "
-                f"({', '.join(c.name for c in configs)})"
+                f"--set {knob}: applies to none of the presets compared "
+                f"({', '.join(c.name for _, c in columns)})"
             )
-    return out
+    return columns
+
+
+def _comparison(
+    trace: str,
+    events: int,
+    read: ReadStats,
+    columns: list[tuple[str, KernelConfig]],
+    replayed: list[KernelConfig],
+    outcomes: Outcomes,
+) -> dict[str, Any]:
+    """The JSON object of `replay` and `report`: each column (replay_columns) by its name,
+    with the settings that differ from its preset, against the no-lazy baseline among the
+    `replayed` configurations (a column, or one added unseen)."""
+    from activemm.report.compare import BASELINE, comparison
+
+    baseline = next(c.label for c in replayed if c.name == BASELINE)
+    shown = {key: outcomes[cfg.label] for key, cfg in columns}
+    result = comparison(trace, events, read, shown, outcomes[baseline])
+    for key, cfg in columns:
+        if knobs := cfg.knobs():
+            result["configs"][key]["settings"] = knobs
+    return result
 
 
 def _spinner(quiet: bool) -> Progress:
@@ -479,7 +516,9 @@ def replay(
         typer.Option(
             "--preset",
             "-p",
-            help="Configuration to compare (repeat). Default: linux-6.17-x86_64, "
+            help="Configuration to compare (repeat). PRESET:NAME=N[,NAME=N] is a column with "
+            "settings of its own (see --set), beside the preset's: -p linux-6.17-x86_64 -p "
+            "linux-6.17-x86_64:nr_dyn_asids=1. Default: linux-6.17-x86_64, "
             "linux-6.17-powerpc-radix, no-lazy.",
         ),
     ] = None,
@@ -489,8 +528,9 @@ def replay(
             "--set",
             metavar="NAME=N",
             help="Set a size the presets fix as the kernel does, in each preset it applies "
-            "to: nr_dyn_asids (x86 ASID slots, 6: what would 12 save?), alpha_max_asn "
-            "(127), global_asid_threshold (x86 INVLPGB presets, 3).",
+            "to: nr_dyn_asids (x86 ASID slots, 6: what would 12 save? 1: a CPU without PCID, "
+            "every CR3 load flushes), alpha_max_asn (127), global_asid_threshold (x86 "
+            "INVLPGB presets, 3).",
         ),
     ] = None,
     tasks: Annotated[
@@ -546,15 +586,16 @@ def replay(
     (same-CPU vs cross-CPU), shootdown IPIs, zombie mms, and a cost estimate."""
     from activemm.fileio import write_atomic
     from activemm.metrics import load_costs
-    from activemm.report.compare import BASELINE, comparison, table
+    from activemm.report.compare import BASELINE, table
     from activemm.trace.parallel import outcomes as collect
     from activemm.trace.parallel import replay_parallel
     from activemm.trace.replay import replay as run_replay
 
-    names = preset_names or ["linux-6.17-x86_64", "linux-6.17-powerpc-radix", BASELINE]
-    configs = with_settings([preset(n) for n in names], settings)
+    specs = preset_names or ["linux-6.17-x86_64", "linux-6.17-powerpc-radix", BASELINE]
+    columns = replay_columns(specs, settings)
+    configs = [cfg for _, cfg in columns]
     hidden = []
-    if BASELINE not in names:  # the no-lazy baseline (x86) takes the x86 settings too
+    if all(cfg.name != BASELINE for cfg in configs):  # (x86: it takes the x86 settings too)
         base = preset(BASELINE)
         mine = {k: v for k, v in parse_settings(settings).items() if base.knob_applies(k)}
         hidden = [base.with_knobs(mine) if mine else base]
@@ -599,10 +640,7 @@ def replay(
                 sanitize_every=sanitize_every,
             )
             outcomes = collect(replayers)
-    result = comparison(trace, n, stats, outcomes, names) | {"jobs": workers}
-    for cfg in configs:
-        if knobs := cfg.knobs():
-            result["configs"][cfg.name]["settings"] = knobs
+    result = _comparison(trace, n, stats, columns, configs + hidden, outcomes) | {"jobs": workers}
     if output is not None:
         write_atomic(output, json.dumps(result, indent=1) + "\n")
     if as_json:
@@ -655,7 +693,7 @@ def timeline(
         cfg = resolve_config(preset_name)
         tl = Timeline()
         _, events, ncpus, _, snap = _open_trace(source, tasks)
-        run_replay(events, [cfg], ncpus, snap, extra={cfg.name: [tl]})
+        run_replay(events, [cfg], ncpus, snap, extra={cfg.label: [tl]})
     doc = tl.document()
     write_atomic(output, json.dumps(doc))
     out.print(
@@ -699,7 +737,13 @@ def explain(
 def report(
     trace: Annotated[str, typer.Argument(help="A trace, as for `activemm replay`.")],
     preset_names: Annotated[
-        list[str] | None, typer.Option("--preset", "-p", help="Configuration (repeat).")
+        list[str] | None,
+        typer.Option(
+            "--preset",
+            "-p",
+            help="Configuration (repeat); PRESET:NAME=N[,NAME=N] with settings of its own, "
+            "as for replay.",
+        ),
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file.")] = Path(
         "report.html"
@@ -714,24 +758,25 @@ def report(
     cases, mm_count atomics same-CPU vs cross-CPU, zombie lifetimes, lazy time per CPU, a
     per-CPU active_mm timeline) and the trace's anomalies."""
     from activemm.fileio import write_atomic
-    from activemm.report.compare import BASELINE, comparison
+    from activemm.report.compare import BASELINE
     from activemm.report.html import plots, render
     from activemm.report.timeline import Timeline
     from activemm.trace.parallel import outcomes as collect
     from activemm.trace.replay import replay as run_replay
 
-    names = preset_names or ["linux-6.17-x86_64", "linux-6.17-powerpc-radix"]
-    configs = [preset(n) for n in names]
-    if BASELINE not in names:
+    columns = replay_columns(
+        preset_names or ["linux-6.17-x86_64", "linux-6.17-powerpc-radix"], None
+    )
+    configs = [cfg for _, cfg in columns]
+    if all(cfg.name != BASELINE for cfg in configs):
         configs.append(preset(BASELINE))
     trace, events, ncpus, stats, snapshot = _open_trace(trace, tasks, fmt)
     tl = Timeline()
-    n, replayers = run_replay(
-        events, configs, ncpus, snapshot, extra={names[0]: [tl]}, progress=None
-    )
+    first = configs[0].label
+    n, replayers = run_replay(events, configs, ncpus, snapshot, extra={first: [tl]}, progress=None)
     tl.document()  # closes the open spans
-    result = comparison(trace, n, stats, collect(replayers), names)
-    images = plots({k: replayers[k].metrics for k in names}, tl, names[0])
+    result = _comparison(trace, n, stats, columns, configs, collect(replayers))
+    images = plots({key: replayers[cfg.label].metrics for key, cfg in columns}, tl, columns[0][0])
     if png is not None:
         png.mkdir(parents=True, exist_ok=True)
         for fname, data in images.items():

@@ -6,18 +6,19 @@ from typing import Any
 
 from rich.table import Table
 
-from activemm.trace.parallel import Outcomes
+from activemm.trace.parallel import Outcome, Outcomes
 from activemm.trace.readers import ReadStats
 
 BASELINE = "no-lazy"
 
 
 def comparison(
-    trace: str, events: int, read: ReadStats, outcomes: Outcomes, shown: list[str]
+    trace: str, events: int, read: ReadStats, shown: Outcomes, base: Outcome
 ) -> dict[str, Any]:
-    """The JSON object of `activemm replay --json`, from each configuration's replay
-    statistics and metrics summary (trace/parallel.py: outcomes())."""
-    stats = outcomes[shown[0]][0]
+    """The JSON object of `activemm replay --json`, from the replay statistics and metrics
+    summary (trace/parallel.py: outcomes()) of each configuration `shown`, by its column's
+    name, and of the no-lazy baseline `base`."""
+    stats = next(iter(shown.values()))[0]
     anomalies: dict[str, int] = dict(stats.anomalies)
     anomalies |= {
         "bad_lines": read.bad_lines,
@@ -25,11 +26,9 @@ def comparison(
         "unknown_events": sum(read.unknown.values()),
     }
     configs: dict[str, Any] = {}
-    base = outcomes.get(BASELINE)
-    for name in shown:
-        s = dict(outcomes[name][1])
-        if base is not None:
-            s["cr3_loads_avoided_vs_no_lazy"] = base[1]["cr3_loads"] - s["cr3_loads"]
+    for name, (_, summary) in shown.items():
+        s = dict(summary)
+        s["cr3_loads_avoided_vs_no_lazy"] = base[1]["cr3_loads"] - s["cr3_loads"]
         configs[name] = s
     return {
         "trace": trace,
@@ -99,7 +98,8 @@ def table(result: dict[str, Any]) -> Table:
     for i, (name, cfg) in enumerate(result["configs"].items(), 1):
         settings = "".join(f"\n{k}={v}" for k, v in cfg.get("settings", {}).items())
         widest = max((len(r[i]) for r in rows), default=1)
-        t.add_column(name + settings, justify="right", overflow="fold", min_width=widest)
+        preset = name.partition(":")[0]  # (a column of its own settings: -p PRESET:NAME=N)
+        t.add_column(preset + settings, justify="right", overflow="fold", min_width=widest)
     for r in rows:
         t.add_row(*r)
     return t

@@ -20,7 +20,8 @@ from activemm.trace.readers import ReadStats
 from activemm.trace.replay import ReplayStats, TaskInfo, replay
 
 # per configuration: the replay statistics and the metrics summary
-Outcomes = dict[str, tuple[ReplayStats, dict[str, Any]]]
+Outcome = tuple[ReplayStats, dict[str, Any]]  # a configuration's replay statistics, metrics
+Outcomes = dict[str, Outcome]  # by configuration label
 
 
 def outcomes(replayers: dict[str, Any]) -> Outcomes:
@@ -116,4 +117,4 @@ def replay_parallel(
         n = a
         merged |= b[0]
         read = b[1]
-    return n, {c.name: merged[c.name] for c in configs}, read
+    return n, {c.label: merged[c.label] for c in configs}, read

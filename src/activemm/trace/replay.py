@@ -428,11 +428,12 @@ def replay(
     sanitize_every: int = SANITIZE_EVERY,
     extra: dict[str, list[Clocked]] | None = None,
 ) -> tuple[int, dict[str, Replayer]]:
-    """Feed every event to one Replayer per configuration. Returns (events, replayers).
+    """Feed every event to one Replayer per configuration. Returns (events, replayers by
+    configuration label: the preset's name, with the settings that differ from it).
     With `sanitize`, bad accesses are reported at once and every invariant is checked every
     `sanitize_every` operations and at the end."""
     replayers = {
-        c.name: Replayer(
+        c.label: Replayer(
             c,
             ncpus,
             Metrics(
@@ -443,7 +444,7 @@ def replay(
             ),
             snapshot,
             sanitize,
-            extra=(extra or {}).get(c.name),
+            extra=(extra or {}).get(c.label),
             sanitize_every=sanitize_every,
         )
         for c in configs
