@@ -110,9 +110,16 @@ class ModelMachine(RuleBasedStateMachine):
                 assert (mm.mm_users, mm.mm_count) == exp[mm.id]
 
 
-def _random_walks(config: KernelConfig, name: str, examples: int, steps: int) -> None:
-    """Hypothesis's random operation sequences on a ModelMachine of `config`."""
-    cls = type(f"Model_{name}", (ModelMachine,), {"config": config})
+def _random_walks(
+    config: KernelConfig,
+    name: str,
+    examples: int,
+    steps: int,
+    machine: type[ModelMachine] = ModelMachine,
+) -> None:
+    """Hypothesis's random operation sequences on a ModelMachine (or `machine`, a subclass
+    with invariants of its own) of `config`."""
+    cls = type(f"Model_{name}", (machine,), {"config": config})
     cls.TestCase.settings = settings(
         max_examples=examples,
         stateful_step_count=steps,
@@ -164,12 +171,7 @@ class OneAsidSlot(ModelMachine):
 @pytest.mark.parametrize("name", ["linux-6.1-x86_64", "linux-6.17-x86_64"])
 def test_one_asid_slot_flushes_on_every_cr3_load_as_without_pcid(name: str) -> None:
     cfg = PRESETS[name].with_knobs({"nr_dyn_asids": 1})
-    cls = type(f"OneSlot_{name}", (OneAsidSlot,), {"config": cfg})
-    cls.TestCase.settings = settings(
-        max_examples=40, stateful_step_count=40, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )  # fmt: skip
-    cls.TestCase().runTest()
+    _random_walks(cfg, f"one_slot_{name}", examples=40, steps=40, machine=OneAsidSlot)
     # and the walks load CR3 without a flush when there are six slots (the test can fail)
     seen = _Cr3Loads()
     m = Machine(PRESETS[name], [seen])
