@@ -60,3 +60,23 @@ def watch_frees(m: Machine) -> list[tuple[str, str]]:
 
     m.add_observer(Watch())
     return freed
+
+
+class Events(Observer):
+    """Every event a machine emits, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[Event] = []
+
+    def event(self, ev: Event) -> None:
+        self.seen.append(ev)
+
+    def of(self, kind: type) -> list:  # type: ignore[type-arg]
+        """The events of `kind` seen so far."""
+        return [e for e in self.seen if isinstance(e, kind)]
+
+    def take(self, kind: type) -> list:  # type: ignore[type-arg]
+        """The events of `kind` seen so far, forgotten once taken."""
+        out = self.of(kind)
+        self.seen = [e for e in self.seen if not isinstance(e, kind)]
+        return out

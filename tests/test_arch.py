@@ -9,14 +9,12 @@ import pytest
 
 from activemm import PRESETS, Machine
 from activemm.errors import ConfigError
-from activemm.model import Observer
 from activemm.model.arch import x86
 from activemm.model.events import (
     AsnRollover,
     BroadcastFlush,
     CpumaskTrimmed,
     Cr3Loaded,
-    Event,
     FlushIpi,
     FlushSkippedLazy,
     GlobalAsidAssigned,
@@ -28,20 +26,7 @@ from activemm.model.events import (
 )
 from activemm.model.state import MAX_ASID_AVAILABLE, Mm
 
-from .helpers import lazy_kworker, machine, with_user
-
-
-class Events(Observer):
-    def __init__(self) -> None:
-        self.seen: list[Event] = []
-
-    def event(self, ev: Event) -> None:
-        self.seen.append(ev)
-
-    def take(self, kind: type) -> list:  # type: ignore[type-arg]
-        out = [e for e in self.seen if isinstance(e, kind)]
-        self.seen = [e for e in self.seen if not isinstance(e, kind)]
-        return out
+from .helpers import Events, lazy_kworker, machine, with_user
 
 
 def watched(preset: str, cpus: int = 2) -> tuple[Machine, Events]:
@@ -512,15 +497,6 @@ def test_alpha_kthread_use_mm_keeps_the_old_page_tables() -> None:
         m.exec("init")  # mm1's last user and last reference go: freed under CPU 1
 
 
-class _Hooks(Observer):
-    def __init__(self) -> None:
-        self.switched: list[MmSwitched] = []
-
-    def event(self, ev: Event) -> None:
-        if isinstance(ev, MmSwitched):
-            self.switched.append(ev)
-
-
 @pytest.mark.parametrize(("name", "passes"), [("linux-6.1-x86_64", True),
                                               ("linux-6.12-x86_64", False)])  # fmt: skip
 def test_x86_exec_activate_mm_prev_argument(name: str, passes: bool) -> None:
@@ -528,11 +504,11 @@ def test_x86_exec_activate_mm_prev_argument(name: str, passes: bool) -> None:
     active_mm as `prev` on 6.1 and NULL on 6.12 (tests/data/captures)."""
     m = machine(name)
     old = with_user(m)
-    hooks = _Hooks()
+    hooks = Events()
     m.add_observer(hooks)
     m.schedule(1, "app")
     m.exec("app")
-    activate = [e for e in hooks.switched if e.via == "activate_mm"]
+    activate = [e for e in hooks.of(MmSwitched) if e.via == "activate_mm"]
     assert len(activate) == 1
     assert activate[0].prev is (old if passes else None)
     assert activate[0].next is m.task("app").mm

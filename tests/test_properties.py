@@ -11,10 +11,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from activemm import PRESETS, Machine, Sanitizer, Violation
 from activemm.check.ops import Limits, apply, enabled
 from activemm.model.config import KernelConfig
-from activemm.model.events import Cr3Loaded, Event
-from activemm.model.kernel import Observer
+from activemm.model.events import Cr3Loaded
 from activemm.model.state import TaskState
 from activemm.sanitizer import expected_counts
+
+from .helpers import Events
 
 
 def machine_for(config: KernelConfig, cpus: int = 3) -> Machine:
@@ -144,15 +145,6 @@ def test_random_operations_with_global_asids_never_trip_the_sanitizer() -> None:
     _random_walks(cfg, "invlpgb_0", examples=80, steps=50)
 
 
-class _Cr3Loads(Observer):
-    def __init__(self) -> None:
-        self.loads: list[Cr3Loaded] = []
-
-    def event(self, ev: Event) -> None:
-        if isinstance(ev, Cr3Loaded):
-            self.loads.append(ev)
-
-
 class OneAsidSlot(ModelMachine):
     """A CPU without PCID: the kernel's choose_new_asid() takes ASID 0 and flushes on every
     CR3 load. docs/model.md says nr_dyn_asids=1 is that CPU: its one slot always holds the
@@ -160,12 +152,13 @@ class OneAsidSlot(ModelMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.cr3 = _Cr3Loads()
-        self.m.observers.append(self.cr3)
+        self.events = Events()
+        self.m.observers.append(self.events)
 
     @invariant()
     def every_cr3_load_flushes_on_asid_0(self) -> None:
-        assert all(ev.flush and ev.asid == 0 for ev in self.cr3.loads), self.cr3.loads
+        loads = self.events.of(Cr3Loaded)
+        assert all(ev.flush and ev.asid == 0 for ev in loads), loads
 
 
 @pytest.mark.parametrize("name", ["linux-6.1-x86_64", "linux-6.17-x86_64"])
@@ -173,7 +166,7 @@ def test_one_asid_slot_flushes_on_every_cr3_load_as_without_pcid(name: str) -> N
     cfg = PRESETS[name].with_knobs({"nr_dyn_asids": 1})
     _random_walks(cfg, f"one_slot_{name}", examples=40, steps=40, machine=OneAsidSlot)
     # and the walks load CR3 without a flush when there are six slots (the test can fail)
-    seen = _Cr3Loads()
+    seen = Events()
     m = Machine(PRESETS[name], [seen])
     m.boot(2)
     m.schedule(0, "init")
@@ -181,7 +174,7 @@ def test_one_asid_slot_flushes_on_every_cr3_load_as_without_pcid(name: str) -> N
     app = m.fork("init", name="app")
     m.schedule(0, app)
     m.schedule(0, "init")
-    assert not seen.loads[-1].flush  # init's mm was still in its slot, up to date
+    assert not seen.of(Cr3Loaded)[-1].flush  # init's mm was still in its slot, up to date
 
 
 # Each mutant breaks one rule; under the preset named here that rule is live. A random walk
