@@ -122,6 +122,37 @@ class TlbFlush(TraceEvent):
 
 
 @dataclass(slots=True)
+class MmFlush(TraceEvent):
+    """A flush_tlb_mm_range() from this CPU, as `trace.hints.tlb_hints()` reads it from the
+    tlb_flush lines ("remote ipi send", then the "local mm shootdown" of the same flush; or
+    that local part alone), in place of its first line. Of the running task's mm, or
+    (`foreign`) of one the CPU did not have loaded, the mm the CPUs the IPIs reached were on
+    (`receivers`): IPIs went out with no local part (another task's mm: uprobes, page
+    migration, clear_refs), or the local part was a lazy CPU's switch to init_mm (the mm it
+    borrowed; this CPU is a receiver then). `freed_tables`: a lazy CPU took the IPI (its
+    CR3 load of init_mm); the kernel sends lazy CPUs one only when page tables were freed.
+    `fork`: the flush was dup_mmap()'s flush_tlb_mm() of that task_newtask's parent."""
+
+    pages: int
+    freed_tables: bool = False
+    fork: NewTask | None = None
+    foreign: bool = False
+    receivers: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class TempMmLoads(TraceEvent):
+    """CR3 loads in a row by the running task outside a context switch, nothing between
+    (`trace.hints.tlb_hints()` puts one in place of the first): x86 text_poke()'s
+    use_temporary_mm(poking_mm) and unuse_temporary_mm(), after leave_mm() on a lazy CPU (a
+    third load); an EFI runtime call's efi_mm and back. One load alone is exec's
+    activate_mm(), exit_mmap()'s switch of a lazy CPU to init_mm or kthread_use_mm(), which
+    the replay has from other events."""
+
+    loads: int
+
+
+@dataclass(slots=True)
 class Probe(TraceEvent):
     """A kprobe line, recognised by the probed function (`switch_mm_irqs_off`, `__mmdrop`...),
     whatever the event is named and at whatever offset."""

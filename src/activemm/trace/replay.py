@@ -3,7 +3,9 @@
 `sched_switch` -> `schedule(cpu, next)`; `task_newtask` (or `sched_process_fork`) -> `fork`
 (a thread with CLONE_VM|CLONE_THREAD, a kernel thread when kthreadd forks, a
 user_mode_thread when another task without an mm does); `sched_process_exec` -> `exec`;
-`sched_process_exit` -> `exit`.
+`sched_process_exit` -> `exit`; x86 `tlb_flush` lines, read by `trace.hints.tlb_hints()`: a
+TLB flush -> `flush_tlb_mm_range` (a fork's dup_mmap() flush -> that `fork`, there), CR3 loads
+in a row outside a context switch -> `text_poke` or `efi_call`.
 
 Real traces start mid-flight and may lose events. Tasks first seen in the trace are adopted:
 kernel thread or user task from the task snapshot (`--tasks`) when given, else guessed from
@@ -20,7 +22,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain, islice
 from pathlib import Path
 
@@ -32,14 +34,17 @@ from activemm.model.state import Task, TaskState
 from activemm.sanitizer import Sanitizer
 from activemm.trace.events import (
     LostEvents,
+    MmFlush,
     NewTask,
     ProcessExec,
     ProcessExit,
     ProcessFork,
     ProcessFree,
     SchedSwitch,
+    TempMmLoads,
     TraceEvent,
 )
+from activemm.trace.hints import tlb_hints
 
 SANITIZE_EVERY = 1000  # replay: full invariant checks every this many operations
 CLONE_VM = 0x100
@@ -309,6 +314,10 @@ class Replayer:
                 self.exec(ev)
             elif isinstance(ev, ProcessExit):
                 self.exit(ev)
+            elif isinstance(ev, MmFlush):
+                self.flush(ev)
+            elif isinstance(ev, TempMmLoads):
+                self.temp_mm(ev)
             elif isinstance(ev, ProcessFree):
                 if self._gone(ev.free_pid):
                     del self.tasks[ev.free_pid]
@@ -371,6 +380,43 @@ class Replayer:
         if ev.child_pid in self.tasks and not self._gone(ev.child_pid):
             return  # task_newtask did it, with the clone flags
         self._do_fork(ev, ev.child_pid, ev.child_comm, None)
+
+    def flush(self, ev: MmFlush) -> None:
+        """A TLB flush from this CPU (tlb_hints()): dup_mmap()'s, where the fork then runs
+        (its task_newtask finds the child made), or flush_tlb_mm_range() of the task's mm,
+        or, for a `foreign` flush, of the mm every CPU the IPIs reached was on (none known
+        or several: not replayed)."""
+        if ev.fork is not None:
+            self.newtask(replace(ev.fork, line=ev.line, cpu=ev.cpu, ts=ev.ts))
+            return
+        t = self.current(ev.cpu, ev.pid, ev.comm, ev.tgid)
+        if ev.foreign:
+            on = {
+                self.m.state.rqs[c].curr.active_mm
+                for c in ev.receivers
+                if c < len(self.m.state.rqs)
+            }
+            mm = on.pop() if len(on) == 1 else None
+        else:
+            mm = t.mm
+        if mm is not None and not mm.is_init_mm and not (mm.freed or mm.torn_down):
+            self.m.flush_tlb_mm_range(ev.cpu, mm, freed_tables=ev.freed_tables)
+
+    def temp_mm(self, ev: TempMmLoads) -> None:
+        """CR3 loads in a row outside a context switch (tlb_hints()): text_poke()s, which
+        on a lazy CPU leave_mm() first (an odd run), or, on a lazy CPU, EFI calls (pairs;
+        before 6.15 efi_enter_mm() does not leave lazy mode). One load alone is another
+        path's, which other events bring."""
+        t = self.current(ev.cpu, ev.pid, ev.comm, ev.tgid)
+        if ev.loads < 2:
+            return
+        lazy = self.m.state.rqs[ev.cpu].tlb.is_lazy
+        if lazy and t.mm is None and ev.loads % 2 == 0:
+            for _ in range(ev.loads // 2):
+                self.m.efi_call(ev.cpu)
+        else:
+            for _ in range(ev.loads // 2):
+                self.m.text_poke(ev.cpu)
 
     def exec(self, ev: ProcessExec) -> None:
         if (ev.exec_pid, ev.old_pid) in self.exchanged:
@@ -452,7 +498,7 @@ def replay(
     rs = list(replayers.values())
     n = 0
     tick = progress if callable(progress) else None
-    for n, ev in enumerate(events, start=1):
+    for n, ev in enumerate(tlb_hints(events), start=1):
         if ev.cpu >= ncpus:
             for r in rs:
                 r.stats.anomalies["event on a CPU beyond the machine"] += 1

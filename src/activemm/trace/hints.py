@@ -1,0 +1,275 @@
+"""What a replay reads from x86's `tlb_flush` tracepoint besides the scheduler events.
+
+The kernel emits `tlb_flush` for every CR3 load in switch_mm_irqs_off() ("flush on task
+switch") and for every TLB flush: on the flushing CPU "remote ipi send" (native_flush_tlb_multi()
+when other CPUs are in the mm's mm_cpumask) and the local part ("local mm shootdown", from
+flush_tlb_func()); on the CPUs the IPIs reach "remote shootdown", or a CR3 load of init_mm on a
+lazy one. `tlb_hints()` turns those lines into operations the model has:
+
+- **MmFlush**: a flush of the running task's own mm (arch/x86/mm/tlb.c: flush_tlb_mm_range(),
+  from munmap, mprotect, a COW fault, exit_mmap...), with whether page tables were freed and
+  whether it was dup_mmap()'s flush of a fork;
+- **TempMmLoads**: CR3 loads in a row by the running task outside a context switch, with
+  nothing between: text_poke()'s use_temporary_mm(poking_mm) and back (after leave_mm() on a
+  lazy CPU: a third load), or an EFI runtime call's efi_mm and back.
+
+Each takes the place of the first line it was read from, once what follows has told what it
+was; the other lines stay as they are (a replay does nothing with a bare `tlb_flush`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from activemm.trace.events import (
+    LostEvents,
+    MmFlush,
+    NewTask,
+    Probe,
+    SchedSwitch,
+    TempMmLoads,
+    TlbFlush,
+    TraceEvent,
+)
+
+CLONE_VM = 0x100
+
+# How many events a replay holds back behind a flush or a run of CR3 loads it cannot tell yet
+# (IPIs still out, a full flush not yet known to be a fork's); beyond that it is replayed with
+# what is known by then.
+HORIZON = 20000
+
+
+@dataclass
+class _Flush:
+    """A flush met, until it is known enough to replay."""
+
+    ev: TlbFlush
+    sent: bool  # it began with "remote ipi send": other CPUs were in its mm_cpumask
+    local_seen: bool = False  # its local part came: the flushed mm was loaded there
+    over: bool = False  # the sender's next event came: every IPI was handled
+    freed_tables: bool = False
+    fork: NewTask | None = None
+    resolved: bool = False
+    receivers: list[int] | None = None  # CPUs whose IPI handler left a line
+    lazy_local: bool = False  # its local part was a lazy CPU's switch to init_mm
+
+    def event(self) -> MmFlush:
+        e = self.ev
+        return MmFlush(
+            e.line,
+            e.cpu,
+            e.ts,
+            e.pid,
+            e.comm,
+            e.tgid,
+            e.pages,
+            self.freed_tables,
+            self.fork,
+            foreign=(self.sent and not self.local_seen) or self.lazy_local,
+            receivers=tuple(self.receivers or ()),
+        )
+
+    def received(self, cpu: int) -> None:
+        if cpu != self.ev.cpu and self.sent and not self.over:
+            self.receivers = (self.receivers or []) + [cpu]
+
+
+@dataclass
+class _Run:
+    """CR3 loads in a row by one task outside a context switch, until the run ends."""
+
+    ev: TlbFlush
+    loads: int = 1
+    resolved: bool = False
+
+    def event(self) -> TraceEvent:
+        e = self.ev
+        return TempMmLoads(e.line, e.cpu, e.ts, e.pid, e.comm, e.tgid, self.loads)
+
+
+def _sender(ev: TlbFlush) -> bool:
+    """A line flush_tlb_mm_range() emits on the flushing CPU: "remote ipi send" or the local
+    part, "local mm shootdown"; not a flush IPI's line (in a hardirq) or a CR3 load."""
+    return (
+        not ev.hardirq
+        and not ev.cr3_load
+        and ("ipi send" in ev.reason or "local mm shootdown" in ev.reason)
+    )
+
+
+class _Hints:
+    def __init__(self, horizon: int) -> None:
+        self.horizon = horizon
+        self.buf: deque[TraceEvent | _Flush | _Run] = deque()
+        self.flushes: dict[int, _Flush] = {}  # pid -> its flush not resolved yet
+        self.runs: dict[int, _Run] = {}  # CPU -> its run of CR3 loads going on
+        # CPU -> prev_pid of the sched_switch that was its last line: a CR3 load next by
+        # that task is the switch's own (the line shows the task switched out; one by the
+        # task switched in came after the switch)
+        self.switched: dict[int, int] = {}
+        # CPUs whose task last loaded one mm outside a switch (exec's activate_mm()): a lone
+        # local flush there is of that mm, not of the one the replay gives the task
+        self.temp: set[int] = set()
+        self.irq_flags = False  # the trace marks hardirq context (tracefs irq-info column)
+
+    def _resolve(self, f: _Flush) -> None:
+        f.over = f.resolved = True
+        if self.flushes.get(f.ev.pid) is f:
+            del self.flushes[f.ev.pid]
+
+    def _end_run(self, cpu: int) -> None:
+        run = self.runs.pop(cpu, None)
+        if run is not None:
+            run.resolved = True
+            if run.loads == 1:
+                self.temp.add(cpu)
+
+    def _forget(self) -> None:
+        """Lost events: what was going on is unknown."""
+        for f in list(self.flushes.values()):
+            self._resolve(f)
+        for cpu in list(self.runs):
+            self._end_run(cpu)
+        self.switched.clear()
+        self.temp.clear()
+
+    def _load(self, ev: TlbFlush) -> _Run | None:
+        """A CR3 load: a switch's, a flush IPI's on a lazy CPU, the local part of the task's
+        own flush on its lazy CPU (exit_mmap() after exit_mm()), or one of a run."""
+        cpu = ev.cpu
+        self.irq_flags |= ev.hardirq
+        in_switch = not ev.hardirq and self.switched.get(cpu) == ev.pid
+        own = not ev.hardirq and not in_switch
+        if not in_switch and (ev.hardirq or not self.irq_flags):
+            for o in self.flushes.values():  # a lazy CPU the IPIs sent to init_mm
+                if o.sent and not o.over and o.ev.cpu != cpu:
+                    o.freed_tables = True
+                    o.received(cpu)
+        run = self.runs.get(cpu)
+        if run is not None and own and run.ev.pid == ev.pid:
+            run.loads += 1
+            return None
+        self._end_run(cpu)
+        if not own:
+            return None
+        f = self.flushes.get(ev.pid)
+        if f is not None and f.sent and not f.over and f.ev.cpu == cpu and not f.local_seen:
+            # flush_tlb_func() here on a lazy CPU, to init_mm: the flush was of the mm it
+            # borrowed (the task's own in the kernel's exit_mmap(), after exit_mm())
+            f.local_seen = f.freed_tables = f.lazy_local = True
+            f.receivers = [*(f.receivers or []), cpu]
+            return None
+        self.temp.discard(cpu)
+        run = self.runs[cpu] = _Run(ev)
+        return run
+
+    def _flush_line(self, ev: TlbFlush) -> _Flush | None:
+        cpu = ev.cpu
+        self._end_run(cpu)
+        f = self.flushes.get(ev.pid)
+        ongoing = f is not None and f.sent and not f.over and f.ev.cpu == cpu
+        if ongoing and f is not None and "local" in ev.reason and not f.local_seen:
+            f.local_seen = True  # the local part of the same flush
+            return None
+        if f is not None:
+            self._resolve(f)  # another flush: that one is over, and not a fork's
+        sent = "ipi send" in ev.reason
+        if not sent and cpu in self.temp:
+            return None  # of the mm the task loaded outside a switch
+        f = self.flushes[ev.pid] = _Flush(ev, sent)
+        if not sent:
+            f.local_seen = f.over = True
+            if ev.pages != -1:  # not a fork's: dup_mmap() flushes the whole mm
+                self._resolve(f)
+        return f
+
+    def _task_went_on(self, ev: TraceEvent) -> None:
+        """The flushing task's next event: its IPIs were all handled. A full flush waits past
+        the task's switches (preempted in copy_process() after dup_mmap(), its next event of
+        its own may still be its task_newtask)."""
+        f = self.flushes.get(ev.pid)
+        if f is None:
+            return
+        f.over = True
+        if isinstance(ev, SchedSwitch) and f.ev.pages == -1:
+            return
+        if isinstance(ev, NewTask) and f.ev.pages == -1 and not ev.clone_flags & CLONE_VM:
+            f.fork = ev
+        self._resolve(f)
+
+    def feed(self, ev: TraceEvent) -> Iterator[TraceEvent]:
+        held: _Flush | _Run | None = None
+        if isinstance(ev, TlbFlush):
+            if ev.cr3_load:
+                held = self._load(ev)
+            elif _sender(ev):
+                self._end_run(ev.cpu)
+                held = self._flush_line(ev)
+            else:
+                self._end_run(ev.cpu)
+                if "remote shootdown" in ev.reason:  # flush_tlb_func() on a CPU the IPIs reached
+                    for o in self.flushes.values():
+                        o.received(ev.cpu)
+            self.switched.pop(ev.cpu, None)
+        elif isinstance(ev, LostEvents):
+            self._forget()
+        elif not isinstance(ev, Probe):
+            self._end_run(ev.cpu)
+            self.temp.discard(ev.cpu)
+            if isinstance(ev, SchedSwitch):
+                self.switched[ev.cpu] = ev.prev_pid
+            else:
+                self.switched.pop(ev.cpu, None)
+            self._task_went_on(ev)
+        if held is not None:
+            self.buf.append(held)
+        elif self.buf:
+            self.buf.append(ev)
+        else:
+            yield ev
+            return
+        if len(self.buf) > self.horizon:
+            head = self.buf[0]
+            if isinstance(head, _Flush):
+                self._resolve(head)
+            elif isinstance(head, _Run):
+                self._end_run(head.ev.cpu)
+        yield from self._ready()
+
+    def _ready(self) -> Iterator[TraceEvent]:
+        buf = self.buf
+        while buf and not (isinstance(buf[0], _Flush | _Run) and not buf[0].resolved):
+            head = buf.popleft()
+            yield head if isinstance(head, TraceEvent) else head.event()
+
+    def close(self) -> Iterator[TraceEvent]:
+        self._forget()
+        yield from self._ready()
+
+
+def tlb_hints(events: Iterable[TraceEvent], horizon: int = HORIZON) -> Iterator[TraceEvent]:
+    """The events, with what the `tlb_flush` lines tell turned into MmFlush and TempMmLoads
+    events (module docstring):
+
+    - a flush is "remote ipi send" and then, on the same CPU, its local part ("local mm
+      shootdown", or on a lazy CPU its CR3 load of init_mm); or a "local mm shootdown" alone.
+      IPIs sent with no local part flushed an mm the CPU did not have loaded, another task's
+      (`foreign`). While the IPIs are out (until the sender's next event: it waits for them),
+      the CPUs whose IPI handler leaves a line ("remote shootdown", or a CR3 load outside a
+      context switch: in a hardirq, when the trace says) are its `receivers`; such a load is
+      a lazy CPU that flush_tlb_func() sent to init_mm, which native_flush_tlb_multi() IPIs
+      only when page tables were freed (`freed_tables`). `fork`: a full flush whose task's
+      next event but its switches is a task_newtask without CLONE_VM is that fork's
+      dup_mmap() flush;
+    - a run ends at the CPU's next line that is not a load of the same task's (probes apart).
+      A lone local flush right after a run of one load (exec's activate_mm() of the new mm,
+      which the replay gives the task only at sched_process_exec) is left alone.
+
+    Events are held back while something is not known yet, at most `horizon` of them."""
+    hints = _Hints(horizon)
+    for ev in events:
+        yield from hints.feed(ev)
+    yield from hints.close()
