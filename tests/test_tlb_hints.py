@@ -5,6 +5,7 @@ and EFI calls. Hand-made timelines whose expected costs follow from the kernel's
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from activemm.trace.events import MmFlush, TempMmLoads, TlbFlush
 from activemm.trace.hints import tlb_hints
 from activemm.trace.replay import load_task_snapshot, replay
 
-from .helpers import ROOT
+from .helpers import ROOT, cli
 
 CAPTURES = ROOT / "tests" / "data" / "captures"
 
@@ -188,3 +189,28 @@ def test_replayed_cr3_loads_match_the_kernels_count(name: str) -> None:
     _, replayers = replay(events, [PRESETS[preset]], ncpus, snapshot)
     kernel = _kernel_cr3_loads(capture)
     assert abs(replayers[preset].metrics.cr3_loads - kernel) <= 0.03 * kernel
+
+
+def test_replay_says_what_the_tlb_flush_lines_gave() -> None:
+    """`replay --json` counts the trace's tlb_flush lines and what the replay made of them;
+    every fork whose parent has an mm ends dup_mmap() with a full flush of it, so on a capture
+    (nothing lost) nearly every process fork is met at its flush. Without tlb_flush lines
+    the table says that flushes come only from forks and exits."""
+    capture = CAPTURES / "linux-6.1-smp4-flush"
+    r = cli("replay", str(capture), "-p", "linux-6.1-x86_64", "--json")
+    assert r.returncode == 0, r.stderr
+    tlb = json.loads(r.stdout)["tlb_flush"]
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        text = f.read()
+    assert tlb["lines"] == text.count(": tlb_flush:")
+    forks = sum(
+        1
+        for x in text.splitlines()
+        if ": task_newtask:" in x and not int(x.split("clone_flags=")[1].split()[0], 16) & 0x100
+    )
+    assert 0.95 * forks <= tlb["forks at their dup_mmap flush"] <= forks
+    assert tlb["flushes"] > 0 and tlb["EFI calls"] == 0
+    r = cli(
+        "replay", str(ROOT / "tests" / "data" / "tracefs_tgid.txt.gz"), "-p", "linux-6.1-x86_64"
+    )
+    assert r.returncode == 0 and "no tlb_flush lines" in " ".join(r.stdout.split())

@@ -656,6 +656,15 @@ def replay(
             f"{tk['guessed_kernel_threads']} guessed kernel threads, "
             f"{tk['guessed_user_tasks']} guessed user tasks"
         )
+        tlb = result["tlb_flush"]
+        if tlb["lines"]:
+            made = ", ".join(f"{k}: {v:,}" for k, v in tlb.items() if v and k != "lines")
+            out.print(f"from {tlb['lines']:,} tlb_flush lines: {made or 'nothing'}")
+        else:
+            out.print(
+                "no tlb_flush lines: TLB flushes only where forks and exits make them "
+                "(record tlb:tlb_flush too, docs/replay.md)"
+            )
         if a:
             out.print("anomalies: " + ", ".join(f"{k}: {v:,}" for k, v in sorted(a.items())))
 

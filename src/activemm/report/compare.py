@@ -8,6 +8,7 @@ from rich.table import Table
 
 from activemm.trace.parallel import Outcome, Outcomes
 from activemm.trace.readers import ReadStats
+from activemm.trace.replay import TLB_KINDS
 
 BASELINE = "no-lazy"
 
@@ -42,6 +43,7 @@ def comparison(
             "guessed_kernel_threads": stats.guessed_kthreads,
             "guessed_user_tasks": stats.guessed_user,
         },
+        "tlb_flush": {k: stats.tlb[k] for k in TLB_KINDS},
         "configs": configs,
     }
 

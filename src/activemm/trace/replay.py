@@ -42,6 +42,7 @@ from activemm.trace.events import (
     ProcessFree,
     SchedSwitch,
     TempMmLoads,
+    TlbFlush,
     TraceEvent,
 )
 from activemm.trace.hints import tlb_hints
@@ -114,6 +115,20 @@ class ReplayStats:
     guessed_kthreads: int = 0
     guessed_user: int = 0
     from_snapshot: int = 0
+    # what the trace's tlb_flush lines gave (Replayer.flush, Replayer.temp_mm): TLB_KINDS
+    tlb: Counter[str] = field(default_factory=Counter)
+
+
+# ReplayStats.tlb's keys, in the order reports list them
+TLB_KINDS = (
+    "lines",
+    "flushes",
+    "flushes of another task's mm",
+    "flushes of an unknown mm (not replayed)",
+    "forks at their dup_mmap flush",
+    "text_pokes",
+    "EFI calls",
+)
 
 
 class Replayer:
@@ -315,9 +330,13 @@ class Replayer:
             elif isinstance(ev, ProcessExit):
                 self.exit(ev)
             elif isinstance(ev, MmFlush):
+                self.stats.tlb["lines"] += 1
                 self.flush(ev)
             elif isinstance(ev, TempMmLoads):
+                self.stats.tlb["lines"] += 1
                 self.temp_mm(ev)
+            elif isinstance(ev, TlbFlush):
+                self.stats.tlb["lines"] += 1
             elif isinstance(ev, ProcessFree):
                 if self._gone(ev.free_pid):
                     del self.tasks[ev.free_pid]
@@ -387,20 +406,24 @@ class Replayer:
         or, for a `foreign` flush, of the mm every CPU the IPIs reached was on (none known
         or several: not replayed)."""
         if ev.fork is not None:
+            self.stats.tlb["forks at their dup_mmap flush"] += 1
             self.newtask(replace(ev.fork, line=ev.line, cpu=ev.cpu, ts=ev.ts))
             return
         t = self.current(ev.cpu, ev.pid, ev.comm, ev.tgid)
+        kind = "flushes"
         if ev.foreign:
-            on = {
-                self.m.state.rqs[c].curr.active_mm
-                for c in ev.receivers
-                if c < len(self.m.state.rqs)
-            }
+            rqs = self.m.state.rqs
+            on = {rqs[c].curr.active_mm for c in ev.receivers if c < len(rqs)}
             mm = on.pop() if len(on) == 1 else None
+            kind = "flushes of another task's mm" if mm is not t.mm else kind
         else:
             mm = t.mm
-        if mm is not None and not mm.is_init_mm and not (mm.freed or mm.torn_down):
-            self.m.flush_tlb_mm_range(ev.cpu, mm, freed_tables=ev.freed_tables)
+        if mm is None or mm.is_init_mm or mm.freed or mm.torn_down:
+            if ev.foreign:
+                self.stats.tlb["flushes of an unknown mm (not replayed)"] += 1
+            return
+        self.stats.tlb[kind] += 1
+        self.m.flush_tlb_mm_range(ev.cpu, mm, freed_tables=ev.freed_tables)
 
     def temp_mm(self, ev: TempMmLoads) -> None:
         """CR3 loads in a row outside a context switch (tlb_hints()): text_poke()s, which
@@ -411,11 +434,12 @@ class Replayer:
         if ev.loads < 2:
             return
         lazy = self.m.state.rqs[ev.cpu].tlb.is_lazy
-        if lazy and t.mm is None and ev.loads % 2 == 0:
-            for _ in range(ev.loads // 2):
+        efi = lazy and t.mm is None and ev.loads % 2 == 0
+        self.stats.tlb["EFI calls" if efi else "text_pokes"] += ev.loads // 2
+        for _ in range(ev.loads // 2):
+            if efi:
                 self.m.efi_call(ev.cpu)
-        else:
-            for _ in range(ev.loads // 2):
+            else:
                 self.m.text_poke(ev.cpu)
 
     def exec(self, ev: ProcessExec) -> None:
