@@ -145,9 +145,9 @@ class TempMmLoads(TraceEvent):
     """CR3 loads in a row by the running task outside a context switch, nothing between
     (`trace.hints.tlb_hints()` puts one in place of the first): x86 text_poke()'s
     use_temporary_mm(poking_mm) and unuse_temporary_mm(), after leave_mm() on a lazy CPU (a
-    third load); an EFI runtime call's efi_mm and back. One load alone is exec's
-    activate_mm(), exit_mmap()'s switch of a lazy CPU to init_mm or kthread_use_mm(), which
-    the replay has from other events."""
+    third load); an EFI runtime call's efi_mm and back. (One load alone, exec's
+    activate_mm(), exit_mmap()'s switch of a lazy CPU to init_mm or kthread_use_mm(), stays
+    a plain line: the replay has those from other events.)"""
 
     loads: int
 

@@ -86,7 +86,13 @@ class _Run:
     resolved: bool = False
 
     def event(self) -> TraceEvent:
+        """TempMmLoads, or the line itself for one load alone (exec's activate_mm(),
+        exit_mmap()'s switch of a lazy CPU to init_mm, kthread_use_mm(): other events bring
+        those; and a switch's own load whose line names, after de_thread()'s
+        exchange_tids() on another CPU, not the task the sched_switch line named)."""
         e = self.ev
+        if self.loads == 1:
+            return e
         return TempMmLoads(e.line, e.cpu, e.ts, e.pid, e.comm, e.tgid, self.loads)
 
 

@@ -429,10 +429,10 @@ class Replayer:
         """CR3 loads in a row outside a context switch (tlb_hints()): text_poke()s, which
         on a lazy CPU leave_mm() first (an odd run), or, on a lazy CPU, EFI calls (pairs;
         before 6.15 efi_enter_mm() does not leave lazy mode). One load alone is another
-        path's, which other events bring."""
-        t = self.current(ev.cpu, ev.pid, ev.comm, ev.tgid)
+        path's, which other events bring (tlb_hints() leaves it a plain line)."""
         if ev.loads < 2:
             return
+        t = self.current(ev.cpu, ev.pid, ev.comm, ev.tgid)
         lazy = self.m.state.rqs[ev.cpu].tlb.is_lazy
         efi = lazy and t.mm is None and ev.loads % 2 == 0
         self.stats.tlb["EFI calls" if efi else "text_pokes"] += ev.loads // 2
