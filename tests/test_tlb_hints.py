@@ -214,3 +214,31 @@ def test_replay_says_what_the_tlb_flush_lines_gave() -> None:
         "replay", str(ROOT / "tests" / "data" / "tracefs_tgid.txt.gz"), "-p", "linux-6.1-x86_64"
     )
     assert r.returncode == 0 and "no tlb_flush lines" in " ".join(r.stdout.split())
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "linux-6.12-smp4-everything-marked",  # exec from a thread: exchange_tids() races
+        "linux-6.1-rt-smp2-program23",  # execs preempted anywhere (PREEMPT_RT)
+        "linux-6.12-smp3-program12",  # vfork from a thread while a sibling execs
+        "linux-6.1-smp2-efivars",  # EFI calls from a kworker
+    ],
+)
+def test_the_tlb_flush_lines_never_make_the_replay_lose_track_of_tasks(name: str) -> None:
+    """What the hints replay runs on the task the trace says is current: with the tlb_flush
+    lines the replay resynchronises no CPU, refuses no operation and sees no task running
+    on two CPUs more often than without them."""
+    capture = CAPTURES / name
+    preset = "linux-6.12-x86_64" if "6.12" in name else "linux-6.1-x86_64"
+    if "-rt-" in name:
+        preset += "-rt"
+    ncpus = int(name.split("-smp")[1].split("-")[0])
+    snapshot = load_task_snapshot(capture / "tasks_start.txt")
+    found = []
+    for keep in (True, False):
+        events = read_trace(str(capture / "trace.txt.gz"))
+        kept = (e for e in events if keep or not isinstance(e, TlbFlush))
+        _, replayers = replay(kept, [PRESETS[preset]], ncpus, snapshot)
+        found.append(replayers[preset].stats.anomalies)
+    assert found[0] == found[1]
