@@ -242,3 +242,13 @@ def test_the_tlb_flush_lines_never_make_the_replay_lose_track_of_tasks(name: str
         _, replayers = replay(kept, [PRESETS[preset]], ncpus, snapshot)
         found.append(replayers[preset].stats.anomalies)
     assert found[0] == found[1]
+
+
+def test_the_html_report_says_what_the_tlb_flush_lines_gave(tmp_path: Path) -> None:
+    capture = CAPTURES / "linux-6.1-smp4-flush"
+    out = tmp_path / "report.html"
+    r = cli("report", str(capture), "-p", "linux-6.1-x86_64", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    replayed = json.loads(cli("replay", str(capture), "-p", "linux-6.1-x86_64", "--json").stdout)
+    lines = replayed["tlb_flush"]["lines"]
+    assert lines > 0 and f"from {lines:,} tlb_flush lines: flushes: " in out.read_text()

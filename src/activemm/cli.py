@@ -588,7 +588,7 @@ def replay(
     and EFI calls as well (without it: only forks' and exits' flushes; docs/replay.md)."""
     from activemm.fileio import write_atomic
     from activemm.metrics import load_costs
-    from activemm.report.compare import BASELINE, table
+    from activemm.report.compare import BASELINE, table, tlb_summary
     from activemm.trace.parallel import outcomes as collect
     from activemm.trace.parallel import replay_parallel
     from activemm.trace.replay import replay as run_replay
@@ -656,15 +656,7 @@ def replay(
             f"{tk['guessed_kernel_threads']} guessed kernel threads, "
             f"{tk['guessed_user_tasks']} guessed user tasks"
         )
-        tlb = result["tlb_flush"]
-        if tlb["lines"]:
-            made = ", ".join(f"{k}: {v:,}" for k, v in tlb.items() if v and k != "lines")
-            out.print(f"from {tlb['lines']:,} tlb_flush lines: {made or 'nothing'}")
-        else:
-            out.print(
-                "no tlb_flush lines: TLB flushes only where forks and exits make them "
-                "(record tlb:tlb_flush too, docs/replay.md)"
-            )
+        out.print(tlb_summary(result))
         if a:
             out.print("anomalies: " + ", ".join(f"{k}: {v:,}" for k, v in sorted(a.items())))
 

@@ -48,6 +48,19 @@ def comparison(
     }
 
 
+def tlb_summary(result: dict[str, Any]) -> str:
+    """One sentence on what the trace's tlb_flush lines gave the replay (its JSON's
+    "tlb_flush"), or that it had none."""
+    tlb = result["tlb_flush"]
+    if not tlb["lines"]:
+        return (
+            "no tlb_flush lines: TLB flushes only where forks and exits make them "
+            "(record tlb:tlb_flush too, docs/replay.md)"
+        )
+    made = ", ".join(f"{k}: {v:,}" for k, v in tlb.items() if v and k != "lines")
+    return f"from {tlb['lines']:,} tlb_flush lines: {made or 'nothing'}"
+
+
 ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("switches kernel->kernel", ("switches", "kernel->kernel")),
     ("switches user->kernel", ("switches", "user->kernel")),

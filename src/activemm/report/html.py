@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from activemm.metrics import Metrics
-from activemm.report.compare import ROWS, _get
+from activemm.report.compare import ROWS, _get, tlb_summary
 from activemm.report.timeline import Timeline
 
 CASES = ("kernel->kernel", "user->kernel", "kernel->user", "user->user")
@@ -165,7 +165,7 @@ def render(result: dict[str, Any], images: dict[str, bytes]) -> str:
 <p>{result["events"]:,} events ({e(result["format"] or "?")}), replayed under
 {len(result["configs"])} configurations. Tasks before the trace: {t["from_snapshot"]} from the
 snapshot, {t["guessed_kernel_threads"]} guessed kernel threads, {t["guessed_user_tasks"]}
-guessed user tasks.</p>
+guessed user tasks; {e(tlb_summary(result))}.</p>
 <table id="comparison"><tr><th></th>{head}</tr>{"".join(rows)}</table>
 <p class="note">* The cost is an estimate from a cost table (docs/replay.md), not a
 measurement.</p>
