@@ -252,3 +252,30 @@ def test_the_html_report_says_what_the_tlb_flush_lines_gave(tmp_path: Path) -> N
     replayed = json.loads(cli("replay", str(capture), "-p", "linux-6.1-x86_64", "--json").stdout)
     lines = replayed["tlb_flush"]["lines"]
     assert lines > 0 and f"from {lines:,} tlb_flush lines: flushes: " in out.read_text()
+
+
+def test_an_exec_runs_at_its_exec_mmap_not_at_sched_process_exec(tmp_path: Path) -> None:
+    """exec_mmap() loads the new mm (a CR3 load by the task outside a switch) and
+    begin_new_exec() renames the task next; sched_process_exec fires only when
+    load_elf_binary() returns. Preempted in between, the task leaves CPU 0's idle task
+    borrowing its *new* mm, and its old one, with no user and no lazy holder, is freed at
+    once: no zombie. Replayed at sched_process_exec instead, CPU 0 would lazily hold the old
+    mm, a zombie."""
+    lines = [
+        switch(0, 1.0000, IDLE0, APP, "R"),
+        tlb("app", 10, 0, 1.0001, "flush on task switch", "d..1."),  # exec_mmap()
+        switch(0, 1.0002, APP, IDLE0, "R+"),  # preempted in the old mm's exit_mmap()
+        switch(1, 1.0003, IDLE1, APP, "R"),  # and migrated
+        tlb("<idle>", 0, 1, 1.0004, "flush on task switch"),  # the switch's own load
+        line("app", 10, 1, 1.0005, "task_rename: pid=10 oldcomm=app newcomm=true x=0", "....."),
+        line("true", 10, 1, 1.0006, "sched_process_exec: filename=/bin/true pid=10 old_pid=10"),
+    ]
+    path = tmp_path / "trace.txt"
+    for keep, zombies in ((True, 0), (False, 1)):
+        kept = [x for x in lines if keep or "tlb_flush" not in x]
+        path.write_text("".join(f"  {x}\n" for x in kept))
+        _, replayers = replay(read_trace(str(path)), [PRESETS["linux-6.1-x86_64"]], 2)
+        r = replayers["linux-6.1-x86_64"]
+        assert r.metrics.summary()["zombies"]["count"] == zombies
+        assert (r.m.state.rqs[0].curr.active_mm is r.tasks[10].mm) is keep
+    assert r.stats.tlb["execs at their exec_mmap"] == 0  # (the run without the lines)

@@ -153,6 +153,16 @@ class TempMmLoads(TraceEvent):
 
 
 @dataclass(slots=True)
+class ExecMmap(TraceEvent):
+    """exec_mmap() of the running task, as `trace.hints.tlb_hints()` reads it: its CR3 load
+    outside a context switch (activate_mm() of the new mm), followed on that CPU by the
+    task's own task_rename (begin_new_exec()'s __set_task_comm()), in place of the load's
+    line. sched_process_exec comes only when load_elf_binary() returns, if it does (an exec
+    can fail past the point of no return); in between the task can be preempted and migrate,
+    on its new mm."""
+
+
+@dataclass(slots=True)
 class Probe(TraceEvent):
     """A kprobe line, recognised by the probed function (`switch_mm_irqs_off`, `__mmdrop`...),
     whatever the event is named and at whatever offset."""

@@ -11,7 +11,10 @@ lazy one. `tlb_hints()` turns those lines into operations the model has:
   whether it was dup_mmap()'s flush of a fork;
 - **TempMmLoads**: CR3 loads in a row by the running task outside a context switch, with
   nothing between: text_poke()'s use_temporary_mm(poking_mm) and back (after leave_mm() on a
-  lazy CPU: a third load), or an EFI runtime call's efi_mm and back.
+  lazy CPU: a third load), or an EFI runtime call's efi_mm and back;
+- **ExecMmap**: one such load followed by the task's own task_rename: exec_mmap(), where
+  begin_new_exec() renames the task next (sched_process_exec comes only at the end of the
+  exec, if it does).
 
 Each takes the place of the first line it was read from, once what follows has told what it
 was; the other lines stay as they are (a replay does nothing with a bare `tlb_flush`).
@@ -24,11 +27,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from activemm.trace.events import (
+    ExecMmap,
     LostEvents,
     MmFlush,
     NewTask,
     Probe,
     SchedSwitch,
+    TaskRename,
     TempMmLoads,
     TlbFlush,
     TraceEvent,
@@ -84,13 +89,17 @@ class _Run:
     ev: TlbFlush
     loads: int = 1
     resolved: bool = False
+    renamed: bool = False  # the task's own task_rename came next on this CPU
 
     def event(self) -> TraceEvent:
-        """TempMmLoads, or the line itself for one load alone (exec's activate_mm(),
-        exit_mmap()'s switch of a lazy CPU to init_mm, kthread_use_mm(): other events bring
-        those; and a switch's own load whose line names, after de_thread()'s
-        exchange_tids() on another CPU, not the task the sched_switch line named)."""
+        """TempMmLoads; for one load alone, ExecMmap when the task renamed itself next, or
+        else the line itself (exit_mmap()'s switch of a lazy CPU to init_mm, kthread_use_mm():
+        other events bring those; and a switch's own load whose line names, after
+        de_thread()'s exchange_tids() on another CPU, not the task the sched_switch line
+        named)."""
         e = self.ev
+        if self.loads == 1 and self.renamed:
+            return ExecMmap(e.line, e.cpu, e.ts, e.pid, e.comm, e.tgid)
         if self.loads == 1:
             return e
         return TempMmLoads(e.line, e.cpu, e.ts, e.pid, e.comm, e.tgid, self.loads)
@@ -120,23 +129,55 @@ class _Hints:
         # local flush there is of that mm, not of the one the replay gives the task
         self.temp: set[int] = set()
         self.irq_flags = False  # the trace marks hardirq context (tracefs irq-info column)
+        # pid -> its one CR3 load outside a switch, until its own next line tells whether it
+        # was exec_mmap()'s (task_rename next; the task's switches and flush lines between:
+        # preempted in the old mm's exit_mmap(), whose flushes come first)
+        self.execs: dict[int, _Run] = {}
 
     def _resolve(self, f: _Flush) -> None:
         f.over = f.resolved = True
         if self.flushes.get(f.ev.pid) is f:
             del self.flushes[f.ev.pid]
 
-    def _end_run(self, cpu: int) -> None:
+    def _end_run(self, cpu: int, by: TraceEvent | None = None) -> None:
+        """The run on `cpu` is over (`by`: the CPU's line that ended it). One load alone
+        waits on while its task is switched out or flushes (_exec_wait)."""
         run = self.runs.pop(cpu, None)
-        if run is not None:
+        if run is None:
+            return
+        if run.loads == 1:
+            self.temp.add(cpu)
+            if by is not None and self._exec_goes_on(run, by):
+                self.execs[run.ev.pid] = run
+                return
+        run.resolved = True
+
+    @staticmethod
+    def _exec_goes_on(run: _Run, ev: TraceEvent) -> bool:
+        """After a task's one CR3 load: True while `ev` leaves open whether it was
+        exec_mmap()'s (the task switched out, or its flush lines); the task's own
+        task_rename says it was (run.renamed)."""
+        if isinstance(ev, TaskRename) and ev.rename_pid == run.ev.pid:
+            run.renamed = True
+            return False
+        if ev.pid != run.ev.pid:
+            return False
+        return isinstance(ev, SchedSwitch) or (isinstance(ev, TlbFlush) and not ev.cr3_load)
+
+    def _exec_wait(self, ev: TraceEvent) -> None:
+        """A line of a task whose one CR3 load waits (self.execs)."""
+        run = self.execs.get(ev.pid)
+        if run is not None and not self._exec_goes_on(run, ev):
+            del self.execs[ev.pid]
             run.resolved = True
-            if run.loads == 1:
-                self.temp.add(cpu)
 
     def _forget(self) -> None:
         """Lost events: what was going on is unknown."""
         for f in list(self.flushes.values()):
             self._resolve(f)
+        for run in self.execs.values():
+            run.resolved = True
+        self.execs.clear()
         for cpu in list(self.runs):
             self._end_run(cpu)
         self.switched.clear()
@@ -208,14 +249,16 @@ class _Hints:
 
     def feed(self, ev: TraceEvent) -> Iterator[TraceEvent]:
         held: _Flush | _Run | None = None
+        if not isinstance(ev, Probe | LostEvents) and ev.pid in self.execs:
+            self._exec_wait(ev)
         if isinstance(ev, TlbFlush):
             if ev.cr3_load:
                 held = self._load(ev)
             elif _sender(ev):
-                self._end_run(ev.cpu)
+                self._end_run(ev.cpu, ev)
                 held = self._flush_line(ev)
             else:
-                self._end_run(ev.cpu)
+                self._end_run(ev.cpu, ev)
                 if "remote shootdown" in ev.reason:  # flush_tlb_func() on a CPU the IPIs reached
                     for o in self.flushes.values():
                         o.received(ev.cpu)
@@ -223,7 +266,7 @@ class _Hints:
         elif isinstance(ev, LostEvents):
             self._forget()
         elif not isinstance(ev, Probe):
-            self._end_run(ev.cpu)
+            self._end_run(ev.cpu, ev)
             self.temp.discard(ev.cpu)
             if isinstance(ev, SchedSwitch):
                 self.switched[ev.cpu] = ev.prev_pid
@@ -241,6 +284,9 @@ class _Hints:
             head = self.buf[0]
             if isinstance(head, _Flush):
                 self._resolve(head)
+            elif isinstance(head, _Run) and self.execs.get(head.ev.pid) is head:
+                del self.execs[head.ev.pid]
+                head.resolved = True
             elif isinstance(head, _Run):
                 self._end_run(head.ev.cpu)
         yield from self._ready()
@@ -271,8 +317,9 @@ def tlb_hints(events: Iterable[TraceEvent], horizon: int = HORIZON) -> Iterator[
       next event but its switches is a task_newtask without CLONE_VM is that fork's
       dup_mmap() flush;
     - a run ends at the CPU's next line that is not a load of the same task's (probes apart).
-      A lone local flush right after a run of one load (exec's activate_mm() of the new mm,
-      which the replay gives the task only at sched_process_exec) is left alone.
+      A run of one load followed by the task's own task_rename (its switches and flush
+      lines apart: preempted in the old mm's exit_mmap()) is exec_mmap() (ExecMmap); a lone
+      local flush right after a run of one load is left alone.
 
     Events are held back while something is not known yet, at most `horizon` of them."""
     hints = _Hints(horizon)

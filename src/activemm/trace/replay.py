@@ -5,7 +5,7 @@
 user_mode_thread when another task without an mm does); `sched_process_exec` -> `exec`;
 `sched_process_exit` -> `exit`; x86 `tlb_flush` lines, read by `trace.hints.tlb_hints()`: a
 TLB flush -> `flush_tlb_mm_range` (a fork's dup_mmap() flush -> that `fork`, there), CR3 loads
-in a row outside a context switch -> `text_poke` or `efi_call`.
+in a row outside a context switch -> `text_poke` or `efi_call`, exec_mmap()'s load -> `exec`.
 
 Real traces start mid-flight and may lose events. Tasks first seen in the trace are adopted:
 kernel thread or user task from the task snapshot (`--tasks`) when given, else guessed from
@@ -33,6 +33,7 @@ from activemm.model.config import KernelConfig
 from activemm.model.state import Task, TaskState
 from activemm.sanitizer import Sanitizer
 from activemm.trace.events import (
+    ExecMmap,
     LostEvents,
     MmFlush,
     NewTask,
@@ -126,6 +127,7 @@ TLB_KINDS = (
     "flushes of another task's mm",
     "flushes of an unknown mm (not replayed)",
     "forks at their dup_mmap flush",
+    "execs at their exec_mmap",
     "text_pokes",
     "EFI calls",
 )
@@ -157,6 +159,8 @@ class Replayer:
         self.exchanged: set[tuple[int, int]] = set()
         self.snapshot = snapshot or {}
         self.stats = ReplayStats()
+        # pid -> the task whose exec ran at its exec_mmap(), until its sched_process_exec
+        self.execd: dict[int, Task] = {}
 
     # -- the model's view of trace tasks ------------------------------------------------
 
@@ -335,6 +339,9 @@ class Replayer:
             elif isinstance(ev, TempMmLoads):
                 self.stats.tlb["lines"] += 1
                 self.temp_mm(ev)
+            elif isinstance(ev, ExecMmap):
+                self.stats.tlb["lines"] += 1
+                self.exec_mmap(ev)
             elif isinstance(ev, TlbFlush):
                 self.stats.tlb["lines"] += 1
             elif isinstance(ev, ProcessFree):
@@ -442,6 +449,20 @@ class Replayer:
             else:
                 self.m.text_poke(ev.cpu)
 
+    def exec_mmap(self, ev: ExecMmap) -> None:
+        """exec_mmap() of the task current here (tlb_hints()): the exec runs now, not at its
+        sched_process_exec, which then finds it done. A task the trace's pid does not name
+        as current here (de_thread() has given the exec'ing thread its leader's pid) is left
+        to sched_process_exec."""
+        t = self.tasks.get(ev.pid)
+        if t is None or t is not self.m.state.rqs[ev.cpu].curr or t.pf_kthread:
+            return
+        if t.in_exec_mmap is not None or t.exiting:
+            return
+        self.stats.tlb["execs at their exec_mmap"] += 1
+        self.m.exec(t)
+        self.execd[ev.pid] = t
+
     def exec(self, ev: ProcessExec) -> None:
         if (ev.exec_pid, ev.old_pid) in self.exchanged:
             self.exchanged.discard((ev.exec_pid, ev.old_pid))  # swapped at the leader's switch
@@ -452,13 +473,16 @@ class Replayer:
         if t.pf_kthread:
             self.stats.anomalies["exec by a task guessed to be a kernel thread"] += 1
             return
-        if t.in_exec_mmap is not None:  # preempted inside exec_mmap() (a validation's find)
+        if self.execd.pop(ev.exec_pid, None) is t:
+            pass  # run at its exec_mmap() (exec_mmap())
+        elif t.in_exec_mmap is not None:  # preempted inside exec_mmap() (a validation's find)
             self.m.resume_exec(t)
         else:
             self.m.exec(t)
         self.tgid_of[ev.exec_pid] = ev.exec_pid
 
     def exit(self, ev: ProcessExit) -> None:
+        self.execd.pop(ev.exit_pid, None)  # an exec that failed past the point of no return
         t = self.current(ev.cpu, ev.exit_pid, ev.comm, ev.tgid)
         if t.is_idle or t.exiting or (t.pid == 1 and t.comm == "init"):
             return
