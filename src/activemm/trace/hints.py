@@ -105,6 +105,12 @@ class _Run:
         return TempMmLoads(e.line, e.cpu, e.ts, e.pid, e.comm, e.tgid, self.loads)
 
 
+def _who(ev: TraceEvent) -> int:
+    """The task a line is by, as a key: its pid, but each CPU's idle task apart (all are pid
+    0)."""
+    return ev.pid if ev.pid > 0 else -1 - ev.cpu
+
+
 def _sender(ev: TlbFlush) -> bool:
     """A line flush_tlb_mm_range() emits on the flushing CPU: "remote ipi send" or the local
     part, "local mm shootdown"; not a flush IPI's line (in a hardirq) or a CR3 load."""
@@ -119,7 +125,7 @@ class _Hints:
     def __init__(self, horizon: int) -> None:
         self.horizon = horizon
         self.buf: deque[TraceEvent | _Flush | _Run] = deque()
-        self.flushes: dict[int, _Flush] = {}  # pid -> its flush not resolved yet
+        self.flushes: dict[int, _Flush] = {}  # _who() -> its flush not resolved yet
         self.runs: dict[int, _Run] = {}  # CPU -> its run of CR3 loads going on
         # CPU -> prev_pid of the sched_switch that was its last line: a CR3 load next by
         # that task is the switch's own (the line shows the task switched out; one by the
@@ -129,15 +135,15 @@ class _Hints:
         # local flush there is of that mm, not of the one the replay gives the task
         self.temp: set[int] = set()
         self.irq_flags = False  # the trace marks hardirq context (tracefs irq-info column)
-        # pid -> its one CR3 load outside a switch, until its own next line tells whether it
+        # _who() -> its one CR3 load outside a switch, until its next line tells whether it
         # was exec_mmap()'s (task_rename next; the task's switches and flush lines between:
         # preempted in the old mm's exit_mmap(), whose flushes come first)
         self.execs: dict[int, _Run] = {}
 
     def _resolve(self, f: _Flush) -> None:
         f.over = f.resolved = True
-        if self.flushes.get(f.ev.pid) is f:
-            del self.flushes[f.ev.pid]
+        if self.flushes.get(_who(f.ev)) is f:
+            del self.flushes[_who(f.ev)]
 
     def _end_run(self, cpu: int, by: TraceEvent | None = None) -> None:
         """The run on `cpu` is over (`by`: the CPU's line that ended it). One load alone
@@ -147,8 +153,11 @@ class _Hints:
             return
         if run.loads == 1:
             self.temp.add(cpu)
-            if by is not None and self._exec_goes_on(run, by):
-                self.execs[run.ev.pid] = run
+            if run.ev.pid > 0 and by is not None and self._exec_goes_on(run, by):
+                earlier = self.execs.get(_who(run.ev))
+                if earlier is not None:
+                    earlier.resolved = True
+                self.execs[_who(run.ev)] = run
                 return
         run.resolved = True
 
@@ -160,15 +169,15 @@ class _Hints:
         if isinstance(ev, TaskRename) and ev.rename_pid == run.ev.pid:
             run.renamed = True
             return False
-        if ev.pid != run.ev.pid:
+        if _who(ev) != _who(run.ev):
             return False
         return isinstance(ev, SchedSwitch) or (isinstance(ev, TlbFlush) and not ev.cr3_load)
 
     def _exec_wait(self, ev: TraceEvent) -> None:
         """A line of a task whose one CR3 load waits (self.execs)."""
-        run = self.execs.get(ev.pid)
+        run = self.execs.get(_who(ev))
         if run is not None and not self._exec_goes_on(run, ev):
-            del self.execs[ev.pid]
+            del self.execs[_who(ev)]
             run.resolved = True
 
     def _forget(self) -> None:
@@ -202,7 +211,7 @@ class _Hints:
         self._end_run(cpu)
         if not own:
             return None
-        f = self.flushes.get(ev.pid)
+        f = self.flushes.get(_who(ev))
         if f is not None and f.sent and not f.over and f.ev.cpu == cpu and not f.local_seen:
             # flush_tlb_func() here on a lazy CPU, to init_mm: the flush was of the mm it
             # borrowed (the task's own in the kernel's exit_mmap(), after exit_mm())
@@ -216,7 +225,7 @@ class _Hints:
     def _flush_line(self, ev: TlbFlush) -> _Flush | None:
         cpu = ev.cpu
         self._end_run(cpu)
-        f = self.flushes.get(ev.pid)
+        f = self.flushes.get(_who(ev))
         ongoing = f is not None and f.sent and not f.over and f.ev.cpu == cpu
         if ongoing and f is not None and "local" in ev.reason and not f.local_seen:
             f.local_seen = True  # the local part of the same flush
@@ -226,7 +235,7 @@ class _Hints:
         sent = "ipi send" in ev.reason
         if not sent and cpu in self.temp:
             return None  # of the mm the task loaded outside a switch
-        f = self.flushes[ev.pid] = _Flush(ev, sent)
+        f = self.flushes[_who(ev)] = _Flush(ev, sent)
         if not sent:
             f.local_seen = f.over = True
             if ev.pages != -1:  # not a fork's: dup_mmap() flushes the whole mm
@@ -237,7 +246,7 @@ class _Hints:
         """The flushing task's next event: its IPIs were all handled. A full flush waits past
         the task's switches (preempted in copy_process() after dup_mmap(), its next event of
         its own may still be its task_newtask)."""
-        f = self.flushes.get(ev.pid)
+        f = self.flushes.get(_who(ev))
         if f is None:
             return
         f.over = True
@@ -249,7 +258,7 @@ class _Hints:
 
     def feed(self, ev: TraceEvent) -> Iterator[TraceEvent]:
         held: _Flush | _Run | None = None
-        if not isinstance(ev, Probe | LostEvents) and ev.pid in self.execs:
+        if not isinstance(ev, Probe | LostEvents) and _who(ev) in self.execs:
             self._exec_wait(ev)
         if isinstance(ev, TlbFlush):
             if ev.cr3_load:
@@ -281,15 +290,19 @@ class _Hints:
             yield ev
             return
         if len(self.buf) > self.horizon:
-            head = self.buf[0]
-            if isinstance(head, _Flush):
-                self._resolve(head)
-            elif isinstance(head, _Run) and self.execs.get(head.ev.pid) is head:
-                del self.execs[head.ev.pid]
-                head.resolved = True
-            elif isinstance(head, _Run):
-                self._end_run(head.ev.cpu)
+            self._give_up(self.buf[0])
         yield from self._ready()
+
+    def _give_up(self, item: TraceEvent | _Flush | _Run) -> None:
+        """Replay `item` with what is known of it by now."""
+        if isinstance(item, _Flush):
+            self._resolve(item)
+        elif isinstance(item, _Run):
+            item.resolved = True
+            if self.runs.get(item.ev.cpu) is item:
+                del self.runs[item.ev.cpu]
+            if self.execs.get(_who(item.ev)) is item:
+                del self.execs[_who(item.ev)]
 
     def _ready(self) -> Iterator[TraceEvent]:
         buf = self.buf
@@ -299,6 +312,8 @@ class _Hints:
 
     def close(self) -> Iterator[TraceEvent]:
         self._forget()
+        for item in self.buf:
+            self._give_up(item)
         yield from self._ready()
 
 
