@@ -318,8 +318,8 @@ class _Hints:
 
 
 def tlb_hints(events: Iterable[TraceEvent], horizon: int = HORIZON) -> Iterator[TraceEvent]:
-    """The events, with what the `tlb_flush` lines tell turned into MmFlush and TempMmLoads
-    events (module docstring):
+    """The events, with what the `tlb_flush` lines tell turned into MmFlush, TempMmLoads and
+    ExecMmap events (module docstring):
 
     - a flush is "remote ipi send" and then, on the same CPU, its local part ("local mm
       shootdown", or on a lazy CPU its CR3 load of init_mm); or a "local mm shootdown" alone.

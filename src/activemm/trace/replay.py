@@ -474,7 +474,7 @@ class Replayer:
             self.stats.anomalies["exec by a task guessed to be a kernel thread"] += 1
             return
         if self.execd.pop(ev.exec_pid, None) is t:
-            pass  # run at its exec_mmap() (exec_mmap())
+            pass  # the exec ran at its exec_mmap() (Replayer.exec_mmap)
         elif t.in_exec_mmap is not None:  # preempted inside exec_mmap() (a validation's find)
             self.m.resume_exec(t)
         else:
