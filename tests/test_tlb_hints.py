@@ -352,3 +352,37 @@ def test_idle_tasks_of_two_cpus_are_two_tasks(tmp_path: Path) -> None:
     read = list(read_trace(str(path)))
     assert [e.line for e in tlb_hints(read)] == [e.line for e in read]
     assert replay(read, [PRESETS["linux-6.1-x86_64"]], 3)[0] == len(read)
+
+
+def test_a_stale_mm_cpumask_bit_is_trimmed_once_a_second_on_6_14_and_later(
+    tmp_path: Path,
+) -> None:
+    """Since 6.14 a CPU keeps its mm_cpumask bit when it switches to another mm; a flush
+    IPIs such a CPU (running another mm, not lazy) only when should_trim_cpumask() is due,
+    once a second per mm, and flush_tlb_func() there clears the bit. app's thread ran on
+    CPU 1, which now runs another process: of app's flushes at 1.1 s (its first: due),
+    1.5 s (within the second: not due) and 2.2 s (due again), the first and the last send
+    CPU 1 an IPI on 6.17 (the thread ran there again at 1.2 s, setting the bit anew). 6.1
+    clears the bit at the switch: no IPI."""
+    other = ("other", 20)
+
+    def thread_comes_and_goes(t: float) -> list[str]:
+        return [switch(1, t, other, THREAD, "R"), switch(1, t + 0.01, THREAD, other, "R")]
+
+    def munmap(t: float) -> list[str]:
+        return [
+            tlb("app", 10, 0, t, "remote ipi send", "...1."),
+            tlb("app", 10, 0, t + 0.0001, "local mm shootdown"),
+            line("app", 10, 0, t + 0.0002, "sched_process_free: comm=x pid=99 prio=120"),
+        ]
+
+    lines = [
+        *START[:3],
+        switch(1, 1.0003, THREAD, other, "R"),
+        *munmap(1.1),
+        *thread_comes_and_goes(1.2),
+        *munmap(1.5),
+        *munmap(2.2),
+    ]
+    assert _replay(tmp_path, lines, "linux-6.17-x86_64").flush_ipis == 2
+    assert _replay(tmp_path, lines, "linux-6.1-x86_64").flush_ipis == 0
