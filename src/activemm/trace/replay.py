@@ -325,6 +325,8 @@ class Replayer:
         self.metrics.now = ev.ts
         for o in self.extra:
             o.now = ev.ts
+        if isinstance(ev, TlbFlush | MmFlush | TempMmLoads | ExecMmap):
+            self.stats.tlb["lines"] += 1  # (tlb_hints() puts the last three for one line)
         try:
             if isinstance(ev, SchedSwitch):
                 self.switch(ev)
@@ -337,16 +339,11 @@ class Replayer:
             elif isinstance(ev, ProcessExit):
                 self.exit(ev)
             elif isinstance(ev, MmFlush):
-                self.stats.tlb["lines"] += 1
                 self.flush(ev)
             elif isinstance(ev, TempMmLoads):
-                self.stats.tlb["lines"] += 1
                 self.temp_mm(ev)
             elif isinstance(ev, ExecMmap):
-                self.stats.tlb["lines"] += 1
                 self.exec_mmap(ev)
-            elif isinstance(ev, TlbFlush):
-                self.stats.tlb["lines"] += 1
             elif isinstance(ev, ProcessFree):
                 if self._gone(ev.free_pid):
                     del self.tasks[ev.free_pid]
@@ -456,10 +453,14 @@ class Replayer:
         caller, having no clock), asked by flush_tlb_mm_range() where it sends IPIs: an mm
         with no global ASID and another online CPU in its mm_cpumask. True once a second
         after the mm's birth (an mm from before the trace: at once) or its last trim, which
-        it moves on. Configurations before 6.14 ignore it."""
+        it moves on. x86 only: powerpc radix's `trim` is its per-CPU clock of flushes
+        (tick_and_test_trim_clock()), which a replay does not keep; before 6.14 x86 ignores
+        it."""
         rqs = self.m.state.rqs
-        if mm.context.global_asid or not any(
-            c != cpu and c < len(rqs) and rqs[c].online for c in mm.mm_cpumask
+        if (
+            self.config.arch != "x86_64"
+            or mm.context.global_asid
+            or not any(c != cpu and c < len(rqs) and rqs[c].online for c in mm.mm_cpumask)
         ):
             return False
         now = self.metrics.now
