@@ -11,6 +11,8 @@ from activemm.model.config import KernelConfig
 from activemm.model.events import Event, MmFreed
 from activemm.model.kernel import Observer
 from activemm.model.state import Mm
+from activemm.trace import read_trace
+from activemm.trace.replay import Replayer, replay
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
@@ -80,3 +82,11 @@ class Events(Observer):
         out = self.of(kind)
         self.seen = [e for e in self.seen if not isinstance(e, kind)]
         return out
+
+
+def replay_lines(tmp_path: Path, lines: list[str], preset_name: str, cpus: int) -> Replayer:
+    """Replay hand-made tracefs lines under one preset; its replayer."""
+    path = tmp_path / "timeline.txt"
+    path.write_text("".join(f"    {line}\n" for line in lines))
+    _, replayers = replay(read_trace(str(path)), [preset(preset_name)], cpus)
+    return replayers[preset_name]

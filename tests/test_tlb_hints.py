@@ -20,7 +20,7 @@ from activemm.trace.events import MmFlush, TempMmLoads, TlbFlush
 from activemm.trace.hints import tlb_hints
 from activemm.trace.replay import load_task_snapshot, replay
 
-from .helpers import ROOT, cli
+from .helpers import ROOT, cli, replay_lines
 
 CAPTURES = ROOT / "tests" / "data" / "captures"
 
@@ -61,10 +61,7 @@ START = [
 
 
 def _replay(tmp_path: Path, lines: list[str], preset: str = "linux-6.1-x86_64") -> Metrics:
-    path = tmp_path / "trace.txt"
-    path.write_text("".join(f"  {x}\n" for x in lines))
-    _, replayers = replay(read_trace(str(path)), [PRESETS[preset]], 2)
-    r = replayers[preset]
+    r = replay_lines(tmp_path, lines, preset, 2)
     assert not any(k.startswith(("refused", "resynchronised")) for k in r.stats.anomalies)
     return r.metrics
 
@@ -273,12 +270,9 @@ def test_an_exec_runs_at_its_exec_mmap_not_at_sched_process_exec(tmp_path: Path)
         line("app", 10, 1, 1.0005, "task_rename: pid=10 oldcomm=app newcomm=true x=0", "....."),
         line("true", 10, 1, 1.0006, "sched_process_exec: filename=/bin/true pid=10 old_pid=10"),
     ]
-    path = tmp_path / "trace.txt"
     for keep, zombies in ((True, 0), (False, 1)):
         kept = [x for x in lines if keep or "tlb_flush" not in x]
-        path.write_text("".join(f"  {x}\n" for x in kept))
-        _, replayers = replay(read_trace(str(path)), [PRESETS["linux-6.1-x86_64"]], 2)
-        r = replayers["linux-6.1-x86_64"]
+        r = replay_lines(tmp_path, kept, "linux-6.1-x86_64", 2)
         assert r.metrics.summary()["zombies"]["count"] == zombies
         assert (r.m.state.rqs[0].curr.active_mm is r.tasks[10].mm) is keep
     assert r.stats.tlb["execs at their exec_mmap"] == 0  # (the run without the lines)

@@ -27,9 +27,9 @@ from activemm.model.state import TaskState
 from activemm.trace import LostEvents, SchedSwitch, TraceError, read_trace
 from activemm.trace.events import Probe
 from activemm.trace.readers import ReadStats
-from activemm.trace.replay import Replayer, load_task_snapshot, peek_cpus, replay
+from activemm.trace.replay import load_task_snapshot, peek_cpus, replay
 
-from .helpers import ROOT, cli
+from .helpers import ROOT, cli, replay_lines
 
 DATA = ROOT / "tests" / "data"
 TRACES = ["tracefs_tgid", "tracefs_plain", "perf_script", "trace_cmd_report"]
@@ -978,14 +978,6 @@ def test_replay_shares_the_work_by_default_on_big_trace_files(
     assert r.exit_code == 0 and json.loads(r.stdout)["jobs"] == 1
 
 
-def _replay_lines(tmp_path: Path, lines: list[str], preset: str, cpus: int) -> Replayer:
-    """Replay hand-made tracefs lines under one preset; its replayer."""
-    path = tmp_path / "timeline.txt"
-    path.write_text("".join(f"    {line}\n" for line in lines))
-    _, replayers = replay(read_trace(str(path)), [PRESETS[preset]], cpus)
-    return replayers[preset]
-
-
 # a tracefs sched_switch line to fill in (hand-made timelines)
 SWITCH_LINE = (
     "{c}-{p} [{cpu:03d}] {ts}: sched_switch: prev_comm={c} prev_pid={p} prev_prio=120 "
@@ -1014,7 +1006,7 @@ def test_exec_from_a_thread_whose_leader_runs_on_under_the_threads_pid(tmp_path:
         "true-10 [001] 1.000900: sched_process_exec: filename=/bin/true pid=10 old_pid=11",
         sw.format(c="true", p=10, cpu=1, ts="1.001000", s="S", nc="swapper/1", np=0),
     ]
-    r = _replay_lines(tmp_path, lines, "linux-6.1-x86_64-rt", 2)
+    r = replay_lines(tmp_path, lines, "linux-6.1-x86_64-rt", 2)
     anomalies = r.stats.anomalies
     assert anomalies["de_thread: old leader runs on under the thread's pid"] == 1
     assert not any(k.startswith(("resynchronised", "pid reused", "refused")) for k in anomalies)
@@ -1046,7 +1038,7 @@ def test_exec_from_a_thread_whose_leader_switches_out_last_under_the_threads_pid
         "true-10 [002] 1.000900: sched_process_exec: filename=/bin/true pid=10 old_pid=12",
         sw.format(c="true", p=10, cpu=2, ts="1.001000", s="S", nc="swapper/2", np=0),
     ]
-    r = _replay_lines(tmp_path, lines, "linux-6.17-x86_64", 3)
+    r = replay_lines(tmp_path, lines, "linux-6.17-x86_64", 3)
     anomalies = r.stats.anomalies
     assert anomalies["de_thread: old leader's last switch under the thread's pid"] == 1
     assert "resynchronised CPU" not in anomalies and "dead task seen running" not in anomalies
@@ -1080,7 +1072,7 @@ def test_an_exited_thread_switched_out_as_dead_that_runs_again_is_the_same_task(
         sw.format(c="app", p=11, cpu=1, ts="1.000600", s="X", nc="swapper/1", np=0),
         "rcuc/1-27 [001] 1.000700: sched_process_free: comm=app pid=11 prio=120",
     ]
-    r = _replay_lines(tmp_path, lines, "linux-6.1-x86_64-rt", 2)
+    r = replay_lines(tmp_path, lines, "linux-6.1-x86_64-rt", 2)
     leader, thread = r.tasks[10], r.tasks[11]
     assert r.stats.anomalies["exited task switched out as dead (X) ran again"] == 1
     assert not any(
@@ -1092,6 +1084,6 @@ def test_an_exited_thread_switched_out_as_dead_that_runs_again_is_the_same_task(
     assert leader.mm is not None and leader.mm.mm_users == 1
     assert leader.mm.mm_count == 2  # one for the real users, one for CPU 1's lazy use
     assert sum(1 for t in r.m.state.tasks if t.comm == "app") == 2  # none made up
-    r = _replay_lines(tmp_path, lines + final, "linux-6.1-x86_64-rt", 2)
+    r = replay_lines(tmp_path, lines + final, "linux-6.1-x86_64-rt", 2)
     assert 11 not in r.tasks and r.tasks[10].mm is not None and r.tasks[10].mm.mm_count == 2
     assert r.m.state.rqs[1].curr.is_idle
