@@ -10,6 +10,7 @@ import pytest
 from activemm import PRESETS, Machine
 from activemm.errors import ConfigError
 from activemm.model.arch import x86
+from activemm.model.arch.powerpc import TLB_MM_CPUMASK_TRIM_TIMER
 from activemm.model.events import (
     AsnRollover,
     BroadcastFlush,
@@ -380,6 +381,77 @@ def test_powerpc_trim_clock_moves_lazy_users_to_init_mm() -> None:
     m.flush_tlb_mm_range(2, "mm2", trim=True)
     assert [(s.to_cpu, s.was_lazy) for s in ev.take(ShootdownIpi)] == [(1, True)]
     assert m.task("swapper/1").active_mm is m.state.init_mm and mm2.mm_cpumask == {2}
+
+
+def test_x86_cpumask_trim_goes_by_jiffies_once_a_second_per_mm() -> None:
+    """should_trim_cpumask(): init_new_context() sets next_trim_cpumask = jiffies + HZ and a
+    flush that takes the IPI path trims only once jiffies is past it (time_after, strict),
+    moving it a second on. mm2 was born at jiffies 0: a flush at jiffies HZ leaves CPU 1's
+    stale bit, one at HZ + 1 IPIs CPU 1 and clears it; with the bit stale again, a flush
+    within the next second does not, and dup_mmap()'s flush of the parent's mm asks too
+    (a fork at 2 HZ + 2 takes the trim due then: the next is due after 3 HZ + 2)."""
+    m, ev = _stale_bit("linux-6.17-x86_64")
+    hz = m.config.HZ
+    mm2 = m.mm("mm2")
+
+    def flush_at(jiffies: int) -> list[int]:
+        m.tick_do_update_jiffies64(jiffies / hz)
+        m.flush_tlb_mm_range(2, "mm2")
+        return [i.to_cpu for i in ev.take(FlushIpi)]
+
+    def stale_again() -> None:
+        m.schedule(1, "app")
+        m.schedule(1, "other")
+        ev.seen.clear()
+        assert mm2.mm_cpumask == {1, 2}
+
+    assert flush_at(hz) == [] and mm2.mm_cpumask == {1, 2}
+    assert flush_at(hz + 1) == [1] and mm2.mm_cpumask == {2}
+    stale_again()
+    assert flush_at(2 * hz) == [] and flush_at(2 * hz + 1) == []
+    m.tick_do_update_jiffies64((2 * hz + 2.5) / hz)
+    m.fork("t", name="child")  # dup_mmap(): flush_tlb_mm(mm2), its trim due
+    stale_again()
+    assert flush_at(2 * hz + 3) == []
+    assert flush_at(3 * hz + 2) == [] and flush_at(3 * hz + 3) == [1]
+    m.tick_do_update_jiffies64(0.0)  # jiffies never go back
+    assert m.state.jiffies == 3 * hz + 3
+
+
+def test_x86_an_adopted_mm_is_due_for_its_trim_at_once() -> None:
+    """An mm found when observation began (a trace replay) was born long ago: its first
+    flush with another CPU in the mask trims, whatever the time."""
+    m, ev = watched("linux-6.17-x86_64", cpus=2)
+    m.tick_do_update_jiffies64(1.0)
+    a = m.adopt("a", kernel_thread=False)
+    b = m.adopt("b", kernel_thread=False)
+    assert a.mm is not None
+    m.schedule(0, a)
+    m.schedule(0, b)  # CPU 0's bit in a's mm stale
+    m.schedule(1, a)
+    ev.seen.clear()
+    m.flush_tlb_mm_range(1, a.mm)
+    assert [i.to_cpu for i in ev.take(FlushIpi)] == [0] and a.mm.mm_cpumask == {1}
+
+
+def test_powerpc_trim_clock_ticks_over_at_the_1073rd_flush_of_a_cpu() -> None:
+    """tick_and_test_trim_clock(): the CPU's mm_cpumask_trim_clock counts its flushes (every
+    mm's) and says yes at the 1073rd, then starts again; a flush whose `trim` the caller
+    gives (the checker) leaves the clock alone."""
+    m, ev = _stale_bit("linux-6.17-powerpc-radix")
+    mm2 = m.mm("mm2")
+    m.schedule(1, "app")
+    m.schedule(1, "swapper/1")  # lazy on mm2
+    ev.seen.clear()
+    for _ in range(10):
+        m.flush_tlb_mm_range(2, "mm2", trim=False)
+    assert m.state.rqs[2].tlb.trim_clock == 0
+    for _ in range(TLB_MM_CPUMASK_TRIM_TIMER - 1):
+        m.flush_tlb_mm_range(2, "mm2")
+    assert ev.take(ShootdownIpi) == [] and m.task("swapper/1").active_mm is mm2
+    m.flush_tlb_mm_range(2, "mm2")
+    assert [s.to_cpu for s in ev.take(ShootdownIpi)] == [1] and mm2.mm_cpumask == {2}
+    assert m.state.rqs[2].tlb.trim_clock == 0
 
 
 def test_invlpgb_needs_x86_and_6_15() -> None:

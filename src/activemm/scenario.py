@@ -11,10 +11,11 @@
     note = "init runs on CPU 0"
     expect = { "mm1.mm_count" = 1, "cpu0.curr" = "init" }
 
-`expect` keys: `mmN.mm_users|mm_count|status|global_asid|asid_transition`,
-`TASK.mm|active_mm|state`, `cpuN.curr|active_mm|loaded_mm|lazy|is_lazy|asid|prev_mm` (`lazy`:
-the current task borrows its active_mm; `is_lazy`: x86's per-CPU lazy TLB flag; `asid`: x86's
-loaded_mm_asid; `global_asid`: x86 INVLPGB's, 0 for none). Expectations are checked when the run's
+`expect` keys: `mmN.mm_users|mm_count|status|global_asid|asid_transition|cpumask`,
+`TASK.mm|active_mm|state`, `cpuN.curr|active_mm|loaded_mm|lazy|is_lazy|asid|prev_mm|online`
+(`lazy`: the current task borrows its active_mm; `is_lazy`: x86's per-CPU lazy TLB flag; `asid`:
+x86's loaded_mm_asid; `global_asid`: x86 INVLPGB's, 0 for none; `cpumask`: mm_cpumask as a list
+of CPUs). Expectations are checked when the run's
 preset is in `expect_presets` (default: the scenario's preset), because counts legitimately
 differ between configurations (lazy users hold no mm_count under MMU_LAZY_TLB_SHOOTDOWN).
 
@@ -58,6 +59,7 @@ OPS = (
     "efi_call",
     "cpu_down",
     "cpu_up",
+    "tick_do_update_jiffies64",
 )
 
 
@@ -196,8 +198,10 @@ def _parse_step(raw: object, path: str, index: int) -> Step:
         ann = str(params[name].annotation)
         if ann == "int" and (not isinstance(value, int) or isinstance(value, bool)):
             raise ScenarioError(f"{op}: {name} must be an integer", path=path, step=index)
-        if ann == "bool" and not isinstance(value, bool):
+        if ann in ("bool", "bool | None") and not isinstance(value, bool):
             raise ScenarioError(f"{op}: {name} must be true or false", path=path, step=index)
+        if ann == "float" and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise ScenarioError(f"{op}: {name} must be a number", path=path, step=index)
     missing = [
         n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in raw
     ]
@@ -245,6 +249,7 @@ def run(
     )
     for i, step in enumerate(scenario.steps, start=1):
         method: Callable[..., Any] = getattr(machine, step.op)
+        rec.events = []  # (an operation the model does not record, like a tick, has none)
         try:
             method(**step.args)
         except ActiveMmError as e:
@@ -278,6 +283,7 @@ def probe(machine: Machine, key: str) -> object:
             "status": mm.status,
             "global_asid": mm.context.global_asid,  # x86 INVLPGB
             "asid_transition": mm.context.asid_transition,
+            "cpumask": sorted(mm.mm_cpumask),  # mm_cpumask(mm), as a list of CPUs
         }
     else:
         t = machine.task(obj)

@@ -76,7 +76,11 @@ def encode(
     prepared: _Prepared | None = None,
 ) -> tuple[Any, ...]:
     """The state as a tuple, CPUs taken in `cpu_order` (position = new CPU number).
-    Without `symmetric`, tasks and mms keep their pids and ids: no reduction at all."""
+    Without `symmetric`, tasks and mms keep their pids and ids: no reduction at all.
+    The kernel's clocks are left out: the checker keeps jiffies at 0 (so every mm's x86
+    next_trim_cpumask is HZ) and gives each flush's trim itself (ops.py), so powerpc's
+    per-CPU trim clock ticks only at forks' dup_mmap() flushes: in a breadth-first search
+    a state keeps the clock of its shortest path, far from the 1073 flushes of a trim."""
     prep = prepared or _Prepared.of(state, symmetric)
     cpu_label = {cpu: i for i, cpu in enumerate(cpu_order)}
     rqs = [state.rqs[c] for c in cpu_order]

@@ -161,7 +161,13 @@ def enabled(
                 if limits.grabs:
                     ops.append(op("mmgrab", mm=mm.name, holder=name))
     if limits.flushes:
-        trims = limits.trim and machine.config.cpumask_trim
+        # The arch's occasional mm_cpumask trim is the environment's choice here, not a
+        # clock's: a plain flush says it is not due (trim=False, so that powerpc's per-CPU
+        # flush counter, which the canonical state leaves out, never ticks), and with --trim
+        # a flush at which it is due is offered too.
+        clocked = machine.config.cpumask_trim
+        trims = limits.trim and clocked
+        no_trim = {"trim": False} if clocked else {}
         # munmap/mprotect flush from the process's own context, on a CPU running the mm;
         # leave_mm() is called from the idle loop.
         for rq in online:
@@ -169,7 +175,13 @@ def enabled(
             if user_mm is not None and not rq.curr.pf_kthread:
                 for freed in (False, True):
                     ops.append(
-                        op("flush_tlb_mm_range", cpu=rq.cpu, mm=user_mm.name, freed_tables=freed)
+                        op(
+                            "flush_tlb_mm_range",
+                            cpu=rq.cpu,
+                            mm=user_mm.name,
+                            freed_tables=freed,
+                            **no_trim,
+                        )
                     )
                 if trims:
                     ops.append(op("flush_tlb_mm_range", cpu=rq.cpu, mm=user_mm.name, trim=True))

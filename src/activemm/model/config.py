@@ -93,6 +93,9 @@ class KernelConfig:
     mutants: frozenset[str] = field(default_factory=frozenset)
     nr_dyn_asids: int = 6  # x86 TLB_NR_DYN_ASIDS
     alpha_max_asn: int = 127  # alpha EV5/EV6 HARDWARE_ASN_MASK
+    # CONFIG_HZ, jiffies a second (Debian's kernels: CONFIG_HZ_250); x86 6.14+ trims an mm's
+    # mm_cpumask at most once every HZ jiffies (should_trim_cpumask)
+    HZ: int = 250
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHES:
@@ -123,6 +126,8 @@ class KernelConfig:
             )
         if self.global_asid_threshold < 0:
             raise ConfigError("global_asid_threshold must be 0 or more")
+        if self.HZ < 1:
+            raise ConfigError("HZ must be at least 1")
 
     @property
     def per_task_lazy_refs(self) -> bool:
@@ -219,6 +224,7 @@ class KernelConfig:
             "activate_mm_passes_prev": self.activate_mm_passes_prev,
             "nr_dyn_asids": self.nr_dyn_asids,
             "alpha_max_asn": self.alpha_max_asn,
+            "HZ": self.HZ,
             "allow_unsafe": self.allow_unsafe,
             "mutants": sorted(self.mutants),
         }

@@ -534,23 +534,32 @@ class Machine:
     # -- TLB ------------------------------------------------------------------------------
 
     def flush_tlb_mm_range(
-        self, cpu: int, mm: MmRef, freed_tables: bool = False, trim: bool = False
+        self, cpu: int, mm: MmRef, freed_tables: bool = False, trim: bool | None = None
     ) -> None:
         """flush_tlb_mm_range() from `cpu` (munmap, mprotect): a new TLB generation, and
-        whatever IPIs the architecture sends. `trim`: the arch's occasional mm_cpumask trim
-        is due at this flush (x86 6.14+: a second since the mm's last; powerpc radix: the
-        CPU's 1073rd flush); the model has no clock, so the caller says."""
+        whatever IPIs the architecture sends. The arch's occasional mm_cpumask trim (x86
+        6.14+: once a second per mm, by jiffies, see tick_do_update_jiffies64; powerpc
+        radix: every 1073rd flush of a CPU) goes by the kernel's own clock, or, with `trim`
+        True or False, as the caller says (the checker explores both)."""
         rq, m = self.rq(cpu), self.mm(mm)
         if not rq.online:
             raise OperationError(f"flush_tlb_mm_range: CPU {cpu} is offline")
         if m.freed or m.torn_down or m.is_init_mm:
             raise OperationError(f"flush_tlb_mm_range: {m} has no user address space to flush")
         args: dict[str, object] = {"cpu": cpu, "mm": m, "freed_tables": freed_tables}
-        if trim:
-            args["trim"] = True
+        if trim is not None:
+            args["trim"] = trim
         op = self._begin("flush_tlb_mm_range", cpu, **args)
         self.k.arch.flush_tlb_mm_range(self.k, m, freed_tables, trim)
         self._end(op)
+
+    def tick_do_update_jiffies64(self, now: float) -> None:
+        """kernel/time/tick-sched.c: tick_do_update_jiffies64(): jiffies brought up to the
+        time `now` (seconds since boot, a trace's timestamps), HZ a second. Jiffies never go
+        back; no operation is recorded (nothing but the x86 trim reads the clock)."""
+        jiffies = int(now * self.config.HZ)
+        if jiffies > self.state.jiffies:
+            self.state.jiffies = jiffies
 
     def leave_mm(self, cpu: int) -> None:
         """x86 leave_mm(): an idle, lazy CPU drops its borrowed page tables for init_mm.

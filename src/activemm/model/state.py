@@ -29,6 +29,8 @@ class MmContext:
     asn: dict[int, int] = field(default_factory=dict)  # alpha: per-CPU ASN|version, 0 = none
     global_asid: int = 0  # x86 INVLPGB: the ASID every CPU uses for this mm, 0 = none
     asid_transition: bool = False  # x86 INVLPGB: some CPU may still run it on a dynamic ASID
+    # x86 6.14+: the jiffies after which a flush may trim mm_cpumask (should_trim_cpumask)
+    next_trim_cpumask: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -139,6 +141,7 @@ class CpuTlbState:
     ctxs: list[TlbContext] = field(default_factory=list)
     last_asn: int = 0  # alpha: cpu_data[cpu].last_asn (ASN | version)
     need_new_asn: bool = False  # alpha
+    trim_clock: int = 0  # powerpc radix: mm_cpumask_trim_clock (tick_and_test_trim_clock)
     # not kernel state: the kernel path that left this CPU's kernel thread on its borrowed
     # mm out of lazy mode, until its next switch (x86 efi_leave_mm() before 6.15; with
     # INVLPGB, flush_tlb_func()'s reload of a global ASID), for the sanitizer, which takes
@@ -216,6 +219,9 @@ class KernelState:
     next_ctx_id: int = 1
     next_mm_id: int = 1
     global_asids: GlobalAsidSpace = field(default_factory=GlobalAsidSpace)
+    # kernel/time: jiffies, moved on only by a driver that has a clock (a trace replay:
+    # Machine.tick_do_update_jiffies64); scenarios and the checker keep it at 0
+    jiffies: int = 0
 
     def live_tasks(self) -> list[Task]:
         return [t for t in self.tasks if t.state is not TaskState.GONE]
@@ -250,7 +256,14 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
                 mm.torn_down,
                 mm.freed,
                 set(mm.mm_cpumask),
-                MmContext(c.ctx_id, c.tlb_gen, dict(c.asn), c.global_asid, c.asid_transition),
+                MmContext(
+                    c.ctx_id,
+                    c.tlb_gen,
+                    dict(c.asn),
+                    c.global_asid,
+                    c.asid_transition,
+                    c.next_trim_cpumask,
+                ),
                 mm.rcu_cpu,
                 mm.rcu_wait,
             )
@@ -307,6 +320,7 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
                     list(tlb.ctxs),
                     tlb.last_asn,
                     tlb.need_new_asn,
+                    tlb.trim_clock,
                     tlb.unlazy_by,
                 ),
                 cm(rq.prev_mm),
@@ -335,4 +349,5 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
         state.next_ctx_id,
         state.next_mm_id,
         GlobalAsidSpace(set(ga.used), set(ga.freed), ga.last, ga.available),
+        state.jiffies,
     )

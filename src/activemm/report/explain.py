@@ -34,6 +34,8 @@ KERNEL_PATHS: dict[str, str] = {
     "efi_call": "arch/x86/platform/efi/efi_64.c: efi_enter_mm(), the firmware, efi_leave_mm()",
     "cpu_down": "kernel/cpu.c: _cpu_down(): sched_force_init_mm(), __cpu_disable(), finish_cpu()",
     "cpu_up": "kernel/cpu.c: _cpu_up() -> start_secondary() -> cpu_init()",
+    "tick_do_update_jiffies64": "kernel/time/tick-sched.c: tick_do_update_jiffies64(): time "
+    "goes by (jiffies, HZ a second)",
 }
 
 # kernel/sched/core.c, the comment above the four cases of context_switch()
@@ -67,7 +69,12 @@ def snapshot(state: KernelState) -> dict[tuple[str, str], Any]:
         out[(cpu, "is_lazy")] = rq.tlb.is_lazy
         if state.global_asids.used:  # x86 INVLPGB: which CPUs run on a global ASID
             out[(cpu, "ASID")] = rq.tlb.loaded_mm_asid
+    if state.jiffies:  # only a scenario that lets time go by has a clock
+        out[("kernel", "jiffies")] = state.jiffies
     for mm in state.mms:
+        out[(str(mm), "mm_cpumask")] = ",".join(map(str, sorted(mm.mm_cpumask))) or "-"
+        if state.jiffies and mm.context.next_trim_cpumask:  # x86 6.14+'s trim, by the clock
+            out[(str(mm), "next_trim_cpumask")] = mm.context.next_trim_cpumask
         out[(str(mm), "mm_users")] = mm.mm_users
         out[(str(mm), "mm_count")] = mm.mm_count
         out[(str(mm), "state")] = mm.status

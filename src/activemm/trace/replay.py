@@ -30,7 +30,7 @@ from activemm.errors import ActiveMmError, OperationError
 from activemm.metrics import DEFAULT_COSTS, Metrics
 from activemm.model import Machine, Observer
 from activemm.model.config import KernelConfig
-from activemm.model.state import Mm, Task, TaskState
+from activemm.model.state import Task, TaskState
 from activemm.sanitizer import Sanitizer
 from activemm.trace.events import (
     ExecMmap,
@@ -49,7 +49,6 @@ from activemm.trace.events import (
 from activemm.trace.hints import tlb_hints
 
 SANITIZE_EVERY = 1000  # replay: full invariant checks every this many operations
-TRIM_EVERY = 1.0  # x86 should_trim_cpumask() (6.14+): once a second (HZ jiffies) per mm
 CLONE_VM = 0x100
 CLONE_VFORK = 0x4000
 CLONE_THREAD = 0x10000
@@ -162,8 +161,6 @@ class Replayer:
         self.stats = ReplayStats()
         # pid -> the task whose exec ran at its exec_mmap(), until its sched_process_exec
         self.execd: dict[int, Task] = {}
-        # id(mm) -> (mm, its context.next_trim_cpumask as trace time): x86 6.14+
-        self.next_trim: dict[int, tuple[Mm, float]] = {}
 
     # -- the model's view of trace tasks ------------------------------------------------
 
@@ -323,6 +320,7 @@ class Replayer:
 
     def apply(self, ev: TraceEvent) -> None:
         self.metrics.now = ev.ts
+        self.m.tick_do_update_jiffies64(ev.ts)
         for o in self.extra:
             o.now = ev.ts
         if isinstance(ev, TlbFlush | MmFlush | TempMmLoads | ExecMmap):
@@ -394,8 +392,6 @@ class Replayer:
         if kind in ("kthread", "usermode") and parent.mm is not None:
             kind = "thread"  # a kernel thread inside kthread_use_mm forking: rare
         child = self.m.fork(parent, kind, name=child_comm)
-        if kind == "process" and child.mm is not None:
-            self._born(child.mm)
         self.tasks[child_pid] = child
         self.tgid_of[child_pid] = (
             self.tgid_of.get(ev.pid, ev.pid) if kind == "thread" else (child_pid)
@@ -417,8 +413,6 @@ class Replayer:
         t = self.current(ev.cpu, ev.pid, ev.comm, ev.tgid)
         if ev.fork is not None:
             self.stats.tlb["forks at their dup_mmap flush"] += 1
-            if t.mm is not None:
-                self._trim_due(ev.cpu, t.mm)  # dup_mmap()'s flush_tlb_mm() asks it too
             self.newtask(replace(ev.fork, line=ev.line, cpu=ev.cpu, ts=ev.ts))
             return
         kind = "flushes"
@@ -434,46 +428,7 @@ class Replayer:
                 self.stats.tlb["flushes of an unknown mm (not replayed)"] += 1
             return
         self.stats.tlb[kind] += 1
-        trim = self._trim_due(ev.cpu, mm)
-        self.m.flush_tlb_mm_range(ev.cpu, mm, freed_tables=ev.freed_tables, trim=trim)
-
-    def _born(self, mm: Mm) -> None:
-        """x86 init_new_context(): next_trim_cpumask = jiffies + HZ."""
-        if len(self.next_trim) >= 4096:  # (a validation never calls forget_dead())
-            self._forget_trims()
-        self.next_trim[id(mm)] = (mm, self.metrics.now + TRIM_EVERY)
-
-    def _forget_trims(self) -> None:
-        for key, (mm, _) in list(self.next_trim.items()):
-            if mm.freed:
-                del self.next_trim[key]
-
-    def _trim_due(self, cpu: int, mm: Mm) -> bool:
-        """arch/x86/mm/tlb.c: should_trim_cpumask() (6.14+; the model takes it from its
-        caller, having no clock), asked by flush_tlb_mm_range() where it sends IPIs: an mm
-        with no global ASID and another online CPU in its mm_cpumask. True once a second
-        after the mm's birth (an mm from before the trace: at once) or its last trim, which
-        it moves on. x86 only: powerpc radix's `trim` is its per-CPU clock of flushes
-        (tick_and_test_trim_clock()), which a replay does not keep; before 6.14 x86 ignores
-        it."""
-        rqs = self.m.state.rqs
-        if (
-            self.config.arch != "x86_64"
-            or mm.context.global_asid
-            or not any(c != cpu and c < len(rqs) and rqs[c].online for c in mm.mm_cpumask)
-        ):
-            return False
-        now = self.metrics.now
-        due = self.next_trim.get(id(mm))
-        if due is not None and due[0] is mm and now <= due[1]:
-            return False
-        self.next_trim[id(mm)] = (mm, now + TRIM_EVERY)
-        return True
-
-    def forget_dead(self) -> None:
-        """The model's forget_dead(), and the trim times of freed mms."""
-        self.m.forget_dead()
-        self._forget_trims()
+        self.m.flush_tlb_mm_range(ev.cpu, mm, freed_tables=ev.freed_tables)
 
     def temp_mm(self, ev: TempMmLoads) -> None:
         """CR3 loads in a row outside a context switch (tlb_hints()): text_poke()s, which
@@ -503,7 +458,7 @@ class Replayer:
         if t.in_exec_mmap is not None or t.exiting:
             return
         self.stats.tlb["execs at their exec_mmap"] += 1
-        self._born(self.m.exec(t))
+        self.m.exec(t)
         self.execd[ev.pid] = t
 
     def exec(self, ev: ProcessExec) -> None:
@@ -519,9 +474,9 @@ class Replayer:
         if self.execd.pop(ev.exec_pid, None) is t:
             pass  # the exec ran at its exec_mmap() (Replayer.exec_mmap)
         elif t.in_exec_mmap is not None:  # preempted inside exec_mmap() (a validation's find)
-            self._born(self.m.resume_exec(t))
+            self.m.resume_exec(t)
         else:
-            self._born(self.m.exec(t))
+            self.m.exec(t)
         self.tgid_of[ev.exec_pid] = ev.exec_pid
 
     def exit(self, ev: ProcessExit) -> None:
@@ -598,7 +553,7 @@ def replay(
             r.apply(ev)
         if n % 20000 == 0:
             for r in rs:
-                r.forget_dead()
+                r.m.forget_dead()
             if tick is not None:
                 tick(n)
     for r in rs:

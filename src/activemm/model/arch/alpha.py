@@ -139,7 +139,7 @@ def switch_to(k: Kernel, prev: Task, next: Task) -> None:
             __load_new_mm_context(k, mm, next)
 
 
-def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool, trim: bool = False) -> None:
+def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool, trim: bool | None = None) -> None:
     """arch/alpha/kernel/smp.c: flush_tlb_mm(): if this CPU runs on mm it takes a new context
     (flush_tlb_current). If it is the only user, the other CPUs' contexts are just zeroed;
     otherwise an IPI makes each CPU running on mm take a new context (ipi_flush_tlb_mm) and

@@ -56,7 +56,7 @@ def exit_mmap(k: Kernel, mm: Mm) -> None:
     """mm/mmap.c: exit_mmap(): the final flush of a torn-down mm. Generic: no TLB modelled."""
 
 
-def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool, trim: bool = False) -> None:
+def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool, trim: bool | None = None) -> None:
     """flush_tlb_mm_range(): generic: a new TLB generation, nothing else modelled (no
     mm_cpumask trim: `trim` changes nothing)."""
     mm.context.tlb_gen += 1

@@ -73,26 +73,45 @@ def exit_mmap(k: Kernel, mm: Mm) -> None:
         exit_flush_lazy_tlbs(k, mm)
 
 
-def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool, trim: bool = False) -> None:
+# arch/powerpc/mm/book3s64/radix_tlb.c: tlb_mm_cpumask_trim_timer, flushes of a CPU between
+# two trims of the mm_cpumask of whatever mm it flushes then
+TLB_MM_CPUMASK_TRIM_TIMER = 1073
+
+
+def tick_and_test_trim_clock(k: Kernel, cpu: int, trim: bool | None) -> bool:
+    """radix_tlb.c: tick_and_test_trim_clock(): the CPU's mm_cpumask_trim_clock counts its
+    flushes and says yes at every 1073rd. `trim` True or False stands for its answer (the
+    checker explores both and keeps no clock, which then does not tick); None asks it."""
+    if trim is not None:
+        return trim
+    tlb = k.state.rqs[cpu].tlb
+    tlb.trim_clock += 1
+    if tlb.trim_clock == TLB_MM_CPUMASK_TRIM_TIMER:
+        tlb.trim_clock = 0
+        return True
+    return False
+
+
+def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool, trim: bool | None = None) -> None:
     """radix_tlb.c: flush_type_needed() (radix; a flush that is not the exit's fullmm one):
     broadcast tlbie needs no IPIs, but the mask is trimmed, moving lazy users to init_mm:
     always when the only thread of a single-threaded process flushes its own mm, and when
     the per-CPU trim clock ticks over (tick_and_test_trim_clock(), every 1073rd flush of a
-    CPU: `trim`; the model has no such counter, so the caller says): every other CPU in the
-    mask (exit_flush_lazy_tlbs), and this one unless it runs the mm; with this CPU alone in
-    the mask, only it, when it does not run the mm (an asynchronous flush)."""
+    CPU; `trim`): every other CPU in the mask (exit_flush_lazy_tlbs), and this one unless
+    it runs the mm; with this CPU alone in the mask, only it, when it does not run the mm
+    (an asynchronous flush)."""
     mm.context.tlb_gen += 1
     if not k.config.radix or not mm.mm_cpumask:
         return
     cpu = k.cpu
     current = k.state.rqs[cpu].curr
     if mm.mm_cpumask == {cpu}:  # active_cpus == 1, this CPU: a local flush
-        if current.mm is not mm and trim:
+        if current.mm is not mm and tick_and_test_trim_clock(k, cpu, trim):
             exit_lazy_flush_tlb(k, cpu, mm)
         return
     if mm.mm_users <= 1 and current.mm is mm:
         exit_flush_lazy_tlbs(k, mm)
-    elif trim:
+    elif tick_and_test_trim_clock(k, cpu, trim):
         exit_flush_lazy_tlbs(k, mm)
         if current.mm is not mm and cpu in mm.mm_cpumask:
             exit_lazy_flush_tlb(k, cpu, mm)

@@ -75,10 +75,12 @@ def cpu_init(k: Kernel, rq: Rq) -> None:
 
 def init_new_context(k: Kernel, mm: Mm, tsk: Task | None) -> None:
     """arch/x86/include/asm/mmu_context.h: init_new_context(): ctx_id from the global
-    counter, tlb_gen = 0; mm_init_global_asid(): no global ASID, not in transition."""
+    counter, tlb_gen = 0, next_trim_cpumask = jiffies + HZ (6.14+: no trim in the mm's first
+    second); mm_init_global_asid(): no global ASID, not in transition."""
     k.state.next_ctx_id += 1
     mm.context.ctx_id = k.state.next_ctx_id
     mm.context.tlb_gen = 0
+    mm.context.next_trim_cpumask = k.state.jiffies + k.config.HZ
     mm.context.global_asid = 0
     mm.context.asid_transition = False
 
@@ -223,14 +225,24 @@ def flush_tlb_func(k: Kernel, cpu: int, mm: Mm, new_tlb_gen: int) -> None:
         k.cpu = sender
 
 
-def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool, trim: bool = False) -> None:
+def should_trim_cpumask(k: Kernel, mm: Mm) -> bool:
+    """arch/x86/mm/tlb.c: should_trim_cpumask() (6.14+): once jiffies has passed the mm's
+    next_trim_cpumask, move it a second on (jiffies + HZ) and trim at this flush."""
+    if k.state.jiffies > mm.context.next_trim_cpumask:  # time_after(jiffies, next)
+        mm.context.next_trim_cpumask = k.state.jiffies + k.config.HZ
+        return True
+    return False
+
+
+def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool, trim: bool | None = None) -> None:
     """arch/x86/mm/tlb.c: flush_tlb_mm_range().
 
     Bump the mm's tlb_gen; an mm with a global ASID is flushed by broadcast
     (broadcast_tlb_flush); else if any other CPU is in mm_cpumask, flush_tlb_multi() on the
-    mask, then consider_global_asid(); else flush locally if this CPU has the mm loaded.
-    `trim`: should_trim_cpumask() is true (6.14+: a second has passed since the mm's last
-    trim, or its birth); the model has no clock, so the caller says."""
+    mask with info->trim_cpumask = should_trim_cpumask() (6.14+), then
+    consider_global_asid(); else flush locally if this CPU has the mm loaded. `trim` True or
+    False stands for should_trim_cpumask()'s answer (the checker explores both, keeping no
+    clock); None asks it, by the model's jiffies."""
     k.touch(mm, "flush_tlb_mm_range")
     cpu = k.cpu
     mm.context.tlb_gen += 1
@@ -238,7 +250,8 @@ def flush_tlb_mm_range(k: Kernel, mm: Mm, freed_tables: bool, trim: bool = False
     if mm_global_asid(k, mm):
         broadcast_tlb_flush(k, mm, new_tlb_gen)
     elif any(c != cpu for c in mm.mm_cpumask if k.state.rqs[c].online):
-        flush_tlb_multi(k, mm, new_tlb_gen, freed_tables, trim and lazy_cpumask(k))
+        trim_cpumask = lazy_cpumask(k) and (should_trim_cpumask(k, mm) if trim is None else trim)
+        flush_tlb_multi(k, mm, new_tlb_gen, freed_tables, trim_cpumask)
         consider_global_asid(k, mm)
     elif k.state.rqs[cpu].tlb.loaded_mm is mm:
         flush_tlb_func(k, cpu, mm, new_tlb_gen)
