@@ -278,6 +278,88 @@ def test_an_exec_runs_at_its_exec_mmap_not_at_sched_process_exec(tmp_path: Path)
     assert r.stats.tlb["execs at their exec_mmap"] == 0  # (the run without the lines)
 
 
+SOLO, OTHER = ("solo", 30), ("other", 40)
+
+
+def _exit_window(ipis: bool) -> list[str]:
+    """solo, a single-threaded process, exits on CPU 0: exit_mm() leaves the CPU lazy on its
+    mm, and exit_mmap()'s final flush (page tables freed) switches the lazy CPU to init_mm: a
+    CR3 load by solo outside a switch, after "remote ipi send" and CPU 1's load of init_mm in
+    a hardirq when CPU 1, where solo ran before, is lazy on it too (`ipis`). Then solo is
+    preempted by other, another process, before sched_process_exit, and comes back: as a
+    task without an mm it borrows other's, no CR3 load."""
+    before = [
+        switch(1, 0.9990, IDLE1, SOLO, "R"),
+        tlb("<idle>", 0, 1, 0.9991, "flush on task switch"),  # the switch's own load
+        switch(1, 0.9995, SOLO, IDLE1),  # CPU 1 lazy on solo's mm
+    ]
+    exit_flush = [
+        tlb("solo", 30, 0, 1.0010, "remote ipi send", "...1."),
+        tlb("<idle>", 0, 1, 1.00102, "flush on task switch", "d.h1."),
+    ]
+    return [
+        *(before if ipis else []),
+        switch(0, 1.0000, IDLE0, SOLO, "R"),
+        tlb("<idle>", 0, 0, 1.0001, "flush on task switch"),
+        *(exit_flush if ipis else []),
+        tlb("solo", 30, 0, 1.00104, "flush on task switch"),  # exit_mmap(): to init_mm
+        switch(0, 1.0011, SOLO, OTHER, "R+"),  # preempted inside the exit window
+        tlb("solo", 30, 0, 1.00111, "flush on task switch"),  # other's mm
+        switch(0, 1.0020, OTHER, SOLO, "R+"),  # back: lazy on other's mm
+        line("solo", 30, 0, 1.0021, "sched_process_exit: comm=solo pid=30 prio=120"),
+        switch(0, 1.0022, SOLO, IDLE0, "Z"),
+    ]
+
+
+@pytest.mark.parametrize("ipis", [False, True])
+def test_an_exit_runs_where_exit_mmap_switched_its_lazy_cpu_to_init_mm(
+    tmp_path: Path, ipis: bool
+) -> None:
+    """The kernel's exit_mm() ran before exit_mmap()'s flush found the task's CPU lazy and
+    loaded init_mm there (arch/x86/mm/tlb.c: flush_tlb_func() on a lazy CPU). The replay runs
+    the exit at that load, so the task preempted after it switches as one without an mm: back
+    on CPU 0 it loads nothing, and the replay makes the CR3 loads the kernel's lines show.
+    Replayed at sched_process_exit, it would load solo's mm again on the way back."""
+    lines = _exit_window(ipis)
+    r = replay_lines(tmp_path, lines, "linux-6.1-x86_64", 2)
+    assert r.stats.tlb["exits at exit_mmap's flush"] == 1
+    assert r.metrics.cr3_loads == sum("flush on task switch" in x for x in lines)
+    assert r.metrics.flush_ipis == (1 if ipis else 0)
+    # solo's mm outlived its last real user, borrowed by solo itself from exit_mm() to its
+    # switch to other (and, with the IPIs, by CPU 1's idle task): one zombie
+    assert r.metrics.summary()["zombies"]["count"] == 1
+    read = list(read_trace(str(tmp_path / "timeline.txt")))
+    made = [type(e).__name__ for e in tlb_hints(read)]
+    assert ("MmFlush" if ipis else "ExitMmapLoad") in made
+
+
+def test_a_lone_cr3_load_is_no_exit_when_the_task_renames_execs_or_forks_first() -> None:
+    """One CR3 load by a task outside a switch, then (besides its other lines) its rename,
+    exec or fork before any exit: still a live user task, not exit_mmap()'s load; it stays
+    the plain line. Its sched_process_exit first makes it ExitMmapLoad, however long after."""
+    head = [
+        switch(0, 1.0000, IDLE0, SOLO, "R"),
+        tlb("solo", 30, 0, 1.0010, "flush on task switch"),
+        line("solo", 30, 0, 1.0011, "sched_process_free: comm=x pid=99 prio=120"),
+        switch(0, 1.0012, SOLO, OTHER, "R+"),
+        switch(0, 1.0020, OTHER, SOLO, "R+"),
+    ]
+    exit_line = line("solo", 30, 0, 1.0031, "sched_process_exit: comm=solo pid=30 prio=120")
+    firsts = {
+        "rename": line("solo", 30, 0, 1.0030, "task_rename: pid=30 oldcomm=solo newcomm=b x=0"),
+        "fork": line("solo", 30, 0, 1.0030, "task_newtask: pid=31 comm=solo clone_flags=11 x=0"),
+        "exec": line("solo", 30, 0, 1.0030, "sched_process_exec: filename=/b pid=30 old_pid=30"),
+        "exit": exit_line,
+    }
+    for what, first in firsts.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "trace.txt"
+            path.write_text("".join(f"  {x}\n" for x in [*head, first, exit_line]))
+            read = list(read_trace(str(path)))
+        kinds = [type(e).__name__ for e in tlb_hints(read)]
+        assert kinds[1] == ("ExitMmapLoad" if what == "exit" else "TlbFlush"), what
+
+
 # lines of every kind tlb_hints() reads, by any task on any CPU (the idle tasks all pid 0)
 _KINDS = [
     "tlb_flush: pages:-1 reason:flush on task switch (0)",
@@ -312,8 +394,8 @@ def test_hints_give_back_every_line_once_in_order_whatever_comes(
     lines: list[tuple[int, int, int, str]], horizon: int
 ) -> None:
     """Whatever the lines, however short the horizon, tlb_hints() gives back one event per
-    event read, in the order read (MmFlush, TempMmLoads and ExecMmap in place of the line
-    they began with): nothing is held back for good."""
+    event read, in the order read (MmFlush, TempMmLoads, ExecMmap and ExitMmapLoad in place
+    of the line they began with): nothing is held back for good."""
     text = "".join(
         "  " + line("a", pid, cpu, 1.0 + i / 1e5, _KINDS[k].format(p=pid, c=pid + 20), flags) + "\n"
         for i, (k, cpu, pid, flags) in enumerate(lines)

@@ -585,8 +585,9 @@ def replay(
     Context switches by case, address-space loads and what lazy TLB saved, mm_count atomics
     (same-CPU vs cross-CPU), shootdown and flush IPIs, zombie mms, and a cost estimate.
     Record x86's tlb:tlb_flush too and the replay makes the trace's TLB flushes, text_poke()s
-    and EFI calls as well, and runs each exec where exec_mmap() ran (without it: only forks'
-    and exits' flushes, execs at sched_process_exec; docs/replay.md)."""
+    and EFI calls as well, and runs each exec where exec_mmap() ran and each exit where
+    exit_mmap() found its CPU lazy (without it: only forks' and exits' flushes, execs and
+    exits at their sched_process_* tracepoints; docs/replay.md)."""
     from activemm.fileio import write_atomic
     from activemm.metrics import load_costs
     from activemm.report.compare import BASELINE, table, tlb_summary

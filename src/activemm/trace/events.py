@@ -138,6 +138,9 @@ class MmFlush(TraceEvent):
     fork: NewTask | None = None
     foreign: bool = False
     receivers: tuple[int, ...] = ()
+    # the local part was this CPU's switch to init_mm, lazy on the flushed mm: a user task
+    # flushing there is past its exit_mm(), in exit_mmap()
+    lazy_local: bool = False
 
 
 @dataclass(slots=True)
@@ -145,9 +148,9 @@ class TempMmLoads(TraceEvent):
     """CR3 loads in a row by the running task outside a context switch, nothing between
     (`trace.hints.tlb_hints()` puts one in place of the first): x86 text_poke()'s
     use_temporary_mm(poking_mm) and unuse_temporary_mm(), after leave_mm() on a lazy CPU (a
-    third load); an EFI runtime call's efi_mm and back. (One load alone, exec's
-    activate_mm(), exit_mmap()'s switch of a lazy CPU to init_mm or kthread_use_mm(), stays
-    a plain line: the replay has those from other events.)"""
+    third load); an EFI runtime call's efi_mm and back. (One load alone is exec's
+    activate_mm() (ExecMmap), exit_mmap()'s switch of the exiting task's lazy CPU to
+    init_mm (ExitMmapLoad), or, left a plain line, kthread_use_mm().)"""
 
     loads: int
 
@@ -160,6 +163,16 @@ class ExecMmap(TraceEvent):
     line. sched_process_exec comes only when load_elf_binary() returns, if it does (an exec
     can fail past the point of no return); in between the task can be preempted and migrate,
     on its new mm."""
+
+
+@dataclass(slots=True)
+class ExitMmapLoad(TraceEvent):
+    """exit_mmap()'s final flush switching the exiting task's own lazy CPU to init_mm, as
+    `trace.hints.tlb_hints()` reads it: one CR3 load by a task outside a context switch, then
+    no rename, exec or fork of the task before its sched_process_exit, in place of the
+    load's line. exit_mm() made the CPU lazy on the task's mm before: a task preempted after
+    that (the exit window) is switched as one without an mm, which sched_process_exit says
+    only later."""
 
 
 @dataclass(slots=True)

@@ -14,7 +14,11 @@ lazy one. `tlb_hints()` turns those lines into operations the model has:
   lazy CPU: a third load), or an EFI runtime call's efi_mm and back;
 - **ExecMmap**: one such load followed by the task's own task_rename: exec_mmap(), where
   begin_new_exec() renames the task next (sched_process_exec comes only at the end of the
-  exec, if it does).
+  exec, if it does);
+- **ExitMmapLoad**: one such load followed by the task's sched_process_exit, no rename, exec
+  or fork of its own between: exit_mmap()'s final flush found the task's CPU lazy on its mm
+  (exit_mm() ran before) and switched it to init_mm. A flush that IPIs other CPUs first says
+  the same with its local part (MmFlush.lazy_local).
 
 Each takes the place of the first line it was read from, once what follows has told what it
 was; the other lines stay as they are (a replay does nothing with a bare `tlb_flush`).
@@ -28,10 +32,14 @@ from dataclasses import dataclass
 
 from activemm.trace.events import (
     ExecMmap,
+    ExitMmapLoad,
     LostEvents,
     MmFlush,
     NewTask,
     Probe,
+    ProcessExec,
+    ProcessExit,
+    ProcessFork,
     SchedSwitch,
     TaskRename,
     TempMmLoads,
@@ -75,6 +83,7 @@ class _Flush:
             self.fork,
             foreign=(self.sent and not self.local_seen) or self.lazy_local,
             receivers=tuple(self.receivers or ()),
+            lazy_local=self.lazy_local,
         )
 
     def received(self, cpu: int) -> None:
@@ -90,16 +99,18 @@ class _Run:
     loads: int = 1
     resolved: bool = False
     renamed: bool = False  # the task's own task_rename came next on this CPU
+    exited: bool = False  # the task's sched_process_exit came, nothing of the kinds between
 
     def event(self) -> TraceEvent:
-        """TempMmLoads; for one load alone, ExecMmap when the task renamed itself next, or
-        else the line itself (exit_mmap()'s switch of a lazy CPU to init_mm, kthread_use_mm():
-        other events bring those; and a switch's own load whose line names, after
-        de_thread()'s exchange_tids() on another CPU, not the task the sched_switch line
-        named)."""
+        """TempMmLoads; for one load alone, ExecMmap when the task renamed itself next,
+        ExitMmapLoad when its exit came first, or else the line itself (kthread_use_mm():
+        other events bring it; a switch's own load whose line names, after de_thread()'s
+        exchange_tids() on another CPU, not the task the sched_switch line named)."""
         e = self.ev
         if self.loads == 1 and self.renamed:
             return ExecMmap(e.line, e.cpu, e.ts, e.pid, e.comm, e.tgid)
+        if self.loads == 1 and self.exited:
+            return ExitMmapLoad(e.line, e.cpu, e.ts, e.pid, e.comm, e.tgid)
         if self.loads == 1:
             return e
         return TempMmLoads(e.line, e.cpu, e.ts, e.pid, e.comm, e.tgid, self.loads)
@@ -139,6 +150,9 @@ class _Hints:
         # was exec_mmap()'s (task_rename next; the task's switches and flush lines between:
         # preempted in the old mm's exit_mmap(), whose flushes come first)
         self.execs: dict[int, _Run] = {}
+        # _who() -> its one CR3 load outside a switch that was not exec_mmap()'s, until the
+        # task's exit (exit_mmap()'s) or its rename, exec or fork (neither) tells
+        self.exits: dict[int, _Run] = {}
 
     def _resolve(self, f: _Flush) -> None:
         f.over = f.resolved = True
@@ -159,6 +173,8 @@ class _Hints:
                     earlier.resolved = True
                 self.execs[_who(run.ev)] = run
                 return
+            if run.ev.pid > 0 and by is not None and not run.renamed and self._await_exit(run, by):
+                return
         run.resolved = True
 
     @staticmethod
@@ -178,15 +194,55 @@ class _Hints:
         run = self.execs.get(_who(ev))
         if run is not None and not self._exec_goes_on(run, ev):
             del self.execs[_who(ev)]
+            if run.renamed or not self._await_exit(run, ev):
+                run.resolved = True
+
+    @staticmethod
+    def _exit_says(run: _Run, ev: TraceEvent) -> bool | None:
+        """After a task's one CR3 load that was not exec_mmap()'s: True when `ev` is the
+        task's sched_process_exit, False when it is the task's own rename, exec or fork
+        (it was still a live user task: not exit_mmap()'s load), None for anything else."""
+        pid = run.ev.pid
+        if isinstance(ev, ProcessExit):
+            return True if ev.exit_pid == pid else None
+        if isinstance(ev, TaskRename):
+            return False if ev.rename_pid == pid else None
+        if isinstance(ev, ProcessExec):
+            return False if pid in (ev.exec_pid, ev.old_pid) else None
+        if isinstance(ev, NewTask | ProcessFork):
+            return False if ev.pid == pid else None
+        return None
+
+    def _await_exit(self, run: _Run, ev: TraceEvent) -> bool:
+        """Whether `run` waits on for its task's exit after `ev` (self.exits); `ev` may
+        already be the exit (run.exited)."""
+        says = self._exit_says(run, ev)
+        if says is not None:
+            run.exited = says
+            return False
+        earlier = self.exits.get(_who(run.ev))
+        if earlier is not None:
+            earlier.resolved = True
+        self.exits[_who(run.ev)] = run
+        return True
+
+    def _exit_wait(self, ev: TraceEvent) -> None:
+        """A line of a task whose one CR3 load waits for its exit (self.exits)."""
+        run = self.exits[_who(ev)]
+        says = self._exit_says(run, ev)
+        if says is not None:
+            del self.exits[_who(ev)]
+            run.exited = says
             run.resolved = True
 
     def _forget(self) -> None:
         """Lost events: what was going on is unknown."""
         for f in list(self.flushes.values()):
             self._resolve(f)
-        for run in self.execs.values():
+        for run in [*self.execs.values(), *self.exits.values()]:
             run.resolved = True
         self.execs.clear()
+        self.exits.clear()
         for cpu in list(self.runs):
             self._end_run(cpu)
         self.switched.clear()
@@ -219,6 +275,9 @@ class _Hints:
             f.receivers = [*(f.receivers or []), cpu]
             return None
         self.temp.discard(cpu)
+        earlier = self.exits.pop(_who(ev), None)  # a task loads again: it was no exit
+        if earlier is not None:
+            earlier.resolved = True
         run = self.runs[cpu] = _Run(ev)
         return run
 
@@ -258,8 +317,11 @@ class _Hints:
 
     def feed(self, ev: TraceEvent) -> Iterator[TraceEvent]:
         held: _Flush | _Run | None = None
-        if not isinstance(ev, Probe | LostEvents) and _who(ev) in self.execs:
-            self._exec_wait(ev)
+        if not isinstance(ev, Probe | LostEvents):
+            if _who(ev) in self.execs:
+                self._exec_wait(ev)
+            elif _who(ev) in self.exits:
+                self._exit_wait(ev)
         if isinstance(ev, TlbFlush):
             if ev.cr3_load:
                 held = self._load(ev)
@@ -303,6 +365,8 @@ class _Hints:
                 del self.runs[item.ev.cpu]
             if self.execs.get(_who(item.ev)) is item:
                 del self.execs[_who(item.ev)]
+            if self.exits.get(_who(item.ev)) is item:
+                del self.exits[_who(item.ev)]
 
     def _ready(self) -> Iterator[TraceEvent]:
         buf = self.buf
@@ -318,8 +382,8 @@ class _Hints:
 
 
 def tlb_hints(events: Iterable[TraceEvent], horizon: int = HORIZON) -> Iterator[TraceEvent]:
-    """The events, with what the `tlb_flush` lines tell turned into MmFlush, TempMmLoads and
-    ExecMmap events (module docstring):
+    """The events, with what the `tlb_flush` lines tell turned into MmFlush, TempMmLoads,
+    ExecMmap and ExitMmapLoad events (module docstring):
 
     - a flush is "remote ipi send" and then, on the same CPU, its local part ("local mm
       shootdown", or on a lazy CPU its CR3 load of init_mm); or a "local mm shootdown" alone.
@@ -333,8 +397,10 @@ def tlb_hints(events: Iterable[TraceEvent], horizon: int = HORIZON) -> Iterator[
       dup_mmap() flush;
     - a run ends at the CPU's next line that is not a load of the same task's (probes apart).
       A run of one load followed by the task's own task_rename (its switches and flush
-      lines apart: preempted in the old mm's exit_mmap()) is exec_mmap() (ExecMmap); a lone
-      local flush right after a run of one load is left alone.
+      lines apart: preempted in the old mm's exit_mmap()) is exec_mmap() (ExecMmap); one
+      followed by the task's sched_process_exit, no rename, exec or fork of its own between,
+      is exit_mmap()'s switch of its lazy CPU to init_mm (ExitMmapLoad); a lone local flush
+      right after a run of one load is left alone.
 
     Events are held back while something is not known yet, at most `horizon` of them."""
     hints = _Hints(horizon)

@@ -5,7 +5,8 @@
 user_mode_thread when another task without an mm does); `sched_process_exec` -> `exec`;
 `sched_process_exit` -> `exit`; x86 `tlb_flush` lines, read by `trace.hints.tlb_hints()`: a
 TLB flush -> `flush_tlb_mm_range` (a fork's dup_mmap() flush -> that `fork`, there), CR3 loads
-in a row outside a context switch -> `text_poke` or `efi_call`, exec_mmap()'s load -> `exec`.
+in a row outside a context switch -> `text_poke` or `efi_call`, exec_mmap()'s load -> `exec`,
+exit_mmap()'s switch of the exiting task's lazy CPU to init_mm -> `exit`.
 
 Real traces start mid-flight and may lose events. Tasks first seen in the trace are adopted:
 kernel thread or user task from the task snapshot (`--tasks`) when given, else guessed from
@@ -34,6 +35,7 @@ from activemm.model.state import Task, TaskState
 from activemm.sanitizer import Sanitizer
 from activemm.trace.events import (
     ExecMmap,
+    ExitMmapLoad,
     LostEvents,
     MmFlush,
     NewTask,
@@ -128,6 +130,7 @@ TLB_KINDS = (
     "flushes of an unknown mm (not replayed)",
     "forks at their dup_mmap flush",
     "execs at their exec_mmap",
+    "exits at exit_mmap's flush",
     "text_pokes",
     "EFI calls",
 )
@@ -323,8 +326,8 @@ class Replayer:
         self.m.tick_do_update_jiffies64(ev.ts)
         for o in self.extra:
             o.now = ev.ts
-        if isinstance(ev, TlbFlush | MmFlush | TempMmLoads | ExecMmap):
-            self.stats.tlb["lines"] += 1  # (tlb_hints() puts the last three for one line)
+        if isinstance(ev, TlbFlush | MmFlush | TempMmLoads | ExecMmap | ExitMmapLoad):
+            self.stats.tlb["lines"] += 1  # (tlb_hints() puts the last four for one line)
         try:
             if isinstance(ev, SchedSwitch):
                 self.switch(ev)
@@ -342,6 +345,8 @@ class Replayer:
                 self.temp_mm(ev)
             elif isinstance(ev, ExecMmap):
                 self.exec_mmap(ev)
+            elif isinstance(ev, ExitMmapLoad):
+                self.exit_mmap_load(ev.cpu, ev.pid)
             elif isinstance(ev, ProcessFree):
                 if self._gone(ev.free_pid):
                     del self.tasks[ev.free_pid]
@@ -411,6 +416,8 @@ class Replayer:
         or, for a `foreign` flush, of the mm every CPU the IPIs reached was on (none known
         or several: not replayed)."""
         t = self.current(ev.cpu, ev.pid, ev.comm, ev.tgid)
+        if ev.lazy_local and self.exit_mmap_load(ev.cpu, ev.pid):
+            return
         if ev.fork is not None:
             self.stats.tlb["forks at their dup_mmap flush"] += 1
             self.newtask(replace(ev.fork, line=ev.line, cpu=ev.cpu, ts=ev.ts))
@@ -434,7 +441,7 @@ class Replayer:
         """CR3 loads in a row outside a context switch (tlb_hints()): text_poke()s, which
         on a lazy CPU leave_mm() first (an odd run), or, on a lazy CPU, EFI calls (pairs;
         before 6.15 efi_enter_mm() does not leave lazy mode). One load alone is another
-        path's, which other events bring (tlb_hints() leaves it a plain line)."""
+        path's (ExecMmap, ExitMmapLoad, or a plain line)."""
         if ev.loads < 2:
             return
         t = self.current(ev.cpu, ev.pid, ev.comm, ev.tgid)
@@ -446,6 +453,21 @@ class Replayer:
                 self.m.efi_call(ev.cpu)
             else:
                 self.m.text_poke(ev.cpu)
+
+    def exit_mmap_load(self, cpu: int, pid: int) -> bool:
+        """exit_mmap()'s flush switched the CPU of task `pid`, current here, from its own mm,
+        which it was lazy on, to init_mm (tlb_hints(): ExitMmapLoad, MmFlush.lazy_local): its
+        exit_mm() ran before, perhaps before a preemption the replay took for a user task's.
+        The exit runs now (its __mmput makes that flush), not at its sched_process_exit,
+        which then finds it done. False when the model has no such task here."""
+        t = self.tasks.get(pid)
+        if t is None or t is not self.m.state.rqs[cpu].curr or t.pf_kthread or t.exiting:
+            return False
+        if t.mm is None:
+            return False
+        self.stats.tlb["exits at exit_mmap's flush"] += 1
+        self.m.exit(t)
+        return True
 
     def exec_mmap(self, ev: ExecMmap) -> None:
         """exec_mmap() of the task current here (tlb_hints()): the exec runs now, not at its
