@@ -42,10 +42,13 @@ def switch(cpu: int, ts: float, prev: tuple[str, int], nxt: tuple[str, int], s: 
     )
 
 
-def tlb(comm: str, pid: int, cpu: int, ts: float, reason: str, flags: str = "d..2.") -> str:
+def tlb(
+    comm: str, pid: int, cpu: int, ts: float, reason: str, flags: str = "d..2.", pages: int = -1
+) -> str:
     code = {"flush on task switch": 0, "remote shootdown": 1, "local mm shootdown": 3}
     code["remote ipi send"] = 4
-    return line(comm, pid, cpu, ts, f"tlb_flush: pages:-1 reason:{reason} ({code[reason]})", flags)
+    body = f"tlb_flush: pages:{pages} reason:{reason} ({code[reason]})"
+    return line(comm, pid, cpu, ts, body, flags)
 
 
 IDLE0, IDLE1, APP, THREAD = ("swapper/0", 0), ("swapper/1", 0), ("app", 10), ("app", 11)
@@ -119,6 +122,60 @@ def test_a_flush_of_another_tasks_mm_is_told_by_the_cpus_it_reached(tmp_path: Pa
     went_on = [switch(0, 1.0020, ("reader", 20), IDLE0)]
     assert _replay(tmp_path, START + running + send + handled + went_on).flush_ipis == 1
     assert _replay(tmp_path, START + running + send + went_on).flush_ipis == 0
+
+
+def test_a_flush_no_cpu_handled_is_of_the_one_mm_other_cpus_borrow(tmp_path: Path) -> None:
+    """Page migration by a kworker flushes a process's mm from a CPU that does not run it:
+    IPIs go out ("remote ipi send") to the other CPUs in its mm_cpumask, and a lazy one is
+    skipped without a line (native_flush_tlb_multi(): tlb_is_not_lazy), its TLB generation
+    left stale, so it reloads CR3 with a flush when the mm's thread comes back. With no
+    handler's line, the flushed mm is the one lazily borrowed on the other CPUs when there is
+    only one: here app's, on CPU 1. With two different mms borrowed, it is not known and not
+    replayed."""
+    kworker = ("kworker/u4:1", 30)
+    migrate = [
+        switch(0, 1.0004, APP, kworker),  # CPU 0's kworker borrows app's mm too
+        tlb(*kworker, 0, 1.0010, "remote ipi send", "...1.", pages=1),
+        switch(0, 1.0011, kworker, IDLE0, "I"),
+    ]
+    back = [switch(1, 1.0020, IDLE1, THREAD, "R")]
+    plain = _replay(tmp_path, [*START, migrate[0], migrate[2], *back])
+    r = replay_lines(tmp_path, START + migrate + back, "linux-6.1-x86_64", 2)
+    assert r.stats.tlb["flushes of another task's mm"] == 1
+    assert r.metrics.cr3_loads == plain.cr3_loads + 1  # CPU 1's stale reload
+    assert r.metrics.cr3_flushes == plain.cr3_flushes + 1
+    # a third CPU borrows another process's mm: two candidates, nothing replayed
+    sh, idle2 = ("sh", 40), ("swapper/2", 0)
+    other = [switch(2, 1.00031, idle2, sh, "R"), switch(2, 1.00032, sh, idle2)]
+    r = replay_lines(tmp_path, START + other + migrate, "linux-6.1-x86_64", 3)
+    assert r.stats.tlb["flushes of an unknown mm (not replayed)"] == 1
+    assert r.stats.tlb["flushes of another task's mm"] == 0
+
+
+def test_a_local_flush_of_other_pages_is_another_flush() -> None:
+    """flush_tlb_func()'s local part traces the pages of its own flush ("local mm shootdown"
+    pages:N, or -1 when it flushes all, 0 when already up to date): after a full flush's
+    "remote ipi send" (clear_refs of another process's mm) a local pages:1 is a second flush
+    of the task's own mm, and the first one had no local part: another task's mm."""
+    lines = [
+        switch(0, 1.0000, IDLE0, APP, "R"),
+        tlb("app", 10, 0, 1.0010, "remote ipi send", "...1."),
+        tlb("app", 10, 0, 1.0011, "local mm shootdown", pages=1),
+        switch(0, 1.0020, APP, IDLE0),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.txt"
+        path.write_text("".join(f"  {x}\n" for x in lines))
+        read = list(read_trace(str(path)))
+    flushes = [e for e in tlb_hints(read) if isinstance(e, MmFlush)]
+    assert [(f.pages, f.foreign) for f in flushes] == [(-1, True), (1, False)]
+    same = [*lines[:2], tlb("app", 10, 0, 1.0011, "local mm shootdown"), lines[3]]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.txt"
+        path.write_text("".join(f"  {x}\n" for x in same))
+        read = list(read_trace(str(path)))
+    flushes = [e for e in tlb_hints(read) if isinstance(e, MmFlush)]
+    assert [(f.pages, f.foreign) for f in flushes] == [(-1, False)]
 
 
 def test_text_poke_and_efi_calls_from_cr3_loads_in_a_row(tmp_path: Path) -> None:

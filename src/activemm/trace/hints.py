@@ -286,8 +286,10 @@ class _Hints:
         self._end_run(cpu)
         f = self.flushes.get(_who(ev))
         ongoing = f is not None and f.sent and not f.over and f.ev.cpu == cpu
-        if ongoing and f is not None and "local" in ev.reason and not f.local_seen:
-            f.local_seen = True  # the local part of the same flush
+        # the local part of the same flush: its pages, all of them, or none (up to date)
+        same = "local" in ev.reason and f is not None and ev.pages in (f.ev.pages, -1, 0)
+        if ongoing and same and f is not None and not f.local_seen:
+            f.local_seen = True
             return None
         if f is not None:
             self._resolve(f)  # another flush: that one is over, and not a fork's
@@ -386,7 +388,8 @@ def tlb_hints(events: Iterable[TraceEvent], horizon: int = HORIZON) -> Iterator[
     ExecMmap and ExitMmapLoad events (module docstring):
 
     - a flush is "remote ipi send" and then, on the same CPU, its local part ("local mm
-      shootdown", or on a lazy CPU its CR3 load of init_mm); or a "local mm shootdown" alone.
+      shootdown" of the same pages, all of them or none, or on a lazy CPU its CR3 load of
+      init_mm); or a "local mm shootdown" alone.
       IPIs sent with no local part flushed an mm the CPU did not have loaded, another task's
       (`foreign`). While the IPIs are out (until the sender's next event: it waits for them),
       the CPUs whose IPI handler leaves a line ("remote shootdown", or a CR3 load outside a

@@ -413,8 +413,9 @@ class Replayer:
     def flush(self, ev: MmFlush) -> None:
         """A TLB flush from this CPU (tlb_hints()): dup_mmap()'s, where the fork then runs
         (its task_newtask finds the child made), or flush_tlb_mm_range() of the task's mm,
-        or, for a `foreign` flush, of the mm every CPU the IPIs reached was on (none known
-        or several: not replayed)."""
+        or, for a `foreign` flush, of the mm every CPU the IPIs reached was on, or, when no
+        handler left a line (every other CPU in the mask was lazy: skipped), of the one mm
+        the other CPUs lazily borrow (none known or several: not replayed)."""
         t = self.current(ev.cpu, ev.pid, ev.comm, ev.tgid)
         if ev.lazy_local and self.exit_mmap_load(ev.cpu, ev.pid):
             return
@@ -425,7 +426,18 @@ class Replayer:
         kind = "flushes"
         if ev.foreign:
             rqs = self.m.state.rqs
-            on = {rqs[c].curr.active_mm for c in ev.receivers if c < len(rqs)}
+            if ev.receivers:
+                on = {rqs[c].curr.active_mm for c in ev.receivers if c < len(rqs)}
+            else:
+                on = {
+                    rq.curr.active_mm
+                    for rq in rqs
+                    if rq.cpu != ev.cpu
+                    and rq.online
+                    and rq.curr.mm is None
+                    and rq.curr.active_mm is not None
+                    and not rq.curr.active_mm.is_init_mm
+                }
             mm = on.pop() if len(on) == 1 else None
             kind = "flushes of another task's mm" if mm is not t.mm else kind
         else:
