@@ -124,6 +124,30 @@ def test_a_flush_of_another_tasks_mm_is_told_by_the_cpus_it_reached(tmp_path: Pa
     assert _replay(tmp_path, START + running + send + went_on).flush_ipis == 0
 
 
+def test_a_flush_ipi_into_a_context_switch_waits_for_its_end(tmp_path: Path) -> None:
+    """app frees page tables while its thread runs on CPU 1, which is switching to its idle
+    task: the sched_switch there comes after the IPIs went out, the handler's line (a CR3
+    load of init_mm in a hardirq: CPU 1 was lazy by then) after it. __schedule() had turned
+    interrupts off, so CPU 1 took the IPI at finish_task_switch(), lazy on app's mm: to
+    init_mm, and a CR3 load again when the thread comes back; two loads the kernel's lines
+    show. Flushed where the IPIs went out, the model's CPU 1 would have run the thread then,
+    flushed in place, and loaded nothing."""
+    running = [switch(1, 1.0004, IDLE1, THREAD, "R")]
+    flush = [
+        tlb("app", 10, 0, 1.0010, "remote ipi send", "...1."),
+        switch(1, 1.0011, THREAD, IDLE1),  # inside __schedule(): the IPI waits
+        tlb("app", 10, 0, 1.0012, "local mm shootdown"),
+        tlb("<idle>", 0, 1, 1.0013, "flush on task switch", "d.h1."),  # init_mm
+        switch(0, 1.0020, APP, IDLE0),
+    ]
+    back = [switch(1, 1.0030, IDLE1, THREAD, "R")]
+    without = [flush[1], flush[4]]
+    r = replay_lines(tmp_path, START + running + flush + back, "linux-6.1-x86_64", 2)
+    plain = _replay(tmp_path, START + running + without + back)
+    assert r.metrics.cr3_loads - plain.cr3_loads == 2
+    assert r.metrics.flush_ipis == 1
+
+
 def test_a_flush_no_cpu_handled_is_of_the_one_mm_other_cpus_borrow(tmp_path: Path) -> None:
     """Page migration by a kworker flushes a process's mm from a CPU that does not run it:
     IPIs go out ("remote ipi send") to the other CPUs in its mm_cpumask, and a lazy one is

@@ -141,6 +141,10 @@ class MmFlush(TraceEvent):
     # the local part was this CPU's switch to init_mm, lazy on the flushed mm: a user task
     # flushing there is past its exit_mm(), in exit_mmap()
     lazy_local: bool = False
+    # receivers whose handler's line came after a context switch of theirs that began after
+    # the IPIs went out: inside __schedule(), interrupts off, they took the IPI only at that
+    # switch's finish_task_switch(), on the state it left
+    in_switch: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)

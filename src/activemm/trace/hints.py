@@ -68,6 +68,8 @@ class _Flush:
     resolved: bool = False
     receivers: list[int] | None = None  # CPUs whose IPI handler left a line
     lazy_local: bool = False  # its local part was a lazy CPU's switch to init_mm
+    switching: set[int] | None = None  # CPUs whose sched_switch came after the IPIs went out
+    in_switch: list[int] | None = None  # receivers among those: the IPI waited for the switch
 
     def event(self) -> MmFlush:
         e = self.ev
@@ -84,11 +86,26 @@ class _Flush:
             foreign=(self.sent and not self.local_seen) or self.lazy_local,
             receivers=tuple(self.receivers or ()),
             lazy_local=self.lazy_local,
+            in_switch=tuple(self.in_switch or ()),
         )
 
-    def received(self, cpu: int) -> None:
+    def received(self, cpu: int) -> bool:
+        """A handler's line on `cpu` while the IPIs are out: the first one there is this
+        flush's (a CPU takes each flush's IPI once). Whether it was."""
+        receivers = self.receivers or []
+        if cpu == self.ev.cpu or not self.sent or self.over or cpu in receivers:
+            return False
+        self.receivers = [*receivers, cpu]
+        if cpu in (self.switching or ()):
+            self.in_switch = [*(self.in_switch or []), cpu]
+        return True
+
+    def switched(self, cpu: int) -> None:
+        """A sched_switch on `cpu` while the IPIs are out: __schedule() there had turned
+        interrupts off, so an IPI whose handler's line comes after it waited for the
+        switch."""
         if cpu != self.ev.cpu and self.sent and not self.over:
-            self.receivers = (self.receivers or []) + [cpu]
+            self.switching = (self.switching or set()) | {cpu}
 
 
 @dataclass
@@ -257,9 +274,8 @@ class _Hints:
         own = not ev.hardirq and not in_switch
         if not in_switch and (ev.hardirq or not self.irq_flags):
             for o in self.flushes.values():  # a lazy CPU the IPIs sent to init_mm
-                if o.sent and not o.over and o.ev.cpu != cpu:
+                if o.received(cpu):
                     o.freed_tables = True
-                    o.received(cpu)
         run = self.runs.get(cpu)
         if run is not None and own and run.ev.pid == ev.pid:
             run.loads += 1
@@ -343,6 +359,8 @@ class _Hints:
             self.temp.discard(ev.cpu)
             if isinstance(ev, SchedSwitch):
                 self.switched[ev.cpu] = ev.prev_pid
+                for o in self.flushes.values():
+                    o.switched(ev.cpu)
             else:
                 self.switched.pop(ev.cpu, None)
             self._task_went_on(ev)
@@ -395,7 +413,9 @@ def tlb_hints(events: Iterable[TraceEvent], horizon: int = HORIZON) -> Iterator[
       the CPUs whose IPI handler leaves a line ("remote shootdown", or a CR3 load outside a
       context switch: in a hardirq, when the trace says) are its `receivers`; such a load is
       a lazy CPU that flush_tlb_func() sent to init_mm, which native_flush_tlb_multi() IPIs
-      only when page tables were freed (`freed_tables`). `fork`: a full flush whose task's
+      only when page tables were freed (`freed_tables`); a receiver whose line comes after
+      a sched_switch of its own since the IPIs went out took the IPI only at that switch's
+      end (`in_switch`). `fork`: a full flush whose task's
       next event but its switches is a task_newtask without CLONE_VM is that fork's
       dup_mmap() flush;
     - a run ends at the CPU's next line that is not a load of the same task's (probes apart).

@@ -447,6 +447,10 @@ class Replayer:
                 self.stats.tlb["flushes of an unknown mm (not replayed)"] += 1
             return
         self.stats.tlb[kind] += 1
+        rqs = self.m.state.rqs
+        for c in ev.in_switch:  # the IPI waits for the switch the trace shows next there
+            if c < len(rqs) and rqs[c].online:
+                self.m.local_irq_disable(c)
         self.m.flush_tlb_mm_range(ev.cpu, mm, freed_tables=ev.freed_tables)
 
     def temp_mm(self, ev: TempMmLoads) -> None:
