@@ -291,6 +291,19 @@ def test_replay_says_what_the_tlb_flush_lines_gave() -> None:
     )
     assert 0.95 * forks <= tlb["forks at their dup_mmap flush"] <= forks
     assert tlb["flushes"] > 0 and tlb["EFI calls"] == 0
+    # the traced kernel's own CR3 loads, one "flush on task switch" line each, and how many
+    # context switches the model loads CR3 at as the kernel did: nearly all under the
+    # kernel's own preset, far fewer without lazy TLB
+    presets = ("linux-6.1-x86_64", "linux-6.17-powerpc-radix", "no-lazy")
+    r = cli("replay", str(capture), *(x for p in presets for x in ("-p", p)), "--json")
+    configs = json.loads(r.stdout)["configs"]
+    traced = configs["linux-6.1-x86_64"]["cr3_as_traced"]
+    assert traced["kernel_loads"] == text.count("reason:flush on task switch")
+    switches = text.count(": sched_switch:")
+    assert switches - 4 <= traced["switches"] <= switches  # (each CPU's last: no line after)
+    assert traced["agree_pct"] >= 99
+    assert configs["no-lazy"]["cr3_as_traced"]["agree_pct"] < 80
+    assert "cr3_as_traced" not in configs["linux-6.17-powerpc-radix"]  # no CR3, no tlb_flush
     r = cli(
         "replay", str(ROOT / "tests" / "data" / "tracefs_tgid.txt.gz"), "-p", "linux-6.1-x86_64"
     )
@@ -404,7 +417,15 @@ def test_an_exit_runs_where_exit_mmap_switched_its_lazy_cpu_to_init_mm(
     lines = _exit_window(ipis)
     r = replay_lines(tmp_path, lines, "linux-6.1-x86_64", 2)
     assert r.stats.tlb["exits at exit_mmap's flush"] == 1
-    assert r.metrics.cr3_loads == sum("flush on task switch" in x for x in lines)
+    kernel = sum("flush on task switch" in x for x in lines)
+    assert r.metrics.cr3_loads == kernel
+    # switch by switch too: each of solo's switches but the last (whose CPU shows no line
+    # after it) loads CR3 where the kernel's did, the one back in from other included
+    assert r.stats.cr3 == {
+        "kernel loads": kernel,
+        "switches": 5 if ipis else 3,
+        "agree": 5 if ipis else 3,
+    }
     assert r.metrics.flush_ipis == (1 if ipis else 0)
     # solo's mm outlived its last real user, borrowed by solo itself from exit_mm() to its
     # switch to other (and, with the IPIs, by CPU 1's idle task): one zombie

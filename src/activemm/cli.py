@@ -587,7 +587,9 @@ def replay(
     Record x86's tlb:tlb_flush too and the replay makes the trace's TLB flushes, text_poke()s
     and EFI calls as well, and runs each exec where exec_mmap() ran and each exit where
     exit_mmap() found its CPU lazy (without it: only forks' and exits' flushes, execs and
-    exits at their sched_process_* tracepoints; docs/replay.md)."""
+    exits at their sched_process_* tracepoints; docs/replay.md). The traced kernel's own CR3
+    loads are in those lines too: the row "switches loading as traced (%)" says how often
+    each x86 column loaded CR3 at a context switch as that kernel did."""
     from activemm.fileio import write_atomic
     from activemm.metrics import load_costs
     from activemm.report.compare import BASELINE, table, tlb_summary

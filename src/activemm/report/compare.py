@@ -27,9 +27,16 @@ def comparison(
         "unknown_events": sum(read.unknown.values()),
     }
     configs: dict[str, Any] = {}
-    for name, (_, summary) in shown.items():
+    for name, (st, summary) in shown.items():
         s = dict(summary)
         s["cr3_loads_avoided_vs_no_lazy"] = base[1]["cr3_loads"] - s["cr3_loads"]
+        if st.tlb["lines"] and st.cr3["switches"]:  # the traced kernel's own CR3 loads
+            s["cr3_as_traced"] = {
+                "kernel_loads": st.cr3["kernel loads"],
+                "switches": st.cr3["switches"],
+                "agree": st.cr3["agree"],
+                "agree_pct": round(100 * st.cr3["agree"] / st.cr3["switches"], 2),
+            }
         configs[name] = s
     return {
         "trace": trace,
@@ -58,7 +65,16 @@ def tlb_summary(result: dict[str, Any]) -> str:
             "(record tlb:tlb_flush too, docs/replay.md)"
         )
     made = ", ".join(f"{k}: {v:,}" for k, v in tlb.items() if v and k != "lines")
-    return f"from {tlb['lines']:,} tlb_flush lines: {made or 'nothing'}"
+    traced = next(
+        (c["cr3_as_traced"] for c in result["configs"].values() if "cr3_as_traced" in c), None
+    )
+    kernel = (
+        f'; the traced kernel loaded CR3 {traced["kernel_loads"]:,} times ("switches loading '
+        "as traced\": how often a column's switch loaded CR3 as the kernel's did)"
+        if traced
+        else ""
+    )
+    return f"from {tlb['lines']:,} tlb_flush lines: {made or 'nothing'}{kernel}"
 
 
 ROWS: list[tuple[str, tuple[str, ...]]] = [
@@ -71,6 +87,7 @@ ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("address-space loads (CR3)", ("cr3_loads",)),
     ("  with TLB flush", ("cr3_flushes",)),
     ("  avoided vs no-lazy", ("cr3_loads_avoided_vs_no_lazy",)),
+    ("  switches loading as traced (%)", ("cr3_as_traced", "agree_pct")),
     ("lazy mm_count atomics, same CPU", ("lazy_mm_count_ops", "local")),
     ("lazy mm_count atomics, cross-CPU", ("lazy_mm_count_ops", "remote")),
     ("shootdown IPIs", ("shootdown_ipis",)),

@@ -29,9 +29,10 @@ from pathlib import Path
 
 from activemm.errors import ActiveMmError, OperationError
 from activemm.metrics import DEFAULT_COSTS, Metrics
-from activemm.model import Machine, Observer
+from activemm.model import Machine, Observer, Operation
 from activemm.model.config import KernelConfig
-from activemm.model.state import Task, TaskState
+from activemm.model.events import Event
+from activemm.model.state import KernelState, Task, TaskState
 from activemm.sanitizer import Sanitizer
 from activemm.trace.events import (
     ExecMmap,
@@ -39,6 +40,7 @@ from activemm.trace.events import (
     LostEvents,
     MmFlush,
     NewTask,
+    Probe,
     ProcessExec,
     ProcessExit,
     ProcessFork,
@@ -112,6 +114,23 @@ class Clocked(Observer):
     now: float = 0.0
 
 
+class _SwitchLoads(Observer):
+    """Counts the CR3 loads context switches make (x86 Cr3Loaded inside `schedule`, less the
+    flush IPIs that waited for the switch and moved a lazy CPU to init_mm: those are the
+    IPI's, which the kernel's trace shows in a hardirq)."""
+
+    def __init__(self) -> None:
+        self.loads = 0
+        self.switching = False
+
+    def begin(self, op: Operation, state: KernelState) -> None:
+        self.switching = op.name == "schedule"
+
+    def event(self, ev: Event) -> None:
+        if self.switching:
+            self.loads += (ev.kind == "Cr3Loaded") - (ev.kind == "LeftMm")
+
+
 @dataclass
 class ReplayStats:
     anomalies: Counter[str] = field(default_factory=Counter)
@@ -120,6 +139,11 @@ class ReplayStats:
     from_snapshot: int = 0
     # what the trace's tlb_flush lines gave (Replayer.flush, Replayer.temp_mm): TLB_KINDS
     tlb: Counter[str] = field(default_factory=Counter)
+    # the traced kernel's own CR3 loads (every tlb_flush "flush on task switch" line), and
+    # its context switches by whether the model's loaded CR3 as the kernel's did (a switch's
+    # load is the next line on its CPU, by the task switched out): "kernel loads",
+    # "switches", "agree"
+    cr3: Counter[str] = field(default_factory=Counter)
 
 
 # ReplayStats.tlb's keys, in the order reports list them
@@ -153,7 +177,9 @@ class Replayer:
         self.metrics = metrics
         self.extra = extra or []
         self.sanitizer = Sanitizer(config, every=sanitize_every) if sanitize else None
-        observers = [metrics, *self.extra] + ([self.sanitizer] if self.sanitizer else [])
+        self._switch_loads = _SwitchLoads()
+        observers: list[Observer] = [metrics, *self.extra, self._switch_loads]
+        observers += [self.sanitizer] if self.sanitizer else []
         self.m = Machine(config, observers)
         self.m.boot(ncpus, rest_init=False)
         self.tasks: dict[int, Task] = {}
@@ -164,6 +190,9 @@ class Replayer:
         self.stats = ReplayStats()
         # pid -> the task whose exec ran at its exec_mmap(), until its sched_process_exec
         self.execd: dict[int, Task] = {}
+        # CPU -> (pid switched out, whether the model's switch loaded CR3) of its last
+        # sched_switch, until its next line tells whether the kernel's did
+        self._switched: dict[int, tuple[int, bool]] = {}
 
     # -- the model's view of trace tasks ------------------------------------------------
 
@@ -328,9 +357,14 @@ class Replayer:
             o.now = ev.ts
         if isinstance(ev, TlbFlush | MmFlush | TempMmLoads | ExecMmap | ExitMmapLoad):
             self.stats.tlb["lines"] += 1  # (tlb_hints() puts the last four for one line)
+        if self.config.arch == "x86_64" and not isinstance(ev, Probe):
+            self._against_trace(ev)
         try:
             if isinstance(ev, SchedSwitch):
+                before = self._switch_loads.loads
                 self.switch(ev)
+                if self.config.arch == "x86_64":
+                    self._switched[ev.cpu] = (ev.prev_pid, self._switch_loads.loads > before)
             elif isinstance(ev, NewTask):
                 self.newtask(ev)
             elif isinstance(ev, ProcessFork):
@@ -357,6 +391,22 @@ class Replayer:
             # The trace asks for something the model's state does not allow: count it, keep
             # going; the next event resynchronises.
             self.stats.anomalies[f"refused: {str(e).split(':')[0]}"] += 1
+
+    def _against_trace(self, ev: TraceEvent) -> None:
+        """The traced kernel's CR3 loads (x86 tlb_flush "flush on task switch": every load
+        switch_mm_irqs_off() makes; a hint in place of one stands for it) and whether each
+        context switch made one: the line after a sched_switch on its CPU, by the task
+        switched out, is its load (docs/replay.md). x86 presets only: the tracepoint is
+        x86's, and so are the model's CR3 loads."""
+        loads = isinstance(ev, ExecMmap | ExitMmapLoad | TempMmLoads) or (
+            isinstance(ev, TlbFlush) and ev.cr3_load
+        )
+        self.stats.cr3["kernel loads"] += loads
+        switched = self._switched.pop(ev.cpu, None)
+        if switched is not None and not isinstance(ev, LostEvents):
+            kernel = isinstance(ev, TlbFlush) and loads and not ev.hardirq and ev.pid == switched[0]
+            self.stats.cr3["switches"] += 1
+            self.stats.cr3["agree"] += kernel == switched[1]
 
     def _gone(self, pid: int) -> bool:
         t = self.tasks.get(pid)
