@@ -25,6 +25,7 @@ from activemm.model.events import (
     Event,
     FlushIpi,
     GlobalAsidAssigned,
+    LeftMm,
     MmDropDeferred,
     MmDropped,
     MmFreed,
@@ -89,6 +90,7 @@ class Metrics(Observer):
     switch_mm: int = 0
     cr3_loads: int = 0
     cr3_flushes: int = 0
+    left_mm: int = 0  # x86: CPUs moved to init_mm outside a switch (a flush IPI while lazy)
     lazy_local: int = 0
     lazy_remote: int = 0
     other_atomics: int = 0
@@ -170,6 +172,9 @@ class Metrics(Observer):
         if count:
             self.cr3_loads += 1
             self.cr3_flushes += ev.flush
+
+    def _left_mm(self, ev: LeftMm, count: bool) -> None:
+        self.left_mm += count
 
     def _shootdown(self, ev: ShootdownIpi, count: bool) -> None:
         if count and ev.to_cpu != ev.cpu:
@@ -268,6 +273,7 @@ _HANDLERS: dict[type, Callable[[Metrics, Any, bool], None]] = {
     MmSwitched: Metrics._switch_mm,
     PcbLoaded: Metrics._pcb,
     Cr3Loaded: Metrics._cr3,
+    LeftMm: Metrics._left_mm,
     ShootdownIpi: Metrics._shootdown,
     FlushIpi: Metrics._flush_ipi,
     BroadcastFlush: Metrics._broadcast,

@@ -30,12 +30,12 @@ def comparison(
     for name, (st, summary) in shown.items():
         s = dict(summary)
         s["cr3_loads_avoided_vs_no_lazy"] = base[1]["cr3_loads"] - s["cr3_loads"]
-        if st.tlb["lines"] and st.cr3["switches"]:  # the traced kernel's own CR3 loads
+        if st.tlb["lines"] and st.switches_checked:  # the traced kernel's own CR3 loads
             s["cr3_as_traced"] = {
-                "kernel_loads": st.cr3["kernel loads"],
-                "switches": st.cr3["switches"],
-                "agree": st.cr3["agree"],
-                "agree_pct": round(100 * st.cr3["agree"] / st.cr3["switches"], 2),
+                "kernel_loads": st.kernel_cr3_loads,
+                "switches": st.switches_checked,
+                "agree": st.switches_agreeing,
+                "agree_pct": round(100 * st.switches_agreeing / st.switches_checked, 2),
             }
         configs[name] = s
     return {

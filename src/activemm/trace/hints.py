@@ -335,10 +335,11 @@ class _Hints:
 
     def feed(self, ev: TraceEvent) -> Iterator[TraceEvent]:
         held: _Flush | _Run | None = None
-        if not isinstance(ev, Probe | LostEvents):
-            if _who(ev) in self.execs:
+        if (self.execs or self.exits) and not isinstance(ev, Probe | LostEvents):
+            who = _who(ev)
+            if who in self.execs:
                 self._exec_wait(ev)
-            elif _who(ev) in self.exits:
+            elif who in self.exits:
                 self._exit_wait(ev)
         if isinstance(ev, TlbFlush):
             if ev.cr3_load:
@@ -359,8 +360,9 @@ class _Hints:
             self.temp.discard(ev.cpu)
             if isinstance(ev, SchedSwitch):
                 self.switched[ev.cpu] = ev.prev_pid
-                for o in self.flushes.values():
-                    o.switched(ev.cpu)
+                if self.flushes:
+                    for o in self.flushes.values():
+                        o.switched(ev.cpu)
             else:
                 self.switched.pop(ev.cpu, None)
             self._task_went_on(ev)

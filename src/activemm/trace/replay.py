@@ -29,10 +29,9 @@ from pathlib import Path
 
 from activemm.errors import ActiveMmError, OperationError
 from activemm.metrics import DEFAULT_COSTS, Metrics
-from activemm.model import Machine, Observer, Operation
+from activemm.model import Machine, Observer
 from activemm.model.config import KernelConfig
-from activemm.model.events import Event
-from activemm.model.state import KernelState, Task, TaskState
+from activemm.model.state import Task, TaskState
 from activemm.sanitizer import Sanitizer
 from activemm.trace.events import (
     ExecMmap,
@@ -53,6 +52,9 @@ from activemm.trace.events import (
 from activemm.trace.hints import tlb_hints
 
 SANITIZE_EVERY = 1000  # replay: full invariant checks every this many operations
+# the events tlb_hints() gives for tlb_flush lines, and those of them in place of a CR3 load
+_TLB_LINES = frozenset({TlbFlush, MmFlush, TempMmLoads, ExecMmap, ExitMmapLoad})
+_LOAD_HINTS = frozenset({TempMmLoads, ExecMmap, ExitMmapLoad})
 CLONE_VM = 0x100
 CLONE_VFORK = 0x4000
 CLONE_THREAD = 0x10000
@@ -114,23 +116,6 @@ class Clocked(Observer):
     now: float = 0.0
 
 
-class _SwitchLoads(Observer):
-    """Counts the CR3 loads context switches make (x86 Cr3Loaded inside `schedule`, less the
-    flush IPIs that waited for the switch and moved a lazy CPU to init_mm: those are the
-    IPI's, which the kernel's trace shows in a hardirq)."""
-
-    def __init__(self) -> None:
-        self.loads = 0
-        self.switching = False
-
-    def begin(self, op: Operation, state: KernelState) -> None:
-        self.switching = op.name == "schedule"
-
-    def event(self, ev: Event) -> None:
-        if self.switching:
-            self.loads += (ev.kind == "Cr3Loaded") - (ev.kind == "LeftMm")
-
-
 @dataclass
 class ReplayStats:
     anomalies: Counter[str] = field(default_factory=Counter)
@@ -139,11 +124,12 @@ class ReplayStats:
     from_snapshot: int = 0
     # what the trace's tlb_flush lines gave (Replayer.flush, Replayer.temp_mm): TLB_KINDS
     tlb: Counter[str] = field(default_factory=Counter)
-    # the traced kernel's own CR3 loads (every tlb_flush "flush on task switch" line), and
-    # its context switches by whether the model's loaded CR3 as the kernel's did (a switch's
-    # load is the next line on its CPU, by the task switched out): "kernel loads",
-    # "switches", "agree"
-    cr3: Counter[str] = field(default_factory=Counter)
+    # x86: the traced kernel's own CR3 loads (every tlb_flush "flush on task switch" line),
+    # its context switches followed by a line on their CPU (a switch's load is that line, by
+    # the task switched out), and those at which the model loaded CR3 as the kernel did
+    kernel_cr3_loads: int = 0
+    switches_checked: int = 0
+    switches_agreeing: int = 0
 
 
 # ReplayStats.tlb's keys, in the order reports list them
@@ -177,9 +163,7 @@ class Replayer:
         self.metrics = metrics
         self.extra = extra or []
         self.sanitizer = Sanitizer(config, every=sanitize_every) if sanitize else None
-        self._switch_loads = _SwitchLoads()
-        observers: list[Observer] = [metrics, *self.extra, self._switch_loads]
-        observers += [self.sanitizer] if self.sanitizer else []
+        observers = [metrics, *self.extra] + ([self.sanitizer] if self.sanitizer else [])
         self.m = Machine(config, observers)
         self.m.boot(ncpus, rest_init=False)
         self.tasks: dict[int, Task] = {}
@@ -191,8 +175,10 @@ class Replayer:
         # pid -> the task whose exec ran at its exec_mmap(), until its sched_process_exec
         self.execd: dict[int, Task] = {}
         # CPU -> (pid switched out, whether the model's switch loaded CR3) of its last
-        # sched_switch, until its next line tells whether the kernel's did
+        # sched_switch, until its next line tells whether the kernel's did (x86)
         self._switched: dict[int, tuple[int, bool]] = {}
+        self._x86 = config.arch == "x86_64"
+        self._next_jiffy = 0.0  # trace time of the next jiffy (tick_do_update_jiffies64)
 
     # -- the model's view of trace tasks ------------------------------------------------
 
@@ -352,19 +338,25 @@ class Replayer:
 
     def apply(self, ev: TraceEvent) -> None:
         self.metrics.now = ev.ts
-        self.m.tick_do_update_jiffies64(ev.ts)
+        if ev.ts >= self._next_jiffy:  # (jiffies move on HZ times a second)
+            self.m.tick_do_update_jiffies64(ev.ts)
+            self._next_jiffy = (self.m.state.jiffies + 1) / self.config.HZ
         for o in self.extra:
             o.now = ev.ts
-        if isinstance(ev, TlbFlush | MmFlush | TempMmLoads | ExecMmap | ExitMmapLoad):
-            self.stats.tlb["lines"] += 1  # (tlb_hints() puts the last four for one line)
-        if self.config.arch == "x86_64" and not isinstance(ev, Probe):
+        kind = type(ev)
+        if kind in _TLB_LINES:
+            self.stats.tlb["lines"] += 1  # (tlb_hints() puts the hints for one line each)
+            if kind in _LOAD_HINTS or (isinstance(ev, TlbFlush) and ev.cr3_load):
+                self.stats.kernel_cr3_loads += 1
+        if self._switched and kind is not Probe:
             self._against_trace(ev)
         try:
             if isinstance(ev, SchedSwitch):
-                before = self._switch_loads.loads
+                m = self.metrics
+                before = m.cr3_loads - m.left_mm
                 self.switch(ev)
-                if self.config.arch == "x86_64":
-                    self._switched[ev.cpu] = (ev.prev_pid, self._switch_loads.loads > before)
+                if self._x86:  # (a flush IPI that waited for the switch is the IPI's load)
+                    self._switched[ev.cpu] = (ev.prev_pid, m.cr3_loads - m.left_mm > before)
             elif isinstance(ev, NewTask):
                 self.newtask(ev)
             elif isinstance(ev, ProcessFork):
@@ -393,20 +385,17 @@ class Replayer:
             self.stats.anomalies[f"refused: {str(e).split(':')[0]}"] += 1
 
     def _against_trace(self, ev: TraceEvent) -> None:
-        """The traced kernel's CR3 loads (x86 tlb_flush "flush on task switch": every load
-        switch_mm_irqs_off() makes; a hint in place of one stands for it) and whether each
-        context switch made one: the line after a sched_switch on its CPU, by the task
-        switched out, is its load (docs/replay.md). x86 presets only: the tracepoint is
-        x86's, and so are the model's CR3 loads."""
-        loads = isinstance(ev, ExecMmap | ExitMmapLoad | TempMmLoads) or (
-            isinstance(ev, TlbFlush) and ev.cr3_load
-        )
-        self.stats.cr3["kernel loads"] += loads
+        """Whether the context switch last traced on this CPU made a CR3 load in the
+        traced kernel (x86 tlb_flush "flush on task switch": switch_mm_irqs_off() emits one
+        for every load; a switch's is the next line on its CPU, by the task switched out)
+        as it did in the model (docs/replay.md). (Every such line is counted in `apply`:
+        the kernel's own CR3 loads, a hint in place of one standing for it.)"""
         switched = self._switched.pop(ev.cpu, None)
-        if switched is not None and not isinstance(ev, LostEvents):
-            kernel = isinstance(ev, TlbFlush) and loads and not ev.hardirq and ev.pid == switched[0]
-            self.stats.cr3["switches"] += 1
-            self.stats.cr3["agree"] += kernel == switched[1]
+        if switched is None or isinstance(ev, LostEvents):
+            return
+        kernel = isinstance(ev, TlbFlush) and ev.cr3_load and not ev.hardirq
+        self.stats.switches_checked += 1
+        self.stats.switches_agreeing += (kernel and ev.pid == switched[0]) == switched[1]
 
     def _gone(self, pid: int) -> bool:
         t = self.tasks.get(pid)
