@@ -124,6 +124,37 @@ def test_a_flush_of_another_tasks_mm_is_told_by_the_cpus_it_reached(tmp_path: Pa
     assert _replay(tmp_path, START + running + send + went_on).flush_ipis == 0
 
 
+def test_a_vhost_worker_takes_its_owners_mm_at_its_own_cr3_load(tmp_path: Path) -> None:
+    """6.1's vhost worker is a kernel thread named "vhost-<owner pid>" whose vhost_worker()
+    begins with kthread_use_mm(dev->mm): its own CR3 load outside a switch. From there it
+    runs on the owner's mm like a user task: back on CPU 1 after another process ran there,
+    its switch loads CR3 again (the kernel's line says so). Each switch then loads CR3 where
+    the kernel's did; without the rule the worker stays a plain kernel thread that borrows
+    the other process's mm and loads nothing."""
+    qemu, kthreadd, worker, sh = ("qemu", 60), ("kthreadd", 2), ("vhost-60", 61), ("sh", 70)
+    lines = [
+        switch(0, 1.0000, IDLE0, qemu, "R"),
+        tlb("<idle>", 0, 0, 1.0001, "flush on task switch"),
+        switch(1, 1.0002, IDLE1, kthreadd, "R"),
+        line("kthreadd", 2, 1, 1.0003, "task_newtask: pid=61 comm=kthreadd clone_flags=800711 x=0"),
+        switch(1, 1.0004, kthreadd, IDLE1),
+        switch(1, 1.0010, IDLE1, worker, "R"),
+        tlb("vhost-60", 61, 1, 1.0011, "flush on task switch", "d..1."),  # kthread_use_mm
+        switch(1, 1.0012, worker, IDLE1),  # idle borrows qemu's mm: no load
+        switch(1, 1.0013, IDLE1, worker, "R"),  # the same mm: no load
+        switch(1, 1.0020, worker, sh, "R"),
+        tlb("vhost-60", 61, 1, 1.0021, "flush on task switch"),  # sh's mm
+        switch(1, 1.0030, sh, worker, "S"),
+        tlb("sh", 70, 1, 1.0031, "flush on task switch"),  # qemu's again
+        switch(1, 1.0040, worker, IDLE1),
+    ]
+    r = replay_lines(tmp_path, lines, "linux-6.1-x86_64", 2)
+    assert r.stats.tlb["vhost workers' kthread_use_mm"] == 1
+    assert r.stats.switches_checked == sum("sched_switch" in x for x in lines) - 1  # (the last)
+    assert r.stats.switches_agreeing == r.stats.switches_checked
+    assert r.metrics.cr3_loads == sum("flush on task switch" in x for x in lines)
+
+
 def test_a_flush_ipi_into_a_context_switch_waits_for_its_end(tmp_path: Path) -> None:
     """app frees page tables while its thread runs on CPU 1, which is switching to its idle
     task: the sched_switch there comes after the IPIs went out, the handler's line (a CR3

@@ -60,6 +60,9 @@ CLONE_VFORK = 0x4000
 CLONE_THREAD = 0x10000
 PF_KTHREAD = 0x200000
 
+# 6.1 drivers/vhost/vhost.c: kthread_create(vhost_worker, dev, "vhost-%d", current->pid), a
+# kernel thread that kthread_use_mm()s the owner's mm (6.12: a user thread of the owner)
+VHOST_WORKER = re.compile(r"vhost-(\d+)")
 KTHREAD_COMM = re.compile(
     r"^(kthreadd$|kworker/|ksoftirqd/|rcu_|rcu[bcop]|migration/|cpuhp/|idle_inject/|"
     r"watchdog|kswapd|khugepaged|kcompactd|oom_reaper|writeback|kblockd|irq/|jbd2/|kdamond|"
@@ -141,6 +144,7 @@ TLB_KINDS = (
     "forks at their dup_mmap flush",
     "execs at their exec_mmap",
     "exits at exit_mmap's flush",
+    "vhost workers' kthread_use_mm",
     "text_pokes",
     "EFI calls",
 )
@@ -344,19 +348,24 @@ class Replayer:
         for o in self.extra:
             o.now = ev.ts
         kind = type(ev)
+        switch_load = False  # the line is the CR3 load of the switch just before it here
+        if self._switched and kind is not Probe:
+            switch_load = self._against_trace(ev)
         if kind in _TLB_LINES:
             self.stats.tlb["lines"] += 1  # (tlb_hints() puts the hints for one line each)
             if kind in _LOAD_HINTS or (isinstance(ev, TlbFlush) and ev.cr3_load):
                 self.stats.kernel_cr3_loads += 1
-        if self._switched and kind is not Probe:
-            self._against_trace(ev)
+            if kind is ExitMmapLoad or (
+                isinstance(ev, TlbFlush) and ev.cr3_load and not ev.hardirq and not switch_load
+            ):
+                self._vhost_use_mm(ev)
         try:
             if isinstance(ev, SchedSwitch):
                 m = self.metrics
                 before = m.cr3_loads - m.left_mm
                 self.switch(ev)
-                if self._x86:  # (a flush IPI that waited for the switch is the IPI's load)
-                    self._switched[ev.cpu] = (ev.prev_pid, m.cr3_loads - m.left_mm > before)
+                # (a flush IPI that waited for the switch is the IPI's load)
+                self._switched[ev.cpu] = (ev.prev_pid, m.cr3_loads - m.left_mm > before)
             elif isinstance(ev, NewTask):
                 self.newtask(ev)
             elif isinstance(ev, ProcessFork):
@@ -384,18 +393,41 @@ class Replayer:
             # going; the next event resynchronises.
             self.stats.anomalies[f"refused: {str(e).split(':')[0]}"] += 1
 
-    def _against_trace(self, ev: TraceEvent) -> None:
-        """Whether the context switch last traced on this CPU made a CR3 load in the
-        traced kernel (x86 tlb_flush "flush on task switch": switch_mm_irqs_off() emits one
-        for every load; a switch's is the next line on its CPU, by the task switched out)
-        as it did in the model (docs/replay.md). (Every such line is counted in `apply`:
-        the kernel's own CR3 loads, a hint in place of one standing for it.)"""
+    def _against_trace(self, ev: TraceEvent) -> bool:
+        """Whether `ev` is the CR3 load of the context switch last traced on its CPU (x86
+        tlb_flush "flush on task switch": switch_mm_irqs_off() emits one for every load; a
+        switch's is the next line on its CPU, by the task switched out); on x86 presets,
+        whether the model's switch made one as the kernel's did (docs/replay.md). (Every
+        such line is counted in `apply`: the kernel's own CR3 loads.)"""
         switched = self._switched.pop(ev.cpu, None)
         if switched is None or isinstance(ev, LostEvents):
-            return
+            return False
         kernel = isinstance(ev, TlbFlush) and ev.cr3_load and not ev.hardirq
-        self.stats.switches_checked += 1
-        self.stats.switches_agreeing += (kernel and ev.pid == switched[0]) == switched[1]
+        kernel = kernel and ev.pid == switched[0]
+        if self._x86:
+            self.stats.switches_checked += 1
+            self.stats.switches_agreeing += kernel == switched[1]
+        return kernel
+
+    def _vhost_use_mm(self, ev: TraceEvent) -> None:
+        """A CR3 load of its own by a 6.1 vhost worker, outside a context switch (a plain
+        line, or one tlb_hints() read as an exit's): drivers/vhost/vhost.c vhost_worker()
+        begins with kthread_use_mm(dev->mm), the mm of the owner whose pid the worker's
+        name carries. The model's worker takes that mm there (kthread.c), and lets go of it
+        at its exit (Replayer.exit). A worker that borrowed that very mm already loads
+        nothing and stays a plain kernel thread here (validate finds it at its first
+        sleep)."""
+        named = VHOST_WORKER.fullmatch(ev.comm)
+        t = self.tasks.get(ev.pid)
+        if named is None or t is None or ev.cpu >= len(self.m.state.rqs):
+            return
+        if t is not self.m.state.rqs[ev.cpu].curr or not t.pf_kthread or t.uses_mm:
+            return
+        owner = self.tasks.get(int(named[1]))
+        if owner is None or owner.pf_kthread or owner.mm is None or owner.exiting:
+            return
+        self.stats.tlb["vhost workers' kthread_use_mm"] += 1
+        self.m.kthread_use_mm(t, owner.mm)
 
     def _gone(self, pid: int) -> bool:
         t = self.tasks.get(pid)

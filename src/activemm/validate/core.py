@@ -10,7 +10,6 @@ the trace began; everything else is prediction."""
 from __future__ import annotations
 
 import bisect
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -43,7 +42,7 @@ from activemm.trace.events import (
     TlbFlush,
     TraceEvent,
 )
-from activemm.trace.replay import Clocked, Replayer, TaskInfo
+from activemm.trace.replay import VHOST_WORKER, Clocked, Replayer, TaskInfo
 from activemm.validate import kernel as kv
 from activemm.validate.kernel import (
     ENTER_LAZY,
@@ -101,8 +100,6 @@ class ModelSwitch:
     next: Mm | None = None
     cr3: bool = False  # x86: the model loaded CR3 (the kernel's tlb_flush "flush on task switch")
 
-
-VHOST_WORKER = re.compile(r"vhost-(\d+)")  # 6.1: kthread_create(..., "vhost-%d", current->pid)
 
 # the releases of /proc/PID files whose open took an mm with proc_mem_open()
 PROC_RELEASES = ("mem_release", "pagemap_release", "proc_map_release", "smaps_rollup_release")
