@@ -207,6 +207,39 @@ def test_a_flush_no_cpu_handled_is_of_the_one_mm_other_cpus_borrow(tmp_path: Pat
     assert r.stats.tlb["flushes of another task's mm"] == 0
 
 
+def test_a_task_flushing_another_tasks_mm_goes_on_with_it(tmp_path: Path) -> None:
+    """A kworker migrating a process's pages flushes that mm again and again. When one of
+    its flushes reached no CPU's handler and two mms are lazily borrowed elsewhere, it is of
+    the mm its last flush was replayed on: app's here, whose thread took the first one's IPI
+    on CPU 1 and then slept, leaving CPU 1 lazy on app's mm with its TLB generation stale,
+    so the thread's return there reloads CR3 as the kernel's line says."""
+    kworker, sh, idle2 = ("kworker/u8:0", 30), ("sh", 40), ("swapper/2", 0)
+    lines = [
+        switch(0, 1.0000, IDLE0, APP, "R"),
+        tlb("<idle>", 0, 0, 1.00001, "flush on task switch"),
+        *START[1:3],
+        tlb("<idle>", 0, 1, 1.00021, "flush on task switch"),
+        START[3],
+        switch(2, 1.0004, idle2, sh, "R"),
+        tlb("<idle>", 0, 2, 1.0005, "flush on task switch"),
+        switch(2, 1.0006, sh, idle2),  # CPU 2 lazy on sh's mm
+        switch(1, 1.0007, IDLE1, THREAD, "R"),
+        switch(0, 1.0008, APP, kworker),
+        tlb(*kworker, 0, 1.0010, "remote ipi send", "...1.", pages=1),
+        tlb("app", 11, 1, 1.0011, "remote shootdown", "d.h1.", pages=1),
+        line(*kworker, 0, 1.0012, "sched_process_free: comm=x pid=99 prio=120"),
+        switch(1, 1.0013, THREAD, IDLE1),  # CPU 1 lazy on app's mm
+        tlb(*kworker, 0, 1.0020, "remote ipi send", "...1.", pages=1),  # no one answers
+        switch(0, 1.0021, kworker, IDLE0, "I"),
+        switch(1, 1.0030, IDLE1, THREAD, "R"),
+        tlb("<idle>", 0, 1, 1.0031, "flush on task switch"),  # stale: a reload
+        switch(1, 1.0040, THREAD, IDLE1),
+    ]
+    r = replay_lines(tmp_path, lines, "linux-6.1-x86_64", 3)
+    assert r.stats.tlb["flushes of another task's mm"] == 2
+    assert r.stats.switches_agreeing == r.stats.switches_checked
+
+
 def test_a_local_flush_of_other_pages_is_another_flush() -> None:
     """flush_tlb_func()'s local part traces the pages of its own flush ("local mm shootdown"
     pages:N, or -1 when it flushes all, 0 when already up to date): after a full flush's

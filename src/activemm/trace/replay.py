@@ -31,7 +31,7 @@ from activemm.errors import ActiveMmError, OperationError
 from activemm.metrics import DEFAULT_COSTS, Metrics
 from activemm.model import Machine, Observer
 from activemm.model.config import KernelConfig
-from activemm.model.state import Task, TaskState
+from activemm.model.state import Mm, Task, TaskState
 from activemm.sanitizer import Sanitizer
 from activemm.trace.events import (
     ExecMmap,
@@ -182,6 +182,8 @@ class Replayer:
         # sched_switch, until its next line tells whether the kernel's did (x86)
         self._switched: dict[int, tuple[int, bool]] = {}
         self._x86 = config.arch == "x86_64"
+        # pid -> the mm its last flush of another task's mm was replayed on
+        self._foreign: dict[int, Mm] = {}
         self._next_jiffy = 0.0  # trace time of the next jiffy (tick_do_update_jiffies64)
 
     # -- the model's view of trace tasks ------------------------------------------------
@@ -486,7 +488,8 @@ class Replayer:
         (its task_newtask finds the child made), or flush_tlb_mm_range() of the task's mm,
         or, for a `foreign` flush, of the mm every CPU the IPIs reached was on, or, when no
         handler left a line (every other CPU in the mask was lazy: skipped), of the one mm
-        the other CPUs lazily borrow (none known or several: not replayed)."""
+        the other CPUs lazily borrow; among several, the one this task's last such flush
+        went to (none of them: not replayed)."""
         t = self.current(ev.cpu, ev.pid, ev.comm, ev.tgid)
         if ev.lazy_local and self.exit_mmap_load(ev.cpu, ev.pid):
             return
@@ -509,7 +512,12 @@ class Replayer:
                     and rq.curr.active_mm is not None
                     and not rq.curr.active_mm.is_init_mm
                 }
+            last = self._foreign.get(ev.pid)
+            if len(on) > 1 and last in on:  # a task flushing another's mm goes on with it
+                on = {last}
             mm = on.pop() if len(on) == 1 else None
+            if mm is not None:
+                self._foreign[ev.pid] = mm
             kind = "flushes of another task's mm" if mm is not t.mm else kind
         else:
             mm = t.mm
