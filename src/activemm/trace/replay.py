@@ -357,11 +357,12 @@ class Replayer:
             self.stats.tlb["lines"] += 1  # (tlb_hints() puts the hints for one line each)
             if kind in _LOAD_HINTS or (isinstance(ev, TlbFlush) and ev.cr3_load):
                 self.stats.kernel_cr3_loads += 1
-            if kind is ExitMmapLoad or (
-                isinstance(ev, TlbFlush) and ev.cr3_load and not ev.hardirq and not switch_load
-            ):
-                self._vhost_use_mm(ev)
+        own_load = kind is ExitMmapLoad or (
+            isinstance(ev, TlbFlush) and ev.cr3_load and not ev.hardirq and not switch_load
+        )
         try:
+            if own_load:
+                self._vhost_use_mm(ev)
             if isinstance(ev, SchedSwitch):
                 m = self.metrics
                 before = m.cr3_loads - m.left_mm
