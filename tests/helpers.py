@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from activemm import Machine, Sanitizer, preset
@@ -12,6 +13,7 @@ from activemm.model.events import Event, MmFreed
 from activemm.model.kernel import Observer
 from activemm.model.state import Mm
 from activemm.trace import read_trace
+from activemm.trace.events import TraceEvent
 from activemm.trace.replay import Replayer, replay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +84,14 @@ class Events(Observer):
         out = self.of(kind)
         self.seen = [e for e in self.seen if not isinstance(e, kind)]
         return out
+
+
+def read_lines(lines: list[str]) -> list[TraceEvent]:
+    """Hand-made tracefs lines, read as a trace file is."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.txt"
+        path.write_text("# tracer: nop\n" + "".join(f"  {line}\n" for line in lines))
+        return list(read_trace(str(path)))
 
 
 def replay_lines(tmp_path: Path, lines: list[str], preset_name: str, cpus: int) -> Replayer:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from activemm.trace.events import MmFlush, TempMmLoads, TlbFlush
 from activemm.trace.hints import tlb_hints
 from activemm.trace.replay import load_task_snapshot, replay
 
-from .helpers import ROOT, cli, replay_lines
+from .helpers import ROOT, cli, read_lines, replay_lines
 
 CAPTURES = ROOT / "tests" / "data" / "captures"
 
@@ -251,18 +250,10 @@ def test_a_local_flush_of_other_pages_is_another_flush() -> None:
         tlb("app", 10, 0, 1.0011, "local mm shootdown", pages=1),
         switch(0, 1.0020, APP, IDLE0),
     ]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trace.txt"
-        path.write_text("".join(f"  {x}\n" for x in lines))
-        read = list(read_trace(str(path)))
-    flushes = [e for e in tlb_hints(read) if isinstance(e, MmFlush)]
+    flushes = [e for e in tlb_hints(read_lines(lines)) if isinstance(e, MmFlush)]
     assert [(f.pages, f.foreign) for f in flushes] == [(-1, True), (1, False)]
     same = [*lines[:2], tlb("app", 10, 0, 1.0011, "local mm shootdown"), lines[3]]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trace.txt"
-        path.write_text("".join(f"  {x}\n" for x in same))
-        read = list(read_trace(str(path)))
-    flushes = [e for e in tlb_hints(read) if isinstance(e, MmFlush)]
+    flushes = [e for e in tlb_hints(read_lines(same)) if isinstance(e, MmFlush)]
     assert [(f.pages, f.foreign) for f in flushes] == [(-1, False)]
 
 
@@ -517,11 +508,7 @@ def test_a_lone_cr3_load_is_no_exit_when_the_task_renames_execs_or_forks_first()
         "exit": exit_line,
     }
     for what, first in firsts.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "trace.txt"
-            path.write_text("".join(f"  {x}\n" for x in [*head, first, exit_line]))
-            read = list(read_trace(str(path)))
-        kinds = [type(e).__name__ for e in tlb_hints(read)]
+        kinds = [type(e).__name__ for e in tlb_hints(read_lines([*head, first, exit_line]))]
         assert kinds[1] == ("ExitMmapLoad" if what == "exit" else "TlbFlush"), what
 
 
@@ -561,14 +548,12 @@ def test_hints_give_back_every_line_once_in_order_whatever_comes(
     """Whatever the lines, however short the horizon, tlb_hints() gives back one event per
     event read, in the order read (MmFlush, TempMmLoads, ExecMmap and ExitMmapLoad in place
     of the line they began with): nothing is held back for good."""
-    text = "".join(
-        "  " + line("a", pid, cpu, 1.0 + i / 1e5, _KINDS[k].format(p=pid, c=pid + 20), flags) + "\n"
-        for i, (k, cpu, pid, flags) in enumerate(lines)
+    read = read_lines(
+        [
+            line("a", pid, cpu, 1.0 + i / 1e5, _KINDS[k].format(p=pid, c=pid + 20), flags)
+            for i, (k, cpu, pid, flags) in enumerate(lines)
+        ]
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trace.txt"
-        path.write_text("# tracer: nop\n" + text)
-        read = list(read_trace(str(path)))
     out = list(tlb_hints(read, horizon))
     assert [e.line for e in out] == [e.line for e in read]
 

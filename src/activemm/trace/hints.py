@@ -185,10 +185,7 @@ class _Hints:
         if run.loads == 1:
             self.temp.add(cpu)
             if run.ev.pid > 0 and by is not None and self._exec_goes_on(run, by):
-                earlier = self.execs.get(_who(run.ev))
-                if earlier is not None:
-                    earlier.resolved = True
-                self.execs[_who(run.ev)] = run
+                self._wait(self.execs, run)
                 return
             if run.ev.pid > 0 and by is not None and not run.renamed and self._await_exit(run, by):
                 return
@@ -237,11 +234,17 @@ class _Hints:
         if says is not None:
             run.exited = says
             return False
-        earlier = self.exits.get(_who(run.ev))
+        self._wait(self.exits, run)
+        return True
+
+    @staticmethod
+    def _wait(waits: dict[int, _Run], run: _Run) -> None:
+        """`run` waits in `waits` (self.execs, self.exits) for its task's next telling line;
+        an earlier load of the task's waiting there is replayed as what is known of it."""
+        earlier = waits.get(_who(run.ev))
         if earlier is not None:
             earlier.resolved = True
-        self.exits[_who(run.ev)] = run
-        return True
+        waits[_who(run.ev)] = run
 
     def _exit_wait(self, ev: TraceEvent) -> None:
         """A line of a task whose one CR3 load waits for its exit (self.exits)."""

@@ -353,13 +353,14 @@ class Replayer:
         switch_load = False  # the line is the CR3 load of the switch just before it here
         if self._switched and kind is not Probe:
             switch_load = self._against_trace(ev)
+        own_load = False  # a CR3 load by the task itself, outside a switch
         if kind in _TLB_LINES:
             self.stats.tlb["lines"] += 1  # (tlb_hints() puts the hints for one line each)
             if kind in _LOAD_HINTS or (isinstance(ev, TlbFlush) and ev.cr3_load):
                 self.stats.kernel_cr3_loads += 1
-        own_load = kind is ExitMmapLoad or (
-            isinstance(ev, TlbFlush) and ev.cr3_load and not ev.hardirq and not switch_load
-        )
+            own_load = kind is ExitMmapLoad or (
+                isinstance(ev, TlbFlush) and ev.cr3_load and not ev.hardirq and not switch_load
+            )
         try:
             if own_load:
                 self._vhost_use_mm(ev)
@@ -412,6 +413,13 @@ class Replayer:
             self.stats.switches_agreeing += kernel == switched[1]
         return kernel
 
+    def _running(self, cpu: int, pid: int) -> Task | None:
+        """The task the trace's `pid` names, when the model has it current on `cpu` (the
+        hints act on that task only, never resynchronising for it)."""
+        t = self.tasks.get(pid)
+        rqs = self.m.state.rqs
+        return t if t is not None and cpu < len(rqs) and t is rqs[cpu].curr else None
+
     def _vhost_use_mm(self, ev: TraceEvent) -> None:
         """A CR3 load of its own by a 6.1 vhost worker, outside a context switch (a plain
         line, or one tlb_hints() read as an exit's): drivers/vhost/vhost.c vhost_worker()
@@ -421,10 +429,10 @@ class Replayer:
         nothing and stays a plain kernel thread here (validate finds it at its first
         sleep)."""
         named = VHOST_WORKER.fullmatch(ev.comm)
-        t = self.tasks.get(ev.pid)
-        if named is None or t is None or ev.cpu >= len(self.m.state.rqs):
+        if named is None:
             return
-        if t is not self.m.state.rqs[ev.cpu].curr or not t.pf_kthread or t.uses_mm:
+        t = self._running(ev.cpu, ev.pid)
+        if t is None or not t.pf_kthread or t.uses_mm:
             return
         owner = self.tasks.get(int(named[1]))
         if owner is None or owner.pf_kthread or owner.mm is None or owner.exiting:
@@ -499,8 +507,8 @@ class Replayer:
             self.newtask(replace(ev.fork, line=ev.line, cpu=ev.cpu, ts=ev.ts))
             return
         kind = "flushes"
+        rqs = self.m.state.rqs
         if ev.foreign:
-            rqs = self.m.state.rqs
             if ev.receivers:
                 on = {rqs[c].curr.active_mm for c in ev.receivers if c < len(rqs)}
             else:
@@ -527,7 +535,6 @@ class Replayer:
                 self.stats.tlb["flushes of an unknown mm (not replayed)"] += 1
             return
         self.stats.tlb[kind] += 1
-        rqs = self.m.state.rqs
         for c in ev.in_switch:  # the IPI waits for the switch the trace shows next there
             if c < len(rqs) and rqs[c].online:
                 self.m.local_irq_disable(c)
@@ -556,10 +563,8 @@ class Replayer:
         exit_mm() ran before, perhaps before a preemption the replay took for a user task's.
         The exit runs now (its __mmput makes that flush), not at its sched_process_exit,
         which then finds it done. False when the model has no such task here."""
-        t = self.tasks.get(pid)
-        if t is None or t is not self.m.state.rqs[cpu].curr or t.pf_kthread or t.exiting:
-            return False
-        if t.mm is None:
+        t = self._running(cpu, pid)
+        if t is None or t.pf_kthread or t.exiting or t.mm is None:
             return False
         self.stats.tlb["exits at exit_mmap's flush"] += 1
         self.m.exit(t)
@@ -570,10 +575,8 @@ class Replayer:
         sched_process_exec, which then finds it done. A task the trace's pid does not name
         as current here (de_thread() has given the exec'ing thread its leader's pid) is left
         to sched_process_exec."""
-        t = self.tasks.get(ev.pid)
-        if t is None or t is not self.m.state.rqs[ev.cpu].curr or t.pf_kthread:
-            return
-        if t.in_exec_mmap is not None or t.exiting:
+        t = self._running(ev.cpu, ev.pid)
+        if t is None or t.pf_kthread or t.in_exec_mmap is not None or t.exiting:
             return
         self.stats.tlb["execs at their exec_mmap"] += 1
         self.m.exec(t)
