@@ -94,9 +94,7 @@ def read_lines(lines: list[str]) -> list[TraceEvent]:
         return list(read_trace(str(path)))
 
 
-def replay_lines(tmp_path: Path, lines: list[str], preset_name: str, cpus: int) -> Replayer:
+def replay_lines(lines: list[str], preset_name: str, cpus: int) -> Replayer:
     """Replay hand-made tracefs lines under one preset; its replayer."""
-    path = tmp_path / "timeline.txt"
-    path.write_text("".join(f"    {line}\n" for line in lines))
-    _, replayers = replay(read_trace(str(path)), [preset(preset_name)], cpus)
+    _, replayers = replay(read_lines(lines), [preset(preset_name)], cpus)
     return replayers[preset_name]

@@ -62,15 +62,13 @@ START = [
 ]
 
 
-def _replay(tmp_path: Path, lines: list[str], preset: str = "linux-6.1-x86_64") -> Metrics:
-    r = replay_lines(tmp_path, lines, preset, 2)
+def _replay(lines: list[str], preset: str = "linux-6.1-x86_64") -> Metrics:
+    r = replay_lines(lines, preset, 2)
     assert not any(k.startswith(("refused", "resynchronised")) for k in r.stats.anomalies)
     return r.metrics
 
 
-def test_a_munmap_flush_reaches_the_lazy_cpu_only_when_page_tables_were_freed(
-    tmp_path: Path,
-) -> None:
+def test_a_munmap_flush_reaches_the_lazy_cpu_only_when_page_tables_were_freed() -> None:
     """app unmaps (a full flush with IPIs: CPU 1 is in its mm_cpumask), then its thread runs
     again on CPU 1. native_flush_tlb_multi() IPIs a lazy CPU only when page tables were freed,
     which the trace shows by that CPU's CR3 load of init_mm in a hardirq (flush_tlb_func());
@@ -83,16 +81,16 @@ def test_a_munmap_flush_reaches_the_lazy_cpu_only_when_page_tables_were_freed(
     ]
     lazy_ipi = [tlb("<idle>", 0, 1, 1.0012, "flush on task switch", "d.h1.")]
     end = [switch(0, 1.0020, APP, IDLE0), switch(1, 1.0030, IDLE1, THREAD, "R")]
-    plain = _replay(tmp_path, START + end)
-    skipped = _replay(tmp_path, START + send + end)
-    freed = _replay(tmp_path, START + send + lazy_ipi + end)
+    plain = _replay(START + end)
+    skipped = _replay(START + send + end)
+    freed = _replay(START + send + lazy_ipi + end)
     assert plain.flush_ipis == skipped.flush_ipis == 0 and freed.flush_ipis == 1
     assert skipped.cr3_loads == plain.cr3_loads + 1  # the stale lazy CPU's reload
     assert skipped.cr3_flushes == plain.cr3_flushes + 1
     assert freed.cr3_loads == plain.cr3_loads + 2  # init_mm in the IPI, app's mm again
 
 
-def test_a_forks_dup_mmap_flush_is_the_forks_own_not_a_second_one(tmp_path: Path) -> None:
+def test_a_forks_dup_mmap_flush_is_the_forks_own_not_a_second_one() -> None:
     """dup_mmap() ends with flush_tlb_mm() of the parent's mm; the trace shows it (IPIs to
     CPU 1, where the thread runs: a "remote shootdown" there) before task_newtask. The
     kernel flushed once: the replay sends one IPI, as when the trace has no tlb_flush line
@@ -104,14 +102,14 @@ def test_a_forks_dup_mmap_flush_is_the_forks_own_not_a_second_one(tmp_path: Path
         tlb("app", 11, 1, 1.0012, "remote shootdown", "d.h1."),
     ]
     fork = [line("app", 10, 0, 1.0013, "task_newtask: pid=12 comm=app clone_flags=1200011 x=0")]
-    without = _replay(tmp_path, START + running + fork)
-    with_lines = _replay(tmp_path, START + running + flush + fork)
+    without = _replay(START + running + fork)
+    with_lines = _replay(START + running + flush + fork)
     assert without.flush_ipis == with_lines.flush_ipis == 1
-    munmap = _replay(tmp_path, START + running + flush)  # the same flush without a fork
+    munmap = _replay(START + running + flush)  # the same flush without a fork
     assert munmap.flush_ipis == 1
 
 
-def test_a_flush_of_another_tasks_mm_is_told_by_the_cpus_it_reached(tmp_path: Path) -> None:
+def test_a_flush_of_another_tasks_mm_is_told_by_the_cpus_it_reached() -> None:
     """A task that flushes an mm it does not run (clear_refs, uprobes, page migration) sends
     IPIs with no local part; the CPUs whose handlers left a line tell which mm: here CPU 1,
     running app's thread. With no such line the mm is unknown and nothing is replayed."""
@@ -119,11 +117,11 @@ def test_a_flush_of_another_tasks_mm_is_told_by_the_cpus_it_reached(tmp_path: Pa
     send = [tlb("reader", 20, 0, 1.0010, "remote ipi send", "...1.")]
     handled = [tlb("app", 11, 1, 1.0011, "remote shootdown", "d.h1.")]
     went_on = [switch(0, 1.0020, ("reader", 20), IDLE0)]
-    assert _replay(tmp_path, START + running + send + handled + went_on).flush_ipis == 1
-    assert _replay(tmp_path, START + running + send + went_on).flush_ipis == 0
+    assert _replay(START + running + send + handled + went_on).flush_ipis == 1
+    assert _replay(START + running + send + went_on).flush_ipis == 0
 
 
-def test_a_vhost_worker_takes_its_owners_mm_at_its_own_cr3_load(tmp_path: Path) -> None:
+def test_a_vhost_worker_takes_its_owners_mm_at_its_own_cr3_load() -> None:
     """6.1's vhost worker is a kernel thread named "vhost-<owner pid>" whose vhost_worker()
     begins with kthread_use_mm(dev->mm): its own CR3 load outside a switch. From there it
     runs on the owner's mm like a user task: back on CPU 1 after another process ran there,
@@ -147,14 +145,14 @@ def test_a_vhost_worker_takes_its_owners_mm_at_its_own_cr3_load(tmp_path: Path) 
         tlb("sh", 70, 1, 1.0031, "flush on task switch"),  # qemu's again
         switch(1, 1.0040, worker, IDLE1),
     ]
-    r = replay_lines(tmp_path, lines, "linux-6.1-x86_64", 2)
+    r = replay_lines(lines, "linux-6.1-x86_64", 2)
     assert r.stats.tlb["vhost workers' kthread_use_mm"] == 1
     assert r.stats.switches_checked == sum("sched_switch" in x for x in lines) - 1  # (the last)
     assert r.stats.switches_agreeing == r.stats.switches_checked
     assert r.metrics.cr3_loads == sum("flush on task switch" in x for x in lines)
 
 
-def test_a_flush_ipi_into_a_context_switch_waits_for_its_end(tmp_path: Path) -> None:
+def test_a_flush_ipi_into_a_context_switch_waits_for_its_end() -> None:
     """app frees page tables while its thread runs on CPU 1, which is switching to its idle
     task: the sched_switch there comes after the IPIs went out, the handler's line (a CR3
     load of init_mm in a hardirq: CPU 1 was lazy by then) after it. __schedule() had turned
@@ -172,13 +170,13 @@ def test_a_flush_ipi_into_a_context_switch_waits_for_its_end(tmp_path: Path) -> 
     ]
     back = [switch(1, 1.0030, IDLE1, THREAD, "R")]
     without = [flush[1], flush[4]]
-    r = replay_lines(tmp_path, START + running + flush + back, "linux-6.1-x86_64", 2)
-    plain = _replay(tmp_path, START + running + without + back)
+    r = replay_lines(START + running + flush + back, "linux-6.1-x86_64", 2)
+    plain = _replay(START + running + without + back)
     assert r.metrics.cr3_loads - plain.cr3_loads == 2
     assert r.metrics.flush_ipis == 1
 
 
-def test_a_flush_no_cpu_handled_is_of_the_one_mm_other_cpus_borrow(tmp_path: Path) -> None:
+def test_a_flush_no_cpu_handled_is_of_the_one_mm_other_cpus_borrow() -> None:
     """Page migration by a kworker flushes a process's mm from a CPU that does not run it:
     IPIs go out ("remote ipi send") to the other CPUs in its mm_cpumask, and a lazy one is
     skipped without a line (native_flush_tlb_multi(): tlb_is_not_lazy), its TLB generation
@@ -193,20 +191,20 @@ def test_a_flush_no_cpu_handled_is_of_the_one_mm_other_cpus_borrow(tmp_path: Pat
         switch(0, 1.0011, kworker, IDLE0, "I"),
     ]
     back = [switch(1, 1.0020, IDLE1, THREAD, "R")]
-    plain = _replay(tmp_path, [*START, migrate[0], migrate[2], *back])
-    r = replay_lines(tmp_path, START + migrate + back, "linux-6.1-x86_64", 2)
+    plain = _replay([*START, migrate[0], migrate[2], *back])
+    r = replay_lines(START + migrate + back, "linux-6.1-x86_64", 2)
     assert r.stats.tlb["flushes of another task's mm"] == 1
     assert r.metrics.cr3_loads == plain.cr3_loads + 1  # CPU 1's stale reload
     assert r.metrics.cr3_flushes == plain.cr3_flushes + 1
     # a third CPU borrows another process's mm: two candidates, nothing replayed
     sh, idle2 = ("sh", 40), ("swapper/2", 0)
     other = [switch(2, 1.00031, idle2, sh, "R"), switch(2, 1.00032, sh, idle2)]
-    r = replay_lines(tmp_path, START + other + migrate, "linux-6.1-x86_64", 3)
+    r = replay_lines(START + other + migrate, "linux-6.1-x86_64", 3)
     assert r.stats.tlb["flushes of an unknown mm (not replayed)"] == 1
     assert r.stats.tlb["flushes of another task's mm"] == 0
 
 
-def test_a_task_flushing_another_tasks_mm_goes_on_with_it(tmp_path: Path) -> None:
+def test_a_task_flushing_another_tasks_mm_goes_on_with_it() -> None:
     """A kworker migrating a process's pages flushes that mm again and again. When one of
     its flushes reached no CPU's handler and two mms are lazily borrowed elsewhere, it is of
     the mm its last flush was replayed on: app's here, whose thread took the first one's IPI
@@ -234,7 +232,7 @@ def test_a_task_flushing_another_tasks_mm_goes_on_with_it(tmp_path: Path) -> Non
         tlb("<idle>", 0, 1, 1.0031, "flush on task switch"),  # stale: a reload
         switch(1, 1.0040, THREAD, IDLE1),
     ]
-    r = replay_lines(tmp_path, lines, "linux-6.1-x86_64", 3)
+    r = replay_lines(lines, "linux-6.1-x86_64", 3)
     assert r.stats.tlb["flushes of another task's mm"] == 2
     assert r.stats.switches_agreeing == r.stats.switches_checked
 
@@ -257,7 +255,7 @@ def test_a_local_flush_of_other_pages_is_another_flush() -> None:
     assert [(f.pages, f.foreign) for f in flushes] == [(-1, False)]
 
 
-def test_text_poke_and_efi_calls_from_cr3_loads_in_a_row(tmp_path: Path) -> None:
+def test_text_poke_and_efi_calls_from_cr3_loads_in_a_row() -> None:
     """Two CR3 loads in a row by a user task outside a context switch are text_poke()'s
     poking_mm and back; on a lazy CPU it leaves lazy mode first (leave_mm(): three loads),
     while an EFI call from a lazy kworker loads efi_mm and back (two: before 6.15
@@ -272,17 +270,14 @@ def test_text_poke_and_efi_calls_from_cr3_loads_in_a_row(tmp_path: Path) -> None
     ]
     on_kworker = [switch(1, 1.0010, IDLE1, kworker, "R")]
     three = [tlb(*kworker, 1, 1.0011 + i / 1e5, "flush on task switch", "d..1.") for i in range(3)]
-    base = _replay(tmp_path, START)
-    assert _replay(tmp_path, START + poke).cr3_loads == base.cr3_loads + 2
-    kw = _replay(tmp_path, START + on_kworker)
-    assert _replay(tmp_path, START + on_kworker + three).cr3_loads == kw.cr3_loads + 3
+    base = _replay(START)
+    assert _replay(START + poke).cr3_loads == base.cr3_loads + 2
+    kw = _replay(START + on_kworker)
+    assert _replay(START + on_kworker + three).cr3_loads == kw.cr3_loads + 3
     efi = START + on_kworker + three[:2]
-    assert _replay(tmp_path, efi).cr3_loads == kw.cr3_loads + 2
+    assert _replay(efi).cr3_loads == kw.cr3_loads + 2
     new = "linux-6.17-x86_64"
-    assert (
-        _replay(tmp_path, efi, new).cr3_loads
-        == _replay(tmp_path, START + on_kworker, new).cr3_loads + 3
-    )
+    assert _replay(efi, new).cr3_loads == _replay(START + on_kworker, new).cr3_loads + 3
 
 
 def test_hints_keep_every_line_once_and_in_order() -> None:
@@ -403,7 +398,7 @@ def test_the_html_report_says_what_the_tlb_flush_lines_gave(tmp_path: Path) -> N
     assert lines > 0 and f"from {lines:,} tlb_flush lines: flushes: " in out.read_text()
 
 
-def test_an_exec_runs_at_its_exec_mmap_not_at_sched_process_exec(tmp_path: Path) -> None:
+def test_an_exec_runs_at_its_exec_mmap_not_at_sched_process_exec() -> None:
     """exec_mmap() loads the new mm (a CR3 load by the task outside a switch) and
     begin_new_exec() renames the task next; sched_process_exec fires only when
     load_elf_binary() returns. Preempted in between, the task leaves CPU 0's idle task
@@ -421,7 +416,7 @@ def test_an_exec_runs_at_its_exec_mmap_not_at_sched_process_exec(tmp_path: Path)
     ]
     for keep, zombies in ((True, 0), (False, 1)):
         kept = [x for x in lines if keep or "tlb_flush" not in x]
-        r = replay_lines(tmp_path, kept, "linux-6.1-x86_64", 2)
+        r = replay_lines(kept, "linux-6.1-x86_64", 2)
         assert r.metrics.summary()["zombies"]["count"] == zombies
         assert (r.m.state.rqs[0].curr.active_mm is r.tasks[10].mm) is keep
     assert r.stats.tlb["execs at their exec_mmap"] == 0  # (the run without the lines)
@@ -461,16 +456,14 @@ def _exit_window(ipis: bool) -> list[str]:
 
 
 @pytest.mark.parametrize("ipis", [False, True])
-def test_an_exit_runs_where_exit_mmap_switched_its_lazy_cpu_to_init_mm(
-    tmp_path: Path, ipis: bool
-) -> None:
+def test_an_exit_runs_where_exit_mmap_switched_its_lazy_cpu_to_init_mm(ipis: bool) -> None:
     """The kernel's exit_mm() ran before exit_mmap()'s flush found the task's CPU lazy and
     loaded init_mm there (arch/x86/mm/tlb.c: flush_tlb_func() on a lazy CPU). The replay runs
     the exit at that load, so the task preempted after it switches as one without an mm: back
     on CPU 0 it loads nothing, and the replay makes the CR3 loads the kernel's lines show.
     Replayed at sched_process_exit, it would load solo's mm again on the way back."""
     lines = _exit_window(ipis)
-    r = replay_lines(tmp_path, lines, "linux-6.1-x86_64", 2)
+    r = replay_lines(lines, "linux-6.1-x86_64", 2)
     assert r.stats.tlb["exits at exit_mmap's flush"] == 1
     kernel = sum("flush on task switch" in x for x in lines)
     assert r.metrics.cr3_loads == kernel
@@ -484,8 +477,7 @@ def test_an_exit_runs_where_exit_mmap_switched_its_lazy_cpu_to_init_mm(
     # solo's mm outlived its last real user, borrowed by solo itself from exit_mm() to its
     # switch to other (and, with the IPIs, by CPU 1's idle task): one zombie
     assert r.metrics.summary()["zombies"]["count"] == 1
-    read = list(read_trace(str(tmp_path / "timeline.txt")))
-    made = [type(e).__name__ for e in tlb_hints(read)]
+    made = [type(e).__name__ for e in tlb_hints(read_lines(lines))]
     assert ("MmFlush" if ipis else "ExitMmapLoad") in made
 
 
@@ -580,9 +572,7 @@ def test_idle_tasks_of_two_cpus_are_two_tasks(tmp_path: Path) -> None:
     assert replay(read, [PRESETS["linux-6.1-x86_64"]], 3)[0] == len(read)
 
 
-def test_a_stale_mm_cpumask_bit_is_trimmed_once_a_second_on_6_14_and_later(
-    tmp_path: Path,
-) -> None:
+def test_a_stale_mm_cpumask_bit_is_trimmed_once_a_second_on_6_14_and_later() -> None:
     """Since 6.14 a CPU keeps its mm_cpumask bit when it switches to another mm; a flush
     IPIs such a CPU (running another mm, not lazy) only when should_trim_cpumask() is due,
     once a second per mm, and flush_tlb_func() there clears the bit. app's thread ran on
@@ -612,6 +602,6 @@ def test_a_stale_mm_cpumask_bit_is_trimmed_once_a_second_on_6_14_and_later(
         *munmap(1.5),
         *munmap(2.2),
     ]
-    assert _replay(tmp_path, lines, "linux-6.17-x86_64").flush_ipis == 2
-    assert _replay(tmp_path, lines, "linux-6.1-x86_64").flush_ipis == 0
-    assert _replay(tmp_path, lines, "linux-6.17-powerpc-radix").shootdown_ipis == 0
+    assert _replay(lines, "linux-6.17-x86_64").flush_ipis == 2
+    assert _replay(lines, "linux-6.1-x86_64").flush_ipis == 0
+    assert _replay(lines, "linux-6.17-powerpc-radix").shootdown_ipis == 0

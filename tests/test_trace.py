@@ -959,7 +959,7 @@ def test_replay_jobs_share_the_configurations_and_change_nothing(tmp_path: Path)
 
 
 def test_replay_shares_the_work_by_default_on_big_trace_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Without -j, a trace file over AUTO_JOBS_BYTES is replayed by one process per CPU (at
     most one per configuration), a smaller one in this process; the JSON says how many."""
@@ -985,7 +985,7 @@ SWITCH_LINE = (
 )
 
 
-def test_exec_from_a_thread_whose_leader_runs_on_under_the_threads_pid(tmp_path: Path) -> None:
+def test_exec_from_a_thread_whose_leader_runs_on_under_the_threads_pid() -> None:
     """de_thread() on a kernel that can preempt the dying leader after exit_notify() (RT,
     preempt=full): thread 11 of group 10 execs; after exchange_tids() it switches out as pid
     10 while the leader, preempted in do_exit(), is switched in again and out for the last
@@ -1006,7 +1006,7 @@ def test_exec_from_a_thread_whose_leader_runs_on_under_the_threads_pid(tmp_path:
         "true-10 [001] 1.000900: sched_process_exec: filename=/bin/true pid=10 old_pid=11",
         sw.format(c="true", p=10, cpu=1, ts="1.001000", s="S", nc="swapper/1", np=0),
     ]
-    r = replay_lines(tmp_path, lines, "linux-6.1-x86_64-rt", 2)
+    r = replay_lines(lines, "linux-6.1-x86_64-rt", 2)
     anomalies = r.stats.anomalies
     assert anomalies["de_thread: old leader runs on under the thread's pid"] == 1
     assert not any(k.startswith(("resynchronised", "pid reused", "refused")) for k in anomalies)
@@ -1016,9 +1016,7 @@ def test_exec_from_a_thread_whose_leader_runs_on_under_the_threads_pid(tmp_path:
     assert sum(1 for t in r.m.state.tasks if t.comm in ("app", "true")) == 2  # none made up
 
 
-def test_exec_from_a_thread_whose_leader_switches_out_last_under_the_threads_pid(
-    tmp_path: Path,
-) -> None:
+def test_exec_from_a_thread_whose_leader_switches_out_last_under_the_threads_pid() -> None:
     """de_thread(): thread 12 of group 10 execs; exchange_tids() gives it pid 10 and the
     dying leader pid 12, so when the leader's final switch comes after the exchange, the
     trace shows it as `prev_pid=12 prev_state=X` on the leader's CPU while the thread still
@@ -1038,7 +1036,7 @@ def test_exec_from_a_thread_whose_leader_switches_out_last_under_the_threads_pid
         "true-10 [002] 1.000900: sched_process_exec: filename=/bin/true pid=10 old_pid=12",
         sw.format(c="true", p=10, cpu=2, ts="1.001000", s="S", nc="swapper/2", np=0),
     ]
-    r = replay_lines(tmp_path, lines, "linux-6.17-x86_64", 3)
+    r = replay_lines(lines, "linux-6.17-x86_64", 3)
     anomalies = r.stats.anomalies
     assert anomalies["de_thread: old leader's last switch under the thread's pid"] == 1
     assert "resynchronised CPU" not in anomalies and "dead task seen running" not in anomalies
@@ -1051,9 +1049,7 @@ def test_exec_from_a_thread_whose_leader_switches_out_last_under_the_threads_pid
     assert old is None or old.mm_users == 0
 
 
-def test_an_exited_thread_switched_out_as_dead_that_runs_again_is_the_same_task(
-    tmp_path: Path,
-) -> None:
+def test_an_exited_thread_switched_out_as_dead_that_runs_again_is_the_same_task() -> None:
     """A thread past exit_notify() (autoreaped: EXIT_DEAD) that calls schedule() already
     woken (TASK_RUNNING: on PREEMPT_RT, a sleeping-spinlock wait whose owner let go first)
     is switched out reading its exit_state, "X", as at its final switch, which comes
@@ -1072,7 +1068,7 @@ def test_an_exited_thread_switched_out_as_dead_that_runs_again_is_the_same_task(
         sw.format(c="app", p=11, cpu=1, ts="1.000600", s="X", nc="swapper/1", np=0),
         "rcuc/1-27 [001] 1.000700: sched_process_free: comm=app pid=11 prio=120",
     ]
-    r = replay_lines(tmp_path, lines, "linux-6.1-x86_64-rt", 2)
+    r = replay_lines(lines, "linux-6.1-x86_64-rt", 2)
     leader, thread = r.tasks[10], r.tasks[11]
     assert r.stats.anomalies["exited task switched out as dead (X) ran again"] == 1
     assert not any(
@@ -1084,6 +1080,6 @@ def test_an_exited_thread_switched_out_as_dead_that_runs_again_is_the_same_task(
     assert leader.mm is not None and leader.mm.mm_users == 1
     assert leader.mm.mm_count == 2  # one for the real users, one for CPU 1's lazy use
     assert sum(1 for t in r.m.state.tasks if t.comm == "app") == 2  # none made up
-    r = replay_lines(tmp_path, lines + final, "linux-6.1-x86_64-rt", 2)
+    r = replay_lines(lines + final, "linux-6.1-x86_64-rt", 2)
     assert 11 not in r.tasks and r.tasks[10].mm is not None and r.tasks[10].mm.mm_count == 2
     assert r.m.state.rqs[1].curr.is_idle

@@ -176,8 +176,7 @@ def adopt_task(k: Kernel, comm: str, kernel_thread: bool, mm_of: Task | None) ->
             tsk.tgid = mm_of.tgid
         else:
             tsk.mm = tsk.active_mm = mm_init(k, comm, tsk)
-            # forked long ago: x86's once-a-second mm_cpumask trim is due at its first flush
-            tsk.mm.context.next_trim_cpumask = state.jiffies - k.config.HZ
+            k.arch.adopt_mm(k, tsk.mm)  # forked long ago
     state.tasks.append(tsk)
     k.emit(TaskAdopted(k.cpu, tsk, tsk.mm))
     return tsk

@@ -29,6 +29,7 @@ text_poke = generic.text_poke
 efi_mm_init = generic.efi_mm_init
 efi_call = generic.efi_call
 cpu_disable = generic.cpu_disable
+adopt_mm = generic.adopt_mm
 
 
 WIDTH_HARDWARE_ASN = 8

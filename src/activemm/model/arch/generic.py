@@ -85,6 +85,11 @@ def adopt_loaded_mm(k: Kernel, mm: Mm, tsk: Task) -> None:
     k.state.rqs[k.cpu].tlb.loaded_mm = mm
 
 
+def adopt_mm(k: Kernel, mm: Mm) -> None:
+    """Not a kernel function: `mm` was made long before observation began (trace replay).
+    Nothing of the generic MMU state depends on its age."""
+
+
 def poking_init(k: Kernel) -> Mm | None:
     """poking_init(): only x86 patches kernel text through a temporary mm of its own."""
     return None

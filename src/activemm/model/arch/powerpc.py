@@ -29,6 +29,7 @@ text_poke = generic.text_poke
 efi_mm_init = generic.efi_mm_init
 efi_call = generic.efi_call
 adopt_loaded_mm = generic.adopt_loaded_mm
+adopt_mm = generic.adopt_mm
 
 
 def cpu_init(k: Kernel, rq: Rq) -> None:

@@ -528,6 +528,13 @@ def efi_call(k: Kernel, efi_mm: Mm | None) -> None:
     efi_leave_mm(k, prev, efi_mm)
 
 
+def adopt_mm(k: Kernel, mm: Mm) -> None:
+    """Not a kernel function: `mm` was made long before observation began (trace replay):
+    its init_new_context() second has passed, so the once-a-second mm_cpumask trim of
+    flush_tlb_mm_range() is due at its first flush."""
+    mm.context.next_trim_cpumask = k.state.jiffies - k.config.HZ
+
+
 def adopt_loaded_mm(k: Kernel, mm: Mm, tsk: Task) -> None:
     """Not a kernel function: the CPU was found lazily borrowing `mm` (trace replay). Its
     cpu_tlbstate is what switch_mm_irqs_off() and enter_lazy_tlb() left: mm loaded in an ASID
