@@ -36,6 +36,7 @@ from activemm.trace.readers import TraceError, read_trace
 from activemm.trace.replay import load_task_snapshot
 from activemm.validate import kernel as kv
 from activemm.validate import markers, score, validate
+from activemm.validate.core import Validator
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
 ALL = sorted(p for p in CAPTURES.iterdir() if p.is_dir())
@@ -574,6 +575,31 @@ def test_a_cpu_lazy_since_before_the_trace_explains_a_flush_before_a_late_fork()
     assert (r.outside_schedule.matched, r.outside_schedule.total) == (0, 3)
 
 
+AFTER_SWITCH = [CAPTURES / n for n in ("linux-6.1-smp2-program11", "linux-6.12-smp4-program17")]
+
+
+@pytest.mark.parametrize("capture", AFTER_SWITCH, ids=lambda p: p.name)
+def test_a_flush_ipi_to_a_cpu_about_to_switch_waits_for_it(
+    capture: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush IPI sent to a CPU after its last traced event before a sched_switch: that CPU
+    took it at the switch's end (interrupts are off in __schedule(); before, the trace
+    would show the handler there). The model's interrupts are off on such a CPU from that
+    event on, so its flush waits too and finds the mm the switch loaded: every hook outside
+    schedule matches. With interrupts off only from the sched_switch line, as before, the
+    model switches that lazy CPU to init_mm at the flush, a hook the kernel did not make,
+    which the trace text shows is such a CPU (_timing_causes_hold)."""
+    r = _scored(capture)
+    assert_all_matched(r)
+    monkeypatch.setattr(Validator, "_schedule_begins", lambda self, cpu: None)
+    before = validate(capture)
+    missed = [m for m in before.mismatches if m["group"] == "outside_schedule"]
+    assert missed and {m["cause"] for m in missed} == {score.IPI_AFTER_SWITCH}
+    assert {m["predicted"]["kind"] for m in missed} == {"flush_to_init_mm"}
+    _timing_causes_hold(capture, missed)
+    assert (before.context_switches, before.mmdrop) == (r.context_switches, r.mmdrop)
+
+
 def test_a_flush_the_kernel_did_not_make_is_told_by_how_the_model_made_it() -> None:
     """score_outside on hand-made hooks, model flushes the kernel lacks: one the model made by
     following the kernel's own CR3-load tracepoint (leave_mm) means the kernel's probe missed
@@ -1039,7 +1065,9 @@ def test_a_cpu_lazy_since_before_the_trace_may_already_run_on_init_mm() -> None:
     they borrow, sends two IPIs the kernel did not, to CPUs an earlier flush had already
     moved to init_mm (off mm_cpumask). Nothing in the trace says which: both misses are
     tagged so, on CPUs that were lazy at the start and loaded no user mm since; every switch
-    and __mmdrop matches, in both modes but one failed exec's __mmdrop with tracepoints."""
+    and __mmdrop matches, in both modes but one failed exec's __mmdrop with tracepoints.
+    (CPU 3's next line after the fork is a sched_switch: its model had interrupts off there,
+    as __schedule() has, and took that IPI at the switch's end, still init's fork's.)"""
     r = validate(SMP16)
     assert r.context_switches.matched == r.context_switches.total > 4000
     assert r.mmdrop.matched == r.mmdrop.total > 600
@@ -2297,7 +2325,6 @@ def test_an_exec_from_a_borrowing_task_is_paired_with_the_models() -> None:
     an exit window the validator's later passes find: the first pass shows the pairing.)"""
     from activemm.model.config import preset
     from activemm.trace.replay import peek_cpus
-    from activemm.validate.core import Validator
 
     capture = CAPTURES / "linux-6.1-smp3-everything"
     events = list(read_trace(str(capture / "trace.txt.gz")))

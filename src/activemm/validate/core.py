@@ -21,6 +21,7 @@ from activemm.model.config import KernelConfig
 from activemm.model.events import (
     Cr3Loaded,
     Event,
+    FlushIpi,
     LazyEntered,
     MmAllocated,
     MmFreed,
@@ -200,6 +201,9 @@ class Validator(MarkerSteps, Clocked):
         self.kworkers_using: set[int] = set()  # kernel threads in an inferred kthread_use_mm
         self.user_loads: set[int] = set()  # sched_switch lines that loaded a user mm
         last_switch: dict[int, int] = {}
+        # the lines a CPU's sched_switch follows directly, nothing else traced there between
+        self.before_switch: set[int] = set()
+        last_line: dict[int, int] = {}  # CPU -> the line of its latest event
         # markers: the CR3 loads of EFI calls (the tlb_flush right after each of their hooks)
         self.efi_loads: set[int] = set()
         # sched: kernel threads shown to make EFI calls (an earlier pass's too)
@@ -209,6 +213,7 @@ class Validator(MarkerSteps, Clocked):
         ksmd_ends: dict[int, int] = {}  # the switch-in line of a run of ksmd -> its end
         for e in events:
             self.cpu_lines.setdefault(e.cpu, []).append(e.line)
+            before, last_line[e.cpu] = last_line.get(e.cpu), e.line
             if e.cpu in after_efi:
                 after_efi.discard(e.cpu)
                 if isinstance(e, TlbFlush) and e.cr3_load and inputs == "markers":
@@ -225,6 +230,8 @@ class Validator(MarkerSteps, Clocked):
             ):
                 self.user_loads.add(last_switch[e.cpu])
             if isinstance(e, SchedSwitch):
+                if before is not None:
+                    self.before_switch.add(before)
                 switching.add(e.cpu)
                 last_switch[e.cpu] = e.line
                 if e.prev_comm == KSMD and ksmd_runs and ksmd_runs[-1][1] == e.cpu:
@@ -359,6 +366,10 @@ class Validator(MarkerSteps, Clocked):
         # lazy on their mm in the model when dup_mmap()'s flush of it ran, with their lazy
         # episode (None: not yet)
         self.forking: dict[int, set[tuple[int, int]] | None] = {}
+        # CPU -> mm id -> (pid, operation) of the flush of that mm whose IPI waits there for
+        # interrupts to come back on (the end of a switch): what a flush to init_mm there
+        # then comes from
+        self.waiting_ipis: dict[int, dict[int, tuple[int, str]]] = {}
         self.thp_slots: dict[int, list[str]] = {}  # mm address -> khugepaged's reference
         self.ksm_slots: dict[int, list[str]] = {}  # mm address -> KSM's mm_slot reference
         self.async_drops: dict[int, int] = {}  # mm address -> pid whose mmdrop_async() ran
@@ -430,6 +441,9 @@ class Validator(MarkerSteps, Clocked):
 
     def end(self, op: Operation, state: KernelState) -> None:
         self.op = None
+        cpu = op.args.get("cpu")
+        if isinstance(cpu, int) and cpu in self.waiting_ipis and not state.rqs[cpu].irqs_disabled:
+            del self.waiting_ipis[cpu]  # the IPIs that waited there have run
 
     def event(self, ev: Event) -> None:
         if isinstance(ev, MmSwitched | LazyEntered):
@@ -442,6 +456,11 @@ class Validator(MarkerSteps, Clocked):
             self.pretrace_mms.add(ev.mm.id)
         elif isinstance(ev, Cr3Loaded) and self.switch is not None:
             self.switch.cr3 = True
+        elif isinstance(ev, FlushIpi) and self.op is not None:
+            rq = self.m.state.rqs[ev.to_cpu]
+            if rq.irqs_disabled:
+                waiting = self.waiting_ipis.setdefault(ev.to_cpu, {})
+                waiting.setdefault(ev.mm.id, (self.ctx.pid, self.op.name))
 
     def _model_hook(self, ev: MmSwitched | LazyEntered) -> None:
         sw = self.switch
@@ -475,13 +494,18 @@ class Validator(MarkerSteps, Clocked):
             self.model_outside.append(Outside(ev.via, cpu, pid, self._a(ev.next),
                                               self._a(ev.prev), self.ctx.line, epoch))  # fmt: skip
         elif ev.next.is_init_mm and ev.task is None:
+            # an IPI that waited for this CPU's switch is the flush's that sent it
+            name = self.op.name
+            lazy_on = self.m.state.rqs[cpu].curr.active_mm  # (x86: the mm it borrows)
+            waited = self.waiting_ipis.get(cpu, {}).get(lazy_on.id) if lazy_on else None
+            if waited is not None and name in ("schedule", "local_irq_enable"):
+                pid, name = waited
             # a fork's dup_mmap() flush that the model runs after the kernel's, which came
             # before this lazy episode of the CPU (Outside.late_fork)
-            flushed = self.forking.get(pid) if self.op.name in ("fork", "failed_fork") else None
+            flushed = self.forking.get(pid) if name in ("fork", "failed_fork") else None
             late = flushed is not None and (cpu, epoch) not in flushed
             self.model_outside.append(Outside("flush_to_init_mm", cpu, pid, self._a(ev.next), 0,
-                                              self.ctx.line, epoch, late,
-                                              self.op.name))  # fmt: skip
+                                              self.ctx.line, epoch, late, name))  # fmt: skip
         else:
             self.model_outside.append(Outside("switch_mm", cpu, pid, self._a(ev.next),
                                               self._a(ev.prev), self.ctx.line, epoch))  # fmt: skip
@@ -586,6 +610,8 @@ class Validator(MarkerSteps, Clocked):
                 handler(ev)  # type: ignore[operator]
             else:
                 self._on_sched_event(ev)
+            if ev.line in self.before_switch:
+                self._schedule_begins(ev.cpu)
         for cpu in list(self.armed):
             self._refusable(self._early_exec, self.armed.pop(cpu))
         if self.events:
@@ -1685,6 +1711,16 @@ class Validator(MarkerSteps, Clocked):
             self.ctx = Context("switch finish", group.switch.line, at.cpu, at.pid)
             self._refusable(self.m.mmdrop, group.pin, at.cpu, True)  # finish's mmdrop_sched()
         self._compare_switch(group, group.early)
+
+    def _schedule_begins(self, cpu: int) -> None:
+        """The CPU's next traced event is a sched_switch: from here its model has interrupts
+        off, as __schedule() will. A flush IPI the kernel's CPU took before that would have
+        left a line there (on a lazy CPU its switch to init_mm, a CR3 load; a real flush,
+        "remote shootdown"), so one sent meanwhile waited for the switch and its
+        finish_task_switch() handled it on the state the switch left (a lazy CPU switched
+        to a user mm, whose stale TLB the switch itself flushed: nothing to do)."""
+        if cpu < len(self.m.state.rqs) and cpu not in self.pending:
+            self.m.local_irq_disable(cpu)
 
     def _irqs_on(self, at: TraceEvent) -> None:
         """A switch applied at `at`: interrupts are on again on its CPU (the model's
