@@ -201,7 +201,9 @@ class Validator(MarkerSteps, Clocked):
         self.kworkers_using: set[int] = set()  # kernel threads in an inferred kthread_use_mm
         self.user_loads: set[int] = set()  # sched_switch lines that loaded a user mm
         last_switch: dict[int, int] = {}
-        # the lines a CPU's sched_switch follows directly, nothing else traced there between
+        # markers: the lines a CPU's sched_switch follows directly, nothing else traced there
+        # between (with tracepoints only the model's flushes run at approximate points, and a
+        # probe line's place is not an input)
         self.before_switch: set[int] = set()
         last_line: dict[int, int] = {}  # CPU -> the line of its latest event
         # markers: the CR3 loads of EFI calls (the tlb_flush right after each of their hooks)
@@ -230,7 +232,7 @@ class Validator(MarkerSteps, Clocked):
             ):
                 self.user_loads.add(last_switch[e.cpu])
             if isinstance(e, SchedSwitch):
-                if before is not None:
+                if before is not None and inputs == "markers":
                     self.before_switch.add(before)
                 switching.add(e.cpu)
                 last_switch[e.cpu] = e.line
