@@ -174,6 +174,7 @@ class Validator(MarkerSteps, Clocked):
         # pid -> lines of its own tlb_flush events (not in a hardirq), and of its exits
         self.own_flushes: dict[int, list[int]] = {}
         self.ipi_sends: dict[int, list[int]] = {}  # pid -> lines of its "remote ipi send"
+        self.ipi_send_lines: set[int] = set()  # and all of those lines
         self.exit_lines: dict[int, list[int]] = {}
         self.exec_lines: dict[int, list[int]] = {}
         self.mmput_returns: dict[int, list[int]] = {}  # pid -> lines of exit_mmap returning
@@ -256,6 +257,7 @@ class Validator(MarkerSteps, Clocked):
                 self.own_flushes.setdefault(e.pid, []).append(e.line)
                 if "ipi send" in e.reason:
                     self.ipi_sends.setdefault(e.pid, []).append(e.line)
+                    self.ipi_send_lines.add(e.line)
             elif isinstance(e, ProcessExit):
                 self.exit_lines.setdefault(e.exit_pid, []).append(e.line)
             elif isinstance(e, ProcessExec):
@@ -644,6 +646,8 @@ class Validator(MarkerSteps, Clocked):
         if isinstance(ev, TlbFlush):
             if ev.line in self.efi_loads:
                 return  # the EFI call's own, run at its marker
+            if "local mm shootdown" in ev.reason and not ev.hardirq:
+                self._mask_says_left(ev)
             if self._cr3_of_armed_exec(ev):
                 del self.armed[ev.cpu]
                 self._refusable(self._early_exec, ev)
@@ -1394,6 +1398,43 @@ class Validator(MarkerSteps, Clocked):
             for rq in self.m.state.rqs
             if mm is not None and rq.curr.mm is None and rq.curr.active_mm is mm
         }
+
+    def _mask_says_left(self, ev: TlbFlush) -> None:
+        """x86 flush_tlb_mm_range() traces "remote ipi send" whenever another CPU is in the
+        mm's mm_cpumask (lazy ones too, before should_flush_tlb() picks), then its local part
+        ("local mm shootdown", run when the mm is loaded here); and a CPU whose hardware has
+        an mm loaded is in its mm_cpumask. A local part with no "remote ipi send" of the same
+        flush before it: no other CPU had the mm loaded. A CPU the model has lazily on that
+        mm since before the trace (it has loaded no user mm since) had already moved to
+        init_mm then, on a flush or leave_mm before the trace: learned here, unmetered."""
+        rqs = self.m.state.rqs
+        t = self.replayer.tasks.get(ev.pid)
+        if ev.cpu >= len(rqs) or t is None or t.mm is None:
+            return
+        mm = t.mm  # (the task's own: its CPU's may not be known yet, early in the trace)
+        stale = [
+            c
+            for c in self.first_lazy
+            if c != ev.cpu
+            and c < len(rqs)
+            and self.episode[c] == 0
+            and rqs[c].curr.mm is None
+            and rqs[c].tlb.loaded_mm is mm
+            and not mm.is_init_mm
+        ]
+        if not stale:
+            return
+        flushes = self.own_flushes.get(ev.pid, [])
+        i = bisect.bisect_left(flushes, ev.line)
+        if i > 0 and flushes[i - 1] in self.ipi_send_lines:
+            return  # the IPIs went out first
+        self.ctx = Context("resync", ev.line, ev.cpu, ev.pid)
+        with self.metrics.unmetered():
+            for c in stale:
+                self._refusable(self.m.leave_mm, c)
+                self.result.learned[
+                    "CPU lazy since before the trace already on init_mm (a flush with no IPI)"
+                ] += 1
 
     def _early_fork(self, ev: TlbFlush) -> None:
         """A fork's dup_mmap() flush (fork_flushes: its parent's last full flush before its
