@@ -1406,9 +1406,13 @@ class Validator(MarkerSteps, Clocked):
         an mm loaded is in its mm_cpumask. A local part with no "remote ipi send" of the same
         flush before it: no other CPU had the mm loaded. A CPU the model has lazily on that
         mm since before the trace (it has loaded no user mm since) had already moved to
-        init_mm then, on a flush or leave_mm before the trace: learned here, unmetered."""
+        init_mm then, on a flush or leave_mm before the trace: learned here, unmetered.
+        (With INVLPGB, 6.15+, an mm with a global ASID is flushed by broadcast, no IPIs.)"""
         rqs = self.m.state.rqs
         t = self.replayer.tasks.get(ev.pid)
+        config = self.m.config
+        if config.arch != "x86_64" or config.invlpgb:
+            return
         if ev.cpu >= len(rqs) or t is None or t.mm is None:
             return
         mm = t.mm  # (the task's own: its CPU's may not be known yet, early in the trace)
@@ -1428,13 +1432,14 @@ class Validator(MarkerSteps, Clocked):
         i = bisect.bisect_left(flushes, ev.line)
         if i > 0 and flushes[i - 1] in self.ipi_send_lines:
             return  # the IPIs went out first
-        self.ctx = Context("resync", ev.line, ev.cpu, ev.pid)
+        ctx, self.ctx = self.ctx, Context("resync", ev.line, ev.cpu, ev.pid)
         with self.metrics.unmetered():
             for c in stale:
                 self._refusable(self.m.leave_mm, c)
                 self.result.learned[
                     "CPU lazy since before the trace already on init_mm (a flush with no IPI)"
                 ] += 1
+        self.ctx = ctx
 
     def _early_fork(self, ev: TlbFlush) -> None:
         """A fork's dup_mmap() flush (fork_flushes: its parent's last full flush before its
