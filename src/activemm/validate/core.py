@@ -69,6 +69,7 @@ from activemm.validate.markers import (
     exec_renames,
     exec_window_guesses,
     fork_flushes,
+    line_before,
     marked_fork_flushes,
     next_line,
     own_full_flush,
@@ -174,7 +175,6 @@ class Validator(MarkerSteps, Clocked):
         # pid -> lines of its own tlb_flush events (not in a hardirq), and of its exits
         self.own_flushes: dict[int, list[int]] = {}
         self.ipi_sends: dict[int, list[int]] = {}  # pid -> lines of its "remote ipi send"
-        self.ipi_send_lines: set[int] = set()  # and all of those lines
         self.exit_lines: dict[int, list[int]] = {}
         self.exec_lines: dict[int, list[int]] = {}
         self.mmput_returns: dict[int, list[int]] = {}  # pid -> lines of exit_mmap returning
@@ -206,7 +206,6 @@ class Validator(MarkerSteps, Clocked):
         # between (with tracepoints only the model's flushes run at approximate points, and a
         # probe line's place is not an input)
         self.before_switch: set[int] = set()
-        last_line: dict[int, int] = {}  # CPU -> the line of its latest event
         # markers: the CR3 loads of EFI calls (the tlb_flush right after each of their hooks)
         self.efi_loads: set[int] = set()
         # sched: kernel threads shown to make EFI calls (an earlier pass's too)
@@ -215,8 +214,8 @@ class Validator(MarkerSteps, Clocked):
         ksmd_runs: list[tuple[int, int, int]] = []  # ksmd's switch-in line, CPU, pid
         ksmd_ends: dict[int, int] = {}  # the switch-in line of a run of ksmd -> its end
         for e in events:
-            self.cpu_lines.setdefault(e.cpu, []).append(e.line)
-            before, last_line[e.cpu] = last_line.get(e.cpu), e.line
+            on_cpu = self.cpu_lines.setdefault(e.cpu, [])
+            on_cpu.append(e.line)
             if e.cpu in after_efi:
                 after_efi.discard(e.cpu)
                 if isinstance(e, TlbFlush) and e.cr3_load and inputs == "markers":
@@ -233,8 +232,8 @@ class Validator(MarkerSteps, Clocked):
             ):
                 self.user_loads.add(last_switch[e.cpu])
             if isinstance(e, SchedSwitch):
-                if before is not None and inputs == "markers":
-                    self.before_switch.add(before)
+                if len(on_cpu) > 1 and inputs == "markers":
+                    self.before_switch.add(on_cpu[-2])
                 switching.add(e.cpu)
                 last_switch[e.cpu] = e.line
                 if e.prev_comm == KSMD and ksmd_runs and ksmd_runs[-1][1] == e.cpu:
@@ -257,7 +256,6 @@ class Validator(MarkerSteps, Clocked):
                 self.own_flushes.setdefault(e.pid, []).append(e.line)
                 if "ipi send" in e.reason:
                     self.ipi_sends.setdefault(e.pid, []).append(e.line)
-                    self.ipi_send_lines.add(e.line)
             elif isinstance(e, ProcessExit):
                 self.exit_lines.setdefault(e.exit_pid, []).append(e.line)
             elif isinstance(e, ProcessExec):
@@ -445,6 +443,8 @@ class Validator(MarkerSteps, Clocked):
 
     def end(self, op: Operation, state: KernelState) -> None:
         self.op = None
+        if not self.waiting_ipis:
+            return
         cpu = op.args.get("cpu")
         if isinstance(cpu, int) and cpu in self.waiting_ipis and not state.rqs[cpu].irqs_disabled:
             del self.waiting_ipis[cpu]  # the IPIs that waited there have run
@@ -1408,12 +1408,12 @@ class Validator(MarkerSteps, Clocked):
         mm since before the trace (it has loaded no user mm since) had already moved to
         init_mm then, on a flush or leave_mm before the trace: learned here, unmetered.
         (With INVLPGB, 6.15+, an mm with a global ASID is flushed by broadcast, no IPIs.)"""
-        rqs = self.m.state.rqs
-        t = self.replayer.tasks.get(ev.pid)
         config = self.m.config
         if config.arch != "x86_64" or config.invlpgb:
             return
-        if ev.cpu >= len(rqs) or t is None or t.mm is None:
+        rqs = self.m.state.rqs
+        t = self.replayer.tasks.get(ev.pid)
+        if ev.cpu >= len(rqs) or t is None or t.mm is None or t.mm.is_init_mm:
             return
         mm = t.mm  # (the task's own: its CPU's may not be known yet, early in the trace)
         stale = [
@@ -1424,14 +1424,14 @@ class Validator(MarkerSteps, Clocked):
             and self.episode[c] == 0
             and rqs[c].curr.mm is None
             and rqs[c].tlb.loaded_mm is mm
-            and not mm.is_init_mm
         ]
         if not stale:
             return
-        flushes = self.own_flushes.get(ev.pid, [])
-        i = bisect.bisect_left(flushes, ev.line)
-        if i > 0 and flushes[i - 1] in self.ipi_send_lines:
-            return  # the IPIs went out first
+        # the task's own flush line before this one, if it was a "remote ipi send": the IPIs
+        # of this flush went out first
+        before = line_before(self.own_flushes.get(ev.pid, []), ev.line)
+        if before is not None and before == line_before(self.ipi_sends.get(ev.pid, []), ev.line):
+            return
         ctx, self.ctx = self.ctx, Context("resync", ev.line, ev.cpu, ev.pid)
         with self.metrics.unmetered():
             for c in stale:

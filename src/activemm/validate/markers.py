@@ -342,6 +342,12 @@ def next_line(lines: list[int], line: int) -> int | None:
     return lines[i] if i < len(lines) else None
 
 
+def line_before(lines: list[int], line: int) -> int | None:
+    """The last of the sorted `lines` before `line`, if any."""
+    i = bisect.bisect_left(lines, line)
+    return lines[i - 1] if i > 0 else None
+
+
 def last_flush(flushes: list[int], start: int, ends: list[int]) -> int | None:
     """Where a kernel path that began at line `start` flushed last: the last of `flushes`
     after `start` and before the first of `ends` after it; with none, that end; None when
