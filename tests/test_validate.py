@@ -99,8 +99,9 @@ HOTPLUG = [p for p in ALL if _hotplugs(p) and not _holds_outside(p)]
 # two CPUs dropping one mm at once (on the second, a vCPU stalled 20 ms between its switch
 # and its finish_task_switch)
 RACY = [CAPTURES / "linux-6.1-smp3-race", CAPTURES / "linux-6.1-smp6-parallel"]
-# ... and on PREEMPT_RT, where the last of them queues the RCU callback that frees it
-RACY_RT = [CAPTURES / "linux-6.12-rt-smp4-program13-nocbs"]
+# an exec's __mmput ending while another CPU's switch away from the old mm (its CR3 load
+# traced) stalled 6 ms before its finish_task_switch, whose drop was the last
+MMPUT_RACY = [CAPTURES / "linux-6.12-smp4-program39"]
 # two io_uring rings of one mm released side by side on two CPUs
 # (test_ring_releases_preempted_or_side_by_side)
 RELEASE_RACY = [CAPTURES / "linux-6.1-smp3-all-scale5"]
@@ -111,7 +112,9 @@ RT = [p for p in ALL if "-rt-" in json.loads((p / "meta.json").read_text())["ker
 PLAIN = [
     p
     for p in ALL
-    if not _holds_outside(p) and p not in HOTPLUG + RACY + LAZY_RELEASE_RACY and p not in RT
+    if not _holds_outside(p)
+    and p not in HOTPLUG + RACY + MMPUT_RACY + LAZY_RELEASE_RACY
+    and p not in RT
 ]
 HELD = [p for p in ALL if _holds_outside(p)]
 WINDOWS = ("exit window", "exec window", "follows an earlier miss")
@@ -128,17 +131,20 @@ def assert_all_matched(r: score.Result, outside: bool = True) -> None:
 def _every_drop_but_races(r: score.Result, capture: Path) -> None:
     """Every __mmdrop matched but, on the RACY captures, those two CPUs raced to: their
     finish_task_switch drops came in another order than their switches, which no input shows
-    (test_two_cpus_dropping_one_mm_at_once_is_named); on RELEASE_RACY, the two ring
-    releases that did the same; on LAZY_RELEASE_RACY, a release and a lazy CPU's switch
+    (test_two_cpus_dropping_one_mm_at_once_is_named); on MMPUT_RACY, a __mmput's end and
+    the last lazy CPU's switch did the same; on RELEASE_RACY, the two ring releases; on
+    LAZY_RELEASE_RACY, a release and a lazy CPU's switch
     (test_a_release_racing_a_lazy_cpu_is_tagged_a_race_on_both_sides)."""
     every = [m for m in r.mismatches if m["group"] == "mmdrop"]
     assert r.mmdrop.total - r.mmdrop.matched == len(every)
     # (on PREEMPT_RT, frees the trace ended too early for: test_preempt_rt_frees_the_...)
     missed = [m for m in every if capture not in RT or m["cause"] != score.RCU_PENDING]
-    assert not missed or capture in RACY + RACY_RT + RELEASE_RACY + LAZY_RELEASE_RACY, missed
+    racy = RACY + MMPUT_RACY + RELEASE_RACY + LAZY_RELEASE_RACY
+    assert not missed or capture in racy, missed
     race = (
         score.RELEASED_AT_ONCE if capture in RELEASE_RACY
         else score.RELEASE_RACE if capture in LAZY_RELEASE_RACY
+        else score.RACE if capture in MMPUT_RACY
         else score.CONCURRENT
     )  # fmt: skip
     assert all(m["cause"] == race for m in missed), missed
@@ -1401,7 +1407,7 @@ def test_what_cpus_borrowed_before_the_trace_is_learned_for_all_of_them(tmp_path
                      OTHER_MM, OTHER_MM)  # fmt: skip
     trace = tmp_path / "pre.txt"
     trace.write_text("\n".join(lines) + "\n")
-    assert kv.first_lazy_borrows(read_trace(str(trace))) == {
+    assert kv.first_lazy_borrows(kv.first_switches(read_trace(str(trace)))) == {
         0: int(zombie, 16),
         1: int(zombie, 16),
         2: int(sleeper, 16),
@@ -1621,30 +1627,23 @@ def test_every_miss_on_every_capture_has_its_cause(capture: Path, inputs: str) -
     assert "model freed an mm the kernel did not" not in r.causes
 
 
-@pytest.mark.parametrize("capture", RACY + RACY_RT, ids=lambda p: p.name)
+@pytest.mark.parametrize("capture", RACY, ids=lambda p: p.name)
 def test_two_cpus_dropping_one_mm_at_once_is_named(capture: Path) -> None:
-    """On PREEMPT_RT (RACY_RT) the two sides' RCU frees of such an mm name different CPUs
-    (the one whose mmdrop_sched() was last queues the callback), and in the text two CPUs'
-    context switches moved off that mm (switch_mm_irqs_off with it as prev) within a few
-    lines of each other before the kernel's free."""
+    """Every __mmdrop missed is named a race of two CPUs letting go of one mm, and in the
+    text two CPUs' context switches moved off that mm (switch_mm_irqs_off with it as prev)
+    within a few lines of each other before the kernel's free."""
     r = _scored(capture)
     assert r.context_switches.matched == r.context_switches.total
     missed = [m for m in r.mismatches if m["group"] == "mmdrop"]
-    racy = [m for m in missed if m["cause"] == score.CONCURRENT]
-    pending = [m for m in missed if m["cause"] == score.RCU_PENDING and capture in RACY_RT]
-    assert racy and len(racy) + len(pending) == len(missed)
-    if capture not in RACY_RT:
-        return
+    assert missed and all(m["cause"] == score.CONCURRENT for m in missed), missed
     lines = gzip.decompress((capture / "trace.txt.gz").read_bytes()).decode().splitlines()
-    for m in racy:
+    for m in missed:
         kernel_side = m["kernel"] != {"freed_at": "not here"}
         addr = m["kernel"]["mm"] if kernel_side else m["predicted"]["address"]
-        point = (m["kernel"] if kernel_side else m["predicted"])["freed_at"]
-        assert point[0] == "call_rcu"
         freed = next(  # the kernel's free of this life of the address (at or after the miss)
             n
             for n, ln in enumerate(lines, 1)
-            if n >= m["line"] and f"(__mmdrop+0x4/0x190) mm={addr}" in ln
+            if n >= m["line"] and "(__mmdrop+" in ln and f" mm={addr}" in ln
         )
         moves = [
             (n, int(ln.split("[", 1)[1][:3]))
@@ -1655,6 +1654,31 @@ def test_two_cpus_dropping_one_mm_at_once_is_named(capture: Path) -> None:
             c1 != c2 and abs(n1 - n2) <= score.NEARBY
             for (n1, c1), (n2, c2) in itertools.combinations(moves[-4:], 2)
         ), (addr, moves[-4:])
+
+
+@pytest.mark.parametrize("capture", MMPUT_RACY, ids=lambda p: p.name)
+def test_an_mmput_ending_inside_a_stalled_switch_is_named_a_race(capture: Path) -> None:
+    """The model runs a switch at its last tracepoint, its CR3 load's tlb_flush. When a
+    vCPU stalls after that load, its finish_task_switch (which drops the mm the CPU had
+    borrowed) can come after another task's __mmput of that mm ended (its exit_mmap
+    return): the kernel frees the mm in the finish, the model at the __mmput. Both misses
+    are named that race, and the text shows it: on the kernel's freeing CPU, the switch's
+    CR3 load before the exit_mmap return marker and its finish_task_switch after."""
+    r = _scored(capture)
+    missed = [m for m in r.mismatches if m["group"] == "mmdrop"]
+    assert len(missed) == 2 and all(m["cause"] == score.RACE for m in missed), missed
+    kernel = next(m for m in missed if m["kernel"] != {"freed_at": "not here"})
+    model = next(m for m in missed if m is not kernel)
+    assert kernel["kernel"]["freed_at"][0] == "finish_task_switch"
+    assert model["predicted"]["freed_at"][0] == "__mmput"
+    switch = kernel["kernel"]["freed_at"][1]  # the sched_switch line of that finish
+    lines = gzip.decompress((capture / "trace.txt.gz").read_bytes()).decode().splitlines()
+    cpu = lines[switch - 1].split("[", 1)[1][:3]
+    own = [n for n in range(switch + 1, len(lines)) if f"[{cpu}]" in lines[n - 1]]
+    load = next(n for n in own if "flush on task switch" in lines[n - 1])
+    finish = next(n for n in own if "(finish_task_switch" in lines[n - 1])
+    ended = [n for n in range(load, finish) if "<- exit_mmap)" in lines[n - 1]]
+    assert load < finish and ended, (load, finish)
 
 
 def test_a_capture_directory_laid_out_otherwise_is_found(tmp_path: Path) -> None:
@@ -2063,9 +2087,7 @@ def test_preempt_rt_frees_the_last_lazy_users_mm_from_an_rcu_callback(
     _outside_but_timing(r)
     every = [m for m in r.mismatches if m["group"] == "mmdrop"]
     assert r.mmdrop.total - r.mmdrop.matched == len(every)
-    # (two CPUs letting go at once queue the callback on either: RACY_RT, named in
-    # test_two_cpus_dropping_one_mm_at_once_is_named)
-    missed = [m for m in every if capture not in RACY_RT or m["cause"] != score.CONCURRENT]
+    missed = every
     assert all(m["kernel"] == {"freed_at": "not here"} for m in missed)  # every kernel free
     assert {m["cause"] for m in missed} <= {score.RCU_PENDING}
     for m in missed:  # the kernel freed that address no more after the model's free
@@ -2787,46 +2809,89 @@ def test_address_spaces_read_from_other_processes_while_their_owners_exit(
     _outside_but_timing(r)
 
 
-def _in_flight(capture: Path) -> int:
-    """Context switches to a user mm whose switch_mm_irqs_off is traced before, and whose
-    finish_task_switch after, a tlb_flush line of another CPU: switches the kernel had made
-    (CR3 loaded) when another CPU flushed, counted in the text."""
-    pending: set[str] = set()  # CPUs whose switch loaded a user mm, finish not yet
-    n = 0
-    with gzip.open(capture / "trace.txt.gz", "rt") as f:
-        for line in f:
-            m = re.search(r"\[(\d{3})\] \S+\s+[\d.]+: ", line)
-            if m is None:
-                continue
-            cpu = m[1]
-            if "(switch_mm_irqs_off+" in line and " tsk=0x0 " not in line:
-                pending.add(cpu)
-            elif "(finish_task_switch" in line:
-                pending.discard(cpu)
-            elif " tlb_flush: " in line:
-                n += len(pending - {cpu})
-    return n
-
-
-@pytest.mark.parametrize(
-    "name", ["linux-6.1-smp4-everything", "linux-6.12-smp4-parallel"], ids=lambda n: n
+_TRACE_LINE = re.compile(
+    r"^\s*.+?-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+\S+\s+"
+    r"(?P<ts>\d+\.\d+): [\w.]+: (?P<body>.*)$"
 )
-def test_a_switch_in_flight_has_left_the_mm_another_cpu_flushes(name: str) -> None:
-    """A CPU's switch from a lazy kernel thread (migration/N) to a user task: its
-    switch_mm_irqs_off traced, then the vCPU stalled before finish_task_switch, and
-    meanwhile another CPU's __mmput flushed the mm the first CPU had been lazy on. The
-    kernel's CPU had loaded the new mm: no IPI moved it to init_mm. The validator applies
-    such a switch at its hook when a deferred __mmput flushes first (the mm the finish drops
-    pinned until the finish, where it is scored): every switch and every hook outside
-    schedule matches."""
-    capture = CAPTURES / name
-    assert _in_flight(capture) >= 1
-    r = _scored(capture)
-    assert r.learned["switch applied at its hook (finish after a flush)"] >= 1
-    assert (r.outside_schedule.matched, r.context_switches.matched) == (
-        r.outside_schedule.total,
-        r.context_switches.total,
-    ), r.mismatches
+_PROBED = re.compile(r"^\((?P<func>[\w]+)[.+]")
+
+
+def _switch_probe(m: re.Match[str]) -> bool:
+    """A context switch's own probe line: finish_task_switch, or the switch_mm_irqs_off /
+    enter_lazy_tlb of context_switch() (it names the next task, the line is prev's)."""
+    f = _PROBED.match(m["body"])
+    if f is None or f["func"] not in ("finish_task_switch", "switch_mm_irqs_off", "enter_lazy_tlb"):
+        return False
+    if f["func"] == "finish_task_switch":
+        return True
+    t_pid = re.search(r" t_pid=(\d+)", m["body"])
+    return " tsk=0x0 " not in m["body"] and t_pid is not None and t_pid[1] != m["pid"]
+
+
+def _switch_probes_late(lines: list[str]) -> list[str]:
+    """The trace with each context switch's probe lines moved as late as the kernel could
+    have written them: past other CPUs' tracepoint lines and switch probe lines, up to the
+    next line of their own CPU, any other probe line (their addresses' lives, the markers,
+    __mmdrop) or the switch-in elsewhere of the task a finish_task_switch is for; their
+    timestamps follow. Each CPU's order and every tracepoint's place stay as they were."""
+    parsed = [_TRACE_LINE.match(line) for line in lines]
+    into: dict[int, list[int]] = {}  # index of a line -> moved lines that go before it
+    for i, m in enumerate(parsed):
+        if m is None or not _switch_probe(m):
+            continue
+        prev_pid = re.search(r" prev_pid=(\d+) ", m["body"])
+        j = i + 1
+        while j < len(lines):
+            n = parsed[j]
+            if n is not None and (
+                n["cpu"] == m["cpu"]
+                or (_PROBED.match(n["body"]) is not None and not _switch_probe(n))
+                or (prev_pid is not None and f" next_pid={prev_pid[1]} " in n["body"])
+            ):
+                break
+            j += 1
+        into.setdefault(j, []).append(i)
+    moved = {i for group in into.values() for i in group}
+    out: list[str] = []
+    last_ts = "0"
+    for j in range(len(lines) + 1):
+        for i in into.get(j, []):
+            m = parsed[i]
+            assert m is not None
+            ts = max(last_ts, m["ts"], key=float)
+            out.append(lines[i][: m.start("ts")] + ts + lines[i][m.end("ts") :])
+        if j < len(lines) and j not in moved:
+            out.append(lines[j])
+            m = parsed[j]
+            last_ts = m["ts"] if m is not None else last_ts
+    return out
+
+
+def _counts(r: score.Result) -> tuple[dict[str, int], ...]:
+    return (r.context_switches.as_dict(), r.mmdrop.as_dict(), r.outside_schedule.as_dict())
+
+
+def test_with_tracepoints_only_where_the_switch_probes_fall_changes_no_prediction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --inputs sched the model runs each context switch at its last tracepoint (its
+    sched_switch, or its CR3 load's tlb_flush): where the switch's probes were written is
+    not an input. So moving every switch's hook and finish_task_switch lines as late as
+    the kernel could have written them changes no score. Applied at its finish_task_switch
+    line instead (the validator's old timing), the same move changes what the model
+    predicts: two CPUs' finish drops of one mm, a flush against a switch."""
+    capture = CAPTURES / "linux-6.12-smp4-program39"
+    moved = tmp_path / capture.name
+    shutil.copytree(capture, moved)
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        lines = f.read().split("\n")
+    late = _switch_probes_late(lines)
+    assert late != lines
+    with gzip.open(moved / "trace.txt.gz", "wt") as f:
+        f.write("\n".join(late))
+    assert _counts(validate(moved, inputs="sched")) == _counts(_scored(capture, "sched"))
+    monkeypatch.setattr(Validator, "_switch_ends", lambda self, cpu: None)
+    assert _counts(validate(moved, inputs="sched")) != _counts(validate(capture, inputs="sched"))
 
 
 def _trace_matches(capture: Path, pattern: str) -> Iterator[tuple[int, str, re.Match[str]]]:

@@ -168,7 +168,8 @@ class Validator(MarkerSteps, Clocked):
         self.poke_hints = (
             self.windows.text_poke_hints(self.exec_hints) if self.windows is not None else {}
         )
-        self.first_lazy = kv.first_lazy_borrows(events)
+        self.first_switches = kv.first_switches(events)
+        self.first_lazy = kv.first_lazy_borrows(self.first_switches)
         self.exit_mmaps: dict[int, list[tuple[int, int]]] = {}
         self.drop_lines: dict[int, list[int]] = {}
         self.use_mm_init = False  # mm_init's return probe names new mms (else dup_mmap...)
@@ -206,6 +207,10 @@ class Validator(MarkerSteps, Clocked):
         # between (with tracepoints only the model's flushes run at approximate points, and a
         # probe line's place is not an input)
         self.before_switch: set[int] = set()
+        # a sched_switch line -> its CR3 load's tlb_flush line, the next tracepoint on its CPU
+        self.switch_loads: dict[int, int] = {}
+        self.switch_load_lines: set[int] = set()
+        tp_switch: dict[int, int] = {}  # CPU -> its sched_switch, when its last tracepoint
         # markers: the CR3 loads of EFI calls (the tlb_flush right after each of their hooks)
         self.efi_loads: set[int] = set()
         # sched: kernel threads shown to make EFI calls (an earlier pass's too)
@@ -226,6 +231,13 @@ class Validator(MarkerSteps, Clocked):
                     self.efi_addr = address(e.args.get("next"))
             if inputs == "sched" and not isinstance(e, Probe):
                 self.cpu_tracepoints.setdefault(e.cpu, []).append(e)
+            if not isinstance(e, Probe):
+                begun = tp_switch.pop(e.cpu, None)
+                if isinstance(e, SchedSwitch):
+                    tp_switch[e.cpu] = e.line
+                elif begun is not None and isinstance(e, TlbFlush) and e.cr3_load:
+                    self.switch_loads[begun] = e.line
+                    self.switch_load_lines.add(e.line)
             if e.cpu in switching and (
                 (isinstance(e, Probe) and e.function == SWITCH_MM)
                 or (isinstance(e, TlbFlush) and e.cr3_load)
@@ -607,8 +619,6 @@ class Validator(MarkerSteps, Clocked):
                 self._fire_armed(ev)
             self.now = ev.ts
             self.metrics.now = ev.ts
-            if ev.line in self.deferred:
-                self._settle_in_flight(ev)
             handler = handlers.get(type(ev))
             if handler is not None:
                 handler(ev)  # type: ignore[operator]
@@ -644,6 +654,8 @@ class Validator(MarkerSteps, Clocked):
         if self._deferred_ends_here(ev) and isinstance(ev, TlbFlush):
             return
         if isinstance(ev, TlbFlush):
+            if ev.line in self.switch_load_lines:
+                self._switch_ends(ev.cpu)
             if ev.line in self.efi_loads:
                 return  # the EFI call's own, run at its marker
             if "local mm shootdown" in ev.reason and not ev.hardirq:
@@ -1272,6 +1284,18 @@ class Validator(MarkerSteps, Clocked):
             self.m.local_irq_disable(ev.cpu)
         self.switched.add(ev.cpu)
         self.anchor[ev.cpu] = ("switch", ev.line)
+        if ev.line not in self.switch_loads:
+            self._switch_ends(ev.cpu)
+
+    def _switch_ends(self, cpu: int) -> None:
+        """The CPU's pending switch runs in the model at its last tracepoint: the CR3 load's
+        tlb_flush ("flush on task switch", traced in switch_mm_irqs_off) when it loads one,
+        else its sched_switch. That is all the tracepoints say of when a switch ends (the
+        rest of finish_task_switch() follows with interrupts off); where its probes fall is
+        not an input, whichever --inputs."""
+        group = self.pending.get(cpu)
+        if group is not None and group.model is None:
+            group.model = self._switch_model(group)
 
     def _on_probe(self, p: Probe) -> None:
         group = self.pending.get(p.cpu)
@@ -1665,8 +1689,10 @@ class Validator(MarkerSteps, Clocked):
                 self._refusable(self._marker_exit, p)
 
     def _learn_cpu(self, group: SwitchGroup) -> None:
-        """The first switch of a CPU shows what it had borrowed before the trace began."""
-        sw, hook = group.switch, group.hook
+        """The first switch of a CPU shows what it had borrowed before the trace began (its
+        hook, read ahead: the model runs the switch before its probes)."""
+        sw, first = group.switch, self.first_switches.get(group.switch.cpu)
+        hook = first.hook if first is not None and first.switch.line == sw.line else group.hook
         self.seen_cpu.add(sw.cpu)
         if hook is None:
             return
@@ -1723,42 +1749,14 @@ class Validator(MarkerSteps, Clocked):
             ln > line for ln in self.drop_lines.get(addr, [])
         )
 
-    def _settle_in_flight(self, ev: TraceEvent) -> None:
-        """A deferred __mmput runs at `ev` (its flush reaches other CPUs): a CPU whose switch
-        to a user mm is in flight (its switch_mm_irqs_off traced, its finish_task_switch
-        not yet: the vCPU stalled in between) runs that mm in the kernel already. The model
-        switches it now; the mm the finish drops stays pinned until the finish, where the
-        switch is scored."""
-        for cpu, group in self.pending.items():
-            hook = group.hook
-            if cpu == ev.cpu or hook is None or hook.function != SWITCH_MM:
-                continue
-            if group.early is not None or cpu not in self.seen_cpu:
-                continue
-            rq = self.m.state.rqs[cpu]
-            borrowed = rq.curr.active_mm if rq.curr.mm is None else None
-            if borrowed is not None and not borrowed.freed:
-                group.pin = f"finish_task_switch in flight on CPU {cpu} (line {group.switch.line})"
-                with self.metrics.unmetered():
-                    self.m.mmgrab(borrowed, group.pin, cpu)
-            group.early = self._switch_model(group)
-            self.result.learned["switch applied at its hook (finish after a flush)"] += 1
-
     def _apply_group(self, group: SwitchGroup, at: TraceEvent) -> None:
-        """A switch ends at `at` (its finish_task_switch, or the CPU's next sched_switch when
-        that probe is missing): the model switches and the switch is scored. One applied
-        ahead of its finish (_settle_in_flight) only drops its pinned mm here, where the
-        kernel's finish drops it."""
-        if group.early is None:
-            model = self._switch_model(group)
-            self._irqs_on(at)
-            self._compare_switch(group, model)
-            return
+        """The kernel's switch is over at `at` (its finish_task_switch, or the CPU's next
+        sched_switch when that probe is missing): it is scored against the model's, which
+        ran at the switch's last tracepoint (_switch_ends), or runs here if it could not."""
+        if group.model is None:
+            group.model = self._switch_model(group)
         self._irqs_on(at)
-        if group.pin is not None:
-            self.ctx = Context("switch finish", group.switch.line, at.cpu, at.pid)
-            self._refusable(self.m.mmdrop, group.pin, at.cpu, True)  # finish's mmdrop_sched()
-        self._compare_switch(group, group.early)
+        self._compare_switch(group, group.model)
 
     def _schedule_begins(self, cpu: int) -> None:
         """The CPU's next traced event is a sched_switch: from here its model has interrupts
@@ -1796,9 +1794,9 @@ class Validator(MarkerSteps, Clocked):
             self._preempted_in_exec_mmap(sw)
         self._drive("switch", sw, self.replayer.apply, sw)
         self.epoch[sw.cpu] += 1
-        if group.hook is not None and group.hook.function == SWITCH_MM:
-            self.episode[sw.cpu] += 1
         model, self.switch = self.switch, None
+        if model is not None and model.hook == SWITCH_MM:
+            self.episode[sw.cpu] += 1
         if self.windows is not None and model is not None:
             self._exit_window_seen(sw, model)
         return model

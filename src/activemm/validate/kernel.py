@@ -138,37 +138,44 @@ class SwitchGroup:
     switch: SchedSwitch
     hook: Hook | None = None
     finish: Probe | None = None
-    # applied ahead of its finish_task_switch (a flush from another CPU came in between):
-    # the model's switch, and the holder pinning the mm the finish will drop
-    early: Any = None
-    pin: str | None = None
+    # the model's switch, run at the switch's last tracepoint (before its probes end)
+    model: Any = None
 
     @property
     def prev_active_after(self) -> int | None:
         return address(self.finish.args.get("prev_active_mm")) if self.finish else None
 
 
-def first_lazy_borrows(events: Iterable[object]) -> dict[int, int]:
-    """CPU -> the mm it was lazily borrowing when the trace began: the hook's `prev` of the
-    CPU's first complete switch, when the task switched out had no mm (finish's prev_mm)."""
-    pending: dict[int, SchedSwitch] = {}
-    hooks: dict[int, Hook] = {}
-    done: set[int] = set()
-    out: dict[int, int] = {}
+def first_switches(events: Iterable[object]) -> dict[int, SwitchGroup]:
+    """CPU -> its first complete context switch (sched_switch, hook, finish_task_switch), read
+    ahead: it shows the state the CPU was in when the trace began."""
+    pending: dict[int, SwitchGroup] = {}
+    out: dict[int, SwitchGroup] = {}
     for e in events:
         if isinstance(e, SchedSwitch):
-            if e.cpu not in done and e.cpu not in pending:
-                pending[e.cpu] = e
+            if e.cpu not in out and e.cpu not in pending:
+                pending[e.cpu] = SwitchGroup(e)
         elif isinstance(e, Probe) and e.cpu in pending:
-            group = SwitchGroup(pending[e.cpu])
-            if e.function in (SWITCH_MM, ENTER_LAZY) and e.cpu not in hooks and in_switch(e, group):
-                hooks[e.cpu] = hook_of(e)
+            group = pending[e.cpu]
+            if e.function in (SWITCH_MM, ENTER_LAZY) and in_switch(e, group):
+                group.hook = hook_of(e)
             elif e.function == FINISH:
-                del pending[e.cpu]
-                done.add(e.cpu)
-                hook = hooks.get(e.cpu)
-                if hook is not None and address(e.args.get("prev_mm")) == 0 and hook.prev:
-                    out[e.cpu] = hook.prev
+                group.finish = e
+                out[e.cpu] = pending.pop(e.cpu)
+    return out
+
+
+def first_lazy_borrows(firsts: dict[int, SwitchGroup]) -> dict[int, int]:
+    """CPU -> the mm it was lazily borrowing when the trace began: the hook's `prev` of the
+    CPU's first complete switch (`first_switches`), when the task switched out had no mm
+    (finish's prev_mm)."""
+    out: dict[int, int] = {}
+    for cpu, group in firsts.items():
+        hook, finish = group.hook, group.finish
+        if hook is None or finish is None or address(finish.args.get("prev_mm")) != 0:
+            continue
+        if hook.prev:
+            out[cpu] = hook.prev
     return out
 
 
