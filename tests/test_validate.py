@@ -2879,7 +2879,8 @@ def test_with_tracepoints_only_where_the_switch_probes_fall_changes_no_predictio
     not an input. So moving every switch's hook and finish_task_switch lines as late as
     the kernel could have written them changes no score. Applied at its finish_task_switch
     line instead (the validator's old timing), the same move changes what the model
-    predicts: two CPUs' finish drops of one mm, a flush against a switch."""
+    predicts: which of an exec's __mmput and a switch's finish drops an mm last, and which
+    CPUs a fork's flush IPIs."""
     capture = CAPTURES / "linux-6.12-smp4-program39"
     moved = tmp_path / capture.name
     shutil.copytree(capture, moved)
