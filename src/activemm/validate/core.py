@@ -207,8 +207,9 @@ class Validator(MarkerSteps, Clocked):
         # between (with tracepoints only the model's flushes run at approximate points, and a
         # probe line's place is not an input)
         self.before_switch: set[int] = set()
-        # a sched_switch line -> its CR3 load's tlb_flush line, the next tracepoint on its CPU
-        self.switch_loads: dict[int, int] = {}
+        # the sched_switch lines whose next tracepoint on their CPU is a CR3 load's tlb_flush
+        # (in switch_mm_irqs_off), and the lines of those tlb_flushes
+        self.switch_loads: set[int] = set()
         self.switch_load_lines: set[int] = set()
         tp_switch: dict[int, int] = {}  # CPU -> its sched_switch, when its last tracepoint
         # markers: the CR3 loads of EFI calls (the tlb_flush right after each of their hooks)
@@ -236,7 +237,7 @@ class Validator(MarkerSteps, Clocked):
                 if isinstance(e, SchedSwitch):
                     tp_switch[e.cpu] = e.line
                 elif begun is not None and isinstance(e, TlbFlush) and e.cr3_load:
-                    self.switch_loads[begun] = e.line
+                    self.switch_loads.add(begun)
                     self.switch_load_lines.add(e.line)
             if e.cpu in switching and (
                 (isinstance(e, Probe) and e.function == SWITCH_MM)
@@ -645,6 +646,8 @@ class Validator(MarkerSteps, Clocked):
         apply(*args)
 
     def _on_sched_event(self, ev: TraceEvent) -> None:
+        if ev.line in self.switch_load_lines:
+            self._switch_ends(ev.cpu)  # whatever else this CR3 load's line is read for
         if ev.pid in self.forking and self.forking[ev.pid] is None and own_full_flush(ev):
             self._fork_flushed(ev.pid)  # the first since the fork's mm_init: dup_mmap()'s
             addr = self.failed_forks.get(ev.line)
@@ -654,8 +657,6 @@ class Validator(MarkerSteps, Clocked):
         if self._deferred_ends_here(ev) and isinstance(ev, TlbFlush):
             return
         if isinstance(ev, TlbFlush):
-            if ev.line in self.switch_load_lines:
-                self._switch_ends(ev.cpu)
             if ev.line in self.efi_loads:
                 return  # the EFI call's own, run at its marker
             if "local mm shootdown" in ev.reason and not ev.hardirq:
