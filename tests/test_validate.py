@@ -2895,6 +2895,79 @@ def test_with_tracepoints_only_where_the_switch_probes_fall_changes_no_predictio
     assert _counts(validate(moved, inputs="sched")) != _counts(validate(capture, inputs="sched"))
 
 
+def _loads_after_a_finish(lines: list[str]) -> list[int]:
+    """Line numbers of the sched_switch lines whose CPU's next tracepoint is a CR3 load
+    ("flush on task switch") with that switch's finish_task_switch written before it: the
+    load is not the switch's but the exec's activate_mm() of the task switched in, traced
+    under its own pid, or under the pid switched out when it is a leader's switch to the
+    thread whose exec takes its pid (de_thread()). Counted in the text."""
+    parsed = [_TRACE_LINE.match(line) for line in lines]
+    found: list[int] = []
+    switching: dict[str, tuple[int, bool]] = {}  # CPU -> (its sched_switch line, finished)
+    for n, m in enumerate(parsed, 1):
+        if m is None:
+            continue
+        body, cpu = m["body"], m["cpu"]
+        if _PROBED.match(body) is not None:
+            if body.startswith("(finish_task_switch") and cpu in switching:
+                switching[cpu] = (switching[cpu][0], True)
+            continue
+        sw = switching.pop(cpu, None)
+        if body.startswith("prev_comm="):
+            switching[cpu] = (n, False)
+        elif sw is not None and "flush on task switch" in body and sw[1]:
+            found.append(sw[0])
+    return found
+
+
+def test_a_switch_before_an_exec_s_cr3_load_runs_at_its_sched_switch() -> None:
+    """A switch that loads no CR3 (the same mm) followed on its CPU, nothing traced
+    between, by the exec's activate_mm() of the task switched in: the load is traced under
+    the exec's pid, not the one switched out (on program13, a task switched back in after
+    rcu_preempt), or, for exec from a non-leader thread, under the leader's pid, which the
+    thread takes once de_thread() saw the leader die (the leader's switch to it, on
+    smp3-exec). Neither load is the switch's: the first is another task's, the exec hints
+    read the second as the exec's. Each such switch runs in the model at its
+    sched_switch, none waits for a load that is not its own (counted if one did: "whose
+    CR3 load came after its finish"), in both modes; every switch and __mmdrop matches
+    with markers."""
+    for name in ("linux-6.1-cloud-smp2-program13", "linux-6.12-smp3-exec"):
+        capture = CAPTURES / name
+        with gzip.open(capture / "trace.txt.gz", "rt") as f:
+            assert _loads_after_a_finish(f.read().split("\n")), name
+        for inputs in ("markers", "sched"):
+            r = _scored(capture, inputs)
+            assert not r.anomalies["context switch whose CR3 load came after its finish"]
+            if inputs == "markers":
+                assert r.context_switches.matched == r.context_switches.total
+                assert r.mmdrop.matched == r.mmdrop.total
+
+
+def test_a_switch_whose_cr3_load_comes_after_its_finish_is_counted(tmp_path: Path) -> None:
+    """A trace out of the kernel's order on one CPU (a switch's CR3 load written after its
+    finish_task_switch, which x86 switch_mm_irqs_off() cannot do) still has every switch
+    scored, and the validator says how many it had to run late."""
+    capture = CAPTURES / "linux-6.12-smp3-exec"
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        if "flush on task switch" in line and "(finish_task_switch" in lines[i + 1]:
+            m, n = _TRACE_LINE.match(line), _TRACE_LINE.match(lines[i + 1])
+            if m and n and m["cpu"] == n["cpu"] and " sched_switch: " in lines[i - 2]:
+                lines[i] = lines[i + 1][: n.start("ts")] + m["ts"] + lines[i + 1][n.end("ts") :]
+                lines[i + 1] = line[: m.start("ts")] + n["ts"] + line[m.end("ts") :]
+                break
+    else:
+        raise AssertionError("no switch with its CR3 load right before its finish")
+    moved = tmp_path / capture.name
+    shutil.copytree(capture, moved)
+    with gzip.open(moved / "trace.txt.gz", "wt") as f:
+        f.write("\n".join(lines))
+    r = validate(moved)
+    assert r.anomalies["context switch whose CR3 load came after its finish"] == 1
+    assert r.context_switches.total == _scored(capture).context_switches.total
+
+
 def _trace_matches(capture: Path, pattern: str) -> Iterator[tuple[int, str, re.Match[str]]]:
     """(line number, line, match) of the capture's trace lines that `pattern` matches."""
     with gzip.open(capture / "trace.txt.gz", "rt") as f:

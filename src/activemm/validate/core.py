@@ -89,7 +89,7 @@ from activemm.validate.score import (
     Result,
     score_outside,
 )
-from activemm.validate.windows import ExitWindows
+from activemm.validate.windows import ExitWindows, context_switch_loads
 
 
 @dataclass
@@ -207,11 +207,17 @@ class Validator(MarkerSteps, Clocked):
         # between (with tracepoints only the model's flushes run at approximate points, and a
         # probe line's place is not an input)
         self.before_switch: set[int] = set()
-        # the sched_switch lines whose next tracepoint on their CPU is a CR3 load's tlb_flush
-        # (in switch_mm_irqs_off), and the lines of those tlb_flushes
-        self.switch_loads: set[int] = set()
-        self.switch_load_lines: set[int] = set()
-        tp_switch: dict[int, int] = {}  # CPU -> its sched_switch, when its last tracepoint
+        # the sched_switch lines whose next tracepoint on their CPU is their CR3 load's
+        # tlb_flush (in switch_mm_irqs_off, by the task switched out), and those tlb_flushes;
+        # not a load the exec hints read as the exec's own (a leader's switch to the thread
+        # whose exec takes its pid loads nothing when they share the mm)
+        at_switch = {
+            line: sw
+            for line, sw in context_switch_loads(events).items()
+            if line not in self.exec_hints
+        }
+        self.switch_loads = {sw.line for sw in at_switch.values()}
+        self.switch_load_lines = set(at_switch)
         # markers: the CR3 loads of EFI calls (the tlb_flush right after each of their hooks)
         self.efi_loads: set[int] = set()
         # sched: kernel threads shown to make EFI calls (an earlier pass's too)
@@ -232,13 +238,6 @@ class Validator(MarkerSteps, Clocked):
                     self.efi_addr = address(e.args.get("next"))
             if inputs == "sched" and not isinstance(e, Probe):
                 self.cpu_tracepoints.setdefault(e.cpu, []).append(e)
-            if not isinstance(e, Probe):
-                begun = tp_switch.pop(e.cpu, None)
-                if isinstance(e, SchedSwitch):
-                    tp_switch[e.cpu] = e.line
-                elif begun is not None and isinstance(e, TlbFlush) and e.cr3_load:
-                    self.switch_loads.add(begun)
-                    self.switch_load_lines.add(e.line)
             if e.cpu in switching and (
                 (isinstance(e, Probe) and e.function == SWITCH_MM)
                 or (isinstance(e, TlbFlush) and e.cr3_load)
@@ -1295,8 +1294,8 @@ class Validator(MarkerSteps, Clocked):
         rest of finish_task_switch() follows with interrupts off); where its probes fall is
         not an input, whichever --inputs."""
         group = self.pending.get(cpu)
-        if group is not None and group.model is None:
-            group.model = self._switch_model(group)
+        if group is not None and not group.ran:
+            group.model, group.ran = self._switch_model(group), True
 
     def _on_probe(self, p: Probe) -> None:
         group = self.pending.get(p.cpu)
@@ -1753,9 +1752,12 @@ class Validator(MarkerSteps, Clocked):
     def _apply_group(self, group: SwitchGroup, at: TraceEvent) -> None:
         """The kernel's switch is over at `at` (its finish_task_switch, or the CPU's next
         sched_switch when that probe is missing): it is scored against the model's, which
-        ran at the switch's last tracepoint (_switch_ends), or runs here if it could not."""
-        if group.model is None:
-            group.model = self._switch_model(group)
+        ran at the switch's last tracepoint (_switch_ends). A switch still waiting for the
+        CR3 load the tracepoints promised it (a trace out of the kernel's order on one CPU)
+        runs here, counted."""
+        if not group.ran:
+            self.result.anomalies["context switch whose CR3 load came after its finish"] += 1
+            group.model, group.ran = self._switch_model(group), True
         self._irqs_on(at)
         self._compare_switch(group, group.model)
 

@@ -138,8 +138,10 @@ class SwitchGroup:
     switch: SchedSwitch
     hook: Hook | None = None
     finish: Probe | None = None
-    # the model's switch, run at the switch's last tracepoint (before its probes end)
+    # the model's switch, run at the switch's last tracepoint (before its probes end);
+    # None when the model refused it
     model: Any = None
+    ran: bool = False  # the model has run it
 
     @property
     def prev_active_after(self) -> int | None:
