@@ -1316,6 +1316,35 @@ def test_a_probe_line_cut_short_is_refused_with_its_line(tmp_path: Path) -> None
         validate(cut)
 
 
+def test_a_probe_argument_that_is_no_pointer_is_refused_with_its_line(tmp_path: Path) -> None:
+    """A pointer argument that `:x64` cannot have printed (a byte lost or edited: `prev=0x`
+    cut to `prev=`, a stray character) would read as NULL, which is a real value (exec's
+    activate_mm on 6.12 has prev NULL): refused with the file, the line and the pair, exit
+    status 2. So is a t_pid that is no number. `(fault)`, what a fetch that faulted prints,
+    is kept."""
+    whole = (CAPTURES / "linux-6.1-smp2-lazy" / "trace.txt.gz").read_bytes()
+    lines = gzip.decompress(whole).decode().splitlines()
+    n = [i for i, t in enumerate(lines) if "(switch_mm_irqs_off+" in t][40]
+    bad = tmp_path / "bad.txt"
+    for old, new, shown in (
+        (" prev=0x", " prev=0xg", "prev=0xg"),
+        (" next=0x", " next=", "next="),
+        (" t_pid=", " t_pid=x", "t_pid=x"),
+    ):
+        assert old in lines[n]
+        edited = lines[n].replace(old, new, 1)
+        bad.write_text("\n".join([*lines[:n], edited, *lines[n + 1 :]]) + "\n")
+        with pytest.raises(TraceError, match=rf"bad.txt:{n + 1}: .* with {re.escape(shown)}"):
+            validate(bad)
+    run = subprocess.run([sys.executable, "-m", "activemm", "validate", str(bad)],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.count("\n") == 1
+    faulted = lines[n].replace(" tsk=0x", " tsk=(fault) old=0x", 1)
+    bad.write_text("\n".join([*lines[:n], faulted, *lines[n + 1 :]]) + "\n")
+    assert validate(bad).context_switches.total > 0
+
+
 INIT_MM = "0xffffffff82b5c940"
 APP_MM, READER_MM, OTHER_MM = "0xffff888000000a00", "0xffff888000000b00", "0xffff888000000c00"
 TSK = {0: "0xffff888000200000", 50: "0xffff888000100000", 60: "0xffff888000110000",

@@ -202,13 +202,21 @@ def validate(
         if not isinstance(e, Probe):
             continue
         if lacking := kv.missing_args(e):
-            raise TraceError(
-                str(path), e.line,
-                f"a {e.function} probe line without {', '.join(n + '=' for n in lacking)}: "
-                "expected the reference's arguments (docs/validate.md, recording on your own "
-                "machine); a line cut short?",
-            )  # fmt: skip
-        probes.add(e.function)
+            problem = (
+                f"without {', '.join(n + '=' for n in lacking)}: expected the reference's "
+                "arguments (docs/validate.md, recording on your own machine)"
+            )
+        elif bad := kv.malformed_args(e):
+            problem = (
+                f"with {', '.join(bad)}: expected a hex pointer (0x...) or a number as the "
+                "reference's fetch types print them"
+            )
+        else:
+            probes.add(e.function)
+            continue
+        raise TraceError(
+            str(path), e.line, f"a {e.function} probe line {problem}; a line cut short or edited?"
+        )
     if not {"switch_mm_irqs_off", "enter_lazy_tlb", "finish_task_switch"} <= probes:
         raise ActiveMmError(
             f"{path}: no kprobes on switch_mm_irqs_off, enter_lazy_tlb and finish_task_switch; "

@@ -7,6 +7,7 @@ whatever offset. Arguments keep the reference's names: `prev`, `next`, `tsk`, `t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -46,6 +47,30 @@ def missing_args(p: Probe) -> list[str]:
     else:
         needed = REQUIRED_ARGS.get(p.function, ())
     return [name for name in needed if name not in p.args]
+
+
+# The arguments the validator reads as kernel pointers (`:x64`: 0x0 for NULL; a fetch that
+# faulted prints `(fault)`) and as numbers, on any probe line it follows; another value
+# there is a cut or edited line, which would otherwise read as NULL.
+POINTER_ARGS = frozenset(
+    {"prev", "next", "tsk", "mm", "oldmm", "t_mm", "t_active_mm", "prev_mm", "prev_active_mm"}
+)
+NUMBER_ARGS = frozenset({"t_pid", "t_flags", "prev_pid", "prev_flags"})
+_POINTER = re.compile(r"0x[0-9a-fA-F]+|\(fault\)")
+
+
+def malformed_args(p: Probe) -> list[str]:
+    """The `name=value` pairs of a probe line whose value cannot be what the reference's
+    fetch type prints: a pointer that is not hex, a number that is not one (mm_init's
+    return value, `ret`, is a pointer too)."""
+    bad = []
+    for name, value in p.args.items():
+        pointer = name in POINTER_ARGS or (name == "ret" and p.function in NEW_MM)
+        if (pointer and not _POINTER.fullmatch(value)) or (
+            name in NUMBER_ARGS and value != "(fault)" and _int(value) is None
+        ):
+            bad.append(f"{name}={value}")
+    return bad
 
 
 def address(value: str | None) -> int:
