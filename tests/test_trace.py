@@ -367,6 +367,43 @@ def test_bad_inputs_name_file_and_line(tmp_path: Path) -> None:
         list(read_trace(tmp_path / "missing.txt"))
 
 
+def test_trace_cmd_reports_tlb_flush_through_its_plugin(tmp_path: Path) -> None:
+    """trace-cmd report prints tlb_flush through libtraceevent's plugin_tlb (Debian's
+    trace-cmd depends on libtraceevent1-plugin): `pages=N reason=NAME (CODE)`, and no NAME
+    for code 4, "remote ipi send", which the plugin's enum lacks. Each line reads as the
+    kernel's own `pages:N reason:NAME (CODE)` does; a name that is not its code's, or no
+    known name without a code, is refused with its line."""
+    from activemm.trace.events import TlbFlush
+
+    head = "            bash-30829 [000]  3924.6979{:02d}: tlb_flush:            "
+    kernel = [
+        "pages:-1 reason:flush on task switch (0)",
+        "pages:2 reason:remote ipi send (4)",
+        "pages:1 reason:local mm shootdown (3)",
+        "pages:-1 reason:remote shootdown (1)",
+    ]
+    plugin = [
+        "pages=-1 reason=flush on task switch (0)",
+        "pages=2 reason= (4)",
+        "pages=1 reason=local mm shootdown (3)",
+        "pages=-1 reason=remote shootdown (1)",
+    ]
+
+    def flushes(bodies: list[str]) -> list[tuple[int, str, bool]]:
+        f = tmp_path / "t.txt"
+        f.write_text("".join(head.format(i) + b + "\n" for i, b in enumerate(bodies)))
+        out = [e for e in read_trace(f) if isinstance(e, TlbFlush)]
+        assert len(out) == len(bodies)
+        return [(e.pages, e.reason, e.cr3_load) for e in out]
+
+    assert flushes(plugin) == flushes(kernel)
+    assert [r for _, r, _ in flushes(plugin)] == [b.split("reason:")[1] for b in kernel]
+    for bad in ("pages:-1 reason:flush on task swtch (0)", "pages=1 reason=local shootdown (3)",
+                "pages:1 reason:flush"):  # fmt: skip
+        with pytest.raises(TraceError, match=r"t\.txt:2: malformed tlb_flush fields"):
+            flushes([kernel[0], bad])
+
+
 def test_trace_dat_goes_through_trace_cmd(tmp_path: Path) -> None:
     dat = tmp_path / "trace.dat"
     dat.write_bytes(b"\x17\x08\x44tracing6\x00 binary")

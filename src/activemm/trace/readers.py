@@ -118,7 +118,20 @@ NEWTASK = re.compile(r"pid=(?P<p>\d+) comm=(?P<c>.*) clone_flags=(?P<f>(?:0x)?[0
 EXEC = re.compile(r"filename=(?P<f>.*) pid=(?P<p>\d+) old_pid=(?P<o>\d+)")
 EXIT = re.compile(r"comm=(?P<c>.*) pid=(?P<p>\d+) prio=")
 RENAME = re.compile(r"pid=(?P<p>\d+) oldcomm=(?P<o>.*) newcomm=(?P<n>.*?)(?: oom_score_adj=.*)?$")
-TLB = re.compile(r"pages:(?P<pages>-?\d+) reason:(?P<reason>.*)")
+# tlb_flush as the kernel prints it (`pages:N reason:NAME (CODE)`) and as trace-cmd report's
+# tlb plugin (libtraceevent's plugin_tlb) does: `pages=N reason=NAME (CODE)`, with no NAME for
+# "remote ipi send", which the plugin does not know
+TLB = re.compile(
+    r"pages[:=](?P<pages>-?\d+) reason[:=](?P<reason>.*?)\s*(?:\((?P<code>-?\d+)\))?\s*$"
+)
+# include/trace/events/tlb.h TLB_FLUSH_REASON, in the order of their values
+TLB_REASONS = (
+    "flush on task switch",
+    "remote shootdown",
+    "local shootdown",
+    "local mm shootdown",
+    "remote ipi send",
+)
 CPUHP = re.compile(r"cpu:\s*(?P<c>\d+)\s+target:\s*-?\d+\s+step:\s*\d+\s+\((?P<f>[^)]*)\)")
 # Stack traces that tracing options attach to events: tracefs's `options/stacktrace` and
 # `userstacktrace` (an entry printing "<stack trace>" then " => symbol" lines), trace-cmd
@@ -239,7 +252,19 @@ def _tlb(
     line: int, cpu: int, ts: float, pid: int, comm: str, tgid: int | None, rest: str
 ) -> TraceEvent | None:
     m = TLB.match(rest)
-    return m and TlbFlush(line, cpu, ts, pid, comm, tgid, int(m["pages"]), m["reason"].strip())
+    if m is None:
+        return None
+    name, code = m["reason"], m["code"]
+    if code is not None and 0 <= int(code) < len(TLB_REASONS):
+        known = TLB_REASONS[int(code)]
+        if name not in ("", known):
+            return None  # a name that is not its code's: an edited or garbled line
+        name = known
+    elif code is None and name not in TLB_REASONS:
+        return None
+    # (a code past the known ones: a later kernel's reason, kept under its own name)
+    reason = name if code is None else f"{name} ({code})"
+    return TlbFlush(line, cpu, ts, pid, comm, tgid, int(m["pages"]), reason)
 
 
 def _cpuhp(
@@ -270,7 +295,7 @@ EXPECTED = {
     "sched_process_exit": "comm=.. pid=.. prio=..",
     "sched_process_free": "comm=.. pid=.. prio=..",
     "task_rename": "pid=.. oldcomm=.. newcomm=..",
-    "tlb_flush": "pages:N reason:..",
+    "tlb_flush": "pages:N reason:NAME (CODE), NAME one of " + ", ".join(TLB_REASONS),
     "cpuhp_enter": "cpu: N target: N step: N (function)",
 }
 
