@@ -1293,6 +1293,25 @@ def test_a_trace_without_probes_is_refused(tmp_path: Path) -> None:
         validate(plain)
 
 
+def test_probes_printed_as_bare_addresses_are_named_in_the_refusal(tmp_path: Path) -> None:
+    """trace-cmd report and perf script print a kprobe through its format's `(%lx)`: an
+    address, where tracefs prints `(switch_mm_irqs_off+0x0/0x470)`. Such lines name no
+    probed function, so the trace has nothing to score against; the error says why and
+    what to give instead, not only that no probes were found."""
+    from activemm.errors import ActiveMmError
+
+    whole = (CAPTURES / "linux-6.1-smp2-lazy" / "trace.txt.gz").read_bytes()
+    lines = gzip.decompress(whole).decode().splitlines()
+    bare = [re.sub(r": \((?:\w|\.)+\+0x[0-9a-f]+/0x[0-9a-f]+\) ", ": (ffffffff8108b2c0) ", t)
+            for t in lines]  # fmt: skip
+    n = sum(a != b for a, b in zip(lines, bare, strict=True))
+    assert n > 1000
+    plain = tmp_path / "t.txt"
+    plain.write_text("\n".join(bare) + "\n")
+    with pytest.raises(ActiveMmError, match=r"no kprobes .*; \d+ probe lines name an address"):
+        validate(plain)
+
+
 def test_a_probe_line_cut_short_is_refused_with_its_line(tmp_path: Path) -> None:
     """A core probe line without the arguments the validator reads (a trace cut mid-line,
     or edited) is unusable input: one error naming the file, the line and what is missing,

@@ -143,6 +143,8 @@ STACK_FRAME = re.compile(r"\s*=> |\s+[0-9a-f]{6,16} \S")
 # names the event instead: "TIME: function: do_idle <-- cpu_startup_entry")
 FUNCTION_CALL = re.compile(r"\d\.\d+:\s+[\w.$]+(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?\s+<-\S+\s*$")
 PROBE = re.compile(r"^\((?P<loc>[^)]*)\)\s*(?P<args>.*)$")
+BARE_ADDRESS = re.compile(r"[0-9a-f]{8,16}(?:\s*<-\s*[0-9a-f]{8,16})?")
+UNNAMED_PROBE = "probe at a bare address"
 PROBE_ARG = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
 
@@ -573,6 +575,11 @@ def parse_lines(
             if pm is None or pm["loc"].startswith("0x"):
                 # (a uprobe's location is a user address, `(0x401d70)`: no kernel function)
                 stats.unknown[event] += 1
+                continue
+            if BARE_ADDRESS.fullmatch(pm["loc"]):
+                # a kprobe printed through its format's `(%lx)` (trace-cmd report, perf
+                # script): an address, no function name to recognise it by
+                stats.unknown[UNNAMED_PROBE] += 1
                 continue
             # (interned: a million probe lines repeat a few names and addresses, and the
             # validator keeps them all)

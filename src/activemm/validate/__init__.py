@@ -12,7 +12,7 @@ from pathlib import Path
 from activemm.errors import ActiveMmError
 from activemm.model.config import preset
 from activemm.trace.events import Probe, SchedSwitch
-from activemm.trace.readers import ReadStats, TraceError, read_trace
+from activemm.trace.readers import UNNAMED_PROBE, ReadStats, TraceError, read_trace
 from activemm.trace.replay import load_task_snapshot, peek_cpus
 from activemm.validate import kernel as kv
 from activemm.validate.core import Validator
@@ -218,10 +218,18 @@ def validate(
             str(path), e.line, f"a {e.function} probe line {problem}; a line cut short or edited?"
         )
     if not {"switch_mm_irqs_off", "enter_lazy_tlb", "finish_task_switch"} <= probes:
+        unnamed = stats.unknown[UNNAMED_PROBE]
         raise ActiveMmError(
             f"{path}: no kprobes on switch_mm_irqs_off, enter_lazy_tlb and finish_task_switch; "
             "nothing to score the model against (record with `activemm capture`, "
             "docs/validate.md)"
+            + (
+                f"; {unnamed} probe lines name an address, not a function, as trace-cmd "
+                "report and perf script print kprobes: give the tracefs text "
+                "(/sys/kernel/tracing/trace) instead"
+                if unnamed
+                else ""
+            )
         )
     if inputs is None:
         inputs = "markers" if set(MARKERS) <= probes else "sched"
