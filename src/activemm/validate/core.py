@@ -203,9 +203,10 @@ class Validator(MarkerSteps, Clocked):
         self.kworkers_using: set[int] = set()  # kernel threads in an inferred kthread_use_mm
         self.user_loads: set[int] = set()  # sched_switch lines that loaded a user mm
         last_switch: dict[int, int] = {}
-        # markers: the lines a CPU's sched_switch follows directly, nothing else traced there
-        # between (with tracepoints only the model's flushes run at approximate points, and a
-        # probe line's place is not an input)
+        # markers: the tracepoint or marker lines a CPU's sched_switch follows directly, no
+        # other tracepoint or marker there between (probe lines that only bind addresses or
+        # are scored are skipped: their place is not an input; with tracepoints only the
+        # model's flushes run at approximate points)
         self.before_switch: set[int] = set()
         # the sched_switch lines whose next tracepoint on their CPU is their CR3 load's
         # tlb_flush (in switch_mm_irqs_off, by the task switched out), and those tlb_flushes;
@@ -225,6 +226,7 @@ class Validator(MarkerSteps, Clocked):
         after_efi: set[int] = set()  # CPUs whose last event was an EFI call's hook
         ksmd_runs: list[tuple[int, int, int]] = []  # ksmd's switch-in line, CPU, pid
         ksmd_ends: dict[int, int] = {}  # the switch-in line of a run of ksmd -> its end
+        last_marked: dict[int, int] = {}  # CPU -> its last tracepoint or marker line
         for e in events:
             on_cpu = self.cpu_lines.setdefault(e.cpu, [])
             on_cpu.append(e.line)
@@ -243,9 +245,11 @@ class Validator(MarkerSteps, Clocked):
                 or (isinstance(e, TlbFlush) and e.cr3_load)
             ):
                 self.user_loads.add(last_switch[e.cpu])
+            if isinstance(e, SchedSwitch) and e.cpu in last_marked and inputs == "markers":
+                self.before_switch.add(last_marked[e.cpu])
+            if not (isinstance(e, Probe) and kv.binds_only(e)):
+                last_marked[e.cpu] = e.line
             if isinstance(e, SchedSwitch):
-                if len(on_cpu) > 1 and inputs == "markers":
-                    self.before_switch.add(on_cpu[-2])
                 switching.add(e.cpu)
                 last_switch[e.cpu] = e.line
                 if e.prev_comm == KSMD and ksmd_runs and ksmd_runs[-1][1] == e.cpu:
@@ -646,7 +650,7 @@ class Validator(MarkerSteps, Clocked):
 
     def _on_sched_event(self, ev: TraceEvent) -> None:
         if ev.line in self.switch_load_lines:
-            self._switch_ends(ev.cpu)  # whatever else this CR3 load's line is read for
+            self._switch_ends(ev.cpu, ev)  # whatever else this CR3 load's line is read for
         if ev.pid in self.forking and self.forking[ev.pid] is None and own_full_flush(ev):
             self._fork_flushed(ev.pid)  # the first since the fork's mm_init: dup_mmap()'s
             addr = self.failed_forks.get(ev.line)
@@ -1285,17 +1289,20 @@ class Validator(MarkerSteps, Clocked):
         self.switched.add(ev.cpu)
         self.anchor[ev.cpu] = ("switch", ev.line)
         if ev.line not in self.switch_loads:
-            self._switch_ends(ev.cpu)
+            self._switch_ends(ev.cpu, ev)
 
-    def _switch_ends(self, cpu: int) -> None:
+    def _switch_ends(self, cpu: int, at: TraceEvent) -> None:
         """The CPU's pending switch runs in the model at its last tracepoint: the CR3 load's
         tlb_flush ("flush on task switch", traced in switch_mm_irqs_off) when it loads one,
         else its sched_switch. That is all the tracepoints say of when a switch ends (the
-        rest of finish_task_switch() follows with interrupts off); where its probes fall is
-        not an input, whichever --inputs."""
+        rest of finish_task_switch() follows with interrupts off): the model's interrupts
+        are on again from here (a flush IPI sent meanwhile finds the state the switch left,
+        as the kernel's did at its finish_task_switch()). Where its probes fall is not an
+        input, whichever --inputs."""
         group = self.pending.get(cpu)
         if group is not None and not group.ran:
             group.model, group.ran = self._switch_model(group), True
+            self._irqs_on(at)
 
     def _on_probe(self, p: Probe) -> None:
         group = self.pending.get(p.cpu)
@@ -1754,21 +1761,24 @@ class Validator(MarkerSteps, Clocked):
         sched_switch when that probe is missing): it is scored against the model's, which
         ran at the switch's last tracepoint (_switch_ends). A switch still waiting for the
         CR3 load the tracepoints promised it (a trace out of the kernel's order on one CPU)
-        runs here, counted."""
+        runs here, counted, and only then turns the model's interrupts on."""
         if not group.ran:
             self.result.anomalies["context switch whose CR3 load came after its finish"] += 1
             group.model, group.ran = self._switch_model(group), True
-        self._irqs_on(at)
+            self._irqs_on(at)
         self._compare_switch(group, group.model)
 
     def _schedule_begins(self, cpu: int) -> None:
-        """The CPU's next traced event is a sched_switch: from here its model has interrupts
-        off, as __schedule() will. A flush IPI the kernel's CPU took before that would have
-        left a line there (on a lazy CPU its switch to init_mm, a CR3 load; a real flush,
-        "remote shootdown"), so one sent meanwhile waited for the switch and its
-        finish_task_switch() handled it on the state the switch left (a lazy CPU switched
-        to a user mm, whose stale TLB the switch itself flushed: nothing to do)."""
-        if cpu < len(self.m.state.rqs) and cpu not in self.pending:
+        """The CPU's next tracepoint or marker is a sched_switch (markers inputs; probe lines
+        that only bind addresses do not count, their place is no input): from here its
+        model has interrupts off, as __schedule() will. A flush IPI the kernel's CPU took
+        before that would have left a line there (on a lazy CPU its switch to init_mm, a
+        CR3 load; a real flush, "remote shootdown"), so one sent meanwhile waited for the
+        switch and its finish_task_switch() handled it on the state the switch left (a lazy
+        CPU switched to a user mm, whose stale TLB the switch itself flushed: nothing to
+        do)."""
+        group = self.pending.get(cpu)  # (one the model ran already is over there)
+        if cpu < len(self.m.state.rqs) and (group is None or group.ran):
             self.m.local_irq_disable(cpu)
 
     def _irqs_on(self, at: TraceEvent) -> None:

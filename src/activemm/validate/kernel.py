@@ -206,6 +206,20 @@ def first_lazy_borrows(firsts: dict[int, SwitchGroup]) -> dict[int, int]:
     return out
 
 
+def binds_only(p: Probe) -> bool:
+    """A probe line the validator reads only to bind an address or to score what the kernel
+    did, never for when a path ran: a context switch's own hook (it names the next task, the
+    line is still prev's) and finish_task_switch, __mmdrop, the birth probes. Every other
+    probe it follows is a marker."""
+    if p.function in (FINISH, MMDROP, *NEW_MM):
+        return True
+    return (
+        p.function in (SWITCH_MM, ENTER_LAZY)
+        and address(p.args.get("tsk")) != 0
+        and _int(p.args.get("t_pid")) != p.pid
+    )
+
+
 def hook_of(p: Probe) -> Hook:
     if p.function == SWITCH_MM:
         return Hook(SWITCH_MM, address(p.args.get("prev")), address(p.args.get("next")), p.line)
