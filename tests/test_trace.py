@@ -404,6 +404,37 @@ def test_trace_cmd_reports_tlb_flush_through_its_plugin(tmp_path: Path) -> None:
             flushes([kernel[0], bad])
 
 
+def test_a_prev_state_no_kernel_prints_is_refused(tmp_path: Path) -> None:
+    """prev_state is R, R+ or state letters joined by "|" (S D T t X Z P I since 4.14; x K W
+    N on older kernels and in trace-cmd's sched_switch plugin), with "+" when preempted, or
+    a number in raw fields: each of those reads as it was printed, in either sched_switch
+    layout. Any other letter is a garbled line, refused with its number, not read as a
+    sleep."""
+
+    def line(i: int, state: str) -> str:
+        return (
+            f"  a-5 [000] d..2. 1.{i:04d}: sched_switch: prev_comm=a prev_pid=5 prev_prio=120 "
+            f"prev_state={state} ==> next_comm=b next_pid=6 next_prio=120\n"
+        )
+
+    good = ["R", "R+", "S", "D|K", "S|W", "x", "I", "P", "t", "D+", "64"]
+    f = tmp_path / "t.txt"
+    f.write_text("".join(line(i, st) for i, st in enumerate(good)))
+    states = [e.prev_state for e in read_trace(f) if isinstance(e, SchedSwitch)]
+    assert states[:-1] == good[:-1] and states[-1] != "64"  # (a raw 64 is a letter)
+    for bad in ("Q", "S|", "R|S", "s"):
+        f.write_text(line(0, "S") + line(1, bad))
+        with pytest.raises(TraceError, match=r"t\.txt:2: malformed sched_switch fields"):
+            list(read_trace(f))
+    # trace-cmd report's own layout (its sched_switch plugin)
+    plugin = "  a-5 [000] 1.{:04d}: sched_switch: a:5 [120] {} ==> b:6 [120]\n"
+    f.write_text(plugin.format(0, "W") + plugin.format(1, "R+"))
+    assert [e.prev_state for e in read_trace(f) if isinstance(e, SchedSwitch)] == ["W", "R+"]
+    f.write_text(plugin.format(0, "W") + plugin.format(1, "Q"))
+    with pytest.raises(TraceError, match=r"t\.txt:2: malformed sched_switch fields"):
+        list(read_trace(f))
+
+
 def test_trace_dat_goes_through_trace_cmd(tmp_path: Path) -> None:
     dat = tmp_path / "trace.dat"
     dat.write_bytes(b"\x17\x08\x44tracing6\x00 binary")

@@ -110,6 +110,10 @@ SWITCH = re.compile(
     r"prev_comm=(?P<pc>.*) prev_pid=(?P<pp>-?\d+) prev_prio=-?\d+ prev_state=(?P<ps>\S+) "
     r"(?:==> )?next_comm=(?P<nc>.*) next_pid=(?P<np>-?\d+) next_prio=-?\d+"
 )
+# prev_state as kernels print it: R, R+ (preempted), or flags joined by "|" (S D T t X Z P I
+# since 4.14; x K W N before; trace-cmd's sched_switch plugin also prints x and W), "+" when
+# preempted; or a number in raw fields
+STATE = re.compile(r"R\+?|[SDTtXZPIxKWN](?:\|[SDTtXZPIxKWN])*\+?|\d+")
 SWITCH_TRACE_CMD = re.compile(
     r"(?P<pc>.*):(?P<pp>\d+) \[-?\d+\] (?P<ps>\S+) ==> (?P<nc>.*):(?P<np>\d+) \[-?\d+\]"
 )
@@ -186,7 +190,7 @@ def _switch(
     line: int, cpu: int, ts: float, pid: int, comm: str, tgid: int | None, rest: str
 ) -> TraceEvent | None:
     m = SWITCH.match(rest) or SWITCH_TRACE_CMD.match(rest.strip())
-    if not m:
+    if not m or not STATE.fullmatch(m["ps"]):
         return None
     return SchedSwitch(
         line,
@@ -464,7 +468,7 @@ def parse_lines(
         # (the substring test first: a failing match backtracks over every '-' of the line)
         head = fast(raw) if fast and "sched_switch:" in raw else None
         f = head and SWITCH_FIELDS.match(raw, head.end())
-        if f:
+        if f and STATE.fullmatch(f.group(3)):
             assert head
             comm, pid, tgid_s, cpu, flags, ts = head.groups()
             pc, pp, ps, nc, np_ = f.groups()
