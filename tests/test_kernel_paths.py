@@ -171,6 +171,30 @@ def test_a_fork_refused_after_copy_mm_frees_its_copy_in_the_parent() -> None:
         m.failed_fork("kthreadd")
 
 
+def test_a_fork_killed_waiting_for_the_parents_mmap_lock_flushes_nothing() -> None:
+    """dup_mmap() takes the parent's mmap lock with mmap_write_lock_killable(): a fatal
+    signal pending there (the process being killed while it forks) returns -EINTR before
+    anything is copied, and the flush_tlb_mm(oldmm) at its end never runs. The new mm is
+    put back all the same (dup_mm()'s free_pt: __mmput and __mmdrop in the parent), but the
+    parent's mm gets no new tlb_gen and a CPU lazy on it gets no IPI, where an ordinary
+    failed fork's flush moves that CPU to init_mm (x86, freed_tables: lazy CPUs are IPIed)."""
+    for interrupted in (False, True):
+        m = machine("linux-6.12-x86_64")
+        mm2 = with_user(m)
+        m.schedule(1, "app")
+        m.schedule(1, "kthreadd")  # CPU 1 lazy on mm2
+        m.schedule(0, "app")  # the parent forks on CPU 0
+        freed = watch_frees(m)
+        gen = mm2.context.tlb_gen
+        m.failed_fork("app", interrupted=interrupted)
+        assert freed == [("mm3", "__mmput")]
+        assert mm2.context.tlb_gen == gen + (0 if interrupted else 1)
+        # (x86: the IPI switches the lazy CPU's loaded mm to init_mm and takes it out of
+        # mm2's mm_cpumask; its kernel thread's active_mm stays mm2)
+        assert m.state.rqs[1].curr.active_mm is mm2
+        assert (1 in mm2.mm_cpumask) == interrupted, mm2.mm_cpumask
+
+
 def test_kthread_use_mm_reference_flow() -> None:
     m = machine()
     mm2 = with_user(m)

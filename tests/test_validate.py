@@ -3039,6 +3039,46 @@ def test_with_markers_where_the_switch_probes_fall_changes_no_prediction(tmp_pat
     assert _counts(validate(moved)) == _counts(r)
 
 
+def _forks_killed_before_their_flush(capture: Path) -> int:
+    """Forks whose new mm (mm_init's return to copy_process()) goes to the forking task's
+    exit_mmap() with no task_newtask and no full flush of its own in between: dup_mmap()
+    killed waiting for the parent's mmap lock. Counted in the text."""
+    born: dict[str, str] = {}  # pid -> the new mm's address
+    flushed: set[str] = set()
+    count = 0
+    for _, line, m in _trace_matches(capture, r"-(\d+)\s+\(\s*[-\d]+\)\s+\[\d+\]"):
+        pid = m[1]
+        if "(copy_process+" in line and "<- mm_init) ret=" in line:
+            born[pid] = line.rsplit("ret=", 1)[1].strip()
+            flushed.discard(pid)
+        elif "tlb_flush: pages:-1 reason:" in line and (
+            "ipi send" in line or "mm shootdown" in line
+        ):
+            flushed.add(pid)
+        elif " task_newtask: " in line:
+            born.pop(pid, None)
+        elif "(exit_mmap+" in line and pid in born and f"mm={born[pid]}" in line:
+            count += pid not in flushed
+            del born[pid]
+    return count
+
+
+def test_a_fork_killed_before_dup_mmap_s_flush_flushes_nothing() -> None:
+    """linux-6.12-smp4-program42: processes killed by their own timer while their threads
+    fork. A fork whose dup_mmap() waited for the parent's mmap lock when SIGTERM's group exit
+    was pending fails there with -EINTR, before it copies or flushes: its new mm goes to
+    exit_mmap() in the parent with no flush of the parent's mm before. The model ran such a
+    failed fork at its exit_mmap marker with the flush, whose IPIs moved CPUs lazy on the
+    parent's mm to init_mm, which the kernel's did not; it now runs it without the flush
+    (no full flush of the task's own between the birth and the marker): every hook outside
+    schedule matches, and every switch and __mmdrop."""
+    capture = CAPTURES / "linux-6.12-smp4-program42"
+    assert _forks_killed_before_their_flush(capture) >= 1
+    r = _scored(capture)
+    assert r.learned["failed fork (exit_mmap of an mm copy_process made)"] >= 1
+    assert_all_matched(r)
+
+
 def _trace_matches(capture: Path, pattern: str) -> Iterator[tuple[int, str, re.Match[str]]]:
     """(line number, line, match) of the capture's trace lines that `pattern` matches."""
     with gzip.open(capture / "trace.txt.gz", "rt") as f:

@@ -40,12 +40,16 @@ def mm_init(k: Kernel, owner: str, tsk: Task | None) -> Mm:
     return mm
 
 
-def dup_mm(k: Kernel, tsk: Task, oldmm: Mm) -> Mm:
-    """kernel/fork.c: dup_mm(): a new mm_struct, mm_init(), dup_mmap() copies the mappings."""
+def dup_mm(k: Kernel, tsk: Task, oldmm: Mm, interrupted: bool = False) -> Mm:
+    """kernel/fork.c: dup_mm(): a new mm_struct, mm_init(), dup_mmap() copies the mappings.
+    `interrupted`: dup_mmap()'s mmap_write_lock_killable(oldmm) found a fatal signal pending
+    and returned -EINTR before copying anything (no flush of oldmm); dup_mm()'s caller then
+    puts the new mm back."""
     k.touch(oldmm, "dup_mm")
     mm = mm_init(k, tsk.comm, tsk)
     k.emit(MmAllocated(k.cpu, mm, "dup_mm"))
-    dup_mmap(k, mm, oldmm)
+    if not interrupted:
+        dup_mmap(k, mm, oldmm)
     return mm
 
 
@@ -63,7 +67,7 @@ def mm_alloc(k: Kernel, owner: str) -> Mm:
     return mm
 
 
-def copy_mm(k: Kernel, clone_vm: bool, tsk: Task, current: Task) -> None:
+def copy_mm(k: Kernel, clone_vm: bool, tsk: Task, current: Task, interrupted: bool = False) -> None:
     """kernel/fork.c: copy_mm().
 
     A child of a task without an mm ("Are we cloning a kernel thread?") gets mm = active_mm =
@@ -77,7 +81,7 @@ def copy_mm(k: Kernel, clone_vm: bool, tsk: Task, current: Task) -> None:
         mmh.mmget(k, oldmm)
         mm = oldmm
     else:
-        mm = dup_mm(k, tsk, oldmm)
+        mm = dup_mm(k, tsk, oldmm, interrupted)
     tsk.mm = tsk.active_mm = mm
 
 
@@ -100,15 +104,20 @@ def copy_process(k: Kernel, current: Task, how: str, comm: str) -> Task:
     return tsk
 
 
-def copy_process_fails(k: Kernel, current: Task, how: str, comm: str) -> None:
+def copy_process_fails(
+    k: Kernel, current: Task, how: str, comm: str, interrupted: bool = False
+) -> None:
     """kernel/fork.c: copy_process() failing past copy_mm(): cgroup_can_fork() refusing the
     child (a `pids.max` reached), a signal arriving meanwhile (-ERESTARTNOINTR), alloc_pid()
     failing... Its error path, bad_fork_cleanup_mm, mmput()s the child's mm. After fork()
     that is dup_mm()'s copy (dup_mmap() has flushed the parent's mm already), whose only user
     it was: __mmput() and __mmdrop() run here, in the parent; after CLONE_VM only mm_users
-    goes back. The task_struct was never visible: no pid, no tracepoint."""
+    goes back. The task_struct was never visible: no pid, no tracepoint. `interrupted`: the
+    copy itself failed, dup_mmap() killed in mmap_write_lock_killable(oldmm) (a fatal signal
+    pending) before it copied or flushed anything, and dup_mm()'s error path (free_pt)
+    mmput()s the new mm: the same teardown, without the parent's flush."""
     tsk = Task(pid=0, comm=comm, tgid=0, pf_kthread=how == "kthread")
-    copy_mm(k, how in ("thread", "vfork"), tsk, current)
+    copy_mm(k, how in ("thread", "vfork"), tsk, current, interrupted)
     if tsk.mm is not None and not k.bug("fork-cleanup-no-mmput"):
         mmh.mmput(k, tsk.mm)
 

@@ -229,11 +229,15 @@ class Machine:
         self._end(op)
         return child
 
-    def failed_fork(self, parent: TaskRef, kind: str = "process") -> None:
+    def failed_fork(
+        self, parent: TaskRef, kind: str = "process", interrupted: bool = False
+    ) -> None:
         """kernel/fork.c: a copy_process() that fails after copy_mm() (a cgroup's pids.max,
         a signal meanwhile): a process's new mm is born, its dup_mmap() flushes the parent's
         mm, and the error path puts it back at once; a thread's mmget() is undone. No task
-        is created. `kind` is "process", "thread" or "vfork"."""
+        is created. `kind` is "process", "thread" or "vfork". `interrupted`: a process's
+        dup_mmap() was killed waiting for the parent's mmap lock (a fatal signal pending):
+        nothing copied, no flush, the new mm put back all the same."""
         p = self.task(parent)
         if kind not in ("process", "thread", "vfork"):
             raise OperationError(
@@ -243,8 +247,8 @@ class Machine:
         rq = self._running(p, "failed_fork")
         if p.mm is None or p.pf_kthread:
             raise OperationError(f"failed_fork: {p.name} has no user mm to copy or share")
-        op = self._begin("failed_fork", rq.cpu, parent=p, kind=kind)
-        fork.copy_process_fails(self.k, p, kind, p.comm)
+        op = self._begin("failed_fork", rq.cpu, parent=p, kind=kind, interrupted=interrupted)
+        fork.copy_process_fails(self.k, p, kind, p.comm, interrupted)
         self._end(op)
 
     def exec(self, task: TaskRef, name: str | None = None, preempted: bool = False) -> Mm:

@@ -1525,7 +1525,9 @@ class Validator(MarkerSteps, Clocked):
         self.ctx = Context("__mmput", p.line, p.cpu, p.pid)
         task = self.replayer.tasks[p.pid]
         if addr in self.forked:
-            self._refusable(self.m.failed_fork, task)
+            # no full flush of its own between the birth and here (marked_fork_flushes would
+            # have run it there): dup_mmap() was killed before it flushed the parent's mm
+            self._refusable(self.m.failed_fork, task, "process", True)
             self._forked(p.pid)
             self.result.learned[FAILED_FORK_SEEN] += 1
         else:
