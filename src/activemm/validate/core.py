@@ -686,7 +686,7 @@ class Validator(MarkerSteps, Clocked):
                 for _ in range(loads // 2):
                     self._refusable(self.m.text_poke, ev.cpu)
                     self.result.learned["text_poke (own CR3 loads in pairs, tlb_flush)"] += 1
-            elif self.inputs == "sched" and self._kthread_load(ev):
+            elif (self.inputs == "sched" and self._kthread_load(ev)) or self._exit_mmap_load(ev):
                 pass
             elif self._lazy_cpu_flushed(ev):
                 self.ctx = Context("flush", ev.line, ev.cpu, ev.pid)
@@ -1840,6 +1840,33 @@ class Validator(MarkerSteps, Clocked):
         if point is not None and point not in self.exit_points:
             self.found_exits[point] = sw.next_pid
             self.loaded_sure[cpu] = False
+
+    def _exit_mmap_load(self, ev: TlbFlush) -> bool:
+        """Sched inputs: the task's own CR3 load to init_mm that its exit window's first
+        switch out follows (windows.exit_loads): exit_mmap()'s final flush (tlb_finish_mmu())
+        found its CPU lazy after exit_mm() and switched it to init_mm (x86 flush_tlb_func()),
+        then the task was preempted before its __mmput() was done. Its exit_mm() runs here,
+        not at that switch, and so does that flush of the mm (the kernel's hook is a CR3 load
+        of this interval; after the switch the CPU no longer has the mm loaded). The rest of
+        __mmput(), its final mmdrop() with it, runs where it did before: at the task's last
+        flush or its sched_process_exit (MarkerSteps._defer_to_last)."""
+        if self.windows is None or not ev.own_cr3_load or ev.cpu in self.pending:
+            return False
+        pid, out = self.windows.exit_loads.get(ev.line, (None, 0))
+        t = self.m.state.rqs[ev.cpu].curr
+        if pid != ev.pid or t is not self.replayer.tasks.get(ev.pid):
+            return False
+        if t.pf_kthread or t.mm is None or t.exiting:
+            return False
+        mm = t.mm
+        self._marker_exit(ev)
+        self.inferred[ev.pid] = INFERRED_EXIT
+        self.result.lazy_exit_points[out] = ev.pid
+        self.result.learned["exit_mm inferred (exit_mmap switched its CPU to init_mm)"] += 1
+        if not (mm.freed or mm.torn_down):  # (torn down: the model's __mmput ran here)
+            self.ctx = Context("flush", ev.line, ev.cpu, ev.pid)
+            self._refusable(self.m.flush_tlb_mm_range, ev.cpu, mm, True)
+        return True
 
     def _inferred_exit(self, sw: SchedSwitch) -> None:
         """Sched inputs: the task switched out here ran exit_mm() before (its own switch to

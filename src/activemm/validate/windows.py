@@ -111,6 +111,10 @@ class ExitWindows:
     # between: text_poke()'s use_temporary_mm() and unuse_temporary_mm(), a pair per
     # __text_poke(), and leave_mm() before them when the CPU was lazy (text_poke_hints)
     load_runs: list[list[int]] = field(default_factory=list)
+    # (lazy_exits) CR3 loads of exit_mmap()'s final flush that came before their task's first
+    # switch out in its exit window -> (pid, that switch's line); a flush IPI's load counts
+    # there too, but only the task's own load is exit_mmap()'s (Validator._exit_mmap_load)
+    exit_loads: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
     def scan(cls, events: Iterable[object]) -> ExitWindows:
@@ -226,7 +230,8 @@ class ExitWindows:
         is inside its exit window. When there is none, a preemption before the load may be
         (_preempted_in_exit_mmap): those switch lines are the second value. (A kernel
         thread's own loads are kthread_use_mm(): the validator runs these exits for user
-        tasks only.)"""
+        tasks only.) The loads followed by such a switch out are kept (exit_loads): there
+        the validator runs the exit's exit_mm() and that flush."""
         points: dict[int, int] = {}
         before: set[int] = set()
         for pid, loads in self.own_cr3_lines.items():
@@ -238,6 +243,7 @@ class ExitWindows:
                 k = bisect.bisect_right(outs, f)
                 if k < len(outs) and outs[k] < span[1]:
                     points[outs[k]] = pid
+                    self.exit_loads[f] = (pid, outs[k])
                 elif (early := self._preempted_in_exit_mmap(pid, span, f)) is not None:
                     points[early] = pid
                     before.add(early)
