@@ -864,16 +864,15 @@ def test_exit_mmap_switching_its_cpu_to_init_mm_shows_an_exit_before_the_fact() 
 
     start = [_sw(1, 20, "S", 10), _cr3(2, 20)]
     timeline = [*start, _cr3(3, 10), _sw(4, 10, "R+", 20), _sw(5, 20, "S", 10), exit_(6)]
-    windows = ExitWindows.scan(timeline)
-    assert windows.lazy_exits() == ({4: 10}, set())
-    assert windows.exit_loads == {3: (10, 4)}  # the load, where the validator runs the exit
+    # the load, where the validator runs the exit, is the third value
+    assert ExitWindows.scan(timeline).lazy_exits() == ({4: 10}, set(), {3: (10, 4)})
     irq = [*start, _cr3(3, 10, irq=True), *timeline[3:]]
-    assert ExitWindows.scan(irq).lazy_exits() == ({4: 10}, set())
+    assert ExitWindows.scan(irq).lazy_exits() == ({4: 10}, set(), {3: (10, 4)})
     exec_ = ProcessExec(4, 0, 0.004, 10, "t", None, "/x", 10, 10)
     execs = [*start, _cr3(3, 10), exec_, _sw(5, 10, "R+", 20), _sw(6, 20, "S", 10), exit_(7)]
-    assert ExitWindows.scan(execs).lazy_exits() == ({}, set())
+    assert ExitWindows.scan(execs).lazy_exits() == ({}, set(), {})
     poke = [*start, _cr3(3, 10), _cr3(4, 10), _sw(5, 10, "R+", 20), exit_(6)]
-    assert ExitWindows.scan(poke).lazy_exits() == ({}, set())
+    assert ExitWindows.scan(poke).lazy_exits() == ({}, set(), {})
 
 
 def test_exit_mmaps_switch_to_init_mm_before_a_preemption_is_run_there_with_tracepoints(
@@ -927,39 +926,37 @@ def test_a_preemption_before_exit_mmaps_flush_is_in_the_exit_window_when_little_
     def exit_(line: int) -> ProcessExit:
         return ProcessExit(line, 0, line / 1000, 10, "t", None, 10)
 
-    def lazy_exits(*events: object) -> tuple[dict[int, int], set[int]]:
+    def lazy_exits(*events: object) -> tuple[dict[int, int], set[int], dict[int, tuple[int, int]]]:
         return ExitWindows.scan([_sw(1, 20, "S", 10), _cr3(2, 20), *events]).lazy_exits()
 
     assert EXIT_MMAP_RATIO * 2 > 1 and EXIT_MMAP_RATIO * 2 < 16
     out, back = _sw(3, 10, "R+", 20), _sw(4, 20, "S", 10)
-    assert lazy_exits(out, back, _cr3(5, 10), exit_(7)) == ({3: 10}, {3})
-    placed = ExitWindows.scan([_sw(1, 20, "S", 10), _cr3(2, 20), out, back, _cr3(5, 10), exit_(7)])
-    placed.lazy_exits()
-    assert placed.exit_loads == {}  # the load came after the switch out: nothing runs there
-    assert lazy_exits(out, back, _cr3(20, 10), exit_(22)) == ({}, set())
+    # (the load came after the switch out: nothing runs there)
+    assert lazy_exits(out, back, _cr3(5, 10), exit_(7)) == ({3: 10}, {3}, {})
+    assert lazy_exits(out, back, _cr3(20, 10), exit_(22)) == ({}, set(), {})
     twice = (out, back, _sw(5, 10, "R+", 20), _sw(6, 20, "S", 10), _cr3(7, 10), exit_(9))
-    assert lazy_exits(*twice) == ({}, set())
+    assert lazy_exits(*twice) == ({}, set(), {})
     waited = (_sw(3, 10, "D", 20), back, _cr3(5, 10), exit_(7))
-    assert lazy_exits(*waited) == ({}, set())
+    assert lazy_exits(*waited) == ({}, set(), {})
     slept = (out, back, _sw(5, 10, "S", 20), _sw(6, 20, "S", 10), _cr3(7, 10), exit_(9))
-    assert lazy_exits(*slept) == ({}, set())
+    assert lazy_exits(*slept) == ({}, set(), {})
     # its thread group dying while it ran (thread 11 of group 10 exits before the
     # preemption): a task killed by exit_group() exits as soon as it runs on, so the
     # preemption came before its exit_mm()
     grouped = SchedSwitch(3, 0, 0.003, 10, "t", 10, "t", 10, "R+", "t", 20)
     sibling = ProcessExit(2, 1, 0.002, 11, "t", 10, 11)
-    assert lazy_exits(sibling, grouped, back, _cr3(5, 10), exit_(7)) == ({}, set())
+    assert lazy_exits(sibling, grouped, back, _cr3(5, 10), exit_(7)) == ({}, set(), {})
     other_group = ProcessExit(2, 1, 0.002, 11, "t", 11, 11)
-    assert lazy_exits(other_group, grouped, back, _cr3(5, 10), exit_(7)) == ({3: 10}, {3})
+    assert lazy_exits(other_group, grouped, back, _cr3(5, 10), exit_(7)) == ({3: 10}, {3}, {})
     # ... or while it waited to run again (thread 11 exits between the preemption and the
     # switch back in): inside exit_mmap() it would have been the mm's last user, thread 11
     # long past its exit_mm(); after it is back, the exit says nothing of the preemption
     while_out = ProcessExit(4, 1, 0.004, 11, "t", 10, 11)
     later = (_sw(5, 20, "S", 10), _cr3(6, 10), exit_(8))
-    assert lazy_exits(grouped, while_out, *later) == ({}, set())
+    assert lazy_exits(grouped, while_out, *later) == ({}, set(), {})
     after_back = ProcessExit(5, 1, 0.005, 11, "t", 10, 11)
     back_first = (_sw(4, 20, "S", 10), after_back, _cr3(6, 10), exit_(8))
-    assert lazy_exits(grouped, *back_first) == ({3: 10}, {3})
+    assert lazy_exits(grouped, *back_first) == ({3: 10}, {3}, {})
 
 
 def test_sched_inputs_place_exit_windows_before_exit_mmaps_flush(

@@ -145,10 +145,10 @@ class Validator(MarkerSteps, Clocked):
         self.vhost_workers: dict[int, Task] = {}
         self.loaded_sure: dict[int, bool] = {}  # CPU -> the model knows what it has loaded
         self.windows = ExitWindows.scan(events) if inputs == "sched" else None
-        # exits known before the fact: exit_mmap()'s switch of a lazy CPU to init_mm, and
-        # those of them placed at a preemption before it
-        self.lazy_exits, self.before_flush = (
-            self.windows.lazy_exits() if self.windows is not None else ({}, set())
+        # exits known before the fact: exit_mmap()'s switch of a lazy CPU to init_mm, those
+        # of them placed at a preemption before it, and the loads that come before the switch
+        self.lazy_exits, self.before_flush, self.exit_loads = (
+            self.windows.lazy_exits() if self.windows is not None else ({}, set(), {})
         )
         self.exit_points = {**self.lazy_exits, **self.exit_points}
         self.result = result
@@ -1843,23 +1843,20 @@ class Validator(MarkerSteps, Clocked):
 
     def _exit_mmap_load(self, ev: TlbFlush) -> bool:
         """Sched inputs: the task's own CR3 load to init_mm that its exit window's first
-        switch out follows (windows.exit_loads): exit_mmap()'s final flush (tlb_finish_mmu())
-        found its CPU lazy after exit_mm() and switched it to init_mm (x86 flush_tlb_func()),
+        switch out follows (ExitWindows.lazy_exits, third value): exit_mmap()'s final flush
+        (tlb_finish_mmu()) found its CPU lazy after exit_mm() and switched it to init_mm (x86
+        flush_tlb_func()),
         then the task was preempted before its __mmput() was done. Its exit_mm() runs here,
         not at that switch, and so does that flush of the mm (the kernel's hook is a CR3 load
         of this interval; after the switch the CPU no longer has the mm loaded). The rest of
         __mmput(), its final mmdrop() with it, runs where it did before: at the task's last
         flush or its sched_process_exit (MarkerSteps._defer_to_last)."""
-        if self.windows is None or not ev.own_cr3_load or ev.cpu in self.pending:
+        pid, out = self.exit_loads.get(ev.line, (None, 0))
+        if pid != ev.pid or not ev.own_cr3_load or ev.cpu in self.pending:
             return False
-        pid, out = self.windows.exit_loads.get(ev.line, (None, 0))
-        t = self.m.state.rqs[ev.cpu].curr
-        if pid != ev.pid or t is not self.replayer.tasks.get(ev.pid):
+        mm = self.m.state.rqs[ev.cpu].curr.mm
+        if mm is None or not self._exit_runs(ev, ev.pid):
             return False
-        if t.pf_kthread or t.mm is None or t.exiting:
-            return False
-        mm = t.mm
-        self._marker_exit(ev)
         self.inferred[ev.pid] = INFERRED_EXIT
         self.result.lazy_exit_points[out] = ev.pid
         self.result.learned["exit_mm inferred (exit_mmap switched its CPU to init_mm)"] += 1
@@ -1868,17 +1865,24 @@ class Validator(MarkerSteps, Clocked):
             self._refusable(self.m.flush_tlb_mm_range, ev.cpu, mm, True)
         return True
 
+    def _exit_runs(self, ev: TraceEvent, pid: int) -> bool:
+        """Sched inputs: user task `pid`, current on ev's CPU with its mm, runs its exit_mm()
+        at `ev` (MarkerSteps._marker_exit, its __mmput deferred); False when the model has no
+        such task there, or it is exiting already, or a kernel thread (its own CR3 loads are
+        kthread_use_mm()'s)."""
+        t = self.m.state.rqs[ev.cpu].curr
+        if t is not self.replayer.tasks.get(pid) or t.mm is None or t.exiting or t.pf_kthread:
+            return False
+        self._marker_exit(ev)
+        return True
+
     def _inferred_exit(self, sw: SchedSwitch) -> None:
         """Sched inputs: the task switched out here ran exit_mm() before (its own switch to
         init_mm came before, or came after with little of exit_mmap() left to run from
         here, or the pass before found it switched in later without an mm): the model's
         exit runs now."""
-        t = self.m.state.rqs[sw.cpu].curr
-        if t is not self.replayer.tasks.get(sw.prev_pid) or t.mm is None or t.exiting:
+        if not self._exit_runs(sw, sw.prev_pid):
             return
-        if t.pf_kthread:  # its own CR3 loads are kthread_use_mm()'s
-            return
-        self._marker_exit(sw)
         early = sw.line in self.before_flush
         self.inferred[sw.prev_pid] = INFERRED_IN_EXIT_MMAP if early else INFERRED_EXIT
         if early:

@@ -111,10 +111,6 @@ class ExitWindows:
     # between: text_poke()'s use_temporary_mm() and unuse_temporary_mm(), a pair per
     # __text_poke(), and leave_mm() before them when the CPU was lazy (text_poke_hints)
     load_runs: list[list[int]] = field(default_factory=list)
-    # (lazy_exits) CR3 loads of exit_mmap()'s final flush that came before their task's first
-    # switch out in its exit window -> (pid, that switch's line); a flush IPI's load counts
-    # there too, but only the task's own load is exit_mmap()'s (Validator._exit_mmap_load)
-    exit_loads: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
     def scan(cls, events: Iterable[object]) -> ExitWindows:
@@ -221,7 +217,7 @@ class ExitWindows:
         j = bisect.bisect_left(outs, line) - 1
         return outs[j] if j >= 0 and outs[j] > last else None
 
-    def lazy_exits(self) -> tuple[dict[int, int], set[int]]:
+    def lazy_exits(self) -> tuple[dict[int, int], set[int], dict[int, tuple[int, int]]]:
         """Switch line -> pid whose exit_mm() ran before it, known before the fact: the pid
         loaded CR3 by itself outside a context switch (exit_mmap()'s switch of its lazy CPU
         to init_mm), then switched out before its sched_process_exit, with no sign of an mm
@@ -230,10 +226,13 @@ class ExitWindows:
         is inside its exit window. When there is none, a preemption before the load may be
         (_preempted_in_exit_mmap): those switch lines are the second value. (A kernel
         thread's own loads are kthread_use_mm(): the validator runs these exits for user
-        tasks only.) The loads followed by such a switch out are kept (exit_loads): there
-        the validator runs the exit's exit_mm() and that flush."""
+        tasks only.) The third value: the loads that such a switch out follows -> (pid, that
+        switch's line), where the validator runs the exit's exit_mm() and that flush (a flush
+        IPI's load is among them, but only the task's own is exit_mmap()'s:
+        Validator._exit_mmap_load)."""
         points: dict[int, int] = {}
         before: set[int] = set()
+        exit_loads: dict[int, tuple[int, int]] = {}
         for pid, loads in self.own_cr3_lines.items():
             outs = self.outs.get(pid, [])
             for f in loads:
@@ -243,11 +242,11 @@ class ExitWindows:
                 k = bisect.bisect_right(outs, f)
                 if k < len(outs) and outs[k] < span[1]:
                     points[outs[k]] = pid
-                    self.exit_loads[f] = (pid, outs[k])
+                    exit_loads[f] = (pid, outs[k])
                 elif (early := self._preempted_in_exit_mmap(pid, span, f)) is not None:
                     points[early] = pid
                     before.add(early)
-        return points, before
+        return points, before, exit_loads
 
     def _preempted_in_exit_mmap(self, pid: int, span: tuple[int, int], f: int) -> int | None:
         """The lazy exit's load `f` comes after its task's last switch before its
