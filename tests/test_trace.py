@@ -435,20 +435,88 @@ def test_a_prev_state_no_kernel_prints_is_refused(tmp_path: Path) -> None:
         list(read_trace(f))
 
 
+# What trace-cmd 3.1 prints for a trace.dat: report -f (the symbols the file keeps),
+# report -N (kernel formats), report -N -l (the latency layout: CPU and irq flags in one
+# column, comms cut to 8 characters); addresses as the 6.12 capture of a test had them
+REPORT_F = """ffffffff81000000 _text
+ffffffff810ada50 __pfx_switch_mm_irqs_off
+ffffffff810ada60 switch_mm_irqs_off
+ffffffff810adf60 __pfx_leave_mm
+ffffffff810c5040 mm_init
+ffffffff810c73a0 copy_process
+ffffffff810ca000 dup_mm
+"""
+REPORT_N = """cpus=2
+     rcu_preempt-18    [001]     4.316264: sched_switch:  prev_comm=rcu_preempt prev_pid=18 \
+prev_prio=120 prev_state=I ==> next_comm=init next_pid=155 next_prio=120
+     rcu_preempt-18    [001]     4.316413: mmswitch:      (ffffffff810ada64) prev=0x0 next=0x1
+          <idle>-0     [000]     4.316500: tlb_flush:     pages:-1 reason:remote shootdown (1)
+            init-1     [000]     4.317095: mminit:        \
+(ffffffff810c5040 <- ffffffff810c73df) ret=0xffff88800406f380
+            init-1     [000]     4.317869: tlb_flush:     pages:-1 reason:local mm shootdown (3)
+"""
+REPORT_L = """cpus=2
+rcu_pree-18      1d..2.     4.316264: sched_switch:  prev_comm=rcu_preempt prev_pid=18 \
+prev_prio=120 prev_state=I ==> next_comm=init next_pid=155 next_prio=120
+rcu_pree-18      1d..2.     4.316413: mmswitch:      (ffffffff810ada64) prev=0x0 next=0x1
+  <idle>-0       0d.h1.     4.316500: tlb_flush:     pages:-1 reason:remote shootdown (1)
+    init-1       0.....     4.317095: mminit:        \
+(ffffffff810c5040 <- ffffffff810c73df) ret=0xffff88800406f380
+    init-1       0d..1.     4.317869: tlb_flush:     pages:-1 reason:local mm shootdown (3)
+"""
+
+
+def _fake_trace_cmd(tmp_path: Path, report_l: str = REPORT_L) -> Path:
+    """A trace-cmd on PATH that prints REPORT_F, REPORT_N or `report_l` as asked."""
+    fake = tmp_path / "bin" / "trace-cmd"
+    fake.parent.mkdir(exist_ok=True)
+    for name, body in (("f", REPORT_F), ("n", REPORT_N), ("l", report_l)):
+        (tmp_path / f"report-{name}.txt").write_text(body)
+    fake.write_text(
+        '#!/bin/sh\n[ "$1" = report ] || exit 1\n'
+        f'case "$*" in *" -f"*) cat {tmp_path}/report-f.txt;;'
+        f' *" -l "*) cat {tmp_path}/report-l.txt;;'
+        f' *" -N "*) cat {tmp_path}/report-n.txt;; *) exit 1;; esac\n'
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return fake
+
+
 def test_trace_dat_goes_through_trace_cmd(tmp_path: Path) -> None:
+    """A trace.dat is read through trace-cmd report: its events by their kernel formats, the
+    irq flags of the latency layout's same line (a flush IPI's tlb_flush is in a hardirq),
+    comms whole, and kprobe addresses named from the symbols the file keeps, a return probe's
+    `(function <- return address)` the other way round from tracefs's `(caller <- function)`.
+    Without trace-cmd: the package to install."""
+    from activemm.trace.events import TlbFlush
+
     dat = tmp_path / "trace.dat"
     dat.write_bytes(b"\x17\x08\x44tracing6\x00 binary")
-    fake = tmp_path / "bin" / "trace-cmd"
-    fake.parent.mkdir()
-    report = tmp_path / "report.txt"
-    report.write_text(text("trace_cmd_report"))
-    fake.write_text(f'#!/bin/sh\n[ "$1" = report ] && [ "$2" = -i ] && cat {report}\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    fake = _fake_trace_cmd(tmp_path)
     env_path = os.environ["PATH"]
     try:
         os.environ["PATH"] = f"{fake.parent}:{env_path}"
-        n = sum(isinstance(e, SchedSwitch) for e in read_trace(dat))
-        assert n == len(event_lines("trace_cmd_report", "sched_switch"))
+        events = list(read_trace(dat))
+        switch, mmswitch, ipi, mminit, local = events
+        assert isinstance(switch, SchedSwitch) and switch.comm == "rcu_preempt"
+        assert switch.prev_state == "I" and switch.next_pid == 155
+        assert isinstance(mmswitch, Probe) and mmswitch.function == "switch_mm_irqs_off"
+        assert mmswitch.offset == 4 and not mmswitch.returned and mmswitch.args["next"] == "0x1"
+        assert isinstance(mminit, Probe) and mminit.function == "mm_init" and mminit.returned
+        assert mminit.caller == "copy_process" and mminit.args["ret"] == "0xffff88800406f380"
+        assert isinstance(ipi, TlbFlush) and ipi.hardirq
+        assert isinstance(local, TlbFlush) and not local.hardirq
+        # the two layouts disagreeing is an error naming the line, not events made up
+        _fake_trace_cmd(tmp_path, REPORT_L.replace("4.316500", "4.316501"))
+        with pytest.raises(TraceError, match=r"trace.dat:4: trace-cmd report printed different"):
+            list(read_trace(dat))
+        _fake_trace_cmd(tmp_path, REPORT_L.rsplit("\n", 2)[0] + "\n")
+        with pytest.raises(TraceError, match=r"trace.dat:6: trace-cmd report printed more lines"):
+            list(read_trace(dat))
+        # trace-cmd failing: its last word, not a traceback or half a trace taken as whole
+        fake.write_text("#!/bin/sh\necho 'trace-cmd: trace.dat: not a trace file' >&2\nexit 1\n")
+        with pytest.raises(TraceError, match=r"report failed: trace-cmd: trace.dat: not a trace"):
+            list(read_trace(dat))
         os.environ["PATH"] = str(tmp_path / "empty")
         with pytest.raises(TraceError, match="apt-get install trace-cmd"):
             list(read_trace(dat))

@@ -936,6 +936,16 @@ def capture(
             "(--allow-lost keeps it); give more for a long --program.",
         ),
     ] = 0,
+    trace_dat: Annotated[
+        bool,
+        typer.Option(
+            "--trace-dat",
+            help="Also write DIR/trace.dat: the same ring buffers read by trace-cmd extract in "
+            "the guest (the host's trace-cmd and its libraries go into the initramfs), with "
+            "the kernel's symbols, as `trace-cmd record` would have written them; `activemm "
+            "validate DIR/trace.dat` reads it (it needs trace-cmd).",
+        ),
+    ] = False,
 ) -> None:
     """Record what a real Linux kernel does with active_mm, in a QEMU guest.
 
@@ -969,7 +979,7 @@ def capture(
     opts = CaptureOptions(
         output, smp, workload, scale, accel, memory, timeout, allow_lost, run=run,
         program=program, modules=tuple(module or ()), kernel_args=" ".join(kernel_args.split()),
-        cpu=cpu, firmware=firmware, buffer_mb=buffer_mb,
+        cpu=cpu, firmware=firmware, buffer_mb=buffer_mb, trace_dat=trace_dat,
     )  # fmt: skip
     check_options(opts)
     progress("fetching the kernel" if kernel is None else f"using {kernel}")
@@ -1011,8 +1021,9 @@ def validate(
     trace: Annotated[
         Path,
         typer.Argument(
-            help="A capture directory (from `activemm capture`) or a tracefs text trace with "
-            "the kprobe lines of docs/validate.md (.gz/.xz/.zst)."
+            help="A capture directory (from `activemm capture`), a tracefs text trace with "
+            "the kprobe lines of docs/validate.md (.gz/.xz/.zst), or a trace.dat of trace-cmd "
+            "record (its kprobe addresses named from the symbols it keeps)."
         ),
     ],
     tasks: Annotated[
@@ -1038,6 +1049,16 @@ def validate(
             "on PREEMPT_RT, rcu_nocbs=all. A capture's meta.json says it by itself; for a "
             'trace recorded elsewhere pass "$(cat /proc/cmdline)", or preempt=MODE with '
             "the mode /sys/kernel/debug/sched/preempt shows in parentheses.",
+        ),
+    ] = None,
+    kallsyms: Annotated[
+        Path | None,
+        typer.Option(
+            "--kallsyms",
+            help="The recording boot's /proc/kallsyms (read as root), or `trace-cmd report "
+            "-f` of its trace.dat: names the kprobe locations trace-cmd report and perf "
+            "script text print as addresses, `(ffffffff810ada64)`, where tracefs prints "
+            "`(switch_mm_irqs_off+0x4/0x470)`.",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
@@ -1075,6 +1096,7 @@ def validate(
             mutants=mutant_names,
             kernel_args=kernel_args,
             progress=lambda msg: bar.update(job, description=msg),
+            kallsyms=kallsyms,
         )
     if result.preset_from.startswith("inferred"):
         err.print(f"activemm: preset {result.preset} ({result.preset_from}); --preset overrides")

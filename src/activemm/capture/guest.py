@@ -338,11 +338,13 @@ def build_initramfs(
     run: str | None = None,
     program: Path | None = None,
     modules: list[tuple[str, bytes]] | None = None,
+    trace_cmd: bool = False,
 ) -> Path:
     """busybox, /init, the workload and the kprobe definitions, as a gzipped cpio; with
     `program`, /bin/program; with `run` (or a program alone), /run.sh for /init to run after
     the built-in workload; `modules` in /modules, which /init loads in that order before
-    tracing starts."""
+    tracing starts; with `trace_cmd`, the host's trace-cmd and the shared libraries it loads
+    (/init then also writes the buffers as a trace.dat with `trace-cmd extract`)."""
     busybox = shutil.which("busybox")
     if busybox is None or not _is_static(Path(busybox)):
         raise CaptureError("a static busybox is needed: `apt-get install busybox-static`")
@@ -362,9 +364,39 @@ def build_initramfs(
     if run is not None or program is not None:
         c.file("run.sh", (f"{run if run is not None else 'program'}\n").encode())
     c.file("kprobes", ("\n".join(kprobes) + "\n").encode(), 0o644)
+    if trace_cmd:
+        made = {"bin"}
+        for name, data in trace_cmd_files():
+            parts = name.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                if "/".join(parts[:i]) not in made:
+                    made.add("/".join(parts[:i]))
+                    c.dir("/".join(parts[:i]))
+            c.file(name, data)
     path = work / "initramfs.cpio.gz"
     path.write_bytes(gzip.compress(c.finish(), compresslevel=1))
     return path
+
+
+def trace_cmd_files() -> list[tuple[str, bytes]]:
+    """The host's trace-cmd as bin/trace-cmd, and every shared library it loads (the dynamic
+    loader included) at the path the loader looks for it, as `ldd` lists them."""
+    exe = shutil.which("trace-cmd")
+    if exe is None:
+        raise CaptureError("--trace-dat needs trace-cmd: `apt-get install trace-cmd`")
+    ldd = subprocess.run(["ldd", exe], capture_output=True, text=True)
+    if ldd.returncode != 0:
+        raise CaptureError(f"ldd {exe} failed: {ldd.stderr.strip() or ldd.returncode}")
+    files = [("bin/trace-cmd", Path(exe).read_bytes())]
+    for line in ldd.stdout.splitlines():
+        # `libtracefs.so.1 => /lib/x86_64-linux-gnu/libtracefs.so.1 (0x...)`, or the loader
+        # `/lib64/ld-linux-x86-64.so.2 (0x...)`; the vDSO has no file
+        words = line.split()
+        path = words[2] if "=>" in words and len(words) > 2 else words[0] if words else ""
+        if not path.startswith("/"):
+            continue
+        files.append((path.lstrip("/"), Path(path).read_bytes()))
+    return files
 
 
 def _is_static(binary: Path) -> bool:

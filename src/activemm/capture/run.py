@@ -55,6 +55,7 @@ class CaptureOptions:
     cpu: str = ""  # QEMU's -cpu model (--cpu); "": host with KVM, QEMU's default with TCG
     firmware: str = "bios"  # bios (QEMU's SeaBIOS) | uefi (OVMF: EFI runtime services)
     buffer_mb: int = 0  # each CPU's ring buffer; 0: sized from --scale (ring_buffer_mb)
+    trace_dat: bool = False  # also write the buffers as trace.dat (trace-cmd extract)
 
 
 @dataclass
@@ -311,15 +312,16 @@ def ring_buffer_mb(opts: CaptureOptions) -> int:
     return BUFFER_MB + math.ceil(per_step * (opts.scale - 1))
 
 
-def min_memory_mb(smp: int, buffer_mb: int = BUFFER_MB) -> int:
+def min_memory_mb(smp: int, buffer_mb: int = BUFFER_MB, trace_dat: bool = False) -> int:
     """Guest memory that leaves room for every CPU's ring buffer of `buffer_mb` MiB (and the
-    buffers' own bookkeeping) besides the workload."""
-    return 256 + (64 + buffer_mb) * smp
+    buffers' own bookkeeping) besides the workload; with `trace_dat`, room in /tmp for a
+    trace.dat of full buffers and the kernel's symbols too."""
+    return 256 + (64 + buffer_mb * (2 if trace_dat else 1)) * smp + (48 if trace_dat else 0)
 
 
 def guest_memory_mb(opts: CaptureOptions) -> int:
     """The guest's memory: --memory, or 0 for the least its CPUs' ring buffers leave room in."""
-    return opts.memory_mb or min_memory_mb(opts.smp, ring_buffer_mb(opts))
+    return opts.memory_mb or min_memory_mb(opts.smp, ring_buffer_mb(opts), opts.trace_dat)
 
 
 def host_memory_mb() -> int:
@@ -330,7 +332,7 @@ def host_memory_mb() -> int:
 def check_options(opts: CaptureOptions) -> None:
     """Refuse what cannot work before anything is downloaded or booted."""
     buffer = ring_buffer_mb(opts)
-    least = min_memory_mb(opts.smp, buffer)
+    least = min_memory_mb(opts.smp, buffer, opts.trace_dat)
     if opts.memory_mb and opts.memory_mb < least:
         raise CaptureError(
             f"--memory {opts.memory_mb}: expected at least {least} MiB with {opts.smp} CPUs "
@@ -343,6 +345,8 @@ def check_options(opts: CaptureOptions) -> None:
             f"each) and this machine has {host} MiB: give a smaller --buffer-mb, --memory, "
             "--scale or --smp"
         )
+    if opts.trace_dat and shutil.which("trace-cmd") is None:
+        raise CaptureError("--trace-dat needs trace-cmd: `apt-get install trace-cmd`")
     out = opts.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CaptureError(f"{out}: exists and is not empty; choose another -o or remove it")
@@ -430,8 +434,9 @@ def capture(
         )
         modules += guest.named_modules(image.modules, opts.modules)
         initrd = guest.build_initramfs(
-            work, kprobes, run=opts.run, program=opts.program, modules=modules
-        )
+            work, kprobes, run=opts.run, program=opts.program, modules=modules,
+            trace_cmd=opts.trace_dat,
+        )  # fmt: skip
         # A core probe that missed a hit (one that fired inside another probe's handler, on
         # a vCPU the host had stalled) loses the recording, not the workload: one more.
         for recording in range(RECORDINGS):
@@ -478,6 +483,12 @@ def capture(
                 "the guest's ring buffers were reset during the workload (the trace lacks its "
                 "start marker; removing a kprobe or uprobe event does that): keep the workload "
                 "from removing trace events, or --allow-lost to keep the trace anyway"
+            )
+        if opts.trace_dat and "trace.dat" not in shipped.files:
+            why = shipped.files.get("trace-cmd.log", b"").decode(errors="replace").strip()
+            raise CaptureError(
+                "trace-cmd extract failed in the guest: "
+                + (why.splitlines()[-1] if why else "it left no message")
             )
         release = re.search(r"^release (\S+)", meta_text, re.M)
         fts = re.search(r"^finish_task_switch (\S+)", meta_text, re.M)
@@ -540,6 +551,8 @@ def capture(
             (tmp / "tasks_start.txt").write_bytes(shipped.files.get("tasks_start", b""))
             (tmp / "tasks_end.txt").write_bytes(shipped.files.get("tasks_end", b""))
             (tmp / "workload.log").write_bytes(shipped.files.get("workload.log", b""))
+            if opts.trace_dat:
+                (tmp / "trace.dat").write_bytes(shipped.files["trace.dat"])
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
             umask = os.umask(0)
             os.umask(umask)

@@ -26,6 +26,7 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from typing import IO, cast
 
@@ -45,6 +46,7 @@ from activemm.trace.events import (
     TraceEvent,
     state_letter,
 )
+from activemm.trace.kallsyms import Symbols, SymbolsError
 from activemm.trace.perfetto import looks_like_perfetto, perfetto_events
 
 FORMATS = ("ftrace", "perf", "tracedat", "perfetto")
@@ -337,9 +339,12 @@ def _open_bytes(path: str) -> IO[bytes]:
 TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
 
 
-def _events(path: str, fmt: str | None, stats: ReadStats, lenient: bool) -> Iterator[TraceEvent]:
+def _events(
+    path: str, fmt: str | None, stats: ReadStats, lenient: bool, symbols: Symbols | None = None
+) -> Iterator[TraceEvent]:
     """Events of the input, decompressed, in file order: a trace.dat goes through
-    `trace-cmd report`, a Perfetto trace through its protos, text line by line."""
+    `trace-cmd report`, a Perfetto trace through its protos, text line by line; kprobe
+    locations printed as addresses named from `symbols` (a trace.dat: else its own)."""
     stream, _ = _magic_stream(_open_bytes(path), path)
     try:
         head = stream.read(64)
@@ -347,7 +352,9 @@ def _events(path: str, fmt: str | None, stats: ReadStats, lenient: bool) -> Iter
             raise TraceError(path, None, "empty (no bytes at all): not a trace")
         rest = io.BufferedReader(_Prefixed(head, stream))
         if head.startswith(TRACE_DAT_MAGIC):
-            yield from parse_lines(_trace_dat_lines(path, rest), path, None, stats, lenient)
+            yield from parse_lines(
+                _trace_dat_lines(path, rest, symbols), path, None, stats, lenient
+            )
         elif fmt == "perfetto" or (fmt is None and looks_like_perfetto(head)):
             stats.fmt = "perfetto"
             yield from perfetto_events(rest, path, stats)
@@ -355,6 +362,8 @@ def _events(path: str, fmt: str | None, stats: ReadStats, lenient: bool) -> Iter
             text: Iterator[str] = io.TextIOWrapper(rest, encoding="utf-8", errors="replace")
             if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
                 text = _systrace_lines(text)
+            if symbols is not None:
+                text = symbols.name_probes(text)
             yield from parse_lines(text, path, fmt, stats, lenient)
     except (EOFError, zlib.error, lzma.LZMAError, OSError) as e:
         at = stats.lines + 1 if stats.lines else None
@@ -411,7 +420,12 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def _trace_dat_lines(path: str, stream: IO[bytes]) -> Iterator[str]:
+def _trace_dat_lines(path: str, stream: IO[bytes], symbols: Symbols | None) -> Iterator[str]:
+    """A trace.dat as tracefs text, through trace-cmd report: its events printed by their
+    kernel formats (-N: no plugin layouts; sched_switch's prev_state then says what tracefs
+    says), each line given the irq-flags column of the latency layout (-l, read alongside:
+    the same events in the same order, where it shortens comms to 8 characters), kprobe
+    addresses named from the symbols the file keeps (`report -f`) or `symbols`."""
     exe = shutil.which("trace-cmd")
     if exe is None:
         raise TraceError(
@@ -423,19 +437,68 @@ def _trace_dat_lines(path: str, stream: IO[bytes]) -> Iterator[str]:
     with tempfile.NamedTemporaryFile(suffix=".dat") as tmp:
         shutil.copyfileobj(stream, tmp)
         tmp.flush()
+        if symbols is None:
+            listed = subprocess.run(
+                [exe, "report", "-i", tmp.name, "-f"], capture_output=True, text=True, check=False
+            )
+            try:
+                symbols = Symbols.parse(listed.stdout.splitlines(), f"{path} (trace-cmd -f)")
+            except SymbolsError:
+                symbols = None  # recorded without them: probe lines stay addresses
+        plain = _trace_cmd(exe, path, [exe, "report", "-N", "-i", tmp.name])
+        latency = _trace_cmd(exe, path, [exe, "report", "-N", "-l", "-i", tmp.name])
+        lines = _with_flags(path, plain, latency)
+        yield from symbols.name_probes(lines) if symbols else lines
+
+
+def _trace_cmd(exe: str, path: str, argv: list[str]) -> Iterator[str]:
+    """The lines a trace-cmd command prints; its failure is the input's error. (Its stderr
+    goes to a file: a pipe nobody reads while stdout is read could fill and stall it.)"""
+    with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(
-            [exe, "report", "-i", tmp.name],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
+            argv, stdout=subprocess.PIPE, stderr=errors, text=True, errors="replace"
         )
         assert proc.stdout is not None
-        yield from proc.stdout
-        err = proc.stderr.read() if proc.stderr else ""
-        if proc.wait() != 0:
-            msg = err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
+        done = False
+        try:
+            yield from proc.stdout
+            done = True
+        finally:
+            proc.stdout.close()
+            if not done:  # the reader stopped early
+                proc.kill()
+            code = proc.wait()
+        if code != 0:
+            errors.seek(0)
+            err = errors.read().decode(errors="replace").strip()
+            msg = err.splitlines()[-1] if err else f"exit {code}"
             raise TraceError(path, None, f"trace-cmd report failed: {msg}")
+
+
+# trace-cmd report's default layout up to the timestamp, and its latency layout's
+# `COMM-PID CPUFLAGS TIMESTAMP:` (CPU digits, then the flags, which start with d, X or .)
+REPORT_HEAD = re.compile(r"^(?P<head>\s*.*?-\d+\s+\[\d+\])\s+(?P<ts>\d+\.\d+):")
+LATENCY_HEAD = re.compile(r"^\s*.*?-\d+\s+\d+(?P<flags>[^\d\s]\S*)\s+(?P<ts>\d+\.\d+):")
+
+
+def _with_flags(path: str, plain: Iterator[str], latency: Iterator[str]) -> Iterator[str]:
+    """trace-cmd report's lines with the flags of its latency layout's same line put in
+    the irq-flags column, as tracefs prints them."""
+    for n, (line, lat) in enumerate(zip_longest(plain, latency), start=1):
+        if line is None or lat is None:
+            raise TraceError(
+                path, n, "trace-cmd report printed more lines with -l than without, or fewer"
+            )
+        m = REPORT_HEAD.match(line)
+        f = LATENCY_HEAD.match(lat) if m else None
+        if m is None or f is None:
+            yield line
+            continue
+        if f["ts"] != m["ts"]:
+            raise TraceError(
+                path, n, "trace-cmd report printed different events with -l than without"
+            )
+        yield f"{m['head']} {f['flags']} {line[m.end('head') :].lstrip()}"
 
 
 def detect(line: str) -> str | None:
@@ -645,11 +708,13 @@ def read_trace(
     lenient: bool = False,
     stats: ReadStats | None = None,
     window: int = REORDER_WINDOW,
+    symbols: Symbols | None = None,
 ) -> Iterator[TraceEvent]:
-    """Stream typed events from a trace file ("-" for standard input)."""
+    """Stream typed events from a trace file ("-" for standard input); `symbols` names the
+    kprobe locations trace-cmd report and perf script print as addresses."""
     p = str(path)
     if fmt is not None and fmt not in FORMATS:
         raise TraceError(p, None, f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     stats = stats if stats is not None else ReadStats()
     text_fmt = None if fmt in (None, "tracedat") else fmt
-    return reorder(_events(p, text_fmt, stats, lenient), window, stats)
+    return reorder(_events(p, text_fmt, stats, lenient, symbols), window, stats)

@@ -12,6 +12,7 @@ from pathlib import Path
 from activemm.errors import ActiveMmError
 from activemm.model.config import preset
 from activemm.trace.events import Probe, SchedSwitch
+from activemm.trace.kallsyms import Symbols, SymbolsError
 from activemm.trace.readers import UNNAMED_PROBE, ReadStats, TraceError, read_trace
 from activemm.trace.replay import load_task_snapshot, peek_cpus
 from activemm.validate import kernel as kv
@@ -64,7 +65,9 @@ def preset_from_probes(events: Iterable[object]) -> str | None:
     return base + "-rt" if rt else base
 
 
-TRACE_NAMES = ("trace.txt.gz", "trace.txt", "trace.txt.xz", "trace.txt.zst", "trace.gz", "trace")
+TRACE_NAMES = (
+    "trace.txt.gz", "trace.txt", "trace.txt.xz", "trace.txt.zst", "trace.gz", "trace", "trace.dat"
+)  # fmt: skip
 TASKS_NAMES = ("tasks_start.txt", "tasks_start")
 
 
@@ -167,6 +170,19 @@ def locate(trace: Path, tasks: Path | None) -> tuple[Path, Path | None, str | No
     return trace, tasks, release
 
 
+def _symbols(path: Path) -> Symbols:
+    """A symbol table file (--kallsyms), or an error naming it and what was expected."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            return Symbols.parse(f, str(path))
+    except FileNotFoundError:
+        raise ActiveMmError(f"--kallsyms {path}: no such file") from None
+    except OSError as e:
+        raise ActiveMmError(f"--kallsyms {path}: cannot read it ({e.strerror})") from None
+    except SymbolsError as e:
+        raise ActiveMmError(f"--kallsyms {e}") from None
+
+
 def _report_done(say: Callable[[str], None], step: str, total: int, done: int) -> None:
     say(f"{step}: {done:,} of {total:,} events")
 
@@ -179,13 +195,16 @@ def validate(
     mutants: list[str] | None = None,
     kernel_args: str | None = None,
     progress: Callable[[str], None] | None = None,
+    kallsyms: Path | None = None,
 ) -> Result:
     """Replay `trace` through the model and score it against the trace's kprobe lines, under
     `preset_name` (default: the capture's kernel, from its metadata or else from where its
     kprobes landed) with `mutants`. `kernel_args`: the recorded kernel's command-line
     parameters (preempt=, rcu_nocbs=all), in place of those of the capture's metadata (a
     trace recorded elsewhere has none). `progress` hears what is being done (reading, each
-    replay's events so far)."""
+    replay's events so far). `kallsyms`: the recording boot's symbols, naming the kprobe
+    locations trace-cmd report and perf script text print as addresses (a trace.dat names
+    them from its own)."""
     say = progress or (lambda _msg: None)
     for word in (kernel_args or "").split():
         mode = word.removeprefix("preempt=")
@@ -194,9 +213,10 @@ def validate(
                 f"--kernel-args: {word}: expected preempt= one of {', '.join(PREEMPT_MODES)}"
             )
     path, tasks, release = locate(trace, tasks)
+    symbols = _symbols(kallsyms) if kallsyms is not None else None
     say(f"reading {path}")
     stats = ReadStats()
-    events, recovered = kv.recover_births(list(read_trace(str(path), stats=stats)))
+    events, recovered = kv.recover_births(list(read_trace(str(path), stats=stats, symbols=symbols)))
     probes: set[str] = set()
     for e in events:
         if not isinstance(e, Probe):
@@ -225,8 +245,9 @@ def validate(
             "docs/validate.md)"
             + (
                 f"; {unnamed} probe lines name an address, not a function, as trace-cmd "
-                "report and perf script print kprobes: give the tracefs text "
-                "(/sys/kernel/tracing/trace) instead"
+                "report and perf script print kprobes: give the recording boot's symbols "
+                "(--kallsyms, a copy of its /proc/kallsyms), the trace.dat itself, or the "
+                "tracefs text (/sys/kernel/tracing/trace)"
                 if unnamed
                 else ""
             )

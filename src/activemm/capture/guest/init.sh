@@ -148,6 +148,14 @@ stty -F /dev/ttyS1 raw -echo 2>/dev/null
     ship tasks_start /tmp/tasks_start
     ship tasks_end /tmp/tasks_end
     ship trace $T/trace
+    if [ -x /bin/trace-cmd ]; then  # --trace-dat: the same buffers, as trace-cmd reads them
+        # (after the text: extract consumes the buffers; it keeps /proc/kallsyms with them)
+        if (cd /tmp && trace-cmd extract -o /tmp/trace.dat) > /tmp/trace-cmd.log 2>&1; then
+            ship trace.dat /tmp/trace.dat
+        else
+            ship trace-cmd.log /tmp/trace-cmd.log
+        fi
+    fi
     echo "=== DONE"
 } > /dev/ttyS1
 say "shipped"
