@@ -24,6 +24,8 @@ from activemm.capture import WORKLOADS, guest, run
 from activemm.capture.kernel import CaptureError, KernelImage, extract_vmlinux, struct_offsets
 from activemm.trace.events import TraceEvent
 
+from .helpers import cli
+
 
 def _btf(types: list[bytes], strings: list[str]) -> bytes:
     """Raw BTF (include/uapi/linux/btf.h): header, type section, string section."""
@@ -62,7 +64,61 @@ def test_btf_offsets_look_through_anonymous_members() -> None:
         struct_offsets(_btf(types, names), "task_struct", (*guest_fields, "missing"))
 
 
-def test_ksm_offsets_read_either_name_of_the_rmap_item(monkeypatch: pytest.MonkeyPatch) -> None:
+def _task_btf() -> bytes:
+    """Raw BTF of a kernel whose task_struct has pid at 8, flags 12, mm 16, active_mm 24 and
+    comm 32, and nothing the markers need."""
+    names = ["int", "pid", "flags", "task_struct", "mm", "active_mm", "comm"]
+    o = lambda n: _off(names, n)  # noqa: E731
+    info = lambda kind, vlen: (kind << 24) | vlen  # noqa: E731
+    return _btf(
+        [
+            struct.pack("<IIII", o("int"), info(1, 0), 4, 32),  # 1: int
+            struct.pack("<III", o("task_struct"), info(4, 5), 48)
+            + b"".join(struct.pack("<III", o(n), 1, bits) for n, bits in
+                       (("pid", 64), ("flags", 96), ("mm", 128), ("active_mm", 192),
+                        ("comm", 256))),
+        ],
+        names,
+    )  # fmt: skip
+
+
+def test_probes_prints_the_kprobes_with_the_kernels_offsets(tmp_path: Path) -> None:
+    """`activemm probes`: the kprobe_events lines of docs/validate.md with the offsets of the
+    given kernel's BTF and finish_task_switch's clone name from its kallsyms, no marker
+    whose structs that BTF lacks; --script: a shell script (sh -n parses it) that defines
+    the same probes, the core ones marked so; errors are one line each."""
+    btf, syms = tmp_path / "btf", tmp_path / "kallsyms"
+    btf.write_bytes(_task_btf())
+    syms.write_text("ffffffff81000000 T _text\nffffffff81114d40 t finish_task_switch.isra.0\n")
+    r = cli("probes", "--btf", str(btf), "--kallsyms", str(syms), "--group", "mine")
+    assert r.returncode == 0, r.stderr
+    defs = [line for line in r.stdout.splitlines() if not line.startswith("#")]
+    assert defs[0] == (
+        "p:mine/mmswitch switch_mm_irqs_off prev=%di:x64 next=%si:x64 tsk=%dx:x64 "
+        "t_pid=+8(%dx):s32 t_flags=+12(%dx):x32 t_mm=+16(%dx):x64 t_active_mm=+24(%dx):x64 "
+        "t_comm=+32(%dx):string"
+    )
+    assert defs[2].startswith("p:mine/finish finish_task_switch.isra.0 prev=%di:x64 prev_pid=+8")
+    assert not any("io_destroy_buffers" in d or "mark_oom_victim" in d for d in defs)
+    r = cli("probes", "--btf", str(btf), "--script", "-o", str(tmp_path / "record.sh"))
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "record.sh").read_text()
+    assert subprocess.run(["sh", "-n", str(tmp_path / "record.sh")]).returncode == 0
+    assert "core p:activemm/mmswitch switch_mm_irqs_off prev=%di:x64" in text
+    assert "core p:activemm/finish @FINISH_TASK_SWITCH@ prev=%di:x64" in text
+    assert "marker p:activemm/leavemm leave_mm" in text
+    for args, error in [
+        (["--btf", str(syms)], "expected raw BTF"),
+        (["--btf", str(tmp_path / "none")], "cannot read the kernel's BTF"),
+        (["--btf", str(btf), "--kallsyms", str(btf)], "no finish_task_switch in it"),
+        (["--btf", str(btf), "--group", "a/b"], "--group a/b: expected a name"),
+        (["--btf", str(btf), "--module", "brd"], "--module brd: expected binder_linux or kvm"),
+    ]:
+        r = cli("probes", *args)
+        assert r.returncode == 2 and error in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_ksm_offsets_read_either_name_of_the_rmap_item() -> None:
     """KSM's markers need mm_struct.flags and .mm_users, and the rmap_item's mm: the struct
     is ksm_rmap_item since 6.1, rmap_item before; a kernel with neither gets no KSM markers."""
     from activemm.capture import kernel
@@ -83,12 +139,9 @@ def test_ksm_offsets_read_either_name_of_the_rmap_item(monkeypatch: pytest.Monke
                          + struct.pack("<III", o("mm"), 1, 128))  # fmt: skip
         return _btf(types, names)
 
-    image = KernelImage("6.1.0-0-amd64", Path("/"), Path("/"), Path("/"))
     for item in ("ksm_rmap_item", "rmap_item"):
-        monkeypatch.setattr(kernel, "btf", lambda image, item=item: btf_with(item))
-        assert kernel.ksm_offsets(image) == {"mm_users": 0, "flags": 8, "rmap_mm": 16}
-    monkeypatch.setattr(kernel, "btf", lambda image: btf_with(None))
-    assert kernel.ksm_offsets(image) == {}
+        assert kernel.ksm_offsets(btf_with(item)) == {"mm_users": 0, "flags": 8, "rmap_mm": 16}
+    assert kernel.ksm_offsets(btf_with(None)) == {}
 
 
 def _lz4_legacy(data: bytes) -> bytes:
@@ -594,6 +647,61 @@ def test_capture_trace_dat_is_read_and_scored_as_its_tracefs_text(tmp_path: Path
             assert getattr(got, name) == getattr(want, name), (inputs, name)
 
 
+@pytest.mark.capture
+@pytest.mark.skipif(
+    not QEMU_READY and not os.environ.get("CI"),
+    reason="needs qemu-system-x86, busybox-static and gcc (CI installs them)",
+)
+def test_the_recording_script_records_what_validate_scores(tmp_path: Path) -> None:
+    """`activemm probes --script` for Debian's 6.1 (offsets from its BTF) run in a guest by
+    busybox sh, in a tracefs instance of its own while the capture records too (probes of
+    another group): it defines its probes, records a workload, writes what validate reads
+    (a bare directory: trace, task snapshot, meta.json with the kernel and its command
+    line), and removes its probes and instance; the model scores on it as on a capture."""
+    from typer.testing import CliRunner
+
+    from activemm.capture.kernel import fetch
+    from activemm.cli import app
+    from activemm.validate import score, validate
+
+    image = fetch("6.1")
+    script = tmp_path / "record.sh"
+    r = CliRunner().invoke(app, ["probes", "--btf", str(image.vmlinux), "--script", "--group",
+                                 "mine", "-o", str(script)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    run_line = (
+        f"cat > /tmp/record.sh <<'SCRIPT'\n{script.read_text()}SCRIPT\n"
+        "BUFFER_KB=4096 sh /tmp/record.sh /tmp/rec -- /workload zombie,vfork,threads 1 >/dev/null\n"
+        'echo "=== status $?"\n'
+        'for f in meta.json tasks_start.txt kprobes.txt; do echo "=== $f"; cat /tmp/rec/$f; done\n'
+        'echo "=== trace.txt"; gzip -dc /tmp/rec/trace.txt.gz\n'
+        'echo "=== left"; grep -c mine/ /sys/kernel/tracing/kprobe_events; '
+        "ls /sys/kernel/tracing/instances\n"
+    )
+    out = tmp_path / "cap"
+    r = CliRunner().invoke(app, ["capture", "-o", str(out), "--smp", "2", "--run", run_line])
+    assert r.exit_code == 0, r.output
+    log = (out / "workload.log").read_text()
+    parts = dict(re.findall(r"^=== (\S+)\n(.*?)(?=^=== |\Z)", log, re.M | re.S))
+    assert log.count("=== status 0") == 1, log[-2000:]
+    # no probe of its group left, no instance (then /init's own last line)
+    assert parts["left"].startswith("0\nworkload exit status 0"), parts["left"]
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    for name in ("meta.json", "tasks_start.txt", "trace.txt"):
+        (rec / name).write_text(parts[name])
+    meta = json.loads(parts["meta.json"])
+    assert meta["kernel"] == image.release and "console=" in meta["kernel_args"]
+    assert "mine/mmswitch switch_mm_irqs_off" in parts["kprobes.txt"]
+    result = validate(rec)
+    assert result.preset == "linux-6.1-x86_64" and result.inputs == "markers"
+    assert result.context_switches.total > 100
+    assert result.context_switches.matched == result.context_switches.total
+    missed = [m for m in result.mismatches if m["group"] == "mmdrop"]
+    assert all(m["cause"] == score.RACE for m in missed), missed
+    assert result.outside_schedule.matched == result.outside_schedule.total
+
+
 FAKE_QEMU = r"""#!/usr/bin/env python3
 # A stand-in for qemu-system-x86_64: the first boot panics, the second ships a capture.
 import base64, gzip, os, sys
@@ -655,14 +763,10 @@ def _fake_qemu(
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_QEMU_DIR", str(tmp_path))
     monkeypatch.setenv("FAKE_QEMU_FIRST", first)
-    monkeypatch.setattr(run, "task_offsets", lambda image: {"pid": 1, "flags": 2, "mm": 3,
-                                                            "active_mm": 4, "comm": 5})  # fmt: skip
-    monkeypatch.setattr(run, "ring_offsets", lambda image: ring or {})
-    monkeypatch.setattr(run, "oom_offsets", lambda image: {})
-    monkeypatch.setattr(run, "proc_offsets", lambda image: {})
-    monkeypatch.setattr(run, "uffd_offsets", lambda image: {})
-    monkeypatch.setattr(run, "khugepaged_offsets", lambda image: {})
-    monkeypatch.setattr(run, "ksm_offsets", lambda image: {})
+    monkeypatch.setattr(run, "btf", lambda image: b"")
+    task = {"pid": 1, "flags": 2, "mm": 3, "active_mm": 4, "comm": 5}
+    monkeypatch.setattr(run, "probe_offsets", lambda data: {"task_struct": task,
+                                                            "io_ring_ctx": ring or {}})  # fmt: skip
     return KernelImage("6.1.0-0-amd64", tmp_path, tmp_path, tmp_path)
 
 

@@ -1007,6 +1007,112 @@ def capture(
     )
 
 
+@app.command()
+def probes(
+    btf_file: Annotated[
+        Path,
+        typer.Option(
+            "--btf",
+            help="The kernel's BTF: /sys/kernel/btf/vmlinux of the kernel you will record "
+            "(CONFIG_DEBUG_INFO_BTF), or a vmlinux with a .BTF section.",
+        ),
+    ] = Path("/sys/kernel/btf/vmlinux"),
+    kallsyms: Annotated[
+        Path,
+        typer.Option(
+            "--kallsyms",
+            help="Where finish_task_switch's real name is read (a compiler clone such as "
+            "finish_task_switch.isra.0; names read without root too). --script reads it "
+            "where it runs.",
+        ),
+    ] = Path("/proc/kallsyms"),
+    module: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--module",
+            help="binder_linux or kvm: add the markers of that module's functions (it must "
+            "be loaded before the probes are defined). Repeat for both.",
+        ),
+    ] = None,
+    script: Annotated[
+        bool,
+        typer.Option(
+            "--script",
+            help="Print a whole recording script instead: `sudo sh record.sh DIR COMMAND...` "
+            "sets up the tracepoints and these probes in a tracefs instance of its own, "
+            "records while COMMAND runs and writes DIR for `activemm validate DIR`.",
+        ),
+    ] = False,
+    group: Annotated[
+        str, typer.Option("--group", help="The kprobe event group (and tracefs instance).")
+    ] = "activemm",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write to FILE (whole or not at all), not stdout."),
+    ] = None,
+) -> None:
+    """Print the kprobes activemm validate reads, with this kernel's offsets.
+
+    The task_struct fields the probes fetch (pid, flags, mm, active_mm, comm) and the
+    markers' (io_uring, OOM, /proc files, userfaultfd, khugepaged, KSM) move from build to
+    build: they are read from the kernel's BTF, as `activemm capture` reads them for its
+    guest. Without --script the output is kprobe_events lines (`#` lines are comments the
+    kernel skips); define them one at a time, since a kernel lacking a function (dup_mmap
+    is inlined on 6.12) refuses its line and a write of several stops there. With
+    --script, a POSIX sh script that does all of it, records while your command runs and
+    cleans up after itself (docs/validate.md, "Recording on your own machine")."""
+    import re as _re
+
+    from activemm.capture import guest
+    from activemm.capture.kernel import probe_offsets, read_btf
+    from activemm.capture.script import recording_script
+    from activemm.fileio import write_atomic
+
+    if not _re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", group):
+        raise ActiveMmError(f"--group {group}: expected a name of letters, digits and _")
+    unknown = sorted({m.replace("-", "_") for m in module or ()} - {"binder_linux", "kvm"})
+    if unknown:
+        raise ActiveMmError(f"--module {unknown[0]}: expected binder_linux or kvm")
+    offsets = probe_offsets(read_btf(btf_file))
+    definitions = guest.definitions_for(offsets, module or ())
+    source = f"the kernel whose BTF is {btf_file}"
+    if script:
+        text = recording_script(definitions, source, group)
+    else:
+        fts = _finish_task_switch(kallsyms)
+        lines = [
+            f"# activemm's kprobes for {source}, finish_task_switch as {kallsyms} names it",
+            *(
+                d.replace("@FINISH_TASK_SWITCH@", fts).replace(
+                    f":{guest.GROUP}/", f":{group}/"
+                )
+                for d in definitions
+            ),
+            *(f"# then: echo '{rule}' > events/{group}/{ev}/filter" for ev, rule in
+              guest.FILTERS.items()),
+        ]  # fmt: skip
+        text = "\n".join(lines) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        write_atomic(output, text)
+        err.print(f"wrote {output}", highlight=False)
+
+
+def _finish_task_switch(kallsyms: Path) -> str:
+    """finish_task_switch's name in a kallsyms (a clone's `.isra.0` suffix and all)."""
+    import re as _re
+
+    try:
+        text = kallsyms.read_text(errors="replace")
+    except OSError as e:
+        raise ActiveMmError(f"--kallsyms {kallsyms}: cannot read it ({e.strerror})") from None
+    m = _re.search(r"^\S+ [tT] (finish_task_switch(?:\.\S*)?)$", text, _re.M)
+    if m is None:
+        raise ActiveMmError(f"--kallsyms {kallsyms}: no finish_task_switch in it")
+    return m[1]
+
+
 def _workload_label(workload: str, run: str | None, program: Path | None) -> str:
     parts = [] if workload == "none" else [workload]
     if program is not None:

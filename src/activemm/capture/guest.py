@@ -106,6 +106,19 @@ def kprobe_definitions(
     )
 
 
+def definitions_for(offsets: dict[str, dict[str, int]], modules: Collection[str] = ()) -> list[str]:
+    """kprobe_definitions() for the offsets kernel.probe_offsets() read from a kernel's BTF."""
+    o = offsets
+    return kprobe_definitions(
+        o["task_struct"], o.get("io_ring_ctx"), o.get("oom"), o.get("proc"),
+        o.get("userfaultfd"), o.get("khugepaged"), modules, o.get("ksm"),
+    )  # fmt: skip
+
+
+# the filters /init gives two markers that would fire far too often unfiltered
+FILTERS = {"uffddup": "octx != 0", "ksmremove": "mm_users == 0"}
+
+
 def ksm_markers(g: str, ksm: dict[str, int]) -> list[str]:
     """remove_rmap_item_from_tree(rmap_item), with rmap_item->mm and that mm's mm_users: ksmd
     (scan_get_next_rmap_item()) and an unmerge (unmerge_and_remove_all_rmap_items(), a

@@ -325,39 +325,39 @@ def btf(image: KernelImage) -> bytes:
     return elf_section(image.vmlinux.read_bytes(), ".BTF")
 
 
-def task_offsets(image: KernelImage) -> dict[str, int]:
-    """`task_struct` member offsets of this kernel build, from its BTF."""
-    return struct_offsets(btf(image), "task_struct", TASK_FIELDS)
+def task_offsets(data: bytes) -> dict[str, int]:
+    """`task_struct` member offsets of this kernel build, from its BTF (`data`, raw)."""
+    return struct_offsets(data, "task_struct", TASK_FIELDS)
 
 
-def oom_offsets(image: KernelImage) -> dict[str, int]:
+def oom_offsets(data: bytes) -> dict[str, int]:
     """`task_struct.signal` ("signal") and the `signal_struct` members `oom_mm` and `sigcnt`:
     mark_oom_victim() mmgrab()s the victim's mm into signal->oom_mm, and free_signal_struct()
     mmdrop_async()s it when __put_task_struct() puts the last sigcnt. {} when the BTF lacks
     one (an OOM killer without oom_mm)."""
     try:
-        signal = struct_offsets(btf(image), "task_struct", ("signal",))
-        return {**signal, **struct_offsets(btf(image), "signal_struct", ("oom_mm", "sigcnt"))}
+        signal = struct_offsets(data, "task_struct", ("signal",))
+        return {**signal, **struct_offsets(data, "signal_struct", ("oom_mm", "sigcnt"))}
     except CaptureError:
         return {}
 
 
-def proc_offsets(image: KernelImage) -> dict[str, int]:
+def proc_offsets(data: bytes) -> dict[str, int]:
     """`file.private_data`, `seq_file.private` and `proc_maps_private.mm`: where the release
     of a /proc/PID/{mem,environ,auxv,pagemap} file finds the mm proc_mem_open() mmgrab()bed
     (private_data itself), and that of maps, smaps, numa_maps and smaps_rollup (through the
     seq_file). {} when the BTF lacks one."""
     try:
         return {
-            **struct_offsets(btf(image), "file", ("private_data",)),
-            **struct_offsets(btf(image), "seq_file", ("private",)),
-            **struct_offsets(btf(image), "proc_maps_private", ("mm",)),
+            **struct_offsets(data, "file", ("private_data",)),
+            **struct_offsets(data, "seq_file", ("private",)),
+            **struct_offsets(data, "proc_maps_private", ("mm",)),
         }
     except CaptureError:
         return {}
 
 
-def uffd_offsets(image: KernelImage) -> dict[str, int]:
+def uffd_offsets(data: bytes) -> dict[str, int]:
     """`file.private_data` and `userfaultfd_ctx.mm`: where userfaultfd_release() finds the
     mm new_userfaultfd() mmgrab()bed for the file; with `vm_area_struct.vm_mm`,
     `vm_area_struct.vm_userfaultfd_ctx` (whose `ctx` is its first member) and
@@ -366,20 +366,20 @@ def uffd_offsets(image: KernelImage) -> dict[str, int]:
     kernel without userfaultfd)."""
     try:
         found = {
-            **struct_offsets(btf(image), "file", ("private_data",)),
-            **struct_offsets(btf(image), "userfaultfd_ctx", ("mm",)),
+            **struct_offsets(data, "file", ("private_data",)),
+            **struct_offsets(data, "userfaultfd_ctx", ("mm",)),
         }
     except CaptureError:
         return {}
     try:
-        found.update(struct_offsets(btf(image), "userfaultfd_ctx", ("features",)))
-        found.update(struct_offsets(btf(image), "vm_area_struct", ("vm_mm", "vm_userfaultfd_ctx")))
+        found.update(struct_offsets(data, "userfaultfd_ctx", ("features",)))
+        found.update(struct_offsets(data, "vm_area_struct", ("vm_mm", "vm_userfaultfd_ctx")))
     except CaptureError:
         pass  # the fork marker is left out
     return found
 
 
-def ksm_offsets(image: KernelImage) -> dict[str, int]:
+def ksm_offsets(data: bytes) -> dict[str, int]:
     """`mm_struct.flags` and `mm_struct.mm_users`, and `ksm_rmap_item.mm`: whether KSM's
     reference to an exiting mm outlives its __mmput (MMF_VM_MERGEABLE still set once
     __ksm_exit() has run: the mm's slot has rmap_items or ksmd's cursor rests on it, and
@@ -387,18 +387,18 @@ def ksm_offsets(image: KernelImage) -> dict[str, int]:
     takes out, with that mm's users (0: the removal of an exited mm's slot). {} when the BTF
     lacks one (a kernel without KSM). The struct is `rmap_item` before 6.1."""
     try:
-        mm = struct_offsets(btf(image), "mm_struct", ("flags", "mm_users"))
+        mm = struct_offsets(data, "mm_struct", ("flags", "mm_users"))
     except CaptureError:
         return {}
     for item in ("ksm_rmap_item", "rmap_item"):
         try:
-            return {**mm, "rmap_mm": struct_offsets(btf(image), item, ("mm",))["mm"]}
+            return {**mm, "rmap_mm": struct_offsets(data, item, ("mm",))["mm"]}
         except CaptureError:
             continue
     return {}
 
 
-def khugepaged_offsets(image: KernelImage) -> dict[str, int]:
+def khugepaged_offsets(data: bytes) -> dict[str, int]:
     """Where khugepaged keeps the mm its scan cursor rests on (`khugepaged_scan.mm_slot`,
     then the `mm` of that slot: khugepaged_mm_slot begins with its mm_slot) and
     `mm_struct.mm_users`: __khugepaged_exit() leaves khugepaged's reference to an exiting mm
@@ -406,20 +406,57 @@ def khugepaged_offsets(image: KernelImage) -> dict[str, int]:
     mm_users is 0. {} when the BTF lacks one (no transparent huge pages, or a kernel older
     than the struct mm_slot of 6.1)."""
     try:
-        slot = struct_offsets(btf(image), "khugepaged_mm_slot", ("slot",))
+        slot = struct_offsets(data, "khugepaged_mm_slot", ("slot",))
         return {
-            "scan_slot": struct_offsets(btf(image), "khugepaged_scan", ("mm_slot",))["mm_slot"],
-            "slot_mm": slot["slot"] + struct_offsets(btf(image), "mm_slot", ("mm",))["mm"],
-            "mm_users": struct_offsets(btf(image), "mm_struct", ("mm_users",))["mm_users"],
+            "scan_slot": struct_offsets(data, "khugepaged_scan", ("mm_slot",))["mm_slot"],
+            "slot_mm": slot["slot"] + struct_offsets(data, "mm_slot", ("mm",))["mm"],
+            "mm_users": struct_offsets(data, "mm_struct", ("mm_users",))["mm_users"],
         }
     except CaptureError:
         return {}
 
 
-def ring_offsets(image: KernelImage) -> dict[str, int]:
+def ring_offsets(data: bytes) -> dict[str, int]:
     """`io_ring_ctx` offset of `mm_account` (the mm io_uring_create() mmgrab()s); {} for a
     kernel without io_uring."""
     try:
-        return struct_offsets(btf(image), "io_ring_ctx", ("mm_account",))
+        return struct_offsets(data, "io_ring_ctx", ("mm_account",))
     except CaptureError:
         return {}
+
+
+def probe_offsets(data: bytes) -> dict[str, dict[str, int]]:
+    """Every offset the probes fetch through, from a kernel's raw BTF, by what it belongs to
+    (meta.json's `btf_offsets`); {} for the markers of a subsystem the kernel lacks."""
+    return {
+        "task_struct": task_offsets(data),
+        "io_ring_ctx": ring_offsets(data),
+        "oom": oom_offsets(data),
+        "proc": proc_offsets(data),
+        "userfaultfd": uffd_offsets(data),
+        "khugepaged": khugepaged_offsets(data),
+        "ksm": ksm_offsets(data),
+    }
+
+
+BTF_MAGIC = b"\x9f\xeb"  # 0xeB9F, little-endian
+
+
+def read_btf(path: Path) -> bytes:
+    """A kernel's raw BTF from `path`: /sys/kernel/btf/vmlinux itself, or the .BTF section
+    of a vmlinux (ELF); anything else is an error naming the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CaptureError(f"{path}: cannot read the kernel's BTF ({e.strerror})") from None
+    if data[:4] == b"\x7fELF":
+        try:
+            return elf_section(data, ".BTF")
+        except CaptureError as e:
+            raise CaptureError(f"{path}: {e}") from None
+    if data[:2] != BTF_MAGIC:
+        raise CaptureError(
+            f"{path}: expected raw BTF (/sys/kernel/btf/vmlinux, a kernel built with "
+            "CONFIG_DEBUG_INFO_BTF) or a vmlinux with a .BTF section"
+        )
+    return data

@@ -23,14 +23,9 @@ from activemm.capture import WORKLOADS, guest
 from activemm.capture.kernel import (
     CaptureError,
     KernelImage,
-    khugepaged_offsets,
-    ksm_offsets,
+    btf,
     need,
-    oom_offsets,
-    proc_offsets,
-    ring_offsets,
-    task_offsets,
-    uffd_offsets,
+    probe_offsets,
 )
 
 BOOT_TIMEOUT_KVM = 45.0  # a broken KVM can hang silently in the decompressor
@@ -415,14 +410,8 @@ def capture(
     """Record one capture into opts.out. Returns the metadata written."""
     check_options(opts)
     out = opts.out
-    offsets = task_offsets(image)
-    ring = ring_offsets(image)
-    oom = oom_offsets(image)
-    proc = proc_offsets(image)
-    uffd = uffd_offsets(image)
-    thp = khugepaged_offsets(image)
-    ksm = ksm_offsets(image)
-    kprobes = guest.kprobe_definitions(offsets, ring, oom, proc, uffd, thp, opts.modules, ksm)
+    offsets = probe_offsets(btf(image))
+    kprobes = guest.definitions_for(offsets, opts.modules)
     work = Path(tempfile.mkdtemp(prefix="activemm-capture-"))
     try:
         progress("building the initramfs (busybox, workload, kprobes)")
@@ -523,15 +512,7 @@ def capture(
             "accel": accel,
             "cpu": opts.cpu or ("host" if accel == "kvm" else "qemu64"),
             "firmware": opts.firmware,
-            "btf_offsets": {
-                "task_struct": offsets,
-                "io_ring_ctx": ring,
-                "oom": oom,
-                "proc": proc,
-                "userfaultfd": uffd,
-                "khugepaged": thp,
-                "ksm": ksm,
-            },
+            "btf_offsets": offsets,
             "finish_task_switch": fts[1] if fts else None,
             "kprobes": shipped.files.get("kprobes", b"").decode().splitlines(),
             "kprobes_refused": failed,
