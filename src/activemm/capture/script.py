@@ -111,12 +111,14 @@ snapshot > "$OUT/tasks_end.txt"
 gzip -c $I/trace > "$OUT/trace.txt.gz.part" && mv "$OUT/trace.txt.gz.part" "$OUT/trace.txt.gz"
 lost=$(cat $I/per_cpu/cpu*/stats | grep -E '^(overrun|dropped events): [1-9]')
 [ -z "$lost" ] || say "the ring buffers lost events ($lost): record again with a larger BUFFER_KB"
-missed=$(awk -v ORS=, '$3 > 0 { printf "\"%s\": %s,", $1, $3 }' $T/kprobe_profile | sed 's/,*$//')
-args=$(sed 's/\\/\\\\/g; s/"/\\"/g' /proc/cmdline)
+missed=$(awk '$3 > 0 { printf "\"%s\": %s,", $1, $3 }' $T/kprobe_profile | sed 's/,*$//')
+json() { sed 's/\\/\\\\/g; s/"/\\"/g'; }  # a JSON string's inside
+args=$(json < /proc/cmdline)
+version=$(uname -v | json)
 mode=$(sed -n 's/.*(\([a-z]*\)).*/\1/p' /sys/kernel/debug/sched/preempt 2>/dev/null)
 [ -z "$mode" ] || args="$args preempt=$mode"
 cat > "$OUT/meta.json" <<META
-{"kernel": "$(uname -r)", "kernel_version": "$(uname -v | sed 's/"/\\"/g')",
+{"kernel": "$(uname -r)", "kernel_version": "$version",
  "cpus": $(grep -c '^processor' /proc/cpuinfo), "kernel_args": "$args",
  "kprobe_missed": {$missed}, "recorded_by": "activemm probes --script"}
 META
