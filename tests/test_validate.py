@@ -3727,3 +3727,26 @@ def test_validate_reports_its_progress_on_long_work() -> None:
     assert done == list(range(0, total, PROGRESS_EVERY))
     assert all(m.endswith(f"of {total:,} events") for m in said[2 : starts[1]])
     assert r.as_dict() == validate(capture, inputs="sched").as_dict()
+
+
+@pytest.mark.parametrize("name", ["linux-6.12-smp2-program26", "linux-6.1-rt-smp2-program43"])
+def test_a_trace_without_its_tgid_column_scores_as_with_it(tmp_path: Path, name: str) -> None:
+    """trace-cmd report and tracefs without record-tgid print no tgid column. With
+    tracepoints only, the exit windows need thread groups (a group being killed: its
+    tasks' preemptions came before their exit_mm()); without the column they come from the
+    task snapshot and task_newtask's clone flags (CLONE_THREAD: the parent's group), and
+    the same capture with its column removed scores exactly as with it (these two lost 12
+    and 8 switches before)."""
+    from activemm.validate import validate
+
+    cap = CAPTURES / name
+    text = gzip.decompress((cap / "trace.txt.gz").read_bytes()).decode()
+    bare = re.sub(r"^(\s*.*?-\d+)\s+\(\s*[\d-]+\)\s+\[", r"\1 [", text, flags=re.M)
+    assert bare.count("\n") == text.count("\n") and "(     " not in bare
+    (tmp_path / "trace.txt").write_text(bare)
+    for f in ("tasks_start.txt", "meta.json"):
+        shutil.copy(cap / f, tmp_path / f)
+    want, got = validate(cap, inputs="sched"), validate(tmp_path, inputs="sched")
+    for group in ("context_switches", "mmdrop", "outside_schedule"):
+        assert getattr(got, group) == getattr(want, group), group
+    assert want.context_switches.matched < want.context_switches.total  # exit windows to place

@@ -144,7 +144,11 @@ class Validator(MarkerSteps, Clocked):
         # vhost workers that used their mm, by id() (kept alive: an id() is not reused)
         self.vhost_workers: dict[int, Task] = {}
         self.loaded_sure: dict[int, bool] = {}  # CPU -> the model knows what it has loaded
-        self.windows = ExitWindows.scan(events) if inputs == "sched" else None
+        self.windows = (
+            ExitWindows.scan(events, {pid: t.tgid for pid, t in (snapshot or {}).items()})
+            if inputs == "sched"
+            else None
+        )
         # exits known before the fact: exit_mmap()'s switch of a lazy CPU to init_mm, those
         # of them placed at a preemption before it, and the loads that come before the switch
         self.lazy_exits, self.before_flush, self.exit_loads = (

@@ -52,6 +52,7 @@ from activemm.trace.events import (
     TlbFlush,
     TraceEvent,
 )
+from activemm.trace.replay import CLONE_THREAD
 
 EXIT_MMAP_RATIO = 2.5  # see ExitWindows._preempted_in_exit_mmap
 
@@ -96,7 +97,9 @@ class ExitWindows:
     sleeps: dict[int, list[int]] = field(default_factory=dict)
     preempted: set[int] = field(default_factory=set)  # switch lines whose prev_state is "R+"
     exits: dict[int, list[int]] = field(default_factory=dict)  # its sched_process_exit
-    tgids: dict[int, int] = field(default_factory=dict)  # pid -> its thread group (tgid column)
+    # pid -> its thread group: the tgid column, or without one (trace-cmd report) the task
+    # snapshot's and task_newtask's clone flags
+    tgids: dict[int, int] = field(default_factory=dict)
     # tgid -> (line, pid) of its tasks' sched_process_exit
     group_exits: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     # tasks that loaded CR3 outside a context switch, not in an interrupt: exec, exit_mmap's
@@ -113,9 +116,11 @@ class ExitWindows:
     load_runs: list[list[int]] = field(default_factory=list)
 
     @classmethod
-    def scan(cls, events: Iterable[object]) -> ExitWindows:
-        w = cls()
+    def scan(cls, events: Iterable[object], tgids: dict[int, int] | None = None) -> ExitWindows:
+        """`tgids`: the task snapshot's thread groups, for a trace without a tgid column."""
         events = list(events)
+        column = any(isinstance(e, TraceEvent) and e.tgid is not None for e in events)
+        w = cls(tgids={} if column else dict(tgids or {}))
         at_switch = context_switch_loads(events)
         running: dict[int, str] = {}  # CPU -> the comm its last traced switch went to
         run: dict[int, list[int]] = {}  # CPU -> its own CR3 loads since its last other event
@@ -160,6 +165,9 @@ class ExitWindows:
                     w.own_cr3_lines.setdefault(e.pid, []).append(e.line)
             elif isinstance(e, NewTask | ProcessFork):
                 w.had_mm.setdefault(e.pid, []).append(e.line)
+                if isinstance(e, NewTask) and not column:  # clone's flags say
+                    thread = e.clone_flags & CLONE_THREAD
+                    w.tgids[e.child_pid] = w.tgids.get(e.pid, e.pid) if thread else e.child_pid
             elif isinstance(e, ProcessExec):
                 w.had_mm.setdefault(e.exec_pid, []).append(e.line)
             elif isinstance(e, TaskRename) and e.rename_pid == e.pid:
@@ -167,8 +175,9 @@ class ExitWindows:
             elif isinstance(e, ProcessExit):
                 w.ts[e.line] = e.ts
                 w.exits.setdefault(e.exit_pid, []).append(e.line)
-                if e.tgid is not None and e.exit_pid == e.pid:
-                    w.group_exits.setdefault(e.tgid, []).append((e.line, e.pid))
+                tgid = e.tgid if e.tgid is not None else w.tgids.get(e.pid)
+                if tgid is not None and e.exit_pid == e.pid:
+                    w.group_exits.setdefault(tgid, []).append((e.line, e.pid))
             if e.tgid is not None and e.pid > 0:
                 w.tgids[e.pid] = e.tgid
         w.load_runs += [loads for loads in run.values() if len(loads) >= 2]
