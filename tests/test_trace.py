@@ -524,6 +524,102 @@ def test_trace_dat_goes_through_trace_cmd(tmp_path: Path) -> None:
         os.environ["PATH"] = env_path
 
 
+# perf script's text of a perf.data (-F comm,pid,tid,cpu,time,event,trace --ns): an exited
+# task's last switch, its CR3 load and an IPI it takes before it, as perf prints them once
+# the task's pid is gone (`:-1`, tid -1); and what perf's Python scripting prints for each
+# sample: CPU, time in ns, common_flags, preemption depth, migrate-disable depth
+PERF_SCRIPT = """\
+         program   167/169   [000]     6.050894554: sched:sched_process_exit: comm=program \
+pid=169 prio=120
+             :-1   167/-1    [000]     6.050990000:            tlb:tlb_flush: pages:-1 \
+reason:remote shootdown (1)
+             :-1   167/-1    [000]     6.051016015:       sched:sched_switch: prev_comm=program \
+prev_pid=169 prev_prio=120 prev_state=X ==> next_comm=worker next_pid=175 next_prio=120
+             :-1   167/-1    [000]     6.051041253:            tlb:tlb_flush: pages:-1 \
+reason:flush on task switch (0)
+          worker   165/175   [000]     6.051057246:            tlb:tlb_flush: pages:1 \
+reason:local mm shootdown (3)
+"""
+PERF_FLAGS = """\
+0 6050894554 1 2 0
+0 6050990000 9 1 0
+0 6051016015 1 3 1
+0 6051041253 1 3 0
+0 6051057246 4 0 0
+"""
+
+
+def _fake_perf(tmp_path: Path, flags: str = PERF_FLAGS) -> Path:
+    """A perf on PATH whose `perf script` prints PERF_SCRIPT, and with -s, `flags`."""
+    fake = tmp_path / "bin" / "perf"
+    fake.parent.mkdir(exist_ok=True)
+    (tmp_path / "script.txt").write_text(PERF_SCRIPT)
+    (tmp_path / "flags.txt").write_text(flags)
+    fake.write_text(
+        '#!/bin/sh\n[ "$1" = script ] || exit 1\n'
+        f'case "$*" in *" -s "*) cat {tmp_path}/flags.txt;; *) cat {tmp_path}/script.txt;; esac\n'
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return fake
+
+
+def test_perf_data_goes_through_perf_script_with_its_irq_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A perf.data is read through perf script, each sample given the irq flags perf's
+    Python scripting reads from it (perf script prints none): a flush IPI's tlb_flush is in
+    a hardirq, the task's own is not; a switch's migrate-disable depth comes along. The
+    samples an exited task runs once its pid is gone (`:-1 -1`: the IPI it took, its last
+    switch and that switch's CR3 load) are that task's, the CPU's current one. The two
+    reads disagreeing is an error naming the sample; without perf, the package to install."""
+    from activemm.trace.events import ProcessExit, TlbFlush
+
+    data = tmp_path / "perf.data"
+    data.write_bytes(b"PERFILE2" + bytes(56))
+    fake = _fake_perf(tmp_path)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    events = list(read_trace(data))
+    exit_, ipi, switch, load, local = events
+    assert isinstance(exit_, ProcessExit) and exit_.pid == 169 and exit_.tgid == 167
+    assert isinstance(ipi, TlbFlush) and ipi.hardirq and (ipi.pid, ipi.comm) == (169, "program")
+    assert isinstance(switch, SchedSwitch) and (switch.pid, switch.comm) == (169, "program")
+    assert switch.prev_pid == 169 and switch.migrate_disabled == 1
+    assert isinstance(load, TlbFlush) and load.cr3_load and not load.hardirq
+    assert (load.pid, load.comm) == (169, "program")  # the switch's own CR3 load
+    assert isinstance(local, TlbFlush) and local.pid == 175 and not local.hardirq
+    # disagreeing reads: an error naming the sample, not flags put on the wrong line
+    _fake_perf(tmp_path, PERF_FLAGS.replace("6051016015", "6051016016"))
+    with pytest.raises(TraceError, match=r"perf.data:3: perf script and its Python script"):
+        list(read_trace(data))
+    _fake_perf(tmp_path, PERF_FLAGS.rsplit("\n", 2)[0] + "\n")
+    with pytest.raises(TraceError, match=r"perf.data:5: perf's Python scripting read fewer"):
+        list(read_trace(data))
+    # perf built without Python: its own message
+    fake.write_text(
+        '#!/bin/sh\ncase "$*" in *" -s "*) echo "Error: Couldn\'t find script" >&2; exit 255;;'
+        f" *) cat {tmp_path}/script.txt;; esac\n"
+    )
+    with pytest.raises(TraceError, match=r"perf script -s failed: Error: Couldn't find"):
+        list(read_trace(data))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(TraceError, match="apt-get install linux-perf"):
+        list(read_trace(data))
+
+
+def test_irq_flags_print_as_tracefs_prints_them() -> None:
+    """kernel/trace/trace_output.c trace_print_lat_fmt(): irqs off (d), need-resched (N with
+    the preempt-resched bit, n without, p that alone), hardirq h, softirq s, both H, NMI z
+    (Z with hardirq), then the preemption and migrate-disable depths in hex."""
+    from activemm.trace.readers import irq_flags
+
+    assert irq_flags(0x00, 0, 0) == "....."
+    assert irq_flags(0x01 | 0x08, 1, 0) == "d.h1."
+    assert irq_flags(0x01 | 0x04 | 0x20 | 0x08 | 0x10, 2, 1) == "dNH21"
+    assert irq_flags(0x04, 0, 0) == ".n..." and irq_flags(0x20, 0, 0) == ".p..."
+    assert irq_flags(0x40 | 0x08, 0xF, 0) == "..Zf." and irq_flags(0x40, 0, 0) == "..z.."
+    assert irq_flags(0x02, 0, 3) == "X...3"
+
+
 def _independent_cases(name: str) -> Counter[str]:
     """Count context-switch cases straight from the text and the task snapshot: a task is
     "kernel" (mm == NULL) if it is pid 0, a kernel thread in the snapshot, or past its own

@@ -507,8 +507,8 @@ def replay(
     trace: Annotated[
         str,
         typer.Argument(
-            help="Trace: tracefs/trace-cmd text, perf script, trace.dat; .gz/.xz/.zst; - = stdin;"
-            " or a capture directory (activemm capture)."
+            help="Trace: tracefs/trace-cmd text, perf script, trace.dat, perf.data; "
+            ".gz/.xz/.zst; - = stdin; or a capture directory (activemm capture)."
         ),
     ],
     preset_names: Annotated[
@@ -541,7 +541,9 @@ def replay(
     ] = None,
     fmt: Annotated[
         str | None,
-        typer.Option("--format", help="ftrace, perf, tracedat or perfetto (default: detected)."),
+        typer.Option(
+            "--format", help="ftrace, perf, tracedat, perfdata or perfetto (default: detected)."
+        ),
     ] = None,
     cpus: Annotated[
         int | None,
@@ -1128,8 +1130,9 @@ def validate(
         Path,
         typer.Argument(
             help="A capture directory (from `activemm capture`), a tracefs text trace with "
-            "the kprobe lines of docs/validate.md (.gz/.xz/.zst), or a trace.dat of trace-cmd "
-            "record (its kprobe addresses named from the symbols it keeps)."
+            "the kprobe lines of docs/validate.md (.gz/.xz/.zst), a trace.dat of trace-cmd "
+            "record (its kprobe addresses named from the symbols it keeps), or a perf.data of "
+            "perf record -a (read through perf script; give --kallsyms)."
         ),
     ],
     tasks: Annotated[
@@ -1162,8 +1165,8 @@ def validate(
         typer.Option(
             "--kallsyms",
             help="The recording boot's /proc/kallsyms (read as root), or `trace-cmd report "
-            "-f` of its trace.dat: names the kprobe locations trace-cmd report and perf "
-            "script text print as addresses, `(ffffffff810ada64)`, where tracefs prints "
+            "-f` of its trace.dat: names the kprobe locations trace-cmd report, perf "
+            "script and a perf.data print as addresses, `(ffffffff810ada64)`, where tracefs prints "
             "`(switch_mm_irqs_off+0x4/0x470)`.",
         ),
     ] = None,

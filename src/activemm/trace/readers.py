@@ -5,6 +5,8 @@ Formats (detected from the content; `fmt` overrides):
   irq-flags columns) and `trace-cmd report` text (including its own sched_switch format);
 - "perf": `perf script` text of `perf record -e 'sched:*' -e 'task:*'`;
 - "tracedat": a binary trace.dat, read through `trace-cmd report` (Debian package trace-cmd);
+- "perfdata": a perf.data of `perf record`, read through `perf script` (Debian package
+  linux-perf), with each event's irq flags from perf's Python scripting;
 - "perfetto": a Perfetto protobuf trace with ftrace sched events (`pip install perfetto`).
 Any of these may be gzip, xz or zstd compressed; "-" is standard input. Lines are read one at a
 time; events come out merged by timestamp through a bounded reorder window.
@@ -49,7 +51,7 @@ from activemm.trace.events import (
 from activemm.trace.kallsyms import Symbols, SymbolsError
 from activemm.trace.perfetto import looks_like_perfetto, perfetto_events
 
-FORMATS = ("ftrace", "perf", "tracedat", "perfetto")
+FORMATS = ("ftrace", "perf", "tracedat", "perfdata", "perfetto")
 REORDER_WINDOW = 4096  # text traces: the kernel already merged the per-CPU buffers
 PERFETTO_WINDOW = 65536  # Perfetto: per-CPU bundles, each spanning a while
 # Events whose free text may span lines (trace_printk, trace_marker writes)
@@ -84,8 +86,11 @@ FTRACE = re.compile(
     "^" + FTRACE_HEAD + r"(?:(?P<flags>\S{4,8})\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>[^:\s]+):\s*"
     r"(?P<rest>.*)$"
 )
+# (the irq flags are perf script's own for no field: a perf.data read here has them put in
+# after the CPU, as tracefs prints them, from perf's Python scripting)
 PERF = re.compile(
     r"^\s*(?P<comm>.*?)\s+(?P<pid>-?\d+)(?:/(?P<tid>-?\d+))?\s+\[(?P<cpu>\d+)\]\s+"
+    r"(?:(?P<flags>[.dX][.NnpLlBb][.hszHZ][.\da-f]\S{0,4})\s+)?"
     r"(?P<ts>\d+\.\d+):\s+(?:\d+\s+)?(?P<event>[\w-]+:[\w.-]+):\s*(?P<rest>.*)$"
 )
 # The common case of tracefs text, a sched_switch line, in two matches: the line up to the
@@ -337,6 +342,7 @@ def _open_bytes(path: str) -> IO[bytes]:
 
 
 TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
+PERF_DATA_MAGIC = b"PERFILE2"
 
 
 def _events(
@@ -354,6 +360,10 @@ def _events(
         if head.startswith(TRACE_DAT_MAGIC):
             yield from parse_lines(
                 _trace_dat_lines(path, rest, symbols), path, None, stats, lenient
+            )
+        elif head.startswith(PERF_DATA_MAGIC):
+            yield from parse_lines(
+                _perf_data_lines(path, rest, symbols), path, None, stats, lenient
             )
         elif fmt == "perfetto" or (fmt is None and looks_like_perfetto(head)):
             stats.fmt = "perfetto"
@@ -445,14 +455,15 @@ def _trace_dat_lines(path: str, stream: IO[bytes], symbols: Symbols | None) -> I
                 symbols = Symbols.parse(listed.stdout.splitlines(), f"{path} (trace-cmd -f)")
             except SymbolsError:
                 symbols = None  # recorded without them: probe lines stay addresses
-        plain = _trace_cmd(exe, path, [exe, "report", "-N", "-i", tmp.name])
-        latency = _trace_cmd(exe, path, [exe, "report", "-N", "-l", "-i", tmp.name])
+        plain = _run_lines(path, "trace-cmd report", [exe, "report", "-N", "-i", tmp.name])
+        latency = _run_lines(path, "trace-cmd report", [exe, "report", "-N", "-l", "-i", tmp.name])
         lines = _with_flags(path, plain, latency)
         yield from symbols.name_probes(lines) if symbols else lines
 
 
-def _trace_cmd(exe: str, path: str, argv: list[str]) -> Iterator[str]:
-    """The lines a trace-cmd command prints; its failure is the input's error. (Its stderr
+def _run_lines(path: str, what: str, argv: list[str]) -> Iterator[str]:
+    """The lines a command (trace-cmd report, perf script) prints; its failure is the
+    input's error, named `what`. (Its stderr
     goes to a file: a pipe nobody reads while stdout is read could fill and stall it.)"""
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(
@@ -472,7 +483,7 @@ def _trace_cmd(exe: str, path: str, argv: list[str]) -> Iterator[str]:
             errors.seek(0)
             err = errors.read().decode(errors="replace").strip()
             msg = err.splitlines()[-1] if err else f"exit {code}"
-            raise TraceError(path, None, f"trace-cmd report failed: {msg}")
+            raise TraceError(path, None, f"{what} failed: {msg}")
 
 
 # trace-cmd report's default layout up to the timestamp, and its latency layout's
@@ -501,6 +512,126 @@ def _with_flags(path: str, plain: Iterator[str], latency: Iterator[str]) -> Iter
         yield f"{m['head']} {f['flags']} {line[m.end('head') :].lstrip()}"
 
 
+# perf's Python scripting (tools/perf/util/scripting-engines/trace-event-python.c): for every
+# sample, in perf script's order, its CPU, time in ns and the trace event's common_flags and
+# common_preempt_count (preemption depth, migrate-disable depth << 4; PREEMPT_RT 6.1 keeps
+# the latter in common_migrate_disable)
+PERF_FLAGS_SCRIPT = """\
+from perf_trace_context import common_flags, common_pc
+
+
+def trace_unhandled(event_name, context, fields, perf_sample_dict):
+    sample = perf_sample_dict["sample"]
+    pc = common_pc(context)
+    migrate = fields.get("common_migrate_disable", pc >> 4)
+    print(sample["cpu"], sample["time"], common_flags(context), pc & 15, migrate)
+"""
+# perf script's fields, the ones its default shows for a tracepoint with the process id (the
+# thread group) beside the thread's; times in ns, as the flags script prints them
+PERF_SCRIPT_FIELDS = "comm,pid,tid,cpu,time,event,trace"
+PERF_HEAD = re.compile(r"^(?P<head>.*?\[(?P<cpu>\d+)\])\s+(?P<ts>\d+\.\d+):")
+
+
+def _perf_data_lines(path: str, stream: IO[bytes], symbols: Symbols | None) -> Iterator[str]:
+    """A perf.data as perf script text, each line given the irq flags tracefs prints (perf
+    script prints none: `-L` shows none for tracepoints since perf moved to libtraceevent's
+    tep_print_event()), read alongside through perf's Python scripting; kprobe addresses
+    named from `symbols` (perf.data keeps no kallsyms)."""
+    exe = shutil.which("perf")
+    if exe is None:
+        raise TraceError(
+            path, None, "a perf.data needs perf to read it: apt-get install linux-perf"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        data, script = Path(tmp) / "perf.data", Path(tmp) / "flags.py"
+        with open(data, "wb") as out:
+            shutil.copyfileobj(stream, out)
+        script.write_text(PERF_FLAGS_SCRIPT)
+        common = [exe, "script", "-i", str(data), "--ns"]
+        plain = _run_lines(path, "perf script", [*common, "-F", PERF_SCRIPT_FIELDS])
+        flags = _run_lines(
+            path, "perf script -s", [exe, "script", "-i", str(data), "-s", str(script)]
+        )
+        lines = _with_perf_flags(path, plain, flags)
+        yield from symbols.name_probes(lines) if symbols else lines
+
+
+def irq_flags(flags: int, preempt: int, migrate: int) -> str:
+    """The irq-info column tracefs prints (kernel/trace/trace_output.c
+    trace_print_lat_fmt()) for an event's common_flags (TRACE_FLAG_*) and depths."""
+    irqs = "d" if flags & 0x01 else "X" if flags & 0x02 else "."
+    resched = {0x24: "N", 0x04: "n", 0x20: "p"}.get(flags & 0x24, ".")
+    nmi, hard, soft = flags & 0x40, flags & 0x08, flags & 0x10
+    where = (
+        "Z" if nmi and hard else "z" if nmi else "H" if hard and soft else "h" if hard
+        else "s" if soft else "."
+    )  # fmt: skip
+    depth = f"{preempt:x}" if preempt else "."
+    return f"{irqs}{resched}{where}{depth}{f'{migrate:x}' if migrate else '.'}"
+
+
+def _with_perf_flags(path: str, plain: Iterator[str], flags: Iterator[str]) -> Iterator[str]:
+    """perf script's lines, each sample's irq flags put in after its CPU; the two runs must
+    print the same samples in the same order (checked by CPU and time)."""
+    samples = 0
+    for line in plain:
+        m = PERF_HEAD.match(line)
+        if m is None:
+            yield line  # (a callchain line of perf record -g, a blank line)
+            continue
+        samples += 1
+        got = next(flags, None)
+        if got is None:
+            raise TraceError(
+                path, samples, "perf's Python scripting read fewer samples than perf script"
+            )
+        words = got.split()
+        if len(words) != 5 or not all(w.lstrip("-").isdigit() for w in words):
+            raise TraceError(
+                path, samples, f"perf's Python scripting printed {got!r} for this sample, "
+                "expected its CPU, time and flags (perf built without Python?)"
+            )  # fmt: skip
+        cpu, ns, value, preempt, migrate = (int(w) for w in words)
+        sec, _, frac = m["ts"].partition(".")
+        if int(sec) * 10**9 + int(frac.ljust(9, "0")[:9]) != ns or int(m["cpu"]) != cpu:
+            raise TraceError(
+                path, samples, "perf script and its Python scripting read different samples"
+            )
+        yield f"{m['head']} {irq_flags(value, preempt, migrate)} {line[m.end('head') :].lstrip()}"
+    if next(flags, None) is not None:
+        raise TraceError(
+            path, samples, "perf's Python scripting read more samples than perf script"
+        )
+
+
+def _perf_task(
+    pid: int,
+    comm: str,
+    cpu: int,
+    event: str,
+    rest: str,
+    running: dict[int, tuple[int, str]],
+    dead: dict[int, tuple[int, str]],
+) -> tuple[int, str]:
+    """The task a perf sample ran in. perf records -1 for a task whose pid is gone
+    (kernel/events/core.c perf_event_pid_type(): not pid_alive()): an exited task, from its
+    release to its last context switch, whose own events (the switch, its switch_mm_irqs_off
+    and CR3 load, an IPI it took) perf script prints as `:-1 -1`. That task is the CPU's
+    current one: its sched_switch's prev; before that switch, the task of the CPU's last
+    sample that named one, or the one it last switched to."""
+    switch = SWITCH.search(rest) if event == "sched_switch" else None
+    if pid == -1:
+        if switch is not None:
+            dead[cpu] = (int(switch["pp"]), sys.intern(switch["pc"]))
+        pid, comm = dead.get(cpu) or running.get(cpu) or (pid, comm)
+    else:
+        dead.pop(cpu, None)
+        running[cpu] = (pid, comm)
+    if switch is not None:
+        running[cpu] = (int(switch["np"]), sys.intern(switch["nc"]))
+    return pid, comm
+
+
 def detect(line: str) -> str | None:
     if FTRACE.match(line):
         return "ftrace"
@@ -526,6 +657,10 @@ def parse_lines(
     """Parse lines into events in file order."""
     last_event = ""
     fast = FTRACE_SWITCH.match if fmt == "ftrace" else None
+    # perf: per CPU, the task it runs (the last sched_switch's next), and the dead task whose
+    # last switch this is (a sample names no task once its pid is unhashed: `:-1 -1`)
+    running: dict[int, tuple[int, str]] = {}
+    dead: dict[int, tuple[int, str]] = {}
     for n, raw in enumerate(lines, start=1):
         stats.lines = n
         # (the substring test first: a failing match backtracks over every '-' of the line)
@@ -624,6 +759,8 @@ def parse_lines(
         pid = int(m["tid"] or m["pid"]) if fmt == "perf" else int(m["pid"])
         tgid = _tgid(m["tgid"] if fmt == "ftrace" else (m["pid"] if m["tid"] else None))
         cpu, ts, comm = int(m["cpu"]), float(m["ts"]), sys.intern(m["comm"])
+        if fmt == "perf":
+            pid, comm = _perf_task(pid, comm, cpu, event, rest, running, dead)
         # a probe's fields open with its location, whatever the event is called: a tracepoint
         # probe (`t sched_switch ...` in dynamic_events) takes the tracepoint's own name
         parser = PARSERS.get(event) if not rest.startswith("(") else None
@@ -656,13 +793,13 @@ def parse_lines(
             fn, offset, returned, caller = _probe_function(pm["loc"])
             fn = sys.intern(fn)
             ev = Probe(n, cpu, ts, pid, comm, tgid, fn, args, offset, returned, caller)
-        if isinstance(ev, TlbFlush) and fmt == "ftrace" and m["flags"]:
+        if isinstance(ev, TlbFlush) and m["flags"]:
             # irq-info: 'h' (or 'H') in hardirq context (a flush IPI), in the hardirq/softirq
             # column: the third of five flags, the fourth of PREEMPT_RT's seven (which add
             # need-resched-lazy and preempt-lazy-depth); no other column uses the letter
             flags = m["flags"]
             ev.hardirq = "h" in flags or "H" in flags
-        elif isinstance(ev, SchedSwitch) and fmt == "ftrace" and m["flags"]:
+        elif isinstance(ev, SchedSwitch) and m["flags"]:
             ev.migrate_disabled = migrate_disable_depth(m["flags"])
         stats.events += 1
         yield ev
@@ -716,5 +853,5 @@ def read_trace(
     if fmt is not None and fmt not in FORMATS:
         raise TraceError(p, None, f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     stats = stats if stats is not None else ReadStats()
-    text_fmt = None if fmt in (None, "tracedat") else fmt
+    text_fmt = None if fmt in (None, "tracedat", "perfdata") else fmt
     return reorder(_events(p, text_fmt, stats, lenient, symbols), window, stats)

@@ -66,7 +66,8 @@ def preset_from_probes(events: Iterable[object]) -> str | None:
 
 
 TRACE_NAMES = (
-    "trace.txt.gz", "trace.txt", "trace.txt.xz", "trace.txt.zst", "trace.gz", "trace", "trace.dat"
+    "trace.txt.gz", "trace.txt", "trace.txt.xz", "trace.txt.zst", "trace.gz", "trace", "trace.dat",
+    "perf.data", "perf.data.gz",
 )  # fmt: skip
 TASKS_NAMES = ("tasks_start.txt", "tasks_start")
 
