@@ -514,8 +514,9 @@ def _with_flags(path: str, plain: Iterator[str], latency: Iterator[str]) -> Iter
 
 # perf's Python scripting (tools/perf/util/scripting-engines/trace-event-python.c): for every
 # sample, in perf script's order, its CPU, time in ns and the trace event's common_flags and
-# common_preempt_count (preemption depth, migrate-disable depth << 4; PREEMPT_RT 6.1 keeps
-# the latter in common_migrate_disable)
+# common_preempt_count (preemption depth, migrate-disable depth << 4, PREEMPT_RT 6.1's too:
+# its common_preempt_lazy_count is a field of its own). perf's depth counts one more than
+# tracefs's for the same event (perf fills the entry with its own preempt_disable() held).
 PERF_FLAGS_SCRIPT = """\
 from perf_trace_context import common_flags, common_pc
 
@@ -523,8 +524,7 @@ from perf_trace_context import common_flags, common_pc
 def trace_unhandled(event_name, context, fields, perf_sample_dict):
     sample = perf_sample_dict["sample"]
     pc = common_pc(context)
-    migrate = fields.get("common_migrate_disable", pc >> 4)
-    print(sample["cpu"], sample["time"], common_flags(context), pc & 15, migrate)
+    print(sample["cpu"], sample["time"], common_flags(context), pc & 15, pc >> 4)
 """
 # perf script's fields, the ones its default shows for a tracepoint with the process id (the
 # thread group) beside the thread's; times in ns, as the flags script prints them
