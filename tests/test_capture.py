@@ -647,6 +647,58 @@ def test_capture_trace_dat_is_read_and_scored_as_its_tracefs_text(tmp_path: Path
             assert getattr(got, name) == getattr(want, name), (inputs, name)
 
 
+def _as_perf_read(event: TraceEvent) -> dict[str, Any]:
+    """An event's fields as both perf and tracefs record them: not its time (perf's clock is
+    not the trace_clock), comm (perf names a task from its own records: swapper where tracefs
+    says <idle>) or tgid; and the task fields of a hook called with no task (exec's
+    activate_mm(): tracefs stores zeros for the faulting fetches, perf whatever its buffer
+    held)."""
+    d = {k: v for k, v in _as_read(event).items() if k not in ("ts", "comm")}
+    args = d.get("args")
+    if isinstance(args, dict) and args.get("tsk") == "0x0":
+        d["args"] = {k: v for k, v in args.items() if not k.startswith("t_")}
+    return d
+
+
+@pytest.mark.capture
+@pytest.mark.skipif(
+    not (QEMU_READY and shutil.which("perf")) and not os.environ.get("CI"),
+    reason="needs qemu-system-x86, busybox-static, gcc and perf (CI installs them)",
+)
+def test_capture_perf_data_records_what_tracefs_records(tmp_path: Path) -> None:
+    """--perf-data: `perf record -a` of the same events (each with the capture's filter),
+    enabled once perf is set up and stopped after the workload. Each CPU's samples, read
+    through perf script with their irq flags, are one unbroken run of the kernel's own
+    tracefs text of that CPU, event for event; the model, given the guest's symbols from
+    kallsyms.txt beside it, matches every switch, __mmdrop and hook on it with markers."""
+    from typer.testing import CliRunner
+
+    from activemm.cli import app
+    from activemm.trace import read_trace
+    from activemm.trace.kallsyms import Symbols
+    from activemm.validate import validate
+
+    out = tmp_path / "cap"
+    args = ["capture", "-o", str(out), "--smp", "2", "-w", "zombie,threads", "--perf-data"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert (out / "kallsyms.txt").stat().st_size > 0
+    text = [_as_perf_read(e) for e in read_trace(out / "trace.txt.gz")]
+    symbols = Symbols.parse((out / "kallsyms.txt").read_text().splitlines(), "kallsyms.txt")
+    perf = [_as_perf_read(e) for e in read_trace(out / "perf.data", symbols=symbols)]
+    assert sum(e["kind"] == "Probe" for e in perf) > 1000
+    assert any(e["kind"] == "TlbFlush" and e["hardirq"] for e in perf)
+    for cpu in (0, 1):
+        mine = [e for e in perf if e["cpu"] == cpu]
+        kernel = [e for e in text if e["cpu"] == cpu]
+        first = [i for i, e in enumerate(kernel) if e == mine[0]]
+        assert any(kernel[i : i + len(mine)] == mine for i in first), cpu
+    result = validate(out / "perf.data", inputs="markers")
+    for name in ("context_switches", "mmdrop", "outside_schedule"):
+        got = getattr(result, name)
+        assert got.matched == got.total > 0, (name, result.mismatches[:3])
+
+
 @pytest.mark.capture
 @pytest.mark.skipif(
     not QEMU_READY and not os.environ.get("CI"),
@@ -1059,3 +1111,18 @@ def test_meta_records_the_cpu_model(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert plain["cpu"] == "qemu64"
     assert run.capture(image, asked, print)["cpu"] == "Skylake-Server"
     assert json.loads((tmp_path / "b" / "meta.json").read_text())["cpu"] == "Skylake-Server"
+
+
+def test_perf_data_without_perf_names_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--perf-data puts the host's perf into the guest: without one, the package to install,
+    before anything is downloaded or booted; and room in the guest for perf's buffers and a
+    perf.data as large as the ring buffers' events (a perf sample is about 2.5 times the
+    bytes of its ring-buffer event, measured on a recording of unseen44.c)."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(CaptureError, match=r"--perf-data needs perf: `apt-get install linux-perf`"):
+        run.check_options(run.CaptureOptions(out=tmp_path / "cap", perf_data=True))
+    for smp in (1, 2, 4):
+        plain, perf = run.min_memory_mb(smp, 16), run.min_memory_mb(smp, 16, perf_data=True)
+        assert perf - plain >= smp * (run.PERF_MB + 16 * 5 // 2)

@@ -539,6 +539,7 @@ prev_pid=169 prev_prio=120 prev_state=X ==> next_comm=worker next_pid=175 next_p
 reason:flush on task switch (0)
           worker   165/175   [000]     6.051057246:            tlb:tlb_flush: pages:1 \
 reason:local mm shootdown (3)
+          worker   165/175   [001]     6.051060000: PERF_RECORD_LOST lost 17
 """
 PERF_FLAGS = """\
 0 6050894554 1 2 0
@@ -549,14 +550,29 @@ PERF_FLAGS = """\
 """
 
 
-def _fake_perf(tmp_path: Path, flags: str = PERF_FLAGS) -> Path:
-    """A perf on PATH whose `perf script` prints PERF_SCRIPT, and with -s, `flags`."""
+# `perf report --stats`: the whole recording's records by kind, then each event's
+PERF_STATS = """
+Aggregated stats:
+           TOTAL events:      41689
+            LOST events:          1  ( 0.0%)
+          SAMPLE events:      39568  (94.9%)
+sched:sched_switch stats:
+          SAMPLE events:       2853
+    LOST_SAMPLES events:          4
+"""
+
+
+def _fake_perf(tmp_path: Path, flags: str = PERF_FLAGS, stats: str = PERF_STATS) -> Path:
+    """A perf on PATH whose `perf script` prints PERF_SCRIPT, and with -s, `flags`; whose
+    `perf report --stats` prints `stats`."""
     fake = tmp_path / "bin" / "perf"
     fake.parent.mkdir(exist_ok=True)
     (tmp_path / "script.txt").write_text(PERF_SCRIPT)
     (tmp_path / "flags.txt").write_text(flags)
+    (tmp_path / "stats.txt").write_text(stats)
     fake.write_text(
-        '#!/bin/sh\n[ "$1" = script ] || exit 1\n'
+        f'#!/bin/sh\n[ "$1" = report ] && {{ cat {tmp_path}/stats.txt; exit 0; }}\n'
+        '[ "$1" = script ] || exit 1\n'
         f'case "$*" in *" -s "*) cat {tmp_path}/flags.txt;; *) cat {tmp_path}/script.txt;; esac\n'
     )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
@@ -570,16 +586,19 @@ def test_perf_data_goes_through_perf_script_with_its_irq_flags(
     Python scripting reads from it (perf script prints none): a flush IPI's tlb_flush is in
     a hardirq, the task's own is not; a switch's migrate-disable depth comes along. The
     samples an exited task runs once its pid is gone (`:-1 -1`: the IPI it took, its last
-    switch and that switch's CR3 load) are that task's, the CPU's current one. The two
-    reads disagreeing is an error naming the sample; without perf, the package to install."""
-    from activemm.trace.events import ProcessExit, TlbFlush
+    switch and that switch's CR3 load) are that task's, the CPU's current one. A loss perf
+    places (PERF_RECORD_LOST) is a lost-events mark on its CPU; one it does not
+    (LOST_SAMPLES, counted in the aggregated stats only) refuses the file. The two reads
+    disagreeing is an error naming the sample; without perf, the package to install."""
+    from activemm.trace.events import LostEvents, ProcessExit, TlbFlush
 
     data = tmp_path / "perf.data"
     data.write_bytes(b"PERFILE2" + bytes(56))
     fake = _fake_perf(tmp_path)
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
     events = list(read_trace(data))
-    exit_, ipi, switch, load, local = events
+    exit_, ipi, switch, load, local, lost = events
+    assert isinstance(lost, LostEvents) and (lost.cpu, lost.count) == (1, 17)
     assert isinstance(exit_, ProcessExit) and exit_.pid == 169 and exit_.tgid == 167
     assert isinstance(ipi, TlbFlush) and ipi.hardirq and (ipi.pid, ipi.comm) == (169, "program")
     assert isinstance(switch, SchedSwitch) and (switch.pid, switch.comm) == (169, "program")
@@ -587,6 +606,9 @@ def test_perf_data_goes_through_perf_script_with_its_irq_flags(
     assert isinstance(load, TlbFlush) and load.cr3_load and not load.hardirq
     assert (load.pid, load.comm) == (169, "program")  # the switch's own CR3 load
     assert isinstance(local, TlbFlush) and local.pid == 175 and not local.hardirq
+    _fake_perf(tmp_path, stats=PERF_STATS.replace("TOTAL", "LOST_SAMPLES"))
+    with pytest.raises(TraceError, match=r"perf.data: perf lost 41689 samples .*\(perf record -m"):
+        list(read_trace(data))
     # disagreeing reads: an error naming the sample, not flags put on the wrong line
     _fake_perf(tmp_path, PERF_FLAGS.replace("6051016015", "6051016016"))
     with pytest.raises(TraceError, match=r"perf.data:3: perf script and its Python script"):

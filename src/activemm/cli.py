@@ -948,6 +948,16 @@ def capture(
             "validate DIR/trace.dat` reads it (it needs trace-cmd).",
         ),
     ] = False,
+    perf_data: Annotated[
+        bool,
+        typer.Option(
+            "--perf-data",
+            help="Also record the same events with `perf record -a` while the workload runs "
+            "(the host's perf and its libraries go into the initramfs) and write "
+            "DIR/perf.data and DIR/kallsyms.txt (the guest's symbols, which a perf.data "
+            "lacks); `activemm validate DIR/perf.data` reads them (it needs perf).",
+        ),
+    ] = False,
 ) -> None:
     """Record what a real Linux kernel does with active_mm, in a QEMU guest.
 
@@ -981,7 +991,7 @@ def capture(
     opts = CaptureOptions(
         output, smp, workload, scale, accel, memory, timeout, allow_lost, run=run,
         program=program, modules=tuple(module or ()), kernel_args=" ".join(kernel_args.split()),
-        cpu=cpu, firmware=firmware, buffer_mb=buffer_mb, trace_dat=trace_dat,
+        cpu=cpu, firmware=firmware, buffer_mb=buffer_mb, trace_dat=trace_dat, perf_data=perf_data,
     )  # fmt: skip
     check_options(opts)
     progress("fetching the kernel" if kernel is None else f"using {kernel}")

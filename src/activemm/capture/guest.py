@@ -352,12 +352,15 @@ def build_initramfs(
     program: Path | None = None,
     modules: list[tuple[str, bytes]] | None = None,
     trace_cmd: bool = False,
+    perf: bool = False,
 ) -> Path:
     """busybox, /init, the workload and the kprobe definitions, as a gzipped cpio; with
     `program`, /bin/program; with `run` (or a program alone), /run.sh for /init to run after
     the built-in workload; `modules` in /modules, which /init loads in that order before
     tracing starts; with `trace_cmd`, the host's trace-cmd and the shared libraries it loads
-    (/init then also writes the buffers as a trace.dat with `trace-cmd extract`)."""
+    (/init then also writes the buffers as a trace.dat with `trace-cmd extract`); with
+    `perf`, the host's perf and its libraries (/init then also records the same events with
+    `perf record -a` while the workload runs)."""
     busybox = shutil.which("busybox")
     if busybox is None or not _is_static(Path(busybox)):
         raise CaptureError("a static busybox is needed: `apt-get install busybox-static`")
@@ -377,9 +380,13 @@ def build_initramfs(
     if run is not None or program is not None:
         c.file("run.sh", (f"{run if run is not None else 'program'}\n").encode())
     c.file("kprobes", ("\n".join(kprobes) + "\n").encode(), 0o644)
-    if trace_cmd:
+    tools = [
+        *(host_tool_files("trace-cmd", "--trace-dat", "trace-cmd") if trace_cmd else []),
+        *(host_tool_files("perf", "--perf-data", "linux-perf") if perf else []),
+    ]
+    if tools:
         made = {"bin"}
-        for name, data in trace_cmd_files():
+        for name, data in dict(tools).items():
             parts = name.split("/")[:-1]
             for i in range(1, len(parts) + 1):
                 if "/".join(parts[:i]) not in made:
@@ -391,16 +398,17 @@ def build_initramfs(
     return path
 
 
-def trace_cmd_files() -> list[tuple[str, bytes]]:
-    """The host's trace-cmd as bin/trace-cmd, and every shared library it loads (the dynamic
-    loader included) at the path the loader looks for it, as `ldd` lists them."""
-    exe = shutil.which("trace-cmd")
+def host_tool_files(tool: str, option: str, package: str) -> list[tuple[str, bytes]]:
+    """The host's `tool` (trace-cmd, perf) as bin/TOOL, and every shared library it loads
+    (the dynamic loader included) at the path the loader looks for it, as `ldd` lists
+    them; `option` and `package` name what asked for it and where to get it."""
+    exe = shutil.which(tool)
     if exe is None:
-        raise CaptureError("--trace-dat needs trace-cmd: `apt-get install trace-cmd`")
+        raise CaptureError(f"{option} needs {tool}: `apt-get install {package}`")
     ldd = subprocess.run(["ldd", exe], capture_output=True, text=True)
     if ldd.returncode != 0:
         raise CaptureError(f"ldd {exe} failed: {ldd.stderr.strip() or ldd.returncode}")
-    files = [("bin/trace-cmd", Path(exe).read_bytes())]
+    files = [(f"bin/{tool}", Path(exe).read_bytes())]
     for line in ldd.stdout.splitlines():
         # `libtracefs.so.1 => /lib/x86_64-linux-gnu/libtracefs.so.1 (0x...)`, or the loader
         # `/lib64/ld-linux-x86-64.so.2 (0x...)`; the vDSO has no file

@@ -27,6 +27,7 @@ from activemm.capture.kernel import (
     need,
     probe_offsets,
 )
+from activemm.trace import readers
 
 BOOT_TIMEOUT_KVM = 45.0  # a broken KVM can hang silently in the decompressor
 Progress = Callable[[str], None]
@@ -51,6 +52,7 @@ class CaptureOptions:
     firmware: str = "bios"  # bios (QEMU's SeaBIOS) | uefi (OVMF: EFI runtime services)
     buffer_mb: int = 0  # each CPU's ring buffer; 0: sized from --scale (ring_buffer_mb)
     trace_dat: bool = False  # also write the buffers as trace.dat (trace-cmd extract)
+    perf_data: bool = False  # also record the events with perf record -a (perf.data)
 
 
 @dataclass
@@ -153,7 +155,7 @@ def qemu_command(
     append = (
         f"console=ttyS0 panic=-1 loglevel=4 mitigations=off activemm.workload={opts.workload} "
         f"activemm.scale={opts.scale} activemm.timeout={int(opts.timeout)} "
-        f"activemm.buffer_kb={ring_buffer_mb(opts) * 1024}"
+        f"activemm.buffer_kb={ring_buffer_mb(opts) * 1024} activemm.perf_mb={PERF_MB}"
     )
     if opts.kernel_args:
         append += " " + opts.kernel_args
@@ -307,16 +309,38 @@ def ring_buffer_mb(opts: CaptureOptions) -> int:
     return BUFFER_MB + math.ceil(per_step * (opts.scale - 1))
 
 
-def min_memory_mb(smp: int, buffer_mb: int = BUFFER_MB, trace_dat: bool = False) -> int:
+PERF_MB = 8  # --perf-data: each CPU's perf mmap buffer
+
+
+def perf_losses(out: Path, data: bytes) -> dict[str, int]:
+    """What perf record lost in the guest (`perf report --stats` of its perf.data)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "perf.data").write_bytes(data)
+        try:
+            return readers.perf_losses(
+                str(out / "perf.data"), shutil.which("perf") or "perf", Path(tmp) / "perf.data"
+            )
+        except readers.TraceError as e:
+            raise CaptureError(str(e)) from None
+
+
+def min_memory_mb(
+    smp: int, buffer_mb: int = BUFFER_MB, trace_dat: bool = False, perf_data: bool = False
+) -> int:
     """Guest memory that leaves room for every CPU's ring buffer of `buffer_mb` MiB (and the
     buffers' own bookkeeping) besides the workload; with `trace_dat`, room in /tmp for a
-    trace.dat of full buffers and the kernel's symbols too."""
-    return 256 + (64 + buffer_mb * (2 if trace_dat else 1)) * smp + (48 if trace_dat else 0)
+    trace.dat of full buffers and the kernel's symbols too; with `perf_data`, for perf and
+    its libraries, its buffers and a perf.data of as many events (a perf sample takes about
+    2.5 times the bytes of its ring-buffer event)."""
+    least = 256 + (64 + buffer_mb * (2 if trace_dat else 1)) * smp + (48 if trace_dat else 0)
+    return least + ((PERF_MB + buffer_mb * 5 // 2) * smp + 80 if perf_data else 0)
 
 
 def guest_memory_mb(opts: CaptureOptions) -> int:
     """The guest's memory: --memory, or 0 for the least its CPUs' ring buffers leave room in."""
-    return opts.memory_mb or min_memory_mb(opts.smp, ring_buffer_mb(opts), opts.trace_dat)
+    return opts.memory_mb or min_memory_mb(
+        opts.smp, ring_buffer_mb(opts), opts.trace_dat, opts.perf_data
+    )
 
 
 def host_memory_mb() -> int:
@@ -327,7 +351,7 @@ def host_memory_mb() -> int:
 def check_options(opts: CaptureOptions) -> None:
     """Refuse what cannot work before anything is downloaded or booted."""
     buffer = ring_buffer_mb(opts)
-    least = min_memory_mb(opts.smp, buffer, opts.trace_dat)
+    least = min_memory_mb(opts.smp, buffer, opts.trace_dat, opts.perf_data)
     if opts.memory_mb and opts.memory_mb < least:
         raise CaptureError(
             f"--memory {opts.memory_mb}: expected at least {least} MiB with {opts.smp} CPUs "
@@ -342,6 +366,8 @@ def check_options(opts: CaptureOptions) -> None:
         )
     if opts.trace_dat and shutil.which("trace-cmd") is None:
         raise CaptureError("--trace-dat needs trace-cmd: `apt-get install trace-cmd`")
+    if opts.perf_data and shutil.which("perf") is None:
+        raise CaptureError("--perf-data needs perf: `apt-get install linux-perf`")
     out = opts.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CaptureError(f"{out}: exists and is not empty; choose another -o or remove it")
@@ -424,7 +450,7 @@ def capture(
         modules += guest.named_modules(image.modules, opts.modules)
         initrd = guest.build_initramfs(
             work, kprobes, run=opts.run, program=opts.program, modules=modules,
-            trace_cmd=opts.trace_dat,
+            trace_cmd=opts.trace_dat, perf=opts.perf_data,
         )  # fmt: skip
         # A core probe that missed a hit (one that fired inside another probe's handler, on
         # a vCPU the host had stalled) loses the recording, not the workload: one more.
@@ -479,6 +505,25 @@ def capture(
                 "trace-cmd extract failed in the guest: "
                 + (why.splitlines()[-1] if why else "it left no message")
             )
+        perf_log = shipped.files.get("perf.log", b"").decode(errors="replace")
+        # (perf record ends on the SIGINT it was sent by raising it again: 128 + 2)
+        recorded = re.search(r"^perf record exit status (0|130)$", perf_log, re.M)
+        if opts.perf_data and not (recorded and "perf.data" in shipped.files):
+            said = [
+                line.strip()
+                for line in perf_log.splitlines()
+                if line.strip() and not line.startswith("perf record exit status")
+            ]
+            raise CaptureError(
+                "perf record failed in the guest: "
+                + (" / ".join(said[-3:]) if said else "it left no message")
+            )
+        perf_lost = perf_losses(opts.out, shipped.files["perf.data"]) if opts.perf_data else {}
+        if any(perf_lost.values()) and not opts.allow_lost:
+            raise CaptureError(
+                f"perf record lost events in the guest ({_counts(perf_lost)}): record again, "
+                "or --allow-lost to keep the capture anyway"
+            )
         release = re.search(r"^release (\S+)", meta_text, re.M)
         fts = re.search(r"^finish_task_switch (\S+)", meta_text, re.M)
         failed = [
@@ -521,6 +566,7 @@ def capture(
             "kprobe_missed": missed,
             "lost_events": bool(lost) or reset or bool(core),
             "trace_reset": reset,
+            **({"perf_lost": perf_lost} if opts.perf_data else {}),
             "seconds": {k: round(v, 2) for k, v in timings.items()},
             "qemu": subprocess.run(
                 [cmd_qemu(), "--version"], capture_output=True, text=True
@@ -534,6 +580,9 @@ def capture(
             (tmp / "workload.log").write_bytes(shipped.files.get("workload.log", b""))
             if opts.trace_dat:
                 (tmp / "trace.dat").write_bytes(shipped.files["trace.dat"])
+            if opts.perf_data:
+                (tmp / "perf.data").write_bytes(shipped.files["perf.data"])
+                (tmp / "kallsyms.txt").write_bytes(shipped.files.get("kallsyms", b""))
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
             umask = os.umask(0)
             os.umask(umask)

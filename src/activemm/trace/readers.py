@@ -28,7 +28,7 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import zip_longest
+from itertools import dropwhile, takewhile, zip_longest
 from pathlib import Path
 from typing import IO, cast
 
@@ -113,6 +113,11 @@ HEADER_CPUS = re.compile(r"(?:#P:|^cpus=)(\d+)")
 # "[LOST EVENTS]" without a count: the kernel could not tell how many (the `trace` file read
 # while tracing went on and the writer passed the reader)
 LOST = re.compile(r"^\s*CPU:\s*(?P<cpu>\d+)\s+\[LOST (?:(?P<n>\d+) )?EVENTS\]")
+# perf script --show-lost-events: a PERF_RECORD_LOST, the events the CPU's buffer had no room for
+PERF_LOST = re.compile(
+    r"^\s*.*?\s+-?\d+(?:/-?\d+)?\s+\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?\d+\.\d+:\s+"
+    r"PERF_RECORD_LOST lost (?P<n>\d+)"
+)
 SWITCH = re.compile(
     r"prev_comm=(?P<pc>.*) prev_pid=(?P<pp>-?\d+) prev_prio=-?\d+ prev_state=(?P<ps>\S+) "
     r"(?:==> )?next_comm=(?P<nc>.*) next_pid=(?P<np>-?\d+) next_prio=-?\d+"
@@ -547,13 +552,35 @@ def _perf_data_lines(path: str, stream: IO[bytes], symbols: Symbols | None) -> I
         with open(data, "wb") as out:
             shutil.copyfileobj(stream, out)
         script.write_text(PERF_FLAGS_SCRIPT)
-        common = [exe, "script", "-i", str(data), "--ns"]
+        lost = perf_losses(path, exe, data).get("LOST_SAMPLES", 0)
+        if lost:
+            raise TraceError(
+                path, None, f"perf lost {lost} samples (PERF_RECORD_LOST_SAMPLES, which perf "
+                "script does not place in the trace): record again with larger buffers "
+                "(perf record -m)"
+            )  # fmt: skip
+        common = [exe, "script", "-i", str(data), "--ns", "--show-lost-events"]
         plain = _run_lines(path, "perf script", [*common, "-F", PERF_SCRIPT_FIELDS])
         flags = _run_lines(
             path, "perf script -s", [exe, "script", "-i", str(data), "-s", str(script)]
         )
         lines = _with_perf_flags(path, plain, flags)
         yield from symbols.name_probes(lines) if symbols else lines
+
+
+def perf_losses(path: str, exe: str, data: Path) -> dict[str, int]:
+    """What the kernel could not give perf, by kind, as `perf report --stats` counts the
+    records: LOST (events a full buffer had no room for, which perf script prints in place
+    with --show-lost-events) and LOST_SAMPLES (which it prints nowhere)."""
+    argv = [exe, "report", "--stats", "-i", str(data)]
+    lines = list(_run_lines(path, "perf report --stats", argv))  # (read whole: it ends well)
+    after = dropwhile(lambda line: "Aggregated stats:" not in line, lines)
+    aggregated = takewhile(lambda line: " stats:" not in line, list(after)[1:])  # not per event
+    found = (PERF_LOSS.match(line) for line in aggregated)
+    return {m[1]: int(m[2]) for m in found if m}
+
+
+PERF_LOSS = re.compile(r"^\s*(LOST|LOST_SAMPLES) events:\s*(\d+)")
 
 
 def irq_flags(flags: int, preempt: int, migrate: int) -> str:
@@ -575,9 +602,9 @@ def _with_perf_flags(path: str, plain: Iterator[str], flags: Iterator[str]) -> I
     print the same samples in the same order (checked by CPU and time)."""
     samples = 0
     for line in plain:
-        m = PERF_HEAD.match(line)
+        m = PERF_HEAD.match(line) if "PERF_RECORD_LOST" not in line else None
         if m is None:
-            yield line  # (a callchain line of perf record -g, a blank line)
+            yield line  # (a callchain line of perf record -g, a blank line, a loss)
             continue
         samples += 1
         got = next(flags, None)
@@ -693,7 +720,7 @@ def parse_lines(
                 stats.header_cpus = max(stats.header_cpus, int(cpus[1]))
             continue
         line = raw.rstrip("\n")
-        lost = LOST.match(line)
+        lost = LOST.match(line) or (PERF_LOST.match(line) if "PERF_RECORD_LOST" in line else None)
         if lost:
             stats.lost_markers += 1
             count = int(lost["n"] or 0)

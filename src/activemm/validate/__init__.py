@@ -70,6 +70,7 @@ TRACE_NAMES = (
     "perf.data", "perf.data.gz",
 )  # fmt: skip
 TASKS_NAMES = ("tasks_start.txt", "tasks_start")
+KALLSYMS_NAME = "kallsyms.txt"  # the recording boot's symbols, beside a capture's trace
 
 
 def _meta(directory: Path) -> dict[str, object] | None:
@@ -205,7 +206,7 @@ def validate(
     trace recorded elsewhere has none). `progress` hears what is being done (reading, each
     replay's events so far). `kallsyms`: the recording boot's symbols, naming the kprobe
     locations trace-cmd report and perf script text print as addresses (a trace.dat names
-    them from its own)."""
+    them from its own; a capture's perf.data finds the kallsyms.txt beside it)."""
     say = progress or (lambda _msg: None)
     for word in (kernel_args or "").split():
         mode = word.removeprefix("preempt=")
@@ -214,6 +215,8 @@ def validate(
                 f"--kernel-args: {word}: expected preempt= one of {', '.join(PREEMPT_MODES)}"
             )
     path, tasks, release = locate(trace, tasks)
+    if kallsyms is None and (path.parent / KALLSYMS_NAME).is_file():
+        kallsyms = path.parent / KALLSYMS_NAME  # (activemm capture --perf-data writes it)
     symbols = _symbols(kallsyms) if kallsyms is not None else None
     say(f"reading {path}")
     stats = ReadStats()

@@ -2,7 +2,7 @@
 # activemm capture: the guest's /init (busybox sh). Sets up tracefs and the kprobes, runs the
 # workload, ships the trace and the task snapshots out on the second serial port, powers off.
 # Knobs come on the kernel command line: activemm.workload= activemm.scale= activemm.timeout=
-# activemm.buffer_kb= (each CPU's ring buffer)
+# activemm.buffer_kb= (each CPU's ring buffer) activemm.perf_mb= (perf's, with /bin/perf)
 export PATH=/bin
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -14,13 +14,14 @@ T=/sys/kernel/tracing
 [ -e $T/trace ] || T=/sys/kernel/debug/tracing
 say() { echo "ACTIVEMM: $*" > /dev/ttyS0; }
 
-WORKLOAD=all; SCALE=1; TIMEOUT=300; BUFFER_KB=16384
+WORKLOAD=all; SCALE=1; TIMEOUT=300; BUFFER_KB=16384; PERF_MB=4
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         activemm.workload=*) WORKLOAD=${arg#*=} ;;
         activemm.scale=*) SCALE=${arg#*=} ;;
         activemm.timeout=*) TIMEOUT=${arg#*=} ;;
         activemm.buffer_kb=*) BUFFER_KB=${arg#*=} ;;
+        activemm.perf_mb=*) PERF_MB=${arg#*=} ;;
     esac
 done
 tasks_waiting() {  # PROC: tid, state, comm, wait channel of every user task (stack in D)
@@ -89,9 +90,30 @@ snapshot() {
         line=$(cat "$f" 2>/dev/null) && echo "$f:$line"
     done
 }
+perf_start() {  # --perf-data: perf record -a of the same events, each filter with its event
+    set -- -e sched:sched_switch -e sched:sched_process_fork -e sched:sched_process_exec \
+        -e sched:sched_process_exit -e sched:sched_process_free -e sched:sched_wakeup_new \
+        -e sched:sched_migrate_task -e task:task_newtask -e task:task_rename \
+        -e tlb:tlb_flush -e cpuhp:cpuhp_enter
+    for d in $T/events/activemm/*/; do
+        d=${d%/}
+        set -- "$@" -e "activemm:${d##*/}"
+        filter=$(cat "$d/filter")  # (not read: tracefs gives a 1-byte read all it returns)
+        [ "$filter" = none ] || set -- "$@" --filter "$filter"
+    done
+    mkfifo /tmp/perf.ctl /tmp/perf.ack
+    # events off (-D -1) until the control FIFO says enable: recording when perf acks it
+    perf record -a -N -B -m "${PERF_MB}M" -D -1 --control fifo:/tmp/perf.ctl,/tmp/perf.ack \
+        -o /tmp/perf.data "$@" > /tmp/perf.log 2>&1 &
+    PERF_PID=$!
+    timeout 120 sh -c 'echo enable > /tmp/perf.ctl; read -r ack < /tmp/perf.ack' \
+        || echo "perf record did not start (see above)" >> /tmp/perf.log
+}
 echo 1 > $T/tracing_on
 echo "activemm trace start" > $T/trace_marker
 snapshot > /tmp/tasks_start
+PERF_PID=
+[ -x /bin/perf ] && perf_start
 say "workload $WORKLOAD scale $SCALE"
 status=0
 if [ "$WORKLOAD" != none ]; then
@@ -118,6 +140,11 @@ case "$version" in *PREEMPT_RT*)
     end=$((${up%.*}${up#*.} + 30))  # hundredths of a second
     while read -r up _ < /proc/uptime && [ $((${up%.*}${up#*.})) -lt $end ]; do :; done
 esac
+if [ -n "$PERF_PID" ]; then  # perf writes its perf.data out on SIGINT
+    kill -INT "$PERF_PID"
+    wait "$PERF_PID"
+    echo "perf record exit status $?" >> /tmp/perf.log
+fi
 echo "activemm trace end" > $T/trace_marker
 echo 0 > $T/tracing_on
 say "workload done"
@@ -148,6 +175,11 @@ stty -F /dev/ttyS1 raw -echo 2>/dev/null
     ship tasks_start /tmp/tasks_start
     ship tasks_end /tmp/tasks_end
     ship trace $T/trace
+    if [ -n "$PERF_PID" ]; then  # --perf-data: its recording, and the symbols it lacks
+        [ -s /tmp/perf.data ] && ship perf.data /tmp/perf.data
+        ship perf.log /tmp/perf.log
+        ship kallsyms /proc/kallsyms
+    fi
     if [ -x /bin/trace-cmd ]; then  # --trace-dat: the same buffers, as trace-cmd reads them
         # (after the text: extract consumes the buffers; it keeps /proc/kallsyms with them)
         if (cd /tmp && trace-cmd extract -o /tmp/trace.dat) > /tmp/trace-cmd.log 2>&1; then
