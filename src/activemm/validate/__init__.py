@@ -251,7 +251,8 @@ def validate(
                 f"; {unnamed} probe lines name an address, not a function, as trace-cmd "
                 "report and perf script print kprobes: give the recording boot's symbols "
                 "(--kallsyms, a copy of its /proc/kallsyms; a trace.dat keeps them unless "
-                "its kallsyms read as zeros), or the tracefs text (/sys/kernel/tracing/trace)"
+                "its kallsyms read as zeros, a perf.data keeps none), or the tracefs text "
+                "(/sys/kernel/tracing/trace)"
                 if unnamed
                 else ""
             )
