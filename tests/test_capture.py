@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import bz2
+import functools
 import gzip
 import json
 import lzma
@@ -12,6 +13,7 @@ import re
 import shutil
 import struct
 import subprocess
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -647,6 +649,16 @@ def test_capture_trace_dat_is_read_and_scored_as_its_tracefs_text(tmp_path: Path
             assert getattr(got, name) == getattr(want, name), (inputs, name)
 
 
+def _reordered(part: list[dict[str, Any]], whole: list[dict[str, Any]], at: int) -> int | None:
+    """How many events of `part` stand elsewhere than in the run of `whole` from `at` of the
+    same length, when that run holds the very same events (None: it does not)."""
+    run = whole[at : at + len(part)]
+    key = functools.partial(json.dumps, sort_keys=True, default=str)
+    if Counter(map(key, run)) != Counter(map(key, part)):
+        return None
+    return sum(a != b for a, b in zip(run, part, strict=True))
+
+
 def _as_perf_read(event: TraceEvent) -> dict[str, Any]:
     """An event's fields as both perf and tracefs record them: not its time (perf's clock is
     not the trace_clock), comm (perf names a task from its own records: swapper where tracefs
@@ -668,9 +680,13 @@ def _as_perf_read(event: TraceEvent) -> dict[str, Any]:
 def test_capture_perf_data_records_what_tracefs_records(tmp_path: Path) -> None:
     """--perf-data: `perf record -a` of the same events (each with the capture's filter),
     enabled once perf is set up and stopped after the workload. Each CPU's samples, read
-    through perf script with their irq flags, are one unbroken run of the kernel's own
-    tracefs text of that CPU, event for event; the model, given the guest's symbols from
-    kallsyms.txt beside it, matches every switch, __mmdrop and hook on it with markers."""
+    through perf script with their irq flags, are the kernel's own tracefs events of that
+    CPU over a stretch of it, event for event, in the same order but where an interrupt
+    came in between a probe's two writers (a kprobe on a function's first instruction goes
+    through ftrace with interrupts on: tracefs had a dup_mmap hit before an RCU softirq's
+    sched_process_free events, perf after them, once in six runs), at most one event in a
+    hundred; the model, given the guest's symbols from kallsyms.txt beside it, matches
+    every switch, __mmdrop and hook on it with markers."""
     from typer.testing import CliRunner
 
     from activemm.cli import app
@@ -691,8 +707,9 @@ def test_capture_perf_data_records_what_tracefs_records(tmp_path: Path) -> None:
     for cpu in (0, 1):
         mine = [e for e in perf if e["cpu"] == cpu]
         kernel = [e for e in text if e["cpu"] == cpu]
-        first = [i for i, e in enumerate(kernel) if e == mine[0]]
-        assert any(kernel[i : i + len(mine)] == mine for i in first), cpu
+        runs = [_reordered(mine, kernel, i) for i, e in enumerate(kernel) if e == mine[0]]
+        moved = min((n for n in runs if n is not None), default=None)
+        assert moved is not None and moved <= len(mine) // 100, (cpu, moved)
     result = validate(out / "perf.data", inputs="markers")
     for name in ("context_switches", "mmdrop", "outside_schedule"):
         got = getattr(result, name)

@@ -91,16 +91,25 @@ snapshot() {
     done
 }
 perf_start() {  # --perf-data: perf record -a of the same events, each filter with its event
-    set -- -e sched:sched_switch -e sched:sched_process_fork -e sched:sched_process_exec \
-        -e sched:sched_process_exit -e sched:sched_process_free -e sched:sched_wakeup_new \
-        -e sched:sched_migrate_task -e task:task_newtask -e task:task_rename \
-        -e tlb:tlb_flush -e cpuhp:cpuhp_enter
+    # One group (per CPU) for the events without a filter: perf enables and disables a
+    # group at once, each other event by an ioctl of its own, one after another, so that
+    # the first and last switches of a CPU would come without their probes, or the other
+    # way round. A filter applies to a lone event (--filter: the last one named).
+    group=sched:sched_switch,sched:sched_process_fork,sched:sched_process_exec
+    group=$group,sched:sched_process_exit,sched:sched_process_free,sched:sched_wakeup_new
+    group=$group,sched:sched_migrate_task,task:task_newtask,task:task_rename
+    group=$group,tlb:tlb_flush,cpuhp:cpuhp_enter
+    set --
     for d in $T/events/activemm/*/; do
         d=${d%/}
-        set -- "$@" -e "activemm:${d##*/}"
         filter=$(cat "$d/filter")  # (not read: tracefs gives a 1-byte read all it returns)
-        [ "$filter" = none ] || set -- "$@" --filter "$filter"
+        if [ "$filter" = none ]; then
+            group=$group,activemm:${d##*/}
+        else
+            set -- "$@" -e "activemm:${d##*/}" --filter "$filter"
+        fi
     done
+    set -- -e "{$group}" "$@"
     mkfifo /tmp/perf.ctl /tmp/perf.ack
     # events off (-D -1) until the control FIFO says enable: recording when perf acks it
     perf record -a -N -B -m "${PERF_MB}M" -D -1 --control fifo:/tmp/perf.ctl,/tmp/perf.ack \
