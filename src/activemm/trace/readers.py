@@ -635,8 +635,6 @@ def _perf_task(
     pid: int,
     comm: str,
     cpu: int,
-    event: str,
-    rest: str,
     running: dict[int, tuple[int, str]],
     dead: dict[int, tuple[int, str]],
 ) -> tuple[int, str]:
@@ -644,19 +642,27 @@ def _perf_task(
     (kernel/events/core.c perf_event_pid_type(): not pid_alive()): an exited task, from its
     release to its last context switch, whose own events (the switch, its switch_mm_irqs_off
     and CR3 load, an IPI it took) perf script prints as `:-1 -1`. That task is the CPU's
-    current one: its sched_switch's prev; before that switch, the task of the CPU's last
-    sample that named one, or the one it last switched to."""
-    switch = SWITCH.search(rest) if event == "sched_switch" else None
-    if pid == -1:
-        if switch is not None:
-            dead[cpu] = (int(switch["pp"]), sys.intern(switch["pc"]))
-        pid, comm = dead.get(cpu) or running.get(cpu) or (pid, comm)
-    else:
+    current one: after its last switch (_perf_switched), that switch's prev; before, the
+    task of the CPU's last sample that named one, or the one it last switched to."""
+    if pid != -1:
         dead.pop(cpu, None)
         running[cpu] = (pid, comm)
-    if switch is not None:
-        running[cpu] = (int(switch["np"]), sys.intern(switch["nc"]))
-    return pid, comm
+        return pid, comm
+    return dead.get(cpu) or running.get(cpu) or (pid, comm)
+
+
+def _perf_switched(
+    ev: SchedSwitch,
+    unnamed: bool,
+    running: dict[int, tuple[int, str]],
+    dead: dict[int, tuple[int, str]],
+) -> None:
+    """A perf sched_switch read: the CPU runs its next task now; one printed `:-1 -1`
+    (`unnamed`) is its prev's last, and so are the samples of that task until its CPU's next
+    named one (_perf_task)."""
+    if unnamed:
+        ev.pid, ev.comm = dead[ev.cpu] = (ev.prev_pid, ev.prev_comm)
+    running[ev.cpu] = (ev.next_pid, ev.next_comm)
 
 
 def detect(line: str) -> str | None:
@@ -786,8 +792,9 @@ def parse_lines(
         pid = int(m["tid"] or m["pid"]) if fmt == "perf" else int(m["pid"])
         tgid = _tgid(m["tgid"] if fmt == "ftrace" else (m["pid"] if m["tid"] else None))
         cpu, ts, comm = int(m["cpu"]), float(m["ts"]), sys.intern(m["comm"])
+        unnamed = fmt == "perf" and pid == -1
         if fmt == "perf":
-            pid, comm = _perf_task(pid, comm, cpu, event, rest, running, dead)
+            pid, comm = _perf_task(pid, comm, cpu, running, dead)
         # a probe's fields open with its location, whatever the event is called: a tracepoint
         # probe (`t sched_switch ...` in dynamic_events) takes the tracepoint's own name
         parser = PARSERS.get(event) if not rest.startswith("(") else None
@@ -828,6 +835,8 @@ def parse_lines(
             ev.hardirq = "h" in flags or "H" in flags
         elif isinstance(ev, SchedSwitch) and m["flags"]:
             ev.migrate_disabled = migrate_disable_depth(m["flags"])
+        if fmt == "perf" and isinstance(ev, SchedSwitch):
+            _perf_switched(ev, unnamed, running, dead)
         stats.events += 1
         yield ev
 
