@@ -402,9 +402,7 @@ def host_tool_files(tool: str, option: str, package: str) -> list[tuple[str, byt
     """The host's `tool` (trace-cmd, perf) as bin/TOOL, and every shared library it loads
     (the dynamic loader included) at the path the loader looks for it, as `ldd` lists
     them; `option` and `package` name what asked for it and where to get it."""
-    exe = shutil.which(tool)
-    if exe is None:
-        raise CaptureError(f"{option} needs {tool}: `apt-get install {package}`")
+    exe = need(tool, package, option)
     ldd = subprocess.run(["ldd", exe], capture_output=True, text=True)
     if ldd.returncode != 0:
         raise CaptureError(f"ldd {exe} failed: {ldd.stderr.strip() or ldd.returncode}")

@@ -31,9 +31,12 @@ class CaptureError(ActiveMmError):
     """Capture cannot go on: a missing tool, a kernel that cannot be fetched or booted."""
 
 
-def need(tool: str, package: str) -> str:
-    """The path of `tool`, or a one-line error naming the Debian package that provides it."""
+def need(tool: str, package: str, option: str | None = None) -> str:
+    """The path of `tool`, or a one-line error naming the Debian package that provides it
+    (and the `option` that asked for it)."""
     path = shutil.which(tool)
+    if path is None and option is not None:
+        raise CaptureError(f"{option} needs {tool}: `apt-get install {package}`")
     if path is None:
         raise CaptureError(f"{tool} not found: install it with `apt-get install {package}`")
     return path

@@ -318,7 +318,9 @@ def perf_losses(out: Path, data: bytes) -> dict[str, int]:
         (Path(tmp) / "perf.data").write_bytes(data)
         try:
             return readers.perf_losses(
-                str(out / "perf.data"), shutil.which("perf") or "perf", Path(tmp) / "perf.data"
+                str(out / "perf.data"),
+                need("perf", "linux-perf", "--perf-data"),
+                Path(tmp) / "perf.data",
             )
         except readers.TraceError as e:
             raise CaptureError(str(e)) from None
@@ -357,17 +359,17 @@ def check_options(opts: CaptureOptions) -> None:
             f"--memory {opts.memory_mb}: expected at least {least} MiB with {opts.smp} CPUs "
             f"(their ring buffers of {buffer} MiB), or 0 for that"
         )
-    need, host = guest_memory_mb(opts), host_memory_mb()
-    if need > host:
+    wanted, host = guest_memory_mb(opts), host_memory_mb()
+    if wanted > host:
         raise CaptureError(
-            f"the guest would need {need} MiB ({opts.smp} CPUs, ring buffers of {buffer} MiB "
+            f"the guest would need {wanted} MiB ({opts.smp} CPUs, ring buffers of {buffer} MiB "
             f"each) and this machine has {host} MiB: give a smaller --buffer-mb, --memory, "
             "--scale or --smp"
         )
-    if opts.trace_dat and shutil.which("trace-cmd") is None:
-        raise CaptureError("--trace-dat needs trace-cmd: `apt-get install trace-cmd`")
-    if opts.perf_data and shutil.which("perf") is None:
-        raise CaptureError("--perf-data needs perf: `apt-get install linux-perf`")
+    if opts.trace_dat:
+        need("trace-cmd", "trace-cmd", "--trace-dat")
+    if opts.perf_data:
+        need("perf", "linux-perf", "--perf-data")
     out = opts.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CaptureError(f"{out}: exists and is not empty; choose another -o or remove it")
