@@ -570,10 +570,13 @@ def test_alpha_kthread_use_mm_keeps_the_old_page_tables() -> None:
 
 
 @pytest.mark.parametrize(("name", "passes"), [("linux-6.1-x86_64", True),
-                                              ("linux-6.12-x86_64", False)])  # fmt: skip
+                                              ("linux-6.12-x86_64", False),
+                                              ("linux-6.17-x86_64", True)])  # fmt: skip
 def test_x86_exec_activate_mm_prev_argument(name: str, passes: bool) -> None:
     """Seen by kprobes on Debian's kernels: exec's switch_mm_irqs_off() gets the old
-    active_mm as `prev` on 6.1 and NULL on 6.12 (tests/data/captures)."""
+    active_mm as `prev` on 6.1, NULL on 6.12 (through switch_mm(), which passes NULL since
+    6.9) and the old active_mm again on 6.17 (6.16 calls switch_mm_irqs_off() directly)
+    (tests/data/captures)."""
     m = machine(name)
     old = with_user(m)
     hooks = Events()

@@ -1137,6 +1137,25 @@ def test_raw_sched_switch_fields_of_older_traces_are_read() -> None:
     assert sum(v for k, v in switches.items() if k != "user->user same mm") == lines
 
 
+def test_task_rename_with_and_without_its_pid(tmp_path: Path) -> None:
+    """include/trace/events/task.h: task_rename printed pid=, oldcomm=, newcomm= until a
+    later kernel dropped the pid ("tracing: Remove pid in task_rename tracing output": the
+    task renamed is the one tracing). Lines of Debian's 6.12 and 6.17 kernels: the renamed
+    task is the pid printed, else the line's own; a line naming neither comm is still
+    refused."""
+    head = "           {c}-{p}     (    {p}) [001] .....     4.3574{n}: task_rename: "
+    trace = tmp_path / "t.txt"
+    trace.write_text(
+        head.format(c="cat", p=147, n=38) + "oldcomm=init newcomm=exe oom_score_adj=0\n"
+        + head.format(c="sh", p=150, n=39) + "pid=151 oldcomm=sh newcomm=ls oom_score_adj=0\n"
+    )  # fmt: skip
+    renames = [(e.pid, e.rename_pid, e.newcomm) for e in read_trace(str(trace))]
+    assert renames == [(147, 147, "exe"), (150, 151, "ls")]
+    trace.write_text(head.format(c="cat", p=147, n=38) + "pid=147 newcomm=exe\n")
+    with pytest.raises(TraceError, match=r"t\.txt:1: malformed task_rename fields"):
+        list(read_trace(str(trace)))
+
+
 def test_a_tracepoint_probe_named_like_its_tracepoint_is_a_probe(tmp_path: Path) -> None:
     """A tracepoint probe (`t sched_switch $arg*` in dynamic_events, kernel 6.10+) is an event
     called sched_switch whose fields open with its location: a probe, not a malformed switch

@@ -148,11 +148,19 @@ class KernelConfig:
 
     @property
     def activate_mm_passes_prev(self) -> bool:
-        """x86 exec: activate_mm() hands switch_mm_irqs_off() the old active_mm as `prev` on
-        6.1 and NULL on 6.12 (both seen by kprobes on Debian's kernels; the argument is unused
-        either way). Which release changed it in between is not pinned down: 6.12 is the first
-        one observed passing NULL."""
-        return self.arch != "x86_64" or self.version < (6, 12)
+        """x86 exec: activate_mm() hands switch_mm_irqs_off() the old active_mm as `prev`,
+        but for 6.9 to 6.15, where it went through switch_mm(), which passes NULL since 6.9
+        ("x86/mm: always pass NULL as the first argument of switch_mm_irqs_off()"), until
+        6.16's "x86/mm: Opt-in to IRQs-off activate_mm()" called switch_mm_irqs_off(prev,
+        next, NULL) directly (seen by kprobes on Debian's 6.1, 6.12 and 6.17 kernels; the
+        argument is unused either way)."""
+        return self.arch != "x86_64" or not (6, 9) <= self.version < (6, 16)
+
+    @property
+    def switch_mm_passes_prev(self) -> bool:
+        """x86 switch_mm() (EFI calls before 6.15): its `prev` reaches switch_mm_irqs_off()
+        before 6.9, NULL since (the same commit as above)."""
+        return self.arch != "x86_64" or self.version < (6, 9)
 
     @property
     def version_text(self) -> str:
@@ -222,6 +230,7 @@ class KernelConfig:
             "per_task_lazy_refs": self.per_task_lazy_refs,
             "lazy_tlb_helpers": self.lazy_tlb_helpers,
             "activate_mm_passes_prev": self.activate_mm_passes_prev,
+            "switch_mm_passes_prev": self.switch_mm_passes_prev,
             "nr_dyn_asids": self.nr_dyn_asids,
             "alpha_max_asn": self.alpha_max_asn,
             "HZ": self.HZ,
@@ -241,6 +250,13 @@ PRESETS: dict[str, KernelConfig] = {
             "linux-6.17-x86_64",
             "Linux 6.17 on x86-64: lazy refs counted, cpu_tlbstate with ASIDs, lazy mm_cpumask",
             arch="x86_64",
+        ),
+        _preset(
+            "linux-6.17-x86_64-rt",
+            "Linux 6.17 PREEMPT_RT on x86-64 (Debian 13's backports, linux-image-rt-amd64): "
+            "the final mmdrop in finish_task_switch frees the mm from an RCU callback",
+            arch="x86_64",
+            PREEMPT_RT=True,
         ),
         _preset(
             "linux-6.17-x86_64-invlpgb",

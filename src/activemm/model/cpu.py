@@ -15,7 +15,8 @@ def cpu_down(k: Kernel, rq: Rq, control_cpu: int) -> None:
 
     1. the outgoing CPU ends up running only per-CPU kernel threads (here: its idle task;
        the current task is migrated away, an ordinary context switch);
-    2. 6.13+: sched_cpu_wait_empty() -> sched_force_init_mm() moves a lazy mm to init_mm;
+    2. 6.13+: sched_cpu_wait_empty() -> sched_force_init_mm() moves a lazy mm to init_mm
+       (in the hotplug thread; the model's current task here is the idle task);
     3. take_cpu_down() -> __cpu_disable() (powerpc clears the CPU from every mm_cpumask);
     4. before 6.13: idle_task_exit() switches the hardware to init_mm;
     5. takedown_cpu(), on the control CPU, ends with rcutree_migrate_callbacks() (the dead
@@ -26,7 +27,7 @@ def cpu_down(k: Kernel, rq: Rq, control_cpu: int) -> None:
         core.__schedule(k, rq, rq.idle)
     new_scheme = k.config.version >= (6, 13)
     if new_scheme:
-        core.sched_force_init_mm(k, rq)
+        core.sched_cpu_wait_empty(k, rq)
     k.arch.cpu_disable(k, rq.cpu)
     if not new_scheme:
         core.idle_task_exit(k, rq)

@@ -646,6 +646,29 @@ class Machine:
         hotplug.cpu_down(self.k, rq, others[0] if control is None else control)
         self._end(op)
 
+    def sched_cpu_wait_empty(self, cpu: int) -> None:
+        """kernel/sched/core.c: sched_cpu_wait_empty(), the CPUHP_AP_SCHED_WAIT_EMPTY
+        teardown step (6.13+), run on the outgoing `cpu` by its hotplug thread, current
+        there: sched_force_init_mm() moves the mm that thread borrows lazily onto init_mm.
+        cpu_down() runs it too, where its current task is the idle task; a trace runs it
+        where the kernel did, in the hotplug thread, before the CPU's last switches."""
+        rq = self.rq(cpu)
+        if not rq.online:
+            raise OperationError(f"sched_cpu_wait_empty: CPU {cpu} is offline")
+        if self.config.version < (6, 13):
+            raise OperationError(
+                f"sched_cpu_wait_empty: {self.config.name} is older than 6.13, where "
+                "idle_task_exit() switched a dying CPU to init_mm instead"
+            )
+        if rq.curr.mm is not None:
+            raise OperationError(
+                f"sched_cpu_wait_empty: CPU {cpu} runs {rq.curr.name}, a user task; the "
+                "hotplug thread is a kernel thread"
+            )
+        op = self._begin("sched_cpu_wait_empty", cpu, cpu=cpu)
+        core.sched_cpu_wait_empty(self.k, rq)
+        self._end(op)
+
     def cpu_up(self, cpu: int) -> None:
         """kernel/cpu.c: bring `cpu` back online."""
         rq = self.rq(cpu)

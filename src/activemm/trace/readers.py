@@ -133,7 +133,11 @@ FORK = re.compile(r"comm=(?P<c>.*) pid=(?P<p>\d+) child_comm=(?P<cc>.*) child_pi
 NEWTASK = re.compile(r"pid=(?P<p>\d+) comm=(?P<c>.*) clone_flags=(?P<f>(?:0x)?[0-9a-fA-F]+)")
 EXEC = re.compile(r"filename=(?P<f>.*) pid=(?P<p>\d+) old_pid=(?P<o>\d+)")
 EXIT = re.compile(r"comm=(?P<c>.*) pid=(?P<p>\d+) prio=")
-RENAME = re.compile(r"pid=(?P<p>\d+) oldcomm=(?P<o>.*) newcomm=(?P<n>.*?)(?: oom_score_adj=.*)?$")
+# later kernels (Debian's 6.17) print no pid: the renamed task is the one tracing (commit
+# "tracing: Remove pid in task_rename tracing output")
+RENAME = re.compile(
+    r"(?:pid=(?P<p>\d+) )?oldcomm=(?P<o>.*) newcomm=(?P<n>.*?)(?: oom_score_adj=.*)?$"
+)
 # tlb_flush as the kernel prints it (`pages:N reason:NAME (CODE)`) and as trace-cmd report's
 # tlb plugin (libtraceevent's plugin_tlb) does: `pages=N reason=NAME (CODE)`, with no NAME for
 # "remote ipi send", which the plugin does not know
@@ -263,7 +267,7 @@ def _rename(
     line: int, cpu: int, ts: float, pid: int, comm: str, tgid: int | None, rest: str
 ) -> TraceEvent | None:
     m = RENAME.match(rest)
-    return m and TaskRename(line, cpu, ts, pid, comm, tgid, int(m["p"]), m["n"])
+    return m and TaskRename(line, cpu, ts, pid, comm, tgid, int(m["p"] or pid), m["n"])
 
 
 def _tlb(
@@ -312,7 +316,7 @@ EXPECTED = {
     "sched_process_exec": "filename=.. pid=.. old_pid=..",
     "sched_process_exit": "comm=.. pid=.. prio=..",
     "sched_process_free": "comm=.. pid=.. prio=..",
-    "task_rename": "pid=.. oldcomm=.. newcomm=..",
+    "task_rename": "[pid=..] oldcomm=.. newcomm=..",
     "tlb_flush": "pages:N reason:NAME (CODE), NAME one of " + ", ".join(TLB_REASONS),
     "cpuhp_enter": "cpu: N target: N step: N (function)",
 }

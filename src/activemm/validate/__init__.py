@@ -32,12 +32,20 @@ NO_KERNEL = (
 
 def preset_for(release: str | None) -> str:
     """The preset that models a kernel release string such as 6.1.0-56-amd64 (or Debian's
-    PREEMPT_RT flavour, 6.1.0-56-rt-amd64)."""
+    PREEMPT_RT flavour, 6.1.0-56-rt-amd64): the 6.1 one before the lazy-TLB helpers (6.4),
+    the 6.12 one before x86 kept mm_cpumask bits on switch-away (6.14), the 6.17 one since
+    (Debian 13's backports: 6.17.13+deb13-amd64)."""
     m = re.match(r"(\d+)\.(\d+)", release or "")
     if m is None:
         raise ActiveMmError(NO_KERNEL)
     version = (int(m[1]), int(m[2]))
-    name = "linux-6.1-x86_64" if version < (6, 4) else "linux-6.12-x86_64"
+    name = (
+        "linux-6.1-x86_64"
+        if version < (6, 4)
+        else "linux-6.12-x86_64"
+        if version < (6, 14)
+        else "linux-6.17-x86_64"
+    )
     return f"{name}-rt" if re.search(r"-rt\b", release or "") else name
 
 
@@ -45,23 +53,32 @@ RT_THREAD = "ktimers/"  # a per-CPU thread only PREEMPT_RT kernels have
 
 
 def preset_from_probes(events: Iterable[object]) -> str | None:
-    """Which of Debian 12's kernels recorded a trace that comes without metadata, from where
-    its kprobes on switch_mm_irqs_off landed: at +0x0 on 6.1, at +0x4 on 6.12, whose
-    functions start with an ENDBR64 instruction (IBT) the probe is placed after
-    (reference, real-kernel-capture.md); their PREEMPT_RT flavour when the trace switches
-    to a ktimers/N thread (kernel/softirq.c runs timer softirqs there only with
-    CONFIG_PREEMPT_RT). None when the offsets say neither."""
+    """Which of Debian's kernels recorded a trace that comes without metadata, from where
+    its kprobes on switch_mm_irqs_off landed: at +0x0 on 6.1, at +0x4 on 6.12 and 6.17,
+    whose functions start with an ENDBR64 instruction (IBT) the probe is placed after
+    (reference, real-kernel-capture.md); 6.17 (6.16 and later) when exec's activate_mm()
+    hook (no task, not to init_mm) has a `prev`, which 6.9 to 6.15 pass as NULL; their
+    PREEMPT_RT flavour when the trace switches to a ktimers/N thread (kernel/softirq.c
+    runs timer softirqs there only with CONFIG_PREEMPT_RT). None when the offsets say
+    neither."""
     offsets: set[int | None] = set()
-    rt = False
+    rt = activate_prev = False
     for e in events:
         if isinstance(e, Probe) and e.function == "switch_mm_irqs_off":
             offsets.add(e.offset)
+            activate_prev = activate_prev or (
+                kv.address(e.args.get("tsk")) == 0
+                and kv.address(e.args.get("prev")) != 0
+                and not kv.is_init_mm(kv.address(e.args.get("next")))
+            )
         elif isinstance(e, SchedSwitch) and not rt:
             rt = e.next_comm.startswith(RT_THREAD) or e.prev_comm.startswith(RT_THREAD)
     kernels: dict[int | None, str] = {0: "linux-6.1-x86_64", 4: "linux-6.12-x86_64"}
     base = kernels.get(offsets.pop()) if len(offsets) == 1 else None
     if base is None:
         return None
+    if base == "linux-6.12-x86_64" and activate_prev:
+        base = "linux-6.17-x86_64"
     return base + "-rt" if rt else base
 
 
@@ -271,7 +288,11 @@ def validate(
             raise ActiveMmError(f"{path}: {NO_KERNEL}")
         chosen = inferred
         how = "inferred: no metadata; switch_mm_irqs_off probed at " + (
-            "+0x0 (Debian's 6.1)" if inferred.startswith("linux-6.1-") else "+0x4 (6.12, IBT)"
+            "+0x0 (Debian's 6.1)"
+            if inferred.startswith("linux-6.1-")
+            else "+0x4 (6.12, IBT)"
+            if inferred.startswith("linux-6.12-")
+            else "+0x4 (IBT), exec's activate_mm with a prev (6.16 and later)"
         )
         if inferred.endswith("-rt"):
             how += f"; {RT_THREAD}N threads ran (PREEMPT_RT)"

@@ -514,6 +514,9 @@ class Validator(MarkerSteps, Clocked):
         elif ev.via in ("use_temporary_mm", "unuse_temporary_mm"):
             self.model_outside.append(Outside("temporary_mm", cpu, pid, self._a(ev.next), 0,
                                               self.ctx.line, epoch))  # fmt: skip
+        elif self.op.name == "sched_cpu_wait_empty":
+            self.model_outside.append(Outside("sched_force_init_mm", cpu, pid, self._a(ev.next),
+                                              self._a(ev.prev), self.ctx.line, epoch))  # fmt: skip
         elif ev.via in ("efi_enter_mm", "efi_leave_mm"):
             self.model_outside.append(Outside(ev.via, cpu, pid, self._a(ev.next),
                                               self._a(ev.prev), self.ctx.line, epoch))  # fmt: skip
@@ -710,6 +713,8 @@ class Validator(MarkerSteps, Clocked):
         if isinstance(ev, HotplugStep):
             self._refusable(self._finish_cpu, ev)
             self._teardown_step(ev)
+            if self.inputs == "sched":
+                self._refusable(self._wait_empty, ev)
         if ev.pid in self.pins and isinstance(ev, PAST_MMPUT):
             self._refusable(self._unpin, ev)
         if isinstance(ev, LostEvents):
@@ -799,6 +804,24 @@ class Validator(MarkerSteps, Clocked):
             self.ctx = Context("finish_cpu", ev.line, ev.cpu, ev.pid)
             self.m.mmdrop(holder, ev.cpu)
             self.result.learned["finish_cpu() (cpuhp_enter tracepoint)"] += 1
+
+    def _wait_empty(self, ev: HotplugStep) -> None:
+        """Sched inputs, 6.13+: cpuhp_enter(sched_cpu_wait_empty) on the outgoing CPU, by
+        its hotplug thread: sched_force_init_mm() follows at once (the CPU runs nothing else
+        by then), moving the mm that thread borrows onto init_mm (markers: its own hook)."""
+        rq = self.m.state.rqs[ev.cpu]
+        if (
+            ev.function != "sched_cpu_wait_empty"
+            or ev.target_cpu != ev.cpu
+            or self.m.config.version < (6, 13)
+            or not rq.online
+            or self.replayer.tasks.get(ev.pid) is not rq.curr
+            or rq.curr.mm is not None
+        ):
+            return
+        self.ctx = Context("hotplug", ev.line, ev.cpu, ev.pid)
+        self.m.sched_cpu_wait_empty(ev.cpu)
+        self.result.learned["hotplug thread moved to init_mm (cpuhp_enter tracepoint)"] += 1
 
     def _teardown_step(self, ev: HotplugStep) -> None:
         """Where the kernel's finish_cpu() runs, both modes: from its cpuhp_enter line to the
@@ -1679,6 +1702,10 @@ class Validator(MarkerSteps, Clocked):
             self.ctx = Context("efi_call", p.line, p.cpu, p.pid)
             self._refusable(self.m.efi_call, p.cpu)
             self.result.learned["EFI runtime call (efi_enter_mm marker)"] += 1
+        if kind == "sched_force_init_mm" and self.inputs == "markers":
+            self.ctx = Context("hotplug", p.line, p.cpu, p.pid)
+            self._refusable(self.m.sched_cpu_wait_empty, cpu)
+            self.result.learned["hotplug thread moved to init_mm (sched_force_init_mm marker)"] += 1
         if kind == "switch_mm":
             self.anchor[cpu] = ("kthread_use_mm", pid)
             self.mm_kthreads.add(pid)

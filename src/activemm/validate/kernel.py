@@ -350,9 +350,13 @@ def outside_kind(p: Probe, efi: dict[int, str] | None = None) -> str:
         return "flush_to_init_mm" if is_init_mm(address(p.args.get("next"))) else "activate_mm"
     if idle and is_init_mm(address(p.args.get("next"))):
         return "idle_task_exit"  # a CPU going offline hands its lazy mm back (CPU hotplug)
+    if is_init_mm(address(p.args.get("next"))) and address(p.args.get("prev")) != 0:
+        # 6.13+: the outgoing CPU's hotplug thread (cpuhp/N) in sched_cpu_wait_empty()
+        # moves the mm it borrows onto init_mm (kthread_use_mm() never takes init_mm)
+        return "sched_force_init_mm"
     if address(p.args.get("prev")) == 0:
         return "temporary_mm"  # use_temporary_mm(): text_poke's poking_mm (6.15+: efi_mm)
-    return "switch_mm"  # kthread_use_mm(), sched_force_init_mm()...
+    return "switch_mm"  # kthread_use_mm()
 
 
 HOTPLUG = ("cpu_init", "idle_task_exit", "untraced_switch")

@@ -166,7 +166,8 @@ def switch_mm_irqs_off(k: Kernel, prev: Mm | None, next: Mm, tsk: Task | None, v
 
 def activate_mm(k: Kernel, prev: Mm | None, next: Mm) -> None:
     """arch/x86/include/asm/mmu_context.h: activate_mm(): switch_mm_irqs_off(prev, next, NULL)
-    (exec: no task argument; on 6.12 `prev` is NULL too, see activate_mm_passes_prev)."""
+    (exec: no task argument; from 6.9 to 6.15 `prev` is NULL too, see
+    activate_mm_passes_prev)."""
     switch_mm_irqs_off(
         k, prev if k.config.activate_mm_passes_prev else None, next, None, "activate_mm"
     )
@@ -481,9 +482,9 @@ def efi_mm_init(k: Kernel) -> Mm:
 
 def switch_mm(k: Kernel, prev: Mm | None, next: Mm, tsk: Task | None, via: str) -> None:
     """arch/x86/mm/tlb.c: switch_mm(): switch_mm_irqs_off() with interrupts off. Its `prev`
-    reaches switch_mm_irqs_off() on 6.1 and NULL does on 6.12 (seen by kprobes on Debian's
-    kernels, as for activate_mm(): KernelConfig.activate_mm_passes_prev); unused either way."""
-    switch_mm_irqs_off(k, prev if k.config.activate_mm_passes_prev else None, next, tsk, via)
+    reaches switch_mm_irqs_off() on 6.1 and NULL does since 6.9 (seen by kprobes on
+    Debian's 6.1 and 6.12 kernels: KernelConfig.switch_mm_passes_prev); unused either way."""
+    switch_mm_irqs_off(k, prev if k.config.switch_mm_passes_prev else None, next, tsk, via)
 
 
 def efi_enter_mm(k: Kernel, efi_mm: Mm) -> Mm:

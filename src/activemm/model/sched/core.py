@@ -120,6 +120,13 @@ def sched_init(k: Kernel, rq: Rq) -> None:
     k.arch.enter_lazy_tlb(k, init_mm, rq.idle)
 
 
+def sched_cpu_wait_empty(k: Kernel, rq: Rq) -> None:
+    """kernel/sched/core.c: sched_cpu_wait_empty(), the CPUHP_AP_SCHED_WAIT_EMPTY teardown
+    step (6.13+) on the outgoing CPU: balance_hotplug_wait() (the CPU runs only its
+    per-CPU kernel threads by then), then sched_force_init_mm() for the hotplug thread."""
+    sched_force_init_mm(k, rq)
+
+
 def sched_force_init_mm(k: Kernel, rq: Rq) -> None:
     """kernel/sched/core.c: sched_force_init_mm() (6.13+), on the outgoing CPU before
     __cpu_disable(): move a lazily borrowed mm off this CPU, onto init_mm."""
