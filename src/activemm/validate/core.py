@@ -70,6 +70,7 @@ from activemm.validate.markers import (
     exec_window_guesses,
     fork_flushes,
     line_before,
+    marked_exits,
     marked_fork_flushes,
     next_line,
     own_full_flush,
@@ -151,8 +152,12 @@ class Validator(MarkerSteps, Clocked):
         )
         # exits known before the fact: exit_mmap()'s switch of a lazy CPU to init_mm, those
         # of them placed at a preemption before it, and the loads that come before the switch
+        # 6.16+: sched_process_exit marks exit_mm() itself; there is no window to infer
+        self.exit_first = kv.exit_traced_first(config)
         self.lazy_exits, self.before_flush, self.exit_loads = (
-            self.windows.lazy_exits() if self.windows is not None else ({}, set(), {})
+            self.windows.lazy_exits()
+            if self.windows is not None and not self.exit_first
+            else ({}, set(), {})
         )
         self.exit_points = {**self.lazy_exits, **self.exit_points}
         self.result = result
@@ -196,6 +201,12 @@ class Validator(MarkerSteps, Clocked):
         self.activations: dict[int, list[int]] = {}  # pid -> lines of exec's activate_mm
         self.activated: dict[int, int] = {}  # such a line -> the mm it activated
         self.rests: dict[int, list[int]] = {}  # pid -> lines of its switches out, not preempted
+        self.final_switches: dict[int, list[int]] = {}  # pid -> its switches out, dead
+        self.exit_ends = self.final_switches if self.exit_first else self.exit_lines
+        # 6.16+, markers: sched_process_exit lines whose exit_mm() marker follows
+        self.exit_at_marker = (
+            marked_exits(events) if self.exit_first and inputs == "markers" else set()
+        )
         self.preemptions: dict[int, list[int]] = {}  # pid -> lines of its switches out, preempted
         self.cr3_loads: dict[int, list[int]] = {}  # CPU -> lines of its CR3 loads (tlb_flush)
         # PREEMPT_RT: switches out in "D", where a sleeping spinlock_t's wait shows too
@@ -262,6 +273,8 @@ class Validator(MarkerSteps, Clocked):
                     ksmd_runs.append((e.line, e.cpu, e.next_pid))
                 if not e.prev_state.startswith("R"):
                     self.rests.setdefault(e.prev_pid, []).append(e.line)
+                if e.prev_state.startswith(("X", "Z")):
+                    self.final_switches.setdefault(e.prev_pid, []).append(e.line)
                     if config.PREEMPT_RT and e.prev_state.startswith("D"):
                         self.lock_waits.add(e.line)
                 else:
@@ -744,12 +757,24 @@ class Validator(MarkerSteps, Clocked):
             self.exec_marked.pop(ev.exec_pid, None)
         if isinstance(ev, ProcessExit):
             self.exit_marked.pop(ev.exit_pid, None)
+            if ev.line in self.exit_at_marker and self._runs_with_mm(ev.cpu, ev.exit_pid):
+                return  # 6.16+: exit_mm() follows at its marker, where the model runs it
         if not (isinstance(ev, NewTask) and ev.line in self.early_forks):
             self._drive(type(ev).__name__, ev, self.replayer.apply, ev)
         if isinstance(ev, NewTask | ProcessFork):  # (the fork is done: replayed now or early)
             self._forked(ev.pid)
             if self.uffd_forks:
                 self._refusable(self._uffd_fork_grabs, ev.child_pid)
+
+    def _runs_with_mm(self, cpu: int, pid: int) -> bool:
+        """Whether user task `pid` is current on `cpu` in the model with its mm, not exiting
+        yet."""
+        t = self.m.state.rqs[cpu].curr
+        return (
+            t is self.replayer.tasks.get(pid)
+            and t.mm is not None
+            and not (t.exiting or t.uses_mm or t.pf_kthread)
+        )
 
     def _cpu_came_online(self, p: Probe) -> None:
         """cpu_init()'s enter_lazy_tlb(&init_mm) by the idle task, outside a context switch,
@@ -1723,7 +1748,8 @@ class Validator(MarkerSteps, Clocked):
                 # it lazily; never an exit, whatever the mm's owner does
                 self.mm_kthreads.add(pid)
             else:
-                self.exit_marked[pid] = p.line
+                if not self.exit_first:  # (since 6.16 no window comes before it)
+                    self.exit_marked[pid] = p.line
                 self.exited_mm[mm] = pid
             if self.inputs == "markers":
                 self._refusable(self._marker_exit, p)
@@ -1843,7 +1869,7 @@ class Validator(MarkerSteps, Clocked):
         model, self.switch = self.switch, None
         if model is not None and model.hook == SWITCH_MM:
             self.episode[sw.cpu] += 1
-        if self.windows is not None and model is not None:
+        if self.windows is not None and model is not None and not self.exit_first:
             self._exit_window_seen(sw, model)
         return model
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from activemm.model.config import KernelConfig
 from activemm.trace.events import Probe, SchedSwitch, TraceEvent
 from activemm.trace.replay import PF_KTHREAD, TaskInfo
 
@@ -253,6 +254,15 @@ def rcu_callbacks_of(comm: str) -> int | None:
     if kind not in ("rcuc", "rcuop") or not cpu.isdigit():
         return None
     return int(cpu)
+
+
+def exit_traced_first(config: KernelConfig) -> bool:
+    """Whether the kernel fires sched_process_exit before exit_mm() (6.16, "exit: move and
+    extend sched_process_exit() tracepoint", which also added its group_dead field): then
+    the tracepoint marks exit_mm() itself (only perf_event_exit_task() lies between), and
+    __mmput() follows it; before, exit_mm() and __mmput() came first and the tracepoint
+    after them, with a window where a preempted task no longer had its mm."""
+    return config.version >= (6, 16)
 
 
 def is_kthread(p: Probe) -> bool:

@@ -47,6 +47,30 @@ class Context:
     pid: int = 0
 
 
+def marked_exits(events: list[TraceEvent]) -> set[int]:
+    """Lines of the sched_process_exit tracepoints that the exiting task's own exit_mm()
+    marker (enter_lazy_tlb of itself, outside a switch) follows before its last switch
+    out: on 6.16 and later the tracepoint comes first (kv.exit_traced_first), and with
+    markers the model's exit runs at the marker. (perf_event_exit_task() between the two
+    takes mutexes: the task may wait, "D", with its mm.)"""
+    found: set[int] = set()
+    open_: dict[int, int] = {}  # pid -> line of its sched_process_exit, marker not yet seen
+    for ev in events:
+        if isinstance(ev, ProcessExit):
+            open_[ev.exit_pid] = ev.line
+        elif isinstance(ev, SchedSwitch) and ev.prev_state.startswith(("X", "Z")):
+            open_.pop(ev.prev_pid, None)
+        elif (
+            isinstance(ev, Probe)
+            and ev.function == ENTER_LAZY
+            and ev.pid in open_
+            and ev.args.get("t_pid") == str(ev.pid)
+            and not kv.is_kthread(ev)
+        ):
+            found.add(open_.pop(ev.pid))
+    return found
+
+
 def exec_hints(events: list[TraceEvent]) -> set[int]:
     """Lines of tracepoint-only exec hints: on x86 every CR3 load in switch_mm_irqs_off()
     emits tlb_flush "flush on task switch"; the last one a task emits by itself, outside a
@@ -377,6 +401,9 @@ class MarkerSteps:
     own_flushes: dict[int, list[int]]  # pid -> lines of its tlb_flush events (no hardirq)
     ipi_sends: dict[int, list[int]]  # pid -> lines of its "remote ipi send" tlb_flush
     exit_lines: dict[int, list[int]]  # pid -> lines of its sched_process_exit
+    # pid -> where its exit's __mmput() has returned by: its sched_process_exit before 6.16,
+    # its last switch out (dead) since (kv.exit_traced_first)
+    exit_ends: dict[int, list[int]]
     exec_lines: dict[int, list[int]]  # pid -> lines of its sched_process_exec
     mmput_returns: dict[int, list[int]]  # pid -> lines of its exit_mmap returning (marker)
     exit_mmaps: dict[int, list[tuple[int, int]]]  # mm address -> [(line, pid)]
@@ -507,7 +534,7 @@ class MarkerSteps:
         elif t.mm is not None and not t.exiting and not t.is_idle:
             mm = t.mm
             deferred = self._defer_mmput(t, p) or self._defer_to_last(
-                t, p, self.own_flushes, self.exit_lines, "exit"
+                t, p, self.own_flushes, self.exit_ends, "exit"
             )
             self.m.exit(t)
             if not deferred:
