@@ -150,6 +150,23 @@ def image_from_path(path: Path) -> KernelImage:
     return KernelImage(release, vmlinuz, vmlinux, config)
 
 
+def default_preemption(config: Path) -> str | None:
+    """The preemption model a kernel boots with when its command line chooses none, from its
+    config-RELEASE: "rt" (PREEMPT_RT), "lazy" (PREEMPT_LAZY, the default of Debian 13's
+    6.17), "full" (PREEMPT), "voluntary" (PREEMPT_VOLUNTARY, Debian 12's 6.1 and 6.12) or
+    "none"; None when the config cannot be read or says none of them."""
+    try:
+        text = config.read_text(errors="replace")
+    except OSError:
+        return None
+    chosen = set(re.findall(r"^CONFIG_PREEMPT(_RT|_LAZY|_VOLUNTARY|_NONE|)=y$", text, re.M))
+    for option, mode in (("_RT", "rt"), ("_LAZY", "lazy"), ("", "full"),
+                         ("_VOLUNTARY", "voluntary"), ("_NONE", "none")):  # fmt: skip
+        if option in chosen:
+            return mode
+    return None
+
+
 def extract_vmlinux(bzimage: bytes) -> bytes:
     """The ELF inside a bzImage: find the compressed payload by its magic and decompress it
     (what scripts/extract-vmlinux does), for every compression the kernel offers but LZO:

@@ -24,6 +24,7 @@ from activemm.capture.kernel import (
     CaptureError,
     KernelImage,
     btf,
+    default_preemption,
     need,
     probe_offsets,
 )
@@ -554,6 +555,8 @@ def capture(
             "program": opts.program.name if opts.program else None,
             "modules": list(opts.modules),
             "kernel_args": opts.kernel_args,
+            # what it runs with when kernel_args choose no preempt= (its config's choice)
+            "preempt_default": default_preemption(image.config),
             "workload_status": int(status[1]) if status else None,
             "scale": opts.scale,
             "accel": accel,

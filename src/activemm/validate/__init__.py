@@ -140,10 +140,13 @@ PREEMPT_MODES = ("none", "voluntary", "full", "lazy")  # the kernel's preempt= c
 
 def fully_preemptible(meta: dict[str, object] | None) -> bool:
     """Whether the capture's kernel was booted fully preemptible (`capture --kernel-args
-    preempt=full`); Debian's kernels are preempt=voluntary otherwise. The last preempt=
-    on the command line counts, as the kernel parses them."""
+    preempt=full` or lazy, or by its config's default: meta.json's preempt_default, "lazy"
+    on Debian 13's 6.17); Debian 12's kernels are preempt=voluntary otherwise. The last
+    preempt= on the command line counts, as the kernel parses them."""
     modes = [w.split("=", 1)[1] for w in _kernel_args(meta) if w.startswith("preempt=")]
-    return bool(modes) and modes[-1] in ("full", "lazy")
+    if not modes:
+        modes = [str((meta or {}).get("preempt_default"))]
+    return modes[-1] in ("full", "lazy")
 
 
 def rcu_offloaded(meta: dict[str, object] | None) -> bool:

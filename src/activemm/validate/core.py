@@ -78,6 +78,7 @@ from activemm.validate.markers import (
 from activemm.validate.score import (
     EXEC_PREEMPTED,
     EXIT_WINDOW,
+    EXIT_WINDOW_AFTER,
     FOLLOWS,
     HOTPLUG,
     INFERRED_EXIT,
@@ -360,6 +361,7 @@ class Validator(MarkerSteps, Clocked):
                 self.fork_hints[line] = nt
         # line where the kernel's __mmput ran -> (mm_users holder to put there, its mm)
         self.deferred: dict[int, tuple[str, Mm]] = {}
+        self.unpinned: set[int] = set()
         self.ctx = Context()
         # binding: model mm id -> kernel address (kept after the life ends), and the reverse
         # for the life in progress
@@ -428,6 +430,8 @@ class Validator(MarkerSteps, Clocked):
         self.seen_cpu: set[int] = set()
         self.first_switch: dict[int, int] = {}  # CPU -> line of its first complete switch
         self.exit_marked: dict[int, int] = {}  # pid -> line of exit_mm's enter_lazy_tlb
+        # 6.16+: pids past sched_process_exit (-> its line), their exit_mm() marker not seen
+        self.exiting_since: dict[int, int] = {}
         self.windowed: set[int] = set()  # pids switched out between exit_mm and that tracepoint
         self.exec_marked: dict[int, int] = {}  # pid -> line of exec's activate_mm
         # kernel side: pids past exec's activate_mm whose exec_mmap() may still drop the
@@ -757,8 +761,19 @@ class Validator(MarkerSteps, Clocked):
             self.exec_marked.pop(ev.exec_pid, None)
         if isinstance(ev, ProcessExit):
             self.exit_marked.pop(ev.exit_pid, None)
+            if self.exit_first:
+                self.exiting_since[ev.exit_pid] = ev.line
             if ev.line in self.exit_at_marker and self._runs_with_mm(ev.cpu, ev.exit_pid):
                 return  # 6.16+: exit_mm() follows at its marker, where the model runs it
+            if (
+                self.exit_first
+                and self.inputs == "sched"
+                and self._runs_with_mm(ev.cpu, ev.exit_pid)
+            ):
+                # 6.16+, tracepoints only: exit_mm() follows at once, its __mmput() ends at
+                # the task's last flush before it dies (MarkerSteps._defer_to_last)
+                self._marker_exit(ev)
+                return
         if not (isinstance(ev, NewTask) and ev.line in self.early_forks):
             self._drive(type(ev).__name__, ev, self.replayer.apply, ev)
         if isinstance(ev, NewTask | ProcessFork):  # (the fork is done: replayed now or early)
@@ -1323,6 +1338,8 @@ class Validator(MarkerSteps, Clocked):
                 self._refusable(self.m.kthread_unuse_mm, t)
         if ev.prev_pid in self.exit_marked and self.inputs == "sched":
             self.windowed.add(ev.prev_pid)
+        if ev.prev_state.startswith(("X", "Z")):
+            self.exiting_since.pop(ev.prev_pid, None)  # (a marker the probe missed)
         if ev.prev_pid in self.late and not self._may_be_in_mmput(ev):
             # it sleeps, or is dead: its __mmput after exit has returned (preempted, "R+",
             # or on PREEMPT_RT waiting for a lock, "D", it may still be inside it)
@@ -1400,8 +1417,8 @@ class Validator(MarkerSteps, Clocked):
                 self.raced.add(mm)
             if p.pid in self.exec_open:
                 self.exec_mmputs.add(mm)  # exec_mmap()'s mmput() of the old mm, its own
-            if p.pid in self.past_exit:
-                self.after_exit.add(mm)
+            if p.pid in self.past_exit and not self.exit_first:
+                self.after_exit.add(mm)  # (6.16+: every exit's __mmput comes after it)
             if self.inputs == "markers" and self._queued(p.pid, mm):
                 self._born_and_gone(p, mm)
             if self.inputs == "markers" and kv.ksm_keeps(p):
@@ -1669,7 +1686,7 @@ class Validator(MarkerSteps, Clocked):
             # (exec_mmap()'s mmdrop() of the borrowed mm, after activate_mm(): the task may
             # have been preempted in between, PREEMPT_RT's exec_mmap() being preemptible)
             point = ("exec_mmap", p.pid)
-        elif anchor[0] in ("kthread_use_mm", *RELEASE_POINTS):
+        elif anchor[0] in ("kthread_use_mm", "sched_force_init_mm", *RELEASE_POINTS):
             point = anchor  # (the path, the pid that ran it)
         else:
             point = ("other", p.pid)
@@ -1727,6 +1744,9 @@ class Validator(MarkerSteps, Clocked):
             self.ctx = Context("efi_call", p.line, p.cpu, p.pid)
             self._refusable(self.m.efi_call, p.cpu)
             self.result.learned["EFI runtime call (efi_enter_mm marker)"] += 1
+        if kind == "sched_force_init_mm":
+            # (its mmdrop_lazy_tlb() of the mm the hotplug thread let go follows)
+            self.anchor[cpu] = ("sched_force_init_mm", pid)
         if kind == "sched_force_init_mm" and self.inputs == "markers":
             self.ctx = Context("hotplug", p.line, p.cpu, p.pid)
             self._refusable(self.m.sched_cpu_wait_empty, cpu)
@@ -1750,6 +1770,7 @@ class Validator(MarkerSteps, Clocked):
             else:
                 if not self.exit_first:  # (since 6.16 no window comes before it)
                     self.exit_marked[pid] = p.line
+                self.exiting_since.pop(pid, None)
                 self.exited_mm[mm] = pid
             if self.inputs == "markers":
                 self._refusable(self._marker_exit, p)
@@ -2006,6 +2027,8 @@ class Validator(MarkerSteps, Clocked):
         for pid in (sw.prev_pid, sw.next_pid):
             if pid in self.exit_marked:
                 return EXIT_WINDOW
+            if pid in self.exiting_since:
+                return EXIT_WINDOW_AFTER
             if pid in self.inferred:
                 return self.inferred[pid]
             if pid in self.exec_marked:
@@ -2065,6 +2088,7 @@ class Validator(MarkerSteps, Clocked):
             self.let_go,
             self.exec_mmputs,
             self.release_raced,
+            self.exit_first,
         )
         drops.score(self.kernel_drops, self.model_drops)
         score_outside(

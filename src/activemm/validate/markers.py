@@ -398,6 +398,8 @@ class MarkerSteps:
     # line of the event where __mmput runs (another task's exit_mmap, exit_mmap's final
     # flush...) -> (the mm_users holder standing in until then, its mm)
     deferred: dict[int, tuple[str, Mm]]
+    unpinned: set[int]  # such lines where no pin follows (6.16+ exits, tracepoints only)
+    exit_first: bool  # sched_process_exit before exit_mm() (6.16+, kv.exit_traced_first)
     own_flushes: dict[int, list[int]]  # pid -> lines of its tlb_flush events (no hardirq)
     ipi_sends: dict[int, list[int]]  # pid -> lines of its "remote ipi send" tlb_flush
     exit_lines: dict[int, list[int]]  # pid -> lines of its sched_process_exit
@@ -576,6 +578,11 @@ class MarkerSteps:
             # flushes then send IPIs too: which "remote ipi send" was the old mm's last is a
             # guess, and a lazy user's switch may have come between the two
             self.raced.add(self.addr[mm.id])
+        if how == "exit" and self.exit_first and self.inputs == "sched":
+            # 6.16+, tracepoints only: exit_mmap() returns soon after its final flush, and
+            # __mmput()'s mmdrop() follows: no pin after it (on our 6.17 captures a task
+            # switched out after that flush had mostly finished __mmput() already)
+            self.unpinned.add(at)
         return self._defer(
             t, p, at, f"exit_mmap's final flush in pid {p.pid} (line {at})",
             f"{how}'s __mmput at exit_mmap's final flush (tlb_flush)",
@@ -644,7 +651,7 @@ class MarkerSteps:
         deferred = self.deferred.pop(ev.line, None)
         if deferred is None:
             return False
-        self._put_back(ev, *deferred, pin=pin)
+        self._put_back(ev, *deferred, pin=pin and ev.line not in self.unpinned)
         return True
 
     def _defer_mmput(self, t: Task, p: TraceEvent) -> bool:

@@ -24,6 +24,15 @@ ELSEWHERE = (
     "get_task_mm()): only the exit_mmap marker says so"
 )
 EXIT_WINDOW = "exit window (exit_mm ran before sched_process_exit)"
+# 6.16+ (validate/kernel.py exit_traced_first): the tracepoint comes first
+MMPUT_END = (
+    "__mmput's end (6.16+, tracepoints only): the model ends it at exit_mmap's final flush; "
+    "the kernel's was preempted after that flush, or ended only after the task switched out"
+)
+EXIT_WINDOW_AFTER = (
+    "exit window (6.16+: exit_mm ran after sched_process_exit; the task was preempted or "
+    "waited in between, in perf_event_exit_task())"
+)
 EXEC_PREEMPTED = (
     "exec window: the task was preempted inside exec_mmap(), after it set tsk->mm and before "
     "activate_mm() (PREEMPT_RT lets it be; the exec's marker comes only after)"
@@ -237,8 +246,11 @@ class DropScorer:
         let_go: dict[int, list[tuple[int, int]]] | None = None,
         exec_mmputs: set[int] | None = None,
         release_raced: set[int] | None = None,
+        exit_first: bool = False,
     ) -> None:
         self.result = result
+        # sched_process_exit before exit_mm() (6.16+): __mmput's end is no window's
+        self.window_cause = MMPUT_END if exit_first else EXIT_WINDOW
         self.inputs = inputs
         self.exited_mm = exited_mm  # mm address -> pid whose exit_mm let go of it
         self.tainted = tainted  # addresses of mms in context switches the model missed
@@ -327,7 +339,7 @@ class DropScorer:
                     else AFTER_EXIT if self.late_mmput(d.addr)
                     else RACE if d.addr in self.raced
                     else ELSEWHERE if d.addr in elsewhere
-                    else EXIT_WINDOW if d.addr in window
+                    else self.window_cause if d.addr in window
                     else HOTPLUG if self.offline_borrowed(d)
                     else TAINTED if d.addr in self.tainted
                     else "model freed an mm the kernel did not"
@@ -398,7 +410,7 @@ class DropScorer:
         if self.mmput_by_another(d):
             return ELSEWHERE
         if self.exit_window_drop(d):
-            return EXIT_WINDOW
+            return self.window_cause
         if self.unseen_kthread_use(d):
             return KTHREAD_USE_MM
         if d.addr in self.raced:
