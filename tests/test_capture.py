@@ -23,7 +23,13 @@ import pytest
 import zstandard
 
 from activemm.capture import WORKLOADS, guest, run
-from activemm.capture.kernel import CaptureError, KernelImage, extract_vmlinux, struct_offsets
+from activemm.capture.kernel import (
+    CaptureError,
+    KernelImage,
+    default_preemption,
+    extract_vmlinux,
+    struct_offsets,
+)
 from activemm.trace.events import TraceEvent
 
 from .helpers import cli
@@ -649,14 +655,29 @@ def test_capture_trace_dat_is_read_and_scored_as_its_tracefs_text(tmp_path: Path
             assert getattr(got, name) == getattr(want, name), (inputs, name)
 
 
-def _reordered(part: list[dict[str, Any]], whole: list[dict[str, Any]], at: int) -> int | None:
-    """How many events of `part` stand elsewhere than in the run of `whole` from `at` of the
-    same length, when that run holds the very same events (None: it does not)."""
-    run = whole[at : at + len(part)]
+def _stretch(part: list[dict[str, Any]], whole: list[dict[str, Any]]) -> tuple[int, int]:
+    """How `part` (one CPU's perf samples) sits in `whole` (that CPU's tracefs events) at
+    its best: (events of the one not in the other, over the run of `whole` of part's length
+    from where it starts, and events of `part` out of place there). Runs are tried from each
+    place where one of part's first three events stands, two either way: an interrupt
+    between a probe's two writers can swap the events at either end."""
     key = functools.partial(json.dumps, sort_keys=True, default=str)
-    if Counter(map(key, run)) != Counter(map(key, part)):
-        return None
-    return sum(a != b for a, b in zip(run, part, strict=True))
+    firsts = [key(e) for e in part[:3]]
+    starts = {
+        i + d
+        for i, e in enumerate(whole)
+        if key(e) in firsts
+        for d in range(-2, 3)
+        if 0 <= i + d <= len(whole) - len(part)
+    }
+    mine = Counter(map(key, part))
+    best = (len(part) * 2, len(part))
+    for at in sorted(starts):
+        run = whole[at : at + len(part)]
+        theirs = Counter(map(key, run))
+        apart = sum(((mine - theirs) + (theirs - mine)).values())
+        best = min(best, (apart, sum(a != b for a, b in zip(run, part, strict=True))))
+    return best
 
 
 def _as_perf_read(event: TraceEvent) -> dict[str, Any]:
@@ -685,8 +706,10 @@ def test_capture_perf_data_records_what_tracefs_records(tmp_path: Path) -> None:
     came in between a probe's two writers (a kprobe on a function's first instruction goes
     through ftrace with interrupts on: tracefs had a dup_mmap hit before an RCU softirq's
     sched_process_free events, perf after them, once in six runs), at most one event in a
-    hundred; the model, given the guest's symbols from kallsyms.txt beside it, matches
-    every switch, __mmdrop and hook on it with markers."""
+    hundred, and where that happened at either end of perf's stretch, at most four events
+    on one side only (CI met it once on a CPU's first or last event); the model, given
+    the guest's symbols from kallsyms.txt beside it, matches every switch, __mmdrop and
+    hook on it with markers."""
     from typer.testing import CliRunner
 
     from activemm.cli import app
@@ -707,9 +730,8 @@ def test_capture_perf_data_records_what_tracefs_records(tmp_path: Path) -> None:
     for cpu in (0, 1):
         mine = [e for e in perf if e["cpu"] == cpu]
         kernel = [e for e in text if e["cpu"] == cpu]
-        runs = [_reordered(mine, kernel, i) for i, e in enumerate(kernel) if e == mine[0]]
-        moved = min((n for n in runs if n is not None), default=None)
-        assert moved is not None and moved <= len(mine) // 100, (cpu, moved)
+        apart, moved = _stretch(mine, kernel)
+        assert apart <= 4 and moved <= len(mine) // 100, (cpu, apart, moved)
     result = validate(out / "perf.data", inputs="markers")
     for name in ("context_switches", "mmdrop", "outside_schedule"):
         got = getattr(result, name)
@@ -1143,3 +1165,122 @@ def test_perf_data_without_perf_names_the_package(
     for smp in (1, 2, 4):
         plain, perf = run.min_memory_mb(smp, 16), run.min_memory_mb(smp, 16, perf_data=True)
         assert perf - plain >= smp * (run.PERF_MB + 16 * 5 // 2)
+
+
+@pytest.mark.parametrize(
+    ("lines", "mode"),
+    [
+        # Debian 12's 6.1/6.12, Debian 13's 6.17 (PREEMPT_DYNAMIC: the boot default is the
+        # one chosen), their RT flavour (PREEMPT_RT=y comes with PREEMPT_LAZY unset)
+        (["CONFIG_PREEMPT_VOLUNTARY=y", "# CONFIG_PREEMPT is not set"], "voluntary"),
+        (["# CONFIG_PREEMPT_VOLUNTARY is not set", "CONFIG_PREEMPT_LAZY=y",
+          "CONFIG_PREEMPT_DYNAMIC=y", "CONFIG_PREEMPT_COUNT=y"], "lazy"),
+        (["CONFIG_PREEMPT_RT=y", "CONFIG_PREEMPT_COUNT=y"], "rt"),
+        (["CONFIG_PREEMPT=y", "CONFIG_PREEMPT_RCU=y"], "full"),
+        (["CONFIG_PREEMPT_NONE=y"], "none"),
+        (["CONFIG_HZ=250"], None),
+    ],
+)  # fmt: skip
+def test_the_kernels_default_preemption_comes_from_its_config(
+    lines: list[str], mode: str | None, tmp_path: Path
+) -> None:
+    """capture records in meta.json the preemption model the kernel boots with when no
+    preempt= is given (validate then knows a 6.17 is fully preemptible): the one of
+    CONFIG_PREEMPT_{NONE,VOLUNTARY,,LAZY,RT} set to y; CONFIG_PREEMPT_COUNT and friends say
+    nothing. None without a config."""
+    config = tmp_path / "config-6.17.13+deb13-amd64"
+    config.write_text("\n".join(["CONFIG_X86_64=y", *lines, "CONFIG_KPROBES=y"]) + "\n")
+    assert default_preemption(config) == mode
+    assert default_preemption(tmp_path / "missing") is None
+
+
+_POOL = "pool/main/l/linux-signed-amd64"
+_INDEX = f"""\
+Package: linux-image-amd64
+Version: 6.17.13-1~bpo13+1
+Filename: {_POOL}/linux-image-amd64_6.17.13-1~bpo13+1_amd64.deb
+
+Package: linux-image-6.17.8+deb13-amd64
+Version: 6.17.8-1~bpo13+1
+Filename: {_POOL}/linux-image-6.17.8+deb13-amd64_6.17.8-1~bpo13+1_amd64.deb
+
+Package: linux-image-6.17.13+deb13-amd64
+Source: linux-signed-amd64 (6.17.13+1~bpo13+1)
+Version: 6.17.13-1~bpo13+1
+Filename: {_POOL}/linux-image-6.17.13+deb13-amd64_6.17.13-1~bpo13+1_amd64.deb
+
+Package: linux-image-6.17.13+deb13-amd64-dbg
+Version: 6.17.13-1~bpo13+1
+Filename: pool/main/l/linux/linux-image-6.17.13+deb13-amd64-dbg_6.17.13-1~bpo13+1_amd64.deb
+
+Package: linux-image-6.17.13+deb13-rt-amd64
+Version: 6.17.13-1~bpo13+1
+Filename: {_POOL}/linux-image-6.17.13+deb13-rt-amd64_6.17.13-1~bpo13+1_amd64.deb
+"""
+
+
+def test_a_backported_kernel_is_the_newest_image_of_its_flavour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--kernel-release 6.17: Debian 13's backport, which a Debian 12 host's apt does not
+    know. The newest signed image of the flavour asked for is taken from trixie-backports'
+    package index (not the meta-package, not the -dbg one, not an older build), downloaded
+    and unpacked like apt-get's; offline, the newest one unpacked before is used, and with
+    none the error says how to do without. A flavour the index lacks is named."""
+    from activemm.capture import kernel
+
+    packages = _INDEX.encode()
+    assert kernel.backports_package("6.17", packages) == (
+        "linux-image-6.17.13+deb13-amd64",
+        f"{_POOL}/linux-image-6.17.13+deb13-amd64_6.17.13-1~bpo13+1_amd64.deb",
+    )
+    assert kernel.backports_package("6.17-rt", packages)[0] == "linux-image-6.17.13+deb13-rt-amd64"
+    with pytest.raises(CaptureError, match=r"no linux-image-6\.17\.\*-cloud-amd64 in trixie-b"):
+        kernel.backports_package("6.17-cloud", packages)
+    # a package as the archive has it: boot/vmlinuz-RELEASE and config-RELEASE
+    release = "6.17.13+deb13-amd64"
+    tree = tmp_path / "pkg"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        f"Package: linux-image-{release}\nVersion: 6.17.13-1~bpo13+1\nArchitecture: amd64\n"
+        "Maintainer: test <t@example.org>\nDescription: test\n"
+    )
+    (tree / "boot").mkdir()
+    (tree / "boot" / f"vmlinuz-{release}").write_bytes(b"bzImage")
+    (tree / "boot" / f"config-{release}").write_text("CONFIG_PREEMPT_LAZY=y\n")
+    deb = tmp_path / "k.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(deb)],
+                   check=True, capture_output=True)  # fmt: skip
+    asked: list[str] = []
+
+    def http_get(url: str) -> bytes:
+        asked.append(url)
+        if url.endswith("/dists/trixie-backports/main/binary-amd64/Packages.xz"):
+            return lzma.compress(packages)
+        if url.endswith(".deb"):
+            return deb.read_bytes()
+        raise AssertionError(url)
+
+    monkeypatch.setattr(kernel, "_http_get", http_get)
+    monkeypatch.setenv("ACTIVEMM_DEBIAN_MIRROR", "http://mirror.example/debian/")
+    cache = tmp_path / "cache"
+    work = cache / f"linux-image-{release}"
+    work.mkdir(parents=True)
+    (work / f"vmlinux-{release}").write_bytes(b"ELF")  # (extract_vmlinux has its own tests)
+    image = kernel.fetch("6.17", cache)
+    assert image.release == release and image.vmlinuz.read_bytes() == b"bzImage"
+    assert kernel.default_preemption(image.config) == "lazy"
+    assert (
+        asked[0]
+        == "http://mirror.example/debian/dists/trixie-backports/main/binary-amd64/Packages.xz"
+    )
+    assert asked[1].startswith(f"http://mirror.example/debian/{_POOL}/")
+    assert list(work.glob("*.deb")) == [] and list(work.glob("*.part")) == []
+
+    def offline(url: str) -> bytes:
+        raise CaptureError(f"cannot download {url}: no network")
+
+    monkeypatch.setattr(kernel, "_http_get", offline)
+    assert kernel.fetch("6.17", cache).release == release  # the one unpacked before
+    with pytest.raises(CaptureError, match="no network"):
+        kernel.fetch("6.17-rt", cache)  # none unpacked before

@@ -10,7 +10,7 @@ import pytest
 from activemm import Machine, Violation, preset
 from activemm.errors import ConfigError, OperationError
 from activemm.model.config import KernelConfig
-from activemm.model.events import Cr3Loaded, Event
+from activemm.model.events import Cr3Loaded, Event, MmSwitched
 from activemm.model.kernel import Observer
 from activemm.model.state import TaskState
 
@@ -280,6 +280,39 @@ def test_cpu_hotplug_round_trip() -> None:
     m.cpu_up(1)
     assert m.rq(1).idle.active_mm is m.state.init_mm
     assert m.state.init_mm.mm_count == init_before + 1
+
+
+def test_the_hotplug_thread_moves_its_borrowed_mm_to_init_mm_before_the_cpu_dies() -> None:
+    """kernel/sched/core.c sched_cpu_wait_empty() -> sched_force_init_mm() (6.13+), run by
+    the outgoing CPU's hotplug thread: a kernel thread lazily borrowing mm2 there switches
+    to init_mm (mmgrab_lazy_tlb(&init_mm), switch_mm_irqs_off(mm2, &init_mm, current),
+    mmdrop_lazy_tlb(mm2)); the CPU stays online, and its cpu_down() later finds nothing left
+    to move. Refused before 6.13 (idle_task_exit() did it) and for a user task."""
+    m = machine()
+    mm2 = with_user(m)
+    lazy_kworker(m)  # kw on CPU 0 borrows mm2
+    seen: list[Event] = []
+
+    class Watch(Observer):
+        def event(self, ev: Event) -> None:
+            seen.append(ev)
+
+    m.add_observer(Watch())
+    count, init_before = mm2.mm_count, m.state.init_mm.mm_count
+    m.sched_cpu_wait_empty(0)
+    kw = m.task("kw")
+    assert kw.active_mm is m.state.init_mm and m.rq(0).online
+    assert mm2.mm_count == count - 1 and m.state.init_mm.mm_count == init_before + 1
+    switched = [e for e in seen if isinstance(e, MmSwitched)]
+    assert [(e.prev, e.next, e.task) for e in switched] == [(mm2, m.state.init_mm, kw)]
+    m.cpu_down(0, control=1)
+    assert mm2.mm_count == count - 1 and m.rq(0).idle.active_mm is None
+    with pytest.raises(OperationError, match=r"older than 6\.13"):
+        machine("linux-6.12-x86_64").sched_cpu_wait_empty(0)
+    m2 = machine()
+    with_user(m2)  # init, a user task, runs on CPU 0
+    with pytest.raises(OperationError, match="a user task"):
+        m2.sched_cpu_wait_empty(0)
 
 
 def test_cpu_down_migrates_a_running_user_task() -> None:

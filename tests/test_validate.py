@@ -214,8 +214,12 @@ def test_markers_match_every_switch_and_mmdrop(capture: Path) -> None:
     r = _scored(capture)
     switches, drops = _kernel_counts(capture)
     assert r.inputs == "markers"
-    kernel = "linux-6.1-x86_64" if "6.1-" in capture.name else "linux-6.12-x86_64"
-    assert r.preset == kernel + ("-rt" if "-rt-" in capture.name else "")
+    kernel = re.match(r"linux-(6\.\d+)-", capture.name)
+    assert kernel is not None
+    release = {"6.1": "linux-6.1-x86_64", "6.12": "linux-6.12-x86_64"}.get(
+        kernel[1], "linux-6.17-x86_64"
+    )
+    assert r.preset == release + ("-rt" if "-rt-" in capture.name else "")
     assert r.context_switches.total == switches
     assert r.context_switches.matched == switches
     assert r.mmdrop.total == drops and r.mmdrop.matched == drops
@@ -1267,17 +1271,21 @@ def test_probe_lines_are_recognised_by_function_whatever_the_offset(tmp_path: Pa
 @pytest.mark.parametrize(
     "capture",
     [CAPTURES / "linux-6.1-smp2-lazy", CAPTURES / "linux-6.12-smp2-churn",
-     CAPTURES / "linux-6.1-rt-smp3-program17", CAPTURES / "linux-6.12-rt-smp2-program17"],
+     CAPTURES / "linux-6.1-rt-smp3-program17", CAPTURES / "linux-6.12-rt-smp2-program17",
+     CAPTURES / "linux-6.17-smp3-all"],
     ids=lambda p: p.name,
 )  # fmt: skip
 def test_a_bare_trace_gets_its_kernels_preset_from_where_its_probes_landed(
     capture: Path, tmp_path: Path
 ) -> None:
     """Without meta.json the kernel is told by the kprobe offsets (+0x0 on 6.1, +0x4 on
-    6.12, reference), its PREEMPT_RT flavour by the ktimers/N threads only RT kernels run;
-    offsets that say neither need --preset."""
+    6.12 and 6.17, reference) and, at +0x4, by exec's activate_mm() hook (a `prev` since
+    6.16), its PREEMPT_RT flavour by the ktimers/N threads only RT kernels run; offsets
+    that say neither need --preset."""
     release = json.loads((capture / "meta.json").read_text())["kernel"]
-    expected = "linux-6.1-x86_64" if release.startswith("6.1.") else "linux-6.12-x86_64"
+    expected = {"6.1.": "linux-6.1-x86_64", "6.12": "linux-6.12-x86_64"}.get(
+        release[:4], "linux-6.17-x86_64"
+    )
     expected += "-rt" if "-rt-" in release else ""
     assert ("-rt" in expected) == ("-rt-" in capture.name)
     bare = tmp_path / "bare"
@@ -1663,14 +1671,22 @@ def test_cpu_hotplug_is_followed_at_the_cpu_init_marker(capture: Path) -> None:
     CR3 loads there): its idle task switching out where the last traced switch went to
     migration/N says it went offline and is back, once per cpu_init marker; the model takes
     it down and up there, and no switch misses for hotplug any more (its finish_cpu() drop
-    comes late: an __mmdrop may miss, tagged)."""
+    comes late: an __mmdrop may miss, tagged). Since 6.13 no idle_task_exit() switches the
+    dying CPU: its hotplug thread's sched_force_init_mm() moves what it borrows onto init_mm
+    first, followed at its hook (markers) or at its cpuhp_enter(sched_cpu_wait_empty)
+    tracepoint (tracepoints only)."""
     r = _scored(capture)
+    sched = _scored(capture, "sched")
     assert r.learned["CPU came online (cpu_init marker)"] >= 2
-    assert r.learned["CPU went offline (idle_task_exit marker)"] >= 2
+    if "linux-6.17-" in capture.name:
+        forced = "hotplug thread moved to init_mm"
+        assert r.learned[f"{forced} (sched_force_init_mm marker)"] >= 2
+        assert sched.learned[f"{forced} (cpuhp_enter tracepoint)"] >= 2
+    else:
+        assert r.learned["CPU went offline (idle_task_exit marker)"] >= 2
     assert r.context_switches.matched == r.context_switches.total
     _every_drop_but_races(r, capture)
     assert score.UNEXPLAINED not in r.causes
-    sched = _scored(capture, "sched")
     returns = sched.learned["CPU went offline and came back (untraced switch to idle)"]
     assert returns == r.learned["CPU came online (cpu_init marker)"]
     assert score.UNEXPLAINED not in sched.causes
@@ -3794,3 +3810,45 @@ def test_a_perf_data_recording_is_validated_like_a_capture(tmp_path: Path) -> No
     assert ipis and all(e.hardirq for e in ipis)
     sched = validate(data, tasks=PERF / "tasks_start.txt", inputs="sched", kallsyms=symbols)
     assert sched.context_switches.matched >= 0.995 * sched.context_switches.total
+
+
+def test_6_17_exits_run_at_their_exit_mm_marker_after_the_tracepoint() -> None:
+    """Debian 13's 6.17 (kernel/exit.c since 6.16, "exit: move and extend
+    sched_process_exit() tracepoint") fires sched_process_exit before exit_mm(), with a
+    group_dead field: every exiting user task's exit_mm() marker follows its tracepoint in
+    the text, and some tasks switch out in between (preempted, or waiting in
+    perf_event_exit_task()) with their mm. With markers the model's exit runs at the marker:
+    every switch and __mmdrop matches, under the preset its release picks, fully preemptible
+    (PREEMPT_LAZY, meta.json's preempt_default). With tracepoints only it runs at the
+    tracepoint: each switch it misses involves such a task (the 6.16+ exit window), or
+    follows one on that CPU."""
+    capture = CAPTURES / "linux-6.17-smp2-program43"
+    exits: dict[str, str] = {}  # pid -> "exit" (tracepoint seen), "marked" (then exit_mm)
+    windows: set[str] = set()  # pids switched out between the two
+    with gzip.open(capture / "trace.txt.gz", "rt") as f:
+        for line in f:
+            pid = re.search(r"-(\d+)\s+\(", line)
+            if pid is None:
+                continue
+            if " sched_process_exit: " in line:
+                assert "group_dead=" in line
+                exits[pid[1]] = "exit"
+            elif "(enter_lazy_tlb+" in line and f" t_pid={pid[1]} " in line:
+                flags = int(line.split(" t_flags=", 1)[1].split()[0], 16)
+                if pid[1] != "0" and not flags & 0x200000:  # a user task's own exit_mm()
+                    assert exits.get(pid[1]) == "exit", line  # after its tracepoint
+                    exits[pid[1]] = "marked"
+            elif (
+                " sched_switch: " in line
+                and exits.get(pid[1]) == "exit"
+                and re.search(r"prev_state=[RD]", line)
+            ):
+                windows.add(pid[1])
+    assert sum(v == "marked" for v in exits.values()) >= 50 and windows
+    r = _scored(capture)
+    assert (r.preset, r.preemption) == ("linux-6.17-x86_64", "full")
+    assert_all_matched(r)
+    sched = _scored(capture, "sched")
+    switches = [m for m in sched.mismatches if m["group"] == "context_switch"]
+    assert switches and sched.context_switches.matched >= 0.98 * sched.context_switches.total
+    assert {m["cause"] for m in switches} <= {score.EXIT_WINDOW_AFTER, score.FOLLOWS}

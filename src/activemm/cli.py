@@ -865,7 +865,8 @@ def capture(
             help="Debian 12's kernel generation: 6.1 or 6.12, or their PREEMPT_RT flavour "
             "6.1-rt or 6.12-rt (linux-image-rt-amd64), or their cloud flavour 6.1-cloud or "
             "6.12-cloud (linux-image-cloud-amd64: a configuration for virtual machines, few "
-            "modules).",
+            "modules); or 6.17 (6.17-rt, 6.17-cloud): Debian 13's backport, downloaded over "
+            "HTTP from trixie-backports (ACTIVEMM_DEBIAN_MIRROR to use another mirror).",
         ),
     ] = "6.1",
     kernel: Annotated[

@@ -11,19 +11,27 @@ import re
 import shutil
 import struct
 import subprocess
+import urllib.request
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import cast
 
 import lz4.block
 import zstandard
 
 from activemm.errors import ActiveMmError
 
-# -rt: the PREEMPT_RT flavour (rt-amd64); -cloud: the cloud-amd64 flavour
-RELEASES = ("6.1", "6.12", "6.1-rt", "6.12-rt", "6.1-cloud", "6.12-cloud")
+# -rt: the PREEMPT_RT flavour (rt-amd64); -cloud: the cloud-amd64 flavour. 6.1 and 6.12 are
+# Debian 12's (apt-get download); 6.17 Debian 13's backport, fetched from trixie-backports
+RELEASES = (
+    "6.1", "6.12", "6.17", "6.1-rt", "6.12-rt", "6.17-rt", "6.1-cloud", "6.12-cloud",
+    "6.17-cloud",
+)  # fmt: skip
+BACKPORTS = {"6.17": "trixie-backports"}  # generation -> the Debian suite that has it
+MIRROR = "http://deb.debian.org/debian"  # ACTIVEMM_DEBIAN_MIRROR overrides
 TASK_FIELDS = ("pid", "flags", "mm", "active_mm", "comm")
 
 
@@ -101,20 +109,107 @@ def debian_package(generation: str) -> str:
     return m[1]
 
 
+def _mirror() -> str:
+    return (os.environ.get("ACTIVEMM_DEBIAN_MIRROR") or MIRROR).rstrip("/")
+
+
+def _http_get(url: str) -> bytes:
+    """The body at `url`; a CaptureError naming the URL when it cannot be had."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            return cast(bytes, r.read())
+    except (OSError, ValueError) as e:
+        raise CaptureError(
+            f"cannot download {url}: {e} (without network, fetch the kernel package "
+            "yourself, unpack it with dpkg-deb -x and give --kernel)"
+        ) from None
+
+
+def backports_package(generation: str, packages: bytes) -> tuple[str, str]:
+    """The newest signed kernel image of `generation` (6.17, 6.17-rt, 6.17-cloud) in a
+    Debian suite's Packages index (`packages`, uncompressed): its package name and its path
+    in the archive (Filename). The image package holds vmlinuz, config and modules."""
+    base, _, variant = generation.partition("-")
+    flavour = f"{variant}-amd64" if variant else "amd64"
+    wanted = re.compile(rf"linux-image-{re.escape(base)}\.\d+\+deb\d+-{flavour}")
+    found: list[tuple[list[int], str, str]] = []
+    for stanza in packages.decode(errors="replace").split("\n\n"):
+        fields = dict(re.findall(r"^([A-Za-z-]+): (.*)$", stanza, re.M))
+        name, filename = fields.get("Package", ""), fields.get("Filename")
+        if wanted.fullmatch(name) and filename:
+            version = [int(x) for x in re.findall(r"\d+", fields.get("Version", ""))]
+            found.append((version, name, filename))
+    if not found:
+        raise CaptureError(
+            f"no linux-image-{base}.*-{flavour} in {BACKPORTS[base]}'s package index: "
+            "Debian may have moved on (give --kernel with an unpacked kernel package)"
+        )
+    _, name, filename = max(found)
+    return name, filename
+
+
+def _backport(generation: str, cache: Path) -> tuple[str, str | None]:
+    """The newest kernel package of `generation` in its backports suite: its name and its
+    path in the archive. Offline, the newest one unpacked in `cache` before (no path)."""
+    base = generation.partition("-")[0]
+    index = f"{_mirror()}/dists/{BACKPORTS[base]}/main/binary-amd64/Packages.xz"
+    try:
+        packages = lzma.decompress(_http_get(index))
+    except CaptureError:
+        variant = generation.partition("-")[2]
+        flavour = f"{variant}-amd64" if variant else "amd64"
+        pattern = re.compile(rf"linux-image-{re.escape(base)}\.\d+\+deb\d+-{flavour}")
+        cached = [d.name for d in cache.glob("linux-image-*") if pattern.fullmatch(d.name)]
+        if not cached or not all((cache / d / "root").is_dir() for d in cached):
+            raise
+        return max(cached, key=lambda n: [int(x) for x in re.findall(r"\d+", n)]), None
+    except lzma.LZMAError as e:
+        raise CaptureError(f"{index}: not an xz-compressed package index ({e})") from None
+    return backports_package(generation, packages)
+
+
+def _download(filename: str, work: Path) -> Path:
+    """Download `filename` (a path in the archive) into `work`, whole or not at all."""
+    deb = work / filename.rsplit("/", 1)[-1]
+    tmp = deb.with_name(deb.name + ".part")
+    tmp.write_bytes(_http_get(f"{_mirror()}/{filename}"))
+    tmp.rename(deb)
+    return deb
+
+
 def fetch(generation: str, cache: Path | None = None) -> KernelImage:
-    """Download (once) and unpack the Debian kernel of `generation`; nothing is installed."""
+    """Download (once) and unpack the Debian kernel of `generation`; nothing is installed.
+    Debian 12's generations come through `apt-get download`, 6.17 over HTTP from Debian
+    13's backports (a Debian 12 host's apt does not know that suite)."""
     cache = cache or cache_dir()
-    package = debian_package(generation)
+    backport = generation.partition("-")[0] in BACKPORTS
+    if backport and generation not in RELEASES:
+        raise CaptureError(
+            f"unknown kernel release {generation!r}: expected one of {', '.join(RELEASES)}"
+        )
+    filename: str | None = None
+    if backport:
+        package, filename = _backport(generation, cache)
+    else:
+        package = debian_package(generation)
     work = cache / package
     boot = work / "root" / "boot"
     if not boot.is_dir():
         work.mkdir(parents=True, exist_ok=True)
-        apt_get, dpkg_deb = need("apt-get", "apt"), need("dpkg-deb", "dpkg")
-        r = subprocess.run([apt_get, "download", package], cwd=work, capture_output=True, text=True)
-        debs = list(work.glob("*.deb"))
-        if r.returncode != 0 or not debs:
-            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-            raise CaptureError(f"apt-get download {package} failed: {last}")
+        dpkg_deb = need("dpkg-deb", "dpkg")
+        for stale in work.glob("*.deb"):
+            stale.unlink()
+        if filename is not None:
+            debs = [_download(filename, work)]
+        else:
+            apt_get = need("apt-get", "apt")
+            r = subprocess.run(
+                [apt_get, "download", package], cwd=work, capture_output=True, text=True
+            )
+            debs = list(work.glob("*.deb"))
+            if r.returncode != 0 or not debs:
+                last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+                raise CaptureError(f"apt-get download {package} failed: {last}")
         tmp = work / "root.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         subprocess.run([dpkg_deb, "-x", str(debs[0]), str(tmp)], check=True)

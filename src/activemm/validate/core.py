@@ -272,10 +272,10 @@ class Validator(MarkerSteps, Clocked):
                     ksmd_ends.setdefault(ksmd_runs[-1][0], e.line)
                 if e.next_comm == KSMD:
                     ksmd_runs.append((e.line, e.cpu, e.next_pid))
-                if not e.prev_state.startswith("R"):
-                    self.rests.setdefault(e.prev_pid, []).append(e.line)
                 if e.prev_state.startswith(("X", "Z")):
                     self.final_switches.setdefault(e.prev_pid, []).append(e.line)
+                if not e.prev_state.startswith("R"):
+                    self.rests.setdefault(e.prev_pid, []).append(e.line)
                     if config.PREEMPT_RT and e.prev_state.startswith("D"):
                         self.lock_waits.add(e.line)
                 else:
