@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from activemm.capture import WORKLOADS, guest
+from activemm.capture import WORKLOADS, guest, script
 from activemm.capture.kernel import (
     CaptureError,
     KernelImage,
@@ -30,6 +30,10 @@ from activemm.capture.kernel import (
 )
 from activemm.trace import readers
 
+# the probed functions the scores rest on (script.CORE, finish_task_switch by its name)
+CORE_FUNCTIONS = frozenset(
+    "finish_task_switch" if f == "@FINISH_TASK_SWITCH@" else f for f in script.CORE
+)
 BOOT_TIMEOUT_KVM = 45.0  # a broken KVM can hang silently in the decompressor
 Progress = Callable[[str], None]
 
@@ -534,6 +538,20 @@ def capture(
             for line in shipped.files.get("kprobes.failed", b"").decode().splitlines()
             if line.strip()
         ]
+        refused_core = [
+            line.split()[1]
+            for line in failed
+            if line.startswith(("p:", "r"))
+            and len(line.split()) > 1
+            and line.split()[1].split(".")[0] in CORE_FUNCTIONS
+        ]
+        if refused_core:
+            raise CaptureError(
+                f"Linux {release[1] if release else image.release} refused the kprobe on "
+                f"{', '.join(refused_core)}, which the scores rest on (not a function of its "
+                "own in this build: inlined or renamed?); nothing it records could be "
+                "validated (see /sys/kernel/tracing/available_filter_functions in the guest)"
+            )
         wanted = {m.replace("-", "_") for m in opts.modules}
         for line in failed:
             asked = re.fullmatch(r"insmod /modules/\d+-(\S+)\.ko", line.strip())

@@ -149,8 +149,9 @@ TLB_REASONS = (
     "flush on task switch",
     "remote shootdown",
     "local shootdown",
-    "local mm shootdown",
+    "local mm shootdown",  # "local MM shootdown" on 7.x, as the other names: read as these
     "remote ipi send",
+    "remote wrong cpu",  # 6.14+: a flush IPI found the CPU on another mm (6.17 prints 0x5)
 )
 CPUHP = re.compile(r"cpu:\s*(?P<c>\d+)\s+target:\s*-?\d+\s+step:\s*\d+\s+\((?P<f>[^)]*)\)")
 # Stack traces that tracing options attach to events: tracefs's `options/stacktrace` and
@@ -276,10 +277,10 @@ def _tlb(
     m = TLB.match(rest)
     if m is None:
         return None
-    name, code = m["reason"], m["code"]
+    name, code = m["reason"].lower(), m["code"]
     if code is not None and 0 <= int(code) < len(TLB_REASONS):
         known = TLB_REASONS[int(code)]
-        if name not in ("", known):
+        if name not in ("", known, hex(int(code))):  # (0x5: a code the kernel names not)
             return None  # a name that is not its code's: an edited or garbled line
         name = known
     elif code is None and name not in TLB_REASONS:

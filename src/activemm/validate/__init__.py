@@ -261,11 +261,14 @@ def validate(
         raise TraceError(
             str(path), e.line, f"a {e.function} probe line {problem}; a line cut short or edited?"
         )
-    if not {"switch_mm_irqs_off", "enter_lazy_tlb", "finish_task_switch"} <= probes:
+    hooks = ("switch_mm_irqs_off", "enter_lazy_tlb", "finish_task_switch")
+    if missing := [h for h in hooks if h not in probes]:
         unnamed = stats.unknown[UNNAMED_PROBE]
         raise ActiveMmError(
-            f"{path}: no kprobes on switch_mm_irqs_off, enter_lazy_tlb and finish_task_switch; "
-            "nothing to score the model against (record with `activemm capture`, "
+            f"{path}: no kprobes on "
+            + (f"{', '.join(missing[:-1])} and {missing[-1]}" if missing[1:] else missing[0])
+            + (f" (of {', '.join(hooks[:2])} and {hooks[2]})" if len(missing) < 3 else "")
+            + "; nothing to score the model against (record with `activemm capture`, "
             "docs/validate.md)"
             + (
                 f"; {unnamed} probe lines name an address, not a function, as trace-cmd "
