@@ -963,8 +963,9 @@ def capture(
     """Record what a real Linux kernel does with active_mm, in a QEMU guest.
 
     Boots a stock Debian kernel (downloaded with apt-get download, or over HTTP from
-    trixie-backports for 6.17; unpacked, nothing installed) with a busybox initramfs, puts kprobes on switch_mm_irqs_off, enter_lazy_tlb,
-    finish_task_switch, __mmdrop, exit_mmap, mm_init... (task_struct offsets from the
+    trixie-backports for 6.17; unpacked, nothing installed) with a busybox initramfs,
+    puts kprobes on switch_mm_irqs_off, enter_lazy_tlb, finish_task_switch, __mmdrop,
+    exit_mmap, mm_init... (task_struct offsets from the
     kernel's BTF), runs the workload and writes to DIR: trace.txt.gz (tracefs text),
     tasks_start.txt / tasks_end.txt (the task snapshot for --tasks), meta.json and
     workload.log. Then: `activemm validate DIR`. Your own workload: --program (a C file or a
