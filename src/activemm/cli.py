@@ -1190,10 +1190,12 @@ def validate(
     the kernel called (switch_mm_irqs_off or enter_lazy_tlb) with its arguments and
     prev->active_mm afterwards; every __mmdrop (which mm, at which point); and the hooks
     outside schedule (exec's activate_mm, exit_mm's enter_lazy_tlb, flushes to init_mm).
-    The preset follows the capture's kernel (linux-6.1-x86_64 or linux-6.12-x86_64): from
-    its meta.json, or for a bare trace from where its kprobes landed (+0x0 on Debian's 6.1,
-    +0x4 past ENDBR on 6.12). With tracepoints only (--inputs sched), exit windows show in
-    the CR3 loads: a user task whose exit_mmap switched its lazy CPU to init_mm has run
+    The preset follows the capture's kernel (linux-6.1-x86_64, linux-6.12-x86_64, or for
+    6.14 and later linux-6.17-x86_64): from its meta.json, or for a bare trace from where
+    its kprobes landed (+0x0 on Debian's 6.1, +0x4 past ENDBR on 6.12 and 6.17, told apart
+    by exec's hook, which has a prev since 6.16). With tracepoints only (--inputs sched),
+    exit windows show in the CR3 loads: a user task whose exit_mmap switched its lazy CPU
+    to init_mm has run
     exit_mm (before the one preemption between its last sign of an mm and that switch, when
     little of exit_mmap was left to run from there), and one switched in without the CR3
     load its mm needs shows it after the fact
