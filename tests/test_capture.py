@@ -1299,6 +1299,7 @@ def test_a_backported_kernel_is_the_newest_image_of_its_flavour(
         raise CaptureError(f"cannot download {url}: no network")
 
     monkeypatch.setattr(kernel, "_http_get", offline)
+    (cache / "linux-image-6.17.20+deb13-amd64").mkdir()  # a download cut short: not unpacked
     assert kernel.fetch("6.17", cache).release == release  # the one unpacked before
     with pytest.raises(CaptureError, match="no network"):
         kernel.fetch("6.17-rt", cache)  # none unpacked before

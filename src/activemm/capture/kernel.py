@@ -159,8 +159,12 @@ def _backport(generation: str, cache: Path) -> tuple[str, str | None]:
         variant = generation.partition("-")[2]
         flavour = f"{variant}-amd64" if variant else "amd64"
         pattern = re.compile(rf"linux-image-{re.escape(base)}\.\d+\+deb\d+-{flavour}")
-        cached = [d.name for d in cache.glob("linux-image-*") if pattern.fullmatch(d.name)]
-        if not cached or not all((cache / d / "root").is_dir() for d in cached):
+        cached = [
+            d.name
+            for d in cache.glob("linux-image-*")
+            if pattern.fullmatch(d.name) and (d / "root").is_dir()  # (unpacked whole)
+        ]
+        if not cached:
             raise
         return max(cached, key=lambda n: [int(x) for x in re.findall(r"\d+", n)]), None
     except lzma.LZMAError as e:
