@@ -3454,6 +3454,38 @@ def test_a_fully_preemptible_kernels_exit_preempted_inside_mmput_frees_its_mm_it
     assert causes <= {score.RACE, score.ELSEWHERE}
 
 
+@pytest.mark.parametrize(
+    ("kernel", "kernel_args", "default", "mode", "anywhere"),
+    [
+        (None, "", None, "voluntary", False),  # a bare trace
+        ("6.1.0-41-amd64", "", "voluntary", "voluntary", False),  # Debian 12's kernels
+        ("6.17.13+deb13-amd64", "", "lazy", "lazy", True),  # CONFIG_PREEMPT_LAZY by default
+        ("6.1.0-41-amd64", "quiet preempt=full", "voluntary", "full", True),
+        ("6.17.13+deb13-amd64", "preempt=full preempt=none", "lazy", "none", False),
+        ("7.2.13+deb14-amd64", "preempt=lazy", None, "lazy", True),
+        ("6.12.57+deb13-amd64", "preempt=lazy", None, "voluntary", False),
+        ("6.17.13+deb13-amd64", "preempt=full preempt=bogus", "lazy", "full", True),
+        ("6.17.13+deb13-amd64", "preempt=bogus", "lazy", "lazy", True),
+        ("6.1.0-41-amd64", "preempt=lazy", "voluntary", "voluntary", False),  # 6.13 and later
+        ("6.1.0-41-amd64", "preempt=full preempt=lazy", None, "full", True),
+    ],
+)
+def test_the_kernels_preemption_is_the_last_preempt_argument_it_knows_or_its_default(
+    kernel: str | None, kernel_args: str, default: str | None, mode: str, anywhere: bool
+) -> None:
+    """setup_preempt_mode() applies each preempt= that sched_dynamic_mode() knows in turn
+    (the last wins; "lazy" since 6.13), warns about and ignores any other; without one the
+    kernel keeps its config's default (meta.json's preempt_default)."""
+    from activemm.validate import fully_preemptible, preempt_mode
+
+    meta: dict[str, object] = {"kernel_args": kernel_args}
+    if kernel is not None:
+        meta["kernel"] = kernel
+    if default is not None:
+        meta["preempt_default"] = default
+    assert (preempt_mode(meta), fully_preemptible(meta)) == (mode, anywhere)
+
+
 def test_the_captures_include_an_exit_preempted_inside_mmput() -> None:
     assert sum(_preempted_in_own_mmput(p) for p in FULLY_PREEMPTIBLE) >= 1
 
@@ -3846,7 +3878,7 @@ def test_6_17_exits_run_at_their_exit_mm_marker_after_the_tracepoint() -> None:
                 windows.add(pid[1])
     assert sum(v == "marked" for v in exits.values()) >= 50 and windows
     r = _scored(capture)
-    assert (r.preset, r.preemption) == ("linux-6.17-x86_64", "full")
+    assert (r.preset, r.preemption) == ("linux-6.17-x86_64", "lazy")  # its config's default
     assert_all_matched(r)
     sched = _scored(capture, "sched")
     switches = [m for m in sched.mismatches if m["group"] == "context_switch"]

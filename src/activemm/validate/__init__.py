@@ -138,15 +138,24 @@ def _kernel_args(meta: dict[str, object] | None) -> list[str]:
 PREEMPT_MODES = ("none", "voluntary", "full", "lazy")  # the kernel's preempt= choices
 
 
+def preempt_mode(meta: dict[str, object] | None) -> str:
+    """The preemption the capture's kernel ran with, as setup_preempt_mode() sets it: the
+    last preempt= on the command line that sched_dynamic_mode() knows (none, voluntary, full;
+    lazy since 6.13, CONFIG_PREEMPT_LAZY), one it does not know being ignored; else its
+    config's default (meta.json's preempt_default, "lazy" on Debian 13's 6.17); else
+    "voluntary" (Debian 12's kernels, a bare trace)."""
+    m = re.match(r"(\d+)\.(\d+)", str((meta or {}).get("kernel") or ""))
+    lazy = m is None or (int(m[1]), int(m[2])) >= (6, 13)
+    known = {"none", "voluntary", "full"} | ({"lazy"} if lazy else set())
+    args = [w.split("=", 1)[1] for w in _kernel_args(meta) if w.startswith("preempt=")]
+    modes = [str((meta or {}).get("preempt_default")), *args]
+    return next((mode for mode in reversed(modes) if mode in known), "voluntary")
+
+
 def fully_preemptible(meta: dict[str, object] | None) -> bool:
-    """Whether the capture's kernel was booted fully preemptible (`capture --kernel-args
-    preempt=full` or lazy, or by its config's default: meta.json's preempt_default, "lazy"
-    on Debian 13's 6.17); Debian 12's kernels are preempt=voluntary otherwise. The last
-    preempt= on the command line counts, as the kernel parses them."""
-    modes = [w.split("=", 1)[1] for w in _kernel_args(meta) if w.startswith("preempt=")]
-    if not modes:
-        modes = [str((meta or {}).get("preempt_default"))]
-    return modes[-1] in ("full", "lazy")
+    """Whether the capture's kernel could be preempted anywhere preemption is on: preempt=full
+    or preempt=lazy (preempt_mode); PREEMPT_RT is told by its preset."""
+    return preempt_mode(meta) in ("full", "lazy")
 
 
 def rcu_offloaded(meta: dict[str, object] | None) -> bool:
@@ -316,9 +325,8 @@ def validate(
     # is only scored.
     sanitize = not cfg.mutants and cfg.lazy_tlb
     exits: dict[int, int] = {}
-    full = fully_preemptible(meta)
-    preemption = "rt" if cfg.PREEMPT_RT else "full" if full else "voluntary"
-    preemptible = preemption != "voluntary"
+    preemption = "rt" if cfg.PREEMPT_RT else preempt_mode(meta)
+    preemptible = cfg.PREEMPT_RT or fully_preemptible(meta)
     efi_workers: set[int] = set()
     for n in range(MAX_PASSES):
         step = "replaying" if n == 0 else f"replaying again (pass {n + 1}: exit windows found)"

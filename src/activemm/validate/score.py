@@ -176,8 +176,9 @@ class Result:
     learned: Counter[str] = field(default_factory=Counter)
     anomalies: Counter[str] = field(default_factory=Counter)
     preset_from: str = "--preset"  # how the preset was chosen
-    # the kernel's preemption: voluntary (Debian's default, and a bare trace's), full
-    # (capture --kernel-args preempt=full) or rt (PREEMPT_RT)
+    # the kernel's preemption: voluntary (Debian 12's default, and a bare trace's), full
+    # (capture --kernel-args preempt=full), lazy (Debian 13's 6.17 default), none, or rt
+    # (PREEMPT_RT)
     preemption: str = "voluntary"
     # sched inputs: switch line -> pid whose exit_mm() was found to run before it: after the
     # fact (switched in later without a CR3 load), and before it (exit_mmap's switch of its
