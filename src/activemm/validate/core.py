@@ -1417,7 +1417,7 @@ class Validator(MarkerSteps, Clocked):
                 self.raced.add(mm)
             if p.pid in self.exec_open:
                 self.exec_mmputs.add(mm)  # exec_mmap()'s mmput() of the old mm, its own
-            if p.pid in self.past_exit and not self.exit_first:
+            if self._past_exit(p.pid, p.line) and not self.exit_first:
                 self.after_exit.add(mm)  # (6.16+: every exit's __mmput comes after it)
             if self.inputs == "markers" and self._queued(p.pid, mm):
                 self._born_and_gone(p, mm)
@@ -1615,7 +1615,7 @@ class Validator(MarkerSteps, Clocked):
         sleep otherwise before its sched_process_exit). Under preempt=voluntary nothing there
         reschedules; a task running another's __mmput (a /proc reader) or exec's goes on
         with other work, where it is as likely preempted after."""
-        if not self.preemptible or p.pid in self.past_exit:
+        if not self.preemptible or self._past_exit(p.pid, p.line):
             return False
         mm = self.exit_mmap_of.get(p.pid)
         if mm is None or self.exited_mm.get(mm) != p.pid:

@@ -413,6 +413,7 @@ class MarkerSteps:
     raced: set[int]  # mm addresses whose __mmput the model pinned
     late: set[int]  # pids whose pins stand for an __mmput after their sched_process_exit
     past_exit: set[int]  # pids past their sched_process_exit (in this life of the pid)
+    final_switches: dict[int, list[int]]  # pid -> its switches out, dead ("X", "Z")
     rests: dict[int, list[int]]  # pid -> lines of its switches out that are not preemptions
     preemptions: dict[int, list[int]]  # pid -> lines of its switches out, preempted
     cr3_loads: dict[int, list[int]]  # CPU -> lines of its CR3 loads
@@ -634,6 +635,17 @@ class MarkerSteps:
             return False
         return not any(m.id == mm_id and m.freed for m in trial.state.mms)
 
+    def _past_exit(self, pid: int, line: int) -> bool:
+        """Whether the task running as `pid` at `line` is past its sched_process_exit: not
+        when the task that exited switched out dead ("X", "Z") since, for the pid's events
+        are then another task's, a thread that exec'd and took its dead leader's pid in
+        de_thread() (exchange_tids()) before exec_mmap() and sched_process_exec."""
+        if pid not in self.past_exit:
+            return False
+        dead = line_before(self.final_switches.get(pid, []), line)
+        exited = line_before(self.exit_lines.get(pid, []), line)
+        return dead is None or exited is None or dead < exited
+
     def _put_back(self, ev: TraceEvent, holder: str, mm: Mm, pin: bool = True) -> None:
         """Where the kernel's __mmput ran (another task's exit_mmap, exit_mmap's final
         flush): put the reference _defer() took; __mmput runs in the model (flush, then the
@@ -643,7 +655,7 @@ class MarkerSteps:
         self._refusable(self.m.mmput, holder, ev.cpu)
         if pin:
             self._pin(mm, ev, f"__mmput in pid {ev.pid}")
-        if ev.pid in self.past_exit and ev.pid in self.pins:
+        if self._past_exit(ev.pid, ev.line) and ev.pid in self.pins:
             self.late.add(ev.pid)
 
     def _deferred_ends_here(self, ev: TraceEvent, pin: bool = True) -> bool:
