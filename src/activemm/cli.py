@@ -865,8 +865,9 @@ def capture(
             help="Debian 12's kernel generation: 6.1 or 6.12, or their PREEMPT_RT flavour "
             "6.1-rt or 6.12-rt (linux-image-rt-amd64), or their cloud flavour 6.1-cloud or "
             "6.12-cloud (linux-image-cloud-amd64: a configuration for virtual machines, few "
-            "modules); or 6.17 (6.17-rt, 6.17-cloud): Debian 13's backport, downloaded over "
-            "HTTP from trixie-backports (ACTIVEMM_DEBIAN_MIRROR to use another mirror).",
+            "modules); or 6.16, 6.17 or 6.18 (6.18-rt, 6.18-cloud...): Debian 13's backports, "
+            "downloaded over HTTP from trixie-backports (ACTIVEMM_DEBIAN_MIRROR to use "
+            "another mirror); 6.18 is a long-term kernel.",
         ),
     ] = "6.1",
     kernel: Annotated[
@@ -963,7 +964,7 @@ def capture(
     """Record what a real Linux kernel does with active_mm, in a QEMU guest.
 
     Boots a stock Debian kernel (downloaded with apt-get download, or over HTTP from
-    trixie-backports for 6.17; unpacked, nothing installed) with a busybox initramfs,
+    trixie-backports for 6.16 to 6.18; unpacked, nothing installed) with a busybox initramfs,
     puts kprobes on switch_mm_irqs_off, enter_lazy_tlb, finish_task_switch, __mmdrop,
     exit_mmap, mm_init... (task_struct offsets from the
     kernel's BTF), runs the workload and writes to DIR: trace.txt.gz (tracefs text),

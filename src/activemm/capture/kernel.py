@@ -25,12 +25,15 @@ import zstandard
 from activemm.errors import ActiveMmError
 
 # -rt: the PREEMPT_RT flavour (rt-amd64); -cloud: the cloud-amd64 flavour. 6.1 and 6.12 are
-# Debian 12's (apt-get download); 6.17 Debian 13's backport, fetched from trixie-backports
-RELEASES = (
-    "6.1", "6.12", "6.17", "6.1-rt", "6.12-rt", "6.17-rt", "6.1-cloud", "6.12-cloud",
-    "6.17-cloud",
-)  # fmt: skip
-BACKPORTS = {"6.17": "trixie-backports"}  # generation -> the Debian suite that has it
+# Debian 12's (apt-get download); 6.16, 6.17 and 6.18 (LTS) Debian 13's backports, fetched
+# from trixie-backports. (Its 7.x image packages hold no vmlinuz, and x86's enter_lazy_tlb()
+# is no function there to probe: not offered.)
+BACKPORTS = dict.fromkeys(("6.16", "6.17", "6.18"), "trixie-backports")  # -> the Debian suite
+RELEASES = tuple(
+    f"{generation}{flavour}"
+    for flavour in ("", "-rt", "-cloud")
+    for generation in ("6.1", "6.12", *BACKPORTS)
+)
 MIRROR = "http://deb.debian.org/debian"  # ACTIVEMM_DEBIAN_MIRROR overrides
 TASK_FIELDS = ("pid", "flags", "mm", "active_mm", "comm")
 
@@ -126,7 +129,7 @@ def _http_get(url: str) -> bytes:
 
 
 def backports_package(generation: str, packages: bytes) -> tuple[str, str]:
-    """The newest signed kernel image of `generation` (6.17, 6.17-rt, 6.17-cloud) in a
+    """The newest signed kernel image of `generation` (6.18, 6.18-rt, 6.18-cloud...) in a
     Debian suite's Packages index (`packages`, uncompressed): its package name and its path
     in the archive (Filename). The image package holds vmlinuz, config and modules."""
     base, _, variant = generation.partition("-")
@@ -183,8 +186,8 @@ def _download(filename: str, work: Path) -> Path:
 
 def fetch(generation: str, cache: Path | None = None) -> KernelImage:
     """Download (once) and unpack the Debian kernel of `generation`; nothing is installed.
-    Debian 12's generations come through `apt-get download`, 6.17 over HTTP from Debian
-    13's backports (a Debian 12 host's apt does not know that suite)."""
+    Debian 12's generations come through `apt-get download`, 6.16 to 6.18 over HTTP from
+    Debian 13's backports (a Debian 12 host's apt does not know that suite)."""
     cache = cache or cache_dir()
     backport = generation.partition("-")[0] in BACKPORTS
     if backport and generation not in RELEASES:
