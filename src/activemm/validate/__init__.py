@@ -146,7 +146,7 @@ def preempt_mode(meta: dict[str, object] | None) -> str:
     "voluntary" (Debian 12's kernels, a bare trace)."""
     m = re.match(r"(\d+)\.(\d+)", str((meta or {}).get("kernel") or ""))
     lazy = m is None or (int(m[1]), int(m[2])) >= (6, 13)
-    known = {"none", "voluntary", "full"} | ({"lazy"} if lazy else set())
+    known = {mode for mode in PREEMPT_MODES if lazy or mode != "lazy"}
     args = [w.split("=", 1)[1] for w in _kernel_args(meta) if w.startswith("preempt=")]
     modes = [str((meta or {}).get("preempt_default")), *args]
     return next((mode for mode in reversed(modes) if mode in known), "voluntary")
