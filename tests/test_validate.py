@@ -2473,6 +2473,36 @@ def test_an_mmput_after_the_exit_is_told_from_one_in_another_task(
         assert theirs
 
 
+def test_a_flush_from_an_mmput_the_kernel_ran_in_another_task_is_tagged_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uprobe_register() (the tenth program) walks every mm mapping the probed file with an
+    mm_users reference (register_for_each_vma(): mmget_not_zero(), then mmput()), so an
+    exiting task's mmput() is often not the last: the registering task's is, and its
+    __mmput flushes the lazy CPUs at another time. With tracepoints only the model runs
+    __mmput at the exit and flushes the CPUs it has lazy there; each such flush the kernel
+    did not make is tagged "__mmput ran in another task" when the exiting task, the text
+    says, ran no exit_mmap (they were tagged as flush IPI timing), and only then."""
+    capture = CAPTURES / "linux-6.1-smp3-program10"
+    ran = {
+        int(pid) for pid, line in _task_lines(capture) if "(exit_mmap+" in line and "<-" not in line
+    }
+    monkeypatch.setattr(score, "MAX_MISMATCHES", 10**6)  # every miss in full
+    sched = validate(capture, inputs="sched")
+    flushes = [
+        m
+        for m in sched.mismatches
+        if m["group"] == "outside_schedule"
+        and m["kernel"] == {"kernel": "nothing here"}
+        and m["predicted"]["kind"] == "flush_to_init_mm"
+    ]
+    elsewhere = [m for m in flushes if m["predicted"]["pid"] not in ran]
+    assert len(elsewhere) >= 3
+    assert all(m["cause"] == score.ELSEWHERE for m in elsewhere)
+    assert all(m["cause"] != score.ELSEWHERE for m in flushes if m not in elsewhere)
+    assert_all_matched(_scored(capture))  # (with markers the model puts it where it ran)
+
+
 def test_an_mmput_after_exit_ends_where_the_task_next_sleeps() -> None:
     """One CPU, every workload: a vhost owner that exits holding the device runs __mmput in
     exit_files(), after sched_process_exit, and is preempted inside it ("R+"); the mm's

@@ -2094,8 +2094,28 @@ class Validator(MarkerSteps, Clocked):
         score_outside(
             self.result, self.kernel_outside, self.model_outside, self.first_switch,
             self.mm_kthreads, self.windowed, set(self.first_lazy), self._ipi_waited,
-            bool(self.mmput_returns),
+            bool(self.mmput_returns), self._flushed_by_another_mmput,
         )  # fmt: skip
+
+    def _flushed_by_another_mmput(self, o: Outside) -> bool:
+        """With tracepoints only, the model's flush to init_mm came from the __mmput it ran
+        in task o.pid (at its exit or exec), and in the kernel that task ran no exit_mmap in
+        that life (from its previous exec or life's end to its death): an mm_users reference
+        no tracepoint shows (a /proc reader's get_task_mm(), uprobes' register_for_each_vma(),
+        ...) was put last, by its holder, whose __mmput flushed other lazy CPUs at another
+        time (the exit_mmap markers, read only for causes, say so)."""
+        if self.inputs != "sched" or o.via not in ("exit", "mmput"):
+            return False
+        start = max(
+            line_before(self.exec_lines.get(o.pid, []), o.line) or 0,
+            line_before(self.final_switches.get(o.pid, []), o.line) or 0,
+        )
+        end = next_line(self.final_switches.get(o.pid, []), o.line) or float("inf")
+        return not any(
+            pid == o.pid and start < line < end
+            for puts in self.exit_mmaps.values()
+            for line, pid in puts
+        )
 
     def _ipi_waited(self, o: Outside) -> bool:
         """Nothing traced on the CPU the model flushed between that flush and a switch

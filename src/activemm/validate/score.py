@@ -486,6 +486,7 @@ def score_outside(
     lazy_at_start: set[int] | None = None,
     waited: Callable[[Outside], bool] | None = None,
     returns: bool = True,
+    elsewhere: Callable[[Outside], bool] | None = None,
 ) -> None:
     """Outside-schedule hooks match on (kind, task, mms), flushes to init_mm on (CPU, lazy
     episode): the switches that loaded a user mm on that CPU before it. Within one episode the
@@ -497,7 +498,8 @@ def score_outside(
     `lazy_at_start`: the CPUs found lazily borrowing an mm when the trace began. `waited`:
     does nothing happen on a flushed CPU between the model's flush and a switch there that
     loads a user mm (the kernel's IPI may have waited for it). `returns`: the trace has
-    exit_mmap return markers."""
+    exit_mmap return markers. `elsewhere`: did the kernel run the __mmput that made the
+    model's flush in another task."""
     mleft = Counter(o.key() for o in model)
     unmatched_k = []
     for o in kernel:
@@ -567,6 +569,8 @@ def score_outside(
                 if o.late_fork
                 else EXIT_WINDOW
                 if o.pid in (windowed or set())
+                else ELSEWHERE
+                if elsewhere is not None and elsewhere(o)
                 else _late_ipi_cause(o, waited, returns)
             )
         else:
