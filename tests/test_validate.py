@@ -35,7 +35,7 @@ from activemm.trace.events import (
 from activemm.trace.readers import TraceError, read_trace
 from activemm.trace.replay import load_task_snapshot
 from activemm.validate import kernel as kv
-from activemm.validate import markers, score, validate
+from activemm.validate import markers, release_version, score, validate
 from activemm.validate.core import Validator
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
@@ -1680,8 +1680,8 @@ def test_cpu_hotplug_is_followed_at_the_cpu_init_marker(capture: Path) -> None:
     r = _scored(capture)
     sched = _scored(capture, "sched")
     assert r.learned["CPU came online (cpu_init marker)"] >= 2
-    release = json.loads((capture / "meta.json").read_text())["kernel"]
-    if tuple(int(x) for x in release.split(".")[:2]) >= (6, 13):
+    version = release_version(json.loads((capture / "meta.json").read_text())["kernel"])
+    if version is not None and version >= (6, 13):
         forced = "hotplug thread moved to init_mm"
         assert r.learned[f"{forced} (sched_force_init_mm marker)"] >= 2
         assert sched.learned[f"{forced} (cpuhp_enter tracepoint)"] >= 2

@@ -539,11 +539,11 @@ def capture(
             if line.strip()
         ]
         refused_core = [
-            line.split()[1]
+            words[1]
             for line in failed
             if line.startswith(("p:", "r"))
-            and len(line.split()) > 1
-            and line.split()[1].split(".")[0] in CORE_FUNCTIONS
+            and len(words := line.split()) > 1
+            and words[1].split(".")[0] in CORE_FUNCTIONS
         ]
         if refused_core:
             raise CaptureError(

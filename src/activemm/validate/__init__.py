@@ -30,15 +30,20 @@ NO_KERNEL = (
 )
 
 
+def release_version(release: str | None) -> tuple[int, int] | None:
+    """(major, minor) of a kernel release string such as 6.17.13+deb13-amd64, if it has one."""
+    m = re.match(r"(\d+)\.(\d+)", release or "")
+    return None if m is None else (int(m[1]), int(m[2]))
+
+
 def preset_for(release: str | None) -> str:
     """The preset that models a kernel release string such as 6.1.0-56-amd64 (or Debian's
     PREEMPT_RT flavour, 6.1.0-56-rt-amd64): the 6.1 one before the lazy-TLB helpers (6.4),
     the 6.12 one before x86 kept mm_cpumask bits on switch-away (6.14), the 6.17 one since
     (Debian 13's backports: 6.17.13+deb13-amd64)."""
-    m = re.match(r"(\d+)\.(\d+)", release or "")
-    if m is None:
+    version = release_version(release)
+    if version is None:
         raise ActiveMmError(NO_KERNEL)
-    version = (int(m[1]), int(m[2]))
     name = (
         "linux-6.1-x86_64"
         if version < (6, 4)
@@ -144,8 +149,8 @@ def preempt_mode(meta: dict[str, object] | None) -> str:
     lazy since 6.13, CONFIG_PREEMPT_LAZY), one it does not know being ignored; else its
     config's default (meta.json's preempt_default, "lazy" on Debian 13's 6.17); else
     "voluntary" (Debian 12's kernels, a bare trace)."""
-    m = re.match(r"(\d+)\.(\d+)", str((meta or {}).get("kernel") or ""))
-    lazy = m is None or (int(m[1]), int(m[2])) >= (6, 13)
+    version = release_version(str((meta or {}).get("kernel") or ""))
+    lazy = version is None or version >= (6, 13)
     known = {mode for mode in PREEMPT_MODES if lazy or mode != "lazy"}
     args = [w.split("=", 1)[1] for w in _kernel_args(meta) if w.startswith("preempt=")]
     modes = [str((meta or {}).get("preempt_default")), *args]
