@@ -995,6 +995,42 @@ def test_sched_inputs_place_exit_windows_before_exit_mmaps_flush(
         assert with_rule > without.context_switches.matched, name
 
 
+def test_the_idle_tasks_polled_flush_ipis_are_no_loads_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The idle task runs the call-function queue itself while it polls (do_idle()'s
+    flush_smp_call_function_queue(): need-resched set, no hardirq), so a flush IPI that
+    finds its CPU lazy loads init_mm's CR3 in the idle task outside any switch, "dN" in the
+    irq-info column. Read as the idle task's own load, like a kernel thread's
+    kthread_use_mm(), it left the validator unsure what every CPU the idle task had run on
+    held loaded, blind to the exit windows (tracepoints only) of tasks that came back there
+    without a CR3 load. On linux-6.12-smp4-program13 (cgroup CPU throttling: exiting tasks
+    preempted inside exit_mmap()) every such load is a switch to init_mm (the probe before
+    it), each exit point found comes after the kernel's exit_mm() of its task (the markers
+    sched inputs do not read), and more switches match than with those loads the idle
+    task's own."""
+    from activemm.validate import windows
+
+    capture = CAPTURES / "linux-6.12-smp4-program13"
+    polled = 0
+    before: dict[str, str] = {}  # CPU -> its previous line's event and arguments
+    pattern = r"<idle>-0 .*\[(\d{3})\] (\S+)\s+[\d.]+: (\w+): (.*)|\[(\d{3})\] \S+\s+[\d.]+: (\w+)"
+    for _, _, m in _trace_matches(capture, pattern):
+        cpu = m[1] or m[5]
+        outside = re.match(r"mmswitch: \(\S+\) prev=\w+ next=(\w+) tsk=0x0 ", before.get(cpu, ""))
+        if m[1] and m[3] == "tlb_flush" and not re.search("[hH]", m[2]) and outside:
+            polled += 1
+            assert "N" in m[2] and kv.is_init_mm(int(outside[1], 16)), m[0]
+        before[cpu] = f"{m[3]}: {m[4]}" if m[1] else m[6]
+    assert polled >= 1
+    sched = validate(capture, inputs="sched")
+    _after_exit_mm(capture, sched.exit_points, first=False)
+    monkeypatch.setattr(windows, "ipi_load", lambda e: e.hardirq)
+    blind = validate(capture, inputs="sched")
+    assert len(sched.exit_points) > len(blind.exit_points)
+    assert sched.context_switches.matched > blind.context_switches.matched
+
+
 @pytest.mark.parametrize(
     "name", ["linux-6.1-smp1-everything", "linux-6.1-smp2-program6", "linux-6.12-smp2-program6"]
 )
@@ -1589,6 +1625,62 @@ def test_a_lazy_cpu_follows_a_flush_ipi_its_tlb_flush_shows(tmp_path: Path) -> N
         assert r.context_switches.matched == r.context_switches.total == 4, r.mismatches
         assert r.outside_schedule.matched == r.outside_schedule.total == 1, r.mismatches
         assert r.learned["lazy CPU flushed to init_mm (tlb_flush in an IPI)"] == 1
+
+
+def test_a_flush_ipi_reaches_a_cpu_gone_lazy_only_where_its_tlb_flush_says(
+    tmp_path: Path,
+) -> None:
+    """app forks on CPU 0 while its thread 52 runs their mm on CPU 1: dup_mmap()'s
+    flush_tlb_mm() (freed tables: every CPU in mm_cpumask is IPIed) traces "remote ipi
+    send", and CPU 1's next line is a sched_switch to its idle task, lazy on the mm.
+    Interrupts are off inside __schedule(), so the IPI ran at the earliest at that switch's
+    end, on a lazy CPU: flush_tlb_func() switches it to init_mm, a CR3 load the hardirq's
+    tlb_flush shows. With that line (kernel 1) the model runs the IPI at the switch's end,
+    as before; without it (kernel 2, as on a PREEMPT_RT capture whose sender's vCPU stalled
+    5 ms: the IPI came after the thread was back, whose switch loaded CR3 to catch up on
+    the flush) the CPU was never sent to init_mm, and the model takes the IPI before the
+    switch, on the mm it was sent for. Either way every hook outside schedule matches."""
+    child = "0xffff888000000f00"
+    irq = "<idle>-0 (-------) [001] d.h1. "
+    head = ["# tracer: nop", "#P:2"]
+    head += _switch(0, 1.0001, ("swapper/0", 0, "R"), ("app", 50),
+                    _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+    head += _switch(1, 1.0002, ("swapper/1", 0, "R"), ("thr", 52),
+                    _mmswitch(INIT_MM, APP_MM, 52), "0x0", "0x0")  # fmt: skip
+    head += [
+        _line("app", 50, 0, 1.0003, "mminit: (copy_process+0x1930/0x1ae0 <- mm_init) "
+              f"ret={child}"),
+        _line("app", 50, 0, 1.00031, f"dupmm: (dup_mmap+0x0/0x600) mm={child} oldmm={APP_MM}"),
+        _line("app", 50, 0, 1.00032, "tlb_flush: pages:-1 reason:remote ipi send (4)"),
+    ]  # fmt: skip
+    head += _switch(1, 1.0004, ("thr", 52, "R+"), ("swapper/1", 0), _lazy(APP_MM, 0),
+                    APP_MM, APP_MM)  # fmt: skip
+    ipi_to_init_mm = [
+        f"{irq}    1.000410: mmswitch: (switch_mm_irqs_off+0x0/0x470) prev=0x0 "
+        f"next={INIT_MM} tsk=0x0 t_pid=0 t_flags=0x0 t_mm=0x0 t_active_mm=0x0 t_comm=(fault)",
+        f"{irq}    1.000411: tlb_flush: pages:-1 reason:flush on task switch (0)",
+    ]
+    tail = [
+        _line("app", 50, 0, 1.0005, "tlb_flush: pages:-1 reason:local mm shootdown (3)"),
+        _line("app", 50, 0, 1.00051, "task_newtask: pid=53 comm=app clone_flags=1200011 "
+              "oom_score_adj=0"),
+        _line("app", 50, 0, 1.00052, "sched_process_fork: comm=app pid=50 child_comm=app "
+              "child_pid=53"),
+    ]  # fmt: skip
+    tail += _switch(1, 1.0006, ("swapper/1", 0, "R"), ("thr", 52),
+                    _mmswitch(APP_MM, APP_MM, 52), "0x0", "0x0")  # fmt: skip
+    tail.insert(-1, _line("swapper/1", 0, 1, 1.0006015,
+                          "tlb_flush: pages:-1 reason:flush on task switch (0)"))  # fmt: skip
+    for name, lines, hooks in (("in-switch", head + ipi_to_init_mm + tail, 1),
+                               ("after", head + tail, 0)):  # fmt: skip
+        trace = tmp_path / f"{name}.txt"
+        thread = "\n".join(lines).replace("(     52)", "(     50)")  # a thread of app
+        trace.write_text(thread + "\n")
+        r = validate(trace, preset_name="linux-6.1-x86_64", inputs="markers")
+        assert r.learned["fork at its dup_mmap flush (tlb_flush)"] == 1
+        assert r.context_switches.matched == r.context_switches.total == 4, r.mismatches
+        assert r.outside_schedule.total == hooks, r.mismatches
+        assert r.outside_schedule.matched == hooks, r.mismatches
 
 
 def test_an_exits_unmap_flush_that_skipped_lazy_cpus_is_not_its_final_flush(

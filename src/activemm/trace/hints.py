@@ -274,8 +274,11 @@ class _Hints:
         cpu = ev.cpu
         self.irq_flags |= ev.hardirq
         in_switch = not ev.hardirq and self.switched.get(cpu) == ev.pid
-        own = not ev.hardirq and not in_switch
-        if not in_switch and (ev.hardirq or not self.irq_flags):
+        # a flush IPI's: in a hardirq, or in the idle task, which runs the call-function
+        # queue itself while it polls (do_idle()'s flush_smp_call_function_queue())
+        ipi = ev.hardirq or (ev.pid == 0 and not in_switch)
+        own = not ipi and not in_switch
+        if not in_switch and (ipi or not self.irq_flags):
             for o in self.flushes.values():  # a lazy CPU the IPIs sent to init_mm
                 if o.received(cpu):
                     o.freed_tables = True
@@ -416,7 +419,8 @@ def tlb_hints(events: Iterable[TraceEvent], horizon: int = HORIZON) -> Iterator[
       IPIs sent with no local part flushed an mm the CPU did not have loaded, another task's
       (`foreign`). While the IPIs are out (until the sender's next event: it waits for them),
       the CPUs whose IPI handler leaves a line ("remote shootdown", or a CR3 load outside a
-      context switch: in a hardirq, when the trace says) are its `receivers`; such a load is
+      context switch: in a hardirq, when the trace says, or by the idle task, which runs the
+      call-function queue itself while it polls) are its `receivers`; such a load is
       a lazy CPU that flush_tlb_func() sent to init_mm, which native_flush_tlb_multi() IPIs
       only when page tables were freed (`freed_tables`); a receiver whose line comes after
       a sched_switch of its own since the IPIs went out took the IPI only at that switch's

@@ -222,8 +222,12 @@ class Validator(MarkerSteps, Clocked):
         # markers: the tracepoint or marker lines a CPU's sched_switch follows directly, no
         # other tracepoint or marker there between (probe lines that only bind addresses or
         # are scored are skipped: their place is not an input; with tracepoints only the
-        # model's flushes run at approximate points)
-        self.before_switch: set[int] = set()
+        # model's flushes run at approximate points), each with that sched_switch
+        self.before_switch: dict[int, SchedSwitch] = {}
+        # markers: sched_switch lines after which their CPU loaded CR3 outside a context
+        # switch before its next sched_switch (a lazy CPU a flush IPI sent to init_mm, in a
+        # hardirq; or the task's own load)
+        self.loads_after: set[int] = set()
         # the sched_switch lines whose next tracepoint on their CPU is their CR3 load's
         # tlb_flush (in switch_mm_irqs_off, by the task switched out), and those tlb_flushes;
         # not a load the exec hints read as the exec's own (a leader's switch to the thread
@@ -262,7 +266,14 @@ class Validator(MarkerSteps, Clocked):
             ):
                 self.user_loads.add(last_switch[e.cpu])
             if isinstance(e, SchedSwitch) and e.cpu in last_marked and inputs == "markers":
-                self.before_switch.add(last_marked[e.cpu])
+                self.before_switch[last_marked[e.cpu]] = e
+            if (
+                isinstance(e, TlbFlush)
+                and e.cr3_load
+                and e.line not in self.switch_load_lines
+                and e.cpu in last_switch
+            ):
+                self.loads_after.add(last_switch[e.cpu])
             if not (isinstance(e, Probe) and kv.binds_only(e)):
                 last_marked[e.cpu] = e.line
             if isinstance(e, SchedSwitch):
@@ -652,8 +663,9 @@ class Validator(MarkerSteps, Clocked):
                 handler(ev)  # type: ignore[operator]
             else:
                 self._on_sched_event(ev)
-            if ev.line in self.before_switch:
-                self._schedule_begins(ev.cpu)
+            upcoming = self.before_switch.get(ev.line)
+            if upcoming is not None:
+                self._schedule_begins(upcoming)
         for cpu in list(self.armed):
             self._refusable(self._early_exec, self.armed.pop(cpu))
         if self.events:
@@ -1848,18 +1860,37 @@ class Validator(MarkerSteps, Clocked):
             self._irqs_on(at)
         self._compare_switch(group, group.model)
 
-    def _schedule_begins(self, cpu: int) -> None:
-        """The CPU's next tracepoint or marker is a sched_switch (markers inputs; probe lines
-        that only bind addresses do not count, their place is no input): from here its
-        model has interrupts off, as __schedule() will. A flush IPI the kernel's CPU took
-        before that would have left a line there (on a lazy CPU its switch to init_mm, a
-        CR3 load; a real flush, "remote shootdown"), so one sent meanwhile waited for the
+    def _schedule_begins(self, sw: SchedSwitch) -> None:
+        """The CPU's next tracepoint or marker is the sched_switch `sw` (markers inputs;
+        probe lines that only bind addresses do not count, their place is no input): from
+        here its model has interrupts off, as __schedule() will. A flush IPI the kernel's CPU
+        took before that would have left a line there (on a lazy CPU its switch to init_mm,
+        a CR3 load; a real flush, "remote shootdown"), so one sent meanwhile waited for the
         switch and its finish_task_switch() handled it on the state the switch left (a lazy
         CPU switched to a user mm, whose stale TLB the switch itself flushed: nothing to
-        do)."""
+        do).
+
+        Unless that state is lazy (a user task switched out for a kernel thread or the idle
+        task) and the CPU loads no CR3 before its next switch: flush_tlb_func() on a lazy
+        CPU switches it to init_mm, a CR3 load, so the IPI reached it only after that lazy
+        episode, on a user mm again (a vCPU that stalled between the sender's "remote ipi
+        send" and the IPI itself: 5 ms on a PREEMPT_RT capture under TCG). The model takes
+        it before the switch then, on the user mm it was sent for: its interrupts stay on."""
+        cpu = sw.cpu
         group = self.pending.get(cpu)  # (one the model ran already is over there)
-        if cpu < len(self.m.state.rqs) and (group is None or group.ran):
-            self.m.local_irq_disable(cpu)
+        if cpu >= len(self.m.state.rqs) or (group is not None and not group.ran):
+            return
+        if sw.line not in self.loads_after and self._switch_lazies(sw):
+            return
+        self.m.local_irq_disable(cpu)
+
+    def _switch_lazies(self, sw: SchedSwitch) -> bool:
+        """Whether, in the model, `sw` takes its CPU from a user mm to lazy TLB mode: the task
+        switched out has an mm and the one switched in has none."""
+        prev = self.m.state.rqs[sw.cpu].curr
+        nxt = self.replayer.tasks.get(sw.next_pid) if sw.next_pid else None
+        incoming_lazy = sw.next_pid == 0 or (nxt is not None and nxt.mm is None)
+        return prev.mm is not None and not prev.mm.is_init_mm and incoming_lazy
 
     def _irqs_on(self, at: TraceEvent) -> None:
         """A switch applied at `at`: interrupts are on again on its CPU (the model's

@@ -57,6 +57,14 @@ from activemm.trace.replay import CLONE_THREAD
 EXIT_MMAP_RATIO = 2.5  # see ExitWindows._preempted_in_exit_mmap
 
 
+def ipi_load(e: TraceEvent) -> bool:
+    """A CR3 load by a flush IPI's flush_tlb_func() on a lazy CPU (to init_mm): in a hardirq,
+    or by the idle task outside a context switch, which runs the call-function queue itself
+    while it polls (do_idle()'s flush_smp_call_function_queue(): the sender only set
+    need-resched, no interrupt came). Not the task's own, whatever the irq-info column says."""
+    return isinstance(e, TlbFlush) and e.cr3_load and (e.hardirq or e.pid == 0)
+
+
 def interrupting(e: TraceEvent) -> bool:
     """An event that interrupted the running task rather than a step of its own:
     sched_process_free (delayed_put_task_struct(), an RCU callback: a softirq), a flush
@@ -102,8 +110,8 @@ class ExitWindows:
     tgids: dict[int, int] = field(default_factory=dict)
     # tgid -> (line, pid) of its tasks' sched_process_exit
     group_exits: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
-    # tasks that loaded CR3 outside a context switch, not in an interrupt: exec, exit_mmap's
-    # switch to init_mm, text_poke, and in a kernel thread kthread_use_mm()
+    # tasks that loaded CR3 outside a context switch, not for a flush IPI (ipi_load): exec,
+    # exit_mmap's switch to init_mm, text_poke, and in a kernel thread kthread_use_mm()
     own_cr3: set[int] = field(default_factory=set)
     # those loads, and the ones of flush IPIs that found the task's CPU lazy (to init_mm)
     own_cr3_lines: dict[int, list[int]] = field(default_factory=dict)
@@ -135,7 +143,7 @@ class ExitWindows:
                 w.switch_loads.add(e.line)
                 w.had_mm.setdefault(sw.next_pid, []).append(sw.line)
                 continue
-            if isinstance(e, TlbFlush) and e.own_cr3_load:
+            if isinstance(e, TlbFlush) and e.own_cr3_load and not ipi_load(e):
                 run.setdefault(e.cpu, []).append(e.line)
             elif len(loads := run.pop(e.cpu, [])) >= 2:
                 w.load_runs.append(loads)
@@ -152,7 +160,7 @@ class ExitWindows:
                     w.preempted.add(e.line)
                 elif not e.prev_state.startswith("D"):
                     w.sleeps.setdefault(e.prev_pid, []).append(e.line)
-            elif isinstance(e, TlbFlush) and e.hardirq:
+            elif isinstance(e, TlbFlush) and (e.hardirq or ipi_load(e)):
                 if e.cr3_load:  # a flush IPI found this CPU lazy
                     w.ts[e.line] = e.ts
                     w.own_cr3_lines.setdefault(e.pid, []).append(e.line)
