@@ -1200,7 +1200,9 @@ def validate(
     exit_mm (before the one preemption between its last sign of an mm and that switch, when
     little of exit_mmap was left to run from there), and one switched in without the CR3
     load its mm needs shows it after the fact
-    (the trace is replayed again with its exit_mm where it ran); a CPU whose idle task
+    (the trace is replayed again with its exit_mm where it ran; from 6.16, where
+    sched_process_exit comes first, one switched in with a CR3 load had not run it yet); a
+    CPU whose idle task
     switches out while its last traced switch went to its stopper thread was offline in
     between. On PREEMPT_RT kernels (the -rt presets), with markers, an exec preempted inside
     exec_mmap() before activate_mm() shows as a preemption with migration disabled (the

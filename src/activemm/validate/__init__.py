@@ -333,6 +333,7 @@ def validate(
     preemption = "rt" if cfg.PREEMPT_RT else preempt_mode(meta)
     preemptible = cfg.PREEMPT_RT or fully_preemptible(meta)
     efi_workers: set[int] = set()
+    late: dict[int, int] = {}
     for n in range(MAX_PASSES):
         step = "replaying" if n == 0 else f"replaying again (pass {n + 1}: exit windows found)"
         say(f"{step}: {len(events):,} events")
@@ -340,16 +341,18 @@ def validate(
             str(trace), cfg.name, inputs, release, preset_from=how, preemption=preemption
         )
         v = Validator(
-            events, cfg, ncpus, snapshot, inputs, result, sanitize, exits, preemptible, efi_workers
-        )
+            events, cfg, ncpus, snapshot, inputs, result, sanitize, exits, preemptible,
+            efi_workers, late,
+        )  # fmt: skip
         v.run(partial(_report_done, say, step, len(events)))
-        if not v.found_exits and v.efi_workers <= efi_workers:
+        if not v.found_exits and v.efi_workers <= efi_workers and not v.found_late:
             break
         # with tracepoints only, exit windows show after the fact (validate/windows.py), and
         # which kernel thread makes EFI calls: replay again, running those exits where they
         # happened and that thread's earlier calls as EFI calls
         exits |= v.found_exits
         efi_workers |= v.efi_workers
+        late |= v.found_late  # (a later switch in for the same exit replaces the earlier)
     result.exit_points = exits
     if recovered:
         result.anomalies["birth without its mm_init return (taken from mm_alloc/dup_mmap)"] += (

@@ -128,6 +128,7 @@ class Validator(MarkerSteps, Clocked):
         exit_points: dict[int, int] | None = None,
         preemptible: bool = False,
         efi_workers: set[int] | None = None,
+        late_exits: dict[int, int] | None = None,
     ) -> None:
         self.events = events
         self.inputs = inputs
@@ -141,6 +142,14 @@ class Validator(MarkerSteps, Clocked):
         # earlier pass found them; and those this pass finds
         self.exit_points = dict(exit_points or {})
         self.found_exits: dict[int, int] = {}
+        # sched inputs, 6.16+: sched_process_exit line -> the switch line after which its
+        # task's exit_mm() runs, as an earlier pass found it (_late_exit_seen); those this
+        # pass finds; pid -> its exit waiting for that switch; pid -> the line of the exit
+        # the model ran at its tracepoint, in the task's life now
+        self.late_exits = dict(late_exits or {})
+        self.found_late: dict[int, int] = {}
+        self.late_waiting: dict[int, int] = {}
+        self.exit_traced: dict[int, int] = {}
         # pids whose exit the model ran at an inferred window -> the cause if it was none
         self.inferred: dict[int, str] = {}
         # vhost workers that used their mm, by id() (kept alive: an id() is not reused)
@@ -782,9 +791,13 @@ class Validator(MarkerSteps, Clocked):
                 and self.inputs == "sched"
                 and self._runs_with_mm(ev.cpu, ev.exit_pid)
             ):
+                if ev.line in self.late_exits:  # exit_mm() after a preemption (_late_exit)
+                    self.late_waiting[ev.exit_pid] = ev.line
+                    return
                 # 6.16+, tracepoints only: exit_mm() follows at once, its __mmput() ends at
                 # the task's last flush before it dies (MarkerSteps._defer_to_last)
                 self._marker_exit(ev)
+                self.exit_traced[ev.exit_pid] = ev.line
                 return
         if not (isinstance(ev, NewTask) and ev.line in self.early_forks):
             self._drive(type(ev).__name__, ev, self.replayer.apply, ev)
@@ -1923,7 +1936,47 @@ class Validator(MarkerSteps, Clocked):
             self.episode[sw.cpu] += 1
         if self.windows is not None and model is not None and not self.exit_first:
             self._exit_window_seen(sw, model)
+        elif self.windows is not None and self.exit_first:
+            self._late_exit(sw)
         return model
+
+    def _late_exit(self, sw: SchedSwitch) -> None:
+        """Sched inputs, 6.16+: sched_process_exit comes before exit_mm() (after it,
+        perf_event_exit_task()), and the model runs exit_mm() at the tracepoint. A task
+        preempted in between still has its mm: switched back in, it loads CR3 when its CPU
+        had another mm loaded, and a task without one never does (enter_lazy_tlb()). So a
+        switch to a task whose exit the model ran, with the kernel's CR3 load ("flush on
+        task switch" right after it), shows that exit_mm() came after this switch: the next
+        pass runs it here, when the task is back (a later preemption before it shows the
+        same way, and moves it on). Where the CPU had the task's own mm loaded (a kernel
+        thread borrowed it meanwhile), no load was due either way, and nothing shows."""
+        assert self.windows is not None
+        pid, t = sw.next_pid, self.m.state.rqs[sw.cpu].curr
+        if sw.prev_state.startswith(("X", "Z")):
+            self.exit_traced.pop(sw.prev_pid, None)
+            self.late_waiting.pop(sw.prev_pid, None)
+        exit_line = self.late_waiting.get(pid)
+        if exit_line is not None and self.late_exits.get(exit_line) == sw.line:
+            del self.late_waiting[pid]
+            if self._runs_with_mm(sw.cpu, pid):
+                self._marker_exit(TraceEvent(sw.line, sw.cpu, sw.ts, pid, sw.next_comm, None))
+                self.exit_traced[pid] = exit_line
+                self.result.late_exit_points[sw.line] = pid
+                self.result.learned[
+                    "exit_mm after a preemption past sched_process_exit (6.16+: the task "
+                    "came back with a CR3 load)"
+                ] += 1
+            return
+        exit_line = self.exit_traced.get(pid)
+        if (
+            exit_line is not None
+            and sw.line in self.windows.cr3
+            and self.replayer.tasks.get(pid) is t
+            and t.exiting
+            and t.mm is None
+            and not t.pf_kthread
+        ):
+            self.found_late[exit_line] = sw.line
 
     def _exit_window_seen(self, sw: SchedSwitch, model: ModelSwitch) -> None:
         """Sched inputs: the model loaded CR3 for a user task switched in, the kernel did

@@ -434,9 +434,10 @@ class MarkerSteps:
         self.result.learned[learned] += 1
 
     def _kept_ahead(self, mm: Mm | None, ev: TraceEvent) -> None:
-        """An exec's __mmput of its old mm, which the model runs at once: a reference that
-        outlives that __mmput but shows only at a marker later in it is taken now, not at
-        the marker, by which time the model would have freed the mm. Two such: khugepaged's
+        """An exec's __mmput of its old mm (the exec puts its last real user), which the
+        model runs at once: a reference that outlives that __mmput but shows only at a
+        marker later in it is taken now, not at the marker, by which time the model would
+        have freed the mm. Two such: khugepaged's
         when its scan cursor rests on the mm (a __khugepaged_exit marker that keeps it
         follows, before that address's next __mmdrop), and KSM's when __ksm_exit() left the
         mm's slot for ksmd (the exit_mmap marker that follows finds MMF_VM_MERGEABLE)."""
@@ -500,8 +501,8 @@ class MarkerSteps:
                 tasks[pids[0]] = leader
         self.ctx = Context("exec", ev.line, ev.cpu, ev.pid)
         old = leaving_mm(t)
-        if self.inputs == "markers":
-            self._kept_ahead(old, ev)
+        if self.inputs == "markers" and self._last_user(t) is not None:
+            self._kept_ahead(old, ev)  # (a vfork child's exec leaves its parent the mm)
         deferred = self._defer_mmput(t, ev) or self._defer_to_last(
             t, ev, self.ipi_sends, self.exec_lines, "exec"
         )

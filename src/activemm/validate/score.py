@@ -187,6 +187,9 @@ class Result:
     lazy_exit_points: dict[int, int] = field(default_factory=dict)
     # and those placed at a preemption before exit_mmap's switch of the CPU to init_mm
     early_exit_points: dict[int, int] = field(default_factory=dict)
+    # 6.16+: switch line -> pid whose exit_mm() ran once it was back there, after a
+    # preemption past its sched_process_exit
+    late_exit_points: dict[int, int] = field(default_factory=dict)
 
     def mismatch(
         self, group: str, line: int, predicted: dict[str, Any], kernel: dict[str, Any], cause: str
