@@ -1196,15 +1196,13 @@ def validate(
     its kprobes landed (+0x0 on Debian's 6.1, +0x4 past ENDBR on 6.12 and 6.17, told apart
     by exec's hook, which has a prev since 6.16). With tracepoints only (--inputs sched),
     exit windows show in the CR3 loads: a user task whose exit_mmap switched its lazy CPU
-    to init_mm has run
-    exit_mm (before the one preemption between its last sign of an mm and that switch, when
-    little of exit_mmap was left to run from there), and one switched in without the CR3
-    load its mm needs shows it after the fact
-    (the trace is replayed again with its exit_mm where it ran; from 6.16, where
-    sched_process_exit comes first, one switched in with a CR3 load had not run it yet); a
-    CPU whose idle task
-    switches out while its last traced switch went to its stopper thread was offline in
-    between. On PREEMPT_RT kernels (the -rt presets), with markers, an exec preempted inside
+    to init_mm has run exit_mm (before the one preemption between its last sign of an mm
+    and that switch, when little of exit_mmap was left to run from there), and one switched
+    in without the CR3 load its mm needs shows it after the fact (the trace is replayed
+    again with its exit_mm where it ran; from 6.16, where sched_process_exit comes first,
+    one switched in with a CR3 load had not run it yet); a CPU whose idle task switches out
+    while its last traced switch went to its stopper thread was offline in between. On
+    PREEMPT_RT kernels (the -rt presets), with markers, an exec preempted inside
     exec_mmap() before activate_mm() shows as a preemption with migration disabled (the
     irq-flags column) whose activate_mm then loads no CR3: the model runs that exec in two
     steps (docs/validate.md).

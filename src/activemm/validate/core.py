@@ -143,7 +143,7 @@ class Validator(MarkerSteps, Clocked):
         self.exit_points = dict(exit_points or {})
         self.found_exits: dict[int, int] = {}
         # sched inputs, 6.16+: sched_process_exit line -> the switch line after which its
-        # task's exit_mm() runs, as an earlier pass found it (_late_exit_seen); those this
+        # task's exit_mm() runs, as an earlier pass found it (_late_exit); those this
         # pass finds; pid -> its exit waiting for that switch; pid -> the line of the exit
         # the model ran at its tracepoint, in the task's life now
         self.late_exits = dict(late_exits or {})

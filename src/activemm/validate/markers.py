@@ -437,10 +437,10 @@ class MarkerSteps:
         """An exec's __mmput of its old mm (the exec puts its last real user), which the
         model runs at once: a reference that outlives that __mmput but shows only at a
         marker later in it is taken now, not at the marker, by which time the model would
-        have freed the mm. Two such: khugepaged's
-        when its scan cursor rests on the mm (a __khugepaged_exit marker that keeps it
-        follows, before that address's next __mmdrop), and KSM's when __ksm_exit() left the
-        mm's slot for ksmd (the exit_mmap marker that follows finds MMF_VM_MERGEABLE)."""
+        have freed the mm. Two such: khugepaged's when its scan cursor rests on the mm (a
+        __khugepaged_exit marker that keeps it follows, before that address's next
+        __mmdrop), and KSM's when __ksm_exit() left the mm's slot for ksmd (the exit_mmap
+        marker that follows finds MMF_VM_MERGEABLE)."""
         if mm is None or (addr := self.addr.get(mm.id)) is None:
             return
         for kept, held, holder, marker in (
