@@ -120,6 +120,15 @@ class TlbFlush(TraceEvent):
         lazy CPU's switch to init_mm in flush_tlb_func())."""
         return self.cr3_load and not self.hardirq
 
+    @property
+    def ipi_cr3_load(self) -> bool:
+        """A CR3 load outside a context switch (the caller sets a switch's own apart) by a
+        flush IPI's flush_tlb_func() on a lazy CPU, to init_mm: in a hardirq, or by the idle
+        task, which runs the call-function queue itself while it polls (do_idle()'s
+        flush_smp_call_function_queue(): the sender only set need-resched, no interrupt
+        came), whatever the irq-info column says."""
+        return self.cr3_load and (self.hardirq or self.pid == 0)
+
 
 @dataclass(slots=True)
 class MmFlush(TraceEvent):

@@ -274,9 +274,7 @@ class _Hints:
         cpu = ev.cpu
         self.irq_flags |= ev.hardirq
         in_switch = not ev.hardirq and self.switched.get(cpu) == ev.pid
-        # a flush IPI's: in a hardirq, or in the idle task, which runs the call-function
-        # queue itself while it polls (do_idle()'s flush_smp_call_function_queue())
-        ipi = ev.hardirq or (ev.pid == 0 and not in_switch)
+        ipi = ev.ipi_cr3_load and not in_switch  # a flush IPI's (in a hardirq or the idle task)
         own = not ipi and not in_switch
         if not in_switch and (ipi or not self.irq_flags):
             for o in self.flushes.values():  # a lazy CPU the IPIs sent to init_mm

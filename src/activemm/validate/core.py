@@ -279,6 +279,7 @@ class Validator(MarkerSteps, Clocked):
             if (
                 isinstance(e, TlbFlush)
                 and e.cr3_load
+                and inputs == "markers"
                 and e.line not in self.switch_load_lines
                 and e.cpu in last_switch
             ):
@@ -1330,7 +1331,7 @@ class Validator(MarkerSteps, Clocked):
             and curr.pf_kthread
             and curr.mm is None
         )
-        if not (ev.hardirq or ev.pid == 0 or kthread):
+        if not (ev.ipi_cr3_load or kthread):
             return False
         borrowed = self.first_lazy.get(ev.cpu)
         if ev.cpu not in self.seen_cpu and borrowed is not None:

@@ -58,11 +58,9 @@ EXIT_MMAP_RATIO = 2.5  # see ExitWindows._preempted_in_exit_mmap
 
 
 def ipi_load(e: TraceEvent) -> bool:
-    """A CR3 load by a flush IPI's flush_tlb_func() on a lazy CPU (to init_mm): in a hardirq,
-    or by the idle task outside a context switch, which runs the call-function queue itself
-    while it polls (do_idle()'s flush_smp_call_function_queue(): the sender only set
-    need-resched, no interrupt came). Not the task's own, whatever the irq-info column says."""
-    return isinstance(e, TlbFlush) and e.cr3_load and (e.hardirq or e.pid == 0)
+    """A flush IPI's CR3 load, not the task's own (TlbFlush.ipi_cr3_load; the scan has set
+    the context switches' own loads apart)."""
+    return isinstance(e, TlbFlush) and e.ipi_cr3_load
 
 
 def interrupting(e: TraceEvent) -> bool:
