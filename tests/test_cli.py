@@ -152,6 +152,13 @@ def test_unknown_option_is_a_usage_error() -> None:
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
+def test_version_is_the_installed_packages() -> None:
+    from importlib.metadata import version
+
+    r = activemm("--version")
+    assert r.returncode == 0 and r.stdout.split() == ["activemm", version("activemm")]
+
+
 def test_violation_report_and_exit_status() -> None:
     r = activemm("run", str(ROOT / "examples/04_zombie_mm.toml"), "--mutant", "no-lazy-drop")
     assert r.returncode == 1

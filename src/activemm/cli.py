@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from activemm import __version__
 from activemm import scenario as scen
 from activemm.capture import WORKLOADS
 from activemm.errors import ActiveMmError
@@ -48,6 +49,28 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"activemm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print activemm's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    pass
+
 
 PresetOpt = Annotated[
     str | None,
