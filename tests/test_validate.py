@@ -926,8 +926,10 @@ def test_a_preemption_before_exit_mmaps_flush_is_in_the_exit_window_when_little_
     milliseconds): it has its mm (a switch in with a CR3 load), is preempted once, comes
     back, loads CR3 by itself (exit_mmap()'s flush found its CPU lazy) and exits 2 ms later.
     Back 1 ms before the load (under EXIT_MMAP_RATIO times the 2 ms tail): the preemption
-    was inside exit_mmap(). Back 16 ms before: it came before exit_mm(). Two preemptions, a
-    "D" wait, or a sleep after the preemption: nothing is placed."""
+    was inside exit_mmap(). Back 16 ms before: it came before exit_mm(). Two preemptions, or
+    a "D" wait and a preemption: the last switch out before the load is weighed (the
+    earlier may have come before exit_mm()). The last a "D" wait, or a sleep after the
+    preemption: nothing is placed."""
     from activemm.trace.events import ProcessExit
     from activemm.validate.windows import EXIT_MMAP_RATIO, ExitWindows
 
@@ -943,9 +945,16 @@ def test_a_preemption_before_exit_mmaps_flush_is_in_the_exit_window_when_little_
     assert lazy_exits(out, back, _cr3(5, 10), exit_(7)) == ({3: 10}, {3}, {})
     assert lazy_exits(out, back, _cr3(20, 10), exit_(22)) == ({}, set(), {})
     twice = (out, back, _sw(5, 10, "R+", 20), _sw(6, 20, "S", 10), _cr3(7, 10), exit_(9))
-    assert lazy_exits(*twice) == ({}, set(), {})
+    assert lazy_exits(*twice) == ({5: 10}, {5}, {})
+    # the first preemption 20 ms before the load, the second 1 ms: the first is not weighed
+    long_run = (out, back, _sw(24, 10, "R+", 20), _sw(25, 20, "S", 10), _cr3(26, 10))
+    assert lazy_exits(*long_run, exit_(28)) == ({24: 10}, {24}, {})
     waited = (_sw(3, 10, "D", 20), back, _cr3(5, 10), exit_(7))
     assert lazy_exits(*waited) == ({}, set(), {})
+    wait_first = (_sw(3, 10, "D", 20), back, _sw(5, 10, "R+", 20), _sw(6, 20, "S", 10))
+    assert lazy_exits(*wait_first, _cr3(7, 10), exit_(9)) == ({5: 10}, {5}, {})
+    wait_last = (out, back, _sw(5, 10, "D", 20), _sw(6, 20, "S", 10), _cr3(7, 10), exit_(9))
+    assert lazy_exits(*wait_last) == ({}, set(), {})
     slept = (out, back, _sw(5, 10, "S", 20), _sw(6, 20, "S", 10), _cr3(7, 10), exit_(9))
     assert lazy_exits(*slept) == ({}, set(), {})
     # its thread group dying while it ran (thread 11 of group 10 exits before the

@@ -1219,7 +1219,7 @@ def validate(
     its kprobes landed (+0x0 on Debian's 6.1, +0x4 past ENDBR on 6.12 and 6.17, told apart
     by exec's hook, which has a prev since 6.16). With tracepoints only (--inputs sched),
     exit windows show in the CR3 loads: a user task whose exit_mmap switched its lazy CPU
-    to init_mm has run exit_mm (before the one preemption between its last sign of an mm
+    to init_mm has run exit_mm (before its last preemption between its last sign of an mm
     and that switch, when little of exit_mmap was left to run from there), and one switched
     in without the CR3 load its mm needs shows it after the fact (the trace is replayed
     again with its exit_mm where it ran; from 6.16, where sched_process_exit comes first,

@@ -49,7 +49,7 @@ INFERRED_EXIT = (
     "kernel's CPU took while it still ran the mm (a flush IPI placed later than the kernel's)"
 )
 INFERRED_IN_EXIT_MMAP = (
-    "exit window inferred where there was none (tracepoints only): the task's one preemption "
+    "exit window inferred where there was none (tracepoints only): the task's last preemption "
     "before exit_mmap switched its CPU to init_mm was taken to be inside exit_mmap (it ran "
     "little from there to that switch, against exit_mmap's work after it), but it came before "
     "do_exit reached exit_mm"

@@ -24,8 +24,8 @@ The opposite sign, found before the fact: exit_mmap()'s first flush finds the ex
 CPU lazy (exit_mm()'s enter_lazy_tlb) and switches it to init_mm, a CR3 load outside any
 context switch (lazy_exits). A user task's own CR3 load there is that, exec's activate_mm()
 (an exec follows) or a text_poke() (two loads, there and back). When the task was not
-switched out after that load but was preempted once before it, the preemption may have been
-inside exit_mmap() or before exit_mm(): the run time left from it to the load, against
+switched out after that load but was preempted before it, its last preemption there may have
+been inside exit_mmap() or before exit_mm(): the run time left from it to the load, against
 exit_mmap()'s work after the load, decides (_preempted_in_exit_mmap); a statistical rule,
 right for about five in six of the cases the markers of our captures show.
 
@@ -265,24 +265,30 @@ class ExitWindows:
 
     def _preempted_in_exit_mmap(self, pid: int, span: tuple[int, int], f: int) -> int | None:
         """The lazy exit's load `f` comes after its task's last switch before its
-        sched_process_exit, and the task was preempted ("R+") once between its last sign of
-        an mm (or its last sleep) and `f`: inside its exit window, in exit_mmap() before the
-        flush that found its CPU lazy, or before do_exit() reached exit_mm() (in user space,
-        or early in its exit)? The work the task still had then tells: inside exit_mmap(),
-        what was left of the unmapping (unmap_vmas(), free_pgtables()) before that flush,
-        the first of a small mm's; before exit_mm(), all of it and more. The unmapping of an
-        mm costs about what exit_mmap() does after the flush (freeing the gathered pages,
-        remove_vma() for each VMA) up to sched_process_exit, so the preemption is taken to
-        be inside when the task ran less than EXIT_MMAP_RATIO times that tail from it to
-        `f`. On the 98 captures, with markers to tell, that ratio's median is 2.2 (6.1)
-        and 1.5-1.7 (6.12, RT) inside, 4.5 and 3.1-3.5 before; 2.0 to 3.0 score alike.
-        A task preempted or waiting in "D" more than once there (an OOM victim waits long
-        before its exit_mm()) is left alone: its exit_mm() runs at its sched_process_exit,
-        unless it shows later (exit_point); so is a task whose thread group was dying while
-        it ran up to that preemption or waited after it (_group_dying)."""
+        sched_process_exit, and the task's last switch out before `f`, after its last sign
+        of an mm (or its last sleep), was a preemption ("R+"): inside its exit window, in
+        exit_mmap() before the flush that found its CPU lazy, or before do_exit() reached
+        exit_mm() (in user space, or early in its exit)? The work the task still had then
+        tells: inside exit_mmap(), what was left of the unmapping (unmap_vmas(),
+        free_pgtables()) before that flush, the first of a small mm's; before exit_mm(), all
+        of it and more. The unmapping of an mm costs about what exit_mmap() does after the
+        flush (freeing the gathered pages, remove_vma() for each VMA) up to
+        sched_process_exit, so the preemption is taken to be inside when the task ran less
+        than EXIT_MMAP_RATIO times that tail from it to `f`. On the 98 captures, with markers
+        to tell, that ratio's median is 2.2 (6.1) and 1.5-1.7 (6.12, RT) inside, 4.5 and
+        3.1-3.5 before; 2.0 to 3.0 score alike.
+        Only the last switch out before `f` is weighed: with preemptions or "D" waits before
+        it, the earlier ones may have come before exit_mm() (an OOM victim waits long before
+        it; taking the first cost hundreds of switches on the OOM captures), and taking the
+        last, a wrong guess misplaces only the switches between it and the kernel's
+        exit_mm(). A last switch out that is a "D" wait is left alone (inside exit_mmap() as
+        often as before exit_mm(): no gain over 310 captures), and so is a task whose thread
+        group was dying while it ran up to that preemption or waited after it
+        (_group_dying). Left alone, its exit_mm() runs at its sched_process_exit, unless it
+        shows later (exit_point)."""
         outs = self.outs.get(pid, [])
-        k = bisect.bisect_right(outs, self._window_floor(pid, span[0], f))
-        if k == len(outs) or outs[k] > f or (k + 1 < len(outs) and outs[k + 1] < f):
+        k = bisect.bisect_left(outs, f) - 1  # its last switch out before the load
+        if k < 0 or outs[k] <= self._window_floor(pid, span[0], f):
             return None
         if outs[k] not in self.preempted or self._group_dying(pid, outs[k]):
             return None
