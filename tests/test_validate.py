@@ -3776,6 +3776,29 @@ def test_an_execs_old_mm_put_by_another_task_is_tagged_with_tracepoints_only() -
     assert causes("markers") == [score.UNEXPLAINED, "model freed an mm the kernel did not"]
 
 
+def test_a_lazy_users_finish_overlapping_an_mmputs_end_is_a_race() -> None:
+    """score.DropScorer on a hand-made miss (as unseen44.c gave on 6.12 with 16 CPUs, seed
+    501): CPU 1 switched away from mm A at line 16564, whose lazy reference its
+    finish_task_switch() drops; its vCPU stalled 12 ms inside that finish, and meanwhile a
+    de_thread() exec on CPU 5 put A's last user (the model's __mmput, line 16633). The
+    kernel's last mmdrop() was the finish's, its __mmdrop at line 16795; the model, running
+    the switch where it is traced, had dropped first and freed A at the __mmput. Both sides
+    are a race no input decides. A switch traced after the __mmput's end is no such race."""
+    from activemm.validate.kernel import Drop
+
+    a = 0xFFFF888005E36300
+    model = [Drop(a, ("__mmput", 487), 16633, 5, "mm373")]
+
+    def causes(switch: int) -> list[str]:
+        r = score.Result("t", "p", "markers", None)
+        kernel = [Drop(a, ("finish_task_switch", switch), 16795, 1)]
+        score.DropScorer(r, "markers", {}, set(), set()).score(kernel, model)
+        return [m["cause"] for m in r.mismatches]
+
+    assert causes(16564) == [score.RACE, score.RACE]
+    assert causes(16700) == [score.UNEXPLAINED, "model freed an mm the kernel did not"]
+
+
 @pytest.mark.parametrize("last", ["ksmd", "lazy cpu", "ksmd running"])
 def test_a_ksm_slot_with_no_rmap_items_is_dropped_by_ksmds_next_scan(
     tmp_path: Path, last: str
