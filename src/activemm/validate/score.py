@@ -296,20 +296,17 @@ class DropScorer:
         self.kernel_lines = {}
         for d in kernel_drops:
             self.kernel_lines.setdefault(d.addr, []).append(d.line)
-        self.model_mmputs = {}
+        self.model_mmputs, self.puts = {}, {}
         for m in model_drops:
             if m.point[0] == "__mmput":
                 self.model_mmputs.setdefault(m.addr, set()).add(m.point[1])
+                self.puts.setdefault(m.addr, []).append(m.line)
         elsewhere = {d.addr for d in kernel_drops if self.mmput_by_another(d)}
         window = {d.addr for d in kernel_drops if self.exit_window_drop(d)}
         # freed by a kernel thread's kthread_use_mm() (the mm it kept lazily since its last
         # kthread_unuse_mm()): with tracepoints only, neither call shows
         in_kthread = {d.addr for d in kernel_drops if self.unseen_kthread_use(d)}
-        self.puts = {}
-        for m in model_drops:
-            if m.point[0] == "__mmput":
-                self.puts.setdefault(m.addr, []).append(m.line)
-        # (their model side: the __mmput that freed the mm at that end)
+        # a lazy user's finish overlapping an __mmput's end (their model side: that __mmput)
         overlapped = {d.addr for d in kernel_drops if _finish_overlapped(d, self.puts)}
         left = Counter((d.addr, d.point) for d in model_drops)
         for d in kernel_drops:
