@@ -747,8 +747,9 @@ def test_the_recording_script_records_what_validate_scores(tmp_path: Path) -> No
     """`activemm probes --script` for Debian's 6.1 (offsets from its BTF) run in a guest by
     busybox sh, in a tracefs instance of its own while the capture records too (probes of
     another group): it defines its probes, records a workload, writes what validate reads
-    (a bare directory: trace, task snapshot, meta.json with the kernel and its command
-    line), and removes its probes and instance; the model scores on it as on a capture."""
+    (a bare directory: trace, task snapshot, meta.json with the kernel, its command line and
+    the ring buffers' stats), and removes its probes and instance; the model scores on it as
+    on a capture."""
     from typer.testing import CliRunner
 
     from activemm.capture.kernel import fetch
@@ -783,6 +784,9 @@ def test_the_recording_script_records_what_validate_scores(tmp_path: Path) -> No
         (rec / name).write_text(parts[name])
     meta = json.loads(parts["meta.json"])
     assert meta["kernel"] == image.release and "console=" in meta["kernel_args"]
+    # each CPU's ring buffer stats, none full: validate cuts a trace where a full one ends
+    assert set(meta["ring_buffer"]) == {"cpu0", "cpu1"}, meta
+    assert all(s == {"overrun": 0, "dropped_events": 0} for s in meta["ring_buffer"].values())
     assert "mine/mmswitch switch_mm_irqs_off" in parts["kprobes.txt"]
     result = validate(rec)
     assert result.preset == "linux-6.1-x86_64" and result.inputs == "markers"
@@ -820,8 +824,9 @@ def block(name, data):
     return f"=== BEGIN {name}\n{b64}\n=== END {name}\n"
 meta = b"release 6.1.0-0-amd64\ncpus 2\nfinish_task_switch finish_task_switch.isra.0\n"
 overrun = b"5" if first == "overrun" else b"0"
+dropped = b"7" if first == "dropped" else b"0"  # a full buffer that does not overwrite
 meta += (b"stats cpu0 entries: 3 overrun: " + overrun
-         + b" commit overrun: 0 bytes: 10 dropped events: 0\n")
+         + b" commit overrun: 0 bytes: 10 dropped events: " + dropped + b"\n")
 # the ring buffer size init.sh asked for, as much of it as the guest's memory allowed
 asked = [w for w in args[args.index("-append") + 1].split() if w.startswith("activemm.buffer_kb=")]
 kb = min(int(asked[0].split("=")[1]), int(os.environ.get("FAKE_QEMU_MAX_KB", "10000000")))
@@ -1009,6 +1014,37 @@ def test_ring_buffers_too_small_or_not_allocated_refuse_the_trace(
     assert not (tmp_path / "cap").exists()
     opts = run.CaptureOptions(out=tmp_path / "cap", accel="tcg", buffer_mb=40)
     assert run.capture(image, opts, print)["buffer_mb"] == 40
+
+
+@pytest.mark.skipif(
+    not (shutil.which("busybox") and shutil.which("gcc")), reason="needs busybox and gcc"
+)
+def test_a_capture_whose_buffers_filled_is_refused_or_kept_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guest ring buffer that filled dropped the events after it (they are not in the
+    trace): `activemm capture` refuses the trace in one line, exit status 2; with
+    --allow-lost it keeps it and warns, naming the CPU, what it dropped and what validate
+    does with such a trace."""
+    from typer.testing import CliRunner
+
+    from activemm.capture import kernel
+    from activemm.cli import app
+
+    image = _fake_qemu(tmp_path, monkeypatch, "dropped")
+    monkeypatch.setattr(kernel, "fetch", lambda release: image)
+    args = ["capture", "-o", str(tmp_path / "cap"), "--accel", "tcg"]
+    r = CliRunner().invoke(app, args)  # (main() prints it as one line, exit status 2)
+    assert isinstance(r.exception, CaptureError) and r.exception.exit_code == 2
+    assert "lost events on cpu0 (ring buffer full)" in str(r.exception)
+    assert not (tmp_path / "cap").exists()
+    r = CliRunner().invoke(app, [*args, "--allow-lost"])
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert "ring buffers full: they dropped events (CPU 0 7), kept by --allow-lost" in said
+    assert "scores the trace up to where the first full CPU's ends" in said
+    meta = json.loads((tmp_path / "cap" / "meta.json").read_text())
+    assert meta["ring_buffer"]["cpu0"]["dropped_events"] == 7 and meta["lost_events"] is True
 
 
 def test_modules_asked_for_come_in_order_or_the_capture_stops(

@@ -4145,3 +4145,47 @@ def test_6_17_exits_run_at_their_exit_mm_marker_after_the_tracepoint() -> None:
     switches = [m for m in sched.mismatches if m["group"] == "context_switch"]
     assert switches and sched.context_switches.matched >= 0.98 * sched.context_switches.total
     assert {m["cause"] for m in switches} <= {score.EXIT_WINDOW_AFTER, score.FOLLOWS}
+
+
+def test_a_trace_whose_ring_buffer_filled_is_scored_up_to_where_that_cpus_trace_ends(
+    tmp_path: Path,
+) -> None:
+    """A ring buffer that does not overwrite drops every event after it fills, and the text
+    says nothing: that CPU's trace just ends while the others' go on. Made so by hand from a
+    capture (CPU 1's lines after the trace's midpoint removed, its stats saying it dropped
+    events), the trace is scored as if it ended where CPU 1's did (the same scores as the
+    capture with every CPU's lines after that point removed), and the anomaly says where and
+    why. (`activemm capture --allow-lost` keeps such traces; so may the recording script.)"""
+    source = CAPTURES / "linux-6.1-smp2-clone"
+    with gzip.open(source / "trace.txt.gz", "rt") as f:
+        lines = f.read().splitlines(keepends=True)
+    stamp = re.compile(r"\[(\d{3})\] \S+ +(\d+\.\d+):")
+
+    def at(line: str) -> tuple[int, float] | None:
+        m = stamp.search(line)
+        return (int(m[1]), float(m[2])) if m else None
+
+    stamps = [s for line in lines if (s := at(line)) is not None]
+    middle = sorted(ts for _, ts in stamps)[len(stamps) // 2]
+    full = [line for line in lines if (s := at(line)) is None or s[0] != 1 or s[1] <= middle]
+    end = max(s[1] for line in full if (s := at(line)) is not None and s[0] == 1)
+    cut = [line for line in lines if (s := at(line)) is None or s[1] <= end]
+    runs: dict[str, score.Result] = {}
+    for name, text, dropped in (("full", full, 4321), ("cut", cut, 0)):
+        copy = tmp_path / name
+        shutil.copytree(source, copy)
+        with gzip.open(copy / "trace.txt.gz", "wt") as f:
+            f.writelines(text)
+        meta = json.loads((copy / "meta.json").read_text())
+        meta["ring_buffer"]["cpu1"]["dropped_events"] = dropped
+        (copy / "meta.json").write_text(json.dumps(meta))
+        runs[name] = validate(copy)
+    a, b = runs["full"], runs["cut"]
+    for group in ("context_switches", "mmdrop", "outside_schedule"):
+        assert getattr(a, group) == getattr(b, group), group
+    assert 0 < a.context_switches.total < validate(source).context_switches.total
+    said = [k for k in a.anomalies if k.startswith(f"events after {end:.6f} left unscored")]
+    assert len(said) == 1 and "CPU 1 4,321" in said[0], a.anomalies
+    # the events past the cut: CPU 0's lines after CPU 1's trace ended (and no more)
+    assert 0 < a.anomalies[said[0]] <= len(full) - len(cut)
+    assert not any(k.startswith("events after") for k in b.anomalies)

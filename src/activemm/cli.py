@@ -999,8 +999,9 @@ def capture(
     import time as _time
 
     from activemm.capture.kernel import RELEASES, fetch, image_from_path
-    from activemm.capture.run import CaptureOptions, check_options
+    from activemm.capture.run import CORE_PROBES, CaptureOptions, check_options, ring_buffer_mb
     from activemm.capture.run import capture as run_capture
+    from activemm.validate import dropped_events
 
     if accel not in ("auto", "kvm", "tcg"):
         raise ActiveMmError(f"--accel {accel}: expected auto, kvm or tcg")
@@ -1030,10 +1031,28 @@ def capture(
         )
     missed = meta.get("kprobe_missed")
     if isinstance(missed, dict) and missed:
+        core = {name for name in missed if name in CORE_PROBES}  # kept by --allow-lost
         err.print(
-            "[yellow]warning:[/yellow] marker kprobes missed hits while recording ("
+            f"[yellow]warning:[/yellow] {'' if core else 'marker '}kprobes missed hits while "
+            "recording ("
             + ", ".join(f"{name} {n}" for name, n in sorted(missed.items()))
-            + "): kept in meta.json; activemm validate lists them among the anomalies",
+            + "): kept in meta.json; activemm validate lists them among the anomalies"
+            + (" (events it scores are missing: --allow-lost kept them)" if core else ""),
+            highlight=False,
+        )
+    if dropped := dropped_events(meta):
+        err.print(
+            "[yellow]warning:[/yellow] ring buffers full: they dropped events ("
+            + ", ".join(f"CPU {cpu} {n:,}" for cpu, n in sorted(dropped.items()))
+            + f"), kept by --allow-lost; activemm validate scores the trace up to where the "
+            f"first full CPU's ends (a larger --buffer-mb than {ring_buffer_mb(opts)} records "
+            "it all)",
+            highlight=False,
+        )
+    if meta.get("trace_reset"):
+        err.print(
+            "[yellow]warning:[/yellow] the ring buffers were reset during the workload (a "
+            "trace event removed), kept by --allow-lost: the trace lacks what came before",
             highlight=False,
         )
     rb = meta["ring_buffer"]

@@ -115,12 +115,20 @@ missed=$(awk '$3 > 0 { printf "\"%s\": %s,", $1, $3 }' $T/kprobe_profile | sed '
 json() { sed 's/\\/\\\\/g; s/"/\\"/g'; }  # a JSON string's inside
 args=$(json < /proc/cmdline)
 version=$(uname -v | json)
+# each CPU's ring buffer stats: validate scores a trace whose buffers dropped events (full)
+# up to where the first full CPU's trace ends
+rb=$(for s in $I/per_cpu/cpu*/stats; do
+  c=${s%/stats}; c=${c##*/}
+  o=$(sed -n 's/^overrun: *//p' $s); d=$(sed -n 's/^dropped events: *//p' $s)
+  printf '"%s": {"overrun": %s, "dropped_events": %s},' $c ${o:-0} ${d:-0}
+done | sed 's/,*$//')
 mode=$(sed -n 's/.*(\([a-z]*\)).*/\1/p' /sys/kernel/debug/sched/preempt 2>/dev/null)
 [ -z "$mode" ] || args="$args preempt=$mode"
 cat > "$OUT/meta.json" <<META
 {"kernel": "$(uname -r)", "kernel_version": "$version",
  "cpus": $(grep -c '^processor' /proc/cpuinfo), "kernel_args": "$args",
- "kprobe_missed": {$missed}, "recorded_by": "activemm probes --script"}
+ "kprobe_missed": {$missed}, "ring_buffer": {$rb},
+ "recorded_by": "activemm probes --script"}
 META
 cleanup
 say "recorded into $OUT (the command's exit status: $status): activemm validate $OUT"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from activemm.errors import ActiveMmError
 from activemm.model.config import preset
-from activemm.trace.events import Probe, SchedSwitch
+from activemm.trace.events import Probe, SchedSwitch, TraceEvent
 from activemm.trace.kallsyms import Symbols, SymbolsError
 from activemm.trace.readers import UNNAMED_PROBE, ReadStats, TraceError, read_trace
 from activemm.trace.replay import load_task_snapshot, peek_cpus
@@ -135,6 +135,40 @@ def _missed_hits(meta: dict[str, object] | None) -> dict[str, int]:
     return {name: n for name, n in missed.items() if isinstance(n, int) and n > 0}
 
 
+def dropped_events(meta: dict[str, object] | None) -> dict[int, int]:
+    """CPU -> the events its ring buffer dropped while recording, full (meta.json's
+    ring_buffer: each per_cpu/cpuN/stats, as `activemm capture` and the recording script of
+    `activemm probes --script` save them). A buffer that does not overwrite drops every event
+    after it fills, unannounced in the text: that CPU's trace just ends."""
+    stats = meta.get("ring_buffer") if meta is not None else None
+    if not isinstance(stats, dict):
+        return {}
+    dropped: dict[int, int] = {}
+    for name, s in stats.items():
+        n = s.get("dropped_events") if isinstance(s, dict) else None
+        cpu = str(name).removeprefix("cpu")
+        if isinstance(n, int) and n > 0 and cpu.isdigit():
+            dropped[int(cpu)] = n
+    return dropped
+
+
+def cut_at_full_buffers(
+    events: list[TraceEvent], dropped: dict[int, int]
+) -> tuple[list[TraceEvent], float | None]:
+    """The trace up to where the first CPU whose buffer filled (`dropped`) stops: past that
+    point that CPU's events are missing while the others' go on, and scoring them would blame
+    the model for what the trace lost. The cut (None when nothing is cut: no CPU dropped
+    events, or none of those has a line)."""
+    last: dict[int, float] = {}
+    for e in events:
+        if e.cpu in dropped:
+            last[e.cpu] = max(e.ts, last.get(e.cpu, e.ts))
+    if not last:
+        return events, None
+    cut = min(last.values())
+    return [e for e in events if e.ts <= cut], cut
+
+
 def _kernel_args(meta: dict[str, object] | None) -> list[str]:
     """The parameters `capture --kernel-args` added to the guest's command line."""
     return str((meta or {}).get("kernel_args") or "").split()
@@ -254,7 +288,11 @@ def validate(
     symbols = _symbols(kallsyms) if kallsyms is not None else None
     say(f"reading {path}")
     stats = ReadStats()
-    events, recovered = kv.recover_births(list(read_trace(str(path), stats=stats, symbols=symbols)))
+    meta = _meta(path.parent)
+    read = list(read_trace(str(path), stats=stats, symbols=symbols))
+    dropped = dropped_events(meta)
+    kept, cut = cut_at_full_buffers(read, dropped)
+    events, recovered = kv.recover_births(kept)
     probes: set[str] = set()
     for e in events:
         if not isinstance(e, Probe):
@@ -316,7 +354,6 @@ def validate(
         )
         if inferred.endswith("-rt"):
             how += f"; {RT_THREAD}N threads ran (PREEMPT_RT)"
-    meta = _meta(path.parent)
     if kernel_args is not None:
         meta = {**(meta or {}), "kernel_args": kernel_args}
     cfg = preset(chosen)
@@ -358,6 +395,17 @@ def validate(
         result.anomalies["birth without its mm_init return (taken from mm_alloc/dup_mmap)"] += (
             recovered
         )
+    if cut is not None:
+        full = ", ".join(f"CPU {cpu} {n:,}" for cpu, n in sorted(dropped.items()))
+        result.anomalies[
+            f"events after {cut:.6f} left unscored: a ring buffer filled and dropped events "
+            f"while recording ({full}; meta.json), so the trace is whole only up to there"
+        ] += len(read) - len(kept)
+    if meta is not None and meta.get("trace_reset") is True:
+        result.anomalies[
+            "ring buffers reset while recording (a trace event removed): what came before the "
+            "reset is not in the trace"
+        ] += 1
     for name, n in _missed_hits(meta).items():
         if name == "putsignal" and "mark_oom_victim" not in probes:
             # __put_task_struct() matters only as the put of an OOM victim's signal->oom_mm
