@@ -4155,7 +4155,8 @@ def test_a_trace_whose_ring_buffer_filled_is_scored_up_to_where_that_cpus_trace_
     capture (CPU 1's lines after the trace's midpoint removed, its stats saying it dropped
     events), the trace is scored as if it ended where CPU 1's did (the same scores as the
     capture with every CPU's lines after that point removed), and the anomaly says where and
-    why. (`activemm capture --allow-lost` keeps such traces; so may the recording script.)"""
+    why; so is it replayed. (`activemm capture --allow-lost` keeps such traces; so may the
+    recording script.)"""
     source = CAPTURES / "linux-6.1-smp2-clone"
     with gzip.open(source / "trace.txt.gz", "rt") as f:
         lines = f.read().splitlines(keepends=True)
@@ -4184,8 +4185,19 @@ def test_a_trace_whose_ring_buffer_filled_is_scored_up_to_where_that_cpus_trace_
     for group in ("context_switches", "mmdrop", "outside_schedule"):
         assert getattr(a, group) == getattr(b, group), group
     assert 0 < a.context_switches.total < validate(source).context_switches.total
-    said = [k for k in a.anomalies if k.startswith(f"events after {end:.6f} left unscored")]
+    said = [k for k in a.anomalies if k.startswith(f"events after {end:.6f} left out")]
     assert len(said) == 1 and "CPU 1 4,321" in said[0], a.anomalies
     # the events past the cut: CPU 0's lines after CPU 1's trace ended (and no more)
     assert 0 < a.anomalies[said[0]] <= len(full) - len(cut)
     assert not any(k.startswith("events after") for k in b.anomalies)
+    # replay (report, timeline) of the capture directory stops there too
+    replays = {}
+    for name in ("full", "cut"):
+        r = subprocess.run(
+            [sys.executable, "-m", "activemm", "replay", str(tmp_path / name), "--json"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        replays[name] = json.loads(r.stdout)
+    assert replays["full"]["configs"] == replays["cut"]["configs"]
+    assert replays["full"]["events"] == replays["cut"]["events"]
+    assert replays["full"]["anomalies"][said[0]] == a.anomalies[said[0]]

@@ -212,16 +212,40 @@ def _open_trace(
     from activemm.trace.readers import ReadStats, read_trace
     from activemm.trace.replay import load_task_snapshot, peek_cpus
 
+    cut: float | None = None
+    dropped: dict[int, int] = {}
     if trace != "-" and Path(trace).is_dir():
-        from activemm.validate import locate
+        from activemm.validate import (
+            capture_meta,
+            dropped_events,
+            full_buffer_cut,
+            full_buffer_note,
+            locate,
+        )
 
         path, tasks, _ = locate(Path(trace), tasks)
         trace = str(path)
+        # a ring buffer that filled: the trace is whole only up to where that CPU's ends
+        if dropped := dropped_events(capture_meta(path.parent)):
+            cut = full_buffer_cut(read_trace(trace, fmt=fmt, lenient=lenient), dropped)
     snapshot = load_task_snapshot(tasks) if tasks else None
     stats = ReadStats()
     events = read_trace(trace, fmt=fmt, lenient=lenient, stats=stats)
+    if cut is not None:
+        events = _up_to(events, cut, full_buffer_note(cut, dropped), stats)
     ncpus, events = peek_cpus(events, stats=stats)
     return trace, events, ncpus, stats, snapshot
+
+
+def _up_to(
+    events: Iterator[TraceEvent], cut: float, why: str, stats: ReadStats
+) -> Iterator[TraceEvent]:
+    """The events up to `cut`; those after it are counted in stats.left_out as `why`."""
+    for e in events:
+        if e.ts <= cut:
+            yield e
+        else:
+            stats.left_out[why] += 1
 
 
 def _run(sc: scen.Scenario, cfg: KernelConfig, as_json: bool, quiet: bool, sanitize: bool) -> None:

@@ -26,6 +26,7 @@ def comparison(
         "lost_markers": read.lost_markers,
         "unknown_events": sum(read.unknown.values()),
     }
+    anomalies |= read.left_out
     configs: dict[str, Any] = {}
     for name, (st, summary) in shown.items():
         s = dict(summary)

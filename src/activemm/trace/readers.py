@@ -76,6 +76,9 @@ class ReadStats:
     lost_markers: int = 0
     lost_events: int = 0
     unknown: Counter[str] = field(default_factory=Counter)
+    # events the caller left out of the stream, by why (a capture whose ring buffer filled:
+    # the events after where the first full CPU's trace ends, validate.full_buffer_cut)
+    left_out: Counter[str] = field(default_factory=Counter)
     fmt: str = ""
     header_cpus: int = 0  # from "#P:N" (tracefs) or "cpus=N" (trace-cmd report)
 

@@ -95,7 +95,7 @@ TASKS_NAMES = ("tasks_start.txt", "tasks_start")
 KALLSYMS_NAME = "kallsyms.txt"  # the recording boot's symbols, beside a capture's trace
 
 
-def _meta(directory: Path) -> dict[str, object] | None:
+def capture_meta(directory: Path) -> dict[str, object] | None:
     """A capture directory's meta.json (None without one)."""
     meta = directory / "meta.json"
     if not meta.exists():
@@ -112,7 +112,7 @@ def _meta(directory: Path) -> dict[str, object] | None:
 def _release(directory: Path) -> str | None:
     """The kernel release a capture directory records: meta.json's "kernel", or a
     `release X` line of a plain meta file (what the guest itself writes)."""
-    meta = _meta(directory)
+    meta = capture_meta(directory)
     if meta is not None:
         value = meta.get("kernel")
         return value if isinstance(value, str) else None
@@ -152,21 +152,26 @@ def dropped_events(meta: dict[str, object] | None) -> dict[int, int]:
     return dropped
 
 
-def cut_at_full_buffers(
-    events: list[TraceEvent], dropped: dict[int, int]
-) -> tuple[list[TraceEvent], float | None]:
-    """The trace up to where the first CPU whose buffer filled (`dropped`) stops: past that
-    point that CPU's events are missing while the others' go on, and scoring them would blame
-    the model for what the trace lost. The cut (None when nothing is cut: no CPU dropped
-    events, or none of those has a line)."""
+def full_buffer_cut(events: Iterable[TraceEvent], dropped: dict[int, int]) -> float | None:
+    """Where the trace stops being whole: the last event of the first CPU whose ring buffer
+    filled (`dropped`, dropped_events()). Past it that CPU's events are missing while the
+    others' go on, and replaying them would blame the model (or the metrics) for what the
+    trace lost. None when no CPU dropped events, or none of those has a line."""
     last: dict[int, float] = {}
-    for e in events:
-        if e.cpu in dropped:
-            last[e.cpu] = max(e.ts, last.get(e.cpu, e.ts))
-    if not last:
-        return events, None
-    cut = min(last.values())
-    return [e for e in events if e.ts <= cut], cut
+    if dropped:
+        for e in events:
+            if e.cpu in dropped:
+                last[e.cpu] = e.ts
+    return min(last.values()) if last else None
+
+
+def full_buffer_note(cut: float, dropped: dict[int, int]) -> str:
+    """The anomaly that counts the events after `cut` left out (full_buffer_cut)."""
+    full = ", ".join(f"CPU {cpu} {n:,}" for cpu, n in sorted(dropped.items()))
+    return (
+        f"events after {cut:.6f} left out: a ring buffer filled and dropped events while "
+        f"recording ({full}; meta.json), so the trace is whole only up to there"
+    )
 
 
 def _kernel_args(meta: dict[str, object] | None) -> list[str]:
@@ -288,10 +293,11 @@ def validate(
     symbols = _symbols(kallsyms) if kallsyms is not None else None
     say(f"reading {path}")
     stats = ReadStats()
-    meta = _meta(path.parent)
+    meta = capture_meta(path.parent)
     read = list(read_trace(str(path), stats=stats, symbols=symbols))
     dropped = dropped_events(meta)
-    kept, cut = cut_at_full_buffers(read, dropped)
+    cut = full_buffer_cut(read, dropped)
+    kept = read if cut is None else [e for e in read if e.ts <= cut]
     events, recovered = kv.recover_births(kept)
     probes: set[str] = set()
     for e in events:
@@ -396,11 +402,7 @@ def validate(
             recovered
         )
     if cut is not None:
-        full = ", ".join(f"CPU {cpu} {n:,}" for cpu, n in sorted(dropped.items()))
-        result.anomalies[
-            f"events after {cut:.6f} left unscored: a ring buffer filled and dropped events "
-            f"while recording ({full}; meta.json), so the trace is whole only up to there"
-        ] += len(read) - len(kept)
+        result.anomalies[full_buffer_note(cut, dropped)] += len(read) - len(kept)
     if meta is not None and meta.get("trace_reset") is True:
         result.anomalies[
             "ring buffers reset while recording (a trace event removed): what came before the "
