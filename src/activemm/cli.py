@@ -1025,7 +1025,7 @@ def capture(
     from activemm.capture.kernel import RELEASES, fetch, image_from_path
     from activemm.capture.run import CORE_PROBES, CaptureOptions, check_options, ring_buffer_mb
     from activemm.capture.run import capture as run_capture
-    from activemm.validate import dropped_events
+    from activemm.validate import dropped_events, dropped_list
 
     if accel not in ("auto", "kvm", "tcg"):
         raise ActiveMmError(f"--accel {accel}: expected auto, kvm or tcg")
@@ -1066,11 +1066,10 @@ def capture(
         )
     if dropped := dropped_events(meta):
         err.print(
-            "[yellow]warning:[/yellow] ring buffers full: they dropped events ("
-            + ", ".join(f"CPU {cpu} {n:,}" for cpu, n in sorted(dropped.items()))
-            + f"), kept by --allow-lost; activemm validate scores the trace up to where the "
-            f"first full CPU's ends (a larger --buffer-mb than {ring_buffer_mb(opts)} records "
-            "it all)",
+            f"[yellow]warning:[/yellow] ring buffers full: they dropped events ("
+            f"{dropped_list(dropped)}), kept by --allow-lost; activemm validate scores the "
+            "trace up to where the first full CPU's ends (a larger --buffer-mb than "
+            f"{ring_buffer_mb(opts)} records it all)",
             highlight=False,
         )
     if meta.get("trace_reset"):

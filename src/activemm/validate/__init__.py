@@ -165,12 +165,16 @@ def full_buffer_cut(events: Iterable[TraceEvent], dropped: dict[int, int]) -> fl
     return min(last.values()) if last else None
 
 
+def dropped_list(dropped: dict[int, int]) -> str:
+    """dropped_events() as the messages name them: `CPU 0 237,218, CPU 1 24,929`."""
+    return ", ".join(f"CPU {cpu} {n:,}" for cpu, n in sorted(dropped.items()))
+
+
 def full_buffer_note(cut: float, dropped: dict[int, int]) -> str:
     """The anomaly that counts the events after `cut` left out (full_buffer_cut)."""
-    full = ", ".join(f"CPU {cpu} {n:,}" for cpu, n in sorted(dropped.items()))
     return (
         f"events after {cut:.6f} left out: a ring buffer filled and dropped events while "
-        f"recording ({full}; meta.json), so the trace is whole only up to there"
+        f"recording ({dropped_list(dropped)}; meta.json), so the trace is whole only up to there"
     )
 
 
