@@ -1816,7 +1816,7 @@ def test_cpu_hotplug_is_followed_at_the_cpu_init_marker(capture: Path) -> None:
     dying CPU: its hotplug thread's sched_force_init_mm() moves what it borrows onto init_mm
     first, followed at its hook (markers) or at its cpuhp_enter(sched_cpu_wait_empty)
     tracepoint (tracepoints only). A CPU that comes up for the first time (maxcpus=1) has no
-    such return."""
+    such return: it was offline from the start."""
     r = _scored(capture)
     sched = _scored(capture, "sched")
     assert r.learned["CPU came online (cpu_init marker)"] >= 2
@@ -1840,6 +1840,10 @@ def test_cpu_hotplug_is_followed_at_the_cpu_init_marker(capture: Path) -> None:
                 first.setdefault(m[1], line)
     booted = sum(": (enter_lazy_tlb+" in line and " t_pid=0 " in line for line in first.values())
     assert returns == r.learned["CPU came online (cpu_init marker)"] - booted
+    # offline in the model until then (a cpuhp_enter bring-up step of it came first), so it
+    # held up no RCU grace period (linux-6.12-rt-smp3-maxcpus1: 86 __mmdrops missed when it
+    # did); with tracepoints only it comes up at its first event
+    assert sched.learned["CPU came online for the first time (its first event)"] == booted
     assert score.UNEXPLAINED not in sched.causes
     switch_causes = {m["cause"] for m in sched.mismatches if m["group"] == "context_switch"}
     assert score.HOTPLUG not in switch_causes
@@ -2103,19 +2107,27 @@ def test_with_tracepoints_a_kworkers_cr3_load_names_the_mm_its_cpu_next_runs_wit
 ) -> None:
     """Tracepoints only: a kworker's own CR3 load outside a switch is its kthread_use_mm();
     when the first user task its CPU runs after it comes without a CR3 load, that task's mm
-    is the one it took. Each use so inferred matches the kernel's hook (and its
-    kthread_unuse_mm's): of the kernel's kthread_use_mm calls (counted in the text), exactly
-    the ones not inferred are left missed, and the model makes none the kernel did not."""
+    is the one it took ("shown"); when a load comes first, the model takes the mm a load was
+    last shown to take (a kworker serving one device serves the same reader again). Every
+    use shown so matches the kernel's hook; a guessed one either matches or is a hook the
+    kernel did not make: of the kernel's kthread_use_mm calls (counted in the text), exactly
+    the ones neither shown nor rightly guessed are left missed, and some guesses are right."""
     uses, _ = _kworker_uses(capture)
     monkeypatch.setattr(score, "MAX_MISMATCHES", 10**6)  # every miss in full
     sched = validate(capture, inputs="sched")
-    inferred = sum(n for what, n in sched.learned.items() if "a kernel thread's CR3 load" in what)
-    assert inferred >= 5
+    inferred = {w: n for w, n in sched.learned.items() if "a kernel thread's CR3 load" in w}
+    shown = sum(n for w, n in inferred.items() if "the next task its CPU ran without one" in w)
+    guessed = sum(inferred.values()) - shown
+    assert shown >= 5 and guessed >= 5
     hooks = [m for m in sched.mismatches if m["group"] == "outside_schedule"]
     kernel = Counter(m["kernel"].get("kind") for m in hooks)
-    assert kernel["switch_mm"] == kernel["enter_lazy_tlb"] == uses - inferred
-    model = [m for m in hooks if m["kernel"] == {"kernel": "nothing here"}]
-    assert not [m for m in model if m["predicted"]["kind"] in ("switch_mm", "enter_lazy_tlb")]
+    extra = Counter(
+        m["predicted"]["kind"] for m in hooks if m["kernel"] == {"kernel": "nothing here"}
+    )
+    right = guessed - extra["switch_mm"]
+    assert right >= 1
+    assert kernel["switch_mm"] == uses - shown - right
+    assert kernel["enter_lazy_tlb"] <= kernel["switch_mm"]  # (the use's prev may differ alone)
 
 
 PROGRAM21 = [CAPTURES / "linux-6.1-smp4-program21", CAPTURES / "linux-6.12-smp2-program21"]

@@ -226,6 +226,8 @@ class Validator(MarkerSteps, Clocked):
         # CPU -> its tracepoint events (no probe lines), for sched inputs' look-ahead
         self.cpu_tracepoints: dict[int, list[TraceEvent]] = {}
         self.kworkers_using: set[int] = set()  # kernel threads in an inferred kthread_use_mm
+        # sched: the mm a kernel thread's CR3 load was last shown to take
+        self.kthread_mm: Mm | None = None
         self.user_loads: set[int] = set()  # sched_switch lines that loaded a user mm
         last_switch: dict[int, int] = {}
         # markers: the tracepoint or marker lines a CPU's sched_switch follows directly, no
@@ -487,6 +489,13 @@ class Validator(MarkerSteps, Clocked):
         self.m = self.replayer.m
         # PREEMPT_RT: the model's RCU callbacks run where the kernel's rcuc/N thread ran
         self.m.rcu_at_switch = False
+        # CPUs offline when the trace began (a later bring-up step shows it): offline in the
+        # model too until their first event, holding up no RCU grace period meanwhile
+        self.unborn = {c for c in kv.first_bringups(events) if 0 < c < ncpus}
+        with self.metrics.unmetered():
+            for cpu in sorted(self.unborn):
+                self.ctx = Context("hotplug", 0, cpu, 0)
+                self._refusable(self.m.cpu_down, cpu)
 
     # -- observer: what the model does -------------------------------------------------
 
@@ -668,6 +677,8 @@ class Validator(MarkerSteps, Clocked):
                 self._fire_armed(ev)
             self.now = ev.ts
             self.metrics.now = ev.ts
+            if ev.cpu in self.unborn:
+                self._first_event(ev)
             handler = handlers.get(type(ev))
             if handler is not None:
                 handler(ev)  # type: ignore[operator]
@@ -827,6 +838,19 @@ class Validator(MarkerSteps, Clocked):
             self.m.cpu_down(p.cpu)
         self.m.cpu_up(p.cpu)
         self.result.learned["CPU came online (cpu_init marker)"] += 1
+
+    def _first_event(self, ev: TraceEvent) -> None:
+        """The first event of a CPU offline when the trace began: it has come up (cpu_up();
+        with markers its cpu_init marker does that, when it is this event)."""
+        self.unborn.discard(ev.cpu)
+        if self.m.state.rqs[ev.cpu].online:
+            return
+        marked = isinstance(ev, Probe) and kv.outside_kind(ev, self.efi) == "cpu_init"
+        if marked and self.inputs == "markers":
+            return
+        self.ctx = Context("hotplug", ev.line, ev.cpu, ev.pid)
+        self._refusable(self.m.cpu_up, ev.cpu)
+        self.result.learned["CPU came online for the first time (its first event)"] += 1
 
     def _cpu_returned(self, sw: SchedSwitch) -> None:
         """Sched inputs: the CPU's idle task switches out where the last traced switch went
@@ -1244,15 +1268,23 @@ class Validator(MarkerSteps, Clocked):
         if t is not self.replayer.tasks.get(ev.pid) or not t.pf_kthread or t.uses_mm or t.is_idle:
             return False
         user = self._next_user_without_load(ev.cpu, ev.line)
-        if user is None or user.mm is None or user.exiting:
+        mm = None if user is None or user.exiting else user.mm
+        how = "the mm of the next task its CPU ran without one"
+        if user is None and self.kthread_mm is not None:
+            # a CR3 load came first (the thread's switch to a task with another mm, say):
+            # the mm a kernel thread's load was last shown to take, while it has users and
+            # is not the one loaded (a load changes the mm)
+            mm = self.kthread_mm
+            if mm.status != "live" or mm is self.m.state.rqs[ev.cpu].tlb.loaded_mm:
+                return False
+            how = "the mm a kernel thread's load was last shown to take"
+        if mm is None:
             return False
+        self.kthread_mm = mm
         self.ctx = Context("kthread_use_mm", ev.line, ev.cpu, ev.pid)
-        self._refusable(self.m.kthread_use_mm, t, user.mm)
+        self._refusable(self.m.kthread_use_mm, t, mm)
         self.kworkers_using.add(ev.pid)
-        self.result.learned[
-            "kthread_use_mm (a kernel thread's CR3 load; the mm of the next task its CPU ran "
-            "without one)"
-        ] += 1
+        self.result.learned[f"kthread_use_mm (a kernel thread's CR3 load; {how})"] += 1
         return True
 
     def _next_user_without_load(self, cpu: int, line: int) -> Task | None:

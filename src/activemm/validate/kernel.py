@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from activemm.model.config import KernelConfig
-from activemm.trace.events import Probe, SchedSwitch, TraceEvent
+from activemm.trace.events import HotplugStep, Probe, SchedSwitch, TraceEvent
 from activemm.trace.replay import PF_KTHREAD, TaskInfo
 
 # init_mm is the one mm_struct that is not slab-allocated: it lives in the kernel image.
@@ -370,6 +370,24 @@ def outside_kind(p: Probe, efi: dict[int, str] | None = None) -> str:
 
 
 HOTPLUG = ("cpu_init", "idle_task_exit", "untraced_switch")
+
+# kernel/cpu.c: the bring-up steps of a CPU coming online (cpuhp_enter names the callback):
+# CPUHP_BRINGUP_CPU's bringup_cpu() (6.1), or with parallel bring-up CPUHP_BP_KICK_AP's
+# cpuhp_kick_ap_alive() and the BRINGUP step's cpuhp_bringup_ap() (6.5+). Their teardowns
+# are other functions (finish_cpu), so a CPU going down never shows them.
+BRINGUP_STEPS = frozenset({"bringup_cpu", "cpuhp_kick_ap_alive", "cpuhp_bringup_ap"})
+
+
+def first_bringups(events: Iterable[TraceEvent]) -> set[int]:
+    """The CPUs a bring-up step (cpuhp_enter) is run for before any event of theirs: offline
+    when the trace began (booted with maxcpus=, or taken down before), they come up in it."""
+    seen: set[int] = set()
+    unborn: set[int] = set()
+    for e in events:
+        if isinstance(e, HotplugStep) and e.function in BRINGUP_STEPS and e.target_cpu not in seen:
+            unborn.add(e.target_cpu)
+        seen.add(e.cpu)
+    return unborn
 
 
 def khugepaged_keeps(p: Probe) -> bool:
