@@ -1600,6 +1600,31 @@ def test_what_cpus_borrowed_before_the_trace_is_learned_for_all_of_them(tmp_path
         assert r.learned["mm borrowed by a CPU before the trace"] == 3
 
 
+def test_a_task_past_its_exit_mm_when_the_trace_began_has_no_mm(tmp_path: Path) -> None:
+    """Tracing began on CPU 1 while app ran do_exit() past exit_mm(): its first line is its
+    final switch ("X", to reader), whose finish_task_switch shows it with PF_EXITING and no
+    mm (prev_mm 0), the CPU lazy on app's old mm, which that switch frees (the recording
+    script's end-to-end run began so once). The model adopts app with no mm, exiting: it
+    runs no exit_mm() of its own (no enter_lazy_tlb hook the kernel ran before the trace),
+    and the switch's lazy drop is the last."""
+    lines = ["# tracer: nop", "#P:2"]
+    final = _switch(1, 1.0001, ("app", 50, "X"), ("reader", 60),
+                    _mmswitch(APP_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+    final[2] = final[2].replace("prev_flags=0x400040", "prev_flags=0x40004c")  # PF_EXITING
+    lines += final
+    lines += [_line("reader", 60, 1, 1.0002, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}")]
+    lines += _switch(1, 1.0003, ("reader", 60, "S"), ("swapper/1", 0), _lazy(READER_MM, 0),
+                     READER_MM, READER_MM)  # fmt: skip
+    trace = tmp_path / "exited.txt"
+    trace.write_text("\n".join(lines) + "\n")
+    assert kv.PreTrace.scan(read_trace(str(trace))).exited == {50}
+    for inputs in ("markers", "sched"):
+        r = validate(trace, preset_name="linux-6.1-x86_64", inputs=inputs)
+        assert r.context_switches.matched == r.context_switches.total == 2, r.mismatches
+        assert (r.mmdrop.matched, r.mmdrop.total) == (1, 1), r.mismatches
+        assert r.outside_schedule.total == 0 and not r.mismatches, r.mismatches
+
+
 def test_a_switch_in_flight_when_the_trace_began_is_not_scored(tmp_path: Path) -> None:
     """Tracing began on CPU 1 between a sched_switch (idle -> reader) and its
     switch_mm_irqs_off: the trace opens with the hook (run by idle, naming the next task) and

@@ -170,15 +170,18 @@ def do_shoot_lazy_tlb(k: Kernel, cpu: int, mm: Mm) -> None:
     k.cpu = sender
 
 
-def adopt_task(k: Kernel, comm: str, kernel_thread: bool, mm_of: Task | None) -> Task:
+def adopt_task(
+    k: Kernel, comm: str, kernel_thread: bool, mm_of: Task | None, exited: bool = False
+) -> Task:
     """Not a kernel function: bring in a task that existed before observation began (a trace
     starts mid-flight). A kernel thread has no mm; a user task gets the mm of `mm_of` (another
-    thread of its group: mmget) or a fresh one (mm_init), as if forked long ago."""
+    thread of its group: mmget) or a fresh one (mm_init), as if forked long ago; one already
+    in do_exit() past exit_mm() (`exited`) has none any more, and is exiting."""
     state = k.state
     pid = state.next_pid
     state.next_pid += 1
-    tsk = Task(pid=pid, comm=comm, tgid=pid, pf_kthread=kernel_thread)
-    if not kernel_thread:
+    tsk = Task(pid=pid, comm=comm, tgid=pid, pf_kthread=kernel_thread, exiting=exited)
+    if not kernel_thread and not exited:
         if mm_of is not None and mm_of.mm is not None and not mm_of.pf_kthread:
             mmh.mmget(k, mm_of.mm)
             tsk.mm = tsk.active_mm = mm_of.mm

@@ -399,13 +399,16 @@ class Machine:
         exit_mm() (exiting, no mm)."""
         return t.state is TaskState.GONE and t.exiting and t.mm is None
 
-    def adopt(self, comm: str, kernel_thread: bool, mm_of: TaskRef | None = None) -> Task:
+    def adopt(
+        self, comm: str, kernel_thread: bool, mm_of: TaskRef | None = None, exited: bool = False
+    ) -> Task:
         """Not a kernel path: a task that already existed when observation began (trace
         replay). A user task shares the mm of `mm_of` (a thread of the same group) or gets
-        its own; a kernel thread has none. The task is runnable."""
+        its own; a kernel thread has none, nor has a user task already past its exit_mm()
+        (`exited`: exiting). The task is runnable."""
         other = self.task(mm_of) if mm_of is not None else None
         op = self._begin("adopt", 0, comm=comm, kernel_thread=kernel_thread)
-        t = fork.adopt_task(self.k, comm, kernel_thread, other)
+        t = fork.adopt_task(self.k, comm, kernel_thread, other, exited)
         self._end(op)
         return t
 

@@ -78,6 +78,7 @@ class TaskInfo:
     tgid: int
     comm: str
     kthread: bool
+    exited: bool = False  # a user task first seen in do_exit() past exit_mm(): no mm
 
 
 def load_task_snapshot(path: str | Path) -> dict[int, TaskInfo]:
@@ -214,8 +215,9 @@ class Replayer:
                 ):
                     sibling = other
                     break
+        exited = info is not None and info.exited and not kthread
         with self.metrics.unmetered():
-            t = self.m.adopt(comm, kthread, sibling)
+            t = self.m.adopt(comm, kthread, None if exited else sibling, exited)
         self.tasks[pid] = t
         if group is not None:
             self.tgid_of[pid] = group

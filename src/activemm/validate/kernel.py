@@ -16,6 +16,8 @@ from activemm.model.config import KernelConfig
 from activemm.trace.events import HotplugStep, Probe, SchedSwitch, TraceEvent
 from activemm.trace.replay import PF_KTHREAD, TaskInfo
 
+PF_EXITING = 0x4  # include/linux/sched.h: set by exit_signals(), before exit_mm()
+
 # init_mm is the one mm_struct that is not slab-allocated: it lives in the kernel image.
 KERNEL_IMAGE = 0xFFFFFFFF80000000
 
@@ -428,6 +430,8 @@ class PreTrace:
 
     first_mm: dict[int, int] = field(default_factory=dict)
     flags: dict[int, int] = field(default_factory=dict)  # pid -> task_struct.flags first seen
+    # user tasks first seen with no mm and PF_EXITING: in do_exit() past exit_mm() already
+    exited: set[int] = field(default_factory=set)
     comm: dict[int, str] = field(default_factory=dict)
     # x86 poking_mm, allocated at boot: `next` of the first use_temporary_mm() hook (a hook
     # with a task, outside a switch, and a NULL `prev`)
@@ -457,6 +461,9 @@ class PreTrace:
                 if flags is not None and pid not in out.flags:
                     out.flags[pid] = flags
                     out.comm[pid] = ev.args.get(who + "comm", "")
+                    exiting = flags & (PF_KTHREAD | PF_EXITING) == PF_EXITING
+                    if exiting and not mm and pid not in out.first_mm:
+                        out.exited.add(pid)
         return out
 
     def tasks(self, snapshot: dict[int, TaskInfo] | None) -> dict[int, TaskInfo]:
@@ -474,7 +481,7 @@ class PreTrace:
             if first is not None and tgid == pid:
                 tgid = min(sharing[first])
             comm = known.comm if known is not None else self.comm.get(pid, "")
-            out[pid] = TaskInfo(tgid, comm, bool(flags & PF_KTHREAD))
+            out[pid] = TaskInfo(tgid, comm, bool(flags & PF_KTHREAD), pid in self.exited)
         return out
 
     def owners(self, addr: int) -> list[int]:
