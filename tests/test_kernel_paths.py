@@ -497,6 +497,28 @@ def test_preempt_rt_frees_the_zombie_from_an_rcu_callback(rt: bool) -> None:
     assert mm2.freed and mm2.rcu_cpu is None and freed == [(mm2.name, "__mmdrop_delayed")]
 
 
+def test_preempt_rt_an_idle_cpu_holds_no_grace_period_up() -> None:
+    """An idle CPU is in an extended quiescent state (ct_idle_enter()): RCU waits for no
+    quiescent state of it. An mm call_rcu()ed while CPU 1 idles is freed once the busy CPUs
+    have switched, though CPU 1 never does (a nohz_full capture's idle CPUs held the model's
+    grace periods up to the trace's end when they counted)."""
+    m = machine("linux-6.12-x86_64-rt", cpus=3)
+    mm2 = with_user(m, "a")
+    m.fork("init", name="b")
+    m.schedule(2, "a")
+    m.exit("a")
+    freed = watch_frees(m)
+    assert m.state.rqs[1].curr is m.state.rqs[1].idle
+    m.schedule(2, "b")  # dead a -> b: the last reference, call_rcu() on CPU 2
+    assert mm2.rcu_cpu == 2 and mm2.rcu_wait == {0, 2} and not freed
+    m.schedule(0, "kthreadd")  # CPU 0's quiescent state
+    assert mm2.rcu_wait == {2} and not freed
+    m.schedule(2, m.state.rqs[2].idle.name)  # CPU 2's: the grace period is over, and its
+    # callbacks run
+    assert freed == [(mm2.name, "__mmdrop_delayed")] and mm2.freed
+    assert m.state.rqs[1].curr is m.state.rqs[1].idle  # (CPU 1 never switched)
+
+
 def test_preempt_rt_runs_a_cpus_rcu_callbacks_oldest_first() -> None:
     """rcu_do_batch() invokes a CPU's callbacks in the order call_rcu() queued them (the
     segmented cblist is FIFO), not in the order the mms were created: the newer mm, whose
@@ -534,10 +556,11 @@ def test_preempt_rt_callbacks_of_a_cpu_going_offline(offloaded: bool) -> None:
     m.schedule(2, "a")
     m.exit("a")  # lazy on its own mm2 on CPU 2, then __mmput: CPU 2's reference is the last
     m.schedule(2, "b")  # dead a -> user b: mmdrop_sched(): call_rcu() on CPU 2
-    assert mm2.rcu_cpu == 2 and mm2.rcu_wait == {0, 1, 2} and not mm2.freed
+    # (CPU 1, idle, is in an extended quiescent state: it holds the grace period up not)
+    assert mm2.rcu_cpu == 2 and mm2.rcu_wait == {0, 2} and not mm2.freed
     freed = watch_frees(m)
     m.cpu_down(2, control=1)  # b is moved away (CPU 2's quiescent state), then the teardown
-    assert mm2.rcu_wait == {0, 1} and not freed
+    assert mm2.rcu_wait == {0} and not freed
     assert mm2.rcu_cpu == (2 if offloaded else 1)
     m.schedule(0, "b")
     m.schedule(1, "kthreadd")  # the grace period ends; CPU 1 runs its ready callbacks

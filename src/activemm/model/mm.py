@@ -77,7 +77,12 @@ def mmdrop_sched(k: Kernel, mm: Mm, where: str, *, lazy: bool = False) -> None:
         mmdrop(k, mm, where, lazy=lazy)
     elif _dec_and_test(k, mm, lazy, "mmdrop_sched"):
         mm.rcu_cpu = k.cpu  # call_rcu(): queued on this CPU's callback list
-        mm.rcu_wait = frozenset(rq.cpu for rq in k.state.rqs if rq.online)  # a grace period
+        # a grace period: every online CPU passes a quiescent state, but an idle one is in
+        # an extended quiescent state already (ct_idle_enter(); this one, if it has just
+        # switched to its idle task, enters it next)
+        mm.rcu_wait = frozenset(
+            rq.cpu for rq in k.state.rqs if rq.online and rq.curr is not rq.idle
+        )
         k.state.rcu_callbacks.append(mm)
         k.emit(MmDropDeferred(k.cpu, mm))
 

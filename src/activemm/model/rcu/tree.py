@@ -1,8 +1,9 @@
 """kernel/rcu/tree.c: invoking a CPU's RCU callbacks.
 
 The only callback the model queues is PREEMPT_RT's `__mmdrop_delayed()` (mmdrop_sched()'s
-call_rcu()). A grace period ends when every CPU online at the call_rcu() has passed a
-quiescent state, a context switch, since (`Mm.rcu_wait`); preempted read-side critical
+call_rcu()). A grace period ends when every CPU online and not idle at the call_rcu() has
+passed a quiescent state, a context switch, since (`Mm.rcu_wait`; an idle CPU is in an
+extended quiescent state, holding no grace period up); preempted read-side critical
 sections, which also hold a grace period up on PREEMPT_RCU, are not modelled. The mm must be
 unreachable from the moment mm_count reached 0 (the sanitizer checks it).
 """
