@@ -1260,8 +1260,11 @@ class Validator(MarkerSteps, Clocked):
         kthread_unuse_mm() keeps it lazily) until the next CR3 load there: the first user
         task its CPU then runs without one has that very mm. Found so (a look ahead, as exit
         windows are found after the fact), the model runs kthread_use_mm() here and
-        kthread_unuse_mm() before the thread next switches out; with a CR3 load first
-        (exit_mmap's or a flush's switch of the CPU to init_mm, another mm), nothing."""
+        kthread_unuse_mm() before the thread next switches out. With a CR3 load first (the
+        thread's switch to a task with another mm, say), it takes the mm a kernel thread's
+        load was last shown so to take (a kworker serving one device serves the same reader
+        again), while that mm has users and is not the one loaded; with none shown yet,
+        nothing."""
         if not ev.own_cr3_load or ev.cpu in self.pending or ev.cpu >= len(self.m.state.rqs):
             return False
         t = self.m.state.rqs[ev.cpu].curr
