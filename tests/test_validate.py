@@ -979,6 +979,25 @@ def test_a_preemption_before_exit_mmaps_flush_is_in_the_exit_window_when_little_
     assert lazy_exits(grouped, *back_first) == ({3: 10}, {3}, {})
 
 
+def test_the_exit_mmap_ratio_is_the_kernels() -> None:
+    """A task back 5.6 ms before exit_mmap()'s flush to init_mm, 2 ms of exit_mmap() left
+    after it (a ratio of 2.8): on 6.1, whose exit_mmap() does less after that flush (the
+    markers' ratios: median 2.0 inside, 4.6 before), the preemption was inside exit_mmap();
+    on 6.12 (1.5 inside, 3.2 before) it came before exit_mm()."""
+    from activemm.trace.events import ProcessExit
+    from activemm.validate.windows import ExitWindows, exit_mmap_ratio
+
+    load = _cr3(10, 10)
+    load.ts = 0.0096  # back at 4 ms, the load at 9.6 ms, the exit at 11.6 ms
+    exit_ = ProcessExit(12, 0, 0.0116, 10, "t", None, 10)
+    w = ExitWindows.scan(
+        [_sw(1, 20, "S", 10), _cr3(2, 20), _sw(3, 10, "R+", 20), _sw(4, 20, "S", 10), load, exit_]
+    )
+    assert exit_mmap_ratio((6, 1)) > 2.8 > exit_mmap_ratio((6, 12)) == exit_mmap_ratio((6, 15))
+    assert w.lazy_exits(exit_mmap_ratio((6, 1))) == ({3: 10}, {3}, {})
+    assert w.lazy_exits(exit_mmap_ratio((6, 12))) == ({}, set(), {})
+
+
 def test_sched_inputs_run_a_6_16_exit_preempted_past_its_tracepoint_when_it_is_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -1036,6 +1055,7 @@ def test_sched_inputs_place_exit_windows_before_exit_mmaps_flush(
         matched.append(sched.context_switches.matched)
     assert placed >= 10 and inside >= 0.8 * placed, (placed, inside)
     monkeypatch.setattr(windows, "EXIT_MMAP_RATIO", 0.0)
+    monkeypatch.setattr(windows, "EXIT_MMAP_RATIO_6_1", 0.0)
     for name, with_rule in zip(names, matched, strict=True):
         without = validate(CAPTURES / name, inputs="sched")
         assert not without.early_exit_points
@@ -2101,8 +2121,9 @@ def test_a_kworkers_kthread_use_mm_is_followed_at_its_markers(
     it lazily; readers that exit at once leave it a zombie, freed by the kworker's next
     kthread_use_mm (its mmdrop_lazy_tlb of the mm it kept) or switch. On 6.12 no other
     workload reaches kthread_use_mm. With markers every switch, __mmdrop and hook matches;
-    with tracepoints only, nothing names the mm a kworker takes: every miss is tagged
-    kthread_use_mm or follows one, and no kworker's kthread_unuse_mm passes for an exit."""
+    with tracepoints only, nothing names the mm a kworker takes (the model infers it, the
+    test below): the misses are tagged kthread_use_mm or follow one, and no kworker's
+    kthread_unuse_mm passes for an exit."""
     uses, zombies = _kworker_uses(capture)
     assert uses >= 20 and zombies >= 1
     r = validate(capture)
@@ -2111,7 +2132,7 @@ def test_a_kworkers_kthread_use_mm_is_followed_at_its_markers(
     monkeypatch.setattr(score, "MAX_MISMATCHES", 10**6)  # every miss in full
     sched = validate(capture, inputs="sched")
     assert score.UNEXPLAINED not in sched.causes
-    assert sched.causes[score.KTHREAD_USE_MM] >= uses
+    assert sched.causes[score.KTHREAD_USE_MM] >= 1
     drops = [m for m in sched.mismatches if m["group"] == "mmdrop"]
     assert all(m["cause"] == score.KTHREAD_USE_MM for m in drops), drops
     windows = {
@@ -2132,8 +2153,9 @@ def test_with_tracepoints_a_kworkers_cr3_load_names_the_mm_its_cpu_next_runs_wit
 ) -> None:
     """Tracepoints only: a kworker's own CR3 load outside a switch is its kthread_use_mm();
     when the first user task its CPU runs after it comes without a CR3 load, that task's mm
-    is the one it took ("shown"); when a load comes first, the model takes the mm a load was
-    last shown to take (a kworker serving one device serves the same reader again). Every
+    is the one it took ("shown"); when a load comes first, the model takes the mm of the next
+    task woken (the reader the kworker completed), or else the mm a load was last shown to
+    take (a kworker serving one device serves the same reader again). Every
     use shown so matches the kernel's hook; a guessed one either matches or is a hook the
     kernel did not make: of the kernel's kthread_use_mm calls (counted in the text), exactly
     the ones neither shown nor rightly guessed are left missed, and some guesses are right."""
@@ -4107,7 +4129,7 @@ def test_a_trace_without_its_tgid_column_scores_as_with_it(tmp_path: Path, name:
     want, got = validate(cap, inputs="sched"), validate(tmp_path, inputs="sched")
     for group in ("context_switches", "mmdrop", "outside_schedule"):
         assert getattr(got, group) == getattr(want, group), group
-    assert want.context_switches.matched < want.context_switches.total  # exit windows to place
+    assert want.exit_points or want.early_exit_points or want.lazy_exit_points  # (placed)
 
 
 PERF = Path(__file__).parent / "data" / "perf"

@@ -10,6 +10,7 @@ the trace began; everything else is prediction."""
 from __future__ import annotations
 
 import bisect
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -91,7 +92,11 @@ from activemm.validate.score import (
     Result,
     score_outside,
 )
-from activemm.validate.windows import ExitWindows, context_switch_loads
+from activemm.validate.windows import ExitWindows, context_switch_loads, exit_mmap_ratio
+
+# a per-CPU workqueue's worker (system_wq, system_highpri_wq: "H"), not an unbound one
+# ("kworker/uN:M"): USB gadget AIO's ep_user_copy_worker() is schedule_work()ed
+BOUND_KWORKER = re.compile(r"kworker/\d+:\d+H?")
 
 
 @dataclass
@@ -165,7 +170,7 @@ class Validator(MarkerSteps, Clocked):
         # 6.16+: sched_process_exit marks exit_mm() itself; there is no window to infer
         self.exit_first = kv.exit_traced_first(config)
         self.lazy_exits, self.before_flush, self.exit_loads = (
-            self.windows.lazy_exits()
+            self.windows.lazy_exits(exit_mmap_ratio(config.version))
             if self.windows is not None and not self.exit_first
             else ({}, set(), {})
         )
@@ -229,6 +234,10 @@ class Validator(MarkerSteps, Clocked):
         # sched: the mm a kernel thread's CR3 load was last shown to take
         self.kthread_mm: Mm | None = None
         self.user_loads: set[int] = set()  # sched_switch lines that loaded a user mm
+        # sched: switches to a task whose last switch out was a wait, not a preemption (it
+        # was woken), in trace order
+        self.wakeups: list[SchedSwitch] = []
+        out_state: dict[int, str] = {}  # pid -> the prev_state of its last switch out
         last_switch: dict[int, int] = {}
         # markers: the tracepoint or marker lines a CPU's sched_switch follows directly, no
         # other tracepoint or marker there between (probe lines that only bind addresses or
@@ -291,6 +300,9 @@ class Validator(MarkerSteps, Clocked):
             if isinstance(e, SchedSwitch):
                 switching.add(e.cpu)
                 last_switch[e.cpu] = e.line
+                if inputs == "sched" and not out_state.get(e.next_pid, "S").startswith("R"):
+                    self.wakeups.append(e)
+                out_state[e.prev_pid] = e.prev_state
                 if e.prev_comm == KSMD and ksmd_runs and ksmd_runs[-1][1] == e.cpu:
                     ksmd_ends.setdefault(ksmd_runs[-1][0], e.line)
                 if e.next_comm == KSMD:
@@ -1261,10 +1273,15 @@ class Validator(MarkerSteps, Clocked):
         task its CPU then runs without one has that very mm. Found so (a look ahead, as exit
         windows are found after the fact), the model runs kthread_use_mm() here and
         kthread_unuse_mm() before the thread next switches out. With a CR3 load first (the
-        thread's switch to a task with another mm, say), it takes the mm a kernel thread's
-        load was last shown so to take (a kworker serving one device serves the same reader
-        again), while that mm has users and is not the one loaded; with none shown yet,
-        nothing."""
+        thread's switch to a task with another mm, say), a per-CPU kworker's takes the mm of
+        the next task woken on any CPU (_next_woken_mm: the reader whose request it
+        completed, woken by that completion); failing that, or for another kernel thread,
+        the mm a kernel thread's load was last shown so to take (a kworker serving one
+        device serves the same reader again); each while it has users and is not the one
+        loaded (a load changes the mm); with neither, nothing. (Not an unbound kworker, ksmd
+        or khugepaged: their lone own loads are an __mmput()'s exit_mmap() switching a lazy
+        CPU to init_mm, the last mm_users reference theirs: cpuset_migrate_mm_workfn()'s,
+        say.)"""
         if not ev.own_cr3_load or ev.cpu in self.pending or ev.cpu >= len(self.m.state.rqs):
             return False
         t = self.m.state.rqs[ev.cpu].curr
@@ -1273,14 +1290,14 @@ class Validator(MarkerSteps, Clocked):
         user = self._next_user_without_load(ev.cpu, ev.line)
         mm = None if user is None or user.exiting else user.mm
         how = "the mm of the next task its CPU ran without one"
-        if user is None and self.kthread_mm is not None:
-            # a CR3 load came first (the thread's switch to a task with another mm, say):
-            # the mm a kernel thread's load was last shown to take, while it has users and
-            # is not the one loaded (a load changes the mm)
-            mm = self.kthread_mm
-            if mm.status != "live" or mm is self.m.state.rqs[ev.cpu].tlb.loaded_mm:
-                return False
-            how = "the mm a kernel thread's load was last shown to take"
+        if user is None:
+            # a CR3 load came first (the thread's switch to a task with another mm, say)
+            loaded = self.m.state.rqs[ev.cpu].tlb.loaded_mm
+            if BOUND_KWORKER.fullmatch(ev.comm):
+                mm, how = self._next_woken_mm(ev.line, loaded), "the mm of the next task woken"
+            last = self.kthread_mm
+            if mm is None and last is not None and last.status == "live" and last is not loaded:
+                mm, how = last, "the mm a kernel thread's load was last shown to take"
         if mm is None:
             return False
         self.kthread_mm = mm
@@ -1289,6 +1306,15 @@ class Validator(MarkerSteps, Clocked):
         self.kworkers_using.add(ev.pid)
         self.result.learned[f"kthread_use_mm (a kernel thread's CR3 load; {how})"] += 1
         return True
+
+    def _next_woken_mm(self, line: int, loaded: Mm | None) -> Mm | None:
+        """The mm of the first task woken after `line` on any CPU (switched in after a wait,
+        not a preemption), when it is a user task's, live and not `loaded`."""
+        i = bisect.bisect_right(self.wakeups, line, key=lambda e: e.line)
+        t = self.replayer.tasks.get(self.wakeups[i].next_pid) if i < len(self.wakeups) else None
+        if t is None or t.pf_kthread or t.exiting or t.mm is None:
+            return None
+        return t.mm if t.mm.status == "live" and t.mm is not loaded else None
 
     def _next_user_without_load(self, cpu: int, line: int) -> Task | None:
         """The first task with an mm (in the model, now) that `cpu` switches to after `line`,
