@@ -10,6 +10,7 @@ the trace began; everything else is prediction."""
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -1308,13 +1309,17 @@ class Validator(MarkerSteps, Clocked):
         return True
 
     def _next_woken_mm(self, line: int, loaded: Mm | None) -> Mm | None:
-        """The mm of the first task woken after `line` on any CPU (switched in after a wait,
-        not a preemption), when it is a user task's, live and not `loaded`."""
+        """The mm of the first user task woken after `line` on any CPU (switched in after a
+        wait, not a preemption) whose mm is live and not `loaded` (kernel threads, exiting
+        tasks and tasks of the loaded mm are passed over: the kworker's load left it)."""
         i = bisect.bisect_right(self.wakeups, line, key=lambda e: e.line)
-        t = self.replayer.tasks.get(self.wakeups[i].next_pid) if i < len(self.wakeups) else None
-        if t is None or t.pf_kthread or t.exiting or t.mm is None:
-            return None
-        return t.mm if t.mm.status == "live" and t.mm is not loaded else None
+        for sw in itertools.islice(self.wakeups, i, None):
+            t = self.replayer.tasks.get(sw.next_pid)
+            if t is None or t.pf_kthread or t.exiting or t.mm is None:
+                continue
+            if t.mm.status == "live" and t.mm is not loaded:
+                return t.mm
+        return None
 
     def _next_user_without_load(self, cpu: int, line: int) -> Task | None:
         """The first task with an mm (in the model, now) that `cpu` switches to after `line`,
