@@ -1275,7 +1275,7 @@ class Validator(MarkerSteps, Clocked):
         windows are found after the fact), the model runs kthread_use_mm() here and
         kthread_unuse_mm() before the thread next switches out. With a CR3 load first (the
         thread's switch to a task with another mm, say), a per-CPU kworker's takes the mm of
-        the next task woken on any CPU (_next_woken_mm: the reader whose request it
+        the next user task woken on any CPU (_next_woken_mm: the reader whose request it
         completed, woken by that completion); failing that, or for another kernel thread,
         the mm a kernel thread's load was last shown so to take (a kworker serving one
         device serves the same reader again); each while it has users and is not the one
@@ -1295,7 +1295,8 @@ class Validator(MarkerSteps, Clocked):
             # a CR3 load came first (the thread's switch to a task with another mm, say)
             loaded = self.m.state.rqs[ev.cpu].tlb.loaded_mm
             if BOUND_KWORKER.fullmatch(ev.comm):
-                mm, how = self._next_woken_mm(ev.line, loaded), "the mm of the next task woken"
+                mm = self._next_woken_mm(ev.line, loaded)
+                how = "the mm of the next user task woken"
             last = self.kthread_mm
             if mm is None and last is not None and last.status == "live" and last is not loaded:
                 mm, how = last, "the mm a kernel thread's load was last shown to take"
