@@ -2154,8 +2154,8 @@ def test_with_tracepoints_a_kworkers_cr3_load_names_the_mm_its_cpu_next_runs_wit
     """Tracepoints only: a kworker's own CR3 load outside a switch is its kthread_use_mm();
     when the first user task its CPU runs after it comes without a CR3 load, that task's mm
     is the one it took ("shown"); when a load comes first, the model takes the mm of the next
-    task woken (the reader the kworker completed), or else the mm a load was last shown to
-    take (a kworker serving one device serves the same reader again). Every
+    user task woken (the reader the kworker completed), or else the mm a load was last shown
+    to take (a kworker serving one device serves the same reader again). Every
     use shown so matches the kernel's hook; a guessed one either matches or is a hook the
     kernel did not make: of the kernel's kthread_use_mm calls (counted in the text), exactly
     the ones neither shown nor rightly guessed are left missed, and some guesses are right."""
