@@ -152,6 +152,53 @@ def test_ksm_offsets_read_either_name_of_the_rmap_item() -> None:
     assert kernel.ksm_offsets(btf_with(None)) == {}
 
 
+def _structs_btf(structs: dict[str, list[tuple[str, int]]]) -> bytes:
+    """Raw BTF of `structs`: name -> [(member, byte offset)], every member an int."""
+    members = sorted({m for ms in structs.values() for m, _ in ms} - set(structs))
+    names = ["int", *structs, *members]
+    info = lambda kind, vlen: (kind << 24) | vlen  # noqa: E731
+    types = [struct.pack("<IIII", _off(names, "int"), info(1, 0), 4, 32)]  # 1: int
+    for name, ms in structs.items():
+        types.append(
+            struct.pack("<III", _off(names, name), info(4, len(ms)), 8 * len(ms) + 64)
+            + b"".join(struct.pack("<III", _off(names, m), 1, 8 * off) for m, off in ms)
+        )
+    return _btf(types, names)
+
+
+def test_proc_and_khugepaged_offsets_follow_their_structs_into_6_18() -> None:
+    """The /proc markers find a maps file's mm in proc_maps_private.mm, which 6.18 moved
+    into its lock_ctx (struct proc_maps_locking_ctx); khugepaged's cursor and
+    collect_mm_slot() point to a khugepaged_mm_slot whose first member is the mm_slot, and
+    since 6.18 to the mm_slot itself. On 6.18's layout (Debian's 6.18.15, whose BTF gave no
+    /proc or khugepaged markers before) both are found through the new structs."""
+    from activemm.capture import kernel
+
+    common = {"file": [("private_data", 24)], "seq_file": [("private", 112)]}
+    old = _structs_btf({**common, "proc_maps_private": [("inode", 0), ("mm", 16)]})
+    assert kernel.proc_offsets(old) == {"private_data": 24, "private": 112, "mm": 16}
+    new = _structs_btf(
+        {
+            **common,
+            "proc_maps_private": [("inode", 0), ("lock_ctx", 112)],
+            "proc_maps_locking_ctx": [("mm", 0), ("locked_vma", 8)],
+        }
+    )
+    assert kernel.proc_offsets(new) == {"private_data": 24, "private": 112, "mm": 112}
+    assert kernel.proc_offsets(_structs_btf(common)) == {}
+
+    thp = {
+        "khugepaged_scan": [("mm_head", 0), ("mm_slot", 16)],
+        "mm_slot": [("hash", 0), ("mm", 32)],
+        "mm_struct": [("mm_users", 132)],
+    }
+    wrapped = _structs_btf({**thp, "khugepaged_mm_slot": [("slot", 8)]})
+    assert kernel.khugepaged_offsets(wrapped) == {"scan_slot": 16, "slot_mm": 40, "mm_users": 132}
+    bare = _structs_btf(thp)  # 6.18: no khugepaged_mm_slot
+    assert kernel.khugepaged_offsets(bare) == {"scan_slot": 16, "slot_mm": 32, "mm_users": 132}
+    assert kernel.khugepaged_offsets(_structs_btf({"mm_slot": [("mm", 32)]})) == {}
+
+
 def _lz4_legacy(data: bytes) -> bytes:
     """What the kernel's build does for CONFIG_KERNEL_LZ4 (`lz4 -l -9`, then size_append):
     the legacy magic, 8 MiB blocks each after its 4-byte compressed size, then the

@@ -3870,6 +3870,54 @@ def test_a_lazy_users_finish_overlapping_an_mmputs_end_is_a_race() -> None:
     assert causes(16700) == [score.UNEXPLAINED, "model freed an mm the kernel did not"]
 
 
+def test_a_lazy_users_finish_that_stalled_past_another_cpus_switch_is_concurrent() -> None:
+    """score.DropScorer on a hand-made miss (as unseen44.c gave on 6.12 with 5 CPUs, seed
+    5101): CPU 1 switched away from mm A at line 6954 and nothing was traced there for 8 ms
+    (its vCPU stalled before finish_task_switch()'s mmdrop); meanwhile A's last user exited
+    on CPU 3 and CPU 3 switched away from it at line 6967. The kernel's last mmdrop() was
+    CPU 1's, its __mmdrop at line 7001, 34 lines on: the model, running each switch where it
+    is traced, freed A at CPU 3's. Two lazy CPUs let go at once, however far apart their
+    lines: both sides are that cause, with tracepoints only as with markers. A model free at
+    a switch after the kernel's __mmdrop is no such race."""
+    from activemm.validate.kernel import Drop
+
+    a = 0xFFFF8880054DBC80
+    kernel = [Drop(a, ("finish_task_switch", 6954), 7001, 1)]
+
+    def causes(model_switch: int, inputs: str) -> list[str]:
+        r = score.Result("t", "p", inputs, None)
+        model = [Drop(a, ("finish_task_switch", model_switch), model_switch, 3, "mm190")]
+        score.DropScorer(r, inputs, {}, set(), set()).score(kernel, model)
+        return [m["cause"] for m in r.mismatches]
+
+    for inputs in ("sched", "markers"):
+        assert causes(6967, inputs) == [score.CONCURRENT, score.CONCURRENT]
+    assert causes(7040, "sched") == [score.UNEXPLAINED, "model freed an mm the kernel did not"]
+
+
+def test_an_exit_mmput_that_ended_before_its_tasks_preemption_is_the_exit_window() -> None:
+    """score.DropScorer on a hand-made miss (as unseen44.c gave on 6.12 with 5 CPUs, seed
+    5101): task 899's exit_mmap() switched its lazy CPU to init_mm, its __mmput() returned,
+    and it was preempted before sched_process_exit, which came 27 ms later (line 39070).
+    Meanwhile its CPU's last lazy user of mm A switched to another mm (line 38414): the
+    kernel freed A there. With tracepoints only, the model, which runs the rest of that
+    __mmput() at the task's sched_process_exit, freed it there: both sides are the exit
+    window. A model __mmput in another task than the one that exited from A is not."""
+    from activemm.validate.kernel import Drop
+
+    a = 0xFFFF88800AB35D80
+    kernel = [Drop(a, ("finish_task_switch", 38414), 38419, 0)]
+
+    def causes(pid: int) -> list[str]:
+        r = score.Result("t", "p", "sched", None)
+        model = [Drop(a, ("__mmput", pid), 39070, 0, "mm420")]
+        score.DropScorer(r, "sched", {a: 899}, set(), set()).score(kernel, model)
+        return [m["cause"] for m in r.mismatches]
+
+    assert causes(899) == [score.EXIT_WINDOW, score.EXIT_WINDOW]
+    assert causes(900)[0] == score.UNEXPLAINED
+
+
 @pytest.mark.parametrize("last", ["ksmd", "lazy cpu", "ksmd running"])
 def test_a_ksm_slot_with_no_rmap_items_is_dropped_by_ksmds_next_scan(
     tmp_path: Path, last: str

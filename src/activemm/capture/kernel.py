@@ -468,13 +468,19 @@ def proc_offsets(data: bytes) -> dict[str, int]:
     """`file.private_data`, `seq_file.private` and `proc_maps_private.mm`: where the release
     of a /proc/PID/{mem,environ,auxv,pagemap} file finds the mm proc_mem_open() mmgrab()bed
     (private_data itself), and that of maps, smaps, numa_maps and smaps_rollup (through the
-    seq_file). {} when the BTF lacks one."""
+    seq_file). Since 6.18 that mm is in the private data's `lock_ctx`
+    (`proc_maps_locking_ctx.mm`, per-VMA locking's context). {} when the BTF lacks one."""
     try:
-        return {
+        found = {
             **struct_offsets(data, "file", ("private_data",)),
             **struct_offsets(data, "seq_file", ("private",)),
-            **struct_offsets(data, "proc_maps_private", ("mm",)),
         }
+        try:
+            return {**found, **struct_offsets(data, "proc_maps_private", ("mm",))}
+        except CaptureError:
+            ctx = struct_offsets(data, "proc_maps_private", ("lock_ctx",))["lock_ctx"]
+            mm = struct_offsets(data, "proc_maps_locking_ctx", ("mm",))["mm"]
+            return {**found, "mm": ctx + mm}
     except CaptureError:
         return {}
 
@@ -525,10 +531,14 @@ def khugepaged_offsets(data: bytes) -> dict[str, int]:
     then the `mm` of that slot: khugepaged_mm_slot begins with its mm_slot) and
     `mm_struct.mm_users`: __khugepaged_exit() leaves khugepaged's reference to an exiting mm
     for khugepaged itself when the cursor is on it, and collect_mm_slot() drops it once
-    mm_users is 0. {} when the BTF lacks one (no transparent huge pages, or a kernel older
-    than the struct mm_slot of 6.1)."""
+    mm_users is 0. Since 6.18 the cursor and collect_mm_slot() have the mm_slot itself
+    (no khugepaged_mm_slot around it). {} when the BTF lacks one (no transparent huge
+    pages)."""
     try:
-        slot = struct_offsets(data, "khugepaged_mm_slot", ("slot",))
+        try:
+            slot = struct_offsets(data, "khugepaged_mm_slot", ("slot",))
+        except CaptureError:
+            slot = {"slot": 0}
         return {
             "scan_slot": struct_offsets(data, "khugepaged_scan", ("mm_slot",))["mm_slot"],
             "slot_mm": slot["slot"] + struct_offsets(data, "mm_slot", ("mm",))["mm"],

@@ -279,6 +279,7 @@ class DropScorer:
         self.puts: dict[int | None, list[int]] = {}
         # side -> its frees at the release of a reference held outside the scheduler
         self.releases: dict[str, list[Drop]] = {}
+        self.model_side: dict[int | None, list[Drop]] = {}  # address -> the model's frees
 
     def score(self, kernel_drops: list[Drop], model_drops: list[Drop]) -> None:
         res = self.result
@@ -296,8 +297,9 @@ class DropScorer:
         self.kernel_lines = {}
         for d in kernel_drops:
             self.kernel_lines.setdefault(d.addr, []).append(d.line)
-        self.model_mmputs, self.puts = {}, {}
+        self.model_mmputs, self.puts, self.model_side = {}, {}, {}
         for m in model_drops:
+            self.model_side.setdefault(m.addr, []).append(m)
             if m.point[0] == "__mmput":
                 self.model_mmputs.setdefault(m.addr, set()).add(m.point[1])
                 self.puts.setdefault(m.addr, []).append(m.line)
@@ -352,6 +354,10 @@ class DropScorer:
                     else HOTPLUG if self.offline_borrowed(d)
                     else TAINTED if d.addr in self.tainted
                     else RACE if d.point[0] == "__mmput" and d.addr in overlapped
+                    # its exit __mmput, run whole at sched_process_exit (tracepoints only),
+                    # of an mm the kernel freed before: that __mmput ended inside the window
+                    else self.window_cause if self.exit_window_drop(d)
+                    and d.addr in self.kernel_lines
                     else "model freed an mm the kernel did not"
                 )  # fmt: skip
                 predicted = {"mm": d.name, "address": hexaddr(d.addr), "freed_at": list(d.point)}
@@ -374,11 +380,27 @@ class DropScorer:
     def concurrent(self, d: Drop, other_side: str) -> bool:
         """Both sides freed this mm in a finish_task_switch, of different switches: two CPUs
         let go of their lazy references at once, and which decrement came last is not in the
-        inputs (the probe is at finish_task_switch's entry, the mmdrop after it)."""
+        inputs (the probe is at finish_task_switch's entry, the mmdrop after it). Close
+        together, or far apart when the kernel's finish ran on past the other switch: its
+        CPU stalled between its switch and the mmdrop (a vCPU the host did not run: 8 ms
+        with nothing traced on a 5-CPU capture under TCG)."""
         if d.point[0] == "call_rcu":
             return self.queued_at_once(d, other_side)
-        return d.point[0] == "finish_task_switch" and _freed_nearby(
-            d, self.finishes.get(other_side, [])
+        if d.point[0] != "finish_task_switch":
+            return False
+        others = self.finishes.get(other_side, [])
+        if _freed_nearby(d, others):
+            return True
+        pairs = ((d, x) for x in others) if other_side == "model" else ((x, d) for x in others)
+        return any(_finish_stalled(k, m) for k, m in pairs)
+
+    def ended_in_window(self, d: Drop) -> bool:
+        """Tracepoints only: the kernel freed d's mm before the model's __mmput of it, which
+        ran whole at the sched_process_exit of the task that exited from it: the kernel's
+        __mmput had ended inside that exit window (the task was preempted after it, before
+        the tracepoint), and the last lazy user's switch freed the mm then."""
+        return any(
+            self.exit_window_drop(m) and m.line > d.line for m in self.model_side.get(d.addr, [])
         )
 
     def queued_at_once(self, d: Drop, other_side: str) -> bool:
@@ -431,6 +453,8 @@ class DropScorer:
             return TAINTED
         if _finish_overlapped(d, self.puts):
             return RACE
+        if self.ended_in_window(d):
+            return self.window_cause
         return UNEXPLAINED
 
     def offline_borrowed(self, d: Drop) -> bool:
@@ -490,6 +514,20 @@ def _finish_overlapped(d: Drop, puts: dict[int | None, list[int]]) -> bool:
     if d.point[0] != "finish_task_switch" or not isinstance(switch := d.point[1], int):
         return False
     return any(switch < line < d.line for line in puts.get(d.addr, []))
+
+
+def _finish_stalled(kernel: Drop, model: Drop) -> bool:
+    """The kernel freed the mm in the finish_task_switch() of switch S, the model in another
+    switch's, traced after S and before the kernel's __mmdrop: S's CPU let go last only
+    because its finish ran late."""
+    switch = kernel.point[1]
+    return (
+        kernel.addr == model.addr
+        and model.point != kernel.point
+        and model.point[0] == kernel.point[0] == "finish_task_switch"
+        and isinstance(switch, int)
+        and switch < model.line < kernel.line
+    )
 
 
 def _freed_nearby(d: Drop, others: list[Drop]) -> bool:
