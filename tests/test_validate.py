@@ -1591,6 +1591,69 @@ def test_mmput_run_by_a_proc_reader_is_placed_by_its_exit_mmap(tmp_path: Path) -
     assert all(m["cause"] != "unexplained" for m in sched.mismatches), sched.mismatches
 
 
+def test_process_mrelease_holding_the_last_reference_frees_the_mm_at_its_return(
+    tmp_path: Path,
+) -> None:
+    """A killer (pid 60) calls process_mrelease() on app (pid 50): pidfd_get_task()
+    returns app to it and the syscall mmgrab()s app's mm; app's whole exit runs meanwhile
+    (exit_mm, its own __mmput, CPU 1 letting go of the mm lazily), so the syscall's
+    mmdrop() is the last and __mmdrop runs in the killer, before the syscall returns. With
+    the pidfd_get_task / process_mrelease markers the model holds the reference from that
+    return to the syscall's and frees the mm there; a pidfd_get_task() of another caller
+    (process_madvise()) takes nothing. With tracepoints only the model frees it at
+    CPU 1's switch, a miss tagged as a reference held outside the scheduler."""
+
+    def trace(caller: str) -> Path:
+        lines = ["# tracer: nop", "#P:2"]
+        lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
+                         _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+        lines += _switch(0, 1.0002, ("swapper/0", 0, "R"), ("killer", 60),
+                         _mmswitch(INIT_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+        lines += [
+            _line("killer", 60, 0, 1.0003, f"mreleasetask: ({caller}+0x7a/0x1e0 <- "
+                  f"pidfd_get_task) ret={TSK[50]} t_pid=50"),
+            _line("app", 50, 1, 1.0010, f"lazytlb: (enter_lazy_tlb+0x0/0x30) mm={APP_MM} "
+                  f"tsk={TSK[50]} t_pid=50 t_flags=0x40010c t_mm=0x0 t_active_mm={APP_MM} "
+                  "t_comm=\"app\""),
+            _line("app", 50, 1, 1.0011, f"mmput: (exit_mmap+0x0/0x310) mm={APP_MM}"),
+            # its flush finds CPU 1 lazy: switch_mm_irqs_off(NULL, &init_mm, NULL)
+            _line("app", 50, 1, 1.00115, f"mmswitch: (switch_mm_irqs_off+0x0/0x470) prev=0x0 "
+                  f"next={INIT_MM} tsk=0x0 t_pid=0 t_flags=0x0 t_mm=0x0 t_active_mm=0x0 "
+                  "t_comm="),
+            _line("app", 50, 1, 1.00116, "tlb_flush: pages:-1 reason:flush on task switch (0)"),
+            _line("app", 50, 1, 1.0012, "mmputdone: (__mmput+0x3e/0x130 <- exit_mmap)"),
+            _line("app", 50, 1, 1.0013, "sched_process_exit: comm=app pid=50 prio=120"),
+        ]  # fmt: skip
+        lines += _switch(1, 1.0014, ("app", 50, "Z"), ("swapper/1", 0), _lazy(APP_MM, 0),
+                         "0x0", "0x0")  # fmt: skip
+        # CPU 1 lets go of app's mm: the killer still holds it
+        lines += _switch(1, 1.0020, ("swapper/1", 0, "R"), ("other", 70),
+                         _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+        lines += [
+            _line("killer", 60, 0, 1.0030, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"),
+            _line("killer", 60, 0, 1.0031, "mreleasedone: (do_syscall_64+0x55/0xb0 <- "
+                  "__x64_sys_process_mrelease)"),
+        ]  # fmt: skip
+        path = tmp_path / f"{caller}.txt"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    mrelease = trace("__x64_sys_process_mrelease")
+    r = validate(mrelease, preset_name="linux-6.1-x86_64")
+    assert r.inputs == "markers"
+    assert r.context_switches.matched == r.context_switches.total == 4, r.mismatches
+    assert (r.mmdrop.matched, r.mmdrop.total) == (1, 1), r.mismatches
+    assert r.learned["process_mrelease's mmgrab (pidfd_get_task marker)"] == 1
+    madvise = validate(trace("__x64_sys_process_madvise"), preset_name="linux-6.1-x86_64")
+    assert madvise.mmdrop.matched == 0
+    assert "process_mrelease's mmgrab" not in str(madvise.learned)
+    sched = validate(mrelease, preset_name="linux-6.1-x86_64", inputs="sched")
+    assert sched.mmdrop.matched == 0
+    assert {m["cause"] for m in sched.mismatches if m["group"] == "mmdrop"} == {
+        score.HELD_OUTSIDE
+    }, sched.mismatches
+
+
 def test_what_cpus_borrowed_before_the_trace_is_learned_for_all_of_them(tmp_path: Path) -> None:
     """CPUs 1 and 0 both borrowed a zombie mm when the trace began: CPU 1 letting go must not
     free it, CPU 0 does (its first switch comes later). CPU 2 borrowed an mm the trace never

@@ -60,7 +60,8 @@ def kprobe_definitions(
     `alloc` address pairs the two. With `ksm` (ksm_offsets), KSM's: exit_mmap()'s marker
     also reads the mm's flags, whose MMF_VM_MERGEABLE is still set when __ksm_exit() (run
     just before it by __mmput) left the mm's slot for ksmd, and remove_rmap_item_from_tree()
-    names the mm of each rmap_item it takes out, with its mm_users (ksm_markers)."""
+    names the mm of each rmap_item it takes out, with its mm_users (ksm_markers). Always,
+    process_mrelease()'s (mrelease_markers)."""
 
     def task(reg: str, prefix: str) -> str:
         return (
@@ -96,6 +97,7 @@ def kprobe_definitions(
             if ring
             else []
         )
+        + mrelease_markers(g, off)
         + (oom_markers(g, off, oom) if oom else [])
         + (proc_markers(g, proc) if proc else [])
         + (uffd_markers(g, uffd) if uffd else [])
@@ -206,6 +208,20 @@ def proc_markers(g: str, proc: dict[str, int]) -> list[str]:
         f"p:{g}/pagemaprelease pagemap_release mm={data}:x64",
         f"p:{g}/mapsrelease proc_map_release mm={seq_mm}:x64",
         f"p:{g}/rolluprelease smaps_rollup_release mm={seq_mm}:x64",
+    ]
+
+
+def mrelease_markers(g: str, off: dict[str, int]) -> list[str]:
+    """process_mrelease(pidfd): pidfd_get_task()'s return in it (the caller field of a
+    return probe says which call), with the process found (its leader's pid), whose mm the
+    syscall mmgrab()s right after, through find_lock_task_mm() (inlined there: on Debian's
+    6.18 a return probe on it never fires from the syscall); and the syscall's return,
+    which comes right after its mmdrop(). pidfd_get_task() serves process_madvise() and
+    pidfd_getfd() too: the validator reads only the returns to process_mrelease."""
+    return [
+        f"r{MAXACTIVE}:{g}/mreleasetask pidfd_get_task ret=$retval:x64 "
+        f"t_pid=+{off['pid']}($retval):s32",
+        f"r{MAXACTIVE}:{g}/mreleasedone __x64_sys_process_mrelease",
     ]
 
 

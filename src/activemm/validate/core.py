@@ -111,6 +111,9 @@ class ModelSwitch:
     cr3: bool = False  # x86: the model loaded CR3 (the kernel's tlb_flush "flush on task switch")
 
 
+# the smallest ERR_PTR(): a pointer return at or above it is an error (-MAX_ERRNO..-1)
+ERR_PTR_MIN = (1 << 64) - 4095
+
 # the releases of /proc/PID files whose open took an mm with proc_mem_open()
 PROC_RELEASES = ("mem_release", "pagemap_release", "proc_map_release", "smaps_rollup_release")
 # kernel paths that mmdrop() a reference held outside the scheduler, which the markers show
@@ -425,6 +428,8 @@ class Validator(MarkerSteps, Clocked):
         self.rings: dict[int, list[str]] = {}  # mm address -> holders of io_uring rings on it
         self.oom_mms: dict[int, list[str]] = {}  # mm address -> its signal->oom_mm holders
         self.proc_files: dict[int, list[str]] = {}  # mm address -> open /proc/PID files on it
+        self.mreleases: dict[int, list[str]] = {}  # mm address -> process_mrelease() calls
+        self.mrelease_of: dict[int, int] = {}  # pid in process_mrelease() -> the mm address
         self.uffds: dict[int, list[str]] = {}  # mm address -> userfaultfd contexts on it
         self.binders: dict[int, list[str]] = {}  # mm address -> binder procs' alloc->mm on it
         self.binder_allocs: dict[int, int] = {}  # binder_alloc address -> its mm's address
@@ -1218,6 +1223,48 @@ class Validator(MarkerSteps, Clocked):
             self.proc_files, mm, holder, p, "open /proc/PID file (proc_mem_open marker)"
         )
 
+    def _mrelease_grab(self, p: Probe) -> None:
+        """pidfd_get_task() returned to process_mrelease() the process (its leader's pid,
+        `t_pid`) whose mm the syscall mmgrab()s next (mm/oom_kill.c), the mm of a thread of
+        it that has one (find_lock_task_mm()): when the victim's whole exit runs meanwhile,
+        the syscall's mmdrop() is the last. Which mm that is, is the model's: its task of
+        that process still with an mm. A kernel __mmdrop of it by this task from here is at
+        the syscall's point; with markers the model takes the reference (an error, or no
+        thread with an mm left: nothing taken)."""
+        if not 0 < address(p.args.get("ret")) < ERR_PTR_MIN:
+            return
+        leader = self.replayer.tasks.get(int(p.args.get("t_pid") or "0", 0))
+        if leader is None or leader.pf_kthread:
+            return
+        group = (t for t in self.m.state.tasks if t.tgid == leader.tgid)
+        mm = next((t.mm for t in group if t.mm is not None and not t.mm.freed), None)
+        addr = self.addr.get(mm.id) if mm is not None else None
+        if mm is None or addr is None:
+            return
+        self.mrelease_of[p.pid] = addr
+        self.releasing[p.pid] = ("process_mrelease", addr, p.line)
+        if self.inputs == "markers":
+            holder = f"process_mrelease() of pid {p.pid} (line {p.line})"
+            learned = "process_mrelease's mmgrab (pidfd_get_task marker)"
+            self._grab_held(self.mreleases, mm, holder, p, learned)
+
+    def _mrelease_done(self, p: Probe) -> None:
+        """process_mrelease() returned, right after its mmdrop() of the mm it took: the
+        model drops it there (by the holder's name: the kernel's __mmdrop, when that
+        mmdrop() was the last, came before this marker and ended the address's life)."""
+        addr = self.mrelease_of.pop(p.pid, None)
+        if addr is None:
+            return
+        if self.releasing.get(p.pid, ("",))[0] == "process_mrelease":
+            del self.releasing[p.pid]  # its mmdrop() was not the last
+        mine = f"process_mrelease() of pid {p.pid} "
+        holder = next((h for h in self.mreleases.get(addr, []) if h.startswith(mine)), None)
+        if holder is None or self.inputs != "markers":
+            return
+        self.mreleases[addr].remove(holder)
+        self.ctx = Context("process_mrelease", p.line, p.cpu, p.pid)
+        self._refusable(self.m.mmdrop, holder, p.cpu)
+
     def _kthread_use_mm(self, p: Probe, addr: int) -> None:
         """switch_mm_irqs_off(active_mm, mm, current) by a kernel thread outside a context
         switch marks kthread_use_mm() (vhost's worker on 6.1, USB gadget, some GPU drivers):
@@ -1525,6 +1572,10 @@ class Validator(MarkerSteps, Clocked):
             self._refusable(self._proc_open, p)
         elif f in PROC_RELEASES:
             self._release(p, self.proc_files, "proc_release")
+        elif f == "pidfd_get_task" and p.returned and "process_mrelease" in (p.caller or ""):
+            self._refusable(self._mrelease_grab, p)
+        elif f == "__x64_sys_process_mrelease" and p.returned:
+            self._mrelease_done(p)
         elif f == "new_userfaultfd" and self.inputs == "markers":
             self._refusable(self._uffd_new, p)
         elif f == "dup_userfaultfd" and self.inputs == "markers":
@@ -1767,8 +1818,12 @@ class Validator(MarkerSteps, Clocked):
             # preempted since): its mmdrop() was the last, even after a signal's oom_mm went
             # (that mmdrop_async() was not the last, its work has nothing to free)
             point = (releasing[0], p.pid)
-            if any(releasing[2] < line < p.line for line, _ in self.let_go.get(addr, [])):
-                self.release_raced.add(addr)  # a CPU let go after the marker, before this
+            # a CPU let go after the release's marker, before this (process_mrelease()'s
+            # marker is its mmgrab(): lazy CPUs letting go meanwhile are why it is the last)
+            let_go = [line for line, _ in self.let_go.get(addr, [])]
+            late = any(releasing[2] < line < p.line for line in let_go)
+            if late and releasing[0] != "process_mrelease":
+                self.release_raced.add(addr)
         elif async_pid is not None:  # mmdrop_async_fn(), from the work free_signal_struct queued
             point = ("mmdrop_async", async_pid)
         elif offlined is not None:

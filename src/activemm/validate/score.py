@@ -229,6 +229,7 @@ RELEASE_POINTS = (
     "ksm",
     "binder_release",
     "kvm_destroy_vm",
+    "process_mrelease",
 )
 HELD_POINTS = ("other", *RELEASE_POINTS, "mmdrop_async")
 
