@@ -1591,6 +1591,48 @@ def test_mmput_run_by_a_proc_reader_is_placed_by_its_exit_mmap(tmp_path: Path) -
     assert all(m["cause"] != "unexplained" for m in sched.mismatches), sched.mismatches
 
 
+def test_a_proc_file_opened_as_its_process_exits_holds_the_mm_from_before_its_mmput(
+    tmp_path: Path,
+) -> None:
+    """A reader (pid 60) opens /proc/50/mem as app (pid 50) exits: proc_mem_open() takes
+    app's mm with mm_access() (mm_users), mmgrab()s it for the file, and its mmput() is the
+    last: __mmput runs inside proc_mem_open(), its exit_mmap marker before the return that
+    names the mm. The file holds the mm until its release, whose mmdrop() frees it. With
+    markers the model takes the file's reference at that exit_mmap marker, ahead of the
+    __mmput it runs there; taken at the return, it came after the model had freed the mm
+    (as unseen45.c showed on 6.1 with 6 CPUs)."""
+    lines = ["# tracer: nop", "#P:2"]
+    lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
+                     _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+    lines += _switch(0, 1.0002, ("swapper/0", 0, "R"), ("reader", 60),
+                     _mmswitch(INIT_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+    lines += [
+        _line("app", 50, 1, 1.0010, f"lazytlb: (enter_lazy_tlb+0x0/0x30) mm={APP_MM} "
+              f"tsk={TSK[50]} t_pid=50 t_flags=0x40010c t_mm=0x0 t_active_mm={APP_MM} "
+              "t_comm=\"app\""),
+        _line("app", 50, 1, 1.0011, "sched_process_exit: comm=app pid=50 prio=120"),
+    ]  # fmt: skip
+    lines += _switch(1, 1.0012, ("app", 50, "Z"), ("swapper/1", 0), _lazy(APP_MM, 0),
+                     "0x0", "0x0")  # fmt: skip
+    lines += _switch(1, 1.0020, ("swapper/1", 0, "R"), ("other", 70),
+                     _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+    lines += [
+        _line("reader", 60, 0, 1.0030, f"mmput: (exit_mmap+0x0/0x310) mm={APP_MM}"),
+        _line("reader", 60, 0, 1.0031, "mmputdone: (__mmput+0x3e/0x130 <- exit_mmap)"),
+        _line("reader", 60, 0, 1.0032, f"procmemopen: (mem_open+0x13/0x40 <- proc_mem_open) "
+              f"ret={APP_MM}"),
+        _line("reader", 60, 0, 1.0040, f"memrelease: (mem_release+0x0/0x30) mm={APP_MM}"),
+        _line("reader", 60, 0, 1.0041, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"),
+    ]  # fmt: skip
+    trace = tmp_path / "procopen.txt"
+    trace.write_text("\n".join(lines) + "\n")
+    r = validate(trace, preset_name="linux-6.1-x86_64")
+    assert r.context_switches.matched == r.context_switches.total == 4, r.mismatches
+    assert (r.mmdrop.matched, r.mmdrop.total) == (1, 1), r.mismatches
+    assert r.learned["open /proc/PID file whose mm_access() reference was the last (ahead)"] == 1
+    assert "open /proc/PID file (proc_mem_open marker)" not in r.learned
+
+
 def test_process_mrelease_holding_the_last_reference_frees_the_mm_at_its_return(
     tmp_path: Path,
 ) -> None:

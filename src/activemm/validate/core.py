@@ -76,6 +76,7 @@ from activemm.validate.markers import (
     marked_fork_flushes,
     next_line,
     own_full_flush,
+    proc_opens_around_mmput,
 )
 from activemm.validate.score import (
     EXEC_PREEMPTED,
@@ -215,6 +216,8 @@ class Validator(MarkerSteps, Clocked):
         self.thp_kept: dict[int, list[int]] = {}
         self.ksm_kept: dict[int, list[int]] = {}
         self.taken_ahead: set[int] = set()
+        # exit_mmap marker line -> the proc_mem_open() return whose mmput() ran that __mmput
+        self.proc_ahead = proc_opens_around_mmput(events) if inputs == "markers" else {}
         # mm address -> lines of remove_rmap_item_from_tree markers of it with no users left
         ksm_removes: dict[int, list[int]] = {}
         self.activations: dict[int, list[int]] = {}  # pid -> lines of exec's activate_mm
@@ -1216,12 +1219,25 @@ class Validator(MarkerSteps, Clocked):
         (mem, environ, auxv, maps, smaps, pagemap...): held until the file's release, a
         reference no scheduler event shows. The model takes it."""
         mm = self.live.get(address(p.args.get("ret")))
-        if mm is None or mm.freed:
-            return  # NULL, an error, or an mm the model does not know
+        if mm is None or mm.freed or p.line in self.taken_ahead:
+            return  # NULL, an error, an mm the model does not know, or taken already
         holder = f"/proc file opened by pid {p.pid} (line {p.line})"
         self._grab_held(
             self.proc_files, mm, holder, p, "open /proc/PID file (proc_mem_open marker)"
         )
+
+    def _proc_open_ahead(self, p: Probe, addr: int) -> None:
+        """exit_mmap marker `p` is an __mmput run inside proc_mem_open() (proc_ahead): the
+        file's mmgrab() came first, so the model takes the file's reference now, before that
+        __mmput, and not at proc_mem_open()'s return."""
+        mm = self.live.get(addr)
+        if mm is None or mm.freed:
+            return
+        opened = self.proc_ahead[p.line]
+        self.taken_ahead.add(opened)
+        holder = f"/proc file opened by pid {p.pid} (line {opened})"
+        learned = "open /proc/PID file whose mm_access() reference was the last (ahead)"
+        self._grab_held(self.proc_files, mm, holder, p, learned)
 
     def _mrelease_grab(self, p: Probe) -> None:
         """pidfd_get_task() returned to process_mrelease() the process (its leader's pid,
@@ -1549,6 +1565,8 @@ class Validator(MarkerSteps, Clocked):
                     self._refusable(self._unpin, p)
         elif f == EXIT_MMAP:
             mm = address(p.args.get("mm"))
+            if p.line in self.proc_ahead:
+                self._refusable(self._proc_open_ahead, p, mm)
             self.anchor[p.cpu] = (EXIT_MMAP, mm)
             self.mmput_open[mm] = p.pid
             self.exit_mmap_of[p.pid] = mm

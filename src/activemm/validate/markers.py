@@ -28,7 +28,7 @@ from activemm.trace.events import (
 )
 from activemm.trace.replay import Replayer
 from activemm.validate import kernel as kv
-from activemm.validate.kernel import ENTER_LAZY, EXIT_MMAP, SWITCH_MM, address
+from activemm.validate.kernel import ENTER_LAZY, EXIT_MMAP, MMDROP, SWITCH_MM, address
 from activemm.validate.score import Result
 from activemm.validate.windows import context_switch_loads, interrupting
 
@@ -277,6 +277,31 @@ def exec_preemptions(events: list[TraceEvent], efi: dict[int, str] | None = None
 
 
 CLONE_VM = 0x100  # include/uapi/linux/sched.h
+
+
+def proc_opens_around_mmput(events: list[TraceEvent]) -> dict[int, int]:
+    """exit_mmap marker line -> line of the proc_mem_open() return that __mmput ran inside:
+    proc_mem_open() takes the mm with mm_access() (an mm_users reference), mmgrab()s it for
+    the file and mmput()s the first, which runs __mmput() when the process exited meanwhile:
+    its exit_mmap marker comes before the return that names the mm, the file's reference
+    taken before both. The next proc_mem_open() return of the same task naming the same
+    life of that mm (no __mmdrop of it in between) is that one."""
+    found: dict[int, int] = {}
+    pending: dict[int, tuple[int, int]] = {}  # pid -> (its exit_mmap marker's line, mm)
+    for ev in events:
+        if not isinstance(ev, Probe):
+            continue
+        if ev.function == EXIT_MMAP and not ev.returned:
+            pending[ev.pid] = (ev.line, address(ev.args.get("mm")))
+        elif ev.function == MMDROP:
+            gone = address(ev.args.get("mm"))
+            for pid in [pid for pid, (_, mm) in pending.items() if mm == gone]:
+                del pending[pid]
+        elif ev.function == "proc_mem_open" and ev.returned:
+            put = pending.pop(ev.pid, None)
+            if put is not None and put[1] == address(ev.args.get("ret")):
+                found[put[0]] = ev.line
+    return found
 
 
 def leaving_mm(t: Task) -> Mm | None:
