@@ -1553,10 +1553,10 @@ def _lazy(mm: str, pid: int) -> str:
             f"t_flags=0x4200042 t_mm=0x0 t_active_mm=0x0 t_comm=\"x\"")  # fmt: skip
 
 
-def test_mmput_run_by_a_proc_reader_is_placed_by_its_exit_mmap(tmp_path: Path) -> None:
-    """app exits while a /proc reader holds an mm_users reference (get_task_mm): the last
-    mmput, hence __mmput and the final __mmdrop, run in the reader. With markers the model
-    follows exit_mmap there; with tracepoints only it cannot know, and says why."""
+def _app_exits_while_a_reader_runs() -> list[str]:
+    """app (pid 50, CPU 1) and reader (pid 60, CPU 0) run; app exits (exit_mm, its
+    sched_process_exit, its last switch to the idle task) and CPU 1 lets go of app's mm,
+    switching to other (pid 70), while something else holds it."""
     lines = ["# tracer: nop", "#P:2"]
     lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
                      _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
@@ -1570,9 +1570,17 @@ def test_mmput_run_by_a_proc_reader_is_placed_by_its_exit_mmap(tmp_path: Path) -
     ]  # fmt: skip
     lines += _switch(1, 1.0012, ("app", 50, "Z"), ("swapper/1", 0), _lazy(APP_MM, 0),
                      "0x0", "0x0")  # fmt: skip
-    # CPU 1 lets go of app's mm: no __mmdrop, the reader still holds a real user
     lines += _switch(1, 1.0020, ("swapper/1", 0, "R"), ("other", 70),
                      _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+    return lines
+
+
+def test_mmput_run_by_a_proc_reader_is_placed_by_its_exit_mmap(tmp_path: Path) -> None:
+    """app exits while a /proc reader holds an mm_users reference (get_task_mm): the last
+    mmput, hence __mmput and the final __mmdrop, run in the reader. With markers the model
+    follows exit_mmap there; with tracepoints only it cannot know, and says why."""
+    # CPU 1 lets go of app's mm: no __mmdrop, the reader still holds a real user
+    lines = _app_exits_while_a_reader_runs()
     lines += [
         _line("reader", 60, 0, 1.0030, f"mmput: (exit_mmap+0x0/0x310) mm={APP_MM}"),
         _line("reader", 60, 0, 1.0031, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"),
@@ -1601,21 +1609,7 @@ def test_a_proc_file_opened_as_its_process_exits_holds_the_mm_from_before_its_mm
     markers the model takes the file's reference at that exit_mmap marker, ahead of the
     __mmput it runs there; taken at the return, it came after the model had freed the mm
     (as unseen45.c showed on 6.1 with 6 CPUs)."""
-    lines = ["# tracer: nop", "#P:2"]
-    lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
-                     _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
-    lines += _switch(0, 1.0002, ("swapper/0", 0, "R"), ("reader", 60),
-                     _mmswitch(INIT_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
-    lines += [
-        _line("app", 50, 1, 1.0010, f"lazytlb: (enter_lazy_tlb+0x0/0x30) mm={APP_MM} "
-              f"tsk={TSK[50]} t_pid=50 t_flags=0x40010c t_mm=0x0 t_active_mm={APP_MM} "
-              "t_comm=\"app\""),
-        _line("app", 50, 1, 1.0011, "sched_process_exit: comm=app pid=50 prio=120"),
-    ]  # fmt: skip
-    lines += _switch(1, 1.0012, ("app", 50, "Z"), ("swapper/1", 0), _lazy(APP_MM, 0),
-                     "0x0", "0x0")  # fmt: skip
-    lines += _switch(1, 1.0020, ("swapper/1", 0, "R"), ("other", 70),
-                     _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+    lines = _app_exits_while_a_reader_runs()
     lines += [
         _line("reader", 60, 0, 1.0030, f"mmput: (exit_mmap+0x0/0x310) mm={APP_MM}"),
         _line("reader", 60, 0, 1.0031, "mmputdone: (__mmput+0x3e/0x130 <- exit_mmap)"),
