@@ -135,6 +135,23 @@ def test_sched_switch_reads_the_migrate_disable_column(tmp_path: Path) -> None:
     assert [e.migrate_disabled for e in evs if isinstance(e, SchedSwitch)] == [1, 0, 10, 0, 0]
 
 
+def test_probe_lines_read_the_preempt_depth_column(tmp_path: Path) -> None:
+    """A kprobe line's preempt depth is the fourth of a non-RT kernel's five irq-info flags
+    ("." for 0): __mmdrop in finish_task_switch() at 1 (from
+    tests/data/captures/linux-6.12-smp2-program20), in a syscall at 0; 6.1-rt's seven flags
+    and a four-flag kernel give none."""
+    body = "mmdrop: (__mmdrop+0x4/0x190) mm=0xffff888004863180"
+    lines = [
+        f"         program-586     (    586) [002] ...1.     6.008931: {body}",
+        f"         program-201     (    201) [000] .....     6.009040: {body}",
+        f"         program-201     (    201) [000] d..a.     6.009041: {body}",
+        f"          rcuc/0-19      (     19) [000] b....12     6.05: {body}",
+        f"         program-201     (    201) [000] ...1     6.1: {body}",
+    ]
+    evs = [e for e in read_trace(_write(tmp_path, lines), window=0) if isinstance(e, Probe)]
+    assert [e.preempt_depth for e in evs] == [1, 0, 10, None, None]
+
+
 def test_trace_cmd_plugin_format_comm_with_colons_spaces_lost_probes(tmp_path: Path) -> None:
     st_ = ReadStats()
     evs = list(read_trace(_write(tmp_path, SAMPLE), stats=st_, window=0))

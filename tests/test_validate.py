@@ -1690,6 +1690,53 @@ def test_process_mrelease_holding_the_last_reference_frees_the_mm_at_its_return(
     }, sched.mismatches
 
 
+@pytest.mark.parametrize("depth", [".", "1"])
+def test_a_release_drop_right_after_a_finish_is_told_by_its_preempt_depth(
+    tmp_path: Path, depth: str
+) -> None:
+    """As unseen45.c gave on 6.1 with 5 CPUs: the killer (pid 60) enters process_mrelease()
+    for app (pid 50) and is preempted; app runs on the same CPU, exits whole and switches
+    back to the killer, whose finish_task_switch() drops the CPU's lazy reference to app's
+    mm; the killer's mmdrop() follows in the syscall. The __mmdrop line right after that
+    finish is the finish's at preempt depth 1 (the lazy reference was the last) and the
+    syscall's at depth 0 (the flags' fourth column): only the latter is process_mrelease()'s,
+    where the model, holding the syscall's reference, frees the mm."""
+    lines = ["# tracer: nop", "#P:1"]
+    lines += _switch(0, 1.00005, ("swapper/0", 0, "R"), ("app", 50),
+                     _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+    lines += _switch(0, 1.0001, ("app", 50, "R+"), ("killer", 60),
+                     _mmswitch(APP_MM, READER_MM, 60), APP_MM, APP_MM)  # fmt: skip
+    lines += [_line("killer", 60, 0, 1.0002, "mreleasetask: (__do_sys_process_mrelease+0x36/"
+                    f"0x250 <- pidfd_get_task) ret={TSK[50]} t_pid=50")]  # fmt: skip
+    lines += _switch(0, 1.0003, ("killer", 60, "R+"), ("app", 50),
+                     _mmswitch(READER_MM, APP_MM, 50), READER_MM, READER_MM)  # fmt: skip
+    lines += [
+        _line("app", 50, 0, 1.0010, f"lazytlb: (enter_lazy_tlb+0x0/0x30) mm={APP_MM} "
+              f"tsk={TSK[50]} t_pid=50 t_flags=0x40010c t_mm=0x0 t_active_mm={APP_MM} "
+              "t_comm=\"app\""),
+        _line("app", 50, 0, 1.0011, f"mmput: (exit_mmap+0x0/0x310) mm={APP_MM}"),
+        _line("app", 50, 0, 1.00115, f"mmswitch: (switch_mm_irqs_off+0x0/0x470) prev=0x0 "
+              f"next={INIT_MM} tsk=0x0 t_pid=0 t_flags=0x0 t_mm=0x0 t_active_mm=0x0 t_comm="),
+        _line("app", 50, 0, 1.00116, "tlb_flush: pages:-1 reason:flush on task switch (0)"),
+        _line("app", 50, 0, 1.0012, "mmputdone: (__mmput+0x3e/0x130 <- exit_mmap)"),
+        _line("app", 50, 0, 1.0013, "sched_process_exit: comm=app pid=50 prio=120"),
+    ]  # fmt: skip
+    lines += _switch(0, 1.0014, ("app", 50, "Z"), ("killer", 60),
+                     _mmswitch(APP_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+    lines += [
+        f"killer-60 (     60) [000] ...{depth}.     1.001500: mmdrop: (__mmdrop+0x0/0x130) "
+        f"mm={APP_MM}",
+        _line("killer", 60, 0, 1.0016, "mreleasedone: (do_syscall_64+0x5d/0xb0 <- "
+              "__x64_sys_process_mrelease)"),
+    ]  # fmt: skip
+    trace = tmp_path / "mrelease.txt"
+    trace.write_text("\n".join(lines) + "\n")
+    r = validate(trace, preset_name="linux-6.1-x86_64")
+    assert r.context_switches.matched == r.context_switches.total == 4, r.mismatches
+    # (a miss counts on both sides: the kernel's free and the model's)
+    assert (r.mmdrop.matched, r.mmdrop.total) == ((1, 1) if depth == "." else (0, 2))
+
+
 def test_what_cpus_borrowed_before_the_trace_is_learned_for_all_of_them(tmp_path: Path) -> None:
     """CPUs 1 and 0 both borrowed a zombie mm when the trace began: CPU 1 letting go must not
     free it, CPU 0 does (its first switch comes later). CPU 2 borrowed an mm the trace never

@@ -200,6 +200,10 @@ class Probe(TraceEvent):
     offset: int | None = None
     returned: bool = False  # a return probe (`caller+off/size <- function`)
     caller: str | None = None  # a return probe's caller (`copy_process`, `alloc_bprm`...)
+    # the preempt-depth column of the irq-flags (0 for "."), None without the five-flag
+    # column of a non-RT kernel: finish_task_switch() runs at depth 1 (schedule()'s
+    # preempt_disable()), a syscall or a file's release at 0
+    preempt_depth: int | None = None
 
 
 @dataclass(slots=True)

@@ -197,6 +197,15 @@ def migrate_disable_depth(flags: str) -> int:
     return int(flags[-1], 16)
 
 
+def preempt_depth(flags: str) -> int | None:
+    """The preempt-depth column of tracefs' five irq-flags (irqs-off, need-resched,
+    hardirq/softirq, preempt-depth, migrate-disable): "." for 0, else the depth in hex.
+    None for another layout (PREEMPT_RT 6.1's seven flags, the four before 5.13)."""
+    if len(flags) != 5 or flags[3] not in "." + string.hexdigits:
+        return None
+    return 0 if flags[3] == "." else int(flags[3], 16)
+
+
 def _tgid(field: str | None) -> int | None:
     """The record-tgid column (or perf's pid before the tid): None when absent or unknown
     ("-------")."""
@@ -843,6 +852,8 @@ def parse_lines(
             ev.hardirq = "h" in flags or "H" in flags
         elif isinstance(ev, SchedSwitch) and m["flags"]:
             ev.migrate_disabled = migrate_disable_depth(m["flags"])
+        elif isinstance(ev, Probe) and m["flags"]:
+            ev.preempt_depth = preempt_depth(m["flags"])
         if fmt == "perf" and isinstance(ev, SchedSwitch):
             _perf_switched(ev, unnamed, running, dead)
         stats.events += 1

@@ -1819,8 +1819,12 @@ class Validator(MarkerSteps, Clocked):
         else:
             releasing = None
         point: tuple[object, ...]
+        # a release of this mm under way in this task (its marker came first) whose mmdrop()
+        # this is, not a finish_task_switch()'s run just before: at preempt depth 0
+        released = releasing is not None and p.preempt_depth == 0 and not self.m.config.PREEMPT_RT
         if (
             anchor[0] == "finish_task_switch"
+            and not released
             and group is not None
             and group.hook is not None
             and group.hook.function == SWITCH_MM
