@@ -730,10 +730,11 @@ def _stretch(part: list[dict[str, Any]], whole: list[dict[str, Any]]) -> tuple[i
 def _as_perf_read(event: TraceEvent) -> dict[str, Any]:
     """An event's fields as both perf and tracefs record them: not its time (perf's clock is
     not the trace_clock), comm (perf names a task from its own records: swapper where tracefs
-    says <idle>) or tgid; and the task fields of a hook called with no task (exec's
-    activate_mm(): tracefs stores zeros for the faulting fetches, perf whatever its buffer
-    held)."""
-    d = {k: v for k, v in _as_read(event).items() if k not in ("ts", "comm")}
+    says <idle>) or tgid, nor a probe's preempt depth (perf script prints its own irq-flags
+    layout, which the reader does not take for tracefs' five columns); and the task fields of
+    a hook called with no task (exec's activate_mm(): tracefs stores zeros for the faulting
+    fetches, perf whatever its buffer held)."""
+    d = {k: v for k, v in _as_read(event).items() if k not in ("ts", "comm", "preempt_depth")}
     args = d.get("args")
     if isinstance(args, dict) and args.get("tsk") == "0x0":
         d["args"] = {k: v for k, v in args.items() if not k.startswith("t_")}
