@@ -4123,6 +4123,63 @@ def test_a_ksm_slot_with_no_rmap_items_is_dropped_by_ksmds_next_scan(
     assert r.learned["KSM's reference outliving __mmput (exit_mmap marker's flags)"] == 1
 
 
+@pytest.mark.parametrize("woken", ["app", "other"])
+def test_ksmd_preempted_before_its_mmdrop_by_the_mmput_it_unblocked_drops_last(
+    tmp_path: Path, woken: str
+) -> None:
+    """As unseen47.c gave on 6.1-rt with 2 CPUs (seed 4706): app's __mmput waits (D) in
+    __ksm_exit()'s mmap_write_lock() while ksmd scans its mm; ksmd finds mm_users at 0,
+    removes the slot's rmap_items, clears MMF_VM_MERGEABLE and mmap_read_unlock()s, which
+    wakes app, which preempts ksmd there, before its mmdrop(). app's exit_mmap marker reads
+    the flag clear, yet KSM's reference is held: ksmd's mmdrop() when it next runs is the
+    last (kernel: __mmdrop in ksmd). The model keeps KSM's reference from that marker to
+    ksmd's next switch in. When ksmd is preempted by another task, nothing says its
+    mmdrop() was not done already, and the marker's clear flag is taken as it reads."""
+    lines = _lazy_on_1_app_on_0()
+    lines += _switch(1, 1.0004, ("swapper/1", 0, "R"), ("reader", 60),
+                     _mmswitch(APP_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+    lines += [  # exit_mm(), then __mmput() waits for the mmap lock
+        _line("app", 50, 0, 1.0010, f"lazytlb: (enter_lazy_tlb+0x0/0x30) mm={APP_MM} "
+              f"tsk={TSK[50]} t_pid=50 t_flags=0x40004c t_mm=0x0 t_active_mm={APP_MM} "
+              "t_comm=\"app\""),
+    ]  # fmt: skip
+    lines += _switch(0, 1.0011, ("app", 50, "D"), ("ksmd", 52), _lazy(APP_MM, 52),
+                     "0x0", "0x0")  # fmt: skip
+    remove = f"ksmremove: (remove_rmap_item_from_tree+0x0/0x1b0) mm={APP_MM} mm_users=0"
+    lines += [_line("ksmd", 52, 0, 1.0012 + k * 1e-5, remove) for k in range(3)]
+    if woken == "other":  # preempted by another task first (its mmdrop() done), then app
+        lines += _switch(0, 1.0013, ("ksmd", 52, "R+"), ("other", 70),
+                         _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+        lines += _switch(0, 1.0014, ("other", 70, "S"), ("app", 50), _lazy(OTHER_MM, 50),
+                         OTHER_MM, OTHER_MM)  # fmt: skip
+    else:
+        lines += _switch(0, 1.0013, ("ksmd", 52, "R+"), ("app", 50), _lazy(APP_MM, 50),
+                         "0x0", "0x0")  # fmt: skip
+    lines += [
+        _line("app", 50, 0, 1.0015, f"mmput: (exit_mmap+0x0/0x310) mm={APP_MM} flags=0xcd"),
+        _line("app", 50, 0, 1.0016, "mmputdone: (__mmput+0x3e/0x130 <- exit_mmap)"),
+        _line("app", 50, 0, 1.0017, "sched_process_exit: comm=app pid=50 prio=120"),
+    ]
+    if woken == "other":  # __mmput()'s own mmdrop() is the last
+        lines.insert(-1, _line("app", 50, 0, 1.00165, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"))
+        lines += _switch(0, 1.0020, ("app", 50, "X"), ("ksmd", 52), _lazy(OTHER_MM, 52),
+                         "0x0", "0x0")  # fmt: skip
+    else:
+        lines += _switch(0, 1.0020, ("app", 50, "X"), ("other", 70),
+                         _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+        lines += _switch(0, 1.0030, ("other", 70, "R+"), ("ksmd", 52), _lazy(OTHER_MM, 52),
+                         OTHER_MM, OTHER_MM)  # fmt: skip
+        lines.append(_line("ksmd", 52, 0, 1.0031, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"))
+    trace = tmp_path / "ksm.txt"
+    trace.write_text("\n".join(lines) + "\n")
+    for args, kept in (("preempt=full", woken == "app"), ("", False)):
+        r = validate(trace, preset_name="linux-6.12-x86_64", kernel_args=args)
+        learned = r.learned["KSM's reference outliving __mmput (exit_mmap marker's flags)"]
+        assert learned == kept, (args, r.learned)
+        assert r.context_switches.matched == r.context_switches.total, r.mismatches
+        assert (r.mmdrop.matched == r.mmdrop.total) == (kept or woken == "other"), r.mismatches
+
+
 def test_a_release_racing_a_lazy_cpu_is_tagged_a_race_on_both_sides() -> None:
     """score.DropScorer on a hand-made miss: an unmerge (task 209) removed the last rmap_item
     of exited mm A (its KSM release marker), CPU 2 let go of A lazily after that, and the

@@ -71,6 +71,7 @@ from activemm.validate.markers import (
     exec_renames,
     exec_window_guesses,
     fork_flushes,
+    ksm_unlock_preemptions,
     line_before,
     marked_exits,
     marked_fork_flushes,
@@ -361,6 +362,11 @@ class Validator(MarkerSteps, Clocked):
                 # (scoring only: a miss's cause, found afterwards from the probes)
                 self.activations.setdefault(e.pid, []).append(e.line)
                 self.activated[e.line] = address(e.args.get("next"))
+        # KSM: a slot ksmd took out just before the exit_mmap marker, preempted by the waiting
+        # __mmput before its mmdrop() (markers.ksm_unlock_preemptions): kept as well
+        if inputs == "markers" and preemptible:
+            for line, addr in ksm_unlock_preemptions(events).items():
+                bisect.insort(self.ksm_kept.setdefault(addr, []), line)
         # KSM: the reference an mm_slot kept past __mmput goes when ksmd (or an unmerge)
         # takes the exited mm's slot out, right after removing its last rmap_item: the last
         # remove_rmap_item_from_tree of that life after each kept exit_mmap (none: held past
@@ -1156,7 +1162,10 @@ class Validator(MarkerSteps, Clocked):
         last rmap_item (the remove_rmap_item_from_tree marker in self.ksm_releases; with
         none in the trace, the model holds it past the end, as the kernel does when ksmd
         stops with the slot on its list). Only then does the model take it: taken at
-        __ksm_enter and dropped at __ksm_exit, it would change no count anyone sees."""
+        __ksm_enter and dropped at __ksm_exit, it would change no count anyone sees.
+        Also when the flag is clear but ksmd, having taken the slot out, was preempted
+        before its mmdrop() by this very __mmput (markers.ksm_unlock_preemptions): ksmd
+        drops it when it next runs."""
         mm = self.live.get(address(p.args.get("mm")))
         if p.line in self.taken_ahead or mm is None or mm.freed:
             return
@@ -1579,7 +1588,7 @@ class Validator(MarkerSteps, Clocked):
                 self.after_exit.add(mm)  # (6.16+: every exit's __mmput comes after it)
             if self.inputs == "markers" and self._queued(p.pid, mm):
                 self._born_and_gone(p, mm)
-            if self.inputs == "markers" and kv.ksm_keeps(p):
+            if self.inputs == "markers" and p.line in self.ksm_kept.get(mm, ()):
                 self._refusable(self._ksm_exit, p)
             self._deferred_ends_here(p)
         elif f == "__x64_sys_io_uring_setup" and self.inputs == "markers":

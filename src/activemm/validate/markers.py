@@ -28,7 +28,14 @@ from activemm.trace.events import (
 )
 from activemm.trace.replay import Replayer
 from activemm.validate import kernel as kv
-from activemm.validate.kernel import ENTER_LAZY, EXIT_MMAP, MMDROP, SWITCH_MM, address
+from activemm.validate.kernel import (
+    ENTER_LAZY,
+    EXIT_MMAP,
+    KSM_REMOVE,
+    MMDROP,
+    SWITCH_MM,
+    address,
+)
 from activemm.validate.score import Result
 from activemm.validate.windows import context_switch_loads, interrupting
 
@@ -301,6 +308,37 @@ def proc_opens_around_mmput(events: list[TraceEvent]) -> dict[int, int]:
             put = pending.pop(ev.pid, None)
             if put is not None and put[1] == address(ev.args.get("ret")):
                 found[put[0]] = ev.line
+    return found
+
+
+def ksm_unlock_preemptions(events: list[TraceEvent]) -> dict[int, int]:
+    """exit_mmap marker line -> mm address, on a preemptible kernel: ksmd's
+    scan_get_next_rmap_item() (mm/ksm.c) found the mm's users gone, took its slot out (the
+    last remove_rmap_item_from_tree marker of it, mm_users 0), cleared MMF_VM_MERGEABLE and
+    mmap_read_unlock()ed it before its mmdrop(); the unlock woke the task whose __mmput
+    waited in __ksm_exit()'s mmap_write_lock() for ksmd to let go, and the woken task
+    preempted ksmd right there: ksmd's next event is its switch out ("R+") to that task,
+    whose exit_mmap marker of the mm (MMF_VM_MERGEABLE already clear) comes before ksmd runs
+    again. KSM's reference is still held at that marker, as when the flag is set
+    (kernel.ksm_keeps), and ksmd's mmdrop() comes when it next runs."""
+    found: dict[int, int] = {}
+    removed: dict[int, int] = {}  # ksmd's pid -> the mm whose rmap_item was its last event
+    woken: dict[int, tuple[int, int]] = {}  # pid switched in -> (ksmd's pid, mm)
+    for ev in events:
+        if not isinstance(ev, TraceEvent):
+            continue
+        if isinstance(ev, SchedSwitch):
+            woken = {t: w for t, w in woken.items() if w[0] != ev.next_pid}
+        mm = removed.pop(ev.pid, None)
+        if isinstance(ev, Probe) and ev.function == KSM_REMOVE and ev.comm == kv.KSMD:
+            if ev.args.get("mm_users") == "0":
+                removed[ev.pid] = address(ev.args.get("mm"))
+        elif isinstance(ev, SchedSwitch) and mm is not None and ev.prev_state.startswith("R"):
+            woken[ev.next_pid] = (ev.prev_pid, mm)
+        elif isinstance(ev, Probe) and ev.function == EXIT_MMAP and not ev.returned:
+            w = woken.pop(ev.pid, None)
+            if w is not None and w[1] == address(ev.args.get("mm")) and not kv.ksm_keeps(ev):
+                found[ev.line] = w[1]
     return found
 
 
