@@ -4180,6 +4180,42 @@ def test_ksmd_preempted_before_its_mmdrop_by_the_mmput_it_unblocked_drops_last(
         assert (r.mmdrop.matched == r.mmdrop.total) == (kept or woken == "other"), r.mismatches
 
 
+def test_an_unmerge_preempted_before_its_mmdrop_by_the_mmput_it_unblocked_drops_last(
+    tmp_path: Path,
+) -> None:
+    """As unseen47.c gave on 6.12 with 4 CPUs and preempt=full (seed 4714): an unmerge (2
+    written to /sys/kernel/mm/ksm/run, by task 70) takes out the slot of app's exited mm,
+    whose __mmput waits in __ksm_exit(); unmerge_and_remove_all_rmap_items()
+    mmap_read_unlock()s before it clears MMF_VM_MERGEABLE and mmdrop()s, and app, woken,
+    preempts the writer there: app's exit_mmap marker reads the flag still set, no removal
+    follows it, and the writer's mmdrop() when it runs again is the last."""
+    lines = _lazy_on_1_app_on_0()
+    lines += _switch(1, 1.0004, ("swapper/1", 0, "R"), ("reader", 60),
+                     _mmswitch(APP_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+    lines.append(_line("app", 50, 0, 1.0010, f"lazytlb: (enter_lazy_tlb+0x0/0x30) mm={APP_MM} "
+                       f"tsk={TSK[50]} t_pid=50 t_flags=0x40004c t_mm=0x0 "
+                       f"t_active_mm={APP_MM} t_comm=\"app\""))  # fmt: skip
+    lines += _switch(0, 1.0011, ("app", 50, "D"), ("other", 70),
+                     _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+    remove = f"ksmremove: (remove_rmap_item_from_tree+0x0/0x1b0) mm={APP_MM} mm_users=0"
+    lines += [_line("other", 70, 0, 1.0012 + k * 1e-5, remove) for k in range(3)]
+    lines += _switch(0, 1.0013, ("other", 70, "R+"), ("app", 50), _lazy(OTHER_MM, 50),
+                     OTHER_MM, OTHER_MM)  # fmt: skip
+    lines += [
+        _line("app", 50, 0, 1.0015, f"mmput: (exit_mmap+0x0/0x310) mm={APP_MM} flags=0x800100cd"),
+        _line("app", 50, 0, 1.0016, "mmputdone: (__mmput+0x3e/0x130 <- exit_mmap)"),
+        _line("app", 50, 0, 1.0017, "sched_process_exit: comm=app pid=50 prio=120"),
+    ]  # fmt: skip
+    lines += _switch(0, 1.0020, ("app", 50, "X"), ("other", 70),
+                     _mmswitch(OTHER_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+    lines.append(_line("other", 70, 0, 1.0021, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"))
+    trace = tmp_path / "unmerge.txt"
+    trace.write_text("\n".join(lines) + "\n")
+    r = validate(trace, preset_name="linux-6.12-x86_64", kernel_args="preempt=full")
+    assert r.context_switches.matched == r.context_switches.total, r.mismatches
+    assert (r.mmdrop.matched, r.mmdrop.total) == (1, 1), r.mismatches
+
+
 def test_a_release_racing_a_lazy_cpu_is_tagged_a_race_on_both_sides() -> None:
     """score.DropScorer on a hand-made miss: an unmerge (task 209) removed the last rmap_item
     of exited mm A (its KSM release marker), CPU 2 let go of A lazily after that, and the

@@ -362,11 +362,13 @@ class Validator(MarkerSteps, Clocked):
                 # (scoring only: a miss's cause, found afterwards from the probes)
                 self.activations.setdefault(e.pid, []).append(e.line)
                 self.activated[e.line] = address(e.args.get("next"))
-        # KSM: a slot ksmd took out just before the exit_mmap marker, preempted by the waiting
-        # __mmput before its mmdrop() (markers.ksm_unlock_preemptions): kept as well
-        if inputs == "markers" and preemptible:
-            for line, addr in ksm_unlock_preemptions(events).items():
-                bisect.insort(self.ksm_kept.setdefault(addr, []), line)
+        # KSM: a slot taken out just before the exit_mmap marker by ksmd or an unmerge,
+        # preempted by the waiting __mmput before its mmdrop() (ksm_unlock_preemptions):
+        # kept too, until the remover runs again
+        unlocked = ksm_unlock_preemptions(events) if inputs == "markers" and preemptible else {}
+        for line, (_, addr, _) in unlocked.items():
+            if line not in (kept := self.ksm_kept.setdefault(addr, [])):
+                bisect.insort(kept, line)
         # KSM: the reference an mm_slot kept past __mmput goes when ksmd (or an unmerge)
         # takes the exited mm's slot out, right after removing its last rmap_item: the last
         # remove_rmap_item_from_tree of that life after each kept exit_mmap (none: held past
@@ -382,6 +384,8 @@ class Validator(MarkerSteps, Clocked):
         for addr, kept in self.ksm_kept.items():
             removes = ksm_removes.get(addr, [])
             for line in kept:
+                if line in unlocked:
+                    continue  # (below)
                 after = removes[bisect.bisect_right(removes, line) :]
                 ours = [r for r in after if self._same_life(addr, line, r)]
                 self.ksm_releases.update(ours[-1:])
@@ -396,6 +400,9 @@ class Validator(MarkerSteps, Clocked):
                     continue  # ksmd did not run again within the trace
                 if at is not None and self._same_life(addr, line, at):
                     self.ksmd_releases[at] = (run[2], addr)
+        for pid, addr, back in unlocked.values():
+            if back is not None:
+                self.ksmd_releases[back] = (pid, addr)
         # lines of failed forks' dup_mmap() flushes -> the address of the mm they made
         self.failed_forks: dict[int, int] = {}
         if inputs == "markers":
@@ -1163,9 +1170,9 @@ class Validator(MarkerSteps, Clocked):
         none in the trace, the model holds it past the end, as the kernel does when ksmd
         stops with the slot on its list). Only then does the model take it: taken at
         __ksm_enter and dropped at __ksm_exit, it would change no count anyone sees.
-        Also when the flag is clear but ksmd, having taken the slot out, was preempted
-        before its mmdrop() by this very __mmput (markers.ksm_unlock_preemptions): ksmd
-        drops it when it next runs."""
+        Also when ksmd or an unmerge, having taken the slot out, was preempted before its
+        mmdrop() by this very __mmput, whatever the flag reads
+        (markers.ksm_unlock_preemptions): the remover drops it when it next runs."""
         mm = self.live.get(address(p.args.get("mm")))
         if p.line in self.taken_ahead or mm is None or mm.freed:
             return

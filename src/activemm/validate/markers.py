@@ -311,34 +311,43 @@ def proc_opens_around_mmput(events: list[TraceEvent]) -> dict[int, int]:
     return found
 
 
-def ksm_unlock_preemptions(events: list[TraceEvent]) -> dict[int, int]:
-    """exit_mmap marker line -> mm address, on a preemptible kernel: ksmd's
-    scan_get_next_rmap_item() (mm/ksm.c) found the mm's users gone, took its slot out (the
-    last remove_rmap_item_from_tree marker of it, mm_users 0), cleared MMF_VM_MERGEABLE and
-    mmap_read_unlock()ed it before its mmdrop(); the unlock woke the task whose __mmput
-    waited in __ksm_exit()'s mmap_write_lock() for ksmd to let go, and the woken task
-    preempted ksmd right there: ksmd's next event is its switch out ("R+") to that task,
-    whose exit_mmap marker of the mm (MMF_VM_MERGEABLE already clear) comes before ksmd runs
-    again. KSM's reference is still held at that marker, as when the flag is set
-    (kernel.ksm_keeps), and ksmd's mmdrop() comes when it next runs."""
-    found: dict[int, int] = {}
-    removed: dict[int, int] = {}  # ksmd's pid -> the mm whose rmap_item was its last event
-    woken: dict[int, tuple[int, int]] = {}  # pid switched in -> (ksmd's pid, mm)
+def ksm_unlock_preemptions(
+    events: list[TraceEvent],
+) -> dict[int, tuple[int, int, int | None]]:
+    """exit_mmap marker line -> (pid, mm address, that pid's next switch in: None past the
+    trace's end), on a preemptible kernel. KSM takes an exited mm's slot out (mm/ksm.c) in
+    ksmd's scan_get_next_rmap_item() or in an unmerge (unmerge_and_remove_all_rmap_items(),
+    2 written to /sys/kernel/mm/ksm/run) once it finds mm_users at 0: it removes the slot's
+    rmap_items (the remove_rmap_item_from_tree markers, mm_users 0), mmap_read_unlock()s the
+    mm and mmdrop()s it (ksmd clears MMF_VM_MERGEABLE before the unlock, the unmerge after
+    it). The unlock wakes the task whose __mmput waited in __ksm_exit()'s mmap_write_lock()
+    for KSM to let go, and the woken task may preempt the remover right there, before its
+    mmdrop(): the remover's next event after its last removal is its switch out ("R+") to
+    that task, whose exit_mmap marker of the mm comes before the remover runs again. KSM's
+    reference is held at that marker, whatever the flag reads, and the remover's mmdrop()
+    comes when it next runs."""
+    found: dict[int, tuple[int, int, int | None]] = {}
+    removed: dict[int, int] = {}  # pid -> the mm whose rmap_item was its last event
+    woken: dict[int, tuple[int, int]] = {}  # pid switched in -> (remover's pid, mm)
+    away: dict[int, list[int]] = {}  # remover's pid -> found lines awaiting its return
     for ev in events:
         if not isinstance(ev, TraceEvent):
             continue
         if isinstance(ev, SchedSwitch):
+            for line in away.pop(ev.next_pid, []):
+                found[line] = (*found[line][:2], ev.line)
             woken = {t: w for t, w in woken.items() if w[0] != ev.next_pid}
         mm = removed.pop(ev.pid, None)
-        if isinstance(ev, Probe) and ev.function == KSM_REMOVE and ev.comm == kv.KSMD:
+        if isinstance(ev, Probe) and ev.function == KSM_REMOVE:
             if ev.args.get("mm_users") == "0":
                 removed[ev.pid] = address(ev.args.get("mm"))
         elif isinstance(ev, SchedSwitch) and mm is not None and ev.prev_state.startswith("R"):
             woken[ev.next_pid] = (ev.prev_pid, mm)
         elif isinstance(ev, Probe) and ev.function == EXIT_MMAP and not ev.returned:
             w = woken.pop(ev.pid, None)
-            if w is not None and w[1] == address(ev.args.get("mm")) and not kv.ksm_keeps(ev):
-                found[ev.line] = w[1]
+            if w is not None and w[1] == address(ev.args.get("mm")):
+                found[ev.line] = (w[0], w[1], None)
+                away.setdefault(w[0], []).append(ev.line)
     return found
 
 
