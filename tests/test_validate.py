@@ -4216,6 +4216,45 @@ def test_an_unmerge_preempted_before_its_mmdrop_by_the_mmput_it_unblocked_drops_
     assert (r.mmdrop.matched, r.mmdrop.total) == (1, 1), r.mismatches
 
 
+def test_an_exit_mmap_waiting_after_a_flush_keeps_mmputs_share_until_it_returns(
+    tmp_path: Path,
+) -> None:
+    """As unseen47.c gave on 6.18 with 4 CPUs and on 6.17 with 3 (swap on a RAM disk): on
+    6.16 and later sched_process_exit comes before exit_mm(); app's exit_mmap() flushed
+    early (its CPU, lazy on the mm, switched to init_mm: the model runs __mmput there),
+    then waited ("D", a page being swapped) before returning. Meanwhile CPU 1, the last
+    lazy user, let go of the mm: not the last reference, __mmput()'s own mmdrop() after
+    exit_mmap returned was. A wait inside an exit_mmap whose return marker has not come is
+    not the end of __mmput."""
+    lines = _lazy_on_1_app_on_0()
+    cr3 = "tlb_flush: pages:-1 reason:flush on task switch (0)"
+    to_init_mm = (f"mmswitch: (switch_mm_irqs_off+0x0/0x470) prev=0x0 next={INIT_MM} tsk=0x0 "
+                  "t_pid=0 t_flags=0x0 t_mm=0x0 t_active_mm=0x0 t_comm=(fault)")  # fmt: skip
+    lines += [
+        _line("app", 50, 0, 1.0009, "sched_process_exit: comm=app pid=50 prio=120 group_dead=true"),
+        *_app_exits_on_0(),  # exit_mm(), exit_mmap
+        _line("app", 50, 0, 1.00115, to_init_mm),
+        _line("app", 50, 0, 1.00116, cr3),
+    ]  # fmt: skip
+    lines += _switch(0, 1.0012, ("app", 50, "D"), ("other", 70),
+                     _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+    lines += _switch(1, 1.0013, ("swapper/1", 0, "R"), ("reader", 60),
+                     _mmswitch(APP_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+    lines += _switch(0, 1.0014, ("other", 70, "S"), ("app", 50), _lazy(OTHER_MM, 50),
+                     OTHER_MM, OTHER_MM)  # fmt: skip
+    lines += [
+        _line("app", 50, 0, 1.0015, "mmputdone: (__mmput+0x3e/0x130 <- exit_mmap)"),
+        _line("app", 50, 0, 1.0016, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"),
+    ]
+    lines += _switch(0, 1.0020, ("app", 50, "X"), ("other", 70),
+                     _mmswitch(OTHER_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+    trace = tmp_path / "wait.txt"
+    trace.write_text("\n".join(lines) + "\n")
+    r = validate(trace, preset_name="linux-6.17-x86_64")
+    assert r.context_switches.matched == r.context_switches.total, r.mismatches
+    assert (r.mmdrop.matched, r.mmdrop.total) == (1, 1), r.mismatches
+
+
 def test_a_release_racing_a_lazy_cpu_is_tagged_a_race_on_both_sides() -> None:
     """score.DropScorer on a hand-made miss: an unmerge (task 209) removed the last rmap_item
     of exited mm A (its KSM release marker), CPU 2 let go of A lazily after that, and the

@@ -209,6 +209,7 @@ class Validator(MarkerSteps, Clocked):
         self.exit_lines: dict[int, list[int]] = {}
         self.exec_lines: dict[int, list[int]] = {}
         self.mmput_returns: dict[int, list[int]] = {}  # pid -> lines of exit_mmap returning
+        self.exit_mmap_lines: dict[int, list[int]] = {}  # pid -> lines of its exit_mmap markers
         self.finish_cpus: dict[int, list[int]] = {}  # CPU -> lines of cpuhp_enter(finish_cpu)
         self.offline_lines: dict[int, list[int]] = {}  # CPU -> its idle_task_exit markers
         # mm address -> lines of __khugepaged_exit markers that leave khugepaged holding it,
@@ -346,6 +347,7 @@ class Validator(MarkerSteps, Clocked):
                 continue  # exit_mmap returning (the marker of __mmput's end)
             if e.function == EXIT_MMAP:
                 self.exit_mmaps.setdefault(address(e.args.get("mm")), []).append((e.line, e.pid))
+                self.exit_mmap_lines.setdefault(e.pid, []).append(e.line)
                 if kv.ksm_keeps(e):
                     self.ksm_kept.setdefault(address(e.args.get("mm")), []).append(e.line)
             elif e.function == KSM_REMOVE and e.args.get("mm_users") == "0":
@@ -1813,8 +1815,23 @@ class Validator(MarkerSteps, Clocked):
     def _may_be_in_mmput(self, sw: SchedSwitch) -> bool:
         """A switch out that can come inside __mmput(): a preemption ("R", "R+"), or on
         PREEMPT_RT a wait for a sleeping spinlock_t ("D"); not a sleep, not the dead
-        task's last switch."""
-        return sw.prev_state.startswith("R") or sw.line in self.lock_waits
+        task's last switch. Any switch out is, with exit_mmap's return markers, while the
+        task's exit_mmap has not returned (a "D" wait in unmap_vmas() for a page being
+        swapped, after a flush that found its CPU lazy: unseen47.c on 6.18)."""
+        return (
+            sw.prev_state.startswith("R")
+            or sw.line in self.lock_waits
+            or self._inside_exit_mmap(sw.prev_pid, sw.line)
+        )
+
+    def _inside_exit_mmap(self, pid: int, line: int) -> bool:
+        """With exit_mmap's return markers in the trace: pid's last exit_mmap marker before
+        `line` has not returned by then (markers only)."""
+        if self.inputs != "markers" or not self.mmput_returns:
+            return False
+        start = line_before(self.exit_mmap_lines.get(pid, []), line)
+        end = next_line(self.mmput_returns.get(pid, []), start) if start is not None else None
+        return start is not None and (end is None or end > line)
 
     def _kernel_drop(self, p: Probe) -> None:
         """Where the kernel's __mmdrop ran: in finish_task_switch() (only after a switch from
