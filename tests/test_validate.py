@@ -4255,6 +4255,46 @@ def test_an_exit_mmap_waiting_after_a_flush_keeps_mmputs_share_until_it_returns(
     assert (r.mmdrop.matched, r.mmdrop.total) == (1, 1), r.mismatches
 
 
+def test_an_exiting_tasks_own_switch_to_init_mm_before_its_final_flush_is_followed(
+    tmp_path: Path,
+) -> None:
+    """As unseen47.c gave on 6.17 with 3 CPUs: app's exit_mmap() flushes twice with page
+    tables freed, first early on CPU 0 (its CPU, lazy after exit_mm(), switches to
+    init_mm: a CR3 load of its own), then, after a wait ("D") that brings it back on CPU 1,
+    at its end (tlb_finish_mmu(): CPU 1, lazy on the mm too, switches). The model runs
+    __mmput at the final flush, on CPU 1; CPU 0 follows the first one, as a lazy CPU
+    follows a flush IPI."""
+    lines = _lazy_on_1_app_on_0()
+    cr3 = "tlb_flush: pages:-1 reason:flush on task switch (0)"
+    to_init_mm = (f"mmswitch: (switch_mm_irqs_off+0x0/0x470) prev=0x0 next={INIT_MM} tsk=0x0 "
+                  "t_pid=0 t_flags=0x0 t_mm=0x0 t_active_mm=0x0 t_comm=(fault)")  # fmt: skip
+    lines += [
+        *_app_exits_on_0(),  # exit_mm(), exit_mmap
+        _line("app", 50, 0, 1.00115, "tlb_flush: pages:-1 reason:remote ipi send (4)"),
+        _line("app", 50, 0, 1.00116, to_init_mm),
+        _line("app", 50, 0, 1.00117, cr3),
+    ]  # fmt: skip
+    lines += _switch(0, 1.0012, ("app", 50, "D"), ("other", 70),
+                     _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+    lines += _switch(1, 1.0013, ("swapper/1", 0, "R"), ("app", 50), _lazy(APP_MM, 50),
+                     "0x0", "0x0")  # fmt: skip
+    lines += [
+        _line("app", 50, 1, 1.0014, to_init_mm),
+        _line("app", 50, 1, 1.00141, cr3),
+        _line("app", 50, 1, 1.0015, "mmputdone: (__mmput+0x3e/0x130 <- exit_mmap)"),
+        _line("app", 50, 1, 1.0016, "sched_process_exit: comm=app pid=50 prio=120"),
+    ]  # fmt: skip
+    lines += _switch(1, 1.0020, ("app", 50, "X"), ("reader", 60),
+                     _mmswitch(APP_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+    lines.append(_line("reader", 60, 1, 1.0021, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"))
+    trace = tmp_path / "early.txt"
+    trace.write_text("\n".join(lines) + "\n")
+    r = validate(trace, preset_name="linux-6.12-x86_64")
+    assert r.context_switches.matched == r.context_switches.total, r.mismatches
+    assert (r.mmdrop.matched, r.mmdrop.total) == (1, 1), r.mismatches
+    assert r.outside_schedule.matched == r.outside_schedule.total == 3, r.mismatches
+
+
 def test_a_release_racing_a_lazy_cpu_is_tagged_a_race_on_both_sides() -> None:
     """score.DropScorer on a hand-made miss: an unmerge (task 209) removed the last rmap_item
     of exited mm A (its KSM release marker), CPU 2 let go of A lazily after that, and the

@@ -785,6 +785,13 @@ class Validator(MarkerSteps, Clocked):
                 self.ctx = Context("flush", ev.line, ev.cpu, ev.pid)
                 self._refusable(self.m.leave_mm, ev.cpu)
                 self.result.learned["lazy CPU flushed to init_mm (tlb_flush in an IPI)"] += 1
+            elif self._exiting_lazy_load(ev):
+                self.ctx = Context("flush", ev.line, ev.cpu, ev.pid)
+                self._refusable(self.m.leave_mm, ev.cpu)
+                self.result.learned[
+                    "exiting task's CPU flushed to init_mm before exit_mmap's final flush "
+                    "(tlb_flush)"
+                ] += 1
             return
         if (
             isinstance(ev, TaskRename)
@@ -1488,6 +1495,24 @@ class Validator(MarkerSteps, Clocked):
             self._refusable(self._adopt_borrowed, ev.cpu, borrowed, ev.line)
         rq = self.m.state.rqs[ev.cpu]
         return rq.online and rq.curr.mm is None and not rq.tlb.loaded_mm.is_init_mm
+
+    def _exiting_lazy_load(self, ev: TlbFlush) -> bool:
+        """Markers: a CR3 load of the exiting task itself, past its exit_mm() (the model's
+        CPU lazy on the old mm), that is not where the model runs its __mmput (the final
+        flush, MarkerSteps._defer_to_last): a flush of the mm with page tables freed earlier
+        in exit_mmap() (x86 flush_tlb_mm_range() runs flush_tlb_func() on its own CPU,
+        which, lazy, switches to init_mm): the model's CPU follows it, as a lazy CPU
+        follows a flush IPI (unseen47.c on 6.17, swap on a RAM disk). active_mm and its
+        reference stay."""
+        if self.inputs != "markers" or not ev.own_cr3_load or ev.hardirq:
+            return False
+        if ev.cpu in self.pending or ev.cpu >= len(self.m.state.rqs):
+            return False
+        rq = self.m.state.rqs[ev.cpu]
+        t = rq.curr
+        if t is not self.replayer.tasks.get(ev.pid) or t.pf_kthread or t.mm is not None:
+            return False
+        return rq.online and t.exiting and rq.tlb.is_lazy and not rq.tlb.loaded_mm.is_init_mm
 
     # -- context switches -------------------------------------------------------------
 
