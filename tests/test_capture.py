@@ -1167,6 +1167,26 @@ def test_the_vhost_modules_come_uncompressed_in_load_order(tmp_path: Path) -> No
     assert guest.kernel_modules(tmp_path / "nowhere", guest.VHOST_MODULES) == []
 
 
+def test_a_merged_usr_package_has_its_modules_found(tmp_path: Path) -> None:
+    """Debian 13's image packages (6.17, 6.18 from trixie-backports) ship their modules in
+    usr/lib/modules/RELEASE, beside boot/vmlinuz-RELEASE; sid's keep vmlinuz in that very
+    directory. --module brd found none there and said brd was built in (it is a module,
+    brd.ko.xz)."""
+    import lzma
+
+    release = "6.17.13+deb13-amd64"
+    tree = tmp_path / "usr" / "lib" / "modules" / release
+    (tree / "kernel/drivers/block").mkdir(parents=True)
+    (tree / "kernel/drivers/block/brd.ko.xz").write_bytes(lzma.compress(b"\x7fELF brd"))
+    image = KernelImage(release, tmp_path / "boot" / f"vmlinuz-{release}", tmp_path, tmp_path)
+    assert image.modules == tree
+    assert guest.named_modules(image.modules, ("brd",)) == [("brd", b"\x7fELF brd")]
+    sid = KernelImage(release, tree / "vmlinuz", tmp_path, tmp_path)
+    assert sid.modules == tree
+    bare = KernelImage(release, tmp_path / "a" / "b" / "vmlinuz", tmp_path, tmp_path)
+    assert bare.modules == tmp_path / "a" / "lib" / "modules" / release  # (none: in errors)
+
+
 def test_kernel_parameters_asked_for_reach_the_guests_command_line(tmp_path: Path) -> None:
     """--kernel-args words go on the guest's command line (preempt=full boots Debian's
     PREEMPT_DYNAMIC kernels fully preemptible); a word that is no parameter, or one the

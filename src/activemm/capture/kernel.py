@@ -67,8 +67,19 @@ class KernelImage:
 
     @property
     def modules(self) -> Path:
-        """lib/modules/RELEASE of the unpacked package (it may not exist for --kernel)."""
-        return self.vmlinuz.parent.parent / "lib" / "modules" / self.release
+        """lib/modules/RELEASE of the unpacked package, or usr/lib/modules/RELEASE where the
+        package ships a merged /usr (Debian 13's; its sid images keep vmlinuz in that very
+        directory); the first of those that exists (none may, for --kernel)."""
+        root = self.vmlinuz.parent.parent
+        candidates = [
+            root / "lib" / "modules" / self.release,
+            root / "usr" / "lib" / "modules" / self.release,
+            self.vmlinuz.parent,
+        ]
+        found = [c for c in candidates[:2] if c.is_dir()]
+        if not found and self.vmlinuz.parent.name == self.release:
+            found = [self.vmlinuz.parent]
+        return found[0] if found else candidates[0]
 
 
 def debian_package(generation: str) -> str:
