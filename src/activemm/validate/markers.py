@@ -320,16 +320,18 @@ def ksm_unlock_preemptions(
     2 written to /sys/kernel/mm/ksm/run) once it finds mm_users at 0: it removes the slot's
     rmap_items (the remove_rmap_item_from_tree markers, mm_users 0), mmap_read_unlock()s the
     mm and mmdrop()s it (ksmd clears MMF_VM_MERGEABLE before the unlock, the unmerge after
-    it). The unlock wakes the task whose __mmput waited in __ksm_exit()'s mmap_write_lock()
-    for KSM to let go, and the woken task may preempt the remover right there, before its
-    mmdrop(): the remover's next event after its last removal is its switch out ("R+") to
-    that task, whose exit_mmap marker of the mm comes before the remover runs again. KSM's
-    reference is held at that marker, whatever the flag reads, and the remover's mmdrop()
-    comes when it next runs."""
+    it). The unlock wakes the task whose __mmput waits for KSM to let go of the mmap lock,
+    in __ksm_exit()'s mmap_write_lock() or, later, in exit_mmap()'s, and the woken task may
+    preempt the remover right there, before its mmdrop(): the remover's next event after
+    its last removal is its switch out ("R+") to that task, whose exit_mmap of the mm is
+    under way (its marker came, its return not yet) or comes next, before the remover runs
+    again. KSM's reference is held at that marker, whatever the flag reads, and the
+    remover's mmdrop() comes when it next runs, not at its last removal."""
     found: dict[int, tuple[int, int, int | None]] = {}
     removed: dict[int, int] = {}  # pid -> the mm whose rmap_item was its last event
     woken: dict[int, tuple[int, int]] = {}  # pid switched in -> (remover's pid, mm)
     away: dict[int, list[int]] = {}  # remover's pid -> found lines awaiting its return
+    inside: dict[int, tuple[int, int]] = {}  # pid -> (its exit_mmap marker's line, mm)
     for ev in events:
         if not isinstance(ev, TraceEvent):
             continue
@@ -342,8 +344,16 @@ def ksm_unlock_preemptions(
             if ev.args.get("mm_users") == "0":
                 removed[ev.pid] = address(ev.args.get("mm"))
         elif isinstance(ev, SchedSwitch) and mm is not None and ev.prev_state.startswith("R"):
-            woken[ev.next_pid] = (ev.prev_pid, mm)
-        elif isinstance(ev, Probe) and ev.function == EXIT_MMAP and not ev.returned:
+            under_way = inside.get(ev.next_pid)
+            if under_way is not None and under_way[1] == mm:
+                found[under_way[0]] = (ev.prev_pid, mm, None)
+                away.setdefault(ev.prev_pid, []).append(under_way[0])
+            else:
+                woken[ev.next_pid] = (ev.prev_pid, mm)
+        elif isinstance(ev, Probe) and ev.function == EXIT_MMAP and ev.returned:
+            inside.pop(ev.pid, None)
+        elif isinstance(ev, Probe) and ev.function == EXIT_MMAP:
+            inside[ev.pid] = (ev.line, address(ev.args.get("mm")))
             w = woken.pop(ev.pid, None)
             if w is not None and w[1] == address(ev.args.get("mm")):
                 found[ev.line] = (w[0], w[1], None)
