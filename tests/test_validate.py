@@ -4123,7 +4123,7 @@ def test_a_ksm_slot_with_no_rmap_items_is_dropped_by_ksmds_next_scan(
     assert r.learned["KSM's reference outliving __mmput (exit_mmap marker's flags)"] == 1
 
 
-@pytest.mark.parametrize("woken", ["app", "other", "inside"])
+@pytest.mark.parametrize("woken", ["app", "other", "inside", "scanning"])
 def test_ksmd_preempted_before_its_mmdrop_by_the_mmput_it_unblocked_drops_last(
     tmp_path: Path, woken: str
 ) -> None:
@@ -4137,7 +4137,10 @@ def test_ksmd_preempted_before_its_mmdrop_by_the_mmput_it_unblocked_drops_last(
     mmdrop() was not done already, and the marker's clear flag is taken as it reads.
     "inside" (6.1-rt with 3 CPUs, seed 4722): app waited inside exit_mmap(), in its
     mmap_write_lock() after the unmapping, its marker (the flag still set) before ksmd's
-    removals: the reference goes when ksmd runs again too, not at its last removal."""
+    removals: the reference goes when ksmd runs again too, not at its last removal.
+    "scanning" (6.1 preempt=full with 3 CPUs, seed 4727): ksmd's scan unlocks the mm after
+    each page, which wakes app too; its exit_mmap reads the flag set and ksmd removes the
+    slot's last rmap_items later, its mmdrop() right after them."""
     lines = _lazy_on_1_app_on_0()
     lines += _switch(1, 1.0004, ("swapper/1", 0, "R"), ("reader", 60),
                      _mmswitch(APP_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
@@ -4146,7 +4149,7 @@ def test_ksmd_preempted_before_its_mmdrop_by_the_mmput_it_unblocked_drops_last(
               f"tsk={TSK[50]} t_pid=50 t_flags=0x40004c t_mm=0x0 t_active_mm={APP_MM} "
               "t_comm=\"app\""),
     ]  # fmt: skip
-    flags = "0x800100cd" if woken == "inside" else "0xcd"  # MMF_VM_MERGEABLE set, or clear
+    flags = "0x800100cd" if woken in ("inside", "scanning") else "0xcd"  # MMF_VM_MERGEABLE
     marker = f"mmput: (exit_mmap+0x0/0x310) mm={APP_MM} flags={flags}"
     if woken == "inside":
         lines.append(_line("app", 50, 0, 1.00105, marker))
@@ -4164,6 +4167,11 @@ def test_ksmd_preempted_before_its_mmdrop_by_the_mmput_it_unblocked_drops_last(
                          "0x0", "0x0")  # fmt: skip
     if woken != "inside":
         lines.append(_line("app", 50, 0, 1.0015, marker))
+    if woken == "scanning":  # ksmd runs again before app's __mmput is over
+        lines += _switch(0, 1.00152, ("app", 50, "D"), ("ksmd", 52), _lazy(APP_MM, 52),
+                         "0x0", "0x0")  # fmt: skip
+        lines += _switch(0, 1.00155, ("ksmd", 52, "R+"), ("app", 50), _lazy(APP_MM, 50),
+                         "0x0", "0x0")  # fmt: skip
     lines += [
         _line("app", 50, 0, 1.0016, "mmputdone: (__mmput+0x3e/0x130 <- exit_mmap)"),
         _line("app", 50, 0, 1.0017, "sched_process_exit: comm=app pid=50 prio=120"),
@@ -4177,16 +4185,18 @@ def test_ksmd_preempted_before_its_mmdrop_by_the_mmput_it_unblocked_drops_last(
                          _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
         lines += _switch(0, 1.0030, ("other", 70, "R+"), ("ksmd", 52), _lazy(OTHER_MM, 52),
                          OTHER_MM, OTHER_MM)  # fmt: skip
+        if woken == "scanning":
+            lines += [_line("ksmd", 52, 0, 1.00305 + k * 1e-6, remove) for k in range(2)]
         lines.append(_line("ksmd", 52, 0, 1.0031, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"))
     trace = tmp_path / "ksm.txt"
     trace.write_text("\n".join(lines) + "\n")
     for args in ("preempt=full", ""):
-        kept = woken == "inside" or (woken == "app" and args != "")
+        kept = woken in ("inside", "scanning") or (woken == "app" and args != "")
         r = validate(trace, preset_name="linux-6.12-x86_64", kernel_args=args)
         learned = r.learned["KSM's reference outliving __mmput (exit_mmap marker's flags)"]
         assert learned == kept, (args, r.learned)
         assert r.context_switches.matched == r.context_switches.total, r.mismatches
-        matched = woken == "other" or (woken != "other" and args != "")
+        matched = woken in ("other", "scanning") or args != ""
         assert (r.mmdrop.matched == r.mmdrop.total) == matched, (args, r.mismatches)
 
 

@@ -326,12 +326,24 @@ def ksm_unlock_preemptions(
     its last removal is its switch out ("R+") to that task, whose exit_mmap of the mm is
     under way (its marker came, its return not yet) or comes next, before the remover runs
     again. KSM's reference is held at that marker, whatever the flag reads, and the
-    remover's mmdrop() comes when it next runs, not at its last removal."""
+    remover's mmdrop() comes when it next runs, not at its last removal. Only when that
+    removal was the last of the mm's life: ksmd's scan also unlocks the mm after each page
+    it looks at (scan_get_next_rmap_item() returns with the lock dropped), which wakes the
+    waiter as well, and removes the slot later."""
     found: dict[int, tuple[int, int, int | None]] = {}
-    removed: dict[int, int] = {}  # pid -> the mm whose rmap_item was its last event
-    woken: dict[int, tuple[int, int]] = {}  # pid switched in -> (remover's pid, mm)
+    removals: dict[int, list[int]] = {}  # mm -> lines of its removals (mm_users 0)
+    drops: dict[int, list[int]] = {}  # mm -> lines of its __mmdrop (ends of its lives)
+    last_removal: dict[int, int] = {}  # found line -> the removal before the preemption
+    removed: dict[int, tuple[int, int]] = {}  # pid -> (mm, line) of its last event, a removal
+    woken: dict[int, tuple[int, int, int]] = {}  # pid switched in -> (remover, mm, removal)
     away: dict[int, list[int]] = {}  # remover's pid -> found lines awaiting its return
     inside: dict[int, tuple[int, int]] = {}  # pid -> (its exit_mmap marker's line, mm)
+
+    def note(line: int, remover: int, mm: int, removal: int) -> None:
+        found[line] = (remover, mm, None)
+        last_removal[line] = removal
+        away.setdefault(remover, []).append(line)
+
     for ev in events:
         if not isinstance(ev, TraceEvent):
             continue
@@ -339,25 +351,33 @@ def ksm_unlock_preemptions(
             for line in away.pop(ev.next_pid, []):
                 found[line] = (*found[line][:2], ev.line)
             woken = {t: w for t, w in woken.items() if w[0] != ev.next_pid}
-        mm = removed.pop(ev.pid, None)
+        gone = removed.pop(ev.pid, None)
+        if isinstance(ev, Probe) and ev.function == MMDROP:
+            drops.setdefault(address(ev.args.get("mm")), []).append(ev.line)
         if isinstance(ev, Probe) and ev.function == KSM_REMOVE:
             if ev.args.get("mm_users") == "0":
-                removed[ev.pid] = address(ev.args.get("mm"))
-        elif isinstance(ev, SchedSwitch) and mm is not None and ev.prev_state.startswith("R"):
+                mm = address(ev.args.get("mm"))
+                removed[ev.pid] = (mm, ev.line)
+                removals.setdefault(mm, []).append(ev.line)
+        elif isinstance(ev, SchedSwitch) and gone is not None and ev.prev_state.startswith("R"):
             under_way = inside.get(ev.next_pid)
-            if under_way is not None and under_way[1] == mm:
-                found[under_way[0]] = (ev.prev_pid, mm, None)
-                away.setdefault(ev.prev_pid, []).append(under_way[0])
+            if under_way is not None and under_way[1] == gone[0]:
+                note(under_way[0], ev.prev_pid, *gone)
             else:
-                woken[ev.next_pid] = (ev.prev_pid, mm)
+                woken[ev.next_pid] = (ev.prev_pid, *gone)
         elif isinstance(ev, Probe) and ev.function == EXIT_MMAP and ev.returned:
             inside.pop(ev.pid, None)
         elif isinstance(ev, Probe) and ev.function == EXIT_MMAP:
             inside[ev.pid] = (ev.line, address(ev.args.get("mm")))
             w = woken.pop(ev.pid, None)
             if w is not None and w[1] == address(ev.args.get("mm")):
-                found[ev.line] = (w[0], w[1], None)
-                away.setdefault(w[0], []).append(ev.line)
+                note(ev.line, *w)
+    for line, (_, mm, _) in list(found.items()):
+        removal = last_removal[line]
+        end = next_line(drops.get(mm, []), removal) or 1 << 62
+        later = next_line(removals.get(mm, []), removal)
+        if later is not None and later < end:
+            del found[line]  # the slot went later: its removals go on after the waiter ran
     return found
 
 
