@@ -2567,9 +2567,21 @@ def test_preempt_rt_frees_the_last_lazy_users_mm_from_an_rcu_callback(
     # and, the plain preset's __mmput never waiting for a lock after exit_mmap() returns,
     # the frees at the end of one that did (test_preempt_rt_an_exit_waiting_for_a_lock_...)
     waited = [m for m in drops if m["kernel"].get("freed_at", [""])[0] == "__mmput"]
-    assert len(drops) == len(in_rcu) + len(model_side) + len(waited)
+    # and KSM's remover preempted by the __mmput its unlock woke, before its mmdrop() (a
+    # plain kernel at preempt=voluntary runs on to it): the remover's later free, and the
+    # model's at that __mmput
+    events = list(read_trace(str(capture / "trace.txt.gz")))
+    ksm = {a for _, a, _ in markers.ksm_unlock_preemptions(events).values()}
+    late_ksm = [m for m in drops if m not in in_rcu + model_side + waited]
+    assert all(kv.address(m["kernel"].get("mm")) in ksm for m in late_ksm), late_ksm
+    assert len(drops) == len(in_rcu) + len(model_side) + len(waited) + len(late_ksm)
     assert not {m["line"] for m in waited} & {m["line"] for m in every}
-    assert {m["predicted"]["freed_at"][0] for m in model_side} == {"finish_task_switch"}
+    model_frees = {
+        m["predicted"]["freed_at"][0]
+        for m in model_side
+        if kv.address(m["predicted"].get("address")) not in ksm
+    }
+    assert model_frees == {"finish_task_switch"}
 
 
 def test_sched_inputs_follow_an_exec_preempted_inside_exec_mmap(
@@ -2898,7 +2910,7 @@ def _hidden_reference_followed(capture: Path, learned: str, count: int) -> None:
     outside schedule may miss: vCPU IPI timing); with tracepoints only, the misses it causes
     carry the held-outside cause."""
     r = validate(capture)
-    assert r.learned[learned] == count
+    assert sum(n for k, n in r.learned.items() if k.startswith(learned)) == count, r.learned
     assert r.context_switches.matched == r.context_switches.total, r.mismatches
     _every_drop_but_races(r, capture)
     assert score.UNEXPLAINED not in r.causes
@@ -3163,7 +3175,8 @@ def test_khugepaged_references_are_followed_at_their_markers(capture: Path) -> N
         "(collect_mm_slot+" in a and "mm_users=0" in a and "(__mmdrop+" in b
         for a, b in itertools.pairwise(lines)
     )
-    learned = "khugepaged's reference outliving __mmput (__khugepaged_exit marker)"
+    # (at its marker, or at an exec for the exec's old mm)
+    learned = "khugepaged's reference outliving "
     if "khugepaged" in capture.name:  # the workload written for it
         assert kept >= 2 and collected >= 1
         assert freed_there >= 1 or "6.12-" in capture.name
@@ -3171,7 +3184,7 @@ def test_khugepaged_references_are_followed_at_their_markers(capture: Path) -> N
         _hidden_reference_followed(capture, learned, kept)
     else:  # the cursor rested on none of them (linux-6.1-smp16-program6): nothing held
         r = _scored(capture)
-        assert r.learned[learned] == 0
+        assert not any(k.startswith(learned) for k in r.learned)
         assert r.mmdrop.matched == r.mmdrop.total, r.mismatches
 
 
@@ -3211,8 +3224,14 @@ def test_ksm_references_are_followed_at_their_markers(capture: Path, tmp_path: P
     if "program30" in capture.name:  # the program written for it: ksmd frees mms there
         assert kept >= 3 and by_ksmd >= 2
     r = _scored(capture)
+    # on a preemptible kernel, also the markers whose __mmput preempted KSM's remover before
+    # its mmdrop() (markers.ksm_unlock_preemptions), the flag cleared there or not
+    events = {e.line: e for e in read_trace(str(capture / "trace.txt.gz"))}
+    preemptible = r.preemption in ("full", "lazy", "rt")
+    unlocked = markers.ksm_unlock_preemptions(list(events.values())) if preemptible else {}
+    unflagged = sum(not kv.ksm_keeps(events[line]) for line in unlocked)  # type: ignore[arg-type]
     taken = {k: v for k, v in r.learned.items() if k.startswith("KSM's reference outliving")}
-    assert sum(taken.values()) == kept, taken
+    assert sum(taken.values()) == kept + unflagged, taken
     assert r.context_switches.matched == r.context_switches.total, r.mismatches
     _every_drop_but_races(r, capture)
     # the same trace without mm->flags: nothing says KSM kept an mm
@@ -3223,7 +3242,7 @@ def test_ksm_references_are_followed_at_their_markers(capture: Path, tmp_path: P
     with gzip.open(tmp_path / "old" / "trace.txt.gz", "wt") as f:
         f.write(unflagged)
     old = validate(tmp_path / "old")
-    assert not any(k.startswith("KSM's") for k in old.learned)
+    assert sum(n for k, n in old.learned.items() if k.startswith("KSM's")) == len(unlocked)
     held = [m for m in old.mismatches if m["group"] == "mmdrop" and m["line"] and
             m["cause"] == score.HELD_OUTSIDE]  # fmt: skip
     assert old.mmdrop.matched <= r.mmdrop.matched
@@ -3904,9 +3923,13 @@ def test_a_fully_preemptible_kernels_exit_preempted_inside_mmput_frees_its_mm_it
     v = validate(voluntary)
     assert v.preemption == "voluntary"
     assert v.context_switches.matched == r.context_switches.matched
-    assert r.mmdrop.matched - v.mmdrop.matched == cases
+    # and each KSM remover preempted before its mmdrop() by the __mmput it woke
+    # (markers.ksm_unlock_preemptions), which preempt=voluntary does not let happen
+    events = list(read_trace(str(capture / "trace.txt.gz")))
+    ksm = len(markers.ksm_unlock_preemptions(events))
+    assert r.mmdrop.matched - v.mmdrop.matched == cases + ksm
     causes = {m["cause"] for m in v.mismatches if m["group"] == "mmdrop"}
-    assert causes <= {score.RACE, score.ELSEWHERE}
+    assert causes <= {score.RACE, score.ELSEWHERE} | ({score.HELD_OUTSIDE} if ksm else set())
 
 
 @pytest.mark.parametrize(
