@@ -4146,7 +4146,7 @@ def test_a_ksm_slot_with_no_rmap_items_is_dropped_by_ksmds_next_scan(
     assert r.learned["KSM's reference outliving __mmput (exit_mmap marker's flags)"] == 1
 
 
-@pytest.mark.parametrize("woken", ["app", "other", "inside", "scanning"])
+@pytest.mark.parametrize("woken", ["app", "other", "inside", "scanning", "ran on"])
 def test_ksmd_preempted_before_its_mmdrop_by_the_mmput_it_unblocked_drops_last(
     tmp_path: Path, woken: str
 ) -> None:
@@ -4163,7 +4163,9 @@ def test_ksmd_preempted_before_its_mmdrop_by_the_mmput_it_unblocked_drops_last(
     removals: the reference goes when ksmd runs again too, not at its last removal.
     "scanning" (6.1 preempt=full with 3 CPUs, seed 4727): ksmd's scan unlocks the mm after
     each page, which wakes app too; its exit_mmap reads the flag set and ksmd removes the
-    slot's last rmap_items later, its mmdrop() right after them."""
+    slot's last rmap_items later, its mmdrop() right after them. "ran on": ksmd is
+    preempted by app only 5 ms after its last removal (markers.KSM_UNLOCK_GAP): it went on
+    to other mms, its mmdrop() done, and app's CPU, letting go of the mm, frees it."""
     lines = _lazy_on_1_app_on_0()
     lines += _switch(1, 1.0004, ("swapper/1", 0, "R"), ("reader", 60),
                      _mmswitch(APP_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
@@ -4180,6 +4182,7 @@ def test_ksmd_preempted_before_its_mmdrop_by_the_mmput_it_unblocked_drops_last(
                      "0x0", "0x0")  # fmt: skip
     remove = f"ksmremove: (remove_rmap_item_from_tree+0x0/0x1b0) mm={APP_MM} mm_users=0"
     lines += [_line("ksmd", 52, 0, 1.0012 + k * 1e-5, remove) for k in range(3)]
+    cut = len(lines)  # (for "ran on", 5 ms later from here)
     if woken == "other":  # preempted by another task first (its mmdrop() done), then app
         lines += _switch(0, 1.0013, ("ksmd", 52, "R+"), ("other", 70),
                          _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
@@ -4203,6 +4206,12 @@ def test_ksmd_preempted_before_its_mmdrop_by_the_mmput_it_unblocked_drops_last(
         lines.insert(-1, _line("app", 50, 0, 1.00165, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"))
         lines += _switch(0, 1.0020, ("app", 50, "X"), ("ksmd", 52), _lazy(OTHER_MM, 52),
                          "0x0", "0x0")  # fmt: skip
+    elif woken == "ran on":  # app's CPU lets go of the mm last
+        lines += _switch(0, 1.0020, ("app", 50, "X"), ("other", 70),
+                         _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+        lines.append(_line("other", 70, 0, 1.00205, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"))
+        later = lambda m: f" {float(m[1]) + 0.005:.6f}: "  # noqa: E731
+        lines[cut:] = [re.sub(r" (\d+\.\d{6}): ", later, x, count=1) for x in lines[cut:]]
     else:
         lines += _switch(0, 1.0020, ("app", 50, "X"), ("other", 70),
                          _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
@@ -4219,7 +4228,7 @@ def test_ksmd_preempted_before_its_mmdrop_by_the_mmput_it_unblocked_drops_last(
         learned = r.learned["KSM's reference outliving __mmput (exit_mmap marker's flags)"]
         assert learned == kept, (args, r.learned)
         assert r.context_switches.matched == r.context_switches.total, r.mismatches
-        matched = woken in ("other", "scanning") or args != ""
+        matched = woken in ("other", "scanning", "ran on") or args != ""
         assert (r.mmdrop.matched == r.mmdrop.total) == matched, (args, r.mismatches)
 
 

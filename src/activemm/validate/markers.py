@@ -311,6 +311,11 @@ def proc_opens_around_mmput(events: list[TraceEvent]) -> dict[int, int]:
     return found
 
 
+# markers.ksm_unlock_preemptions: the longest a remover's preemption may come after its
+# last removal to be the one its unlock's wakeup caused, before its mmdrop() (seconds)
+KSM_UNLOCK_GAP = 0.001
+
+
 def ksm_unlock_preemptions(
     events: list[TraceEvent],
 ) -> dict[int, tuple[int, int, int | None]]:
@@ -329,7 +334,11 @@ def ksm_unlock_preemptions(
     remover's mmdrop() comes when it next runs, not at its last removal. Only when that
     removal was the last of the mm's life: ksmd's scan also unlocks the mm after each page
     it looks at (scan_get_next_rmap_item() returns with the lock dropped), which wakes the
-    waiter as well, and removes the slot later."""
+    waiter as well, and removes the slot later. And only when the switch out came straight
+    after that removal (KSM_UNLOCK_GAP): freeing the slot, the unlock and the wakeup's
+    preemption take tens of microseconds, under TCG too (14 to 86 on our captures); a
+    remover that ran on for milliseconds without a marker went on to other mms, its
+    mmdrop() done (7.6 ms on 6.1-rt with 3 CPUs, the waiter's own mmdrop() the last)."""
     found: dict[int, tuple[int, int, int | None]] = {}
     removals: dict[int, list[int]] = {}  # mm -> lines of its removals (mm_users 0)
     drops: dict[int, list[int]] = {}  # mm -> lines of its __mmdrop (ends of its lives)
@@ -338,6 +347,7 @@ def ksm_unlock_preemptions(
     woken: dict[int, tuple[int, int, int]] = {}  # pid switched in -> (remover, mm, removal)
     away: dict[int, list[int]] = {}  # remover's pid -> found lines awaiting its return
     inside: dict[int, tuple[int, int]] = {}  # pid -> (its exit_mmap marker's line, mm)
+    removal_ts: dict[int, float] = {}  # pid -> when its last removal was
 
     def note(line: int, remover: int, mm: int, removal: int) -> None:
         found[line] = (remover, mm, None)
@@ -358,8 +368,14 @@ def ksm_unlock_preemptions(
             if ev.args.get("mm_users") == "0":
                 mm = address(ev.args.get("mm"))
                 removed[ev.pid] = (mm, ev.line)
+                removal_ts[ev.pid] = ev.ts
                 removals.setdefault(mm, []).append(ev.line)
-        elif isinstance(ev, SchedSwitch) and gone is not None and ev.prev_state.startswith("R"):
+        elif (
+            isinstance(ev, SchedSwitch)
+            and gone is not None
+            and ev.prev_state.startswith("R")
+            and ev.ts - removal_ts.get(ev.prev_pid, ev.ts) <= KSM_UNLOCK_GAP
+        ):
             under_way = inside.get(ev.next_pid)
             if under_way is not None and under_way[1] == gone[0]:
                 note(under_way[0], ev.prev_pid, *gone)
