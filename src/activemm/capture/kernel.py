@@ -74,12 +74,10 @@ class KernelImage:
         candidates = [
             root / "lib" / "modules" / self.release,
             root / "usr" / "lib" / "modules" / self.release,
-            self.vmlinuz.parent,
         ]
-        found = [c for c in candidates[:2] if c.is_dir()]
-        if not found and self.vmlinuz.parent.name == self.release:
-            found = [self.vmlinuz.parent]
-        return found[0] if found else candidates[0]
+        if self.vmlinuz.parent.name == self.release:
+            candidates.append(self.vmlinuz.parent)
+        return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 def debian_package(generation: str) -> str:
