@@ -417,6 +417,7 @@ def test_kprobes_carry_this_kernels_offsets() -> None:
     assert (
         f"r{guest.MAXACTIVE}:activemm/mmputdone exit_mmap" in defs
     )  # __mmput's end: exit_mmap returning
+    assert f"r{guest.MAXACTIVE}:activemm/mmputend mmput" in defs  # and mmput returning
     assert not any("io_destroy_buffers" in d for d in defs)  # no io_ring_ctx in the BTF
     ring = guest.kprobe_definitions({"pid": 1, "flags": 2, "mm": 3, "active_mm": 4, "comm": 5},
                                     {"mm_account": 984})  # fmt: skip

@@ -36,7 +36,7 @@ from activemm.trace.readers import TraceError, read_trace
 from activemm.trace.replay import load_task_snapshot
 from activemm.validate import kernel as kv
 from activemm.validate import markers, release_version, score, validate
-from activemm.validate.core import Validator
+from activemm.validate.core import MMPUT_SWITCHED, Validator
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
 ALL = sorted(p for p in CAPTURES.iterdir() if p.is_dir())
@@ -1553,6 +1553,22 @@ def _lazy(mm: str, pid: int) -> str:
             f"t_flags=0x4200042 t_mm=0x0 t_active_mm=0x0 t_comm=\"x\"")  # fmt: skip
 
 
+def _app_exit_mm(cpu: int, into: str = "__mmput+0x3e/0x130") -> list[str]:
+    """app (pid 50) leaves its mm on `cpu` (exit_mm()'s enter_lazy_tlb) and runs __mmput:
+    exit_mmap(), whose flush finds the CPU lazy on that mm and switches it to init_mm
+    (switch_mm_irqs_off(NULL, &init_mm, NULL)), and its return into `into`."""
+    return [
+        _line("app", 50, cpu, 1.0010, f"lazytlb: (enter_lazy_tlb+0x0/0x30) mm={APP_MM} "
+              f"tsk={TSK[50]} t_pid=50 t_flags=0x40010c t_mm=0x0 t_active_mm={APP_MM} "
+              "t_comm=\"app\""),
+        _line("app", 50, cpu, 1.0011, f"mmput: (exit_mmap+0x0/0x310) mm={APP_MM}"),
+        _line("app", 50, cpu, 1.00115, f"mmswitch: (switch_mm_irqs_off+0x0/0x470) prev=0x0 "
+              f"next={INIT_MM} tsk=0x0 t_pid=0 t_flags=0x0 t_mm=0x0 t_active_mm=0x0 t_comm="),
+        _line("app", 50, cpu, 1.00116, "tlb_flush: pages:-1 reason:flush on task switch (0)"),
+        _line("app", 50, cpu, 1.0012, f"mmputdone: ({into} <- exit_mmap)"),
+    ]  # fmt: skip
+
+
 def _app_exits_while_a_reader_runs() -> list[str]:
     """app (pid 50, CPU 1) and reader (pid 60, CPU 0) run; app exits (exit_mm, its
     sched_process_exit, its last switch to the idle task) and CPU 1 lets go of app's mm,
@@ -1648,16 +1664,7 @@ def test_process_mrelease_holding_the_last_reference_frees_the_mm_at_its_return(
         lines += [
             _line("killer", 60, 0, 1.0003, f"mreleasetask: ({caller}+0x7a/0x1e0 <- "
                   f"pidfd_get_task) ret={TSK[50]} t_pid=50"),
-            _line("app", 50, 1, 1.0010, f"lazytlb: (enter_lazy_tlb+0x0/0x30) mm={APP_MM} "
-                  f"tsk={TSK[50]} t_pid=50 t_flags=0x40010c t_mm=0x0 t_active_mm={APP_MM} "
-                  "t_comm=\"app\""),
-            _line("app", 50, 1, 1.0011, f"mmput: (exit_mmap+0x0/0x310) mm={APP_MM}"),
-            # its flush finds CPU 1 lazy: switch_mm_irqs_off(NULL, &init_mm, NULL)
-            _line("app", 50, 1, 1.00115, f"mmswitch: (switch_mm_irqs_off+0x0/0x470) prev=0x0 "
-                  f"next={INIT_MM} tsk=0x0 t_pid=0 t_flags=0x0 t_mm=0x0 t_active_mm=0x0 "
-                  "t_comm="),
-            _line("app", 50, 1, 1.00116, "tlb_flush: pages:-1 reason:flush on task switch (0)"),
-            _line("app", 50, 1, 1.0012, "mmputdone: (__mmput+0x3e/0x130 <- exit_mmap)"),
+            *_app_exit_mm(1),
             _line("app", 50, 1, 1.0013, "sched_process_exit: comm=app pid=50 prio=120"),
         ]  # fmt: skip
         lines += _switch(1, 1.0014, ("app", 50, "Z"), ("swapper/1", 0), _lazy(APP_MM, 0),
@@ -1711,14 +1718,7 @@ def test_a_release_drop_right_after_a_finish_is_told_by_its_preempt_depth(
     lines += _switch(0, 1.0003, ("killer", 60, "R+"), ("app", 50),
                      _mmswitch(READER_MM, APP_MM, 50), READER_MM, READER_MM)  # fmt: skip
     lines += [
-        _line("app", 50, 0, 1.0010, f"lazytlb: (enter_lazy_tlb+0x0/0x30) mm={APP_MM} "
-              f"tsk={TSK[50]} t_pid=50 t_flags=0x40010c t_mm=0x0 t_active_mm={APP_MM} "
-              "t_comm=\"app\""),
-        _line("app", 50, 0, 1.0011, f"mmput: (exit_mmap+0x0/0x310) mm={APP_MM}"),
-        _line("app", 50, 0, 1.00115, f"mmswitch: (switch_mm_irqs_off+0x0/0x470) prev=0x0 "
-              f"next={INIT_MM} tsk=0x0 t_pid=0 t_flags=0x0 t_mm=0x0 t_active_mm=0x0 t_comm="),
-        _line("app", 50, 0, 1.00116, "tlb_flush: pages:-1 reason:flush on task switch (0)"),
-        _line("app", 50, 0, 1.0012, "mmputdone: (__mmput+0x3e/0x130 <- exit_mmap)"),
+        *_app_exit_mm(0),
         _line("app", 50, 0, 1.0013, "sched_process_exit: comm=app pid=50 prio=120"),
     ]  # fmt: skip
     lines += _switch(0, 1.0014, ("app", 50, "Z"), ("killer", 60),
@@ -1735,6 +1735,58 @@ def test_a_release_drop_right_after_a_finish_is_told_by_its_preempt_depth(
     assert r.context_switches.matched == r.context_switches.total == 4, r.mismatches
     # (a miss counts on both sides: the kernel's free and the model's)
     assert (r.mmdrop.matched, r.mmdrop.total) == ((1, 1) if depth == "." else (0, 2))
+
+
+@pytest.mark.parametrize(
+    ("into", "end", "read"),
+    [
+        ("__mmput+0x3e/0x130", "(exit_mm+0x1a4/0x2e0 <- mmput)", True),  # Debian's builds
+        ("mmput+0x4d/0x140", "(do_exit+0x252/0xa70 <- mmput)", True),  # PREEMPT_RT: inlined
+        ("mmput_async_fn+0x4d/0x140", "(do_exit+0x252/0xa70 <- mmput)", False),  # no mmput
+        ("__mmput+0x3e/0x130", None, False),  # captured before the marker
+    ],
+)
+def test_an_mmput_preempted_after_exit_mmap_returned_ends_at_its_end_marker(
+    tmp_path: Path, into: str, end: str | None, read: bool
+) -> None:
+    """As unseen48.c gave on 6.17 (preempt=lazy and full), 6.18 and 6.17-rt: an exiting
+    task whose exit_mmap() has returned is preempted before __mmput()'s mmdrop(). Its CPU's
+    lazy reference goes at that switch, and __mmput()'s mmdrop(), when the task runs on, is
+    the last. The return of mmput() (`mmputend`) marks the end of the __mmput() it ran, when
+    exit_mmap() returned into __mmput(), or into mmput() on PREEMPT_RT builds, which inline
+    __mmput() (into mmput_async_fn(), no mmput() runs): a switch out between exit_mmap()'s
+    return and there keeps __mmput's share until the end, and the model frees the mm where
+    the kernel did. Without that marker (older captures), under preempt=voluntary, the model
+    ends __mmput at exit_mmap()'s return and frees the mm at the preemption's
+    finish_task_switch(): a miss."""
+    lines = ["# tracer: nop", "#P:2"]
+    lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
+                     _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+    lines += [
+        *_app_exit_mm(1, into),
+    ]  # fmt: skip
+    # preempted: CPU 1 lets go of app's mm (active_mm) for other's
+    lines += _switch(1, 1.0013, ("app", 50, "R+"), ("other", 70),
+                     _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+    lines += _switch(1, 1.0020, ("other", 70, "R+"), ("app", 50), _lazy(OTHER_MM, 50),
+                     OTHER_MM, OTHER_MM)  # fmt: skip
+    lines += [
+        _line("app", 50, 1, 1.0021, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}").replace(
+            "d..2.", "....."),
+        *([_line("app", 50, 1, 1.0022, f"mmputend: {end}").replace("d..2.", ".....")]
+          if end else []),
+        _line("app", 50, 1, 1.0023, "sched_process_exit: comm=app pid=50 prio=120"),
+    ]  # fmt: skip
+    lines += _switch(1, 1.0030, ("app", 50, "Z"), ("swapper/1", 0), _lazy(OTHER_MM, 0),
+                     "0x0", "0x0")  # fmt: skip
+    path = tmp_path / "trace.txt"
+    path.write_text("\n".join(lines) + "\n")
+    r = validate(path, preset_name="linux-6.1-x86_64")
+    assert r.inputs == "markers" and r.preemption == "voluntary"
+    assert r.context_switches.matched == r.context_switches.total == 4, r.mismatches
+    assert r.learned[MMPUT_SWITCHED] == read
+    # (a miss counts on both sides: the kernel's free, and the model's elsewhere)
+    assert (r.mmdrop.matched, r.mmdrop.total) == ((1, 1) if read else (0, 2)), r.mismatches
 
 
 def test_what_cpus_borrowed_before_the_trace_is_learned_for_all_of_them(tmp_path: Path) -> None:

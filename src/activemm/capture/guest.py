@@ -61,7 +61,10 @@ def kprobe_definitions(
     also reads the mm's flags, whose MMF_VM_MERGEABLE is still set when __ksm_exit() (run
     just before it by __mmput) left the mm's slot for ksmd, and remove_rmap_item_from_tree()
     names the mm of each rmap_item it takes out, with its mm_users (ksm_markers). Always,
-    process_mrelease()'s (mrelease_markers)."""
+    process_mrelease()'s (mrelease_markers), and mmput()'s return, which follows the end of
+    the __mmput() it ran (mmput_async_fn() runs one too, in a kworker, with no such marker;
+    a kretprobe on the static __mmput itself is refused with EINVAL on Debian 13's 6.17,
+    and PREEMPT_RT builds inline it)."""
 
     def task(reg: str, prefix: str) -> str:
         return (
@@ -82,6 +85,7 @@ def kprobe_definitions(
             f"p:{g}/mmput exit_mmap mm=%di:x64"
             + (f" flags=+{ksm['flags']}(%di):x64" if ksm else ""),
             f"r{MAXACTIVE}:{g}/mmputdone exit_mmap",
+            f"r{MAXACTIVE}:{g}/mmputend mmput",
             f"r{MAXACTIVE}:{g}/mminit mm_init ret=$retval:x64",
             f"r{MAXACTIVE}:{g}/mmalloc mm_alloc ret=$retval:x64",
             f"p:{g}/dupmm dup_mmap mm=%di:x64 oldmm=%si:x64",

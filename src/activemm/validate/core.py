@@ -120,6 +120,7 @@ ERR_PTR_MIN = (1 << 64) - 4095
 PROC_RELEASES = ("mem_release", "pagemap_release", "proc_map_release", "smaps_rollup_release")
 # kernel paths that mmdrop() a reference held outside the scheduler, which the markers show
 UFFD_FEATURE_EVENT_FORK = 1 << 1  # include/uapi/linux/userfaultfd.h
+MMPUT_SWITCHED = "__mmput switched out after exit_mmap returned (its mmput return marker)"
 FAILED_FORK_SEEN = "failed fork (exit_mmap of an mm copy_process made)"
 PROGRESS_EVERY = 50_000  # events between two progress reports of a replay
 
@@ -210,6 +211,13 @@ class Validator(MarkerSteps, Clocked):
         self.exec_lines: dict[int, list[int]] = {}
         self.mmput_returns: dict[int, list[int]] = {}  # pid -> lines of exit_mmap returning
         self.exit_mmap_lines: dict[int, list[int]] = {}  # pid -> lines of its exit_mmap markers
+        # exit_mmap's return line -> the line where that __mmput() returned (its end marker,
+        # kv.mmput_ended: recorded since 2026-12; none in older captures)
+        self.mmput_ends: dict[int, int] = {}
+        self.mmput_end_lines: set[int] = set()  # those end lines
+        # pid -> (the line of its exit_mmap's return, the function it returned into) while
+        # the __mmput() around it has not ended
+        open_mmputs: dict[int, tuple[int, str | None]] = {}
         self.finish_cpus: dict[int, list[int]] = {}  # CPU -> lines of cpuhp_enter(finish_cpu)
         self.offline_lines: dict[int, list[int]] = {}  # CPU -> its idle_task_exit markers
         # mm address -> lines of __khugepaged_exit markers that leave khugepaged holding it,
@@ -318,6 +326,11 @@ class Validator(MarkerSteps, Clocked):
                     ksmd_runs.append((e.line, e.cpu, e.next_pid))
                 if e.prev_state.startswith(("X", "Z")):
                     self.final_switches.setdefault(e.prev_pid, []).append(e.line)
+                if not e.prev_state.startswith(("R", "D")):
+                    # a sleep: the rest of __mmput() does not sleep (on PREEMPT_RT its
+                    # spinlock_t waits are "D"); a kworker that ran mmput_async_fn()'s __mmput
+                    # has no mmput() return to come ("I", idle, after its work)
+                    open_mmputs.pop(e.prev_pid, None)
                 if not e.prev_state.startswith("R"):
                     self.rests.setdefault(e.prev_pid, []).append(e.line)
                     if config.PREEMPT_RT and e.prev_state.startswith("D"):
@@ -344,8 +357,15 @@ class Validator(MarkerSteps, Clocked):
                 continue
             if e.function == EXIT_MMAP and e.returned:
                 self.mmput_returns.setdefault(e.pid, []).append(e.line)
+                open_mmputs[e.pid] = (e.line, e.caller)
                 continue  # exit_mmap returning (the marker of __mmput's end)
+            if (ret := open_mmputs.get(e.pid)) is not None and kv.mmput_ended(e, ret[1]):
+                del open_mmputs[e.pid]
+                self.mmput_ends[ret[0]] = e.line
+                self.mmput_end_lines.add(e.line)
+                continue
             if e.function == EXIT_MMAP:
+                open_mmputs.pop(e.pid, None)  # (an end the probe missed)
                 self.exit_mmaps.setdefault(address(e.args.get("mm")), []).append((e.line, e.pid))
                 self.exit_mmap_lines.setdefault(e.pid, []).append(e.line)
                 if kv.ksm_keeps(e):
@@ -440,6 +460,9 @@ class Validator(MarkerSteps, Clocked):
         self.mmput_open: dict[int, int] = {}  # mm address -> pid running its exit_mmap
         self.pins: dict[int, list[str]] = {}  # pid -> holders standing for __mmput's share
         self.late: set[int] = set()  # pids whose pins stand for an __mmput after their exit
+        # __mmput end marker lines -> the pid whose pins stand until then (it switched out
+        # between its exit_mmap()'s return and there: mmdrop() came when it ran on)
+        self.pinned_to: dict[int, int] = {}
         self.past_exit: set[int] = set()  # pids past their sched_process_exit
         self.exit_mmap_of: dict[int, int] = {}  # pid -> the mm of its last exit_mmap marker
         self.mm_kthreads: set[int] = set()  # kernel threads the kernel saw kthread_use_mm
@@ -1602,10 +1625,17 @@ class Validator(MarkerSteps, Clocked):
             # an __mmput left to its end (no flush of its own before exit_mmap returned)
             self._deferred_ends_here(p)
             if p.pid in self.pins and self.inputs == "markers":
-                if self._preempted_in_mmput(p):
+                end = self.mmput_ends.get(p.line)
+                if end is not None and self._switched_out_between(p.pid, p.line, end):
+                    self.pinned_to[end] = p.pid  # its mmdrop() comes when it runs on
+                    self.result.learned[MMPUT_SWITCHED] += 1
+                elif end is None and self._preempted_in_mmput(p):
                     self.late.add(p.pid)  # its mmdrop() comes when it runs on
                 else:  # __mmput()'s mmdrop() follows exit_mmap()'s return at once
                     self._refusable(self._unpin, p)
+        elif p.line in self.mmput_end_lines:
+            if self.pinned_to.pop(p.line, None) == p.pid and p.pid in self.pins:
+                self._refusable(self._unpin, p)
         elif f == EXIT_MMAP:
             mm = address(p.args.get("mm"))
             if p.line in self.proc_ahead:
@@ -1835,6 +1865,13 @@ class Validator(MarkerSteps, Clocked):
             and exit_ is not None
             and preempted < exit_
             and (rest is None or preempted <= rest)
+        )
+
+    def _switched_out_between(self, pid: int, line: int, end: int) -> bool:
+        """pid switched out (preempted, or waiting) after `line` and before `end`."""
+        return any(
+            (at := next_line(lines.get(pid, []), line)) is not None and at < end
+            for lines in (self.preemptions, self.rests)
         )
 
     def _may_be_in_mmput(self, sw: SchedSwitch) -> bool:

@@ -29,6 +29,16 @@ EXIT_MMAP = "exit_mmap"
 KSM_REMOVE = "remove_rmap_item_from_tree"
 KSMD = "ksmd"  # the kernel thread that scans KSM's mm_slots (mm/ksm.c: ksm_scan_thread)
 NEW_MM = ("mm_init", "dup_mmap", "mm_alloc")
+MMPUT = "mmput"  # its return probe follows the end of the __mmput() it ran
+
+
+def mmput_ended(p: Probe, into: str | None) -> bool:
+    """Whether return probe `p`, in a task whose exit_mmap() has returned into `into` (its
+    caller) and whose __mmput() has not ended yet, marks that end: mmput() returning, when
+    exit_mmap() returned into __mmput() (called by mmput(), or by mmput_async_fn(), which
+    has no such marker: the caller keeps that apart, see Validator) or into mmput() itself
+    (PREEMPT_RT builds inline __mmput() there; into mmput_async_fn() likewise)."""
+    return p.returned and p.function == MMPUT and into in ("__mmput", MMPUT)
 
 
 # The arguments the validator reads off each core probe (the reference's names); a line
