@@ -592,6 +592,26 @@ def test_a_cpu_lazy_since_before_the_trace_explains_a_flush_before_a_late_fork()
     assert (r.outside_schedule.matched, r.outside_schedule.total) == (0, 3)
 
 
+@pytest.mark.parametrize("steps", [[250], [], [150], [350]])
+def test_an_rcu_callback_moved_off_a_cpu_going_offline_is_tagged_so(steps: list[int]) -> None:
+    """DropScorer on hand-made frees (PREEMPT_RT, as unseen48.c gave on 6.17-rt and 6.18-rt
+    with hotplug): an mm born at line 100 is freed by the model from CPU 1's RCU callbacks
+    at line 200 and by the kernel from CPU 0's rcuc at 300. When CPU 1 went through hotplug
+    steps (cpuhp_enter) between the two frees, takedown_cpu()'s rcutree_migrate_callbacks()
+    moved the callback to CPU 0 after the model's grace period had ended: both sides' misses
+    say so. Steps before the model's free or after the kernel's are another story."""
+    addr = 0xFFFF888004478D00
+    r = score.Result("hand-made", "linux-6.17-x86_64-rt", "markers", "6.17")
+    scorer = score.DropScorer(r, "markers", {}, set(), set(), births={addr: [100, 400]},
+                              hotplug_lines={1: steps})  # fmt: skip
+    kernel = [kv.Drop(addr, ("call_rcu", 0), 300, 0)]
+    model = [kv.Drop(addr, ("call_rcu", 1), 200, 1, "mm7")]
+    scorer.score(kernel, model)
+    causes = [m["cause"] for m in r.mismatches]
+    assert (r.mmdrop.matched, r.mmdrop.total) == (0, 2)
+    assert (causes == [score.RCU_MOVED] * 2) == (steps == [250]), causes
+
+
 AFTER_SWITCH = [CAPTURES / n for n in ("linux-6.1-smp2-program11", "linux-6.12-smp4-program17")]
 
 

@@ -219,6 +219,7 @@ class Validator(MarkerSteps, Clocked):
         # the __mmput() around it has not ended
         open_mmputs: dict[int, tuple[int, str | None]] = {}
         self.finish_cpus: dict[int, list[int]] = {}  # CPU -> lines of cpuhp_enter(finish_cpu)
+        self.hotplug_lines: dict[int, list[int]] = {}  # CPU -> lines of cpuhp_enter for it
         self.offline_lines: dict[int, list[int]] = {}  # CPU -> its idle_task_exit markers
         # mm address -> lines of __khugepaged_exit markers that leave khugepaged holding it,
         # and of exit_mmap markers that find KSM keeping it; those of them the model took
@@ -351,8 +352,10 @@ class Validator(MarkerSteps, Clocked):
                 self.exit_lines.setdefault(e.exit_pid, []).append(e.line)
             elif isinstance(e, ProcessExec):
                 self.exec_lines.setdefault(e.exec_pid, []).append(e.line)
-            elif isinstance(e, HotplugStep) and e.function == "finish_cpu":
-                self.finish_cpus.setdefault(e.target_cpu, []).append(e.line)
+            elif isinstance(e, HotplugStep):
+                self.hotplug_lines.setdefault(e.target_cpu, []).append(e.line)
+                if e.function == "finish_cpu":
+                    self.finish_cpus.setdefault(e.target_cpu, []).append(e.line)
             if not isinstance(e, Probe):
                 continue
             if e.function == EXIT_MMAP and e.returned:
@@ -2413,6 +2416,7 @@ class Validator(MarkerSteps, Clocked):
             self.exec_mmputs,
             self.release_raced,
             self.exit_first,
+            self.hotplug_lines,
         )
         drops.score(self.kernel_drops, self.model_drops)
         score_outside(

@@ -5,6 +5,7 @@ the __mmdrop and outside-schedule lists of both sides as multisets."""
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,6 +106,12 @@ HOTPLUG = (
 CONCURRENT = (
     "two CPUs let go of this mm at once (their finish_task_switch drops raced): which "
     "decrement was last (on PREEMPT_RT, which CPU queued the RCU callback) is not in the inputs"
+)
+RCU_MOVED = (
+    "PREEMPT_RT: the RCU callback that frees this mm was queued on a CPU that then went "
+    "offline, and takedown_cpu()'s rcutree_migrate_callbacks() moved it to the CPU taking it "
+    "down, whose rcuc thread ran it; the model's grace period (every CPU switched since the "
+    "call_rcu) had ended before, and it ran the callback where it was queued"
 )
 RELEASE_RACE = (
     "a holder's release and the last lazy user's switch raced: the release's marker came "
@@ -252,6 +259,7 @@ class DropScorer:
         exec_mmputs: set[int] | None = None,
         release_raced: set[int] | None = None,
         exit_first: bool = False,
+        hotplug_lines: dict[int, list[int]] | None = None,
     ) -> None:
         self.result = result
         # sched_process_exit before exit_mm() (6.16+): __mmput's end is no window's
@@ -272,6 +280,7 @@ class DropScorer:
         self.exec_mmputs = exec_mmputs or set()
         # addresses whose release's mmdrop() came after a lazy CPU let go, its marker before
         self.release_raced = release_raced or set()
+        self.hotplug_lines = hotplug_lines or {}  # CPU -> lines of its hotplug steps
         self.model_mmputs: dict[int | None, set[object]] = {}  # address -> pids, model side
         self.kernel_lines: dict[int | None, list[int]] = {}  # address -> its __mmdrop lines
         # side -> its frees in a finish_task_switch
@@ -325,6 +334,7 @@ class DropScorer:
             kernel = {"mm": hexaddr(d.addr), "freed_at": list(d.point)}
             cause = (
                 CONCURRENT if self.concurrent(d, "model")
+                else RCU_MOVED if self.moved_offline(d, "model")
                 else RELEASED_AT_ONCE if self.released_at_once(d, "model")
                 else self.cause(d)
             )  # fmt: skip
@@ -343,6 +353,7 @@ class DropScorer:
                 res.mmdrop.total += 1
                 cause = (
                     CONCURRENT if self.concurrent(d, "kernel")
+                    else RCU_MOVED if self.moved_offline(d, "kernel")
                     else RELEASED_AT_ONCE if self.released_at_once(d, "kernel")
                     else RCU_PENDING if (d.addr, d.point) in pending_points
                     else RELEASE_RACE if d.addr in self.release_raced
@@ -422,6 +433,34 @@ class DropScorer:
                 return False
             last.append(moves[-1])
         return abs(last[0] - last[1]) <= NEARBY
+
+    def moved_offline(self, d: Drop, other_side: str) -> bool:
+        """PREEMPT_RT: both sides freed this mm from an RCU callback, the kernel's run by
+        another CPU's rcuc than the model's, and the model's CPU went through hotplug steps
+        (cpuhp_enter, a tracepoint) between the model's free and the kernel's: the kernel's
+        grace period had not ended when that CPU went down, and takedown_cpu()'s
+        rcutree_migrate_callbacks() moved the callback to the CPU taking it down; the
+        model's grace period (every CPU switched since the call_rcu) had, and it ran the
+        callback where it was queued. Points carry no line: any free of d's (address, point)
+        on its side may be the one left over."""
+        side = "kernel" if other_side == "model" else "model"
+        others = [x for x in self.rcu_frees.get(other_side, []) if x.addr == d.addr]
+        births = self.births.get(d.addr or 0, [])
+        for mine in self.rcu_frees.get(side, []):
+            if mine.addr != d.addr or mine.point != d.point:
+                continue
+            # the other side's free of the same life of the address (mm_init to mm_init)
+            i = bisect.bisect_left(births, mine.line)
+            start, end = births[i - 1] if i else -1, births[i] if i < len(births) else 1 << 62
+            other = next((x for x in others if start < x.line < end), None)
+            if other is None or other.point == mine.point:
+                continue
+            model, kernel = (other, mine) if other_side == "model" else (mine, other)
+            cpu = model.point[1]
+            steps = self.hotplug_lines.get(cpu, []) if isinstance(cpu, int) else []
+            if any(model.line < s < kernel.line for s in steps):
+                return True
+        return False
 
     def released_at_once(self, d: Drop, other_side: str) -> bool:
         """Both sides freed this mm where a holder released it (an io_uring ring, a /proc
