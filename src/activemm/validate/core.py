@@ -214,7 +214,6 @@ class Validator(MarkerSteps, Clocked):
         # exit_mmap's return line -> the line where that __mmput() returned (its end marker,
         # kv.mmput_ended: recorded since 2026-12; none in older captures)
         self.mmput_ends: dict[int, int] = {}
-        self.mmput_end_lines: set[int] = set()  # those end lines
         # pid -> (the line of its exit_mmap's return, the function it returned into) while
         # the __mmput() around it has not ended
         open_mmputs: dict[int, tuple[int, str | None]] = {}
@@ -365,7 +364,6 @@ class Validator(MarkerSteps, Clocked):
             if (ret := open_mmputs.get(e.pid)) is not None and kv.mmput_ended(e, ret[1]):
                 del open_mmputs[e.pid]
                 self.mmput_ends[ret[0]] = e.line
-                self.mmput_end_lines.add(e.line)
                 continue
             if e.function == EXIT_MMAP:
                 open_mmputs.pop(e.pid, None)  # (an end the probe missed)
@@ -1636,8 +1634,8 @@ class Validator(MarkerSteps, Clocked):
                     self.late.add(p.pid)  # its mmdrop() comes when it runs on
                 else:  # __mmput()'s mmdrop() follows exit_mmap()'s return at once
                     self._refusable(self._unpin, p)
-        elif p.line in self.mmput_end_lines:
-            if self.pinned_to.pop(p.line, None) == p.pid and p.pid in self.pins:
+        elif p.line in self.pinned_to:  # an __mmput's end marker, awaited
+            if self.pinned_to.pop(p.line) == p.pid and p.pid in self.pins:
                 self._refusable(self._unpin, p)
         elif f == EXIT_MMAP:
             mm = address(p.args.get("mm"))

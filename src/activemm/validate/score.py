@@ -380,14 +380,17 @@ class DropScorer:
         mm_init before the model's free to the next) saw no __mmdrop at all: a reference the
         inputs never showed kept it past the end of the trace (or freed it where no probe
         sees it, as mmdrop_async() can)."""
-        if d.addr is None or d.addr not in self.births:
+        start, end = self.life(d.addr, d.line)
+        if start is None:
             return False
-        born = [line for line in self.births[d.addr] if line < d.line]
-        if not born:
-            return False
-        reborn = [line for line in self.births[d.addr] if line > d.line]
-        start, end = born[-1], reborn[0] if reborn else float("inf")
         return not any(start < line < end for line in self.kernel_lines.get(d.addr, []))
+
+    def life(self, addr: int | None, line: int) -> tuple[int | None, int]:
+        """The life of `addr` that `line` falls in: the line of the mm_init that handed it
+        out before (None: none in the trace) and of the next one (a huge line: none)."""
+        births = self.births.get(addr or 0, []) if addr is not None else []
+        i, j = bisect.bisect_left(births, line), bisect.bisect_right(births, line)
+        return births[i - 1] if i else None, births[j] if j < len(births) else 1 << 62
 
     def concurrent(self, d: Drop, other_side: str) -> bool:
         """Both sides freed this mm in a finish_task_switch, of different switches: two CPUs
@@ -445,14 +448,12 @@ class DropScorer:
         on its side may be the one left over."""
         side = "kernel" if other_side == "model" else "model"
         others = [x for x in self.rcu_frees.get(other_side, []) if x.addr == d.addr]
-        births = self.births.get(d.addr or 0, [])
         for mine in self.rcu_frees.get(side, []):
             if mine.addr != d.addr or mine.point != d.point:
                 continue
-            # the other side's free of the same life of the address (mm_init to mm_init)
-            i = bisect.bisect_left(births, mine.line)
-            start, end = births[i - 1] if i else -1, births[i] if i < len(births) else 1 << 62
-            other = next((x for x in others if start < x.line < end), None)
+            start, end = self.life(d.addr, mine.line)  # the other side's free of that life
+            lo = -1 if start is None else start
+            other = next((x for x in others if lo < x.line < end), None)
             if other is None or other.point == mine.point:
                 continue
             model, kernel = (other, mine) if other_side == "model" else (mine, other)
