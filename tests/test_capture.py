@@ -836,6 +836,7 @@ def test_the_recording_script_records_what_validate_scores(tmp_path: Path) -> No
     # each CPU's ring buffer stats, none full: validate cuts a trace where a full one ends
     assert set(meta["ring_buffer"]) == {"cpu0", "cpu1"}, meta
     assert all(s == {"overrun": 0, "dropped_events": 0} for s in meta["ring_buffer"].values())
+    assert meta["kvm_pv_tlb_flush"] is False  # TCG: the kernel found no KVM to flush through
     assert "mine/mmswitch switch_mm_irqs_off" in parts["kprobes.txt"]
     result = validate(rec)
     assert result.preset == "linux-6.1-x86_64" and result.inputs == "markers"
@@ -1216,7 +1217,8 @@ def test_kernel_parameters_asked_for_reach_the_guests_command_line(tmp_path: Pat
 
 def test_cpu_model_asked_for_reaches_qemu(tmp_path: Path) -> None:
     """--cpu is QEMU's -cpu: under TCG only when asked (QEMU's default otherwise), with KVM
-    instead of `host`; what is no model word is refused before anything boots."""
+    instead of `host`, with KVM's paravirtual TLB flush off unless --cpu names it; what is no
+    model word is refused before anything boots."""
     image = KernelImage("6.1.0-0-amd64", tmp_path / "vmlinuz", tmp_path, tmp_path)
 
     def cpu_of(opts: run.CaptureOptions, accel: str) -> str | None:
@@ -1226,10 +1228,16 @@ def test_cpu_model_asked_for_reaches_qemu(tmp_path: Path) -> None:
     if shutil.which("qemu-system-x86_64"):
         plain = run.CaptureOptions(out=tmp_path / "cap")
         asked = run.CaptureOptions(out=tmp_path / "cap", cpu="max,-pku")
+        own = run.CaptureOptions(out=tmp_path / "cap", cpu="host,kvm-pv-tlb-flush=on")
         assert cpu_of(plain, "tcg") is None
-        assert cpu_of(plain, "kvm") == "host"
+        # KVM's paravirtual TLB flush skips vCPUs the host preempted: off unless asked for
+        assert cpu_of(plain, "kvm") == "host,kvm-pv-tlb-flush=off"
         assert cpu_of(asked, "tcg") == "max,-pku"
-        assert cpu_of(asked, "kvm") == "max,-pku"
+        assert cpu_of(asked, "kvm") == "max,-pku,kvm-pv-tlb-flush=off"
+        assert cpu_of(own, "kvm") == "host,kvm-pv-tlb-flush=on"
+    # what meta.json records as cpu
+    assert run.cpu_model("", "tcg") == "qemu64"
+    assert run.cpu_model("", "kvm") == "host,kvm-pv-tlb-flush=off"
     for bad in ("max -smp 4", "max;reboot", "'max'"):
         with pytest.raises(CaptureError, match=r"--cpu .*expected a QEMU CPU model"):
             run.check_options(run.CaptureOptions(out=tmp_path / "cap", cpu=bad))

@@ -4550,6 +4550,44 @@ def test_missed_putsignal_hits_are_said_to_matter_only_when_the_trace_has_an_oom
     assert missed == {expected + ")": 3}
 
 
+def test_a_capture_made_under_kvm_with_its_paravirtual_tlb_flush_is_said_to_be(
+    tmp_path: Path,
+) -> None:
+    """kvm_flush_tlb_multi() (arch/x86/kernel/kvm.c) sends no IPI to a vCPU the host has
+    preempted: a capture recorded under KVM with kvm-pv-tlb-flush left on carries an anomaly
+    saying so, as does a recording by `probes --script` on a machine whose boot log said "KVM
+    setup pv remote TLB flush"; one with it off (what `capture` asks of QEMU), one booted with
+    `nopv` (the kernel then does not detect KVM) and one made under TCG carry none. The
+    scores do not change: the note only says why flushes may differ."""
+    from activemm.validate import KVM_PV_TLB_FLUSH_NOTE
+
+    name = "linux-6.1-smp2-iouring"
+    copy = tmp_path / name
+    shutil.copytree(CAPTURES / name, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    plain = validate(copy)
+    assert KVM_PV_TLB_FLUSH_NOTE not in plain.anomalies  # a TCG capture
+    for accel, cpu, args, noted in (
+        ("kvm", "host", "", True),
+        ("kvm", "max,-pku", "preempt=full", True),
+        ("kvm", "host,kvm-pv-tlb-flush=off", "", False),
+        ("kvm", "host,-kvm-pv-tlb-flush", "", False),
+        ("kvm", "host", "nopv", False),
+        ("tcg", "max", "", False),
+        (None, None, "", False),  # `probes --script` on a machine whose boot said nothing
+        (None, None, "pv", True),  # ... whose boot log said "KVM setup pv remote TLB flush"
+    ):
+        told = {"accel": accel, "cpu": cpu, "kernel_args": "" if args == "pv" else args}
+        if accel is None:
+            told = {"kvm_pv_tlb_flush": args == "pv", "kernel_args": ""}
+        (copy / "meta.json").write_text(json.dumps(meta | told))
+        result = validate(copy)
+        assert (result.anomalies.get(KVM_PV_TLB_FLUSH_NOTE) == 1) == noted, (cpu, args)
+        if not args:
+            assert result.context_switches == plain.context_switches
+            assert result.mmdrop == plain.mmdrop
+
+
 def test_a_thread_switched_out_as_dead_that_runs_again_keeps_its_task() -> None:
     """linux-6.1-rt-smp3-program33 (core dumps on PREEMPT_RT): a thread past exit_notify()
     (autoreaped: EXIT_DEAD) called schedule() already woken, so sched_switch showed its

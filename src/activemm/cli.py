@@ -936,7 +936,9 @@ def capture(
             "-cpu help` lists them), recorded in meta.json. Default: host with KVM (the "
             "host's PCID included: switch_mm_irqs_off() then keeps each mm's TLB entries "
             "under an ASID), QEMU's qemu64 with TCG (QEMU 7.2's TCG has no PCID, whatever "
-            "the model).",
+            "the model). With KVM, kvm-pv-tlb-flush=off is added unless the model names it: "
+            "KVM's paravirtual flush skips vCPUs the host preempted, which the guest's "
+            "trace cannot show.",
         ),
     ] = "",
     firmware: Annotated[

@@ -153,6 +153,24 @@ def accelerators(choice: str) -> list[str]:
     return ["kvm", "tcg"] if kvm_ok else ["tcg"]
 
 
+PV_TLB_FLUSH_OFF = "kvm-pv-tlb-flush=off"
+
+
+def cpu_model(cpu: str, accel: str) -> str:
+    """QEMU's -cpu for this accelerator: --cpu, else `host` with KVM and `qemu64` with TCG.
+    With KVM, KVM's paravirtual TLB flush is turned off unless --cpu names it: a guest that
+    has it flushes through kvm_flush_tlb_multi() (arch/x86/kernel/kvm.c), which sends no IPI
+    to a vCPU the host has preempted (the host flushes that vCPU's TLB when it next enters
+    it), so a lazy CPU whose vCPU was preempted never switches to init_mm on that flush: a
+    choice made by the host's scheduler, which nothing in the guest records. Without it the
+    guest flushes as on hardware, native_flush_tlb_multi(), the flush the model mirrors.
+    (TCG offers no KVM paravirtual features.)"""
+    if accel != "kvm":
+        return cpu or "qemu64"
+    model = cpu or "host"
+    return model if "kvm-pv-tlb-flush" in model else f"{model},{PV_TLB_FLUSH_OFF}"
+
+
 def qemu_command(
     image: KernelImage, initrd: Path, opts: CaptureOptions, accel: str, console: Path, ship: Path
 ) -> list[str]:
@@ -182,7 +200,7 @@ def qemu_command(
     else:
         cmd += ["-kernel", str(image.vmlinux)]
     if accel == "kvm":
-        cmd += ["-accel", "kvm", "-cpu", opts.cpu or "host"]
+        cmd += ["-accel", "kvm", "-cpu", cpu_model(opts.cpu, accel)]
     else:
         cmd += ["-accel", "tcg,thread=multi"] + (["-cpu", opts.cpu] if opts.cpu else [])
     return cmd
@@ -578,7 +596,7 @@ def capture(
             "workload_status": int(status[1]) if status else None,
             "scale": opts.scale,
             "accel": accel,
-            "cpu": opts.cpu or ("host" if accel == "kvm" else "qemu64"),
+            "cpu": cpu_model(opts.cpu, accel),
             "firmware": opts.firmware,
             "btf_offsets": offsets,
             "finish_task_switch": fts[1] if fts else None,

@@ -124,10 +124,14 @@ rb=$(for s in $I/per_cpu/cpu*/stats; do
 done | sed 's/,*$//')
 mode=$(sed -n 's/.*(\([a-z]*\)).*/\1/p' /sys/kernel/debug/sched/preempt 2>/dev/null)
 [ -z "$mode" ] || args="$args preempt=$mode"
+# a KVM guest whose flushes skip the vCPUs the host preempted (kvm_flush_tlb_multi())
+pvflush=false
+boot=$( { dmesg; journalctl -k -b -q; } 2>/dev/null)
+case $boot in *"KVM setup pv remote TLB flush"*) pvflush=true ;; esac
 cat > "$OUT/meta.json" <<META
 {"kernel": "$(uname -r)", "kernel_version": "$version",
  "cpus": $(grep -c '^processor' /proc/cpuinfo), "kernel_args": "$args",
- "kprobe_missed": {$missed}, "ring_buffer": {$rb},
+ "kprobe_missed": {$missed}, "ring_buffer": {$rb}, "kvm_pv_tlb_flush": $pvflush,
  "recorded_by": "activemm probes --script"}
 META
 cleanup

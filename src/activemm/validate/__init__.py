@@ -206,6 +206,31 @@ def fully_preemptible(meta: dict[str, object] | None) -> bool:
     return preempt_mode(meta) in ("full", "lazy")
 
 
+def kvm_pv_tlb_flush(meta: dict[str, object] | None) -> bool:
+    """Whether the capture's guest ran under KVM with KVM's paravirtual TLB flush: meta.json's
+    accel "kvm" with a cpu that leaves kvm-pv-tlb-flush on (before 2026-12-05 `capture` did,
+    with `-cpu host`), and no `nopv` on the command line (which keeps the kernel from
+    detecting KVM at all); or, from `probes --script`, kvm_pv_tlb_flush true (the kernel's
+    boot log says "KVM setup pv remote TLB flush"). kvm_flush_tlb_multi() then skips the
+    vCPUs the host has preempted (the host flushes them when it enters them again): such a
+    lazy CPU stays on the mm, and when is the host scheduler's, not in the trace."""
+    meta = meta or {}
+    if meta.get("kvm_pv_tlb_flush") is True:  # `probes --script`: its boot said so
+        return True
+    cpu = str(meta.get("cpu") or "").split(",")
+    if meta.get("accel") != "kvm" or "nopv" in _kernel_args(meta):
+        return False
+    return not {"kvm-pv-tlb-flush=off", "-kvm-pv-tlb-flush"} & set(cpu)
+
+
+KVM_PV_TLB_FLUSH_NOTE = (
+    "recorded under KVM with its paravirtual TLB flush on (meta.json's cpu has no "
+    "kvm-pv-tlb-flush=off): kvm_flush_tlb_multi() sends no flush IPI to a vCPU the host has "
+    "preempted, so a lazy CPU the model drops to init_mm on a flush may have stayed on the mm "
+    "(record again with `activemm capture`, which turns it off, or boot the guest with nopv)"
+)
+
+
 def rcu_offloaded(meta: dict[str, object] | None) -> bool:
     """Whether the capture's kernel was booted with every CPU's RCU callbacks offloaded to
     rcuop threads (`capture --kernel-args rcu_nocbs=all`): the model's
@@ -412,6 +437,8 @@ def validate(
             "ring buffers reset while recording (a trace event removed): what came before the "
             "reset is not in the trace"
         ] += 1
+    if kvm_pv_tlb_flush(meta):
+        result.anomalies[KVM_PV_TLB_FLUSH_NOTE] += 1
     for name, n in _missed_hits(meta).items():
         if name == "putsignal" and "mark_oom_victim" not in probes:
             # __put_task_struct() matters only as the put of an OOM victim's signal->oom_mm
