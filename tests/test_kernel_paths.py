@@ -519,6 +519,43 @@ def test_preempt_rt_an_idle_cpu_holds_no_grace_period_up() -> None:
     assert m.state.rqs[1].curr is m.state.rqs[1].idle  # (CPU 1 never switched)
 
 
+@pytest.mark.parametrize("gp_running", [False, True], ids=["gp-asleep", "gp-on-a-cpu"])
+def test_preempt_rt_a_callback_waits_for_the_grace_period_kthread(gp_running: bool) -> None:
+    """kernel/rcu/tree.c: a grace period is started (rcu_gp_init()) and ended
+    (rcu_gp_cleanup()) by RCU's grace-period kthread, in two of its runs, and call_rcu()
+    gives a callback the next one to start. Once a client says when that kthread runs (the
+    validator, from rcu_preempt's switches), every CPU's quiescent state is not enough: the
+    kthread must have been switched in twice since the call_rcu(), or once when it was on a
+    CPU at the call_rcu() (its cleanup of the grace period before may go straight on to the
+    callback's). Worked by hand: a exits on CPU 2, b's switch drops a's mm to 0 there."""
+    m = machine("linux-6.12-x86_64-rt", cpus=3)
+    mm2 = with_user(m, "a")
+    m.fork("init", name="b")
+    m.schedule(2, "a")
+    m.exit("a")
+    m.rcu_at_switch = False  # as the validator: callbacks run when told
+    m.rcu_gp_kthread(1)  # seen once: from now on callbacks wait for it
+    if not gp_running:
+        m.rcu_gp_kthread(1, running=False)
+    freed = watch_frees(m)
+    m.schedule(2, "b")  # call_rcu() on CPU 2
+    assert mm2.rcu_cpu == 2 and mm2.rcu_gp_runs == (1 if gp_running else 2)
+    m.schedule(0, "kthreadd")
+    m.schedule(2, m.state.rqs[2].idle.name)  # every busy CPU switched: the old rule's end
+    assert not mm2.rcu_wait & {0, 2}
+    m.rcu_callbacks(2)
+    assert not freed  # the grace period has not even started (or ended)
+    m.rcu_gp_kthread(1, running=False)
+    m.rcu_gp_kthread(1)
+    m.rcu_callbacks(2)
+    if not gp_running:
+        assert not freed and mm2.rcu_gp_runs == 1  # started in that run, not ended
+        m.rcu_gp_kthread(1, running=False)
+        m.rcu_gp_kthread(1)
+        m.rcu_callbacks(2)
+    assert freed == [(mm2.name, "__mmdrop_delayed")] and mm2.freed
+
+
 def test_preempt_rt_runs_a_cpus_rcu_callbacks_oldest_first() -> None:
     """rcu_do_batch() invokes a CPU's callbacks in the order call_rcu() queued them (the
     segmented cblist is FIFO), not in the order the mms were created: the newer mm, whose

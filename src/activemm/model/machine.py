@@ -373,6 +373,17 @@ class Machine:
         rcu.rcu_do_batch(self.k, cpu)
         self._end(op)
 
+    def rcu_gp_kthread(self, cpu: int, running: bool = True) -> None:
+        """kernel/rcu/tree.c: rcu_gp_kthread(), RCU's grace-period kthread, switched in on
+        `cpu` (`running`) or out of it, as a client that sees it, the validator, says. From
+        the first call on, a PREEMPT_RT callback also waits for the runs of that kthread
+        that start and end its grace period (rcu/tree.py), besides every CPU's quiescent
+        state."""
+        self.rq(cpu)
+        op = self._begin("rcu_gp_kthread", cpu, cpu=cpu, running=running)
+        rcu.rcu_gp_kthread(self.k, running)
+        self._end(op)
+
     def revive(self, task: TaskRef) -> Task:
         """Not a kernel path: a task the replay took for dead (its switch out read "X", and
         schedule() was told it was the final one) runs again. That switch was not

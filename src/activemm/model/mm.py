@@ -83,6 +83,9 @@ def mmdrop_sched(k: Kernel, mm: Mm, where: str, *, lazy: bool = False) -> None:
         mm.rcu_wait = frozenset(
             rq.cpu for rq in k.state.rqs if rq.online and rq.curr is not rq.idle
         )
+        # and its grace period, which RCU's grace-period kthread starts in one run and ends in
+        # a later one (rcu/tree.py: rcu_gp_kthread)
+        mm.rcu_gp_runs = 1 if k.state.rcu_gp_running else 2
         k.state.rcu_callbacks.append(mm)
         k.emit(MmDropDeferred(k.cpu, mm))
 
@@ -93,6 +96,7 @@ def __mmdrop_delayed(k: Kernel, mm: Mm) -> None:
     k.state.rcu_callbacks.remove(mm)
     mm.rcu_cpu = None
     mm.rcu_wait = frozenset()
+    mm.rcu_gp_runs = 0
     fork.__mmdrop(k, mm, "__mmdrop_delayed")
 
 

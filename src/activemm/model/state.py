@@ -52,6 +52,9 @@ class Mm:
     # ... and the CPUs that must pass a quiescent state (a context switch) before that
     # callback may run: a grace period
     rcu_wait: frozenset[int] = frozenset()
+    # ... and how many more times RCU's grace-period kthread must run (be switched in)
+    # before it: read only when a client says when it runs (KernelState.rcu_gp_tracked)
+    rcu_gp_runs: int = 0
 
     @property
     def name(self) -> str:
@@ -222,6 +225,10 @@ class KernelState:
     # kernel/time: jiffies, moved on only by a driver that has a clock (a trace replay:
     # Machine.tick_do_update_jiffies64); scenarios and the checker keep it at 0
     jiffies: int = 0
+    # PREEMPT_RT: a client tells the model when RCU's grace-period kthread runs
+    # (Machine.rcu_gp_kthread: a trace replay); then a callback also waits for it
+    rcu_gp_tracked: bool = False
+    rcu_gp_running: bool = False  # ... and that kthread is on a CPU now
 
     def live_tasks(self) -> list[Task]:
         return [t for t in self.tasks if t.state is not TaskState.GONE]
@@ -266,6 +273,7 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
                 ),
                 mm.rcu_cpu,
                 mm.rcu_wait,
+                mm.rcu_gp_runs,
             )
             mms[id(mm)] = new
         return new
@@ -350,4 +358,6 @@ def clone_state(state: KernelState, prune: bool = False) -> KernelState:
         state.next_mm_id,
         GlobalAsidSpace(set(ga.used), set(ga.freed), ga.last, ga.available),
         state.jiffies,
+        state.rcu_gp_tracked,
+        state.rcu_gp_running,
     )

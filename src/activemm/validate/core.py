@@ -1551,6 +1551,15 @@ class Validator(MarkerSteps, Clocked):
             self.ctx = Context("rcu_callbacks", ev.line, ev.cpu, ev.prev_pid)
             if callbacks_of < len(self.m.state.rqs):
                 self._refusable(self.m.rcu_callbacks, callbacks_of)
+        for comm, pid, running in ((ev.prev_comm, ev.prev_pid, False),
+                                   (ev.next_comm, ev.next_pid, True)):  # fmt: skip
+            if kv.is_rcu_gp_kthread(comm) and self.m.config.PREEMPT_RT:
+                # RCU's grace-period kthread goes off or on a CPU: the grace period of a
+                # callback queued before it ran begins and ends in its runs (a tracepoint,
+                # both inputs)
+                self.ctx = Context("rcu_gp_kthread", ev.line, ev.cpu, pid)
+                if ev.cpu < len(self.m.state.rqs):
+                    self._refusable(self.m.rcu_gp_kthread, ev.cpu, running)
         # an __mmput after exit that ended before this switch
         self._deferred_ends_here(ev, pin=False)
         if ev.prev_pid in self.kworkers_using:

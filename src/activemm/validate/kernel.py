@@ -268,6 +268,16 @@ def rcu_callbacks_of(comm: str) -> int | None:
     return int(cpu)
 
 
+RCU_GP_KTHREADS = ("rcu_preempt", "rcu_sched")  # rcu_gp_kthread(), as PREEMPT_RCU or not
+
+
+def is_rcu_gp_kthread(comm: str) -> bool:
+    """Whether a kernel thread named `comm` is RCU's grace-period kthread, which starts and
+    ends every (normal) grace period: rcu_preempt on PREEMPT_RCU kernels (PREEMPT_RT,
+    PREEMPT_DYNAMIC), rcu_sched otherwise."""
+    return comm in RCU_GP_KTHREADS
+
+
 def exit_traced_first(config: KernelConfig) -> bool:
     """Whether the kernel fires sched_process_exit before exit_mm() (6.16, "exit: move and
     extend sched_process_exit() tracepoint", which also added its group_dead field): then

@@ -67,9 +67,9 @@ TAINTED = "follows an earlier missed switch that involved this mm"
 RCU_PENDING = (
     "PREEMPT_RT: the RCU callback that frees this mm (mmdrop_sched's call_rcu) had not run "
     "when the trace ended; the model ran it where the CPU's rcuc (or, offloaded, rcuop) "
-    "thread last ran, every CPU having switched since the call_rcu, but the kernel's grace "
-    "period was longer (its kthread's pace, preempted readers, lazy RCU's batching: not in "
-    "the inputs)"
+    "thread last ran, every CPU having switched and the grace-period kthread having run twice "
+    "since the call_rcu, but the kernel's grace period was longer (preempted readers, lazy "
+    "RCU's batching: not in the inputs)"
 )
 IPI_TIMING = (
     "flush IPI reached this lazy CPU in another lazy episode than the model's (it had loaded "

@@ -4,7 +4,11 @@ The only callback the model queues is PREEMPT_RT's `__mmdrop_delayed()` (mmdrop_
 call_rcu()). A grace period ends when every CPU online and not idle at the call_rcu() has
 passed a quiescent state, a context switch, since (`Mm.rcu_wait`; an idle CPU is in an
 extended quiescent state, holding no grace period up); preempted read-side critical
-sections, which also hold a grace period up on PREEMPT_RCU, are not modelled. The mm must be
+sections, which also hold a grace period up on PREEMPT_RCU, are not modelled. Grace periods
+are started and ended by RCU's grace-period kthread (rcu_gp_kthread(): `rcu_preempt`, or
+`rcu_sched` without PREEMPT_RCU), so none that began after a call_rcu() can have ended before
+that kthread ran twice: when a client says when it runs (a trace replay), a callback also
+waits for that (`Mm.rcu_gp_runs`). The mm must be
 unreachable from the moment mm_count reached 0 (the sanitizer checks it).
 """
 
@@ -28,12 +32,39 @@ def rcu_do_batch(k: Kernel, cpu: int) -> None:
     offline holds no grace period up."""
     online = {rq.cpu for rq in k.state.rqs if rq.online}
     queued = k.state.rcu_callbacks
-    ready = [m for m in queued if m.rcu_cpu == cpu and not m.freed and not m.rcu_wait & online]
+    gp = k.state.rcu_gp_tracked
+    ready = [
+        m
+        for m in queued
+        if m.rcu_cpu == cpu
+        and not m.freed
+        and not m.rcu_wait & online
+        and (m.rcu_gp_runs == 0 or not gp)
+    ]
     sender = k.cpu
     k.cpu = cpu
     for mm in ready:
         mmh.__mmdrop_delayed(k, mm)
     k.cpu = sender
+
+
+def rcu_gp_kthread(k: Kernel, running: bool) -> None:
+    """kernel/rcu/tree.c: rcu_gp_kthread(), RCU's grace-period kthread, switched in
+    (`running`) or out. In one run it starts a grace period (rcu_gp_init()) for the callbacks
+    that need one, and, once every CPU has passed a quiescent state, it ends it
+    (rcu_gp_cleanup()) in a later run: it sleeps in between (rcu_gp_fqs_loop()), if only for
+    its own CPU's quiescent state, which that CPU's RCU core (rcuc) reports. A callback
+    queued by call_rcu() gets the next grace period to start (rcu_accelerate_cbs()), so its
+    grace period ends in the second run of the kthread after the call_rcu(), or the first
+    when the kthread was running at the call_rcu() (its rcu_gp_cleanup() of the grace period
+    before may then go straight on to rcu_gp_init() of the callback's): Mm.rcu_gp_runs,
+    counted down at each switch in. A necessary condition, not the kernel's grace period: the
+    quiescent states the model waits for are context switches since the call_rcu()."""
+    k.state.rcu_gp_tracked = True
+    k.state.rcu_gp_running = running
+    if running:
+        for mm in k.state.rcu_callbacks:
+            mm.rcu_gp_runs = max(0, mm.rcu_gp_runs - 1)
 
 
 def rcutree_migrate_callbacks(k: Kernel, cpu: int) -> None:
