@@ -556,6 +556,31 @@ def test_preempt_rt_a_callback_waits_for_the_grace_period_kthread(gp_running: bo
     assert freed == [(mm2.name, "__mmdrop_delayed")] and mm2.freed
 
 
+def test_preempt_rt_callbacks_queued_before_the_grace_period_kthread_was_seen() -> None:
+    """A trace can begin while rcu_preempt runs: its first word can be a switch out. The
+    callbacks queued before that word wait for none of its runs (whether it ran at their
+    call_rcu() is not known), those queued after for the runs rcu_gp_kthread() needs."""
+    m = machine("linux-6.12-x86_64-rt", cpus=3)
+    mm2 = with_user(m, "a")
+    mm3 = m.fork("init", name="b").mm
+    assert mm3 is not None
+    m.fork("init", name="c")
+    m.rcu_at_switch = False
+    m.schedule(2, "a")
+    m.exit("a")
+    m.schedule(2, "b")  # mm2: call_rcu() on CPU 2, before anything was said of the kthread
+    m.rcu_gp_kthread(1, running=False)  # first word: it was running, now it sleeps
+    assert mm2.rcu_gp_runs == 0
+    m.exit("b")
+    m.schedule(2, "c")  # mm3: call_rcu() with the kthread asleep
+    assert mm3.rcu_cpu == 2 and mm3.rcu_gp_runs == 2
+    freed = watch_frees(m)
+    m.schedule(0, "kthreadd")
+    m.schedule(2, m.state.rqs[2].idle.name)  # every busy CPU switched since both
+    m.rcu_callbacks(2)
+    assert freed == [(mm2.name, "__mmdrop_delayed")]  # mm3 waits for two runs of it
+
+
 def test_preempt_rt_runs_a_cpus_rcu_callbacks_oldest_first() -> None:
     """rcu_do_batch() invokes a CPU's callbacks in the order call_rcu() queued them (the
     segmented cblist is FIFO), not in the order the mms were created: the newer mm, whose

@@ -8,8 +8,8 @@ sections, which also hold a grace period up on PREEMPT_RCU, are not modelled. Gr
 are started and ended by RCU's grace-period kthread (rcu_gp_kthread(): `rcu_preempt`, or
 `rcu_sched` without PREEMPT_RCU), so none that began after a call_rcu() can have ended before
 that kthread ran twice: when a client says when it runs (a trace replay), a callback also
-waits for that (`Mm.rcu_gp_runs`). The mm must be
-unreachable from the moment mm_count reached 0 (the sanitizer checks it).
+waits for that (`Mm.rcu_gp_runs`). The mm must be unreachable from the moment mm_count
+reached 0 (the sanitizer checks it).
 """
 
 from __future__ import annotations
@@ -59,7 +59,12 @@ def rcu_gp_kthread(k: Kernel, running: bool) -> None:
     when the kthread was running at the call_rcu() (its rcu_gp_cleanup() of the grace period
     before may then go straight on to rcu_gp_init() of the callback's): Mm.rcu_gp_runs,
     counted down at each switch in. A necessary condition, not the kernel's grace period: the
-    quiescent states the model waits for are context switches since the call_rcu()."""
+    quiescent states the model waits for are context switches since the call_rcu(). The
+    callbacks queued before the first word of the kthread wait for none of its runs (whether
+    it was running at their call_rcu() is not known)."""
+    if not k.state.rcu_gp_tracked:
+        for mm in k.state.rcu_callbacks:
+            mm.rcu_gp_runs = 0
     k.state.rcu_gp_tracked = True
     k.state.rcu_gp_running = running
     if running:
