@@ -84,8 +84,9 @@ def mmdrop_sched(k: Kernel, mm: Mm, where: str, *, lazy: bool = False) -> None:
             rq.cpu for rq in k.state.rqs if rq.online and rq.curr is not rq.idle
         )
         # and its grace period, which RCU's grace-period kthread starts in one run and ends in
-        # a later one (rcu/tree.py: rcu_gp_kthread)
-        mm.rcu_gp_runs = 1 if k.state.rcu_gp_running else 2
+        # a later one (rcu/tree.py: rcu_gp_kthread), when a client says when it runs
+        if k.state.rcu_gp_tracked:
+            mm.rcu_gp_runs = 1 if k.state.rcu_gp_running else 2
         k.state.rcu_callbacks.append(mm)
         k.emit(MmDropDeferred(k.cpu, mm))
 

@@ -53,7 +53,7 @@ class Mm:
     # callback may run: a grace period
     rcu_wait: frozenset[int] = frozenset()
     # ... and how many more times RCU's grace-period kthread must run (be switched in)
-    # before it: read only when a client says when it runs (KernelState.rcu_gp_tracked)
+    # before it: counted only when a client says when it runs (KernelState.rcu_gp_tracked)
     rcu_gp_runs: int = 0
 
     @property

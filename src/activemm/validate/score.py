@@ -388,7 +388,7 @@ class DropScorer:
     def life(self, addr: int | None, line: int) -> tuple[int | None, int]:
         """The life of `addr` that `line` falls in: the line of the mm_init that handed it
         out before (None: none in the trace) and of the next one (a huge line: none)."""
-        births = self.births.get(addr or 0, []) if addr is not None else []
+        births = self.births.get(addr, []) if addr is not None else []
         i, j = bisect.bisect_left(births, line), bisect.bisect_right(births, line)
         return births[i - 1] if i else None, births[j] if j < len(births) else 1 << 62
 

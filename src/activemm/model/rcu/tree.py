@@ -32,14 +32,10 @@ def rcu_do_batch(k: Kernel, cpu: int) -> None:
     offline holds no grace period up."""
     online = {rq.cpu for rq in k.state.rqs if rq.online}
     queued = k.state.rcu_callbacks
-    gp = k.state.rcu_gp_tracked
     ready = [
         m
         for m in queued
-        if m.rcu_cpu == cpu
-        and not m.freed
-        and not m.rcu_wait & online
-        and (m.rcu_gp_runs == 0 or not gp)
+        if m.rcu_cpu == cpu and not m.freed and not m.rcu_wait & online and not m.rcu_gp_runs
     ]
     sender = k.cpu
     k.cpu = cpu
@@ -61,10 +57,8 @@ def rcu_gp_kthread(k: Kernel, running: bool) -> None:
     counted down at each switch in. A necessary condition, not the kernel's grace period: the
     quiescent states the model waits for are context switches since the call_rcu(). The
     callbacks queued before the first word of the kthread wait for none of its runs (whether
-    it was running at their call_rcu() is not known)."""
-    if not k.state.rcu_gp_tracked:
-        for mm in k.state.rcu_callbacks:
-            mm.rcu_gp_runs = 0
+    it was running at their call_rcu() is not known: mmdrop_sched() counts them only once
+    KernelState.rcu_gp_tracked is set)."""
     k.state.rcu_gp_tracked = True
     k.state.rcu_gp_running = running
     if running:
