@@ -464,6 +464,8 @@ def test_kprobes_carry_this_kernels_offsets() -> None:
     binder = guest.kprobe_definitions(task, modules=("binder_linux",))
     assert "p:activemm/bindergrab binder_alloc_init alloc=%di:x64" in binder
     assert "p:activemm/binderdrop binder_alloc_deferred_release alloc=%di:x64" in binder
+    # (its return marks the mmdrop() at its end, after the proc's pages were freed)
+    assert f"r{guest.MAXACTIVE}:activemm/binderdone binder_alloc_deferred_release" in binder
     assert not any("binder" in d for d in thp)
     # and KVM's once kvm is (kvm_arch_init_vm/kvm_arch_destroy_vm, paired by the kvm address,
     # preempt_notifier_inc/the return of preempt_notifier_dec by the task), whichever

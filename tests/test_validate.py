@@ -2454,6 +2454,98 @@ def test_a_binder_files_hold_on_its_openers_mm_is_followed_at_its_markers(
     assert _held_frees_with_tracepoints_only(capture, "binder_release") == frees
 
 
+ALLOC = "0xffff888000300000"
+BINDER = "[binder_linux]"
+BINDER_ENTRY = f"binderdrop: (binder_alloc_deferred_release+0x0/0x220 {BINDER}) alloc={ALLOC}"
+BINDER_RETURN = (
+    f"binderdone: (binder_deferred_func+0x5b/0x2a0 {BINDER} <- binder_alloc_deferred_release)"
+)
+
+
+def _binder_opener_exits() -> list[str]:
+    """app (pid 50, CPU 1) opens /dev/binder (binder_alloc_init: mmgrab() of its mm) and
+    exits, CPU 1's idle task staying lazy on the mm; a kworker (pid 60) runs on CPU 0."""
+    lines = ["# tracer: nop", "#P:2"]
+    lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
+                     _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+    grab = f"bindergrab: (binder_alloc_init+0x0/0x50 {BINDER}) alloc={ALLOC}"
+    exit_ = "sched_process_exit: comm=app pid=50 prio=120"
+    lines += [_line("app", 50, 1, 1.0002, grab), *_app_exit_mm(1),
+              _line("app", 50, 1, 1.0013, exit_)]  # fmt: skip
+    lines += _switch(1, 1.0014, ("app", 50, "Z"), ("swapper/1", 0), _lazy(APP_MM, 0),
+                     "0x0", "0x0")  # fmt: skip
+    lines += _switch(0, 1.0020, ("swapper/0", 0, "R"), ("kworker/0:1", 60),
+                     _lazy(INIT_MM, 60), "0x0", "0x0")  # fmt: skip
+    return lines
+
+
+def _validated(tmp_path: Path, lines: list[str]) -> score.Result:
+    trace = tmp_path / "binder.txt"
+    trace.write_text("\n".join(lines) + "\n")
+    r = validate(trace, preset_name="linux-6.1-x86_64")
+    assert r.learned["binder alloc->mm (binder_open marker)"] == 1
+    assert r.context_switches.matched == r.context_switches.total, r.mismatches
+    return r
+
+
+@pytest.mark.parametrize("returned", [True, False])
+def test_a_binder_release_preempted_before_its_mmdrop_frees_at_its_return(
+    tmp_path: Path, returned: bool
+) -> None:
+    """As unseen21.c gave on 6.1 with 3 CPUs: app opens /dev/binder and exits
+    (_binder_opener_exits). The kworker enters binder_alloc_deferred_release() and is
+    preempted before its mmdrop() (the release frees the proc's pages first); meanwhile
+    CPU 1 lets go of the mm, not the last reference; back on CPU 0 the kworker's mmdrop()
+    is, and __mmdrop runs there before the function returns. With the return marked
+    (binderdone) the model drops the binder reference there and frees the mm at the binder
+    release as the kernel did; without it (captures before the marker) it drops it at the
+    entry and frees the mm at CPU 1's switch: a miss, tagged as the race it is."""
+    lines = _binder_opener_exits()
+    lines += [_line("kworker/0:1", 60, 0, 1.0021, BINDER_ENTRY)]
+    lines += _switch(0, 1.0022, ("kworker/0:1", 60, "R+"), ("other", 70),
+                     _mmswitch(INIT_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+    # CPU 1 lets go of app's mm: the binder proc still holds it
+    lines += _switch(1, 1.0023, ("swapper/1", 0, "R"), ("reader", 52),
+                     _mmswitch(APP_MM, READER_MM, 52), "0x0", "0x0")  # fmt: skip
+    lines += _switch(0, 1.0030, ("other", 70, "S"), ("kworker/0:1", 60),
+                     _lazy(OTHER_MM, 60), OTHER_MM, OTHER_MM)  # fmt: skip
+    lines += ["kworker/0:1-60 (     60) [000] .....     1.003100: mmdrop: (__mmdrop+0x0/0x130) "
+              f"mm={APP_MM}"]  # fmt: skip
+    if returned:
+        lines += [_line("kworker/0:1", 60, 0, 1.0032, BINDER_RETURN)]
+    r = _validated(tmp_path, lines)
+    if returned:
+        assert (r.mmdrop.matched, r.mmdrop.total) == (1, 1), r.mismatches
+    else:  # (a miss counts on both sides: the kernel's free and the model's)
+        assert (r.mmdrop.matched, r.mmdrop.total) == (0, 2)
+        assert {m["cause"] for m in r.mismatches} == {score.RELEASE_RACE}
+
+
+def test_a_binder_release_run_whole_inside_a_lazy_users_switch_is_tagged_as_that_race(
+    tmp_path: Path,
+) -> None:
+    """As unseen21.c gave on 6.1 with 3 CPUs, with the return marker: app opens
+    /dev/binder and exits (_binder_opener_exits); CPU 1 switches away from the mm it
+    borrowed, and between that sched_switch and its finish_task_switch() (35 us there) the
+    kworker's whole binder release runs on CPU 0, so the finish's drop is the last and
+    __mmdrop runs there. The model runs the switch where it is traced, before the release:
+    it frees the mm at the release's return, and both sides of that miss are tagged as the
+    race the other way round."""
+    lines = _binder_opener_exits()
+    switch, hook, finish = _switch(1, 1.0023, ("swapper/1", 0, "R"), ("reader", 52),
+                                   _mmswitch(APP_MM, READER_MM, 52), "0x0", "0x0")  # fmt: skip
+    lines += [switch, _line("kworker/0:1", 60, 0, 1.002301, BINDER_ENTRY),
+              _line("kworker/0:1", 60, 0, 1.002302, BINDER_RETURN), hook, finish,
+              "reader-52 (     52) [001] ...1.     1.002400: mmdrop: (__mmdrop+0x0/0x130) "
+              f"mm={APP_MM}"]  # fmt: skip
+    r = _validated(tmp_path, lines)
+    assert (r.mmdrop.matched, r.mmdrop.total) == (0, 2)
+    kernel, model = r.mismatches  # the kernel's free, then the model's
+    assert kernel["kernel"]["freed_at"] == ["finish_task_switch", lines.index(switch) + 1]
+    assert model["predicted"]["freed_at"] == ["binder_release", 60]
+    assert {m["cause"] for m in r.mismatches} == {score.RELEASE_ENDED_FIRST}
+
+
 PROGRAM31 = [CAPTURES / "linux-6.1-smp2-program31", CAPTURES / "linux-6.12-smp3-program31"]
 
 

@@ -159,10 +159,14 @@ def kvm_markers(g: str) -> list[str]:
 
 def binder_markers(g: str) -> list[str]:
     """binder_alloc_init(alloc) and binder_alloc_deferred_release(alloc), functions of the
-    binder_linux module (drivers/android/binder_alloc.c): probed after it is loaded."""
+    binder_linux module (drivers/android/binder_alloc.c): probed after it is loaded. The
+    release's mmdrop() of alloc->mm is its last step but a debug print, after it freed the
+    proc's buffers and pages (the task may be preempted in between): its return
+    (binderdone, paired by the task) marks that mmdrop()."""
     return [
         f"p:{g}/bindergrab binder_alloc_init alloc=%di:x64",
         f"p:{g}/binderdrop binder_alloc_deferred_release alloc=%di:x64",
+        f"r{MAXACTIVE}:{g}/binderdone binder_alloc_deferred_release",
     ]
 
 

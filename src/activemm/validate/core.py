@@ -48,6 +48,7 @@ from activemm.trace.events import (
 from activemm.trace.replay import VHOST_WORKER, Clocked, Replayer, TaskInfo
 from activemm.validate import kernel as kv
 from activemm.validate.kernel import (
+    BINDER_RELEASE,
     ENTER_LAZY,
     EXIT_MMAP,
     FINISH,
@@ -475,6 +476,12 @@ class Validator(MarkerSteps, Clocked):
         self.uffds: dict[int, list[str]] = {}  # mm address -> userfaultfd contexts on it
         self.binders: dict[int, list[str]] = {}  # mm address -> binder procs' alloc->mm on it
         self.binder_allocs: dict[int, int] = {}  # binder_alloc address -> its mm's address
+        # captures with the return of binder_alloc_deferred_release() (binderdone), right
+        # after its mmdrop(): pid in that release -> the mm address and the model's holder
+        self.binder_returns = any(
+            isinstance(e, Probe) and e.function == BINDER_RELEASE and e.returned for e in events
+        )
+        self.binder_ending: dict[int, tuple[int, str | None]] = {}
         self.kvms: dict[int, list[str]] = {}  # mm address -> KVM VMs' kvm->mm on it
         self.kvm_vms: dict[int, int] = {}  # struct kvm address -> its mm's address
         self.kvm_creating: dict[int, int] = {}  # pid -> the VM its kvm_create_vm() makes
@@ -1014,17 +1021,21 @@ class Validator(MarkerSteps, Clocked):
     def _drop_held(self, held: dict[int, list[str]], addr: int, point: str, p: Probe) -> bool:
         """The kernel path `point` drops one of the references `held` lists for the mm at
         `addr`: so does the model, there. False when it holds none."""
-        # (only a reference to the life of the address a model mm stands for now: one left
-        # over from an earlier life, after the model lost track, is not this one)
-        mm = self.live.get(addr)
-        of_mm = {h.name for h in self.m.state.holders if h.mm is mm}
-        holder = next((h for h in held.get(addr, []) if h in of_mm), None)
+        holder = self._holder_of(held, addr)
         if holder is None:
             return False
         held[addr].remove(holder)
         self.ctx = Context(point, p.line, p.cpu, p.pid)
         self.m.mmdrop(holder, p.cpu)
         return True
+
+    def _holder_of(self, held: dict[int, list[str]], addr: int) -> str | None:
+        """One of the references `held` lists for the mm at `addr`, or None: only a
+        reference to the life of the address a model mm stands for now (one left over from
+        an earlier life, after the model lost track, is not this one)."""
+        mm = self.live.get(addr)
+        of_mm = {h.name for h in self.m.state.holders if h.mm is mm}
+        return next((h for h in held.get(addr, []) if h in of_mm), None)
 
     def _grab_current(self, held: dict[int, list[str]], what: str, marker: str, p: Probe) -> None:
         """Marker `p` is a kernel path that mmgrab()s current->mm (`what` holds it), a
@@ -1138,9 +1149,35 @@ class Validator(MarkerSteps, Clocked):
         """binder_alloc_deferred_release(alloc) entered (binder_free_proc(), once the file's
         release queued the proc's teardown: in a kworker's binder_deferred_func(), or in a
         task that put the proc's last temporary reference): its end mmdrop()s alloc->mm, the
-        mm its binder_alloc_init() took (paired by the alloc address)."""
+        mm its binder_alloc_init() took (paired by the alloc address), after freeing the
+        proc's buffers and pages under alloc->mutex (whose mutex_lock() may reschedule: the
+        task can be preempted in between). With the function's return marked too
+        (binderdone), the model's mmdrop() waits for it (_binder_released); without, it is
+        here."""
         alloc = address(p.args.get("alloc"))
-        self._object_release(p, alloc, self.binder_allocs, self.binders, "binder_release")
+        if not self.binder_returns:
+            self._object_release(p, alloc, self.binder_allocs, self.binders, "binder_release")
+            return
+        addr = self.binder_allocs.pop(alloc, None)
+        if addr is None:
+            return
+        self._open_release(p, "binder_release", addr)
+        self.binder_ending[p.pid] = (addr, self._holder_of(self.binders, addr))
+
+    def _binder_released(self, p: Probe) -> None:
+        """binder_alloc_deferred_release() returned, right after its mmdrop() of alloc->mm
+        (only a debug print in between): the model drops the reference there, by the
+        holder's name (the kernel's __mmdrop, when that mmdrop() was the last, came before
+        this marker and ended the address's life)."""
+        addr, holder = self.binder_ending.pop(p.pid, (0, None))
+        if self.releasing.get(p.pid, ("",))[0] == "binder_release":
+            del self.releasing[p.pid]  # its mmdrop() was not the last
+        held = self.binders.get(addr, [])
+        if holder not in held or self.inputs != "markers":
+            return
+        held.remove(holder)
+        self.ctx = Context("binder_release", p.line, p.cpu, p.pid)
+        self._refusable(self.m.mmdrop, holder, p.cpu)
 
     def _kvm_create(self, p: Probe) -> None:
         """kvm_arch_init_vm(kvm) entered (kvm_create_vm(), virt/kvm/kvm_main.c, under the
@@ -1686,7 +1723,9 @@ class Validator(MarkerSteps, Clocked):
             self._release(p, self.uffds, "uffd_release")
         elif f == "binder_alloc_init":
             self._binder_open(p)
-        elif f == "binder_alloc_deferred_release":
+        elif f == BINDER_RELEASE and p.returned:
+            self._binder_released(p)
+        elif f == BINDER_RELEASE:
             self._binder_release(p)
         elif f == "kvm_arch_init_vm":
             self._kvm_create(p)

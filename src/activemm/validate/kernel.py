@@ -27,6 +27,8 @@ FINISH = "finish_task_switch"
 MMDROP = "__mmdrop"
 EXIT_MMAP = "exit_mmap"
 KSM_REMOVE = "remove_rmap_item_from_tree"
+# binder_free_proc() drops its alloc->mm at the end of this (drivers/android/binder_alloc.c)
+BINDER_RELEASE = "binder_alloc_deferred_release"
 KSMD = "ksmd"  # the kernel thread that scans KSM's mm_slots (mm/ksm.c: ksm_scan_thread)
 NEW_MM = ("mm_init", "dup_mmap", "mm_alloc")
 MMPUT = "mmput"  # its return probe follows the end of the __mmput() it ran

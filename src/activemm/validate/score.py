@@ -118,6 +118,13 @@ RELEASE_RACE = (
     "before that switch, its mmdrop() after it (the vCPU stalled in between), and which was "
     "last is not in the inputs"
 )
+RELEASE_ENDED_FIRST = (
+    "a holder's release and the last lazy user's switch raced the other way: the release's "
+    "marker (where the model drops its reference) came after that switch's sched_switch and "
+    "before its finish_task_switch() dropped the CPU's lazy reference (the vCPU stalled in "
+    "between); the model runs a switch where it is traced, and which mmdrop() was last is not "
+    "in the inputs"
+)
 RELEASED_AT_ONCE = (
     "two holders let go of this mm at once (their releases ran side by side, e.g. two io_uring "
     "rings freed by two kworkers): each mmdrop() comes a little after its marker, and which "
@@ -287,6 +294,8 @@ class DropScorer:
         self.finishes: dict[str, list[Drop]] = {}
         # address -> lines where the model's __mmput freed it
         self.puts: dict[int | None, list[int]] = {}
+        # address -> lines where the model freed it at a holder's release
+        self.release_lines: dict[int | None, list[int]] = {}
         # side -> its frees at the release of a reference held outside the scheduler
         self.releases: dict[str, list[Drop]] = {}
         self.model_side: dict[int | None, list[Drop]] = {}  # address -> the model's frees
@@ -308,8 +317,11 @@ class DropScorer:
         for d in kernel_drops:
             self.kernel_lines.setdefault(d.addr, []).append(d.line)
         self.model_mmputs, self.puts, self.model_side = {}, {}, {}
+        self.release_lines = {}
         for m in model_drops:
             self.model_side.setdefault(m.addr, []).append(m)
+            if m.point[0] in RELEASE_POINTS:
+                self.release_lines.setdefault(m.addr, []).append(m.line)
             if m.point[0] == "__mmput":
                 self.model_mmputs.setdefault(m.addr, set()).add(m.point[1])
                 self.puts.setdefault(m.addr, []).append(m.line)
@@ -320,6 +332,8 @@ class DropScorer:
         in_kthread = {d.addr for d in kernel_drops if self.unseen_kthread_use(d)}
         # a lazy user's finish overlapping an __mmput's end (their model side: that __mmput)
         overlapped = {d.addr for d in kernel_drops if _finish_overlapped(d, self.puts)}
+        # and a release's end (its model side: that release)
+        ended_first = {d.addr for d in kernel_drops if _finish_overlapped(d, self.release_lines)}
         left = Counter((d.addr, d.point) for d in model_drops)
         for d in kernel_drops:
             res.mmdrop.total += 1
@@ -357,6 +371,8 @@ class DropScorer:
                     else RELEASED_AT_ONCE if self.released_at_once(d, "kernel")
                     else RCU_PENDING if (d.addr, d.point) in pending_points
                     else RELEASE_RACE if d.addr in self.release_raced
+                    else RELEASE_ENDED_FIRST
+                    if d.addr in ended_first and d.point[0] in RELEASE_POINTS
                     else HELD_OUTSIDE if d.addr in other or self.kernel_kept(d)
                     else KTHREAD_USE_MM if d.addr in in_kthread
                     else AFTER_EXIT if self.late_mmput(d.addr)
@@ -476,6 +492,8 @@ class DropScorer:
             return FAILED_FORK if self.unclaimed[d.line] == "fork" else FAILED_EXEC
         if d.addr in self.release_raced:
             return RELEASE_RACE
+        if _finish_overlapped(d, self.release_lines):
+            return RELEASE_ENDED_FIRST
         if d.point[0] in HELD_POINTS:
             return HELD_OUTSIDE
         if d.point[0] == "__mmput" and self.late_mmput(d.addr):
@@ -551,7 +569,7 @@ def _finish_overlapped(d: Drop, puts: dict[int | None, list[int]]) -> bool:
     while the __mmput ended on another CPU (a vCPU that stalled between the two: 12 ms on
     a 16-CPU capture under TCG), and which mmdrop() was last no input says. The model runs
     a switch where it is traced, its drop with it. `puts`: address -> lines of the model's
-    __mmput frees."""
+    __mmput frees (or of its frees at a holder's release, which end as an __mmput does)."""
     if d.point[0] != "finish_task_switch" or not isinstance(switch := d.point[1], int):
         return False
     return any(switch < line < d.line for line in puts.get(d.addr, []))
