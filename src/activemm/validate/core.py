@@ -1024,10 +1024,23 @@ class Validator(MarkerSteps, Clocked):
         holder = self._holder_of(held, addr)
         if holder is None:
             return False
+        self._drop_holder(held, addr, holder, point, p)
+        return True
+
+    def _drop_holder(
+        self, held: dict[int, list[str]], addr: int, holder: str, point: str, p: Probe
+    ) -> None:
+        """The kernel path `point` (its marker `p`) drops `holder`, one of the references
+        `held` lists for the mm at `addr`: so does the model, there."""
         held[addr].remove(holder)
         self.ctx = Context(point, p.line, p.cpu, p.pid)
         self.m.mmdrop(holder, p.cpu)
-        return True
+
+    def _release_returned(self, p: Probe, point: str) -> None:
+        """p.pid's release at `point` returned, right after its mmdrop(): a kernel __mmdrop
+        by that task from here on is not that release's (its mmdrop() was not the last)."""
+        if self.releasing.get(p.pid, ("",))[0] == point:
+            del self.releasing[p.pid]
 
     def _holder_of(self, held: dict[int, list[str]], addr: int) -> str | None:
         """One of the references `held` lists for the mm at `addr`, or None: only a
@@ -1170,14 +1183,10 @@ class Validator(MarkerSteps, Clocked):
         holder's name (the kernel's __mmdrop, when that mmdrop() was the last, came before
         this marker and ended the address's life)."""
         addr, holder = self.binder_ending.pop(p.pid, (0, None))
-        if self.releasing.get(p.pid, ("",))[0] == "binder_release":
-            del self.releasing[p.pid]  # its mmdrop() was not the last
-        held = self.binders.get(addr, [])
-        if holder not in held or self.inputs != "markers":
+        self._release_returned(p, "binder_release")
+        if holder is None or holder not in self.binders.get(addr, []) or self.inputs != "markers":
             return
-        held.remove(holder)
-        self.ctx = Context("binder_release", p.line, p.cpu, p.pid)
-        self._refusable(self.m.mmdrop, holder, p.cpu)
+        self._refusable(self._drop_holder, self.binders, addr, holder, "binder_release", p)
 
     def _kvm_create(self, p: Probe) -> None:
         """kvm_arch_init_vm(kvm) entered (kvm_create_vm(), virt/kvm/kvm_main.c, under the
@@ -1357,15 +1366,12 @@ class Validator(MarkerSteps, Clocked):
         addr = self.mrelease_of.pop(p.pid, None)
         if addr is None:
             return
-        if self.releasing.get(p.pid, ("",))[0] == "process_mrelease":
-            del self.releasing[p.pid]  # its mmdrop() was not the last
+        self._release_returned(p, "process_mrelease")
         mine = f"process_mrelease() of pid {p.pid} "
         holder = next((h for h in self.mreleases.get(addr, []) if h.startswith(mine)), None)
         if holder is None or self.inputs != "markers":
             return
-        self.mreleases[addr].remove(holder)
-        self.ctx = Context("process_mrelease", p.line, p.cpu, p.pid)
-        self._refusable(self.m.mmdrop, holder, p.cpu)
+        self._refusable(self._drop_holder, self.mreleases, addr, holder, "process_mrelease", p)
 
     def _kthread_use_mm(self, p: Probe, addr: int) -> None:
         """switch_mm_irqs_off(active_mm, mm, current) by a kernel thread outside a context
