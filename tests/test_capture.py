@@ -524,6 +524,11 @@ def test_capture_refuses_a_full_directory_and_unknown_workloads(tmp_path: Path) 
         run.capture(image, run.CaptureOptions(out=tmp_path / "full"))
     with pytest.raises(CaptureError, match="unknown workload"):
         run.capture(image, run.CaptureOptions(out=tmp_path / "new", workload="threads,bogus"))
+    # hotplug takes the last CPU offline (CPU 0 stays): with one CPU it could do nothing
+    one_cpu = run.CaptureOptions(out=tmp_path / "new", smp=1, workload="zombie,hotplug")
+    with pytest.raises(CaptureError, match=r"hotplug with --smp 1: .* --smp 2 or more"):
+        run.capture(image, one_cpu)
+    run.check_options(run.CaptureOptions(out=tmp_path / "new", smp=1, workload="all"))
     # 4 CPUs' ring buffers (16 MiB each) and their bookkeeping need 256 + 4 * 80 MiB
     with pytest.raises(CaptureError, match="--memory 512: expected at least 576 MiB"):
         run.capture(image, run.CaptureOptions(out=tmp_path / "new", smp=4, memory_mb=512))

@@ -17,7 +17,8 @@ WORKLOADS = {
     "clonevm": "clone(CLONE_VM) without CLONE_THREAD, beside its parent; half of them exec",
     "procreader": "/proc/PID/stat readers holding mm_users while the task exits",
     "umh": "user-mode helpers (request_module): tasks born without an mm that exec",
-    "hotplug": "CPU hotplug: the last CPU goes offline (its lazy mm handed back) and returns",
+    "hotplug": "CPU hotplug: the last CPU goes offline (its lazy mm handed back) and returns "
+    "(2 CPUs or more; with one, all and parallel leave it out)",
     "oom": "the OOM killer's victim: signal->oom_mm holds its mm past the last lazy switch",
     "vhost": "vhost-net workers on a user mm (6.1: a kernel thread's kthread_use_mm)",
     "ksm": "KSM with ksmd running: exited children's mms held by ksmd until its next pass",

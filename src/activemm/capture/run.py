@@ -406,6 +406,11 @@ def check_options(opts: CaptureOptions) -> None:
             f"unknown workload {opts.workload!r}: expected all, parallel, none, or one or more "
             f"(comma-separated) of {', '.join(single)}"
         )
+    if "hotplug" in names and opts.smp < 2:
+        raise CaptureError(
+            f"--workload hotplug with --smp {opts.smp}: it takes the last CPU offline and back, "
+            "and CPU 0 stays: give --smp 2 or more"
+        )
     if opts.workload == "none" and opts.run is None and opts.program is None:
         raise CaptureError("--workload none leaves nothing to run: give --run or --program")
     if opts.workload == "none" and opts.scale != 1:
