@@ -13,6 +13,7 @@ import re
 import shutil
 import struct
 import subprocess
+import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -532,6 +533,27 @@ def test_capture_refuses_a_full_directory_and_unknown_workloads(tmp_path: Path) 
     # 4 CPUs' ring buffers (16 MiB each) and their bookkeeping need 256 + 4 * 80 MiB
     with pytest.raises(CaptureError, match="--memory 512: expected at least 576 MiB"):
         run.capture(image, run.CaptureOptions(out=tmp_path / "new", smp=4, memory_mb=512))
+
+
+def test_a_guest_whose_watchdog_never_fires_is_stopped_with_what_to_try(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guest that booted and then neither finished its workload nor powered off at its own
+    watchdog (--timeout, in guest time: 8 CPUs under TCG on a 2-CPU host ran too slowly for
+    it to fire) is stopped by the host, and the failure says so and what to try. Here a
+    shell stands for QEMU: it writes the boot line to the console and sleeps."""
+    console, ship = tmp_path / "console.log", tmp_path / "ship.txt"
+    monkeypatch.setattr(run, "WATCHDOG_GRACE", 0.2)
+    opts = run.CaptureOptions(out=tmp_path / "cap", smp=8, timeout=0.2)
+    boot = f"echo 'ACTIVEMM: booted 6.1.0-0-rt-amd64 cpus=8' > {console}"
+    cmd = ["sh", "-c", f"{boot}; exec sleep 30"]
+    started = time.monotonic()
+    result = run._run_guest(cmd, console, ship, "tcg", opts, lambda msg: None)
+    assert time.monotonic() - started < 10  # stopped, not waited for
+    assert isinstance(result, str) and result.startswith("tcg: timed out in the workload")
+    assert "watchdog (--timeout 0.2 s) did not power it off" in result
+    assert f"TCG runs 8 CPUs on this machine's {os.cpu_count()}" in result
+    assert "smaller --smp" in result
 
 
 def test_your_own_workload_is_checked_before_anything_boots(tmp_path: Path) -> None:

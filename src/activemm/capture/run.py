@@ -253,6 +253,7 @@ def boot(
 TRIES = {"kvm": 1, "tcg": 2}
 RECORDINGS = 2  # a recording whose core probes missed hits is made again, once
 WATCHDOG = "ACTIVEMM: watchdog: the guest ran out of time"  # guest/init.sh's say()
+WATCHDOG_GRACE = 60.0  # seconds the host waits for the guest's watchdog past --timeout
 OUT_OF_TIME = "the workload ran out of time"
 CRASH_MARKS = ("Kernel panic", "BUG:", "Oops:", "general protection fault")
 
@@ -279,7 +280,7 @@ def _run_guest(
                     seen.add(key)
                     timings[key.split(": ")[1]] = time.monotonic() - t0
                     progress(msg)
-                    deadline = time.monotonic() + opts.timeout + 60
+                    deadline = time.monotonic() + opts.timeout + WATCHDOG_GRACE
             if time.monotonic() > deadline:
                 timed_out = "before the guest booted" if not seen else "in the workload"
                 break
@@ -303,6 +304,17 @@ def _run_guest(
         return accel, text, ship.read_text(errors="replace"), timings
     if WATCHDOG in text:  # the guest ran: its workload did not end in time
         return f"{accel}: {OUT_OF_TIME}"
+    if timed_out == "in the workload":  # the guest's own watchdog should have fired by now
+        slow = (
+            f"; TCG runs {opts.smp} CPUs on this machine's {os.cpu_count()}"
+            if accel == "tcg"
+            else ""
+        )
+        return (
+            f"{accel}: timed out in the workload, and the guest's own watchdog (--timeout "
+            f"{opts.timeout:g} s) did not power it off: it hung, or ran too slowly{slow} "
+            "(try a smaller --smp or a longer --timeout)"
+        )
     if timed_out:
         return f"{accel}: timed out {timed_out}"
     last = (qemu_out.strip().splitlines() or text.strip().splitlines() or ["no output"])[-1]
