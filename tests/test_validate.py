@@ -4173,9 +4173,8 @@ def test_an_execs_own_mmput_racing_a_lazy_cpu_is_tagged_a_race_on_both_sides() -
 
     def causes(exec_mmputs: set[int], inputs: str = "markers") -> list[str]:
         r = score.Result("t", "p", inputs, None)
-        score.DropScorer(r, inputs, {a: 280}, set(), {a}, exec_mmputs=exec_mmputs).score(
-            kernel, model
-        )
+        exits = {a: [(100, 280)]}  # task 280's exit_mm() marker
+        score.DropScorer(r, inputs, exits, set(), {a}, exec_mmputs=exec_mmputs).score(kernel, model)
         return [m["cause"] for m in r.mismatches]
 
     assert causes({a}) == [score.RACE, score.RACE]
@@ -4269,11 +4268,72 @@ def test_an_exit_mmput_that_ended_before_its_tasks_preemption_is_the_exit_window
     def causes(pid: int) -> list[str]:
         r = score.Result("t", "p", "sched", None)
         model = [Drop(a, ("__mmput", pid), 39070, 0, "mm420")]
-        score.DropScorer(r, "sched", {a: 899}, set(), set()).score(kernel, model)
+        score.DropScorer(r, "sched", {a: [(38000, 899)]}, set(), set()).score(kernel, model)
         return [m["cause"] for m in r.mismatches]
 
     assert causes(899) == [score.EXIT_WINDOW, score.EXIT_WINDOW]
     assert causes(900)[0] == score.UNEXPLAINED
+
+
+def test_both_sides_of_a_miss_share_its_cause_whatever_other_lives_of_the_address_did() -> None:
+    """score.DropScorer on a hand-made pair of misses at one slab address (as 6.12 with 3
+    CPUs gave, -w hotplug): in its first life mm A's __mmput ran in task 300, where the model,
+    told only of task 301's exit, ran it in 301 (a /proc reader's mmput: "__mmput ran in
+    another task"); in its second life the kernel freed A at a lazy user's switch (line 6521)
+    while the model, with tracepoints only, still had a CPU that had gone offline borrowing A
+    (the kernel's finish_cpu() had dropped it), and freed it when that CPU came back (line
+    6905). Both sides of the second miss are CPU hotplug: the model's side takes the cause of
+    the kernel's free of that life, not the first life's."""
+    from activemm.validate.kernel import Drop
+
+    a = 0xFFFF888004068B00
+    kernel = [Drop(a, ("__mmput", 300), 200, 0), Drop(a, ("finish_task_switch", 6521), 6525, 1)]
+    model = [
+        Drop(a, ("__mmput", 301), 190, 1, "mm10"),
+        Drop(a, ("finish_cpu", 0), 6905, 0, "mm141"),
+    ]
+    r = score.Result("t", "p", "sched", None)
+    births = {a: [100, 5000]}
+    scorer = score.DropScorer(r, "sched", {a: [(150, 301)]}, set(), set(), births, offlined={a})
+    scorer.score(kernel, model)
+    causes = {(m["line"], "freed_at" in m["kernel"] and m["kernel"]["freed_at"] == "not here"):
+              m["cause"] for m in r.mismatches}  # fmt: skip
+    assert causes == {
+        (200, False): score.ELSEWHERE,
+        (190, True): score.ELSEWHERE,
+        (6525, False): score.HOTPLUG,
+        (6905, True): score.HOTPLUG,
+    }
+
+
+def test_an_rt_exit_window_free_queued_before_the_models_mmput_is_the_exit_window() -> None:
+    """score.DropScorer on a hand-made miss (as unseen45.c gave on 6.12-rt with 6 CPUs, seed
+    10228): task 544's exit_mm() (marker, line 30022) and __mmput() ran whole, then it was
+    preempted (line 30113); CPU 5, lazy on mm A since, switched to another mm at line 30119,
+    its mmdrop_sched() the last: PREEMPT_RT queues the free (call_rcu) and CPU 5's rcuc ran
+    it at line 31074. With tracepoints only the model ran that __mmput at the task's
+    sched_process_exit, line 30184: after the switch that queued the kernel's free, before
+    the RCU callback. Both sides are the exit window, and A's address, which served other
+    mms before and after (other exits let go of those lives), does not hide whose exit this
+    life's was. Had CPU 5 let go only after the model's __mmput, it is no such miss."""
+    from activemm.validate.kernel import Drop
+
+    a = 0xFFFF888005C76000
+    births = {a: [7000, 29596, 40000]}  # mm_init handed the address out three times
+    exits = {a: [(7200, 256), (30022, 544), (46000, 647)]}
+    kernel = [Drop(a, ("call_rcu", 5), 31074, 5)]
+    model = [Drop(a, ("__mmput", 544), 30184, 5, "mm355")]
+
+    def causes(let_go: int) -> list[str]:
+        r = score.Result("t", "p", "sched", None)
+        scorer = score.DropScorer(
+            r, "sched", exits, set(), set(), births=births, let_go={a: [(29725, 5), (let_go, 5)]}
+        )
+        scorer.score(kernel, model)
+        return [m["cause"] for m in r.mismatches]
+
+    assert causes(30119) == [score.EXIT_WINDOW, score.EXIT_WINDOW]
+    assert causes(30190)[0] == score.UNEXPLAINED
 
 
 @pytest.mark.parametrize("last", ["ksmd", "lazy cpu", "ksmd running"])

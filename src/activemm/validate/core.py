@@ -538,6 +538,9 @@ class Validator(MarkerSteps, Clocked):
         # one of its files held: vhost's dev->mm, put back in exit_files())
         self.after_exit: set[int] = set()
         self.exited_mm: dict[int, int] = {}  # mm address -> pid whose exit_mm let go of it
+        # mm address -> (line, pid) of every exit_mm marker of it, for the scorer: a slab
+        # address serves many mms, and each life has its own
+        self.exit_marks: dict[int, list[tuple[int, int]]] = {}
         self.marker_done: set[int] = set()
         # CPU -> exec's activate_mm marker, waiting for the CR3 load's tlb_flush
         self.armed: dict[int, Probe] = {}  # id() of model tasks exec'd at their marker
@@ -1764,6 +1767,7 @@ class Validator(MarkerSteps, Clocked):
             t = self.replayer.current(p.cpu, p.pid, p.comm, p.tgid)
         self.new_addrs.setdefault(id(t), []).append(addr)
         self.births.setdefault(addr, []).append(p.line)
+        self.exited_mm.pop(addr, None)  # an exit of an earlier mm at this address
         if kv.born_in_fork(p):
             self.forked.add(addr)
             self.forking[p.pid] = None
@@ -2092,6 +2096,7 @@ class Validator(MarkerSteps, Clocked):
                     self.exit_marked[pid] = p.line
                 self.exiting_since.pop(pid, None)
                 self.exited_mm[mm] = pid
+                self.exit_marks.setdefault(mm, []).append((p.line, pid))
             if self.inputs == "markers":
                 self._refusable(self._marker_exit, p)
 
@@ -2457,7 +2462,7 @@ class Validator(MarkerSteps, Clocked):
         drops = DropScorer(
             self.result,
             self.inputs,
-            self.exited_mm,
+            self.exit_marks,
             self.tainted,
             self.raced,
             self.births,

@@ -255,7 +255,7 @@ class DropScorer:
         self,
         result: Result,
         inputs: str,
-        exited_mm: dict[int, int],
+        exit_marks: dict[int, list[tuple[int, int]]],
         tainted: set[int],
         raced: set[int],
         births: dict[int, list[int]] | None = None,
@@ -272,7 +272,8 @@ class DropScorer:
         # sched_process_exit before exit_mm() (6.16+): __mmput's end is no window's
         self.window_cause = MMPUT_END if exit_first else EXIT_WINDOW
         self.inputs = inputs
-        self.exited_mm = exited_mm  # mm address -> pid whose exit_mm let go of it
+        # mm address -> (line, pid) of each exit_mm marker of it, every life of the address
+        self.exit_marks = exit_marks
         self.tainted = tainted  # addresses of mms in context switches the model missed
         self.raced = raced  # addresses whose __mmput the model pinned until a later event
         self.births = births or {}  # address -> lines where mm_init handed it out
@@ -335,6 +336,7 @@ class DropScorer:
         # and a release's end (its model side: that release)
         ended_first = {d.addr for d in kernel_drops if _finish_overlapped(d, self.release_lines)}
         left = Counter((d.addr, d.point) for d in model_drops)
+        missed: dict[int | None, list[tuple[Drop, str]]] = {}  # address -> kernel-side misses
         for d in kernel_drops:
             res.mmdrop.total += 1
             if left[(d.addr, d.point)] > 0:
@@ -354,6 +356,7 @@ class DropScorer:
             )  # fmt: skip
             res.mismatch("mmdrop", d.line, predicted or {"freed_at": "never"}, kernel,
                          cause)  # fmt: skip
+            missed.setdefault(d.addr, []).append((d, cause))
         # PREEMPT_RT: the model's RCU frees of lives the kernel never freed in the trace (their
         # callback still waited for a grace period). Points carry no line: of the lives a
         # point leaves over, these are reported first, and the point's misses are theirs
@@ -377,6 +380,8 @@ class DropScorer:
                     else KTHREAD_USE_MM if d.addr in in_kthread
                     else AFTER_EXIT if self.late_mmput(d.addr)
                     else RACE if d.addr in self.raced
+                    # the kernel's free of the same mm, elsewhere: the same cause
+                    else paired if (paired := self.paired_cause(d, missed)) is not None
                     else ELSEWHERE if d.addr in elsewhere
                     else self.window_cause if d.addr in window
                     else HOTPLUG if self.offline_borrowed(d)
@@ -391,6 +396,19 @@ class DropScorer:
                 predicted = {"mm": d.name, "address": hexaddr(d.addr), "freed_at": list(d.point)}
                 res.mismatch("mmdrop", d.line, predicted, {"freed_at": "not here"}, cause)
 
+    def paired_cause(self, d: Drop, missed: dict[int | None, list[tuple[Drop, str]]]) -> str | None:
+        """The model freed d's mm where the kernel did not: the cause found for the kernel's
+        free of that mm, elsewhere (its miss nearest to d in the same life of the address), so
+        that both sides of one miss say the same; None when that life has no kernel miss, or
+        its cause is unexplained. (The address-wide sets of the chain after it mix lives: a
+        slab address serves many mms.)"""
+        life = self.life(d.addr, d.line)
+        same = [(k, c) for k, c in missed.get(d.addr, []) if self.life(k.addr, k.line) == life]
+        if not same:
+            return None
+        _, cause = min(same, key=lambda kc: abs(kc[0].line - d.line))
+        return None if cause == UNEXPLAINED else cause
+
     def kernel_kept(self, d: Drop) -> bool:
         """The model freed this mm, and in the kernel that life of its address (from the
         mm_init before the model's free to the next) saw no __mmdrop at all: a reference the
@@ -400,6 +418,15 @@ class DropScorer:
         if start is None:
             return False
         return not any(start < line < end for line in self.kernel_lines.get(d.addr, []))
+
+    def exited_from(self, addr: int | None, line: int) -> int | None:
+        """The pid whose exit_mm() let go of the mm at `addr` in the life `line` falls in,
+        before `line` (None: no exit did)."""
+        start, _ = self.life(addr, line)
+        marks = [(at, pid) for at, pid in self.exit_marks.get(addr or 0, []) if at < line]
+        if not marks or (start is not None and marks[-1][0] < start):
+            return None
+        return marks[-1][1]
 
     def life(self, addr: int | None, line: int) -> tuple[int | None, int]:
         """The life of `addr` that `line` falls in: the line of the mm_init that handed it
@@ -429,9 +456,20 @@ class DropScorer:
         """Tracepoints only: the kernel freed d's mm before the model's __mmput of it, which
         ran whole at the sched_process_exit of the task that exited from it: the kernel's
         __mmput had ended inside that exit window (the task was preempted after it, before
-        the tracepoint), and the last lazy user's switch freed the mm then."""
+        the tracepoint), and the last lazy user's switch freed the mm then. On PREEMPT_RT
+        that switch's mmdrop_sched() queued the free (call_rcu) and an RCU callback ran it
+        later, after the model's __mmput perhaps: the switch on that CPU that let go of the
+        mm last before the free is when."""
+        when = d.line
+        if d.point[0] == "call_rcu":
+            moves = [
+                line
+                for line, c in self.let_go.get(d.addr or 0, [])
+                if c == d.point[1] and line < when
+            ]
+            when = moves[-1] if moves else when
         return any(
-            self.exit_window_drop(m) and m.line > d.line for m in self.model_side.get(d.addr, [])
+            self.exit_window_drop(m) and m.line > when for m in self.model_side.get(d.addr, [])
         )
 
     def queued_at_once(self, d: Drop, other_side: str) -> bool:
@@ -539,7 +577,7 @@ class DropScorer:
         return (
             self.inputs == "sched"
             and d.point[0] == "__mmput"
-            and self.exited_mm.get(d.addr or 0) == d.point[1]
+            and self.exited_from(d.addr, d.line) == d.point[1]
         )
 
     def mmput_by_another(self, d: Drop) -> bool:
@@ -553,7 +591,7 @@ class DropScorer:
             return False
         if self.inputs == "markers" and d.addr in self.exec_mmputs:
             return False
-        owner = self.exited_mm.get(d.addr or 0)
+        owner = self.exited_from(d.addr, d.line)
         if owner is not None:
             return owner != d.point[1]
         # with tracepoints only, no exit let go of it (an exec did): the model ran that
