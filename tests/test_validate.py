@@ -592,6 +592,31 @@ def test_a_cpu_lazy_since_before_the_trace_explains_a_flush_before_a_late_fork()
     assert (r.outside_schedule.matched, r.outside_schedule.total) == (0, 3)
 
 
+def test_a_kthread_unuse_mm_the_model_guessed_is_tagged_with_its_kthread_use_mm() -> None:
+    """score_outside on hand-made hooks (as unseen47.c gave on 6.12 with 3 CPUs, tracepoints
+    only): khugepaged's own CR3 load to init_mm (a local flush that found its CPU lazy) and
+    the next task switched in there without a CR3 load (an exiting task, its mm gone in an
+    exit window no tracepoint showed) read as kthread_use_mm() of that task's mm, and the
+    model ran khugepaged's kthread_unuse_mm() when it switched out: an enter_lazy_tlb the
+    kernel did not make. Both the guessed use and unuse are that cause; the model's exit_mm()
+    of a user task, unmatched, is not."""
+    user, other = 0xFFFF88800406DD80, 0xFFFF8880051D4780
+
+    def hook(kind: str, pid: int, line: int, via: str) -> kv.Outside:
+        prev = other if kind == "switch_mm" else 0
+        return kv.Outside(kind, 0, pid, user, prev, line, 3, via=via)
+
+    r = score.Result("hand-made", "linux-6.12-x86_64", "sched", "6.12")
+    model = [
+        hook("switch_mm", 47, 17857, "kthread_use_mm"),
+        hook("enter_lazy_tlb", 47, 18051, "kthread_unuse_mm"),
+        hook("enter_lazy_tlb", 256, 18100, "exit"),
+    ]
+    score.score_outside(r, [], model)
+    causes = [m["cause"] for m in r.mismatches]
+    assert causes == [score.KTHREAD_USE_MM, score.KTHREAD_USE_MM, score.UNEXPLAINED]
+
+
 @pytest.mark.parametrize("steps", [[250], [], [150], [350]])
 def test_an_rcu_callback_moved_off_a_cpu_going_offline_is_tagged_so(steps: list[int]) -> None:
     """DropScorer on hand-made frees (PREEMPT_RT, as unseen48.c gave on 6.17-rt and 6.18-rt

@@ -622,9 +622,9 @@ class Validator(MarkerSteps, Clocked):
             prev = self._a(ev.prev) if isinstance(ev, MmSwitched) else 0
             mm = self._a(ev.mm if isinstance(ev, LazyEntered) else ev.next)
             self.model_outside.append(Outside(hotplug, cpu, pid, mm, prev, self.ctx.line, epoch))
-        elif isinstance(ev, LazyEntered):
+        elif isinstance(ev, LazyEntered):  # exit_mm() or kthread_unuse_mm(): `via` says
             self.model_outside.append(Outside("enter_lazy_tlb", cpu, pid, self._a(ev.mm), 0,
-                                              self.ctx.line, epoch))  # fmt: skip
+                                              self.ctx.line, epoch, via=self.op.name))  # fmt: skip
         elif ev.via == "activate_mm":
             self.model_outside.append(Outside("activate_mm", cpu, pid, self._a(ev.next),
                                               self._a(ev.prev), self.ctx.line, epoch))  # fmt: skip

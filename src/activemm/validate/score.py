@@ -757,8 +757,12 @@ def _outside_dict(o: Outside) -> dict[str, Any]:
 
 def _outside_cause(o: Outside, mm_kthreads: set[int]) -> str:
     """`mm_kthreads`: the kernel threads seen calling kthread_use_mm (their kthread_unuse_mm
-    is an enter_lazy_tlb outside schedule)."""
-    if o.kind == "switch_mm" or (o.kind == "enter_lazy_tlb" and o.pid in mm_kthreads):
+    is an enter_lazy_tlb outside schedule). The model's own kthread_unuse_mm (`via`) follows
+    a kthread_use_mm it ran: with tracepoints only, where a kernel thread's own CR3 load
+    and the next task switched in there without one made it guess one (a lazy CPU's local
+    flush to init_mm, when that task had left its mm in an exit window, also reads so)."""
+    unuse = o.kind == "enter_lazy_tlb" and (o.pid in mm_kthreads or o.via == "kthread_unuse_mm")
+    if o.kind == "switch_mm" or unuse:
         return KTHREAD_USE_MM
     if o.kind == "flush_to_init_mm":
         return (
