@@ -537,9 +537,8 @@ class Validator(MarkerSteps, Clocked):
         # mm addresses whose __mmput ran in a task past its sched_process_exit (a reference
         # one of its files held: vhost's dev->mm, put back in exit_files())
         self.after_exit: set[int] = set()
-        self.exited_mm: dict[int, int] = {}  # mm address -> pid whose exit_mm let go of it
-        # mm address -> (line, pid) of every exit_mm marker of it, for the scorer: a slab
-        # address serves many mms, and each life has its own
+        # mm address -> (line, pid) of every exit_mm marker of it: a slab address serves many
+        # mms, and each life has its own (exited_from())
         self.exit_marks: dict[int, list[tuple[int, int]]] = {}
         self.marker_done: set[int] = set()
         # CPU -> exec's activate_mm marker, waiting for the CR3 load's tlb_flush
@@ -1699,7 +1698,7 @@ class Validator(MarkerSteps, Clocked):
             self.anchor[p.cpu] = (EXIT_MMAP, mm)
             self.mmput_open[mm] = p.pid
             self.exit_mmap_of[p.pid] = mm
-            owner = self.exited_mm.get(mm)
+            owner = self.exited_from(mm)
             if owner is not None and owner != p.pid:
                 self.raced.add(mm)
             if p.pid in self.exec_open:
@@ -1757,6 +1756,14 @@ class Validator(MarkerSteps, Clocked):
         elif kv.births_read(p, self.use_mm_init):
             self._announce(p, kv.born(p))
 
+    def exited_from(self, mm: int) -> int | None:
+        """The pid whose exit_mm() let go of the mm now at address `mm` (None: none did, in
+        this life of the address: an exit before its last mm_init was an earlier mm's)."""
+        marks, births = self.exit_marks.get(mm), self.births.get(mm)
+        if not marks or (births and marks[-1][0] < births[-1]):
+            return None
+        return marks[-1][1]
+
     def _announce(self, p: Probe, addr: int) -> None:
         """mm_init returned a new mm in task p.pid's context (fork: the parent; exec: the
         task itself): the next mm the model allocates there is this one."""
@@ -1767,7 +1774,6 @@ class Validator(MarkerSteps, Clocked):
             t = self.replayer.current(p.cpu, p.pid, p.comm, p.tgid)
         self.new_addrs.setdefault(id(t), []).append(addr)
         self.births.setdefault(addr, []).append(p.line)
-        self.exited_mm.pop(addr, None)  # an exit of an earlier mm at this address
         if kv.born_in_fork(p):
             self.forked.add(addr)
             self.forking[p.pid] = None
@@ -1912,7 +1918,7 @@ class Validator(MarkerSteps, Clocked):
         if not self.preemptible or self._past_exit(p.pid, p.line):
             return False
         mm = self.exit_mmap_of.get(p.pid)
-        if mm is None or self.exited_mm.get(mm) != p.pid:
+        if mm is None or self.exited_from(mm) != p.pid:
             return False
         after = [next_line(lines.get(p.pid, []), p.line)
                  for lines in (self.preemptions, self.exit_lines, self.rests)]  # fmt: skip
@@ -2095,7 +2101,6 @@ class Validator(MarkerSteps, Clocked):
                 if not self.exit_first:  # (since 6.16 no window comes before it)
                     self.exit_marked[pid] = p.line
                 self.exiting_since.pop(pid, None)
-                self.exited_mm[mm] = pid
                 self.exit_marks.setdefault(mm, []).append((p.line, pid))
             if self.inputs == "markers":
                 self._refusable(self._marker_exit, p)

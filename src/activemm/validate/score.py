@@ -462,12 +462,7 @@ class DropScorer:
         mm last before the free is when."""
         when = d.line
         if d.point[0] == "call_rcu":
-            moves = [
-                line
-                for line, c in self.let_go.get(d.addr or 0, [])
-                if c == d.point[1] and line < when
-            ]
-            when = moves[-1] if moves else when
+            when = self.last_let_go(d.addr, d.point[1], when) or when
         return any(
             self.exit_window_drop(m) and m.line > when for m in self.model_side.get(d.addr, [])
         )
@@ -481,15 +476,14 @@ class DropScorer:
         if other is None or other.point == d.point:
             return False
         end = d.line if other_side == "model" else other.line  # the kernel's __mmdrop
-        last = []
-        for cpu in (d.point[1], other.point[1]):
-            moves = [
-                line for line, c in self.let_go.get(d.addr or 0, []) if c == cpu and line < end
-            ]
-            if not moves:
-                return False
-            last.append(moves[-1])
-        return abs(last[0] - last[1]) <= NEARBY
+        mine, theirs = (self.last_let_go(d.addr, cpu, end) for cpu in (d.point[1], other.point[1]))
+        return mine is not None and theirs is not None and abs(mine - theirs) <= NEARBY
+
+    def last_let_go(self, addr: int | None, cpu: object, before: int) -> int | None:
+        """The line of the last kernel switch on `cpu` that moved it off the mm at `addr`
+        before line `before` (None: none did)."""
+        moves = [line for line, c in self.let_go.get(addr or 0, []) if c == cpu and line < before]
+        return moves[-1] if moves else None
 
     def moved_offline(self, d: Drop, other_side: str) -> bool:
         """PREEMPT_RT: both sides freed this mm from an RCU callback, the kernel's run by
