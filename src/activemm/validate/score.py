@@ -335,12 +335,14 @@ class DropScorer:
         overlapped = {d.addr for d in kernel_drops if _finish_overlapped(d, self.puts)}
         # and a release's end (its model side: that release)
         ended_first = {d.addr for d in kernel_drops if _finish_overlapped(d, self.release_lines)}
-        left = Counter((d.addr, d.point) for d in model_drops)
+        # PREEMPT_RT: the model's RCU frees of lives the kernel never freed in the trace (their
+        # callback still waited for a grace period): of a point's frees, left over first
+        pending = {id(d) for d in model_drops if d.point[0] == "call_rcu" and self.kernel_kept(d)}
+        kernel_left, model_left = self.pair(kernel_drops, model_drops, pending)
         missed: dict[int | None, list[tuple[Drop, str]]] = {}  # address -> kernel-side misses
         for d in kernel_drops:
             res.mmdrop.total += 1
-            if left[(d.addr, d.point)] > 0:
-                left[(d.addr, d.point)] -= 1
+            if id(d) not in kernel_left:
                 res.mmdrop.matched += 1
                 continue
             near = sorted(
@@ -357,22 +359,14 @@ class DropScorer:
             res.mismatch("mmdrop", d.line, predicted or {"freed_at": "never"}, kernel,
                          cause)  # fmt: skip
             missed.setdefault(d.addr, []).append((d, cause))
-        # PREEMPT_RT: the model's RCU frees of lives the kernel never freed in the trace (their
-        # callback still waited for a grace period). Points carry no line: of the lives a
-        # point leaves over, these are reported first, and the point's misses are theirs
-        pending = [d for d in model_drops if d.point[0] == "call_rcu" and self.kernel_kept(d)]
-        pending_points = {(d.addr, d.point) for d in pending}
-        pending_ids = {id(d) for d in pending}
-        kept_first = sorted(model_drops, key=lambda d: id(d) not in pending_ids)
-        for d in kept_first:
-            if left[(d.addr, d.point)] > 0:
-                left[(d.addr, d.point)] -= 1
+        for d in model_drops:
+            if id(d) in model_left:
                 res.mmdrop.total += 1
                 cause = (
                     CONCURRENT if self.concurrent(d, "kernel")
                     else RCU_MOVED if self.moved_offline(d, "kernel")
                     else RELEASED_AT_ONCE if self.released_at_once(d, "kernel")
-                    else RCU_PENDING if (d.addr, d.point) in pending_points
+                    else RCU_PENDING if id(d) in pending
                     else RELEASE_RACE if d.addr in self.release_raced
                     else RELEASE_ENDED_FIRST
                     if d.addr in ended_first and d.point[0] in RELEASE_POINTS
@@ -395,6 +389,40 @@ class DropScorer:
                 )  # fmt: skip
                 predicted = {"mm": d.name, "address": hexaddr(d.addr), "freed_at": list(d.point)}
                 res.mismatch("mmdrop", d.line, predicted, {"freed_at": "not here"}, cause)
+
+    def pair(
+        self, kernel_drops: list[Drop], model_drops: list[Drop], pending: set[int]
+    ) -> tuple[set[int], set[int]]:
+        """Match the two sides' frees of each (address, point), the ids of those left over on
+        each side returned. A point repeats across the lives of an address (PREEMPT_RT's
+        ("call_rcu", CPU) above all: a slab address serves many mms), so frees are paired
+        within a life first (life(), in line order), and only then across lives (a model
+        free that ran after the kernel had handed the address out again), the `pending` ones
+        (model frees of lives the kernel never freed in the trace) last: as many matches as
+        multisets give, and a miss left in the life where it happened, so that its cause is
+        sought there."""
+        sides: dict[tuple[object, ...], tuple[list[Drop], list[Drop]]] = {}
+        for i, drops in enumerate((kernel_drops, model_drops)):
+            for d in drops:
+                sides.setdefault((d.addr, d.point), ([], []))[i].append(d)
+        kernel_left: set[int] = set()
+        model_left: set[int] = set()
+        for kernel, model in sides.values():
+            lives: dict[tuple[int | None, int], tuple[list[Drop], list[Drop]]] = {}
+            for i, drops in enumerate((kernel, model)):
+                for d in drops:
+                    lives.setdefault(self.life(d.addr, d.line), ([], []))[i].append(d)
+            ks: list[Drop] = []
+            ms: list[Drop] = []
+            for k, m in lives.values():
+                n = min(len(k), len(m))
+                ks += k[n:]
+                ms += m[n:]
+            ms.sort(key=lambda d: (id(d) in pending, d.line))
+            n = min(len(ks), len(ms))
+            kernel_left.update(id(d) for d in ks[n:])
+            model_left.update(id(d) for d in ms[n:])
+        return kernel_left, model_left
 
     def paired_cause(self, d: Drop, missed: dict[int | None, list[tuple[Drop, str]]]) -> str | None:
         """The model freed d's mm where the kernel did not: the cause found for the kernel's
