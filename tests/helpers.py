@@ -14,6 +14,7 @@ from activemm.model.kernel import Observer
 from activemm.model.state import Mm
 from activemm.trace import read_trace
 from activemm.trace.events import TraceEvent
+from activemm.trace.readers import ReadStats
 from activemm.trace.replay import Replayer, replay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,15 +87,18 @@ class Events(Observer):
         return out
 
 
-def read_lines(lines: list[str]) -> list[TraceEvent]:
+def read_lines(lines: list[str], stats: ReadStats | None = None) -> list[TraceEvent]:
     """Hand-made tracefs lines, read as a trace file is."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trace.txt"
         path.write_text("# tracer: nop\n" + "".join(f"  {line}\n" for line in lines))
-        return list(read_trace(str(path)))
+        return list(read_trace(str(path), stats=stats))
 
 
 def replay_lines(lines: list[str], preset_name: str, cpus: int) -> Replayer:
-    """Replay hand-made tracefs lines under one preset; its replayer."""
-    _, replayers = replay(read_lines(lines), [preset(preset_name)], cpus)
+    """Replay hand-made tracefs lines under one preset, as `activemm replay` does (with the
+    placements its reader keeps); its replayer."""
+    stats = ReadStats()
+    events = read_lines(lines, stats)
+    _, replayers = replay(events, [preset(preset_name)], cpus, placements=stats.placements)
     return replayers[preset_name]

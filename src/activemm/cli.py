@@ -693,6 +693,7 @@ def replay(
                 costs=cost_table,
                 progress=tick,
                 sanitize_every=sanitize_every,
+                placements=stats.placements,
             )
             outcomes = collect(replayers)
     result = _comparison(trace, n, stats, columns, configs + hidden, outcomes) | {"jobs": workers}
@@ -748,8 +749,8 @@ def timeline(
     else:
         cfg = resolve_config(preset_name)
         tl = Timeline()
-        _, events, ncpus, _, snap = _open_trace(source, tasks)
-        run_replay(events, [cfg], ncpus, snap, extra={cfg.label: [tl]})
+        _, events, ncpus, stats, snap = _open_trace(source, tasks)
+        run_replay(events, [cfg], ncpus, snap, extra={cfg.label: [tl]}, placements=stats.placements)
     doc = tl.document()
     write_atomic(output, json.dumps(doc))
     out.print(
@@ -829,7 +830,9 @@ def report(
     trace, events, ncpus, stats, snapshot = _open_trace(trace, tasks, fmt)
     tl = Timeline()
     first = configs[0].label
-    n, replayers = run_replay(events, configs, ncpus, snapshot, extra={first: [tl]}, progress=None)
+    n, replayers = run_replay(
+        events, configs, ncpus, snapshot, extra={first: [tl]}, placements=stats.placements
+    )
     tl.document()  # closes the open spans
     result = _comparison(trace, n, stats, columns, configs, collect(replayers))
     images = plots({key: replayers[cfg.label].metrics for key, cfg in columns}, tl, columns[0][0])

@@ -81,6 +81,10 @@ class ReadStats:
     left_out: Counter[str] = field(default_factory=Counter)
     fmt: str = ""
     header_cpus: int = 0  # from "#P:N" (tracefs) or "cpus=N" (trace-cmd report)
+    # pid -> (line, from CPU or -1, to CPU) of each sched_wakeup_new (where a new task is
+    # placed) and sched_migrate_task: not events of the stream (nothing the model does), read
+    # only to tell which of two tasks a pid names (Replayer.placements)
+    placements: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
 
 
 # tracefs/trace-cmd text up to the irq-flags column: "COMM-PID (TGID) [CPU] "
@@ -308,6 +312,21 @@ def _cpuhp(
     m = CPUHP.match(rest)
     fn = m and m["f"].split("+")[0].split(".")[0]
     return m and HotplugStep(line, cpu, ts, pid, comm, tgid, int(m["c"]), fn or "")
+
+
+PLACEMENTS = ("sched_wakeup_new", "sched_migrate_task")
+WAKEUP_NEW = re.compile(r".*\bpid=(?P<p>\d+) .*\btarget_cpu=(?P<to>\d+)")
+MIGRATE = re.compile(r".*\bpid=(?P<p>\d+) .*\borig_cpu=(?P<fr>\d+) dest_cpu=(?P<to>\d+)")
+
+
+def _placement(stats: ReadStats, line: int, event: str, rest: str) -> None:
+    """Keep where a sched_wakeup_new placed a new task, or whence and whither a
+    sched_migrate_task moved a task (ReadStats.placements); a line without those fields is
+    left alone (these events are not the stream's)."""
+    m = (WAKEUP_NEW if event == "sched_wakeup_new" else MIGRATE).match(rest)
+    if m is not None:
+        fr = int(m["fr"]) if event == "sched_migrate_task" else -1
+        stats.placements.setdefault(int(m["p"]), []).append((line, fr, int(m["to"])))
 
 
 PARSERS: dict[str, Parser] = {
@@ -830,6 +849,8 @@ def parse_lines(
             if pm is None or pm["loc"].startswith("0x"):
                 # (a uprobe's location is a user address, `(0x401d70)`: no kernel function)
                 stats.unknown[event] += 1
+                if event in PLACEMENTS:
+                    _placement(stats, n, event, rest)
                 continue
             if BARE_ADDRESS.fullmatch(pm["loc"]):
                 # a kprobe printed through its format's `(%lx)` (trace-cmd report, perf

@@ -185,6 +185,18 @@ class Replayer:
         self._x86 = config.arch == "x86_64"
         # pid -> the mm its last flush of another task's mm was replayed on
         self._foreign: dict[int, Mm] = {}
+        # pid -> the exited tasks that went by it until a fork took the pid again
+        # (_displace), each with the line of that fork, until their final switch
+        self._displaced: dict[int, list[tuple[Task, int]]] = {}
+        # pid -> (line of its task_newtask, the child) of each fork made ahead of it (park)
+        self._parked: dict[int, list[tuple[int, Task]]] = {}
+        # sched_switch lines whose next pid named two tasks then (_displaced_next)
+        self.shared_switches: set[int] = set()
+        # id of an exiting task switched out before its final switch -> (it, that line)
+        self._left_at: dict[int, tuple[Task, int]] = {}
+        # pid -> (line, from CPU or -1, to CPU) of its sched_wakeup_new and sched_migrate_task
+        # lines (ReadStats.placements): which runqueue each of two tasks of one pid is on
+        self.placements: dict[int, list[tuple[int, int, int]]] = {}
         self._next_jiffy = 0.0  # trace time of the next jiffy (tick_do_update_jiffies64)
 
     # -- the model's view of trace tasks ------------------------------------------------
@@ -249,6 +261,8 @@ class Replayer:
         named = self.tasks.get(pid)
         if named is None or named is cur or not cur.exiting or cur.is_idle:
             return None
+        if self._is_displaced(pid, cur):
+            return None  # a fork took its pid, no exec (current() knows it)
         # (no pid names it, but the exec'ing thread's old one, which _de_thread gave it)
         if any(t is cur and (pid, q) not in self.exchanged for q, t in self.tasks.items()):
             return None
@@ -327,6 +341,8 @@ class Replayer:
             return rq.curr
         if (rq.idle if pid == 0 else self.tasks.get(pid)) is rq.curr:
             return rq.curr  # the model already agrees: the common case
+        if self._is_displaced(pid, rq.curr):
+            return rq.curr  # its pid taken again, it has yet to switch out for good
         moved = self._de_thread(pid, cpu)
         if moved is not None:
             return moved
@@ -457,7 +473,13 @@ class Replayer:
         if final and not prev.exiting and not prev.is_idle and prev.pid != 1:
             self.stats.anomalies["exit inferred from prev_state"] += 1
             self.m.exit(prev)
-        nxt = self.task(ev.next_pid, ev.next_comm, None, ev.cpu)
+        if final:
+            self._left_at.pop(id(prev), None)
+        elif prev.exiting:  # preempted or waiting: it runs again before its final switch
+            self._left_at[id(prev)] = (prev, ev.line)
+        nxt = self._displaced_next(ev.next_pid, ev.cpu, ev.line) or self.task(
+            ev.next_pid, ev.next_comm, None, ev.cpu
+        )
         self._free_task(nxt, ev.cpu)
         if nxt is self.m.state.rqs[ev.cpu].curr:
             self.stats.anomalies["switch to the current task"] += 1
@@ -465,6 +487,58 @@ class Replayer:
         # An exited task switched out is reaped unless the trace says it was preempted
         # (prev_state "R+"): do_exit() can be preempted after exit_mm().
         self.m.schedule(ev.cpu, nxt, preempt=prev.exiting and not final)
+
+    def _displace(self, pid: int, old: Task, line: int) -> None:
+        """A fork at `line` takes `pid` while `old`, the task that went by it, has exited
+        but not yet switched out for the last time: its parent reaped it first (a stalled
+        vCPU, PREEMPT_RT preempting it past exit_notify(), or a clone3() with set_tid
+        waiting for the pid). It goes on under the pid until then, beside the new task
+        (current(), _displaced_next), and so may the ones before it."""
+        lives = [(t, at) for t, at in self._displaced.get(pid, []) if t.state is not TaskState.GONE]
+        self._displaced[pid] = [*lives, (old, line)]
+        self.stats.anomalies["pid taken again before its exited task's final switch"] += 1
+
+    def _is_displaced(self, pid: int, t: Task) -> bool:
+        return any(old is t for old, _ in self._displaced.get(pid, ()))
+
+    def _displaced_next(self, pid: int, cpu: int, line: int) -> Task | None:
+        """An exited task whose pid a fork took again (_displace), switched in on the CPU
+        whose runqueue it waits on (_runqueue_of): its final switch is still to come.
+        Otherwise the pid names the new task."""
+        for old, at in self._displaced.get(pid, ()):
+            # (running: here, switched out for good to the new one, "311 X ==> 311")
+            if old.state in (TaskState.GONE, TaskState.RUNNING):
+                continue
+            self.shared_switches.add(line)
+            if self._runqueue_of(pid, old, at, line) == cpu:
+                return old
+        return None
+
+    def _runqueue_of(self, pid: int, old: Task, taken: int, line: int) -> int | None:
+        """The CPU whose runqueue `old`, an exited task `pid` named before a fork took it at
+        line `taken`, waits on at `line`: the one it last ran on, moved by each
+        sched_migrate_task of the pid from there since (placements), the new task's own
+        moves set apart (placed by its sched_wakeup_new, then migrated from where it is).
+        Of the two on one runqueue, the exited one is taken to be the one moved (as
+        `unseen49.c` showed, 6.1 with 3 CPUs). Without placements (perf script, a trace
+        without those events), where it ran last."""
+        at = old.cpu
+        left = self._left_at.get(id(old))
+        since = left[1] if left is not None and left[0] is old else -1
+        new_cpu: int | None = None
+        for ln, fr, to in self.placements.get(pid, ()):
+            if ln >= line:
+                break
+            if ln <= since:
+                continue
+            if fr < 0:
+                if ln > taken:
+                    new_cpu = to
+            elif fr == at:
+                at = to
+            elif fr == new_cpu:
+                new_cpu = to
+        return at
 
     def _fork_kind(self, parent: Task, parent_comm: str, flags: int | None) -> str:
         if parent.mm is None or parent.pf_kthread:
@@ -475,8 +549,22 @@ class Replayer:
 
     def _do_fork(self, ev: TraceEvent, child_pid: int, child_comm: str, flags: int | None) -> None:
         parent = self.current(ev.cpu, ev.pid, ev.comm, ev.tgid)
-        if child_pid in self.tasks and not self._gone(child_pid):
+        parked = self._parked.get(child_pid, [])
+        if any(line == ev.line for line, _ in parked):
+            self.claim(child_pid, ev.line)
             return
+        if any(self.tasks.get(child_pid) is child for _, child in parked):
+            del self.tasks[child_pid]  # another task takes the pid first (park)
+            self.stats.anomalies["pid taken while a fork made ahead waited for it"] += 1
+        old = self.tasks.get(child_pid)
+        if old is not None and old.state is not TaskState.GONE:
+            if not old.exiting:
+                return
+            # The pid of a task that exited is free again once its parent reaped it
+            # (release_task()), which can come before the task's final switch (a stalled
+            # vCPU, a preemption after exit_notify()): a new task takes it, and the old one
+            # switches out for the last time under it all the same.
+            self._displace(child_pid, old, ev.line)
         kind = self._fork_kind(parent, ev.comm, flags)
         if kind in ("kthread", "usermode") and parent.mm is not None:
             kind = "thread"  # a kernel thread inside kthread_use_mm forking: rare
@@ -488,6 +576,33 @@ class Replayer:
 
     def newtask(self, ev: NewTask) -> None:
         self._do_fork(ev, ev.child_pid, ev.child_comm, ev.clone_flags)
+
+    def park(self, nt: NewTask) -> None:
+        """The fork of task_newtask `nt` was just made ahead of it, at its dup_mmap() flush.
+        The kernel gives the child its pid only later (alloc_pid() follows copy_mm() in
+        copy_process(), and a clone3() with set_tid waits for that pid to be free): until
+        `nt`, another task may still go by the pid, or take it and die (_do_fork steps the
+        child aside for it); at `nt` the pid is the child's (claim)."""
+        child = self.tasks.get(nt.child_pid)
+        if child is not None:
+            self._parked.setdefault(nt.child_pid, []).append((nt.line, child))
+
+    def claim(self, pid: int, line: int) -> None:
+        """The task_newtask at `line` of a fork made ahead (park): its child goes by `pid`
+        from here on; a task that took the pid meanwhile has exited (its final switch may be
+        still to come: _displaced)."""
+        parked = self._parked.get(pid, [])
+        child = next((c for at, c in parked if at == line), None)
+        if child is None:
+            return
+        parked.remove((line, child))
+        if not parked:
+            del self._parked[pid]
+        cur = self.tasks.get(pid)
+        if cur is not None and cur is not child and cur.state is not TaskState.GONE:
+            self._displace(pid, cur, line)
+        self.tasks[pid] = child
+        self.tgid_of[pid] = pid
 
     def fork(self, ev: ProcessFork) -> None:
         if ev.child_pid in self.tasks and not self._gone(ev.child_pid):
@@ -507,6 +622,7 @@ class Replayer:
         if ev.fork is not None:
             self.stats.tlb["forks at their dup_mmap flush"] += 1
             self.newtask(replace(ev.fork, line=ev.line, cpu=ev.cpu, ts=ev.ts))
+            self.park(ev.fork)
             return
         kind = "flushes"
         rqs = self.m.state.rqs
@@ -642,6 +758,7 @@ def replay(
     progress: object = None,
     sanitize_every: int = SANITIZE_EVERY,
     extra: dict[str, list[Clocked]] | None = None,
+    placements: dict[int, list[tuple[int, int, int]]] | None = None,
 ) -> tuple[int, dict[str, Replayer]]:
     """Feed every event to one Replayer per configuration. Returns (events, replayers by
     configuration label: the preset's name, with the settings that differ from it).
@@ -665,6 +782,8 @@ def replay(
         for c in configs
     }
     rs = list(replayers.values())
+    for r in rs:
+        r.placements = placements if placements is not None else {}
     n = 0
     tick = progress if callable(progress) else None
     for n, ev in enumerate(tlb_hints(events), start=1):

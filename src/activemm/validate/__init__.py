@@ -416,6 +416,7 @@ def validate(
             events, cfg, ncpus, snapshot, inputs, result, sanitize, exits, preemptible,
             efi_workers, late,
         )  # fmt: skip
+        v.replayer.placements = stats.placements  # (which of two tasks of one pid runs)
         v.run(partial(_report_done, say, step, len(events)))
         if not v.found_exits and v.efi_workers <= efi_workers and not v.found_late:
             break

@@ -89,6 +89,7 @@ from activemm.validate.score import (
     INFERRED_EXIT,
     INFERRED_IN_EXIT_MMAP,
     KTHREAD_USE_MM,
+    PID_SHARED,
     PRE_TRACE,
     RELEASE_POINTS,
     UNEXPLAINED,
@@ -887,7 +888,9 @@ class Validator(MarkerSteps, Clocked):
                 self._marker_exit(ev)
                 self.exit_traced[ev.exit_pid] = ev.line
                 return
-        if not (isinstance(ev, NewTask) and ev.line in self.early_forks):
+        if isinstance(ev, NewTask) and ev.line in self.early_forks:
+            self.replayer.claim(ev.child_pid, ev.line)  # (made at its dup_mmap flush)
+        else:
             self._drive(type(ev).__name__, ev, self.replayer.apply, ev)
         if isinstance(ev, NewTask | ProcessFork):  # (the fork is done: replayed now or early)
             self._forked(ev.pid)
@@ -1851,6 +1854,7 @@ class Validator(MarkerSteps, Clocked):
         early = replace(nt, line=ev.line, cpu=ev.cpu, ts=ev.ts)
         self.past_exit.discard(nt.child_pid)  # a new life of the pid
         self._drive("NewTask", early, self.replayer.apply, early)
+        self.replayer.park(nt)
         self.early_forks.add(nt.line)
         self.result.learned["fork at its dup_mmap flush (tlb_flush)"] += 1
 
@@ -2413,6 +2417,8 @@ class Validator(MarkerSteps, Clocked):
         sw = group.switch
         if sw.cpu in self.hotplugged:
             return HOTPLUG
+        if sw.line in self.replayer.shared_switches:
+            return PID_SHARED
         for pid in (sw.prev_pid, sw.next_pid):
             if pid in self.exit_marked:
                 return EXIT_WINDOW

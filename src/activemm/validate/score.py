@@ -163,6 +163,11 @@ PRE_TRACE_LOADED = (
     "loaded_mm, and with it the CPU's bit in mm_cpumask) no input shows"
 )
 UNEXPLAINED = "unexplained"
+PID_SHARED = (
+    "pid taken again while the exited task it named had yet to switch out for the last time "
+    "(its parent reaped it first): two tasks go by the pid, and which one a switch names no "
+    "tracepoint says when both wait on that CPU"
+)
 NEARBY = 30  # trace lines: two CPUs' switches racing on one mm sit this close
 
 
