@@ -617,6 +617,25 @@ def test_a_kthread_unuse_mm_the_model_guessed_is_tagged_with_its_kthread_use_mm(
     assert causes == [score.KTHREAD_USE_MM, score.KTHREAD_USE_MM, score.UNEXPLAINED]
 
 
+def test_a_hook_missed_after_a_pick_between_two_tasks_of_one_pid_is_tagged_so() -> None:
+    """score_outside on hand-made hooks (as unseen49.c gave on 6.12 with 4 CPUs,
+    preempt=full): pid 314 named two tasks, an exited one not yet switched out for good and
+    a new one, and the replay picked one of them at a switch before; the exit_mm() hook of
+    pid 314 the kernel made and the model did not has no other cause than that pick. The
+    same hook of a pid that never named two tasks stays unexplained."""
+    user = 0xFFFF888005A0AC00
+
+    def hook(pid: int, line: int) -> kv.Outside:
+        return kv.Outside("enter_lazy_tlb", 3, pid, user, 0, line, 5)
+
+    def shared(pid: int, line: int) -> bool:
+        return pid == 314 and line > 28012
+
+    r = score.Result("hand-made", "linux-6.12-x86_64", "markers", "6.12")
+    score.score_outside(r, [hook(314, 28182), hook(317, 30060)], [], {3: 100}, shared=shared)
+    assert [m["cause"] for m in r.mismatches] == [score.PID_SHARED, score.UNEXPLAINED]
+
+
 @pytest.mark.parametrize("steps", [[250], [], [150], [350]])
 def test_an_rcu_callback_moved_off_a_cpu_going_offline_is_tagged_so(steps: list[int]) -> None:
     """DropScorer on hand-made frees (PREEMPT_RT, as unseen48.c gave on 6.17-rt and 6.18-rt

@@ -190,8 +190,10 @@ class Replayer:
         self._displaced: dict[int, list[tuple[Task, int]]] = {}
         # pid -> (line of its task_newtask, the child) of each fork made ahead of it (park)
         self._parked: dict[int, list[tuple[int, Task]]] = {}
-        # sched_switch lines whose next pid named two tasks then (_displaced_next)
+        # sched_switch lines whose next pid named two tasks then (_displaced_next), and
+        # pid -> those lines
         self.shared_switches: set[int] = set()
+        self.shared_at: dict[int, list[int]] = {}
         # id of an exiting task switched out before its final switch -> (it, that line)
         self._left_at: dict[int, tuple[Task, int]] = {}
         # pid -> (line, from CPU or -1, to CPU) of its sched_wakeup_new and sched_migrate_task
@@ -509,7 +511,9 @@ class Replayer:
             # (running: here, switched out for good to the new one, "311 X ==> 311")
             if old.state in (TaskState.GONE, TaskState.RUNNING):
                 continue
-            self.shared_switches.add(line)
+            if line not in self.shared_switches:
+                self.shared_switches.add(line)
+                self.shared_at.setdefault(pid, []).append(line)
             if self._runqueue_of(pid, old, at, line) == cpu:
                 return old
         return None

@@ -198,6 +198,10 @@ class Validator(MarkerSteps, Clocked):
             self.exec_preempted = exec_window_guesses(events, self.exec_renames)
         self.fork_hints = fork_flushes(events)
         self.early_forks: set[int] = set()  # lines of task_newtask replayed at their flush
+        self.newtask_lines: dict[int, list[int]] = {}  # pid -> its task_newtask lines
+        for e in events:
+            if isinstance(e, NewTask):
+                self.newtask_lines.setdefault(e.child_pid, []).append(e.line)
         self.poke_hints = (
             self.windows.text_poke_hints(self.exec_hints) if self.windows is not None else {}
         )
@@ -2436,7 +2440,19 @@ class Validator(MarkerSteps, Clocked):
             return PRE_TRACE
         if sw.cpu in self.diverged:
             return FOLLOWS
+        if self._pid_shared(sw.prev_pid, sw.line) or self._pid_shared(sw.next_pid, sw.line):
+            return PID_SHARED
         return UNEXPLAINED
+
+    def _pid_shared(self, pid: int, line: int) -> bool:
+        """Did `pid` name two tasks at `line`, the replay having picked one of them at a
+        switch before (Replayer.shared_at), in the same life of the newer (no task_newtask
+        of the pid in between)? A miss with no other cause then follows from that pick."""
+        picked = line_before(self.replayer.shared_at.get(pid, []), line + 1)
+        if picked is None:
+            return False
+        born = next_line(self.newtask_lines.get(pid, []), picked)
+        return born is None or line < born
 
     def _preempted_in_exec(self, group: SwitchGroup) -> bool:
         """The task switched out was preempted inside its exec: it sched_process_exec()s
@@ -2490,7 +2506,7 @@ class Validator(MarkerSteps, Clocked):
         score_outside(
             self.result, self.kernel_outside, self.model_outside, self.first_switch,
             self.mm_kthreads, self.windowed, set(self.first_lazy), self._ipi_waited,
-            bool(self.mmput_returns), self._flushed_by_another_mmput,
+            bool(self.mmput_returns), self._flushed_by_another_mmput, self._pid_shared,
         )  # fmt: skip
 
     def _flushed_by_another_mmput(self, o: Outside) -> bool:

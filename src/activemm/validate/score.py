@@ -672,6 +672,7 @@ def score_outside(
     waited: Callable[[Outside], bool] | None = None,
     returns: bool = True,
     elsewhere: Callable[[Outside], bool] | None = None,
+    shared: Callable[[int, int], bool] | None = None,
 ) -> None:
     """Outside-schedule hooks match on (kind, task, mms), flushes to init_mm on (CPU, lazy
     episode): the switches that loaded a user mm on that CPU before it. Within one episode the
@@ -684,7 +685,14 @@ def score_outside(
     does nothing happen on a flushed CPU between the model's flush and a switch there that
     loads a user mm (the kernel's IPI may have waited for it). `returns`: the trace has
     exit_mmap return markers. `elsewhere`: did the kernel run the __mmput that made the
-    model's flush in another task."""
+    model's flush in another task. `shared(pid, line)`: did the pid name two tasks then, the
+    replay picking one of them at a switch before (a miss found no other cause for is that
+    pick's)."""
+
+    def cause_of(o: Outside) -> str:
+        cause = _outside_cause(o, mm_kthreads or set())
+        return PID_SHARED if cause == UNEXPLAINED and shared and shared(o.pid, o.line) else cause
+
     mleft = Counter(o.key() for o in model)
     unmatched_k = []
     for o in kernel:
@@ -736,9 +744,7 @@ def score_outside(
     first = first_switch or {}
     for o in unmatched_k:
         cause = paired.get(id(o)) or (
-            PRE_TRACE
-            if o.line < first.get(o.cpu, o.line + 1)
-            else _outside_cause(o, mm_kthreads or set())
+            PRE_TRACE if o.line < first.get(o.cpu, o.line + 1) else cause_of(o)
         )
         result.mismatch("outside_schedule", o.line, {"predicted": "nothing here"},
                         _outside_dict(o), cause)  # fmt: skip
@@ -761,7 +767,7 @@ def score_outside(
         else:
             # a kernel path that no input marks, run where the model's guess put it (with
             # tracepoints only, a vhost worker's kthread_use_mm at its first sleep)
-            why = _outside_cause(o, mm_kthreads or set())
+            why = cause_of(o)
         result.mismatch("outside_schedule", o.line, _outside_dict(o),
                         {"kernel": "nothing here"}, why)  # fmt: skip
 
