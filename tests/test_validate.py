@@ -2699,9 +2699,12 @@ def _exec_window_costs(capture: Path) -> tuple[int, set[int]]:
     lines = gzip.decompress((capture / "trace.txt.gz").read_bytes()).decode().splitlines()
     switches = []  # (line, cpu, prev_pid, prev_state, next_pid, hook, hook's prev mm)
     activations: dict[str, list[tuple[int, str]]] = {}  # pid -> (line, mm) of activate_mm
+    births: dict[str, list[int]] = {}  # pid -> lines of its task_newtask (a new life)
     for n, text in enumerate(lines, 1):
         cpu = text.split("] ", 1)[0].rsplit("[", 1)[-1]
-        if " sched_switch: " in text:
+        if " task_newtask: " in text:
+            births.setdefault(text.split(" pid=", 1)[1].split()[0], []).append(n)
+        elif " sched_switch: " in text:
             sw = re.search(r"prev_pid=(\d+) .*prev_state=(\S+) ==> .* next_pid=(\d+) ", text)
             assert sw is not None, text
             switches.append([n, cpu, sw[1], sw[2], sw[3], None, None])
@@ -2718,6 +2721,9 @@ def _exec_window_costs(capture: Path) -> tuple[int, set[int]]:
     windows, missed = 0, set()
     for i, (n, cpu, prev, state, _, _, on) in enumerate(switches):
         nxt = next(((a, mm) for a, mm in activations.get(prev, []) if a > n), None)
+        # (the same task's exec: no new life of the pid in between, unseen49.c reuses pids)
+        if nxt is not None and any(n < b < nxt[0] for b in births.get(prev, [])):
+            nxt = None
         if not state.startswith("R") or nxt is None or on != nxt[1]:
             continue
         windows += 1
