@@ -524,8 +524,8 @@ class Replayer:
         sched_migrate_task of the pid from there since (placements), the new task's own
         moves set apart (placed by its sched_wakeup_new, then migrated from where it is).
         Of the two on one runqueue, the exited one is taken to be the one moved (as
-        `unseen49.c` showed, 6.1 with 3 CPUs). Without placements (perf script, a trace
-        without those events), where it ran last."""
+        `unseen49.c` showed, 6.1 with 3 CPUs). Without placements (a trace recorded without
+        those events, a parallel replay's workers), where it ran last."""
         at = old.cpu
         left = self._left_at.get(id(old))
         since = left[1] if left is not None and left[0] is old else -1
