@@ -163,6 +163,7 @@ class Replayer:
         sanitize: bool = True,
         extra: list[Clocked] | None = None,
         sanitize_every: int = 1,
+        placements: dict[int, list[tuple[int, int, int]]] | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -190,15 +191,13 @@ class Replayer:
         self._displaced: dict[int, list[tuple[Task, int]]] = {}
         # pid -> (line of its task_newtask, the child) of each fork made ahead of it (park)
         self._parked: dict[int, list[tuple[int, Task]]] = {}
-        # sched_switch lines whose next pid named two tasks then (_displaced_next), and
-        # pid -> those lines
-        self.shared_switches: set[int] = set()
+        # pid -> sched_switch lines where it named two tasks as the next (_displaced_next)
         self.shared_at: dict[int, list[int]] = {}
         # id of an exiting task switched out before its final switch -> (it, that line)
         self._left_at: dict[int, tuple[Task, int]] = {}
         # pid -> (line, from CPU or -1, to CPU) of its sched_wakeup_new and sched_migrate_task
         # lines (ReadStats.placements): which runqueue each of two tasks of one pid is on
-        self.placements: dict[int, list[tuple[int, int, int]]] = {}
+        self.placements = placements if placements is not None else {}
         self._next_jiffy = 0.0  # trace time of the next jiffy (tick_do_update_jiffies64)
 
     # -- the model's view of trace tasks ------------------------------------------------
@@ -507,16 +506,18 @@ class Replayer:
         """An exited task whose pid a fork took again (_displace), switched in on the CPU
         whose runqueue it waits on (_runqueue_of): its final switch is still to come.
         Otherwise the pid names the new task."""
-        for old, at in self._displaced.get(pid, ()):
-            # (running: here, switched out for good to the new one, "311 X ==> 311")
-            if old.state in (TaskState.GONE, TaskState.RUNNING):
-                continue
-            if line not in self.shared_switches:
-                self.shared_switches.add(line)
-                self.shared_at.setdefault(pid, []).append(line)
-            if self._runqueue_of(pid, old, at, line) == cpu:
-                return old
-        return None
+        # (running: here, switched out for good to the new one, "311 X ==> 311")
+        waiting = [
+            (old, at)
+            for old, at in self._displaced.get(pid, ())
+            if old.state not in (TaskState.GONE, TaskState.RUNNING)
+        ]
+        if not waiting:
+            return None
+        self.shared_at.setdefault(pid, []).append(line)
+        return next(
+            (old for old, at in waiting if self._runqueue_of(pid, old, at, line) == cpu), None
+        )
 
     def _runqueue_of(self, pid: int, old: Task, taken: int, line: int) -> int | None:
         """The CPU whose runqueue `old`, an exited task `pid` named before a fork took it at
@@ -782,12 +783,11 @@ def replay(
             sanitize,
             extra=(extra or {}).get(c.label),
             sanitize_every=sanitize_every,
+            placements=placements,
         )
         for c in configs
     }
     rs = list(replayers.values())
-    for r in rs:
-        r.placements = placements if placements is not None else {}
     n = 0
     tick = progress if callable(progress) else None
     for n, ev in enumerate(tlb_hints(events), start=1):

@@ -414,9 +414,8 @@ def validate(
         )
         v = Validator(
             events, cfg, ncpus, snapshot, inputs, result, sanitize, exits, preemptible,
-            efi_workers, late,
+            efi_workers, late, stats.placements,
         )  # fmt: skip
-        v.replayer.placements = stats.placements  # (which of two tasks of one pid runs)
         v.run(partial(_report_done, say, step, len(events)))
         if not v.found_exits and v.efi_workers <= efi_workers and not v.found_late:
             break

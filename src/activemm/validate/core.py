@@ -15,6 +15,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 from activemm.errors import OperationError
@@ -143,6 +144,7 @@ class Validator(MarkerSteps, Clocked):
         preemptible: bool = False,
         efi_workers: set[int] | None = None,
         late_exits: dict[int, int] | None = None,
+        placements: dict[int, list[tuple[int, int, int]]] | None = None,
     ) -> None:
         self.events = events
         self.inputs = inputs
@@ -198,10 +200,6 @@ class Validator(MarkerSteps, Clocked):
             self.exec_preempted = exec_window_guesses(events, self.exec_renames)
         self.fork_hints = fork_flushes(events)
         self.early_forks: set[int] = set()  # lines of task_newtask replayed at their flush
-        self.newtask_lines: dict[int, list[int]] = {}  # pid -> its task_newtask lines
-        for e in events:
-            if isinstance(e, NewTask):
-                self.newtask_lines.setdefault(e.child_pid, []).append(e.line)
         self.poke_hints = (
             self.windows.text_poke_hints(self.exec_hints) if self.windows is not None else {}
         )
@@ -558,7 +556,7 @@ class Validator(MarkerSteps, Clocked):
         self.metrics = Metrics(config.arch)
         self.replayer = Replayer(
             config, ncpus, self.metrics, snapshot, sanitize=sanitize, extra=[self],
-            sanitize_every=500,
+            sanitize_every=500, placements=placements,
         )  # fmt: skip
         self.m = self.replayer.m
         # PREEMPT_RT: the model's RCU callbacks run where the kernel's rcuc/N thread ran
@@ -2421,7 +2419,7 @@ class Validator(MarkerSteps, Clocked):
         sw = group.switch
         if sw.cpu in self.hotplugged:
             return HOTPLUG
-        if sw.line in self.replayer.shared_switches:
+        if sw.line in self.replayer.shared_at.get(sw.next_pid, ()):
             return PID_SHARED
         for pid in (sw.prev_pid, sw.next_pid):
             if pid in self.exit_marked:
@@ -2453,6 +2451,15 @@ class Validator(MarkerSteps, Clocked):
             return False
         born = next_line(self.newtask_lines.get(pid, []), picked)
         return born is None or line < born
+
+    @cached_property
+    def newtask_lines(self) -> dict[int, list[int]]:
+        """pid -> the lines of its task_newtask (read only for a pid that named two tasks)."""
+        lines: dict[int, list[int]] = {}
+        for e in self.events:
+            if isinstance(e, NewTask):
+                lines.setdefault(e.child_pid, []).append(e.line)
+        return lines
 
     def _preempted_in_exec(self, group: SwitchGroup) -> bool:
         """The task switched out was preempted inside its exec: it sched_process_exec()s
