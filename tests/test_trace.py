@@ -1430,17 +1430,11 @@ def test_a_pid_taken_again_while_its_exited_task_is_preempted_names_the_one_on_i
     assert all(m.freed for m in r.m.state.mms if m not in (parent.mm,) and not m.is_init_mm)
 
 
-def test_of_two_tasks_of_one_pid_the_one_switched_in_is_the_one_on_that_runqueue() -> None:
-    """Two tasks go by pid 11: the exited one, preempted on CPU 0 before its final switch,
-    and the new one a clone(CLONE_VM) of app made at its pid. sched_wakeup_new places the
-    new one on CPU 1, and sched_migrate_task moves "pid 11" from CPU 0 to CPU 2: the exited
-    one (`unseen49.c` on 6.12 with 4 CPUs, preempt=full). The switch in on CPU 2 is the
-    exited task's, its final switch follows, and the one on CPU 1 is the new task. The
-    reader keeps those two events aside (ReadStats.placements): they change nothing in the
-    model. Without them the replay takes the task on the CPU where the exited one last ran,
-    and gets CPU 2 wrong."""
+def _two_tasks_of_pid_11() -> list[str]:
+    """The exited pid 11 preempted on CPU 0, moved to CPU 2 (sched_migrate_task) while a new
+    task at its pid is placed on CPU 1 (sched_wakeup_new): see the test below."""
     sw = SWITCH_LINE
-    lines = [
+    return [
         sw.format(c="swapper/0", p=0, cpu=0, ts="1.000000", s="R", nc="app", np=10),
         "app-10 [000] 1.000100: task_newtask: pid=11 comm=app clone_flags=1200011 oom_score_adj=0",
         sw.format(c="app", p=10, cpu=0, ts="1.000200", s="S", nc="app", np=11),
@@ -1454,6 +1448,18 @@ def test_of_two_tasks_of_one_pid_the_one_switched_in_is_the_one_on_that_runqueue
         sw.format(c="app", p=11, cpu=2, ts="1.000800", s="X", nc="swapper/2", np=0),
         sw.format(c="swapper/1", p=0, cpu=1, ts="1.000900", s="R", nc="app", np=11),
     ]
+
+
+def test_of_two_tasks_of_one_pid_the_one_switched_in_is_the_one_on_that_runqueue() -> None:
+    """Two tasks go by pid 11: the exited one, preempted on CPU 0 before its final switch,
+    and the new one a clone(CLONE_VM) of app made at its pid. sched_wakeup_new places the
+    new one on CPU 1, and sched_migrate_task moves "pid 11" from CPU 0 to CPU 2: the exited
+    one (`unseen49.c` on 6.12 with 4 CPUs, preempt=full). The switch in on CPU 2 is the
+    exited task's, its final switch follows, and the one on CPU 1 is the new task. The
+    reader keeps those two events aside (ReadStats.placements): they change nothing in the
+    model. Without them the replay takes the task on the CPU where the exited one last ran,
+    and gets CPU 2 wrong."""
+    lines = _two_tasks_of_pid_11()
     r = replay_lines(lines, "linux-6.12-x86_64", 3)
     anomalies = r.stats.anomalies
     assert anomalies["pid taken again before its exited task's final switch"] == 1
@@ -1464,6 +1470,25 @@ def test_of_two_tasks_of_one_pid_the_one_switched_in_is_the_one_on_that_runqueue
     assert len(old) == 1 and old[0].state is TaskState.GONE and old[0].cpu == 2
     assert r.m.state.rqs[2].curr.is_idle
     assert parent.mm is not None and parent.mm.mm_users == 2  # app and its CLONE_VM child
+
+
+def test_a_parallel_replay_tells_two_tasks_of_one_pid_apart_as_one_process_does(
+    tmp_path: Path,
+) -> None:
+    """--jobs: each worker's reader keeps the placements (sched_wakeup_new,
+    sched_migrate_task) of its own reading, and its replay reads them: the trace above,
+    replayed in two workers, gives the very same comparison as in one process, with nothing
+    made up (without them a worker switched the wrong task of pid 11 in on CPU 2)."""
+    trace = tmp_path / "pid11.txt"
+    trace.write_text("\n".join(_two_tasks_of_pid_11()) + "\n")
+    one = _replay_json(str(trace), "--cpus", "3", "-j", "1")
+    two = _replay_json(str(trace), "--cpus", "3", "-j", "2")
+    assert one.returncode == two.returncode == 0, two.stderr
+    first, second = json.loads(one.stdout), json.loads(two.stdout)
+    assert first.pop("jobs") == 1 and second.pop("jobs") == 2
+    assert first == second
+    assert first["anomalies"]["pid taken again before its exited task's final switch"] == 1
+    assert not _made_up(Counter(first["anomalies"])), first["anomalies"]
 
 
 def test_a_fork_made_at_its_dup_mmap_flush_gets_its_pid_only_at_its_task_newtask() -> None:

@@ -42,7 +42,8 @@ def _worker(
 
     try:
         events, read = open_events()
-        n, replayers = replay(events, configs, progress=tick, **args)
+        # the reader fills its placements as it goes, ahead of the switches that need them
+        n, replayers = replay(events, configs, progress=tick, placements=read.placements, **args)
         conn.send(("ok", n, (outcomes(replayers), read)))
     except ActiveMmError as e:
         conn.send(("error", str(e), e.exit_code))

@@ -526,7 +526,7 @@ class Replayer:
         moves set apart (placed by its sched_wakeup_new, then migrated from where it is).
         Of the two on one runqueue, the exited one is taken to be the one moved (as
         `unseen49.c` showed, 6.1 with 3 CPUs). Without placements (a trace recorded without
-        those events, a parallel replay's workers), where it ran last."""
+        those events), where it ran last."""
         at = old.cpu
         left = self._left_at.get(id(old))
         since = left[1] if left is not None and left[0] is old else -1
