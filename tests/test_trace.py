@@ -27,9 +27,9 @@ from activemm.model.state import TaskState
 from activemm.trace import LostEvents, SchedSwitch, TraceError, read_trace
 from activemm.trace.events import Probe
 from activemm.trace.readers import ReadStats
-from activemm.trace.replay import load_task_snapshot, peek_cpus, replay
+from activemm.trace.replay import TaskInfo, load_task_snapshot, peek_cpus, replay
 
-from .helpers import ROOT, cli, replay_lines
+from .helpers import ROOT, cli, read_lines, replay_lines
 
 DATA = ROOT / "tests" / "data"
 TRACES = ["tracefs_tgid", "tracefs_plain", "perf_script", "trace_cmd_report"]
@@ -1470,6 +1470,43 @@ def test_of_two_tasks_of_one_pid_the_one_switched_in_is_the_one_on_that_runqueue
     assert len(old) == 1 and old[0].state is TaskState.GONE and old[0].cpu == 2
     assert r.m.state.rqs[2].curr.is_idle
     assert parent.mm is not None and parent.mm.mm_users == 2  # app and its CLONE_VM child
+
+
+def test_a_task_from_before_the_trace_is_of_the_group_its_snapshot_names() -> None:
+    """tracefs prints the record-tgid column from the pid's last recorded group when the
+    trace is read (trace_find_tgid()): thread 41 of app (40), running on CPU 1 when the
+    trace began, exits, and a thread of other (60) takes pid 41 again, so every line of
+    either shows "(60)" (seen on `unseen49.c`'s traces). The snapshot says 41 is app's
+    thread: it is adopted on app's mm, which its exit gives back and CPU 1 borrows after
+    its final switch (the column alone would have made it other's thread, on other's
+    mm)."""
+    sw = "{c}-{p} ({g}) [{cpu:03d}] {ts}: sched_switch: prev_comm={c} prev_pid={p} " + (
+        "prev_prio=120 prev_state={s} ==> next_comm={nc} next_pid={np} next_prio=120"
+    )
+    lines = [
+        sw.format(c="other", p=60, g=60, cpu=0, ts="1.000000", s="R", nc="app", np=40),
+        "app-41 (60) [001] 1.000100: sched_process_exit: comm=app pid=41 prio=120",
+        sw.format(c="app", p=41, g=60, cpu=1, ts="1.000200", s="X", nc="swapper/1", np=0),
+        "<idle>-0 (0) [001] 1.000300: sched_process_free: comm=app pid=41 prio=120",
+        sw.format(c="app", p=40, g=40, cpu=0, ts="1.000400", s="S", nc="other", np=60),
+        "other-60 (60) [000] 1.000500: task_newtask: pid=41 comm=other clone_flags=3d0f00 "
+        "oom_score_adj=0",
+    ]
+    snapshot = {
+        40: TaskInfo(40, "app", False),
+        41: TaskInfo(40, "app", False),
+        60: TaskInfo(60, "other", False),
+    }
+    _, replayers = replay(read_lines(lines), [PRESETS["linux-6.1-x86_64"]], 2, snapshot)
+    r = replayers["linux-6.1-x86_64"]
+    # (a task running when the trace began: its CPU taken up where the trace finds it)
+    assert set(r.stats.anomalies) == {"resynchronised CPU"}, r.stats.anomalies
+    app, other, thread = r.tasks[40], r.tasks[60], r.tasks[41]
+    assert app.mm is not None and other.mm is not None and app.mm is not other.mm
+    assert app.mm.mm_users == 1  # 41's use of app's mm, given back by its exit
+    # the mm 41 ran on, borrowed by CPU 1's idle task after the exit's final switch
+    assert r.m.state.rqs[1].curr.active_mm is app.mm
+    assert other.mm.mm_users == 2 and thread.mm is other.mm  # other and its new thread 41
 
 
 def test_a_parallel_replay_tells_two_tasks_of_one_pid_apart_as_one_process_does(

@@ -215,8 +215,12 @@ class Replayer:
         return kthread
 
     def _adopt(self, pid: int, comm: str, tgid: int | None) -> Task:
+        """A task first met without its fork: from before the trace. Its thread group is the
+        snapshot's, else the record-tgid column's: tracefs (and trace-cmd) print that
+        column from the pid's last recorded group when the trace is read, so for a pid
+        taken again later in the trace by another process it names that process."""
         info = self.snapshot.get(pid)
-        group = tgid if tgid is not None else (info.tgid if info else self.tgid_of.get(pid))
+        group = info.tgid if info else (tgid if tgid is not None else self.tgid_of.get(pid))
         kthread = self._is_kthread(pid, comm)
         sibling = None
         if not kthread and group is not None and group != pid:
