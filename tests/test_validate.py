@@ -1043,6 +1043,35 @@ def test_a_preemption_before_exit_mmaps_flush_is_in_the_exit_window_when_little_
     assert lazy_exits(grouped, *back_first) == ({3: 10}, {3}, {})
 
 
+def test_a_thread_group_is_the_one_clone_gave_that_life_of_the_pid() -> None:
+    """tracefs prints the tgid column from the pid's last recorded group when the trace is
+    read: thread 11 of process 10, made in the trace (task_newtask with CLONE_THREAD), shows
+    "(11)" on its own lines because a process took pid 11 after it (`unseen49.c` on 6.1
+    with preempt=full: 27 preemptions so misplaced, 62 switches). Its group is 10 all the
+    same: preempted while thread 10 exits, its preemption came before its exit_mm()
+    (_group_dying), as with a column that said so; the later life of pid 11 is a group of
+    its own."""
+    from activemm.trace.events import ProcessExit
+    from activemm.validate.windows import ExitWindows
+
+    clone_thread = 0x3D0F00  # pthread_create()'s flags, CLONE_THREAD among them
+    timeline = [
+        NewTask(1, 0, 0.001, 10, "t", 10, 11, "t", clone_thread),
+        _sw(2, 20, "S", 11), _cr3(3, 20),  # a sign that 11 has its mm
+        SchedSwitch(4, 0, 0.004, 11, "t", 11, "t", 11, "R+", "t", 20),
+        ProcessExit(5, 1, 0.005, 10, "t", 10, 10),  # thread 10 exits while 11 waits
+        _sw(6, 20, "S", 11), _cr3(7, 11),  # back; exit_mmap() switches its CPU to init_mm
+        ProcessExit(9, 0, 0.009, 11, "t", 11, 11),
+        NewTask(10, 1, 0.010, 30, "t", 30, 11, "t", 0x11),  # pid 11 again: a process
+    ]  # fmt: skip
+    w = ExitWindows.scan(timeline)
+    assert (w.group_of(11, 4), w.group_of(11, 11)) == (10, 11)
+    assert w.lazy_exits() == ({}, set(), {})
+    # (with the column right, the same; with thread 10 alive, the preemption is inside)
+    alive = [e for e in timeline if e.line != 5]
+    assert ExitWindows.scan(alive).lazy_exits() == ({4: 11}, {4}, {})
+
+
 def test_the_exit_mmap_ratio_is_the_kernels() -> None:
     """A task back 5.6 ms before exit_mmap()'s flush to init_mm, 2 ms of exit_mmap() left
     after it (a ratio of 2.8): on 6.1, whose exit_mmap() does less after that flush (the

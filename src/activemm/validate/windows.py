@@ -112,9 +112,13 @@ class ExitWindows:
     sleeps: dict[int, list[int]] = field(default_factory=dict)
     preempted: set[int] = field(default_factory=set)  # switch lines whose prev_state is "R+"
     exits: dict[int, list[int]] = field(default_factory=dict)  # its sched_process_exit
-    # pid -> its thread group: the tgid column, or without one (trace-cmd report) the task
-    # snapshot's and task_newtask's clone flags
+    # pid -> the thread group of a task from before the trace: the task snapshot's, else the
+    # tgid column's (which tracefs prints from the pid's last recorded group when the trace
+    # is read: a pid taken again later names its last life's group on every line)
     tgids: dict[int, int] = field(default_factory=dict)
+    # pid -> (task_newtask line, thread group) of each task forked at that pid in the trace,
+    # from clone's flags: the group of each life of a pid
+    lives: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     # tgid -> (line, pid) of its tasks' sched_process_exit
     group_exits: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     # tasks that loaded CR3 outside a context switch, not for a flush IPI (ipi_load): exec,
@@ -132,16 +136,18 @@ class ExitWindows:
 
     @classmethod
     def scan(cls, events: Iterable[object], tgids: dict[int, int] | None = None) -> ExitWindows:
-        """`tgids`: the task snapshot's thread groups, for a trace without a tgid column."""
+        """`tgids`: the task snapshot's thread groups."""
         events = list(events)
-        column = any(isinstance(e, TraceEvent) and e.tgid is not None for e in events)
-        w = cls(tgids={} if column else dict(tgids or {}))
+        w = cls(tgids=dict(tgids or {}))
+        snapshot = set(w.tgids)
         at_switch = context_switch_loads(events)
         running: dict[int, str] = {}  # CPU -> the comm its last traced switch went to
         run: dict[int, list[int]] = {}  # CPU -> its own CR3 loads since its last other event
         for e in events:
             if isinstance(e, Probe) or not isinstance(e, TraceEvent):
                 continue  # not an input: the CR3 load's tlb_flush is the next tracepoint
+            if e.tgid is not None and e.pid > 0 and e.pid not in snapshot:
+                w.tgids.setdefault(e.pid, e.tgid)
             if interrupting(e):
                 continue  # (an interrupt's, inside a run too: an EFI call runs irqs on)
             sw = at_switch.get(e.line)
@@ -180,9 +186,9 @@ class ExitWindows:
                     w.own_cr3_lines.setdefault(e.pid, []).append(e.line)
             elif isinstance(e, NewTask | ProcessFork):
                 w.had_mm.setdefault(e.pid, []).append(e.line)
-                if isinstance(e, NewTask) and not column:  # clone's flags say
-                    thread = e.clone_flags & CLONE_THREAD
-                    w.tgids[e.child_pid] = w.tgids.get(e.pid, e.pid) if thread else e.child_pid
+                if isinstance(e, NewTask):  # clone's flags say
+                    group = w.group_of(e.pid, e.line) if e.clone_flags & CLONE_THREAD else None
+                    w.lives.setdefault(e.child_pid, []).append((e.line, group or e.child_pid))
             elif isinstance(e, ProcessExec):
                 w.had_mm.setdefault(e.exec_pid, []).append(e.line)
             elif isinstance(e, TaskRename) and e.rename_pid == e.pid:
@@ -190,11 +196,9 @@ class ExitWindows:
             elif isinstance(e, ProcessExit):
                 w.ts[e.line] = e.ts
                 w.exits.setdefault(e.exit_pid, []).append(e.line)
-                tgid = e.tgid if e.tgid is not None else w.tgids.get(e.pid)
+                tgid = w.group_of(e.pid, e.line)
                 if tgid is not None and e.exit_pid == e.pid:
                     w.group_exits.setdefault(tgid, []).append((e.line, e.pid))
-            if e.tgid is not None and e.pid > 0:
-                w.tgids[e.pid] = e.tgid
         w.load_runs += [loads for loads in run.values() if len(loads) >= 2]
         return w
 
@@ -311,6 +315,14 @@ class ExitWindows:
         tail = self.ts[span[1]] - self.ts[f]
         return outs[k] if self._run_time(pid, outs[k], f) < ratio * tail else None
 
+    def group_of(self, pid: int, line: int) -> int | None:
+        """The thread group of the task that `pid` named at `line`: the one its last
+        task_newtask before then gave it, else (a task from before the trace) the snapshot's
+        or the tgid column's."""
+        lives = self.lives.get(pid, [])
+        i = bisect.bisect_right(lives, line, key=lambda life: life[0]) - 1
+        return lives[i][1] if i >= 0 else self.tgids.get(pid)
+
     def _group_dying(self, pid: int, out: int) -> bool:
         """Did another task of pid's thread group reach its sched_process_exit while pid ran
         up to its switch out `out`, or while it waited to run again after it? Then
@@ -321,7 +333,7 @@ class ExitWindows:
         past its exit_mm() already, a few instructions from its sched_process_exit, not
         reaching it only now (on four captures of unseen26.c's killed NUMA workers, 20
         placements so, every one wrong; none on the 100 captures)."""
-        tgid = self.tgids.get(pid)
+        tgid = self.group_of(pid, out)
         ins = self.ins.get(pid, [])
         i = bisect.bisect_left(ins, out) - 1
         if tgid is None or i < 0:
