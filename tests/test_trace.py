@@ -1472,6 +1472,37 @@ def test_of_two_tasks_of_one_pid_the_one_switched_in_is_the_one_on_that_runqueue
     assert parent.mm is not None and parent.mm.mm_users == 2  # app and its CLONE_VM child
 
 
+def test_a_fork_made_ahead_while_its_pid_still_lives_takes_it_at_its_task_newtask() -> None:
+    """A clone3() with set_tid copies the mm (dup_mmap(), whose flush the replay forks at)
+    before it takes its pid, and the task at that pid may not even have exited yet: on
+    6.1-rt with 4 CPUs (`unseen49.c` seed 316) pid 11 still ran when its successor's
+    dup_mmap() flushed, exited and was reaped before the successor's task_newtask. The
+    child is made aside at the flush and goes by pid 11 from its task_newtask (the replay
+    took the fork for a duplicate of the live task and dropped it: the next 5,000 switches
+    of that recording went wrong)."""
+    sw = SWITCH_LINE
+    lines = [
+        sw.format(c="swapper/0", p=0, cpu=0, ts="1.000000", s="R", nc="app", np=10),
+        sw.format(c="swapper/1", p=0, cpu=1, ts="1.000010", s="R", nc="app", np=11),
+        "app-10 [000] 1.000100: tlb_flush: pages:-1 reason:local mm shootdown (3)",
+        "app-11 [001] 1.000200: sched_process_exit: comm=app pid=11 prio=120",
+        sw.format(c="app", p=11, cpu=1, ts="1.000300", s="X", nc="swapper/1", np=0),
+        "<idle>-0 [001] 1.000400: sched_process_free: comm=app pid=11 prio=120",
+        "app-10 [000] 1.000500: task_newtask: pid=11 comm=app clone_flags=1200000 oom_score_adj=0",
+        sw.format(c="app", p=10, cpu=0, ts="1.000600", s="S", nc="app", np=11),
+    ]
+    r = replay_lines(lines, "linux-6.1-x86_64", 2)
+    anomalies = r.stats.anomalies
+    assert r.stats.tlb["forks at their dup_mmap flush"] == 1
+    assert anomalies["fork made ahead while the task at its pid still ran"] == 1
+    assert not _made_up(anomalies), anomalies
+    app, child = r.tasks[10], r.tasks[11]
+    assert r.m.state.rqs[0].curr is child and child.state is TaskState.RUNNING
+    assert child.mm is not None and child.mm is not app.mm and child.mm.mm_users == 1
+    gone = [t for t in r.m.state.tasks if t.comm == "app" and t not in (app, child)]
+    assert len(gone) == 1 and gone[0].state is TaskState.GONE  # the old 11, reaped
+
+
 def test_a_task_from_before_the_trace_is_of_the_group_its_snapshot_names() -> None:
     """tracefs prints the record-tgid column from the pid's last recorded group when the
     trace is read (trace_find_tgid()): thread 41 of app (40), running on CPU 1 when the

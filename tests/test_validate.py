@@ -712,7 +712,9 @@ def test_with_markers_a_fork_runs_where_its_dup_mmap_flush_began() -> None:
     task_newtask, which is all tracepoints say). With an exit_mmap() of that mm by the task
     and no task_newtask between, the fork failed, and runs there too. A thread's clone, an
     exec's mm (alloc_bprm) and an exit_mmap of another mm are none of these; on a kernel
-    traced without mm_init, dup_mmap()'s probe names the new mm."""
+    traced without mm_init, dup_mmap()'s probe names the new mm. A fork whose flush left
+    no line at all (flush_tlb_func() returns untraced when a flush IPI just flushed the
+    TLB) runs at its task_newtask, not at the parent's last full flush before it."""
 
     def flush(line: int, pid: int, reason: str = "remote ipi send") -> TlbFlush:
         return TlbFlush(line, 0, line / 1000, pid, "t", None, -1, reason)
@@ -747,14 +749,20 @@ def test_with_markers_a_fork_runs_where_its_dup_mmap_flush_began() -> None:
         exit_mmap(16, 30, a),  # failed -> line 14
         flush(17, 40),
         newtask(18, 40, 41, 0x3D0F00),  # a thread: no birth, no hint
+        flush(19, 50),  # before the birth: not the fork's
+        born(20, 50, c),
+        newtask(21, 50, 51),  # no flush left a line (a flush IPI had just flushed the TLB)
     ]
-    forks, failed = markers.marked_fork_flushes(events, use_mm_init=True)
+    forks, failed, unflushed = markers.marked_fork_flushes(events, use_mm_init=True)
     assert failed == {2: a, 14: a}
     assert {line: nt.child_pid for line, nt in forks.items()} == {6: 11}
-    assert {line: nt.child_pid for line, nt in markers.fork_flushes(events).items()} == {7: 11}
-    assert markers.marked_fork_flushes(events, use_mm_init=False) == ({}, {})
+    assert unflushed == {21}  # it runs at its task_newtask
+    sched = {line: nt.child_pid for line, nt in markers.fork_flushes(events).items()}
+    assert sched == {7: 11, 19: 51}  # tracepoints alone take the parent's flush before
+    assert markers.marked_fork_flushes(events, use_mm_init=False) == ({}, {}, set())
     dup = Probe(1, 0, 0.001, 10, "t", None, "dup_mmap", {"mm": hex(a), "oldmm": hex(b)}, 0)
-    assert markers.marked_fork_flushes([dup, *events[1:4]], use_mm_init=False) == ({}, {2: a})
+    events = [dup, *events[1:4]]
+    assert markers.marked_fork_flushes(events, use_mm_init=False) == ({}, {2: a}, set())
 
 
 def test_an_exit_window_starts_after_the_last_sign_of_an_mm_and_the_last_sleep() -> None:

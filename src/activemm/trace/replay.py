@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import chain, islice
 from pathlib import Path
@@ -189,8 +189,10 @@ class Replayer:
         # pid -> the exited tasks that went by it until a fork took the pid again
         # (_displace), each with the line of that fork, until their final switch
         self._displaced: dict[int, list[tuple[Task, int]]] = {}
-        # pid -> (line of its task_newtask, the child) of each fork made ahead of it (park)
+        # pid -> (line of its task_newtask, the child) of each fork made ahead of it (fork_ahead)
         self._parked: dict[int, list[tuple[int, Task]]] = {}
+        # while a fork is made ahead (fork_ahead): its child, when a live task holds the pid
+        self._ahead: list[Task] | None = None
         # pid -> sched_switch lines where it named two tasks as the next (_displaced_next)
         self.shared_at: dict[int, list[int]] = {}
         # id of an exiting task switched out before its final switch -> (it, that line)
@@ -563,10 +565,17 @@ class Replayer:
             self.claim(child_pid, ev.line)
             return
         if any(self.tasks.get(child_pid) is child for _, child in parked):
-            del self.tasks[child_pid]  # another task takes the pid first (park)
+            del self.tasks[child_pid]  # another task takes the pid first (fork_ahead)
             self.stats.anomalies["pid taken while a fork made ahead waited for it"] += 1
         old = self.tasks.get(child_pid)
         if old is not None and old.state is not TaskState.GONE:
+            if not old.exiting and self._ahead is not None:
+                # made ahead while the task at its pid still lives: a clone3() with set_tid
+                # copies the mm first and takes the pid when it is free (claim)
+                kind = self._fork_kind(parent, ev.comm, flags)
+                self._ahead.append(self.m.fork(parent, kind, name=child_comm))
+                self.stats.anomalies["fork made ahead while the task at its pid still ran"] += 1
+                return
             if not old.exiting:
                 return
             # The pid of a task that exited is free again once its parent reaped it
@@ -586,18 +595,28 @@ class Replayer:
     def newtask(self, ev: NewTask) -> None:
         self._do_fork(ev, ev.child_pid, ev.child_comm, ev.clone_flags)
 
-    def park(self, nt: NewTask) -> None:
-        """The fork of task_newtask `nt` was just made ahead of it, at its dup_mmap() flush.
-        The kernel gives the child its pid only later (alloc_pid() follows copy_mm() in
-        copy_process(), and a clone3() with set_tid waits for that pid to be free): until
-        `nt`, another task may still go by the pid, or take it and die (_do_fork steps the
-        child aside for it); at `nt` the pid is the child's (claim)."""
-        child = self.tasks.get(nt.child_pid)
+    def fork_ahead(self, early: NewTask, nt: NewTask) -> None:
+        """The fork of task_newtask `nt`, made ahead of it at its dup_mmap() flush (`early`:
+        `nt` at the flush's line). The kernel gives the child its pid only later
+        (alloc_pid() follows copy_mm() in copy_process(), and a clone3() with set_tid waits
+        for that pid to be free): until `nt`, another task may still go by the pid, even one
+        that has yet to exit (the child is then made aside), or take it and die (_do_fork
+        steps the child aside for it); at `nt` the pid is the child's (claim)."""
+        self._ahead_of(nt, lambda: self.apply(early))
+
+    def _ahead_of(self, nt: NewTask, make: Callable[[], None]) -> None:
+        """Make the fork of `nt` ahead of it (`make`) and keep its child for its claim."""
+        self._ahead = []
+        try:
+            make()
+            child = self._ahead[0] if self._ahead else self.tasks.get(nt.child_pid)
+        finally:
+            self._ahead = None
         if child is not None:
             self._parked.setdefault(nt.child_pid, []).append((nt.line, child))
 
     def claim(self, pid: int, line: int) -> None:
-        """The task_newtask at `line` of a fork made ahead (park): its child goes by `pid`
+        """The task_newtask at `line` of a fork made ahead (fork_ahead): its child goes by `pid`
         from here on; a task that took the pid meanwhile has exited (its final switch may be
         still to come: _displaced)."""
         parked = self._parked.get(pid, [])
@@ -630,8 +649,8 @@ class Replayer:
             return
         if ev.fork is not None:
             self.stats.tlb["forks at their dup_mmap flush"] += 1
-            self.newtask(replace(ev.fork, line=ev.line, cpu=ev.cpu, ts=ev.ts))
-            self.park(ev.fork)
+            early = replace(ev.fork, line=ev.line, cpu=ev.cpu, ts=ev.ts)
+            self._ahead_of(ev.fork, lambda: self.newtask(early))
             return
         kind = "flushes"
         rqs = self.m.state.rqs

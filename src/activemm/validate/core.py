@@ -200,6 +200,11 @@ class Validator(MarkerSteps, Clocked):
             self.exec_preempted = exec_window_guesses(events, self.exec_renames)
         self.fork_hints = fork_flushes(events)
         self.early_forks: set[int] = set()  # lines of task_newtask replayed at their flush
+        # while a fork is made at its flush: its task_newtask's line (_early_fork)
+        self.ahead_of: int | None = None
+        # model task id() -> (mm, task_newtask line) of forks made at a flush before their
+        # mm's mm_init, bound at that birth (_model_alloc, _announce)
+        self.before_birth: dict[int, list[tuple[Mm, int]]] = {}
         self.poke_hints = (
             self.windows.text_poke_hints(self.exec_hints) if self.windows is not None else {}
         )
@@ -435,12 +440,16 @@ class Validator(MarkerSteps, Clocked):
         if inputs == "markers":
             # with the births a fork's flush is known exactly: its first line (where the
             # IPIs went out), not the last own flush before task_newtask (its local part)
-            forks, self.failed_forks = marked_fork_flushes(events, self.use_mm_init)
+            forks, self.failed_forks, unflushed = marked_fork_flushes(events, self.use_mm_init)
             hinted = {nt.line: line for line, nt in self.fork_hints.items()}
             for line, nt in forks.items():
                 if nt.line in hinted:
                     del self.fork_hints[hinted[nt.line]]
                 self.fork_hints[line] = nt
+            for nt_line in unflushed:  # (tracepoints alone: an older flush of the parent's)
+                hint = self.fork_hints.get(hinted.get(nt_line, -1))
+                if hint is not None and hint.line == nt_line:
+                    del self.fork_hints[hinted[nt_line]]
         # line where the kernel's __mmput ran -> (mm_users holder to put there, its mm)
         self.deferred: dict[int, tuple[str, Mm]] = {}
         self.unpinned: set[int] = set()
@@ -697,6 +706,11 @@ class Validator(MarkerSteps, Clocked):
         queue = self.new_addrs.get(id(owner), [])
         if queue:
             self._bind(ev.mm, queue.pop(0))
+        elif self.ahead_of is not None:
+            # made at a flush of the parent's before its mm_init (with tracepoints alone the
+            # last full one before task_newtask; the fork's own was absorbed by a flush IPI):
+            # bound at that birth, if it comes before the task_newtask
+            self.before_birth.setdefault(id(owner), []).append((ev.mm, self.ahead_of))
         else:
             self.result.anomalies["new mm not announced by mm_init"] += 1
 
@@ -892,12 +906,22 @@ class Validator(MarkerSteps, Clocked):
                 return
         if isinstance(ev, NewTask) and ev.line in self.early_forks:
             self.replayer.claim(ev.child_pid, ev.line)  # (made at its dup_mmap flush)
+            self._unborn_fork(ev)
         else:
             self._drive(type(ev).__name__, ev, self.replayer.apply, ev)
         if isinstance(ev, NewTask | ProcessFork):  # (the fork is done: replayed now or early)
             self._forked(ev.pid)
             if self.uffd_forks:
                 self._refusable(self._uffd_fork_grabs, ev.child_pid)
+
+    def _unborn_fork(self, nt: NewTask) -> None:
+        """A fork made ahead of its mm's mm_init whose task_newtask came with no birth
+        between: its mm stays unbound."""
+        parent = self.replayer.tasks.get(nt.pid)
+        waiting = self.before_birth.get(id(parent), []) if parent is not None else []
+        if any(line == nt.line for _, line in waiting):
+            waiting[:] = [(mm, line) for mm, line in waiting if line != nt.line]
+            self.result.anomalies["new mm not announced by mm_init"] += 1
 
     def _runs_with_mm(self, cpu: int, pid: int) -> bool:
         """Whether user task `pid` is current on `cpu` in the model with its mm, not exiting
@@ -1777,8 +1801,15 @@ class Validator(MarkerSteps, Clocked):
         t = self.replayer.tasks.get(p.pid)
         if t is None:
             t = self.replayer.current(p.cpu, p.pid, p.comm, p.tgid)
-        self.new_addrs.setdefault(id(t), []).append(addr)
         self.births.setdefault(addr, []).append(p.line)
+        early = [(mm, nt) for mm, nt in self.before_birth.pop(id(t), []) if nt > p.line]
+        if early and kv.born_in_fork(p):
+            self._bind(early.pop(0)[0], addr)  # a fork made ahead of its birth
+            self.result.learned["fork made at a flush before its mm_init, bound there"] += 1
+        else:
+            self.new_addrs.setdefault(id(t), []).append(addr)
+        if early:
+            self.before_birth[id(t)] = early
         if kv.born_in_fork(p):
             self.forked.add(addr)
             self.forking[p.pid] = None
@@ -1855,8 +1886,11 @@ class Validator(MarkerSteps, Clocked):
         nt = self.fork_hints[ev.line]
         early = replace(nt, line=ev.line, cpu=ev.cpu, ts=ev.ts)
         self.past_exit.discard(nt.child_pid)  # a new life of the pid
-        self._drive("NewTask", early, self.replayer.apply, early)
-        self.replayer.park(nt)
+        self.ahead_of = nt.line
+        try:
+            self._drive("NewTask", early, self.replayer.fork_ahead, early, nt)
+        finally:
+            self.ahead_of = None
         self.early_forks.add(nt.line)
         self.result.learned["fork at its dup_mmap flush (tlb_flush)"] += 1
 
