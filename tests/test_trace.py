@@ -27,7 +27,7 @@ from activemm.model.state import TaskState
 from activemm.trace import LostEvents, SchedSwitch, TraceError, read_trace
 from activemm.trace.events import Probe
 from activemm.trace.readers import ReadStats
-from activemm.trace.replay import TaskInfo, load_task_snapshot, peek_cpus, replay
+from activemm.trace.replay import TaskInfo, exited_picks, load_task_snapshot, peek_cpus, replay
 
 from .helpers import ROOT, cli, read_lines, replay_lines
 
@@ -1470,6 +1470,45 @@ def test_of_two_tasks_of_one_pid_the_one_switched_in_is_the_one_on_that_runqueue
     assert len(old) == 1 and old[0].state is TaskState.GONE and old[0].cpu == 2
     assert r.m.state.rqs[2].curr.is_idle
     assert parent.mm is not None and parent.mm.mm_users == 2  # app and its CLONE_VM child
+
+
+def test_of_two_tasks_of_one_pid_on_one_runqueue_the_one_that_sleeps_next_is_the_new_one() -> None:
+    """Both tasks of pid 11 wait on CPU 0: the exited one, preempted past its exit, and a
+    new one clone3()d at its pid and woken there. No tracepoint names the one switched in
+    (on 6.12 with 6 CPUs the kernel mostly ran the new one first); what it does before it
+    switches out again does: it sleeps ("S"), which an exited task does not, so it is the
+    new one, and the exited one makes its final switch after it (exited_picks, which a
+    validation reads ahead of its replay). Without them the replay takes the exited one."""
+    sw = SWITCH_LINE
+    lines = [
+        sw.format(c="swapper/0", p=0, cpu=0, ts="1.000000", s="R", nc="app", np=10),
+        "app-10 [000] 1.000100: task_newtask: pid=11 comm=app clone_flags=1200011 oom_score_adj=0",
+        sw.format(c="app", p=10, cpu=0, ts="1.000200", s="S", nc="app", np=11),
+        "app-11 [000] 1.000300: sched_process_exit: comm=app pid=11 prio=120",
+        sw.format(c="app", p=11, cpu=0, ts="1.000400", s="R+", nc="app", np=10),
+        "app-10 [000] 1.000500: task_newtask: pid=11 comm=app clone_flags=0 oom_score_adj=0",
+        "app-10 [000] 1.000510: sched_wakeup_new: comm=app pid=11 prio=120 target_cpu=000",
+        sw.format(c="app", p=10, cpu=0, ts="1.000600", s="S", nc="app", np=11),
+        sw.format(c="app", p=11, cpu=0, ts="1.000700", s="S", nc="app", np=11),
+        sw.format(c="app", p=11, cpu=0, ts="1.000800", s="X", nc="swapper/0", np=0),
+    ]
+    stats = ReadStats()
+    events = read_lines(lines, stats)
+    picks = exited_picks(events)
+    assert (picks.get(9), picks.get(10)) == (False, True)  # the two last switches to 11
+    config = PRESETS["linux-6.12-x86_64"]
+    _, rs = replay(events, [config], 1, placements=stats.placements, picks=picks)
+    r = rs[config.label]
+    assert not _made_up(r.stats.anomalies), r.stats.anomalies
+    assert not r.stats.anomalies["exit inferred from prev_state"]
+    parent, new = r.tasks[10], r.tasks[11]
+    assert new.mm is not None and new.state is TaskState.RUNNABLE and not new.exiting
+    old = [t for t in r.m.state.tasks if t.comm == "app" and t not in (parent, new)]
+    assert len(old) == 1 and old[0].state is TaskState.GONE  # its final switch, after
+    _, blind = replay(events, [config], 1, placements=stats.placements)
+    b = blind[config.label]  # the exited one taken first: the new one "exits" at line 11
+    assert b.stats.anomalies["exit inferred from prev_state"] == 1
+    assert b.tasks[11].state is TaskState.GONE
 
 
 def test_a_fork_made_ahead_while_its_pid_still_lives_takes_it_at_its_task_newtask() -> None:

@@ -164,6 +164,7 @@ class Replayer:
         extra: list[Clocked] | None = None,
         sanitize_every: int = 1,
         placements: dict[int, list[tuple[int, int, int]]] | None = None,
+        picks: dict[int, bool] | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -200,6 +201,9 @@ class Replayer:
         # pid -> (line, from CPU or -1, to CPU) of its sched_wakeup_new and sched_migrate_task
         # lines (ReadStats.placements): which runqueue each of two tasks of one pid is on
         self.placements = placements if placements is not None else {}
+        # sched_switch line -> whether the task switched in is an exited one (exited_picks;
+        # a validation reads the whole trace first, a replay streams it and has none)
+        self.picks = picks if picks is not None else {}
         self._next_jiffy = 0.0  # trace time of the next jiffy (tick_do_update_jiffies64)
 
     # -- the model's view of trace tasks ------------------------------------------------
@@ -511,7 +515,8 @@ class Replayer:
     def _displaced_next(self, pid: int, cpu: int, line: int) -> Task | None:
         """An exited task whose pid a fork took again (_displace), switched in on the CPU
         whose runqueue it waits on (_runqueue_of): its final switch is still to come.
-        Otherwise the pid names the new task."""
+        Otherwise the pid names the new task, and so it does when the new one waits there
+        too and what the task switched in does next says it lives (picks: exited_picks)."""
         # (running: here, switched out for good to the new one, "311 X ==> 311")
         waiting = [
             (old, at)
@@ -521,9 +526,10 @@ class Replayer:
         if not waiting:
             return None
         self.shared_at.setdefault(pid, []).append(line)
-        return next(
-            (old for old, at in waiting if self._runqueue_of(pid, old, at, line) == cpu), None
-        )
+        here = [old for old, at in waiting if self._runqueue_of(pid, old, at, line) == cpu]
+        if here and self.picks.get(line) is False:
+            return None  # the new task waited there too, and it is the one that ran
+        return here[0] if here else None
 
     def _runqueue_of(self, pid: int, old: Task, taken: int, line: int) -> int | None:
         """The CPU whose runqueue `old`, an exited task `pid` named before a fork took it at
@@ -765,6 +771,39 @@ class ReplayResult:
     read_anomalies: dict[str, int]
 
 
+def exited_picks(events: Iterable[object]) -> dict[int, bool]:
+    """For each sched_switch line, whether the task it switched in shows, before it switches
+    out again on that CPU, to be an exited task on its way to its final switch (True) or a
+    live one (False); absent when nothing says. Read ahead of the replay, for a pid that
+    names two tasks waiting on one runqueue (Replayer._displaced_next): the exited one's next
+    switch out is its final one ("X", "Z") with no sched_process_exit before it (it passed
+    its own), while a live task may sleep ("S"), fork, exec, exit or flush its own mm first.
+    A preemption ("R+") or a "D" wait (PREEMPT_RT's sleeping locks, in an exit too) says
+    nothing."""
+    picks: dict[int, bool] = {}
+    running: dict[int, tuple[int, int, bool]] = {}  # CPU -> (switch line, pid, it exited)
+    for e in events:
+        if not isinstance(e, TraceEvent) or isinstance(e, Probe):
+            continue
+        cur = running.get(e.cpu)
+        if isinstance(e, SchedSwitch):
+            if cur is not None and cur[1] == e.prev_pid and cur[0] not in picks:
+                if e.prev_state.startswith(("X", "Z")):
+                    picks[cur[0]] = not cur[2]
+                elif e.prev_state.startswith("S"):
+                    picks[cur[0]] = False
+            running[e.cpu] = (e.line, e.next_pid, False)
+        elif cur is not None and e.pid == cur[1] and cur[0] not in picks:
+            if isinstance(e, ProcessExit):
+                running[e.cpu] = (cur[0], cur[1], True)
+            elif isinstance(e, NewTask | ProcessFork | ProcessExec) or (
+                "local mm shootdown" in getattr(e, "reason", "")
+                and not getattr(e, "hardirq", False)
+            ):
+                picks[cur[0]] = False
+    return picks
+
+
 def peek_cpus(
     events: Iterator[TraceEvent], n: int = 5000, stats: object = None
 ) -> tuple[int, Iterator[TraceEvent]]:
@@ -787,9 +826,11 @@ def replay(
     sanitize_every: int = SANITIZE_EVERY,
     extra: dict[str, list[Clocked]] | None = None,
     placements: dict[int, list[tuple[int, int, int]]] | None = None,
+    picks: dict[int, bool] | None = None,
 ) -> tuple[int, dict[str, Replayer]]:
     """Feed every event to one Replayer per configuration. Returns (events, replayers by
     configuration label: the preset's name, with the settings that differ from it).
+    `placements` and `picks`: see Replayer.
     With `sanitize`, bad accesses are reported at once and every invariant is checked every
     `sanitize_every` operations and at the end."""
     replayers = {
@@ -807,6 +848,7 @@ def replay(
             extra=(extra or {}).get(c.label),
             sanitize_every=sanitize_every,
             placements=placements,
+            picks=picks,
         )
         for c in configs
     }

@@ -46,7 +46,7 @@ from activemm.trace.events import (
     TlbFlush,
     TraceEvent,
 )
-from activemm.trace.replay import VHOST_WORKER, Clocked, Replayer, TaskInfo
+from activemm.trace.replay import VHOST_WORKER, Clocked, Replayer, TaskInfo, exited_picks
 from activemm.validate import kernel as kv
 from activemm.validate.kernel import (
     BINDER_RELEASE,
@@ -565,7 +565,7 @@ class Validator(MarkerSteps, Clocked):
         self.metrics = Metrics(config.arch)
         self.replayer = Replayer(
             config, ncpus, self.metrics, snapshot, sanitize=sanitize, extra=[self],
-            sanitize_every=500, placements=placements,
+            sanitize_every=500, placements=placements, picks=exited_picks(events),
         )  # fmt: skip
         self.m = self.replayer.m
         # PREEMPT_RT: the model's RCU callbacks run where the kernel's rcuc/N thread ran
