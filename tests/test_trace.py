@@ -1397,6 +1397,19 @@ def test_a_pid_taken_again_before_its_exited_tasks_final_switch_names_both_tasks
     assert zombie not in (parent.mm, new.mm) and not zombie.freed and zombie.mm_count == 1
 
 
+def _exited_11_preempted() -> list[str]:
+    """app (pid 10) on CPU 0 forks pid 11, which runs, exits and is preempted past its exit
+    ("R+"), back to app: the start of the tests of a pid taken again below."""
+    sw = SWITCH_LINE
+    return [
+        sw.format(c="swapper/0", p=0, cpu=0, ts="1.000000", s="R", nc="app", np=10),
+        "app-10 [000] 1.000100: task_newtask: pid=11 comm=app clone_flags=1200011 oom_score_adj=0",
+        sw.format(c="app", p=10, cpu=0, ts="1.000200", s="S", nc="app", np=11),
+        "app-11 [000] 1.000300: sched_process_exit: comm=app pid=11 prio=120",
+        sw.format(c="app", p=11, cpu=0, ts="1.000400", s="R+", nc="app", np=10),
+    ]
+
+
 def test_a_pid_taken_again_while_its_exited_task_is_preempted_names_the_one_on_its_cpu() -> None:
     """PREEMPT_RT preempts a task past exit_notify() ("R+"), and its parent may reap it
     meanwhile: `unseen49.c` on 6.1-rt gave app (pid 10) vforking a new child at its dead
@@ -1407,11 +1420,7 @@ def test_a_pid_taken_again_while_its_exited_task_is_preempted_names_the_one_on_i
     (vfork: CLONE_VM) and app's mm keeps its users."""
     sw = SWITCH_LINE
     lines = [
-        sw.format(c="swapper/0", p=0, cpu=0, ts="1.000000", s="R", nc="app", np=10),
-        "app-10 [000] 1.000100: task_newtask: pid=11 comm=app clone_flags=1200011 oom_score_adj=0",
-        sw.format(c="app", p=10, cpu=0, ts="1.000200", s="S", nc="app", np=11),
-        "app-11 [000] 1.000300: sched_process_exit: comm=app pid=11 prio=120",
-        sw.format(c="app", p=11, cpu=0, ts="1.000400", s="R+", nc="app", np=10),
+        *_exited_11_preempted(),
         # app reaps 11 and vforks a new child, which takes the pid
         "app-10 [000] 1.000500: task_newtask: pid=11 comm=app clone_flags=4100 oom_score_adj=0",
         sw.format(c="app", p=10, cpu=0, ts="1.000600", s="D", nc="app", np=11),
@@ -1435,11 +1444,7 @@ def _two_tasks_of_pid_11() -> list[str]:
     task at its pid is placed on CPU 1 (sched_wakeup_new): see the test below."""
     sw = SWITCH_LINE
     return [
-        sw.format(c="swapper/0", p=0, cpu=0, ts="1.000000", s="R", nc="app", np=10),
-        "app-10 [000] 1.000100: task_newtask: pid=11 comm=app clone_flags=1200011 oom_score_adj=0",
-        sw.format(c="app", p=10, cpu=0, ts="1.000200", s="S", nc="app", np=11),
-        "app-11 [000] 1.000300: sched_process_exit: comm=app pid=11 prio=120",
-        sw.format(c="app", p=11, cpu=0, ts="1.000400", s="R+", nc="app", np=10),
+        *_exited_11_preempted(),
         "app-10 [000] 1.000500: task_newtask: pid=11 comm=app clone_flags=100 oom_score_adj=0",
         "app-10 [000] 1.000510: sched_wakeup_new: comm=app pid=11 prio=120 target_cpu=001",
         "<idle>-0 [002] 1.000600: sched_migrate_task: comm=app pid=11 prio=120 orig_cpu=0 "
@@ -1481,11 +1486,7 @@ def test_of_two_tasks_of_one_pid_on_one_runqueue_the_one_that_sleeps_next_is_the
     validation reads ahead of its replay). Without them the replay takes the exited one."""
     sw = SWITCH_LINE
     lines = [
-        sw.format(c="swapper/0", p=0, cpu=0, ts="1.000000", s="R", nc="app", np=10),
-        "app-10 [000] 1.000100: task_newtask: pid=11 comm=app clone_flags=1200011 oom_score_adj=0",
-        sw.format(c="app", p=10, cpu=0, ts="1.000200", s="S", nc="app", np=11),
-        "app-11 [000] 1.000300: sched_process_exit: comm=app pid=11 prio=120",
-        sw.format(c="app", p=11, cpu=0, ts="1.000400", s="R+", nc="app", np=10),
+        *_exited_11_preempted(),
         "app-10 [000] 1.000500: task_newtask: pid=11 comm=app clone_flags=0 oom_score_adj=0",
         "app-10 [000] 1.000510: sched_wakeup_new: comm=app pid=11 prio=120 target_cpu=000",
         sw.format(c="app", p=10, cpu=0, ts="1.000600", s="S", nc="app", np=11),

@@ -601,20 +601,21 @@ class Replayer:
     def newtask(self, ev: NewTask) -> None:
         self._do_fork(ev, ev.child_pid, ev.child_comm, ev.clone_flags)
 
-    def fork_ahead(self, early: NewTask, nt: NewTask) -> None:
-        """The fork of task_newtask `nt`, made ahead of it at its dup_mmap() flush (`early`:
-        `nt` at the flush's line). The kernel gives the child its pid only later
+    def fork_ahead(self, nt: NewTask, at: TraceEvent) -> None:
+        """The fork of task_newtask `nt`, made ahead of it at its dup_mmap() flush `at`. The
+        kernel gives the child its pid only later
         (alloc_pid() follows copy_mm() in copy_process(), and a clone3() with set_tid waits
         for that pid to be free): until `nt`, another task may still go by the pid, even one
         that has yet to exit (the child is then made aside), or take it and die (_do_fork
         steps the child aside for it); at `nt` the pid is the child's (claim)."""
-        self._ahead_of(nt, lambda: self.apply(early))
+        self._ahead_of(nt, at, self.apply)
 
-    def _ahead_of(self, nt: NewTask, make: Callable[[], None]) -> None:
-        """Make the fork of `nt` ahead of it (`make`) and keep its child for its claim."""
+    def _ahead_of(self, nt: NewTask, at: TraceEvent, make: Callable[[NewTask], None]) -> None:
+        """Make the fork of `nt` at line `at` (`make` of `nt` moved there), ahead of its
+        task_newtask, and keep its child for its claim."""
         self._ahead = []
         try:
-            make()
+            make(replace(nt, line=at.line, cpu=at.cpu, ts=at.ts))
             child = self._ahead[0] if self._ahead else self.tasks.get(nt.child_pid)
         finally:
             self._ahead = None
@@ -655,8 +656,7 @@ class Replayer:
             return
         if ev.fork is not None:
             self.stats.tlb["forks at their dup_mmap flush"] += 1
-            early = replace(ev.fork, line=ev.line, cpu=ev.cpu, ts=ev.ts)
-            self._ahead_of(ev.fork, lambda: self.newtask(early))
+            self._ahead_of(ev.fork, ev, self.newtask)
             return
         kind = "flushes"
         rqs = self.m.state.rqs

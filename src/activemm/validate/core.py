@@ -14,7 +14,7 @@ import itertools
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -906,7 +906,7 @@ class Validator(MarkerSteps, Clocked):
                 return
         if isinstance(ev, NewTask) and ev.line in self.early_forks:
             self.replayer.claim(ev.child_pid, ev.line)  # (made at its dup_mmap flush)
-            self._unborn_fork(ev)
+            self._fork_never_born(ev)
         else:
             self._drive(type(ev).__name__, ev, self.replayer.apply, ev)
         if isinstance(ev, NewTask | ProcessFork):  # (the fork is done: replayed now or early)
@@ -914,7 +914,7 @@ class Validator(MarkerSteps, Clocked):
             if self.uffd_forks:
                 self._refusable(self._uffd_fork_grabs, ev.child_pid)
 
-    def _unborn_fork(self, nt: NewTask) -> None:
+    def _fork_never_born(self, nt: NewTask) -> None:
         """A fork made ahead of its mm's mm_init whose task_newtask came with no birth
         between: its mm stays unbound."""
         parent = self.replayer.tasks.get(nt.pid)
@@ -1884,11 +1884,10 @@ class Validator(MarkerSteps, Clocked):
         CPUs lazy on it now, as the kernel's did; the parent may wait long before
         task_newtask (a userfaultfd monitor reading the fork event)."""
         nt = self.fork_hints[ev.line]
-        early = replace(nt, line=ev.line, cpu=ev.cpu, ts=ev.ts)
         self.past_exit.discard(nt.child_pid)  # a new life of the pid
         self.ahead_of = nt.line
-        try:
-            self._drive("NewTask", early, self.replayer.fork_ahead, early, nt)
+        try:  # (the parent's own flush: its line, CPU and pid are the fork's there)
+            self._drive("NewTask", ev, self.replayer.fork_ahead, nt, ev)
         finally:
             self.ahead_of = None
         self.early_forks.add(nt.line)
