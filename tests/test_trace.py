@@ -1512,6 +1512,144 @@ def test_of_two_tasks_of_one_pid_on_one_runqueue_the_one_that_sleeps_next_is_the
     assert b.tasks[11].state is TaskState.GONE
 
 
+def _new_11_woken_on_cpu0() -> list[str]:
+    """After _exited_11_preempted(): app reaps 11 and forks a new task at the pid, woken on
+    CPU 0 where the exited one waits, preempted: both wait on one runqueue."""
+    return [
+        *_exited_11_preempted(),
+        "app-10 [000] 1.000500: task_newtask: pid=11 comm=app clone_flags=0 oom_score_adj=0",
+        "app-10 [000] 1.000510: sched_wakeup_new: comm=app pid=11 prio=120 target_cpu=000",
+    ]
+
+
+def test_a_switch_from_a_pid_to_itself_switches_in_the_other_task_of_the_two() -> None:
+    """The new task of pid 11 runs first and is preempted ("R+") with nothing to tell it
+    apart; the kernel switches straight to the other 11, the exited one, whose final switch
+    ("X") goes back to the new one, which then sleeps. __schedule() never switches a task to
+    itself, so the first switch in was the new task's (`unseen49.c` on 6.12-cloud, 3 CPUs,
+    preempt=full: a vfork child preempted in its exec). Without that the replay takes the
+    exited one first, and the new one "exits" at the final switch."""
+    sw = SWITCH_LINE
+    lines = [
+        *_new_11_woken_on_cpu0(),
+        sw.format(c="app", p=10, cpu=0, ts="1.000600", s="S", nc="app", np=11),
+        sw.format(c="app", p=11, cpu=0, ts="1.000700", s="R+", nc="app", np=11),
+        sw.format(c="app", p=11, cpu=0, ts="1.000800", s="X", nc="app", np=11),
+        sw.format(c="app", p=11, cpu=0, ts="1.000900", s="S", nc="swapper/0", np=0),
+    ]
+    stats = ReadStats()
+    events = read_lines(lines, stats)
+    picks = exited_picks(events)
+    assert (picks.get(9), picks.get(10), picks.get(11)) == (False, True, False)
+    config = PRESETS["linux-6.12-x86_64"]
+    _, rs = replay(events, [config], 1, placements=stats.placements, picks=picks)
+    r = rs[config.label]
+    assert not _made_up(r.stats.anomalies), r.stats.anomalies
+    assert not r.stats.anomalies["exit inferred from prev_state"]
+    new = r.tasks[11]
+    assert new.mm is not None and new.state is TaskState.RUNNABLE and not new.exiting
+    old = [t for t in r.m.state.tasks if t.comm == "app" and t not in (r.tasks[10], new)]
+    assert len(old) == 1 and old[0].state is TaskState.GONE
+    picks.pop(9)  # what the switch to itself settles: without it, the exited one first
+    _, blind = replay(events, [config], 1, placements=stats.placements, picks=picks)
+    assert blind[config.label].stats.anomalies["exit inferred from prev_state"] == 1
+
+
+def test_a_task_that_reaches_its_sched_process_exit_was_the_live_one_when_switched_in() -> None:
+    """The task switched in for pid 11 reaches sched_process_exit and is preempted past it:
+    the exited task of the pid passed its own already, so this one is the new task, even
+    though its next switch out says nothing ("R+")."""
+    sw = SWITCH_LINE
+    lines = [
+        *_new_11_woken_on_cpu0(),
+        sw.format(c="app", p=10, cpu=0, ts="1.000600", s="S", nc="app", np=11),
+        "app-11 [000] 1.000700: sched_process_exit: comm=app pid=11 prio=120",
+        sw.format(c="app", p=11, cpu=0, ts="1.000800", s="R+", nc="app", np=10),
+    ]
+    picks = exited_picks(read_lines(lines, ReadStats()))
+    assert picks.get(9) is False
+    assert picks.get(4) is False  # the first 11's switch in, its exit after it too
+
+
+def test_a_vfork_parent_that_runs_again_says_its_child_ran_in_between() -> None:
+    """app vforks a new task at pid 11 while the exited 11 waits, preempted, on CPU 0, and
+    waits for it ("D"); the 11 switched in is preempted ("R+") with nothing to tell which
+    it was, and app runs again. A vfork() parent runs again only once its child has
+    exec'd or exited (mm_release() completes vfork_done), so the child had run: that one
+    switch in of pid 11 was the child's (`unseen49.c`, 6.12 with 3 CPUs, preempt=full: the
+    last picks these recordings missed with markers). The exited one makes its final
+    switch after, straight to the child, which exits."""
+    sw = SWITCH_LINE
+    lines = [
+        *_exited_11_preempted(),
+        "app-10 [000] 1.000500: task_newtask: pid=11 comm=app clone_flags=4100 oom_score_adj=0",
+        "app-10 [000] 1.000510: sched_wakeup_new: comm=app pid=11 prio=120 target_cpu=000",
+        sw.format(c="app", p=10, cpu=0, ts="1.000600", s="D", nc="app", np=11),
+        sw.format(c="app", p=11, cpu=0, ts="1.000700", s="R+", nc="app", np=10),
+        sw.format(c="app", p=10, cpu=0, ts="1.000800", s="S", nc="app", np=11),
+        sw.format(c="app", p=11, cpu=0, ts="1.000900", s="X", nc="app", np=11),
+        "app-11 [000] 1.001000: sched_process_exit: comm=app pid=11 prio=120",
+        sw.format(c="app", p=11, cpu=0, ts="1.001100", s="X", nc="swapper/0", np=0),
+    ]
+    stats = ReadStats()
+    events = read_lines(lines, stats)
+    picks = exited_picks(events)
+    assert [picks.get(n) for n in (9, 11, 12)] == [False, True, False]
+    config = PRESETS["linux-6.12-x86_64"]
+    _, rs = replay(events, [config], 1, placements=stats.placements, picks=picks)
+    r = rs[config.label]
+    assert not _made_up(r.stats.anomalies), r.stats.anomalies
+    assert not r.stats.anomalies["exit inferred from prev_state"]
+    app = r.tasks[10]
+    assert app.mm is not None and app.mm.mm_users == 1  # the child's exit gave it back
+    others = [t for t in r.m.state.tasks if t.comm == "app" and t is not app]
+    assert len(others) == 2 and all(t.state is TaskState.GONE for t in others)
+    # at that switch in (line 9): the child, on app's mm (vfork: CLONE_VM), not the
+    # exited task with none, which the replay takes without the vfork's say
+    upto = [e for e in events if e.line <= 9]
+    _, rs = replay(upto, [config], 1, placements=stats.placements, picks=picks)
+    assert rs[config.label].m.state.rqs[0].curr.mm is rs[config.label].tasks[10].mm
+    picks.pop(9)
+    _, blind = replay(upto, [config], 1, placements=stats.placements, picks=picks)
+    assert blind[config.label].m.state.rqs[0].curr.mm is None
+
+
+def test_of_two_tasks_of_one_pid_on_one_runqueue_its_stopper_moves_the_one_it_preempted() -> None:
+    """Both tasks of pid 11 wait on CPU 0; the new one runs (its own flush says it lives)
+    and CPU 0's stopper thread preempts it and moves it to CPU 1 (migration_cpu_stop(): an
+    affinity change). The 11 switched in on CPU 0 after is the exited one, making its final
+    switch, and the one on CPU 1 the new one. Load balancing would have moved the one that
+    waited (the rule without the stopper): the new one would "exit" on CPU 0."""
+    sw = SWITCH_LINE
+    lines = [
+        *_new_11_woken_on_cpu0(),
+        sw.format(c="app", p=10, cpu=0, ts="1.000600", s="S", nc="app", np=11),
+        "app-11 [000] 1.000650: tlb_flush: pages:1 reason:local mm shootdown (3)",
+        sw.format(c="app", p=11, cpu=0, ts="1.000700", s="R+", nc="migration/0", np=12),
+        "migration/0-12 [000] 1.000710: sched_migrate_task: comm=app pid=11 prio=120 "
+        "orig_cpu=0 dest_cpu=1",
+        sw.format(c="migration/0", p=12, cpu=0, ts="1.000720", s="S", nc="app", np=11),
+        sw.format(c="app", p=11, cpu=0, ts="1.000730", s="X", nc="swapper/0", np=0),
+        sw.format(c="swapper/1", p=0, cpu=1, ts="1.000740", s="R", nc="app", np=11),
+        sw.format(c="app", p=11, cpu=1, ts="1.000800", s="S", nc="swapper/1", np=0),
+    ]
+    stats = ReadStats()
+    events = read_lines(lines, stats)
+    assert [p[3] for p in stats.placements[11]] == [False, True]  # wakeup_new, the stopper's
+    config = PRESETS["linux-6.12-x86_64"]
+    _, rs = replay(events, [config], 2, placements=stats.placements, picks=exited_picks(events))
+    r = rs[config.label]
+    assert not _made_up(r.stats.anomalies), r.stats.anomalies
+    assert not r.stats.anomalies["exit inferred from prev_state"]
+    new = r.tasks[11]
+    assert new.cpu == 1 and new.mm is not None and new.state is TaskState.RUNNABLE
+    old = [t for t in r.m.state.tasks if t.comm == "app" and t not in (r.tasks[10], new)]
+    assert len(old) == 1 and old[0].state is TaskState.GONE
+    unmarked = {pid: [(*p[:3], False) for p in ps] for pid, ps in stats.placements.items()}
+    _, blind = replay(events, [config], 2, placements=unmarked, picks=exited_picks(events))
+    assert blind[config.label].stats.anomalies["exit inferred from prev_state"] == 1
+
+
 def test_a_fork_made_ahead_while_its_pid_still_lives_takes_it_at_its_task_newtask() -> None:
     """A clone3() with set_tid copies the mm (dup_mmap(), whose flush the replay forks at)
     before it takes its pid, and the task at that pid may not even have exited yet: on
@@ -1541,6 +1679,45 @@ def test_a_fork_made_ahead_while_its_pid_still_lives_takes_it_at_its_task_newtas
     assert child.mm is not None and child.mm is not app.mm and child.mm.mm_users == 1
     gone = [t for t in r.m.state.tasks if t.comm == "app" and t not in (app, child)]
     assert len(gone) == 1 and gone[0].state is TaskState.GONE  # the old 11, reaped
+
+
+def test_a_fork_made_ahead_leaves_the_pid_to_an_exiting_task_until_its_task_newtask() -> None:
+    """The same when the task at the pid is exiting already (exit_mmap()'s switch of its
+    lazy CPU to init_mm, a CR3 load of its own, ran its exit) but has not switched out for
+    the last time: the child made at its parent's dup_mmap() flush does not take the pid
+    there, and the exiting task, preempted and back, is the one its switches name; the
+    child goes by the pid from its task_newtask, after the old task was reaped (on 6.1-rt
+    with 4 CPUs, `unseen49.c` seed 316, the child took the pid at the flush and a later
+    switch in of the exiting task named the child)."""
+    sw = SWITCH_LINE
+    lines = [
+        sw.format(c="swapper/0", p=0, cpu=0, ts="1.000000", s="R", nc="app", np=10),
+        sw.format(c="swapper/1", p=0, cpu=1, ts="1.000010", s="R", nc="app", np=11),
+        "app-11 [001] 1.000100: tlb_flush: pages:-1 reason:flush on task switch (0)",
+        "app-10 [000] 1.000150: tlb_flush: pages:-1 reason:local mm shootdown (3)",
+        sw.format(c="app", p=11, cpu=1, ts="1.000200", s="R+", nc="swapper/1", np=0),
+        sw.format(c="swapper/1", p=0, cpu=1, ts="1.000250", s="R", nc="app", np=11),
+        "app-11 [001] 1.000300: sched_process_exit: comm=app pid=11 prio=120",
+        sw.format(c="app", p=11, cpu=1, ts="1.000350", s="X", nc="swapper/1", np=0),
+        "<idle>-0 [001] 1.000400: sched_process_free: comm=app pid=11 prio=120",
+        "app-10 [000] 1.000500: task_newtask: pid=11 comm=app clone_flags=1200000 oom_score_adj=0",
+        sw.format(c="app", p=10, cpu=0, ts="1.000600", s="S", nc="app", np=11),
+    ]
+    stats = ReadStats()
+    events = read_lines(lines, stats)
+    config = PRESETS["linux-6.1-x86_64"]
+    _, rs = replay(events, [config], 2, placements=stats.placements, picks=exited_picks(events))
+    r = rs[config.label]
+    anomalies = r.stats.anomalies
+    assert r.stats.tlb["forks at their dup_mmap flush"] == 1
+    assert not anomalies["pid taken again before its exited task's final switch"]
+    assert not anomalies["exit inferred from prev_state"]
+    assert not _made_up(anomalies), anomalies
+    app, child = r.tasks[10], r.tasks[11]
+    assert r.m.state.rqs[0].curr is child and child.state is TaskState.RUNNING
+    assert child.mm is not None and child.mm is not app.mm and child.mm.mm_users == 1
+    gone = [t for t in r.m.state.tasks if t.comm == "app" and t not in (app, child)]
+    assert len(gone) == 1 and gone[0].state is TaskState.GONE and gone[0].mm is None
 
 
 def test_a_task_from_before_the_trace_is_of_the_group_its_snapshot_names() -> None:

@@ -5,6 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Not an event of the stream (nothing the model does): where a sched_wakeup_new placed a
+# task, or whence and whither a sched_migrate_task moved it, read aside to tell which of two
+# tasks a pid names (ReadStats.placements, Replayer.placements): (line, from CPU or -1, to
+# CPU, whether the source CPU's stopper thread moved it)
+Placement = tuple[int, int, int, bool]
+STOPPER = "migration/"  # the comm of a CPU's stopper thread, migration/N (stop_machine.c)
+
 
 @dataclass(slots=True)
 class TraceEvent:

@@ -34,9 +34,11 @@ from typing import IO, cast
 
 from activemm.errors import ActiveMmError
 from activemm.trace.events import (
+    STOPPER,
     HotplugStep,
     LostEvents,
     NewTask,
+    Placement,
     Probe,
     ProcessExec,
     ProcessExit,
@@ -81,10 +83,10 @@ class ReadStats:
     left_out: Counter[str] = field(default_factory=Counter)
     fmt: str = ""
     header_cpus: int = 0  # from "#P:N" (tracefs) or "cpus=N" (trace-cmd report)
-    # pid -> (line, from CPU or -1, to CPU) of each sched_wakeup_new (where a new task is
-    # placed) and sched_migrate_task: not events of the stream (nothing the model does), read
-    # only to tell which of two tasks a pid names (Replayer.placements)
-    placements: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
+    # pid -> the Placement of each sched_wakeup_new (where a new task is placed) and
+    # sched_migrate_task: not events of the stream (nothing the model does), read only to
+    # tell which of two tasks a pid names (Replayer.placements)
+    placements: dict[int, list[Placement]] = field(default_factory=dict)
 
 
 # tracefs/trace-cmd text up to the irq-flags column: "COMM-PID (TGID) [CPU] "
@@ -319,14 +321,17 @@ WAKEUP_NEW = re.compile(r".*\bpid=(?P<p>\d+) .*\btarget_cpu=(?P<to>\d+)")
 MIGRATE = re.compile(r".*\bpid=(?P<p>\d+) .*\borig_cpu=(?P<fr>\d+) dest_cpu=(?P<to>\d+)")
 
 
-def _placement(stats: ReadStats, line: int, event: str, rest: str) -> None:
+def _placement(stats: ReadStats, line: int, event: str, rest: str, comm: str, cpu: int) -> None:
     """Keep where a sched_wakeup_new placed a new task, or whence and whither a
-    sched_migrate_task moved a task (ReadStats.placements); a line without those fields is
-    left alone (these events are not the stream's)."""
+    sched_migrate_task moved a task, and whether the source CPU's stopper thread moved it
+    (`comm` migration/N on CPU N: migration_cpu_stop(), which moves the task it preempted)
+    (ReadStats.placements); a line without those fields is left alone (these events are
+    not the stream's)."""
     m = (WAKEUP_NEW if event == "sched_wakeup_new" else MIGRATE).match(rest)
     if m is not None:
         fr = int(m["fr"]) if event == "sched_migrate_task" else -1
-        stats.placements.setdefault(int(m["p"]), []).append((line, fr, int(m["to"])))
+        stopper = fr == cpu and comm == f"{STOPPER}{cpu}"
+        stats.placements.setdefault(int(m["p"]), []).append((line, fr, int(m["to"]), stopper))
 
 
 PARSERS: dict[str, Parser] = {
@@ -850,7 +855,7 @@ def parse_lines(
                 # (a uprobe's location is a user address, `(0x401d70)`: no kernel function)
                 stats.unknown[event] += 1
                 if event in PLACEMENTS:
-                    _placement(stats, n, event, rest)
+                    _placement(stats, n, event, rest, comm, cpu)
                 continue
             if BARE_ADDRESS.fullmatch(pm["loc"]):
                 # a kprobe printed through its format's `(%lx)` (trace-cmd report, perf

@@ -34,11 +34,13 @@ from activemm.model.config import KernelConfig
 from activemm.model.state import Mm, Task, TaskState
 from activemm.sanitizer import Sanitizer
 from activemm.trace.events import (
+    STOPPER,
     ExecMmap,
     ExitMmapLoad,
     LostEvents,
     MmFlush,
     NewTask,
+    Placement,
     Probe,
     ProcessExec,
     ProcessExit,
@@ -163,7 +165,7 @@ class Replayer:
         sanitize: bool = True,
         extra: list[Clocked] | None = None,
         sanitize_every: int = 1,
-        placements: dict[int, list[tuple[int, int, int]]] | None = None,
+        placements: dict[int, list[Placement]] | None = None,
         picks: dict[int, bool] | None = None,
     ) -> None:
         self.config = config
@@ -198,9 +200,13 @@ class Replayer:
         self.shared_at: dict[int, list[int]] = {}
         # id of an exiting task switched out before its final switch -> (it, that line)
         self._left_at: dict[int, tuple[Task, int]] = {}
-        # pid -> (line, from CPU or -1, to CPU) of its sched_wakeup_new and sched_migrate_task
-        # lines (ReadStats.placements): which runqueue each of two tasks of one pid is on
+        # pid -> the Placement of each of its sched_wakeup_new and sched_migrate_task lines
+        # (ReadStats.placements): which runqueue each of two tasks of one pid is on
         self.placements = placements if placements is not None else {}
+        # pid -> (line, CPU, the task) of each switch out of a task of a pid that names two
+        # tasks to that CPU's stopper thread, which moves the task it preempted
+        # (_runqueue_of)
+        self._stopped: dict[int, list[tuple[int, int, Task]]] = {}
         # sched_switch line -> whether the task switched in is an exited one (exited_picks;
         # a validation reads the whole trace first, a replay streams it and has none)
         self.picks = picks if picks is not None else {}
@@ -488,6 +494,8 @@ class Replayer:
             self._left_at.pop(id(prev), None)
         elif prev.exiting:  # preempted or waiting: it runs again before its final switch
             self._left_at[id(prev)] = (prev, ev.line)
+        if ev.next_comm == f"{STOPPER}{ev.cpu}" and ev.prev_pid in self._displaced:
+            self._stopped.setdefault(ev.prev_pid, []).append((ev.line, ev.cpu, prev))
         nxt = self._displaced_next(ev.next_pid, ev.cpu, ev.line) or self.task(
             ev.next_pid, ev.next_comm, None, ev.cpu
         )
@@ -537,13 +545,16 @@ class Replayer:
         sched_migrate_task of the pid from there since (placements), the new task's own
         moves set apart (placed by its sched_wakeup_new, then migrated from where it is).
         Of the two on one runqueue, the exited one is taken to be the one moved (as
-        `unseen49.c` showed, 6.1 with 3 CPUs). Without placements (a trace recorded without
-        those events), where it ran last."""
+        `unseen49.c` showed, 6.1 with 3 CPUs: load balancing moves a task that waits, not
+        the one running), unless that CPU's stopper thread moved it: migration_cpu_stop()
+        (an affinity change, sched_exec()) moves the task it preempted, the one switched out
+        to it last there. Without placements (a trace recorded without those events), where
+        it ran last."""
         at = old.cpu
         left = self._left_at.get(id(old))
         since = left[1] if left is not None and left[0] is old else -1
         new_cpu: int | None = None
-        for ln, fr, to in self.placements.get(pid, ()):
+        for ln, fr, to, stopper in self.placements.get(pid, ()):
             if ln >= line:
                 break
             if ln <= since:
@@ -551,11 +562,19 @@ class Replayer:
             if fr < 0:
                 if ln > taken:
                     new_cpu = to
-            elif fr == at:
+            elif fr == at and not (
+                fr == new_cpu and stopper and self._stopped_new(pid, old, fr, ln)
+            ):
                 at = to
             elif fr == new_cpu:
                 new_cpu = to
         return at
+
+    def _stopped_new(self, pid: int, old: Task, cpu: int, line: int) -> bool:
+        """Was the task last switched out to `cpu`'s stopper thread before `line`, of the
+        two that `pid` names, the new one rather than `old`?"""
+        before = [t for ln, c, t in self._stopped.get(pid, ()) if ln < line and c == cpu]
+        return bool(before) and before[-1] is not old
 
     def _fork_kind(self, parent: Task, parent_comm: str, flags: int | None) -> str:
         if parent.mm is None or parent.pf_kthread:
@@ -575,12 +594,15 @@ class Replayer:
             self.stats.anomalies["pid taken while a fork made ahead waited for it"] += 1
         old = self.tasks.get(child_pid)
         if old is not None and old.state is not TaskState.GONE:
-            if not old.exiting and self._ahead is not None:
-                # made ahead while the task at its pid still lives: a clone3() with set_tid
-                # copies the mm first and takes the pid when it is free (claim)
+            if self._ahead is not None:
+                # made ahead while a task goes by its pid: copy_process() gives the child
+                # its pid (alloc_pid()) only after copy_mm(), at its task_newtask (claim),
+                # when the task there has exited and been reaped (a clone3() with set_tid
+                # waits for that); until then that task goes by it, to its final switch
                 kind = self._fork_kind(parent, ev.comm, flags)
                 self._ahead.append(self.m.fork(parent, kind, name=child_comm))
-                self.stats.anomalies["fork made ahead while the task at its pid still ran"] += 1
+                if not old.exiting:
+                    self.stats.anomalies["fork made ahead while the task at its pid still ran"] += 1
                 return
             if not old.exiting:
                 return
@@ -605,8 +627,8 @@ class Replayer:
         """The fork of task_newtask `nt`, made ahead of it at its dup_mmap() flush `at`. The
         kernel gives the child its pid only later
         (alloc_pid() follows copy_mm() in copy_process(), and a clone3() with set_tid waits
-        for that pid to be free): until `nt`, another task may still go by the pid, even one
-        that has yet to exit (the child is then made aside), or take it and die (_do_fork
+        for that pid to be free): until `nt`, another task may still go by the pid, exiting
+        or not yet exited (the child is then made aside), or take it and die (_do_fork
         steps the child aside for it); at `nt` the pid is the child's (claim)."""
         self._ahead_of(nt, at, self.apply)
 
@@ -776,12 +798,26 @@ def exited_picks(events: Iterable[object]) -> dict[int, bool]:
     out again on that CPU, to be an exited task on its way to its final switch (True) or a
     live one (False); absent when nothing says. Read ahead of the replay, for a pid that
     names two tasks waiting on one runqueue (Replayer._displaced_next): the exited one's next
-    switch out is its final one ("X", "Z") with no sched_process_exit before it (it passed
-    its own), while a live task may sleep ("S"), fork, exec, exit or flush its own mm first.
-    A preemption ("R+") or a "D" wait (PREEMPT_RT's sleeping locks, in an exit too) says
-    nothing."""
+    switch out is its final one ("X", "Z") and it has passed its sched_process_exit, while
+    a live task may sleep ("S"), fork, exec, reach its sched_process_exit or flush its own
+    mm first. A preemption ("R+") or a "D" wait (PREEMPT_RT's sleeping locks, in an exit
+    too) says nothing by itself, but two more things do:
+    - a switch from the pid to the same pid switches in the *other* task of the two
+      (__schedule() never switches a task to itself), so what one of them shows settles
+      the other's pick too;
+    - a vfork() parent waits ("D", wait_for_vfork_done()) until its child execs or exits
+      (mm_release()): when it runs again the child has run, so if exactly one switch in of
+      the child's pid since its task_newtask is unsettled, and none settled says live, that
+      one was the child's."""
     picks: dict[int, bool] = {}
-    running: dict[int, tuple[int, int, bool]] = {}  # CPU -> (switch line, pid, it exited)
+    running: dict[int, tuple[int, int]] = {}  # CPU -> (switch line, pid switched in)
+    # (switch line of one task of a pid, switch line of the other): a switch from the pid
+    # to itself, the first task switched in at the first line switching out at the second
+    swaps: list[tuple[int, int]] = []
+    # vfork() parent pid -> (child pid, [whether it waits ("D") yet])
+    vforks: dict[int, tuple[int, list[bool]]] = {}
+    children: dict[int, list[int]] = {}  # vfork child pid -> its switches in since then
+    ran: list[list[int]] = []  # switches in of a vfork child, one of which was its own
     for e in events:
         if not isinstance(e, TraceEvent) or isinstance(e, Probe):
             continue
@@ -789,18 +825,48 @@ def exited_picks(events: Iterable[object]) -> dict[int, bool]:
         if isinstance(e, SchedSwitch):
             if cur is not None and cur[1] == e.prev_pid and cur[0] not in picks:
                 if e.prev_state.startswith(("X", "Z")):
-                    picks[cur[0]] = not cur[2]
+                    picks[cur[0]] = True
                 elif e.prev_state.startswith("S"):
                     picks[cur[0]] = False
-            running[e.cpu] = (e.line, e.next_pid, False)
-        elif cur is not None and e.pid == cur[1] and cur[0] not in picks:
-            if isinstance(e, ProcessExit):
-                running[e.cpu] = (cur[0], cur[1], True)
-            elif isinstance(e, NewTask | ProcessFork | ProcessExec) or (
-                "local mm shootdown" in getattr(e, "reason", "")
-                and not getattr(e, "hardirq", False)
-            ):
-                picks[cur[0]] = False
+            if cur is not None and cur[1] == e.prev_pid == e.next_pid:
+                swaps.append((cur[0], e.line))
+            running[e.cpu] = (e.line, e.next_pid)
+            if (v := vforks.get(e.prev_pid)) is not None and e.prev_state.startswith("D"):
+                v[1][0] = True
+            if e.next_pid in children:
+                children[e.next_pid].append(e.line)
+            if (v := vforks.get(e.next_pid)) is not None and v[1][0]:
+                del vforks[e.next_pid]
+                ran.append(children.pop(v[0], []))
+        elif (
+            cur is not None
+            and e.pid == cur[1]
+            and cur[0] not in picks
+            and (
+                isinstance(e, ProcessExit | NewTask | ProcessFork | ProcessExec)
+                or (
+                    "local mm shootdown" in getattr(e, "reason", "")
+                    and not getattr(e, "hardirq", False)
+                )
+            )
+        ):
+            picks[cur[0]] = False
+        if isinstance(e, NewTask) and e.clone_flags & CLONE_VFORK:
+            vforks[e.pid] = (e.child_pid, [False])
+            children[e.child_pid] = []
+    settled = True
+    while settled:  # along chains of such swaps, either way, and the vfork children's
+        settled = False
+        for a, b in swaps:
+            if (a in picks) != (b in picks):
+                known, other = (a, b) if a in picks else (b, a)
+                picks[other] = not picks[known]
+                settled = True
+        for lines in ran:
+            unsettled = [line for line in lines if line not in picks]
+            if len(unsettled) == 1 and all(picks[line] for line in lines if line in picks):
+                picks[unsettled[0]] = False
+                settled = True
     return picks
 
 
@@ -825,7 +891,7 @@ def replay(
     progress: object = None,
     sanitize_every: int = SANITIZE_EVERY,
     extra: dict[str, list[Clocked]] | None = None,
-    placements: dict[int, list[tuple[int, int, int]]] | None = None,
+    placements: dict[int, list[Placement]] | None = None,
     picks: dict[int, bool] | None = None,
 ) -> tuple[int, dict[str, Replayer]]:
     """Feed every event to one Replayer per configuration. Returns (events, replayers by

@@ -37,6 +37,7 @@ from activemm.trace.events import (
     HotplugStep,
     LostEvents,
     NewTask,
+    Placement,
     Probe,
     ProcessExec,
     ProcessExit,
@@ -144,7 +145,7 @@ class Validator(MarkerSteps, Clocked):
         preemptible: bool = False,
         efi_workers: set[int] | None = None,
         late_exits: dict[int, int] | None = None,
-        placements: dict[int, list[tuple[int, int, int]]] | None = None,
+        placements: dict[int, list[Placement]] | None = None,
     ) -> None:
         self.events = events
         self.inputs = inputs
