@@ -1477,6 +1477,18 @@ def test_of_two_tasks_of_one_pid_the_one_switched_in_is_the_one_on_that_runqueue
     assert parent.mm is not None and parent.mm.mm_users == 2  # app and its CLONE_VM child
 
 
+def _new_11_woken_on_cpu0(clone_flags: str = "0") -> list[str]:
+    """After _exited_11_preempted(): app reaps 11 and forks a new task at the pid (with
+    `clone_flags`, hex), woken on CPU 0 where the exited one waits, preempted: both wait on
+    one runqueue."""
+    return [
+        *_exited_11_preempted(),
+        f"app-10 [000] 1.000500: task_newtask: pid=11 comm=app clone_flags={clone_flags} "
+        "oom_score_adj=0",
+        "app-10 [000] 1.000510: sched_wakeup_new: comm=app pid=11 prio=120 target_cpu=000",
+    ]
+
+
 def test_of_two_tasks_of_one_pid_on_one_runqueue_the_one_that_sleeps_next_is_the_new_one() -> None:
     """Both tasks of pid 11 wait on CPU 0: the exited one, preempted past its exit, and a
     new one clone3()d at its pid and woken there. No tracepoint names the one switched in
@@ -1486,9 +1498,7 @@ def test_of_two_tasks_of_one_pid_on_one_runqueue_the_one_that_sleeps_next_is_the
     validation reads ahead of its replay). Without them the replay takes the exited one."""
     sw = SWITCH_LINE
     lines = [
-        *_exited_11_preempted(),
-        "app-10 [000] 1.000500: task_newtask: pid=11 comm=app clone_flags=0 oom_score_adj=0",
-        "app-10 [000] 1.000510: sched_wakeup_new: comm=app pid=11 prio=120 target_cpu=000",
+        *_new_11_woken_on_cpu0(),
         sw.format(c="app", p=10, cpu=0, ts="1.000600", s="S", nc="app", np=11),
         sw.format(c="app", p=11, cpu=0, ts="1.000700", s="S", nc="app", np=11),
         sw.format(c="app", p=11, cpu=0, ts="1.000800", s="X", nc="swapper/0", np=0),
@@ -1510,16 +1520,6 @@ def test_of_two_tasks_of_one_pid_on_one_runqueue_the_one_that_sleeps_next_is_the
     b = blind[config.label]  # the exited one taken first: the new one "exits" at line 11
     assert b.stats.anomalies["exit inferred from prev_state"] == 1
     assert b.tasks[11].state is TaskState.GONE
-
-
-def _new_11_woken_on_cpu0() -> list[str]:
-    """After _exited_11_preempted(): app reaps 11 and forks a new task at the pid, woken on
-    CPU 0 where the exited one waits, preempted: both wait on one runqueue."""
-    return [
-        *_exited_11_preempted(),
-        "app-10 [000] 1.000500: task_newtask: pid=11 comm=app clone_flags=0 oom_score_adj=0",
-        "app-10 [000] 1.000510: sched_wakeup_new: comm=app pid=11 prio=120 target_cpu=000",
-    ]
 
 
 def test_a_switch_from_a_pid_to_itself_switches_in_the_other_task_of_the_two() -> None:
@@ -1581,9 +1581,7 @@ def test_a_vfork_parent_that_runs_again_says_its_child_ran_in_between() -> None:
     switch after, straight to the child, which exits."""
     sw = SWITCH_LINE
     lines = [
-        *_exited_11_preempted(),
-        "app-10 [000] 1.000500: task_newtask: pid=11 comm=app clone_flags=4100 oom_score_adj=0",
-        "app-10 [000] 1.000510: sched_wakeup_new: comm=app pid=11 prio=120 target_cpu=000",
+        *_new_11_woken_on_cpu0("4100"),
         sw.format(c="app", p=10, cpu=0, ts="1.000600", s="D", nc="app", np=11),
         sw.format(c="app", p=11, cpu=0, ts="1.000700", s="R+", nc="app", np=10),
         sw.format(c="app", p=10, cpu=0, ts="1.000800", s="S", nc="app", np=11),

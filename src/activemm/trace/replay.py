@@ -814,8 +814,8 @@ def exited_picks(events: Iterable[object]) -> dict[int, bool]:
     # (switch line of one task of a pid, switch line of the other): a switch from the pid
     # to itself, the first task switched in at the first line switching out at the second
     swaps: list[tuple[int, int]] = []
-    # vfork() parent pid -> (child pid, [whether it waits ("D") yet])
-    vforks: dict[int, tuple[int, list[bool]]] = {}
+    vforks: dict[int, int] = {}  # vfork() parent pid -> its child's pid
+    waiting: set[int] = set()  # those parents in their wait ("D") for the child
     children: dict[int, list[int]] = {}  # vfork child pid -> its switches in since then
     ran: list[list[int]] = []  # switches in of a vfork child, one of which was its own
     for e in events:
@@ -831,13 +831,13 @@ def exited_picks(events: Iterable[object]) -> dict[int, bool]:
             if cur is not None and cur[1] == e.prev_pid == e.next_pid:
                 swaps.append((cur[0], e.line))
             running[e.cpu] = (e.line, e.next_pid)
-            if (v := vforks.get(e.prev_pid)) is not None and e.prev_state.startswith("D"):
-                v[1][0] = True
+            if e.prev_pid in vforks and e.prev_state.startswith("D"):
+                waiting.add(e.prev_pid)
             if e.next_pid in children:
                 children[e.next_pid].append(e.line)
-            if (v := vforks.get(e.next_pid)) is not None and v[1][0]:
-                del vforks[e.next_pid]
-                ran.append(children.pop(v[0], []))
+            if e.next_pid in waiting:
+                waiting.discard(e.next_pid)
+                ran.append(children.pop(vforks.pop(e.next_pid), []))
         elif (
             cur is not None
             and e.pid == cur[1]
@@ -852,7 +852,8 @@ def exited_picks(events: Iterable[object]) -> dict[int, bool]:
         ):
             picks[cur[0]] = False
         if isinstance(e, NewTask) and e.clone_flags & CLONE_VFORK:
-            vforks[e.pid] = (e.child_pid, [False])
+            vforks[e.pid] = e.child_pid
+            waiting.discard(e.pid)
             children[e.child_pid] = []
     settled = True
     while settled:  # along chains of such swaps, either way, and the vfork children's
