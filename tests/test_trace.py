@@ -25,9 +25,18 @@ from hypothesis import strategies as st
 from activemm import PRESETS
 from activemm.model.state import TaskState
 from activemm.trace import LostEvents, SchedSwitch, TraceError, read_trace
+from activemm.trace import replay as replay_module
 from activemm.trace.events import Probe
 from activemm.trace.readers import ReadStats
-from activemm.trace.replay import TaskInfo, exited_picks, load_task_snapshot, peek_cpus, replay
+from activemm.trace.replay import (
+    ExitedPicks,
+    TaskInfo,
+    exited_picks,
+    load_task_snapshot,
+    peek_cpus,
+    read_ahead,
+    replay,
+)
 
 from .helpers import ROOT, cli, read_lines, replay_lines
 
@@ -1489,13 +1498,16 @@ def _new_11_woken_on_cpu0(clone_flags: str = "0") -> list[str]:
     ]
 
 
-def test_of_two_tasks_of_one_pid_on_one_runqueue_the_one_that_sleeps_next_is_the_new_one() -> None:
+def test_of_two_tasks_of_one_pid_on_one_runqueue_the_one_that_sleeps_next_is_the_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Both tasks of pid 11 wait on CPU 0: the exited one, preempted past its exit, and a
     new one clone3()d at its pid and woken there. No tracepoint names the one switched in
     (on 6.12 with 6 CPUs the kernel mostly ran the new one first); what it does before it
     switches out again does: it sleeps ("S"), which an exited task does not, so it is the
     new one, and the exited one makes its final switch after it (exited_picks, which a
-    validation reads ahead of its replay). Without them the replay takes the exited one."""
+    validation reads ahead of its replay, and a replay reads LOOKAHEAD events ahead of
+    itself for). Without them the replay takes the exited one."""
     sw = SWITCH_LINE
     lines = [
         *_new_11_woken_on_cpu0(),
@@ -1516,10 +1528,31 @@ def test_of_two_tasks_of_one_pid_on_one_runqueue_the_one_that_sleeps_next_is_the
     assert new.mm is not None and new.state is TaskState.RUNNABLE and not new.exiting
     old = [t for t in r.m.state.tasks if t.comm == "app" and t not in (parent, new)]
     assert len(old) == 1 and old[0].state is TaskState.GONE  # its final switch, after
-    _, blind = replay(events, [config], 1, placements=stats.placements)
+    _, blind = replay(events, [config], 1, placements=stats.placements, picks={})
     b = blind[config.label]  # the exited one taken first: the new one "exits" at line 11
     assert b.stats.anomalies["exit inferred from prev_state"] == 1
     assert b.tasks[11].state is TaskState.GONE
+    # a replay given no picks reads ahead for them: the sleep (line 10) one event past the
+    # switch in (line 9) is as far as it needs to see
+    for ahead, exited_first in ((1, False), (0, True)):
+        monkeypatch.setattr(replay_module, "LOOKAHEAD", ahead)
+        _, rs = replay(iter(events), [config], 1, placements=stats.placements)
+        r = rs[config.label]
+        assert (r.stats.anomalies["exit inferred from prev_state"] == 1) is exited_first
+
+
+def _switch_from_11_to_11() -> list[str]:
+    """After _new_11_woken_on_cpu0(): app sleeps, an 11 runs and is preempted ("R+")
+    straight to the other 11, which makes its final switch ("X") back to it, and that one
+    sleeps ("S")."""
+    sw = SWITCH_LINE
+    return [
+        *_new_11_woken_on_cpu0(),
+        sw.format(c="app", p=10, cpu=0, ts="1.000600", s="S", nc="app", np=11),
+        sw.format(c="app", p=11, cpu=0, ts="1.000700", s="R+", nc="app", np=11),
+        sw.format(c="app", p=11, cpu=0, ts="1.000800", s="X", nc="app", np=11),
+        sw.format(c="app", p=11, cpu=0, ts="1.000900", s="S", nc="swapper/0", np=0),
+    ]
 
 
 def test_a_switch_from_a_pid_to_itself_switches_in_the_other_task_of_the_two() -> None:
@@ -1529,14 +1562,7 @@ def test_a_switch_from_a_pid_to_itself_switches_in_the_other_task_of_the_two() -
     itself, so the first switch in was the new task's (`unseen49.c` on 6.12-cloud, 3 CPUs,
     preempt=full: a vfork child preempted in its exec). Without that the replay takes the
     exited one first, and the new one "exits" at the final switch."""
-    sw = SWITCH_LINE
-    lines = [
-        *_new_11_woken_on_cpu0(),
-        sw.format(c="app", p=10, cpu=0, ts="1.000600", s="S", nc="app", np=11),
-        sw.format(c="app", p=11, cpu=0, ts="1.000700", s="R+", nc="app", np=11),
-        sw.format(c="app", p=11, cpu=0, ts="1.000800", s="X", nc="app", np=11),
-        sw.format(c="app", p=11, cpu=0, ts="1.000900", s="S", nc="swapper/0", np=0),
-    ]
+    lines = _switch_from_11_to_11()
     stats = ReadStats()
     events = read_lines(lines, stats)
     picks = exited_picks(events)
@@ -1553,6 +1579,26 @@ def test_a_switch_from_a_pid_to_itself_switches_in_the_other_task_of_the_two() -
     picks.pop(9)  # what the switch to itself settles: without it, the exited one first
     _, blind = replay(events, [config], 1, placements=stats.placements, picks=picks)
     assert blind[config.label].stats.anomalies["exit inferred from prev_state"] == 1
+
+
+def test_a_replay_reading_ahead_keeps_the_picks_of_the_lines_it_has_not_passed() -> None:
+    """read_ahead() gives each event out once `n` more have been fed to the picker, in
+    order, and settles before it does; forget() lets go of the picks of lines passed, not
+    of those ahead. The swap of the test above: its three picks, read two events ahead."""
+    lines = _switch_from_11_to_11()
+    events = read_lines(lines, ReadStats())
+    picker = ExitedPicks()
+    seen: dict[int, bool | None] = {}
+    given = []
+    for e in read_ahead(iter(events), picker, 2):
+        given.append(e)
+        seen[e.line] = picker.picks.get(e.line)
+        picker.forget(e.line)
+        assert all(line >= e.line for line in picker.picks)
+    assert given == events
+    # the switch in at 9 is settled at 10 (the switch to itself) once 11 says "X": two ahead
+    assert (seen[9], seen[10], seen[11]) == (False, True, False)
+    assert (seen[9], seen[10], seen[11]) == tuple(exited_picks(events)[n] for n in (9, 10, 11))
 
 
 def test_a_task_that_reaches_its_sched_process_exit_was_the_live_one_when_switched_in() -> None:

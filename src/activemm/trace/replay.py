@@ -21,7 +21,7 @@ kind holds.
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import chain, islice
@@ -793,6 +793,10 @@ class ReplayResult:
     read_anomalies: dict[str, int]
 
 
+# events the replay reads ahead of itself for exited_picks() (read_ahead)
+LOOKAHEAD = 5000
+
+
 def exited_picks(events: Iterable[object]) -> dict[int, bool]:
     """For each sched_switch line, whether the task it switched in shows, before it switches
     out again on that CPU, to be an exited task on its way to its final switch (True) or a
@@ -809,19 +813,38 @@ def exited_picks(events: Iterable[object]) -> dict[int, bool]:
       (mm_release()): when it runs again the child has run, so if exactly one switch in of
       the child's pid since its task_newtask is unsettled, and none settled says live, that
       one was the child's."""
-    picks: dict[int, bool] = {}
-    running: dict[int, tuple[int, int]] = {}  # CPU -> (switch line, pid switched in)
-    # (switch line of one task of a pid, switch line of the other): a switch from the pid
-    # to itself, the first task switched in at the first line switching out at the second
-    swaps: list[tuple[int, int]] = []
-    vforks: dict[int, int] = {}  # vfork() parent pid -> its child's pid
-    waiting: set[int] = set()  # those parents in their wait ("D") for the child
-    children: dict[int, list[int]] = {}  # vfork child pid -> its switches in since then
-    ran: list[list[int]] = []  # switches in of a vfork child, one of which was its own
+    picker = ExitedPicks()
     for e in events:
+        picker.feed(e)
+    picker.settle()
+    return picker.picks
+
+
+class ExitedPicks:
+    """exited_picks() one event at a time, for a replay that reads ahead of itself
+    (read_ahead): `picks` grows as events come and settle() applies the rules that span
+    two switches (swaps, vfork children) to what is known so far; forget() lets go of the
+    picks of lines the replay has passed."""
+
+    def __init__(self) -> None:
+        self.picks: dict[int, bool] = {}
+        self.running: dict[int, tuple[int, int]] = {}  # CPU -> (switch line, pid switched in)
+        # (switch line of one task of a pid, switch line of the other): a switch from the pid
+        # to itself, the first task switched in at the first line switching out at the second
+        self.swaps: list[tuple[int, int]] = []
+        self.vforks: dict[int, int] = {}  # vfork() parent pid -> its child's pid
+        self.vforked_at: dict[int, int] = {}  # and the line of its task_newtask
+        self.waiting: set[int] = set()  # those parents in their wait ("D") for the child
+        self.children: dict[int, list[int]] = {}  # vfork child pid -> its switches in since
+        self.ran: list[list[int]] = []  # switches in of a vfork child, one of which was its
+        self.changed = False  # since the last settle()
+        self.forgot = 0  # the line forget() was last given
+
+    def feed(self, e: object) -> None:
         if not isinstance(e, TraceEvent) or isinstance(e, Probe):
-            continue
-        cur = running.get(e.cpu)
+            return
+        picks = self.picks
+        cur = self.running.get(e.cpu)
         if isinstance(e, SchedSwitch):
             if cur is not None and cur[1] == e.prev_pid and cur[0] not in picks:
                 if e.prev_state.startswith(("X", "Z")):
@@ -829,15 +852,17 @@ def exited_picks(events: Iterable[object]) -> dict[int, bool]:
                 elif e.prev_state.startswith("S"):
                     picks[cur[0]] = False
             if cur is not None and cur[1] == e.prev_pid == e.next_pid:
-                swaps.append((cur[0], e.line))
-            running[e.cpu] = (e.line, e.next_pid)
-            if e.prev_pid in vforks and e.prev_state.startswith("D"):
-                waiting.add(e.prev_pid)
-            if e.next_pid in children:
-                children[e.next_pid].append(e.line)
-            if e.next_pid in waiting:
-                waiting.discard(e.next_pid)
-                ran.append(children.pop(vforks.pop(e.next_pid), []))
+                self.swaps.append((cur[0], e.line))
+            self.running[e.cpu] = (e.line, e.next_pid)
+            if e.prev_pid in self.vforks and e.prev_state.startswith("D"):
+                self.waiting.add(e.prev_pid)
+            if e.next_pid in self.children:
+                self.children[e.next_pid].append(e.line)
+            if e.next_pid in self.waiting:
+                self.waiting.discard(e.next_pid)
+                self.vforked_at.pop(e.next_pid, None)
+                self.ran.append(self.children.pop(self.vforks.pop(e.next_pid), []))
+            self.changed = True
         elif (
             cur is not None
             and e.pid == cur[1]
@@ -851,24 +876,71 @@ def exited_picks(events: Iterable[object]) -> dict[int, bool]:
             )
         ):
             picks[cur[0]] = False
+            self.changed = True
         if isinstance(e, NewTask) and e.clone_flags & CLONE_VFORK:
-            vforks[e.pid] = e.child_pid
-            waiting.discard(e.pid)
-            children[e.child_pid] = []
-    settled = True
-    while settled:  # along chains of such swaps, either way, and the vfork children's
-        settled = False
-        for a, b in swaps:
-            if (a in picks) != (b in picks):
-                known, other = (a, b) if a in picks else (b, a)
-                picks[other] = not picks[known]
-                settled = True
-        for lines in ran:
-            unsettled = [line for line in lines if line not in picks]
-            if len(unsettled) == 1 and all(picks[line] for line in lines if line in picks):
-                picks[unsettled[0]] = False
-                settled = True
-    return picks
+            self.vforks[e.pid] = e.child_pid
+            self.vforked_at[e.pid] = e.line
+            self.waiting.discard(e.pid)
+            self.children[e.child_pid] = []
+
+    def settle(self) -> None:
+        """Along chains of swaps, either way, and the vfork children's; what can settle no
+        more is let go."""
+        if not self.changed or not (self.swaps or self.ran):
+            return
+        self.changed = False
+        picks = self.picks
+        settled = True
+        while settled:
+            settled = False
+            for a, b in self.swaps:
+                if (a in picks) != (b in picks):
+                    known, other = (a, b) if a in picks else (b, a)
+                    picks[other] = not picks[known]
+                    settled = True
+            for lines in self.ran:
+                unsettled = [line for line in lines if line not in picks]
+                if len(unsettled) == 1 and all(picks[ln] for ln in lines if ln in picks):
+                    picks[unsettled[0]] = False
+                    settled = True
+        self.swaps = [(a, b) for a, b in self.swaps if a not in picks or b not in picks]
+        self.ran = [
+            lines
+            for lines in self.ran
+            if any(ln not in picks for ln in lines) and all(picks.get(ln, True) for ln in lines)
+        ]
+
+    def forget(self, before: int) -> None:
+        """Let go of what concerns only switch lines before `before`, which the replay has
+        passed: swaps and vfork children's switches in all before it, and the picks of such
+        lines but those a swap or a vfork child still to settle needs. A vfork made before
+        the line of the call before is let go too: its parent never waited (its child
+        exec'd first) or waits still, and its child's switches in would pile up."""
+        for parent in [p for p, at in self.vforked_at.items() if at < self.forgot]:
+            del self.vforked_at[parent]
+            self.waiting.discard(parent)
+            self.children.pop(self.vforks.pop(parent), None)
+        self.forgot = before
+        self.swaps = [(a, b) for a, b in self.swaps if b >= before]
+        self.ran = [lines for lines in self.ran if lines and lines[-1] >= before]
+        keep = {ln for pair in self.swaps for ln in pair} | {ln for ls in self.ran for ln in ls}
+        for ln in [ln for ln in self.picks if ln < before and ln not in keep]:
+            del self.picks[ln]  # (in place: the replayers hold this dict)
+
+
+def read_ahead(events: Iterable[TraceEvent], picker: ExitedPicks, n: int) -> Iterator[TraceEvent]:
+    """The events, each given out once `n` more have been fed to `picker`: what a task
+    switched in does next is known when the replay reaches its switch (Replayer.picks),
+    however far the trace goes, in memory for `n` events."""
+    held: deque[TraceEvent] = deque()
+    for e in events:
+        picker.feed(e)
+        held.append(e)
+        if len(held) > n:
+            picker.settle()
+            yield held.popleft()
+    picker.settle()
+    yield from held
 
 
 def peek_cpus(
@@ -897,9 +969,14 @@ def replay(
 ) -> tuple[int, dict[str, Replayer]]:
     """Feed every event to one Replayer per configuration. Returns (events, replayers by
     configuration label: the preset's name, with the settings that differ from it).
-    `placements` and `picks`: see Replayer.
-    With `sanitize`, bad accesses are reported at once and every invariant is checked every
-    `sanitize_every` operations and at the end."""
+    `placements` and `picks`: see Replayer; without `picks`, the replay reads LOOKAHEAD
+    events ahead of itself for them (read_ahead). With `sanitize`, bad accesses are reported
+    at once and every invariant is checked every `sanitize_every` operations and at the end."""
+    picker = None
+    if picks is None:
+        picker = ExitedPicks()
+        events = read_ahead(events, picker, LOOKAHEAD)
+        picks = picker.picks
     replayers = {
         c.label: Replayer(
             c,
@@ -932,6 +1009,8 @@ def replay(
         if n % 20000 == 0:
             for r in rs:
                 r.m.forget_dead()
+            if picker is not None:
+                picker.forget(ev.line)
             if tick is not None:
                 tick(n)
     for r in rs:
