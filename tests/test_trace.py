@@ -1601,6 +1601,28 @@ def test_a_replay_reading_ahead_keeps_the_picks_of_the_lines_it_has_not_passed()
     assert (seen[9], seen[10], seen[11]) == tuple(exited_picks(events)[n] for n in (9, 10, 11))
 
 
+def test_reading_ahead_leaves_a_task_still_running_to_what_it_does_next() -> None:
+    """app vforks at pid 11 and waits; an 11 is switched in on CPU 0 and app runs again on
+    CPU 1 while it runs: by the vfork rule that 11 would be the child, but it then makes
+    its final switch ("X"), which says more (the exited one). Reading the whole trace first
+    (exited_picks) sees the final switch before the rule; a replay reading ahead, however
+    few events, leaves the rule to wait while the task runs and picks the same."""
+    sw = SWITCH_LINE
+    lines = [
+        *_new_11_woken_on_cpu0("4100"),
+        sw.format(c="app", p=10, cpu=0, ts="1.000600", s="D", nc="app", np=11),
+        sw.format(c="swapper/1", p=0, cpu=1, ts="1.000700", s="R", nc="app", np=10),
+        sw.format(c="app", p=11, cpu=0, ts="1.000800", s="X", nc="swapper/0", np=0),
+    ]
+    events = read_lines(lines, ReadStats())
+    assert exited_picks(events).get(9) is True
+    for ahead in (0, 1, 2):
+        picker = ExitedPicks()
+        for _ in read_ahead(iter(events), picker, ahead):
+            pass
+        assert picker.picks.get(9) is True, ahead
+
+
 def test_a_task_that_reaches_its_sched_process_exit_was_the_live_one_when_switched_in() -> None:
     """The task switched in for pid 11 reaches sched_process_exit and is preempted past it:
     the exited task of the pid passed its own already, so this one is the new task, even

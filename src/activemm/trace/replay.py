@@ -816,7 +816,7 @@ def exited_picks(events: Iterable[object]) -> dict[int, bool]:
     picker = ExitedPicks()
     for e in events:
         picker.feed(e)
-    picker.settle()
+    picker.settle(final=True)
     return picker.picks
 
 
@@ -883,24 +883,32 @@ class ExitedPicks:
             self.waiting.discard(e.pid)
             self.children[e.child_pid] = []
 
-    def settle(self) -> None:
+    def settle(self, final: bool = False) -> None:
         """Along chains of swaps, either way, and the vfork children's; what can settle no
-        more is let go."""
+        more is let go. Until the events end (`final`), a switch in whose task still runs
+        where it was switched in is left to what it does next: that says more, as it does
+        when the whole trace is read first."""
         if not self.changed or not (self.swaps or self.ran):
             return
         self.changed = False
         picks = self.picks
+        running = set() if final else {line for line, _ in self.running.values()}
         settled = True
         while settled:
             settled = False
             for a, b in self.swaps:
                 if (a in picks) != (b in picks):
                     known, other = (a, b) if a in picks else (b, a)
-                    picks[other] = not picks[known]
-                    settled = True
+                    if other not in running:
+                        picks[other] = not picks[known]
+                        settled = True
             for lines in self.ran:
                 unsettled = [line for line in lines if line not in picks]
-                if len(unsettled) == 1 and all(picks[ln] for ln in lines if ln in picks):
+                if (
+                    len(unsettled) == 1
+                    and unsettled[0] not in running
+                    and all(picks[ln] for ln in lines if ln in picks)
+                ):
                     picks[unsettled[0]] = False
                     settled = True
         self.swaps = [(a, b) for a, b in self.swaps if a not in picks or b not in picks]
@@ -939,7 +947,8 @@ def read_ahead(events: Iterable[TraceEvent], picker: ExitedPicks, n: int) -> Ite
         if len(held) > n:
             picker.settle()
             yield held.popleft()
-    picker.settle()
+    picker.changed = True
+    picker.settle(final=True)
     yield from held
 
 
