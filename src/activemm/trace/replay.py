@@ -1007,6 +1007,7 @@ def replay(
     }
     rs = list(replayers.values())
     n = 0
+    passed = 0  # the last sched_switch replayed (hints move forks and flushes, not switches)
     tick = progress if callable(progress) else None
     for n, ev in enumerate(tlb_hints(events), start=1):
         if ev.cpu >= ncpus:
@@ -1015,11 +1016,13 @@ def replay(
             continue
         for r in rs:
             r.apply(ev)
+        if isinstance(ev, SchedSwitch):
+            passed = ev.line
         if n % 20000 == 0:
             for r in rs:
                 r.m.forget_dead()
             if picker is not None:
-                picker.forget(ev.line)
+                picker.forget(passed)
             if tick is not None:
                 tick(n)
     for r in rs:
