@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 # tasks a pid names (ReadStats.placements, Replayer.placements): (line, from CPU or -1, to
 # CPU, whether the source CPU's stopper thread moved it)
 Placement = tuple[int, int, int, bool]
-STOPPER = "migration/"  # the comm of a CPU's stopper thread, migration/N (stop_machine.c)
+
+
+def stopper_comm(cpu: int) -> str:
+    """The comm of `cpu`'s stopper thread (stop_machine.c: migration/N)."""
+    return f"migration/{cpu}"
 
 
 @dataclass(slots=True)

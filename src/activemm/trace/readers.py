@@ -34,7 +34,6 @@ from typing import IO, cast
 
 from activemm.errors import ActiveMmError
 from activemm.trace.events import (
-    STOPPER,
     HotplugStep,
     LostEvents,
     NewTask,
@@ -49,6 +48,7 @@ from activemm.trace.events import (
     TlbFlush,
     TraceEvent,
     state_letter,
+    stopper_comm,
 )
 from activemm.trace.kallsyms import Symbols, SymbolsError
 from activemm.trace.perfetto import looks_like_perfetto, perfetto_events
@@ -330,7 +330,7 @@ def _placement(stats: ReadStats, line: int, event: str, rest: str, comm: str, cp
     m = (WAKEUP_NEW if event == "sched_wakeup_new" else MIGRATE).match(rest)
     if m is not None:
         fr = int(m["fr"]) if event == "sched_migrate_task" else -1
-        stopper = fr == cpu and comm == f"{STOPPER}{cpu}"
+        stopper = fr == cpu and comm == stopper_comm(cpu)
         stats.placements.setdefault(int(m["p"]), []).append((line, fr, int(m["to"]), stopper))
 
 

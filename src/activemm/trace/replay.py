@@ -34,7 +34,6 @@ from activemm.model.config import KernelConfig
 from activemm.model.state import Mm, Task, TaskState
 from activemm.sanitizer import Sanitizer
 from activemm.trace.events import (
-    STOPPER,
     ExecMmap,
     ExitMmapLoad,
     LostEvents,
@@ -50,6 +49,7 @@ from activemm.trace.events import (
     TempMmLoads,
     TlbFlush,
     TraceEvent,
+    stopper_comm,
 )
 from activemm.trace.hints import tlb_hints
 
@@ -494,7 +494,7 @@ class Replayer:
             self._left_at.pop(id(prev), None)
         elif prev.exiting:  # preempted or waiting: it runs again before its final switch
             self._left_at[id(prev)] = (prev, ev.line)
-        if ev.next_comm == f"{STOPPER}{ev.cpu}" and ev.prev_pid in self._displaced:
+        if ev.next_comm == stopper_comm(ev.cpu) and ev.prev_pid in self._displaced:
             self._stopped.setdefault(ev.prev_pid, []).append((ev.line, ev.cpu, prev))
         nxt = self._displaced_next(ev.next_pid, ev.cpu, ev.line) or self.task(
             ev.next_pid, ev.next_comm, None, ev.cpu
@@ -832,8 +832,8 @@ class ExitedPicks:
         # (switch line of one task of a pid, switch line of the other): a switch from the pid
         # to itself, the first task switched in at the first line switching out at the second
         self.swaps: list[tuple[int, int]] = []
-        self.vforks: dict[int, int] = {}  # vfork() parent pid -> its child's pid
-        self.vforked_at: dict[int, int] = {}  # and the line of its task_newtask
+        # vfork() parent pid -> (its child's pid, the line of its task_newtask)
+        self.vforks: dict[int, tuple[int, int]] = {}
         self.waiting: set[int] = set()  # those parents in their wait ("D") for the child
         self.children: dict[int, list[int]] = {}  # vfork child pid -> its switches in since
         self.ran: list[list[int]] = []  # switches in of a vfork child, one of which was its
@@ -860,8 +860,7 @@ class ExitedPicks:
                 self.children[e.next_pid].append(e.line)
             if e.next_pid in self.waiting:
                 self.waiting.discard(e.next_pid)
-                self.vforked_at.pop(e.next_pid, None)
-                self.ran.append(self.children.pop(self.vforks.pop(e.next_pid), []))
+                self.ran.append(self.children.pop(self.vforks.pop(e.next_pid)[0], []))
             self.changed = True
         elif (
             cur is not None
@@ -878,8 +877,7 @@ class ExitedPicks:
             picks[cur[0]] = False
             self.changed = True
         if isinstance(e, NewTask) and e.clone_flags & CLONE_VFORK:
-            self.vforks[e.pid] = e.child_pid
-            self.vforked_at[e.pid] = e.line
+            self.vforks[e.pid] = (e.child_pid, e.line)
             self.waiting.discard(e.pid)
             self.children[e.child_pid] = []
 
@@ -888,7 +886,7 @@ class ExitedPicks:
         more is let go. Until the events end (`final`), a switch in whose task still runs
         where it was switched in is left to what it does next: that says more, as it does
         when the whole trace is read first."""
-        if not self.changed or not (self.swaps or self.ran):
+        if not (self.changed or final) or not (self.swaps or self.ran):
             return
         self.changed = False
         picks = self.picks
@@ -924,10 +922,9 @@ class ExitedPicks:
         lines but those a swap or a vfork child still to settle needs. A vfork made before
         the line of the call before is let go too: its parent never waited (its child
         exec'd first) or waits still, and its child's switches in would pile up."""
-        for parent in [p for p, at in self.vforked_at.items() if at < self.forgot]:
-            del self.vforked_at[parent]
+        for parent in [p for p, (_, at) in self.vforks.items() if at < self.forgot]:
             self.waiting.discard(parent)
-            self.children.pop(self.vforks.pop(parent), None)
+            self.children.pop(self.vforks.pop(parent)[0], None)
         self.forgot = before
         self.swaps = [(a, b) for a, b in self.swaps if b >= before]
         self.ran = [lines for lines in self.ran if lines and lines[-1] >= before]
@@ -947,7 +944,6 @@ def read_ahead(events: Iterable[TraceEvent], picker: ExitedPicks, n: int) -> Ite
         if len(held) > n:
             picker.settle()
             yield held.popleft()
-    picker.changed = True
     picker.settle(final=True)
     yield from held
 

@@ -51,6 +51,7 @@ from activemm.trace.events import (
     TaskRename,
     TlbFlush,
     TraceEvent,
+    stopper_comm,
 )
 from activemm.trace.replay import CLONE_THREAD
 
@@ -165,7 +166,7 @@ class ExitWindows:
             elif isinstance(e, SchedSwitch):
                 w.ts[e.line] = e.ts
                 w.ins.setdefault(e.next_pid, []).append(e.line)
-                if e.prev_pid == 0 and running.get(e.cpu) == f"migration/{e.cpu}":
+                if e.prev_pid == 0 and running.get(e.cpu) == stopper_comm(e.cpu):
                     w.returns.add(e.line)
                 running[e.cpu] = e.next_comm
                 w.outs.setdefault(e.prev_pid, []).append(e.line)
