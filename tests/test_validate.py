@@ -1744,6 +1744,49 @@ def test_a_proc_file_opened_as_its_process_exits_holds_the_mm_from_before_its_mm
     assert "open /proc/PID file (proc_mem_open marker)" not in r.learned
 
 
+def test_a_proc_file_whose_open_returns_after_the_mms_last_put_holds_it_from_before(
+    tmp_path: Path,
+) -> None:
+    """A reader (pid 60) opens /proc/50/environ while app (pid 50) exits, and is preempted
+    after proc_mem_open()'s mmput() (not the last: app still had the mm) and before its
+    return: app's own __mmput runs (its exit_mmap marker), CPU 1 lets go of the mm lazily,
+    and only then does the open return naming the mm. The file's mmgrab() came before
+    app's __mmput (mm_access() found app with that mm), so CPU 1's switch frees nothing;
+    the file's release does. With markers the model takes the file's reference at app's
+    exit_mmap marker (as unseen45.c showed on 6.1 with 6 CPUs, preempt=full)."""
+    lines = ["# tracer: nop", "#P:2"]
+    lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
+                     _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+    lines += _switch(0, 1.0002, ("swapper/0", 0, "R"), ("reader", 60),
+                     _mmswitch(INIT_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+    lines += _app_exit_mm(1)
+    lines.append(_line("app", 50, 1, 1.0013, "sched_process_exit: comm=app pid=50 prio=120"))
+    lines += _switch(1, 1.0014, ("app", 50, "Z"), ("swapper/1", 0), _lazy(APP_MM, 0),
+                     "0x0", "0x0")  # fmt: skip
+    lines += _switch(1, 1.0020, ("swapper/1", 0, "R"), ("other", 70),
+                     _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+    lines += [
+        _line("reader", 60, 0, 1.0030, f"procmemopen: (environ_open+0x13/0x30 <- "
+              f"proc_mem_open) ret={APP_MM}"),
+        _line("reader", 60, 0, 1.0040, f"memrelease: (mem_release+0x0/0x30) mm={APP_MM}"),
+        _line("reader", 60, 0, 1.0041, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"),
+    ]  # fmt: skip
+    trace = tmp_path / "procopen-late.txt"
+    trace.write_text("\n".join(lines) + "\n")
+    r = validate(trace, preset_name="linux-6.1-x86_64")
+    assert r.context_switches.matched == r.context_switches.total == 4, r.mismatches
+    assert (r.mmdrop.matched, r.mmdrop.total) == (1, 1), r.mismatches
+    assert r.learned["open /proc/PID file returning after the mm's __mmput (ahead)"] == 1
+    assert "open /proc/PID file (proc_mem_open marker)" not in r.learned
+    # the same open returning before app's __mmput is an ordinary one, taken at the return
+    early = [ln for ln in lines if "procmemopen" not in ln]
+    early.insert(early.index(_app_exit_mm(1)[0]), lines[-3].replace("1.003000", "1.000500"))
+    trace.write_text("\n".join(early) + "\n")
+    r = validate(trace, preset_name="linux-6.1-x86_64")
+    assert (r.mmdrop.matched, r.mmdrop.total) == (1, 1), r.mismatches
+    assert r.learned["open /proc/PID file (proc_mem_open marker)"] == 1
+
+
 def test_process_mrelease_holding_the_last_reference_frees_the_mm_at_its_return(
     tmp_path: Path,
 ) -> None:

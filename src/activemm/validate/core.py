@@ -236,7 +236,8 @@ class Validator(MarkerSteps, Clocked):
         self.thp_kept: dict[int, list[int]] = {}
         self.ksm_kept: dict[int, list[int]] = {}
         self.taken_ahead: set[int] = set()
-        # exit_mmap marker line -> the proc_mem_open() return whose mmput() ran that __mmput
+        # exit_mmap marker line -> (line, pid) of the proc_mem_open() returns whose file's
+        # reference that __mmput came after
         self.proc_ahead = proc_opens_around_mmput(events) if inputs == "markers" else {}
         # mm address -> lines of remove_rmap_item_from_tree markers of it with no users left
         ksm_removes: dict[int, list[int]] = {}
@@ -1354,17 +1355,23 @@ class Validator(MarkerSteps, Clocked):
         )
 
     def _proc_open_ahead(self, p: Probe, addr: int) -> None:
-        """exit_mmap marker `p` is an __mmput run inside proc_mem_open() (proc_ahead): the
-        file's mmgrab() came first, so the model takes the file's reference now, before that
-        __mmput, and not at proc_mem_open()'s return."""
+        """exit_mmap marker `p` is an __mmput that came after the mmgrab() of a /proc file
+        whose proc_mem_open() returns only later (proc_opens_around_mmput: its own mmput()
+        ran this __mmput, or it was preempted before returning while the last user put the
+        mm): the model takes each such file's reference now, before that __mmput, and not
+        at the return."""
         mm = self.live.get(addr)
         if mm is None or mm.freed:
             return
-        opened = self.proc_ahead[p.line]
-        self.taken_ahead.add(opened)
-        holder = f"/proc file opened by pid {p.pid} (line {opened})"
-        learned = "open /proc/PID file whose mm_access() reference was the last (ahead)"
-        self._grab_held(self.proc_files, mm, holder, p, learned)
+        for opened, pid in self.proc_ahead[p.line]:
+            self.taken_ahead.add(opened)
+            holder = f"/proc file opened by pid {pid} (line {opened})"
+            learned = (
+                "open /proc/PID file whose mm_access() reference was the last (ahead)"
+                if pid == p.pid
+                else "open /proc/PID file returning after the mm's __mmput (ahead)"
+            )
+            self._grab_held(self.proc_files, mm, holder, p, learned)
 
     def _mrelease_grab(self, p: Probe) -> None:
         """pidfd_get_task() returned to process_mrelease() the process (its leader's pid,

@@ -286,28 +286,40 @@ def exec_preemptions(events: list[TraceEvent], efi: dict[int, str] | None = None
 CLONE_VM = 0x100  # include/uapi/linux/sched.h
 
 
-def proc_opens_around_mmput(events: list[TraceEvent]) -> dict[int, int]:
-    """exit_mmap marker line -> line of the proc_mem_open() return that __mmput ran inside:
-    proc_mem_open() takes the mm with mm_access() (an mm_users reference), mmgrab()s it for
-    the file and mmput()s the first, which runs __mmput() when the process exited meanwhile:
-    its exit_mmap marker comes before the return that names the mm, the file's reference
-    taken before both. The next proc_mem_open() return of the same task naming the same
-    life of that mm (no __mmdrop of it in between) is that one."""
-    found: dict[int, int] = {}
+def proc_opens_around_mmput(events: list[TraceEvent]) -> dict[int, list[tuple[int, int]]]:
+    """exit_mmap marker line -> (line, pid) of each proc_mem_open() return whose file took
+    its reference before that __mmput: proc_mem_open() takes the mm with mm_access() (an
+    mm_users reference), mmgrab()s it for the file and mmput()s the first. When the process
+    exited meanwhile, that mmput() runs __mmput(): the exit_mmap marker comes before the
+    return that names the mm, in the same task (the next proc_mem_open() return of that
+    task naming the same life of the mm, no __mmdrop of it in between). Or the opener was
+    preempted after its mmput() and before its return (a fully preemptible kernel) while
+    the process's last task put the mm: that task's exit_mmap marker comes before the
+    return too, and the file's mmgrab() before both (mm_access() found a task with that mm,
+    and mm_users above 0: its last put was still to come). Either way the model takes the
+    file's reference at that marker, not at the return, by which time it would have freed
+    the mm."""
+    found: dict[int, list[tuple[int, int]]] = {}
     pending: dict[int, tuple[int, int]] = {}  # pid -> (its exit_mmap marker's line, mm)
+    put: dict[int, int] = {}  # mm -> the line of the exit_mmap marker of its life
     for ev in events:
         if not isinstance(ev, Probe):
             continue
         if ev.function == EXIT_MMAP and not ev.returned:
-            pending[ev.pid] = (ev.line, address(ev.args.get("mm")))
+            mm = address(ev.args.get("mm"))
+            pending[ev.pid] = (ev.line, mm)
+            put[mm] = ev.line
         elif ev.function == MMDROP:
             gone = address(ev.args.get("mm"))
+            put.pop(gone, None)
             for pid in [pid for pid, (_, mm) in pending.items() if mm == gone]:
                 del pending[pid]
         elif ev.function == "proc_mem_open" and ev.returned:
-            put = pending.pop(ev.pid, None)
-            if put is not None and put[1] == address(ev.args.get("ret")):
-                found[put[0]] = ev.line
+            mm = address(ev.args.get("ret"))
+            own = pending.pop(ev.pid, None)
+            line = own[0] if own is not None and own[1] == mm else put.get(mm)
+            if line is not None:
+                found.setdefault(line, []).append((ev.line, ev.pid))
     return found
 
 
