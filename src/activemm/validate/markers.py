@@ -290,34 +290,25 @@ def proc_opens_around_mmput(events: list[TraceEvent]) -> dict[int, list[tuple[in
     """exit_mmap marker line -> (line, pid) of each proc_mem_open() return whose file took
     its reference before that __mmput: proc_mem_open() takes the mm with mm_access() (an
     mm_users reference), mmgrab()s it for the file and mmput()s the first. When the process
-    exited meanwhile, that mmput() runs __mmput(): the exit_mmap marker comes before the
-    return that names the mm, in the same task (the next proc_mem_open() return of that
-    task naming the same life of the mm, no __mmdrop of it in between). Or the opener was
-    preempted after its mmput() and before its return (a fully preemptible kernel) while
-    the process's last task put the mm: that task's exit_mmap marker comes before the
-    return too, and the file's mmgrab() before both (mm_access() found a task with that mm,
-    and mm_users above 0: its last put was still to come). Either way the model takes the
-    file's reference at that marker, not at the return, by which time it would have freed
-    the mm."""
+    exited meanwhile, that mmput() runs __mmput() in the opener: the exit_mmap marker comes
+    before the return that names the mm. Or the opener was preempted after its mmput() and
+    before its return (a fully preemptible kernel) while the process's last task put the
+    mm: that task's exit_mmap marker comes before the return too, and the file's mmgrab()
+    before both (mm_access() found a task with that mm, and mm_users above 0: its last put
+    was still to come). Either way the return names a life of the mm (no __mmdrop of it
+    since) whose one __mmput came first: the model takes the file's reference at that
+    marker, not at the return, by which time it would have freed the mm."""
     found: dict[int, list[tuple[int, int]]] = {}
-    pending: dict[int, tuple[int, int]] = {}  # pid -> (its exit_mmap marker's line, mm)
     put: dict[int, int] = {}  # mm -> the line of the exit_mmap marker of its life
     for ev in events:
         if not isinstance(ev, Probe):
             continue
         if ev.function == EXIT_MMAP and not ev.returned:
-            mm = address(ev.args.get("mm"))
-            pending[ev.pid] = (ev.line, mm)
-            put[mm] = ev.line
+            put[address(ev.args.get("mm"))] = ev.line
         elif ev.function == MMDROP:
-            gone = address(ev.args.get("mm"))
-            put.pop(gone, None)
-            for pid in [pid for pid, (_, mm) in pending.items() if mm == gone]:
-                del pending[pid]
+            put.pop(address(ev.args.get("mm")), None)
         elif ev.function == "proc_mem_open" and ev.returned:
-            mm = address(ev.args.get("ret"))
-            own = pending.pop(ev.pid, None)
-            line = own[0] if own is not None and own[1] == mm else put.get(mm)
+            line = put.get(address(ev.args.get("ret")))
             if line is not None:
                 found.setdefault(line, []).append((ev.line, ev.pid))
     return found
