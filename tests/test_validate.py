@@ -1692,6 +1692,17 @@ def _app_exits_while_a_reader_runs() -> list[str]:
     return lines
 
 
+def _reader_opens_app_mm(opener: str, at: float) -> list[str]:
+    """reader (pid 60, CPU 0): proc_mem_open() returns app's mm to `opener` (the /proc
+    file's open, `func+off/size`) at time `at`; the file's release at 1.0040, whose mmdrop()
+    frees the mm."""
+    return [
+        _line("reader", 60, 0, at, f"procmemopen: ({opener} <- proc_mem_open) ret={APP_MM}"),
+        _line("reader", 60, 0, 1.0040, f"memrelease: (mem_release+0x0/0x30) mm={APP_MM}"),
+        _line("reader", 60, 0, 1.0041, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"),
+    ]
+
+
 def test_mmput_run_by_a_proc_reader_is_placed_by_its_exit_mmap(tmp_path: Path) -> None:
     """app exits while a /proc reader holds an mm_users reference (get_task_mm): the last
     mmput, hence __mmput and the final __mmdrop, run in the reader. With markers the model
@@ -1730,11 +1741,8 @@ def test_a_proc_file_opened_as_its_process_exits_holds_the_mm_from_before_its_mm
     lines += [
         _line("reader", 60, 0, 1.0030, f"mmput: (exit_mmap+0x0/0x310) mm={APP_MM}"),
         _line("reader", 60, 0, 1.0031, "mmputdone: (__mmput+0x3e/0x130 <- exit_mmap)"),
-        _line("reader", 60, 0, 1.0032, f"procmemopen: (mem_open+0x13/0x40 <- proc_mem_open) "
-              f"ret={APP_MM}"),
-        _line("reader", 60, 0, 1.0040, f"memrelease: (mem_release+0x0/0x30) mm={APP_MM}"),
-        _line("reader", 60, 0, 1.0041, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"),
     ]  # fmt: skip
+    lines += _reader_opens_app_mm("mem_open+0x13/0x40", 1.0032)
     trace = tmp_path / "procopen.txt"
     trace.write_text("\n".join(lines) + "\n")
     r = validate(trace, preset_name="linux-6.1-x86_64")
@@ -1765,12 +1773,7 @@ def test_a_proc_file_whose_open_returns_after_the_mms_last_put_holds_it_from_bef
                      "0x0", "0x0")  # fmt: skip
     lines += _switch(1, 1.0020, ("swapper/1", 0, "R"), ("other", 70),
                      _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
-    lines += [
-        _line("reader", 60, 0, 1.0030, f"procmemopen: (environ_open+0x13/0x30 <- "
-              f"proc_mem_open) ret={APP_MM}"),
-        _line("reader", 60, 0, 1.0040, f"memrelease: (mem_release+0x0/0x30) mm={APP_MM}"),
-        _line("reader", 60, 0, 1.0041, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"),
-    ]  # fmt: skip
+    lines += _reader_opens_app_mm("environ_open+0x13/0x30", 1.0030)
     trace = tmp_path / "procopen-late.txt"
     trace.write_text("\n".join(lines) + "\n")
     r = validate(trace, preset_name="linux-6.1-x86_64")
@@ -1780,7 +1783,8 @@ def test_a_proc_file_whose_open_returns_after_the_mms_last_put_holds_it_from_bef
     assert "open /proc/PID file (proc_mem_open marker)" not in r.learned
     # the same open returning before app's __mmput is an ordinary one, taken at the return
     early = [ln for ln in lines if "procmemopen" not in ln]
-    early.insert(early.index(_app_exit_mm(1)[0]), lines[-3].replace("1.003000", "1.000500"))
+    opened = _reader_opens_app_mm("environ_open+0x13/0x30", 1.0005)[0]
+    early.insert(early.index(_app_exit_mm(1)[0]), opened)
     trace.write_text("\n".join(early) + "\n")
     r = validate(trace, preset_name="linux-6.1-x86_64")
     assert (r.mmdrop.matched, r.mmdrop.total) == (1, 1), r.mismatches
