@@ -93,9 +93,14 @@ def _holds_outside(capture: Path) -> bool:
 
 
 def _hotplugs(capture: Path) -> bool:
-    """Takes CPUs offline: the `hotplug` workload, or a command line of its own that does."""
-    run = json.loads((capture / "meta.json").read_text()).get("run") or ""
-    return "hotplug" in _names(capture) or "/online" in run
+    """Takes CPUs offline: the `hotplug` workload, a command line of its own that does, or a
+    program of tests/data/programs whose sleep tests do (pm_test's processors and core levels
+    take every CPU but the boot CPU down together, and back up)."""
+    meta = json.loads((capture / "meta.json").read_text())
+    run = meta.get("run") or ""
+    source = CAPTURES.parent / "programs" / (meta.get("program") or "-")
+    sleeps = source.is_file() and "/sys/power/pm_test" in source.read_text()
+    return "hotplug" in _names(capture) or "/online" in run or sleeps
 
 
 HOTPLUG = [p for p in ALL if _hotplugs(p) and not _holds_outside(p)]
@@ -2240,6 +2245,29 @@ def test_cpu_hotplug_is_followed_at_the_cpu_init_marker(capture: Path) -> None:
     assert score.HOTPLUG not in switch_causes
     if not {"all", "parallel"} & _names(capture):  # (every workload has other windows too)
         assert switch_causes <= {score.EXIT_WINDOW, score.EXIT_WINDOW_AFTER}
+
+
+@pytest.mark.parametrize(
+    "capture",
+    [p for p in HOTPLUG if (p / "workload.log").read_text().count("sleep tests (")],
+    ids=lambda p: p.name,
+)
+def test_system_sleep_takes_every_cpu_but_the_boot_cpu_down_and_up(capture: Path) -> None:
+    """unseen52.c's sleep tests: at pm_test's processors and core levels the kernel takes
+    every CPU but the boot CPU down together (freeze_secondary_cpus()) and brings them back
+    (thaw_secondary_cpus()); at the lower levels none. So the sleeper's own count of those
+    tests, times the CPUs but one, is how often the model takes a CPU down (its
+    idle_task_exit marker) and up (cpu_init); every switch of the trace matches."""
+    log = (capture / "workload.log").read_text()
+    counts = re.search(r"processors (\d+), core (\d+);", log)
+    assert counts is not None, log
+    cpus = json.loads((capture / "meta.json").read_text())["cpus"]
+    downs = (int(counts[1]) + int(counts[2])) * (cpus - 1)
+    assert downs > 0
+    r = _scored(capture)
+    assert r.learned["CPU went offline (idle_task_exit marker)"] == downs
+    assert r.learned["CPU came online (cpu_init marker)"] == downs
+    assert r.context_switches.matched == r.context_switches.total
 
 
 def test_a_cpu_is_taken_down_from_where_its_takedown_cpu_ran(
