@@ -82,6 +82,17 @@ def _program(capture: Path) -> bool:
     return meta.get("program") is not None or meta.get("run") is not None
 
 
+def _program_is(capture: Path, name: str) -> bool:
+    return json.loads((capture / "meta.json").read_text()).get("program") == name
+
+
+def _program_uses(capture: Path, word: str) -> bool:
+    """Recorded with a program of tests/data/programs whose source names `word`."""
+    program = json.loads((capture / "meta.json").read_text()).get("program")
+    source = CAPTURES.parent / "programs" / (program or "")
+    return program is not None and source.is_file() and word in source.read_text()
+
+
 def _holds_outside(capture: Path) -> bool:
     """io_uring (ctx->mm_account) and the OOM killer (signal->oom_mm) hold mm_count where no
     input shows it, unless the capture has their markers."""
@@ -96,10 +107,8 @@ def _hotplugs(capture: Path) -> bool:
     """Takes CPUs offline: the `hotplug` workload, a command line of its own that does, or a
     program of tests/data/programs whose sleep tests do (pm_test's processors and core levels
     take every CPU but the boot CPU down together, and back up)."""
-    meta = json.loads((capture / "meta.json").read_text())
-    run = meta.get("run") or ""
-    source = CAPTURES.parent / "programs" / (meta.get("program") or "-")
-    sleeps = source.is_file() and "/sys/power/pm_test" in source.read_text()
+    run = json.loads((capture / "meta.json").read_text()).get("run") or ""
+    sleeps = _program_uses(capture, "/sys/power/pm_test")
     return "hotplug" in _names(capture) or "/online" in run or sleeps
 
 
@@ -3289,17 +3298,6 @@ def test_io_uring_rings_are_followed_at_their_markers(capture: Path) -> None:
         setups = sum("(__x64_sys_io_uring_setup+" in line for line in f)
     assert setups >= 2
     _hidden_reference_followed(capture, "io_uring ctx->mm_account (io_uring_setup marker)", setups)
-
-
-def _program_is(capture: Path, name: str) -> bool:
-    return json.loads((capture / "meta.json").read_text()).get("program") == name
-
-
-def _program_uses(capture: Path, word: str) -> bool:
-    """Recorded with a program of tests/data/programs whose source names `word`."""
-    program = json.loads((capture / "meta.json").read_text()).get("program")
-    source = CAPTURES.parent / "programs" / (program or "")
-    return program is not None and source.is_file() and word in source.read_text()
 
 
 @pytest.mark.parametrize(
