@@ -15,6 +15,7 @@ import struct
 import subprocess
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -1404,6 +1405,24 @@ def test_each_backported_generation_takes_its_own_newest_image() -> None:
         kernel.fetch("7.3")
 
 
+def _kernel_deb(tmp_path: Path, release: str) -> Path:
+    """A kernel image package as the archive has it: boot/vmlinuz-RELEASE (not a real
+    bzImage) and config-RELEASE (PREEMPT_LAZY, as Debian 13's)."""
+    tree = tmp_path / "pkg"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        f"Package: linux-image-{release}\nVersion: 6.17.13-1~bpo13+1\nArchitecture: amd64\n"
+        "Maintainer: test <t@example.org>\nDescription: test\n"
+    )
+    (tree / "boot").mkdir()
+    (tree / "boot" / f"vmlinuz-{release}").write_bytes(b"bzImage")
+    (tree / "boot" / f"config-{release}").write_text("CONFIG_PREEMPT_LAZY=y\n")
+    deb = tmp_path / "k.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(deb)],
+                   check=True, capture_output=True)  # fmt: skip
+    return deb
+
+
 def test_a_backported_kernel_is_the_newest_image_of_its_flavour(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1422,20 +1441,8 @@ def test_a_backported_kernel_is_the_newest_image_of_its_flavour(
     assert kernel.backports_package("6.17-rt", packages)[0] == "linux-image-6.17.13+deb13-rt-amd64"
     with pytest.raises(CaptureError, match=r"no linux-image-6\.17\.\*-cloud-amd64 in trixie-b"):
         kernel.backports_package("6.17-cloud", packages)
-    # a package as the archive has it: boot/vmlinuz-RELEASE and config-RELEASE
     release = "6.17.13+deb13-amd64"
-    tree = tmp_path / "pkg"
-    (tree / "DEBIAN").mkdir(parents=True)
-    (tree / "DEBIAN" / "control").write_text(
-        f"Package: linux-image-{release}\nVersion: 6.17.13-1~bpo13+1\nArchitecture: amd64\n"
-        "Maintainer: test <t@example.org>\nDescription: test\n"
-    )
-    (tree / "boot").mkdir()
-    (tree / "boot" / f"vmlinuz-{release}").write_bytes(b"bzImage")
-    (tree / "boot" / f"config-{release}").write_text("CONFIG_PREEMPT_LAZY=y\n")
-    deb = tmp_path / "k.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(deb)],
-                   check=True, capture_output=True)  # fmt: skip
+    deb = _kernel_deb(tmp_path, release)
     asked: list[str] = []
 
     def http_get(url: str) -> bytes:
@@ -1470,3 +1477,35 @@ def test_a_backported_kernel_is_the_newest_image_of_its_flavour(
     assert kernel.fetch("6.17", cache).release == release  # the one unpacked before
     with pytest.raises(CaptureError, match="no network"):
         kernel.fetch("6.17-rt", cache)  # none unpacked before
+
+
+def test_two_captures_that_need_one_kernel_take_turns_to_fetch_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two captures started at once on a machine that lacks their kernel (a sweep run in
+    parallel, the test suite's workers): the second waits while the first downloads and
+    unpacks it, then finds it whole. The package is downloaded once, and nothing
+    half-written is left beside the kernel."""
+    from activemm.capture import kernel
+
+    release = "6.17.13+deb13-amd64"
+    deb = _kernel_deb(tmp_path, release)
+    debs: list[str] = []
+
+    def http_get(url: str) -> bytes:
+        if url.endswith("/Packages.xz"):
+            return lzma.compress(_INDEX.encode())
+        debs.append(url)
+        time.sleep(0.3)  # a slow download: the other capture looks meanwhile
+        return deb.read_bytes()
+
+    monkeypatch.setattr(kernel, "_http_get", http_get)
+    monkeypatch.setattr(kernel, "extract_vmlinux", lambda data: b"ELF")
+    cache = tmp_path / "cache"
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(lambda _: kernel.fetch("6.17", cache), range(2))
+    assert first == second and first.vmlinux.read_bytes() == b"ELF"
+    assert first.vmlinuz.read_bytes() == b"bzImage"
+    assert len(debs) == 1
+    work = cache / f"linux-image-{release}"
+    assert sorted(p.name for p in work.iterdir()) == ["root", f"vmlinux-{release}"]

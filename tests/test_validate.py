@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import gzip
 import itertools
 import json
+import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -223,11 +226,38 @@ def _kernel_counts(path: Path) -> tuple[int, int]:
     return switches - len(open_switch), drops
 
 
+# where the pytest-xdist workers (the README's test command runs them) share _scored's
+# results: a directory of the test run's, set by _share_scores_between_workers
+_SHARED: Path | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _share_scores_between_workers(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Under pytest-xdist, every worker's basetemp lies in one directory of the run's."""
+    global _SHARED
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _SHARED = tmp_path_factory.getbasetemp().parent / "scores"
+        _SHARED.mkdir(exist_ok=True)
+
+
 @functools.cache
 def _scored(capture: Path, inputs: str | None = None) -> score.Result:
-    """validate(capture, inputs=inputs), once per session: the big parametrised tests and
-    the docs' score table read the same results (no test may change them)."""
-    return validate(capture, inputs=inputs)
+    """validate(capture, inputs=inputs), once per test run: the big parametrised tests and
+    the docs' score table read the same results (no test may change them). Under
+    pytest-xdist the first worker to ask computes it, holding a lock on it, and leaves it
+    pickled for the others, which wait on that lock rather than validate it again."""
+    if _SHARED is None:
+        return validate(capture, inputs=inputs)
+    name = f"{capture.name}@{inputs or 'default'}"
+    with open(_SHARED / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        done = _SHARED / f"{name}.pickle"
+        if not done.exists():
+            part = _SHARED / f"{name}.part"
+            part.write_bytes(pickle.dumps(validate(capture, inputs=inputs)))
+            part.replace(done)
+        result: score.Result = pickle.loads(done.read_bytes())
+        return result
 
 
 @pytest.mark.parametrize("capture", PLAIN, ids=lambda p: p.name)
@@ -1401,7 +1431,8 @@ def test_refused_forks_and_doomed_execs_are_followed(capture: Path) -> None:
     events = list(read_trace(str(capture / "trace.txt.gz")))
     exits = {e.exit_pid: e.line for e in events if type(e).__name__ == "ProcessExit"}
     execs = {e.exec_pid for e in events if type(e).__name__ == "ProcessExec"}
-    hints = [e for e in events if e.line in markers.exec_hints(events)]
+    hint_lines = markers.exec_hints(events)
+    hints = [e for e in events if e.line in hint_lines]
     assert len([h for h in hints if h.pid in exits and h.pid not in execs]) == doomed
     sched = _scored(capture, "sched")
     assert sched.causes[score.FAILED_FORK] == refused

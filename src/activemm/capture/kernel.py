@@ -5,6 +5,7 @@ extract the uncompressed vmlinux (for a fast PVH boot and for its BTF), and read
 from __future__ import annotations
 
 import bz2
+import fcntl
 import lzma
 import os
 import re
@@ -13,7 +14,8 @@ import struct
 import subprocess
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -184,12 +186,30 @@ def _backport(generation: str, cache: Path) -> tuple[str, str | None]:
     return backports_package(generation, packages)
 
 
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all: a file of this process's beside it, renamed into
+    place (a capture stopped midway leaves no truncated file that a later one would take
+    for whole)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if need be) for the block: two captures
+    that need one kernel not yet in the cache (a sweep run in parallel, the test suite's
+    workers) take turns, the second finding it unpacked."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def _download(filename: str, work: Path) -> Path:
     """Download `filename` (a path in the archive) into `work`, whole or not at all."""
     deb = work / filename.rsplit("/", 1)[-1]
-    tmp = deb.with_name(deb.name + ".part")
-    tmp.write_bytes(_http_get(f"{_mirror()}/{filename}"))
-    tmp.rename(deb)
+    _write_whole(deb, _http_get(f"{_mirror()}/{filename}"))
     return deb
 
 
@@ -208,13 +228,19 @@ def fetch(generation: str, cache: Path | None = None) -> KernelImage:
         package, filename = _backport(generation, cache)
     else:
         package = debian_package(generation)
-    work = cache / package
+    with _locked(cache / f"{package}.lock"):
+        return _unpacked(package, filename, cache / package)
+
+
+def _unpacked(package: str, filename: str | None, work: Path) -> KernelImage:
+    """`package` unpacked under `work` (downloaded first, from `filename` in the archive or
+    with apt-get download, unless that was done before), with its vmlinux extracted."""
     boot = work / "root" / "boot"
     if not boot.is_dir():
         work.mkdir(parents=True, exist_ok=True)
         dpkg_deb = need("dpkg-deb", "dpkg")
-        for stale in work.glob("*.deb"):
-            stale.unlink()
+        for stale in [*work.glob("*.deb"), *work.glob("*.part")]:
+            stale.unlink()  # (a download stopped midway)
         if filename is not None:
             debs = [_download(filename, work)]
         else:
@@ -237,10 +263,7 @@ def fetch(generation: str, cache: Path | None = None) -> KernelImage:
     release = vmlinuz.name.removeprefix("vmlinuz-")
     vmlinux = work / f"vmlinux-{release}"
     if not vmlinux.exists():
-        data = extract_vmlinux(vmlinuz.read_bytes())
-        tmp_elf = vmlinux.with_suffix(".tmp")
-        tmp_elf.write_bytes(data)
-        tmp_elf.rename(vmlinux)
+        _write_whole(vmlinux, extract_vmlinux(vmlinuz.read_bytes()))
     return KernelImage(release, vmlinuz, vmlinux, boot / f"config-{release}")
 
 
@@ -257,7 +280,7 @@ def image_from_path(path: Path) -> KernelImage:
     vmlinux = cache_dir() / f"vmlinux-{release}"
     if not vmlinux.exists():
         vmlinux.parent.mkdir(parents=True, exist_ok=True)
-        vmlinux.write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
+        _write_whole(vmlinux, extract_vmlinux(vmlinuz.read_bytes()))
     return KernelImage(release, vmlinuz, vmlinux, config)
 
 
