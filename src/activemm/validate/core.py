@@ -49,6 +49,7 @@ from activemm.trace.events import (
 )
 from activemm.trace.replay import VHOST_WORKER, Clocked, Replayer, TaskInfo, exited_picks
 from activemm.validate import kernel as kv
+from activemm.validate.index import TraceIndex
 from activemm.validate.kernel import (
     BINDER_RELEASE,
     ENTER_LAZY,
@@ -73,11 +74,8 @@ from activemm.validate.markers import (
     exec_preemptions,
     exec_renames,
     exec_window_guesses,
-    fork_flushes,
-    ksm_unlock_preemptions,
     line_before,
     marked_exits,
-    marked_fork_flushes,
     next_line,
     own_full_flush,
     proc_opens_around_mmput,
@@ -99,7 +97,7 @@ from activemm.validate.score import (
     Result,
     score_outside,
 )
-from activemm.validate.windows import ExitWindows, context_switch_loads, exit_mmap_ratio
+from activemm.validate.windows import ExitWindows, exit_mmap_ratio
 
 # a per-CPU workqueue's worker (system_wq, system_highpri_wq: "H"), not an unbound one
 # ("kworker/uN:M"): USB gadget AIO's ep_user_copy_worker() is schedule_work()ed
@@ -149,9 +147,9 @@ class Validator(MarkerSteps, Clocked):
     ) -> None:
         self.events = events
         self.inputs = inputs
-        # x86 EFI runtime calls before 6.15: their hooks (kernel side), and efi_mm's address
+        # x86 EFI runtime calls before 6.15: their hooks (kernel side; efi_mm's address is
+        # index.efi_addr)
         self.efi = kv.efi_calls(events)
-        self.efi_addr: int | None = None  # the first efi_enter_mm's `next` (below)
         # the kernel can be preempted anywhere preemption is on (preempt=full, PREEMPT_RT),
         # not only where it calls cond_resched() (preempt=voluntary, Debian's default)
         self.preemptible = preemptible
@@ -199,7 +197,6 @@ class Validator(MarkerSteps, Clocked):
             self.exec_preempted = exec_preemptions(events, self.efi)
         elif config.PREEMPT_RT:
             self.exec_preempted = exec_window_guesses(events, self.exec_renames)
-        self.fork_hints = fork_flushes(events)
         self.early_forks: set[int] = set()  # lines of task_newtask replayed at their flush
         # while a fork is made at its flush: its task_newtask's line (_early_fork)
         self.ahead_of: int | None = None
@@ -211,247 +208,23 @@ class Validator(MarkerSteps, Clocked):
         )
         self.first_switches = kv.first_switches(events)
         self.first_lazy = kv.first_lazy_borrows(self.first_switches)
-        self.exit_mmaps: dict[int, list[tuple[int, int]]] = {}
-        self.drop_lines: dict[int, list[int]] = {}
-        self.use_mm_init = False  # mm_init's return probe names new mms (else dup_mmap...)
-        # pid -> lines of its own tlb_flush events (not in a hardirq), and of its exits
-        self.own_flushes: dict[int, list[int]] = {}
-        self.ipi_sends: dict[int, list[int]] = {}  # pid -> lines of its "remote ipi send"
-        self.exit_lines: dict[int, list[int]] = {}
-        self.exec_lines: dict[int, list[int]] = {}
-        self.mmput_returns: dict[int, list[int]] = {}  # pid -> lines of exit_mmap returning
-        self.exit_mmap_lines: dict[int, list[int]] = {}  # pid -> lines of its exit_mmap markers
-        # exit_mmap's return line -> the line where that __mmput() returned (its end marker,
-        # kv.mmput_ended: recorded since 2026-12; none in older captures)
-        self.mmput_ends: dict[int, int] = {}
-        # pid -> (the line of its exit_mmap's return, the function it returned into) while
-        # the __mmput() around it has not ended
-        open_mmputs: dict[int, tuple[int, str | None]] = {}
-        self.finish_cpus: dict[int, list[int]] = {}  # CPU -> lines of cpuhp_enter(finish_cpu)
-        self.hotplug_lines: dict[int, list[int]] = {}  # CPU -> lines of cpuhp_enter for it
-        self.offline_lines: dict[int, list[int]] = {}  # CPU -> its idle_task_exit markers
-        # mm address -> lines of __khugepaged_exit markers that leave khugepaged holding it,
-        # and of exit_mmap markers that find KSM keeping it; those of them the model took
-        # the reference for ahead (an exec's old mm)
-        self.thp_kept: dict[int, list[int]] = {}
-        self.ksm_kept: dict[int, list[int]] = {}
+        self.index = TraceIndex.scan(events, config, inputs, preemptible, self.efi, self.exec_hints)
+        # exit_mmap and __khugepaged_exit markers that keep a reference (index.ksm_kept,
+        # thp_kept) the model took ahead (an exec's old mm)
         self.taken_ahead: set[int] = set()
         # exit_mmap marker line -> (line, pid) of the proc_mem_open() returns whose file's
         # reference that __mmput came after
         self.proc_ahead = proc_opens_around_mmput(events) if inputs == "markers" else {}
-        # mm address -> lines of remove_rmap_item_from_tree markers of it with no users left
-        ksm_removes: dict[int, list[int]] = {}
-        self.activations: dict[int, list[int]] = {}  # pid -> lines of exec's activate_mm
-        self.activated: dict[int, int] = {}  # such a line -> the mm it activated
-        self.rests: dict[int, list[int]] = {}  # pid -> lines of its switches out, not preempted
-        self.final_switches: dict[int, list[int]] = {}  # pid -> its switches out, dead
-        self.exit_ends = self.final_switches if self.exit_first else self.exit_lines
+        self.exit_ends = self.index.final_switches if self.exit_first else self.index.exit_lines
         # 6.16+, markers: sched_process_exit lines whose exit_mm() marker follows
         self.exit_at_marker = (
             marked_exits(events) if self.exit_first and inputs == "markers" else set()
         )
-        self.preemptions: dict[int, list[int]] = {}  # pid -> lines of its switches out, preempted
-        self.cr3_loads: dict[int, list[int]] = {}  # CPU -> lines of its CR3 loads (tlb_flush)
-        # PREEMPT_RT: switches out in "D", where a sleeping spinlock_t's wait shows too
-        self.lock_waits: set[int] = set()
-        switching: set[int] = set()  # CPUs between a sched_switch and its finish probe
-        self.cpu_lines: dict[int, list[int]] = {}  # CPU -> lines of its events
-        # CPU -> its tracepoint events (no probe lines), for sched inputs' look-ahead
-        self.cpu_tracepoints: dict[int, list[TraceEvent]] = {}
         self.kworkers_using: set[int] = set()  # kernel threads in an inferred kthread_use_mm
         # sched: the mm a kernel thread's CR3 load was last shown to take
         self.kthread_mm: Mm | None = None
-        self.user_loads: set[int] = set()  # sched_switch lines that loaded a user mm
-        # sched: switches to a task whose last switch out was a wait, not a preemption (it
-        # was woken), in trace order
-        self.wakeups: list[SchedSwitch] = []
-        out_state: dict[int, str] = {}  # pid -> the prev_state of its last switch out
-        last_switch: dict[int, int] = {}
-        # markers: the tracepoint or marker lines a CPU's sched_switch follows directly, no
-        # other tracepoint or marker there between (probe lines that only bind addresses or
-        # are scored are skipped: their place is not an input; with tracepoints only the
-        # model's flushes run at approximate points), each with that sched_switch
-        self.before_switch: dict[int, SchedSwitch] = {}
-        # markers: sched_switch lines after which their CPU loaded CR3 outside a context
-        # switch before its next sched_switch (a lazy CPU a flush IPI sent to init_mm, in a
-        # hardirq; or the task's own load)
-        self.loads_after: set[int] = set()
-        # the sched_switch lines whose next tracepoint on their CPU is their CR3 load's
-        # tlb_flush (in switch_mm_irqs_off, by the task switched out), and those tlb_flushes;
-        # not a load the exec hints read as the exec's own (a leader's switch to the thread
-        # whose exec takes its pid loads nothing when they share the mm)
-        at_switch = {
-            line: sw
-            for line, sw in context_switch_loads(events).items()
-            if line not in self.exec_hints
-        }
-        self.switch_loads = {sw.line for sw in at_switch.values()}
-        self.switch_load_lines = set(at_switch)
-        # markers: the CR3 loads of EFI calls (the tlb_flush right after each of their hooks)
-        self.efi_loads: set[int] = set()
         # sched: kernel threads shown to make EFI calls (an earlier pass's too)
         self.efi_workers: set[int] = set(efi_workers or ())
-        after_efi: set[int] = set()  # CPUs whose last event was an EFI call's hook
-        ksmd_runs: list[tuple[int, int, int]] = []  # ksmd's switch-in line, CPU, pid
-        ksmd_ends: dict[int, int] = {}  # the switch-in line of a run of ksmd -> its end
-        last_marked: dict[int, int] = {}  # CPU -> its last tracepoint or marker line
-        for e in events:
-            on_cpu = self.cpu_lines.setdefault(e.cpu, [])
-            on_cpu.append(e.line)
-            if e.cpu in after_efi:
-                after_efi.discard(e.cpu)
-                if isinstance(e, TlbFlush) and e.cr3_load and inputs == "markers":
-                    self.efi_loads.add(e.line)
-            if isinstance(e, Probe) and e.line in self.efi:
-                after_efi.add(e.cpu)
-                if self.efi_addr is None and self.efi[e.line] == "efi_enter_mm":
-                    self.efi_addr = address(e.args.get("next"))
-            if inputs == "sched" and not isinstance(e, Probe):
-                self.cpu_tracepoints.setdefault(e.cpu, []).append(e)
-            if e.cpu in switching and (
-                (isinstance(e, Probe) and e.function == SWITCH_MM)
-                or (isinstance(e, TlbFlush) and e.cr3_load)
-            ):
-                self.user_loads.add(last_switch[e.cpu])
-            if isinstance(e, SchedSwitch) and e.cpu in last_marked and inputs == "markers":
-                self.before_switch[last_marked[e.cpu]] = e
-            if (
-                isinstance(e, TlbFlush)
-                and e.cr3_load
-                and inputs == "markers"
-                and e.line not in self.switch_load_lines
-                and e.cpu in last_switch
-            ):
-                self.loads_after.add(last_switch[e.cpu])
-            if not (isinstance(e, Probe) and kv.binds_only(e)):
-                last_marked[e.cpu] = e.line
-            if isinstance(e, SchedSwitch):
-                switching.add(e.cpu)
-                last_switch[e.cpu] = e.line
-                if inputs == "sched" and not out_state.get(e.next_pid, "S").startswith("R"):
-                    self.wakeups.append(e)
-                out_state[e.prev_pid] = e.prev_state
-                if e.prev_comm == KSMD and ksmd_runs and ksmd_runs[-1][1] == e.cpu:
-                    ksmd_ends.setdefault(ksmd_runs[-1][0], e.line)
-                if e.next_comm == KSMD:
-                    ksmd_runs.append((e.line, e.cpu, e.next_pid))
-                if e.prev_state.startswith(("X", "Z")):
-                    self.final_switches.setdefault(e.prev_pid, []).append(e.line)
-                if not e.prev_state.startswith(("R", "D")):
-                    # a sleep: the rest of __mmput() does not sleep (on PREEMPT_RT its
-                    # spinlock_t waits are "D"); a kworker that ran mmput_async_fn()'s __mmput
-                    # has no mmput() return to come ("I", idle, after its work)
-                    open_mmputs.pop(e.prev_pid, None)
-                if not e.prev_state.startswith("R"):
-                    self.rests.setdefault(e.prev_pid, []).append(e.line)
-                    if config.PREEMPT_RT and e.prev_state.startswith("D"):
-                        self.lock_waits.add(e.line)
-                else:
-                    self.preemptions.setdefault(e.prev_pid, []).append(e.line)
-            elif isinstance(e, Probe) and e.function == FINISH:
-                switching.discard(e.cpu)
-            if isinstance(e, TlbFlush) and e.cr3_load:
-                self.cr3_loads.setdefault(e.cpu, []).append(e.line)
-            if isinstance(e, TlbFlush) and not e.hardirq and e.pid > 0:
-                if e.cpu in switching:
-                    continue  # the CR3 load of a context switch, not the task's own flush
-                self.own_flushes.setdefault(e.pid, []).append(e.line)
-                if "ipi send" in e.reason:
-                    self.ipi_sends.setdefault(e.pid, []).append(e.line)
-            elif isinstance(e, ProcessExit):
-                self.exit_lines.setdefault(e.exit_pid, []).append(e.line)
-            elif isinstance(e, ProcessExec):
-                self.exec_lines.setdefault(e.exec_pid, []).append(e.line)
-            elif isinstance(e, HotplugStep):
-                self.hotplug_lines.setdefault(e.target_cpu, []).append(e.line)
-                if e.function == "finish_cpu":
-                    self.finish_cpus.setdefault(e.target_cpu, []).append(e.line)
-            if not isinstance(e, Probe):
-                continue
-            if e.function == EXIT_MMAP and e.returned:
-                self.mmput_returns.setdefault(e.pid, []).append(e.line)
-                open_mmputs[e.pid] = (e.line, e.caller)
-                continue  # exit_mmap returning (the marker of __mmput's end)
-            if (ret := open_mmputs.get(e.pid)) is not None and kv.mmput_ended(e, ret[1]):
-                del open_mmputs[e.pid]
-                self.mmput_ends[ret[0]] = e.line
-                continue
-            if e.function == EXIT_MMAP:
-                open_mmputs.pop(e.pid, None)  # (an end the probe missed)
-                self.exit_mmaps.setdefault(address(e.args.get("mm")), []).append((e.line, e.pid))
-                self.exit_mmap_lines.setdefault(e.pid, []).append(e.line)
-                if kv.ksm_keeps(e):
-                    self.ksm_kept.setdefault(address(e.args.get("mm")), []).append(e.line)
-            elif e.function == KSM_REMOVE and e.args.get("mm_users") == "0":
-                ksm_removes.setdefault(address(e.args.get("mm")), []).append(e.line)
-            elif e.function == MMDROP:
-                self.drop_lines.setdefault(address(e.args.get("mm")), []).append(e.line)
-            elif e.function == "mm_init":
-                self.use_mm_init = True
-            elif e.function == SWITCH_MM and kv.outside_kind(e, self.efi) == "idle_task_exit":
-                self.offline_lines.setdefault(e.cpu, []).append(e.line)
-            elif e.function == "__khugepaged_exit" and kv.khugepaged_keeps(e):
-                self.thp_kept.setdefault(address(e.args.get("mm")), []).append(e.line)
-            elif e.function == SWITCH_MM and kv.outside_kind(e, self.efi) == "activate_mm":
-                # (scoring only: a miss's cause, found afterwards from the probes)
-                self.activations.setdefault(e.pid, []).append(e.line)
-                self.activated[e.line] = address(e.args.get("next"))
-        # KSM: a slot taken out just before the exit_mmap marker by ksmd or an unmerge,
-        # preempted by the waiting __mmput before its mmdrop() (ksm_unlock_preemptions):
-        # kept too, until the remover runs again
-        unlocked = ksm_unlock_preemptions(events) if inputs == "markers" and preemptible else {}
-        for line, (_, addr, _) in unlocked.items():
-            if line not in (kept := self.ksm_kept.setdefault(addr, [])):
-                bisect.insort(kept, line)
-        # KSM: the reference an mm_slot kept past __mmput goes when ksmd (or an unmerge)
-        # takes the exited mm's slot out, right after removing its last rmap_item: the last
-        # remove_rmap_item_from_tree of that life after each kept exit_mmap (none: held past
-        # the trace's end, or a slot with no rmap_items, below)
-        self.ksm_releases: set[int] = set()
-        # a kept slot with no rmap_item to remove (ksmd's cursor rested on it, so
-        # __ksm_exit() left it for ksmd): ksmd's scan takes it out first thing when it next
-        # runs (scan_get_next_rmap_item(): ksm_test_exit(), no_vmas), or goes on to it in the
-        # run it is in. No marker: at that run's switch-in (or, running, its switch out), the
-        # sched_switch line -> (ksmd's pid, the mm's address)
-        self.ksmd_releases: dict[int, tuple[int, int]] = {}
-        starts = [line for line, _, _ in ksmd_runs]
-        for addr, kept in self.ksm_kept.items():
-            removes = ksm_removes.get(addr, [])
-            for line in kept:
-                if line in unlocked:
-                    continue  # (below)
-                after = removes[bisect.bisect_right(removes, line) :]
-                ours = [r for r in after if self._same_life(addr, line, r)]
-                self.ksm_releases.update(ours[-1:])
-                if ours:
-                    continue
-                i = bisect.bisect_right(starts, line)
-                if i and ksmd_ends.get(starts[i - 1], line + 1) > line:  # ksmd is running
-                    at, run = ksmd_ends.get(starts[i - 1]), ksmd_runs[i - 1]
-                elif i < len(starts):
-                    at, run = starts[i], ksmd_runs[i]
-                else:
-                    continue  # ksmd did not run again within the trace
-                if at is not None and self._same_life(addr, line, at):
-                    self.ksmd_releases[at] = (run[2], addr)
-        for pid, addr, back in unlocked.values():
-            if back is not None:
-                self.ksmd_releases[back] = (pid, addr)
-        # lines of failed forks' dup_mmap() flushes -> the address of the mm they made
-        self.failed_forks: dict[int, int] = {}
-        if inputs == "markers":
-            # with the births a fork's flush is known exactly: its first line (where the
-            # IPIs went out), not the last own flush before task_newtask (its local part)
-            forks, self.failed_forks, unflushed = marked_fork_flushes(events, self.use_mm_init)
-            hinted = {nt.line: line for line, nt in self.fork_hints.items()}
-            for line, nt in forks.items():
-                if nt.line in hinted:
-                    del self.fork_hints[hinted[nt.line]]
-                self.fork_hints[line] = nt
-            for nt_line in unflushed:  # (tracepoints alone: an older flush of the parent's)
-                hint = self.fork_hints.get(hinted.get(nt_line, -1))
-                if hint is not None and hint.line == nt_line:
-                    del self.fork_hints[hinted[nt_line]]
         # line where the kernel's __mmput ran -> (mm_users holder to put there, its mm)
         self.deferred: dict[int, tuple[str, Mm]] = {}
         self.unpinned: set[int] = set()
@@ -700,8 +473,8 @@ class Validator(MarkerSteps, Clocked):
             self._bind(ev.mm, self.poking_addr)  # poking_init()'s, from before the trace
             self.result.learned["x86 poking_mm (allocated at boot)"] += 1
             return
-        if self.op.name == "efi_call" and self.efi_addr is not None:
-            self._bind(ev.mm, self.efi_addr)  # static: efi_mm
+        if self.op.name == "efi_call" and self.index.efi_addr is not None:
+            self._bind(ev.mm, self.index.efi_addr)  # static: efi_mm
             self.result.learned["x86 efi_mm (static)"] += 1
             return
         owner = self.op.args.get("parent") or self.op.args.get("task")
@@ -772,7 +545,7 @@ class Validator(MarkerSteps, Clocked):
                 handler(ev)  # type: ignore[operator]
             else:
                 self._on_sched_event(ev)
-            upcoming = self.before_switch.get(ev.line)
+            upcoming = self.index.before_switch.get(ev.line)
             if upcoming is not None:
                 self._schedule_begins(upcoming)
         for cpu in list(self.armed):
@@ -794,18 +567,18 @@ class Validator(MarkerSteps, Clocked):
         apply(*args)
 
     def _on_sched_event(self, ev: TraceEvent) -> None:
-        if ev.line in self.switch_load_lines:
+        if ev.line in self.index.switch_load_lines:
             self._switch_ends(ev.cpu, ev)  # whatever else this CR3 load's line is read for
         if ev.pid in self.forking and self.forking[ev.pid] is None and own_full_flush(ev):
             self._fork_flushed(ev.pid)  # the first since the fork's mm_init: dup_mmap()'s
-            addr = self.failed_forks.get(ev.line)
+            addr = self.index.failed_forks.get(ev.line)
             if addr is not None and self._queued(ev.pid, addr):
                 self._refusable(self._failed_fork, ev, addr)
                 return
         if self._deferred_ends_here(ev) and isinstance(ev, TlbFlush):
             return
         if isinstance(ev, TlbFlush):
-            if ev.line in self.efi_loads:
+            if ev.line in self.index.efi_loads:
                 return  # the EFI call's own, run at its marker
             if "local mm shootdown" in ev.reason and not ev.hardirq:
                 self._mask_says_left(ev)
@@ -814,7 +587,7 @@ class Validator(MarkerSteps, Clocked):
                 self._refusable(self._early_exec, ev)
             elif ev.line in self.exec_hints and ev.cpu not in self.pending:
                 self._refusable(self._early_exec, ev)
-            elif ev.line in self.fork_hints:
+            elif ev.line in self.index.fork_hints:
                 self._early_fork(ev)
             elif self.inputs == "sched" and self._vhost_use_mm(ev):
                 pass
@@ -979,9 +752,9 @@ class Validator(MarkerSteps, Clocked):
         on another CPU, in the task driving the hotplug teardown; when the trace has its
         cpuhp_enter tracepoint, the idle task's borrowed mm is held in its name until then."""
         rq = self.m.state.rqs[p.cpu]
-        lines = self.finish_cpus.get(p.cpu, [])
+        lines = self.index.finish_cpus.get(p.cpu, [])
         i = bisect.bisect_right(lines, p.line)
-        offlines = self.offline_lines.get(p.cpu, [])
+        offlines = self.index.offline_lines.get(p.cpu, [])
         j = bisect.bisect_right(offlines, p.line)
         before_next = j == len(offlines) or (i < len(lines) and lines[i] < offlines[j])
         mm = rq.curr.active_mm  # what the idle task borrows once cpu_down() switched to it
@@ -1278,7 +1051,7 @@ class Validator(MarkerSteps, Clocked):
         the reference __ksm_enter() mmgrab()bed when the mm first had a mergeable region
         (or was forked from one that had). ksmd's scan, or an unmerge, takes the slot out
         and mmdrop()s the mm once it finds mm_users at 0, right after removing the slot's
-        last rmap_item (the remove_rmap_item_from_tree marker in self.ksm_releases; with
+        last rmap_item (the remove_rmap_item_from_tree marker in self.index.ksm_releases; with
         none in the trace, the model holds it past the end, as the kernel does when ksmd
         stops with the slot on its list). Only then does the model take it: taken at
         __ksm_enter and dropped at __ksm_exit, it would change no count anyone sees.
@@ -1303,7 +1076,7 @@ class Validator(MarkerSteps, Clocked):
         rmap_item of it left to remove (or switched out, running when it was kept): its
         scan_get_next_rmap_item() takes the slot out and mmdrop()s the mm (mm/ksm.c), with
         no marker of its own; the model drops KSM's reference there."""
-        pid, addr = self.ksmd_releases[ev.line]
+        pid, addr = self.index.ksmd_releases[ev.line]
         p = Probe(ev.line, ev.cpu, ev.ts, pid, KSMD, None, KSM_REMOVE, {"mm": f"{addr:#x}"})
         self._release(p, self.ksm_slots, "ksm")
 
@@ -1507,8 +1280,8 @@ class Validator(MarkerSteps, Clocked):
         """The mm of the first user task woken after `line` on any CPU (switched in after a
         wait, not a preemption) whose mm is live and not `loaded` (kernel threads, exiting
         tasks and tasks of the loaded mm are passed over: the kworker's load left it)."""
-        i = bisect.bisect_right(self.wakeups, line, key=lambda e: e.line)
-        for sw in itertools.islice(self.wakeups, i, None):
+        i = bisect.bisect_right(self.index.wakeups, line, key=lambda e: e.line)
+        for sw in itertools.islice(self.index.wakeups, i, None):
             t = self.replayer.tasks.get(sw.next_pid)
             if t is None or t.pf_kthread or t.exiting or t.mm is None:
                 continue
@@ -1519,7 +1292,7 @@ class Validator(MarkerSteps, Clocked):
     def _next_user_without_load(self, cpu: int, line: int) -> Task | None:
         """The first task with an mm (in the model, now) that `cpu` switches to after `line`,
         when neither that switch nor anything before it on that CPU loaded CR3."""
-        events = self.cpu_tracepoints.get(cpu, [])
+        events = self.index.cpu_tracepoints.get(cpu, [])
         i = bisect.bisect_right(events, line, key=lambda e: e.line)
         user: Task | None = None
         for e in events[i:]:
@@ -1564,7 +1337,7 @@ class Validator(MarkerSteps, Clocked):
         lazy on it (enter_lazy_tlb()). (Not the model's state, which an exit window it
         missed leaves lazy where the kernel's CPU had switched to init_mm.)"""
         assert self.windows is not None
-        events = self.cpu_tracepoints.get(cpu, [])
+        events = self.index.cpu_tracepoints.get(cpu, [])
         i = bisect.bisect_left(events, line, key=lambda e: e.line)
         for e in reversed(events[:i]):
             if isinstance(e, LostEvents):
@@ -1623,7 +1396,7 @@ class Validator(MarkerSteps, Clocked):
     # -- context switches -------------------------------------------------------------
 
     def _on_switch(self, ev: SchedSwitch) -> None:
-        if ev.line in self.ksmd_releases:
+        if ev.line in self.index.ksmd_releases:
             self._ksmd_release(ev)
         callbacks_of = kv.rcu_callbacks_of(ev.prev_comm)
         if callbacks_of is not None and self.m.config.PREEMPT_RT:
@@ -1671,7 +1444,7 @@ class Validator(MarkerSteps, Clocked):
             self.m.local_irq_disable(ev.cpu)
         self.switched.add(ev.cpu)
         self.anchor[ev.cpu] = ("switch", ev.line)
-        if ev.line not in self.switch_loads:
+        if ev.line not in self.index.switch_loads:
             self._switch_ends(ev.cpu, ev)
 
     def _switch_ends(self, cpu: int, at: TraceEvent) -> None:
@@ -1717,7 +1490,7 @@ class Validator(MarkerSteps, Clocked):
             # an __mmput left to its end (no flush of its own before exit_mmap returned)
             self._deferred_ends_here(p)
             if p.pid in self.pins and self.inputs == "markers":
-                end = self.mmput_ends.get(p.line)
+                end = self.index.mmput_ends.get(p.line)
                 if end is not None and self._switched_out_between(p.pid, p.line, end):
                     self.pinned_to[end] = p.pid  # its mmdrop() comes when it runs on
                     self.result.learned[MMPUT_SWITCHED] += 1
@@ -1744,7 +1517,7 @@ class Validator(MarkerSteps, Clocked):
                 self.after_exit.add(mm)  # (6.16+: every exit's __mmput comes after it)
             if self.inputs == "markers" and self._queued(p.pid, mm):
                 self._born_and_gone(p, mm)
-            if self.inputs == "markers" and p.line in self.ksm_kept.get(mm, ()):
+            if self.inputs == "markers" and p.line in self.index.ksm_kept.get(mm, ()):
                 self._refusable(self._ksm_exit, p)
             self._deferred_ends_here(p)
         elif f == "__x64_sys_io_uring_setup" and self.inputs == "markers":
@@ -1784,13 +1557,13 @@ class Validator(MarkerSteps, Clocked):
             self._refusable(self._thp_exit, p)
         elif f == "collect_mm_slot" and p.args.get("mm_users") == "0":
             self._release(p, self.thp_slots, "khugepaged")  # the slot goes, and its mmdrop()
-        elif f == KSM_REMOVE and p.line in self.ksm_releases:
+        elif f == KSM_REMOVE and p.line in self.index.ksm_releases:
             self._release(p, self.ksm_slots, "ksm")  # the slot goes, and its mmdrop()
         elif f == "mark_oom_victim" and self.inputs == "markers":
             self._refusable(self._oom_victim, p)
         elif f == "__put_task_struct" and self.inputs == "markers":
             self._refusable(self._put_signal, p)
-        elif kv.births_read(p, self.use_mm_init):
+        elif kv.births_read(p, self.index.use_mm_init):
             self._announce(p, kv.born(p))
 
     def exited_from(self, mm: int) -> int | None:
@@ -1873,8 +1646,10 @@ class Validator(MarkerSteps, Clocked):
             return
         # the task's own flush line before this one, if it was a "remote ipi send": the IPIs
         # of this flush went out first
-        before = line_before(self.own_flushes.get(ev.pid, []), ev.line)
-        if before is not None and before == line_before(self.ipi_sends.get(ev.pid, []), ev.line):
+        before = line_before(self.index.own_flushes.get(ev.pid, []), ev.line)
+        if before is not None and before == line_before(
+            self.index.ipi_sends.get(ev.pid, []), ev.line
+        ):
             return
         ctx, self.ctx = self.ctx, Context("resync", ev.line, ev.cpu, ev.pid)
         with self.metrics.unmetered():
@@ -1891,7 +1666,7 @@ class Validator(MarkerSteps, Clocked):
         IPIs went out): the model forks here, so that its flush of the parent's mm reaches the
         CPUs lazy on it now, as the kernel's did; the parent may wait long before
         task_newtask (a userfaultfd monitor reading the fork event)."""
-        nt = self.fork_hints[ev.line]
+        nt = self.index.fork_hints[ev.line]
         self.past_exit.discard(nt.child_pid)  # a new life of the pid
         self.ahead_of = nt.line
         try:  # (the parent's own flush: its line, CPU and pid are the fork's there)
@@ -1967,10 +1742,12 @@ class Validator(MarkerSteps, Clocked):
         mm = self.exit_mmap_of.get(p.pid)
         if mm is None or self.exited_from(mm) != p.pid:
             return False
-        after = [next_line(lines.get(p.pid, []), p.line)
-                 for lines in (self.preemptions, self.exit_lines, self.rests)]  # fmt: skip
-        preempted, exit_, rest = after
-        if rest is not None and rest in self.lock_waits:
+        ix = self.index
+        preempted, exit_, rest = (
+            next_line(lines.get(p.pid, []), p.line)
+            for lines in (ix.preemptions, ix.exit_lines, ix.rests)
+        )
+        if rest is not None and rest in self.index.lock_waits:
             preempted = rest if preempted is None else min(preempted, rest)
         return (
             preempted is not None
@@ -1983,7 +1760,7 @@ class Validator(MarkerSteps, Clocked):
         """pid switched out (preempted, or waiting) after `line` and before `end`."""
         return any(
             (at := next_line(lines.get(pid, []), line)) is not None and at < end
-            for lines in (self.preemptions, self.rests)
+            for lines in (self.index.preemptions, self.index.rests)
         )
 
     def _may_be_in_mmput(self, sw: SchedSwitch) -> bool:
@@ -1994,17 +1771,17 @@ class Validator(MarkerSteps, Clocked):
         swapped, after a flush that found its CPU lazy: unseen47.c on 6.18)."""
         return (
             sw.prev_state.startswith("R")
-            or sw.line in self.lock_waits
+            or sw.line in self.index.lock_waits
             or self._inside_exit_mmap(sw.prev_pid, sw.line)
         )
 
     def _inside_exit_mmap(self, pid: int, line: int) -> bool:
         """With exit_mmap's return markers in the trace: pid's last exit_mmap marker before
         `line` has not returned by then (markers only)."""
-        if self.inputs != "markers" or not self.mmput_returns:
+        if self.inputs != "markers" or not self.index.mmput_returns:
             return False
-        start = line_before(self.exit_mmap_lines.get(pid, []), line)
-        end = next_line(self.mmput_returns.get(pid, []), start) if start is not None else None
+        start = line_before(self.index.exit_mmap_lines.get(pid, []), line)
+        end = next_line(self.index.mmput_returns.get(pid, []), start) if start is not None else None
         return start is not None and (end is None or end > line)
 
     def _kernel_drop(self, p: Probe) -> None:
@@ -2209,8 +1986,8 @@ class Validator(MarkerSteps, Clocked):
 
     def _ends_later(self, addr: int, line: int) -> bool:
         """Does the kernel tear this address down (exit_mmap) or free it after `line`?"""
-        return any(ln > line for ln, _pid in self.exit_mmaps.get(addr, [])) or any(
-            ln > line for ln in self.drop_lines.get(addr, [])
+        return any(ln > line for ln, _pid in self.index.exit_mmaps.get(addr, [])) or any(
+            ln > line for ln in self.index.drop_lines.get(addr, [])
         )
 
     def _apply_group(self, group: SwitchGroup, at: TraceEvent) -> None:
@@ -2245,7 +2022,7 @@ class Validator(MarkerSteps, Clocked):
         group = self.pending.get(cpu)  # (one the model ran already is over there)
         if cpu >= len(self.m.state.rqs) or (group is not None and not group.ran):
             return
-        if sw.line not in self.loads_after and self._switch_lazies(sw):
+        if sw.line not in self.index.loads_after and self._switch_lazies(sw):
             return
         self.m.local_irq_disable(cpu)
 
@@ -2514,8 +2291,8 @@ class Validator(MarkerSteps, Clocked):
         if hook is None:
             return False
         if sw.prev_state.startswith("R"):
-            exec_ = next_line(self.exec_lines.get(sw.prev_pid, []), sw.line)
-            rest = next_line(self.rests.get(sw.prev_pid, []), sw.line)
+            exec_ = next_line(self.index.exec_lines.get(sw.prev_pid, []), sw.line)
+            rest = next_line(self.index.rests.get(sw.prev_pid, []), sw.line)
             if exec_ is not None and (rest is None or rest > exec_):
                 return True
             if self._activates_next(sw.prev_pid, sw.line, hook.prev):
@@ -2525,10 +2302,10 @@ class Validator(MarkerSteps, Clocked):
     def _activates_next(self, pid: int, line: int, mm: int | None) -> bool:
         """Exec's next activate_mm() by `pid` after `line`, before the task next rests,
         activates `mm`: the task was inside exec_mmap()'s window at `line`."""
-        activation = next_line(self.activations.get(pid, []), line)
-        if activation is None or mm != self.activated[activation]:
+        activation = next_line(self.index.activations.get(pid, []), line)
+        if activation is None or mm != self.index.activated[activation]:
             return False
-        rest = next_line(self.rests.get(pid, []), line)
+        rest = next_line(self.index.rests.get(pid, []), line)
         return rest is None or rest > activation
 
     # -- scoring ---------------------------------------------------------------------
@@ -2548,13 +2325,13 @@ class Validator(MarkerSteps, Clocked):
             self.exec_mmputs,
             self.release_raced,
             self.exit_first,
-            self.hotplug_lines,
+            self.index.hotplug_lines,
         )
         drops.score(self.kernel_drops, self.model_drops)
         score_outside(
             self.result, self.kernel_outside, self.model_outside, self.first_switch,
             self.mm_kthreads, self.windowed, set(self.first_lazy), self._ipi_waited,
-            bool(self.mmput_returns), self._flushed_by_another_mmput, self._pid_shared,
+            bool(self.index.mmput_returns), self._flushed_by_another_mmput, self._pid_shared,
         )  # fmt: skip
 
     def _flushed_by_another_mmput(self, o: Outside) -> bool:
@@ -2567,19 +2344,19 @@ class Validator(MarkerSteps, Clocked):
         if self.inputs != "sched" or o.via not in ("exit", "mmput"):
             return False
         start = max(
-            line_before(self.exec_lines.get(o.pid, []), o.line) or 0,
-            line_before(self.final_switches.get(o.pid, []), o.line) or 0,
+            line_before(self.index.exec_lines.get(o.pid, []), o.line) or 0,
+            line_before(self.index.final_switches.get(o.pid, []), o.line) or 0,
         )
-        end = next_line(self.final_switches.get(o.pid, []), o.line) or float("inf")
+        end = next_line(self.index.final_switches.get(o.pid, []), o.line) or float("inf")
         return not any(
             pid == o.pid and start < line < end
-            for puts in self.exit_mmaps.values()
+            for puts in self.index.exit_mmaps.values()
             for line, pid in puts
         )
 
     def _ipi_waited(self, o: Outside) -> bool:
         """Nothing traced on the CPU the model flushed between that flush and a switch
         there that loaded a user mm: the kernel's IPI may have been taken after it."""
-        lines = self.cpu_lines.get(o.cpu, [])
+        lines = self.index.cpu_lines.get(o.cpu, [])
         i = bisect.bisect_right(lines, o.line)
-        return i < len(lines) and lines[i] in self.user_loads
+        return i < len(lines) and lines[i] in self.index.user_loads

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from activemm.errors import OperationError
 from activemm.metrics import Metrics
@@ -38,6 +38,9 @@ from activemm.validate.kernel import (
 )
 from activemm.validate.score import Result
 from activemm.validate.windows import context_switch_loads, interrupting
+
+if TYPE_CHECKING:  # (index.py reads the fork flushes and KSM preemptions found here)
+    from activemm.validate.index import TraceIndex
 
 # Tracepoints a task emits only once its __mmput() has returned (tlb_flush lines, by
 # contrast, come from inside exit_mmap()).
@@ -530,28 +533,16 @@ class MarkerSteps:
     deferred: dict[int, tuple[str, Mm]]
     unpinned: set[int]  # such lines where no pin follows (6.16+ exits, tracepoints only)
     exit_first: bool  # sched_process_exit before exit_mm() (6.16+, kv.exit_traced_first)
-    own_flushes: dict[int, list[int]]  # pid -> lines of its tlb_flush events (no hardirq)
-    ipi_sends: dict[int, list[int]]  # pid -> lines of its "remote ipi send" tlb_flush
-    exit_lines: dict[int, list[int]]  # pid -> lines of its sched_process_exit
+    index: TraceIndex  # the trace's lines by CPU, pid and mm address
     # pid -> where its exit's __mmput() has returned by: its sched_process_exit before 6.16,
     # its last switch out (dead) since (kv.exit_traced_first)
     exit_ends: dict[int, list[int]]
-    exec_lines: dict[int, list[int]]  # pid -> lines of its sched_process_exec
-    mmput_returns: dict[int, list[int]]  # pid -> lines of its exit_mmap returning (marker)
-    exit_mmaps: dict[int, list[tuple[int, int]]]  # mm address -> [(line, pid)]
-    drop_lines: dict[int, list[int]]  # mm address -> __mmdrop lines
     raced: set[int]  # mm addresses whose __mmput the model pinned
     late: set[int]  # pids whose pins stand for an __mmput after their sched_process_exit
     past_exit: set[int]  # pids past their sched_process_exit (in this life of the pid)
-    final_switches: dict[int, list[int]]  # pid -> its switches out, dead ("X", "Z")
-    rests: dict[int, list[int]]  # pid -> lines of its switches out that are not preemptions
-    preemptions: dict[int, list[int]]  # pid -> lines of its switches out, preempted
-    cr3_loads: dict[int, list[int]]  # CPU -> lines of its CR3 loads
     thp_slots: dict[int, list[str]]  # mm address -> khugepaged's reference
-    thp_kept: dict[int, list[int]]  # mm address -> __khugepaged_exit lines that keep it
     ksm_slots: dict[int, list[str]]  # mm address -> KSM's mm_slot reference
-    ksm_kept: dict[int, list[int]]  # mm address -> exit_mmap lines where KSM keeps it
-    taken_ahead: set[int]  # such lines (both kinds) whose reference the model took ahead
+    taken_ahead: set[int]  # index.ksm_kept and thp_kept lines whose reference it took ahead
 
     def _grab_held(
         self, held: dict[int, list[str]], mm: Mm, holder: str, p: TraceEvent, learned: str
@@ -574,12 +565,12 @@ class MarkerSteps:
         if mm is None or (addr := self.addr.get(mm.id)) is None:
             return
         for kept, held, holder, marker in (
-            (self.thp_kept, self.thp_slots, "khugepaged", "__khugepaged_exit marker"),
-            (self.ksm_kept, self.ksm_slots, "KSM", "exit_mmap marker's flags"),
+            (self.index.thp_kept, self.thp_slots, "khugepaged", "__khugepaged_exit marker"),
+            (self.index.ksm_kept, self.ksm_slots, "KSM", "exit_mmap marker's flags"),
         ):
             lines = kept.get(addr, [])
             i = bisect.bisect_right(lines, ev.line)
-            if i == len(lines) or not self._same_life(addr, ev.line, line := lines[i]):
+            if i == len(lines) or not self.index.same_life(addr, ev.line, line := lines[i]):
                 continue
             self.taken_ahead.add(line)
             learned = f"{holder}'s reference outliving an exec's __mmput ({marker})"
@@ -634,7 +625,7 @@ class MarkerSteps:
         if self.inputs == "markers" and self._last_user(t) is not None:
             self._kept_ahead(old, ev)  # (a vfork child's exec leaves its parent the mm)
         deferred = self._defer_mmput(t, ev) or self._defer_to_last(
-            t, ev, self.ipi_sends, self.exec_lines, "exec"
+            t, ev, self.index.ipi_sends, self.index.exec_lines, "exec"
         )
         if t.in_exec_mmap is not None:  # preempted inside it (_preempted_in_exec_mmap)
             self.m.resume_exec(t)
@@ -668,7 +659,7 @@ class MarkerSteps:
         elif t.mm is not None and not t.exiting and not t.is_idle:
             mm = t.mm
             deferred = self._defer_mmput(t, p) or self._defer_to_last(
-                t, p, self.own_flushes, self.exit_ends, "exit"
+                t, p, self.index.own_flushes, self.exit_ends, "exit"
             )
             self.m.exit(t)
             if not deferred:
@@ -698,7 +689,7 @@ class MarkerSteps:
         # any more (they all switched away): __mmput ended before the tracepoint
         ends = ends_by_pid.get(p.pid, [])
         if self.inputs == "markers":  # exit_mmap's final flush comes before it returns
-            ends = sorted(ends + self.mmput_returns.get(p.pid, []))
+            ends = sorted(ends + self.index.mmput_returns.get(p.pid, []))
         at = last_flush(flushes_by_pid.get(p.pid, []), p.line, ends)
         if how == "exit" and at is not None:
             at = self._after_unmap_flush(p, at, ends) or at
@@ -737,11 +728,11 @@ class MarkerSteps:
         if at in ends:
             return None  # no flush of its own
         end = next_line(ends, at)
-        outs = sorted(self.rests.get(p.pid, []) + self.preemptions.get(p.pid, []))
+        outs = sorted(self.index.rests.get(p.pid, []) + self.index.preemptions.get(p.pid, []))
         out = next_line(outs, p.line - 1)  # its first switch out from exit_mm() on
         if end is None or out is None or not at < out < end:
             return None  # it did not run on from exit_mm() to the flush, or did not switch out
-        load = next_line(self.cr3_loads.get(p.cpu, []), p.line)
+        load = next_line(self.index.cr3_loads.get(p.cpu, []), p.line)
         return end if load is None or load > out else None
 
     def _outlives(self, t: Task, how: str) -> bool:
@@ -773,8 +764,8 @@ class MarkerSteps:
         de_thread() (exchange_tids()) before exec_mmap() and sched_process_exec."""
         if pid not in self.past_exit:
             return False
-        dead = line_before(self.final_switches.get(pid, []), line)
-        exited = line_before(self.exit_lines.get(pid, []), line)
+        dead = line_before(self.index.final_switches.get(pid, []), line)
+        exited = line_before(self.index.exit_lines.get(pid, []), line)
         return dead is None or exited is None or dead < exited
 
     def _put_back(self, ev: TraceEvent, holder: str, mm: Mm, pin: bool = True) -> None:
@@ -827,8 +818,8 @@ class MarkerSteps:
         mm loaded any more) the return itself. The reader goes on running: its flushes
         after the return are its own mm's. Without the return marker (older captures), the
         exit_mmap marker itself."""
-        returns = self.mmput_returns.get(pid, [])
-        at = last_flush(self.own_flushes.get(pid, []), start, returns) if returns else None
+        returns = self.index.mmput_returns.get(pid, [])
+        at = last_flush(self.index.own_flushes.get(pid, []), start, returns) if returns else None
         return start if at is None or at in self.deferred else at
 
     def _late_end(self, pid: int, start: int) -> int:
@@ -836,7 +827,7 @@ class MarkerSteps:
         its last own tlb_flush before it next switches out other than by preemption, or,
         with none (no CPU had the mm loaded any more), that switch itself: __mmput had
         returned by then."""
-        at = last_flush(self.own_flushes.get(pid, []), start, self.rests.get(pid, []))
+        at = last_flush(self.index.own_flushes.get(pid, []), start, self.index.rests.get(pid, []))
         return start if at is None else at
 
     def _last_user(self, t: Task) -> Mm | None:
@@ -878,27 +869,20 @@ class MarkerSteps:
         if mm.id in self.addr:
             self.raced.add(self.addr[mm.id])
 
-    def _same_life(self, addr: int, line: int, later: int) -> bool:
-        """Lines `line` and `later` see one life of the mm at `addr`: no __mmdrop of it in
-        between (slab reuses addresses)."""
-        drops = self.drop_lines.get(addr, [])
-        j = bisect.bisect_right(drops, line)
-        return j == len(drops) or drops[j] >= later
-
     def _mmput_elsewhere(self, mm: Mm, ev: TraceEvent) -> tuple[int, int] | None:
         """The next exit_mmap of this life of mm's address, if another task runs it, or the
         same task after its sched_process_exit."""
         addr = self.addr.get(mm.id)
         if addr is None:
             return None
-        runs = self.exit_mmaps.get(addr, [])
+        runs = self.index.exit_mmaps.get(addr, [])
         i = bisect.bisect_right(runs, (ev.line, 1 << 62))
-        if i == len(runs) or not self._same_life(addr, ev.line, runs[i][0]):
+        if i == len(runs) or not self.index.same_life(addr, ev.line, runs[i][0]):
             return None  # none, or that exit_mmap belongs to a later life of the address
         line, pid = runs[i]
         if pid != ev.pid:
             return line, pid
-        exits = self.exit_lines.get(pid, [])
+        exits = self.index.exit_lines.get(pid, [])
         k = bisect.bisect_right(exits, ev.line)
         return (line, pid) if k < len(exits) and exits[k] < line else None
 
