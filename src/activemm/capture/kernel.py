@@ -25,6 +25,7 @@ import lz4.block
 import zstandard
 
 from activemm.errors import ActiveMmError
+from activemm.fileio import write_atomic
 
 # -rt: the PREEMPT_RT flavour (rt-amd64); -cloud: the cloud-amd64 flavour. 6.1 and 6.12 are
 # Debian 12's (apt-get download); 6.16, 6.17 and 6.18 (LTS) Debian 13's backports, fetched
@@ -186,15 +187,6 @@ def _backport(generation: str, cache: Path) -> tuple[str, str | None]:
     return backports_package(generation, packages)
 
 
-def _write_whole(path: Path, data: bytes) -> None:
-    """Write `path` whole or not at all: a file of this process's beside it, renamed into
-    place (a capture stopped midway leaves no truncated file that a later one would take
-    for whole)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `path` (created if need be) for the block: two captures
@@ -209,7 +201,7 @@ def _locked(path: Path) -> Iterator[None]:
 def _download(filename: str, work: Path) -> Path:
     """Download `filename` (a path in the archive) into `work`, whole or not at all."""
     deb = work / filename.rsplit("/", 1)[-1]
-    _write_whole(deb, _http_get(f"{_mirror()}/{filename}"))
+    write_atomic(deb, _http_get(f"{_mirror()}/{filename}"))
     return deb
 
 
@@ -239,8 +231,9 @@ def _unpacked(package: str, filename: str | None, work: Path) -> KernelImage:
     if not boot.is_dir():
         work.mkdir(parents=True, exist_ok=True)
         dpkg_deb = need("dpkg-deb", "dpkg")
-        for stale in [*work.glob("*.deb"), *work.glob("*.part")]:
-            stale.unlink()  # (a download stopped midway)
+        # (with those of a download killed midway: write_atomic's hidden temporary files)
+        for stale in [*work.glob("*.deb"), *work.glob(".*.deb.*")]:
+            stale.unlink()
         if filename is not None:
             debs = [_download(filename, work)]
         else:
@@ -263,7 +256,7 @@ def _unpacked(package: str, filename: str | None, work: Path) -> KernelImage:
     release = vmlinuz.name.removeprefix("vmlinuz-")
     vmlinux = work / f"vmlinux-{release}"
     if not vmlinux.exists():
-        _write_whole(vmlinux, extract_vmlinux(vmlinuz.read_bytes()))
+        write_atomic(vmlinux, extract_vmlinux(vmlinuz.read_bytes()))
     return KernelImage(release, vmlinuz, vmlinux, boot / f"config-{release}")
 
 
@@ -280,7 +273,7 @@ def image_from_path(path: Path) -> KernelImage:
     vmlinux = cache_dir() / f"vmlinux-{release}"
     if not vmlinux.exists():
         vmlinux.parent.mkdir(parents=True, exist_ok=True)
-        _write_whole(vmlinux, extract_vmlinux(vmlinuz.read_bytes()))
+        write_atomic(vmlinux, extract_vmlinux(vmlinuz.read_bytes()))
     return KernelImage(release, vmlinuz, vmlinux, config)
 
 
