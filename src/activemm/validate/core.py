@@ -49,14 +49,12 @@ from activemm.trace.events import (
 )
 from activemm.trace.replay import VHOST_WORKER, Clocked, Replayer, TaskInfo, exited_picks
 from activemm.validate import kernel as kv
+from activemm.validate.holders import HOLDER_PROBES, Context
 from activemm.validate.index import TraceIndex
 from activemm.validate.kernel import (
-    BINDER_RELEASE,
     ENTER_LAZY,
     EXIT_MMAP,
     FINISH,
-    KSM_REMOVE,
-    KSMD,
     MMDROP,
     SWITCH_MM,
     Drop,
@@ -68,7 +66,6 @@ from activemm.validate.kernel import (
 )
 from activemm.validate.markers import (
     PAST_MMPUT,
-    Context,
     MarkerSteps,
     exec_hints,
     exec_preemptions,
@@ -115,13 +112,7 @@ class ModelSwitch:
     cr3: bool = False  # x86: the model loaded CR3 (the kernel's tlb_flush "flush on task switch")
 
 
-# the smallest ERR_PTR(): a pointer return at or above it is an error (-MAX_ERRNO..-1)
-ERR_PTR_MIN = (1 << 64) - 4095
-
-# the releases of /proc/PID files whose open took an mm with proc_mem_open()
-PROC_RELEASES = ("mem_release", "pagemap_release", "proc_map_release", "smaps_rollup_release")
 # kernel paths that mmdrop() a reference held outside the scheduler, which the markers show
-UFFD_FEATURE_EVENT_FORK = 1 << 1  # include/uapi/linux/userfaultfd.h
 MMPUT_SWITCHED = "__mmput switched out after exit_mmap returned (its mmput return marker)"
 FAILED_FORK_SEEN = "failed fork (exit_mmap of an mm copy_process made)"
 PROGRESS_EVERY = 50_000  # events between two progress reports of a replay
@@ -209,9 +200,7 @@ class Validator(MarkerSteps, Clocked):
         self.first_switches = kv.first_switches(events)
         self.first_lazy = kv.first_lazy_borrows(self.first_switches)
         self.index = TraceIndex.scan(events, config, inputs, preemptible, self.efi, self.exec_hints)
-        # exit_mmap and __khugepaged_exit markers that keep a reference (index.ksm_kept,
-        # thp_kept) the model took ahead (an exec's old mm)
-        self.taken_ahead: set[int] = set()
+        self._holders_begin(events)
         # exit_mmap marker line -> (line, pid) of the proc_mem_open() returns whose file's
         # reference that __mmput came after
         self.proc_ahead = proc_opens_around_mmput(events) if inputs == "markers" else {}
@@ -255,27 +244,6 @@ class Validator(MarkerSteps, Clocked):
         self.past_exit: set[int] = set()  # pids past their sched_process_exit
         self.exit_mmap_of: dict[int, int] = {}  # pid -> the mm of its last exit_mmap marker
         self.mm_kthreads: set[int] = set()  # kernel threads the kernel saw kthread_use_mm
-        self.rings: dict[int, list[str]] = {}  # mm address -> holders of io_uring rings on it
-        self.oom_mms: dict[int, list[str]] = {}  # mm address -> its signal->oom_mm holders
-        self.proc_files: dict[int, list[str]] = {}  # mm address -> open /proc/PID files on it
-        self.mreleases: dict[int, list[str]] = {}  # mm address -> process_mrelease() calls
-        self.mrelease_of: dict[int, int] = {}  # pid in process_mrelease() -> the mm address
-        self.uffds: dict[int, list[str]] = {}  # mm address -> userfaultfd contexts on it
-        self.binders: dict[int, list[str]] = {}  # mm address -> binder procs' alloc->mm on it
-        self.binder_allocs: dict[int, int] = {}  # binder_alloc address -> its mm's address
-        # captures with the return of binder_alloc_deferred_release() (binderdone), right
-        # after its mmdrop(): pid in that release -> the mm address and the model's holder
-        self.binder_returns = any(
-            isinstance(e, Probe) and e.function == BINDER_RELEASE and e.returned for e in events
-        )
-        self.binder_ending: dict[int, tuple[int, str | None]] = {}
-        self.kvms: dict[int, list[str]] = {}  # mm address -> KVM VMs' kvm->mm on it
-        self.kvm_vms: dict[int, int] = {}  # struct kvm address -> its mm's address
-        self.kvm_creating: dict[int, int] = {}  # pid -> the VM its kvm_create_vm() makes
-        self.kvm_destroying: dict[int, int] = {}  # pid -> the VM its kvm_destroy_vm() frees
-        # a forked mm's address -> the fork-event contexts dup_userfaultfd() made for it
-        # (by parent context), taken when its fork is done (task_newtask)
-        self.uffd_forks: dict[int, dict[int, Probe]] = {}
         # forking pids (mm_init of a fork announced, the fork not replayed yet) -> the CPUs
         # lazy on their mm in the model when dup_mmap()'s flush of it ran, with their lazy
         # episode (None: not yet)
@@ -284,9 +252,6 @@ class Validator(MarkerSteps, Clocked):
         # interrupts to come back on (the end of a switch): what a flush to init_mm there
         # then comes from
         self.waiting_ipis: dict[int, dict[int, tuple[int, str]]] = {}
-        self.thp_slots: dict[int, list[str]] = {}  # mm address -> khugepaged's reference
-        self.ksm_slots: dict[int, list[str]] = {}  # mm address -> KSM's mm_slot reference
-        self.async_drops: dict[int, int] = {}  # mm address -> pid whose mmdrop_async() ran
         # mm address -> the CPU whose idle task still borrowed it going offline: finish_cpu()
         # drops it later, on another CPU, in whichever task runs the hotplug teardown
         self.offlined: dict[int, int] = {}
@@ -439,12 +404,6 @@ class Validator(MarkerSteps, Clocked):
         else:
             self.model_outside.append(Outside("switch_mm", cpu, pid, self._a(ev.next),
                                               self._a(ev.prev), self.ctx.line, epoch))  # fmt: skip
-
-    def _a(self, mm: Mm | None) -> int:
-        """The kernel address the model mm is bound to (0 for NULL, -1 when unbound)."""
-        if mm is None:
-            return 0
-        return self.addr.get(mm.id, -1)
 
     def _model_free(self, ev: MmFreed) -> None:
         if self.quiet:
@@ -824,367 +783,6 @@ class Validator(MarkerSteps, Clocked):
         self._refusable(self.m.text_poke, p.cpu)
         self.result.learned["text_poke (use_temporary_mm marker)"] += 1
 
-    def _drop_held(self, held: dict[int, list[str]], addr: int, point: str, p: Probe) -> bool:
-        """The kernel path `point` drops one of the references `held` lists for the mm at
-        `addr`: so does the model, there. False when it holds none."""
-        holder = self._holder_of(held, addr)
-        if holder is None:
-            return False
-        self._drop_holder(held, addr, holder, point, p)
-        return True
-
-    def _drop_holder(
-        self, held: dict[int, list[str]], addr: int, holder: str, point: str, p: Probe
-    ) -> None:
-        """The kernel path `point` (its marker `p`) drops `holder`, one of the references
-        `held` lists for the mm at `addr`: so does the model, there."""
-        held[addr].remove(holder)
-        self.ctx = Context(point, p.line, p.cpu, p.pid)
-        self.m.mmdrop(holder, p.cpu)
-
-    def _release_returned(self, p: Probe, point: str) -> None:
-        """p.pid's release at `point` returned, right after its mmdrop(): a kernel __mmdrop
-        by that task from here on is not that release's (its mmdrop() was not the last)."""
-        if self.releasing.get(p.pid, ("",))[0] == point:
-            del self.releasing[p.pid]
-
-    def _holder_of(self, held: dict[int, list[str]], addr: int) -> str | None:
-        """One of the references `held` lists for the mm at `addr`, or None: only a
-        reference to the life of the address a model mm stands for now (one left over from
-        an earlier life, after the model lost track, is not this one)."""
-        mm = self.live.get(addr)
-        of_mm = {h.name for h in self.m.state.holders if h.mm is mm}
-        return next((h for h in held.get(addr, []) if h in of_mm), None)
-
-    def _grab_current(self, held: dict[int, list[str]], what: str, marker: str, p: Probe) -> None:
-        """Marker `p` is a kernel path that mmgrab()s current->mm (`what` holds it), a
-        reference no scheduler event shows. The model takes it."""
-        t = self.m.state.rqs[p.cpu].curr
-        if t.mm is None or t.pf_kthread:
-            return
-        holder = f"{what} of pid {p.pid} (line {p.line})"
-        self._grab_held(held, t.mm, holder, p, f"{what} ({marker} marker)")
-
-    def _ring_setup(self, p: Probe) -> None:
-        """io_uring_setup() entered: io_uring_create() mmgrab()s current->mm into the new
-        ring's ctx->mm_account."""
-        self._grab_current(self.rings, "io_uring ctx->mm_account", "io_uring_setup", p)
-
-    def _uffd_new(self, p: Probe) -> None:
-        """new_userfaultfd() entered (the userfaultfd() syscall, or /dev/userfaultfd on
-        6.12): it mmgrab()s current->mm into the new context's ctx->mm, held until the
-        file's last reference goes (fs/userfaultfd.c)."""
-        self._grab_current(self.uffds, "userfaultfd ctx->mm", "new_userfaultfd", p)
-
-    def _uffd_dup(self, p: Probe) -> None:
-        """dup_userfaultfd(vma) during a fork's dup_mmap: when the parent VMA's context
-        (`octx`) asked for UFFD_FEATURE_EVENT_FORK, the first VMA of each such context gets
-        the child its own context, which mmgrab()s the child's mm (`mm`) until the file the
-        monitor receives it as is released (fs/userfaultfd.c). The reference is taken when
-        the fork is done, at its task_newtask (_uffd_fork_grabs): the fork may wait for the
-        monitor until then, and give the context up (_uffd_abandoned)."""
-        octx = address(p.args.get("octx"))
-        if octx == 0 or not int(p.args.get("features") or "0", 0) & UFFD_FEATURE_EVENT_FORK:
-            return
-        self.uffd_forks.setdefault(address(p.args.get("mm")), {}).setdefault(octx, p)
-
-    def _uffd_fork_grabs(self, child_pid: int) -> None:
-        """The fork of child_pid is done (task_newtask): the fork-event contexts made for the
-        child's mm, not abandoned meanwhile (_uffd_abandoned), hold it; so does the model."""
-        child = self.replayer.tasks.get(child_pid)
-        mm = child.mm if child is not None else None
-        if mm is None or mm.freed:
-            return
-        for p in self.uffd_forks.pop(self._a(mm), {}).values():
-            holder = f"userfaultfd fork-event ctx->mm (line {p.line})"
-            learned = "userfaultfd ctx->mm of a fork event (dup_userfaultfd marker)"
-            self._grab_held(self.uffds, mm, holder, p, learned)
-
-    def _uffd_abandoned(self, p: Probe) -> None:
-        """userfaultfd_release() of a context (`ctx`) while forks it sent fork events for
-        wait for its monitor: userfaultfd_event_wait_completion() gives up and puts the
-        child's new context in the forking task (an mmdrop() of the child's mm, never its
-        last: the child's own reference stands), so the fork-event contexts of forks not
-        replayed yet are not taken. (A monitor that read the event just before the release
-        delivered the context; that order no input shows.)"""
-        ctx = address(p.args.get("ctx"))
-        for addr in [a for a, made in self.uffd_forks.items() if ctx in made]:
-            del self.uffd_forks[addr][ctx]
-            if not self.uffd_forks[addr]:
-                del self.uffd_forks[addr]
-            self.result.learned["userfaultfd fork event abandoned (userfaultfd_release)"] += 1
-
-    def _release(
-        self, p: Probe, held: dict[int, list[str]], point: str, addr: int | None = None
-    ) -> None:
-        """A file's release (`p`) whose mmdrop() of the reference its open took (the mm at
-        `addr`, by default the `mm` argument) follows: a kernel __mmdrop next on this CPU is
-        at `point`; with markers the model drops one of the references `held` lists there
-        too."""
-        if addr is None:
-            addr = address(p.args.get("mm"))
-        self._open_release(p, point, addr)
-        if self.inputs == "markers":
-            self._refusable(self._drop_held, held, addr, point, p)
-
-    def _object_grab(
-        self,
-        p: Probe,
-        key: str,
-        pairs: dict[int, int],
-        held: dict[int, list[str]],
-        what: str,
-        marker: str,
-    ) -> None:
-        """A module's marker `p` (of the kernel path `marker`) of a kernel object (its
-        address the `key` argument) that mmgrab()s current->mm for the object's life: the
-        object's address is paired with the mm's, and with markers the model takes the
-        reference (`what` holds it)."""
-        t = self.m.state.rqs[p.cpu].curr
-        if self.replayer.tasks.get(p.pid) is not t or t.mm is None or t.pf_kthread:
-            return
-        pairs[address(p.args.get(key))] = self._a(t.mm)
-        if self.inputs == "markers":
-            self._refusable(self._grab_current, held, what, marker, p)
-
-    def _object_release(
-        self, p: Probe, obj: int, pairs: dict[int, int], held: dict[int, list[str]], point: str
-    ) -> None:
-        """A module's marker `p` of the teardown of the object at `obj`, paired by
-        _object_grab: an mmdrop() of the mm it took follows (at `point`)."""
-        addr = pairs.pop(obj, None)
-        if addr is not None:
-            self._release(p, held, point, addr)
-
-    def _binder_open(self, p: Probe) -> None:
-        """binder_alloc_init(alloc) entered (binder_open(), drivers/android/binder.c): it
-        mmgrab()s current->mm into alloc->mm, held until the proc's deferred release, after
-        the file's last reference went. With markers the model takes it."""
-        self._object_grab(
-            p, "alloc", self.binder_allocs, self.binders, "binder alloc->mm", "binder_open"
-        )
-
-    def _binder_release(self, p: Probe) -> None:
-        """binder_alloc_deferred_release(alloc) entered (binder_free_proc(), once the file's
-        release queued the proc's teardown: in a kworker's binder_deferred_func(), or in a
-        task that put the proc's last temporary reference): its end mmdrop()s alloc->mm, the
-        mm its binder_alloc_init() took (paired by the alloc address), after freeing the
-        proc's buffers and pages under alloc->mutex (whose mutex_lock() may reschedule: the
-        task can be preempted in between). With the function's return marked too
-        (binderdone), the model's mmdrop() waits for it (_binder_released); without, it is
-        here."""
-        alloc = address(p.args.get("alloc"))
-        if not self.binder_returns:
-            self._object_release(p, alloc, self.binder_allocs, self.binders, "binder_release")
-            return
-        addr = self.binder_allocs.pop(alloc, None)
-        if addr is None:
-            return
-        self._open_release(p, "binder_release", addr)
-        self.binder_ending[p.pid] = (addr, self._holder_of(self.binders, addr))
-
-    def _binder_released(self, p: Probe) -> None:
-        """binder_alloc_deferred_release() returned, right after its mmdrop() of alloc->mm
-        (only a debug print in between): the model drops the reference there, by the
-        holder's name (the kernel's __mmdrop, when that mmdrop() was the last, came before
-        this marker and ended the address's life)."""
-        addr, holder = self.binder_ending.pop(p.pid, (0, None))
-        self._release_returned(p, "binder_release")
-        if holder is None or holder not in self.binders.get(addr, []) or self.inputs != "markers":
-            return
-        self._refusable(self._drop_holder, self.binders, addr, holder, "binder_release", p)
-
-    def _kvm_create(self, p: Probe) -> None:
-        """kvm_arch_init_vm(kvm) entered (kvm_create_vm(), virt/kvm/kvm_main.c, under the
-        KVM_CREATE_VM ioctl): kvm_create_vm() has just mmgrab()bed current->mm into kvm->mm,
-        held until kvm_destroy_vm(). With markers the model takes it. The create is under
-        way until this task's preempt_notifier_inc() (_kvm_created)."""
-        self._object_grab(p, "kvm", self.kvm_vms, self.kvms, "KVM kvm->mm", "kvm_create_vm")
-        self.kvm_creating[p.pid] = address(p.args.get("kvm"))
-
-    def _kvm_created(self, p: Probe) -> None:
-        """preempt_notifier_inc() entered: kvm_create_vm()'s last step, the VM is made."""
-        self.kvm_creating.pop(p.pid, None)
-
-    def _kvm_destroy(self, p: Probe) -> None:
-        """kvm_arch_destroy_vm(kvm) entered. In a create under way (its error path), the
-        mmdrop() of the creator's mm follows at once; from kvm_destroy_vm() (the VM's last
-        reference put: its fd's or a vCPU fd's release, or the exit_files() of a task
-        holding one), it comes after the VM is freed, marked by the return of this task's
-        preempt_notifier_dec() (_kvm_destroyed)."""
-        kvm = address(p.args.get("kvm"))
-        if self.kvm_creating.get(p.pid) == kvm:
-            del self.kvm_creating[p.pid]
-            self._object_release(p, kvm, self.kvm_vms, self.kvms, "kvm_destroy_vm")
-        else:
-            self.kvm_destroying[p.pid] = kvm
-
-    def _kvm_destroyed(self, p: Probe) -> None:
-        """preempt_notifier_dec() returned, in kvm_destroy_vm() right before
-        hardware_disable_all() and the mmdrop() of kvm->mm (paired by the task with the
-        kvm_arch_destroy_vm() it ran first)."""
-        kvm = self.kvm_destroying.pop(p.pid, None)
-        if kvm is not None:
-            self._object_release(p, kvm, self.kvm_vms, self.kvms, "kvm_destroy_vm")
-
-    def _thp_exit(self, p: Probe) -> None:
-        """__khugepaged_exit(mm), early in __mmput (mm/khugepaged.c): the reference
-        __khugepaged_enter() mmgrab()bed when the mm first had a region fit for huge pages is
-        dropped right there, unless khugepaged's scan cursor rests on this mm (`slot_mm`):
-        then it stays until a later pass of khugepaged finds mm_users at 0
-        (collect_mm_slot). Only then does the model take it: taken at __khugepaged_enter and
-        dropped here, it would change no count anyone sees (__mmput's own reference on
-        mm_count outlasts it)."""
-        addr = address(p.args.get("mm"))
-        if not kv.khugepaged_keeps(p) or p.line in self.taken_ahead:
-            return
-        mm = self.live.get(addr)
-        if mm is None or mm.freed:
-            return
-        holder = f"khugepaged's mm_slot (line {p.line})"
-        learned = "khugepaged's reference outliving __mmput (__khugepaged_exit marker)"
-        self._grab_held(self.thp_slots, mm, holder, p, learned)
-
-    def _ksm_exit(self, p: Probe) -> None:
-        """exit_mmap(mm) finds MMF_VM_MERGEABLE still set (kv.ksm_keeps): __ksm_exit(), run
-        just before by __mmput (mm/ksm.c), left the mm's slot on ksmd's list, and with it
-        the reference __ksm_enter() mmgrab()bed when the mm first had a mergeable region
-        (or was forked from one that had). ksmd's scan, or an unmerge, takes the slot out
-        and mmdrop()s the mm once it finds mm_users at 0, right after removing the slot's
-        last rmap_item (the remove_rmap_item_from_tree marker in self.index.ksm_releases; with
-        none in the trace, the model holds it past the end, as the kernel does when ksmd
-        stops with the slot on its list). Only then does the model take it: taken at
-        __ksm_enter and dropped at __ksm_exit, it would change no count anyone sees.
-        Also when ksmd or an unmerge, having taken the slot out, was preempted before its
-        mmdrop() by this very __mmput, whatever the flag reads
-        (markers.ksm_unlock_preemptions): the remover drops it when it next runs."""
-        mm = self.live.get(address(p.args.get("mm")))
-        if p.line in self.taken_ahead or mm is None or mm.freed:
-            return
-        holder = f"KSM's mm_slot (line {p.line})"
-        learned = "KSM's reference outliving __mmput (exit_mmap marker's flags)"
-        self._grab_held(self.ksm_slots, mm, holder, p, learned)
-
-    def _ring_free(self, p: Probe) -> None:
-        """io_destroy_buffers(ctx): io_ring_ctx_free() is about to mmdrop(ctx->mm_account)
-        (the `mm` argument): the model drops the ring's reference there."""
-        if self._drop_held(self.rings, address(p.args.get("mm")), "io_ring_ctx_free", p):
-            self._open_release(p, "io_ring_ctx_free")
-
-    def _ksmd_release(self, ev: SchedSwitch) -> None:
-        """ksmd switched in after an exit_mmap that found KSM keeping the mm, with no
-        rmap_item of it left to remove (or switched out, running when it was kept): its
-        scan_get_next_rmap_item() takes the slot out and mmdrop()s the mm (mm/ksm.c), with
-        no marker of its own; the model drops KSM's reference there."""
-        pid, addr = self.index.ksmd_releases[ev.line]
-        p = Probe(ev.line, ev.cpu, ev.ts, pid, KSMD, None, KSM_REMOVE, {"mm": f"{addr:#x}"})
-        self._release(p, self.ksm_slots, "ksm")
-
-    def _open_release(self, p: Probe, point: str, addr: int | None = None) -> None:
-        """Task p.pid is in a release at `point` whose mmdrop() of the mm at `addr` (by
-        default the `mm` argument) follows: a kernel __mmdrop next on this CPU, or later by
-        this task wherever it ran meanwhile, is at that point. An __mmput of that mm this
-        task ran is over by then (no release runs inside one: exit_mmap()'s fput()s are
-        deferred), whose own mmdrop() was not the last (a KVM VM's fd closed by exit_files()
-        after exit_mm())."""
-        if addr is None:
-            addr = address(p.args.get("mm"))
-        self.anchor[p.cpu] = (point, p.pid)
-        self.releasing[p.pid] = (point, addr, p.line)
-        if self.mmput_open.get(addr) == p.pid:
-            del self.mmput_open[addr]
-
-    def _oom_victim(self, p: Probe) -> None:
-        """mark_oom_victim(tsk) entered: when tsk->signal->oom_mm is still NULL (the `oom_mm`
-        argument) it becomes tsk->mm and is mmgrab()bed, a reference for the signal_struct's
-        life that no scheduler event shows. The model takes it."""
-        mm = self.live.get(address(p.args.get("mm")))
-        if address(p.args.get("oom_mm")) != 0 or mm is None or mm.freed:
-            return
-        holder = f"signal->oom_mm of pid {p.args.get('t_pid')} (line {p.line})"
-        self._grab_held(
-            self.oom_mms, mm, holder, p, "OOM victim's signal->oom_mm (mark_oom_victim marker)"
-        )
-
-    def _put_signal(self, p: Probe) -> None:
-        """__put_task_struct(tsk) with tsk->signal->sigcnt at 1: put_signal_struct() frees the
-        signal_struct, whose free_signal_struct() mmdrop_async()s its oom_mm. The model drops
-        the reference there; when it is the last, the kernel's __mmdrop runs a little later
-        in a kworker (mmdrop_async_fn)."""
-        addr = address(p.args.get("oom_mm"))
-        if p.args.get("sigcnt") == "1" and self._drop_held(self.oom_mms, addr, "mmdrop_async", p):
-            self.async_drops[addr] = p.pid
-
-    def _proc_open(self, p: Probe) -> None:
-        """proc_mem_open() returned the mm it mmgrab()bed for a /proc/PID file being opened
-        (mem, environ, auxv, maps, smaps, pagemap...): held until the file's release, a
-        reference no scheduler event shows. The model takes it."""
-        mm = self.live.get(address(p.args.get("ret")))
-        if mm is None or mm.freed or p.line in self.taken_ahead:
-            return  # NULL, an error, an mm the model does not know, or taken already
-        holder = f"/proc file opened by pid {p.pid} (line {p.line})"
-        self._grab_held(
-            self.proc_files, mm, holder, p, "open /proc/PID file (proc_mem_open marker)"
-        )
-
-    def _proc_open_ahead(self, p: Probe, addr: int) -> None:
-        """exit_mmap marker `p` is an __mmput that came after the mmgrab() of a /proc file
-        whose proc_mem_open() returns only later (proc_opens_around_mmput: its own mmput()
-        ran this __mmput, or it was preempted before returning while the last user put the
-        mm): the model takes each such file's reference now, before that __mmput, and not
-        at the return."""
-        mm = self.live.get(addr)
-        if mm is None or mm.freed:
-            return
-        for opened, pid in self.proc_ahead[p.line]:
-            self.taken_ahead.add(opened)
-            holder = f"/proc file opened by pid {pid} (line {opened})"
-            learned = (
-                "open /proc/PID file whose mm_access() reference was the last (ahead)"
-                if pid == p.pid
-                else "open /proc/PID file returning after the mm's __mmput (ahead)"
-            )
-            self._grab_held(self.proc_files, mm, holder, p, learned)
-
-    def _mrelease_grab(self, p: Probe) -> None:
-        """pidfd_get_task() returned to process_mrelease() the process (its leader's pid,
-        `t_pid`) whose mm the syscall mmgrab()s next (mm/oom_kill.c), the mm of a thread of
-        it that has one (find_lock_task_mm()): when the victim's whole exit runs meanwhile,
-        the syscall's mmdrop() is the last. Which mm that is, is the model's: its task of
-        that process still with an mm. A kernel __mmdrop of it by this task from here is at
-        the syscall's point; with markers the model takes the reference (an error, or no
-        thread with an mm left: nothing taken)."""
-        if not 0 < address(p.args.get("ret")) < ERR_PTR_MIN:
-            return
-        leader = self.replayer.tasks.get(int(p.args.get("t_pid") or "0", 0))
-        if leader is None or leader.pf_kthread:
-            return
-        group = (t for t in self.m.state.tasks if t.tgid == leader.tgid)
-        mm = next((t.mm for t in group if t.mm is not None and not t.mm.freed), None)
-        addr = self.addr.get(mm.id) if mm is not None else None
-        if mm is None or addr is None:
-            return
-        self.mrelease_of[p.pid] = addr
-        self.releasing[p.pid] = ("process_mrelease", addr, p.line)
-        if self.inputs == "markers":
-            holder = f"process_mrelease() of pid {p.pid} (line {p.line})"
-            learned = "process_mrelease's mmgrab (pidfd_get_task marker)"
-            self._grab_held(self.mreleases, mm, holder, p, learned)
-
-    def _mrelease_done(self, p: Probe) -> None:
-        """process_mrelease() returned, right after its mmdrop() of the mm it took: the
-        model drops it there (by the holder's name: the kernel's __mmdrop, when that
-        mmdrop() was the last, came before this marker and ended the address's life)."""
-        addr = self.mrelease_of.pop(p.pid, None)
-        if addr is None:
-            return
-        self._release_returned(p, "process_mrelease")
-        mine = f"process_mrelease() of pid {p.pid} "
-        holder = next((h for h in self.mreleases.get(addr, []) if h.startswith(mine)), None)
-        if holder is None or self.inputs != "markers":
-            return
-        self._refusable(self._drop_holder, self.mreleases, addr, holder, "process_mrelease", p)
-
     def _kthread_use_mm(self, p: Probe, addr: int) -> None:
         """switch_mm_irqs_off(active_mm, mm, current) by a kernel thread outside a context
         switch marks kthread_use_mm() (vhost's worker on 6.1, USB gadget, some GPU drivers):
@@ -1520,49 +1118,8 @@ class Validator(MarkerSteps, Clocked):
             if self.inputs == "markers" and p.line in self.index.ksm_kept.get(mm, ()):
                 self._refusable(self._ksm_exit, p)
             self._deferred_ends_here(p)
-        elif f == "__x64_sys_io_uring_setup" and self.inputs == "markers":
-            self._refusable(self._ring_setup, p)
-        elif f == "io_destroy_buffers" and self.inputs == "markers":
-            self._refusable(self._ring_free, p)
-        elif f == "proc_mem_open" and p.returned and self.inputs == "markers":
-            self._refusable(self._proc_open, p)
-        elif f in PROC_RELEASES:
-            self._release(p, self.proc_files, "proc_release")
-        elif f == "pidfd_get_task" and p.returned and "process_mrelease" in (p.caller or ""):
-            self._refusable(self._mrelease_grab, p)
-        elif f == "__x64_sys_process_mrelease" and p.returned:
-            self._mrelease_done(p)
-        elif f == "new_userfaultfd" and self.inputs == "markers":
-            self._refusable(self._uffd_new, p)
-        elif f == "dup_userfaultfd" and self.inputs == "markers":
-            self._uffd_dup(p)
-        elif f == "userfaultfd_release":  # userfaultfd_ctx_put() mmdrop()s ctx->mm
-            self._uffd_abandoned(p)
-            self._release(p, self.uffds, "uffd_release")
-        elif f == "binder_alloc_init":
-            self._binder_open(p)
-        elif f == BINDER_RELEASE and p.returned:
-            self._binder_released(p)
-        elif f == BINDER_RELEASE:
-            self._binder_release(p)
-        elif f == "kvm_arch_init_vm":
-            self._kvm_create(p)
-        elif f == "preempt_notifier_inc":
-            self._kvm_created(p)
-        elif f == "kvm_arch_destroy_vm":
-            self._kvm_destroy(p)
-        elif f == "preempt_notifier_dec" and p.returned:
-            self._kvm_destroyed(p)
-        elif f == "__khugepaged_exit" and self.inputs == "markers":
-            self._refusable(self._thp_exit, p)
-        elif f == "collect_mm_slot" and p.args.get("mm_users") == "0":
-            self._release(p, self.thp_slots, "khugepaged")  # the slot goes, and its mmdrop()
-        elif f == KSM_REMOVE and p.line in self.index.ksm_releases:
-            self._release(p, self.ksm_slots, "ksm")  # the slot goes, and its mmdrop()
-        elif f == "mark_oom_victim" and self.inputs == "markers":
-            self._refusable(self._oom_victim, p)
-        elif f == "__put_task_struct" and self.inputs == "markers":
-            self._refusable(self._put_signal, p)
+        elif f in HOLDER_PROBES:
+            self._holder_probe(p)
         elif kv.births_read(p, self.index.use_mm_init):
             self._announce(p, kv.born(p))
 

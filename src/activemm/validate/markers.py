@@ -8,8 +8,6 @@ state these methods share."""
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from activemm.errors import OperationError
 from activemm.metrics import Metrics
@@ -26,8 +24,8 @@ from activemm.trace.events import (
     TlbFlush,
     TraceEvent,
 )
-from activemm.trace.replay import Replayer
 from activemm.validate import kernel as kv
+from activemm.validate.holders import Context, HolderSteps
 from activemm.validate.kernel import (
     ENTER_LAZY,
     EXIT_MMAP,
@@ -36,25 +34,11 @@ from activemm.validate.kernel import (
     SWITCH_MM,
     address,
 )
-from activemm.validate.score import Result
 from activemm.validate.windows import context_switch_loads, interrupting
-
-if TYPE_CHECKING:  # (index.py reads the fork flushes and KSM preemptions found here)
-    from activemm.validate.index import TraceIndex
 
 # Tracepoints a task emits only once its __mmput() has returned (tlb_flush lines, by
 # contrast, come from inside exit_mmap()).
 PAST_MMPUT = (ProcessExit, ProcessExec, TaskRename, NewTask, ProcessFork)
-
-
-@dataclass
-class Context:
-    """The trace event the model is being driven by."""
-
-    kind: str = "boot"  # switch | exec | exit | fork | marker | resync ...
-    line: int = 0
-    cpu: int = 0
-    pid: int = 0
 
 
 def marked_exits(events: list[TraceEvent]) -> set[int]:
@@ -515,16 +499,10 @@ def last_flush(flushes: list[int], start: int, ends: list[int]) -> int | None:
     return flushes[i] if i >= 0 and flushes[i] > start else end
 
 
-class MarkerSteps:
-    """The marker-driven steps; the Validator provides the state below."""
+class MarkerSteps(HolderSteps):
+    """The marker-driven steps; the Validator provides the state below (and HolderSteps')."""
 
-    m: Machine
-    replayer: Replayer
     metrics: Metrics
-    result: Result
-    inputs: str
-    ctx: Context
-    addr: dict[int, int]  # model mm id -> kernel address
     armed: dict[int, Probe]  # CPU -> exec's activate_mm marker, waiting for the CR3 load
     marker_done: set[int]  # id() of model tasks exec'd ahead of sched_process_exec
     pins: dict[int, list[str]]  # pid -> holders standing for __mmput's share
@@ -533,56 +511,12 @@ class MarkerSteps:
     deferred: dict[int, tuple[str, Mm]]
     unpinned: set[int]  # such lines where no pin follows (6.16+ exits, tracepoints only)
     exit_first: bool  # sched_process_exit before exit_mm() (6.16+, kv.exit_traced_first)
-    index: TraceIndex  # the trace's lines by CPU, pid and mm address
     # pid -> where its exit's __mmput() has returned by: its sched_process_exit before 6.16,
     # its last switch out (dead) since (kv.exit_traced_first)
     exit_ends: dict[int, list[int]]
     raced: set[int]  # mm addresses whose __mmput the model pinned
     late: set[int]  # pids whose pins stand for an __mmput after their sched_process_exit
     past_exit: set[int]  # pids past their sched_process_exit (in this life of the pid)
-    thp_slots: dict[int, list[str]]  # mm address -> khugepaged's reference
-    ksm_slots: dict[int, list[str]]  # mm address -> KSM's mm_slot reference
-    taken_ahead: set[int]  # index.ksm_kept and thp_kept lines whose reference it took ahead
-
-    def _grab_held(
-        self, held: dict[int, list[str]], mm: Mm, holder: str, p: TraceEvent, learned: str
-    ) -> None:
-        """A reference no scheduler event shows, taken where marker `p` ran (`learned` says
-        what it is): the model takes it, as `holder`, listed under mm's address in `held`."""
-        self.ctx = Context(p.function if isinstance(p, Probe) else "exec", p.line, p.cpu, p.pid)
-        self.m.mmgrab(mm, holder, p.cpu)
-        held.setdefault(self.addr.get(mm.id, -1), []).append(holder)
-        self.result.learned[learned] += 1
-
-    def _kept_ahead(self, mm: Mm | None, ev: TraceEvent) -> None:
-        """An exec's __mmput of its old mm (the exec puts its last real user), which the
-        model runs at once: a reference that outlives that __mmput but shows only at a
-        marker later in it is taken now, not at the marker, by which time the model would
-        have freed the mm. Two such: khugepaged's when its scan cursor rests on the mm (a
-        __khugepaged_exit marker that keeps it follows, before that address's next
-        __mmdrop), and KSM's when __ksm_exit() left the mm's slot for ksmd (the exit_mmap
-        marker that follows finds MMF_VM_MERGEABLE)."""
-        if mm is None or (addr := self.addr.get(mm.id)) is None:
-            return
-        for kept, held, holder, marker in (
-            (self.index.thp_kept, self.thp_slots, "khugepaged", "__khugepaged_exit marker"),
-            (self.index.ksm_kept, self.ksm_slots, "KSM", "exit_mmap marker's flags"),
-        ):
-            lines = kept.get(addr, [])
-            i = bisect.bisect_right(lines, ev.line)
-            if i == len(lines) or not self.index.same_life(addr, ev.line, line := lines[i]):
-                continue
-            self.taken_ahead.add(line)
-            learned = f"{holder}'s reference outliving an exec's __mmput ({marker})"
-            self._grab_held(held, mm, f"{holder}'s mm_slot (line {line})", ev, learned)
-
-    def _refusable(self, fn: Any, *args: Any) -> None:
-        """A marker asks for something the model's state does not allow (it lost track of
-        the trace): count it, as the replay does, and go on."""
-        try:
-            fn(*args)
-        except OperationError as e:
-            self.result.anomalies[f"refused: {str(e).split(':')[0]}"] += 1
 
     def _cr3_of_armed_exec(self, ev: TraceEvent) -> bool:
         """The tlb_flush "flush on task switch" that the CR3 load of an armed exec's
