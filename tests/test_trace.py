@@ -389,6 +389,16 @@ def test_bad_inputs_name_file_and_line(tmp_path: Path) -> None:
         list(read_trace(bad))
     st_ = ReadStats()
     assert len(list(read_trace(bad, lenient=True, stats=st_))) == 1 and st_.bad_lines == 1
+    # a text trace cut inside its last line (a copy stopped midway): the line was whole
+    whole = gzip.decompress((DATA / "tracefs_tgid.txt.gz").read_bytes())
+    cut = tmp_path / "cut.txt"
+    cut.write_bytes(whole[: whole.index(b"sched_switch:", 20_000) + 40])
+    lines = cut.read_bytes().count(b"\n") + 1
+    with pytest.raises(TraceError, match=rf"cut.txt:{lines}: the input ends inside this line"):
+        list(read_trace(cut))
+    bad.write_text(bad.read_text().rstrip("\n"))  # (or one without its last newline)
+    with pytest.raises(TraceError, match=r"t.txt:2: the input ends inside this line"):
+        list(read_trace(bad))
     with pytest.raises(TraceError, match="no such file"):
         list(read_trace(tmp_path / "missing.txt"))
 

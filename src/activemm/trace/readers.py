@@ -725,6 +725,15 @@ def _skip(line: str) -> bool:
     )
 
 
+def _malformed(path: str, n: int, raw: str, message: str) -> TraceError:
+    """The error for line n, malformed as `message` says. A line without its newline is
+    the last of a file cut short (tracefs, trace-cmd and perf end every line with one):
+    the error says so, since the line was most likely whole before the file was cut."""
+    if raw.endswith("\n"):
+        return TraceError(path, n, message)
+    return TraceError(path, n, f"the input ends inside this line (a truncated file?); {message}")
+
+
 def parse_lines(
     lines: Iterator[str], path: str, fmt: str | None, stats: ReadStats, lenient: bool
 ) -> Iterator[TraceEvent]:
@@ -826,7 +835,7 @@ def parse_lines(
                 if fmt == "ftrace"
                 else ("COMM PID [CPU] TIME: SUBSYSTEM:EVENT: FIELDS")
             )
-            raise TraceError(path, n, f"malformed line, expected {want}: {line[:80]!r}")
+            raise _malformed(path, n, raw, f"malformed line, expected {want}: {line[:80]!r}")
         event = m["event"].split(":")[-1]
         last_event = event
         rest = m["rest"]
@@ -846,9 +855,8 @@ def parse_lines(
                 if lenient:
                     stats.bad_lines += 1
                     continue
-                raise TraceError(
-                    path, n, f"malformed {event} fields, expected {EXPECTED[event]}: {rest[:80]!r}"
-                )
+                want = f"malformed {event} fields, expected {EXPECTED[event]}: {rest[:80]!r}"
+                raise _malformed(path, n, raw, want)
         else:
             pm = PROBE.match(rest)
             if pm is None or pm["loc"].startswith("0x"):
