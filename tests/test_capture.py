@@ -916,7 +916,10 @@ if (first == "missed" and runs == 0) or first == "always-missed":
 trace = b"# tracer: nop\n"
 if first != "reset":  # "reset": the workload removed a trace event, emptying the buffers
     trace += b"   init-1 (1) [000] ..... 5.0: tracing_mark_write: activemm trace start\n"
-failed = b"insmod /modules/0-brd.ko\n" if first == "insmod" else b""
+failed = b""
+if first == "insmod":  # what init.sh writes: insmod's reason, then the kernel's last line
+    failed = b"insmod /modules/0-brd.ko: can't insert '/modules/0-brd.ko': No such device"
+    failed += b" (brd: no disk)\n"
 if first == "no-lazytlb":  # (Linux 7.2 inlines x86's enter_lazy_tlb())
     failed = b"p:activemm/lazytlb enter_lazy_tlb mm=%di:x64\np:activemm/ksm x y\n"
 out = "".join(block(n, d) for n, d in [("meta", meta), ("kprobes", b"p:x y\n"),
@@ -1153,7 +1156,11 @@ def test_modules_asked_for_come_in_order_or_the_capture_stops(
     image = _fake_qemu(tmp_path, monkeypatch, "insmod")
     monkeypatch.setattr(guest, "named_modules", lambda tree, names: [("brd", b"\x7fELF")])
     opts = run.CaptureOptions(out=tmp_path / "cap", accel="tcg", modules=("brd",))
-    with pytest.raises(CaptureError, match="--module brd: insmod failed in the guest"):
+    with pytest.raises(
+        CaptureError,
+        match="--module brd: insmod failed in the guest: can't "
+        r"insert '/modules/0-brd.ko': No such device \(brd: no disk\) \(does",
+    ):
         run.capture(image, opts, print)
     assert not (tmp_path / "cap").exists()
 

@@ -589,11 +589,12 @@ def capture(
             )
         wanted = {m.replace("-", "_") for m in opts.modules}
         for line in failed:
-            asked = re.fullmatch(r"insmod /modules/\d+-(\S+)\.ko", line.strip())
+            asked = re.fullmatch(r"insmod /modules/\d+-(\S+)\.ko(?:: (.*))?", line.strip())
             if asked and asked.group(1).replace("-", "_") in wanted:
+                why = f": {asked.group(2)}" if asked.group(2) else ""
                 raise CaptureError(
-                    f"--module {asked.group(1)}: insmod failed in the guest (does it need "
-                    "another module loaded first? give them in load order)"
+                    f"--module {asked.group(1)}: insmod failed in the guest{why} (does it "
+                    "need another module loaded first? give them in load order)"
                 )
         status = re.search(
             r"workload exit status (\d+)", shipped.files.get("workload.log", b"").decode()

@@ -115,8 +115,8 @@ RCU_MOVED = (
 )
 RELEASE_RACE = (
     "a holder's release and the last lazy user's switch raced: the release's marker came "
-    "before that switch, its mmdrop() after it (the vCPU stalled in between), and which was "
-    "last is not in the inputs"
+    "before that switch, its mmdrop() after it (its task preempted, or its vCPU stalled, in "
+    "between), and which was last is not in the inputs"
 )
 RELEASE_ENDED_FIRST = (
     "a holder's release and the last lazy user's switch raced the other way: the release's "

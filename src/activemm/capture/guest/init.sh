@@ -65,7 +65,10 @@ echo 0 > $T/options/overwrite
 FTS=$(grep -E ' [tT] finish_task_switch(\.|$)' /proc/kallsyms | head -n 1 | cut -d' ' -f3)
 : > /tmp/kprobes.failed
 for m in /modules/*.ko; do  # the vhost workload's modules, before tracing starts
-    [ -e "$m" ] && { insmod "$m" 2>/dev/null || echo "insmod $m" >> /tmp/kprobes.failed; }
+    # (a refusal with insmod's reason and the kernel's last word, its module's pr_err())
+    [ -e "$m" ] && { why=$(insmod "$m" 2>&1) || echo "insmod $m: $(echo "$why" | tail -n 1 \
+        | sed 's/^insmod: //') ($(dmesg | tail -n 1 | sed 's/^\[[^]]*\] *//'))" \
+        >> /tmp/kprobes.failed; }
 done
 sed "s/@FINISH_TASK_SWITCH@/$FTS/" /kprobes | while read -r def; do
     [ -n "$def" ] || continue
