@@ -661,6 +661,27 @@ def test_a_kthread_unuse_mm_the_model_guessed_is_tagged_with_its_kthread_use_mm(
     assert causes == [score.KTHREAD_USE_MM, score.KTHREAD_USE_MM, score.UNEXPLAINED]
 
 
+def test_an_efi_call_guessed_for_a_kworker_in_kthread_use_mm_is_that_cause() -> None:
+    """score_outside on hand-made hooks (as unseen20.c gave on 6.12 with 2 CPUs, tracepoints
+    only): a USB gadget kworker's kthread_use_mm() and kthread_unuse_mm() of an AIO
+    submitter's mm, back to back, are two CR3 loads of a kernel thread with nothing traced
+    between, which the model ran as an EFI runtime call (efi_mm and back). The kernel saw
+    that thread in kthread_use_mm(): both guessed hooks are that cause; the same guess by a
+    thread never seen there is not."""
+    user = 0xFFFF88800406D280
+
+    def model(pid: int) -> list[kv.Outside]:
+        return [
+            kv.Outside("efi_enter_mm", 0, pid, -1, 0, 8593, 40, via="efi_call"),
+            kv.Outside("efi_leave_mm", 0, pid, user, 0, 8593, 40, via="efi_call"),
+        ]
+
+    for pid, want in ((9, score.KTHREAD_USE_MM), (10, score.UNEXPLAINED)):
+        r = score.Result("hand-made", "linux-6.12-x86_64", "sched", "6.12")
+        score.score_outside(r, [], model(pid), mm_kthreads={9})
+        assert [m["cause"] for m in r.mismatches] == [want, want]
+
+
 def test_a_hook_missed_after_a_pick_between_two_tasks_of_one_pid_is_tagged_so() -> None:
     """score_outside on hand-made hooks (as unseen49.c gave on 6.12 with 4 CPUs,
     preempt=full): pid 314 named two tasks, an exited one not yet switched out for good and
@@ -4464,6 +4485,33 @@ def test_an_exit_mmput_that_ended_before_its_tasks_preemption_is_the_exit_window
 
     assert causes(899) == [score.EXIT_WINDOW, score.EXIT_WINDOW]
     assert causes(900)[0] == score.UNEXPLAINED
+
+
+def test_an_exit_mmput_the_model_ran_after_the_address_was_reborn_is_still_its_window() -> None:
+    """score.DropScorer on a hand-made miss (as unseen50.c gave on 6.1 with 2 CPUs, seed
+    6417, BSD process accounting on): task 241's exit_mmap() switched its lazy CPU to
+    init_mm, its __mmput() returned, and acct_process() was preempted before
+    sched_process_exit (line 10172); the lazy CPU's switch freed mm A at line 9882, and A's
+    address was handed out again at line 10044 (mm_init) and exited from by task 244 (line
+    10380). With tracepoints only the model ran the rest of that __mmput() at the
+    tracepoint, in A's next life by its line: its free is scored in the life of the mm it
+    freed (Drop.life_line, where the kernel's life of A ended), and both sides are the exit
+    window; scored by its line, the kernel's side was "unexplained"."""
+    from activemm.validate.kernel import Drop
+
+    a = 0xFFFF888003C56D00
+    kernel = [Drop(a, ("finish_task_switch", 9878), 9882, 1)]
+    marks = {a: [(9872, 241), (10380, 244)]}
+
+    def causes(life_line: int | None) -> list[str]:
+        r = score.Result("t", "p", "sched", None)
+        model = [Drop(a, ("__mmput", 241), 10172, 1, "mm157", life_line)]
+        scorer = score.DropScorer(r, "sched", marks, set(), set(), {a: [9711, 10044]})
+        scorer.score(kernel, model)
+        return [m["cause"] for m in r.mismatches]
+
+    assert causes(9882) == [score.EXIT_WINDOW, score.EXIT_WINDOW]
+    assert causes(None)[0] == score.UNEXPLAINED
 
 
 def test_both_sides_of_a_miss_share_its_cause_whatever_other_lives_of_the_address_did() -> None:

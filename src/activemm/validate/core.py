@@ -222,6 +222,9 @@ class Validator(MarkerSteps, Clocked):
         # for the life in progress
         self.addr: dict[int, int] = {}
         self.live: dict[int, Mm] = {}
+        # model mm id -> where its life ended in the kernel (the address's __mmdrop, or its
+        # next mm_init) while the model still held it: a line that life ends at
+        self.outlived_at: dict[int, int] = {}
         # mm address -> (line, CPU) of each context switch that moved a CPU off it (scoring)
         self.let_go: dict[int, list[tuple[int, int]]] = {}
         self.pretrace_mms: set[int] = set()
@@ -423,7 +426,10 @@ class Validator(MarkerSteps, Clocked):
         else:  # __mmput, exec_mmap, a holder's mmdrop...
             point = (ev.reason, self.ctx.pid)
         addr = self.addr.get(ev.mm.id)
-        self.model_drops.append(Drop(addr, point, self.ctx.line, ev.cpu, ev.mm.name))
+        # a free after the kernel freed the address (or handed it out again: a reference the
+        # model held longer) ends the life the mm was bound in, not one that followed
+        life_line = self.outlived_at.get(ev.mm.id)
+        self.model_drops.append(Drop(addr, point, self.ctx.line, ev.cpu, ev.mm.name, life_line))
 
     def _model_alloc(self, ev: MmAllocated) -> None:
         if self.op is None:
@@ -453,6 +459,14 @@ class Validator(MarkerSteps, Clocked):
     def _bind(self, mm: Mm, addr: int) -> None:
         self.addr[mm.id] = addr
         self.live[addr] = mm
+
+    def _life_ends(self, addr: int, line: int) -> None:
+        """The kernel's life of `addr` ends at `line` (its __mmdrop, or the next mm_init of
+        the address): no model mm stands for the address any more, and one the model still
+        holds is scored in the life it had (outlived_at)."""
+        mm = self.live.pop(addr, None)
+        if mm is not None and not mm.freed:
+            self.outlived_at.setdefault(mm.id, line)
 
     def _resolve(self, mm: Mm | None, kernel_value: int) -> int | None:
         """The address the model's `mm` stands for; a model mm from before the trace (or
@@ -1140,6 +1154,7 @@ class Validator(MarkerSteps, Clocked):
         if t is None:
             t = self.replayer.current(p.cpu, p.pid, p.comm, p.tgid)
         self.births.setdefault(addr, []).append(p.line)
+        self._life_ends(addr, p.line)  # a new life of this address
         early = [(mm, nt) for mm, nt in self.before_birth.pop(id(t), []) if nt > p.line]
         if early and kv.born_in_fork(p):
             self._bind(early.pop(0)[0], addr)  # a fork made ahead of its birth
@@ -1153,9 +1168,6 @@ class Validator(MarkerSteps, Clocked):
             self.forking[p.pid] = None
         else:
             self.forked.discard(addr)
-        stale = self.live.get(addr)
-        if stale is not None:
-            del self.live[addr]  # a new life of this address
         self.uffd_forks.pop(addr, None)  # what a life that never became a model mm left
 
     def _fork_flushed(self, pid: int) -> None:
@@ -1408,7 +1420,7 @@ class Validator(MarkerSteps, Clocked):
             queue.remove(addr)
             self.unclaimed[p.line] = "fork" if addr in self.forked else "exec"
         self.kernel_drops.append(Drop(addr, point, p.line, p.cpu))
-        self.live.pop(addr, None)  # the end of this address's life
+        self._life_ends(addr, p.line)
 
     def _queued_before_the_trace(self, addr: int) -> bool:
         """PREEMPT_RT: an RCU callback's __mmdrop (the caller checks it ran in rcuc/N or

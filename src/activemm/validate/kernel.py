@@ -443,6 +443,15 @@ class Drop:
     line: int
     cpu: int
     name: str = ""
+    # model side: where the kernel's life of the address that the freed mm stood for ended
+    # (its __mmdrop, or the address's next mm_init), when the model freed it only after
+    # that (None: `line` is inside that life)
+    life_line: int | None = None
+
+    @property
+    def in_life(self) -> int:
+        """A line inside the life of the address this free ends."""
+        return self.line if self.life_line is None else self.life_line
 
 
 @dataclass

@@ -416,7 +416,7 @@ class DropScorer:
             lives: dict[tuple[int | None, int], tuple[list[Drop], list[Drop]]] = {}
             for i, drops in enumerate((kernel, model)):
                 for d in drops:
-                    lives.setdefault(self.life(d.addr, d.line), ([], []))[i].append(d)
+                    lives.setdefault(self.life(d.addr, d.in_life), ([], []))[i].append(d)
             ks: list[Drop] = []
             ms: list[Drop] = []
             for k, m in lives.values():
@@ -435,7 +435,7 @@ class DropScorer:
         that both sides of one miss say the same; None when that life has no kernel miss, or
         its cause is unexplained. (The address-wide sets of the chain after it mix lives: a
         slab address serves many mms.)"""
-        life = self.life(d.addr, d.line)
+        life = self.life(d.addr, d.in_life)
         same = [(k, c) for k, c in missed.get(d.addr, []) if self.life(k.addr, k.line) == life]
         if not same:
             return None
@@ -447,7 +447,7 @@ class DropScorer:
         mm_init before the model's free to the next) saw no __mmdrop at all: a reference the
         inputs never showed kept it past the end of the trace (or freed it where no probe
         sees it, as mmdrop_async() can)."""
-        start, end = self.life(d.addr, d.line)
+        start, end = self.life(d.addr, d.in_life)
         if start is None:
             return False
         return not any(start < line < end for line in self.kernel_lines.get(d.addr, []))
@@ -604,7 +604,7 @@ class DropScorer:
         return (
             self.inputs == "sched"
             and d.point[0] == "__mmput"
-            and self.exited_from(d.addr, d.line) == d.point[1]
+            and self.exited_from(d.addr, d.in_life) == d.point[1]
         )
 
     def mmput_by_another(self, d: Drop) -> bool:
@@ -618,7 +618,7 @@ class DropScorer:
             return False
         if self.inputs == "markers" and d.addr in self.exec_mmputs:
             return False
-        owner = self.exited_from(d.addr, d.line)
+        owner = self.exited_from(d.addr, d.in_life)
         if owner is not None:
             return owner != d.point[1]
         # with tracepoints only, no exit let go of it (an exec did): the model ran that
@@ -790,12 +790,17 @@ def _outside_dict(o: Outside) -> dict[str, Any]:
 
 def _outside_cause(o: Outside, mm_kthreads: set[int]) -> str:
     """`mm_kthreads`: the kernel threads seen calling kthread_use_mm (their kthread_unuse_mm
-    is an enter_lazy_tlb outside schedule). The model's own kthread_unuse_mm (`via`) follows
-    a kthread_use_mm it ran: with tracepoints only, where a kernel thread's own CR3 load
-    and the next task switched in there without one made it guess one (a lazy CPU's local
-    flush to init_mm, when that task had left its mm in an exit window, also reads so)."""
+    is an enter_lazy_tlb outside schedule; with tracepoints only, a USB gadget kworker's use
+    and unuse, two CR3 loads in a row, also read as an EFI call's). The model's own
+    kthread_unuse_mm (`via`) follows a kthread_use_mm it ran: with tracepoints only, where
+    a kernel thread's own CR3 load and the next task switched in there without one made it
+    guess one (a lazy CPU's local flush to init_mm, when that task had left its mm in an
+    exit window, also reads so)."""
     unuse = o.kind == "enter_lazy_tlb" and (o.pid in mm_kthreads or o.via == "kthread_unuse_mm")
-    if o.kind == "switch_mm" or unuse:
+    # an EFI call guessed from a kernel thread's pair of CR3 loads (tracepoints only), by a
+    # thread the kernel saw in kthread_use_mm(): those loads were its use and unuse
+    efi = o.kind in ("efi_enter_mm", "efi_leave_mm") and o.pid in mm_kthreads
+    if o.kind == "switch_mm" or unuse or efi:
         return KTHREAD_USE_MM
     if o.kind == "flush_to_init_mm":
         return (
