@@ -4514,6 +4514,31 @@ def test_an_exit_mmput_the_model_ran_after_the_address_was_reborn_is_still_its_w
     assert causes(None)[0] == score.UNEXPLAINED
 
 
+def test_a_free_of_an_mm_a_kworker_used_is_that_cause_with_tracepoints_only() -> None:
+    """score.DropScorer on a hand-made miss (as unseen20.c gave on 6.1 with 4 CPUs, seed
+    6505): a USB gadget kworker took mm A with kthread_use_mm() at line 9154 for an AIO copy,
+    which no tracepoint shows; A's owner exited and CPU 0's idle task let go of A at line
+    9318, the kernel's last reference, where the model, whose counts missed the kworker's,
+    freed it at a later switch. Both sides are kthread_use_mm with tracepoints only; a
+    kthread_use_mm() of an earlier life of the address, or markers, say nothing of it."""
+    from activemm.validate.kernel import Drop
+
+    a = 0xFFFF888005B50000
+    kernel = [Drop(a, ("finish_task_switch", 9318), 9322, 0)]
+    model = [Drop(a, ("finish_task_switch", 9498), 9498, 0, "mm140")]
+
+    def causes(used: int, inputs: str) -> list[str]:
+        r = score.Result("t", "p", inputs, None)
+        births = {a: [8000, 9100]}
+        scorer = score.DropScorer(r, inputs, {}, set(), set(), births, kthread_used={a: [used]})
+        scorer.score(kernel, model)
+        return [m["cause"] for m in r.mismatches]
+
+    assert causes(9154, "sched") == [score.KTHREAD_USE_MM, score.KTHREAD_USE_MM]
+    assert causes(8500, "sched")[0] == score.UNEXPLAINED
+    assert causes(9154, "markers")[0] == score.UNEXPLAINED
+
+
 def test_both_sides_of_a_miss_share_its_cause_whatever_other_lives_of_the_address_did() -> None:
     """score.DropScorer on a hand-made pair of misses at one slab address (as 6.12 with 3
     CPUs gave, -w hotplug): in its first life mm A's __mmput ran in task 300, where the model,

@@ -1895,6 +1895,7 @@ class Validator(MarkerSteps, Clocked):
             self.release_raced,
             self.exit_first,
             self.index.hotplug_lines,
+            self._kthread_used(),
         )
         drops.score(self.kernel_drops, self.model_drops)
         score_outside(
@@ -1902,6 +1903,14 @@ class Validator(MarkerSteps, Clocked):
             self.mm_kthreads, self.windowed, set(self.first_lazy), self._ipi_waited,
             bool(self.index.mmput_returns), self._flushed_by_another_mmput, self._pid_shared,
         )  # fmt: skip
+
+    def _kthread_used(self) -> dict[int, list[int]]:
+        """mm address -> lines of the kernel's kthread_use_mm() of it (read for causes)."""
+        used: dict[int, list[int]] = {}
+        for o in self.kernel_outside:
+            if o.kind == "switch_mm":
+                used.setdefault(o.mm, []).append(o.line)
+        return used
 
     def _flushed_by_another_mmput(self, o: Outside) -> bool:
         """With tracepoints only, the model's flush to init_mm came from the __mmput it ran

@@ -272,6 +272,7 @@ class DropScorer:
         release_raced: set[int] | None = None,
         exit_first: bool = False,
         hotplug_lines: dict[int, list[int]] | None = None,
+        kthread_used: dict[int, list[int]] | None = None,
     ) -> None:
         self.result = result
         # sched_process_exit before exit_mm() (6.16+): __mmput's end is no window's
@@ -294,6 +295,8 @@ class DropScorer:
         # addresses whose release's mmdrop() came after a lazy CPU let go, its marker before
         self.release_raced = release_raced or set()
         self.hotplug_lines = hotplug_lines or {}  # CPU -> lines of its hotplug steps
+        # address -> lines of the kernel's kthread_use_mm() of it (its switch_mm_irqs_off)
+        self.kthread_used = kthread_used or {}
         self.model_mmputs: dict[int | None, set[object]] = {}  # address -> pids, model side
         self.kernel_lines: dict[int | None, list[int]] = {}  # address -> its __mmdrop lines
         # side -> its frees in a finish_task_switch
@@ -579,7 +582,19 @@ class DropScorer:
             return RACE
         if self.ended_in_window(d):
             return self.window_cause
+        if self.used_by_kthread(d):
+            return KTHREAD_USE_MM
         return UNEXPLAINED
+
+    def used_by_kthread(self, d: Drop) -> bool:
+        """With tracepoints only, a kernel thread took this life of d's mm with
+        kthread_use_mm() (a USB gadget kworker's AIO copy): the references it held, and the
+        lazy one it keeps after kthread_unuse_mm() until it switches away, no input shows."""
+        if self.inputs != "sched":
+            return False
+        start, end = self.life(d.addr, d.in_life)
+        lo = -1 if start is None else start
+        return any(lo < line < end for line in self.kthread_used.get(d.addr or 0, []))
 
     def offline_borrowed(self, d: Drop) -> bool:
         """With tracepoints only, the model takes a CPU offline only when it comes back: one
