@@ -49,7 +49,7 @@ from activemm.trace.events import (
 )
 from activemm.trace.replay import VHOST_WORKER, Clocked, Replayer, TaskInfo, exited_picks
 from activemm.validate import kernel as kv
-from activemm.validate.holders import HOLDER_PROBES, Context
+from activemm.validate.holders import Context
 from activemm.validate.index import TraceIndex
 from activemm.validate.kernel import (
     ENTER_LAZY,
@@ -1132,9 +1132,7 @@ class Validator(MarkerSteps, Clocked):
             if self.inputs == "markers" and p.line in self.index.ksm_kept.get(mm, ()):
                 self._refusable(self._ksm_exit, p)
             self._deferred_ends_here(p)
-        elif f in HOLDER_PROBES:
-            self._holder_probe(p)
-        elif kv.births_read(p, self.index.use_mm_init):
+        elif not self._holder_probe(p) and kv.births_read(p, self.index.use_mm_init):
             self._announce(p, kv.born(p))
 
     def exited_from(self, mm: int) -> int | None:

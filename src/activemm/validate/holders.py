@@ -32,32 +32,6 @@ ERR_PTR_MIN = (1 << 64) - 4095
 PROC_RELEASES = ("mem_release", "pagemap_release", "proc_map_release", "smaps_rollup_release")
 UFFD_FEATURE_EVENT_FORK = 1 << 1  # include/uapi/linux/userfaultfd.h
 
-# the probed functions of the kernel paths that take or release such a reference
-HOLDER_PROBES = frozenset(
-    {
-        "__x64_sys_io_uring_setup",
-        "io_destroy_buffers",
-        "proc_mem_open",
-        *PROC_RELEASES,
-        "pidfd_get_task",
-        "__x64_sys_process_mrelease",
-        "new_userfaultfd",
-        "dup_userfaultfd",
-        "userfaultfd_release",
-        "binder_alloc_init",
-        BINDER_RELEASE,
-        "kvm_arch_init_vm",
-        "preempt_notifier_inc",
-        "kvm_arch_destroy_vm",
-        "preempt_notifier_dec",
-        "__khugepaged_exit",
-        "collect_mm_slot",
-        KSM_REMOVE,
-        "mark_oom_victim",
-        "__put_task_struct",
-    }
-)
-
 
 @dataclass
 class Context:
@@ -125,10 +99,10 @@ class HolderSteps:
         # thp_kept) the model took ahead (an exec's old mm)
         self.taken_ahead: set[int] = set()
 
-    def _holder_probe(self, p: Probe) -> None:
-        """A probe of HOLDER_PROBES: a kernel path that takes or releases a reference held
+    def _holder_probe(self, p: Probe) -> bool:
+        """Follow `p` if it marks a kernel path that takes or releases a reference held
         outside the scheduler (a reference's marker is followed with markers only; where a
-        release's mmdrop() comes, both modes)."""
+        release's mmdrop() comes, both modes); False when it marks none of them."""
         f = p.function
         if f == "__x64_sys_io_uring_setup" and self.inputs == "markers":
             self._refusable(self._ring_setup, p)
@@ -173,6 +147,9 @@ class HolderSteps:
             self._refusable(self._oom_victim, p)
         elif f == "__put_task_struct" and self.inputs == "markers":
             self._refusable(self._put_signal, p)
+        else:
+            return False
+        return True
 
     def _grab_held(
         self, held: dict[int, list[str]], mm: Mm, holder: str, p: TraceEvent, learned: str
