@@ -4464,6 +4464,37 @@ def test_a_lazy_users_finish_that_stalled_past_another_cpus_switch_is_concurrent
     assert causes(7040, "sched") == [score.UNEXPLAINED, "model freed an mm the kernel did not"]
 
 
+def test_an_rcu_free_queued_by_a_cpu_that_stalled_in_its_finish_is_concurrent() -> None:
+    """score.DropScorer on a hand-made miss (as unseen42.c gave on 6.12-rt with 4 CPUs,
+    seed 7010): CPU 3 switched away from mm A at line 20878 (its CR3 load's tlb_flush and
+    its finish_task_switch() probe the next two lines there, then nothing on CPU 3 until
+    line 20941); CPU 2, the last other lazy user, switched away at line 20930. Read as the
+    lines say, CPU 2's mmdrop_sched() was last and queued the RCU callback that frees A;
+    the kernel's ran in rcuc/3 (line 21266): CPU 3's finish had stalled before its
+    mmdrop_sched(). Which decrement came last no input says: both sides are that race,
+    with tracepoints only as with markers. Had CPU 3 traced anything else between the two
+    switches, its finish had run on: no such race."""
+    from activemm.validate.kernel import Drop
+
+    a = 0xFFFF888004D81E00
+    kernel = [Drop(a, ("call_rcu", 3), 21266, 3)]
+    model = [Drop(a, ("call_rcu", 2), 21281, 2, "mm288")]
+    let_go = {a: [(20878, 3), (20892, 0), (20930, 2)]}
+
+    def causes(inputs: str, cpu3: list[int]) -> list[str]:
+        r = score.Result("t", "p", inputs, None)
+        lines = {3: cpu3, 2: [20930, 20931, 20932], 0: [20892, 20893]}
+        drops = score.DropScorer(r, inputs, {}, set(), set(), let_go=let_go, cpu_lines=lines)
+        drops.score(kernel, model)
+        return [m["cause"] for m in r.mismatches]
+
+    stalled = [20877, 20878, 20879, 20880, 20941, 20942]
+    for inputs in ("sched", "markers"):
+        assert causes(inputs, stalled) == [score.CONCURRENT, score.CONCURRENT]
+    ran_on = [20877, 20878, 20879, 20880, 20905, 20941]
+    assert causes("sched", ran_on) == [score.UNEXPLAINED, "model freed an mm the kernel did not"]
+
+
 def test_an_exit_mmput_that_ended_before_its_tasks_preemption_is_the_exit_window() -> None:
     """score.DropScorer on a hand-made miss (as unseen44.c gave on 6.12 with 5 CPUs, seed
     5101): task 899's exit_mmap() switched its lazy CPU to init_mm, its __mmput() returned,

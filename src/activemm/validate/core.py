@@ -1894,6 +1894,7 @@ class Validator(MarkerSteps, Clocked):
             self.exit_first,
             self.index.hotplug_lines,
             self._kthread_used(),
+            self.index.cpu_lines,
         )
         drops.score(self.kernel_drops, self.model_drops)
         score_outside(

@@ -169,6 +169,9 @@ PID_SHARED = (
     "tracepoint says when both wait on that CPU"
 )
 NEARBY = 30  # trace lines: two CPUs' switches racing on one mm sit this close
+# a context switch's own lines on its CPU after its hook's probe: the tlb_flush of its CR3
+# load (x86), the finish_task_switch() probe
+SWITCH_TAIL = 2
 
 
 @dataclass
@@ -273,6 +276,7 @@ class DropScorer:
         exit_first: bool = False,
         hotplug_lines: dict[int, list[int]] | None = None,
         kthread_used: dict[int, list[int]] | None = None,
+        cpu_lines: dict[int, list[int]] | None = None,
     ) -> None:
         self.result = result
         # sched_process_exit before exit_mm() (6.16+): __mmput's end is no window's
@@ -297,6 +301,7 @@ class DropScorer:
         self.hotplug_lines = hotplug_lines or {}  # CPU -> lines of its hotplug steps
         # address -> lines of the kernel's kthread_use_mm() of it (its switch_mm_irqs_off)
         self.kthread_used = kthread_used or {}
+        self.cpu_lines = cpu_lines or {}  # CPU -> the lines of its events, probes too
         self.model_mmputs: dict[int | None, set[object]] = {}  # address -> pids, model side
         self.kernel_lines: dict[int | None, list[int]] = {}  # address -> its __mmdrop lines
         # side -> its frees in a finish_task_switch
@@ -506,14 +511,35 @@ class DropScorer:
     def queued_at_once(self, d: Drop, other_side: str) -> bool:
         """PREEMPT_RT: both sides freed this mm from an RCU callback, queued on two CPUs
         (the one whose mmdrop_sched() was last), and the kernel's switches moved those two
-        CPUs off the mm within NEARBY lines of each other: they let go at once."""
+        CPUs off the mm within NEARBY lines of each other: they let go at once. Or further
+        apart, the kernel's CPU first, when that CPU traced nothing after its switch's own
+        lines until the model's CPU let go (stalled_after): its finish_task_switch() ran
+        its mmdrop_sched() late, after the other CPU's."""
         others = [x for x in self.rcu_frees.get(other_side, []) if x.addr == d.addr]
         other = min(others, key=lambda x: abs(x.line - d.line), default=None)
         if other is None or other.point == d.point:
             return False
         end = d.line if other_side == "model" else other.line  # the kernel's __mmdrop
         mine, theirs = (self.last_let_go(d.addr, cpu, end) for cpu in (d.point[1], other.point[1]))
-        return mine is not None and theirs is not None and abs(mine - theirs) <= NEARBY
+        if mine is None or theirs is None:
+            return False
+        if abs(mine - theirs) <= NEARBY:
+            return True
+        kernel_cpu, kernel_at, model_at = (
+            (d.point[1], mine, theirs) if other_side == "model" else (other.point[1], theirs, mine)
+        )
+        return kernel_at < model_at and self.stalled_after(kernel_cpu, kernel_at, model_at)
+
+    def stalled_after(self, cpu: object, switch: int, until: int) -> bool:
+        """Nothing was traced on `cpu` after its context switch's hook at line `switch` but
+        that switch's own lines (its CR3 load's tlb_flush, its finish_task_switch() probe)
+        until line `until`: the CPU may have stalled inside that finish, before its mmdrop
+        (a vCPU the host did not run)."""
+        lines = self.cpu_lines.get(cpu) if isinstance(cpu, int) else None
+        if not lines:
+            return False
+        between = bisect.bisect_left(lines, until) - bisect.bisect_right(lines, switch)
+        return between <= SWITCH_TAIL
 
     def last_let_go(self, addr: int | None, cpu: object, before: int) -> int | None:
         """The line of the last kernel switch on `cpu` that moved it off the mm at `addr`
