@@ -889,6 +889,8 @@ console, ship = files
 count = os.path.join(os.environ["FAKE_QEMU_DIR"], "runs")
 runs = int(open(count).read()) if os.path.exists(count) else 0
 open(count, "w").write(str(runs + 1))
+with open(os.path.join(os.environ["FAKE_QEMU_DIR"], "accels"), "a") as f:
+    f.write(args[args.index("-accel") + 1] + "\n")
 first = os.environ.get("FAKE_QEMU_FIRST", "panic")
 if runs == 0 and first == "panic":
     open(console, "w").write("[    2.0] Kernel panic - not syncing: Fatal exception in interrupt\n")
@@ -961,14 +963,18 @@ def test_a_guest_that_crashes_gets_one_more_try(
     """A panic while booting, or an oops in the workload even though the trace arrived: the
     first run is no ground truth, the second (clean) one is kept. A guest whose oops left it
     running (a kernel thread died, the kernel did not panic) is stopped as soon as its
-    console shows it, not left to run until its watchdog."""
+    console shows it, not left to run until its watchdog. The retry runs TCG with one host
+    thread for every vCPU (no vCPU runs kernel text another is patching as it was before),
+    and meta.json says so."""
     image = _fake_qemu(tmp_path, monkeypatch, first, ring={"mm_account": 984})
     said: list[str] = []
     meta = run.capture(image, run.CaptureOptions(out=tmp_path / "cap", accel="tcg"), said.append)
     assert (tmp_path / "runs").read_text() == "2"
+    assert (tmp_path / "accels").read_text().split() == ["tcg,thread=multi", "tcg,thread=single"]
     assert not (tmp_path / "ran-on").exists()
-    assert any("again" in s for s in said)
+    assert any("again, one host thread for every vCPU" in s for s in said)
     assert meta["kernel"] == "6.1.0-0-amd64" and meta["workload_status"] == 0
+    assert (meta["accel"], meta["qemu_accel"]) == ("tcg", "tcg,thread=single")
     assert sorted(p.name for p in (tmp_path / "cap").iterdir()) == [
         "meta.json", "tasks_end.txt", "tasks_start.txt", "trace.txt.gz", "workload.log"
     ]  # fmt: skip

@@ -171,8 +171,22 @@ def cpu_model(cpu: str, accel: str) -> str:
     return model if "kvm-pv-tlb-flush" in model else f"{model},{PV_TLB_FLUSH_OFF}"
 
 
+def qemu_accel(accel: str, single: bool = False) -> str:
+    """QEMU's -accel for an accelerator: multi-threaded TCG (a host thread per vCPU), or
+    with `single` one host thread that runs every vCPU in turn (boot(): a crash's retry)."""
+    if accel == "kvm":
+        return "kvm"
+    return "tcg,thread=single" if single else "tcg,thread=multi"
+
+
 def qemu_command(
-    image: KernelImage, initrd: Path, opts: CaptureOptions, accel: str, console: Path, ship: Path
+    image: KernelImage,
+    initrd: Path,
+    opts: CaptureOptions,
+    accel: str,
+    console: Path,
+    ship: Path,
+    single: bool = False,
 ) -> list[str]:
     memory = guest_memory_mb(opts)
     append = (
@@ -199,21 +213,26 @@ def qemu_command(
         cmd += ["-bios", str(ovmf()), "-kernel", str(image.vmlinuz)]
     else:
         cmd += ["-kernel", str(image.vmlinux)]
+    cmd += ["-accel", qemu_accel(accel, single)]
     if accel == "kvm":
-        cmd += ["-accel", "kvm", "-cpu", cpu_model(opts.cpu, accel)]
-    else:
-        cmd += ["-accel", "tcg,thread=multi"] + (["-cpu", opts.cpu] if opts.cpu else [])
+        cmd += ["-cpu", cpu_model(opts.cpu, accel)]
+    elif opts.cpu:
+        cmd += ["-cpu", opts.cpu]
     return cmd
 
 
 def boot(
     image: KernelImage, initrd: Path, opts: CaptureOptions, work: Path, progress: Progress
 ) -> tuple[str, str, str, dict[str, float]]:
-    """Run the guest to its poweroff. Returns (accelerator, console text, shipped text,
+    """Run the guest to its poweroff. Returns (QEMU's -accel, console text, shipped text,
     timings). Tries each accelerator in turn; a KVM that aborts or hangs before the guest
     says it booted is abandoned for TCG. A guest that crashes under TCG (QEMU 7.2's TCG now
-    and then panics or oopses a stock kernel, mostly in its first seconds) gets one more try;
-    a guest that oopsed is never taken as ground truth, even when its trace arrived, and is
+    and then panics or oopses a stock kernel) gets one more try, in TCG's single-threaded
+    mode: most of those crashes are an "Oops: int3" where a vCPU ran kernel text another
+    vCPU had just patched (text_poke_bp(): a static key flipped) as it was before the patch,
+    which multi-threaded TCG lets happen and one host thread running the vCPUs in turn does
+    not, and a retry in the same mode met the same oops every time (six recordings). A
+    guest that oopsed is never taken as ground truth, even when its trace arrived, and is
     stopped as soon as its console shows the oops (_run_guest)."""
     failures: list[str] = []
     consoles: list[Path] = []
@@ -222,12 +241,13 @@ def boot(
         if n and not failures[-1].startswith(f"{accel}: crashed"):
             continue  # retry only a guest that crashed (TCG's emulation, not the kernel)
         console, ship = work / f"console-{accel}-{n}.log", work / f"ship-{accel}-{n}.txt"
-        cmd = qemu_command(image, initrd, opts, accel, console, ship)
-        again = " (again)" if n else ""
+        single = accel == "tcg" and n > 0
+        cmd = qemu_command(image, initrd, opts, accel, console, ship, single)
+        again = " (again, one host thread for every vCPU)" if single else ""
         progress(f"booting Linux {image.release} with {accel.upper()}, {opts.smp} CPUs{again}")
         result = _run_guest(cmd, console, ship, accel, opts, progress)
         if isinstance(result, tuple):
-            return result
+            return (qemu_accel(accel, single), *result[1:])
         failures.append(result)
         if console.exists() and console.stat().st_size:
             consoles.append(console)
@@ -613,8 +633,9 @@ def capture(
             "preempt_default": default_preemption(image.config),
             "workload_status": int(status[1]) if status else None,
             "scale": opts.scale,
-            "accel": accel,
-            "cpu": cpu_model(opts.cpu, accel),
+            "accel": accel.split(",")[0],
+            "qemu_accel": accel,  # tcg,thread=single: a crash's retry (boot())
+            "cpu": cpu_model(opts.cpu, accel.split(",")[0]),
             "firmware": opts.firmware,
             "btf_offsets": offsets,
             "finish_task_switch": fts[1] if fts else None,
