@@ -975,6 +975,18 @@ def test_a_guest_that_crashes_gets_one_more_try(
     assert any("again, one host thread for every vCPU" in s for s in said)
     assert meta["kernel"] == "6.1.0-0-amd64" and meta["workload_status"] == 0
     assert (meta["accel"], meta["qemu_accel"]) == ("tcg", "tcg,thread=single")
+    if first == "oops":  # the command's summary says how the kept recording ran
+        from typer.testing import CliRunner
+
+        from activemm.capture import kernel
+        from activemm.cli import app
+
+        monkeypatch.setattr(kernel, "fetch", lambda release: image)
+        (tmp_path / "runs").unlink()
+        args = ["capture", "-o", str(tmp_path / "cap2"), "--accel", "tcg"]
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0, r.output
+        assert "(2 CPUs, tcg single-threaded, workload" in " ".join(r.output.split())
     assert sorted(p.name for p in (tmp_path / "cap").iterdir()) == [
         "meta.json", "tasks_end.txt", "tasks_start.txt", "trace.txt.gz", "workload.log"
     ]  # fmt: skip

@@ -929,7 +929,12 @@ def capture(
         ),
     ] = None,
     accel: Annotated[
-        str, typer.Option("--accel", help="auto (KVM, falling back to TCG), kvm or tcg.")
+        str,
+        typer.Option(
+            "--accel",
+            help="auto (KVM, falling back to TCG), kvm or tcg. A guest that crashes under TCG "
+            "is recorded once more with TCG single-threaded (one host thread for every vCPU).",
+        ),
     ] = "auto",
     cpu: Annotated[
         str,
@@ -1085,8 +1090,10 @@ def capture(
         )
     rb = meta["ring_buffer"]
     entries = sum(s.get("entries", 0) for s in rb.values()) if isinstance(rb, dict) else 0
+    single = meta.get("qemu_accel") == "tcg,thread=single"  # a crash's retry
     out.print(
-        f"captured {entries} events from Linux {meta['kernel']} ({smp} CPUs, {meta['accel']}, "
+        f"captured {entries} events from Linux {meta['kernel']} ({smp} CPUs, "
+        f"{'tcg single-threaded' if single else meta['accel']}, "
         f"workload {_workload_label(workload, run, program)}) in "
         f"{_time.monotonic() - t0:.1f}s -> {output}/"
     )
