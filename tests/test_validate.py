@@ -2499,6 +2499,25 @@ def test_kthread_use_mm_is_followed_at_its_switch_mm_marker() -> None:
     assert_all_matched(sched, outside=False)
 
 
+def test_a_new_kthreads_first_wait_is_told_from_its_later_ones() -> None:
+    """ExitWindows.first_out on hand-made events (CPU 0): kthreadd (2) forks kernel thread
+    418, which runs and switches out in "D" (kthread()'s TASK_UNINTERRUPTIBLE wait for its
+    first wake-up, before its thread function: a 6.1 vhost worker named vhost-417 by then,
+    on a 6.1-cloud capture of -w all, has not run kthread_use_mm() yet), later again in "D"
+    and "S". Only the first is its first switch out since its task_newtask; a task the
+    trace never saw forked has none."""
+    from activemm.trace.events import NewTask
+    from activemm.validate.windows import ExitWindows
+
+    fork = NewTask(1, 0, 0.001, 2, "kthreadd", 2, 418, "kthreadd", 0x800700)
+    events = [fork, _sw(2, 0, "R", 418), _sw(3, 418, "D", 0), _sw(4, 0, "R", 418),
+              _sw(5, 418, "D", 0), _sw(6, 0, "R", 418), _sw(7, 418, "S", 0),
+              _sw(8, 0, "R", 500), _sw(9, 500, "D", 0)]  # fmt: skip
+    w = ExitWindows.scan(events)
+    assert [w.first_out(418, line) for line in (3, 5, 7)] == [True, False, False]
+    assert not w.first_out(500, 9)  # from before the trace: no task_newtask to count from
+
+
 def test_a_vhost_workers_late_kthread_use_mm_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tracepoints only, 6.1, 6 CPUs, every workload at once: a vhost worker switched in on
     its owner's mm already (no CR3 load at its kthread_use_mm) and was preempted ("R+")

@@ -816,12 +816,21 @@ class Validator(MarkerSteps, Clocked):
         whose vhost_worker() starts with kthread_use_mm(dev->mm), the mm of the task that
         ran VHOST_SET_OWNER. The model runs kthread_use_mm at the worker's CR3 load there
         (tlb_flush "flush on task switch" outside a context switch), or, when none came (it
-        had borrowed that very mm already), before it first sleeps under that name.
+        had borrowed that very mm already), before it first sleeps under that name: not at
+        the thread's first switch out, in "D", which is kthread()'s wait for its first
+        wake-up (TASK_UNINTERRUPTIBLE, before the thread function runs), named already when
+        kthread_create() returned in time.
         Its kthread_unuse_mm() comes at its exit (replay.py). On 6.12 the workers are user
         threads of the owner, with its mm."""
         if isinstance(ev, SchedSwitch):
             if ev.prev_state.startswith("R"):
                 return False  # preempted: maybe before vhost_worker() began; it sleeps after
+            if (
+                ev.prev_state.startswith("D")
+                and self.windows
+                and self.windows.first_out(ev.prev_pid, ev.line)
+            ):
+                return False  # kthread()'s wait for its first wake-up, before vhost_worker()
             comm, pid = ev.prev_comm, ev.prev_pid
         elif ev.own_cr3_load and ev.cpu not in self.pending:
             comm, pid = ev.comm, ev.pid

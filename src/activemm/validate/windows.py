@@ -324,6 +324,16 @@ class ExitWindows:
         i = bisect.bisect_right(lives, line, key=lambda life: life[0]) - 1
         return lives[i][1] if i >= 0 else self.tgids.get(pid)
 
+    def first_out(self, pid: int, line: int) -> bool:
+        """The switch out at `line` is pid's first since its task_newtask (one traced)."""
+        lives = self.lives.get(pid, [])
+        i = bisect.bisect_right(lives, line, key=lambda life: life[0]) - 1
+        if i < 0:
+            return False
+        outs = self.outs.get(pid, [])
+        j = bisect.bisect_left(outs, line) - 1
+        return j < 0 or outs[j] < lives[i][0]
+
     def _group_dying(self, pid: int, out: int) -> bool:
         """Did another task of pid's thread group reach its sched_process_exit while pid ran
         up to its switch out `out`, or while it waited to run again after it? Then
