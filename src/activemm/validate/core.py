@@ -816,22 +816,23 @@ class Validator(MarkerSteps, Clocked):
         whose vhost_worker() starts with kthread_use_mm(dev->mm), the mm of the task that
         ran VHOST_SET_OWNER. The model runs kthread_use_mm at the worker's CR3 load there
         (tlb_flush "flush on task switch" outside a context switch), or, when none came (it
-        had borrowed that very mm already), before it first sleeps under that name: not at
-        the thread's first switch out, in "D", which is kthread()'s wait for its first
-        wake-up (TASK_UNINTERRUPTIBLE, before the thread function runs), named already when
-        kthread_create() returned in time.
+        had borrowed that very mm already), before it first sleeps under that name. Not at
+        the thread's first switch out when that is in "D" and the thread borrows another
+        mm: that may be kthread()'s wait for its first wake-up (TASK_UNINTERRUPTIBLE,
+        before vhost_worker(); named already when kthread_create() returned in time), and
+        a worker borrowing another mm loads CR3 at its kthread_use_mm(), which shows it.
         Its kthread_unuse_mm() comes at its exit (replay.py). On 6.12 the workers are user
         threads of the owner, with its mm."""
+        first_wait = False
         if isinstance(ev, SchedSwitch):
             if ev.prev_state.startswith("R"):
                 return False  # preempted: maybe before vhost_worker() began; it sleeps after
-            if (
-                ev.prev_state.startswith("D")
-                and self.windows
-                and self.windows.first_out(ev.prev_pid, ev.line)
-            ):
-                return False  # kthread()'s wait for its first wake-up, before vhost_worker()
             comm, pid = ev.prev_comm, ev.prev_pid
+            first_wait = (
+                ev.prev_state.startswith("D")
+                and self.windows is not None
+                and self.windows.first_out(pid, ev.line)
+            )
         elif ev.own_cr3_load and ev.cpu not in self.pending:
             comm, pid = ev.comm, ev.pid
         else:
@@ -847,6 +848,8 @@ class Validator(MarkerSteps, Clocked):
             return False  # it has let go of the mm: it is on its way out
         if owner is None or owner.pf_kthread or owner.mm is None or owner.exiting:
             return False
+        if first_wait and t.active_mm is not owner.mm:
+            return False  # maybe kthread()'s wait; its kthread_use_mm() will load CR3
         self.ctx = Context("kthread_use_mm", ev.line, ev.cpu, pid)
         self._refusable(self.m.kthread_use_mm, t, owner.mm)
         self.vhost_workers[id(t)] = t
