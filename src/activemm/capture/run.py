@@ -619,6 +619,7 @@ def capture(
         status = re.search(
             r"workload exit status (\d+)", shipped.files.get("workload.log", b"").decode()
         )
+        kind = accel.split(",")[0]  # kvm or tcg, whatever QEMU's -accel said besides
         meta: dict[str, object] = {
             "kernel": release[1] if release else image.release,
             "cpus": opts.smp,
@@ -633,9 +634,9 @@ def capture(
             "preempt_default": default_preemption(image.config),
             "workload_status": int(status[1]) if status else None,
             "scale": opts.scale,
-            "accel": accel.split(",")[0],
+            "accel": kind,
             "qemu_accel": accel,  # tcg,thread=single: a crash's retry (boot())
-            "cpu": cpu_model(opts.cpu, accel.split(",")[0]),
+            "cpu": cpu_model(opts.cpu, kind),
             "firmware": opts.firmware,
             "btf_offsets": offsets,
             "finish_task_switch": fts[1] if fts else None,

@@ -455,10 +455,15 @@ class DropScorer:
         mm_init before the model's free to the next) saw no __mmdrop at all: a reference the
         inputs never showed kept it past the end of the trace (or freed it where no probe
         sees it, as mmdrop_async() can)."""
+        start, _ = self.life(d.addr, d.in_life)
+        return start is not None and not self.in_its_life(d, self.kernel_lines.get(d.addr, []))
+
+    def in_its_life(self, d: Drop, lines: list[int]) -> bool:
+        """One of `lines` falls inside the life of d's address that d ends (from before the
+        trace, when no mm_init of the address came before it)."""
         start, end = self.life(d.addr, d.in_life)
-        if start is None:
-            return False
-        return not any(start < line < end for line in self.kernel_lines.get(d.addr, []))
+        lo = -1 if start is None else start
+        return any(lo < line < end for line in lines)
 
     def exited_from(self, addr: int | None, line: int) -> int | None:
         """The pid whose exit_mm() let go of the mm at `addr` in the life `line` falls in,
@@ -616,11 +621,9 @@ class DropScorer:
         """With tracepoints only, a kernel thread took this life of d's mm with
         kthread_use_mm() (a USB gadget kworker's AIO copy): the references it held, and the
         lazy one it keeps after kthread_unuse_mm() until it switches away, no input shows."""
-        if self.inputs != "sched":
-            return False
-        start, end = self.life(d.addr, d.in_life)
-        lo = -1 if start is None else start
-        return any(lo < line < end for line in self.kthread_used.get(d.addr or 0, []))
+        return self.inputs == "sched" and self.in_its_life(
+            d, self.kthread_used.get(d.addr or 0, [])
+        )
 
     def offline_borrowed(self, d: Drop) -> bool:
         """With tracepoints only, the model takes a CPU offline only when it comes back: one

@@ -320,19 +320,24 @@ class ExitWindows:
         """The thread group of the task that `pid` named at `line`: the one its last
         task_newtask before then gave it, else (a task from before the trace) the snapshot's
         or the tgid column's."""
+        life = self._life(pid, line)
+        return life[1] if life is not None else self.tgids.get(pid)
+
+    def _life(self, pid: int, line: int) -> tuple[int, int] | None:
+        """(task_newtask line, thread group) of the life of `pid` that `line` falls in; None
+        for a task from before the trace."""
         lives = self.lives.get(pid, [])
         i = bisect.bisect_right(lives, line, key=lambda life: life[0]) - 1
-        return lives[i][1] if i >= 0 else self.tgids.get(pid)
+        return lives[i] if i >= 0 else None
 
     def first_out(self, pid: int, line: int) -> bool:
         """The switch out at `line` is pid's first since its task_newtask (one traced)."""
-        lives = self.lives.get(pid, [])
-        i = bisect.bisect_right(lives, line, key=lambda life: life[0]) - 1
-        if i < 0:
+        life = self._life(pid, line)
+        if life is None:
             return False
         outs = self.outs.get(pid, [])
         j = bisect.bisect_left(outs, line) - 1
-        return j < 0 or outs[j] < lives[i][0]
+        return j < 0 or outs[j] < life[0]
 
     def _group_dying(self, pid: int, out: int) -> bool:
         """Did another task of pid's thread group reach its sched_process_exit while pid ran
