@@ -291,6 +291,15 @@ def test_the_serial_stream_is_decoded_and_damage_is_refused() -> None:
         run.decode_serial("=== BEGIN trace\nnot base64 gzip!\n=== END trace\n")
 
 
+def test_firmware_escapes_before_the_first_marker_are_skipped() -> None:
+    """OVMF leaves terminal escapes on the second serial port with no newline after them
+    (seen booting 6.17 with --firmware uefi): the guest's first marker shares their line."""
+    escapes = "\x1b[2J\x1b[01;01H\x1b[=3h\x1b[2J\x1b[01;01H"
+    text = escapes + _ship("meta", b"release 6.17\n") + _ship("trace", b"y" * 300) + "=== DONE\n"
+    got = run.decode_serial(text)
+    assert got.done and got.files == {"meta": b"release 6.17\n", "trace": b"y" * 300}
+
+
 def test_ring_buffer_stats_as_tracefs_prints_them() -> None:
     meta = (
         "stats cpu0 entries: 19527 overrun: 0 commit overrun: 0 bytes: 1316812 "
@@ -927,6 +936,10 @@ if first == "no-lazytlb":  # (Linux 7.2 inlines x86's enter_lazy_tlb())
 out = "".join(block(n, d) for n, d in [("meta", meta), ("kprobes", b"p:x y\n"),
     ("kprobes.failed", failed), ("workload.log", b"workload exit status 0\n"),
     ("tasks_start", b""), ("tasks_end", b""), ("trace", trace)]) + "=== DONE\n"
+if first == "uefi":  # OVMF's terminal escapes left on the port, no newline after them
+    out = "\x1b[2J\x1b[01;01H\x1b[=3h" + out
+if first == "no-meta":  # its first line garbled on the way
+    out = out.replace("=== BEGIN meta", "=?= BEGIN meta", 1)
 open(ship, "w").write(out)
 oops = "[    8.5] Oops: 0010 [#1] PREEMPT SMP NOPTI\n" if runs == 0 and first == "oops" else ""
 open(console, "w").write(f"ACTIVEMM: booted\n{oops}ACTIVEMM: workload done\nACTIVEMM: shipped\n")
@@ -1040,6 +1053,25 @@ def test_an_output_directory_filled_meanwhile_keeps_the_capture_aside(
         "meta.json", "tasks_end.txt", "tasks_start.txt", "trace.txt.gz", "workload.log"
     ]  # fmt: skip
     assert [p.name for p in out.iterdir()] == ["someone-elses"]
+
+
+@pytest.mark.skipif(
+    not (shutil.which("busybox") and shutil.which("gcc")), reason="needs busybox and gcc"
+)
+def test_a_shipment_with_firmware_escapes_is_read_and_one_missing_its_meta_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """UEFI firmware's escapes before the guest's first marker (6.17 under OVMF) cost
+    nothing; a shipment whose meta did not arrive is one clear error naming it, and nothing
+    is written."""
+    image = _fake_qemu(tmp_path, monkeypatch, "uefi")
+    meta = run.capture(image, run.CaptureOptions(out=tmp_path / "cap", accel="tcg"))
+    assert meta["kernel"] == "6.1.0-0-amd64" and (tmp_path / "cap" / "meta.json").is_file()
+    monkeypatch.setenv("FAKE_QEMU_FIRST", "no-meta")
+    missing = re.escape("did not arrive whole (its meta missing; ")
+    with pytest.raises(run.CaptureError, match=missing):
+        run.capture(image, run.CaptureOptions(out=tmp_path / "cap2", accel="tcg"))
+    assert not (tmp_path / "cap2").exists()
 
 
 @pytest.mark.skipif(

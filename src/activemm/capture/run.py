@@ -68,12 +68,16 @@ class Shipped:
 
 def decode_serial(text: str) -> Shipped:
     """The guest's shipping format: `=== BEGIN name`, base64 of gzip, `=== END name`, ...,
-    `=== DONE`. Carriage returns (the tty's onlcr) are ignored."""
+    `=== DONE`. Carriage returns (the tty's onlcr) are ignored, and so is what comes before a
+    marker on its line: UEFI firmware (OVMF) leaves terminal escapes on the port, with no
+    newline, before the guest writes its first marker. (No base64 line holds "=== ".)"""
     out = Shipped()
     name: str | None = None
     chunks: list[str] = []
     for raw in text.splitlines():
         line = raw.strip("\r\n ")
+        if (marker := line.find("=== ")) > 0:
+            line = line[marker:]
         if line.startswith("=== BEGIN "):
             name, chunks = line[10:], []
         elif line.startswith("=== END ") and name is not None:
@@ -519,9 +523,13 @@ def capture(
         for recording in range(RECORDINGS):
             accel, console, shipped_text, timings = boot(image, initrd, opts, work, progress)
             shipped = decode_serial(shipped_text)
-            if not shipped.done or "trace" not in shipped.files:
+            missing = sorted({"meta", "trace"} - shipped.files.keys())
+            if not shipped.done or missing:
+                what = " and ".join(f"its {name}" for name in missing) or "its files"
                 tail = " / ".join(console.strip().splitlines()[-3:])
-                raise CaptureError(f"the guest's trace did not arrive whole (console: {tail})")
+                raise CaptureError(
+                    f"the guest's trace did not arrive whole ({what} missing; console: {tail})"
+                )
             meta_text = shipped.files["meta"].decode(errors="replace")
             profile = kprobe_profile(meta_text)
             core = lost_probe_hits(profile)
