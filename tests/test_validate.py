@@ -2434,26 +2434,43 @@ def test_a_capture_directory_laid_out_otherwise_is_found(tmp_path: Path) -> None
     assert r.mmdrop.matched == r.mmdrop.total
 
 
-def _temporary_mm_hooks(capture: Path) -> int:
+def _temporary_mm_hooks(capture: Path) -> Counter[str]:
     """switch_mm_irqs_off lines with a NULL `prev` and a task other than an idle task:
-    use_temporary_mm() and unuse_temporary_mm() (text_poke), counted in the text without the
-    code under test. (On 6.12 x86's switch_mm() passes a NULL `prev` too: idle_task_exit()'s
-    switch to init_mm as a CPU goes offline, by its idle task.)"""
-    n = 0
+    use_temporary_mm() and unuse_temporary_mm() in pairs on their CPU, counted in the text
+    without the code under test: "hooks" all of them, "poke" the uses that load the poking
+    mm (mm_alloc()ed at boot: a heap address), "efi" from 6.15 those of EFI runtime calls,
+    which load the static efi_mm (an address in the kernel image). (On 6.12 x86's
+    switch_mm() passes a NULL `prev` too: idle_task_exit()'s switch to init_mm as a CPU goes
+    offline, by its idle task.)"""
+    n: Counter[str] = Counter()
+    using: set[str] = set()  # CPUs ("[001]") between a use and its way back
     with gzip.open(capture / "trace.txt.gz", "rt") as f:
         for line in f:
-            n += (
+            if "(switch_mm_irqs_off+" not in line and "(enter_lazy_tlb+" not in line:
+                continue
+            cpu = line.split("] ", 1)[0].rsplit("[", 1)[-1]
+            temporary = (
                 "(switch_mm_irqs_off+" in line
                 and " prev=0x0 " in line
                 and " tsk=0x0 " not in line
                 and " t_pid=0 " not in line
             )
+            if not temporary:
+                if " tsk=0x0 " not in line:  # (a flush IPI's leave_mm() comes between)
+                    using.discard(cpu)
+                continue
+            n["hooks"] += 1
+            if cpu in using:
+                using.discard(cpu)
+                continue
+            using.add(cpu)
+            n["efi" if " next=0xffffffff" in line else "poke"] += 1
     return n
 
 
 # hotplug patches kernel text (static keys) when the CPU count crosses 1: from 2 CPUs, not 3
 @pytest.mark.parametrize(
-    "capture", [p for p in ALL if _temporary_mm_hooks(p)], ids=lambda p: p.name
+    "capture", [p for p in ALL if _temporary_mm_hooks(p)["poke"]], ids=lambda p: p.name
 )
 def test_text_poke_is_followed_at_its_use_temporary_mm(capture: Path) -> None:
     """Static keys flipped by CPU hotplug (or a sysctl: unseen8.c) patch kernel text:
@@ -2461,15 +2478,68 @@ def test_text_poke_is_followed_at_its_use_temporary_mm(capture: Path) -> None:
     runs text_poke at each use_temporary_mm and predicts both hooks (and the leave_mm a lazy
     CPU does first). With tracepoints only, the same pairs of CR3 loads outside a switch
     (tlb_flush "flush on task switch") are followed: every poke, none missed."""
-    hooks = _temporary_mm_hooks(capture)
-    assert hooks >= 2 and hooks % 2 == 0
+    n = _temporary_mm_hooks(capture)
+    assert n["hooks"] == 2 * (n["poke"] + n["efi"])
     r = _scored(capture)
-    assert r.learned["text_poke (use_temporary_mm marker)"] == hooks // 2
+    assert r.learned["text_poke (use_temporary_mm marker)"] == n["poke"]
     assert r.learned["x86 poking_mm (allocated at boot)"] == 1
     _outside_but_timing(r)  # no poke missed: at most flush IPI timing
     sched = _scored(capture, "sched")
-    assert sched.learned["text_poke (own CR3 loads in pairs, tlb_flush)"] == hooks // 2
+    assert sched.learned["text_poke (own CR3 loads in pairs, tlb_flush)"] == n["poke"]
     assert score.TEXT_POKE not in sched.causes
+
+
+def test_the_temporary_mms_are_told_from_their_ways_back() -> None:
+    """PreTrace.scan: a use_temporary_mm() hook (a task, a NULL `prev`, outside a switch)
+    loads another mm than the CPU's last other hook had loaded, its way back that one again.
+    The poking mm is the heap mm the uses load, efi_mm (6.15+) the kernel-image one. A trace
+    that begins between a use and its way back (to init_mm, in the image too), or that
+    pokes text in batches, does not take the mm it goes back to for either."""
+    poking, efi, init = 0xFFFF888001234000, 0xFFFFFFFF8289B480, 0xFFFFFFFF827B6BC0
+    user = 0xFFFF888005550000
+
+    def hook(line: int, cpu: int, nxt: int, tsk: str = "0xffff888004440000") -> Probe:
+        args = {"prev": "0x0", "next": hex(nxt), "tsk": tsk, "t_pid": "90"}
+        return Probe(line, cpu, line / 1000, 90, "t", None, kv.SWITCH_MM, args, 4)
+
+    def switch(line: int, cpu: int, nxt: int) -> Probe:  # a context switch to a user task
+        args = {"prev": hex(init), "next": hex(nxt), "tsk": "0xffff888004990000", "t_pid": "91"}
+        return Probe(line, cpu, line / 1000, 80, "t", None, kv.SWITCH_MM, args, 4)
+
+    # CPU 0: the trace begins inside a pair (its way back to init_mm), then a user task
+    # runs and pokes text twice in a row; CPU 1, lazy, is flushed to init_mm, then pokes
+    pokes = [hook(1, 0, init), switch(2, 0, user), hook(3, 0, poking), hook(4, 0, user)]
+    pokes += [hook(5, 0, poking), hook(6, 0, user), hook(7, 1, init, tsk="0x0")]
+    pokes += [hook(8, 1, poking), hook(9, 1, init)]
+    pre = kv.PreTrace.scan(pokes)
+    assert (pre.poking_mm, pre.efi_mm) == (poking, None)
+    calls = [hook(10, 1, efi), hook(11, 1, init), hook(12, 1, efi), hook(13, 1, init)]
+    pre = kv.PreTrace.scan(pokes + calls)
+    assert (pre.poking_mm, pre.efi_mm) == (poking, efi)
+    # a lone pair on a CPU with no other hook yet: its first hook is taken for the use
+    assert kv.PreTrace.scan([hook(1, 2, poking), hook(2, 2, user)]).poking_mm == poking
+
+
+def test_efi_calls_are_use_temporary_mm_pairs_from_6_15_beside_text_pokes() -> None:
+    """6.15 moved efi_enter_mm() onto use_temporary_mm(): an EFI runtime call is then a pair
+    of hooks like a text_poke's, to the static efi_mm instead of the poking mm. On 6.17
+    under OVMF, efivars.c's reads beside sysctl writes flipping a static key: with markers
+    each use is run as what it loads (the poking mm: text_poke; efi_mm: efi_call), and with
+    tracepoints only a kernel thread's pairs are EFI calls and a user task's text pokes
+    (the two bindings were first taken for one mm, and every EFI call's or poke's hooks
+    missed); every switch, __mmdrop and hook matches in both modes."""
+    capture = CAPTURES / "linux-6.17-smp3-efivars-pokes"
+    n = _temporary_mm_hooks(capture)
+    assert n["efi"] >= 200 and n["poke"] >= 16 and n["hooks"] == 2 * (n["poke"] + n["efi"])
+    r = _scored(capture)
+    assert r.learned["EFI runtime call (use_temporary_mm marker)"] == n["efi"]
+    assert r.learned["text_poke (use_temporary_mm marker)"] == n["poke"]
+    assert r.learned["x86 efi_mm (static)"] == 1
+    assert_all_matched(r)
+    sched = _scored(capture, "sched")
+    assert sched.learned["EFI runtime call (a kernel thread's CR3 loads)"] == n["efi"]
+    assert sched.learned["text_poke (own CR3 loads in pairs, tlb_flush)"] == n["poke"]
+    assert_all_matched(sched)
 
 
 VHOST = CAPTURES / "linux-6.1-smp2-vhost"

@@ -438,8 +438,9 @@ class Validator(MarkerSteps, Clocked):
             self._bind(ev.mm, self.poking_addr)  # poking_init()'s, from before the trace
             self.result.learned["x86 poking_mm (allocated at boot)"] += 1
             return
-        if self.op.name == "efi_call" and self.index.efi_addr is not None:
-            self._bind(ev.mm, self.index.efi_addr)  # static: efi_mm
+        efi_addr = self.index.efi_addr or self.pretrace.efi_mm  # (before 6.15, or since)
+        if self.op.name == "efi_call" and efi_addr is not None:
+            self._bind(ev.mm, efi_addr)  # static: efi_mm
             self.result.learned["x86 efi_mm (static)"] += 1
             return
         owner = self.op.args.get("parent") or self.op.args.get("task")
@@ -567,7 +568,11 @@ class Validator(MarkerSteps, Clocked):
             elif ev.line in self.poke_hints and ev.cpu not in self.pending:
                 run = self.poke_hints[ev.line]
                 loads = len(run)
-                if loads and loads % 2 == 0 and self._efi_not_poke(ev, run[-1]):
+                # (a lazy CPU's leave_mm() first is one load more: before 6.15 an EFI call
+                # made none, since then its use_temporary_mm() makes it as a text_poke does)
+                temporary = self.m.config.version >= (6, 15)
+                even = loads >= 2 and (loads % 2 == 0 or temporary)
+                if even and self._efi_not_poke(ev, run[-1]):
                     self.ctx = Context("efi_call", ev.line, ev.cpu, ev.pid)
                     for _ in range(loads // 2):
                         self._refusable(self.m.efi_call, ev.cpu)
@@ -785,17 +790,22 @@ class Validator(MarkerSteps, Clocked):
         self.offlined = {a: c for a, c in self.offlined.items() if c != cpu}
 
     def _temporary_mm(self, p: Probe, mm: int) -> None:
-        """switch_mm_irqs_off(NULL, mm, current) outside a context switch marks __text_poke():
-        the first such hook of the trace is a use_temporary_mm(poking_mm), so its `next` names
-        the poking mm (allocated at boot: PreTrace.poking_mm), and every hook to it is one.
-        The model runs text_poke there (leave_mm if lazy, the poking mm and back); the
-        unuse_temporary_mm() hook that follows, back to the mm loaded before, is the model's
-        to predict."""
-        if mm != self.poking_addr:
-            return  # unuse_temporary_mm()
-        self.ctx = Context("text_poke", p.line, p.cpu, p.pid)
-        self._refusable(self.m.text_poke, p.cpu)
-        self.result.learned["text_poke (use_temporary_mm marker)"] += 1
+        """switch_mm_irqs_off(NULL, mm, current) outside a context switch marks __text_poke()
+        when `mm` is the poking mm (allocated at boot: PreTrace.poking_mm, the heap mm such
+        hooks load on the way in, not back), and from 6.15 an EFI runtime call when it is efi_mm
+        (static, in the kernel image: PreTrace.efi_mm; efi_enter_mm() runs
+        use_temporary_mm() too). The model runs text_poke or efi_call there (leave_mm if
+        lazy, the temporary mm and back); the unuse_temporary_mm() hook that follows, back to
+        the mm loaded before, is the model's to predict."""
+        if mm == self.poking_addr:
+            self.ctx = Context("text_poke", p.line, p.cpu, p.pid)
+            self._refusable(self.m.text_poke, p.cpu)
+            self.result.learned["text_poke (use_temporary_mm marker)"] += 1
+        elif mm == self.pretrace.efi_mm and self.m.config.version >= (6, 15):
+            self.ctx = Context("efi_call", p.line, p.cpu, p.pid)
+            self._refusable(self.m.efi_call, p.cpu)
+            self.result.learned["EFI runtime call (use_temporary_mm marker)"] += 1
+        # (any other: unuse_temporary_mm())
 
     def _kthread_use_mm(self, p: Probe, addr: int) -> None:
         """switch_mm_irqs_off(active_mm, mm, current) by a kernel thread outside a context
@@ -940,10 +950,18 @@ class Validator(MarkerSteps, Clocked):
         lazy, left it first: a third load); or when the CPU is lazy on the user mm it has
         loaded, where a text_poke() would leave lazy mode first (a third load). A thread
         shown so to make EFI calls (efi_rts_wq's kworker; an earlier pass's findings too) is
-        taken to make them again, any other to poke text."""
+        taken to make them again, any other to poke text. From 6.15 both are a
+        use_temporary_mm() pair, the same CR3 loads there and back: with efi_mm in use in the
+        trace (PreTrace.efi_mm, the binding of its static address) and no poking mm, the
+        pairs are EFI calls; with both, a kernel thread's are (efi_rts_wq's kworker makes
+        the calls, a user task writing a sysctl pokes text), a user task's are text_pokes."""
         rq = self.m.state.rqs[ev.cpu] if ev.cpu < len(self.m.state.rqs) else None
-        if rq is None or self.m.config.arch != "x86_64" or self.m.config.version >= (6, 15):
+        if rq is None or self.m.config.arch != "x86_64":
             return False
+        if self.m.config.version >= (6, 15):
+            if self.pretrace.efi_mm is None:
+                return False
+            return self.poking_addr is None or rq.curr.pf_kthread
         curr = rq.curr
         if self.replayer.tasks.get(ev.pid) is not curr or not curr.pf_kthread or curr.mm:
             return False

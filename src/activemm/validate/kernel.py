@@ -8,6 +8,7 @@ whatever offset. Arguments keep the reference's names: `prev`, `next`, `tsk`, `t
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -464,23 +465,37 @@ class PreTrace:
     # user tasks first seen with no mm and PF_EXITING: in do_exit() past exit_mm() already
     exited: set[int] = field(default_factory=set)
     comm: dict[int, str] = field(default_factory=dict)
-    # x86 poking_mm, allocated at boot: `next` of the first use_temporary_mm() hook (a hook
-    # with a task, outside a switch, and a NULL `prev`)
+    # x86 poking_mm, allocated at boot: `next` of use_temporary_mm() hooks (a hook with a
+    # task, outside a switch, and a NULL `prev`, that loads another mm than the CPU's last
+    # other hook had: not the way back) into the heap
     poking_mm: int | None = None
+    # x86 efi_mm (6.15+, whose EFI runtime calls use_temporary_mm() too): their `next` in
+    # the kernel image (efi_mm is static)
+    efi_mm: int | None = None
 
     @classmethod
     def scan(cls, events: Iterable[object]) -> PreTrace:
         out = cls()
         births: set[int] = set()
+        # CPU -> the mm its last other hook loaded (a context switch's, a flush's...): a
+        # use_temporary_mm() loads another, its way back (unuse_temporary_mm()) that one
+        loaded: dict[int, int] = {}
+        uses: Counter[int] = Counter()  # the temporary mms the uses loaded
+        first: int | None = None  # the first temporary hook's `next`
         for ev in events:
             if not isinstance(ev, Probe):
                 continue
             if ev.function in NEW_MM:
                 births.add(born(ev))
                 continue
-            temporary = ev.function == SWITCH_MM and outside_kind(ev) == "temporary_mm"
-            if temporary and out.poking_mm is None:
-                out.poking_mm = address(ev.args.get("next"))
+            if ev.function == SWITCH_MM:
+                nxt = address(ev.args.get("next"))
+                if outside_kind(ev) != "temporary_mm":
+                    loaded[ev.cpu] = nxt
+                else:
+                    first = nxt if first is None else first
+                    if loaded.get(ev.cpu, nxt) != nxt:
+                        uses[nxt] += 1  # (a CPU whose loaded mm is not known yet: not counted)
             for who in ("t_", "prev_"):
                 pid = _int(ev.args.get(who + "pid"))
                 if not pid:
@@ -495,6 +510,12 @@ class PreTrace:
                     exiting = flags & (PF_KTHREAD | PF_EXITING) == PF_EXITING
                     if exiting and not mm and pid not in out.first_mm:
                         out.exited.add(pid)
+        # the most used of each kind; with none counted (every pair on a CPU no other hook
+        # had loaded an mm on yet), the first temporary hook's, taken for a use
+        heap = [mm for mm, _ in uses.most_common() if not is_init_mm(mm)]
+        image = [mm for mm, _ in uses.most_common() if is_init_mm(mm)]
+        out.poking_mm = heap[0] if heap else None if uses else first
+        out.efi_mm = image[0] if image else None
         return out
 
     def tasks(self, snapshot: dict[int, TaskInfo] | None) -> dict[int, TaskInfo]:
