@@ -286,6 +286,8 @@ class Validator(MarkerSteps, Clocked):
         self.hotplugged: set[int] = set()  # CPUs that went offline or came back
         # x86 poking_mm (allocated at boot): a binding, both modes
         self.poking_addr = self.pretrace.poking_mm
+        # x86 efi_mm (static): bound from its calls' hooks, before 6.15 or since
+        self.efi_addr = self.index.efi_addr or self.pretrace.efi_mm
         self.tainted: set[int] = set()  # kernel mm addresses of missed switches
         self.raced: set[int] = set()  # mm addresses whose __mmput the model pinned
         self.exec_mmputs: set[int] = set()  # mm addresses an exec's exec_mmap() put
@@ -438,9 +440,8 @@ class Validator(MarkerSteps, Clocked):
             self._bind(ev.mm, self.poking_addr)  # poking_init()'s, from before the trace
             self.result.learned["x86 poking_mm (allocated at boot)"] += 1
             return
-        efi_addr = self.index.efi_addr or self.pretrace.efi_mm  # (before 6.15, or since)
-        if self.op.name == "efi_call" and efi_addr is not None:
-            self._bind(ev.mm, efi_addr)  # static: efi_mm
+        if self.op.name == "efi_call" and self.efi_addr is not None:
+            self._bind(ev.mm, self.efi_addr)  # static: efi_mm
             self.result.learned["x86 efi_mm (static)"] += 1
             return
         owner = self.op.args.get("parent") or self.op.args.get("task")
@@ -570,7 +571,7 @@ class Validator(MarkerSteps, Clocked):
                 loads = len(run)
                 # (a lazy CPU's leave_mm() first is one load more: before 6.15 an EFI call
                 # made none, since then its use_temporary_mm() makes it as a text_poke does)
-                temporary = self.m.config.version >= (6, 15)
+                temporary = kv.efi_temporary_mm(self.m.config)
                 even = loads >= 2 and (loads % 2 == 0 or temporary)
                 if even and self._efi_not_poke(ev, run[-1]):
                     self.ctx = Context("efi_call", ev.line, ev.cpu, ev.pid)
@@ -801,7 +802,7 @@ class Validator(MarkerSteps, Clocked):
             self.ctx = Context("text_poke", p.line, p.cpu, p.pid)
             self._refusable(self.m.text_poke, p.cpu)
             self.result.learned["text_poke (use_temporary_mm marker)"] += 1
-        elif mm == self.pretrace.efi_mm and self.m.config.version >= (6, 15):
+        elif mm == self.efi_addr and kv.efi_temporary_mm(self.m.config):
             self.ctx = Context("efi_call", p.line, p.cpu, p.pid)
             self._refusable(self.m.efi_call, p.cpu)
             self.result.learned["EFI runtime call (use_temporary_mm marker)"] += 1
@@ -958,8 +959,8 @@ class Validator(MarkerSteps, Clocked):
         rq = self.m.state.rqs[ev.cpu] if ev.cpu < len(self.m.state.rqs) else None
         if rq is None or self.m.config.arch != "x86_64":
             return False
-        if self.m.config.version >= (6, 15):
-            if self.pretrace.efi_mm is None:
+        if kv.efi_temporary_mm(self.m.config):
+            if self.efi_addr is None:
                 return False
             return self.poking_addr is None or rq.curr.pf_kthread
         curr = rq.curr

@@ -290,6 +290,14 @@ def exit_traced_first(config: KernelConfig) -> bool:
     return config.version >= (6, 16)
 
 
+def efi_temporary_mm(config: KernelConfig) -> bool:
+    """Whether x86 EFI runtime calls run use_temporary_mm(&efi_mm) (6.15, "x86/efi: Make
+    efi_enter/leave_mm() use the use_/unuse_temporary_mm() machinery"): the same hooks and
+    CR3 loads as a text_poke(), to efi_mm instead of the poking mm; before, switch_mm() with
+    no task (efi_calls())."""
+    return config.version >= (6, 15)
+
+
 def is_kthread(p: Probe) -> bool:
     """The task a hook names (`t_flags`) is a kernel thread (PF_KTHREAD): its enter_lazy_tlb
     outside a switch is kthread_unuse_mm(), not exit_mm()."""
