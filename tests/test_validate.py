@@ -2464,7 +2464,10 @@ def _temporary_mm_hooks(capture: Path) -> Counter[str]:
                 using.discard(cpu)
                 continue
             using.add(cpu)
-            n["efi" if " next=0xffffffff" in line else "poke"] += 1
+            kind = "efi" if " next=0xffffffff" in line else "poke"
+            n[kind] += 1
+            if line.lstrip().startswith("kworker/"):
+                n[f"{kind} by a kworker"] += 1
     return n
 
 
@@ -2540,6 +2543,25 @@ def test_efi_calls_are_use_temporary_mm_pairs_from_6_15_beside_text_pokes() -> N
     assert sched.learned["EFI runtime call (a kernel thread's CR3 loads)"] == n["efi"]
     assert sched.learned["text_poke (own CR3 loads in pairs, tlb_flush)"] == n["poke"]
     assert_all_matched(sched)
+
+
+def test_a_per_cpu_kworkers_text_pokes_are_not_taken_for_efi_calls() -> None:
+    """6.17 under OVMF, unseen53.c: EFI variable reads beside static keys flipped from
+    kernel threads (a per-CPU kworker's netstamp_work and perf_sched_work) as well as from
+    user tasks. Both are use_temporary_mm() pairs from 6.15, and with tracepoints only the
+    model took every kernel thread's pairs for EFI calls: the kworkers' pokes (hundreds of
+    hooks) missed. EFI calls are made in efi_rts_wq, an ordered (unbound) workqueue, so
+    only an unbound kworker's pairs are EFI calls: every hook matches in both modes, the
+    uses counted in the text by what they load."""
+    capture = CAPTURES / "linux-6.17-smp3-program53"
+    n = _temporary_mm_hooks(capture)
+    assert n["poke by a kworker"] >= 100 and n["efi"] >= 100
+    assert n["efi by a kworker"] == n["efi"]
+    sched = _scored(capture, "sched")
+    assert sched.learned["EFI runtime call (a kernel thread's CR3 loads)"] == n["efi"]
+    assert sched.learned["text_poke (own CR3 loads in pairs, tlb_flush)"] == n["poke"]
+    assert_all_matched(sched)
+    assert_all_matched(_scored(capture))
 
 
 VHOST = CAPTURES / "linux-6.1-smp2-vhost"

@@ -99,6 +99,11 @@ from activemm.validate.windows import ExitWindows, exit_mmap_ratio
 # a per-CPU workqueue's worker (system_wq, system_highpri_wq: "H"), not an unbound one
 # ("kworker/uN:M"): USB gadget AIO's ep_user_copy_worker() is schedule_work()ed
 BOUND_KWORKER = re.compile(r"kworker/\d+:\d+H?")
+# an unbound workqueue's worker: efi_rts_wq, where EFI runtime calls are made, is ordered;
+# it makes them one at a time, each for a caller that holds efi_runtime_lock and waits, so
+# that two seldom come with no switch between, and more not once in our recordings
+UNBOUND_KWORKER = re.compile(r"kworker/u\d+:\d+")
+EFI_CALLS_IN_A_RUN = 2
 
 
 @dataclass
@@ -573,7 +578,7 @@ class Validator(MarkerSteps, Clocked):
                 # made none, since then its use_temporary_mm() makes it as a text_poke does)
                 temporary = kv.efi_temporary_mm(self.m.config)
                 even = loads >= 2 and (loads % 2 == 0 or temporary)
-                if even and self._efi_not_poke(ev, run[-1]):
+                if even and self._efi_not_poke(ev, run):
                     self.ctx = Context("efi_call", ev.line, ev.cpu, ev.pid)
                     for _ in range(loads // 2):
                         self._refusable(self.m.efi_call, ev.cpu)
@@ -941,8 +946,8 @@ class Validator(MarkerSteps, Clocked):
                     user = nxt
         return None
 
-    def _efi_not_poke(self, ev: TlbFlush, last: int) -> bool:
-        """Own CR3 loads in pairs of a kernel thread (the run from `ev` to line `last`): EFI
+    def _efi_not_poke(self, ev: TlbFlush, run: tuple[int, ...]) -> bool:
+        """Own CR3 loads in pairs of a kernel thread (the run of lines from `ev`): EFI
         runtime calls before 6.15 (efi_enter_mm(): switch_mm() to efi_mm and back to the
         thread's active_mm) or text_poke()s (use_temporary_mm(): the poking mm and back to
         what was loaded, leave_mm() first on a lazy CPU). The way back tells them apart when
@@ -954,19 +959,27 @@ class Validator(MarkerSteps, Clocked):
         taken to make them again, any other to poke text. From 6.15 both are a
         use_temporary_mm() pair, the same CR3 loads there and back: with efi_mm in use in the
         trace (PreTrace.efi_mm, the binding of its static address) and no poking mm, the
-        pairs are EFI calls; with both, a kernel thread's are (efi_rts_wq's kworker makes
-        the calls, a user task writing a sysctl pokes text), a user task's are text_pokes."""
+        pairs are EFI calls; with both, an unbound kworker's one or two pairs are
+        (efi_rts_wq is an ordered workqueue, whose worker is "kworker/uN:M", and its calls
+        are made one at a time, each for a caller that waits), anyone else's are text_pokes:
+        a user task's writing a sysctl, a per-CPU kworker's flipping a deferred static key
+        (netstamp_work, perf_sched_work, the kprobe optimizer: system_wq), and an unbound
+        kworker's longer runs (text_poke_bp() patches a site in three pokes at least)."""
         rq = self.m.state.rqs[ev.cpu] if ev.cpu < len(self.m.state.rqs) else None
         if rq is None or self.m.config.arch != "x86_64":
             return False
         if kv.efi_temporary_mm(self.m.config):
             if self.efi_addr is None:
                 return False
-            return self.poking_addr is None or rq.curr.pf_kthread
+            return self.poking_addr is None or bool(
+                rq.curr.pf_kthread
+                and UNBOUND_KWORKER.fullmatch(ev.comm)
+                and len(run) // 2 <= EFI_CALLS_IN_A_RUN
+            )
         curr = rq.curr
         if self.replayer.tasks.get(ev.pid) is not curr or not curr.pf_kthread or curr.mm:
             return False
-        user = self._next_user_without_load(ev.cpu, last)
+        user = self._next_user_without_load(ev.cpu, run[-1])
         if self._lazy_on_loaded_mm(ev.cpu, ev.line) or (
             user is not None and user.mm is not None and user.mm is curr.active_mm
         ):

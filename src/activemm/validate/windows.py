@@ -214,8 +214,8 @@ class ExitWindows:
         an exec hint (`exec_lines`, the exec's activate_mm()) has the pairs before the hint
         and those after it, each a text_poke. The other loads of a run are those
         text_pokes': () (nothing more to run there, and no kernel thread's kthread_use_mm()).
-        A kernel thread's pairs may be EFI runtime calls instead, before 6.15 (the caller
-        decides: Validator._efi_not_poke)."""
+        A kernel thread's pairs may be EFI runtime calls instead (the caller decides:
+        Validator._efi_not_poke)."""
         hints: dict[int, tuple[int, ...]] = {}
         for loads in self.load_runs:
             cut = [i for i, line in enumerate(loads) if line in exec_lines]
