@@ -2579,54 +2579,35 @@ def test_an_unbound_kworkers_lone_pairs_are_efi_calls_and_its_batches_pokes(
     of the rule: an unbound kworker's runs of at most two pairs are EFI calls, a longer run
     and anyone else's are pokes (1 + 2 calls, 3 + 1 pokes), and every hook matches."""
     efi, poking = "0xffffffff82c9e480", "0xffff888000000f00"
-    kworkers = {
-        60: ("kworker/u4:1", "0xffff888000140000"),
-        70: ("kworker/1:1", "0xffff888000150000"),
-    }
-    tsk = {**TSK, **{pid: t for pid, (_, t) in kworkers.items()}}
+    kworkers = {60: "kworker/u4:1", 70: "kworker/1:1"}
 
     def irqs_off(comm: str, pid: int, ts: float, body: str) -> str:
         return _line(comm, pid, 1, ts, body).replace("d..2.", "d..1.")
 
     def switch(ts: float, prev: tuple[str, int, str], nxt: tuple[str, int], hook: str,
                prev_mm: str = "0x0") -> list[str]:  # fmt: skip
-        (pcomm, ppid, pstate), (ncomm, npid) = prev, nxt
-        flags = "0x4200042" if ppid == 0 else "0x4208060" if ppid in kworkers else "0x400040"
-        return [
-            _line(*(prev[:2] if ppid else ("<idle>", 0)), 1, ts, "sched_switch: "
-                  f"prev_comm={pcomm} prev_pid={ppid} prev_prio=120 prev_state={pstate} ==> "
-                  f"next_comm={ncomm} next_pid={npid} next_prio=120"),
-            _line(*(prev[:2] if ppid else ("<idle>", 0)), 1, ts + 1e-6, hook),
-            _line(*(nxt if npid else ("<idle>", 0)), 1, ts + 2e-6, "finish: "
-                  f"(finish_task_switch.isra.0+0x0/0x2d0) prev={tsk[ppid]} prev_pid={ppid} "
-                  f"prev_flags={flags} prev_mm={prev_mm} prev_active_mm={prev_mm} "
-                  f"prev_comm=\"{pcomm}\""),
-        ]  # fmt: skip
-
-    def lazy(pid: int) -> str:  # next->active_mm: other's, which CPU 1 borrows throughout
-        flags = "0x4208060" if pid in kworkers else "0x4200042"
-        return (f"lazytlb: (enter_lazy_tlb+0x4/0x30) mm={OTHER_MM} tsk={tsk[pid]} t_pid={pid} "
-                f"t_flags={flags} t_mm=0x0 t_active_mm=0x0 t_comm=\"x\"")  # fmt: skip
+        return _switch(1, ts, prev, nxt, hook, prev_mm, prev_mm)
 
     def pairs(pid: int, ts: float, mm: str, n: int) -> list[str]:
-        comm, task = kworkers[pid]
+        comm = kworkers[pid]
         out = []
         for i, load in enumerate([mm, INIT_MM] * n):
             out += [
                 irqs_off(comm, pid, ts + i * 1e-5, "mmswitch: (switch_mm_irqs_off+0x4/0x420) "
-                         f"prev=0x0 next={load} tsk={task} t_pid={pid} t_flags=0x4208060 "
+                         f"prev=0x0 next={load} tsk={TSK[pid]} t_pid={pid} t_flags=0x4208060 "
                          f"t_mm=0x0 t_active_mm={OTHER_MM} t_comm=\"{comm}\""),
                 irqs_off(comm, pid, ts + i * 1e-5 + 1e-6, FLUSH_ON_SWITCH),
             ]  # fmt: skip
         return out
 
-    unbound, bound = (kworkers[60][0], 60), (kworkers[70][0], 70)
+    # (CPU 1 borrows other's mm throughout: each enter_lazy_tlb() passes it on)
+    unbound, bound = (kworkers[60], 60), (kworkers[70], 70)
     lines = ["# tracer: nop", "#P:2"]
     lines += switch(1.0002, ("swapper/1", 0, "R"), ("other", 52), "mmswitch: "
                     f"(switch_mm_irqs_off+0x4/0x420) prev={INIT_MM} next={OTHER_MM} "
                     f"tsk={TSK[52]} t_pid=52 t_flags=0x400040 t_mm={OTHER_MM} "
                     f"t_active_mm={OTHER_MM} t_comm=\"other\"")  # fmt: skip
-    lines += switch(1.0005, ("other", 52, "S"), unbound, lazy(60), OTHER_MM)
+    lines += switch(1.0005, ("other", 52, "S"), unbound, _lazy(OTHER_MM, 60), OTHER_MM)
     lines += [  # lazy: use_temporary_mm() leaves lazy mode first, switching to init_mm
         irqs_off(*unbound, 1.0008, "leavemm: (leave_mm+0x4/0x40) cpu=1"),
         irqs_off(*unbound, 1.0009, "mmswitch: (switch_mm_irqs_off+0x4/0x420) prev=0x0 "
@@ -2635,15 +2616,15 @@ def test_an_unbound_kworkers_lone_pairs_are_efi_calls_and_its_batches_pokes(
         irqs_off(*unbound, 1.00091, FLUSH_ON_SWITCH),
     ]  # fmt: skip
     lines += pairs(60, 1.0010, efi, 1)  # an EFI call
-    lines += switch(1.0100, (*unbound, "S"), ("swapper/1", 0), lazy(0))
-    lines += switch(1.0200, ("swapper/1", 0, "R"), unbound, lazy(60))
+    lines += switch(1.0100, (*unbound, "S"), ("swapper/1", 0), _lazy(OTHER_MM, 0))
+    lines += switch(1.0200, ("swapper/1", 0, "R"), unbound, _lazy(OTHER_MM, 60))
     lines += pairs(60, 1.0210, poking, 3)  # one site's text_poke_bp()
-    lines += switch(1.0300, (*unbound, "S"), bound, lazy(70))
+    lines += switch(1.0300, (*unbound, "S"), bound, _lazy(OTHER_MM, 70))
     lines += pairs(70, 1.0310, poking, 1)  # a per-CPU kworker's poke
-    lines += switch(1.0400, (*bound, "S"), ("swapper/1", 0), lazy(0))
-    lines += switch(1.0500, ("swapper/1", 0, "R"), unbound, lazy(60))
+    lines += switch(1.0400, (*bound, "S"), ("swapper/1", 0), _lazy(OTHER_MM, 0))
+    lines += switch(1.0500, ("swapper/1", 0, "R"), unbound, _lazy(OTHER_MM, 60))
     lines += pairs(60, 1.0510, efi, 2)  # two EFI calls, no switch between
-    lines += switch(1.0600, (*unbound, "S"), ("swapper/1", 0), lazy(0))
+    lines += switch(1.0600, (*unbound, "S"), ("swapper/1", 0), _lazy(OTHER_MM, 0))
     path = tmp_path / "trace.txt"
     path.write_text("\n".join(lines) + "\n")
     for inputs, how in (("markers", "use_temporary_mm marker"),
