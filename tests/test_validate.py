@@ -2134,6 +2134,46 @@ def test_a_lazy_cpu_follows_a_flush_ipi_its_tlb_flush_shows(tmp_path: Path) -> N
         assert r.learned["lazy CPU flushed to init_mm (tlb_flush in an IPI)"] == 1
 
 
+def test_a_lazy_idle_cpu_follows_cpuidles_leave_mm(tmp_path: Path) -> None:
+    """Real hardware (never our guests): the idle task of CPU 1, lazy on app's mm, enters an
+    idle state flagged CPUIDLE_FLAG_TLB_FLUSHED (intel_idle's C3 and deeper, ACPI C3), so
+    cpuidle_enter_state() calls leave_mm() first: switch_mm_irqs_off(NULL, &init_mm, NULL),
+    a CR3 load whose tlb_flush the idle task emits outside any interrupt. The CPU keeps
+    borrowing app's mm (active_mm), and app coming back there loads CR3 again. A second
+    deep idle finds init_mm loaded already: leave_mm() returns at once, no hook, no load.
+    The model follows the load in both modes; without that tlb_flush line it cannot know,
+    and the kernel's hook outside schedule is a miss."""
+    lines = ["# tracer: nop", "#P:2"]
+    lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
+                     _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+    lines += _switch(1, 1.0002, ("app", 50, "S"), ("swapper/1", 0), _lazy(APP_MM, 0),
+                     APP_MM, APP_MM)  # fmt: skip
+    idle = "<idle>-0 (-------) [001] d..1. "
+    load = f"{idle}    1.000302: {FLUSH_ON_SWITCH}"
+    lines += [
+        f"{idle}    1.000300: leavemm: (leave_mm+0x0/0x80) cpu=1",
+        f"{idle}    1.000301: mmswitch: (switch_mm_irqs_off+0x0/0x470) prev=0x0 "
+        f"next={INIT_MM} tsk=0x0 t_pid=0 t_flags=0x0 t_mm=0x0 t_active_mm=0x0 t_comm=(fault)",
+        load,
+        f"{idle}    1.000350: leavemm: (leave_mm+0x0/0x80) cpu=1",
+    ]
+    back = _switch(1, 1.0004, ("swapper/1", 0, "R"), ("app", 50),
+                   _mmswitch(APP_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+    back.insert(2, _line("<idle>", 0, 1, 1.0004015, FLUSH_ON_SWITCH))
+    lines += back
+    for kernel in ("linux-6.1-x86_64", "linux-6.12-x86_64"):
+        for inputs in ("markers", "sched"):
+            for name, text in (("leave", lines), ("unseen", [x for x in lines if x != load])):
+                trace = tmp_path / f"{name}.txt"
+                trace.write_text("\n".join(text) + "\n")
+                r = validate(trace, preset_name=kernel, inputs=inputs)
+                assert r.context_switches.matched == r.context_switches.total == 3, r.mismatches
+                assert r.outside_schedule.total == 1, r.mismatches
+                seen = name == "leave"
+                assert r.outside_schedule.matched == int(seen), r.mismatches
+                assert r.learned["lazy CPU flushed to init_mm (tlb_flush in an IPI)"] == seen
+
+
 def test_a_flush_ipi_reaches_a_cpu_gone_lazy_only_where_its_tlb_flush_says(
     tmp_path: Path,
 ) -> None:

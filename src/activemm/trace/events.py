@@ -137,7 +137,10 @@ class TlbFlush(TraceEvent):
         flush IPI's flush_tlb_func() on a lazy CPU, to init_mm: in a hardirq, or by the idle
         task, which runs the call-function queue itself while it polls (do_idle()'s
         flush_smp_call_function_queue(): the sender only set need-resched, no interrupt
-        came), whatever the irq-info column says."""
+        came), whatever the irq-info column says. The idle task's may be leave_mm() instead,
+        from cpuidle_enter_state() before a state flagged CPUIDLE_FLAG_TLB_FLUSHED (intel_idle's
+        C3 and deeper, ACPI C3: real hardware, never our guests): the same switch of a lazy
+        CPU to init_mm, active_mm left alone."""
         return self.cr3_load and (self.hardirq or self.pid == 0)
 
 

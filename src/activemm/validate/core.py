@@ -1006,7 +1006,9 @@ class Validator(MarkerSteps, Clocked):
         """tlb_flush "flush on task switch" outside a context switch, in a hardirq (a flush
         IPI), in the idle task (the call-function queue run from the idle loop) or in a
         kernel thread flushing the very mm it borrows (khugepaged collapsing its pages): the
-        CR3 load of flush_tlb_func() switching a lazy CPU to init_mm. A shootdown the inputs
+        CR3 load of flush_tlb_func() switching a lazy CPU to init_mm (in the idle task it may
+        be cpuidle's leave_mm() before a deep C-state instead: the same switch, which the
+        model's leave_mm() runs either way). A shootdown the inputs
         do not otherwise announce (munmap, mprotect... of the borrowed mm), it leaves
         active_mm and its reference alone: the model's CPU follows it when it, too, is lazy."""
         if not ev.cr3_load:
