@@ -1012,8 +1012,8 @@ def test_a_recording_whose_hooks_missed_hits_is_made_once_more(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A core probe that missed a hit loses the recording: the guest records once more, and
-    the second is kept; missed twice, one clear error and no capture, unless --allow-lost
-    (then the first is kept, marked)."""
+    the second is kept; missed in all three recordings, one clear error and no capture,
+    unless --allow-lost (then the first is kept, marked)."""
     image = _fake_qemu(tmp_path, monkeypatch, "missed")
     said: list[str] = []
     meta = run.capture(image, run.CaptureOptions(out=tmp_path / "cap", accel="tcg"), said.append)
@@ -1022,9 +1022,10 @@ def test_a_recording_whose_hooks_missed_hits_is_made_once_more(
     assert meta["kprobe_missed"] == {}
     monkeypatch.setenv("FAKE_QEMU_FIRST", "always-missed")
     (tmp_path / "runs").unlink()
-    with pytest.raises(run.CaptureError, match=r"missed hits \(mmswitch 1\), twice"):
+    missed = r"missed hits \(mmswitch 1\) in each of 3 recordings"
+    with pytest.raises(run.CaptureError, match=missed):
         run.capture(image, run.CaptureOptions(out=tmp_path / "cap2", accel="tcg"), print)
-    assert (tmp_path / "runs").read_text() == "2" and not (tmp_path / "cap2").exists()
+    assert (tmp_path / "runs").read_text() == "3" and not (tmp_path / "cap2").exists()
     (tmp_path / "runs").unlink()
     opts = run.CaptureOptions(out=tmp_path / "cap3", accel="tcg", allow_lost=True)
     meta = run.capture(image, opts, print)
