@@ -2151,11 +2151,11 @@ def test_a_lazy_idle_cpu_follows_cpuidles_leave_mm(tmp_path: Path) -> None:
     idle = "<idle>-0 (-------) [001] d..1. "
     load = f"{idle}    1.000302: {FLUSH_ON_SWITCH}"
     lines += [
-        f"{idle}    1.000300: leavemm: (leave_mm+0x0/0x80) cpu=1",
+        f"{idle}    1.000300: leavemm: (leave_mm+0x0/0x80)",
         f"{idle}    1.000301: mmswitch: (switch_mm_irqs_off+0x0/0x470) prev=0x0 "
         f"next={INIT_MM} tsk=0x0 t_pid=0 t_flags=0x0 t_mm=0x0 t_active_mm=0x0 t_comm=(fault)",
         load,
-        f"{idle}    1.000350: leavemm: (leave_mm+0x0/0x80) cpu=1",
+        f"{idle}    1.000350: leavemm: (leave_mm+0x0/0x80)",
     ]
     back = _switch(1, 1.0004, ("swapper/1", 0, "R"), ("app", 50),
                    _mmswitch(APP_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip

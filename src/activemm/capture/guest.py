@@ -91,7 +91,10 @@ def kprobe_definitions(
             f"p:{g}/dupmm dup_mmap mm=%di:x64 oldmm=%si:x64",
             f"p:{g}/usemm kthread_use_mm mm=%di:x64",
             f"p:{g}/unusemm kthread_unuse_mm mm=%di:x64",
-            f"p:{g}/leavemm leave_mm cpu=%di:s32",
+            # no argument: leave_mm() acts on the CPU it runs on (the line's CPU column), and
+            # later kernels' takes none (`void leave_mm(void)`, 6.12's too): a `cpu=%di` fetch
+            # read a stale register there (cpu=67580144)
+            f"p:{g}/leavemm leave_mm",
         ]
         + (
             [
