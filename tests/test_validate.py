@@ -2161,15 +2161,16 @@ def test_a_lazy_idle_cpu_follows_cpuidles_leave_mm(tmp_path: Path) -> None:
                    _mmswitch(APP_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
     back.insert(2, _line("<idle>", 0, 1, 1.0004015, FLUSH_ON_SWITCH))
     lines += back
+    traces = {}
+    for seen, text in ((True, lines), (False, [x for x in lines if x != load])):
+        traces[seen] = tmp_path / f"{'leave' if seen else 'unseen'}.txt"
+        traces[seen].write_text("\n".join(text) + "\n")
     for kernel in ("linux-6.1-x86_64", "linux-6.12-x86_64"):
         for inputs in ("markers", "sched"):
-            for name, text in (("leave", lines), ("unseen", [x for x in lines if x != load])):
-                trace = tmp_path / f"{name}.txt"
-                trace.write_text("\n".join(text) + "\n")
+            for seen, trace in traces.items():
                 r = validate(trace, preset_name=kernel, inputs=inputs)
                 assert r.context_switches.matched == r.context_switches.total == 3, r.mismatches
                 assert r.outside_schedule.total == 1, r.mismatches
-                seen = name == "leave"
                 assert r.outside_schedule.matched == int(seen), r.mismatches
                 assert r.learned["lazy CPU flushed to init_mm (tlb_flush in an IPI)"] == seen
 
