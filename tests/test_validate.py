@@ -1860,6 +1860,33 @@ def test_a_proc_file_whose_open_returns_after_the_mms_last_put_holds_it_from_bef
     assert r.learned["open /proc/PID file (proc_mem_open marker)"] == 1
 
 
+def _app_exits_inside_a_call(comm: str, grab: str, done: str) -> list[str]:
+    """app (pid 50, CPU 1) runs, and a task `comm` (pid 60, CPU 0) enters a call whose
+    marker `grab` shows it mmgrab()bing app's mm; app's whole exit runs meanwhile (exit_mm,
+    its own __mmput, CPU 1 letting go of the mm lazily: no __mmdrop, the call still holds
+    it), and the call's mmdrop() is the last: __mmdrop in pid 60, then the call's return
+    marker `done`."""
+    lines = ["# tracer: nop", "#P:2"]
+    lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
+                     _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+    lines += _switch(0, 1.0002, ("swapper/0", 0, "R"), (comm, 60),
+                     _mmswitch(INIT_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+    lines += [
+        _line(comm, 60, 0, 1.0003, grab),
+        *_app_exit_mm(1),
+        _line("app", 50, 1, 1.0013, "sched_process_exit: comm=app pid=50 prio=120"),
+    ]  # fmt: skip
+    lines += _switch(1, 1.0014, ("app", 50, "Z"), ("swapper/1", 0), _lazy(APP_MM, 0),
+                     "0x0", "0x0")  # fmt: skip
+    lines += _switch(1, 1.0020, ("swapper/1", 0, "R"), ("other", 70),
+                     _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
+    return [
+        *lines,
+        _line(comm, 60, 0, 1.0030, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"),
+        _line(comm, 60, 0, 1.0031, done),
+    ]
+
+
 def test_process_mrelease_holding_the_last_reference_frees_the_mm_at_its_return(
     tmp_path: Path,
 ) -> None:
@@ -1873,27 +1900,10 @@ def test_process_mrelease_holding_the_last_reference_frees_the_mm_at_its_return(
     CPU 1's switch, a miss tagged as a reference held outside the scheduler."""
 
     def trace(caller: str) -> Path:
-        lines = ["# tracer: nop", "#P:2"]
-        lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
-                         _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
-        lines += _switch(0, 1.0002, ("swapper/0", 0, "R"), ("killer", 60),
-                         _mmswitch(INIT_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
-        lines += [
-            _line("killer", 60, 0, 1.0003, f"mreleasetask: ({caller}+0x7a/0x1e0 <- "
-                  f"pidfd_get_task) ret={TSK[50]} t_pid=50"),
-            *_app_exit_mm(1),
-            _line("app", 50, 1, 1.0013, "sched_process_exit: comm=app pid=50 prio=120"),
-        ]  # fmt: skip
-        lines += _switch(1, 1.0014, ("app", 50, "Z"), ("swapper/1", 0), _lazy(APP_MM, 0),
-                         "0x0", "0x0")  # fmt: skip
-        # CPU 1 lets go of app's mm: the killer still holds it
-        lines += _switch(1, 1.0020, ("swapper/1", 0, "R"), ("other", 70),
-                         _mmswitch(APP_MM, OTHER_MM, 70), "0x0", "0x0")  # fmt: skip
-        lines += [
-            _line("killer", 60, 0, 1.0030, f"mmdrop: (__mmdrop+0x0/0x130) mm={APP_MM}"),
-            _line("killer", 60, 0, 1.0031, "mreleasedone: (do_syscall_64+0x55/0xb0 <- "
-                  "__x64_sys_process_mrelease)"),
-        ]  # fmt: skip
+        grab = (f"mreleasetask: ({caller}+0x7a/0x1e0 <- pidfd_get_task) ret={TSK[50]} "
+                "t_pid=50")  # fmt: skip
+        done = "mreleasedone: (do_syscall_64+0x55/0xb0 <- __x64_sys_process_mrelease)"
+        lines = _app_exits_inside_a_call("killer", grab, done)
         path = tmp_path / f"{caller}.txt"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -1912,6 +1922,48 @@ def test_process_mrelease_holding_the_last_reference_frees_the_mm_at_its_return(
     assert {m["cause"] for m in sched.mismatches if m["group"] == "mmdrop"} == {
         score.HELD_OUTSIDE
     }, sched.mismatches
+
+
+@pytest.mark.parametrize(
+    ("caller", "flags", "taken"),
+    [
+        ("__set_oom_adj.isra.0", 0x40000CD, True),  # MMF_MULTIPROCESS (bit 26) set
+        ("__set_oom_adj.isra.0", 0xCD, False),  # a process with no other sharing its mm
+        ("oom_badness", 0x40000CD, False),  # another caller: nothing taken
+    ],
+)
+def test_an_oom_score_adj_write_holding_the_last_reference_frees_the_mm_at_its_end(
+    tmp_path: Path, caller: str, flags: int, taken: bool
+) -> None:
+    """As unseen55.c gave on 6.1: a writer (pid 60) writes /proc/50/oom_score_adj while app
+    (pid 50), whose mm another process shares (clone(CLONE_VM): MMF_MULTIPROCESS), exits.
+    find_lock_task_mm() returns app's task to __set_oom_adj(), which mmgrab()s its mm and
+    walks every process; app's whole exit runs meanwhile (exit_mm, __mmput, CPU 1 letting go
+    lazily), so the write's mmdrop() is the last and __mmdrop runs in the writer, before
+    the write returns. With the markers the model holds the reference from that return to
+    the write's and frees the mm there; it takes nothing when the mm's flags lack
+    MMF_MULTIPROCESS or the return is to another caller (the model then frees the mm at
+    CPU 1's switch, and the writer's __mmdrop is a miss). With tracepoints only, a miss
+    tagged as a reference held outside the scheduler."""
+    grab = (f"oomadjtask: ({caller}+0x2c4/0x3a0 <- find_lock_task_mm) ret={TSK[50]} "
+            f"mm={APP_MM} mm_flags={flags:#x}")  # fmt: skip
+    done = "oomscoreadjdone: (vfs_write+0xc4/0x3f0 <- oom_score_adj_write)"
+    lines = _app_exits_inside_a_call("writer", grab, done)
+    trace = tmp_path / "oomadj.txt"
+    trace.write_text("\n".join(lines) + "\n")
+    r = validate(trace, preset_name="linux-6.1-x86_64")
+    assert r.inputs == "markers"
+    assert r.context_switches.matched == r.context_switches.total == 4, r.mismatches
+    learned = "__set_oom_adj's mmgrab of an mm processes share (find_lock_task_mm marker)"
+    assert r.learned[learned] == taken
+    # (a miss counts on both sides: the kernel's free and the model's)
+    assert (r.mmdrop.matched, r.mmdrop.total) == ((1, 1) if taken else (0, 2)), r.mismatches
+    sched = validate(trace, preset_name="linux-6.1-x86_64", inputs="sched")
+    assert sched.mmdrop.matched == 0
+    if taken:
+        assert {m["cause"] for m in sched.mismatches if m["group"] == "mmdrop"} == {
+            score.HELD_OUTSIDE
+        }, sched.mismatches
 
 
 @pytest.mark.parametrize("depth", [".", "1"])

@@ -238,13 +238,31 @@ def mrelease_markers(g: str, off: dict[str, int]) -> list[str]:
 
 def oom_markers(g: str, off: dict[str, int], oom: dict[str, int]) -> list[str]:
     """mark_oom_victim(tsk) and __put_task_struct(tsk), with tsk->signal's oom_mm and
-    sigcnt (nested fetches through task_struct.signal)."""
+    sigcnt (nested fetches through task_struct.signal); and a write of
+    /proc/PID/oom_score_adj or oom_adj: find_lock_task_mm()'s return (the caller field says
+    which call: __set_oom_adj's), with the task's mm and that mm's flags, and the write's
+    return, right after __set_oom_adj()'s mmdrop() of the mm it took when MMF_MULTIPROCESS
+    was set (oom_score_adj_write and oom_adj_write: __set_oom_adj is a compiler clone,
+    __set_oom_adj.isra.0, whose name may change). Without `mm_flags` (an older capture's
+    offsets), not those."""
     signal = f"+{oom['signal']}(%di)"
     oom_mm = f"oom_mm=+{oom['oom_mm']}({signal}):x64"
+    task_mm = f"+{off['mm']}($retval)"
+    adj = (
+        [
+            f"r{MAXACTIVE}:{g}/oomadjtask find_lock_task_mm ret=$retval:x64 mm={task_mm}:x64 "
+            f"mm_flags=+{oom['mm_flags']}({task_mm}):x64",
+            f"r{MAXACTIVE}:{g}/oomscoreadjdone oom_score_adj_write",
+            f"r{MAXACTIVE}:{g}/oomadjdone oom_adj_write",
+        ]
+        if "mm_flags" in oom
+        else []
+    )
     return [
         f"p:{g}/oomvictim mark_oom_victim {oom_mm} mm=+{off['mm']}(%di):x64 "
         f"t_pid=+{off['pid']}(%di):s32",
         f"p:{g}/putsignal __put_task_struct sigcnt=+{oom['sigcnt']}({signal}):s32 {oom_mm}",
+        *adj,
     ]
 
 

@@ -478,13 +478,20 @@ def task_offsets(data: bytes) -> dict[str, int]:
 
 
 def oom_offsets(data: bytes) -> dict[str, int]:
-    """`task_struct.signal` ("signal") and the `signal_struct` members `oom_mm` and `sigcnt`:
-    mark_oom_victim() mmgrab()s the victim's mm into signal->oom_mm, and free_signal_struct()
-    mmdrop_async()s it when __put_task_struct() puts the last sigcnt. {} when the BTF lacks
-    one (an OOM killer without oom_mm)."""
+    """`task_struct.signal` ("signal"), the `signal_struct` members `oom_mm` and `sigcnt`,
+    and `mm_struct.flags` ("mm_flags"): mark_oom_victim() mmgrab()s the victim's mm into
+    signal->oom_mm, and free_signal_struct() mmdrop_async()s it when __put_task_struct()
+    puts the last sigcnt; __set_oom_adj() mmgrab()s the mm of the process whose
+    oom_score_adj is written while it has MMF_MULTIPROCESS. {} when the BTF lacks one (an
+    OOM killer without oom_mm)."""
     try:
         signal = struct_offsets(data, "task_struct", ("signal",))
-        return {**signal, **struct_offsets(data, "signal_struct", ("oom_mm", "sigcnt"))}
+        flags = struct_offsets(data, "mm_struct", ("flags",))["flags"]
+        return {
+            **signal,
+            **struct_offsets(data, "signal_struct", ("oom_mm", "sigcnt")),
+            "mm_flags": flags,
+        }
     except CaptureError:
         return {}
 

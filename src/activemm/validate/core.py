@@ -89,6 +89,7 @@ from activemm.validate.score import (
     PID_SHARED,
     PRE_TRACE,
     RELEASE_POINTS,
+    SYSCALL_POINTS,
     UNEXPLAINED,
     DropScorer,
     Result,
@@ -1437,11 +1438,11 @@ class Validator(MarkerSteps, Clocked):
             # preempted since): its mmdrop() was the last, even after a signal's oom_mm went
             # (that mmdrop_async() was not the last, its work has nothing to free)
             point = (releasing[0], p.pid)
-            # a CPU let go after the release's marker, before this (process_mrelease()'s
-            # marker is its mmgrab(): lazy CPUs letting go meanwhile are why it is the last)
+            # a CPU let go after the release's marker, before this (a syscall's marker is
+            # its mmgrab(): lazy CPUs letting go meanwhile are why it is the last)
             let_go = [line for line, _ in self.let_go.get(addr, [])]
             late = any(releasing[2] < line < p.line for line in let_go)
-            if late and releasing[0] != "process_mrelease":
+            if late and releasing[0] not in SYSCALL_POINTS:
                 self.release_raced.add(addr)
         elif async_pid is not None:  # mmdrop_async_fn(), from the work free_signal_struct queued
             point = ("mmdrop_async", async_pid)

@@ -1,10 +1,11 @@
 """References to an mm held outside the scheduler, which no scheduler event shows: io_uring's
 ctx->mm_account, a userfaultfd's ctx->mm, binder's alloc->mm, KVM's kvm->mm, the OOM killer's
-signal->oom_mm, an open /proc/PID file's, process_mrelease()'s, and khugepaged's and KSM's
-mm_slot references that outlive __mmput(). Each is a list of holders per mm address: the
-model takes a holder's reference (mmgrab) where its marker shows the kernel path that took it
-and drops it (mmdrop) where the path that releases it ran, and the scorer places a kernel
-__mmdrop after such a release at that release's point. A mixin of the Validator (core.py),
+signal->oom_mm, an open /proc/PID file's, process_mrelease()'s and __set_oom_adj()'s (a
+syscall's own, dropped before it returns), and khugepaged's and KSM's mm_slot references
+that outlive __mmput(). Each is a list of holders per mm address: the model takes a
+holder's reference (mmgrab) where its marker shows the kernel path that took it and drops it
+(mmdrop) where the path that releases it ran, and the scorer places a kernel __mmdrop after
+such a release at that release's point. A mixin of the Validator (core.py),
 which owns the state besides these lists; MarkerSteps (markers.py) builds on it."""
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 # the smallest ERR_PTR(): a pointer return at or above it is an error (-MAX_ERRNO..-1)
 ERR_PTR_MIN = (1 << 64) - 4095
 
+# the writes of /proc/PID files that run __set_oom_adj(): their returns follow its mmdrop()
+OOM_ADJ_WRITES = ("oom_score_adj_write", "oom_adj_write")
 # the releases of /proc/PID files whose open took an mm with proc_mem_open()
 PROC_RELEASES = ("mem_release", "pagemap_release", "proc_map_release", "smaps_rollup_release")
 UFFD_FEATURE_EVENT_FORK = 1 << 1  # include/uapi/linux/userfaultfd.h
@@ -74,8 +77,11 @@ class HolderSteps:
         self.rings: dict[int, list[str]] = {}  # io_uring rings' ctx->mm_account
         self.oom_mms: dict[int, list[str]] = {}  # signal->oom_mm of OOM victims
         self.proc_files: dict[int, list[str]] = {}  # open /proc/PID files
-        self.mreleases: dict[int, list[str]] = {}  # process_mrelease() calls
-        self.mrelease_of: dict[int, int] = {}  # pid in process_mrelease() -> the mm address
+        # a syscall's own reference, taken and dropped before it returns (process_mrelease(),
+        # __set_oom_adj()): the holders by mm address, and by pid the one a task is in
+        # (its point, the mm address, the holder)
+        self.in_syscall: dict[int, list[str]] = {}
+        self.in_syscall_of: dict[int, tuple[str, int, str]] = {}
         self.uffds: dict[int, list[str]] = {}  # userfaultfd contexts' ctx->mm
         # a forked mm's address -> the fork-event contexts dup_userfaultfd() made for it
         # (by parent context), taken when its fork is done (task_newtask)
@@ -115,7 +121,11 @@ class HolderSteps:
         elif f == "pidfd_get_task" and p.returned and "process_mrelease" in (p.caller or ""):
             self._refusable(self._mrelease_grab, p)
         elif f == "__x64_sys_process_mrelease" and p.returned:
-            self._mrelease_done(p)
+            self._syscall_drop(p, "process_mrelease")
+        elif f == "find_lock_task_mm" and p.returned and kv.sets_oom_adj(p):
+            self._refusable(self._oom_adj_grab, p)
+        elif f in OOM_ADJ_WRITES and p.returned:
+            self._syscall_drop(p, "__set_oom_adj")
         elif f == "new_userfaultfd" and self.inputs == "markers":
             self._refusable(self._uffd_new, p)
         elif f == "dup_userfaultfd" and self.inputs == "markers":
@@ -518,9 +528,8 @@ class HolderSteps:
         `t_pid`) whose mm the syscall mmgrab()s next (mm/oom_kill.c), the mm of a thread of
         it that has one (find_lock_task_mm()): when the victim's whole exit runs meanwhile,
         the syscall's mmdrop() is the last. Which mm that is, is the model's: its task of
-        that process still with an mm. A kernel __mmdrop of it by this task from here is at
-        the syscall's point; with markers the model takes the reference (an error, or no
-        thread with an mm left: nothing taken)."""
+        that process still with an mm (an error, or no thread with an mm left: nothing
+        taken)."""
         if not 0 < address(p.args.get("ret")) < ERR_PTR_MIN:
             return
         leader = self.replayer.tasks.get(int(p.args.get("t_pid") or "0", 0))
@@ -528,26 +537,48 @@ class HolderSteps:
             return
         group = (t for t in self.m.state.tasks if t.tgid == leader.tgid)
         mm = next((t.mm for t in group if t.mm is not None and not t.mm.freed), None)
-        addr = self.addr.get(mm.id) if mm is not None else None
-        if mm is None or addr is None:
-            return
-        self.mrelease_of[p.pid] = addr
-        self.releasing[p.pid] = ("process_mrelease", addr, p.line)
-        if self.inputs == "markers":
-            holder = f"process_mrelease() of pid {p.pid} (line {p.line})"
+        if mm is not None:
+            what = "process_mrelease()"
             learned = "process_mrelease's mmgrab (pidfd_get_task marker)"
-            self._grab_held(self.mreleases, mm, holder, p, learned)
+            self._syscall_grab(p, "process_mrelease", mm, what, learned)
 
-    def _mrelease_done(self, p: Probe) -> None:
-        """process_mrelease() returned, right after its mmdrop() of the mm it took: the
-        model drops it there (by the holder's name: the kernel's __mmdrop, when that
-        mmdrop() was the last, came before this marker and ended the address's life)."""
-        addr = self.mrelease_of.pop(p.pid, None)
+    def _oom_adj_grab(self, p: Probe) -> None:
+        """find_lock_task_mm() returned to __set_oom_adj() (a write of /proc/PID/oom_score_adj
+        or oom_adj) a thread of the process with its mm (`mm`), which has MMF_MULTIPROCESS
+        (kv.sets_oom_adj: processes of their own share it, clone(CLONE_VM) without
+        CLONE_THREAD or CLONE_VFORK): fs/proc/base.c mmgrab()s it, walks every process to
+        give those sharing it the same value, and mmdrop()s it before the write returns;
+        when the mm's last users exit and its lazy CPUs let go during the walk, that
+        mmdrop() is the last."""
+        mm = self.live.get(address(p.args.get("mm")))
+        if mm is not None and not mm.freed:
+            what = "__set_oom_adj()"
+            learned = "__set_oom_adj's mmgrab of an mm processes share (find_lock_task_mm marker)"
+            self._syscall_grab(p, "__set_oom_adj", mm, what, learned)
+
+    def _syscall_grab(self, p: Probe, point: str, mm: Mm, what: str, learned: str) -> None:
+        """Task p.pid, in the syscall path `point`, mmgrab()s `mm` (`what` holds it) and
+        mmdrop()s it before it returns (_syscall_drop): a kernel __mmdrop of it by this task
+        from here is at `point`; with markers the model takes the reference."""
+        addr = self.addr.get(mm.id)
         if addr is None:
             return
-        self._release_returned(p, "process_mrelease")
-        mine = f"process_mrelease() of pid {p.pid} "
-        holder = next((h for h in self.mreleases.get(addr, []) if h.startswith(mine)), None)
-        if holder is None or self.inputs != "markers":
+        holder = f"{what} of pid {p.pid} (line {p.line})"
+        self.in_syscall_of[p.pid] = (point, addr, holder)
+        self.releasing[p.pid] = (point, addr, p.line)
+        if self.inputs == "markers":
+            self._grab_held(self.in_syscall, mm, holder, p, learned)
+
+    def _syscall_drop(self, p: Probe, point: str) -> None:
+        """The syscall path `point` of task p.pid returned, right after its mmdrop() of the
+        mm it took (_syscall_grab): the model drops it there (by the holder's name: the
+        kernel's __mmdrop, when that mmdrop() was the last, came before this marker and
+        ended the address's life)."""
+        taken = self.in_syscall_of.get(p.pid)
+        if taken is None or taken[0] != point:
             return
-        self._refusable(self._drop_holder, self.mreleases, addr, holder, "process_mrelease", p)
+        del self.in_syscall_of[p.pid]
+        _, addr, holder = taken
+        self._release_returned(p, point)
+        if self.inputs == "markers" and holder in self.in_syscall.get(addr, []):
+            self._refusable(self._drop_holder, self.in_syscall, addr, holder, point, p)

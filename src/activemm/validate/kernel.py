@@ -443,6 +443,26 @@ def ksm_keeps(p: Probe) -> bool:
     return bool(address(p.args.get("flags")) >> MMF_VM_MERGEABLE & 1)
 
 
+# include/linux/sched/coredump.h (include/linux/mm_types.h since 6.15): processes of their
+# own share the mm (copy_oom_score_adj() sets it for clone(CLONE_VM) without CLONE_THREAD or
+# CLONE_VFORK); 26 since MMF_OOM_VICTIM went (5.19), 27 before
+MMF_MULTIPROCESS = 26
+# where find_lock_task_mm() returns to in a write of /proc/PID/oom_score_adj or oom_adj
+# (__set_oom_adj, a compiler clone on Debian's kernels; its callers, were it inlined)
+OOM_ADJ_CALLERS = ("__set_oom_adj", "oom_score_adj_write", "oom_adj_write")
+
+
+def sets_oom_adj(p: Probe) -> bool:
+    """find_lock_task_mm()'s return (with the task's mm and that mm's flags) in a write of
+    /proc/PID/oom_score_adj or oom_adj: a task with an mm found, and that mm has
+    MMF_MULTIPROCESS, so __set_oom_adj() mmgrab()s it until the write is done."""
+    return (
+        p.caller in OOM_ADJ_CALLERS
+        and address(p.args.get("mm")) != 0
+        and bool(address(p.args.get("mm_flags")) >> MMF_MULTIPROCESS & 1)
+    )
+
+
 @dataclass
 class Drop:
     """One __mmdrop (or, model side, MmFreed): the mm and the point it happened at."""

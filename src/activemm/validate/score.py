@@ -17,6 +17,7 @@ MAX_MISMATCHES = 50
 HELD_OUTSIDE = (
     "mm_count held outside the scheduler (io_uring's ctx->mm_account, the OOM killer's "
     "signal->oom_mm, an open /proc/PID/mem, a userfaultfd, a binder file's alloc->mm, "
+    "a write of /proc/PID/oom_score_adj, "
     "a KVM VM's kvm->mm, khugepaged's scan cursor, ksmd's mm_slot...) and dropped later "
     "elsewhere, or not within the trace: no input announces it"
 )
@@ -241,6 +242,9 @@ class Result:
         }
 
 
+# syscalls that mmgrab() another process's mm and mmdrop() it before they return, their
+# marker at the mmgrab(): lazy CPUs that let go in between are why that mmdrop() is the last
+SYSCALL_POINTS = ("process_mrelease", "__set_oom_adj")
 # where the kernel drops a reference held outside the scheduler: an unknown place, or one
 # whose marker the model follows (its misses have the same cause without the marker)
 RELEASE_POINTS = (
@@ -251,7 +255,7 @@ RELEASE_POINTS = (
     "ksm",
     "binder_release",
     "kvm_destroy_vm",
-    "process_mrelease",
+    *SYSCALL_POINTS,
 )
 HELD_POINTS = ("other", *RELEASE_POINTS, "mmdrop_async")
 
