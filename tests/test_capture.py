@@ -406,7 +406,7 @@ def test_the_docs_probe_table_names_every_probe_the_capture_can_define() -> None
     other."""
     fields = (
         "pid flags mm active_mm comm mm_account signal sigcnt oom_mm private private_data "
-        "features vm_mm vm_userfaultfd_ctx scan_slot slot_mm mm_users rmap_mm"
+        "features vm_mm vm_userfaultfd_ctx scan_slot slot_mm mm_users rmap_mm mm_flags"
     )
     every = dict.fromkeys(fields.split(), 8)  # every field any probe reads
     defs = guest.kprobe_definitions(
@@ -444,6 +444,16 @@ def test_kprobes_carry_this_kernels_offsets() -> None:
     )
     victim = next(d for d in oom if " mark_oom_victim " in d)
     assert "oom_mm=+1032(+3072(%di)):x64" in victim and "mm=+3(%di):x64" in victim
+    assert not any("find_lock_task_mm" in d for d in oom)  # no mm_struct.flags offset given
+    adj = guest.kprobe_definitions({"pid": 1, "flags": 2, "mm": 3, "active_mm": 4, "comm": 5},
+                                   None, {"signal": 3072, "sigcnt": 0, "oom_mm": 1032,
+                                          "mm_flags": 904})  # fmt: skip
+    # __set_oom_adj's find_lock_task_mm(): the task returned, its mm and that mm's flags
+    assert (
+        f"r{guest.MAXACTIVE}:activemm/oomadjtask find_lock_task_mm ret=$retval:x64 "
+        "mm=+3($retval):x64 mm_flags=+904(+3($retval)):x64" in adj
+    )
+    assert f"r{guest.MAXACTIVE}:activemm/oomscoreadjdone oom_score_adj_write" in adj
     uffd = guest.kprobe_definitions({"pid": 1, "flags": 2, "mm": 3, "active_mm": 4, "comm": 5},
                                     uffd={"private_data": 200, "mm": 120})  # fmt: skip
     # userfaultfd_release(inode, file): file->private_data is the context, ctx->mm its mm
