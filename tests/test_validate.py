@@ -1281,6 +1281,70 @@ def test_sched_inputs_run_exits_where_exit_mmap_left_its_cpu_lazy(name: str) -> 
     assert learned == len(sched.lazy_exit_points)
 
 
+def test_tasks_killed_together_show_their_exit_windows_one_after_another(
+    tmp_path: Path,
+) -> None:
+    """As unseen55.c's end gave on 6.1 booted preempt=full (800 sleepers killed at once):
+    six tasks, each with an mm of its own, run in turn on one CPU, each waiting in its
+    exit_mmap() ("D", after exit_mm()) for the next, and come back in turn after another
+    task (pid 70) loaded its mm there: each comes back without a CR3 load (no mm any more,
+    enter_lazy_tlb(); the CPU keeps pid 70's mm), exits and switches to the next. With
+    tracepoints only, the first one back shows its exit window; the rest show theirs in the
+    same pass (the CPU still has pid 70's mm, which none of theirs is), so every window is
+    found and every switch matches, where a pass per task would run out of passes."""
+    mms = {pid: f"0xffff88800000{pid:02x}00" for pid in range(50, 56)}
+    tsk = {pid: f"0xffff8880001{pid:02x}000" for pid in (*mms, 70)}
+    tsk[0] = TSK[0]
+    c_mm = OTHER_MM
+
+    def switch(ts: float, prev: int, state: str, nxt: int, hook: str, loads: bool,
+               prev_mm: str) -> list[str]:  # fmt: skip
+        who = ("<idle>", 0) if prev == 0 else ("task", prev)
+        nwho = ("<idle>", 0) if nxt == 0 else ("task", nxt)
+        lines = [
+            _line(*who, 0, ts, f"sched_switch: prev_comm={who[0]} prev_pid={prev} "
+                  f"prev_prio=120 prev_state={state} ==> next_comm={nwho[0]} next_pid={nxt} "
+                  "next_prio=120"),
+            _line(*who, 0, ts + 1e-6, hook),
+        ]  # fmt: skip
+        if loads:
+            lines.append(_line(*who, 0, ts + 2e-6, "tlb_flush: pages:-1 reason:flush on task "
+                               "switch (0)"))  # fmt: skip
+        finish = (f"finish: (finish_task_switch.isra.0+0x0/0x2d0) prev={tsk[prev]} "
+                  f"prev_pid={prev} prev_flags=0x400040 prev_mm={prev_mm} "
+                  f"prev_active_mm={prev_mm} prev_comm=\"x\"")  # fmt: skip
+        return [*lines, _line(*nwho, 0, ts + 3e-6, finish)]
+
+    def mmswitch(prev: str, nxt: str, pid: int) -> str:
+        return (f"mmswitch: (switch_mm_irqs_off+0x0/0x470) prev={prev} next={nxt} "
+                f"tsk={tsk[pid]} t_pid={pid} t_flags=0x400040 t_mm={nxt} t_active_mm={nxt} "
+                "t_comm=\"task\"")  # fmt: skip
+
+    def lazy(mm: str, pid: int) -> str:
+        return (f"lazytlb: (enter_lazy_tlb+0x0/0x30) mm={mm} tsk={tsk[pid]} t_pid={pid} "
+                "t_flags=0x40004c t_mm=0x0 t_active_mm=0x0 t_comm=\"task\"")  # fmt: skip
+
+    pids = list(mms)
+    lines, ts = ["# tracer: nop", "#P:1"], 1.0
+    lines += switch(ts, 0, "R", pids[0], mmswitch(INIT_MM, mms[pids[0]], pids[0]), True, "0x0")
+    for a, b in zip(pids, [*pids[1:], 70], strict=True):  # each waits in its exit_mmap()
+        ts += 0.001
+        nxt_mm = mms.get(b, c_mm)
+        lines += switch(ts, a, "D", b, mmswitch(mms[a], nxt_mm, b), True, "0x0")
+    ts += 0.001
+    lines += switch(ts, 70, "S", pids[0], lazy(c_mm, pids[0]), False, c_mm)
+    for a, b in zip(pids, [*pids[1:], 0], strict=True):  # back in turn, without a CR3 load
+        ts += 0.001
+        lines.append(_line("task", a, 0, ts, f"sched_process_exit: comm=task pid={a} prio=120"))
+        lines += switch(ts + 0.0001, a, "Z", b, lazy(c_mm, b), False, "0x0")
+    trace = tmp_path / "killed.txt"
+    trace.write_text("\n".join(lines) + "\n")
+    r = validate(trace, preset_name="linux-6.1-x86_64", inputs="sched")
+    assert r.context_switches.total == 2 * len(pids) + 2
+    assert r.context_switches.matched == r.context_switches.total, r.mismatches
+    assert r.learned["exit_mm inferred (switched in later without a CR3 load)"] == len(pids)
+
+
 @pytest.mark.parametrize(
     "name",
     ["linux-6.1-smp4-everything", "linux-6.1-smp1-everything", "linux-6.12-smp4-everything",

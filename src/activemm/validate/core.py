@@ -167,6 +167,9 @@ class Validator(MarkerSteps, Clocked):
         # vhost workers that used their mm, by id() (kept alive: an id() is not reused)
         self.vhost_workers: dict[int, Task] = {}
         self.loaded_sure: dict[int, bool] = {}  # CPU -> the model knows what it has loaded
+        # CPU -> the mm the kernel's CPU still has loaded where the model's has another: a
+        # task found in its exit window was switched in there without a CR3 load
+        self.kept_loaded: dict[int, Mm] = {}
         self.windows = (
             ExitWindows.scan(events, {pid: t.tgid for pid, t in (snapshot or {}).items()})
             if inputs == "sched"
@@ -559,6 +562,8 @@ class Validator(MarkerSteps, Clocked):
         if self._deferred_ends_here(ev) and isinstance(ev, TlbFlush):
             return
         if isinstance(ev, TlbFlush):
+            if ev.cr3_load and ev.line not in self.index.switch_load_lines:
+                self.kept_loaded.pop(ev.cpu, None)  # the CPU loads another mm
             if ev.line in self.index.efi_loads:
                 return  # the EFI call's own, run at its marker
             if "local mm shootdown" in ev.reason and not ev.hardirq:
@@ -1672,13 +1677,15 @@ class Validator(MarkerSteps, Clocked):
             self._inferred_exit(sw)
         if sw.line in self.exec_preempted:
             self._preempted_in_exec_mmap(sw)
+        rqs = self.m.state.rqs
+        loaded = rqs[sw.cpu].tlb.loaded_mm if sw.cpu < len(rqs) else None  # before the switch
         self._drive("switch", sw, self.replayer.apply, sw)
         self.epoch[sw.cpu] += 1
         model, self.switch = self.switch, None
         if model is not None and model.hook == SWITCH_MM:
             self.episode[sw.cpu] += 1
         if self.windows is not None and model is not None and not self.exit_first:
-            self._exit_window_seen(sw, model)
+            self._exit_window_seen(sw, model, loaded)
         elif self.windows is not None and self.exit_first:
             self._late_exit(sw)
         return model
@@ -1721,23 +1728,40 @@ class Validator(MarkerSteps, Clocked):
         ):
             self.found_late[exit_line] = sw.line
 
-    def _exit_window_seen(self, sw: SchedSwitch, model: ModelSwitch) -> None:
+    def _exit_window_seen(self, sw: SchedSwitch, model: ModelSwitch, loaded: Mm | None) -> None:
         """Sched inputs: the model loaded CR3 for a user task switched in, the kernel did
         not (no tlb_flush "flush on task switch"): it has no mm any more, its exit_mm() ran
         before an earlier switch out (windows.py), which the next pass runs it at. Only
-        where the model is sure what the CPU had loaded: since its last CR3 load, no kernel
-        thread that loads CR3 itself (kthread_use_mm() of a user mm) and no task found in an
-        exit window ran there."""
+        where the model is sure what the CPU had loaded (`loaded`, before the switch): since
+        its last CR3 load, no kernel thread that loads CR3 itself (kthread_use_mm() of a user
+        mm) and no task found in an exit window ran there.
+        Or where the kernel's CPU is known to have kept an mm the model's has not: a task
+        found so came back without a CR3 load, so the CPU still has what it had before
+        (kept_loaded), up to its next CR3 load, while the model, which loaded the task's mm,
+        is no longer sure. A task switched in meanwhile whose mm is another needed a CR3 load
+        too: without one, it has no mm either. (Tasks killed together, each waiting in its
+        exit_mmap() and coming back in turn on one CPU, show one after another so in a single
+        pass, where the CPU's first found one would hide the rest until later passes.)"""
         assert self.windows is not None
         cpu, sure = sw.cpu, self.loaded_sure.get(sw.cpu, False)
         t = self.m.state.rqs[cpu].curr
         suspect = self.found_exits.values()
+        kept = self.kept_loaded.pop(cpu, None)
         if sw.line in self.windows.cr3:
             self.loaded_sure[cpu] = t.mm is not None and sw.next_pid not in suspect
             return
-        if (sw.next_pid in self.windows.own_cr3 and t.pf_kthread) or sw.next_pid in suspect:
+        # no CR3 load in the kernel's switch: its CPU has what it had loaded before
+        if sure and loaded is not None:
+            kept = loaded
+        if sw.next_pid in self.windows.own_cr3 and t.pf_kthread:
             self.loaded_sure[cpu] = False
-        if not (model.cr3 and sure) or t.pf_kthread or t.mm is None or t.exiting:
+            return  # a kernel thread that may load CR3 itself: nothing known any more
+        if sw.next_pid in suspect:
+            self.loaded_sure[cpu] = False
+        if kept is not None and not self.loaded_sure.get(cpu, False):
+            self.kept_loaded[cpu] = kept
+        needed = model.cr3 if sure else kept is not None and t.mm is not kept
+        if not needed or t.pf_kthread or t.mm is None or t.exiting:
             return
         if sw.next_pid in suspect:  # its exit is found already: this is a later sign of it
             return
@@ -1745,6 +1769,8 @@ class Validator(MarkerSteps, Clocked):
         if point is not None and point not in self.exit_points:
             self.found_exits[point] = sw.next_pid
             self.loaded_sure[cpu] = False
+            if kept is not None:
+                self.kept_loaded[cpu] = kept
 
     def _exit_mmap_load(self, ev: TlbFlush) -> bool:
         """Sched inputs: the task's own CR3 load to init_mm that its exit window's first
