@@ -4606,8 +4606,10 @@ def test_a_fork_flush_taken_before_the_cpu_went_lazy(capture: Path) -> None:
 
 def _preempted_in_own_mmput(capture: Path) -> int:
     """Counted in the text: exiting tasks whose next line after their exit_mmap's return
-    (`mmputdone`) is their own preempted sched_switch, and whose __mmdrop of that mm comes in
-    that task after it runs on, before its sched_process_exit."""
+    (`mmputdone`) is their own preempted sched_switch, whose hook lets go of that very mm
+    (the CPU's lazy reference: not when the task had come back borrowing another task's),
+    and whose __mmdrop of that mm comes in that task after it runs on, before its
+    sched_process_exit."""
     found = 0
     opened: dict[str, str] = {}  # pid -> the mm of its exit_mmap marker
     state: dict[str, list[str]] = {}  # pid -> [stage, mm]
@@ -4622,6 +4624,12 @@ def _preempted_in_own_mmput(capture: Path) -> int:
             sw = re.search(r"sched_switch: .* prev_pid=(\d+) .* prev_state=(\S+)", line)
             if sw is not None and sw[1] == pid and sw[2].startswith("R"):
                 st[0] = "preempted"
+            else:
+                del state[pid]
+        elif st[0] == "preempted":  # the switch's hook, with the mm the CPU lets go of
+            hook = re.search(r"(?:mmswitch: .* prev|lazytlb: .* mm)=(\w+)", line)
+            if hook is not None and hook[1] == st[1]:
+                st[0] = "switched"
             else:
                 del state[pid]
         elif (d := re.search(r"\(__mmdrop\+\S* mm=(\w+)", line)) and d[1] == st[1]:
