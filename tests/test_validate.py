@@ -2030,6 +2030,23 @@ def test_an_oom_score_adj_write_holding_the_last_reference_frees_the_mm_at_its_e
         }, sched.mismatches
 
 
+def test_a_write_whose_return_went_unseen_is_over_at_the_writers_next(tmp_path: Path) -> None:
+    """The writer's oom_score_adj write returned without its marker (a return probe's missed
+    hit) after its mmdrop() freed app's mm, and it writes again, to a process sharing another
+    mm: a task is in one syscall at a time, so the model drops the first write's reference at
+    the second's marker, and frees app's mm there, at the write's point as the kernel did."""
+    multi = 0x40000CD  # MMF_MULTIPROCESS
+    grab = (f"oomadjtask: (__set_oom_adj.isra.0+0x2c4/0x3a0 <- find_lock_task_mm) "
+            f"ret={TSK[50]} mm={APP_MM} mm_flags={multi:#x}")  # fmt: skip
+    again = (f"oomadjtask: (__set_oom_adj.isra.0+0x2c4/0x3a0 <- find_lock_task_mm) "
+             f"ret={TSK[70]} mm={OTHER_MM} mm_flags={multi:#x}")  # fmt: skip
+    trace = tmp_path / "unseen_return.txt"
+    trace.write_text("\n".join(_app_exits_inside_a_call("writer", grab, again)) + "\n")
+    r = validate(trace, preset_name="linux-6.1-x86_64")
+    assert r.context_switches.matched == r.context_switches.total == 4, r.mismatches
+    assert (r.mmdrop.matched, r.mmdrop.total) == (1, 1), r.mismatches
+
+
 @pytest.mark.parametrize("depth", [".", "1"])
 def test_a_release_drop_right_after_a_finish_is_told_by_its_preempt_depth(
     tmp_path: Path, depth: str

@@ -559,10 +559,14 @@ class HolderSteps:
     def _syscall_grab(self, p: Probe, point: str, mm: Mm, what: str, learned: str) -> None:
         """Task p.pid, in the syscall path `point`, mmgrab()s `mm` (`what` holds it) and
         mmdrop()s it before it returns (_syscall_drop): a kernel __mmdrop of it by this task
-        from here is at `point`; with markers the model takes the reference."""
+        from here is at `point`; with markers the model takes the reference. (A task is in
+        one syscall at a time: one it was still in returned unseen, a return probe's missed
+        hit, and is dropped first.)"""
         addr = self.addr.get(mm.id)
         if addr is None:
             return
+        if p.pid in self.in_syscall_of:
+            self._syscall_drop(p, self.in_syscall_of[p.pid][0])
         holder = f"{what} of pid {p.pid} (line {p.line})"
         self.in_syscall_of[p.pid] = (point, addr, holder)
         self.releasing[p.pid] = (point, addr, p.line)
