@@ -243,8 +243,8 @@ def oom_markers(g: str, off: dict[str, int], oom: dict[str, int]) -> list[str]:
     which call: __set_oom_adj's), with the task's mm and that mm's flags, and the write's
     return, right after __set_oom_adj()'s mmdrop() of the mm it took when MMF_MULTIPROCESS
     was set (oom_score_adj_write and oom_adj_write: __set_oom_adj is a compiler clone,
-    __set_oom_adj.isra.0, whose name may change). Without `mm_flags` (an older capture's
-    offsets), not those."""
+    __set_oom_adj.isra.0, whose name may change). Without `mm_flags` in `oom`, only the
+    first two."""
     signal = f"+{oom['signal']}(%di)"
     oom_mm = f"oom_mm=+{oom['oom_mm']}({signal}):x64"
     task_mm = f"+{off['mm']}($retval)"

@@ -445,7 +445,8 @@ def ksm_keeps(p: Probe) -> bool:
 
 # include/linux/sched/coredump.h (include/linux/mm_types.h since 6.15): processes of their
 # own share the mm (copy_oom_score_adj() sets it for clone(CLONE_VM) without CLONE_THREAD or
-# CLONE_VFORK); 26 since MMF_OOM_VICTIM went (5.19), 27 before
+# CLONE_VFORK); 26 since MMF_OOM_VICTIM went, 27 before (6.1's, 6.12's and 6.18's traces
+# show it at 26)
 MMF_MULTIPROCESS = 26
 # where find_lock_task_mm() returns to in a write of /proc/PID/oom_score_adj or oom_adj
 # (__set_oom_adj, a compiler clone on Debian's kernels; its callers, were it inlined)
