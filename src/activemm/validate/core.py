@@ -1758,7 +1758,7 @@ class Validator(MarkerSteps, Clocked):
             return  # a kernel thread that may load CR3 itself: nothing known any more
         if sw.next_pid in suspect:
             self.loaded_sure[cpu] = False
-        if kept is not None and not self.loaded_sure.get(cpu, False):
+        if kept is not None:  # (read only while the model is unsure, overwritten before)
             self.kept_loaded[cpu] = kept
         needed = model.cr3 if sure else kept is not None and t.mm is not kept
         if not needed or t.pf_kthread or t.mm is None or t.exiting:
@@ -1769,8 +1769,6 @@ class Validator(MarkerSteps, Clocked):
         if point is not None and point not in self.exit_points:
             self.found_exits[point] = sw.next_pid
             self.loaded_sure[cpu] = False
-            if kept is not None:
-                self.kept_loaded[cpu] = kept
 
     def _exit_mmap_load(self, ev: TlbFlush) -> bool:
         """Sched inputs: the task's own CR3 load to init_mm that its exit window's first
