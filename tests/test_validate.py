@@ -1803,15 +1803,21 @@ def _app_exit_mm(cpu: int, into: str = "__mmput+0x3e/0x130") -> list[str]:
     ]  # fmt: skip
 
 
+def _app_and_pid_60_run(comm: str) -> list[str]:
+    """A two-CPU trace's start: app (pid 50, its mm APP_MM) switched in on CPU 1, and `comm`
+    (pid 60, READER_MM) on CPU 0."""
+    lines = ["# tracer: nop", "#P:2"]
+    lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
+                     _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
+    return lines + _switch(0, 1.0002, ("swapper/0", 0, "R"), (comm, 60),
+                           _mmswitch(INIT_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+
+
 def _app_exits_while_a_reader_runs() -> list[str]:
     """app (pid 50, CPU 1) and reader (pid 60, CPU 0) run; app exits (exit_mm, its
     sched_process_exit, its last switch to the idle task) and CPU 1 lets go of app's mm,
     switching to other (pid 70), while something else holds it."""
-    lines = ["# tracer: nop", "#P:2"]
-    lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
-                     _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
-    lines += _switch(0, 1.0002, ("swapper/0", 0, "R"), ("reader", 60),
-                     _mmswitch(INIT_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+    lines = _app_and_pid_60_run("reader")
     lines += [
         _line("app", 50, 1, 1.0010, f"lazytlb: (enter_lazy_tlb+0x0/0x30) mm={APP_MM} "
               f"tsk={TSK[50]} t_pid=50 t_flags=0x40010c t_mm=0x0 t_active_mm={APP_MM} "
@@ -1895,11 +1901,7 @@ def test_a_proc_file_whose_open_returns_after_the_mms_last_put_holds_it_from_bef
     app's __mmput (mm_access() found app with that mm), so CPU 1's switch frees nothing;
     the file's release does. With markers the model takes the file's reference at app's
     exit_mmap marker (as unseen45.c showed on 6.1 with 6 CPUs, preempt=full)."""
-    lines = ["# tracer: nop", "#P:2"]
-    lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
-                     _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
-    lines += _switch(0, 1.0002, ("swapper/0", 0, "R"), ("reader", 60),
-                     _mmswitch(INIT_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+    lines = _app_and_pid_60_run("reader")
     lines += _app_exit_mm(1)
     lines.append(_line("app", 50, 1, 1.0013, "sched_process_exit: comm=app pid=50 prio=120"))
     lines += _switch(1, 1.0014, ("app", 50, "Z"), ("swapper/1", 0), _lazy(APP_MM, 0),
@@ -1930,11 +1932,7 @@ def _app_exits_inside_a_call(comm: str, grab: str, done: str) -> list[str]:
     its own __mmput, CPU 1 letting go of the mm lazily: no __mmdrop, the call still holds
     it), and the call's mmdrop() is the last: __mmdrop in pid 60, then the call's return
     marker `done`."""
-    lines = ["# tracer: nop", "#P:2"]
-    lines += _switch(1, 1.0001, ("swapper/1", 0, "R"), ("app", 50),
-                     _mmswitch(INIT_MM, APP_MM, 50), "0x0", "0x0")  # fmt: skip
-    lines += _switch(0, 1.0002, ("swapper/0", 0, "R"), (comm, 60),
-                     _mmswitch(INIT_MM, READER_MM, 60), "0x0", "0x0")  # fmt: skip
+    lines = _app_and_pid_60_run(comm)
     lines += [
         _line(comm, 60, 0, 1.0003, grab),
         *_app_exit_mm(1),
