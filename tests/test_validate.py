@@ -1404,16 +1404,22 @@ def test_a_workload_written_after_the_model_is_matched(capture: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "holder"),
-    [("linux-6.12-smp4-program18", "program"), ("linux-6.12-smp3-program19", "kdamond.0")],
+    [
+        ("linux-6.12-smp4-program18", "program-"),
+        ("linux-6.12-smp3-program19", "kdamond.0-"),
+        ("linux-6.1-smp2-program56", "kworker/"),
+    ],
 )
 def test_an_mm_users_holder_can_run_the_exited_owners_mmput(name: str, holder: str) -> None:
     """A task that holds an mm_users reference while the mm's owner exits runs __mmput,
     exit_mmap and all, when it puts the reference back: unseen18.c's swapoff() (try_to_unuse()
-    holds each mm of mmlist in turn; a user task) and unseen19.c's DAMON monitoring
-    (kdamond's damon_get_mm(); a kernel thread, lazy on whatever mm its CPU last ran). The
-    text shows it (an exit_mmap marker in a task other than the one whose exit_mm let go of
-    that mm, here the holder's); with markers that mm's __mmdrop is matched, with tracepoints
-    only it is a miss tagged as an __mmput elsewhere."""
+    holds each mm of mmlist in turn; a user task), unseen19.c's DAMON monitoring
+    (kdamond's damon_get_mm(); a kernel thread, lazy on whatever mm its CPU last ran) and
+    unseen56.c's multi-gen LRU walks (get_next_mm()'s mmget_not_zero(), put back with
+    mmput_async(): the last put has a kworker run __mmput, mmput_async_fn()). The text shows
+    it (an exit_mmap marker in a task other than the one whose exit_mm let go of that mm,
+    here `holder`, the start of its line); with markers that mm's __mmdrop is matched, with
+    tracepoints only it is a miss tagged as an __mmput elsewhere."""
     capture = CAPTURES / name
     exit_mm_by: dict[str, str] = {}  # mm address -> pid whose exit_mm let go of it
     others: set[str] = set()  # pids that ran __mmput of such an mm
@@ -1424,7 +1430,7 @@ def test_an_mm_users_holder_can_run_the_exited_owners_mmput(name: str, holder: s
         if "(enter_lazy_tlb" in line and f" t_pid={pid} " in line and " t_mm=0x0 " in line:
             exit_mm_by[mm[1]] = pid
         elif "(exit_mmap+" in line and exit_mm_by.get(mm[1], pid) != pid:
-            assert line.lstrip().startswith(f"{holder}-"), line
+            assert line.lstrip().startswith(holder), line
             others.add(pid)
         elif "(__mmdrop+" in line:
             exit_mm_by.pop(mm[1], None)
